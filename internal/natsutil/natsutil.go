@@ -1,0 +1,124 @@
+// Package natsutil runs the embedded NATS server and sets up the JetStream
+// streams that keep wasmlet's logs and instance events. The node agent uses
+// it for its in-process default; tests use it for a real server on a random
+// loopback port.
+package natsutil
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wasmlet/wasmlet/internal/subjects"
+)
+
+// ServerConfig configures an embedded server.
+type ServerConfig struct {
+	// Host defaults to 127.0.0.1; Port 0 picks a free one.
+	Host string
+	Port int
+	// StoreDir keeps JetStream data; it must survive restarts for logs to.
+	StoreDir string
+	// Token, when set, is required of every client.
+	Token string
+}
+
+// Server is a running embedded NATS server.
+type Server struct {
+	*server.Server
+	URL string
+}
+
+// StartServer starts a NATS server with JetStream and waits until it
+// accepts connections.
+func StartServer(cfg ServerConfig) (*Server, error) {
+	if cfg.StoreDir == "" {
+		return nil, errors.New("nats: StoreDir is required")
+	}
+	if cfg.Host == "" {
+		cfg.Host = "127.0.0.1"
+	}
+	port := cfg.Port
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	opts := &server.Options{
+		Host:          cfg.Host,
+		Port:          port,
+		JetStream:     true,
+		StoreDir:      cfg.StoreDir,
+		Authorization: cfg.Token,
+		NoSigs:        true,
+		NoLog:         true,
+		MaxPayload:    1 << 20,
+	}
+	s, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("nats: %w", err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		s.Shutdown()
+		return nil, errors.New("nats: server not ready after 10s")
+	}
+	return &Server{Server: s, URL: s.ClientURL()}, nil
+}
+
+// Connect connects to url with the token (may be empty), retrying while
+// the server is away: a wasmlet service keeps working through a NATS restart.
+func Connect(url, token, name string) (*nats.Conn, error) {
+	opts := []nats.Option{
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.RetryOnFailedConnect(true),
+		nats.ReconnectBufSize(8 << 20),
+	}
+	if token != "" {
+		opts = append(opts, nats.Token(token))
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("nats connect %s: %w", url, err)
+	}
+	return nc, nil
+}
+
+// StreamLimits bounds what the streams keep.
+type StreamLimits struct {
+	LogBytes int64
+	LogAge   time.Duration
+}
+
+// DefaultStreamLimits keeps 1 GiB or 7 days of logs.
+var DefaultStreamLimits = StreamLimits{LogBytes: 1 << 30, LogAge: 7 * 24 * time.Hour}
+
+// EnsureStreams creates or updates the logs and events streams.
+func EnsureStreams(ctx context.Context, js jetstream.JetStream, lim StreamLimits) error {
+	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:      subjects.LogsStream,
+		Subjects:  []string{subjects.LogsPrefix + ".>"},
+		Storage:   jetstream.FileStorage,
+		MaxBytes:  lim.LogBytes,
+		MaxAge:    lim.LogAge,
+		Discard:   jetstream.DiscardOld,
+		Retention: jetstream.LimitsPolicy,
+	}); err != nil {
+		return fmt.Errorf("ensure stream %s: %w", subjects.LogsStream, err)
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:      subjects.EventsStream,
+		Subjects:  []string{subjects.EventsPrefix + ".>"},
+		Storage:   jetstream.FileStorage,
+		MaxAge:    24 * time.Hour,
+		Retention: jetstream.LimitsPolicy,
+	}); err != nil {
+		return fmt.Errorf("ensure stream %s: %w", subjects.EventsStream, err)
+	}
+	return nil
+}
