@@ -1,0 +1,126 @@
+// Package engine is the executor's seam to a WebAssembly runtime: the Engine
+// interface that prepares modules and runs instances of them, and the types
+// and errors every implementation shares. Implementations live in
+// subpackages (engine/wasmtime); the instance manager holds only the
+// interface.
+//
+// An engine owns compiled artifacts on disk and the threads its instances
+// run on. It must not know of instance ids, states, events, NATS or pods:
+// it runs a module with what it is given and reports how the run ended.
+//
+// Usage:
+//
+//	m, err := eng.Prepare(ctx, digest, "/var/lib/wasmlet/modules/<hex>.wasm")
+//	inst, err := eng.Start(ctx, m, engine.Spec{Args: []string{"hello"}, Stdout: w})
+//	res := inst.Wait()     // or inst.Kill() first
+package engine
+
+import (
+	"context"
+	"errors"
+	"io"
+)
+
+// Engine prepares modules and runs their instances. Implementations are
+// safe for concurrent use.
+type Engine interface {
+	// Name is the engine's short name ("wasmtime").
+	Name() string
+	// Version is the engine's version ("39.0.1").
+	Version() string
+	// Prepare makes the module in wasmPath, whose content digest is digest
+	// (already verified by the caller), ready to run: it loads a precompiled
+	// artifact from the engine's cache directory, or compiles the module and
+	// stores one. It checks that the module can be run under WASI preview 1
+	// (imports, _start). Errors wrap ErrModuleInvalid or ErrModuleUnsupported.
+	// May be called more than once for the same digest, concurrently.
+	Prepare(ctx context.Context, digest, wasmPath string) (Module, error)
+	// Start instantiates m with spec and runs its _start on a goroutine of
+	// its own. Errors wrap ErrInstantiate (the instance did not start).
+	Start(ctx context.Context, m Module, spec Spec) (Instance, error)
+}
+
+// Module is a prepared module. It holds no per-instance state.
+type Module interface {
+	// Digest is the module's content digest.
+	Digest() string
+}
+
+// EnvVar is one environment variable.
+type EnvVar struct {
+	Name, Value string
+}
+
+// Preopen maps a host directory into the guest's filesystem. Nothing else
+// of the host's filesystem is visible to the guest.
+type Preopen struct {
+	HostPath  string
+	GuestPath string
+	ReadOnly  bool
+}
+
+// Spec is what an instance runs with.
+type Spec struct {
+	// Args is argv, including argv[0].
+	Args []string
+	// Env in order; a later entry for the same name wins.
+	Env      []EnvVar
+	Preopens []Preopen
+	// MemoryLimitBytes bounds the linear memory; 0 means no limit beyond
+	// the wasm32 address space.
+	MemoryLimitBytes int64
+	// Stdout and Stderr receive the instance's output as it is written; nil
+	// discards it. Writes come from one goroutine per stream. A sink that
+	// blocks stalls the module's writes, so a sink must bound how long it
+	// blocks. Wait returns only after both sinks have had all output.
+	Stdout, Stderr io.Writer
+}
+
+// Instance is one running instance.
+type Instance interface {
+	// Done is closed when the instance has ended and its output has been
+	// delivered to the sinks.
+	Done() <-chan struct{}
+	// Wait blocks until Done and returns how the instance ended.
+	Wait() Result
+	// Kill stops the instance at once (WASI has no signals: there is no
+	// polite request to end). Idempotent; a no-op once the instance ended.
+	Kill()
+}
+
+// Reasons a run ended with, short and CamelCase, as the executor API
+// reports them.
+const (
+	ReasonCompleted = "Completed" // exit code 0
+	ReasonError     = "Error"     // a non-zero exit code
+	ReasonKilled    = "Killed"    // Kill
+	ReasonTrap      = "Trap"      // a wasm trap
+	ReasonOOMKilled = "OOMKilled" // the memory limit was reached
+)
+
+// Result is how an instance ended.
+type Result struct {
+	// Exited is true when the module returned from _start or called
+	// proc_exit; ExitCode is then its exit code. Otherwise the engine ended
+	// it (Reason says why) and ExitCode is 137.
+	Exited   bool
+	ExitCode int32
+	Reason   string
+	Message  string
+}
+
+// KilledExitCode is the exit code reported for an instance the engine
+// ended, as a shell would report SIGKILL.
+const KilledExitCode = 137
+
+// Errors, wrapped with detail.
+var (
+	// ErrModuleInvalid: the bytes are not a valid WebAssembly module.
+	ErrModuleInvalid = errors.New("module invalid")
+	// ErrModuleUnsupported: a valid module that cannot run here: an import
+	// the engine does not provide, or no _start.
+	ErrModuleUnsupported = errors.New("module unsupported")
+	// ErrInstantiate: the instance could not be set up (a preopen that is
+	// not a directory, the memory limit below the module's minimum, ...).
+	ErrInstantiate = errors.New("instantiate")
+)

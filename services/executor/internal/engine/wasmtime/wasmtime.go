@@ -1,0 +1,607 @@
+// Package wasmtime is the engine.Engine of wasmtime-go: it compiles modules
+// once into precompiled artifacts on disk and runs each instance in an
+// Engine of its own.
+//
+// It owns its cache directory (<dir>/<engine key>/<digest hex>.cwasm and a
+// .sha256 sidecar) and nothing else on disk; it must not know of instance
+// ids, states or NATS.
+//
+// Why one wasmtime Engine per instance: the epoch counter that interrupts
+// running wasm is per Engine, so killing one instance without touching the
+// others needs an Engine of its own (~0.5 ms). Its code comes from the
+// precompiled artifact (NewModuleDeserializeFile, ~0.3 ms), made with an
+// Engine of the same Config, so nothing is compiled at start.
+//
+// Why the sidecar: wasmtime checks an artifact's header, not its code; a
+// corrupt artifact could run arbitrary native code. An artifact is hashed
+// and compared with its sidecar before first use in a process, and again
+// whenever its size or modification time changed; on a mismatch it is
+// removed and compiled again, never loaded.
+//
+// Memory limits use the store limiter, under which memory.grow fails (-1)
+// rather than traps, so the module decides what a failed allocation means
+// (a Go module prints "out of memory" and exits 2). An instance that ends
+// abnormally (a non-zero exit or a trap) with its memory within
+// oomHeadroom of the limit is reported as OOMKilled.
+//
+// A kill interrupts wasm code within microseconds; a module blocked in a
+// host call (a WASI sleep, say) is interrupted when the call returns. Kill
+// does not wait that long: after killWait the instance is reported Killed
+// and its thread is released when the host call returns.
+package wasmtime
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	wt "github.com/bytecodealliance/wasmtime-go/v39"
+
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
+)
+
+// The engine's identity. The version is read from the build where it can be.
+const (
+	name            = "wasmtime"
+	fallbackVersion = "39.0.1"
+	modulePath      = "github.com/bytecodealliance/wasmtime-go/v39"
+	// configKey names the Config every Engine is made with; artifacts are
+	// kept per key, since an artifact loads only into an equal Config.
+	configKey  = "epoch1"
+	wasiModule = "wasi_snapshot_preview1"
+)
+
+const (
+	// oomHeadroom: an abnormal end with linear memory this close to the
+	// limit counts as OOMKilled (a Go runtime grows its heap in 4 MiB arenas).
+	oomHeadroom = 8 << 20
+	// killWait bounds how long Kill waits for wasm to notice the interrupt.
+	killWait = 500 * time.Millisecond
+)
+
+// Config configures the engine.
+type Config struct {
+	// CacheDir keeps precompiled artifacts. Required.
+	CacheDir string
+}
+
+// Engine is the wasmtime engine.Engine.
+type Engine struct {
+	dir     string
+	version string
+
+	compileMu sync.Mutex // one compile at a time: each uses every core
+	compiler  *wt.Engine
+
+	mu      sync.Mutex
+	modules map[string]*module // by digest
+}
+
+var _ engine.Engine = (*Engine)(nil)
+
+// New returns an engine caching artifacts under cfg.CacheDir.
+func New(cfg Config) (*Engine, error) {
+	if cfg.CacheDir == "" {
+		return nil, errors.New("wasmtime engine: CacheDir is required")
+	}
+	v := version()
+	dir := filepath.Join(cfg.CacheDir, name+"-"+v+"-"+configKey)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("wasmtime engine: create cache dir: %w", err)
+	}
+	return &Engine{
+		dir:      dir,
+		version:  v,
+		compiler: newEngine(),
+		modules:  map[string]*module{},
+	}, nil
+}
+
+func newEngine() *wt.Engine {
+	cfg := wt.NewConfig()
+	cfg.SetEpochInterruption(true)
+	return wt.NewEngineWithConfig(cfg)
+}
+
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, d := range bi.Deps {
+			if d.Path == modulePath {
+				if d.Replace != nil {
+					d = d.Replace
+				}
+				if v := strings.TrimPrefix(d.Version, "v"); v != "" && v != "(devel)" {
+					return v
+				}
+			}
+		}
+	}
+	return fallbackVersion
+}
+
+// Name implements engine.Engine.
+func (e *Engine) Name() string { return name }
+
+// Version implements engine.Engine.
+func (e *Engine) Version() string { return e.version }
+
+// module is a prepared module: a verified artifact on disk.
+type module struct {
+	digest   string
+	wasmPath string
+	artifact string
+
+	mu       sync.Mutex // serialises prepare and verification
+	verified bool
+	size     int64
+	modTime  time.Time
+}
+
+func (m *module) Digest() string { return m.digest }
+
+// Prepare implements engine.Engine.
+func (e *Engine) Prepare(ctx context.Context, digest, wasmPath string) (engine.Module, error) {
+	hexd, ok := strings.CutPrefix(digest, "sha256:")
+	if !ok || len(hexd) != 64 {
+		return nil, fmt.Errorf("prepare module %q: want a digest sha256:<64 hex digits>", digest)
+	}
+	e.mu.Lock()
+	m := e.modules[digest]
+	if m == nil {
+		m = &module{digest: digest, artifact: filepath.Join(e.dir, hexd+".cwasm")}
+		e.modules[digest] = m
+	}
+	e.mu.Unlock()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.wasmPath = wasmPath
+	if err := e.ensure(ctx, m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// ensure makes m's artifact present and verified. m.mu is held.
+func (e *Engine) ensure(ctx context.Context, m *module) error {
+	if m.verified {
+		fi, err := os.Stat(m.artifact)
+		if err == nil && fi.Size() == m.size && fi.ModTime().Equal(m.modTime) {
+			return nil
+		}
+		m.verified = false
+	}
+	if err := verify(m.artifact); err == nil {
+		// The header must also suit this engine (same wasmtime, same Config).
+		if mod, err := wt.NewModuleDeserializeFile(e.compiler, m.artifact); err == nil {
+			mod.Close()
+			return m.markVerified()
+		}
+	}
+	// Absent, corrupt or unusable: compile from the module.
+	os.Remove(m.artifact)
+	os.Remove(m.artifact + ".sha256")
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("prepare module %s: %w", m.digest, err)
+	}
+	if err := e.compile(m); err != nil {
+		return err
+	}
+	return m.markVerified()
+}
+
+func (m *module) markVerified() error {
+	fi, err := os.Stat(m.artifact)
+	if err != nil {
+		return fmt.Errorf("prepare module %s: %w", m.digest, err)
+	}
+	m.verified, m.size, m.modTime = true, fi.Size(), fi.ModTime()
+	return nil
+}
+
+// verify compares path's sha256 with its sidecar.
+func verify(path string) error {
+	want, err := os.ReadFile(path + ".sha256")
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != strings.TrimSpace(string(want)) {
+		return fmt.Errorf("artifact %s: sha256 %s, sidecar says %s", path, got, bytes.TrimSpace(want))
+	}
+	return nil
+}
+
+func (e *Engine) compile(m *module) error {
+	wasm, err := os.ReadFile(m.wasmPath)
+	if err != nil {
+		return fmt.Errorf("prepare module %s: read %s: %w", m.digest, m.wasmPath, err)
+	}
+	e.compileMu.Lock()
+	mod, err := wt.NewModule(e.compiler, wasm)
+	e.compileMu.Unlock()
+	if err != nil {
+		return fmt.Errorf("%w: module %s does not compile: %s; check that it is a WebAssembly binary built for wasip1", engine.ErrModuleInvalid, m.digest, firstLine(err.Error()))
+	}
+	defer mod.Close()
+	if err := checkWASI(mod, m.digest); err != nil {
+		return err
+	}
+	b, err := mod.Serialize()
+	if err != nil {
+		return fmt.Errorf("prepare module %s: serialize: %w", m.digest, err)
+	}
+	sum := sha256.Sum256(b)
+	if err := writeAtomic(m.artifact+".sha256", []byte(hex.EncodeToString(sum[:])+"\n")); err != nil {
+		return fmt.Errorf("prepare module %s: %w", m.digest, err)
+	}
+	if err := writeAtomic(m.artifact, b); err != nil {
+		return fmt.Errorf("prepare module %s: %w", m.digest, err)
+	}
+	return nil
+}
+
+// checkWASI refuses a module that imports anything but WASI preview 1 or
+// has no _start.
+func checkWASI(mod *wt.Module, digest string) error {
+	var missing []string
+	for _, imp := range mod.Imports() {
+		if imp.Module() != wasiModule {
+			n := ""
+			if imp.Name() != nil {
+				n = *imp.Name()
+			}
+			missing = append(missing, imp.Module()+"::"+n)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%w: module %s imports %s, which this executor does not provide (only %s); build it for wasip1 without other host imports",
+			engine.ErrModuleUnsupported, digest, strings.Join(missing, ", "), wasiModule)
+	}
+	for _, exp := range mod.Exports() {
+		if exp.Name() == "_start" && exp.Type().FuncType() != nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: module %s exports no _start function; build it as a WASI command (not a reactor or library)", engine.ErrModuleUnsupported, digest)
+}
+
+func writeAtomic(path string, b []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	return s
+}
+
+// Start implements engine.Engine.
+func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) (engine.Instance, error) {
+	m, ok := em.(*module)
+	if !ok {
+		return nil, fmt.Errorf("%w: module was not prepared by the wasmtime engine", engine.ErrInstantiate)
+	}
+	m.mu.Lock()
+	err := e.ensure(ctx, m)
+	m.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	inst := &instance{done: make(chan struct{}), limit: spec.MemoryLimitBytes}
+	if err := inst.setup(m, spec); err != nil {
+		inst.release()
+		return nil, err
+	}
+	go inst.run()
+	return inst, nil
+}
+
+// instance is one run, with its own wasmtime Engine.
+type instance struct {
+	engine *wt.Engine
+	store  *wt.Store
+	linker *wt.Linker
+	module *wt.Module
+	inst   *wt.Instance
+	start  *wt.Func
+	limit  int64
+
+	readers sync.WaitGroup
+	pipes   []*os.File // read ends, closed by their readers
+
+	killed   atomic.Bool
+	killOnce sync.Once
+	mu       sync.Mutex // guards engine use against release
+	released bool
+
+	doneOnce sync.Once
+	done     chan struct{}
+	result   engine.Result
+}
+
+func (i *instance) setup(m *module, spec engine.Spec) error {
+	i.engine = newEngine()
+	mod, err := wt.NewModuleDeserializeFile(i.engine, m.artifact)
+	if err != nil {
+		return fmt.Errorf("%w: load precompiled module %s: %v", engine.ErrInstantiate, m.digest, err)
+	}
+	i.module = mod
+	i.store = wt.NewStore(i.engine)
+	i.store.SetEpochDeadline(1)
+	if spec.MemoryLimitBytes > 0 {
+		i.store.Limiter(spec.MemoryLimitBytes, -1, -1, -1, -1)
+	}
+	wasi := wt.NewWasiConfig()
+	if len(spec.Args) > 0 {
+		wasi.SetArgv(spec.Args)
+	}
+	keys, values := env(spec.Env)
+	wasi.SetEnv(keys, values)
+	for _, p := range spec.Preopens {
+		fi, err := os.Stat(p.HostPath)
+		if err != nil || !fi.IsDir() {
+			wasi.Close()
+			return fmt.Errorf("%w: preopen %s at %s: host path is not a directory (%v); create it or fix the path", engine.ErrInstantiate, p.HostPath, p.GuestPath, err)
+		}
+		dp, fp := wt.DIR_READ, wt.FILE_READ
+		if !p.ReadOnly {
+			dp, fp = wt.DIR_READ|wt.DIR_WRITE, wt.FILE_READ|wt.FILE_WRITE
+		}
+		if err := wasi.PreopenDir(p.HostPath, p.GuestPath, dp, fp); err != nil {
+			wasi.Close()
+			return fmt.Errorf("%w: preopen %s at %s: %v", engine.ErrInstantiate, p.HostPath, p.GuestPath, err)
+		}
+	}
+	if err := i.output(wasi, spec.Stdout, wasi.SetStdoutFile); err != nil {
+		wasi.Close()
+		return err
+	}
+	if err := i.output(wasi, spec.Stderr, wasi.SetStderrFile); err != nil {
+		wasi.Close()
+		return err
+	}
+	i.store.SetWasi(wasi)
+	i.linker = wt.NewLinker(i.engine)
+	if err := i.linker.DefineWasi(); err != nil {
+		return fmt.Errorf("%w: define WASI: %v", engine.ErrInstantiate, err)
+	}
+	inst, err := i.linker.Instantiate(i.store, mod)
+	if err != nil {
+		return fmt.Errorf("%w: instantiate module %s: %s; check the memory limit and the module's imports", engine.ErrInstantiate, m.digest, firstLine(err.Error()))
+	}
+	i.inst = inst
+	i.start = inst.GetFunc(i.store, "_start")
+	if i.start == nil {
+		return fmt.Errorf("%w: module %s exports no _start function", engine.ErrModuleUnsupported, m.digest)
+	}
+	return nil
+}
+
+// output connects one WASI output stream to sink through a pipe. WASI takes
+// only a path, so the pipe's write end is named through /proc/self/fd;
+// WASI opens its own descriptor, ours is closed at once, and the reader sees
+// EOF when the store (and with it WASI's descriptor) is closed.
+func (i *instance) output(_ *wt.WasiConfig, sink io.Writer, set func(string) error) error {
+	if sink == nil {
+		return set(os.DevNull)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("%w: output pipe: %v", engine.ErrInstantiate, err)
+	}
+	err = set(fmt.Sprintf("/proc/self/fd/%d", w.Fd()))
+	w.Close()
+	if err != nil {
+		r.Close()
+		return fmt.Errorf("%w: connect output: %v", engine.ErrInstantiate, err)
+	}
+	i.pipes = append(i.pipes, r)
+	i.readers.Add(1)
+	go func() {
+		defer i.readers.Done()
+		defer r.Close()
+		if _, err := io.Copy(sink, r); err != nil {
+			io.Copy(io.Discard, r) // keep draining: a module must never block on us
+		}
+	}()
+	return nil
+}
+
+func env(vars []engine.EnvVar) (keys, values []string) {
+	idx := map[string]int{}
+	for _, v := range vars {
+		if j, ok := idx[v.Name]; ok {
+			values[j] = v.Value
+			continue
+		}
+		idx[v.Name] = len(keys)
+		keys = append(keys, v.Name)
+		values = append(values, v.Value)
+	}
+	return keys, values
+}
+
+func (i *instance) run() {
+	_, err := i.start.Call(i.store)
+	res := i.classify(err)
+	i.release()
+	i.readers.Wait()
+	i.finish(res)
+}
+
+func (i *instance) finish(res engine.Result) {
+	i.doneOnce.Do(func() {
+		i.result = res
+		close(i.done)
+	})
+}
+
+// classify turns the end of _start into a Result. It runs on the store's
+// goroutine, before release.
+func (i *instance) classify(err error) engine.Result {
+	if err == nil {
+		return engine.Result{Exited: true, ExitCode: 0, Reason: engine.ReasonCompleted}
+	}
+	var werr *wt.Error
+	if errors.As(err, &werr) {
+		if code, ok := werr.ExitStatus(); ok {
+			if code == 0 {
+				return engine.Result{Exited: true, Reason: engine.ReasonCompleted}
+			}
+			if i.nearLimit() {
+				return engine.Result{ExitCode: engine.KilledExitCode, Reason: engine.ReasonOOMKilled,
+					Message: fmt.Sprintf("the module reached its memory limit of %d bytes and exited with code %d; raise the limit or reduce its memory use", i.limit, code)}
+			}
+			return engine.Result{Exited: true, ExitCode: code, Reason: engine.ReasonError,
+				Message: fmt.Sprintf("the module exited with code %d", code)}
+		}
+	}
+	if i.killed.Load() {
+		return engine.Result{ExitCode: engine.KilledExitCode, Reason: engine.ReasonKilled, Message: "the instance was killed"}
+	}
+	if i.nearLimit() {
+		return engine.Result{ExitCode: engine.KilledExitCode, Reason: engine.ReasonOOMKilled,
+			Message: fmt.Sprintf("the module reached its memory limit of %d bytes and trapped: %s; raise the limit or reduce its memory use", i.limit, firstLine(err.Error()))}
+	}
+	var trap *wt.Trap
+	if errors.As(err, &trap) {
+		return engine.Result{ExitCode: engine.KilledExitCode, Reason: engine.ReasonTrap,
+			Message: fmt.Sprintf("wasm trap: %s", trapMessage(trap))}
+	}
+	return engine.Result{ExitCode: engine.KilledExitCode, Reason: engine.ReasonTrap,
+		Message: fmt.Sprintf("the module failed: %s", firstLine(err.Error()))}
+}
+
+// trapNames follows the C API's wasmtime_trap_code_enum, which has
+// ALWAYS_TRAP_ADAPTER between INTERRUPT and OUT_OF_FUEL: the Go constants
+// after Interrupt are off by one, so the numbers are used here.
+var trapNames = []string{
+	"stack overflow", "out of bounds memory access", "misaligned memory access",
+	"undefined element: out of bounds table access", "uninitialized element",
+	"indirect call type mismatch", "integer overflow", "integer divide by zero",
+	"invalid conversion to integer", "unreachable code reached", "interrupt",
+	"degenerate component adapter called", "all fuel consumed",
+	"atomic wait on non-shared memory", "null reference", "array out of bounds",
+	"allocation too large", "cast failure", "cannot enter component instance",
+	"async-lifted export failed to produce a result", "disabled opcode",
+}
+
+// trapMessage is the trap's kind and its innermost frame.
+func trapMessage(t *wt.Trap) string {
+	msg := "unknown trap"
+	if c := t.Code(); c != nil {
+		if int(*c) < len(trapNames) {
+			msg = trapNames[*c]
+		} else {
+			msg = fmt.Sprintf("trap code %d", *c)
+		}
+	}
+	if frames := t.Frames(); len(frames) > 0 {
+		if fn := frames[0].FuncName(); fn != nil {
+			msg += " in " + *fn
+		} else {
+			msg += fmt.Sprintf(" in function #%d", frames[0].FuncIndex())
+		}
+		msg += fmt.Sprintf(" at offset 0x%x", frames[0].ModuleOffset())
+	}
+	return msg
+}
+
+func (i *instance) nearLimit() bool {
+	if i.limit <= 0 || i.inst == nil {
+		return false
+	}
+	ext := i.inst.GetExport(i.store, "memory")
+	if ext == nil || ext.Memory() == nil {
+		return false
+	}
+	size := int64(ext.Memory().DataSize(i.store))
+	return size+oomHeadroom > i.limit
+}
+
+// release frees the wasmtime objects; the store's close closes WASI's
+// output descriptors, which ends the readers.
+func (i *instance) release() {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.released {
+		return
+	}
+	i.released = true
+	if i.store != nil {
+		i.store.Close()
+	}
+	if i.linker != nil {
+		i.linker.Close()
+	}
+	if i.module != nil {
+		i.module.Close()
+	}
+	if i.engine != nil {
+		i.engine.Close()
+	}
+}
+
+// Done implements engine.Instance.
+func (i *instance) Done() <-chan struct{} { return i.done }
+
+// Wait implements engine.Instance.
+func (i *instance) Wait() engine.Result {
+	<-i.done
+	return i.result
+}
+
+// Kill implements engine.Instance.
+func (i *instance) Kill() {
+	i.killOnce.Do(func() {
+		i.mu.Lock()
+		if !i.released {
+			i.killed.Store(true)
+			i.engine.IncrementEpoch()
+		}
+		i.mu.Unlock()
+		go func() {
+			select {
+			case <-i.done:
+			case <-time.After(killWait):
+				// Blocked in a host call: report it now, release later.
+				i.finish(engine.Result{ExitCode: engine.KilledExitCode, Reason: engine.ReasonKilled,
+					Message: "the instance was killed while blocked in a host call"})
+			}
+		}()
+	})
+}
