@@ -182,3 +182,29 @@ func (r *Registry) do(ctx context.Context, method, u, contentType string, body [
 }
 
 func digestOf(s string) digest.Digest { return digest.Digest(s) }
+
+// Get returns the body of a GET of path (e.g. "/v2/repo/manifests/<digest>")
+// with the Accept header set for OCI manifests and indexes.
+func (r *Registry) Get(ctx context.Context, path string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.URL+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", ocispec.MediaTypeImageManifest+", "+ocispec.MediaTypeImageIndex)
+	if r.Username != "" {
+		req.SetBasicAuth(r.Username, r.Password)
+	}
+	resp, err := r.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", path, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: status %s", path, resp.Status)
+	}
+	return body, nil
+}
