@@ -1,0 +1,131 @@
+// Package proxy is a gRPC client of wasmlet.registry.v1 that implements
+// regcache.Cache, so that a node agent or executor can use a remote
+// registry cache exactly as it would the in-process one. Status codes are
+// mapped back to the regcache sentinels, keeping the server's message, so
+// errors.Is(err, regcache.ErrNotFound) holds across the wire. It owns no
+// state beyond the connection it is given, which the caller closes.
+//
+//	conn, _ := grpcutil.Dial("unix:///run/wasmlet/registry.sock")
+//	var c regcache.Cache = proxy.New(conn)
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"google.golang.org/grpc"
+
+	registryv1 "github.com/wasmlet/wasmlet/gen/wasmlet/registry/v1"
+	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
+	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/internal/wire"
+)
+
+// Client implements regcache.Cache over gRPC.
+type Client struct {
+	rpc registryv1.RegistryServiceClient
+}
+
+var _ regcache.Cache = (*Client)(nil)
+
+// New returns a client that talks over conn.
+func New(conn grpc.ClientConnInterface) *Client {
+	return &Client{rpc: registryv1.NewRegistryServiceClient(conn)}
+}
+
+// Resolve implements regcache.Cache.
+func (c *Client) Resolve(ctx context.Context, req regcache.ResolveRequest) (regcache.Resolved, error) {
+	policy := wire.PolicyToProto(req.Policy)
+	if policy < 0 {
+		return regcache.Resolved{}, fmt.Errorf("resolve %s: unknown pull policy %d", req.Reference, req.Policy)
+	}
+	preq := &registryv1.ResolveRequest{Reference: req.Reference, PullPolicy: policy}
+	if len(req.Credentials) > 0 {
+		preq.Credentials = make(map[string]*registryv1.Credentials, len(req.Credentials))
+		for host, cr := range req.Credentials {
+			preq.Credentials[host] = &registryv1.Credentials{
+				Username:      cr.Username,
+				Password:      cr.Password,
+				IdentityToken: cr.IdentityToken,
+				RegistryToken: cr.RegistryToken,
+			}
+		}
+	}
+	resp, err := c.rpc.Resolve(ctx, preq)
+	if err != nil {
+		return regcache.Resolved{}, wire.FromStatus(err)
+	}
+	return regcache.Resolved{
+		Reference:      resp.GetReference(),
+		ManifestDigest: resp.GetManifestDigest(),
+		ModuleDigest:   resp.GetModuleDigest(),
+		ModuleSize:     resp.GetModuleSize(),
+		MediaType:      resp.GetMediaType(),
+		Warning:        resp.GetWarning(),
+	}, nil
+}
+
+// Fetch implements regcache.Cache. It waits for the first message, so that
+// a missing blob fails here and the size is known; the returned reader
+// yields the rest of the stream and ends the call when closed.
+func (c *Client) Fetch(ctx context.Context, digest string) (io.ReadCloser, int64, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	stream, err := c.rpc.Fetch(ctx, &registryv1.FetchRequest{Digest: digest})
+	if err != nil {
+		cancel()
+		return nil, 0, wire.FromStatus(err)
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		cancel()
+		if errors.Is(err, io.EOF) {
+			return nil, 0, fmt.Errorf("fetch %s: the server ended the stream without data", digest)
+		}
+		return nil, 0, wire.FromStatus(err)
+	}
+	size := first.GetSize()
+	return &reader{stream: stream, cancel: cancel, buf: first.GetChunk(), want: size, digest: digest}, size, nil
+}
+
+// reader reads the chunks of a Fetch stream.
+type reader struct {
+	stream grpc.ServerStreamingClient[registryv1.FetchResponse]
+	cancel context.CancelFunc
+	buf    []byte
+	got    int64
+	want   int64
+	digest string
+	err    error
+}
+
+func (r *reader) Read(p []byte) (int, error) {
+	for len(r.buf) == 0 {
+		if r.err != nil {
+			return 0, r.err
+		}
+		msg, err := r.stream.Recv()
+		if errors.Is(err, io.EOF) {
+			if r.got != r.want {
+				r.err = fmt.Errorf("fetch %s: stream ended after %d of %d bytes: %w", r.digest, r.got, r.want, io.ErrUnexpectedEOF)
+			} else {
+				r.err = io.EOF
+			}
+			continue
+		}
+		if err != nil {
+			r.err = wire.FromStatus(err)
+			continue
+		}
+		r.buf = msg.GetChunk()
+	}
+	n := copy(p, r.buf)
+	r.buf = r.buf[n:]
+	r.got += int64(n)
+	return n, nil
+}
+
+func (r *reader) Close() error {
+	r.cancel()
+	return nil
+}
