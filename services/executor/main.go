@@ -1,0 +1,157 @@
+// Command executor runs WebAssembly module instances for the wasmlet node
+// agent over gRPC (wasmlet.executor.v1). It fetches modules by digest from
+// the registry cache, runs them with one engine, and publishes their output
+// and state changes to NATS when given one.
+//
+//	executor --listen unix:///run/wasmlet/executor.sock --registry unix:///run/wasmlet/regcache.sock \
+//	    [--nats nats://127.0.0.1:4222] [--state-dir DIR] [--engine wasmtime] [--max-instances 1000] [--id ID]
+//
+// The NATS token, if any, is read from WASMLET_NATS_TOKEN. On SIGINT or
+// SIGTERM every instance is killed and the process exits.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/grpc"
+
+	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
+	"github.com/wasmlet/wasmlet/internal/grpcutil"
+	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine/wasmtime"
+	"github.com/wasmlet/wasmlet/services/executor/internal/instance"
+	"github.com/wasmlet/wasmlet/services/executor/internal/server"
+	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/proxy"
+)
+
+type config struct {
+	listen, registry, nats, natsToken string
+	stateDir, engine, id              string
+	maxInstances                      int
+}
+
+func main() {
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	cfg, err := parseFlags(os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "executor:", err)
+		os.Exit(2)
+	}
+	cfg.natsToken = os.Getenv("WASMLET_NATS_TOKEN")
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg, log); err != nil {
+		log.Error("executor failed", "error", err)
+		os.Exit(1)
+	}
+}
+
+func parseFlags(args []string) (config, error) {
+	host, _ := os.Hostname()
+	var cfg config
+	fs := flag.NewFlagSet("executor", flag.ContinueOnError)
+	fs.StringVar(&cfg.listen, "listen", "", "gRPC address to serve: unix:///path or tcp://127.0.0.1:port (required)")
+	fs.StringVar(&cfg.registry, "registry", "", "registry cache gRPC address (required)")
+	fs.StringVar(&cfg.nats, "nats", "", "NATS URL for logs and events (optional; token from WASMLET_NATS_TOKEN)")
+	fs.StringVar(&cfg.stateDir, "state-dir", filepath.Join(os.TempDir(), "wasmlet-executor"), "directory for modules and precompiled artifacts")
+	fs.StringVar(&cfg.engine, "engine", "wasmtime", "engine: wasmtime")
+	fs.IntVar(&cfg.maxInstances, "max-instances", 1000, "instances held at once")
+	fs.StringVar(&cfg.id, "id", fmt.Sprintf("%s-%d", host, os.Getpid()), "executor id, in events")
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	switch {
+	case cfg.listen == "":
+		return cfg, errors.New("--listen is required")
+	case cfg.registry == "":
+		return cfg, errors.New("--registry is required")
+	case cfg.engine != "wasmtime":
+		return cfg, fmt.Errorf("--engine %q: this executor is built with wasmtime only", cfg.engine)
+	case cfg.maxInstances <= 0:
+		return cfg, errors.New("--max-instances must be positive")
+	}
+	return cfg, nil
+}
+
+func run(ctx context.Context, cfg config, log *slog.Logger) error {
+	eng, err := wasmtime.New(wasmtime.Config{CacheDir: filepath.Join(cfg.stateDir, "compiled")})
+	if err != nil {
+		return err
+	}
+	regConn, err := grpcutil.Dial(cfg.registry)
+	if err != nil {
+		return err
+	}
+	defer regConn.Close()
+
+	var js jetstream.JetStream
+	if cfg.nats != "" {
+		nc, err := natsutil.Connect(cfg.nats, cfg.natsToken, "wasmlet-executor-"+cfg.id)
+		if err != nil {
+			return err
+		}
+		defer nc.Close()
+		if js, err = jetstream.New(nc); err != nil {
+			return fmt.Errorf("jetstream: %w", err)
+		}
+		// NATS may not be up yet: the streams are ensured in the background
+		// and publishing queues meanwhile.
+		go ensureStreams(ctx, js, log)
+	}
+
+	mgr, err := instance.New(instance.Config{
+		ExecutorID:   cfg.id,
+		Engine:       eng,
+		Cache:        proxy.New(regConn),
+		ModuleDir:    filepath.Join(cfg.stateDir, "modules"),
+		JetStream:    js,
+		MaxInstances: cfg.maxInstances,
+		Logger:       log,
+	})
+	if err != nil {
+		return err
+	}
+	l, err := grpcutil.Listen(cfg.listen)
+	if err != nil {
+		return err
+	}
+	srv := grpc.NewServer()
+	executorv1.RegisterExecutorServiceServer(srv, server.New(mgr, eng))
+	log.Info("executor serving", "listen", cfg.listen, "id", cfg.id, "engine", eng.Name(), "engine_version", eng.Version())
+	err = grpcutil.Serve(ctx, srv, l, 5*time.Second)
+
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if serr := mgr.Shutdown(sctx); serr != nil {
+		log.Warn("shutdown incomplete", "error", serr)
+	}
+	log.Info("executor stopped")
+	return err
+}
+
+func ensureStreams(ctx context.Context, js jetstream.JetStream, log *slog.Logger) {
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := natsutil.EnsureStreams(cctx, js, natsutil.DefaultStreamLimits)
+		cancel()
+		if err == nil {
+			return
+		}
+		log.Warn("ensure NATS streams", "error", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
