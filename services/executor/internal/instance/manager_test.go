@@ -1,0 +1,446 @@
+package instance
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+
+	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
+	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/internal/subjects"
+	"github.com/wasmlet/wasmlet/internal/wasmbuild"
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine/wasmtime"
+	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
+)
+
+// fileCache is test scaffolding: a regcache.Cache serving files by digest.
+type fileCache struct {
+	mu      sync.Mutex
+	files   map[string]string // digest -> path
+	fetches int
+}
+
+func (c *fileCache) add(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := sha256.Sum256(b)
+	d := "sha256:" + hex.EncodeToString(s[:])
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.files == nil {
+		c.files = map[string]string{}
+	}
+	c.files[d] = path
+	return d
+}
+
+func (c *fileCache) Resolve(context.Context, regcache.ResolveRequest) (regcache.Resolved, error) {
+	return regcache.Resolved{}, errors.New("not in this test")
+}
+
+func (c *fileCache) Fetch(_ context.Context, digest string) (io.ReadCloser, int64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.fetches++
+	p, ok := c.files[digest]
+	if !ok {
+		return nil, 0, fmt.Errorf("fetch %s: %w", digest, regcache.ErrNotFound)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, 0, err
+	}
+	fi, _ := f.Stat()
+	return f, fi.Size(), nil
+}
+
+var sharedEngine struct {
+	once sync.Once
+	eng  *wasmtime.Engine
+	err  error
+}
+
+// testEngine is shared by the package's tests so that each module is
+// compiled once.
+func testEngine(t *testing.T) *wasmtime.Engine {
+	t.Helper()
+	sharedEngine.once.Do(func() {
+		dir, err := os.MkdirTemp("", "instance-test-engine-")
+		if err != nil {
+			sharedEngine.err = err
+			return
+		}
+		sharedEngine.eng, sharedEngine.err = wasmtime.New(wasmtime.Config{CacheDir: dir})
+	})
+	if sharedEngine.err != nil {
+		t.Fatal(sharedEngine.err)
+	}
+	return sharedEngine.eng
+}
+
+func newManager(t *testing.T, cache regcache.Cache, mod func(*Config)) *Manager {
+	t.Helper()
+	cfg := Config{ExecutorID: "exec-1", Engine: testEngine(t), Cache: cache, ModuleDir: t.TempDir()}
+	if mod != nil {
+		mod(&cfg)
+	}
+	m, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		m.Shutdown(ctx)
+	})
+	return m
+}
+
+// waitState waits for the instance to reach a terminal state through the
+// event log, as a watcher would.
+func waitEnd(t *testing.T, m *Manager, id string) Instance {
+	t.Helper()
+	var after uint64
+	deadline := time.After(30 * time.Second)
+	for {
+		evs, changed, err := m.EventsAfter(after)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ev := range evs {
+			after = ev.Sequence
+			if ev.Instance.ID == id && ev.Instance.State.Terminal() {
+				return ev.Instance
+			}
+		}
+		select {
+		case <-changed:
+		case <-deadline:
+			t.Fatalf("instance %s did not end", id)
+		}
+	}
+}
+
+func helloSpec(digest string, env ...engine.EnvVar) Spec {
+	return Spec{ModuleDigest: digest, Args: []string{"hello", "x"}, Env: env, Labels: map[string]string{"app": "hello"}}
+}
+
+func TestLifecycle(t *testing.T) {
+	cache := &fileCache{}
+	d := cache.add(t, wasmbuild.Build(t, "hello"))
+	m := newManager(t, cache, nil)
+	ctx := context.Background()
+
+	in, err := m.Create(ctx, "a", helloSpec(d, engine.EnvVar{Name: "EXIT_CODE", Value: "3"}), false)
+	if err != nil || in.State != StateCreated {
+		t.Fatalf("create: %+v %v", in, err)
+	}
+	in, err = m.Start(ctx, "a")
+	if err != nil || in.State != StateRunning || in.StartedAt.IsZero() {
+		t.Fatalf("start: %+v %v", in, err)
+	}
+	end := waitEnd(t, m, "a")
+	if end.State != StateExited || end.ExitCode != 3 || end.Reason != engine.ReasonError || end.FinishedAt.IsZero() {
+		t.Fatalf("end: %+v", end)
+	}
+	if _, err := m.Start(ctx, "a"); !errors.Is(err, ErrFailedPrecondition) {
+		t.Fatalf("start of an ended instance: %v", err)
+	}
+	evs, _, _ := m.EventsAfter(0)
+	var got []string
+	for i, ev := range evs {
+		if ev.Sequence != uint64(i+1) || ev.Instance.Sequence != ev.Sequence {
+			t.Fatalf("event %d: sequence %d", i, ev.Sequence)
+		}
+		got = append(got, ev.Instance.State.String())
+	}
+	if strings.Join(got, ",") != "CREATED,RUNNING,EXITED" {
+		t.Fatalf("events %v", got)
+	}
+	// Resuming after the second event gives only the third.
+	evs, _, _ = m.EventsAfter(2)
+	if len(evs) != 1 || evs[0].Instance.State != StateExited {
+		t.Fatalf("resume: %+v", evs)
+	}
+	if _, _, err := m.EventsAfter(99); !errors.Is(err, ErrFailedPrecondition) {
+		t.Fatalf("after a future sequence: %v", err)
+	}
+
+	// Same module again: no second fetch.
+	if _, err := m.Create(ctx, "b", helloSpec(d), true); err != nil {
+		t.Fatal(err)
+	}
+	if end := waitEnd(t, m, "b"); end.State != StateExited || end.ExitCode != 0 || end.Reason != engine.ReasonCompleted {
+		t.Fatalf("b: %+v", end)
+	}
+	if cache.fetches != 1 {
+		t.Fatalf("%d fetches, want 1", cache.fetches)
+	}
+	if err := m.Delete(ctx, "a", false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Get("a"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("get deleted: %v", err)
+	}
+}
+
+func TestCreateErrors(t *testing.T) {
+	cache := &fileCache{}
+	hello := cache.add(t, wasmbuild.Build(t, "hello"))
+	invalid := cache.add(t, wasmbuild.Wat(t, `(module (import "env" "nope" (func)) (func (export "_start")))`))
+	// A cache that serves other bytes than the digest names.
+	other := wasmbuild.Wat(t, `(module (func (export "_start")))`)
+	liar := "sha256:" + strings.Repeat("ab", 32)
+	cache.files[liar] = other
+	m := newManager(t, cache, func(c *Config) { c.MaxInstances = 5 })
+	ctx := context.Background()
+
+	for _, tc := range []struct {
+		id     string
+		spec   Spec
+		err    error
+		reason string
+	}{
+		{"", helloSpec(hello), ErrInvalidArgument, ""},
+		{"bad/id", helloSpec(hello), ErrInvalidArgument, ""},
+		{"x1", helloSpec("sha256:1234"), ErrInvalidArgument, ""},
+		{"x2", Spec{ModuleDigest: hello, Preopens: []engine.Preopen{{HostPath: "relative", GuestPath: "/d"}}}, ErrInvalidArgument, ""},
+		{"missing", helloSpec("sha256:" + strings.Repeat("0", 64)), nil, ReasonModuleNotFound},
+		{"mismatch", helloSpec(liar), nil, ReasonModuleDigest},
+		{"unsupported", helloSpec(invalid), nil, ReasonModuleUnsupported},
+	} {
+		in, err := m.Create(ctx, tc.id, tc.spec, true)
+		if tc.err != nil {
+			if !errors.Is(err, tc.err) {
+				t.Errorf("create %q: %v, want %v", tc.id, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || in.State != StateFailed || in.Reason != tc.reason || in.Message == "" {
+			t.Errorf("create %q: %+v %v, want FAILED %s", tc.id, in, err, tc.reason)
+		}
+		t.Logf("%s: %s", in.Reason, in.Message)
+	}
+	if _, err := m.Create(ctx, "missing", helloSpec(hello), false); !errors.Is(err, ErrAlreadyExists) {
+		t.Fatalf("duplicate: %v", err)
+	}
+	if _, err := m.Create(ctx, "c4", helloSpec(hello), false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Create(ctx, "c5", helloSpec(hello), false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Create(ctx, "c6", helloSpec(hello), false); !errors.Is(err, ErrResourceExhausted) {
+		t.Fatalf("over the limit: %v", err)
+	}
+}
+
+func TestStop(t *testing.T) {
+	cache := &fileCache{}
+	spin := cache.add(t, wasmbuild.Build(t, "spin"))
+	hello := cache.add(t, wasmbuild.Build(t, "hello"))
+	m := newManager(t, cache, nil)
+	ctx := context.Background()
+
+	if _, err := m.Create(ctx, "spin", Spec{ModuleDigest: spin, Args: []string{"spin"}}, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Delete(ctx, "spin", false); !errors.Is(err, ErrFailedPrecondition) {
+		t.Fatalf("delete running: %v", err)
+	}
+	t0 := time.Now()
+	in, err := m.Stop(ctx, "spin", 200*time.Millisecond)
+	took := time.Since(t0)
+	if err != nil || in.State != StateKilled || in.ExitCode != engine.KilledExitCode || in.Reason != engine.ReasonKilled || !strings.Contains(in.Message, "grace period of 200ms") {
+		t.Fatalf("stop: %+v %v", in, err)
+	}
+	if took < 200*time.Millisecond || took > 2*time.Second {
+		t.Fatalf("stop took %v with a grace of 200ms", took)
+	}
+	// Stopping again is not an error.
+	if in, err := m.Stop(ctx, "spin", 0); err != nil || in.State != StateKilled {
+		t.Fatalf("second stop: %+v %v", in, err)
+	}
+
+	// A module that ends by itself within the grace period exits.
+	if _, err := m.Create(ctx, "hello", helloSpec(hello), true); err != nil {
+		t.Fatal(err)
+	}
+	in, err = m.Stop(ctx, "hello", 20*time.Second)
+	if err != nil || in.State != StateExited || in.ExitCode != 0 {
+		t.Fatalf("stop hello: %+v %v", in, err)
+	}
+
+	// Stop before start.
+	if _, err := m.Create(ctx, "idle", helloSpec(hello), false); err != nil {
+		t.Fatal(err)
+	}
+	if in, err := m.Stop(ctx, "idle", time.Second); err != nil || in.State != StateKilled || in.Reason != ReasonStoppedBeforeStart {
+		t.Fatalf("stop created: %+v %v", in, err)
+	}
+	if _, err := m.Start(ctx, "idle"); !errors.Is(err, ErrFailedPrecondition) {
+		t.Fatalf("start after stop: %v", err)
+	}
+
+	// Force delete of a running instance.
+	if _, err := m.Create(ctx, "spin2", Spec{ModuleDigest: spin}, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Delete(ctx, "spin2", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Get("spin2"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("get: %v", err)
+	}
+	if _, err := m.Stop(ctx, "nope", 0); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("stop unknown: %v", err)
+	}
+}
+
+func TestListAndHistory(t *testing.T) {
+	cache := &fileCache{}
+	hello := cache.add(t, wasmbuild.Build(t, "hello"))
+	m := newManager(t, cache, func(c *Config) { c.History = 4 })
+	ctx := context.Background()
+	for i, app := range []string{"a", "b", "a"} {
+		spec := helloSpec(hello)
+		spec.Labels = map[string]string{"app": app, "n": fmt.Sprint(i)}
+		if _, err := m.Create(ctx, fmt.Sprintf("i%d", i), spec, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	list, seq := m.List(map[string]string{"app": "a"})
+	if len(list) != 2 || list[0].ID != "i0" || list[1].ID != "i2" || seq != 3 {
+		t.Fatalf("list: %d %d", len(list), seq)
+	}
+	if all, _ := m.List(nil); len(all) != 3 {
+		t.Fatalf("list all: %d", len(all))
+	}
+	if none, _ := m.List(map[string]string{"app": "a", "n": "1"}); len(none) != 0 {
+		t.Fatalf("list none: %d", len(none))
+	}
+	for _, id := range []string{"i0", "i1", "i2"} {
+		m.Stop(ctx, id, 0)
+	}
+	evs, _, _ := m.EventsAfter(0)
+	if len(evs) != 4 || evs[0].Sequence != 3 || evs[3].Sequence != 6 {
+		t.Fatalf("history: %+v", evs)
+	}
+}
+
+func TestTransitions(t *testing.T) {
+	legal := map[[2]State]bool{
+		{StateUnspecified, StateCreated}: true, {StateUnspecified, StateFailed}: true,
+		{StateCreated, StateRunning}: true, {StateCreated, StateFailed}: true, {StateCreated, StateKilled}: true,
+		{StateRunning, StateExited}: true, {StateRunning, StateKilled}: true,
+	}
+	for from := StateUnspecified; from <= StateFailed; from++ {
+		for to := StateUnspecified; to <= StateFailed; to++ {
+			err := checkTransition(from, to)
+			if (err == nil) != legal[[2]State{from, to}] {
+				t.Errorf("%s -> %s: %v", from, to, err)
+			}
+			if err != nil && !errors.Is(err, ErrFailedPrecondition) {
+				t.Errorf("%s -> %s: %v does not wrap ErrFailedPrecondition", from, to, err)
+			}
+		}
+	}
+}
+
+func TestPublishesEventsAndLogs(t *testing.T) {
+	srv, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	nc, err := natsutil.Connect(srv.URL, "", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := natsutil.EnsureStreams(ctx, js, natsutil.DefaultStreamLimits); err != nil {
+		t.Fatal(err)
+	}
+	cache := &fileCache{}
+	hello := cache.add(t, wasmbuild.Build(t, "hello"))
+	m := newManager(t, cache, func(c *Config) { c.JetStream = js })
+	spec := helloSpec(hello, engine.EnvVar{Name: "GREETING", Value: "hej"})
+	spec.LogSubject = subjects.Logs("node", "ns", "pod", "c")
+	if _, err := m.Create(ctx, "inst.1", spec, true); err != nil {
+		t.Fatal(err)
+	}
+	waitEnd(t, m, "inst.1")
+
+	var lines []string
+	for _, r := range fetch(t, ctx, js, subjects.LogsStream, spec.LogSubject, 3) {
+		lr := &eventsv1.LogRecord{}
+		if err := proto.Unmarshal(r, lr); err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, fmt.Sprintf("%d %s %s", lr.GetSequence(), lr.GetStream(), lr.GetLine()))
+	}
+	// stdout and stderr are read concurrently: order only within a stream.
+	joined := strings.Join(lines, "\n")
+	for _, want := range []string{"STREAM_STDOUT args: x", "STREAM_STDOUT greeting: hej", "STREAM_STDERR hello on stderr"} {
+		if !strings.Contains(joined, want) {
+			t.Fatalf("log records:\n%s\nwant %q", joined, want)
+		}
+	}
+	var states []string
+	for _, r := range fetch(t, ctx, js, subjects.EventsStream, subjects.Events("exec-1", "inst.1"), 3) {
+		ev := &eventsv1.InstanceEvent{}
+		if err := proto.Unmarshal(r, ev); err != nil {
+			t.Fatal(err)
+		}
+		if ev.GetExecutorId() != "exec-1" || ev.GetInstanceId() != "inst.1" || ev.GetLabels()["app"] != "hello" {
+			t.Fatalf("event %v", ev)
+		}
+		states = append(states, fmt.Sprintf("%d:%s", ev.GetSequence(), ev.GetState()))
+	}
+	if got := strings.Join(states, ","); got != "1:INSTANCE_STATE_CREATED,2:INSTANCE_STATE_RUNNING,3:INSTANCE_STATE_EXITED" {
+		t.Fatalf("events %s", got)
+	}
+}
+
+func fetch(t *testing.T, ctx context.Context, js jetstream.JetStream, stream, subject string, n int) [][]byte {
+	t.Helper()
+	cons, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out [][]byte
+	for len(out) < n {
+		batch, err := cons.Fetch(n-len(out), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		k := 0
+		for msg := range batch.Messages() {
+			out = append(out, bytes.Clone(msg.Data()))
+			k++
+		}
+		if k == 0 {
+			t.Fatalf("%s: got %d messages, want %d", subject, len(out), n)
+		}
+	}
+	return out
+}
