@@ -1,0 +1,208 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
+	"github.com/wasmlet/wasmlet/internal/grpcutil"
+	"github.com/wasmlet/wasmlet/internal/wasmbuild"
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine/wasmtime"
+	"github.com/wasmlet/wasmlet/services/executor/internal/instance"
+	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
+)
+
+// fileCache is test scaffolding: a regcache.Cache serving files by digest.
+type fileCache map[string]string
+
+func (c fileCache) add(t *testing.T, path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := sha256.Sum256(b)
+	d := "sha256:" + hex.EncodeToString(s[:])
+	c[d] = path
+	return d
+}
+
+func (c fileCache) Resolve(context.Context, regcache.ResolveRequest) (regcache.Resolved, error) {
+	return regcache.Resolved{}, regcache.ErrNotFound
+}
+
+func (c fileCache) Fetch(_ context.Context, digest string) (io.ReadCloser, int64, error) {
+	p, ok := c[digest]
+	if !ok {
+		return nil, 0, fmt.Errorf("%s: %w", digest, regcache.ErrNotFound)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, 0, err
+	}
+	fi, _ := f.Stat()
+	return f, fi.Size(), nil
+}
+
+func serve(t *testing.T, cache regcache.Cache, maxInstances int) executorv1.ExecutorServiceClient {
+	t.Helper()
+	state := t.TempDir()
+	eng, err := wasmtime.New(wasmtime.Config{CacheDir: filepath.Join(state, "compiled")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mgr, err := instance.New(instance.Config{ExecutorID: "e1", Engine: eng, Cache: cache, ModuleDir: filepath.Join(state, "modules"), MaxInstances: maxInstances})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock, err := os.MkdirTemp("", "exsrv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sock) })
+	addr := "unix://" + filepath.Join(sock, "e.sock")
+	l, err := grpcutil.Listen(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	executorv1.RegisterExecutorServiceServer(srv, New(mgr, eng))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- grpcutil.Serve(ctx, srv, l, time.Second) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		sctx, c := context.WithTimeout(context.Background(), 10*time.Second)
+		defer c()
+		mgr.Shutdown(sctx)
+	})
+	conn, err := grpcutil.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	hctx, hc := context.WithTimeout(context.Background(), 10*time.Second)
+	defer hc()
+	if err := grpcutil.WaitHealthy(hctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	return executorv1.NewExecutorServiceClient(conn)
+}
+
+func code(err error) codes.Code { return status.Code(err) }
+
+func TestServerOverUnixSocket(t *testing.T) {
+	cache := fileCache{}
+	hello := cache.add(t, wasmbuild.Build(t, "hello"))
+	spin := cache.add(t, wasmbuild.Build(t, "spin"))
+	c := serve(t, cache, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	info, err := c.GetInfo(ctx, &executorv1.GetInfoRequest{})
+	if err != nil || info.GetEngine() != "wasmtime" || info.GetEngineVersion() == "" || info.GetMaxInstances() != 3 || info.GetExecutorId() != "e1" || info.GetArch() == "" {
+		t.Fatalf("info %v %v", info, err)
+	}
+
+	watch, err := c.WatchInstances(ctx, &executorv1.WatchInstancesRequest{Id: "h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := &executorv1.InstanceSpec{
+		Module: &executorv1.Module{Digest: hello, Reference: "example/hello:v1"},
+		Args:   []string{"hello"},
+		Env:    []*executorv1.EnvVar{{Name: "EXIT_CODE", Value: "3"}},
+		Labels: map[string]string{"k": "v"},
+	}
+	created, err := c.CreateInstance(ctx, &executorv1.CreateInstanceRequest{Id: "h", Spec: spec, Start: true})
+	if err != nil || created.GetInstance().GetState() != executorv1.InstanceState_INSTANCE_STATE_RUNNING {
+		t.Fatalf("create: %v %v", created, err)
+	}
+	var states []executorv1.InstanceState
+	var last *executorv1.Instance
+	for len(states) < 3 {
+		r, err := watch.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = r.GetInstance()
+		states = append(states, last.GetState())
+	}
+	if states[0] != executorv1.InstanceState_INSTANCE_STATE_CREATED || states[2] != executorv1.InstanceState_INSTANCE_STATE_EXITED ||
+		last.GetExitCode() != 3 || last.GetSpec().GetLabels()["k"] != "v" || last.GetFinishedAt() == nil {
+		t.Fatalf("watched %v, last %v", states, last)
+	}
+
+	// Errors map to codes.
+	if _, err := c.CreateInstance(ctx, &executorv1.CreateInstanceRequest{Id: "h", Spec: spec}); code(err) != codes.AlreadyExists {
+		t.Errorf("duplicate: %v", err)
+	}
+	if _, err := c.CreateInstance(ctx, &executorv1.CreateInstanceRequest{Id: "x", Spec: &executorv1.InstanceSpec{Module: &executorv1.Module{Digest: "md5:1"}}}); code(err) != codes.InvalidArgument {
+		t.Errorf("bad digest: %v", err)
+	}
+	if _, err := c.CreateInstance(ctx, &executorv1.CreateInstanceRequest{Id: "x"}); code(err) != codes.InvalidArgument {
+		t.Errorf("no spec: %v", err)
+	}
+	if _, err := c.GetInstance(ctx, &executorv1.GetInstanceRequest{Id: "nope"}); code(err) != codes.NotFound {
+		t.Errorf("get unknown: %v", err)
+	}
+	if _, err := c.StartInstance(ctx, &executorv1.StartInstanceRequest{Id: "h"}); code(err) != codes.FailedPrecondition {
+		t.Errorf("start ended: %v", err)
+	}
+	if _, err := c.CreateInstance(ctx, &executorv1.CreateInstanceRequest{Id: "s", Spec: &executorv1.InstanceSpec{Module: &executorv1.Module{Digest: spin}}, Start: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.DeleteInstance(ctx, &executorv1.DeleteInstanceRequest{Id: "s"}); code(err) != codes.FailedPrecondition {
+		t.Errorf("delete running: %v", err)
+	}
+	if _, err := c.CreateInstance(ctx, &executorv1.CreateInstanceRequest{Id: "c", Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateInstance(ctx, &executorv1.CreateInstanceRequest{Id: "d", Spec: spec}); code(err) != codes.ResourceExhausted {
+		t.Errorf("over the limit: %v", err)
+	}
+
+	list, err := c.ListInstances(ctx, &executorv1.ListInstancesRequest{LabelSelector: map[string]string{"k": "v"}})
+	if err != nil || len(list.GetInstances()) != 2 || list.GetSequence() < 5 {
+		t.Fatalf("list: %v %v", list, err)
+	}
+	stopped, err := c.StopInstance(ctx, &executorv1.StopInstanceRequest{Id: "s", GracePeriod: durationpb.New(50 * time.Millisecond)})
+	if err != nil || stopped.GetInstance().GetState() != executorv1.InstanceState_INSTANCE_STATE_KILLED || stopped.GetInstance().GetExitCode() != 137 {
+		t.Fatalf("stop: %v %v", stopped, err)
+	}
+	if _, err := c.DeleteInstance(ctx, &executorv1.DeleteInstanceRequest{Id: "s"}); err != nil {
+		t.Fatal(err)
+	}
+	// A watch from a listing's sequence sees nothing old, then new events.
+	list, _ = c.ListInstances(ctx, &executorv1.ListInstancesRequest{})
+	w2, err := c.WatchInstances(ctx, &executorv1.WatchInstancesRequest{AfterSequence: list.GetSequence()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.StopInstance(ctx, &executorv1.StopInstanceRequest{Id: "c"}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := w2.Recv()
+	if err != nil || r.GetInstance().GetId() != "c" || r.GetInstance().GetSequence() != list.GetSequence()+1 {
+		t.Fatalf("resumed watch: %v %v", r, err)
+	}
+	w3, err := c.WatchInstances(ctx, &executorv1.WatchInstancesRequest{AfterSequence: 1 << 40})
+	if err == nil {
+		_, err = w3.Recv()
+	}
+	if code(err) != codes.FailedPrecondition {
+		t.Errorf("watch from the future: %v", err)
+	}
+}
