@@ -183,13 +183,19 @@ func TestConcurrentResolveSharesOneDownload(t *testing.T) {
 	reg := testregistry.New(t, testregistry.Options{})
 	module := cachetest.WasmModule("shared")
 	pushModule(t, reg, reg.Host+"/shared:v1", module)
+	pushModule(t, reg, reg.Host+"/shared:v2", module)
 	host, blobGets := countingProxy(t, reg)
 
 	c := newCache(t, local.Config{InsecureHosts: []string{host}})
-	ref := host + "/shared:v1"
 	var wg sync.WaitGroup
 	errs := make(chan error, 16)
-	for range 16 {
+	for i := range 16 {
+		// Two tags of one module: the download is shared by digest, not
+		// only by reference.
+		ref := host + "/shared:v1"
+		if i%2 == 1 {
+			ref = host + "/shared:v2"
+		}
 		wg.Go(func() {
 			res, err := c.Resolve(testCtx(t), regcache.ResolveRequest{Reference: ref, Policy: regcache.PullAlways})
 			if err == nil && res.ModuleDigest != cachetest.Digest(module) {
