@@ -1,0 +1,271 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+
+	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
+	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
+	"github.com/wasmlet/wasmlet/internal/grpcutil"
+	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/internal/subjects"
+	"github.com/wasmlet/wasmlet/internal/wasmbuild"
+	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
+	regserver "github.com/wasmlet/wasmlet/services/registry-cache/regcache/server"
+)
+
+func TestParseFlags(t *testing.T) {
+	if _, err := parseFlags([]string{"--registry", "unix:///r.sock"}); err == nil {
+		t.Error("missing --listen accepted")
+	}
+	if _, err := parseFlags([]string{"--listen", "unix:///e.sock"}); err == nil {
+		t.Error("missing --registry accepted")
+	}
+	if _, err := parseFlags([]string{"--listen", "unix:///e.sock", "--registry", "unix:///r.sock", "--engine", "wazero"}); err == nil {
+		t.Error("unknown engine accepted")
+	}
+	cfg, err := parseFlags([]string{"--listen", "unix:///e.sock", "--registry", "unix:///r.sock"})
+	if err != nil || cfg.maxInstances != 1000 || cfg.engine != "wasmtime" || cfg.id == "" {
+		t.Fatalf("defaults: %+v %v", cfg, err)
+	}
+}
+
+// fileCache is test scaffolding: a regcache.Cache serving files by digest,
+// served to the executor process by the registry cache's real gRPC server.
+type fileCache map[string]string
+
+func (c fileCache) Resolve(context.Context, regcache.ResolveRequest) (regcache.Resolved, error) {
+	return regcache.Resolved{}, regcache.ErrNotFound
+}
+
+func (c fileCache) Fetch(_ context.Context, digest string) (io.ReadCloser, int64, error) {
+	p, ok := c[digest]
+	if !ok {
+		return nil, 0, fmt.Errorf("%s: %w", digest, regcache.ErrNotFound)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, 0, err
+	}
+	fi, _ := f.Stat()
+	return f, fi.Size(), nil
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+func TestExecutorProcess(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the executor binary")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 80*time.Second)
+	defer cancel()
+	tmp := t.TempDir()
+	bin := filepath.Join(tmp, "executor")
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+
+	const token = "s3cret"
+	ns, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: filepath.Join(tmp, "nats"), Token: token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+
+	// The registry cache: its real gRPC server over a file map.
+	sockDir, err := os.MkdirTemp("", "exproc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(sockDir)
+	cache := fileCache{}
+	digest := func(path string) string {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := sha256.Sum256(b)
+		d := "sha256:" + hex.EncodeToString(s[:])
+		cache[d] = path
+		return d
+	}
+	hello := digest(wasmbuild.Build(t, "hello"))
+	spin := digest(wasmbuild.Build(t, "spin"))
+	regAddr := "unix://" + filepath.Join(sockDir, "reg.sock")
+	rl, err := grpcutil.Listen(regAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := grpc.NewServer()
+	regserver.New(cache).Register(rs)
+	sctx, stopReg := context.WithCancel(context.Background())
+	defer stopReg()
+	go grpcutil.Serve(sctx, rs, rl, time.Second)
+
+	execAddr := "unix://" + filepath.Join(sockDir, "exec.sock")
+	var stderr syncBuffer
+	cmd := exec.Command(bin, "--listen", execAddr, "--registry", regAddr, "--nats", ns.URL,
+		"--state-dir", filepath.Join(tmp, "state"), "--id", "exec-test", "--max-instances", "10")
+	cmd.Env = append(os.Environ(), "WASMLET_NATS_TOKEN="+token)
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("executor stderr:\n%s", stderr.String())
+		}
+	}()
+
+	conn, err := grpcutil.Dial(execAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := grpcutil.WaitHealthy(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	c := executorv1.NewExecutorServiceClient(conn)
+	info, err := c.GetInfo(ctx, &executorv1.GetInfoRequest{})
+	if err != nil || info.GetExecutorId() != "exec-test" || info.GetMaxInstances() != 10 || info.GetEngine() != "wasmtime" {
+		t.Fatalf("info: %v %v", info, err)
+	}
+
+	watch, err := c.WatchInstances(ctx, &executorv1.WatchInstancesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logSubject := subjects.Logs("node-1", "default", "hello", "main")
+	t0 := time.Now()
+	if _, err := c.CreateInstance(ctx, &executorv1.CreateInstanceRequest{Id: "hello-1", Start: true, Spec: &executorv1.InstanceSpec{
+		Module:     &executorv1.Module{Digest: hello, Reference: "registry.local/hello:v1"},
+		Args:       []string{"hello", "from", "e2e"},
+		Env:        []*executorv1.EnvVar{{Name: "GREETING", Value: "hi"}, {Name: "EXIT_CODE", Value: "3"}},
+		LogSubject: logSubject,
+		Labels:     map[string]string{"pod": "default/hello"},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	var end *executorv1.Instance
+	for end == nil {
+		r, err := watch.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if in := r.GetInstance(); in.GetState() == executorv1.InstanceState_INSTANCE_STATE_EXITED {
+			end = in
+		}
+	}
+	t.Logf("create (fetch, compile) to EXITED: %v", time.Since(t0))
+	if end.GetExitCode() != 3 || end.GetReason() != "Error" || end.GetId() != "hello-1" {
+		t.Fatalf("end: %v", end)
+	}
+
+	nc, err := natsutil.Connect(ns.URL, token, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	var got []string
+	for _, b := range fetch(t, ctx, js, subjects.LogsStream, logSubject, 3) {
+		r := &eventsv1.LogRecord{}
+		if err := proto.Unmarshal(b, r); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, string(r.GetLine()))
+	}
+	joined := strings.Join(got, "\n")
+	for _, want := range []string{"args: from e2e", "greeting: hi", "hello on stderr"} {
+		if !strings.Contains(joined, want) {
+			t.Fatalf("log lines on NATS:\n%s\nwant %q", joined, want)
+		}
+	}
+
+	// A spinning instance is killed when the executor is told to stop, and
+	// its end reaches NATS.
+	if _, err := c.CreateInstance(ctx, &executorv1.CreateInstanceRequest{Id: "spin-1", Start: true, Spec: &executorv1.InstanceSpec{
+		Module: &executorv1.Module{Digest: spin},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("executor exit: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("executor did not exit after SIGTERM")
+	}
+	var states []string
+	for _, b := range fetch(t, ctx, js, subjects.EventsStream, subjects.Events("exec-test", "spin-1"), 3) {
+		ev := &eventsv1.InstanceEvent{}
+		if err := proto.Unmarshal(b, ev); err != nil {
+			t.Fatal(err)
+		}
+		states = append(states, ev.GetState())
+	}
+	if states[2] != "INSTANCE_STATE_KILLED" {
+		t.Fatalf("spin-1 events: %v", states)
+	}
+}
+
+func fetch(t *testing.T, ctx context.Context, js jetstream.JetStream, stream, subject string, n int) [][]byte {
+	t.Helper()
+	cons, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out [][]byte
+	for len(out) < n {
+		batch, err := cons.Fetch(n-len(out), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		k := 0
+		for msg := range batch.Messages() {
+			out = append(out, bytes.Clone(msg.Data()))
+			k++
+		}
+		if k == 0 {
+			t.Fatalf("%s: got %d messages, want %d", subject, len(out), n)
+		}
+	}
+	return out
+}
