@@ -628,7 +628,7 @@ func (m *Manager) Shutdown(ctx context.Context) error {
 	m.mu.Unlock()
 	for _, rec := range recs {
 		m.mu.Lock()
-		running := rec.snap.State == StateRunning
+		running := !rec.snap.State.Terminal() && rec.run != nil // running or being started
 		m.mu.Unlock()
 		if running {
 			go m.Stop(ctx, rec.snap.ID, 0)

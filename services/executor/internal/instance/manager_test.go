@@ -444,3 +444,62 @@ func fetch(t *testing.T, ctx context.Context, js jetstream.JetStream, stream, su
 	}
 	return out
 }
+
+func TestChattyLogsReachNATS(t *testing.T) {
+	srv, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	nc, err := natsutil.Connect(srv.URL, "", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := natsutil.EnsureStreams(ctx, js, natsutil.DefaultStreamLimits); err != nil {
+		t.Fatal(err)
+	}
+	cache := &fileCache{}
+	chatty := cache.add(t, wasmbuild.Build(t, "chatty"))
+	m := newManager(t, cache, func(c *Config) { c.JetStream = js; c.LogFlush = 20 * time.Second })
+	const n = 20000
+	subject := subjects.Logs("node", "ns", "chatty", "c")
+	t0 := time.Now()
+	if _, err := m.Create(ctx, "chatty", Spec{ModuleDigest: chatty, Args: []string{"chatty", fmt.Sprint(n)}, LogSubject: subject}, true); err != nil {
+		t.Fatal(err)
+	}
+	end := waitEnd(t, m, "chatty")
+	took := time.Since(t0)
+	if end.State != StateExited || end.ExitCode != 0 {
+		t.Fatalf("end %+v", end)
+	}
+	si, err := js.Stream(ctx, subjects.LogsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := si.Info(ctx, jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := info.State.Subjects[subject]
+	t.Logf("%d lines: %d records in the stream, %v from create to the end being recorded", n, got, took)
+	// Lines may be dropped only under the outbox's policy; here NATS is
+	// local and fast, so nearly all arrive, and the newest always do.
+	if got < n/2 {
+		t.Fatalf("only %d of %d records reached the stream", got, n)
+	}
+	last, err := si.GetLastMsgForSubject(ctx, subject)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &eventsv1.LogRecord{}
+	if err := proto.Unmarshal(last.Data, r); err != nil {
+		t.Fatal(err)
+	}
+	if r.GetSequence() != n || string(r.GetLine()) != fmt.Sprintf("line %d", n) {
+		t.Fatalf("last record %v", r)
+	}
+}

@@ -381,3 +381,30 @@ func TestStartTimePrecompiled(t *testing.T) {
 	}
 	t.Logf("instance start (precompiled %s, fresh engine, store, WASI, instantiate): %v on average", "hello", total/n)
 }
+
+// lineCounter counts newlines as they arrive.
+type lineCounter struct {
+	mu    sync.Mutex
+	lines int
+	last  []byte
+}
+
+func (c *lineCounter) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.lines += bytes.Count(p, []byte("\n"))
+	c.last = append(c.last[:0], p...)
+	return len(p), nil
+}
+
+func TestChattyOutputComplete(t *testing.T) {
+	e := sharedEngine(t)
+	m := prepare(t, e, wasmbuild.Build(t, "chatty"))
+	var c lineCounter
+	t0 := time.Now()
+	res := run(t, e, m, engine.Spec{Args: []string{"chatty", "200000"}, Stdout: &c})
+	if res.ExitCode != 0 || c.lines != 200000 || !bytes.HasSuffix(c.last, []byte("line 200000\n")) {
+		t.Fatalf("result %+v, %d lines, last write ends %q", res, c.lines, c.last[max(0, len(c.last)-20):])
+	}
+	t.Logf("200000 lines in %v", time.Since(t0))
+}
