@@ -408,3 +408,41 @@ func TestChattyOutputComplete(t *testing.T) {
 	}
 	t.Logf("200000 lines in %v", time.Since(t0))
 }
+
+// sleepWat sleeps for 30 s in one WASI poll_oneoff call: a module blocked
+// in a host call, where epoch interruption cannot reach it.
+const sleepWat = `(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    ;; subscription at 0: userdata 0, tag 0 (clock), clock id 1 (monotonic),
+    ;; timeout 30 s relative, precision 0, flags 0
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.const 30000000000))
+    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))`
+
+func TestKillBlockedInHostCall(t *testing.T) {
+	e := sharedEngine(t)
+	m := prepare(t, e, wasmbuild.Wat(t, sleepWat))
+	inst, err := e.Start(context.Background(), m, engine.Spec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-inst.Done():
+		t.Fatalf("sleeper ended early: %+v", inst.Wait())
+	case <-time.After(200 * time.Millisecond):
+	}
+	t0 := time.Now()
+	inst.Kill()
+	select {
+	case <-inst.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("kill of a module blocked in a host call took more than 5s")
+	}
+	t.Logf("kill of a sleeping module reported after %v", time.Since(t0))
+	if res := inst.Wait(); res.Reason != engine.ReasonKilled || res.Exited {
+		t.Fatalf("result %+v", res)
+	}
+}

@@ -1,0 +1,109 @@
+package outbox
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// gatedJS publishes only while its gate is open, acknowledging at once;
+// every other JetStream method is left unimplemented (nil embedded).
+type gatedJS struct {
+	jetstream.JetStream
+	gate chan struct{}
+	mu   sync.Mutex
+	got  []string
+}
+
+func (g *gatedJS) PublishMsgAsync(m *nats.Msg, _ ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	<-g.gate
+	g.mu.Lock()
+	g.got = append(g.got, string(m.Data))
+	g.mu.Unlock()
+	return ackedFuture{}, nil
+}
+
+func (g *gatedJS) published() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return append([]string(nil), g.got...)
+}
+
+type ackedFuture struct{ jetstream.PubAckFuture }
+
+func (ackedFuture) Ok() <-chan *jetstream.PubAck {
+	c := make(chan *jetstream.PubAck, 1)
+	c <- &jetstream.PubAck{}
+	return c
+}
+
+func (ackedFuture) Err() <-chan error { return make(chan error) }
+
+func TestDropOldestAfterBlockTimeout(t *testing.T) {
+	js := &gatedJS{gate: make(chan struct{})}
+	o := New(js, Config{Capacity: 4, BlockTimeout: 50 * time.Millisecond})
+	// The first message is taken by the publishing goroutine, which then
+	// blocks at the closed gate; four more fill the queue.
+	o.Publish("s", []byte("0"))
+	time.Sleep(20 * time.Millisecond)
+	for i := 1; i <= 4; i++ {
+		t0 := time.Now()
+		o.Publish("s", []byte(fmt.Sprint(i)))
+		if d := time.Since(t0); d > 20*time.Millisecond {
+			t.Fatalf("publish %d into a queue with room took %v", i, d)
+		}
+	}
+	// Full: the next waits BlockTimeout, then displaces the oldest.
+	t0 := time.Now()
+	o.Publish("s", []byte("5"))
+	if d := time.Since(t0); d < 45*time.Millisecond || d > time.Second {
+		t.Fatalf("publish into a full queue returned after %v, want about 50ms", d)
+	}
+	// In overflow: no more waiting.
+	t0 = time.Now()
+	o.Publish("s", []byte("6"))
+	if d := time.Since(t0); d > 20*time.Millisecond {
+		t.Fatalf("publish in overflow took %v", d)
+	}
+	if st := o.Stats(); st.Dropped != 2 {
+		t.Fatalf("stats %+v, want 2 dropped", st)
+	}
+	close(js.gate)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := o.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(js.published()); got != "[0 3 4 5 6]" {
+		t.Fatalf("published %s, want the oldest queued (1, 2) dropped", got)
+	}
+	if st := o.Stats(); st.Published != 5 || st.Dropped != 2 || st.Failed != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	o.Publish("s", []byte("late"))
+	if st := o.Stats(); st.Dropped != 3 {
+		t.Fatalf("publish after close: %+v", st)
+	}
+}
+
+func TestCloseGivesUpAtDeadline(t *testing.T) {
+	js := &gatedJS{gate: make(chan struct{})}
+	defer close(js.gate)
+	o := New(js, Config{Capacity: 10})
+	for i := range 5 {
+		o.Publish("s", []byte(fmt.Sprint(i)))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := o.Close(ctx); err == nil {
+		t.Fatal("close with NATS stuck returned no error")
+	}
+	if st := o.Stats(); st.Dropped != 4 {
+		t.Fatalf("stats %+v, want the 4 still queued dropped", st)
+	}
+}
