@@ -1,0 +1,342 @@
+// Package agent wires the node agent together: NATS (embedded unless a URL
+// is given), the registry cache (in-process unless an address is given;
+// then served on a private unix socket for the executors), the executors
+// (one supervised child process unless addresses are given), and
+// virtual-kubelet's node and pod controllers with wasmlet's provider, plus
+// the kubelet API. It holds no logic of its own beyond that wiring.
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/virtual-kubelet/virtual-kubelet/node"
+	"github.com/virtual-kubelet/virtual-kubelet/node/api"
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
+
+	"github.com/wasmlet/wasmlet/internal/grpcutil"
+	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/services/nodeagent/internal/executors"
+	"github.com/wasmlet/wasmlet/services/nodeagent/internal/kubeletapi"
+	"github.com/wasmlet/wasmlet/services/nodeagent/internal/nodestatus"
+	"github.com/wasmlet/wasmlet/services/nodeagent/internal/podlogs"
+	"github.com/wasmlet/wasmlet/services/nodeagent/internal/podworker"
+	"github.com/wasmlet/wasmlet/services/nodeagent/internal/provider"
+	"github.com/wasmlet/wasmlet/services/nodeagent/internal/supervisor"
+	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
+	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/local"
+	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/proxy"
+	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/server"
+)
+
+// Config is the node agent's configuration.
+type Config struct {
+	Kubeconfig  string
+	NodeName    string
+	NodeIP      string // the node's address; the kubelet API listens here
+	KubeletPort int
+	StateDir    string
+	Labels      map[string]string
+	MaxPods     int64
+
+	ClientCAFile            string // CA of clients the kubelet API accepts
+	TLSCertFile, TLSKeyFile string // kubelet API serving pair (else self-signed)
+	NATSURL, NATSToken      string // empty URL: embedded NATS
+	RegistryCache           string // empty: in-process cache
+	InsecureRegistries      []string
+	RegistryCAFile          string
+	Executors               map[string]string // flavour -> address; empty: one child
+	DefaultExecutor         string
+	RuntimeHandlers         map[string]string // RuntimeClass handler -> flavour
+	ExecutorBinary          string
+	Backoff                 podworker.Backoff
+	Log                     *slog.Logger
+}
+
+func (c *Config) defaults() error {
+	if c.NodeName == "" || c.StateDir == "" {
+		return errors.New("node name and state dir are required")
+	}
+	if c.NodeIP == "" {
+		c.NodeIP = "127.0.0.1"
+	}
+	if c.KubeletPort == 0 {
+		c.KubeletPort = 10250
+	}
+	if c.MaxPods == 0 {
+		c.MaxPods = 110
+	}
+	if c.DefaultExecutor == "" {
+		c.DefaultExecutor = "wasmtime"
+	}
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
+	return nil
+}
+
+// Run runs the node agent until ctx ends.
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.defaults(); err != nil {
+		return err
+	}
+	log := cfg.Log
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	// Every background part ends the agent when it fails.
+	var runErr error
+	var errOnce sync.Once
+	goRun := func(name string, f func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(ctx); err != nil && ctx.Err() == nil {
+				errOnce.Do(func() { runErr = fmt.Errorf("%s: %w", name, err) })
+				cancel()
+			}
+		}()
+	}
+
+	// NATS.
+	natsURL, natsToken := cfg.NATSURL, cfg.NATSToken
+	if natsURL == "" {
+		natsToken = randomToken()
+		srv, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: filepath.Join(cfg.StateDir, "nats"), Token: natsToken})
+		if err != nil {
+			return err
+		}
+		defer srv.Shutdown()
+		natsURL = srv.URL
+		log.Info("embedded NATS started", "url", natsURL)
+	}
+	nc, err := natsutil.Connect(natsURL, natsToken, "wasmlet-nodeagent-"+cfg.NodeName)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
+	err = natsutil.EnsureStreams(sctx, js, natsutil.DefaultStreamLimits)
+	scancel()
+	if err != nil {
+		return err
+	}
+
+	// Registry cache.
+	var cache regcache.Cache
+	registryAddr := cfg.RegistryCache
+	if registryAddr == "" {
+		lc, err := local.New(local.Config{Dir: filepath.Join(cfg.StateDir, "registry"), InsecureHosts: cfg.InsecureRegistries, CAFile: cfg.RegistryCAFile, Logger: log})
+		if err != nil {
+			return err
+		}
+		cache = lc
+		registryAddr = "unix://" + filepath.Join(cfg.StateDir, "sockets", "registry.sock")
+		l, err := grpcutil.Listen(registryAddr)
+		if err != nil {
+			return err
+		}
+		gs := grpc.NewServer()
+		server.New(lc).Register(gs)
+		goRun("registry cache server", func(ctx context.Context) error { return grpcutil.Serve(ctx, gs, l, 5*time.Second) })
+	} else {
+		conn, err := grpcutil.Dial(registryAddr)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		cache = proxy.New(conn)
+	}
+
+	// Executors.
+	execAddrs := cfg.Executors
+	if len(execAddrs) == 0 {
+		addr := "unix://" + filepath.Join(cfg.StateDir, "sockets", "executor.sock")
+		execAddrs = map[string]string{cfg.DefaultExecutor: addr}
+		bin := cfg.ExecutorBinary
+		if bin == "" {
+			bin = siblingBinary("executor")
+		}
+		sup, err := supervisor.New(supervisor.Config{
+			Binary: bin,
+			Args: []string{"--listen", addr, "--registry", registryAddr, "--nats", natsURL,
+				"--state-dir", filepath.Join(cfg.StateDir, "executor")},
+			Env: []string{"WASMLET_NATS_TOKEN=" + natsToken},
+			Log: log.With("component", "supervisor"),
+		})
+		if err != nil {
+			return err
+		}
+		goRun("executor supervisor", sup.Run)
+	}
+	pool, err := executors.New(executors.Config{Executors: execAddrs, Default: cfg.DefaultExecutor, Handlers: cfg.RuntimeHandlers, Log: log})
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
+	err = pool.WaitReady(wctx)
+	wcancel()
+	if err != nil {
+		return err
+	}
+
+	// Kubernetes.
+	restCfg, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+	if err != nil {
+		return fmt.Errorf("kubeconfig %q: %w", cfg.Kubeconfig, err)
+	}
+	// client-go's default 5 QPS caps a node near 5 pod starts a second.
+	restCfg.QPS, restCfg.Burst = 500, 1000
+	restCfg.UserAgent = "wasmlet/" + nodestatus.Version
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return err
+	}
+
+	nodeObj, err := nodestatus.Node(nodestatus.Config{
+		Name: cfg.NodeName, InternalIP: cfg.NodeIP, KubeletPort: int32(cfg.KubeletPort),
+		MaxPods: cfg.MaxPods, Labels: cfg.Labels, Pool: pool,
+	})
+	if err != nil {
+		return err
+	}
+	nodeProvider := nodestatus.NewProvider(nodeObj, pool)
+
+	eb := record.NewBroadcaster()
+	eb.StartRecordingToSink(&corev1client.EventSinkImpl{Interface: client.CoreV1().Events(v1.NamespaceAll)})
+	defer eb.Shutdown()
+	recorder := eb.NewRecorder(scheme.Scheme, v1.EventSource{Component: "kubelet", Host: cfg.NodeName})
+
+	podFactory := informers.NewSharedInformerFactoryWithOptions(client, time.Minute,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", cfg.NodeName).String()
+		}))
+	// virtual-kubelet requires these informers, but a node identity may not
+	// list secrets or config maps cluster-wide: they are never started, and
+	// the pod worker reads what a pod references with GET instead.
+	unstarted := informers.NewSharedInformerFactory(client, 0)
+
+	prov, err := provider.New(ctx, provider.Config{
+		Client: client, Cache: cache, Pool: pool, Recorder: recorder,
+		Logs:     &podlogs.Reader{JS: js, Node: cfg.NodeName},
+		NodeName: cfg.NodeName, NodeIP: cfg.NodeIP, StateDir: cfg.StateDir,
+		Backoff: cfg.Backoff, Log: log,
+	})
+	if err != nil {
+		return err
+	}
+	podInformer := podFactory.Core().V1().Pods()
+	pc, err := node.NewPodController(node.PodControllerConfig{
+		PodClient:                            client.CoreV1(),
+		PodInformer:                          podInformer,
+		EventRecorder:                        recorder,
+		Provider:                             prov,
+		ConfigMapInformer:                    unstarted.Core().V1().ConfigMaps(),
+		SecretInformer:                       unstarted.Core().V1().Secrets(),
+		ServiceInformer:                      unstarted.Core().V1().Services(),
+		SkipDownwardAPIResolution:            true,
+		SyncPodsFromKubernetesRateLimiter:    fastLimiter(),
+		DeletePodsFromKubernetesRateLimiter:  fastLimiter(),
+		SyncPodStatusFromProviderRateLimiter: fastLimiter(),
+	})
+	if err != nil {
+		return err
+	}
+	nc2, err := node.NewNodeController(nodeProvider, nodeObj, client.CoreV1().Nodes(),
+		node.WithNodeEnableLeaseV1(client.CoordinationV1().Leases(v1.NamespaceNodeLease), node.DefaultLeaseDuration),
+		node.WithNodeStatusUpdateInterval(10*time.Second),
+	)
+	if err != nil {
+		return err
+	}
+
+	podFactory.Start(ctx.Done())
+	goRun("pod controller", func(ctx context.Context) error { return pc.Run(ctx, 4) })
+	goRun("executor watch", func(ctx context.Context) error { pool.Watch(ctx, prov); return nil })
+	goRun("node status", func(ctx context.Context) error { nodeProvider.Run(ctx, 2*time.Second); return nil })
+	select {
+	case <-pc.Ready():
+	case <-ctx.Done():
+		return runErr
+	}
+	goRun("node controller", nc2.Run)
+
+	handler := api.PodHandler(api.PodHandlerConfig{
+		RunInContainer:    prov.RunInContainer,
+		AttachToContainer: prov.AttachToContainer,
+		PortForward:       prov.PortForward,
+		GetContainerLogs:  prov.GetContainerLogs,
+		GetPods:           prov.GetPods,
+		GetPodsFromKubernetes: func(context.Context) ([]*v1.Pod, error) {
+			return podInformer.Lister().List(labels.Everything())
+		},
+		GetStatsSummary:    prov.GetStatsSummary,
+		GetMetricsResource: prov.GetMetricsResource,
+	}, false)
+	goRun("kubelet API", func(ctx context.Context) error {
+		return kubeletapi.Serve(ctx, kubeletapi.Config{
+			Addr:     fmt.Sprintf("%s:%d", cfg.NodeIP, cfg.KubeletPort),
+			NodeName: cfg.NodeName, NodeIP: cfg.NodeIP,
+			CertFile: cfg.TLSCertFile, KeyFile: cfg.TLSKeyFile, CertDir: filepath.Join(cfg.StateDir, "pki"),
+			ClientCAFile: cfg.ClientCAFile, Client: client, Handler: handler, Log: log,
+		})
+	})
+	log.Info("node agent running", "node", cfg.NodeName, "kubelet_api", fmt.Sprintf("%s:%d", cfg.NodeIP, cfg.KubeletPort))
+	<-ctx.Done()
+	cancel()
+	wg.Wait()
+	return runErr
+}
+
+// fastLimiter retries failures with exponential back-off but, unlike
+// client-go's default, does not rate-limit every add at 10/s.
+func fastLimiter() workqueue.TypedRateLimiter[any] {
+	return workqueue.NewTypedMaxOfRateLimiter(
+		workqueue.NewTypedItemExponentialFailureRateLimiter[any](5*time.Millisecond, 30*time.Second),
+		&workqueue.TypedBucketRateLimiter[any]{Limiter: rate.NewLimiter(rate.Limit(1000), 1000)},
+	)
+}
+
+func siblingBinary(name string) string {
+	self, err := os.Executable()
+	if err != nil {
+		return name
+	}
+	return filepath.Join(filepath.Dir(self), name)
+}
+
+func randomToken() string {
+	b := make([]byte, 24)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,231 @@
+// Package nodestatus builds the wasmlet Node object (labels, taint,
+// capacity, addresses, node info) and keeps its Ready condition true to the
+// executors' health. It implements virtual-kubelet's node.NodeProvider; the
+// node controller there owns registration, the Lease and status writes.
+package nodestatus
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/wasmlet/wasmlet/services/nodeagent/internal/executors"
+)
+
+// The labels and taint that make a node a wasmlet node.
+const (
+	ArchLabelValue = "wasm32-wasi"
+	OSLabelValue   = "wasip1"
+	TaintKey       = "kubernetes.io/arch"
+)
+
+// Version is reported as the node's kubelet version.
+const Version = "v0.1.0-wasmlet"
+
+// Config describes the node.
+type Config struct {
+	Name        string
+	InternalIP  string
+	KubeletPort int32
+	MaxPods     int64
+	Labels      map[string]string // user labels; may not override managed ones
+	Pool        *executors.Pool
+}
+
+// Tolerations is what a pod needs to land on a wasmlet node.
+var Tolerations = []v1.Toleration{
+	{Key: TaintKey, Operator: v1.TolerationOpEqual, Value: ArchLabelValue, Effect: v1.TaintEffectNoSchedule},
+	{Key: TaintKey, Operator: v1.TolerationOpEqual, Value: ArchLabelValue, Effect: v1.TaintEffectNoExecute},
+}
+
+// Node returns the Node to register.
+func Node(cfg Config) (*v1.Node, error) {
+	managed := map[string]string{
+		"kubernetes.io/arch":               ArchLabelValue,
+		"kubernetes.io/os":                 OSLabelValue,
+		"kubernetes.io/hostname":           cfg.Name,
+		"node.kubernetes.io/instance-type": "wasmlet",
+	}
+	labels := map[string]string{}
+	for k, v := range cfg.Labels {
+		if _, ok := managed[k]; ok {
+			return nil, fmt.Errorf("label %q is managed by wasmlet and cannot be set", k)
+		}
+		labels[k] = v
+	}
+	for k, v := range managed {
+		labels[k] = v
+	}
+	mem := hostMemory()
+	capacity := v1.ResourceList{
+		v1.ResourceCPU:    *resource.NewQuantity(int64(runtime.NumCPU()), resource.DecimalSI),
+		v1.ResourceMemory: *resource.NewQuantity(mem, resource.BinarySI),
+		v1.ResourcePods:   *resource.NewQuantity(cfg.MaxPods, resource.DecimalSI),
+	}
+	now := metav1.Now()
+	return &v1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: cfg.Name, Labels: labels},
+		Spec: v1.NodeSpec{Taints: []v1.Taint{
+			{Key: TaintKey, Value: ArchLabelValue, Effect: v1.TaintEffectNoSchedule},
+			{Key: TaintKey, Value: ArchLabelValue, Effect: v1.TaintEffectNoExecute},
+		}},
+		Status: v1.NodeStatus{
+			Capacity:    capacity,
+			Allocatable: capacity.DeepCopy(),
+			Addresses: []v1.NodeAddress{
+				{Type: v1.NodeInternalIP, Address: cfg.InternalIP},
+				{Type: v1.NodeHostName, Address: cfg.Name},
+			},
+			DaemonEndpoints: v1.NodeDaemonEndpoints{KubeletEndpoint: v1.DaemonEndpoint{Port: cfg.KubeletPort}},
+			NodeInfo: v1.NodeSystemInfo{
+				KubeletVersion:          Version,
+				OperatingSystem:         OSLabelValue,
+				Architecture:            ArchLabelValue,
+				KernelVersion:           runtime.GOOS + "/" + runtime.GOARCH,
+				OSImage:                 "wasmlet",
+				ContainerRuntimeVersion: "wasmlet://unknown",
+			},
+			Conditions: []v1.NodeCondition{
+				{Type: v1.NodeReady, Status: v1.ConditionFalse, Reason: "Starting", Message: "wasmlet is starting", LastHeartbeatTime: now, LastTransitionTime: now},
+				{Type: v1.NodeMemoryPressure, Status: v1.ConditionFalse, Reason: "KubeletHasSufficientMemory", LastHeartbeatTime: now, LastTransitionTime: now},
+				{Type: v1.NodeDiskPressure, Status: v1.ConditionFalse, Reason: "KubeletHasNoDiskPressure", LastHeartbeatTime: now, LastTransitionTime: now},
+				{Type: v1.NodePIDPressure, Status: v1.ConditionFalse, Reason: "KubeletHasSufficientPID", LastHeartbeatTime: now, LastTransitionTime: now},
+			},
+		},
+	}, nil
+}
+
+func hostMemory() int64 {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		var kb int64
+		if _, err := fmt.Sscanf(s.Text(), "MemTotal: %d kB", &kb); err == nil {
+			return kb * 1024
+		}
+	}
+	return 0
+}
+
+// Provider is the node.NodeProvider: Ping answers while any executor is
+// healthy, and the Ready condition follows the executors.
+type Provider struct {
+	node *v1.Node
+	pool *executors.Pool
+
+	mu     sync.Mutex
+	notify func(*v1.Node)
+}
+
+// NewProvider returns a provider for node (which it updates in place only
+// under its own lock, handing out copies).
+func NewProvider(node *v1.Node, pool *executors.Pool) *Provider {
+	return &Provider{node: node, pool: pool}
+}
+
+// Ping reports an error when no executor answers.
+func (p *Provider) Ping(ctx context.Context) error {
+	if ready, msg := p.executorsReady(); !ready {
+		return fmt.Errorf("%s", msg)
+	}
+	return nil
+}
+
+// NotifyNodeStatus registers the callback for status changes.
+func (p *Provider) NotifyNodeStatus(_ context.Context, cb func(*v1.Node)) {
+	p.mu.Lock()
+	p.notify = cb
+	p.mu.Unlock()
+}
+
+// Run re-evaluates the node's status every interval until ctx ends.
+func (p *Provider) Run(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		p.refresh()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (p *Provider) executorsReady() (bool, string) {
+	var down []string
+	for _, e := range p.pool.All() {
+		if _, ok := e.Info(); !ok {
+			down = append(down, e.Flavour+" at "+e.Address)
+		}
+	}
+	if len(down) > 0 {
+		sort.Strings(down)
+		return false, "executor not reachable: " + strings.Join(down, ", ")
+	}
+	return true, "wasmlet is ready"
+}
+
+func (p *Provider) refresh() {
+	ready, msg := p.executorsReady()
+	p.mu.Lock()
+	n := p.node
+	changed := false
+	now := metav1.Now()
+	var runtimes []string
+	for _, e := range p.pool.All() {
+		if info, _ := e.Info(); info != nil {
+			runtimes = append(runtimes, info.GetEngine()+"://"+info.GetEngineVersion())
+		}
+	}
+	sort.Strings(runtimes)
+	if len(runtimes) > 0 {
+		rv := strings.Join(runtimes, ",")
+		if n.Status.NodeInfo.ContainerRuntimeVersion != rv {
+			n.Status.NodeInfo.ContainerRuntimeVersion = rv
+			changed = true
+		}
+	}
+	for i := range n.Status.Conditions {
+		c := &n.Status.Conditions[i]
+		if c.Type != v1.NodeReady {
+			continue
+		}
+		status, reason := v1.ConditionFalse, "ExecutorNotReady"
+		if ready {
+			status, reason = v1.ConditionTrue, "KubeletReady"
+		}
+		if c.Status != status || c.Message != msg {
+			changed = true
+			if c.Status != status {
+				c.LastTransitionTime = now
+			}
+			c.Status, c.Reason, c.Message = status, reason, msg
+		}
+	}
+	if changed {
+		for i := range n.Status.Conditions {
+			n.Status.Conditions[i].LastHeartbeatTime = now
+		}
+	}
+	cb := p.notify
+	out := n.DeepCopy()
+	p.mu.Unlock()
+	if changed && cb != nil {
+		cb(out)
+	}
+}

@@ -1,0 +1,175 @@
+// Package podlogs serves `kubectl logs` from the log records that executors
+// publish to NATS JetStream (stream subjects.LogsStream). It reads only; it
+// never publishes and never talks to executors.
+package podlogs
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+
+	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
+	"github.com/wasmlet/wasmlet/internal/subjects"
+)
+
+// Options are kubectl logs' options.
+type Options struct {
+	Tail       int // lines from the end; 0 or less: all
+	LimitBytes int // 0: no limit
+	Timestamps bool
+	Follow     bool
+	Since      time.Time // zero: from the start
+}
+
+// Reader reads one node's container logs.
+type Reader struct {
+	JS   jetstream.JetStream
+	Node string
+}
+
+// Open streams the output of one instance of a container. The caller closes
+// the reader; with Follow it ends when ctx ends or the caller closes it.
+func (r *Reader) Open(ctx context.Context, namespace, pod, container, instanceID string, opts Options) (io.ReadCloser, error) {
+	cfg := jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{subjects.Logs(r.Node, namespace, pod, container)},
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	}
+	if !opts.Since.IsZero() {
+		cfg.DeliverPolicy = jetstream.DeliverByStartTimePolicy
+		cfg.OptStartTime = &opts.Since
+	}
+	cons, err := r.JS.OrderedConsumer(ctx, subjects.LogsStream, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open log stream of %s/%s/%s: %w", namespace, pod, container, err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("open log stream of %s/%s/%s: %w", namespace, pod, container, err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	pr, pw := io.Pipe()
+	go func() {
+		defer cancel()
+		pw.CloseWithError(copyLogs(ctx, cons, info.NumPending, instanceID, opts, pw))
+	}()
+	return &readCloser{PipeReader: pr, cancel: cancel}, nil
+}
+
+type readCloser struct {
+	*io.PipeReader
+	cancel context.CancelFunc
+}
+
+func (r *readCloser) Close() error {
+	r.cancel()
+	return r.PipeReader.Close()
+}
+
+var errLimit = errors.New("limit reached")
+
+func copyLogs(ctx context.Context, cons jetstream.Consumer, pending uint64, instanceID string, opts Options, out io.Writer) error {
+	bw := bufio.NewWriterSize(out, 64<<10)
+	written := 0
+	emit := func(rec *eventsv1.LogRecord) error {
+		var line []byte
+		if opts.Timestamps {
+			line = append(line, rec.GetTime().AsTime().UTC().Format(time.RFC3339Nano)...)
+			line = append(line, ' ')
+		}
+		line = append(line, rec.GetLine()...)
+		line = append(line, '\n')
+		if opts.LimitBytes > 0 && written+len(line) > opts.LimitBytes {
+			line = line[:opts.LimitBytes-written]
+		}
+		n, err := bw.Write(line)
+		written += n
+		if err != nil {
+			return err
+		}
+		if opts.LimitBytes > 0 && written >= opts.LimitBytes {
+			return errLimit
+		}
+		return nil
+	}
+	finish := func(err error) error {
+		if errors.Is(err, errLimit) {
+			err = nil
+		}
+		if ferr := bw.Flush(); err == nil {
+			err = ferr
+		}
+		return err
+	}
+
+	// The backlog: everything stored now, of which only the tail is kept.
+	var tail []*eventsv1.LogRecord
+	it, err := cons.Messages(jetstream.PullMaxMessages(512))
+	if err != nil {
+		return err
+	}
+	defer it.Stop()
+	go func() { <-ctx.Done(); it.Stop() }()
+	for remaining := pending; remaining > 0; {
+		msg, err := it.Next()
+		if err != nil {
+			return finish(ctxErr(ctx, err))
+		}
+		meta, err := msg.Metadata()
+		if err != nil {
+			return finish(err)
+		}
+		remaining = meta.NumPending
+		rec := &eventsv1.LogRecord{}
+		if proto.Unmarshal(msg.Data(), rec) != nil || (instanceID != "" && rec.GetInstanceId() != instanceID) {
+			continue
+		}
+		tail = append(tail, rec)
+		if opts.Tail > 0 && len(tail) > opts.Tail {
+			tail = tail[1:]
+		}
+	}
+	for _, rec := range tail {
+		if err := emit(rec); err != nil {
+			return finish(err)
+		}
+	}
+	if !opts.Follow {
+		return finish(nil)
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			return finish(ctxErr(ctx, err))
+		}
+		rec := &eventsv1.LogRecord{}
+		if proto.Unmarshal(msg.Data(), rec) != nil || (instanceID != "" && rec.GetInstanceId() != instanceID) {
+			continue
+		}
+		if err := emit(rec); err != nil {
+			return finish(err)
+		}
+		// Flush at once when nothing else is waiting: a follower sees each
+		// line as it comes, and a burst is still written in large chunks.
+		if meta, err := msg.Metadata(); err == nil && meta.NumPending == 0 {
+			if err := bw.Flush(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func ctxErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,810 @@
+package podworker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/record"
+
+	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
+	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
+)
+
+// Labels the Worker puts on its instances, so that a restarted node agent
+// can tell whose they are.
+const (
+	LabelNamespace = "wasmlet.io/namespace"
+	LabelPod       = "wasmlet.io/pod"
+	LabelPodUID    = "wasmlet.io/pod-uid"
+	LabelContainer = "wasmlet.io/container"
+)
+
+// Backoff is the kubelet's crash-loop and image-pull back-off.
+type Backoff struct {
+	Initial time.Duration // first delay (the first restart is immediate)
+	Max     time.Duration // cap
+	Reset   time.Duration // a run this long resets the back-off
+}
+
+// DefaultBackoff is the kubelet's: 10 s doubling to 5 min, reset after 10 min.
+var DefaultBackoff = Backoff{Initial: 10 * time.Second, Max: 5 * time.Minute, Reset: 10 * time.Minute}
+
+// Deps is what a Worker needs. All fields are required unless noted.
+type Deps struct {
+	Client   kubernetes.Interface
+	Cache    regcache.Cache
+	Executor executorv1.ExecutorServiceClient
+	Recorder record.EventRecorder
+	NodeIP   string
+	// LogSubject names the NATS subject of a container's output.
+	LogSubject func(namespace, pod, container string) string
+	// VolumeDir is this pod's directory for its emptyDir volumes.
+	VolumeDir string
+	Backoff   Backoff // zero: DefaultBackoff
+	// Notify receives a copy of the pod each time its status changes. It may
+	// block briefly; it must not call back into the Worker.
+	Notify func(*v1.Pod)
+	Log    *slog.Logger // optional
+}
+
+// ctr is the Worker's view of one container. Owned by Run's goroutine.
+type ctr struct {
+	spec       v1.Container
+	image      regcache.Resolved
+	instanceID string
+	previousID string
+	restarts   int32
+	state      v1.ContainerState
+	last       v1.ContainerState
+	backoff    time.Duration // the delay after the next one
+	delay      time.Duration // the delay of the restart pending
+	restartAt  time.Time     // zero: no restart pending
+	finished   bool          // ended and will not run again
+}
+
+// Worker runs one pod. Its methods other than Run are safe to call from any
+// goroutine, any number of times.
+type Worker struct {
+	deps Deps
+	log  *slog.Logger
+
+	mu         sync.Mutex
+	pod        *v1.Pod // latest spec, and the status last built
+	state      State
+	pending    []*executorv1.Instance
+	lostAll    string // non-empty: every instance was lost, for this reason
+	grace      *time.Duration
+	cancelWork context.CancelFunc
+	ids        map[string][2]string // container -> current, previous instance id
+
+	wake chan struct{}
+	done chan struct{}
+
+	containers []*ctr
+	volumes    map[string]string // volume name -> host dir
+}
+
+// New returns a Worker for pod; call Run to start it.
+func New(deps Deps, pod *v1.Pod) *Worker {
+	if deps.Backoff == (Backoff{}) {
+		deps.Backoff = DefaultBackoff
+	}
+	log := deps.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	w := &Worker{
+		deps:  deps,
+		log:   log.With("pod", pod.Namespace+"/"+pod.Name),
+		pod:   pod.DeepCopy(),
+		state: StateRegistered,
+		ids:   map[string][2]string{},
+		wake:  make(chan struct{}, 1),
+		done:  make(chan struct{}),
+	}
+	for _, c := range pod.Spec.Containers {
+		w.containers = append(w.containers, &ctr{
+			spec:  c,
+			state: v1.ContainerState{Waiting: &v1.ContainerStateWaiting{Reason: "ContainerCreating"}},
+		})
+	}
+	return w
+}
+
+// Pod returns a copy of the pod with the status the Worker last built.
+func (w *Worker) Pod() *v1.Pod {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.pod.DeepCopy()
+}
+
+// State is the pod's current named state.
+func (w *Worker) State() State {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.state
+}
+
+// InstanceIDs returns the current and the previous instance of a container
+// (either may be empty), for logs.
+func (w *Worker) InstanceIDs(container string) (current, previous string, ok bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, c := range w.pod.Spec.Containers {
+		if c.Name == container {
+			ids := w.ids[container]
+			return ids[0], ids[1], true
+		}
+	}
+	return "", "", false
+}
+
+// Update takes a newer version of the pod's object (labels, annotations,
+// deletion timestamp); the spec of a running pod does not change.
+func (w *Worker) Update(pod *v1.Pod) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	st := w.pod.Status
+	w.pod = pod.DeepCopy()
+	w.pod.Status = st
+}
+
+// InstanceChanged hands the Worker a state change of one of its instances.
+func (w *Worker) InstanceChanged(inst *executorv1.Instance) {
+	w.mu.Lock()
+	w.pending = append(w.pending, inst)
+	w.mu.Unlock()
+	w.poke()
+}
+
+// InstancesLost tells the Worker that every instance it had is gone (its
+// executor died): the restart policy applies as to a crash.
+func (w *Worker) InstancesLost(reason string) {
+	w.mu.Lock()
+	w.lostAll = reason
+	w.mu.Unlock()
+	w.poke()
+}
+
+// Terminate asks the Worker to stop the pod: instances get grace to end on
+// their own, then are killed; the final status is then published. Only the
+// first call's grace counts.
+func (w *Worker) Terminate(grace time.Duration) {
+	w.mu.Lock()
+	if w.grace == nil {
+		w.grace = &grace
+		if w.cancelWork != nil {
+			w.cancelWork()
+		}
+	}
+	w.mu.Unlock()
+	w.poke()
+}
+
+// Done is closed when Run has returned.
+func (w *Worker) Done() <-chan struct{} { return w.done }
+
+func (w *Worker) poke() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (w *Worker) setState(s State) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := checkTransition(w.state, s); err != nil {
+		w.log.Error("refusing pod state change", "from", w.state, "to", s, "err", err)
+		return
+	}
+	if w.state != s {
+		w.log.Debug("pod state", "from", w.state, "to", s)
+	}
+	w.state = s
+}
+
+// Run drives the pod until it is terminated or ctx ends. When ctx ends (the
+// node agent is stopping) instances are left running, to be re-adopted.
+func (w *Worker) Run(ctx context.Context) {
+	defer close(w.done)
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w.mu.Lock()
+	w.cancelWork = cancel
+	terminating := w.grace != nil
+	w.mu.Unlock()
+
+	w.publish()
+	if !terminating && w.pull(wctx) && w.prepareVolumes(wctx) {
+		w.setState(StateStarting)
+		for _, c := range w.containers {
+			w.start(wctx, c)
+		}
+		w.loop(wctx)
+	} else if !terminating && wctx.Err() == nil {
+		// A pod that cannot be prepared waits, reporting why, until deleted.
+		<-wctx.Done()
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	w.terminate(ctx)
+}
+
+func (w *Worker) pull(ctx context.Context) bool {
+	pod := w.Pod()
+	for attempt := 0; ; attempt++ {
+		w.setState(StatePulling)
+		failed, err := w.resolveAll(ctx, pod)
+		if err == nil {
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		delay := w.deps.Backoff.delay(attempt)
+		msg := err.Error()
+		w.log.Warn("image pull failed", "container", failed.spec.Name, "image", failed.spec.Image, "err", err, "retry_in", delay)
+		w.event(v1.EventTypeWarning, "Failed", "Failed to pull image %q: %s", failed.spec.Image, msg)
+		w.event(v1.EventTypeWarning, "Failed", "Error: ErrImagePull")
+		failed.state = waiting("ErrImagePull", msg)
+		w.publish()
+		first := min(delay, 2*time.Second)
+		if !sleep(ctx, first) {
+			return false
+		}
+		w.setState(StatePullBackOff)
+		failed.state = waiting("ImagePullBackOff", fmt.Sprintf("Back-off pulling image %q: %s", failed.spec.Image, msg))
+		w.event(v1.EventTypeNormal, "BackOff", "Back-off pulling image %q", failed.spec.Image)
+		w.publish()
+		if !sleep(ctx, delay-first) {
+			return false
+		}
+	}
+}
+
+func (w *Worker) resolveAll(ctx context.Context, pod *v1.Pod) (*ctr, error) {
+	creds, err := pullCredentials(ctx, w.deps.Client, pod)
+	if err != nil {
+		return w.containers[0], err
+	}
+	for _, c := range w.containers {
+		if c.image.ModuleDigest != "" {
+			continue
+		}
+		w.event(v1.EventTypeNormal, "Pulling", "Pulling image %q", c.spec.Image)
+		start := time.Now()
+		res, err := w.deps.Cache.Resolve(ctx, regcache.ResolveRequest{
+			Reference:   c.spec.Image,
+			Policy:      pullPolicy(c.spec.ImagePullPolicy),
+			Credentials: creds,
+		})
+		if err != nil {
+			return c, err
+		}
+		if res.Warning != "" {
+			w.event(v1.EventTypeWarning, "PullWarning", "%s", res.Warning)
+		}
+		w.event(v1.EventTypeNormal, "Pulled", "Successfully pulled image %q in %s (module %s, %d bytes)",
+			c.spec.Image, time.Since(start).Round(time.Millisecond), res.ModuleDigest, res.ModuleSize)
+		c.image = res
+	}
+	return nil, nil
+}
+
+func pullPolicy(p v1.PullPolicy) regcache.PullPolicy {
+	switch p {
+	case v1.PullAlways:
+		return regcache.PullAlways
+	case v1.PullNever:
+		return regcache.PullNever
+	}
+	return regcache.PullIfNotPresent
+}
+
+// prepareVolumes makes each emptyDir. Volume types the node cannot provide
+// yet fail the pod's containers with a reason, if a container mounts them.
+func (w *Worker) prepareVolumes(ctx context.Context) bool {
+	w.setState(StatePreparingVolumes)
+	pod := w.Pod()
+	w.volumes = map[string]string{}
+	unsupported := map[string]string{}
+	for _, v := range pod.Spec.Volumes {
+		switch {
+		case v.EmptyDir != nil:
+			dir := filepath.Join(w.deps.VolumeDir, v.Name)
+			if err := os.MkdirAll(dir, 0o750); err != nil {
+				unsupported[v.Name] = fmt.Sprintf("cannot create emptyDir: %v", err)
+				continue
+			}
+			w.volumes[v.Name] = dir
+		default:
+			unsupported[v.Name] = "only emptyDir volumes are supported on wasmlet nodes so far"
+		}
+	}
+	ok := true
+	for _, c := range w.containers {
+		for _, m := range c.spec.VolumeMounts {
+			if why, bad := unsupported[m.Name]; bad && !isServiceAccountMount(pod, m) {
+				c.state = waiting("CreateContainerConfigError", fmt.Sprintf("volume %q: %s", m.Name, why))
+				w.event(v1.EventTypeWarning, "Failed", "Error: volume %q: %s", m.Name, why)
+				ok = false
+			}
+		}
+	}
+	if !ok {
+		w.publish()
+		return false
+	}
+	return ctx.Err() == nil
+}
+
+// isServiceAccountMount reports the token volume the API server adds to
+// every pod. It is not mounted yet (no module can use the API without
+// networking); refusing it would refuse every pod.
+func isServiceAccountMount(pod *v1.Pod, m v1.VolumeMount) bool {
+	for _, v := range pod.Spec.Volumes {
+		if v.Name == m.Name && v.Projected != nil && m.MountPath == "/var/run/secrets/kubernetes.io/serviceaccount" {
+			return true
+		}
+	}
+	return false
+}
+
+func (w *Worker) start(ctx context.Context, c *ctr) {
+	pod := w.Pod()
+	c.restartAt = time.Time{}
+	env, err := resolveEnv(ctx, w.deps.Client, pod, &c.spec, w.deps.NodeIP)
+	if err != nil {
+		w.failStart(c, "CreateContainerConfigError", err.Error())
+		return
+	}
+	id := fmt.Sprintf("%s-%s-%d", pod.UID, c.spec.Name, c.restarts)
+	spec := &executorv1.InstanceSpec{
+		Module:     &executorv1.Module{Digest: c.image.ModuleDigest, Reference: c.spec.Image},
+		Args:       argv(&c.spec),
+		LogSubject: w.deps.LogSubject(pod.Namespace, pod.Name, c.spec.Name),
+		Labels: map[string]string{
+			LabelNamespace: pod.Namespace, LabelPod: pod.Name,
+			LabelPodUID: string(pod.UID), LabelContainer: c.spec.Name,
+		},
+	}
+	for _, kv := range env {
+		spec.Env = append(spec.Env, &executorv1.EnvVar{Name: kv[0], Value: kv[1]})
+	}
+	for _, m := range c.spec.VolumeMounts {
+		dir, ok := w.volumes[m.Name]
+		if !ok {
+			continue
+		}
+		host := dir
+		if m.SubPath != "" {
+			host, err = subPath(dir, m.SubPath)
+			if err != nil {
+				w.failStart(c, "CreateContainerConfigError", err.Error())
+				return
+			}
+		}
+		spec.Preopens = append(spec.Preopens, &executorv1.Preopen{HostPath: host, GuestPath: m.MountPath, ReadOnly: m.ReadOnly})
+	}
+	if mem, ok := c.spec.Resources.Limits[v1.ResourceMemory]; ok {
+		spec.MemoryLimitBytes = mem.Value()
+	}
+	resp, err := w.deps.Executor.CreateInstance(ctx, &executorv1.CreateInstanceRequest{Id: id, Spec: spec, Start: true})
+	var inst *executorv1.Instance
+	switch {
+	case status.Code(err) == codes.AlreadyExists:
+		// Created by an earlier life of this node agent: adopt it.
+		got, gerr := w.deps.Executor.GetInstance(ctx, &executorv1.GetInstanceRequest{Id: id})
+		if gerr != nil {
+			w.failStart(c, "CreateContainerError", gerr.Error())
+			return
+		}
+		inst = got.GetInstance()
+	case err != nil:
+		if ctx.Err() != nil {
+			return
+		}
+		w.failStart(c, "CreateContainerError", status.Convert(err).Message())
+		return
+	default:
+		inst = resp.GetInstance()
+		w.event(v1.EventTypeNormal, "Created", "Created container %s", c.spec.Name)
+	}
+	if c.instanceID != "" && c.instanceID != id {
+		c.previousID = c.instanceID
+		w.forget(c.previousID)
+	}
+	c.instanceID = id
+	w.mu.Lock()
+	w.ids[c.spec.Name] = [2]string{c.instanceID, c.previousID}
+	w.mu.Unlock()
+	if inst.GetState() != executorv1.InstanceState_INSTANCE_STATE_FAILED {
+		w.event(v1.EventTypeNormal, "Started", "Started container %s", c.spec.Name)
+	}
+	w.apply(c, inst)
+}
+
+// forget deletes an ended instance from its executor; its output stays in NATS.
+func (w *Worker) forget(id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := w.deps.Executor.DeleteInstance(ctx, &executorv1.DeleteInstanceRequest{Id: id, Force: true}); err != nil && status.Code(err) != codes.NotFound {
+		w.log.Warn("delete instance failed", "instance", id, "err", err)
+	}
+}
+
+// failStart records a container that could not be started and schedules a
+// retry under the restart policy's back-off.
+func (w *Worker) failStart(c *ctr, reason, msg string) {
+	w.log.Warn("container start failed", "container", c.spec.Name, "reason", reason, "err", msg)
+	w.event(v1.EventTypeWarning, "Failed", "Error: %s", msg)
+	c.state = waiting(reason, msg)
+	// Like the kubelet, retry a container that could not be created whatever
+	// the restart policy: the cause (a missing config map, an executor at
+	// capacity) may go away.
+	if !w.terminating() {
+		c.delay = c.nextDelay(w.deps.Backoff)
+		c.restartAt = time.Now().Add(c.delay)
+	}
+	w.publish()
+}
+
+// argv maps a container to WASI argv: command replaces the whole argv
+// (command[0] is argv[0]) and args follow; with no command, argv[0] is the
+// container's name.
+func argv(c *v1.Container) []string {
+	if len(c.Command) > 0 {
+		return append(append([]string{}, c.Command...), c.Args...)
+	}
+	return append([]string{c.Name}, c.Args...)
+}
+
+func subPath(dir, sub string) (string, error) {
+	clean := filepath.Clean(sub)
+	if filepath.IsAbs(clean) || clean == ".." || len(clean) > 2 && clean[:3] == "../" {
+		return "", fmt.Errorf("subPath %q must be a relative path inside the volume", sub)
+	}
+	p := filepath.Join(dir, clean)
+	if err := os.MkdirAll(p, 0o750); err != nil {
+		return "", fmt.Errorf("subPath %q: %w", sub, err)
+	}
+	return p, nil
+}
+
+// apply folds an instance's state into its container.
+func (w *Worker) apply(c *ctr, inst *executorv1.Instance) {
+	if inst == nil || inst.GetId() != c.instanceID {
+		return
+	}
+	cid := "wasmlet://" + inst.GetId()
+	switch inst.GetState() {
+	case executorv1.InstanceState_INSTANCE_STATE_CREATED:
+		c.state = waiting("ContainerCreating", "")
+	case executorv1.InstanceState_INSTANCE_STATE_RUNNING:
+		c.state = v1.ContainerState{Running: &v1.ContainerStateRunning{StartedAt: ts(inst.GetStartedAt().AsTime())}}
+	case executorv1.InstanceState_INSTANCE_STATE_EXITED, executorv1.InstanceState_INSTANCE_STATE_KILLED, executorv1.InstanceState_INSTANCE_STATE_FAILED:
+		if c.state.Terminated != nil && c.state.Terminated.ContainerID == cid {
+			return // already applied
+		}
+		reason := inst.GetReason()
+		if reason == "" {
+			reason = "Error"
+			if inst.GetExitCode() == 0 {
+				reason = "Completed"
+			}
+		}
+		started := inst.GetStartedAt().AsTime()
+		if inst.GetStartedAt() == nil {
+			started = inst.GetFinishedAt().AsTime()
+		}
+		c.state = v1.ContainerState{Terminated: &v1.ContainerStateTerminated{
+			ExitCode:    inst.GetExitCode(),
+			Reason:      reason,
+			Message:     inst.GetMessage(),
+			StartedAt:   ts(started),
+			FinishedAt:  ts(inst.GetFinishedAt().AsTime()),
+			ContainerID: cid,
+		}}
+		if inst.GetState() == executorv1.InstanceState_INSTANCE_STATE_FAILED {
+			w.event(v1.EventTypeWarning, "Failed", "Error: %s", inst.GetMessage())
+		}
+		w.scheduleRestart(c, true)
+	}
+}
+
+// scheduleRestart applies the restart policy to a container that ended.
+func (w *Worker) scheduleRestart(c *ctr, ran bool) {
+	policy := w.Pod().Spec.RestartPolicy
+	exit := c.state.Terminated.ExitCode
+	restart := policy == v1.RestartPolicyAlways || (policy == v1.RestartPolicyOnFailure && exit != 0)
+	if !restart || w.terminating() {
+		c.finished = true
+		return
+	}
+	if ran && c.state.Terminated.FinishedAt.Sub(c.state.Terminated.StartedAt.Time) >= w.deps.Backoff.Reset {
+		c.backoff = 0
+	}
+	// The first restart is at once; then Initial, doubling up to Max.
+	if c.restarts == 0 && c.backoff == 0 {
+		c.delay, c.backoff = 0, w.deps.Backoff.Initial
+	} else {
+		c.delay = c.nextDelay(w.deps.Backoff)
+	}
+	c.restartAt = time.Now().Add(c.delay)
+	if c.delay > 0 {
+		w.event(v1.EventTypeWarning, "BackOff", "Back-off restarting failed container %s in pod %s", c.spec.Name, w.Pod().Name)
+	}
+}
+
+// nextDelay returns the back-off delay to use now and doubles the next one.
+func (c *ctr) nextDelay(b Backoff) time.Duration {
+	d := c.backoff
+	if d == 0 {
+		d = b.Initial
+	}
+	d = min(d, b.Max)
+	c.backoff = min(2*d, b.Max)
+	return d
+}
+
+func (w *Worker) terminating() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.grace != nil
+}
+
+// loop applies instance changes and due restarts until ctx ends.
+func (w *Worker) loop(ctx context.Context) {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		w.drain()
+		w.restartDue(ctx)
+		w.publish()
+		next := time.Duration(-1)
+		for _, c := range w.containers {
+			if !c.restartAt.IsZero() {
+				if d := time.Until(c.restartAt); next < 0 || d < next {
+					next = max(d, 0)
+				}
+			}
+		}
+		if next < 0 {
+			next = time.Hour
+		}
+		timer.Reset(next)
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.wake:
+		case <-timer.C:
+		}
+	}
+}
+
+func (w *Worker) drain() {
+	w.mu.Lock()
+	pending, lost := w.pending, w.lostAll
+	w.pending, w.lostAll = nil, ""
+	w.mu.Unlock()
+	for _, inst := range pending {
+		for _, c := range w.containers {
+			if c.instanceID == inst.GetId() {
+				w.apply(c, inst)
+			}
+		}
+	}
+	if lost == "" {
+		return
+	}
+	now := time.Now()
+	for _, c := range w.containers {
+		if c.instanceID == "" || c.state.Terminated != nil {
+			continue
+		}
+		started := now
+		if r := c.state.Running; r != nil {
+			started = r.StartedAt.Time
+		}
+		c.state = v1.ContainerState{Terminated: &v1.ContainerStateTerminated{
+			ExitCode: 137, Reason: "ExecutorLost", Message: lost,
+			StartedAt: ts(started), FinishedAt: ts(now), ContainerID: "wasmlet://" + c.instanceID,
+		}}
+		w.event(v1.EventTypeWarning, "Failed", "Container %s was lost: %s", c.spec.Name, lost)
+		w.scheduleRestart(c, true)
+	}
+}
+
+func (w *Worker) restartDue(ctx context.Context) {
+	now := time.Now()
+	for _, c := range w.containers {
+		if c.restartAt.IsZero() || c.restartAt.After(now) || ctx.Err() != nil {
+			continue
+		}
+		if c.state.Terminated != nil {
+			c.last = c.state
+			c.restarts++
+		}
+		w.start(ctx, c)
+	}
+	// Containers waiting for a restart show CrashLoopBackOff, as the kubelet's do.
+	for _, c := range w.containers {
+		if !c.restartAt.IsZero() && c.restartAt.After(now) && c.state.Terminated != nil {
+			c.last = c.state
+			c.restarts++
+			c.state = waiting("CrashLoopBackOff", fmt.Sprintf("back-off %s restarting failed container=%s pod=%s",
+				c.delay, c.spec.Name, w.Pod().Name))
+		}
+	}
+}
+
+// terminate stops every instance within the grace period and publishes the
+// pod's final status.
+func (w *Worker) terminate(ctx context.Context) {
+	w.setState(StateTerminating)
+	w.mu.Lock()
+	grace := time.Duration(0)
+	if w.grace != nil {
+		grace = *w.grace
+	}
+	w.mu.Unlock()
+	w.drain()
+	var wg sync.WaitGroup
+	results := make([]*executorv1.Instance, len(w.containers))
+	for i, c := range w.containers {
+		if c.instanceID == "" || c.state.Terminated != nil {
+			continue
+		}
+		w.event(v1.EventTypeNormal, "Killing", "Stopping container %s", c.spec.Name)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sctx, cancel := context.WithTimeout(ctx, grace+30*time.Second)
+			defer cancel()
+			resp, err := w.deps.Executor.StopInstance(sctx, &executorv1.StopInstanceRequest{Id: c.instanceID, GracePeriod: durationpb.New(grace)})
+			if err != nil {
+				w.log.Warn("stop instance failed", "instance", c.instanceID, "err", err)
+				return
+			}
+			results[i] = resp.GetInstance()
+		}()
+	}
+	wg.Wait()
+	now := time.Now()
+	for i, c := range w.containers {
+		w.apply(c, results[i])
+		c.restartAt = time.Time{}
+		c.finished = true
+		if c.state.Terminated == nil {
+			c.state = v1.ContainerState{Terminated: &v1.ContainerStateTerminated{
+				ExitCode: 137, Reason: "Killed", Message: "the pod was deleted before this container ended",
+				StartedAt: ts(now), FinishedAt: ts(now),
+			}}
+		}
+		if c.instanceID != "" {
+			w.forget(c.instanceID)
+		}
+	}
+	if w.deps.VolumeDir != "" {
+		if err := os.RemoveAll(w.deps.VolumeDir); err != nil {
+			w.log.Warn("remove pod volumes failed", "dir", w.deps.VolumeDir, "err", err)
+		}
+	}
+	w.setState(StateTerminated)
+	w.publish()
+}
+
+// publish builds the pod's status and notifies when it changed.
+func (w *Worker) publish() {
+	w.mu.Lock()
+	pod := w.pod
+	prev := pod.Status
+	st := *prev.DeepCopy()
+	now := metav1.Now()
+	st.Phase = podPhase(w.containers)
+	st.HostIP = w.deps.NodeIP
+	st.HostIPs = []v1.HostIP{{IP: w.deps.NodeIP}}
+	// Wasm pods share the node's network identity (no pod network yet).
+	st.PodIP = w.deps.NodeIP
+	st.PodIPs = []v1.PodIP{{IP: w.deps.NodeIP}}
+	if st.StartTime == nil {
+		st.StartTime = &now
+	}
+	st.QOSClass = qosClass(pod)
+	st.Reason, st.Message = "", ""
+	ready := len(w.containers) > 0
+	st.ContainerStatuses = st.ContainerStatuses[:0]
+	for _, c := range w.containers {
+		running := c.state.Running != nil
+		ready = ready && running
+		imageID := ""
+		if c.image.ManifestDigest != "" {
+			imageID = c.image.Reference + "@" + c.image.ManifestDigest
+		}
+		cs := v1.ContainerStatus{
+			Name:                 c.spec.Name,
+			Image:                c.spec.Image,
+			ImageID:              imageID,
+			State:                c.state,
+			LastTerminationState: c.last,
+			Ready:                running,
+			RestartCount:         c.restarts,
+			Started:              &running,
+		}
+		if c.instanceID != "" {
+			cs.ContainerID = "wasmlet://" + c.instanceID
+		}
+		st.ContainerStatuses = append(st.ContainerStatuses, cs)
+	}
+	terminal := st.Phase == v1.PodSucceeded || st.Phase == v1.PodFailed
+	prepared := w.state != StateRegistered && w.state != StatePulling && w.state != StatePullBackOff && w.state != StatePreparingVolumes
+	st.Conditions = setCondition(st.Conditions, v1.PodScheduled, v1.ConditionTrue, "", now)
+	st.Conditions = setCondition(st.Conditions, v1.PodReadyToStartContainers, boolStatus(prepared && !terminal), "", now)
+	st.Conditions = setCondition(st.Conditions, v1.PodInitialized, v1.ConditionTrue, "", now)
+	reason := ""
+	if !ready {
+		reason = "ContainersNotReady"
+		if terminal {
+			reason = "PodCompleted"
+		}
+	}
+	st.Conditions = setCondition(st.Conditions, v1.ContainersReady, boolStatus(ready), reason, now)
+	st.Conditions = setCondition(st.Conditions, v1.PodReady, boolStatus(ready), reason, now)
+	if equality.Semantic.DeepEqual(prev, st) {
+		w.mu.Unlock()
+		return
+	}
+	pod.Status = st
+	out := pod.DeepCopy()
+	w.mu.Unlock()
+	w.deps.Notify(out)
+}
+
+func (w *Worker) event(typ, reason, format string, args ...any) {
+	if w.deps.Recorder == nil {
+		return
+	}
+	w.deps.Recorder.Eventf(w.Pod(), typ, reason, format, args...)
+}
+
+func (b Backoff) delay(attempt int) time.Duration {
+	d := b.Initial
+	for i := 0; i < attempt && d < b.Max; i++ {
+		d *= 2
+	}
+	return min(d, b.Max)
+}
+
+func waiting(reason, msg string) v1.ContainerState {
+	return v1.ContainerState{Waiting: &v1.ContainerStateWaiting{Reason: reason, Message: msg}}
+}
+
+func ts(t time.Time) metav1.Time { return metav1.NewTime(t.Truncate(time.Second)) }
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

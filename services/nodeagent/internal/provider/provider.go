@@ -1,0 +1,326 @@
+// Package provider adapts wasmlet's pod workers to virtual-kubelet's pod
+// controller: it implements node.PodLifecycleHandler with the PodNotifier
+// extension (status is pushed, never polled) and the kubelet API's pod
+// handlers (logs; exec, attach and port-forward answer "not supported").
+// It owns the map of pod workers and routes executor events to them; the
+// pod lifecycle itself is podworker's.
+package provider
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/virtual-kubelet/virtual-kubelet/errdefs"
+	"github.com/virtual-kubelet/virtual-kubelet/node/api"
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/record"
+	statsv1alpha1 "k8s.io/kubelet/pkg/apis/stats/v1alpha1"
+
+	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
+	"github.com/wasmlet/wasmlet/internal/subjects"
+	"github.com/wasmlet/wasmlet/services/nodeagent/internal/executors"
+	"github.com/wasmlet/wasmlet/services/nodeagent/internal/podlogs"
+	"github.com/wasmlet/wasmlet/services/nodeagent/internal/podworker"
+	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
+)
+
+// Config is what the provider needs; all fields are required unless noted.
+type Config struct {
+	Client   kubernetes.Interface
+	Cache    regcache.Cache
+	Pool     *executors.Pool
+	Recorder record.EventRecorder
+	Logs     *podlogs.Reader
+	NodeName string
+	NodeIP   string
+	StateDir string // pods' volumes live under StateDir/pods/<uid>
+	Backoff  podworker.Backoff
+	Log      *slog.Logger
+}
+
+type entry struct {
+	worker  *podworker.Worker
+	uid     string
+	flavour string
+}
+
+// Provider runs pods with pod workers.
+type Provider struct {
+	cfg Config
+	ctx context.Context // lives as long as the node agent
+
+	mu     sync.Mutex
+	pods   map[string]*entry // namespace/name
+	notify func(*v1.Pod)
+}
+
+// New returns a provider whose workers live until ctx ends.
+func New(ctx context.Context, cfg Config) (*Provider, error) {
+	switch {
+	case cfg.Client == nil, cfg.Cache == nil, cfg.Pool == nil, cfg.Logs == nil:
+		return nil, errors.New("provider: Client, Cache, Pool and Logs are required")
+	case cfg.NodeName == "", cfg.StateDir == "":
+		return nil, errors.New("provider: NodeName and StateDir are required")
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	return &Provider{cfg: cfg, ctx: ctx, pods: map[string]*entry{}}, nil
+}
+
+func key(ns, name string) string { return ns + "/" + name }
+
+// NotifyPods registers virtual-kubelet's status callback.
+func (p *Provider) NotifyPods(_ context.Context, cb func(*v1.Pod)) {
+	p.mu.Lock()
+	p.notify = cb
+	p.mu.Unlock()
+}
+
+func (p *Provider) notifyPod(pod *v1.Pod) {
+	p.mu.Lock()
+	cb := p.notify
+	p.mu.Unlock()
+	if cb != nil {
+		cb(pod)
+	}
+}
+
+// CreatePod starts a worker for the pod and returns at once; pulling and
+// starting happen in the worker and show in the pod's status. It may be
+// called again for a pod it already runs.
+func (p *Provider) CreatePod(ctx context.Context, pod *v1.Pod) error {
+	k := key(pod.Namespace, pod.Name)
+	p.mu.Lock()
+	if e, ok := p.pods[k]; ok && e.uid == string(pod.UID) {
+		p.mu.Unlock()
+		e.worker.Update(pod)
+		return nil
+	}
+	p.mu.Unlock()
+
+	exec, err := p.route(ctx, pod)
+	if err != nil {
+		return err
+	}
+	w := podworker.New(podworker.Deps{
+		Client:     p.cfg.Client,
+		Cache:      p.cfg.Cache,
+		Executor:   exec.Client,
+		Recorder:   p.cfg.Recorder,
+		NodeIP:     p.cfg.NodeIP,
+		LogSubject: func(ns, pod, c string) string { return subjects.Logs(p.cfg.NodeName, ns, pod, c) },
+		VolumeDir:  filepath.Join(p.cfg.StateDir, "pods", string(pod.UID), "volumes"),
+		Backoff:    p.cfg.Backoff,
+		Notify:     p.notifyPod,
+		Log:        p.cfg.Log,
+	}, pod)
+	e := &entry{worker: w, uid: string(pod.UID), flavour: exec.Flavour}
+	p.mu.Lock()
+	p.pods[k] = e
+	p.mu.Unlock()
+	go w.Run(p.ctx)
+	go func() {
+		<-w.Done()
+		if p.ctx.Err() != nil {
+			return
+		}
+		// Keep the final status readable until virtual-kubelet has written
+		// it and removed the pod.
+		time.Sleep(time.Minute)
+		p.mu.Lock()
+		if p.pods[k] == e {
+			delete(p.pods, k)
+		}
+		p.mu.Unlock()
+	}()
+	return nil
+}
+
+// route picks the pod's executor from its RuntimeClass's handler.
+func (p *Provider) route(ctx context.Context, pod *v1.Pod) (*executors.Executor, error) {
+	handler := ""
+	if rc := pod.Spec.RuntimeClassName; rc != nil && *rc != "" {
+		obj, err := p.cfg.Client.NodeV1().RuntimeClasses().Get(ctx, *rc, metav1.GetOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("runtimeClass %q: %w", *rc, err)
+		}
+		handler = obj.Handler
+	}
+	return p.cfg.Pool.Route(pod, handler)
+}
+
+// UpdatePod passes a newer version of the pod to its worker.
+func (p *Provider) UpdatePod(_ context.Context, pod *v1.Pod) error {
+	e, err := p.get(pod.Namespace, pod.Name)
+	if err != nil {
+		return err
+	}
+	e.worker.Update(pod)
+	return nil
+}
+
+// DeletePod stops the pod within its grace period; the worker then notifies
+// the terminal status. It may be called more than once.
+func (p *Provider) DeletePod(_ context.Context, pod *v1.Pod) error {
+	e, err := p.get(pod.Namespace, pod.Name)
+	if err != nil {
+		return err
+	}
+	grace := 30 * time.Second
+	if s := pod.Spec.TerminationGracePeriodSeconds; s != nil {
+		grace = time.Duration(*s) * time.Second
+	}
+	if s := pod.DeletionGracePeriodSeconds; s != nil {
+		grace = time.Duration(*s) * time.Second
+	}
+	e.worker.Update(pod)
+	e.worker.Terminate(grace)
+	return nil
+}
+
+func (p *Provider) get(ns, name string) (*entry, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e, ok := p.pods[key(ns, name)]
+	if !ok {
+		return nil, errdefs.NotFoundf("pod %s/%s is not known to this node", ns, name)
+	}
+	return e, nil
+}
+
+// GetPod returns the pod with its latest status.
+func (p *Provider) GetPod(_ context.Context, ns, name string) (*v1.Pod, error) {
+	e, err := p.get(ns, name)
+	if err != nil {
+		return nil, err
+	}
+	return e.worker.Pod(), nil
+}
+
+// GetPodStatus returns the pod's latest status.
+func (p *Provider) GetPodStatus(ctx context.Context, ns, name string) (*v1.PodStatus, error) {
+	pod, err := p.GetPod(ctx, ns, name)
+	if err != nil {
+		return nil, err
+	}
+	return &pod.Status, nil
+}
+
+// GetPods returns every pod the node runs.
+func (p *Provider) GetPods(context.Context) ([]*v1.Pod, error) {
+	p.mu.Lock()
+	entries := make([]*entry, 0, len(p.pods))
+	for _, e := range p.pods {
+		entries = append(entries, e)
+	}
+	p.mu.Unlock()
+	out := make([]*v1.Pod, 0, len(entries))
+	for _, e := range entries {
+		out = append(out, e.worker.Pod())
+	}
+	return out, nil
+}
+
+// InstanceChanged routes an executor's instance event to its pod's worker.
+func (p *Provider) InstanceChanged(flavour string, inst *executorv1.Instance) {
+	l := inst.GetSpec().GetLabels()
+	p.mu.Lock()
+	e, ok := p.pods[key(l[podworker.LabelNamespace], l[podworker.LabelPod])]
+	p.mu.Unlock()
+	if !ok || e.uid != l[podworker.LabelPodUID] || e.flavour != flavour {
+		return
+	}
+	e.worker.InstanceChanged(inst)
+}
+
+// ExecutorRestarted tells every pod on that executor that its instances are gone.
+func (p *Provider) ExecutorRestarted(flavour string) {
+	p.mu.Lock()
+	var ws []*podworker.Worker
+	for _, e := range p.pods {
+		if e.flavour == flavour {
+			ws = append(ws, e.worker)
+		}
+	}
+	p.mu.Unlock()
+	for _, w := range ws {
+		w.InstancesLost(fmt.Sprintf("executor %q stopped unexpectedly and was restarted; the instance was lost", flavour))
+	}
+}
+
+// GetContainerLogs serves kubectl logs from NATS.
+func (p *Provider) GetContainerLogs(ctx context.Context, ns, name, container string, opts api.ContainerLogOpts) (io.ReadCloser, error) {
+	e, err := p.get(ns, name)
+	if err != nil {
+		return nil, err
+	}
+	current, previous, ok := e.worker.InstanceIDs(container)
+	if !ok {
+		var names []string
+		for _, c := range e.worker.Pod().Spec.Containers {
+			names = append(names, c.Name)
+		}
+		return nil, errdefs.InvalidInputf("container %s is not valid for pod %s/%s: choose one of %v", container, ns, name, names)
+	}
+	id := current
+	if opts.Previous {
+		if previous == "" {
+			return nil, errdefs.InvalidInputf("previous terminated container %q in pod %s/%s not found", container, ns, name)
+		}
+		id = previous
+	}
+	if id == "" {
+		return nil, errdefs.InvalidInputf("container %q in pod %s/%s is waiting to start", container, ns, name)
+	}
+	o := podlogs.Options{Tail: opts.Tail, LimitBytes: opts.LimitBytes, Timestamps: opts.Timestamps, Follow: opts.Follow, Since: opts.SinceTime}
+	if opts.SinceSeconds > 0 {
+		o.Since = time.Now().Add(-time.Duration(opts.SinceSeconds) * time.Second)
+	}
+	return p.cfg.Logs.Open(ctx, ns, name, container, id, o)
+}
+
+var errUnsupported = "%s is not supported for Wasm pods: a WebAssembly module has no shell or process to %s"
+
+// RunInContainer is not supported for Wasm pods.
+func (p *Provider) RunInContainer(context.Context, string, string, string, []string, api.AttachIO) error {
+	return errdefs.InvalidInputf(errUnsupported, "exec", "run a command in")
+}
+
+// AttachToContainer is not supported for Wasm pods.
+func (p *Provider) AttachToContainer(context.Context, string, string, string, api.AttachIO) error {
+	return errdefs.InvalidInputf(errUnsupported, "attach", "attach to")
+}
+
+// PortForward is not supported for Wasm pods (no pod networking yet).
+func (p *Provider) PortForward(context.Context, string, string, int32, io.ReadWriteCloser) error {
+	return errdefs.InvalidInput("port-forward is not supported for Wasm pods: wasmlet has no pod networking yet")
+}
+
+// GetStatsSummary reports the node and its pods (without usage figures yet).
+func (p *Provider) GetStatsSummary(ctx context.Context) (*statsv1alpha1.Summary, error) {
+	pods, _ := p.GetPods(ctx)
+	now := metav1.Now()
+	s := &statsv1alpha1.Summary{Node: statsv1alpha1.NodeStats{NodeName: p.cfg.NodeName, StartTime: now}}
+	for _, pod := range pods {
+		s.Pods = append(s.Pods, statsv1alpha1.PodStats{
+			PodRef:    statsv1alpha1.PodReference{Name: pod.Name, Namespace: pod.Namespace, UID: string(pod.UID)},
+			StartTime: now,
+		})
+	}
+	return s, nil
+}
+
+// GetMetricsResource has no resource metrics yet.
+func (p *Provider) GetMetricsResource(context.Context) ([]*dto.MetricFamily, error) {
+	return nil, nil
+}

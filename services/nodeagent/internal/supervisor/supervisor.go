@@ -1,0 +1,99 @@
+// Package supervisor starts the node agent's own executor as a child process
+// and restarts it, with back-off, when it dies. It owns the child process
+// and nothing else: what the child's death means for pods is for the
+// executor watcher to find out (the executor's id changes).
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"syscall"
+	"time"
+)
+
+// Config describes the child.
+type Config struct {
+	Binary string   // path of the executor binary
+	Args   []string // its flags
+	Env    []string // extra environment (KEY=VALUE), e.g. the NATS token
+	Output io.Writer
+	Log    *slog.Logger
+}
+
+// Supervisor keeps one child process running until Run's context ends.
+type Supervisor struct {
+	cfg Config
+}
+
+// New validates cfg.
+func New(cfg Config) (*Supervisor, error) {
+	if cfg.Binary == "" {
+		return nil, errors.New("supervisor: Binary is required")
+	}
+	if _, err := os.Stat(cfg.Binary); err != nil {
+		return nil, fmt.Errorf("executor binary: %w (build it with `make build`, or pass --executor-binary)", err)
+	}
+	if cfg.Output == nil {
+		cfg.Output = os.Stderr
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	return &Supervisor{cfg: cfg}, nil
+}
+
+// Run starts the child and restarts it whenever it exits, until ctx ends;
+// then it sends SIGTERM, waits up to 10 s, and kills it.
+func (s *Supervisor) Run(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
+	for {
+		start := time.Now()
+		err := s.runOnce(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Since(start) > time.Minute {
+			backoff = 100 * time.Millisecond
+		}
+		s.cfg.Log.Error("executor exited; restarting", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+}
+
+func (s *Supervisor) runOnce(ctx context.Context) error {
+	cmd := exec.Command(s.cfg.Binary, s.cfg.Args...)
+	cmd.Env = append(os.Environ(), s.cfg.Env...)
+	cmd.Stdout, cmd.Stderr = s.cfg.Output, s.cfg.Output
+	// Its own process group, so that a terminal's ^C reaches the node agent
+	// only and the node agent decides how the executor stops.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start executor: %w", err)
+	}
+	s.cfg.Log.Info("executor started", "pid", cmd.Process.Pid)
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		return fmt.Errorf("executor pid %d: %w", cmd.Process.Pid, err)
+	case <-ctx.Done():
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		<-exited
+	}
+	return nil
+}

@@ -1,0 +1,100 @@
+// Command nodeagent is the wasmlet node agent: it registers a Kubernetes
+// Node and runs the WebAssembly pods scheduled to it. With no addresses
+// given it embeds NATS and the registry cache and supervises one executor
+// child process, so one binary and a kubeconfig are enough to join a cluster.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/wasmlet/wasmlet/services/nodeagent/internal/agent"
+	"github.com/wasmlet/wasmlet/services/nodeagent/internal/podworker"
+)
+
+func main() {
+	cfg, level, err := parseFlags(os.Args[1:])
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
+		fmt.Fprintln(os.Stderr, "nodeagent:", err)
+		os.Exit(2)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	cfg.Log = log
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := agent.Run(ctx, cfg); err != nil {
+		log.Error("node agent failed", "err", err)
+		os.Exit(1)
+	}
+}
+
+// kv is a repeatable KEY=VALUE flag.
+type kv map[string]string
+
+func (m kv) String() string { return fmt.Sprint(map[string]string(m)) }
+func (m kv) Set(s string) error {
+	k, v, ok := strings.Cut(s, "=")
+	if !ok || k == "" {
+		return fmt.Errorf("%q: want KEY=VALUE", s)
+	}
+	m[k] = v
+	return nil
+}
+
+// list is a repeatable string flag.
+type list []string
+
+func (l *list) String() string     { return strings.Join(*l, ",") }
+func (l *list) Set(s string) error { *l = append(*l, s); return nil }
+
+func parseFlags(args []string) (agent.Config, slog.Level, error) {
+	host, _ := os.Hostname()
+	cfg := agent.Config{Labels: kv{}, Executors: kv{}, RuntimeHandlers: kv{}}
+	var insecure list
+	var level slog.Level
+	fs := flag.NewFlagSet("nodeagent", flag.ContinueOnError)
+	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig of the node's identity (CN=system:node:<name>, O=system:nodes)")
+	fs.StringVar(&cfg.NodeName, "node-name", strings.ToLower(host), "name of the Node to register")
+	fs.StringVar(&cfg.NodeIP, "node-ip", "127.0.0.1", "the node's address: reported as InternalIP, and where the kubelet API listens")
+	fs.IntVar(&cfg.KubeletPort, "port", 10250, "kubelet API port")
+	fs.StringVar(&cfg.StateDir, "state-dir", "/var/lib/wasmlet", "directory for NATS data, the registry cache, sockets and pod volumes")
+	fs.StringVar(&cfg.ClientCAFile, "client-ca-file", "", "CA bundle of client certificates the kubelet API accepts (the cluster CA)")
+	fs.StringVar(&cfg.TLSCertFile, "tls-cert-file", "", "kubelet API serving certificate (default: self-signed, kept in the state dir)")
+	fs.StringVar(&cfg.TLSKeyFile, "tls-private-key-file", "", "kubelet API serving key")
+	fs.StringVar(&cfg.NATSURL, "nats", "", "NATS URL (token from WASMLET_NATS_TOKEN); empty: run NATS in-process")
+	fs.StringVar(&cfg.RegistryCache, "registry-cache", "", "registry cache gRPC address; empty: in-process cache")
+	fs.Var(&insecure, "insecure-registry", "registry host:port reached over plain HTTP (repeatable; in-process cache only)")
+	fs.StringVar(&cfg.RegistryCAFile, "registry-ca-file", "", "extra CA bundle for registries (in-process cache only)")
+	fs.Var(kv(cfg.Executors), "executor", "FLAVOUR=ADDRESS of a separately run executor (repeatable); none: supervise one child")
+	fs.StringVar(&cfg.DefaultExecutor, "default-executor", "wasmtime", "flavour for pods that name no RuntimeClass")
+	fs.Var(kv(cfg.RuntimeHandlers), "runtime-handler", "HANDLER=FLAVOUR: RuntimeClass handler routed to an executor flavour (repeatable)")
+	fs.StringVar(&cfg.ExecutorBinary, "executor-binary", "", "executor binary to supervise (default: 'executor' beside this binary)")
+	fs.Var(kv(cfg.Labels), "node-label", "KEY=VALUE label for the Node (repeatable)")
+	fs.Int64Var(&cfg.MaxPods, "max-pods", 110, "pods this node accepts")
+	fs.DurationVar(&cfg.Backoff.Initial, "backoff-initial", podworker.DefaultBackoff.Initial, "first crash-loop/image-pull back-off")
+	fs.DurationVar(&cfg.Backoff.Max, "backoff-max", podworker.DefaultBackoff.Max, "longest back-off")
+	fs.DurationVar(&cfg.Backoff.Reset, "backoff-reset", podworker.DefaultBackoff.Reset, "a run this long resets the back-off")
+	fs.TextVar(&level, "log-level", slog.LevelInfo, "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return cfg, level, err
+	}
+	cfg.InsecureRegistries = insecure
+	cfg.NATSToken = os.Getenv("WASMLET_NATS_TOKEN")
+	if cfg.Kubeconfig == "" {
+		return cfg, level, errors.New("--kubeconfig (or KUBECONFIG) is required")
+	}
+	if cfg.Backoff.Initial <= 0 || cfg.Backoff.Max < cfg.Backoff.Initial {
+		return cfg, level, errors.New("--backoff-initial must be positive and at most --backoff-max")
+	}
+	return cfg, level, nil
+}
