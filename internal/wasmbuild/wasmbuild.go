@@ -4,7 +4,10 @@
 //
 // The cache is package state on purpose: a test binary builds each module
 // once, whichever tests ask for it (a Go-built module takes seconds to link
-// on a loaded machine).
+// on a loaded machine). Built modules are kept under the user cache dir
+// ($XDG_CACHE_HOME/wasmlet-wasmbuild), keyed by a hash of the module's
+// sources and the Go version, so that later test runs reuse them and
+// nothing accumulates in the temp dir.
 //
 // Usage:
 //
@@ -14,11 +17,14 @@ package wasmbuild
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -33,9 +39,6 @@ type entry struct {
 var (
 	mu      sync.Mutex
 	entries = map[string]*entry{}
-	dirOnce sync.Once
-	dir     string
-	dirErr  error
 )
 
 // Build returns the path of testdata/wasm/<name> built for wasip1/wasm. It
@@ -78,20 +81,59 @@ func build(name string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	dirOnce.Do(func() { dir, dirErr = os.MkdirTemp("", "wasmbuild-") })
-	if dirErr != nil {
-		return "", dirErr
+	src := filepath.Join(root, "testdata", "wasm", name)
+	key, err := sourceKey(src)
+	if err != nil {
+		return "", fmt.Errorf("test module %s: %w", name, err)
 	}
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		cache = os.TempDir()
+	}
+	dir := filepath.Join(cache, "wasmlet-wasmbuild", key)
 	out := filepath.Join(dir, name+".wasm")
-	cmd := exec.Command("go", "build", "-o", out, "./testdata/wasm/"+name)
+	if _, err := os.Stat(out); err == nil {
+		return out, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	tmp := out + fmt.Sprintf(".tmp-%d", os.Getpid())
+	cmd := exec.Command("go", "build", "-o", tmp, "./testdata/wasm/"+name)
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm", "CGO_ENABLED=0")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
+		os.Remove(tmp)
 		return "", fmt.Errorf("go build ./testdata/wasm/%s: %w: %s", name, err, strings.TrimSpace(stderr.String()))
 	}
+	if err := os.Rename(tmp, out); err != nil {
+		return "", err
+	}
 	return out, nil
+}
+
+// sourceKey hashes the module's sources with the Go version that builds it.
+func sourceKey(dir string) (string, error) {
+	h := sha256.New()
+	fmt.Fprintln(h, runtime.Version())
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return "", err
+	}
+	for _, e := range ents {
+		if e.IsDir() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(h, "%s %d\n", e.Name(), len(b))
+		h.Write(b)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16], nil
 }
 
 // moduleRoot finds the directory of the go.mod of the module under test.

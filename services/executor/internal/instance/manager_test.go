@@ -72,8 +72,17 @@ func (c *fileCache) Fetch(_ context.Context, digest string) (io.ReadCloser, int6
 
 var sharedEngine struct {
 	once sync.Once
+	dir  string
 	eng  *wasmtime.Engine
 	err  error
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if sharedEngine.dir != "" {
+		os.RemoveAll(sharedEngine.dir)
+	}
+	os.Exit(code)
 }
 
 // testEngine is shared by the package's tests so that each module is
@@ -86,6 +95,7 @@ func testEngine(t *testing.T) *wasmtime.Engine {
 			sharedEngine.err = err
 			return
 		}
+		sharedEngine.dir = dir
 		sharedEngine.eng, sharedEngine.err = wasmtime.New(wasmtime.Config{CacheDir: dir})
 	})
 	if sharedEngine.err != nil {

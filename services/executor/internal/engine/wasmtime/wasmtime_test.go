@@ -25,6 +25,14 @@ var shared struct {
 	err  error
 }
 
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if shared.eng != nil {
+		os.RemoveAll(filepath.Dir(shared.eng.dir))
+	}
+	os.Exit(code)
+}
+
 func sharedEngine(t *testing.T) *Engine {
 	t.Helper()
 	shared.once.Do(func() {
