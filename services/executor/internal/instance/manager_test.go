@@ -495,7 +495,7 @@ func TestChattyLogsReachNATS(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := info.State.Subjects[subject]
-	t.Logf("%d lines: %d records in the stream, %v from create to the end being recorded", n, got, took)
+	t.Logf("%d lines: %d records in the stream, %v from create to the end being recorded, %v from start to end", n, got, took, end.FinishedAt.Sub(end.StartedAt))
 	// Lines may be dropped only under the outbox's policy; here NATS is
 	// local and fast, so nearly all arrive, and the newest always do.
 	if got < n/2 {
