@@ -1,0 +1,40 @@
+// Command hello is wasmlet's example module: a WASI program built from Go
+// with GOOS=wasip1 GOARCH=wasm, pushed as an OCI artifact and run as a pod.
+//
+// It greets, prints its arguments and a few environment variables the pod
+// sets, counts to COUNT (default 3), pausing SLEEP (a Go duration) between
+// counts, and exits with EXIT_CODE (default 0).
+package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+)
+
+func main() {
+	name := os.Getenv("POD_NAME")
+	if name == "" {
+		name = "somewhere"
+	}
+	fmt.Printf("Hello from WebAssembly, running as pod %s!\n", name)
+	fmt.Printf("argv: %q\n", os.Args)
+	if g := os.Getenv("GREETING"); g != "" {
+		fmt.Println(g)
+	}
+	count, _ := strconv.Atoi(os.Getenv("COUNT"))
+	if count == 0 {
+		count = 3
+	}
+	pause, _ := time.ParseDuration(os.Getenv("SLEEP"))
+	for i := 1; i <= count; i++ {
+		fmt.Printf("count %d\n", i)
+		time.Sleep(pause)
+	}
+	code, _ := strconv.Atoi(os.Getenv("EXIT_CODE"))
+	if code != 0 {
+		fmt.Fprintf(os.Stderr, "exiting with code %d as asked\n", code)
+	}
+	os.Exit(code)
+}

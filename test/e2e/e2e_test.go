@@ -1,0 +1,285 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+
+	"github.com/wasmlet/wasmlet/internal/natsutil"
+)
+
+// wasmPod is a pod that asks for a wasmlet node: the taint's tolerations
+// and the arch node selector, pinned to one node by hostname.
+func wasmPod(name, nodeName, image string, policy v1.RestartPolicy, env ...v1.EnvVar) *v1.Pod {
+	tol := func(effect v1.TaintEffect) v1.Toleration {
+		return v1.Toleration{Key: "kubernetes.io/arch", Operator: v1.TolerationOpEqual, Value: "wasm32-wasi", Effect: effect}
+	}
+	return &v1.Pod{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: v1.PodSpec{
+			RestartPolicy: policy,
+			NodeSelector:  map[string]string{"kubernetes.io/arch": "wasm32-wasi", "kubernetes.io/hostname": nodeName},
+			Tolerations:   []v1.Toleration{tol(v1.TaintEffectNoSchedule), tol(v1.TaintEffectNoExecute)},
+			Containers: []v1.Container{{
+				Name:  "hello",
+				Image: image,
+				Args:  []string{"--from", "e2e"},
+				Env: append([]v1.EnvVar{{Name: "POD_NAME", ValueFrom: &v1.EnvVarSource{
+					FieldRef: &v1.ObjectFieldSelector{FieldPath: "metadata.name"}}}}, env...),
+			}},
+		},
+	}
+}
+
+func apply(t *testing.T, ns string, pod *v1.Pod) {
+	t.Helper()
+	b, err := json.Marshal(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := kubectlIn(t, b, "apply", "-n", ns, "-f", "-"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+}
+
+func jsonpath(t *testing.T, ns, pod, path string) string {
+	t.Helper()
+	out, err := kubectl(t, "get", "pod", "-n", ns, pod, "-o", "jsonpath="+path)
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	return out
+}
+
+func waitPhase(t *testing.T, ns, pod string, phase v1.PodPhase, timeout time.Duration) {
+	t.Helper()
+	waitFor(t, timeout, fmt.Sprintf("pod %s/%s phase %s", ns, pod, phase), func() (bool, string) {
+		got := jsonpath(t, ns, pod, "{.status.phase} {.status.containerStatuses[*].state}")
+		return strings.HasPrefix(got, string(phase)+" "), got
+	})
+}
+
+// phasesSeen watches a pod and returns the phases it passed through, in
+// order, until it reaches a terminal phase or ctx ends.
+func phasesSeen(ctx context.Context, t *testing.T, ns, name string) <-chan []v1.PodPhase {
+	t.Helper()
+	client, err := cluster.Get(t).Clientset()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := client.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", name).String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(chan []v1.PodPhase, 1)
+	go func() {
+		defer w.Stop()
+		var seen []v1.PodPhase
+		defer func() { out <- seen }()
+		for ev := range w.ResultChan() {
+			pod, ok := ev.Object.(*v1.Pod)
+			if !ok {
+				continue
+			}
+			if p := pod.Status.Phase; p != "" && (len(seen) == 0 || seen[len(seen)-1] != p) {
+				seen = append(seen, p)
+			}
+			if pod.Status.Phase == v1.PodSucceeded || pod.Status.Phase == v1.PodFailed {
+				return
+			}
+		}
+	}()
+	return out
+}
+
+func TestNodeRegisters(t *testing.T) {
+	n := startNode(t, "e2e-register", nil)
+	out := mustKubectl(t, "get", "node", n.name, "-o", "json")
+	var node v1.Node
+	if err := json.Unmarshal([]byte(out), &node); err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range map[string]string{"kubernetes.io/arch": "wasm32-wasi", "kubernetes.io/os": "wasip1", "kubernetes.io/hostname": n.name} {
+		if got := node.Labels[k]; got != want {
+			t.Errorf("label %s = %q, want %q", k, got, want)
+		}
+	}
+	effects := map[v1.TaintEffect]bool{}
+	for _, taint := range node.Spec.Taints {
+		if taint.Key == "kubernetes.io/arch" && taint.Value == "wasm32-wasi" {
+			effects[taint.Effect] = true
+		}
+	}
+	if !effects[v1.TaintEffectNoSchedule] || !effects[v1.TaintEffectNoExecute] {
+		t.Errorf("taints = %v, want kubernetes.io/arch=wasm32-wasi NoSchedule and NoExecute", node.Spec.Taints)
+	}
+	if node.Status.Capacity.Memory().IsZero() || node.Status.Capacity.Cpu().IsZero() || node.Status.Capacity.Pods().Value() != 110 {
+		t.Errorf("capacity = %v", node.Status.Capacity)
+	}
+	if !strings.Contains(node.Status.NodeInfo.ContainerRuntimeVersion, "wasmtime") {
+		t.Errorf("runtime version = %q, want the executor's engine", node.Status.NodeInfo.ContainerRuntimeVersion)
+	}
+	if node.Status.DaemonEndpoints.KubeletEndpoint.Port != int32(n.port) {
+		t.Errorf("kubelet port = %d, want %d", node.Status.DaemonEndpoints.KubeletEndpoint.Port, n.port)
+	}
+	// The Lease is renewed: its renewTime moves.
+	first := mustKubectl(t, "get", "lease", "-n", "kube-node-lease", n.name, "-o", "jsonpath={.spec.renewTime}")
+	waitFor(t, 30*time.Second, "lease renewal", func() (bool, string) {
+		now := mustKubectl(t, "get", "lease", "-n", "kube-node-lease", n.name, "-o", "jsonpath={.spec.renewTime}")
+		return now != first, now
+	})
+}
+
+func TestPodRunsToCompletionWithLogs(t *testing.T) {
+	n := startNode(t, "e2e-hello", nil)
+	ns := namespace(t, "e2e-hello")
+	image := push(t, "examples/hello:v1")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	seen := phasesSeen(ctx, t, ns, "hello")
+	apply(t, ns, wasmPod("hello", n.name, image, v1.RestartPolicyNever,
+		v1.EnvVar{Name: "COUNT", Value: "5"}, v1.EnvVar{Name: "SLEEP", Value: "400ms"}))
+	waitPhase(t, ns, "hello", v1.PodSucceeded, 2*time.Minute)
+
+	phases := <-seen
+	if fmt.Sprint(phases) != "[Pending Running Succeeded]" {
+		t.Errorf("phases = %v, want [Pending Running Succeeded]", phases)
+	}
+	if got := jsonpath(t, ns, "hello", "{.status.containerStatuses[0].state.terminated.exitCode} {.status.containerStatuses[0].state.terminated.reason}"); got != "0 Completed" {
+		t.Errorf("terminated = %q, want exit code 0, Completed", got)
+	}
+	if got := jsonpath(t, ns, "hello", "{.status.containerStatuses[0].imageID}"); !strings.Contains(got, "@sha256:") {
+		t.Errorf("imageID = %q, want a digest", got)
+	}
+	logs := mustKubectl(t, "logs", "-n", ns, "hello")
+	for _, want := range []string{
+		"Hello from WebAssembly, running as pod hello!",
+		`argv: ["hello" "--from" "e2e"]`,
+		"count 1", "count 5",
+	} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("kubectl logs lacks %q; got:\n%s", want, logs)
+		}
+	}
+	if tailed := mustKubectl(t, "logs", "-n", ns, "hello", "--tail=1"); strings.TrimSpace(tailed) != "count 5" {
+		t.Errorf("kubectl logs --tail=1 = %q, want \"count 5\"", tailed)
+	}
+	events := mustKubectl(t, "get", "events", "-n", ns, "--field-selector", "involvedObject.name=hello", "-o", "jsonpath={.items[*].reason}")
+	for _, want := range []string{"Scheduled", "Pulling", "Pulled", "Created", "Started"} {
+		if !strings.Contains(events, want) {
+			t.Errorf("events %q lack %s", events, want)
+		}
+	}
+}
+
+func TestExitCodeFailsPod(t *testing.T) {
+	n := startNode(t, "e2e-exit", nil)
+	ns := namespace(t, "e2e-exit")
+	image := push(t, "examples/hello:v1")
+	apply(t, ns, wasmPod("exit3", n.name, image, v1.RestartPolicyNever, v1.EnvVar{Name: "EXIT_CODE", Value: "3"}))
+	waitPhase(t, ns, "exit3", v1.PodFailed, 2*time.Minute)
+	if got := jsonpath(t, ns, "exit3", "{.status.containerStatuses[0].state.terminated.exitCode} {.status.containerStatuses[0].state.terminated.reason}"); got != "3 Error" {
+		t.Errorf("terminated = %q, want exit code 3, Error", got)
+	}
+	if logs := mustKubectl(t, "logs", "-n", ns, "exit3"); !strings.Contains(logs, "exiting with code 3 as asked") {
+		t.Errorf("stderr line missing from logs:\n%s", logs)
+	}
+}
+
+func TestMissingImageStaysPending(t *testing.T) {
+	n := startNode(t, "e2e-missing", nil)
+	ns := namespace(t, "e2e-missing")
+	ref := sharedRegistry(t).Host + "/examples/does-not-exist:v1"
+	apply(t, ns, wasmPod("missing", n.name, ref, v1.RestartPolicyNever))
+	waitFor(t, 90*time.Second, "ErrImagePull", func() (bool, string) {
+		got := jsonpath(t, ns, "missing", "{.status.phase}|{.status.containerStatuses[0].state.waiting.reason}|{.status.containerStatuses[0].state.waiting.message}")
+		parts := strings.SplitN(got, "|", 3)
+		return len(parts) == 3 && parts[0] == "Pending" &&
+			(parts[1] == "ErrImagePull" || parts[1] == "ImagePullBackOff") &&
+			strings.Contains(parts[2], "examples/does-not-exist:v1"), got
+	})
+	// The node keeps working: a good pod next to it still runs.
+	image := push(t, "examples/hello:v1")
+	apply(t, ns, wasmPod("good", n.name, image, v1.RestartPolicyNever))
+	waitPhase(t, ns, "good", v1.PodSucceeded, 2*time.Minute)
+	events := mustKubectl(t, "get", "events", "-n", ns, "--field-selector", "involvedObject.name=missing", "-o", "jsonpath={.items[*].message}")
+	if !strings.Contains(events, "does-not-exist") {
+		t.Errorf("events do not name the reference: %s", events)
+	}
+}
+
+func TestDeleteRunningPod(t *testing.T) {
+	n := startNode(t, "e2e-delete", nil)
+	ns := namespace(t, "e2e-delete")
+	image := push(t, "examples/hello:v1")
+	pod := wasmPod("long", n.name, image, v1.RestartPolicyAlways, v1.EnvVar{Name: "COUNT", Value: "100000"}, v1.EnvVar{Name: "SLEEP", Value: "100ms"})
+	grace := int64(1)
+	pod.Spec.TerminationGracePeriodSeconds = &grace
+	apply(t, ns, pod)
+	waitPhase(t, ns, "long", v1.PodRunning, 2*time.Minute)
+	waitFor(t, 30*time.Second, "logs of the running pod", func() (bool, string) {
+		out, _ := kubectl(t, "logs", "-n", ns, "long", "--tail=1")
+		return strings.HasPrefix(out, "count "), out
+	})
+	start := time.Now()
+	mustKubectl(t, "delete", "pod", "-n", ns, "long", "--timeout=60s")
+	if d := time.Since(start); d > 30*time.Second {
+		t.Errorf("deletion took %s", d)
+	}
+	t.Logf("deleted a running pod (grace 1s) in %s", time.Since(start).Round(time.Millisecond))
+}
+
+func TestKubeletAPIRefusesAnonymous(t *testing.T) {
+	n := startNode(t, "e2e-authn", nil)
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	for _, path := range []string{"/pods", "/containerLogs/default/x/y", "/healthz"} {
+		resp, err := client.Get(fmt.Sprintf("https://127.0.0.1:%d%s", n.port, path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("anonymous GET %s = %d, want 401", path, resp.StatusCode)
+		}
+	}
+}
+
+// TestSplitServices runs NATS, the registry cache and the executor as
+// services of their own and points a node agent at them with flags.
+func TestSplitServices(t *testing.T) {
+	bin := binaries(t)
+	reg := sharedRegistry(t)
+	nats, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: t.TempDir(), Token: "split-token"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nats.Shutdown)
+	sock := t.TempDir()
+	registryAddr := "unix://" + filepath.Join(sock, "registry.sock")
+	executorAddr := "unix://" + filepath.Join(sock, "executor.sock")
+	startProcess(t, "registry-cache", filepath.Join(bin, "registry-cache"), nil,
+		"serve", "--listen", registryAddr, "--dir", t.TempDir(), "--insecure-registry", reg.Host)
+	startProcess(t, "executor", filepath.Join(bin, "executor"), []string{"WASMLET_NATS_TOKEN=split-token"},
+		"--listen", executorAddr, "--registry", registryAddr, "--nats", nats.URL, "--state-dir", t.TempDir())
+	n := startNode(t, "e2e-split", []string{"WASMLET_NATS_TOKEN=split-token"},
+		"--nats", nats.URL, "--registry-cache", registryAddr, "--executor", "wasmtime="+executorAddr)
+
+	ns := namespace(t, "e2e-split")
+	image := push(t, "examples/hello:v1")
+	apply(t, ns, wasmPod("split", n.name, image, v1.RestartPolicyNever))
+	waitPhase(t, ns, "split", v1.PodSucceeded, 2*time.Minute)
+	if logs := mustKubectl(t, "logs", "-n", ns, "split"); !strings.Contains(logs, "running as pod split") {
+		t.Errorf("logs through the split services:\n%s", logs)
+	}
+}
