@@ -211,7 +211,7 @@ func (c *Cluster) startAll(ctx context.Context, begin time.Time) error {
 }
 
 func (c *Cluster) start(name string, args []string) (*process, error) {
-	p, err := startProcess(c.dir, name, filepath.Join(c.st.BinDir, name), args, c.dieWithParent)
+	p, err := startProcess(c.dir, name, filepath.Join(c.st.BinDir, name), args, nil, c.dieWithParent)
 	if err != nil {
 		return nil, err
 	}

@@ -86,8 +86,7 @@ func registerNode(ctx context.Context, t *testing.T, cs kubernetes.Interface, na
 		}},
 		Spec: corev1.NodeSpec{Taints: []corev1.Taint{{Key: wasmTaintKey, Value: "wasm32-wasi", Effect: corev1.TaintEffectNoSchedule}}},
 	}
-	node, err := cs.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
-	if err != nil {
+	if _, err := cs.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("node identity creates its Node: %v", err)
 	}
 	res := corev1.ResourceList{
@@ -95,8 +94,11 @@ func registerNode(ctx context.Context, t *testing.T, cs kubernetes.Interface, na
 		corev1.ResourceMemory: resource.MustParse("8Gi"),
 		corev1.ResourcePods:   resource.MustParse("110"),
 	}
+	// The controller-manager taints a new Node at once: an Update carrying a stale
+	// spec would be refused by NodeRestriction ("not allowed to modify taints")
+	// before any conflict check, so write the status as a patch, as the kubelet does.
 	now := metav1.Now()
-	node.Status = corev1.NodeStatus{
+	status := corev1.NodeStatus{
 		Capacity: res, Allocatable: res,
 		Conditions: []corev1.NodeCondition{{
 			Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady",
@@ -104,7 +106,11 @@ func registerNode(ctx context.Context, t *testing.T, cs kubernetes.Interface, na
 		}},
 		Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "127.0.0.1"}},
 	}
-	if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
+	patch, err := json.Marshal(map[string]any{"status": status})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.CoreV1().Nodes().PatchStatus(ctx, name, patch); err != nil {
 		t.Fatalf("node identity sets its status: %v", err)
 	}
 	holder := name

@@ -51,7 +51,7 @@ type process struct {
 // etcd reads every ETCD_* variable and the Kubernetes components read KUBECONFIG.
 // With dieWithParent the kernel kills it when the calling thread's process dies
 // (tests: a test binary killed on timeout must not leave a control plane behind).
-func startProcess(dir, name, bin string, args []string, dieWithParent bool) (*process, error) {
+func startProcess(dir, name, bin string, args, env []string, dieWithParent bool) (*process, error) {
 	logPath := filepath.Join(dir, "logs", name+".log")
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -65,7 +65,7 @@ func startProcess(dir, name, bin string, args []string, dieWithParent bool) (*pr
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir
-	cmd.Env = cleanEnv()
+	cmd.Env = append(cleanEnv(), env...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

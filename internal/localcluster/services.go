@@ -1,0 +1,42 @@
+package localcluster
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// StartService starts a long-running program beside the control plane, the
+// way its components are started: detached in its own session, output
+// appended to dir/logs/<name>.log, PID in dir/pids/<name>.pid, so that
+// another command can stop it with StopService. name must be the binary's
+// base name (it is checked against the PID before signalling). env is added
+// to a minimal environment.
+func StartService(dir, name, bin string, args, env []string) (pid int, err error) {
+	for _, d := range []string{"logs", "pids"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			return 0, fmt.Errorf("start %s: %w", name, err)
+		}
+	}
+	p, err := startProcess(dir, name, bin, args, env, false)
+	if err != nil {
+		return 0, err
+	}
+	return p.pid, nil
+}
+
+// RecordService writes the PID of a program started otherwise, so that
+// StopService can stop it.
+func RecordService(dir, name string, pid int) error {
+	if err := os.MkdirAll(filepath.Join(dir, "pids"), 0o755); err != nil {
+		return err
+	}
+	return writeFileAtomic(pidPath(dir, name), []byte(fmt.Sprintf("%d\n", pid)), 0o644)
+}
+
+// StopService stops a program recorded under dir (SIGTERM to its process
+// group, then SIGKILL). Stopping one that is not running is not an error.
+func StopService(dir, name string) error { return stopOne(dir, name) }
+
+// ServiceLog is where StartService sends a program's output.
+func ServiceLog(dir, name string) string { return filepath.Join(dir, "logs", name+".log") }
