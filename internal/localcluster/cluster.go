@@ -394,14 +394,12 @@ func Attach(dir string) (*Cluster, error) {
 	c := &Cluster{dir: dir, st: st, log: slog.New(slog.DiscardHandler)}
 	running := c.PIDs()
 	var missing []string
-	for _, g := range stopOrder() {
-		for _, name := range g {
-			if running[name] == 0 {
-				missing = append(missing, name)
-			}
+	for _, name := range components() {
+		if running[name] == 0 {
+			missing = append(missing, name)
 		}
 	}
-	if len(missing) == 4 {
+	if len(missing) == len(components()) {
 		return nil, fmt.Errorf("attach to local cluster in %s: %w: start it again", dir, ErrNotRunning)
 	}
 	if len(missing) > 0 {
@@ -441,11 +439,9 @@ func (c *Cluster) Stop() error {
 // PIDs returns the PID of every component process that is running, by name.
 func (c *Cluster) PIDs() map[string]int {
 	pids := map[string]int{}
-	for _, g := range stopOrder() {
-		for _, name := range g {
-			if pid, err := runningPID(c.dir, name); err == nil && pid != 0 {
-				pids[name] = pid
-			}
+	for _, name := range components() {
+		if pid, err := runningPID(c.dir, name); err == nil && pid != 0 {
+			pids[name] = pid
 		}
 	}
 	return pids
@@ -609,12 +605,10 @@ func (c *Cluster) adminHTTPClient() (*http.Client, error) {
 }
 
 func checkBinDir(binDir string) error {
-	for _, g := range stopOrder() {
-		for _, name := range g {
-			st, err := os.Stat(filepath.Join(binDir, name))
-			if err != nil || st.IsDir() || st.Mode()&0o111 == 0 {
-				return fmt.Errorf("%s has no executable %s: build the control plane with hack/controlplane/build.sh", binDir, name)
-			}
+	for _, name := range components() {
+		st, err := os.Stat(filepath.Join(binDir, name))
+		if err != nil || st.IsDir() || st.Mode()&0o111 == 0 {
+			return fmt.Errorf("%s has no executable %s: build the control plane with hack/controlplane/build.sh", binDir, name)
 		}
 	}
 	return nil

@@ -309,7 +309,7 @@ func rssReport(pids map[string]int) string {
 // Start fail quickly with the end of etcd's log in the error.
 func TestStartFailsFast(t *testing.T) {
 	bin := t.TempDir()
-	for _, name := range []string{etcdName, apiserverProc, schedulerProc, cmProc} {
+	for _, name := range components() {
 		script := "#!/bin/sh\necho \"" + name + ": refusing to start: bad flag\" >&2\nexit 3\n"
 		if err := os.WriteFile(filepath.Join(bin, name), []byte(script), 0o755); err != nil {
 			t.Fatal(err)

@@ -29,6 +29,9 @@ func stopOrder() [][]string {
 	return [][]string{{schedulerProc, cmProc}, {apiserverProc}, {etcdName}}
 }
 
+// components lists every component once.
+func components() []string { return []string{etcdName, apiserverProc, schedulerProc, cmProc} }
+
 const (
 	stopGrace = 10 * time.Second
 	killWait  = 5 * time.Second
@@ -112,9 +115,9 @@ func tail(path string, offset int64, n int) string {
 		return "(log unreadable: " + err.Error() + ")"
 	}
 	defer f.Close()
-	const max = 64 << 10
-	if st, err := f.Stat(); err == nil && st.Size()-offset > max {
-		offset = st.Size() - max
+	const maxTail = 64 << 10
+	if st, err := f.Stat(); err == nil && st.Size()-offset > maxTail {
+		offset = st.Size() - maxTail
 	}
 	if _, err := f.Seek(offset, io.SeekStart); err != nil {
 		return "(log unreadable: " + err.Error() + ")"
