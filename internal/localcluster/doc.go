@@ -24,6 +24,9 @@
 //	...
 //	err = localcluster.Stop(dir) // or c.Stop(), from any process
 //
+// The command in cmd/localcluster wraps this for the Makefile: `up` (idempotent),
+// `status`, `node-kubeconfig NAME` and `down`.
+//
 // The PKI is generated once and reused while it is valid; etcd data persists in Dir
 // across Stop/Start. etcd runs with --unsafe-no-fsync: this is a throwaway cluster and
 // fsync dominates its latency on a loaded machine, so a host crash may lose its data.
