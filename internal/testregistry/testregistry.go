@@ -344,3 +344,11 @@ func writeTLS(dir string) (certFile, keyFile string, caPEM []byte, err error) {
 	}
 	return certFile, keyFile, caPEM, nil
 }
+
+// PID is the registry process's ID (0 before it started).
+func (r *Registry) PID() int {
+	if r.cmd == nil || r.cmd.Process == nil {
+		return 0
+	}
+	return r.cmd.Process.Pid
+}

@@ -26,7 +26,17 @@ import (
 
 var cluster localcluster.Shared
 
-func TestMain(m *testing.M) { os.Exit(cluster.Run(m)) }
+func TestMain(m *testing.M) {
+	code := cluster.Run(m)
+	if registry.reg != nil {
+		registry.reg.Stop()
+		os.RemoveAll(registry.reg.Dir)
+	}
+	if build.dir != "" {
+		os.RemoveAll(build.dir)
+	}
+	os.Exit(code)
+}
 
 // repoRoot is the module's root, from this file's place in it.
 func repoRoot() string {
