@@ -1,11 +1,13 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -232,6 +234,19 @@ func TestDeleteRunningPod(t *testing.T) {
 		out, _ := kubectl(t, "logs", "-n", ns, "long", "--tail=1")
 		return strings.HasPrefix(out, "count "), out
 	})
+	// kubectl logs -f shows new lines as the module prints them.
+	lines := followLogs(t, ns, "long", 4, 30*time.Second)
+	var counts []int
+	for _, l := range lines {
+		var i int
+		if _, err := fmt.Sscanf(l, "count %d", &i); err == nil {
+			counts = append(counts, i)
+		}
+	}
+	if len(counts) != 4 || counts[3] <= counts[0] {
+		t.Errorf("kubectl logs -f printed %q, want four rising counts", lines)
+	}
+
 	start := time.Now()
 	mustKubectl(t, "delete", "pod", "-n", ns, "long", "--timeout=60s")
 	if d := time.Since(start); d > 30*time.Second {
@@ -282,4 +297,50 @@ func TestSplitServices(t *testing.T) {
 	if logs := mustKubectl(t, "logs", "-n", ns, "split"); !strings.Contains(logs, "running as pod split") {
 		t.Errorf("logs through the split services:\n%s", logs)
 	}
+}
+
+func TestCrashLoopRestartsWithBackoff(t *testing.T) {
+	n := startNode(t, "e2e-crash", nil)
+	ns := namespace(t, "e2e-crash")
+	image := push(t, "examples/hello:v1")
+	apply(t, ns, wasmPod("crash", n.name, image, v1.RestartPolicyOnFailure, v1.EnvVar{Name: "EXIT_CODE", Value: "1"}))
+	waitFor(t, 2*time.Minute, "two restarts", func() (bool, string) {
+		got := jsonpath(t, ns, "crash", "{.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].lastState.terminated.exitCode}")
+		var restarts, code int
+		_, err := fmt.Sscan(got, &restarts, &code)
+		return err == nil && restarts >= 2 && code == 1, got
+	})
+	if phase := jsonpath(t, ns, "crash", "{.status.phase}"); phase != "Running" {
+		t.Errorf("phase of a crash-looping OnFailure pod = %s, want Running", phase)
+	}
+	previous := mustKubectl(t, "logs", "-n", ns, "crash", "--previous")
+	if !strings.Contains(previous, "exiting with code 1 as asked") {
+		t.Errorf("kubectl logs --previous = %q", previous)
+	}
+	waitFor(t, 30*time.Second, "a BackOff event", func() (bool, string) {
+		events, _ := kubectl(t, "get", "events", "-n", ns, "--field-selector", "involvedObject.name=crash", "-o", "jsonpath={.items[*].reason}")
+		return strings.Contains(events, "BackOff"), events
+	})
+}
+
+// followLogs runs `kubectl logs -f` and returns the first n lines it prints.
+func followLogs(t *testing.T, ns, pod string, n int, timeout time.Duration) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "kubectl", "--kubeconfig", cluster.Get(t).KubeconfigPath(), "logs", "-f", "--tail=1", "-n", ns, pod)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cancel(); _ = cmd.Wait() }()
+	var lines []string
+	sc := bufio.NewScanner(out)
+	for len(lines) < n && sc.Scan() {
+		lines = append(lines, sc.Text())
+	}
+	return lines
 }
