@@ -3,13 +3,16 @@
 //
 // It greets, prints its arguments and a few environment variables the pod
 // sets, counts to COUNT (default 3), pausing SLEEP (a Go duration) between
-// counts, and exits with EXIT_CODE (default 0).
+// counts, and exits with EXIT_CODE (default 0). To show volumes at work it
+// writes WRITE ("path=content") and prints the files named in CAT
+// (comma-separated).
 package main
 
 import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -22,6 +25,25 @@ func main() {
 	fmt.Printf("argv: %q\n", os.Args)
 	if g := os.Getenv("GREETING"); g != "" {
 		fmt.Println(g)
+	}
+	if w := os.Getenv("WRITE"); w != "" {
+		path, content, _ := strings.Cut(w, "=")
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			fmt.Fprintf(os.Stderr, "write %s: %v\n", path, err)
+			os.Exit(4)
+		}
+		fmt.Printf("wrote %s\n", path)
+	}
+	for _, path := range strings.Split(os.Getenv("CAT"), ",") {
+		if path == "" {
+			continue
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "read %s: %v\n", path, err)
+			os.Exit(4)
+		}
+		fmt.Printf("%s: %s\n", path, b)
 	}
 	count, _ := strconv.Atoi(os.Getenv("COUNT"))
 	if count == 0 {

@@ -60,7 +60,7 @@ func (l *list) Set(s string) error { *l = append(*l, s); return nil }
 func parseFlags(args []string) (agent.Config, slog.Level, error) {
 	host, _ := os.Hostname()
 	cfg := agent.Config{Labels: kv{}, Executors: kv{}, RuntimeHandlers: kv{}}
-	var insecure list
+	var insecure, hostPaths list
 	var level slog.Level
 	fs := flag.NewFlagSet("nodeagent", flag.ContinueOnError)
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig of the node's identity (CN=system:node:<name>, O=system:nodes)")
@@ -80,6 +80,7 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 	fs.Var(kv(cfg.RuntimeHandlers), "runtime-handler", "HANDLER=FLAVOUR: RuntimeClass handler routed to an executor flavour (repeatable)")
 	fs.StringVar(&cfg.ExecutorBinary, "executor-binary", "", "executor binary to supervise (default: 'executor' beside this binary)")
 	fs.Var(kv(cfg.Labels), "node-label", "KEY=VALUE label for the Node (repeatable)")
+	fs.Var(&hostPaths, "allowed-host-path", "host directory that hostPath volumes may name, with what is below it (repeatable; default none)")
 	fs.Int64Var(&cfg.MaxPods, "max-pods", 110, "pods this node accepts")
 	fs.DurationVar(&cfg.Backoff.Initial, "backoff-initial", podworker.DefaultBackoff.Initial, "first crash-loop/image-pull back-off")
 	fs.DurationVar(&cfg.Backoff.Max, "backoff-max", podworker.DefaultBackoff.Max, "longest back-off")
@@ -89,6 +90,7 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 		return cfg, level, err
 	}
 	cfg.InsecureRegistries = insecure
+	cfg.AllowedHostPaths = hostPaths
 	cfg.NATSToken = os.Getenv("WASMLET_NATS_TOKEN")
 	if cfg.Kubeconfig == "" {
 		return cfg, level, errors.New("--kubeconfig (or KUBECONFIG) is required")

@@ -344,3 +344,81 @@ func followLogs(t *testing.T, ns, pod string, n int, timeout time.Duration) []st
 	}
 	return lines
 }
+
+func TestVolumesAndInitContainers(t *testing.T) {
+	n := startNode(t, "e2e-volumes", nil)
+	ns := namespace(t, "e2e-volumes")
+	image := push(t, "examples/hello:v1")
+	mustKubectl(t, "create", "configmap", "cfg", "-n", ns, "--from-literal=greeting.txt=hi from a configmap")
+	mustKubectl(t, "create", "secret", "generic", "sec", "-n", ns, "--from-literal=token=s3cret")
+
+	pod := wasmPod("vols", n.name, image, v1.RestartPolicyNever, v1.EnvVar{Name: "CAT", Value: strings.Join([]string{
+		"/work/from-init", "/cfg/greeting.txt", "/sec/token", "/info/name",
+		"/var/run/secrets/kubernetes.io/serviceaccount/namespace",
+	}, ",")})
+	pod.Spec.Volumes = []v1.Volume{
+		{Name: "work", VolumeSource: v1.VolumeSource{EmptyDir: &v1.EmptyDirVolumeSource{}}},
+		{Name: "cfg", VolumeSource: v1.VolumeSource{ConfigMap: &v1.ConfigMapVolumeSource{LocalObjectReference: v1.LocalObjectReference{Name: "cfg"}}}},
+		{Name: "sec", VolumeSource: v1.VolumeSource{Secret: &v1.SecretVolumeSource{SecretName: "sec"}}},
+		{Name: "info", VolumeSource: v1.VolumeSource{DownwardAPI: &v1.DownwardAPIVolumeSource{Items: []v1.DownwardAPIVolumeFile{
+			{Path: "name", FieldRef: &v1.ObjectFieldSelector{FieldPath: "metadata.name"}}}}}},
+	}
+	pod.Spec.Containers[0].VolumeMounts = []v1.VolumeMount{
+		{Name: "work", MountPath: "/work"},
+		{Name: "cfg", MountPath: "/cfg", ReadOnly: true},
+		{Name: "sec", MountPath: "/sec", ReadOnly: true},
+		{Name: "info", MountPath: "/info", ReadOnly: true},
+	}
+	init := pod.Spec.Containers[0].DeepCopy()
+	init.Name = "prepare"
+	init.Env = []v1.EnvVar{{Name: "WRITE", Value: "/work/from-init=init was here"}}
+	init.VolumeMounts = init.VolumeMounts[:1]
+	pod.Spec.InitContainers = []v1.Container{*init}
+	apply(t, ns, pod)
+	waitPhase(t, ns, "vols", v1.PodSucceeded, 2*time.Minute)
+
+	logs := mustKubectl(t, "logs", "-n", ns, "vols")
+	for _, want := range []string{
+		"/work/from-init: init was here",
+		"/cfg/greeting.txt: hi from a configmap",
+		"/sec/token: s3cret",
+		"/info/name: vols",
+		"/var/run/secrets/kubernetes.io/serviceaccount/namespace: " + ns,
+	} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("logs lack %q:\n%s", want, logs)
+		}
+	}
+	if got := mustKubectl(t, "logs", "-n", ns, "vols", "-c", "prepare"); !strings.Contains(got, "wrote /work/from-init") {
+		t.Errorf("init container logs: %q", got)
+	}
+	if got := jsonpath(t, ns, "vols", "{.status.initContainerStatuses[0].state.terminated.exitCode} {.status.conditions[?(@.type==\"Initialized\")].status}"); got != "0 True" {
+		t.Errorf("init status = %q, want exit 0 and Initialized True", got)
+	}
+}
+
+func TestUnsupportedAndDeadline(t *testing.T) {
+	n := startNode(t, "e2e-refuse", nil)
+	ns := namespace(t, "e2e-refuse")
+	image := push(t, "examples/hello:v1")
+
+	// hostPath outside the allowed roots (none here) is refused with the reason.
+	host := wasmPod("hostpath", n.name, image, v1.RestartPolicyNever)
+	host.Spec.Volumes = []v1.Volume{{Name: "etc", VolumeSource: v1.VolumeSource{HostPath: &v1.HostPathVolumeSource{Path: "/etc"}}}}
+	host.Spec.Containers[0].VolumeMounts = []v1.VolumeMount{{Name: "etc", MountPath: "/etc"}}
+	apply(t, ns, host)
+	waitFor(t, time.Minute, "hostPath refused", func() (bool, string) {
+		got := jsonpath(t, ns, "hostpath", "{.status.phase}|{.status.containerStatuses[0].state.waiting.reason}|{.status.containerStatuses[0].state.waiting.message}")
+		return strings.HasPrefix(got, "Pending|CreateContainerConfigError|") && strings.Contains(got, "allows no hostPath"), got
+	})
+
+	// activeDeadlineSeconds ends a running pod as the kubelet does.
+	long := wasmPod("deadline", n.name, image, v1.RestartPolicyNever, v1.EnvVar{Name: "COUNT", Value: "100000"}, v1.EnvVar{Name: "SLEEP", Value: "100ms"})
+	deadline := int64(3)
+	long.Spec.ActiveDeadlineSeconds = &deadline
+	apply(t, ns, long)
+	waitPhase(t, ns, "deadline", v1.PodFailed, time.Minute)
+	if got := jsonpath(t, ns, "deadline", "{.status.reason}"); got != "DeadlineExceeded" {
+		t.Errorf("reason = %q, want DeadlineExceeded", got)
+	}
+}

@@ -71,6 +71,7 @@ type Config struct {
 	RuntimeHandlers         map[string]string // RuntimeClass handler -> flavour
 	ExecutorBinary          string
 	Backoff                 podworker.Backoff
+	AllowedHostPaths        []string // roots that hostPath volumes may use
 	Log                     *slog.Logger
 }
 
@@ -250,7 +251,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Client: client, Cache: cache, Pool: pool, Recorder: recorder,
 		Logs:     &podlogs.Reader{JS: js, Node: cfg.NodeName},
 		NodeName: cfg.NodeName, NodeIP: cfg.NodeIP, StateDir: cfg.StateDir,
-		Backoff: cfg.Backoff, Log: log,
+		Backoff: cfg.Backoff, AllowedHostPaths: cfg.AllowedHostPaths, Log: log,
 	})
 	if err != nil {
 		return err

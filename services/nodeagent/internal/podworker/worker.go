@@ -53,6 +53,9 @@ type Deps struct {
 	// VolumeDir is this pod's directory for its emptyDir volumes.
 	VolumeDir string
 	Backoff   Backoff // zero: DefaultBackoff
+	// AllowedHostPaths are the host directories (and what is below them)
+	// that hostPath volumes may name; empty: none.
+	AllowedHostPaths []string
 	// Notify receives a copy of the pod each time its status changes. It may
 	// block briefly; it must not call back into the Worker.
 	Notify func(*v1.Pod)
@@ -72,6 +75,7 @@ type ctr struct {
 	delay      time.Duration // the delay of the restart pending
 	restartAt  time.Time     // zero: no restart pending
 	finished   bool          // ended and will not run again
+	init       bool          // an init container: runInits decides its restarts
 }
 
 // Worker runs one pod. Its methods other than Run are safe to call from any
@@ -92,8 +96,11 @@ type Worker struct {
 	wake chan struct{}
 	done chan struct{}
 
+	inits      []*ctr // init containers, run in order before containers
 	containers []*ctr
 	volumes    map[string]string // volume name -> host dir
+	failReason string            // a pod-level failure (DeadlineExceeded)
+	failMsg    string
 }
 
 // New returns a Worker for pod; call Run to start it.
@@ -114,11 +121,15 @@ func New(deps Deps, pod *v1.Pod) *Worker {
 		wake:  make(chan struct{}, 1),
 		done:  make(chan struct{}),
 	}
+	for _, c := range pod.Spec.InitContainers {
+		w.inits = append(w.inits, &ctr{spec: c, init: true, state: waiting("PodInitializing", "")})
+	}
 	for _, c := range pod.Spec.Containers {
-		w.containers = append(w.containers, &ctr{
-			spec:  c,
-			state: v1.ContainerState{Waiting: &v1.ContainerStateWaiting{Reason: "ContainerCreating"}},
-		})
+		reason := "ContainerCreating"
+		if len(w.inits) > 0 {
+			reason = "PodInitializing"
+		}
+		w.containers = append(w.containers, &ctr{spec: c, state: waiting(reason, "")})
 	}
 	return w
 }
@@ -142,10 +153,12 @@ func (w *Worker) State() State {
 func (w *Worker) InstanceIDs(container string) (current, previous string, ok bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for _, c := range w.pod.Spec.Containers {
-		if c.Name == container {
-			ids := w.ids[container]
-			return ids[0], ids[1], true
+	for _, cs := range [][]v1.Container{w.pod.Spec.InitContainers, w.pod.Spec.Containers} {
+		for _, c := range cs {
+			if c.Name == container {
+				ids := w.ids[container]
+				return ids[0], ids[1], true
+			}
 		}
 	}
 	return "", "", false
@@ -228,14 +241,25 @@ func (w *Worker) Run(ctx context.Context) {
 	w.mu.Unlock()
 
 	w.publish()
-	if !terminating && w.pull(wctx) && w.prepareVolumes(wctx) {
+	if deadline := w.pod.Spec.ActiveDeadlineSeconds; deadline != nil {
+		// The pod's active deadline counts from its start on the node.
+		t := time.AfterFunc(time.Duration(*deadline)*time.Second, func() {
+			w.mu.Lock()
+			w.failReason = "DeadlineExceeded"
+			w.failMsg = fmt.Sprintf("Pod was active on the node longer than the specified deadline (%ds)", *deadline)
+			w.mu.Unlock()
+			w.Terminate(0)
+		})
+		defer t.Stop()
+	}
+	if !terminating && w.pull(wctx) && w.prepareVolumes(wctx) && w.runInits(wctx) {
 		w.setState(StateStarting)
 		for _, c := range w.containers {
 			w.start(wctx, c)
 		}
 		w.loop(wctx)
 	} else if !terminating && wctx.Err() == nil {
-		// A pod that cannot be prepared waits, reporting why, until deleted.
+		// A pod whose init containers failed for good waits until deleted.
 		<-wctx.Done()
 	}
 	if ctx.Err() != nil {
@@ -281,7 +305,7 @@ func (w *Worker) resolveAll(ctx context.Context, pod *v1.Pod) (*ctr, error) {
 	if err != nil {
 		return w.containers[0], err
 	}
-	for _, c := range w.containers {
+	for _, c := range w.all() {
 		if c.image.ModuleDigest != "" {
 			continue
 		}
@@ -315,53 +339,99 @@ func pullPolicy(p v1.PullPolicy) regcache.PullPolicy {
 	return regcache.PullIfNotPresent
 }
 
-// prepareVolumes makes each emptyDir. Volume types the node cannot provide
-// yet fail the pod's containers with a reason, if a container mounts them.
+// prepareVolumes makes every volume a directory to preopen, retrying with
+// back-off while a source (a config map, a secret, a token) cannot be read.
 func (w *Worker) prepareVolumes(ctx context.Context) bool {
 	w.setState(StatePreparingVolumes)
 	pod := w.Pod()
-	w.volumes = map[string]string{}
-	unsupported := map[string]string{}
-	for _, v := range pod.Spec.Volumes {
-		switch {
-		case v.EmptyDir != nil:
-			dir := filepath.Join(w.deps.VolumeDir, v.Name)
-			if err := os.MkdirAll(dir, 0o750); err != nil {
-				unsupported[v.Name] = fmt.Sprintf("cannot create emptyDir: %v", err)
-				continue
+	src := &volumeSource{client: w.deps.Client, pod: pod, hostIP: w.deps.NodeIP, allowedRoots: w.deps.AllowedHostPaths}
+	for attempt := 0; ; attempt++ {
+		w.volumes = map[string]string{}
+		var err error
+		for _, v := range pod.Spec.Volumes {
+			var dir string
+			if dir, err = src.prepare(ctx, filepath.Join(w.deps.VolumeDir, v.Name), v); err != nil {
+				err = fmt.Errorf("volume %q: %w", v.Name, err)
+				break
 			}
 			w.volumes[v.Name] = dir
-		default:
-			unsupported[v.Name] = "only emptyDir volumes are supported on wasmlet nodes so far"
+		}
+		if err == nil {
+			return ctx.Err() == nil
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		w.log.Warn("volume setup failed", "err", err)
+		w.event(v1.EventTypeWarning, "FailedMount", "MountVolume.SetUp failed: %v", err)
+		for _, c := range w.all() {
+			c.state = waiting("CreateContainerConfigError", err.Error())
+		}
+		w.publish()
+		if !sleep(ctx, w.deps.Backoff.delay(attempt)) {
+			return false
 		}
 	}
-	ok := true
-	for _, c := range w.containers {
-		for _, m := range c.spec.VolumeMounts {
-			if why, bad := unsupported[m.Name]; bad && !isServiceAccountMount(pod, m) {
-				c.state = waiting("CreateContainerConfigError", fmt.Sprintf("volume %q: %s", m.Name, why))
-				w.event(v1.EventTypeWarning, "Failed", "Error: volume %q: %s", m.Name, why)
-				ok = false
+}
+
+// runInits runs the init containers in order, each to a zero exit. A failed
+// one is retried with back-off, unless the restart policy is Never: then the
+// pod has failed.
+func (w *Worker) runInits(ctx context.Context) bool {
+	for _, c := range w.inits {
+		for {
+			w.setState(StateStarting)
+			w.start(ctx, c)
+			for c.state.Terminated == nil && ctx.Err() == nil {
+				w.publish()
+				if !c.restartAt.IsZero() { // could not be created: retry after back-off
+					if !sleep(ctx, time.Until(c.restartAt)) {
+						return false
+					}
+					w.start(ctx, c)
+					continue
+				}
+				select {
+				case <-ctx.Done():
+				case <-w.wake:
+					w.drain()
+				}
+			}
+			if ctx.Err() != nil {
+				return false
+			}
+			if c.state.Terminated.ExitCode == 0 {
+				c.finished = true
+				break
+			}
+			if w.Pod().Spec.RestartPolicy == v1.RestartPolicyNever {
+				c.finished = true
+				for _, cc := range w.containers {
+					cc.finished = true
+				}
+				w.publish()
+				return false
+			}
+			c.last = c.state
+			c.restarts++
+			delay := c.nextDelay(w.deps.Backoff)
+			c.state = waiting("CrashLoopBackOff", fmt.Sprintf("back-off %s restarting failed init container=%s pod=%s", delay, c.spec.Name, w.Pod().Name))
+			w.event(v1.EventTypeWarning, "BackOff", "Back-off restarting failed init container %s in pod %s", c.spec.Name, w.Pod().Name)
+			w.publish()
+			if !sleep(ctx, delay) {
+				return false
 			}
 		}
 	}
-	if !ok {
-		w.publish()
-		return false
+	for _, c := range w.containers {
+		c.state = waiting("ContainerCreating", "")
 	}
-	return ctx.Err() == nil
+	return true
 }
 
-// isServiceAccountMount reports the token volume the API server adds to
-// every pod. It is not mounted yet (no module can use the API without
-// networking); refusing it would refuse every pod.
-func isServiceAccountMount(pod *v1.Pod, m v1.VolumeMount) bool {
-	for _, v := range pod.Spec.Volumes {
-		if v.Name == m.Name && v.Projected != nil && m.MountPath == "/var/run/secrets/kubernetes.io/serviceaccount" {
-			return true
-		}
-	}
-	return false
+// all returns the init containers and the containers.
+func (w *Worker) all() []*ctr {
+	return append(append([]*ctr{}, w.inits...), w.containers...)
 }
 
 func (w *Worker) start(ctx context.Context, c *ctr) {
@@ -522,7 +592,9 @@ func (w *Worker) apply(c *ctr, inst *executorv1.Instance) {
 		if inst.GetState() == executorv1.InstanceState_INSTANCE_STATE_FAILED {
 			w.event(v1.EventTypeWarning, "Failed", "Error: %s", inst.GetMessage())
 		}
-		w.scheduleRestart(c, true)
+		if !c.init { // runInits decides for init containers
+			w.scheduleRestart(c, true)
+		}
 	}
 }
 
@@ -602,7 +674,7 @@ func (w *Worker) drain() {
 	w.pending, w.lostAll = nil, ""
 	w.mu.Unlock()
 	for _, inst := range pending {
-		for _, c := range w.containers {
+		for _, c := range w.all() {
 			if c.instanceID == inst.GetId() {
 				w.apply(c, inst)
 			}
@@ -612,7 +684,7 @@ func (w *Worker) drain() {
 		return
 	}
 	now := time.Now()
-	for _, c := range w.containers {
+	for _, c := range w.all() {
 		if c.instanceID == "" || c.state.Terminated != nil {
 			continue
 		}
@@ -625,7 +697,9 @@ func (w *Worker) drain() {
 			StartedAt: ts(started), FinishedAt: ts(now), ContainerID: "wasmlet://" + c.instanceID,
 		}}
 		w.event(v1.EventTypeWarning, "Failed", "Container %s was lost: %s", c.spec.Name, lost)
-		w.scheduleRestart(c, true)
+		if !c.init {
+			w.scheduleRestart(c, true)
+		}
 	}
 }
 
@@ -664,8 +738,9 @@ func (w *Worker) terminate(ctx context.Context) {
 	w.mu.Unlock()
 	w.drain()
 	var wg sync.WaitGroup
-	results := make([]*executorv1.Instance, len(w.containers))
-	for i, c := range w.containers {
+	all := w.all()
+	results := make([]*executorv1.Instance, len(all))
+	for i, c := range all {
 		if c.instanceID == "" || c.state.Terminated != nil {
 			continue
 		}
@@ -685,7 +760,7 @@ func (w *Worker) terminate(ctx context.Context) {
 	}
 	wg.Wait()
 	now := time.Now()
-	for i, c := range w.containers {
+	for i, c := range all {
 		w.apply(c, results[i])
 		c.restartAt = time.Time{}
 		c.finished = true
@@ -725,36 +800,35 @@ func (w *Worker) publish() {
 		st.StartTime = &now
 	}
 	st.QOSClass = qosClass(pod)
-	st.Reason, st.Message = "", ""
+	st.Reason, st.Message = w.failReason, w.failMsg
+	if w.failReason != "" {
+		st.Phase = v1.PodFailed
+	}
+	initialized := true
+	for _, c := range w.inits {
+		initialized = initialized && c.finished && c.state.Terminated != nil && c.state.Terminated.ExitCode == 0
+	}
+	if !initialized && st.Phase == v1.PodRunning {
+		st.Phase = v1.PodPending // containers have not started while inits run
+	}
+	if len(w.inits) > 0 && !initialized && w.inits[len(w.inits)-1].finished && st.Phase != v1.PodFailed {
+		st.Phase = v1.PodFailed // an init container failed for good
+	}
 	ready := len(w.containers) > 0
-	st.ContainerStatuses = st.ContainerStatuses[:0]
+	st.InitContainerStatuses = containerStatuses(st.InitContainerStatuses[:0], w.inits)
+	st.ContainerStatuses = containerStatuses(st.ContainerStatuses[:0], w.containers)
 	for _, c := range w.containers {
-		running := c.state.Running != nil
-		ready = ready && running
-		imageID := ""
-		if c.image.ManifestDigest != "" {
-			imageID = c.image.Reference + "@" + c.image.ManifestDigest
-		}
-		cs := v1.ContainerStatus{
-			Name:                 c.spec.Name,
-			Image:                c.spec.Image,
-			ImageID:              imageID,
-			State:                c.state,
-			LastTerminationState: c.last,
-			Ready:                running,
-			RestartCount:         c.restarts,
-			Started:              &running,
-		}
-		if c.instanceID != "" {
-			cs.ContainerID = "wasmlet://" + c.instanceID
-		}
-		st.ContainerStatuses = append(st.ContainerStatuses, cs)
+		ready = ready && c.state.Running != nil
 	}
 	terminal := st.Phase == v1.PodSucceeded || st.Phase == v1.PodFailed
 	prepared := w.state != StateRegistered && w.state != StatePulling && w.state != StatePullBackOff && w.state != StatePreparingVolumes
 	st.Conditions = setCondition(st.Conditions, v1.PodScheduled, v1.ConditionTrue, "", now)
 	st.Conditions = setCondition(st.Conditions, v1.PodReadyToStartContainers, boolStatus(prepared && !terminal), "", now)
-	st.Conditions = setCondition(st.Conditions, v1.PodInitialized, v1.ConditionTrue, "", now)
+	initReason := ""
+	if !initialized {
+		initReason = "ContainersNotInitialized"
+	}
+	st.Conditions = setCondition(st.Conditions, v1.PodInitialized, boolStatus(initialized), initReason, now)
 	reason := ""
 	if !ready {
 		reason = "ContainersNotReady"
@@ -772,6 +846,32 @@ func (w *Worker) publish() {
 	out := pod.DeepCopy()
 	w.mu.Unlock()
 	w.deps.Notify(out)
+}
+
+// containerStatuses renders containers' statuses into out.
+func containerStatuses(out []v1.ContainerStatus, cs []*ctr) []v1.ContainerStatus {
+	for _, c := range cs {
+		running := c.state.Running != nil
+		imageID := ""
+		if c.image.ManifestDigest != "" {
+			imageID = c.image.Reference + "@" + c.image.ManifestDigest
+		}
+		s := v1.ContainerStatus{
+			Name:                 c.spec.Name,
+			Image:                c.spec.Image,
+			ImageID:              imageID,
+			State:                c.state,
+			LastTerminationState: c.last,
+			Ready:                running || (c.init && c.finished && c.state.Terminated != nil && c.state.Terminated.ExitCode == 0),
+			RestartCount:         c.restarts,
+			Started:              &running,
+		}
+		if c.instanceID != "" {
+			s.ContainerID = "wasmlet://" + c.instanceID
+		}
+		out = append(out, s)
+	}
+	return out
 }
 
 func (w *Worker) event(typ, reason, format string, args ...any) {

@@ -44,7 +44,9 @@ type Config struct {
 	NodeIP   string
 	StateDir string // pods' volumes live under StateDir/pods/<uid>
 	Backoff  podworker.Backoff
-	Log      *slog.Logger
+	// AllowedHostPaths are the roots hostPath volumes may use (optional).
+	AllowedHostPaths []string
+	Log              *slog.Logger
 }
 
 type entry struct {
@@ -113,16 +115,17 @@ func (p *Provider) CreatePod(ctx context.Context, pod *v1.Pod) error {
 		return err
 	}
 	w := podworker.New(podworker.Deps{
-		Client:     p.cfg.Client,
-		Cache:      p.cfg.Cache,
-		Executor:   exec.Client,
-		Recorder:   p.cfg.Recorder,
-		NodeIP:     p.cfg.NodeIP,
-		LogSubject: func(ns, pod, c string) string { return subjects.Logs(p.cfg.NodeName, ns, pod, c) },
-		VolumeDir:  filepath.Join(p.cfg.StateDir, "pods", string(pod.UID), "volumes"),
-		Backoff:    p.cfg.Backoff,
-		Notify:     p.notifyPod,
-		Log:        p.cfg.Log,
+		Client:           p.cfg.Client,
+		Cache:            p.cfg.Cache,
+		Executor:         exec.Client,
+		Recorder:         p.cfg.Recorder,
+		NodeIP:           p.cfg.NodeIP,
+		LogSubject:       func(ns, pod, c string) string { return subjects.Logs(p.cfg.NodeName, ns, pod, c) },
+		VolumeDir:        filepath.Join(p.cfg.StateDir, "pods", string(pod.UID), "volumes"),
+		Backoff:          p.cfg.Backoff,
+		AllowedHostPaths: p.cfg.AllowedHostPaths,
+		Notify:           p.notifyPod,
+		Log:              p.cfg.Log,
 	}, pod)
 	e := &entry{worker: w, uid: string(pod.UID), flavour: exec.Flavour}
 	p.mu.Lock()

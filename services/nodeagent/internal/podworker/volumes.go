@@ -1,0 +1,227 @@
+package podworker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// volumeSource makes one pod volume as a directory on the host that the
+// executor preopens for the module. Files of configMap, secret, downwardAPI
+// and projected volumes are written once, at pod start; the node agent
+// does not yet refresh them when their source changes.
+type volumeSource struct {
+	client       kubernetes.Interface
+	pod          *v1.Pod
+	hostIP       string
+	allowedRoots []string
+}
+
+// errVolume is a volume the pod asks for that the node cannot provide; its
+// message says why and what to do.
+var errVolume = errors.New("volume")
+
+// prepare returns the host directory of volume v, creating it under dir.
+func (s *volumeSource) prepare(ctx context.Context, dir string, v v1.Volume) (string, error) {
+	switch {
+	case v.EmptyDir != nil:
+		return dir, os.MkdirAll(dir, 0o750)
+	case v.HostPath != nil:
+		return s.hostPath(v.HostPath.Path)
+	case v.ConfigMap != nil:
+		files, err := s.configMapFiles(ctx, v.ConfigMap.Name, v.ConfigMap.Items, v.ConfigMap.Optional)
+		if err != nil {
+			return "", err
+		}
+		return dir, writeFiles(dir, files, mode(v.ConfigMap.DefaultMode))
+	case v.Secret != nil:
+		files, err := s.secretFiles(ctx, v.Secret.SecretName, v.Secret.Items, v.Secret.Optional)
+		if err != nil {
+			return "", err
+		}
+		return dir, writeFiles(dir, files, mode(v.Secret.DefaultMode))
+	case v.DownwardAPI != nil:
+		files, err := s.downwardFiles(v.DownwardAPI.Items)
+		if err != nil {
+			return "", err
+		}
+		return dir, writeFiles(dir, files, mode(v.DownwardAPI.DefaultMode))
+	case v.Projected != nil:
+		files := map[string][]byte{}
+		for _, src := range v.Projected.Sources {
+			var part map[string][]byte
+			var err error
+			switch {
+			case src.ConfigMap != nil:
+				part, err = s.configMapFiles(ctx, src.ConfigMap.Name, src.ConfigMap.Items, src.ConfigMap.Optional)
+			case src.Secret != nil:
+				part, err = s.secretFiles(ctx, src.Secret.Name, src.Secret.Items, src.Secret.Optional)
+			case src.DownwardAPI != nil:
+				part, err = s.downwardFiles(src.DownwardAPI.Items)
+			case src.ServiceAccountToken != nil:
+				part, err = s.token(ctx, src.ServiceAccountToken)
+			default:
+				err = fmt.Errorf("%w %q: this projected source is not supported on wasmlet nodes", errVolume, v.Name)
+			}
+			if err != nil {
+				return "", err
+			}
+			for k, b := range part {
+				files[k] = b
+			}
+		}
+		return dir, writeFiles(dir, files, mode(v.Projected.DefaultMode))
+	}
+	return "", fmt.Errorf("%w %q: only emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes are supported on wasmlet nodes", errVolume, v.Name)
+}
+
+func mode(m *int32) os.FileMode {
+	if m == nil {
+		return 0o644
+	}
+	return os.FileMode(*m) & 0o777
+}
+
+// hostPath allows only paths under the configured roots, after resolving
+// symlinks, so that neither ".." nor a link can reach the rest of the host.
+func (s *volumeSource) hostPath(p string) (string, error) {
+	if len(s.allowedRoots) == 0 {
+		return "", fmt.Errorf("%w: hostPath %q is refused: this node allows no hostPath volumes (start the node agent with --allowed-host-path)", errVolume, p)
+	}
+	real, err := filepath.EvalSymlinks(filepath.Clean(p))
+	if err != nil {
+		return "", fmt.Errorf("%w: hostPath %q: %v", errVolume, p, err)
+	}
+	for _, root := range s.allowedRoots {
+		r, err := filepath.EvalSymlinks(root)
+		if err != nil {
+			continue
+		}
+		if real == r || strings.HasPrefix(real, r+string(filepath.Separator)) {
+			return real, nil
+		}
+	}
+	return "", fmt.Errorf("%w: hostPath %q (%s) is outside the allowed roots %v", errVolume, p, real, s.allowedRoots)
+}
+
+func (s *volumeSource) configMapFiles(ctx context.Context, name string, items []v1.KeyToPath, optional *bool) (map[string][]byte, error) {
+	cm, err := s.client.CoreV1().ConfigMaps(s.pod.Namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		if apierrors.IsNotFound(err) && optional != nil && *optional {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("configmap %q: %w", name, err)
+	}
+	data := map[string][]byte{}
+	for k, v := range cm.Data {
+		data[k] = []byte(v)
+	}
+	for k, v := range cm.BinaryData {
+		data[k] = v
+	}
+	return pick(data, items, "configmap "+name)
+}
+
+func (s *volumeSource) secretFiles(ctx context.Context, name string, items []v1.KeyToPath, optional *bool) (map[string][]byte, error) {
+	sec, err := s.client.CoreV1().Secrets(s.pod.Namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		if apierrors.IsNotFound(err) && optional != nil && *optional {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("secret %q: %w", name, err)
+	}
+	return pick(sec.Data, items, "secret "+name)
+}
+
+// pick applies a volume's items: all keys by their names, or only the
+// listed keys at their paths.
+func pick(data map[string][]byte, items []v1.KeyToPath, what string) (map[string][]byte, error) {
+	if len(items) == 0 {
+		return data, nil
+	}
+	out := map[string][]byte{}
+	for _, it := range items {
+		b, ok := data[it.Key]
+		if !ok {
+			return nil, fmt.Errorf("%s has no key %q", what, it.Key)
+		}
+		out[it.Path] = b
+	}
+	return out, nil
+}
+
+func (s *volumeSource) downwardFiles(items []v1.DownwardAPIVolumeFile) (map[string][]byte, error) {
+	out := map[string][]byte{}
+	for _, it := range items {
+		if it.FieldRef == nil {
+			return nil, fmt.Errorf("%w: downwardAPI %q: only fieldRef items are supported", errVolume, it.Path)
+		}
+		v, err := fieldRef(s.pod, it.FieldRef.FieldPath, s.hostIP)
+		if err != nil {
+			return nil, err
+		}
+		out[it.Path] = []byte(v)
+	}
+	return out, nil
+}
+
+// token asks the TokenRequest API for a token of the pod's service account,
+// bound to the pod, as the kubelet does for a projected token volume.
+func (s *volumeSource) token(ctx context.Context, src *v1.ServiceAccountTokenProjection) (map[string][]byte, error) {
+	sa := s.pod.Spec.ServiceAccountName
+	if sa == "" {
+		sa = "default"
+	}
+	req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+		ExpirationSeconds: src.ExpirationSeconds,
+		BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: s.pod.Name, UID: s.pod.UID},
+	}}
+	if src.Audience != "" {
+		req.Spec.Audiences = []string{src.Audience}
+	}
+	tr, err := s.client.CoreV1().ServiceAccounts(s.pod.Namespace).CreateToken(ctx, sa, req, metav1.CreateOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("service account token for %q: %w", sa, err)
+	}
+	return map[string][]byte{src.Path: []byte(tr.Status.Token)}, nil
+}
+
+// writeFiles writes files under dir, refusing paths that leave it.
+func writeFiles(dir string, files map[string][]byte, m os.FileMode) error {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return err
+	}
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		clean := filepath.Clean(n)
+		if filepath.IsAbs(clean) || clean == ".." || strings.HasPrefix(clean, "../") {
+			return fmt.Errorf("%w: file path %q leaves the volume", errVolume, n)
+		}
+		p := filepath.Join(dir, clean)
+		if err := os.MkdirAll(filepath.Dir(p), 0o750); err != nil {
+			return err
+		}
+		tmp := p + ".tmp"
+		if err := os.WriteFile(tmp, files[n], m); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
