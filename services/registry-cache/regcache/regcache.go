@@ -16,12 +16,51 @@
 //	c, _ := local.New(local.Config{Dir: dir})
 //	res, err := c.Resolve(ctx, regcache.ResolveRequest{Reference: "127.0.0.1:5000/hello:v1"})
 //	rc, size, err := c.Fetch(ctx, res.ModuleDigest)
+//
+// # Eviction and pins
+//
+// The local cache may have a size budget; past it, the least recently used
+// blobs are evicted. A blob is never evicted while it is pinned, nor within
+// a grace period after it was last used (resolved, fetched, put, pinned),
+// so that a caller that resolves and then fetches is not raced by
+// eviction even without pins. A caller whose artifact must outlive the
+// grace period — an executor running an instance that may restart —
+// pins it:
+//
+//	res, err := c.Resolve(ctx, regcache.ResolveRequest{Reference: ref, PinHolder: "executor/node-a/inst-42"})
+//	// ... the instance runs; restarts Fetch res.ModuleDigest again ...
+//	err = pinner.Unpin(ctx, regcache.UnpinRequest{Holder: "executor/node-a/inst-42"})
+//
+// A holder is an opaque string naming who holds the pin; pins of different
+// holders are independent, and one holder pinning a digest twice holds one
+// pin (the second renews it). Pins are kept on disk across restarts of the
+// cache. A pin with a TTL ends by itself unless renewed, so a holder that
+// dies without unpinning does not keep blobs forever; a holder that
+// restarts releases its leftovers with Unpin(holder, "") at start-up.
+// Pinning and precompiled modules are separate interfaces (Pinner,
+// PrecompiledStore) rather than methods of Cache, because callers that only
+// resolve and fetch (the node agent, test fakes) should not have to
+// implement them; local.Cache and proxy.Client implement all three.
+//
+// # Precompiled modules
+//
+// An executor that compiled a module stores the engine's artifact under
+// (module digest, engine key) with PutPrecompiled, and any executor with
+// the same engine key gets it back with GetPrecompiled instead of
+// compiling again. The engine key must name everything that makes an
+// artifact loadable (engine, version, target, settings): the cache only
+// compares keys. The artifact's sha256 digest travels with it and is
+// verified before it becomes visible.
+//
+//	err := pc.PutPrecompiled(ctx, regcache.PrecompiledKey{ModuleDigest: m, EngineKey: k}, digest, size, r)
+//	rc, info, err := pc.GetPrecompiled(ctx, regcache.PrecompiledKey{ModuleDigest: m, EngineKey: k})
 package regcache
 
 import (
 	"context"
 	"errors"
 	"io"
+	"time"
 )
 
 // PullPolicy mirrors a container's imagePullPolicy.
@@ -50,6 +89,10 @@ type ResolveRequest struct {
 	Policy    PullPolicy
 	// Credentials by registry host ("host:port"); never stored or logged.
 	Credentials map[string]Credentials
+	// PinHolder, when set, pins the module for this holder (without a TTL)
+	// before Resolve returns; see Pinner. Implementations that cannot pin
+	// ignore it.
+	PinHolder string
 }
 
 // Resolved is where a reference led.
@@ -73,6 +116,58 @@ type Cache interface {
 	// Fetch opens a cached blob by digest, with its size. The caller closes
 	// it. ErrNotFound when the cache does not hold it.
 	Fetch(ctx context.Context, digest string) (io.ReadCloser, int64, error)
+}
+
+// PinRequest keeps Digest from eviction for Holder.
+type PinRequest struct {
+	Holder string
+	Digest string
+	// TTL ends the pin by itself after this long; 0 means until Unpin.
+	TTL time.Duration
+}
+
+// UnpinRequest releases Holder's pin of Digest, or all of Holder's pins
+// when Digest is empty.
+type UnpinRequest struct {
+	Holder string
+	Digest string
+}
+
+// Pinner keeps cached blobs from eviction while they are in use.
+type Pinner interface {
+	// Pin keeps a cached blob from eviction until Unpin or until the TTL
+	// passes. It may be called more than once: a second call by the same
+	// holder renews the pin with the new TTL. ErrNotFound when the cache
+	// does not hold the blob (it may have been evicted: resolve again).
+	Pin(ctx context.Context, req PinRequest) error
+	// Unpin releases pins. Releasing a pin that does not exist is not an
+	// error, so it may be called more than once.
+	Unpin(ctx context.Context, req UnpinRequest) error
+}
+
+// PrecompiledKey names a precompiled module: the digest of the Wasm module
+// it was compiled from and the key of the engine that compiled it.
+type PrecompiledKey struct {
+	ModuleDigest string
+	EngineKey    string
+}
+
+// Precompiled describes a stored precompiled artifact.
+type Precompiled struct {
+	Digest string // sha256 of the artifact; Pin takes it
+	Size   int64
+}
+
+// PrecompiledStore keeps engines' precompiled modules for the executors.
+type PrecompiledStore interface {
+	// PutPrecompiled stores the size bytes read from r as the artifact for
+	// key. digest is the sha256 of those bytes: ErrDigestMismatch, and
+	// nothing kept, when they differ; ErrTooLarge past the configured
+	// limit. Putting a key again replaces its artifact.
+	PutPrecompiled(ctx context.Context, key PrecompiledKey, digest string, size int64, r io.Reader) error
+	// GetPrecompiled opens the artifact for key; the caller closes it.
+	// ErrNotFound when the cache holds none.
+	GetPrecompiled(ctx context.Context, key PrecompiledKey) (io.ReadCloser, Precompiled, error)
 }
 
 // The errors a Cache returns, wrapped with detail.

@@ -155,7 +155,11 @@ type ResolveRequest struct {
 	Reference  string                 `protobuf:"bytes,1,opt,name=reference,proto3" json:"reference,omitempty"`
 	PullPolicy PullPolicy             `protobuf:"varint,2,opt,name=pull_policy,json=pullPolicy,proto3,enum=wasmlet.registry.v1.PullPolicy" json:"pull_policy,omitempty"`
 	// Credentials by registry host (as in a docker config.json "auths").
-	Credentials   map[string]*Credentials `protobuf:"bytes,3,rep,name=credentials,proto3" json:"credentials,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Credentials map[string]*Credentials `protobuf:"bytes,3,rep,name=credentials,proto3" json:"credentials,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// When set, the module is pinned for this holder before the response is
+	// sent (as by Pin without a ttl), so that it cannot be evicted between
+	// Resolve and Pin.
+	PinHolder     string `protobuf:"bytes,4,opt,name=pin_holder,json=pinHolder,proto3" json:"pin_holder,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -209,6 +213,13 @@ func (x *ResolveRequest) GetCredentials() map[string]*Credentials {
 		return x.Credentials
 	}
 	return nil
+}
+
+func (x *ResolveRequest) GetPinHolder() string {
+	if x != nil {
+		return x.PinHolder
+	}
+	return ""
 }
 
 type ResolveResponse struct {
@@ -397,6 +408,424 @@ func (x *FetchResponse) GetChunk() []byte {
 	return nil
 }
 
+type PinRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Who holds the pin, e.g. "executor/node-a/instance-42"; opaque to the
+	// cache. Pins of different holders are independent.
+	Holder string `protobuf:"bytes,1,opt,name=holder,proto3" json:"holder,omitempty"`
+	// The digest of a cached blob.
+	Digest string `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
+	// How long the pin lasts, in seconds; 0 means until Unpin.
+	TtlSeconds    int64 `protobuf:"varint,3,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PinRequest) Reset() {
+	*x = PinRequest{}
+	mi := &file_wasmlet_registry_v1_registry_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PinRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PinRequest) ProtoMessage() {}
+
+func (x *PinRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_wasmlet_registry_v1_registry_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PinRequest.ProtoReflect.Descriptor instead.
+func (*PinRequest) Descriptor() ([]byte, []int) {
+	return file_wasmlet_registry_v1_registry_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *PinRequest) GetHolder() string {
+	if x != nil {
+		return x.Holder
+	}
+	return ""
+}
+
+func (x *PinRequest) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *PinRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+type PinResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PinResponse) Reset() {
+	*x = PinResponse{}
+	mi := &file_wasmlet_registry_v1_registry_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PinResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PinResponse) ProtoMessage() {}
+
+func (x *PinResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_wasmlet_registry_v1_registry_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PinResponse.ProtoReflect.Descriptor instead.
+func (*PinResponse) Descriptor() ([]byte, []int) {
+	return file_wasmlet_registry_v1_registry_proto_rawDescGZIP(), []int{6}
+}
+
+type UnpinRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Holder string                 `protobuf:"bytes,1,opt,name=holder,proto3" json:"holder,omitempty"`
+	// Empty releases every pin of the holder.
+	Digest        string `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnpinRequest) Reset() {
+	*x = UnpinRequest{}
+	mi := &file_wasmlet_registry_v1_registry_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnpinRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnpinRequest) ProtoMessage() {}
+
+func (x *UnpinRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_wasmlet_registry_v1_registry_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnpinRequest.ProtoReflect.Descriptor instead.
+func (*UnpinRequest) Descriptor() ([]byte, []int) {
+	return file_wasmlet_registry_v1_registry_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *UnpinRequest) GetHolder() string {
+	if x != nil {
+		return x.Holder
+	}
+	return ""
+}
+
+func (x *UnpinRequest) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+type UnpinResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnpinResponse) Reset() {
+	*x = UnpinResponse{}
+	mi := &file_wasmlet_registry_v1_registry_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnpinResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnpinResponse) ProtoMessage() {}
+
+func (x *UnpinResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_wasmlet_registry_v1_registry_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnpinResponse.ProtoReflect.Descriptor instead.
+func (*UnpinResponse) Descriptor() ([]byte, []int) {
+	return file_wasmlet_registry_v1_registry_proto_rawDescGZIP(), []int{8}
+}
+
+type PutPrecompiledRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The digest of the Wasm module this was compiled from (first message).
+	ModuleDigest string `protobuf:"bytes,1,opt,name=module_digest,json=moduleDigest,proto3" json:"module_digest,omitempty"`
+	// Names the engine, its version, target and settings: an artifact is
+	// only valid for the engine that made it (first message).
+	EngineKey string `protobuf:"bytes,2,opt,name=engine_key,json=engineKey,proto3" json:"engine_key,omitempty"`
+	// The sha256 digest and size of the artifact (first message).
+	Digest        string `protobuf:"bytes,3,opt,name=digest,proto3" json:"digest,omitempty"`
+	Size          int64  `protobuf:"varint,4,opt,name=size,proto3" json:"size,omitempty"`
+	Chunk         []byte `protobuf:"bytes,5,opt,name=chunk,proto3" json:"chunk,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutPrecompiledRequest) Reset() {
+	*x = PutPrecompiledRequest{}
+	mi := &file_wasmlet_registry_v1_registry_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutPrecompiledRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutPrecompiledRequest) ProtoMessage() {}
+
+func (x *PutPrecompiledRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_wasmlet_registry_v1_registry_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutPrecompiledRequest.ProtoReflect.Descriptor instead.
+func (*PutPrecompiledRequest) Descriptor() ([]byte, []int) {
+	return file_wasmlet_registry_v1_registry_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *PutPrecompiledRequest) GetModuleDigest() string {
+	if x != nil {
+		return x.ModuleDigest
+	}
+	return ""
+}
+
+func (x *PutPrecompiledRequest) GetEngineKey() string {
+	if x != nil {
+		return x.EngineKey
+	}
+	return ""
+}
+
+func (x *PutPrecompiledRequest) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *PutPrecompiledRequest) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *PutPrecompiledRequest) GetChunk() []byte {
+	if x != nil {
+		return x.Chunk
+	}
+	return nil
+}
+
+type PutPrecompiledResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutPrecompiledResponse) Reset() {
+	*x = PutPrecompiledResponse{}
+	mi := &file_wasmlet_registry_v1_registry_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutPrecompiledResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutPrecompiledResponse) ProtoMessage() {}
+
+func (x *PutPrecompiledResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_wasmlet_registry_v1_registry_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutPrecompiledResponse.ProtoReflect.Descriptor instead.
+func (*PutPrecompiledResponse) Descriptor() ([]byte, []int) {
+	return file_wasmlet_registry_v1_registry_proto_rawDescGZIP(), []int{10}
+}
+
+type GetPrecompiledRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ModuleDigest  string                 `protobuf:"bytes,1,opt,name=module_digest,json=moduleDigest,proto3" json:"module_digest,omitempty"`
+	EngineKey     string                 `protobuf:"bytes,2,opt,name=engine_key,json=engineKey,proto3" json:"engine_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPrecompiledRequest) Reset() {
+	*x = GetPrecompiledRequest{}
+	mi := &file_wasmlet_registry_v1_registry_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPrecompiledRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPrecompiledRequest) ProtoMessage() {}
+
+func (x *GetPrecompiledRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_wasmlet_registry_v1_registry_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPrecompiledRequest.ProtoReflect.Descriptor instead.
+func (*GetPrecompiledRequest) Descriptor() ([]byte, []int) {
+	return file_wasmlet_registry_v1_registry_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *GetPrecompiledRequest) GetModuleDigest() string {
+	if x != nil {
+		return x.ModuleDigest
+	}
+	return ""
+}
+
+func (x *GetPrecompiledRequest) GetEngineKey() string {
+	if x != nil {
+		return x.EngineKey
+	}
+	return ""
+}
+
+type GetPrecompiledResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The artifact's digest and total size, in the first message only.
+	Digest        string `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
+	Size          int64  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	Chunk         []byte `protobuf:"bytes,3,opt,name=chunk,proto3" json:"chunk,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPrecompiledResponse) Reset() {
+	*x = GetPrecompiledResponse{}
+	mi := &file_wasmlet_registry_v1_registry_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPrecompiledResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPrecompiledResponse) ProtoMessage() {}
+
+func (x *GetPrecompiledResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_wasmlet_registry_v1_registry_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPrecompiledResponse.ProtoReflect.Descriptor instead.
+func (*GetPrecompiledResponse) Descriptor() ([]byte, []int) {
+	return file_wasmlet_registry_v1_registry_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *GetPrecompiledResponse) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *GetPrecompiledResponse) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *GetPrecompiledResponse) GetChunk() []byte {
+	if x != nil {
+		return x.Chunk
+	}
+	return nil
+}
+
 var File_wasmlet_registry_v1_registry_proto protoreflect.FileDescriptor
 
 const file_wasmlet_registry_v1_registry_proto_rawDesc = "" +
@@ -406,12 +835,14 @@ const file_wasmlet_registry_v1_registry_proto_rawDesc = "" +
 	"\busername\x18\x01 \x01(\tR\busername\x12\x1a\n" +
 	"\bpassword\x18\x02 \x01(\tR\bpassword\x12%\n" +
 	"\x0eidentity_token\x18\x03 \x01(\tR\ridentityToken\x12%\n" +
-	"\x0eregistry_token\x18\x04 \x01(\tR\rregistryToken\"\xaa\x02\n" +
+	"\x0eregistry_token\x18\x04 \x01(\tR\rregistryToken\"\xc9\x02\n" +
 	"\x0eResolveRequest\x12\x1c\n" +
 	"\treference\x18\x01 \x01(\tR\treference\x12@\n" +
 	"\vpull_policy\x18\x02 \x01(\x0e2\x1f.wasmlet.registry.v1.PullPolicyR\n" +
 	"pullPolicy\x12V\n" +
-	"\vcredentials\x18\x03 \x03(\v24.wasmlet.registry.v1.ResolveRequest.CredentialsEntryR\vcredentials\x1a`\n" +
+	"\vcredentials\x18\x03 \x03(\v24.wasmlet.registry.v1.ResolveRequest.CredentialsEntryR\vcredentials\x12\x1d\n" +
+	"\n" +
+	"pin_holder\x18\x04 \x01(\tR\tpinHolder\x1a`\n" +
 	"\x10CredentialsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x126\n" +
 	"\x05value\x18\x02 \x01(\v2 .wasmlet.registry.v1.CredentialsR\x05value:\x028\x01\"\xd7\x01\n" +
@@ -428,16 +859,47 @@ const file_wasmlet_registry_v1_registry_proto_rawDesc = "" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\"9\n" +
 	"\rFetchResponse\x12\x12\n" +
 	"\x04size\x18\x01 \x01(\x03R\x04size\x12\x14\n" +
-	"\x05chunk\x18\x02 \x01(\fR\x05chunk*x\n" +
+	"\x05chunk\x18\x02 \x01(\fR\x05chunk\"]\n" +
+	"\n" +
+	"PinRequest\x12\x16\n" +
+	"\x06holder\x18\x01 \x01(\tR\x06holder\x12\x16\n" +
+	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x1f\n" +
+	"\vttl_seconds\x18\x03 \x01(\x03R\n" +
+	"ttlSeconds\"\r\n" +
+	"\vPinResponse\">\n" +
+	"\fUnpinRequest\x12\x16\n" +
+	"\x06holder\x18\x01 \x01(\tR\x06holder\x12\x16\n" +
+	"\x06digest\x18\x02 \x01(\tR\x06digest\"\x0f\n" +
+	"\rUnpinResponse\"\x9d\x01\n" +
+	"\x15PutPrecompiledRequest\x12#\n" +
+	"\rmodule_digest\x18\x01 \x01(\tR\fmoduleDigest\x12\x1d\n" +
+	"\n" +
+	"engine_key\x18\x02 \x01(\tR\tengineKey\x12\x16\n" +
+	"\x06digest\x18\x03 \x01(\tR\x06digest\x12\x12\n" +
+	"\x04size\x18\x04 \x01(\x03R\x04size\x12\x14\n" +
+	"\x05chunk\x18\x05 \x01(\fR\x05chunk\"\x18\n" +
+	"\x16PutPrecompiledResponse\"[\n" +
+	"\x15GetPrecompiledRequest\x12#\n" +
+	"\rmodule_digest\x18\x01 \x01(\tR\fmoduleDigest\x12\x1d\n" +
+	"\n" +
+	"engine_key\x18\x02 \x01(\tR\tengineKey\"Z\n" +
+	"\x16GetPrecompiledResponse\x12\x16\n" +
+	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x03R\x04size\x12\x14\n" +
+	"\x05chunk\x18\x03 \x01(\fR\x05chunk*x\n" +
 	"\n" +
 	"PullPolicy\x12\x1b\n" +
 	"\x17PULL_POLICY_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12PULL_POLICY_ALWAYS\x10\x01\x12\x1e\n" +
 	"\x1aPULL_POLICY_IF_NOT_PRESENT\x10\x02\x12\x15\n" +
-	"\x11PULL_POLICY_NEVER\x10\x032\xb9\x01\n" +
+	"\x11PULL_POLICY_NEVER\x10\x032\xad\x04\n" +
 	"\x0fRegistryService\x12T\n" +
 	"\aResolve\x12#.wasmlet.registry.v1.ResolveRequest\x1a$.wasmlet.registry.v1.ResolveResponse\x12P\n" +
-	"\x05Fetch\x12!.wasmlet.registry.v1.FetchRequest\x1a\".wasmlet.registry.v1.FetchResponse0\x01B\xd5\x01\n" +
+	"\x05Fetch\x12!.wasmlet.registry.v1.FetchRequest\x1a\".wasmlet.registry.v1.FetchResponse0\x01\x12H\n" +
+	"\x03Pin\x12\x1f.wasmlet.registry.v1.PinRequest\x1a .wasmlet.registry.v1.PinResponse\x12N\n" +
+	"\x05Unpin\x12!.wasmlet.registry.v1.UnpinRequest\x1a\".wasmlet.registry.v1.UnpinResponse\x12k\n" +
+	"\x0ePutPrecompiled\x12*.wasmlet.registry.v1.PutPrecompiledRequest\x1a+.wasmlet.registry.v1.PutPrecompiledResponse(\x01\x12k\n" +
+	"\x0eGetPrecompiled\x12*.wasmlet.registry.v1.GetPrecompiledRequest\x1a+.wasmlet.registry.v1.GetPrecompiledResponse0\x01B\xd5\x01\n" +
 	"\x17com.wasmlet.registry.v1B\rRegistryProtoP\x01Z=github.com/wasmlet/wasmlet/gen/wasmlet/registry/v1;registryv1\xa2\x02\x03WRX\xaa\x02\x13Wasmlet.Registry.V1\xca\x02\x13Wasmlet\\Registry\\V1\xe2\x02\x1fWasmlet\\Registry\\V1\\GPBMetadata\xea\x02\x15Wasmlet::Registry::V1b\x06proto3"
 
 var (
@@ -453,29 +915,45 @@ func file_wasmlet_registry_v1_registry_proto_rawDescGZIP() []byte {
 }
 
 var file_wasmlet_registry_v1_registry_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_wasmlet_registry_v1_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_wasmlet_registry_v1_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_wasmlet_registry_v1_registry_proto_goTypes = []any{
-	(PullPolicy)(0),         // 0: wasmlet.registry.v1.PullPolicy
-	(*Credentials)(nil),     // 1: wasmlet.registry.v1.Credentials
-	(*ResolveRequest)(nil),  // 2: wasmlet.registry.v1.ResolveRequest
-	(*ResolveResponse)(nil), // 3: wasmlet.registry.v1.ResolveResponse
-	(*FetchRequest)(nil),    // 4: wasmlet.registry.v1.FetchRequest
-	(*FetchResponse)(nil),   // 5: wasmlet.registry.v1.FetchResponse
-	nil,                     // 6: wasmlet.registry.v1.ResolveRequest.CredentialsEntry
+	(PullPolicy)(0),                // 0: wasmlet.registry.v1.PullPolicy
+	(*Credentials)(nil),            // 1: wasmlet.registry.v1.Credentials
+	(*ResolveRequest)(nil),         // 2: wasmlet.registry.v1.ResolveRequest
+	(*ResolveResponse)(nil),        // 3: wasmlet.registry.v1.ResolveResponse
+	(*FetchRequest)(nil),           // 4: wasmlet.registry.v1.FetchRequest
+	(*FetchResponse)(nil),          // 5: wasmlet.registry.v1.FetchResponse
+	(*PinRequest)(nil),             // 6: wasmlet.registry.v1.PinRequest
+	(*PinResponse)(nil),            // 7: wasmlet.registry.v1.PinResponse
+	(*UnpinRequest)(nil),           // 8: wasmlet.registry.v1.UnpinRequest
+	(*UnpinResponse)(nil),          // 9: wasmlet.registry.v1.UnpinResponse
+	(*PutPrecompiledRequest)(nil),  // 10: wasmlet.registry.v1.PutPrecompiledRequest
+	(*PutPrecompiledResponse)(nil), // 11: wasmlet.registry.v1.PutPrecompiledResponse
+	(*GetPrecompiledRequest)(nil),  // 12: wasmlet.registry.v1.GetPrecompiledRequest
+	(*GetPrecompiledResponse)(nil), // 13: wasmlet.registry.v1.GetPrecompiledResponse
+	nil,                            // 14: wasmlet.registry.v1.ResolveRequest.CredentialsEntry
 }
 var file_wasmlet_registry_v1_registry_proto_depIdxs = []int32{
-	0, // 0: wasmlet.registry.v1.ResolveRequest.pull_policy:type_name -> wasmlet.registry.v1.PullPolicy
-	6, // 1: wasmlet.registry.v1.ResolveRequest.credentials:type_name -> wasmlet.registry.v1.ResolveRequest.CredentialsEntry
-	1, // 2: wasmlet.registry.v1.ResolveRequest.CredentialsEntry.value:type_name -> wasmlet.registry.v1.Credentials
-	2, // 3: wasmlet.registry.v1.RegistryService.Resolve:input_type -> wasmlet.registry.v1.ResolveRequest
-	4, // 4: wasmlet.registry.v1.RegistryService.Fetch:input_type -> wasmlet.registry.v1.FetchRequest
-	3, // 5: wasmlet.registry.v1.RegistryService.Resolve:output_type -> wasmlet.registry.v1.ResolveResponse
-	5, // 6: wasmlet.registry.v1.RegistryService.Fetch:output_type -> wasmlet.registry.v1.FetchResponse
-	5, // [5:7] is the sub-list for method output_type
-	3, // [3:5] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	0,  // 0: wasmlet.registry.v1.ResolveRequest.pull_policy:type_name -> wasmlet.registry.v1.PullPolicy
+	14, // 1: wasmlet.registry.v1.ResolveRequest.credentials:type_name -> wasmlet.registry.v1.ResolveRequest.CredentialsEntry
+	1,  // 2: wasmlet.registry.v1.ResolveRequest.CredentialsEntry.value:type_name -> wasmlet.registry.v1.Credentials
+	2,  // 3: wasmlet.registry.v1.RegistryService.Resolve:input_type -> wasmlet.registry.v1.ResolveRequest
+	4,  // 4: wasmlet.registry.v1.RegistryService.Fetch:input_type -> wasmlet.registry.v1.FetchRequest
+	6,  // 5: wasmlet.registry.v1.RegistryService.Pin:input_type -> wasmlet.registry.v1.PinRequest
+	8,  // 6: wasmlet.registry.v1.RegistryService.Unpin:input_type -> wasmlet.registry.v1.UnpinRequest
+	10, // 7: wasmlet.registry.v1.RegistryService.PutPrecompiled:input_type -> wasmlet.registry.v1.PutPrecompiledRequest
+	12, // 8: wasmlet.registry.v1.RegistryService.GetPrecompiled:input_type -> wasmlet.registry.v1.GetPrecompiledRequest
+	3,  // 9: wasmlet.registry.v1.RegistryService.Resolve:output_type -> wasmlet.registry.v1.ResolveResponse
+	5,  // 10: wasmlet.registry.v1.RegistryService.Fetch:output_type -> wasmlet.registry.v1.FetchResponse
+	7,  // 11: wasmlet.registry.v1.RegistryService.Pin:output_type -> wasmlet.registry.v1.PinResponse
+	9,  // 12: wasmlet.registry.v1.RegistryService.Unpin:output_type -> wasmlet.registry.v1.UnpinResponse
+	11, // 13: wasmlet.registry.v1.RegistryService.PutPrecompiled:output_type -> wasmlet.registry.v1.PutPrecompiledResponse
+	13, // 14: wasmlet.registry.v1.RegistryService.GetPrecompiled:output_type -> wasmlet.registry.v1.GetPrecompiledResponse
+	9,  // [9:15] is the sub-list for method output_type
+	3,  // [3:9] is the sub-list for method input_type
+	3,  // [3:3] is the sub-list for extension type_name
+	3,  // [3:3] is the sub-list for extension extendee
+	0,  // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_wasmlet_registry_v1_registry_proto_init() }
@@ -489,7 +967,7 @@ func file_wasmlet_registry_v1_registry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wasmlet_registry_v1_registry_proto_rawDesc), len(file_wasmlet_registry_v1_registry_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   6,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,8 +22,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	RegistryService_Resolve_FullMethodName = "/wasmlet.registry.v1.RegistryService/Resolve"
-	RegistryService_Fetch_FullMethodName   = "/wasmlet.registry.v1.RegistryService/Fetch"
+	RegistryService_Resolve_FullMethodName        = "/wasmlet.registry.v1.RegistryService/Resolve"
+	RegistryService_Fetch_FullMethodName          = "/wasmlet.registry.v1.RegistryService/Fetch"
+	RegistryService_Pin_FullMethodName            = "/wasmlet.registry.v1.RegistryService/Pin"
+	RegistryService_Unpin_FullMethodName          = "/wasmlet.registry.v1.RegistryService/Unpin"
+	RegistryService_PutPrecompiled_FullMethodName = "/wasmlet.registry.v1.RegistryService/PutPrecompiled"
+	RegistryService_GetPrecompiled_FullMethodName = "/wasmlet.registry.v1.RegistryService/GetPrecompiled"
 )
 
 // RegistryServiceClient is the client API for RegistryService service.
@@ -37,6 +41,24 @@ type RegistryServiceClient interface {
 	Resolve(ctx context.Context, in *ResolveRequest, opts ...grpc.CallOption) (*ResolveResponse, error)
 	// Fetch streams a cached blob by digest. NOT_FOUND if the cache lacks it.
 	Fetch(ctx context.Context, in *FetchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[FetchResponse], error)
+	// Pin keeps a cached blob (a module or a precompiled artifact) from
+	// eviction for a holder until Unpin or until the pin's ttl passes.
+	// NOT_FOUND if the cache lacks the blob. Pinning again renews the pin.
+	Pin(ctx context.Context, in *PinRequest, opts ...grpc.CallOption) (*PinResponse, error)
+	// Unpin releases a holder's pin of one digest, or all of the holder's
+	// pins when digest is empty. Releasing a pin that does not exist is not
+	// an error.
+	Unpin(ctx context.Context, in *UnpinRequest, opts ...grpc.CallOption) (*UnpinResponse, error)
+	// PutPrecompiled stores an engine's precompiled form of a module. The
+	// first message names the module digest, the engine key, and the sha256
+	// digest and size of the artifact; every message may carry bytes. The
+	// artifact becomes visible only once its digest was verified
+	// (DATA_LOSS otherwise, and nothing is kept).
+	PutPrecompiled(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[PutPrecompiledRequest, PutPrecompiledResponse], error)
+	// GetPrecompiled streams the precompiled artifact for a module digest and
+	// engine key; the first message carries its digest and size. NOT_FOUND
+	// when the cache holds none.
+	GetPrecompiled(ctx context.Context, in *GetPrecompiledRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GetPrecompiledResponse], error)
 }
 
 type registryServiceClient struct {
@@ -76,6 +98,58 @@ func (c *registryServiceClient) Fetch(ctx context.Context, in *FetchRequest, opt
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type RegistryService_FetchClient = grpc.ServerStreamingClient[FetchResponse]
 
+func (c *registryServiceClient) Pin(ctx context.Context, in *PinRequest, opts ...grpc.CallOption) (*PinResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PinResponse)
+	err := c.cc.Invoke(ctx, RegistryService_Pin_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *registryServiceClient) Unpin(ctx context.Context, in *UnpinRequest, opts ...grpc.CallOption) (*UnpinResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UnpinResponse)
+	err := c.cc.Invoke(ctx, RegistryService_Unpin_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *registryServiceClient) PutPrecompiled(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[PutPrecompiledRequest, PutPrecompiledResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &RegistryService_ServiceDesc.Streams[1], RegistryService_PutPrecompiled_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[PutPrecompiledRequest, PutPrecompiledResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type RegistryService_PutPrecompiledClient = grpc.ClientStreamingClient[PutPrecompiledRequest, PutPrecompiledResponse]
+
+func (c *registryServiceClient) GetPrecompiled(ctx context.Context, in *GetPrecompiledRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GetPrecompiledResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &RegistryService_ServiceDesc.Streams[2], RegistryService_GetPrecompiled_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[GetPrecompiledRequest, GetPrecompiledResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type RegistryService_GetPrecompiledClient = grpc.ServerStreamingClient[GetPrecompiledResponse]
+
 // RegistryServiceServer is the server API for RegistryService service.
 // All implementations must embed UnimplementedRegistryServiceServer
 // for forward compatibility.
@@ -87,6 +161,24 @@ type RegistryServiceServer interface {
 	Resolve(context.Context, *ResolveRequest) (*ResolveResponse, error)
 	// Fetch streams a cached blob by digest. NOT_FOUND if the cache lacks it.
 	Fetch(*FetchRequest, grpc.ServerStreamingServer[FetchResponse]) error
+	// Pin keeps a cached blob (a module or a precompiled artifact) from
+	// eviction for a holder until Unpin or until the pin's ttl passes.
+	// NOT_FOUND if the cache lacks the blob. Pinning again renews the pin.
+	Pin(context.Context, *PinRequest) (*PinResponse, error)
+	// Unpin releases a holder's pin of one digest, or all of the holder's
+	// pins when digest is empty. Releasing a pin that does not exist is not
+	// an error.
+	Unpin(context.Context, *UnpinRequest) (*UnpinResponse, error)
+	// PutPrecompiled stores an engine's precompiled form of a module. The
+	// first message names the module digest, the engine key, and the sha256
+	// digest and size of the artifact; every message may carry bytes. The
+	// artifact becomes visible only once its digest was verified
+	// (DATA_LOSS otherwise, and nothing is kept).
+	PutPrecompiled(grpc.ClientStreamingServer[PutPrecompiledRequest, PutPrecompiledResponse]) error
+	// GetPrecompiled streams the precompiled artifact for a module digest and
+	// engine key; the first message carries its digest and size. NOT_FOUND
+	// when the cache holds none.
+	GetPrecompiled(*GetPrecompiledRequest, grpc.ServerStreamingServer[GetPrecompiledResponse]) error
 	mustEmbedUnimplementedRegistryServiceServer()
 }
 
@@ -102,6 +194,18 @@ func (UnimplementedRegistryServiceServer) Resolve(context.Context, *ResolveReque
 }
 func (UnimplementedRegistryServiceServer) Fetch(*FetchRequest, grpc.ServerStreamingServer[FetchResponse]) error {
 	return status.Error(codes.Unimplemented, "method Fetch not implemented")
+}
+func (UnimplementedRegistryServiceServer) Pin(context.Context, *PinRequest) (*PinResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Pin not implemented")
+}
+func (UnimplementedRegistryServiceServer) Unpin(context.Context, *UnpinRequest) (*UnpinResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Unpin not implemented")
+}
+func (UnimplementedRegistryServiceServer) PutPrecompiled(grpc.ClientStreamingServer[PutPrecompiledRequest, PutPrecompiledResponse]) error {
+	return status.Error(codes.Unimplemented, "method PutPrecompiled not implemented")
+}
+func (UnimplementedRegistryServiceServer) GetPrecompiled(*GetPrecompiledRequest, grpc.ServerStreamingServer[GetPrecompiledResponse]) error {
+	return status.Error(codes.Unimplemented, "method GetPrecompiled not implemented")
 }
 func (UnimplementedRegistryServiceServer) mustEmbedUnimplementedRegistryServiceServer() {}
 func (UnimplementedRegistryServiceServer) testEmbeddedByValue()                         {}
@@ -153,6 +257,60 @@ func _RegistryService_Fetch_Handler(srv interface{}, stream grpc.ServerStream) e
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type RegistryService_FetchServer = grpc.ServerStreamingServer[FetchResponse]
 
+func _RegistryService_Pin_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PinRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryServiceServer).Pin(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RegistryService_Pin_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryServiceServer).Pin(ctx, req.(*PinRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RegistryService_Unpin_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UnpinRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryServiceServer).Unpin(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RegistryService_Unpin_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryServiceServer).Unpin(ctx, req.(*UnpinRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RegistryService_PutPrecompiled_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(RegistryServiceServer).PutPrecompiled(&grpc.GenericServerStream[PutPrecompiledRequest, PutPrecompiledResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type RegistryService_PutPrecompiledServer = grpc.ClientStreamingServer[PutPrecompiledRequest, PutPrecompiledResponse]
+
+func _RegistryService_GetPrecompiled_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(GetPrecompiledRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(RegistryServiceServer).GetPrecompiled(m, &grpc.GenericServerStream[GetPrecompiledRequest, GetPrecompiledResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type RegistryService_GetPrecompiledServer = grpc.ServerStreamingServer[GetPrecompiledResponse]
+
 // RegistryService_ServiceDesc is the grpc.ServiceDesc for RegistryService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -164,11 +322,29 @@ var RegistryService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Resolve",
 			Handler:    _RegistryService_Resolve_Handler,
 		},
+		{
+			MethodName: "Pin",
+			Handler:    _RegistryService_Pin_Handler,
+		},
+		{
+			MethodName: "Unpin",
+			Handler:    _RegistryService_Unpin_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "Fetch",
 			Handler:       _RegistryService_Fetch_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "PutPrecompiled",
+			Handler:       _RegistryService_PutPrecompiled_Handler,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "GetPrecompiled",
+			Handler:       _RegistryService_GetPrecompiled_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -16,14 +19,38 @@ import (
 )
 
 // store is the cache's disk: a content-addressed blob store
-// (blobs/<algorithm>/<hex>) and a small reference index (refs.json). A blob
+// (blobs/<algorithm>/<hex>) and three small indexes: refs.json (what each
+// reference last resolved to), pins.json (who pins which blob) and
+// precompiled.json ((module digest, engine key) → artifact digest). A blob
 // becomes visible only by a rename after its digest was checked, so a
-// reader never sees partial or wrong content.
+// reader never sees partial or wrong content; blobs/tmp holds downloads in
+// progress, and leftovers of a crash there are removed at start-up.
+//
+// The store keeps the size and last use of every blob in memory; past the
+// budget it evicts the least recently used blobs that are neither pinned
+// nor used within the grace period. The last use survives restarts as the
+// blob file's modification time.
 type store struct {
-	dir string
+	dir     string
+	budget  int64 // 0: no budget
+	grace   time.Duration
+	log     *slog.Logger
+	metrics *Metrics
+	now     func() time.Time
 
-	mu   sync.Mutex // guards refs and refs.json
-	refs map[string]refEntry
+	mu          sync.Mutex // guards everything below and the index files
+	refs        map[string]refEntry
+	blobs       map[digest.Digest]*blobInfo
+	total       int64
+	pins        map[digest.Digest]map[string]time.Time // holder → expiry (zero: none)
+	precompiled map[string]precompiledEntry
+	overBudget  bool // to warn once per episode
+}
+
+type blobInfo struct {
+	size     int64
+	lastUsed time.Time
+	onDisk   time.Time // the mtime last written, to limit Chtimes calls
 }
 
 // refEntry is what a reference resolved to when last pulled.
@@ -34,27 +61,145 @@ type refEntry struct {
 	MediaType      string `json:"mediaType"`
 }
 
-func openStore(dir string) (*store, error) {
-	s := &store{dir: dir, refs: map[string]refEntry{}}
+type pinEntry struct {
+	Digest  string    `json:"digest"`
+	Holder  string    `json:"holder"`
+	Expires time.Time `json:"expires,omitzero"`
+}
+
+type precompiledEntry struct {
+	ModuleDigest string `json:"moduleDigest"`
+	EngineKey    string `json:"engineKey"`
+	Digest       string `json:"digest"`
+	Size         int64  `json:"size"`
+}
+
+func precompiledKey(k regcache.PrecompiledKey) string { return k.ModuleDigest + "\x00" + k.EngineKey }
+
+// staleTmp is how old a file in blobs/tmp must be to be a crash's leftover
+// rather than a download in progress.
+const staleTmp = 15 * time.Minute
+
+// touchEvery limits how often a blob's last use is written to disk.
+const touchEvery = time.Minute
+
+func openStore(dir string, budget int64, grace time.Duration, log *slog.Logger, m *Metrics) (*store, error) {
+	s := &store{
+		dir: dir, budget: budget, grace: grace, log: log, metrics: m, now: time.Now,
+		refs:        map[string]refEntry{},
+		blobs:       map[digest.Digest]*blobInfo{},
+		pins:        map[digest.Digest]map[string]time.Time{},
+		precompiled: map[string]precompiledEntry{},
+	}
 	if err := os.MkdirAll(filepath.Join(dir, "blobs", "tmp"), 0o700); err != nil {
 		return nil, fmt.Errorf("create cache dir: %w", err)
 	}
-	data, err := os.ReadFile(s.indexPath())
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-	case err != nil:
-		return nil, fmt.Errorf("read reference index: %w", err)
-	default:
-		if err := json.Unmarshal(data, &s.refs); err != nil {
-			// The index is only a cache of tag lookups: start afresh
-			// rather than refuse to run.
-			s.refs = map[string]refEntry{}
+	// The indexes are caches of lookups: a damaged one is started afresh
+	// rather than refusing to run.
+	if err := s.loadJSON("refs.json", &s.refs); err != nil {
+		return nil, err
+	}
+	var pins []pinEntry
+	if err := s.loadJSON("pins.json", &pins); err != nil {
+		return nil, err
+	}
+	for _, p := range pins {
+		if d, err := digest.Parse(p.Digest); err == nil {
+			s.addPin(d, p.Holder, p.Expires)
 		}
 	}
+	var pre []precompiledEntry
+	if err := s.loadJSON("precompiled.json", &pre); err != nil {
+		return nil, err
+	}
+	for _, p := range pre {
+		s.precompiled[precompiledKey(regcache.PrecompiledKey{ModuleDigest: p.ModuleDigest, EngineKey: p.EngineKey})] = p
+	}
+	if err := s.scan(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.evictLocked("")
+	s.mu.Unlock()
 	return s, nil
 }
 
-func (s *store) indexPath() string { return filepath.Join(s.dir, "refs.json") }
+// scan builds the in-memory blob table from disk and removes what a crash
+// left in blobs/tmp.
+func (s *store) scan() error {
+	root := filepath.Join(s.dir, "blobs")
+	algs, err := os.ReadDir(root)
+	if err != nil {
+		return fmt.Errorf("read cache dir: %w", err)
+	}
+	for _, alg := range algs {
+		if !alg.IsDir() {
+			continue
+		}
+		entries, err := os.ReadDir(filepath.Join(root, alg.Name()))
+		if err != nil {
+			return fmt.Errorf("read cache dir: %w", err)
+		}
+		for _, e := range entries {
+			fi, err := e.Info()
+			if err != nil || !fi.Mode().IsRegular() {
+				continue
+			}
+			if alg.Name() == "tmp" {
+				if s.now().Sub(fi.ModTime()) > staleTmp {
+					os.Remove(filepath.Join(root, "tmp", e.Name()))
+				}
+				continue
+			}
+			d := digest.NewDigestFromEncoded(digest.Algorithm(alg.Name()), e.Name())
+			if d.Validate() != nil {
+				continue
+			}
+			s.blobs[d] = &blobInfo{size: fi.Size(), lastUsed: fi.ModTime(), onDisk: fi.ModTime()}
+			s.total += fi.Size()
+		}
+	}
+	s.metrics.setStore(s.total, len(s.blobs))
+	return nil
+}
+
+func (s *store) loadJSON(name string, v any) error {
+	data, err := os.ReadFile(filepath.Join(s.dir, name))
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return fmt.Errorf("read %s: %w", name, err)
+	default:
+		if err := json.Unmarshal(data, v); err != nil {
+			s.log.Warn("damaged cache index, starting afresh", "file", name, "error", err)
+		}
+	}
+	return nil
+}
+
+// saveJSON writes an index atomically. Call with mu held.
+func (s *store) saveJSON(name string, v any) error {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(s.dir, name+"-*")
+	if err != nil {
+		return fmt.Errorf("save %s: %w", name, err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("save %s: %w", name, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("save %s: %w", name, err)
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(s.dir, name)); err != nil {
+		return fmt.Errorf("save %s: %w", name, err)
+	}
+	return nil
+}
 
 func (s *store) blobPath(d digest.Digest) string {
 	return filepath.Join(s.dir, "blobs", d.Algorithm().String(), d.Encoded())
@@ -65,7 +210,7 @@ func (s *store) has(d digest.Digest) bool {
 	return err == nil && fi.Mode().IsRegular()
 }
 
-// open returns a cached blob and its size.
+// open returns a cached blob and its size, and counts it as used.
 func (s *store) open(d digest.Digest) (*os.File, int64, error) {
 	f, err := os.Open(s.blobPath(d))
 	if errors.Is(err, fs.ErrNotExist) {
@@ -79,18 +224,42 @@ func (s *store) open(d digest.Digest) (*os.File, int64, error) {
 		f.Close()
 		return nil, 0, fmt.Errorf("blob %s: %w", d, err)
 	}
+	s.touch(d)
 	return f, fi.Size(), nil
+}
+
+// touch records a use of d, for least-recently-used eviction.
+func (s *store) touch(d digest.Digest) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.touchLocked(d)
+}
+
+func (s *store) touchLocked(d digest.Digest) {
+	b, ok := s.blobs[d]
+	if !ok {
+		return
+	}
+	now := s.now()
+	b.lastUsed = now
+	if now.Sub(b.onDisk) >= touchEvery {
+		// Best effort: the time only orders evictions after a restart.
+		if os.Chtimes(s.blobPath(d), now, now) == nil {
+			b.onDisk = now
+		}
+	}
 }
 
 // write copies r into the store as blob d of the given size, refusing more
 // than limit bytes. Nothing is kept unless the content matches d and size.
-func (s *store) write(d digest.Digest, size, limit int64, r io.Reader) error {
+// It returns the number of bytes read from r.
+func (s *store) write(d digest.Digest, size, limit int64, r io.Reader) (int64, error) {
 	if size > limit {
-		return fmt.Errorf("blob %s: %w: %d bytes, over the limit of %d bytes", d, regcache.ErrTooLarge, size, limit)
+		return 0, fmt.Errorf("blob %s: %w: %d bytes, over the limit of %d bytes", d, regcache.ErrTooLarge, size, limit)
 	}
 	tmp, err := os.CreateTemp(filepath.Join(s.dir, "blobs", "tmp"), "blob-*")
 	if err != nil {
-		return fmt.Errorf("blob %s: %w", d, err)
+		return 0, fmt.Errorf("blob %s: %w", d, err)
 	}
 	keep := false
 	defer func() {
@@ -103,30 +272,105 @@ func (s *store) write(d digest.Digest, size, limit int64, r io.Reader) error {
 	// One byte over the limit is enough to know it is too large.
 	n, err := io.Copy(io.MultiWriter(tmp, verifier), io.LimitReader(r, limit+1))
 	if err != nil {
-		return fmt.Errorf("blob %s: download: %w", d, err)
+		return n, fmt.Errorf("blob %s: download: %w", d, err)
 	}
 	if n > limit {
-		return fmt.Errorf("blob %s: %w: more than the limit of %d bytes", d, regcache.ErrTooLarge, limit)
+		return n, fmt.Errorf("blob %s: %w: more than the limit of %d bytes", d, regcache.ErrTooLarge, limit)
 	}
 	if n != size || !verifier.Verified() {
-		return fmt.Errorf("blob %s: %w: got %d bytes that do not match the digest (want %d bytes); the registry's copy may be corrupt, nothing was cached",
+		return n, fmt.Errorf("blob %s: %w: got %d bytes that do not match the digest (want %d bytes); the source's copy may be corrupt, nothing was cached",
 			d, regcache.ErrDigestMismatch, n, size)
 	}
 	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("blob %s: %w", d, err)
+		return n, fmt.Errorf("blob %s: %w", d, err)
 	}
 	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("blob %s: %w", d, err)
+		return n, fmt.Errorf("blob %s: %w", d, err)
 	}
 	dst := s.blobPath(d)
 	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
-		return fmt.Errorf("blob %s: %w", d, err)
+		return n, fmt.Errorf("blob %s: %w", d, err)
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if err := os.Rename(tmp.Name(), dst); err != nil {
-		return fmt.Errorf("blob %s: %w", d, err)
+		return n, fmt.Errorf("blob %s: %w", d, err)
 	}
 	keep = true
-	return nil
+	now := s.now()
+	if b, ok := s.blobs[d]; ok {
+		b.lastUsed, b.onDisk = now, now
+	} else {
+		s.blobs[d] = &blobInfo{size: size, lastUsed: now, onDisk: now}
+		s.total += size
+	}
+	s.evictLocked(d)
+	return n, nil
+}
+
+// pinnedLocked reports whether a live pin holds d, dropping expired ones.
+func (s *store) pinnedLocked(d digest.Digest, now time.Time) bool {
+	holders := s.pins[d]
+	for h, exp := range holders {
+		if !exp.IsZero() && !now.Before(exp) {
+			delete(holders, h)
+		}
+	}
+	if len(holders) == 0 {
+		delete(s.pins, d)
+		return false
+	}
+	return true
+}
+
+// evictLocked removes least recently used blobs until the store fits its
+// budget, sparing keep, pinned blobs and blobs used within the grace
+// period. When what is left still exceeds the budget it warns, once until
+// the store fits again.
+func (s *store) evictLocked(keep digest.Digest) {
+	if s.budget <= 0 || s.total <= s.budget {
+		s.overBudget = false
+		s.metrics.setStore(s.total, len(s.blobs))
+		return
+	}
+	now := s.now()
+	type cand struct {
+		d digest.Digest
+		b *blobInfo
+	}
+	var cands []cand
+	pinsBefore := len(s.pins)
+	for d, b := range s.blobs {
+		if d == keep || now.Sub(b.lastUsed) < s.grace || s.pinnedLocked(d, now) {
+			continue
+		}
+		cands = append(cands, cand{d, b})
+	}
+	slices.SortFunc(cands, func(a, b cand) int { return a.b.lastUsed.Compare(b.b.lastUsed) })
+	for _, c := range cands {
+		if s.total <= s.budget {
+			break
+		}
+		if err := os.Remove(s.blobPath(c.d)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			s.log.Warn("evict blob", "digest", c.d, "error", err)
+			continue
+		}
+		delete(s.blobs, c.d)
+		s.total -= c.b.size
+		s.metrics.evicted(c.b.size)
+		s.log.Info("evicted blob", "digest", c.d, "size", c.b.size, "last_used", c.b.lastUsed)
+	}
+	if len(s.pins) != pinsBefore {
+		if err := s.savePinsLocked(); err != nil {
+			s.log.Warn("save pins", "error", err)
+		}
+	}
+	if s.total > s.budget && !s.overBudget {
+		s.log.Warn("cache over its size budget: everything left is pinned or recently used",
+			"size", s.total, "budget", s.budget)
+	}
+	s.overBudget = s.total > s.budget
+	s.metrics.setStore(s.total, len(s.blobs))
 }
 
 // lookup returns the entry of ref when its module is still on disk.
@@ -149,24 +393,116 @@ func (s *store) record(ref string, e refEntry) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.refs[ref] = e
-	data, err := json.MarshalIndent(s.refs, "", "  ")
-	if err != nil {
-		return err
+	return s.saveJSON("refs.json", s.refs)
+}
+
+func (s *store) addPin(d digest.Digest, holder string, expires time.Time) {
+	if s.pins[d] == nil {
+		s.pins[d] = map[string]time.Time{}
 	}
-	tmp, err := os.CreateTemp(s.dir, "refs-*.json")
-	if err != nil {
-		return fmt.Errorf("save reference index: %w", err)
+	s.pins[d][holder] = expires
+}
+
+func (s *store) savePinsLocked() error {
+	var list []pinEntry
+	for d, holders := range s.pins {
+		for h, exp := range holders {
+			list = append(list, pinEntry{Digest: d.String(), Holder: h, Expires: exp})
+		}
 	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("save reference index: %w", err)
+	slices.SortFunc(list, func(a, b pinEntry) int {
+		if a.Digest != b.Digest {
+			return cmpString(a.Digest, b.Digest)
+		}
+		return cmpString(a.Holder, b.Holder)
+	})
+	s.metrics.setPinned(len(s.pins))
+	return s.saveJSON("pins.json", list)
+}
+
+func cmpString(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
 	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("save reference index: %w", err)
+	return 0
+}
+
+// pin holds d for holder until expires (zero: until unpinned).
+func (s *store) pin(d digest.Digest, holder string, expires time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.blobs[d]; !ok || !s.has(d) {
+		return fmt.Errorf("pin %s: %w: the cache does not hold it (it may have been evicted); resolve it again", d, regcache.ErrNotFound)
 	}
-	if err := os.Rename(tmp.Name(), s.indexPath()); err != nil {
-		return fmt.Errorf("save reference index: %w", err)
+	s.addPin(d, holder, expires)
+	s.touchLocked(d)
+	return s.savePinsLocked()
+}
+
+// unpin releases holder's pin of d, or all its pins when d is empty, and
+// evicts what no longer fits.
+func (s *store) unpin(d digest.Digest, holder string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	changed := false
+	for pd, holders := range s.pins {
+		if d != "" && pd != d {
+			continue
+		}
+		if _, ok := holders[holder]; ok {
+			delete(holders, holder)
+			changed = true
+		}
+		if len(holders) == 0 {
+			delete(s.pins, pd)
+		}
 	}
-	return nil
+	if !changed {
+		return nil
+	}
+	err := s.savePinsLocked()
+	s.evictLocked("")
+	return err
+}
+
+// recordPrecompiled maps key to the artifact d, already written.
+func (s *store) recordPrecompiled(key regcache.PrecompiledKey, d digest.Digest, size int64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.precompiled[precompiledKey(key)] = precompiledEntry{ModuleDigest: key.ModuleDigest, EngineKey: key.EngineKey, Digest: d.String(), Size: size}
+	return s.savePrecompiledLocked()
+}
+
+func (s *store) savePrecompiledLocked() error {
+	list := make([]precompiledEntry, 0, len(s.precompiled))
+	for _, p := range s.precompiled {
+		list = append(list, p)
+	}
+	slices.SortFunc(list, func(a, b precompiledEntry) int {
+		return cmpString(a.ModuleDigest+"\x00"+a.EngineKey, b.ModuleDigest+"\x00"+b.EngineKey)
+	})
+	return s.saveJSON("precompiled.json", list)
+}
+
+// lookupPrecompiled returns the artifact recorded for key, forgetting it
+// when its blob was evicted.
+func (s *store) lookupPrecompiled(key regcache.PrecompiledKey) (precompiledEntry, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.precompiled[precompiledKey(key)]
+	if !ok {
+		return precompiledEntry{}, false
+	}
+	d, err := digest.Parse(e.Digest)
+	if err != nil || !s.has(d) {
+		delete(s.precompiled, precompiledKey(key))
+		if err := s.savePrecompiledLocked(); err != nil {
+			s.log.Warn("save precompiled index", "error", err)
+		}
+		return precompiledEntry{}, false
+	}
+	return e, true
 }

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"google.golang.org/grpc"
 
@@ -27,7 +28,11 @@ type Client struct {
 	rpc registryv1.RegistryServiceClient
 }
 
-var _ regcache.Cache = (*Client)(nil)
+var (
+	_ regcache.Cache            = (*Client)(nil)
+	_ regcache.Pinner           = (*Client)(nil)
+	_ regcache.PrecompiledStore = (*Client)(nil)
+)
 
 // New returns a client that talks over conn.
 func New(conn grpc.ClientConnInterface) *Client {
@@ -40,7 +45,7 @@ func (c *Client) Resolve(ctx context.Context, req regcache.ResolveRequest) (regc
 	if policy < 0 {
 		return regcache.Resolved{}, fmt.Errorf("resolve %s: unknown pull policy %d", req.Reference, req.Policy)
 	}
-	preq := &registryv1.ResolveRequest{Reference: req.Reference, PullPolicy: policy}
+	preq := &registryv1.ResolveRequest{Reference: req.Reference, PullPolicy: policy, PinHolder: req.PinHolder}
 	if len(req.Credentials) > 0 {
 		preq.Credentials = make(map[string]*registryv1.Credentials, len(req.Credentials))
 		for host, cr := range req.Credentials {
@@ -85,12 +90,96 @@ func (c *Client) Fetch(ctx context.Context, digest string) (io.ReadCloser, int64
 		return nil, 0, wire.FromStatus(err)
 	}
 	size := first.GetSize()
-	return &reader{stream: stream, cancel: cancel, buf: first.GetChunk(), want: size, digest: digest}, size, nil
+	recv := func() ([]byte, error) {
+		msg, err := stream.Recv()
+		return msg.GetChunk(), err
+	}
+	return &reader{recv: recv, cancel: cancel, buf: first.GetChunk(), want: size, digest: digest}, size, nil
 }
 
-// reader reads the chunks of a Fetch stream.
+// Pin implements regcache.Pinner. The TTL travels in whole seconds,
+// rounded up.
+func (c *Client) Pin(ctx context.Context, req regcache.PinRequest) error {
+	if req.TTL < 0 {
+		return fmt.Errorf("pin %s: %w: negative ttl %v", req.Digest, regcache.ErrInvalidReference, req.TTL)
+	}
+	ttl := int64((req.TTL + time.Second - 1) / time.Second)
+	_, err := c.rpc.Pin(ctx, &registryv1.PinRequest{Holder: req.Holder, Digest: req.Digest, TtlSeconds: ttl})
+	return wire.FromStatus(err)
+}
+
+// Unpin implements regcache.Pinner.
+func (c *Client) Unpin(ctx context.Context, req regcache.UnpinRequest) error {
+	_, err := c.rpc.Unpin(ctx, &registryv1.UnpinRequest{Holder: req.Holder, Digest: req.Digest})
+	return wire.FromStatus(err)
+}
+
+// PutPrecompiled implements regcache.PrecompiledStore: it streams r in
+// chunks of server.ChunkSize bytes.
+func (c *Client) PutPrecompiled(ctx context.Context, key regcache.PrecompiledKey, digest string, size int64, r io.Reader) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := c.rpc.PutPrecompiled(ctx)
+	if err != nil {
+		return wire.FromStatus(err)
+	}
+	first := &registryv1.PutPrecompiledRequest{ModuleDigest: key.ModuleDigest, EngineKey: key.EngineKey, Digest: digest, Size: size}
+	buf := make([]byte, chunkSize)
+	for {
+		n, rerr := io.ReadFull(r, buf)
+		if rerr != nil && rerr != io.EOF && rerr != io.ErrUnexpectedEOF {
+			return fmt.Errorf("put precompiled %s: read: %w", key.EngineKey, rerr)
+		}
+		if n > 0 || first != nil {
+			msg := first
+			if msg == nil {
+				msg = &registryv1.PutPrecompiledRequest{}
+			}
+			first = nil
+			msg.Chunk = buf[:n]
+			if err := stream.Send(msg); err != nil {
+				// The server ended the call; its status comes with CloseAndRecv.
+				break
+			}
+		}
+		if rerr != nil {
+			break
+		}
+	}
+	_, err = stream.CloseAndRecv()
+	return wire.FromStatus(err)
+}
+
+// GetPrecompiled implements regcache.PrecompiledStore, like Fetch.
+func (c *Client) GetPrecompiled(ctx context.Context, key regcache.PrecompiledKey) (io.ReadCloser, regcache.Precompiled, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	stream, err := c.rpc.GetPrecompiled(ctx, &registryv1.GetPrecompiledRequest{ModuleDigest: key.ModuleDigest, EngineKey: key.EngineKey})
+	if err != nil {
+		cancel()
+		return nil, regcache.Precompiled{}, wire.FromStatus(err)
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		cancel()
+		if errors.Is(err, io.EOF) {
+			return nil, regcache.Precompiled{}, fmt.Errorf("get precompiled %s: the server ended the stream without data", key.EngineKey)
+		}
+		return nil, regcache.Precompiled{}, wire.FromStatus(err)
+	}
+	info := regcache.Precompiled{Digest: first.GetDigest(), Size: first.GetSize()}
+	recv := func() ([]byte, error) {
+		msg, err := stream.Recv()
+		return msg.GetChunk(), err
+	}
+	return &reader{recv: recv, cancel: cancel, buf: first.GetChunk(), want: info.Size, digest: info.Digest}, info, nil
+}
+
+// chunkSize matches the server's chunks.
+const chunkSize = 256 << 10
+
+// reader reads the chunks of a server stream.
 type reader struct {
-	stream grpc.ServerStreamingClient[registryv1.FetchResponse]
+	recv   func() ([]byte, error)
 	cancel context.CancelFunc
 	buf    []byte
 	got    int64
@@ -104,7 +193,7 @@ func (r *reader) Read(p []byte) (int, error) {
 		if r.err != nil {
 			return 0, r.err
 		}
-		msg, err := r.stream.Recv()
+		chunk, err := r.recv()
 		if errors.Is(err, io.EOF) {
 			if r.got != r.want {
 				r.err = fmt.Errorf("fetch %s: stream ended after %d of %d bytes: %w", r.digest, r.got, r.want, io.ErrUnexpectedEOF)
@@ -117,7 +206,7 @@ func (r *reader) Read(p []byte) (int, error) {
 			r.err = wire.FromStatus(err)
 			continue
 		}
-		r.buf = msg.GetChunk()
+		r.buf = chunk
 	}
 	n := copy(p, r.buf)
 	r.buf = r.buf[n:]

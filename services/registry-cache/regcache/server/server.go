@@ -1,7 +1,10 @@
 // Package server exposes any regcache.Cache as the gRPC service
 // wasmlet.registry.v1.RegistryService. It owns only the translation between
 // protobuf messages and the Cache interface, and error codes at that
-// boundary; it keeps no state and touches no disk.
+// boundary; it keeps no state and touches no disk. Pin/Unpin and the
+// precompiled-module RPCs are served when the Cache also implements
+// regcache.Pinner and regcache.PrecompiledStore (local.Cache does), and
+// answer UNIMPLEMENTED otherwise.
 //
 //	srv := grpc.NewServer()
 //	server.New(cache).Register(srv)
@@ -10,8 +13,10 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -28,13 +33,20 @@ const ChunkSize = 256 << 10
 // Server serves a Cache over gRPC.
 type Server struct {
 	registryv1.UnimplementedRegistryServiceServer
-	cache regcache.Cache
+	cache       regcache.Cache
+	pinner      regcache.Pinner           // nil: unimplemented
+	precompiled regcache.PrecompiledStore // nil: unimplemented
 }
 
 var _ registryv1.RegistryServiceServer = (*Server)(nil)
 
 // New returns a server for c.
-func New(c regcache.Cache) *Server { return &Server{cache: c} }
+func New(c regcache.Cache) *Server {
+	s := &Server{cache: c}
+	s.pinner, _ = c.(regcache.Pinner)
+	s.precompiled, _ = c.(regcache.PrecompiledStore)
+	return s
+}
 
 // Register adds the service to s.
 func (s *Server) Register(r grpc.ServiceRegistrar) {
@@ -59,7 +71,7 @@ func (s *Server) Resolve(ctx context.Context, req *registryv1.ResolveRequest) (*
 			}
 		}
 	}
-	res, err := s.cache.Resolve(ctx, regcache.ResolveRequest{Reference: req.GetReference(), Policy: policy, Credentials: creds})
+	res, err := s.cache.Resolve(ctx, regcache.ResolveRequest{Reference: req.GetReference(), Policy: policy, Credentials: creds, PinHolder: req.GetPinHolder()})
 	if err != nil {
 		return nil, wire.ToStatus(err)
 	}
@@ -81,31 +93,131 @@ func (s *Server) Fetch(req *registryv1.FetchRequest, stream grpc.ServerStreaming
 		return wire.ToStatus(err)
 	}
 	defer rc.Close()
+	return sendChunks(rc, size, "fetch "+req.GetDigest(), func(chunk []byte, first bool) error {
+		msg := &registryv1.FetchResponse{Chunk: chunk}
+		if first {
+			msg.Size = size
+		}
+		return stream.Send(msg)
+	})
+}
+
+// sendChunks sends rc in chunks of at most ChunkSize; the first call has
+// first set, and an empty blob is one call.
+func sendChunks(rc io.Reader, size int64, what string, send func(chunk []byte, first bool) error) error {
 	buf := make([]byte, ChunkSize)
 	first := true
 	var sent int64
 	for {
 		n, err := io.ReadFull(rc, buf)
 		if n > 0 || first {
-			msg := &registryv1.FetchResponse{Chunk: buf[:n]}
-			if first {
-				msg.Size = size
-				first = false
-			}
-			if serr := stream.Send(msg); serr != nil {
+			if serr := send(buf[:n], first); serr != nil {
 				return serr
 			}
+			first = false
 			sent += int64(n)
 		}
 		if err == io.EOF || err == io.ErrUnexpectedEOF {
 			break
 		}
 		if err != nil {
-			return wire.ToStatus(fmt.Errorf("fetch %s: read: %w", req.GetDigest(), err))
+			return wire.ToStatus(fmt.Errorf("%s: read: %w", what, err))
 		}
 	}
 	if sent != size {
-		return status.Errorf(codes.DataLoss, "fetch %s: sent %d bytes, want %d", req.GetDigest(), sent, size)
+		return status.Errorf(codes.DataLoss, "%s: sent %d bytes, want %d", what, sent, size)
 	}
 	return nil
+}
+
+// Pin implements registryv1.RegistryServiceServer.
+func (s *Server) Pin(ctx context.Context, req *registryv1.PinRequest) (*registryv1.PinResponse, error) {
+	if s.pinner == nil {
+		return nil, status.Error(codes.Unimplemented, "this registry cache does not pin")
+	}
+	if req.GetTtlSeconds() < 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "pin %s: negative ttl_seconds", req.GetDigest())
+	}
+	err := s.pinner.Pin(ctx, regcache.PinRequest{Holder: req.GetHolder(), Digest: req.GetDigest(), TTL: time.Duration(req.GetTtlSeconds()) * time.Second})
+	if err != nil {
+		return nil, wire.ToStatus(err)
+	}
+	return &registryv1.PinResponse{}, nil
+}
+
+// Unpin implements registryv1.RegistryServiceServer.
+func (s *Server) Unpin(ctx context.Context, req *registryv1.UnpinRequest) (*registryv1.UnpinResponse, error) {
+	if s.pinner == nil {
+		return nil, status.Error(codes.Unimplemented, "this registry cache does not pin")
+	}
+	if err := s.pinner.Unpin(ctx, regcache.UnpinRequest{Holder: req.GetHolder(), Digest: req.GetDigest()}); err != nil {
+		return nil, wire.ToStatus(err)
+	}
+	return &registryv1.UnpinResponse{}, nil
+}
+
+// PutPrecompiled implements registryv1.RegistryServiceServer: the key,
+// digest and size come in the first message; the bytes in all of them.
+func (s *Server) PutPrecompiled(stream grpc.ClientStreamingServer[registryv1.PutPrecompiledRequest, registryv1.PutPrecompiledResponse]) error {
+	if s.precompiled == nil {
+		return status.Error(codes.Unimplemented, "this registry cache does not store precompiled modules")
+	}
+	first, err := stream.Recv()
+	if errors.Is(err, io.EOF) {
+		return status.Error(codes.InvalidArgument, "put precompiled: empty stream; the first message must name the module digest, engine key, digest and size")
+	}
+	if err != nil {
+		return err
+	}
+	key := regcache.PrecompiledKey{ModuleDigest: first.GetModuleDigest(), EngineKey: first.GetEngineKey()}
+	r := &streamReader{buf: first.GetChunk(), recv: func() ([]byte, error) {
+		msg, err := stream.Recv()
+		if err != nil {
+			return nil, err
+		}
+		return msg.GetChunk(), nil
+	}}
+	if err := s.precompiled.PutPrecompiled(stream.Context(), key, first.GetDigest(), first.GetSize(), r); err != nil {
+		return wire.ToStatus(err)
+	}
+	return stream.SendAndClose(&registryv1.PutPrecompiledResponse{})
+}
+
+// streamReader reads the chunks of a client stream; io.EOF ends it.
+type streamReader struct {
+	buf  []byte
+	recv func() ([]byte, error)
+	err  error
+}
+
+func (r *streamReader) Read(p []byte) (int, error) {
+	for len(r.buf) == 0 {
+		if r.err != nil {
+			return 0, r.err
+		}
+		r.buf, r.err = r.recv()
+	}
+	n := copy(p, r.buf)
+	r.buf = r.buf[n:]
+	return n, nil
+}
+
+// GetPrecompiled implements registryv1.RegistryServiceServer.
+func (s *Server) GetPrecompiled(req *registryv1.GetPrecompiledRequest, stream grpc.ServerStreamingServer[registryv1.GetPrecompiledResponse]) error {
+	if s.precompiled == nil {
+		return status.Error(codes.Unimplemented, "this registry cache does not store precompiled modules")
+	}
+	key := regcache.PrecompiledKey{ModuleDigest: req.GetModuleDigest(), EngineKey: req.GetEngineKey()}
+	rc, info, err := s.precompiled.GetPrecompiled(stream.Context(), key)
+	if err != nil {
+		return wire.ToStatus(err)
+	}
+	defer rc.Close()
+	return sendChunks(rc, info.Size, "get precompiled "+key.EngineKey, func(chunk []byte, first bool) error {
+		msg := &registryv1.GetPrecompiledResponse{Chunk: chunk}
+		if first {
+			msg.Digest, msg.Size = info.Digest, info.Size
+		}
+		return stream.Send(msg)
+	})
 }
