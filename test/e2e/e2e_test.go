@@ -17,6 +17,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 
+	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
+	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/natsutil"
 )
 
@@ -270,9 +272,16 @@ func TestKubeletAPIRefusesAnonymous(t *testing.T) {
 	}
 }
 
-// TestSplitServices runs NATS, the registry cache and the executor as
-// services of their own and points a node agent at them with flags.
-func TestSplitServices(t *testing.T) {
+// split is NATS, a registry cache and an executor run as services of their
+// own, and the flags and environment that point a node agent at them.
+type split struct {
+	executorAddr string
+	env          []string
+	flags        []string
+}
+
+func startSplit(t *testing.T) split {
+	t.Helper()
 	bin := binaries(t)
 	reg := sharedRegistry(t)
 	nats, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: t.TempDir(), Token: "split-token"})
@@ -283,19 +292,75 @@ func TestSplitServices(t *testing.T) {
 	sock := t.TempDir()
 	registryAddr := "unix://" + filepath.Join(sock, "registry.sock")
 	executorAddr := "unix://" + filepath.Join(sock, "executor.sock")
+	env := []string{"WASMLET_NATS_TOKEN=split-token"}
 	startProcess(t, "registry-cache", filepath.Join(bin, "registry-cache"), nil,
 		"serve", "--listen", registryAddr, "--dir", t.TempDir(), "--insecure-registry", reg.Host)
-	startProcess(t, "executor", filepath.Join(bin, "executor"), []string{"WASMLET_NATS_TOKEN=split-token"},
+	startProcess(t, "executor", filepath.Join(bin, "executor"), env,
 		"--listen", executorAddr, "--registry", registryAddr, "--nats", nats.URL, "--state-dir", t.TempDir())
-	n := startNode(t, "e2e-split", []string{"WASMLET_NATS_TOKEN=split-token"},
-		"--nats", nats.URL, "--registry-cache", registryAddr, "--executor", "wasmtime="+executorAddr)
+	return split{executorAddr: executorAddr, env: env, flags: []string{
+		"--nats", nats.URL, "--registry-cache", registryAddr, "--executor", "wasmtime=" + executorAddr,
+	}}
+}
 
+// TestSplitServices points a node agent at separately run services.
+func TestSplitServices(t *testing.T) {
+	sp := startSplit(t)
+	n := startNode(t, "e2e-split", sp.env, sp.flags...)
 	ns := namespace(t, "e2e-split")
 	image := push(t, "examples/hello:v1")
 	apply(t, ns, wasmPod("split", n.name, image, v1.RestartPolicyNever))
 	waitPhase(t, ns, "split", v1.PodSucceeded, 2*time.Minute)
 	if logs := mustKubectl(t, "logs", "-n", ns, "split"); !strings.Contains(logs, "running as pod split") {
 		t.Errorf("logs through the split services:\n%s", logs)
+	}
+}
+
+// TestNodeAgentRestartReadopts restarts the node agent while its executor
+// keeps running: the running pod is adopted, not restarted, and the
+// instance of a pod deleted meanwhile is removed.
+func TestNodeAgentRestartReadopts(t *testing.T) {
+	sp := startSplit(t)
+	state := t.TempDir()
+	flags := append([]string{"--state-dir", state}, sp.flags...)
+	n := startNode(t, "e2e-restart", sp.env, flags...)
+	ns := namespace(t, "e2e-restart")
+	image := push(t, "examples/hello:v1")
+	for _, name := range []string{"survivor", "gone"} {
+		apply(t, ns, wasmPod(name, n.name, image, v1.RestartPolicyAlways,
+			v1.EnvVar{Name: "COUNT", Value: "100000"}, v1.EnvVar{Name: "SLEEP", Value: "100ms"}))
+	}
+	waitPhase(t, ns, "survivor", v1.PodRunning, 2*time.Minute)
+	waitPhase(t, ns, "gone", v1.PodRunning, 2*time.Minute)
+	before := jsonpath(t, ns, "survivor", "{.status.containerStatuses[0].containerID} {.status.containerStatuses[0].state.running.startedAt} {.status.containerStatuses[0].restartCount}")
+
+	n.proc.stop(15 * time.Second)
+	mustKubectl(t, "delete", "pod", "-n", ns, "gone", "--force", "--grace-period=0")
+	startNode(t, "e2e-restart", sp.env, flags...)
+
+	conn, err := grpcutil.Dial(sp.executorAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	exec := executorv1.NewExecutorServiceClient(conn)
+	waitFor(t, time.Minute, "the deleted pod's instance removed, the survivor's kept", func() (bool, string) {
+		resp, err := exec.ListInstances(context.Background(), &executorv1.ListInstancesRequest{})
+		if err != nil {
+			return false, err.Error()
+		}
+		var pods []string
+		for _, inst := range resp.GetInstances() {
+			pods = append(pods, inst.GetSpec().GetLabels()["wasmlet.io/pod"]+"/"+inst.GetState().String())
+		}
+		return fmt.Sprint(pods) == "[survivor/INSTANCE_STATE_RUNNING]", fmt.Sprint(pods)
+	})
+	waitFor(t, time.Minute, "logs of the adopted pod through the new node agent", func() (bool, string) {
+		out, err := kubectl(t, "logs", "-n", ns, "survivor", "--tail=1")
+		return err == nil && strings.HasPrefix(out, "count "), fmt.Sprint(out, err)
+	})
+	after := jsonpath(t, ns, "survivor", "{.status.containerStatuses[0].containerID} {.status.containerStatuses[0].state.running.startedAt} {.status.containerStatuses[0].restartCount}")
+	if before != after {
+		t.Errorf("the running container changed across a node-agent restart: before %q, after %q", before, after)
 	}
 }
 

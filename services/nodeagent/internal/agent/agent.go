@@ -291,6 +291,12 @@ func Run(ctx context.Context, cfg Config) error {
 		return runErr
 	}
 	goRun("node controller", nc2.Run)
+	// Instances whose pods were deleted while this agent was away: the pod
+	// informer has synced, so a pod it lacks is gone.
+	prov.RemoveOrphans(ctx, func(ns, name, uid string) bool {
+		pod, err := podInformer.Lister().Pods(ns).Get(name)
+		return err == nil && string(pod.UID) == uid
+	})
 
 	handler := api.PodHandler(api.PodHandlerConfig{
 		RunInContainer:    prov.RunInContainer,

@@ -76,6 +76,9 @@ type ctr struct {
 	restartAt  time.Time     // zero: no restart pending
 	finished   bool          // ended and will not run again
 	init       bool          // an init container: runInits decides its restarts
+	// adoptChecked: the executor was asked once for an instance left by an
+	// earlier life of the node agent.
+	adoptChecked bool
 }
 
 // Worker runs one pod. Its methods other than Run are safe to call from any
@@ -437,6 +440,12 @@ func (w *Worker) all() []*ctr {
 func (w *Worker) start(ctx context.Context, c *ctr) {
 	pod := w.Pod()
 	c.restartAt = time.Time{}
+	if c.instanceID == "" && !c.adoptChecked {
+		c.adoptChecked = true
+		if w.adopt(ctx, pod, c) {
+			return
+		}
+	}
 	env, err := resolveEnv(ctx, w.deps.Client, pod, &c.spec, w.deps.NodeIP)
 	if err != nil {
 		w.failStart(c, "CreateContainerConfigError", err.Error())
@@ -506,6 +515,47 @@ func (w *Worker) start(ctx context.Context, c *ctr) {
 		w.event(v1.EventTypeNormal, "Started", "Started container %s", c.spec.Name)
 	}
 	w.apply(c, inst)
+}
+
+// adopt takes over the newest instance of this container that an earlier
+// life of the node agent started, so that a node-agent restart neither
+// restarts a healthy container nor starts a duplicate. Older instances of
+// the container are deleted. It reports whether one was adopted.
+func (w *Worker) adopt(ctx context.Context, pod *v1.Pod, c *ctr) bool {
+	resp, err := w.deps.Executor.ListInstances(ctx, &executorv1.ListInstancesRequest{LabelSelector: map[string]string{
+		LabelPodUID: string(pod.UID), LabelContainer: c.spec.Name,
+	}})
+	if err != nil || len(resp.GetInstances()) == 0 {
+		return false
+	}
+	var newest *executorv1.Instance
+	newestAttempt := int32(-1)
+	for _, inst := range resp.GetInstances() {
+		var attempt int32
+		prefix := fmt.Sprintf("%s-%s-", pod.UID, c.spec.Name)
+		if _, err := fmt.Sscanf(inst.GetId()[min(len(prefix), len(inst.GetId())):], "%d", &attempt); err != nil {
+			continue
+		}
+		if attempt > newestAttempt {
+			if newest != nil {
+				w.forget(newest.GetId())
+			}
+			newest, newestAttempt = inst, attempt
+		} else {
+			w.forget(inst.GetId())
+		}
+	}
+	if newest == nil {
+		return false
+	}
+	w.log.Info("adopted running instance", "container", c.spec.Name, "instance", newest.GetId(), "state", newest.GetState())
+	c.restarts = newestAttempt
+	c.instanceID = newest.GetId()
+	w.mu.Lock()
+	w.ids[c.spec.Name] = [2]string{c.instanceID, ""}
+	w.mu.Unlock()
+	w.apply(c, newest)
+	return true
 }
 
 // forget deletes an ended instance from its executor; its output stays in NATS.

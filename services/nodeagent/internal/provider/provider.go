@@ -327,3 +327,27 @@ func (p *Provider) GetStatsSummary(ctx context.Context) (*statsv1alpha1.Summary,
 func (p *Provider) GetMetricsResource(context.Context) ([]*dto.MetricFamily, error) {
 	return nil, nil
 }
+
+// RemoveOrphans deletes every instance, on every executor, whose pod no
+// longer exists (deleted while the node agent was away). exists reports
+// whether a pod with that namespace, name and UID is bound to this node.
+func (p *Provider) RemoveOrphans(ctx context.Context, exists func(ns, name, uid string) bool) {
+	for _, e := range p.cfg.Pool.All() {
+		resp, err := e.Client.ListInstances(ctx, &executorv1.ListInstancesRequest{})
+		if err != nil {
+			p.cfg.Log.Warn("list instances for orphan clean-up failed", "executor", e.Flavour, "err", err)
+			continue
+		}
+		for _, inst := range resp.GetInstances() {
+			l := inst.GetSpec().GetLabels()
+			uid := l[podworker.LabelPodUID]
+			if uid == "" || exists(l[podworker.LabelNamespace], l[podworker.LabelPod], uid) {
+				continue
+			}
+			p.cfg.Log.Info("removing instance of a deleted pod", "instance", inst.GetId(), "pod", l[podworker.LabelNamespace]+"/"+l[podworker.LabelPod])
+			if _, err := e.Client.DeleteInstance(ctx, &executorv1.DeleteInstanceRequest{Id: inst.GetId(), Force: true}); err != nil {
+				p.cfg.Log.Warn("delete orphan instance failed", "instance", inst.GetId(), "err", err)
+			}
+		}
+	}
+}
