@@ -1,10 +1,11 @@
 // Command executor runs WebAssembly module instances for the wasmlet node
 // agent over gRPC (wasmlet.executor.v1). It fetches modules by digest from
-// the registry cache, runs them with one engine, and publishes their output
+// the registry cache, runs them with one engine (wasmtime, the default, or
+// wazero, pure Go, for hosts wasmtime-go has no library for), and publishes their output
 // and state changes to NATS when given one.
 //
 //	executor --listen unix:///run/wasmlet/executor.sock --registry unix:///run/wasmlet/regcache.sock \
-//	    [--nats nats://127.0.0.1:4222] [--state-dir DIR] [--engine wasmtime] [--max-instances 1000] [--id ID]
+//	    [--nats nats://127.0.0.1:4222] [--state-dir DIR] [--engine wasmtime|wazero] [--max-instances 1000] [--id ID]
 //
 // The NATS token, if any, is read from WASMLET_NATS_TOKEN. On SIGINT or
 // SIGTERM every instance is killed and the process exits.
@@ -28,7 +29,9 @@ import (
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/wasmtime"
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine/wazero"
 	"github.com/wasmlet/wasmlet/services/executor/internal/instance"
 	"github.com/wasmlet/wasmlet/services/executor/internal/server"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/proxy"
@@ -64,7 +67,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&cfg.registry, "registry", "", "registry cache gRPC address (required)")
 	fs.StringVar(&cfg.nats, "nats", "", "NATS URL for logs and events (optional; token from WASMLET_NATS_TOKEN)")
 	fs.StringVar(&cfg.stateDir, "state-dir", filepath.Join(os.TempDir(), "wasmlet-executor"), "directory for modules and precompiled artifacts")
-	fs.StringVar(&cfg.engine, "engine", "wasmtime", "engine: wasmtime")
+	fs.StringVar(&cfg.engine, "engine", "wasmtime", "engine: wasmtime or wazero")
 	fs.IntVar(&cfg.maxInstances, "max-instances", 1000, "instances held at once")
 	fs.StringVar(&cfg.id, "id", fmt.Sprintf("%s-%d", host, os.Getpid()), "executor id, in events")
 	if err := fs.Parse(args); err != nil {
@@ -75,8 +78,8 @@ func parseFlags(args []string) (config, error) {
 		return cfg, errors.New("--listen is required")
 	case cfg.registry == "":
 		return cfg, errors.New("--registry is required")
-	case cfg.engine != "wasmtime":
-		return cfg, fmt.Errorf("--engine %q: this executor is built with wasmtime only", cfg.engine)
+	case cfg.engine != "wasmtime" && cfg.engine != "wazero":
+		return cfg, fmt.Errorf("--engine %q: want wasmtime or wazero", cfg.engine)
 	case cfg.maxInstances <= 0:
 		return cfg, errors.New("--max-instances must be positive")
 	}
@@ -84,7 +87,7 @@ func parseFlags(args []string) (config, error) {
 }
 
 func run(ctx context.Context, cfg config, log *slog.Logger) error {
-	eng, err := wasmtime.New(wasmtime.Config{CacheDir: filepath.Join(cfg.stateDir, "compiled")})
+	eng, err := newEngine(cfg.engine, filepath.Join(cfg.stateDir, "compiled"))
 	if err != nil {
 		return err
 	}
@@ -137,6 +140,17 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	log.Info("executor stopped")
 	return err
+}
+
+// newEngine makes the engine named by --engine; each keeps its artifacts
+// in a subdirectory of dir named for its version.
+func newEngine(name, dir string) (engine.Engine, error) {
+	switch name {
+	case "wazero":
+		return wazero.New(wazero.Config{CacheDir: dir})
+	default:
+		return wasmtime.New(wasmtime.Config{CacheDir: dir})
+	}
 }
 
 func ensureStreams(ctx context.Context, js jetstream.JetStream, log *slog.Logger) {

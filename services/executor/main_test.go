@@ -37,7 +37,7 @@ func TestParseFlags(t *testing.T) {
 	if _, err := parseFlags([]string{"--listen", "unix:///e.sock"}); err == nil {
 		t.Error("missing --registry accepted")
 	}
-	if _, err := parseFlags([]string{"--listen", "unix:///e.sock", "--registry", "unix:///r.sock", "--engine", "wazero"}); err == nil {
+	if _, err := parseFlags([]string{"--listen", "unix:///e.sock", "--registry", "unix:///r.sock", "--engine", "v8"}); err == nil {
 		t.Error("unknown engine accepted")
 	}
 	cfg, err := parseFlags([]string{"--listen", "unix:///e.sock", "--registry", "unix:///r.sock"})
@@ -88,7 +88,7 @@ func TestExecutorProcess(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the executor binary")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 80*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	tmp := t.TempDir()
 	bin := filepath.Join(tmp, "executor")
@@ -96,7 +96,15 @@ func TestExecutorProcess(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
+	for _, eng := range []string{"wasmtime", "wazero"} {
+		t.Run(eng, func(t *testing.T) { testExecutorProcess(t, ctx, bin, eng) })
+	}
+}
 
+// testExecutorProcess runs the executor binary bin with engine eng against
+// a real NATS server and registry cache, and drives it over gRPC.
+func testExecutorProcess(t *testing.T, ctx context.Context, bin, eng string) {
+	tmp := t.TempDir()
 	const token = "s3cret"
 	ns, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: filepath.Join(tmp, "nats"), Token: token})
 	if err != nil {
@@ -137,7 +145,7 @@ func TestExecutorProcess(t *testing.T) {
 	execAddr := "unix://" + filepath.Join(sockDir, "exec.sock")
 	var stderr syncBuffer
 	cmd := exec.Command(bin, "--listen", execAddr, "--registry", regAddr, "--nats", ns.URL,
-		"--state-dir", filepath.Join(tmp, "state"), "--id", "exec-test", "--max-instances", "10")
+		"--state-dir", filepath.Join(tmp, "state"), "--id", "exec-test", "--max-instances", "10", "--engine", eng)
 	cmd.Env = append(os.Environ(), "WASMLET_NATS_TOKEN="+token)
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -162,7 +170,7 @@ func TestExecutorProcess(t *testing.T) {
 	}
 	c := executorv1.NewExecutorServiceClient(conn)
 	info, err := c.GetInfo(ctx, &executorv1.GetInfoRequest{})
-	if err != nil || info.GetExecutorId() != "exec-test" || info.GetMaxInstances() != 10 || info.GetEngine() != "wasmtime" {
+	if err != nil || info.GetExecutorId() != "exec-test" || info.GetMaxInstances() != 10 || info.GetEngine() != eng || info.GetEngineVersion() == "" {
 		t.Fatalf("info: %v %v", info, err)
 	}
 

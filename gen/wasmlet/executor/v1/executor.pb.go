@@ -221,9 +221,14 @@ type InstanceSpec struct {
 	// wasmlet.events.v1.LogRecord. Empty: output is discarded.
 	LogSubject string `protobuf:"bytes,6,opt,name=log_subject,json=logSubject,proto3" json:"log_subject,omitempty"`
 	// Opaque to the executor; returned with every instance and event.
-	Labels        map[string]string `protobuf:"bytes,7,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Labels map[string]string `protobuf:"bytes,7,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// CPU limit in millicores (a pod's limits.cpu: 250 is a quarter of a
+	// core); 0 means no limit. Engines that can pause running wasm hold the
+	// instance to this share of one core; others accept and ignore it (see
+	// GetInfoResponse.engine and the engine's documentation).
+	CpuLimitMillis int64 `protobuf:"varint,8,opt,name=cpu_limit_millis,json=cpuLimitMillis,proto3" json:"cpu_limit_millis,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *InstanceSpec) Reset() {
@@ -303,6 +308,13 @@ func (x *InstanceSpec) GetLabels() map[string]string {
 		return x.Labels
 	}
 	return nil
+}
+
+func (x *InstanceSpec) GetCpuLimitMillis() int64 {
+	if x != nil {
+		return x.CpuLimitMillis
+	}
+	return 0
 }
 
 type EnvVar struct {
@@ -1287,7 +1299,7 @@ const file_wasmlet_executor_v1_executor_proto_rawDesc = "" +
 	"\tread_only\x18\x03 \x01(\bR\breadOnly\">\n" +
 	"\x06Module\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x1c\n" +
-	"\treference\x18\x02 \x01(\tR\treference\"\x91\x03\n" +
+	"\treference\x18\x02 \x01(\tR\treference\"\xbb\x03\n" +
 	"\fInstanceSpec\x123\n" +
 	"\x06module\x18\x01 \x01(\v2\x1b.wasmlet.executor.v1.ModuleR\x06module\x12\x12\n" +
 	"\x04args\x18\x02 \x03(\tR\x04args\x12-\n" +
@@ -1296,7 +1308,8 @@ const file_wasmlet_executor_v1_executor_proto_rawDesc = "" +
 	"\x12memory_limit_bytes\x18\x05 \x01(\x03R\x10memoryLimitBytes\x12\x1f\n" +
 	"\vlog_subject\x18\x06 \x01(\tR\n" +
 	"logSubject\x12E\n" +
-	"\x06labels\x18\a \x03(\v2-.wasmlet.executor.v1.InstanceSpec.LabelsEntryR\x06labels\x1a9\n" +
+	"\x06labels\x18\a \x03(\v2-.wasmlet.executor.v1.InstanceSpec.LabelsEntryR\x06labels\x12(\n" +
+	"\x10cpu_limit_millis\x18\b \x01(\x03R\x0ecpuLimitMillis\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"2\n" +

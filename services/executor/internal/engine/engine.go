@@ -69,6 +69,11 @@ type Spec struct {
 	// MemoryLimitBytes bounds the linear memory; 0 means no limit beyond
 	// the wasm32 address space.
 	MemoryLimitBytes int64
+	// CPULimitMillis is the share of one core the instance may use, in
+	// millicores (250: a quarter of a core); 0 means no limit. How an
+	// engine honours it is in its package doc; an engine that cannot
+	// enforce it runs the instance unthrottled.
+	CPULimitMillis int64
 	// Stdout and Stderr receive the instance's output as it is written; nil
 	// discards it. Writes come from one goroutine per stream. A sink that
 	// blocks stalls the module's writes, so a sink must bound how long it

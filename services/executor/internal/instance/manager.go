@@ -188,6 +188,9 @@ func validate(id string, spec Spec) error {
 	if spec.MemoryLimitBytes < 0 {
 		return fmt.Errorf("%w: memory limit %d is negative", ErrInvalidArgument, spec.MemoryLimitBytes)
 	}
+	if spec.CPULimitMillis < 0 {
+		return fmt.Errorf("%w: CPU limit %dm is negative", ErrInvalidArgument, spec.CPULimitMillis)
+	}
 	for _, p := range spec.Preopens {
 		if !filepath.IsAbs(p.HostPath) || p.GuestPath == "" {
 			return fmt.Errorf("%w: preopen %q -> %q: the host path must be absolute and the guest path set", ErrInvalidArgument, p.HostPath, p.GuestPath)
@@ -369,6 +372,7 @@ func (m *Manager) Start(ctx context.Context, id string) (Instance, error) {
 		Env:              spec.Env,
 		Preopens:         spec.Preopens,
 		MemoryLimitBytes: spec.MemoryLimitBytes,
+		CPULimitMillis:   spec.CPULimitMillis,
 	}
 	if espec.MemoryLimitBytes == 0 {
 		espec.MemoryLimitBytes = m.cfg.DefaultMemoryLimit

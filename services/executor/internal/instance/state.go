@@ -69,6 +69,8 @@ type Spec struct {
 	Env              []engine.EnvVar
 	Preopens         []engine.Preopen
 	MemoryLimitBytes int64
+	// CPULimitMillis is a share of one core in millicores; 0: no limit.
+	CPULimitMillis int64
 	// LogSubject receives the output as LogRecords; empty discards it.
 	LogSubject string
 	Labels     map[string]string

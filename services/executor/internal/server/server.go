@@ -173,6 +173,7 @@ func specFromProto(p *executorv1.InstanceSpec) instance.Spec {
 		ModuleReference:  p.GetModule().GetReference(),
 		Args:             slices.Clone(p.GetArgs()),
 		MemoryLimitBytes: p.GetMemoryLimitBytes(),
+		CPULimitMillis:   p.GetCpuLimitMillis(),
 		LogSubject:       p.GetLogSubject(),
 		Labels:           maps.Clone(p.GetLabels()),
 	}
@@ -190,6 +191,7 @@ func specToProto(s instance.Spec) *executorv1.InstanceSpec {
 		Module:           &executorv1.Module{Digest: s.ModuleDigest, Reference: s.ModuleReference},
 		Args:             slices.Clone(s.Args),
 		MemoryLimitBytes: s.MemoryLimitBytes,
+		CpuLimitMillis:   s.CPULimitMillis,
 		LogSubject:       s.LogSubject,
 		Labels:           maps.Clone(s.Labels),
 	}

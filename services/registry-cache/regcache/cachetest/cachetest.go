@@ -1,6 +1,8 @@
 // Package cachetest is the conformance suite of regcache.Cache: every
 // implementation (the local cache, and the gRPC proxy talking to a server)
 // must pass Run against artifacts prepared in a real registry by Prepare.
+// Implementations that are also a regcache.Pinner or
+// regcache.PrecompiledStore are held to those contracts too.
 //
 // It owns only test artifacts it pushes into the registry it is given; it
 // never reaches into a cache's internals.
@@ -11,6 +13,7 @@
 package cachetest
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -227,6 +230,130 @@ func Run(t *testing.T, newCache func(t *testing.T) regcache.Cache, fx Fixture) {
 		}
 		checkFetch(ctx(t), t, c, results[0].ModuleDigest, fx.CNCF.Bytes)
 	})
+
+	t.Run("Pin", func(t *testing.T) {
+		c := newCache(t)
+		p, ok := c.(regcache.Pinner)
+		if !ok {
+			t.Skip("not a regcache.Pinner")
+		}
+		unknown := Digest([]byte("never stored"))
+		if err := p.Pin(ctx(t), regcache.PinRequest{Holder: "h1", Digest: unknown}); !errors.Is(err, regcache.ErrNotFound) {
+			t.Fatalf("Pin(uncached) = %v, want ErrNotFound", err)
+		}
+		res, err := c.Resolve(ctx(t), regcache.ResolveRequest{Reference: fx.CNCF.Reference, Credentials: fx.Credentials, PinHolder: "h0"})
+		if err != nil {
+			t.Fatalf("Resolve with PinHolder: %v", err)
+		}
+		for _, r := range []regcache.PinRequest{
+			{Holder: "h1", Digest: res.ModuleDigest},
+			{Holder: "h1", Digest: res.ModuleDigest, TTL: time.Minute}, // renews
+			{Holder: "h2", Digest: res.ModuleDigest, TTL: time.Second},
+		} {
+			if err := p.Pin(ctx(t), r); err != nil {
+				t.Fatalf("Pin(%+v): %v", r, err)
+			}
+		}
+		for _, r := range []regcache.UnpinRequest{
+			{Holder: "h1", Digest: res.ModuleDigest},
+			{Holder: "h1", Digest: res.ModuleDigest}, // again: not an error
+			{Holder: "h2"},
+			{Holder: "h0"},
+			{Holder: "nobody"},
+		} {
+			if err := p.Unpin(ctx(t), r); err != nil {
+				t.Fatalf("Unpin(%+v): %v", r, err)
+			}
+		}
+		for _, r := range []regcache.PinRequest{
+			{Holder: "", Digest: res.ModuleDigest},
+			{Holder: "h", Digest: "sha256:xyz"},
+		} {
+			if err := p.Pin(ctx(t), r); !errors.Is(err, regcache.ErrInvalidReference) {
+				t.Fatalf("Pin(%+v) = %v, want ErrInvalidReference", r, err)
+			}
+		}
+		checkFetch(ctx(t), t, c, res.ModuleDigest, fx.CNCF.Bytes)
+	})
+
+	t.Run("Precompiled", func(t *testing.T) {
+		c := newCache(t)
+		pc, ok := c.(regcache.PrecompiledStore)
+		if !ok {
+			t.Skip("not a regcache.PrecompiledStore")
+		}
+		key := regcache.PrecompiledKey{ModuleDigest: Digest(fx.CNCF.Bytes), EngineKey: "wasmtime-39.0.1/x86_64/cranelift"}
+		if _, _, err := pc.GetPrecompiled(ctx(t), key); !errors.Is(err, regcache.ErrNotFound) {
+			t.Fatalf("GetPrecompiled(none) = %v, want ErrNotFound", err)
+		}
+		// Larger than one gRPC chunk, to exercise the streams.
+		artifact := bytes.Repeat([]byte("precompiled "), 70_000)
+		tampered := bytes.Clone(artifact)
+		tampered[len(tampered)/2] ^= 1
+		err := pc.PutPrecompiled(ctx(t), key, Digest(artifact), int64(len(tampered)), bytes.NewReader(tampered))
+		if !errors.Is(err, regcache.ErrDigestMismatch) {
+			t.Fatalf("PutPrecompiled(tampered) = %v, want ErrDigestMismatch", err)
+		}
+		if _, _, err := pc.GetPrecompiled(ctx(t), key); !errors.Is(err, regcache.ErrNotFound) {
+			t.Fatalf("GetPrecompiled after a mismatch = %v, want ErrNotFound", err)
+		}
+		err = pc.PutPrecompiled(ctx(t), key, Digest(artifact), int64(len(artifact))+1, bytes.NewReader(artifact))
+		if !errors.Is(err, regcache.ErrDigestMismatch) {
+			t.Fatalf("PutPrecompiled(wrong size) = %v, want ErrDigestMismatch", err)
+		}
+		if err := pc.PutPrecompiled(ctx(t), key, Digest(artifact), int64(len(artifact)), bytes.NewReader(artifact)); err != nil {
+			t.Fatalf("PutPrecompiled: %v", err)
+		}
+		checkPrecompiled(ctx(t), t, pc, key, artifact)
+		// Another engine key is another artifact; putting a key again
+		// replaces its artifact.
+		other := key
+		other.EngineKey = "wazero-1.12.0"
+		if _, _, err := pc.GetPrecompiled(ctx(t), other); !errors.Is(err, regcache.ErrNotFound) {
+			t.Fatalf("GetPrecompiled(other engine) = %v, want ErrNotFound", err)
+		}
+		small := []byte("v2")
+		if err := pc.PutPrecompiled(ctx(t), key, Digest(small), int64(len(small)), bytes.NewReader(small)); err != nil {
+			t.Fatalf("PutPrecompiled again: %v", err)
+		}
+		checkPrecompiled(ctx(t), t, pc, key, small)
+		if p, ok := c.(regcache.Pinner); ok {
+			if err := p.Pin(ctx(t), regcache.PinRequest{Holder: "executor", Digest: Digest(small)}); err != nil {
+				t.Fatalf("Pin(precompiled artifact): %v", err)
+			}
+		}
+		for _, bad := range []regcache.PrecompiledKey{
+			{ModuleDigest: "nope", EngineKey: "e"},
+			{ModuleDigest: key.ModuleDigest},
+			{ModuleDigest: key.ModuleDigest, EngineKey: "a\nb"},
+		} {
+			if _, _, err := pc.GetPrecompiled(ctx(t), bad); !errors.Is(err, regcache.ErrInvalidReference) {
+				t.Errorf("GetPrecompiled(%q) = %v, want ErrInvalidReference", bad, err)
+			}
+			if err := pc.PutPrecompiled(ctx(t), bad, Digest(small), 2, bytes.NewReader(small)); !errors.Is(err, regcache.ErrInvalidReference) {
+				t.Errorf("PutPrecompiled(%q) = %v, want ErrInvalidReference", bad, err)
+			}
+		}
+		if err := pc.PutPrecompiled(ctx(t), key, "md5:abc", 2, bytes.NewReader(small)); !errors.Is(err, regcache.ErrInvalidReference) {
+			t.Errorf("PutPrecompiled(non-sha256 digest) = %v, want ErrInvalidReference", err)
+		}
+	})
+}
+
+func checkPrecompiled(ctx context.Context, t *testing.T, pc regcache.PrecompiledStore, key regcache.PrecompiledKey, want []byte) {
+	t.Helper()
+	rc, info, err := pc.GetPrecompiled(ctx, key)
+	if err != nil {
+		t.Fatalf("GetPrecompiled: %v", err)
+	}
+	defer rc.Close()
+	got, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatalf("GetPrecompiled: read: %v", err)
+	}
+	if !bytes.Equal(got, want) || info.Size != int64(len(want)) || info.Digest != Digest(want) {
+		t.Fatalf("GetPrecompiled = %d bytes, %+v; want %d bytes with digest %s", len(got), info, len(want), Digest(want))
+	}
 }
 
 func checkResolved(t *testing.T, res regcache.Resolved, m Module) {
