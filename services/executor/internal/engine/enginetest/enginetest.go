@@ -1,0 +1,510 @@
+// Package enginetest is the conformance suite of engine.Engine: the
+// behaviour every engine must show (exit codes, traps, unusable modules,
+// kill, memory limit, preopens, output, corrupt compiled artifacts), run
+// against each implementation from its own tests. It is test support: only
+// _test.go files may import it (it imports testing and wasmbuild).
+//
+// Usage, in an engine's package:
+//
+//	func TestConformance(t *testing.T) {
+//		enginetest.Run(t, func(t *testing.T, dir string) engine.Engine {
+//			e, err := wazero.New(wazero.Config{CacheDir: dir})
+//			if err != nil {
+//				t.Fatal(err)
+//			}
+//			return e
+//		})
+//	}
+//
+// newEngine must return a new engine whose compiled artifacts live under
+// dir, and nothing else. Most tests share one engine whose directory is
+// kept under the user cache dir (wasmlet-enginetest/), so that compiled
+// Go-built modules are reused by later runs; engines must verify what they
+// load from it, which the corrupt-artifact test checks in a fresh directory.
+package enginetest
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/wasmlet/wasmlet/internal/wasmbuild"
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
+)
+
+// NewEngine returns a new engine keeping its artifacts under dir.
+type NewEngine func(t *testing.T, dir string) engine.Engine
+
+// Run runs the conformance suite against engines made by newEngine.
+func Run(t *testing.T, newEngine NewEngine) {
+	e := Shared(t, newEngine)
+	for _, tc := range []struct {
+		name string
+		fn   func(*testing.T, engine.Engine)
+	}{
+		{"Hello", testHello},
+		{"WatModules", testWatModules},
+		{"UnusableModules", testUnusableModules},
+		{"KillSpinningWithin50ms", testKillSpinningWithin50ms},
+		{"MemoryLimitOOMKilled", testMemoryLimitOOMKilled},
+		{"Preopens", testPreopens},
+		{"BadPreopen", testBadPreopen},
+		{"StartTimePrecompiled", testStartTimePrecompiled},
+		{"ChattyOutputComplete", testChattyOutputComplete},
+		{"KillBlockedInHostCall", testKillBlockedInHostCall},
+	} {
+		t.Run(tc.name, func(t *testing.T) { tc.fn(t, e) })
+	}
+	t.Run("CorruptArtifactRebuilt", func(t *testing.T) { testCorruptArtifactRebuilt(t, newEngine) })
+}
+
+var shared struct {
+	mu   sync.Mutex
+	engs map[string]engine.Engine // by the test's top-level name
+}
+
+// Shared returns the engine of newEngine whose artifacts are kept between
+// runs, one per top-level test (so per engine).
+func Shared(t *testing.T, newEngine NewEngine) engine.Engine {
+	t.Helper()
+	key := strings.SplitN(t.Name(), "/", 2)[0]
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	if e := shared.engs[key]; e != nil {
+		return e
+	}
+	base, err := os.UserCacheDir()
+	if err != nil {
+		base = os.TempDir()
+	}
+	dir := filepath.Join(base, "wasmlet-enginetest")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	e := newEngine(t, dir)
+	if shared.engs == nil {
+		shared.engs = map[string]engine.Engine{}
+	}
+	shared.engs[key] = e
+	return e
+}
+
+// Prepare prepares the module at path, failing the test on an error.
+func Prepare(t *testing.T, e engine.Engine, path string) engine.Module {
+	t.Helper()
+	return prepare(t, e, path)
+}
+
+// Run1 starts an instance and waits for it (at most 30 s).
+func Run1(t *testing.T, e engine.Engine, m engine.Module, spec engine.Spec) engine.Result {
+	t.Helper()
+	return run(t, e, m, spec)
+}
+
+// ProcExit is a module in WebAssembly text that calls proc_exit(code), 0-9.
+func ProcExit(code int) string { return procExit(code) }
+
+// testCorruptArtifactRebuilt corrupts every file an engine wrote for a
+// module (same size, so only a hash tells) and checks that a new engine on
+// the same directory discards them, runs the module correctly and leaves
+// none of the corrupt bytes behind.
+func testCorruptArtifactRebuilt(t *testing.T, newEngine NewEngine) {
+	dir := t.TempDir()
+	wasm := wasmbuild.Wat(t, procExit(3))
+	digest := digestOf(t, wasm)
+	e1 := newEngine(t, dir)
+	if _, err := e1.Prepare(context.Background(), digest, wasm); err != nil {
+		t.Fatal(err)
+	}
+	files := artifacts(t, dir)
+	if len(files) == 0 {
+		t.Fatalf("the engine wrote no artifact under %s", dir)
+	}
+	corrupt := map[string][]byte{}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Flip bytes in the middle and, for small files, near the start:
+		// headers, offsets and code all get hit somewhere.
+		for _, at := range []int{len(b) / 2, min(len(b)/4, 64)} {
+			for i := at; i < at+32 && i < len(b); i++ {
+				b[i] ^= 0xff
+			}
+		}
+		if err := os.WriteFile(f, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		corrupt[f] = b
+	}
+	e2 := newEngine(t, dir)
+	m, err := e2.Prepare(context.Background(), digest, wasm)
+	if err != nil {
+		t.Fatalf("prepare over a corrupt artifact: %v", err)
+	}
+	if res := run(t, e2, m, engine.Spec{}); res.ExitCode != 3 || res.Reason != engine.ReasonError {
+		t.Fatalf("result %+v, want exit code 3", res)
+	}
+	for f, b := range corrupt {
+		if now, err := os.ReadFile(f); err == nil && bytes.Equal(now, b) {
+			t.Errorf("corrupt artifact %s is still there", f)
+		}
+	}
+	if len(artifacts(t, dir)) == 0 {
+		t.Error("no artifact was written again")
+	}
+}
+
+// artifacts lists the files under dir that look like compiled code: every
+// regular file but checksums.
+func artifacts(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() && !strings.HasSuffix(p, ".sha256") {
+			out = append(out, p)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func digestOf(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(s[:])
+}
+
+func prepare(t *testing.T, e engine.Engine, path string) engine.Module {
+	t.Helper()
+	m, err := e.Prepare(context.Background(), digestOf(t, path), path)
+	if err != nil {
+		t.Fatalf("prepare %s: %v", path, err)
+	}
+	return m
+}
+
+type buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+func run(t *testing.T, e engine.Engine, m engine.Module, spec engine.Spec) engine.Result {
+	t.Helper()
+	inst, err := e.Start(context.Background(), m, spec)
+	if err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	select {
+	case <-inst.Done():
+	case <-time.After(30 * time.Second):
+		inst.Kill()
+		t.Fatal("instance did not end in 30s")
+	}
+	return inst.Wait()
+}
+
+func testHello(t *testing.T, e engine.Engine) {
+	m := prepare(t, e, wasmbuild.Build(t, "hello"))
+	for _, tc := range []struct {
+		name   string
+		env    []engine.EnvVar
+		exited bool
+		code   int32
+		reason string
+	}{
+		{"exit 0", nil, true, 0, engine.ReasonCompleted},
+		{"exit 3", []engine.EnvVar{{Name: "EXIT_CODE", Value: "3"}}, true, 3, engine.ReasonError},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errb buffer
+			env := append([]engine.EnvVar{{Name: "GREETING", Value: "first"}, {Name: "GREETING", Value: "hi there"}}, tc.env...)
+			res := run(t, e, m, engine.Spec{Args: []string{"hello", "a", "b c"}, Env: env, Stdout: &out, Stderr: &errb})
+			if res.Exited != tc.exited || res.ExitCode != tc.code || res.Reason != tc.reason {
+				t.Fatalf("result %+v, want exited=%v code=%d reason=%s", res, tc.exited, tc.code, tc.reason)
+			}
+			if want := "args: a b c\ngreeting: hi there\n"; out.String() != want {
+				t.Errorf("stdout %q, want %q", out.String(), want)
+			}
+			if want := "hello on stderr\n"; errb.String() != want {
+				t.Errorf("stderr %q, want %q", errb.String(), want)
+			}
+		})
+	}
+}
+
+func testWatModules(t *testing.T, e engine.Engine) {
+	for _, tc := range []struct {
+		name, wat string
+		exited    bool
+		code      int32
+		reason    string
+		message   string
+	}{
+		{"return from _start", `(module (func (export "_start")) (memory (export "memory") 1))`, true, 0, engine.ReasonCompleted, ""},
+		{"proc_exit 0", procExit(0), true, 0, engine.ReasonCompleted, ""},
+		{"proc_exit 3", procExit(3), true, 3, engine.ReasonError, "exited with code 3"},
+		{"trap", `(module (func $boom (export "_start") unreachable) (memory (export "memory") 1))`, false, 137, engine.ReasonTrap, "unreachable"},
+		{"divide by zero", `(module (func (export "_start") (drop (i32.div_s (i32.const 1) (i32.const 0)))))`, false, 137, engine.ReasonTrap, "divide by zero"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := prepare(t, e, wasmbuild.Wat(t, tc.wat))
+			res := run(t, e, m, engine.Spec{Args: []string{"m"}})
+			if res.Exited != tc.exited || res.ExitCode != tc.code || res.Reason != tc.reason || !strings.Contains(res.Message, tc.message) {
+				t.Fatalf("result %+v, want exited=%v code=%d reason=%s message~%q", res, tc.exited, tc.code, tc.reason, tc.message)
+			}
+			t.Logf("%+v", res)
+		})
+	}
+}
+
+func procExit(code int) string {
+	return `(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start") (call $exit (i32.const ` + string(rune('0'+code)) + `))))`
+}
+
+func testUnusableModules(t *testing.T, e engine.Engine) {
+	invalid := filepath.Join(t.TempDir(), "bad.wasm")
+	if err := os.WriteFile(invalid, []byte("\x00asm\x01\x00\x00\x00garbage"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	notWasm := filepath.Join(t.TempDir(), "text.wasm")
+	if err := os.WriteFile(notWasm, []byte("#!/bin/sh\necho hi\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, path string
+		want       error
+		message    string
+	}{
+		{"invalid bytes", invalid, engine.ErrModuleInvalid, "does not compile"},
+		{"not wasm", notWasm, engine.ErrModuleInvalid, "does not compile"},
+		{"missing import", wasmbuild.Wat(t, `(module (import "env" "host_thing" (func)) (func (export "_start")))`), engine.ErrModuleUnsupported, "env::host_thing"},
+		{"no _start", wasmbuild.Wat(t, `(module (func (export "main")))`), engine.ErrModuleUnsupported, "no _start"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := e.Prepare(context.Background(), digestOf(t, tc.path), tc.path)
+			if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.message) {
+				t.Fatalf("prepare: %v, want %v containing %q", err, tc.want, tc.message)
+			}
+			t.Log(err)
+		})
+	}
+}
+
+func testKillSpinningWithin50ms(t *testing.T, e engine.Engine) {
+	m := prepare(t, e, wasmbuild.Build(t, "spin"))
+	var out1, out2 buffer
+	a, err := e.Start(context.Background(), m, engine.Spec{Args: []string{"spin"}, Stdout: &out1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := e.Start(context.Background(), m, engine.Spec{Args: []string{"spin"}, Stdout: &out2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Kill()
+	// Let both get into their loops.
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(out1.String(), "spinning") || !strings.Contains(out2.String(), "spinning") {
+		if time.Now().After(deadline) {
+			t.Fatalf("modules did not start spinning: %q %q", out1.String(), out2.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	t0 := time.Now()
+	a.Kill()
+	select {
+	case <-a.Done():
+	case <-time.After(50 * time.Millisecond):
+		t.Fatalf("kill took more than 50ms")
+	}
+	latency := time.Since(t0)
+	t.Logf("kill latency: %v", latency)
+	if res := a.Wait(); res.Reason != engine.ReasonKilled || res.ExitCode != engine.KilledExitCode || res.Exited {
+		t.Fatalf("killed instance: %+v", res)
+	}
+	select {
+	case <-b.Done():
+		t.Fatalf("the other instance ended too: %+v", b.Wait())
+	case <-time.After(200 * time.Millisecond):
+	}
+	b.Kill()
+	<-b.Done()
+	if res := b.Wait(); res.Reason != engine.ReasonKilled {
+		t.Fatalf("second instance: %+v", res)
+	}
+}
+
+func testMemoryLimitOOMKilled(t *testing.T, e engine.Engine) {
+	m := prepare(t, e, wasmbuild.Build(t, "oom"))
+	var out, errb buffer
+	res := run(t, e, m, engine.Spec{Args: []string{"oom"}, MemoryLimitBytes: 64 << 20, Stdout: &out, Stderr: &errb})
+	if res.Reason != engine.ReasonOOMKilled || res.Exited || res.ExitCode != engine.KilledExitCode {
+		t.Fatalf("result %+v, want OOMKilled; stderr %q", res, strings.SplitN(errb.String(), "\n", 2)[0])
+	}
+	t.Logf("%+v", res)
+}
+
+func testPreopens(t *testing.T, e engine.Engine) {
+	m := prepare(t, e, wasmbuild.Build(t, "hello"))
+	ro := t.TempDir()
+	rw := t.TempDir()
+	if err := os.WriteFile(filepath.Join(ro, "in.txt"), []byte("from host"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	outside := filepath.Join(t.TempDir(), "secret.txt")
+	if err := os.WriteFile(outside, []byte("secret"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	preopens := []engine.Preopen{{HostPath: ro, GuestPath: "/ro", ReadOnly: true}, {HostPath: rw, GuestPath: "/rw"}}
+	for _, tc := range []struct {
+		name   string
+		env    []engine.EnvVar
+		code   int32
+		stdout string
+	}{
+		{"read-only readable", []engine.EnvVar{{Name: "READ_FILE", Value: "/ro/in.txt"}}, 0, "read: from host"},
+		{"read-only not writable", []engine.EnvVar{{Name: "WRITE_FILE", Value: "/ro/new.txt"}}, 4, ""},
+		{"read-write writable", []engine.EnvVar{{Name: "WRITE_FILE", Value: "/rw/new.txt"}}, 0, "wrote: /rw/new.txt"},
+		{"outside not visible", []engine.EnvVar{{Name: "READ_FILE", Value: outside}}, 4, ""},
+		{"host root not visible", []engine.EnvVar{{Name: "READ_FILE", Value: "/etc/passwd"}}, 4, ""},
+		{"escape by dotdot", []engine.EnvVar{{Name: "READ_FILE", Value: "/ro/../../../../etc/passwd"}}, 4, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errb buffer
+			res := run(t, e, m, engine.Spec{Args: []string{"hello"}, Env: tc.env, Preopens: preopens, Stdout: &out, Stderr: &errb})
+			if res.ExitCode != tc.code || !strings.Contains(out.String(), tc.stdout) {
+				t.Fatalf("result %+v stdout %q stderr %q, want code %d and %q", res, out.String(), errb.String(), tc.code, tc.stdout)
+			}
+		})
+	}
+	if _, err := os.Stat(filepath.Join(ro, "new.txt")); err == nil {
+		t.Error("a file was written into the read-only preopen")
+	}
+	if b, err := os.ReadFile(filepath.Join(rw, "new.txt")); err != nil || string(b) != "written" {
+		t.Errorf("read-write preopen: %q %v", b, err)
+	}
+}
+
+func testBadPreopen(t *testing.T, e engine.Engine) {
+	m := prepare(t, e, wasmbuild.Wat(t, `(module (func (export "_start")))`))
+	_, err := e.Start(context.Background(), m, engine.Spec{Preopens: []engine.Preopen{{HostPath: "/nonexistent/dir", GuestPath: "/data"}}})
+	if !errors.Is(err, engine.ErrInstantiate) || !strings.Contains(err.Error(), "/nonexistent/dir") {
+		t.Fatalf("start: %v", err)
+	}
+}
+
+func testStartTimePrecompiled(t *testing.T, e engine.Engine) {
+	m := prepare(t, e, wasmbuild.Build(t, "hello"))
+	const n = 20
+	var total time.Duration
+	for range n {
+		t0 := time.Now()
+		inst, err := e.Start(context.Background(), m, engine.Spec{Args: []string{"hello"}, Stdout: &buffer{}})
+		total += time.Since(t0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		inst.Wait()
+	}
+	t.Logf("instance start (precompiled %s, fresh engine, store, WASI, instantiate): %v on average", "hello", total/n)
+}
+
+// lineCounter counts newlines as they arrive.
+type lineCounter struct {
+	mu    sync.Mutex
+	lines int
+	last  []byte
+}
+
+func (c *lineCounter) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.lines += bytes.Count(p, []byte("\n"))
+	c.last = append(c.last[:0], p...)
+	return len(p), nil
+}
+
+func testChattyOutputComplete(t *testing.T, e engine.Engine) {
+	m := prepare(t, e, wasmbuild.Build(t, "chatty"))
+	var c lineCounter
+	t0 := time.Now()
+	res := run(t, e, m, engine.Spec{Args: []string{"chatty", "200000"}, Stdout: &c})
+	if res.ExitCode != 0 || c.lines != 200000 || !bytes.HasSuffix(c.last, []byte("line 200000\n")) {
+		t.Fatalf("result %+v, %d lines, last write ends %q", res, c.lines, c.last[max(0, len(c.last)-20):])
+	}
+	t.Logf("200000 lines in %v", time.Since(t0))
+}
+
+// sleepWat sleeps for 30 s in one WASI poll_oneoff call: a module blocked
+// in a host call, where epoch interruption cannot reach it.
+const sleepWat = `(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    ;; subscription at 0: userdata 0, tag 0 (clock), clock id 1 (monotonic),
+    ;; timeout 30 s relative, precision 0, flags 0
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.const 30000000000))
+    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))`
+
+func testKillBlockedInHostCall(t *testing.T, e engine.Engine) {
+	m := prepare(t, e, wasmbuild.Wat(t, sleepWat))
+	inst, err := e.Start(context.Background(), m, engine.Spec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-inst.Done():
+		t.Fatalf("sleeper ended early: %+v", inst.Wait())
+	case <-time.After(200 * time.Millisecond):
+	}
+	t0 := time.Now()
+	inst.Kill()
+	select {
+	case <-inst.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("kill of a module blocked in a host call took more than 5s")
+	}
+	t.Logf("kill of a sleeping module reported after %v", time.Since(t0))
+	if res := inst.Wait(); res.Reason != engine.ReasonKilled || res.Exited {
+		t.Fatalf("result %+v", res)
+	}
+}

@@ -1,0 +1,626 @@
+// Package wazero is the engine.Engine of wazero, the pure-Go WebAssembly
+// runtime, for hosts that wasmtime-go ships no library for. It compiles
+// modules once into wazero's compilation cache on disk and runs each
+// instance in a goroutine of its own.
+//
+// It owns its cache directory (<dir>/wazero-<version>/, in which wazero
+// keeps its entries under wazero-<version>-<arch>-<os>/ and this package
+// keeps a sha256 per entry under sums/) and nothing else on disk; it must
+// not know of instance ids, states or NATS.
+//
+// Why the sums: wazero checks a CRC of an entry's machine code, but not the
+// function offsets that say where each function starts, and a corrupt entry
+// makes CompileModule fail rather than compile again. Before wazero reads
+// the cache, every entry is hashed and compared with its sum (once per
+// process, and again when its size or modification time changed); an entry
+// that does not match, or has no sum, is removed, so wazero compiles the
+// module again and writes a fresh entry, whose sum is recorded then.
+// Compiles are serialised (each uses every core), which also keeps the
+// "new entries get a sum" step unambiguous.
+//
+// Memory limits: wazero's limit (RuntimeConfig.WithMemoryLimitPages) is per
+// Runtime, not per instance, so the engine keeps one Runtime per distinct
+// limit, all sharing one CompilationCache (and so one copy of each module's
+// machine code). The limit in bytes is rounded down to whole 64 KiB pages
+// (at least one page) and capped at the wasm32 maximum of 65536 pages. As
+// with wasmtime, memory.grow past the limit fails (-1) rather than traps,
+// and an abnormal end with linear memory within oomHeadroom of the limit
+// is reported as OOMKilled. A module whose minimum memory is above the
+// limit fails to start. Runtimes and compiled modules live as long as the
+// engine: pods use few distinct limits.
+//
+// Kill: every instance runs with a context of its own under
+// WithCloseOnContextDone, so cancelling it stops wasm code at the next
+// function entry or loop back-edge (microseconds). A module blocked in a
+// host call (a WASI sleep) is not interrupted; as with wasmtime, after
+// killWait the instance is reported Killed and its goroutine ends when the
+// call returns.
+//
+// CPU limits: not enforced. wazero has no fuel, no epoch callback and no
+// way to pause running wasm and resume it later: wasm runs as native code
+// on a goroutine that the Go scheduler cannot preempt, and the only
+// interruption (the context) ends the instance. Spec.CPULimitMillis is
+// accepted and ignored.
+package wazero
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	wz "github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
+	"github.com/tetratelabs/wazero/sys"
+
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
+)
+
+const (
+	name            = "wazero"
+	fallbackVersion = "1.12.0"
+	modulePath      = "github.com/tetratelabs/wazero"
+	wasiModule      = wasi_snapshot_preview1.ModuleName
+
+	pageSize = 64 << 10
+	maxPages = 65536
+
+	// oomHeadroom: see the wasmtime engine.
+	oomHeadroom = 8 << 20
+	// killWait bounds how long Kill waits for wasm to notice the cancel.
+	killWait = 500 * time.Millisecond
+)
+
+// Config configures the engine.
+type Config struct {
+	// CacheDir keeps compiled modules. Required.
+	CacheDir string
+}
+
+// Engine is the wazero engine.Engine.
+type Engine struct {
+	version string
+	root    string // wazero's cache root
+	sums    string // our sha256 per entry
+	cache   wz.CompilationCache
+
+	compileMu sync.Mutex // one compile at a time; guards verified
+	verified  map[string]fileStamp
+
+	mu       sync.Mutex
+	runtimes map[uint32]*runtime // by memory limit in pages
+	modules  map[string]*module  // by digest
+}
+
+var _ engine.Engine = (*Engine)(nil)
+
+type fileStamp struct {
+	size    int64
+	modTime time.Time
+}
+
+// runtime is a wazero Runtime for one memory limit, with WASI in it and
+// the modules compiled for it.
+type runtime struct {
+	pages uint32
+	rt    wz.Runtime
+
+	mu       sync.Mutex
+	compiled map[string]wz.CompiledModule // by digest
+}
+
+// New returns an engine caching compiled modules under cfg.CacheDir.
+func New(cfg Config) (*Engine, error) {
+	if cfg.CacheDir == "" {
+		return nil, errors.New("wazero engine: CacheDir is required")
+	}
+	v := version()
+	root := filepath.Join(cfg.CacheDir, name+"-"+v)
+	sums := filepath.Join(root, "sums")
+	if err := os.MkdirAll(sums, 0o700); err != nil {
+		return nil, fmt.Errorf("wazero engine: create cache dir: %w", err)
+	}
+	cache, err := wz.NewCompilationCacheWithDir(root)
+	if err != nil {
+		return nil, fmt.Errorf("wazero engine: compilation cache: %w", err)
+	}
+	return &Engine{
+		version:  v,
+		root:     root,
+		sums:     sums,
+		cache:    cache,
+		verified: map[string]fileStamp{},
+		runtimes: map[uint32]*runtime{},
+		modules:  map[string]*module{},
+	}, nil
+}
+
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, d := range bi.Deps {
+			if d.Path == modulePath {
+				if d.Replace != nil {
+					d = d.Replace
+				}
+				if v := strings.TrimPrefix(d.Version, "v"); v != "" && v != "(devel)" {
+					return v
+				}
+			}
+		}
+	}
+	return fallbackVersion
+}
+
+// Name implements engine.Engine.
+func (e *Engine) Name() string { return name }
+
+// Version implements engine.Engine.
+func (e *Engine) Version() string { return e.version }
+
+// module is a prepared module.
+type module struct {
+	digest   string
+	wasmPath string
+}
+
+func (m *module) Digest() string { return m.digest }
+
+// Prepare implements engine.Engine.
+func (e *Engine) Prepare(ctx context.Context, digest, wasmPath string) (engine.Module, error) {
+	if hexd, ok := strings.CutPrefix(digest, "sha256:"); !ok || len(hexd) != 64 {
+		return nil, fmt.Errorf("prepare module %q: want a digest sha256:<64 hex digits>", digest)
+	}
+	m := &module{digest: digest, wasmPath: wasmPath}
+	r, err := e.runtime(ctx, maxPages)
+	if err != nil {
+		return nil, err
+	}
+	cm, err := e.compile(ctx, r, m)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkWASI(cm, digest); err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	e.modules[digest] = m
+	e.mu.Unlock()
+	return m, nil
+}
+
+// runtime returns the Runtime for a memory limit of pages.
+func (e *Engine) runtime(ctx context.Context, pages uint32) (*runtime, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if r := e.runtimes[pages]; r != nil {
+		return r, nil
+	}
+	cfg := wz.NewRuntimeConfig().
+		WithCompilationCache(e.cache).
+		WithMemoryLimitPages(pages).
+		WithCloseOnContextDone(true)
+	rt := wz.NewRuntimeWithConfig(ctx, cfg)
+	if _, err := wasi_snapshot_preview1.Instantiate(ctx, rt); err != nil {
+		rt.Close(ctx)
+		return nil, fmt.Errorf("%w: instantiate WASI: %v", engine.ErrInstantiate, err)
+	}
+	r := &runtime{pages: pages, rt: rt, compiled: map[string]wz.CompiledModule{}}
+	e.runtimes[pages] = r
+	return r, nil
+}
+
+// compile returns m compiled in r, from the verified cache or afresh.
+func (e *Engine) compile(ctx context.Context, r *runtime, m *module) (wz.CompiledModule, error) {
+	r.mu.Lock()
+	cm := r.compiled[m.digest]
+	r.mu.Unlock()
+	if cm != nil {
+		return cm, nil
+	}
+	wasm, err := os.ReadFile(m.wasmPath)
+	if err != nil {
+		return nil, fmt.Errorf("prepare module %s: read %s: %w", m.digest, m.wasmPath, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("prepare module %s: %w", m.digest, err)
+	}
+	e.compileMu.Lock()
+	defer e.compileMu.Unlock()
+	if err := e.verifyCache(); err != nil {
+		return nil, fmt.Errorf("prepare module %s: %w", m.digest, err)
+	}
+	cm, err = r.rt.CompileModule(ctx, wasm)
+	if serr := e.recordSums(); serr != nil && err == nil {
+		err = serr
+	}
+	if err != nil {
+		if r.pages != maxPages && strings.Contains(err.Error(), "memory") {
+			return nil, fmt.Errorf("%w: module %s does not fit the memory limit of %d pages (%d bytes): %s; raise the limit",
+				engine.ErrInstantiate, m.digest, r.pages, int64(r.pages)*pageSize, firstLine(err.Error()))
+		}
+		return nil, fmt.Errorf("%w: module %s does not compile: %s; check that it is a WebAssembly binary built for wasip1", engine.ErrModuleInvalid, m.digest, firstLine(err.Error()))
+	}
+	r.mu.Lock()
+	if prev := r.compiled[m.digest]; prev != nil {
+		cm = prev
+	} else {
+		r.compiled[m.digest] = cm
+	}
+	r.mu.Unlock()
+	return cm, nil
+}
+
+// entriesDir is where wazero keeps its entries (see wazero's cache.go).
+func (e *Engine) entries() ([]os.DirEntry, string, error) {
+	ds, err := os.ReadDir(e.root)
+	if err != nil {
+		return nil, "", err
+	}
+	for _, d := range ds {
+		if d.IsDir() && strings.HasPrefix(d.Name(), "wazero-") {
+			dir := filepath.Join(e.root, d.Name())
+			es, err := os.ReadDir(dir)
+			return es, dir, err
+		}
+	}
+	return nil, "", nil
+}
+
+// verifyCache removes every cache entry that does not match its sum or has
+// none. compileMu is held.
+func (e *Engine) verifyCache() error {
+	es, dir, err := e.entries()
+	if err != nil {
+		return fmt.Errorf("read compilation cache: %w", err)
+	}
+	for _, d := range es {
+		if !d.Type().IsRegular() || strings.Contains(d.Name(), ".") { // wazero's temp files have a suffix
+			continue
+		}
+		path := filepath.Join(dir, d.Name())
+		fi, err := d.Info()
+		if err != nil {
+			continue
+		}
+		st := fileStamp{fi.Size(), fi.ModTime()}
+		if e.verified[d.Name()] == st {
+			continue
+		}
+		if err := verify(path, filepath.Join(e.sums, d.Name()+".sha256")); err != nil {
+			os.Remove(path)
+			os.Remove(filepath.Join(e.sums, d.Name()+".sha256"))
+			delete(e.verified, d.Name())
+			continue
+		}
+		e.verified[d.Name()] = st
+	}
+	return nil
+}
+
+// recordSums writes a sum for every entry that has none: entries wazero
+// just wrote from code it compiled in this process. compileMu is held.
+func (e *Engine) recordSums() error {
+	es, dir, err := e.entries()
+	if err != nil {
+		return fmt.Errorf("read compilation cache: %w", err)
+	}
+	for _, d := range es {
+		if !d.Type().IsRegular() || strings.Contains(d.Name(), ".") {
+			continue
+		}
+		if _, ok := e.verified[d.Name()]; ok {
+			continue
+		}
+		path := filepath.Join(dir, d.Name())
+		sum, fi, err := hashFile(path)
+		if err != nil {
+			return err
+		}
+		if err := writeAtomic(filepath.Join(e.sums, d.Name()+".sha256"), []byte(sum+"\n")); err != nil {
+			return err
+		}
+		e.verified[d.Name()] = fileStamp{fi.Size(), fi.ModTime()}
+	}
+	return nil
+}
+
+func hashFile(path string) (string, os.FileInfo, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", nil, err
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", nil, err
+	}
+	return hex.EncodeToString(h.Sum(nil)), fi, nil
+}
+
+func verify(path, sumPath string) error {
+	want, err := os.ReadFile(sumPath)
+	if err != nil {
+		return err
+	}
+	got, _, err := hashFile(path)
+	if err != nil {
+		return err
+	}
+	if got != string(bytes.TrimSpace(want)) {
+		return fmt.Errorf("cache entry %s: sha256 %s, sum says %s", path, got, bytes.TrimSpace(want))
+	}
+	return nil
+}
+
+func writeAtomic(path string, b []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// checkWASI refuses a module that imports anything but WASI preview 1 or
+// has no _start.
+func checkWASI(cm wz.CompiledModule, digest string) error {
+	var missing []string
+	add := func(mod, n string) {
+		if mod != wasiModule {
+			missing = append(missing, mod+"::"+n)
+		}
+	}
+	for _, f := range cm.ImportedFunctions() {
+		mod, n, _ := f.Import()
+		add(mod, n)
+	}
+	for _, m := range cm.ImportedMemories() {
+		mod, n, _ := m.Import()
+		add(mod, n)
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%w: module %s imports %s, which this executor does not provide (only %s); build it for wasip1 without other host imports",
+			engine.ErrModuleUnsupported, digest, strings.Join(missing, ", "), wasiModule)
+	}
+	if _, ok := cm.ExportedFunctions()["_start"]; !ok {
+		return fmt.Errorf("%w: module %s exports no _start function; build it as a WASI command (not a reactor or library)", engine.ErrModuleUnsupported, digest)
+	}
+	return nil
+}
+
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	return s
+}
+
+// pages maps a limit in bytes to wazero's limit in pages.
+func pages(limit int64) uint32 {
+	if limit <= 0 || limit >= maxPages*pageSize {
+		return maxPages
+	}
+	return uint32(max(1, limit/pageSize))
+}
+
+// Start implements engine.Engine.
+func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) (engine.Instance, error) {
+	m, ok := em.(*module)
+	if !ok {
+		return nil, fmt.Errorf("%w: module was not prepared by the wazero engine", engine.ErrInstantiate)
+	}
+	r, err := e.runtime(ctx, pages(spec.MemoryLimitBytes))
+	if err != nil {
+		return nil, err
+	}
+	cm, err := e.compile(ctx, r, m)
+	if err != nil {
+		return nil, err
+	}
+	fsc := wz.NewFSConfig()
+	for _, p := range spec.Preopens {
+		fi, err := os.Stat(p.HostPath)
+		if err != nil || !fi.IsDir() {
+			return nil, fmt.Errorf("%w: preopen %s at %s: host path is not a directory (%v); create it or fix the path", engine.ErrInstantiate, p.HostPath, p.GuestPath, err)
+		}
+		if p.ReadOnly {
+			fsc = fsc.WithReadOnlyDirMount(p.HostPath, p.GuestPath)
+		} else {
+			fsc = fsc.WithDirMount(p.HostPath, p.GuestPath)
+		}
+	}
+	mc := wz.NewModuleConfig().
+		WithName("").
+		WithStartFunctions().
+		WithArgs(spec.Args...).
+		WithFSConfig(fsc).
+		WithStdout(sink(spec.Stdout)).
+		WithStderr(sink(spec.Stderr)).
+		WithSysWalltime().
+		WithSysNanotime().
+		WithSysNanosleep().
+		WithRandSource(rand.Reader)
+	for _, v := range dedupEnv(spec.Env) {
+		mc = mc.WithEnv(v.Name, v.Value)
+	}
+	ictx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	mod, err := r.rt.InstantiateModule(ictx, cm, mc)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("%w: instantiate module %s: %s; check the memory limit and the module's imports", engine.ErrInstantiate, m.digest, firstLine(err.Error()))
+	}
+	start := mod.ExportedFunction("_start")
+	if start == nil {
+		mod.Close(ictx)
+		cancel()
+		return nil, fmt.Errorf("%w: module %s exports no _start function", engine.ErrModuleUnsupported, m.digest)
+	}
+	inst := &instance{ctx: ictx, cancel: cancel, mod: mod, start: start, limit: spec.MemoryLimitBytes, done: make(chan struct{})}
+	go inst.run()
+	return inst, nil
+}
+
+func sink(w io.Writer) io.Writer {
+	if w == nil {
+		return io.Discard
+	}
+	return w
+}
+
+func dedupEnv(vars []engine.EnvVar) []engine.EnvVar {
+	idx := map[string]int{}
+	var out []engine.EnvVar
+	for _, v := range vars {
+		if j, ok := idx[v.Name]; ok {
+			out[j].Value = v.Value
+			continue
+		}
+		idx[v.Name] = len(out)
+		out = append(out, v)
+	}
+	return out
+}
+
+// instance is one run in a goroutine of its own. Output goes straight from
+// the module's goroutine to the sinks, so all of it has been delivered when
+// _start returns.
+type instance struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	mod    api.Module
+	start  api.Function
+	limit  int64
+
+	killed   atomic.Bool
+	killOnce sync.Once
+
+	doneOnce sync.Once
+	done     chan struct{}
+	result   engine.Result
+}
+
+func (i *instance) run() {
+	_, err := i.start.Call(i.ctx)
+	res := i.classify(err)
+	i.mod.Close(context.Background())
+	i.cancel()
+	i.finish(res)
+}
+
+func (i *instance) finish(res engine.Result) {
+	i.doneOnce.Do(func() {
+		i.result = res
+		close(i.done)
+	})
+}
+
+func (i *instance) classify(err error) engine.Result {
+	if err == nil {
+		return engine.Result{Exited: true, Reason: engine.ReasonCompleted}
+	}
+	if i.killed.Load() {
+		return engine.Result{ExitCode: engine.KilledExitCode, Reason: engine.ReasonKilled, Message: "the instance was killed"}
+	}
+	var exit *sys.ExitError
+	if errors.As(err, &exit) {
+		code := int32(exit.ExitCode())
+		if code == 0 {
+			return engine.Result{Exited: true, Reason: engine.ReasonCompleted}
+		}
+		if i.nearLimit() {
+			return engine.Result{ExitCode: engine.KilledExitCode, Reason: engine.ReasonOOMKilled,
+				Message: fmt.Sprintf("the module reached its memory limit of %d bytes and exited with code %d; raise the limit or reduce its memory use", i.limit, code)}
+		}
+		return engine.Result{Exited: true, ExitCode: code, Reason: engine.ReasonError,
+			Message: fmt.Sprintf("the module exited with code %d", code)}
+	}
+	if i.nearLimit() {
+		return engine.Result{ExitCode: engine.KilledExitCode, Reason: engine.ReasonOOMKilled,
+			Message: fmt.Sprintf("the module reached its memory limit of %d bytes and trapped: %s; raise the limit or reduce its memory use", i.limit, firstLine(err.Error()))}
+	}
+	return engine.Result{ExitCode: engine.KilledExitCode, Reason: engine.ReasonTrap, Message: trapMessage(err)}
+}
+
+// trapMessage turns wazero's "wasm error: <kind>\nwasm stack trace:\n\t<frame>..."
+// into "wasm trap: <kind> in <innermost frame>".
+func trapMessage(err error) string {
+	lines := strings.Split(err.Error(), "\n")
+	kind, ok := strings.CutPrefix(strings.TrimSpace(lines[0]), "wasm error: ")
+	if !ok {
+		return "the module failed: " + strings.TrimSpace(lines[0])
+	}
+	msg := "wasm trap: " + kind
+	for j, l := range lines {
+		if strings.TrimSpace(l) == "wasm stack trace:" && j+1 < len(lines) {
+			msg += " in " + strings.TrimSpace(lines[j+1])
+			break
+		}
+	}
+	return msg
+}
+
+func (i *instance) nearLimit() bool {
+	if i.limit <= 0 {
+		return false
+	}
+	mem := i.mod.Memory()
+	if mem == nil {
+		return false
+	}
+	return int64(mem.Size())+oomHeadroom > i.limit
+}
+
+// Done implements engine.Instance.
+func (i *instance) Done() <-chan struct{} { return i.done }
+
+// Wait implements engine.Instance.
+func (i *instance) Wait() engine.Result {
+	<-i.done
+	return i.result
+}
+
+// Kill implements engine.Instance.
+func (i *instance) Kill() {
+	i.killOnce.Do(func() {
+		select {
+		case <-i.done:
+			return
+		default:
+		}
+		i.killed.Store(true)
+		i.cancel()
+		go func() {
+			select {
+			case <-i.done:
+			case <-time.After(killWait):
+				i.finish(engine.Result{ExitCode: engine.KilledExitCode, Reason: engine.ReasonKilled,
+					Message: "the instance was killed while blocked in a host call"})
+			}
+		}()
+	})
+}
