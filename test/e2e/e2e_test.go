@@ -179,6 +179,16 @@ func TestPodRunsToCompletionWithLogs(t *testing.T) {
 	if tailed := mustKubectl(t, "logs", "-n", ns, "hello", "--tail=1"); strings.TrimSpace(tailed) != "count 5" {
 		t.Errorf("kubectl logs --tail=1 = %q, want \"count 5\"", tailed)
 	}
+	stamped := strings.Split(strings.TrimSpace(mustKubectl(t, "logs", "-n", ns, "hello", "--timestamps", "--tail=1")), " ")
+	if _, err := time.Parse(time.RFC3339Nano, stamped[0]); err != nil || stamped[len(stamped)-1] != "5" {
+		t.Errorf("kubectl logs --timestamps = %q", stamped)
+	}
+	if limited := mustKubectl(t, "logs", "-n", ns, "hello", "--limit-bytes=10"); len(limited) != 10 {
+		t.Errorf("kubectl logs --limit-bytes=10 gave %d bytes: %q", len(limited), limited)
+	}
+	if since := mustKubectl(t, "logs", "-n", ns, "hello", "--since=1h"); since != logs {
+		t.Errorf("kubectl logs --since=1h differs from all logs: %q", since)
+	}
 	events := mustKubectl(t, "get", "events", "-n", ns, "--field-selector", "involvedObject.name=hello", "-o", "jsonpath={.items[*].reason}")
 	for _, want := range []string{"Scheduled", "Pulling", "Pulled", "Created", "Started"} {
 		if !strings.Contains(events, want) {
@@ -247,6 +257,10 @@ func TestDeleteRunningPod(t *testing.T) {
 	}
 	if len(counts) != 4 || counts[3] <= counts[0] {
 		t.Errorf("kubectl logs -f printed %q, want four rising counts", lines)
+	}
+
+	if out, err := kubectl(t, "exec", "-n", ns, "long", "--", "sh"); err == nil || !strings.Contains(err.Error(), "not supported for Wasm pods") {
+		t.Errorf("kubectl exec: %v %s, want a clear refusal", err, out)
 	}
 
 	start := time.Now()

@@ -70,9 +70,9 @@ type Spec struct {
 	// the wasm32 address space.
 	MemoryLimitBytes int64
 	// CPULimitMillis is the share of one core the instance may use, in
-	// millicores (250: a quarter of a core); 0 means no limit. How an
-	// engine honours it is in its package doc; an engine that cannot
-	// enforce it runs the instance unthrottled.
+	// millicores (250: a quarter of a core); 0 means no limit. An engine
+	// given a ThreadLimiter enforces it (Start fails if it cannot); one
+	// without runs the instance unthrottled.
 	CPULimitMillis int64
 	// Stdout and Stderr receive the instance's output as it is written; nil
 	// discards it. Writes come from one goroutine per stream. A sink that
@@ -94,6 +94,17 @@ type Instance interface {
 	// Kill stops the instance at once (WASI has no signals: there is no
 	// polite request to end). Idempotent; a no-op once the instance ended.
 	Kill()
+}
+
+// ThreadLimiter holds an OS thread to a share of one core (cpulimit
+// implements it with a cgroup). Engines cannot pause running wasm, so
+// they honour Spec.CPULimitMillis by running an instance's wasm on one
+// locked thread and handing that thread to a ThreadLimiter.
+type ThreadLimiter interface {
+	// Limit holds the calling thread, locked to its goroutine, to millis
+	// thousandths of one core. release lifts the limit; it may be called
+	// from any goroutine, more than once.
+	Limit(millis int64) (release func(), err error)
 }
 
 // Reasons a run ended with, short and CamelCase, as the executor API

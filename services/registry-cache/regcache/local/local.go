@@ -661,7 +661,11 @@ func (c *Cache) fetchBlob(ctx context.Context, repo *remote.Repository, desc oci
 		c.metrics.originRequest("blob")
 		rc, err := repo.Fetch(ctx, desc)
 		if err != nil {
-			return false, originError(err)
+			err = originError(err)
+			if errors.Is(err, regcache.ErrNotFound) {
+				err = fmt.Errorf("layer %s: %w: the manifest names it but the registry does not have it; push the module again", desc.Digest, regcache.ErrNotFound)
+			}
+			return false, err
 		}
 		defer rc.Close()
 		n, err := c.store.write(desc.Digest, desc.Size, c.cfg.MaxLayerBytes, rc)

@@ -24,6 +24,14 @@
 // abnormally (a non-zero exit or a trap) with its memory within
 // oomHeadroom of the limit is reported as OOMKilled.
 //
+// CPU limits: wasmtime could pause wasm from an epoch-deadline callback,
+// but wasmtime-go v39 exposes none (the C function wants the store
+// pointer the binding keeps unexported), and fuel without async support
+// traps when it runs out. With Config.CPU set, an instance with a CPU limit
+// runs its wasm on a locked OS thread that the ThreadLimiter holds to its
+// share; a kill lifts the limit first, so that a throttled thread gets to
+// run and see the interrupt.
+//
 // A kill interrupts wasm code within microseconds; a module blocked in a
 // host call (a WASI sleep, say) is interrupted when the call returns. Kill
 // does not wait that long: after killWait the instance is reported Killed
@@ -40,6 +48,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -74,12 +83,16 @@ const (
 type Config struct {
 	// CacheDir keeps precompiled artifacts. Required.
 	CacheDir string
+	// CPU enforces Spec.CPULimitMillis; nil runs every instance unthrottled.
+	CPU engine.ThreadLimiter
 }
 
 // Engine is the wasmtime engine.Engine.
 type Engine struct {
 	dir     string
 	version string
+
+	cpu     engine.ThreadLimiter
 
 	compileMu sync.Mutex // one compile at a time: each uses every core
 	compiler  *wt.Engine
@@ -103,6 +116,7 @@ func New(cfg Config) (*Engine, error) {
 	return &Engine{
 		dir:      dir,
 		version:  v,
+		cpu:      cfg.CPU,
 		compiler: newEngine(),
 		modules:  map[string]*module{},
 	}, nil
@@ -326,7 +340,16 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 		inst.release()
 		return nil, err
 	}
-	go inst.run()
+	if spec.CPULimitMillis <= 0 || e.cpu == nil {
+		go inst.run(nil)
+		return inst, nil
+	}
+	limited := make(chan error, 1)
+	go inst.runLimited(e.cpu, spec.CPULimitMillis, limited)
+	if err := <-limited; err != nil {
+		inst.release()
+		return nil, fmt.Errorf("%w: CPU limit %dm: %v", engine.ErrInstantiate, spec.CPULimitMillis, err)
+	}
 	return inst, nil
 }
 
@@ -342,6 +365,8 @@ type instance struct {
 
 	readers sync.WaitGroup
 	pipes   []*os.File // read ends, closed by their readers
+
+	unlimit  func() // lifts the CPU limit; set before Start returns
 
 	killed   atomic.Bool
 	killOnce sync.Once
@@ -455,8 +480,25 @@ func env(vars []engine.EnvVar) (keys, values []string) {
 	return keys, values
 }
 
-func (i *instance) run() {
+// runLimited runs the instance on a thread of its own held to millis. The
+// thread is never unlocked: it ends with the goroutine.
+func (i *instance) runLimited(l engine.ThreadLimiter, millis int64, limited chan<- error) {
+	runtime.LockOSThread()
+	release, err := l.Limit(millis)
+	if err != nil {
+		limited <- err
+		return
+	}
+	i.unlimit = release
+	limited <- nil
+	i.run(release)
+}
+
+func (i *instance) run(unlimit func()) {
 	_, err := i.start.Call(i.store)
+	if unlimit != nil {
+		unlimit()
+	}
 	res := i.classify(err)
 	i.release()
 	i.readers.Wait()
@@ -590,6 +632,9 @@ func (i *instance) Kill() {
 	i.killOnce.Do(func() {
 		i.mu.Lock()
 		if !i.released {
+			if i.unlimit != nil {
+				i.unlimit()
+			}
 			i.killed.Store(true)
 			i.engine.IncrementEpoch()
 		}

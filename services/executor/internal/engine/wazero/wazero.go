@@ -36,11 +36,11 @@
 // killWait the instance is reported Killed and its goroutine ends when the
 // call returns.
 //
-// CPU limits: not enforced. wazero has no fuel, no epoch callback and no
-// way to pause running wasm and resume it later: wasm runs as native code
-// on a goroutine that the Go scheduler cannot preempt, and the only
-// interruption (the context) ends the instance. Spec.CPULimitMillis is
-// accepted and ignored.
+// CPU limits: wazero has no fuel, no epoch callback and no way to pause
+// running wasm and resume it later (its only interruption, the context,
+// ends the instance). With Config.CPU set, an instance with a CPU limit
+// runs its wasm on a locked OS thread that the ThreadLimiter holds to its
+// share; a kill lifts the limit before cancelling.
 package wazero
 
 import (
@@ -54,6 +54,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	goruntime "runtime"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -87,6 +88,8 @@ const (
 type Config struct {
 	// CacheDir keeps compiled modules. Required.
 	CacheDir string
+	// CPU enforces Spec.CPULimitMillis; nil runs every instance unthrottled.
+	CPU engine.ThreadLimiter
 }
 
 // Engine is the wazero engine.Engine.
@@ -95,6 +98,7 @@ type Engine struct {
 	root    string // wazero's cache root
 	sums    string // our sha256 per entry
 	cache   wz.CompilationCache
+	cpu     engine.ThreadLimiter
 
 	compileMu sync.Mutex // one compile at a time; guards verified
 	verified  map[string]fileStamp
@@ -141,6 +145,7 @@ func New(cfg Config) (*Engine, error) {
 		root:     root,
 		sums:     sums,
 		cache:    cache,
+		cpu:      cfg.CPU,
 		verified: map[string]fileStamp{},
 		runtimes: map[uint32]*runtime{},
 		modules:  map[string]*module{},
@@ -481,7 +486,17 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 		return nil, fmt.Errorf("%w: module %s exports no _start function", engine.ErrModuleUnsupported, m.digest)
 	}
 	inst := &instance{ctx: ictx, cancel: cancel, mod: mod, start: start, limit: spec.MemoryLimitBytes, done: make(chan struct{})}
-	go inst.run()
+	if spec.CPULimitMillis <= 0 || e.cpu == nil {
+		go inst.run(nil)
+		return inst, nil
+	}
+	limited := make(chan error, 1)
+	go inst.runLimited(e.cpu, spec.CPULimitMillis, limited)
+	if err := <-limited; err != nil {
+		mod.Close(ictx)
+		cancel()
+		return nil, fmt.Errorf("%w: CPU limit %dm: %v", engine.ErrInstantiate, spec.CPULimitMillis, err)
+	}
 	return inst, nil
 }
 
@@ -516,6 +531,8 @@ type instance struct {
 	start  api.Function
 	limit  int64
 
+	unlimit  func() // lifts the CPU limit; set before Start returns
+
 	killed   atomic.Bool
 	killOnce sync.Once
 
@@ -524,8 +541,25 @@ type instance struct {
 	result   engine.Result
 }
 
-func (i *instance) run() {
+// runLimited runs the instance on a thread of its own held to millis. The
+// thread is never unlocked: it ends with the goroutine.
+func (i *instance) runLimited(l engine.ThreadLimiter, millis int64, limited chan<- error) {
+	goruntime.LockOSThread()
+	release, err := l.Limit(millis)
+	if err != nil {
+		limited <- err
+		return
+	}
+	i.unlimit = release
+	limited <- nil
+	i.run(release)
+}
+
+func (i *instance) run(unlimit func()) {
 	_, err := i.start.Call(i.ctx)
+	if unlimit != nil {
+		unlimit()
+	}
 	res := i.classify(err)
 	i.mod.Close(context.Background())
 	i.cancel()
@@ -611,6 +645,9 @@ func (i *instance) Kill() {
 		case <-i.done:
 			return
 		default:
+		}
+		if i.unlimit != nil {
+			i.unlimit()
 		}
 		i.killed.Store(true)
 		i.cancel()
