@@ -5,7 +5,13 @@
 // and state changes to NATS when given one.
 //
 //	executor --listen unix:///run/wasmlet/executor.sock --registry unix:///run/wasmlet/regcache.sock \
-//	    [--nats nats://127.0.0.1:4222] [--state-dir DIR] [--engine wasmtime|wazero] [--max-instances 1000] [--id ID]
+//	    [--nats nats://127.0.0.1:4222] [--state-dir DIR] [--engine wasmtime|wazero] [--max-instances 1000] [--id ID] \
+//	    [--cpu-cgroup /sys/fs/cgroup/cpu/wasmlet]
+//
+// CPU limits (InstanceSpec.cpu_limit_millis) are enforced only with
+// --cpu-cgroup: a cgroup of the cpu controller the executor may write (see
+// internal/cpulimit). Without it they are accepted and not enforced, and
+// the executor says so at start.
 //
 // The NATS token, if any, is read from WASMLET_NATS_TOKEN. On SIGINT or
 // SIGTERM every instance is killed and the process exits.
@@ -29,6 +35,7 @@ import (
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/services/executor/internal/cpulimit"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/wasmtime"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/wazero"
@@ -39,7 +46,7 @@ import (
 
 type config struct {
 	listen, registry, nats, natsToken string
-	stateDir, engine, id              string
+	stateDir, engine, id, cpuCgroup   string
 	maxInstances                      int
 }
 
@@ -68,6 +75,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&cfg.nats, "nats", "", "NATS URL for logs and events (optional; token from WASMLET_NATS_TOKEN)")
 	fs.StringVar(&cfg.stateDir, "state-dir", filepath.Join(os.TempDir(), "wasmlet-executor"), "directory for modules and precompiled artifacts")
 	fs.StringVar(&cfg.engine, "engine", "wasmtime", "engine: wasmtime or wazero")
+	fs.StringVar(&cfg.cpuCgroup, "cpu-cgroup", "", "cgroup directory (cpu controller, writable) in which CPU limits are enforced; empty: not enforced")
 	fs.IntVar(&cfg.maxInstances, "max-instances", 1000, "instances held at once")
 	fs.StringVar(&cfg.id, "id", fmt.Sprintf("%s-%d", host, os.Getpid()), "executor id, in events")
 	if err := fs.Parse(args); err != nil {
@@ -87,7 +95,17 @@ func parseFlags(args []string) (config, error) {
 }
 
 func run(ctx context.Context, cfg config, log *slog.Logger) error {
-	eng, err := newEngine(cfg.engine, filepath.Join(cfg.stateDir, "compiled"))
+	var cpu engine.ThreadLimiter
+	if cfg.cpuCgroup != "" {
+		l, err := cpulimit.New(cfg.cpuCgroup)
+		if err != nil {
+			return err
+		}
+		cpu = l
+	} else {
+		log.Warn("CPU limits are not enforced: no --cpu-cgroup")
+	}
+	eng, err := newEngine(cfg.engine, filepath.Join(cfg.stateDir, "compiled"), cpu)
 	if err != nil {
 		return err
 	}
@@ -144,12 +162,12 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 
 // newEngine makes the engine named by --engine; each keeps its artifacts
 // in a subdirectory of dir named for its version.
-func newEngine(name, dir string) (engine.Engine, error) {
+func newEngine(name, dir string, cpu engine.ThreadLimiter) (engine.Engine, error) {
 	switch name {
 	case "wazero":
-		return wazero.New(wazero.Config{CacheDir: dir})
+		return wazero.New(wazero.Config{CacheDir: dir, CPU: cpu})
 	default:
-		return wasmtime.New(wasmtime.Config{CacheDir: dir})
+		return wasmtime.New(wasmtime.Config{CacheDir: dir, CPU: cpu})
 	}
 }
 

@@ -8,6 +8,17 @@
 // run on. It must not know of instance ids, states, events, NATS or pods:
 // it runs a module with what it is given and reports how the run ended.
 //
+// CPU (a pod's limits.cpu, Spec.CPULimitMillis): neither engine can pause
+// running wasm and resume it (wasmtime-go v39 exposes no epoch-deadline
+// callback and no async fuel yield, so both a deadline and exhausted fuel
+// trap; wazero's only interruption ends the instance). So an engine given
+// a ThreadLimiter runs a limited instance's wasm on a locked OS thread and
+// has the kernel hold that thread to its share (cpulimit: CFS bandwidth
+// control in a cgroup, 10 ms periods). A 250m instance spinning measured
+// 24.5% of a core on both engines. Without a ThreadLimiter the limit is
+// accepted and not enforced. Host calls (WASI) of a limited instance run on
+// the same thread and count against its share.
+//
 // Usage:
 //
 //	m, err := eng.Prepare(ctx, digest, "/var/lib/wasmlet/modules/<hex>.wasm")

@@ -230,6 +230,7 @@ func TestCreateErrors(t *testing.T) {
 		{"", helloSpec(hello), ErrInvalidArgument, ""},
 		{"bad/id", helloSpec(hello), ErrInvalidArgument, ""},
 		{"x1", helloSpec("sha256:1234"), ErrInvalidArgument, ""},
+		{"x3", Spec{ModuleDigest: hello, CPULimitMillis: -1}, ErrInvalidArgument, ""},
 		{"x2", Spec{ModuleDigest: hello, Preopens: []engine.Preopen{{HostPath: "relative", GuestPath: "/d"}}}, ErrInvalidArgument, ""},
 		{"missing", helloSpec("sha256:" + strings.Repeat("0", 64)), nil, ReasonModuleNotFound},
 		{"mismatch", helloSpec(liar), nil, ReasonModuleDigest},

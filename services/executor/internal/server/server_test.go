@@ -125,6 +125,8 @@ func TestServerOverUnixSocket(t *testing.T) {
 		Args:   []string{"hello"},
 		Env:    []*executorv1.EnvVar{{Name: "EXIT_CODE", Value: "3"}},
 		Labels: map[string]string{"k": "v"},
+		// Kept in the spec; this test's engine does not enforce it.
+		CpuLimitMillis: 500,
 	}
 	created, err := c.CreateInstance(ctx, &executorv1.CreateInstanceRequest{Id: "h", Spec: spec, Start: true})
 	if err != nil || created.GetInstance().GetState() != executorv1.InstanceState_INSTANCE_STATE_RUNNING {
@@ -141,7 +143,7 @@ func TestServerOverUnixSocket(t *testing.T) {
 		states = append(states, last.GetState())
 	}
 	if states[0] != executorv1.InstanceState_INSTANCE_STATE_CREATED || states[2] != executorv1.InstanceState_INSTANCE_STATE_EXITED ||
-		last.GetExitCode() != 3 || last.GetSpec().GetLabels()["k"] != "v" || last.GetFinishedAt() == nil {
+		last.GetExitCode() != 3 || last.GetSpec().GetLabels()["k"] != "v" || last.GetSpec().GetCpuLimitMillis() != 500 || last.GetFinishedAt() == nil {
 		t.Fatalf("watched %v, last %v", states, last)
 	}
 

@@ -7,8 +7,8 @@
 // Usage, in an engine's package:
 //
 //	func TestConformance(t *testing.T) {
-//		enginetest.Run(t, func(t *testing.T, dir string) engine.Engine {
-//			e, err := wazero.New(wazero.Config{CacheDir: dir})
+//		enginetest.Run(t, func(t *testing.T, dir string, cpu engine.ThreadLimiter) engine.Engine {
+//			e, err := wazero.New(wazero.Config{CacheDir: dir, CPU: cpu})
 //			if err != nil {
 //				t.Fatal(err)
 //			}
@@ -17,7 +17,10 @@
 //	}
 //
 // newEngine must return a new engine whose compiled artifacts live under
-// dir, and nothing else. Most tests share one engine whose directory is
+// dir, and nothing else, and that enforces CPU limits with cpu when it is
+// not nil. The CPU limit test needs a writable cgroup v1 cpu hierarchy
+// (/sys/fs/cgroup/cpu, or the directory in WASMLET_TEST_CPU_CGROUP), in
+// which it makes a child for the test binary; without one it is skipped. Most tests share one engine whose directory is
 // kept under the user cache dir (wasmlet-enginetest/), so that compiled
 // Go-built modules are reused by later runs; engines must verify what they
 // load from it, which the corrupt-artifact test checks in a fresh directory.
@@ -41,8 +44,9 @@ import (
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 )
 
-// NewEngine returns a new engine keeping its artifacts under dir.
-type NewEngine func(t *testing.T, dir string) engine.Engine
+// NewEngine returns a new engine keeping its artifacts under dir and
+// enforcing CPU limits with cpu (which may be nil).
+type NewEngine func(t *testing.T, dir string, cpu engine.ThreadLimiter) engine.Engine
 
 // Run runs the conformance suite against engines made by newEngine.
 func Run(t *testing.T, newEngine NewEngine) {
@@ -61,6 +65,7 @@ func Run(t *testing.T, newEngine NewEngine) {
 		{"StartTimePrecompiled", testStartTimePrecompiled},
 		{"ChattyOutputComplete", testChattyOutputComplete},
 		{"KillBlockedInHostCall", testKillBlockedInHostCall},
+		{"CPULimit", testCPULimit},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, e) })
 	}
@@ -90,7 +95,7 @@ func Shared(t *testing.T, newEngine NewEngine) engine.Engine {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	e := newEngine(t, dir)
+	e := newEngine(t, dir, testLimiter(t))
 	if shared.engs == nil {
 		shared.engs = map[string]engine.Engine{}
 	}
@@ -121,7 +126,7 @@ func testCorruptArtifactRebuilt(t *testing.T, newEngine NewEngine) {
 	dir := t.TempDir()
 	wasm := wasmbuild.Wat(t, procExit(3))
 	digest := digestOf(t, wasm)
-	e1 := newEngine(t, dir)
+	e1 := newEngine(t, dir, nil)
 	if _, err := e1.Prepare(context.Background(), digest, wasm); err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +152,7 @@ func testCorruptArtifactRebuilt(t *testing.T, newEngine NewEngine) {
 		}
 		corrupt[f] = b
 	}
-	e2 := newEngine(t, dir)
+	e2 := newEngine(t, dir, nil)
 	m, err := e2.Prepare(context.Background(), digest, wasm)
 	if err != nil {
 		t.Fatalf("prepare over a corrupt artifact: %v", err)

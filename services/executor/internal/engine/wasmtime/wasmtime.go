@@ -92,7 +92,7 @@ type Engine struct {
 	dir     string
 	version string
 
-	cpu     engine.ThreadLimiter
+	cpu engine.ThreadLimiter
 
 	compileMu sync.Mutex // one compile at a time: each uses every core
 	compiler  *wt.Engine
@@ -366,7 +366,7 @@ type instance struct {
 	readers sync.WaitGroup
 	pipes   []*os.File // read ends, closed by their readers
 
-	unlimit  func() // lifts the CPU limit; set before Start returns
+	unlimit func() // lifts the CPU limit; set before Start returns
 
 	killed   atomic.Bool
 	killOnce sync.Once

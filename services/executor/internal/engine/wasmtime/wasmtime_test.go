@@ -12,9 +12,9 @@ import (
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/enginetest"
 )
 
-func newTestEngine(t *testing.T, dir string) engine.Engine {
+func newTestEngine(t *testing.T, dir string, cpu engine.ThreadLimiter) engine.Engine {
 	t.Helper()
-	e, err := New(Config{CacheDir: dir})
+	e, err := New(Config{CacheDir: dir, CPU: cpu})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +31,7 @@ func TestConformance(t *testing.T) {
 func TestCorruptArtifactInternals(t *testing.T) {
 	dir := t.TempDir()
 	wasm := wasmbuild.Wat(t, enginetest.ProcExit(3))
-	e1 := newTestEngine(t, dir).(*Engine)
+	e1 := newTestEngine(t, dir, nil).(*Engine)
 	m := enginetest.Prepare(t, e1, wasm)
 	art := e1.modules[m.Digest()].artifact
 	orig, err := os.ReadFile(art)
@@ -57,7 +57,7 @@ func TestCorruptArtifactInternals(t *testing.T) {
 	})
 	t.Run("missing sidecar", func(t *testing.T) {
 		os.Remove(art + ".sha256")
-		e3 := newTestEngine(t, dir)
+		e3 := newTestEngine(t, dir, nil)
 		if _, err := e3.Prepare(context.Background(), m.Digest(), wasm); err != nil {
 			t.Fatal(err)
 		}

@@ -531,7 +531,7 @@ type instance struct {
 	start  api.Function
 	limit  int64
 
-	unlimit  func() // lifts the CPU limit; set before Start returns
+	unlimit func() // lifts the CPU limit; set before Start returns
 
 	killed   atomic.Bool
 	killOnce sync.Once

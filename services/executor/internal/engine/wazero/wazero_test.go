@@ -7,9 +7,9 @@ import (
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/enginetest"
 )
 
-func newEngine(t *testing.T, dir string) engine.Engine {
+func newEngine(t *testing.T, dir string, cpu engine.ThreadLimiter) engine.Engine {
 	t.Helper()
-	e, err := New(Config{CacheDir: dir})
+	e, err := New(Config{CacheDir: dir, CPU: cpu})
 	if err != nil {
 		t.Fatal(err)
 	}
