@@ -34,6 +34,10 @@ test: tools controlplane check ## run unit, integration and end-to-end tests (th
 test-short: ## unit tests only (no control plane needed)
 	go test -short -count=1 ./...
 
+.PHONY: bench-registry
+bench-registry: ## measure the registry cache against a local docker-registry (hit latency, 100 concurrent pulls, second node)
+	go run ./services/registry-cache bench
+
 .PHONY: build
 build: ## build the services into bin/ and the example module into bin/wasm/
 	go build $(GO_BUILD_FLAGS) -o bin/ ./services/nodeagent ./services/executor ./services/registry-cache

@@ -101,6 +101,9 @@ func Start(dir string, opts Options) (*Registry, error) {
 	if opts.Binary == "" {
 		opts.Binary = Binary
 	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create registry dir: %w", err)
+	}
 	if opts.Auth {
 		if opts.Username == "" {
 			opts.Username = "wasmlet"

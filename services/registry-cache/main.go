@@ -1,12 +1,24 @@
 // Command registry-cache runs wasmlet's shared registry cache as its own
-// process, or pushes a .wasm module to a registry.
+// process, pushes a .wasm module to a registry, or measures the cache.
 //
 //	registry-cache serve --listen unix:///run/wasmlet/registry.sock --dir /var/lib/wasmlet/registry \
-//	    [--insecure-registry host:port]... [--ca-file ca.pem]
+//	    [--insecure-registry host:port]... [--ca-file ca.pem] [--max-store-bytes N] \
+//	    [--metrics-listen 127.0.0.1:9464]
 //	registry-cache push [--plain-http] [--ca-file ca.pem] [--username U --password-stdin] FILE REFERENCE
+//	registry-cache bench [--module-bytes N] [--iterations N] [--concurrency N]
+//
+// One cache serves a cluster: every node agent (and its executors) reaches
+// the same `serve` over gRPC, so a module crosses the network from its
+// origin once for all nodes. With --metrics-listen it serves Prometheus
+// metrics at /metrics, on a loopback address only (the metrics name
+// the modules in use; put a proxy in front to expose them further).
+//
+// bench starts a docker-registry on loopback and measures cache-hit
+// latency, 100 concurrent pulls of one module, and a second node's pull
+// (see internal/bench); `make bench-registry` runs it.
 //
 // main only wires flags to the packages that do the work: regcache/local
-// (the cache), regcache/server (its gRPC face) and push.
+// (the cache), regcache/server (its gRPC face), push and internal/bench.
 package main
 
 import (
@@ -16,15 +28,21 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
+	"github.com/wasmlet/wasmlet/services/registry-cache/internal/bench"
 	"github.com/wasmlet/wasmlet/services/registry-cache/push"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/local"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/server"
@@ -32,7 +50,9 @@ import (
 
 const usage = `usage:
   registry-cache serve --listen unix:///path|tcp://127.0.0.1:port --dir DIR [--insecure-registry host:port]... [--ca-file F]
-  registry-cache push [--plain-http] [--ca-file F] [--username U --password-stdin] FILE REFERENCE`
+      [--max-store-bytes N] [--eviction-grace D] [--metrics-listen 127.0.0.1:PORT]
+  registry-cache push [--plain-http] [--ca-file F] [--username U --password-stdin] FILE REFERENCE
+  registry-cache bench [--module-bytes N] [--iterations N] [--concurrency N]`
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -54,6 +74,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer, 
 		return serve(ctx, args[1:], logger)
 	case "push":
 		return pushCmd(ctx, args[1:], stdin, stdout)
+	case "bench":
+		return benchCmd(ctx, args[1:], stdout, logger)
 	}
 	return fmt.Errorf("unknown command %q\n%s", args[0], usage)
 }
@@ -74,6 +96,10 @@ func serve(ctx context.Context, args []string, logger *slog.Logger) error {
 	fs.StringVar(&cfg.CAFile, "ca-file", "", "PEM file of extra CA certificates for registries")
 	fs.Int64Var(&cfg.MaxManifestBytes, "max-manifest-bytes", local.DefaultMaxManifestBytes, "largest manifest accepted")
 	fs.Int64Var(&cfg.MaxLayerBytes, "max-layer-bytes", local.DefaultMaxLayerBytes, "largest module accepted")
+	fs.Int64Var(&cfg.MaxPrecompiledBytes, "max-precompiled-bytes", local.DefaultMaxPrecompiledBytes, "largest precompiled module accepted")
+	fs.Int64Var(&cfg.MaxStoreBytes, "max-store-bytes", 0, "size budget of the store; least recently used, unpinned blobs are evicted past it (0: no budget)")
+	fs.DurationVar(&cfg.EvictionGrace, "eviction-grace", local.DefaultEvictionGrace, "blobs used this recently are never evicted")
+	metricsListen := fs.String("metrics-listen", "", "loopback host:port to serve Prometheus metrics on at /metrics (default off)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -82,6 +108,24 @@ func serve(ctx context.Context, args []string, logger *slog.Logger) error {
 	}
 	cfg.InsecureHosts = insecure
 	cfg.Logger = logger
+
+	var metricsL net.Listener
+	var reg *prometheus.Registry
+	if *metricsListen != "" {
+		if !grpcutil.IsLoopback(*metricsListen) {
+			return fmt.Errorf("serve: --metrics-listen %s is not a loopback address; metrics are served on loopback only (e.g. 127.0.0.1:9464)", *metricsListen)
+		}
+		reg = prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		m, err := local.NewMetrics(reg)
+		if err != nil {
+			return err
+		}
+		cfg.Metrics = m
+		if metricsL, err = net.Listen("tcp", *metricsListen); err != nil {
+			return fmt.Errorf("serve: metrics: %w", err)
+		}
+	}
 	cache, err := local.New(cfg)
 	if err != nil {
 		return err
@@ -92,10 +136,42 @@ func serve(ctx context.Context, args []string, logger *slog.Logger) error {
 	}
 	srv := grpc.NewServer()
 	server.New(cache).Register(srv)
-	logger.Info("serving registry cache", "address", grpcutil.Address(l), "dir", cfg.Dir, "insecure_registries", insecure.String())
+	if metricsL != nil {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go hs.Serve(metricsL)
+		defer hs.Close()
+		logger.Info("serving metrics", "address", metricsL.Addr().String())
+	}
+	logger.Info("serving registry cache", "address", grpcutil.Address(l), "dir", cfg.Dir, "insecure_registries", insecure.String(),
+		"max_store_bytes", cfg.MaxStoreBytes)
 	err = grpcutil.Serve(ctx, srv, l, 5*time.Second)
 	logger.Info("registry cache stopped")
 	return err
+}
+
+func benchCmd(ctx context.Context, args []string, stdout io.Writer, logger *slog.Logger) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	var cfg bench.Config
+	fs.IntVar(&cfg.ModuleBytes, "module-bytes", 3<<20, "size of the test modules")
+	fs.IntVar(&cfg.HitIterations, "iterations", 200, "cache hits to time")
+	fs.IntVar(&cfg.Concurrency, "concurrency", 100, "concurrent requests for one uncached module")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return errors.New("bench: no arguments\n" + usage)
+	}
+	rep, err := bench.Run(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	rep.Print(stdout)
+	if err := rep.Check(); err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	return nil
 }
 
 func pushCmd(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) error {

@@ -3,7 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -48,10 +51,12 @@ func TestPushAndServe(t *testing.T) {
 	}
 	defer os.RemoveAll(sockDir)
 	addr := "unix://" + filepath.Join(sockDir, "r.sock")
+	metricsAddr := freeAddr(t)
 	sctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		done <- run(sctx, []string{"serve", "--listen", addr, "--dir", t.TempDir(), "--ca-file", reg.CAFile}, nil, nil, logger)
+		done <- run(sctx, []string{"serve", "--listen", addr, "--dir", t.TempDir(), "--ca-file", reg.CAFile,
+			"--metrics-listen", metricsAddr, "--max-store-bytes", "100000000"}, nil, nil, logger)
 	}()
 	conn, err := grpcutil.Dial(addr)
 	if err != nil {
@@ -71,6 +76,29 @@ func TestPushAndServe(t *testing.T) {
 	if res.ModuleDigest != cachetest.Digest(module) {
 		t.Fatalf("module digest %s, want %s", res.ModuleDigest, cachetest.Digest(module))
 	}
+	// A second resolve is a hit; a missing tag an error of kind not_found.
+	if _, err := proxy.New(conn).Resolve(ctx, regcache.ResolveRequest{Reference: digestRef}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := proxy.New(conn).Resolve(ctx, regcache.ResolveRequest{Reference: reg.Host + "/cli:missing",
+		Credentials: map[string]regcache.Credentials{reg.Host: {Username: reg.Username, Password: reg.Password}}}); err == nil {
+		t.Fatal("resolve of a missing tag succeeded")
+	}
+	metrics := get(t, "http://"+metricsAddr+"/metrics")
+	for _, want := range []string{
+		`wasmlet_registry_cache_hits_total{kind="module"} 1`,
+		`wasmlet_registry_cache_misses_total{kind="module"} 1`,
+		`wasmlet_registry_cache_origin_requests_total{kind="blob"} 1`,
+		`wasmlet_registry_cache_origin_bytes_total `,
+		`wasmlet_registry_cache_pull_duration_seconds_count{result="ok"} 1`,
+		`wasmlet_registry_cache_errors_total{kind="not_found",op="resolve"} 1`,
+		`wasmlet_registry_cache_store_bytes `,
+		`go_goroutines `,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %q:\n%s", want, metrics)
+		}
+	}
 	stop()
 	select {
 	case err := <-done:
@@ -84,7 +112,35 @@ func TestPushAndServe(t *testing.T) {
 	if err := run(ctx, []string{"serve", "--dir", t.TempDir()}, nil, nil, logger); err == nil {
 		t.Fatal("serve without --listen succeeded")
 	}
+	err = run(ctx, []string{"serve", "--listen", addr, "--dir", t.TempDir(), "--metrics-listen", "0.0.0.0:9464"}, nil, nil, logger)
+	if err == nil || !strings.Contains(err.Error(), "loopback") {
+		t.Fatalf("serve with metrics on all interfaces = %v, want a refusal naming loopback", err)
+	}
 	if err := run(ctx, []string{"bogus"}, nil, nil, logger); err == nil {
 		t.Fatal("unknown command succeeded")
 	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s, %v", url, resp.Status, err)
+	}
+	return string(b)
 }
