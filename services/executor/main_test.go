@@ -142,10 +142,18 @@ func testExecutorProcess(t *testing.T, ctx context.Context, bin, eng string) {
 	defer stopReg()
 	go grpcutil.Serve(sctx, rs, rl, time.Second)
 
+	// The state dir (modules, compiled artifacts) is kept between runs, as
+	// on a node: compiling the Go-built modules takes seconds per engine.
+	// The engines verify what they load from it.
+	base, err := os.UserCacheDir()
+	if err != nil {
+		base = os.TempDir()
+	}
+	stateDir := filepath.Join(base, "wasmlet-executor-test", eng)
 	execAddr := "unix://" + filepath.Join(sockDir, "exec.sock")
 	var stderr syncBuffer
 	cmd := exec.Command(bin, "--listen", execAddr, "--registry", regAddr, "--nats", ns.URL,
-		"--state-dir", filepath.Join(tmp, "state"), "--id", "exec-test", "--max-instances", "10", "--engine", eng)
+		"--state-dir", stateDir, "--id", "exec-test", "--max-instances", "10", "--engine", eng)
 	cmd.Env = append(os.Environ(), "WASMLET_NATS_TOKEN="+token)
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -199,7 +207,7 @@ func testExecutorProcess(t *testing.T, ctx context.Context, bin, eng string) {
 			end = in
 		}
 	}
-	t.Logf("create (fetch, compile) to EXITED: %v", time.Since(t0))
+	t.Logf("create (fetch, compile unless cached) to EXITED: %v", time.Since(t0))
 	if end.GetExitCode() != 3 || end.GetReason() != "Error" || end.GetId() != "hello-1" {
 		t.Fatalf("end: %v", end)
 	}
