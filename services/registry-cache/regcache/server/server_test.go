@@ -146,3 +146,32 @@ func TestResolvePassesRequest(t *testing.T) {
 		t.Errorf("unknown policy: %v, want InvalidArgument", err)
 	}
 }
+
+// TestOptionalServices: a Cache that neither pins nor stores precompiled
+// modules answers those RPCs with UNIMPLEMENTED.
+func TestOptionalServices(t *testing.T) {
+	client := dial(t, &fakeCache{})
+	ctx := context.Background()
+	_, err := client.Pin(ctx, &registryv1.PinRequest{Holder: "h", Digest: "sha256:blob"})
+	if status.Code(err) != codes.Unimplemented {
+		t.Errorf("Pin: %v, want Unimplemented", err)
+	}
+	_, err = client.Unpin(ctx, &registryv1.UnpinRequest{Holder: "h"})
+	if status.Code(err) != codes.Unimplemented {
+		t.Errorf("Unpin: %v, want Unimplemented", err)
+	}
+	put, err := client.PutPrecompiled(ctx)
+	if err == nil {
+		_, err = put.CloseAndRecv()
+	}
+	if status.Code(err) != codes.Unimplemented {
+		t.Errorf("PutPrecompiled: %v, want Unimplemented", err)
+	}
+	get, err := client.GetPrecompiled(ctx, &registryv1.GetPrecompiledRequest{ModuleDigest: "sha256:blob", EngineKey: "e"})
+	if err == nil {
+		_, err = get.Recv()
+	}
+	if status.Code(err) != codes.Unimplemented {
+		t.Errorf("GetPrecompiled: %v, want Unimplemented", err)
+	}
+}

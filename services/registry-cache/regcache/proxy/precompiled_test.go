@@ -1,0 +1,54 @@
+package proxy_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"testing"
+
+	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
+	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/cachetest"
+	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/local"
+)
+
+// failingReader yields data, then fails: an executor that dies in the
+// middle of an upload.
+type failingReader struct{ data []byte }
+
+func (r *failingReader) Read(p []byte) (int, error) {
+	if len(r.data) == 0 {
+		return 0, errors.New("executor went away")
+	}
+	n := copy(p, r.data)
+	r.data = r.data[n:]
+	return n, nil
+}
+
+func TestPutPrecompiledInterrupted(t *testing.T) {
+	c, lc := serve(t, local.Config{})
+	artifact := bytes.Repeat([]byte("cwasm"), 200_000) // several chunks
+	key := regcache.PrecompiledKey{ModuleDigest: cachetest.Digest([]byte("m")), EngineKey: "wasmtime"}
+	err := c.PutPrecompiled(context.Background(), key, cachetest.Digest(artifact), int64(len(artifact)), &failingReader{artifact[:len(artifact)/2]})
+	if err == nil {
+		t.Fatal("PutPrecompiled of a half upload succeeded")
+	}
+	for name, pc := range map[string]regcache.PrecompiledStore{"proxy": c, "server's cache": lc} {
+		if _, _, err := pc.GetPrecompiled(context.Background(), key); !errors.Is(err, regcache.ErrNotFound) {
+			t.Fatalf("%s: GetPrecompiled after a half upload = %v, want ErrNotFound", name, err)
+		}
+	}
+	// The upload, whole, over the same connection.
+	if err := c.PutPrecompiled(context.Background(), key, cachetest.Digest(artifact), int64(len(artifact)), bytes.NewReader(artifact)); err != nil {
+		t.Fatal(err)
+	}
+	rc, info, err := c.GetPrecompiled(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	got, err := io.ReadAll(rc)
+	if err != nil || !bytes.Equal(got, artifact) || info.Digest != cachetest.Digest(artifact) {
+		t.Fatalf("GetPrecompiled = %d bytes, %+v, %v", len(got), info, err)
+	}
+}
