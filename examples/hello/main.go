@@ -16,12 +16,17 @@ import (
 	"time"
 )
 
+// version is set at link time (-ldflags "-X main.version=v2") to make
+// module builds that differ only in it, e.g. for a rolling update.
+var version = "v1"
+
 func main() {
 	name := os.Getenv("POD_NAME")
 	if name == "" {
 		name = "somewhere"
 	}
 	fmt.Printf("Hello from WebAssembly, running as pod %s!\n", name)
+	fmt.Printf("version %s\n", version)
 	fmt.Printf("argv: %q\n", os.Args)
 	if g := os.Getenv("GREETING"); g != "" {
 		fmt.Println(g)

@@ -75,7 +75,10 @@ func binaries(t *testing.T) string {
 		if build.err = run(nil, "build", "-o", dir+"/", "./services/nodeagent", "./services/executor", "./services/registry-cache"); build.err != nil {
 			return
 		}
-		build.err = run([]string{"GOOS=wasip1", "GOARCH=wasm"}, "build", "-o", filepath.Join(dir, "hello.wasm"), "./examples/hello")
+		if build.err = run([]string{"GOOS=wasip1", "GOARCH=wasm"}, "build", "-o", filepath.Join(dir, "hello.wasm"), "./examples/hello"); build.err != nil {
+			return
+		}
+		build.err = run([]string{"GOOS=wasip1", "GOARCH=wasm"}, "build", "-ldflags", "-X main.version=v2", "-o", filepath.Join(dir, "hello-v2.wasm"), "./examples/hello")
 	})
 	if build.err != nil {
 		t.Fatal(build.err)
@@ -110,10 +113,16 @@ func sharedRegistry(t *testing.T) *testregistry.Registry {
 // digest reference it prints.
 func push(t *testing.T, repoTag string) string {
 	t.Helper()
+	return pushModule(t, "hello.wasm", repoTag)
+}
+
+// pushModule pushes one of the built modules (hello.wasm, hello-v2.wasm).
+func pushModule(t *testing.T, module, repoTag string) string {
+	t.Helper()
 	bin := binaries(t)
 	reg := sharedRegistry(t)
 	ref := reg.Host + "/" + repoTag
-	out, err := exec.Command(filepath.Join(bin, "registry-cache"), "push", "--plain-http", filepath.Join(bin, "hello.wasm"), ref).CombinedOutput()
+	out, err := exec.Command(filepath.Join(bin, "registry-cache"), "push", "--plain-http", filepath.Join(bin, module), ref).CombinedOutput()
 	if err != nil {
 		t.Fatalf("push %s: %v\n%s", ref, err, out)
 	}
