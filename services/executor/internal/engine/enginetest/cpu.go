@@ -42,7 +42,7 @@ var limiter struct {
 
 // testLimiter returns the test binary's recorder, or nil (with the reason
 // kept for the CPU test's skip message) where no cgroup can be written.
-func testLimiter(t *testing.T) engine.ThreadLimiter {
+func testLimiter(t testing.TB) engine.ThreadLimiter {
 	limiter.once.Do(func() {
 		root := os.Getenv("WASMLET_TEST_CPU_CGROUP")
 		if root == "" {

@@ -7,7 +7,7 @@
 // Usage, in an engine's package:
 //
 //	func TestConformance(t *testing.T) {
-//		enginetest.Run(t, func(t *testing.T, dir string, cpu engine.ThreadLimiter) engine.Engine {
+//		enginetest.Run(t, func(t testing.TB, dir string, cpu engine.ThreadLimiter) engine.Engine {
 //			e, err := wazero.New(wazero.Config{CacheDir: dir, CPU: cpu})
 //			if err != nil {
 //				t.Fatal(err)
@@ -47,7 +47,7 @@ import (
 
 // NewEngine returns a new engine keeping its artifacts under dir and
 // enforcing CPU limits with cpu (which may be nil).
-type NewEngine func(t *testing.T, dir string, cpu engine.ThreadLimiter) engine.Engine
+type NewEngine func(t testing.TB, dir string, cpu engine.ThreadLimiter) engine.Engine
 
 // Run runs the conformance suite against engines made by newEngine.
 func Run(t *testing.T, newEngine NewEngine) {
@@ -80,7 +80,7 @@ var shared struct {
 
 // Shared returns the engine of newEngine whose artifacts are kept between
 // runs, one per top-level test (so per engine).
-func Shared(t *testing.T, newEngine NewEngine) engine.Engine {
+func Shared(t testing.TB, newEngine NewEngine) engine.Engine {
 	t.Helper()
 	key := strings.SplitN(t.Name(), "/", 2)[0]
 	shared.mu.Lock()
@@ -105,7 +105,7 @@ func Shared(t *testing.T, newEngine NewEngine) engine.Engine {
 }
 
 // Prepare prepares the module at path, failing the test on an error.
-func Prepare(t *testing.T, e engine.Engine, path string) engine.Module {
+func Prepare(t testing.TB, e engine.Engine, path string) engine.Module {
 	t.Helper()
 	return prepare(t, e, path)
 }
@@ -191,7 +191,7 @@ func artifacts(t *testing.T, dir string) []string {
 	return out
 }
 
-func digestOf(t *testing.T, path string) string {
+func digestOf(t testing.TB, path string) string {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -201,7 +201,7 @@ func digestOf(t *testing.T, path string) string {
 	return "sha256:" + hex.EncodeToString(s[:])
 }
 
-func prepare(t *testing.T, e engine.Engine, path string) engine.Module {
+func prepare(t testing.TB, e engine.Engine, path string) engine.Module {
 	t.Helper()
 	m, err := e.Prepare(context.Background(), digestOf(t, path), path)
 	if err != nil {

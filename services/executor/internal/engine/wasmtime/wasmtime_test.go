@@ -12,7 +12,7 @@ import (
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/enginetest"
 )
 
-func newTestEngine(t *testing.T, dir string, cpu engine.ThreadLimiter) engine.Engine {
+func newTestEngine(t testing.TB, dir string, cpu engine.ThreadLimiter) engine.Engine {
 	t.Helper()
 	e, err := New(Config{CacheDir: dir, CPU: cpu})
 	if err != nil {
@@ -65,4 +65,8 @@ func TestCorruptArtifactInternals(t *testing.T) {
 			t.Fatalf("artifact not rebuilt: %v", err)
 		}
 	})
+}
+
+func BenchmarkEngine(b *testing.B) {
+	enginetest.Bench(b, newTestEngine)
 }

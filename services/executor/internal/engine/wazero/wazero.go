@@ -16,7 +16,9 @@
 // that does not match, or has no sum, is removed, so wazero compiles the
 // module again and writes a fresh entry, whose sum is recorded then.
 // Compiles are serialised (each uses every core), which also keeps the
-// "new entries get a sum" step unambiguous.
+// "new entries get a sum" step unambiguous. wazero keys an entry by the
+// module, the host's CPU features, and (by directory) its version, arch and
+// OS, so an entry made on another host is never picked.
 //
 // Memory limits: wazero's limit (RuntimeConfig.WithMemoryLimitPages) is per
 // Runtime, not per instance, so the engine keeps one Runtime per distinct

@@ -7,7 +7,7 @@ import (
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/enginetest"
 )
 
-func newEngine(t *testing.T, dir string, cpu engine.ThreadLimiter) engine.Engine {
+func newEngine(t testing.TB, dir string, cpu engine.ThreadLimiter) engine.Engine {
 	t.Helper()
 	e, err := New(Config{CacheDir: dir, CPU: cpu})
 	if err != nil {
@@ -29,4 +29,8 @@ func TestPages(t *testing.T) {
 			t.Errorf("pages(%d) = %d, want %d", tc.limit, got, tc.want)
 		}
 	}
+}
+
+func BenchmarkEngine(b *testing.B) {
+	enginetest.Bench(b, newEngine)
 }

@@ -1,0 +1,69 @@
+package enginetest
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wasmlet/wasmlet/internal/wasmbuild"
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
+)
+
+// Bench measures an engine the way the executor's benchmarks compare
+// engines: Start of a prepared Go-built module (from precompiled code to a
+// running _start), and the latency of killing a spinning module. Each
+// reports p50 and p99 in milliseconds.
+//
+//	go test -run '^$' -bench . -benchtime 50x ./services/executor/internal/engine/...
+func Bench(b *testing.B, newEngine NewEngine) {
+	e := Shared(b, newEngine)
+	b.Run("StartPrecompiled", func(b *testing.B) {
+		m := prepare(b, e, wasmbuild.Build(b, "hello"))
+		var ds []time.Duration
+		b.ResetTimer()
+		for range b.N {
+			t0 := time.Now()
+			inst, err := e.Start(context.Background(), m, engine.Spec{Args: []string{"hello"}, Stdout: &buffer{}})
+			ds = append(ds, time.Since(t0))
+			if err != nil {
+				b.Fatal(err)
+			}
+			inst.Wait()
+		}
+		report(b, ds)
+	})
+	b.Run("KillSpinning", func(b *testing.B) {
+		m := prepare(b, e, wasmbuild.Build(b, "spin"))
+		var ds []time.Duration
+		b.ResetTimer()
+		for range b.N {
+			var out buffer
+			inst, err := e.Start(context.Background(), m, engine.Spec{Args: []string{"spin"}, Stdout: &out})
+			if err != nil {
+				b.Fatal(err)
+			}
+			for !strings.Contains(out.String(), "spinning") {
+				time.Sleep(time.Millisecond)
+			}
+			t0 := time.Now()
+			inst.Kill()
+			<-inst.Done()
+			ds = append(ds, time.Since(t0))
+			if res := inst.Wait(); res.Reason != engine.ReasonKilled {
+				b.Fatalf("result %+v", res)
+			}
+		}
+		report(b, ds)
+	})
+}
+
+func report(b *testing.B, ds []time.Duration) {
+	slices.Sort(ds)
+	ms := func(q float64) float64 {
+		return float64(ds[min(len(ds)-1, int(q*float64(len(ds))))]) / float64(time.Millisecond)
+	}
+	b.ReportMetric(ms(0.50), "p50-ms")
+	b.ReportMetric(ms(0.99), "p99-ms")
+}
