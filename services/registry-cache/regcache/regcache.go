@@ -37,6 +37,11 @@
 // cache. A pin with a TTL ends by itself unless renewed, so a holder that
 // dies without unpinning does not keep blobs forever; a holder that
 // restarts releases its leftovers with Unpin(holder, "") at start-up.
+// For an executor the simplest scheme is one holder per executor process
+// (e.g. "executor/node-a/wasmtime"), pinning each digest its instances use
+// (module and precompiled artifact) while at least one instance uses it:
+// at start-up it releases everything with Unpin{Holder} and pins again
+// what it re-adopts.
 // Pinning and precompiled modules are separate interfaces (Pinner,
 // PrecompiledStore) rather than methods of Cache, because callers that only
 // resolve and fetch (the node agent, test fakes) should not have to

@@ -256,3 +256,37 @@ func TestCancelMidDownload(t *testing.T) {
 	}
 	checkFetch(t, c, res.ModuleDigest, module)
 }
+
+// TestNotWasmStoresNothing: a container image and an index without a
+// wasip1/wasm entry are refused, saying what they are, with nothing stored.
+func TestNotWasmStoresNothing(t *testing.T) {
+	reg := testregistry.New(t, testregistry.Options{})
+	ctx := testCtx(t)
+	if _, err := reg.PushContainerImage(ctx, "notwasm/container", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	amd64, err := reg.PushContainerImage(ctx, "notwasm/index", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.PushIndex(ctx, "notwasm/index", "v1", []testregistry.IndexEntry{
+		{Manifest: amd64, OS: "linux", Architecture: "amd64"},
+		{Manifest: amd64, OS: "linux", Architecture: "arm64"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for ref, say := range map[string]string{
+		reg.Host + "/notwasm/container:v1": "it is a container image",
+		reg.Host + "/notwasm/index:v1":     "no wasip1/wasm entry (platforms found: linux/amd64, linux/arm64)",
+	} {
+		dir := t.TempDir()
+		c := newCache(t, local.Config{Dir: dir, InsecureHosts: []string{reg.Host}})
+		_, err := c.Resolve(testCtx(t), regcache.ResolveRequest{Reference: ref})
+		if !errors.Is(err, regcache.ErrNotWasm) || !strings.Contains(err.Error(), say) {
+			t.Fatalf("Resolve(%s) = %v, want ErrNotWasm saying %q", ref, err, say)
+		}
+		if files := storedFiles(t, dir); len(files) != 0 {
+			t.Fatalf("files stored after refusing %s: %v", ref, files)
+		}
+	}
+}
