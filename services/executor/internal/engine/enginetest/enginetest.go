@@ -398,6 +398,21 @@ func testPreopens(t *testing.T, e engine.Engine) {
 	if err := os.WriteFile(outside, []byte("secret"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// Symlinks in a volume (absolute, and relative climbing out) must not
+	// lead out of it.
+	if err := os.Symlink(outside, filepath.Join(ro, "abs-link")); err != nil {
+		t.Fatal(err)
+	}
+	rel, err := filepath.Rel(ro, outside)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(rel, filepath.Join(ro, "rel-link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("in.txt", filepath.Join(ro, "in-link")); err != nil {
+		t.Fatal(err)
+	}
 	preopens := []engine.Preopen{{HostPath: ro, GuestPath: "/ro", ReadOnly: true}, {HostPath: rw, GuestPath: "/rw"}}
 	for _, tc := range []struct {
 		name   string
@@ -405,6 +420,9 @@ func testPreopens(t *testing.T, e engine.Engine) {
 		code   int32
 		stdout string
 	}{
+		{"symlink inside followed", []engine.EnvVar{{Name: "READ_FILE", Value: "/ro/in-link"}}, 0, "read: from host"},
+		{"absolute symlink out not followed", []engine.EnvVar{{Name: "READ_FILE", Value: "/ro/abs-link"}}, 4, ""},
+		{"relative symlink out not followed", []engine.EnvVar{{Name: "READ_FILE", Value: "/ro/rel-link"}}, 4, ""},
 		{"read-only readable", []engine.EnvVar{{Name: "READ_FILE", Value: "/ro/in.txt"}}, 0, "read: from host"},
 		{"read-only not writable", []engine.EnvVar{{Name: "WRITE_FILE", Value: "/ro/new.txt"}}, 4, ""},
 		{"read-write writable", []engine.EnvVar{{Name: "WRITE_FILE", Value: "/rw/new.txt"}}, 0, "wrote: /rw/new.txt"},

@@ -31,6 +31,9 @@
 // limit fails to start. Runtimes and compiled modules live as long as the
 // engine: pods use few distinct limits.
 //
+// Preopens are mounted through confined (fs.go), which keeps symlinks
+// from leading out of a preopened directory.
+//
 // Kill: every instance runs with a context of its own under
 // WithCloseOnContextDone, so cancelling it stops wasm code at the next
 // function entry or loop back-edge (microseconds). A module blocked in a
@@ -455,11 +458,7 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 		if err != nil || !fi.IsDir() {
 			return nil, fmt.Errorf("%w: preopen %s at %s: host path is not a directory (%v); create it or fix the path", engine.ErrInstantiate, p.HostPath, p.GuestPath, err)
 		}
-		if p.ReadOnly {
-			fsc = fsc.WithReadOnlyDirMount(p.HostPath, p.GuestPath)
-		} else {
-			fsc = fsc.WithDirMount(p.HostPath, p.GuestPath)
-		}
+		fsc = mountDir(fsc, p.HostPath, p.GuestPath, p.ReadOnly)
 	}
 	mc := wz.NewModuleConfig().
 		WithName("").
