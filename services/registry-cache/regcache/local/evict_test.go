@@ -67,6 +67,9 @@ func TestEvictionLRUSparesPinned(t *testing.T) {
 	if got := fmt.Sprint(present(t, c, 4)); got != "[0 1 3]" {
 		t.Fatalf("after the fourth put the cache holds %s, want [0 1 3] (0 pinned, 2 least recently used)", got)
 	}
+	if index, _ := os.ReadFile(filepath.Join(dir, "precompiled.json")); bytes.Contains(index, []byte(`"engine-2"`)) || !bytes.Contains(index, []byte(`"engine-3"`)) {
+		t.Fatalf("precompiled.json after evicting engine-2's artifact:\n%s", index)
+	}
 	if _, _, err := c.GetPrecompiled(testCtx(t), key(2)); !errors.Is(err, regcache.ErrNotFound) {
 		t.Fatalf("GetPrecompiled(evicted) = %v, want ErrNotFound", err)
 	}
@@ -143,7 +146,8 @@ func TestResolvePinHolderKeepsModule(t *testing.T) {
 	copy(module, "\x00asm\x01\x00\x00\x00")
 	ref := reg.Host + "/pinned:v1"
 	pushModule(t, reg, ref, module)
-	c := newCache(t, local.Config{InsecureHosts: []string{reg.Host}, MaxStoreBytes: 2500, EvictionGrace: time.Nanosecond})
+	dir := t.TempDir()
+	c := newCache(t, local.Config{Dir: dir, InsecureHosts: []string{reg.Host}, MaxStoreBytes: 2500, EvictionGrace: time.Nanosecond})
 	res, err := c.Resolve(testCtx(t), regcache.ResolveRequest{Reference: ref, PinHolder: "node-a/default/pod/app"})
 	if err != nil {
 		t.Fatal(err)
@@ -162,6 +166,9 @@ func TestResolvePinHolderKeepsModule(t *testing.T) {
 	}
 	if _, err := c.Resolve(testCtx(t), regcache.ResolveRequest{Reference: ref, Policy: regcache.PullNever}); !errors.Is(err, regcache.ErrNotFound) {
 		t.Fatalf("Resolve(Never) of an evicted module = %v, want ErrNotFound", err)
+	}
+	if index, _ := os.ReadFile(filepath.Join(dir, "refs.json")); bytes.Contains(index, []byte("pinned:v1")) {
+		t.Fatalf("refs.json still names the evicted module's reference:\n%s", index)
 	}
 	res2, err := c.Resolve(testCtx(t), regcache.ResolveRequest{Reference: ref})
 	if err != nil || res2.ModuleDigest != res.ModuleDigest {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -118,6 +119,7 @@ func openStore(dir string, budget int64, grace time.Duration, log *slog.Logger, 
 	if err := s.scan(); err != nil {
 		return nil, err
 	}
+	m.setPinned(len(s.pins))
 	s.mu.Lock()
 	s.evictLocked("")
 	s.mu.Unlock()
@@ -347,6 +349,7 @@ func (s *store) evictLocked(keep digest.Digest) {
 		cands = append(cands, cand{d, b})
 	}
 	slices.SortFunc(cands, func(a, b cand) int { return a.b.lastUsed.Compare(b.b.lastUsed) })
+	evicted := map[string]bool{}
 	for _, c := range cands {
 		if s.total <= s.budget {
 			break
@@ -356,6 +359,7 @@ func (s *store) evictLocked(keep digest.Digest) {
 			continue
 		}
 		delete(s.blobs, c.d)
+		evicted[c.d.String()] = true
 		s.total -= c.b.size
 		s.metrics.evicted(c.b.size)
 		s.log.Info("evicted blob", "digest", c.d, "size", c.b.size, "last_used", c.b.lastUsed)
@@ -365,12 +369,35 @@ func (s *store) evictLocked(keep digest.Digest) {
 			s.log.Warn("save pins", "error", err)
 		}
 	}
+	s.forgetLocked(evicted)
 	if s.total > s.budget && !s.overBudget {
 		s.log.Warn("cache over its size budget: everything left is pinned or recently used",
 			"size", s.total, "budget", s.budget)
 	}
 	s.overBudget = s.total > s.budget
 	s.metrics.setStore(s.total, len(s.blobs))
+}
+
+// forgetLocked drops the references and precompiled entries that lead to
+// evicted blobs, so that the indexes do not grow without end.
+func (s *store) forgetLocked(evicted map[string]bool) {
+	if len(evicted) == 0 {
+		return
+	}
+	n := len(s.refs)
+	maps.DeleteFunc(s.refs, func(_ string, e refEntry) bool { return evicted[e.ModuleDigest] })
+	if len(s.refs) != n {
+		if err := s.saveJSON("refs.json", s.refs); err != nil {
+			s.log.Warn("save reference index", "error", err)
+		}
+	}
+	n = len(s.precompiled)
+	maps.DeleteFunc(s.precompiled, func(_ string, e precompiledEntry) bool { return evicted[e.Digest] })
+	if len(s.precompiled) != n {
+		if err := s.savePrecompiledLocked(); err != nil {
+			s.log.Warn("save precompiled index", "error", err)
+		}
+	}
 }
 
 // lookup returns the entry of ref when its module is still on disk.
