@@ -55,7 +55,11 @@
 // compiling again. The engine key must name everything that makes an
 // artifact loadable (engine, version, target, settings): the cache only
 // compares keys. The artifact's sha256 digest travels with it and is
-// verified before it becomes visible.
+// verified before it becomes visible; the proxy client checks it again as
+// it reads. The digest proves only that the bytes arrived intact, not who
+// made them: a precompiled artifact is native code that executors load,
+// so only executors may reach a cache that serves these RPCs (its unix
+// socket, or mTLS).
 //
 //	err := pc.PutPrecompiled(ctx, regcache.PrecompiledKey{ModuleDigest: m, EngineKey: k}, digest, size, r)
 //	rc, info, err := pc.GetPrecompiled(ctx, regcache.PrecompiledKey{ModuleDigest: m, EngineKey: k})

@@ -5,6 +5,9 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
@@ -50,5 +53,30 @@ func TestPutPrecompiledInterrupted(t *testing.T) {
 	got, err := io.ReadAll(rc)
 	if err != nil || !bytes.Equal(got, artifact) || info.Digest != cachetest.Digest(artifact) {
 		t.Fatalf("GetPrecompiled = %d bytes, %+v, %v", len(got), info, err)
+	}
+}
+
+// TestGetPrecompiledVerifies: bytes that do not match the artifact's
+// digest (here, corrupted on the cache's disk) end the read with
+// ErrDigestMismatch, not io.EOF.
+func TestGetPrecompiledVerifies(t *testing.T) {
+	dir := t.TempDir()
+	c, _ := serve(t, local.Config{Dir: dir})
+	artifact := []byte("native code")
+	dgst := cachetest.Digest(artifact)
+	key := regcache.PrecompiledKey{ModuleDigest: cachetest.Digest([]byte("m")), EngineKey: "wasmtime"}
+	if err := c.PutPrecompiled(context.Background(), key, dgst, int64(len(artifact)), bytes.NewReader(artifact)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "blobs", "sha256", strings.TrimPrefix(dgst, "sha256:")), []byte("evil code!!"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rc, _, err := c.GetPrecompiled(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if _, err := io.ReadAll(rc); !errors.Is(err, regcache.ErrDigestMismatch) {
+		t.Fatalf("reading a corrupted artifact: %v, want ErrDigestMismatch", err)
 	}
 }

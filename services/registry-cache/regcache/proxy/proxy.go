@@ -16,6 +16,7 @@ import (
 	"io"
 	"time"
 
+	godigest "github.com/opencontainers/go-digest"
 	"google.golang.org/grpc"
 
 	registryv1 "github.com/wasmlet/wasmlet/gen/wasmlet/registry/v1"
@@ -150,7 +151,9 @@ func (c *Client) PutPrecompiled(ctx context.Context, key regcache.PrecompiledKey
 	return wire.FromStatus(err)
 }
 
-// GetPrecompiled implements regcache.PrecompiledStore, like Fetch.
+// GetPrecompiled implements regcache.PrecompiledStore, like Fetch; the
+// reader also checks the bytes against the artifact's digest, and ends
+// with regcache.ErrDigestMismatch instead of io.EOF when they differ.
 func (c *Client) GetPrecompiled(ctx context.Context, key regcache.PrecompiledKey) (io.ReadCloser, regcache.Precompiled, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	stream, err := c.rpc.GetPrecompiled(ctx, &registryv1.GetPrecompiledRequest{ModuleDigest: key.ModuleDigest, EngineKey: key.EngineKey})
@@ -171,7 +174,12 @@ func (c *Client) GetPrecompiled(ctx context.Context, key regcache.PrecompiledKey
 		msg, err := stream.Recv()
 		return msg.GetChunk(), err
 	}
-	return &reader{recv: recv, cancel: cancel, buf: first.GetChunk(), want: info.Size, digest: info.Digest}, info, nil
+	d, err := godigest.Parse(info.Digest)
+	if err != nil {
+		cancel()
+		return nil, regcache.Precompiled{}, fmt.Errorf("get precompiled %s: the server sent digest %q: %w", key.EngineKey, info.Digest, regcache.ErrDigestMismatch)
+	}
+	return &reader{recv: recv, cancel: cancel, buf: first.GetChunk(), want: info.Size, digest: info.Digest, verifier: d.Verifier()}, info, nil
 }
 
 // chunkSize matches the server's chunks.
@@ -179,13 +187,14 @@ const chunkSize = 256 << 10
 
 // reader reads the chunks of a server stream.
 type reader struct {
-	recv   func() ([]byte, error)
-	cancel context.CancelFunc
-	buf    []byte
-	got    int64
-	want   int64
-	digest string
-	err    error
+	recv     func() ([]byte, error)
+	verifier godigest.Verifier // nil: not checked here
+	cancel   context.CancelFunc
+	buf      []byte
+	got      int64
+	want     int64
+	digest   string
+	err      error
 }
 
 func (r *reader) Read(p []byte) (int, error) {
@@ -195,9 +204,12 @@ func (r *reader) Read(p []byte) (int, error) {
 		}
 		chunk, err := r.recv()
 		if errors.Is(err, io.EOF) {
-			if r.got != r.want {
+			switch {
+			case r.got != r.want:
 				r.err = fmt.Errorf("fetch %s: stream ended after %d of %d bytes: %w", r.digest, r.got, r.want, io.ErrUnexpectedEOF)
-			} else {
+			case r.verifier != nil && !r.verifier.Verified():
+				r.err = fmt.Errorf("fetch %s: %w: the bytes received do not match the digest", r.digest, regcache.ErrDigestMismatch)
+			default:
 				r.err = io.EOF
 			}
 			continue
@@ -209,6 +221,9 @@ func (r *reader) Read(p []byte) (int, error) {
 		r.buf = chunk
 	}
 	n := copy(p, r.buf)
+	if r.verifier != nil {
+		r.verifier.Write(p[:n])
+	}
 	r.buf = r.buf[n:]
 	r.got += int64(n)
 	return n, nil

@@ -27,7 +27,9 @@ import (
 // and returns a proxy connected to it, and the local cache for comparison.
 func serve(t *testing.T, cfg local.Config) (*proxy.Client, *local.Cache) {
 	t.Helper()
-	cfg.Dir = t.TempDir()
+	if cfg.Dir == "" {
+		cfg.Dir = t.TempDir()
+	}
 	cfg.Logger = slog.New(slog.DiscardHandler)
 	lc, err := local.New(cfg)
 	if err != nil {
