@@ -38,6 +38,10 @@ test-short: ## unit tests only (no control plane needed)
 bench-registry: ## measure the registry cache against a local docker-registry (hit latency, 100 concurrent pulls, second node)
 	go run ./services/registry-cache bench
 
+.PHONY: bench
+bench: controlplane ## run the benchmark suite on the local stack; writes bench/results/<date>.json and .md
+	go run ./bench/cmd/wasmlet-bench
+
 .PHONY: build
 build: ## build the services into bin/ and the example module into bin/wasm/
 	go build $(GO_BUILD_FLAGS) -o bin/ ./services/nodeagent ./services/executor ./services/registry-cache

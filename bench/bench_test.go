@@ -1,0 +1,71 @@
+package bench
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wasmlet/wasmlet/internal/localcluster"
+)
+
+// TestShortSuite runs the benchmark suite with small counts, so that a
+// broken benchmark fails `make test`. It checks that every figure was
+// measured, not that targets are met.
+func TestShortSuite(t *testing.T) {
+	if _, err := localcluster.FindBinDir(); err != nil {
+		if os.Getenv(localcluster.EnvRequire) != "" {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	work := t.TempDir()
+	bin := filepath.Join(work, "bin")
+	if err := Build(filepath.Join("..", ""), bin); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	s, err := StartStack(ctx, work, bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	r, err := Run(ctx, s, ShortOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range r.Figures {
+		if f.Samples == 0 || f.Max <= 0 {
+			t.Errorf("figure %q has no measurement: %+v", f.Name, f)
+		}
+	}
+	md := r.Markdown()
+	for _, want := range []string{"pod start, single, bench-wasmlet", "burst of 10, all running, bench-noop", "idle node memory", "ratio wasmlet / no-op node"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+	t.Logf("\n%s", md)
+}
+
+func TestValuesQuantiles(t *testing.T) {
+	f := Values("x", "m", "ms", []float64{5, 1, 3, 2, 4})
+	if f.Min != 1 || f.Max != 5 || f.Median != 3 || f.P99 != 5 || f.Samples != 5 {
+		t.Fatalf("figure = %+v", f)
+	}
+	f.Hold("median", 2)
+	if f.Met == nil || *f.Met {
+		t.Errorf("median 3 met a target of 2")
+	}
+	f.Hold("max", 5)
+	if f.Met == nil || !*f.Met {
+		t.Errorf("max 5 did not meet a target of 5")
+	}
+}

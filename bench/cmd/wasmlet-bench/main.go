@@ -1,0 +1,81 @@
+// Command wasmlet-bench is `make bench`: it builds wasmlet, starts the local
+// stack with a wasmlet node and a no-op node, measures both, and writes
+// bench/results/<date>.json and .md.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/wasmlet/wasmlet/bench"
+)
+
+func main() {
+	short := flag.Bool("short", false, "small counts (what make test runs)")
+	out := flag.String("out", "bench/results", "directory for the results")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, *short, *out); err != nil {
+		fmt.Fprintln(os.Stderr, "wasmlet-bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, short bool, out string) error {
+	root, err := os.Getwd()
+	if err != nil {
+		return err
+	}
+	work, err := os.MkdirTemp("", "wasmlet-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	bin := filepath.Join(work, "bin")
+	fmt.Println("building wasmlet")
+	if err := bench.Build(root, bin); err != nil {
+		return err
+	}
+	fmt.Println("starting the control plane, a registry, a wasmlet node and a no-op node")
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	s, err := bench.StartStack(sctx, work, bin)
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer s.Stop()
+	opts := bench.FullOptions
+	if short {
+		opts = bench.ShortOptions
+	}
+	fmt.Println("measuring")
+	r, err := bench.Run(ctx, s, opts)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	base := filepath.Join(out, r.Date.Format("2006-01-02T15-04-05Z"))
+	js, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(base+".json", js, 0o644); err != nil {
+		return err
+	}
+	md := r.Markdown()
+	if err := os.WriteFile(base+".md", []byte(md), 0o644); err != nil {
+		return err
+	}
+	fmt.Print("\n", md, "\nwritten: ", base, ".json and .md\n")
+	return nil
+}

@@ -1,0 +1,200 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// PodStarter creates pods on one node and times each from the create call
+// (the client's clock: creationTimestamp has 1 s resolution) to the watch
+// event that shows all its containers running — the Kubernetes pod-start
+// SLO's method.
+type PodStarter struct {
+	Client    kubernetes.Interface
+	Namespace string
+	Node      string // the pods are pinned to it by hostname
+	Image     string
+	Env       []v1.EnvVar
+}
+
+// pod is a pod that tolerates the wasm taint and selects one node.
+func (s *PodStarter) pod(name string) *v1.Pod {
+	tol := func(e v1.TaintEffect) v1.Toleration {
+		return v1.Toleration{Key: "kubernetes.io/arch", Operator: v1.TolerationOpEqual, Value: "wasm32-wasi", Effect: e}
+	}
+	grace := int64(0)
+	return &v1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"bench": "podstart"}},
+		Spec: v1.PodSpec{
+			NodeSelector:                  map[string]string{"kubernetes.io/hostname": s.Node},
+			Tolerations:                   []v1.Toleration{tol(v1.TaintEffectNoSchedule), tol(v1.TaintEffectNoExecute)},
+			TerminationGracePeriodSeconds: &grace,
+			AutomountServiceAccountToken:  new(bool),
+			Containers:                    []v1.Container{{Name: "app", Image: s.Image, Env: s.Env}},
+		},
+	}
+}
+
+func allRunning(p *v1.Pod) bool {
+	if len(p.Status.ContainerStatuses) != len(p.Spec.Containers) || len(p.Spec.Containers) == 0 {
+		return false
+	}
+	for _, c := range p.Status.ContainerStatuses {
+		if c.State.Running == nil {
+			return false
+		}
+	}
+	return true
+}
+
+// watcher records when each pod was first seen with all containers running.
+type watcher struct {
+	mu      sync.Mutex
+	running map[string]time.Time
+	changed chan struct{}
+}
+
+func (s *PodStarter) watch(ctx context.Context) (*watcher, error) {
+	w, err := s.Client.CoreV1().Pods(s.Namespace).Watch(ctx, metav1.ListOptions{LabelSelector: "bench=podstart"})
+	if err != nil {
+		return nil, err
+	}
+	wt := &watcher{running: map[string]time.Time{}, changed: make(chan struct{}, 1)}
+	go func() {
+		defer w.Stop()
+		for ev := range w.ResultChan() {
+			p, ok := ev.Object.(*v1.Pod)
+			if !ok || !allRunning(p) {
+				continue
+			}
+			now := time.Now()
+			wt.mu.Lock()
+			if _, seen := wt.running[p.Name]; !seen {
+				wt.running[p.Name] = now
+			}
+			wt.mu.Unlock()
+			select {
+			case wt.changed <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return wt, nil
+}
+
+func (wt *watcher) wait(ctx context.Context, names []string) (map[string]time.Time, error) {
+	for {
+		wt.mu.Lock()
+		done := 0
+		for _, n := range names {
+			if _, ok := wt.running[n]; ok {
+				done++
+			}
+		}
+		out := map[string]time.Time{}
+		for _, n := range names {
+			out[n] = wt.running[n]
+		}
+		wt.mu.Unlock()
+		if done == len(names) {
+			return out, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%d of %d pods running: %w", done, len(names), ctx.Err())
+		case <-wt.changed:
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// Singles starts n pods one after another and returns each one's latency.
+func (s *PodStarter) Singles(ctx context.Context, prefix string, n int) ([]time.Duration, error) {
+	wt, err := s.watch(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []time.Duration
+	for i := range n {
+		name := fmt.Sprintf("%s-%d", prefix, i)
+		start := time.Now()
+		if _, err := s.Client.CoreV1().Pods(s.Namespace).Create(ctx, s.pod(name), metav1.CreateOptions{}); err != nil {
+			return nil, err
+		}
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		got, err := wt.wait(wctx, []string{name})
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("pod %s: %w", name, err)
+		}
+		out = append(out, got[name].Sub(start))
+	}
+	return out, nil
+}
+
+// Burst creates n pods at once (64 creators in parallel) and returns the
+// time from the first create to the last pod running, and each pod's latency.
+func (s *PodStarter) Burst(ctx context.Context, prefix string, n int, timeout time.Duration) (time.Duration, []time.Duration, error) {
+	wt, err := s.watch(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	names := make([]string, n)
+	starts := make([]time.Time, n)
+	jobs := make(chan int)
+	errc := make(chan error, n)
+	var wg sync.WaitGroup
+	for range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				starts[i] = time.Now()
+				if _, err := s.Client.CoreV1().Pods(s.Namespace).Create(ctx, s.pod(names[i]), metav1.CreateOptions{}); err != nil {
+					errc <- err
+				}
+			}
+		}()
+	}
+	for i := range n {
+		names[i] = fmt.Sprintf("%s-%d", prefix, i)
+	}
+	first := time.Now()
+	for i := range n {
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+	close(errc)
+	if err := <-errc; err != nil {
+		return 0, nil, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	got, err := wt.wait(wctx, names)
+	if err != nil {
+		return 0, nil, err
+	}
+	var last time.Time
+	lat := make([]time.Duration, n)
+	for i, name := range names {
+		lat[i] = got[name].Sub(starts[i])
+		if got[name].After(last) {
+			last = got[name]
+		}
+	}
+	return last.Sub(first), lat, nil
+}
+
+// DeleteAll removes the benchmark's pods in the namespace at once.
+func (s *PodStarter) DeleteAll(ctx context.Context) error {
+	zero := int64(0)
+	return s.Client.CoreV1().Pods(s.Namespace).DeleteCollection(ctx,
+		metav1.DeleteOptions{GracePeriodSeconds: &zero}, metav1.ListOptions{LabelSelector: "bench=podstart"})
+}

@@ -1,0 +1,202 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Options size a run.
+type Options struct {
+	Short   bool
+	Singles int   // single pods started one after another, per node
+	Bursts  []int // burst sizes, per node
+}
+
+// FullOptions is `make bench`; ShortOptions runs in `make test`.
+var (
+	FullOptions  = Options{Singles: 30, Bursts: []int{100, 500}}
+	ShortOptions = Options{Short: true, Singles: 3, Bursts: []int{10}}
+)
+
+// Targets from the issues, and the anchors they came from.
+const (
+	singleP50Target = 40  // ms, node agent issue
+	singleP99Target = 100 // ms
+	ratioTarget     = 1.5 // wasmlet / no-op node, same run
+	idleRSSTarget   = 50  // MiB, node agent + executor + embedded NATS
+	kubeletMB       = 82.7
+)
+
+var burstTargets = map[int]float64{100: 750, 500: 4500} // ms, all Running
+
+// Run measures the stack and returns the report.
+func Run(ctx context.Context, s *Stack, opts Options) (Report, error) {
+	r := Report{Date: time.Now().UTC(), Mode: "full", Machine: ThisMachine()}
+	if opts.Short {
+		r.Mode = "short"
+	}
+	foot, err := s.footprint()
+	if err != nil {
+		return r, err
+	}
+	r.Figures = append(r.Figures, foot...)
+
+	env := []v1.EnvVar{{Name: "COUNT", Value: "1000000000"}, {Name: "SLEEP", Value: "10s"}}
+	results := map[string]map[string]Figure{}
+	for _, node := range []string{NoopNode, WasmNode} {
+		results[node] = map[string]Figure{}
+		ps := &PodStarter{Client: s.Client, Node: node, Image: s.Image, Env: env}
+		ns, err := s.namespace(ctx, "bench-"+node+"-single")
+		if err != nil {
+			return r, err
+		}
+		ps.Namespace = ns
+		// One pod first, not counted: the first start on a node compiles
+		// the module (seconds); the figures are for a cached module.
+		if _, err := ps.Singles(ctx, "warmup", 1); err != nil {
+			return r, fmt.Errorf("%s warm-up: %w", node, err)
+		}
+		single, err := ps.Singles(ctx, "single", opts.Singles)
+		if err != nil {
+			return r, fmt.Errorf("%s singles: %w", node, err)
+		}
+		f := Durations("pod start, single, "+node, "create call → watch shows all containers running; pods one after another; module cached", single)
+		if node == WasmNode {
+			f.Hold("median", singleP50Target)
+		}
+		results[node]["single"] = f
+		r.Figures = append(r.Figures, f)
+		if node == WasmNode {
+			p99 := f
+			p99.Name += " (p99)"
+			p99.Hold("p99", singleP99Target)
+			r.Figures = append(r.Figures, p99)
+		}
+		if err := s.clear(ctx, ps); err != nil {
+			return r, err
+		}
+		for _, n := range opts.Bursts {
+			ps.Namespace, err = s.namespace(ctx, fmt.Sprintf("bench-%s-burst%d", node, n))
+			if err != nil {
+				return r, err
+			}
+			all, lat, err := ps.Burst(ctx, "burst", n, 5*time.Minute)
+			if err != nil {
+				return r, fmt.Errorf("%s burst of %d: %w", node, n, err)
+			}
+			allF := Durations(fmt.Sprintf("burst of %d, all running, %s", n, node), "first create call → last pod seen running; 64 parallel creators", []time.Duration{all})
+			if t, ok := burstTargets[n]; ok && node == WasmNode {
+				allF.Hold("max", t)
+			}
+			results[node][fmt.Sprint("burst", n)] = allF
+			r.Figures = append(r.Figures, allF,
+				Durations(fmt.Sprintf("burst of %d, per pod, %s", n, node), "each pod's create call → running, within the burst", lat))
+			if err := s.clear(ctx, ps); err != nil {
+				return r, err
+			}
+		}
+	}
+	for key, w := range results[WasmNode] {
+		n := results[NoopNode][key]
+		if n.Median <= 0 {
+			continue
+		}
+		f := Values(fmt.Sprintf("ratio wasmlet / no-op node, %s (median)", key), "wasmlet's median over the no-op node's, same run", "x", []float64{w.Median / n.Median})
+		f.Hold("max", ratioTarget)
+		r.Figures = append(r.Figures, f)
+	}
+	return r, nil
+}
+
+// footprint reports the shipped binaries' sizes and the idle node's memory.
+func (s *Stack) footprint() ([]Figure, error) {
+	var figs []Figure
+	var total float64
+	for _, b := range []string{"nodeagent", "executor", "registry-cache"} {
+		st, err := os.Stat(filepath.Join(s.Bin, b))
+		if err != nil {
+			return nil, err
+		}
+		mb := float64(st.Size()) / 1e6
+		total += mb
+		figs = append(figs, Values("binary size, "+b, "stripped (-s -w, -trimpath) linux/amd64", "MB", []float64{mb}))
+	}
+	tf := Values("binary size, all wasmlet binaries", "sum of the three, compared with the kubelet v1.33.13 built here (82.7 MB) before a container runtime is added", "MB", []float64{total})
+	tf.Hold("max", kubeletMB)
+	figs = append(figs, tf)
+	pid, err := s.NodeAgentPID()
+	if err != nil {
+		return nil, err
+	}
+	rss := rssTree(pid)
+	rf := Values("idle node memory", "VmRSS of the node agent (with embedded NATS and registry cache) and its executor child, no pods", "MiB", []float64{float64(rss) / (1 << 20)})
+	rf.Hold("max", idleRSSTarget)
+	return append(figs, rf), nil
+}
+
+// rssTree sums VmRSS of pid and its descendants.
+func rssTree(pid int) int64 {
+	var total int64
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+				kb, _ := strconv.ParseInt(strings.Fields(rest)[0], 10, 64)
+				total += kb * 1024
+			}
+		}
+	}
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	for _, t := range tasks {
+		b, _ := os.ReadFile(t)
+		for _, c := range strings.Fields(string(b)) {
+			if child, err := strconv.Atoi(c); err == nil {
+				total += rssTree(child)
+			}
+		}
+	}
+	return total
+}
+
+func (s *Stack) namespace(ctx context.Context, name string) (string, error) {
+	_, err := s.Client.CoreV1().Namespaces().Create(ctx, &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	if err != nil {
+		return "", err
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if _, err := s.Client.CoreV1().ServiceAccounts(name).Get(ctx, "default", metav1.GetOptions{}); err == nil {
+			return name, nil
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("namespace %s: no default service account after 1m", name)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// clear deletes the scenario's pods and waits until they are gone, so that
+// the next scenario starts on an empty node.
+func (s *Stack) clear(ctx context.Context, ps *PodStarter) error {
+	if err := ps.DeleteAll(ctx); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		pods, err := s.Client.CoreV1().Pods(ps.Namespace).List(ctx, metav1.ListOptions{})
+		if err == nil && len(pods.Items) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pods of %s not gone after 5m", ps.Namespace)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}

@@ -1,0 +1,195 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/wasmlet/wasmlet/bench/noopnode"
+	"github.com/wasmlet/wasmlet/internal/localcluster"
+	"github.com/wasmlet/wasmlet/internal/testregistry"
+)
+
+// Node names of the stack.
+const (
+	WasmNode = "bench-wasmlet"
+	NoopNode = "bench-noop"
+)
+
+// Build builds the services (stripped, as shipped) and the example module
+// into dir, from the module whose root is repo.
+func Build(repo, dir string) error {
+	run := func(env []string, args ...string) error {
+		cmd := exec.Command("go", args...)
+		cmd.Dir, cmd.Env = repo, append(os.Environ(), env...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return nil
+	}
+	if err := run(nil, "build", "-trimpath", "-ldflags", "-s -w", "-o", dir+"/", "./services/nodeagent", "./services/executor", "./services/registry-cache"); err != nil {
+		return err
+	}
+	return run([]string{"GOOS=wasip1", "GOARCH=wasm"}, "build", "-trimpath", "-o", filepath.Join(dir, "hello.wasm"), "./examples/hello")
+}
+
+// Stack is a control plane, a registry with the example module, a wasmlet
+// node (the real node agent with its embedded NATS, registry cache and
+// supervised executor) and a no-op node.
+type Stack struct {
+	Cluster  *localcluster.Cluster
+	Registry *testregistry.Registry
+	Client   kubernetes.Interface
+	Image    string // digest reference of the example module
+	Bin      string
+	dir      string
+	stopNoop context.CancelFunc
+	noopDone chan error
+}
+
+// StartStack starts everything under dir, with binaries from bin (see Build).
+func StartStack(ctx context.Context, dir, bin string) (_ *Stack, err error) {
+	cpBin, err := localcluster.FindBinDir()
+	if err != nil {
+		return nil, err
+	}
+	s := &Stack{dir: dir, Bin: bin}
+	defer func() {
+		if err != nil {
+			s.Stop()
+		}
+	}()
+	if s.Cluster, err = localcluster.Start(ctx, localcluster.Config{Dir: filepath.Join(dir, "cluster"), BinDir: cpBin}); err != nil {
+		return nil, err
+	}
+	if s.Client, err = s.Cluster.Clientset(); err != nil {
+		return nil, err
+	}
+	regDir := filepath.Join(dir, "registry")
+	if err := os.MkdirAll(regDir, 0o755); err != nil {
+		return nil, err
+	}
+	if s.Registry, err = testregistry.Start(regDir, testregistry.Options{}); err != nil {
+		return nil, err
+	}
+	ref := s.Registry.Host + "/bench/hello:v1"
+	out, err := exec.Command(filepath.Join(bin, "registry-cache"), "push", "--plain-http", filepath.Join(bin, "hello.wasm"), ref).CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("push: %v: %s", err, out)
+	}
+	s.Image = strings.TrimSpace(string(out))
+
+	kubeconfig, err := s.Cluster.NodeKubeconfig(WasmNode)
+	if err != nil {
+		return nil, err
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := localcluster.StartService(dir, "nodeagent", filepath.Join(bin, "nodeagent"), []string{
+		"--kubeconfig", kubeconfig, "--node-name", WasmNode, "--port", fmt.Sprint(port),
+		"--state-dir", filepath.Join(dir, "node"), "--client-ca-file", s.Cluster.KubeletClientCAPath(),
+		"--insecure-registry", s.Registry.Host, "--max-pods", "2000", "--log-level", "warn",
+	}, nil); err != nil {
+		return nil, err
+	}
+
+	noopConfig, err := s.Cluster.NodeKubeconfig(NoopNode)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := clientcmd.BuildConfigFromFlags("", noopConfig)
+	if err != nil {
+		return nil, err
+	}
+	nctx, cancel := context.WithCancel(context.Background())
+	s.stopNoop, s.noopDone = cancel, make(chan error, 1)
+	ready := make(chan struct{})
+	go func() { s.noopDone <- noopnode.Run(nctx, rc, NoopNode, ready) }()
+	for _, n := range []string{WasmNode, NoopNode} {
+		if err := s.waitSchedulable(ctx, n); err != nil {
+			return nil, fmt.Errorf("%w (node agent log: %s)", err, localcluster.ServiceLog(dir, "nodeagent"))
+		}
+	}
+	return s, nil
+}
+
+func (s *Stack) waitSchedulable(ctx context.Context, name string) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		n, err := s.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err == nil && schedulable(n) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("node %s not Ready and schedulable after 2m (last error: %v)", name, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func schedulable(n *v1.Node) bool {
+	for _, t := range n.Spec.Taints {
+		if strings.HasPrefix(t.Key, "node.kubernetes.io/") {
+			return false
+		}
+	}
+	for _, c := range n.Status.Conditions {
+		if c.Type == v1.NodeReady {
+			return c.Status == v1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// NodeAgentPID is the PID of the wasmlet node agent.
+func (s *Stack) NodeAgentPID() (int, error) {
+	b, err := os.ReadFile(filepath.Join(s.dir, "pids", "nodeagent.pid"))
+	if err != nil {
+		return 0, err
+	}
+	var pid int
+	_, err = fmt.Sscan(string(b), &pid)
+	return pid, err
+}
+
+// Stop stops everything the stack started.
+func (s *Stack) Stop() error {
+	var errs []error
+	errs = append(errs, localcluster.StopService(s.dir, "nodeagent"))
+	if s.stopNoop != nil {
+		s.stopNoop()
+		select {
+		case <-s.noopDone:
+		case <-time.After(10 * time.Second):
+		}
+	}
+	if s.Registry != nil {
+		s.Registry.Stop()
+	}
+	if s.Cluster != nil {
+		errs = append(errs, s.Cluster.Stop())
+	}
+	return errors.Join(errs...)
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
