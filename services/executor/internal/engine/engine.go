@@ -1,8 +1,9 @@
 // Package engine is the executor's seam to a WebAssembly runtime: the Engine
 // interface that prepares modules and runs instances of them, and the types
 // and errors every implementation shares. Implementations live in
-// subpackages (engine/wasmtime); the instance manager holds only the
-// interface.
+// subpackages (engine/wasmtime, the default; engine/wazero, pure Go); the
+// instance manager holds only the interface. engine/enginetest is the
+// behaviour both must show, run from each one's tests.
 //
 // An engine owns compiled artifacts on disk and the threads its instances
 // run on. It must not know of instance ids, states, events, NATS or pods:
