@@ -47,8 +47,8 @@ func TestPlainAndAuth(t *testing.T) {
 func TestProxy(t *testing.T) {
 	ctx := context.Background()
 	reg := New(t, Options{Auth: true})
-	m, err := reg.PushWasmToOCI(ctx, "m", "v1", []byte("\x00asm\x01\x00\x00\x00"))
-	if err != nil {
+	module := []byte("\x00asm\x01\x00\x00\x00")
+	if _, err := reg.PushWasmToOCI(ctx, "m", "v1", module); err != nil {
 		t.Fatal(err)
 	}
 	p := NewProxy(t, reg)
@@ -70,7 +70,7 @@ func TestProxy(t *testing.T) {
 	if code := get("/v2/m/manifests/v1"); code != http.StatusOK {
 		t.Fatalf("manifest through the proxy: %d, want 200", code)
 	}
-	if code := get("/v2/m/blobs/" + m.Digest); code != http.StatusOK {
+	if code := get("/v2/m/blobs/" + Digest(module)); code != http.StatusOK {
 		t.Fatalf("blob through the proxy: %d, want 200", code)
 	}
 	p.SetFault(func(w http.ResponseWriter, r *http.Request) bool {
@@ -80,7 +80,7 @@ func TestProxy(t *testing.T) {
 		}
 		return false
 	})
-	if code := get("/v2/m/blobs/" + m.Digest); code != http.StatusTeapot {
+	if code := get("/v2/m/blobs/" + Digest(module)); code != http.StatusTeapot {
 		t.Fatalf("blob with a fault: %d, want 418", code)
 	}
 	if p.ManifestGets() != 1 || p.BlobGets() != 1 {
