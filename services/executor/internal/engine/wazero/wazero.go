@@ -36,10 +36,10 @@
 //
 // Kill: every instance runs with a context of its own under
 // WithCloseOnContextDone, so cancelling it stops wasm code at the next
-// function entry or loop back-edge (microseconds). A module blocked in a
-// host call (a WASI sleep) is not interrupted; as with wasmtime, after
-// killWait the instance is reported Killed and its goroutine ends when the
-// call returns.
+// function entry or loop back-edge (microseconds). WASI sleeps end early
+// on a kill too (sleeper). A module blocked in another host call (a read
+// of a slow file) is not interrupted; as with wasmtime, after killWait the
+// instance is reported Killed and its goroutine ends when the call returns.
 //
 // CPU limits: wazero has no fuel, no epoch callback and no way to pause
 // running wasm and resume it later (its only interruption, the context,
@@ -452,10 +452,12 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 	if err != nil {
 		return nil, err
 	}
+	ictx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	fsc := wz.NewFSConfig()
 	for _, p := range spec.Preopens {
 		fi, err := os.Stat(p.HostPath)
 		if err != nil || !fi.IsDir() {
+			cancel()
 			return nil, fmt.Errorf("%w: preopen %s at %s: host path is not a directory (%v); create it or fix the path", engine.ErrInstantiate, p.HostPath, p.GuestPath, err)
 		}
 		fsc = mountDir(fsc, p.HostPath, p.GuestPath, p.ReadOnly)
@@ -469,12 +471,11 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 		WithStderr(sink(spec.Stderr)).
 		WithSysWalltime().
 		WithSysNanotime().
-		WithSysNanosleep().
+		WithNanosleep(sleeper(ictx)).
 		WithRandSource(rand.Reader)
 	for _, v := range dedupEnv(spec.Env) {
 		mc = mc.WithEnv(v.Name, v.Value)
 	}
-	ictx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	mod, err := r.rt.InstantiateModule(ictx, cm, mc)
 	if err != nil {
 		cancel()
@@ -499,6 +500,20 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 		return nil, fmt.Errorf("%w: CPU limit %dm: %v", engine.ErrInstantiate, spec.CPULimitMillis, err)
 	}
 	return inst, nil
+}
+
+// sleeper is WASI's sleep (poll_oneoff on a clock) for an instance: it
+// returns early when ctx ends, so that a kill reaches a sleeping module at
+// once (wazero then stops it at its next function entry or loop).
+func sleeper(ctx context.Context) func(ns int64) {
+	return func(ns int64) {
+		t := time.NewTimer(time.Duration(ns))
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+	}
 }
 
 func sink(w io.Writer) io.Writer {
