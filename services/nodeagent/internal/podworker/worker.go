@@ -243,7 +243,6 @@ func (w *Worker) Run(ctx context.Context) {
 	terminating := w.grace != nil
 	w.mu.Unlock()
 
-	w.publish()
 	if deadline := w.pod.Spec.ActiveDeadlineSeconds; deadline != nil {
 		// The pod's active deadline counts from its start on the node.
 		t := time.AfterFunc(time.Duration(*deadline)*time.Second, func() {
@@ -271,11 +270,16 @@ func (w *Worker) Run(ctx context.Context) {
 	w.terminate(ctx)
 }
 
+// statusDelay is how long a pod may go without its first status from the
+// node: a module that is cached starts sooner, and then the pod's first
+// status write is already Running (one write instead of two).
+const statusDelay = 100 * time.Millisecond
+
 func (w *Worker) pull(ctx context.Context) bool {
 	pod := w.Pod()
 	for attempt := 0; ; attempt++ {
 		w.setState(StatePulling)
-		failed, err := w.resolveAll(ctx, pod)
+		failed, err := w.resolveAllPublishing(ctx, pod, attempt == 0)
 		if err == nil {
 			return true
 		}
@@ -303,10 +307,42 @@ func (w *Worker) pull(ctx context.Context) bool {
 	}
 }
 
-func (w *Worker) resolveAll(ctx context.Context, pod *v1.Pod) (*ctr, error) {
+// resolveAllPublishing resolves in the background and, if that takes
+// longer than statusDelay (a pull from the origin), publishes the pod's
+// ContainerCreating status meanwhile.
+func (w *Worker) resolveAllPublishing(ctx context.Context, pod *v1.Pod, first bool) (*ctr, error) {
+	type result struct {
+		res    map[*ctr]regcache.Resolved
+		failed *ctr
+		err    error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, failed, err := w.resolveAll(ctx, pod)
+		done <- result{res, failed, err}
+	}()
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(statusDelay):
+		if first {
+			w.publish()
+		}
+		r = <-done
+	}
+	for c, res := range r.res {
+		c.image = res
+	}
+	return r.failed, r.err
+}
+
+// resolveAll resolves every container's module that is not yet resolved.
+// It runs outside Run's goroutine, so it only reads the containers.
+func (w *Worker) resolveAll(ctx context.Context, pod *v1.Pod) (map[*ctr]regcache.Resolved, *ctr, error) {
+	out := map[*ctr]regcache.Resolved{}
 	creds, err := pullCredentials(ctx, w.deps.Client, pod)
 	if err != nil {
-		return w.containers[0], err
+		return out, w.all()[0], err
 	}
 	for _, c := range w.all() {
 		if c.image.ModuleDigest != "" {
@@ -320,16 +356,16 @@ func (w *Worker) resolveAll(ctx context.Context, pod *v1.Pod) (*ctr, error) {
 			Credentials: creds,
 		})
 		if err != nil {
-			return c, err
+			return out, c, err
 		}
 		if res.Warning != "" {
 			w.event(v1.EventTypeWarning, "PullWarning", "%s", res.Warning)
 		}
 		w.event(v1.EventTypeNormal, "Pulled", "Successfully pulled image %q in %s (module %s, %d bytes)",
 			c.spec.Image, time.Since(start).Round(time.Millisecond), res.ModuleDigest, res.ModuleSize)
-		c.image = res
+		out[c] = res
 	}
-	return nil, nil
+	return out, nil, nil
 }
 
 func pullPolicy(p v1.PullPolicy) regcache.PullPolicy {
