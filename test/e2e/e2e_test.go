@@ -7,9 +7,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -500,4 +503,51 @@ func TestUnsupportedAndDeadline(t *testing.T) {
 	if got := jsonpath(t, ns, "deadline", "{.status.reason}"); got != "DeadlineExceeded" {
 		t.Errorf("reason = %q, want DeadlineExceeded", got)
 	}
+}
+
+// TestExecutorDiesPodsRecover kills the node agent's executor child: its
+// instances are lost, the pods say so, the restart policy applies, and the
+// node keeps working once the supervisor has restarted the executor.
+func TestExecutorDiesPodsRecover(t *testing.T) {
+	n := startNode(t, "e2e-lost", nil)
+	ns := namespace(t, "e2e-lost")
+	image := push(t, "examples/hello:v1")
+	long := []v1.EnvVar{{Name: "COUNT", Value: "100000"}, {Name: "SLEEP", Value: "100ms"}}
+	apply(t, ns, wasmPod("always", n.name, image, v1.RestartPolicyAlways, long...))
+	apply(t, ns, wasmPod("never", n.name, image, v1.RestartPolicyNever, long...))
+	waitPhase(t, ns, "always", v1.PodRunning, 2*time.Minute)
+	waitPhase(t, ns, "never", v1.PodRunning, 2*time.Minute)
+
+	children, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", n.proc.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	killed := 0
+	for _, c := range children {
+		b, _ := os.ReadFile(c)
+		for _, pid := range strings.Fields(string(b)) {
+			if exe, _ := os.Readlink("/proc/" + pid + "/exe"); filepath.Base(exe) == "executor" {
+				p, _ := strconv.Atoi(pid)
+				if err := syscall.Kill(p, syscall.SIGKILL); err != nil {
+					t.Fatal(err)
+				}
+				killed++
+			}
+		}
+	}
+	if killed != 1 {
+		t.Fatalf("killed %d executor processes, want 1", killed)
+	}
+	waitFor(t, time.Minute, "the Always pod restarted after the loss", func() (bool, string) {
+		got := jsonpath(t, ns, "always", "{.status.phase} {.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].lastState.terminated.reason} {.status.containerStatuses[0].state.running.startedAt}")
+		f := strings.Fields(got)
+		return len(f) == 4 && f[0] == "Running" && f[1] != "0" && f[2] == "ExecutorLost", got
+	})
+	waitPhase(t, ns, "never", v1.PodFailed, time.Minute)
+	if got := jsonpath(t, ns, "never", "{.status.containerStatuses[0].state.terminated.reason}: {.status.containerStatuses[0].state.terminated.message}"); !strings.HasPrefix(got, "ExecutorLost: ") || !strings.Contains(got, "executor") {
+		t.Errorf("lost container's status = %q", got)
+	}
+	// The node keeps working: a new pod runs to completion.
+	apply(t, ns, wasmPod("after", n.name, image, v1.RestartPolicyNever))
+	waitPhase(t, ns, "after", v1.PodSucceeded, time.Minute)
 }

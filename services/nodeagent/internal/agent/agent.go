@@ -72,6 +72,8 @@ type Config struct {
 	ExecutorBinary          string
 	Backoff                 podworker.Backoff
 	AllowedHostPaths        []string // roots that hostPath volumes may use
+	RegistryMaxBytes        int64    // in-process cache's size budget; 0: none
+	CPUCgroup               string   // passed to the supervised executor: where CPU limits are enforced
 	Log                     *slog.Logger
 }
 
@@ -156,7 +158,10 @@ func Run(ctx context.Context, cfg Config) error {
 	var cache regcache.Cache
 	registryAddr := cfg.RegistryCache
 	if registryAddr == "" {
-		lc, err := local.New(local.Config{Dir: filepath.Join(cfg.StateDir, "registry"), InsecureHosts: cfg.InsecureRegistries, CAFile: cfg.RegistryCAFile, Logger: log})
+		lc, err := local.New(local.Config{
+			Dir: filepath.Join(cfg.StateDir, "registry"), InsecureHosts: cfg.InsecureRegistries,
+			CAFile: cfg.RegistryCAFile, MaxStoreBytes: cfg.RegistryMaxBytes, Logger: log,
+		})
 		if err != nil {
 			return err
 		}
@@ -187,12 +192,16 @@ func Run(ctx context.Context, cfg Config) error {
 		if bin == "" {
 			bin = siblingBinary("executor")
 		}
+		args := []string{"--listen", addr, "--registry", registryAddr, "--nats", natsURL,
+			"--state-dir", filepath.Join(cfg.StateDir, "executor")}
+		if cfg.CPUCgroup != "" {
+			args = append(args, "--cpu-cgroup", cfg.CPUCgroup)
+		}
 		sup, err := supervisor.New(supervisor.Config{
 			Binary: bin,
-			Args: []string{"--listen", addr, "--registry", registryAddr, "--nats", natsURL,
-				"--state-dir", filepath.Join(cfg.StateDir, "executor")},
-			Env: []string{"WASMLET_NATS_TOKEN=" + natsToken},
-			Log: log.With("component", "supervisor"),
+			Args:   args,
+			Env:    []string{"WASMLET_NATS_TOKEN=" + natsToken},
+			Log:    log.With("component", "supervisor"),
 		})
 		if err != nil {
 			return err

@@ -354,6 +354,9 @@ func (w *Worker) resolveAll(ctx context.Context, pod *v1.Pod) (map[*ctr]regcache
 			Reference:   c.spec.Image,
 			Policy:      pullPolicy(c.spec.ImagePullPolicy),
 			Credentials: creds,
+			// Held until the pod is terminated: a cache with a size budget
+			// never evicts the module of a pod on the node.
+			PinHolder: w.pinHolder(pod),
 		})
 		if err != nil {
 			return out, c, err
@@ -366,6 +369,19 @@ func (w *Worker) resolveAll(ctx context.Context, pod *v1.Pod) (map[*ctr]regcache
 		out[c] = res
 	}
 	return out, nil, nil
+}
+
+func (w *Worker) pinHolder(pod *v1.Pod) string { return "pod/" + string(pod.UID) }
+
+// unpin releases the pod's pins on its modules, where the cache pins.
+func (w *Worker) unpin(ctx context.Context) {
+	p, ok := w.deps.Cache.(regcache.Pinner)
+	if !ok {
+		return
+	}
+	if err := p.Unpin(ctx, regcache.UnpinRequest{Holder: w.pinHolder(w.Pod())}); err != nil {
+		w.log.Warn("unpin modules failed", "err", err)
+	}
 }
 
 func pullPolicy(p v1.PullPolicy) regcache.PullPolicy {
@@ -517,6 +533,11 @@ func (w *Worker) start(ctx context.Context, c *ctr) {
 	}
 	if mem, ok := c.spec.Resources.Limits[v1.ResourceMemory]; ok {
 		spec.MemoryLimitBytes = mem.Value()
+	}
+	if cpu, ok := c.spec.Resources.Limits[v1.ResourceCPU]; ok {
+		// Enforced by executors started with --cpu-cgroup (a CFS quota on
+		// the instance's thread); others accept it and log that they do not.
+		spec.CpuLimitMillis = cpu.MilliValue()
 	}
 	resp, err := w.deps.Executor.CreateInstance(ctx, &executorv1.CreateInstanceRequest{Id: id, Spec: spec, Start: true})
 	var inst *executorv1.Instance
@@ -860,6 +881,7 @@ func (w *Worker) terminate(ctx context.Context) {
 			w.forget(c.instanceID)
 		}
 	}
+	w.unpin(ctx)
 	if w.deps.VolumeDir != "" {
 		if err := os.RemoveAll(w.deps.VolumeDir); err != nil {
 			w.log.Warn("remove pod volumes failed", "dir", w.deps.VolumeDir, "err", err)
