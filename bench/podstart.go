@@ -21,6 +21,9 @@ type PodStarter struct {
 	Node      string // the pods are pinned to it by hostname
 	Image     string
 	Env       []v1.EnvVar
+	// WatchClient, when set, is used for the watch: a connection of its own,
+	// so that a burst of creates does not hold up the events.
+	WatchClient kubernetes.Interface
 }
 
 // pod is a pod that tolerates the wasm taint and selects one node.
@@ -60,28 +63,62 @@ type watcher struct {
 	changed chan struct{}
 }
 
+// watch follows the namespace's benchmark pods until ctx ends. The API
+// server closes a watch whose reader falls behind (a busy 2-core machine in
+// a burst): then the pods are listed, those already running are recorded
+// at the time of the list, and the watch resumes from the list.
 func (s *PodStarter) watch(ctx context.Context) (*watcher, error) {
-	w, err := s.Client.CoreV1().Pods(s.Namespace).Watch(ctx, metav1.ListOptions{LabelSelector: "bench=podstart"})
+	client := s.Client
+	if s.WatchClient != nil {
+		client = s.WatchClient
+	}
+	pods := client.CoreV1().Pods(s.Namespace)
+	opts := metav1.ListOptions{LabelSelector: "bench=podstart"}
+	w, err := pods.Watch(ctx, opts)
 	if err != nil {
 		return nil, err
 	}
 	wt := &watcher{running: map[string]time.Time{}, changed: make(chan struct{}, 1)}
+	seen := func(p *v1.Pod, at time.Time) {
+		if !allRunning(p) {
+			return
+		}
+		wt.mu.Lock()
+		if _, ok := wt.running[p.Name]; !ok {
+			wt.running[p.Name] = at
+		}
+		wt.mu.Unlock()
+		select {
+		case wt.changed <- struct{}{}:
+		default:
+		}
+	}
 	go func() {
-		defer w.Stop()
-		for ev := range w.ResultChan() {
-			p, ok := ev.Object.(*v1.Pod)
-			if !ok || !allRunning(p) {
-				continue
+		for {
+			for ev := range w.ResultChan() {
+				if p, ok := ev.Object.(*v1.Pod); ok {
+					seen(p, time.Now())
+				}
 			}
-			now := time.Now()
-			wt.mu.Lock()
-			if _, seen := wt.running[p.Name]; !seen {
-				wt.running[p.Name] = now
+			w.Stop()
+			for ctx.Err() == nil {
+				list, err := pods.List(ctx, opts)
+				if err != nil {
+					time.Sleep(100 * time.Millisecond)
+					continue
+				}
+				now := time.Now()
+				for i := range list.Items {
+					seen(&list.Items[i], now)
+				}
+				o := opts
+				o.ResourceVersion = list.ResourceVersion
+				if w, err = pods.Watch(ctx, o); err == nil {
+					break
+				}
 			}
-			wt.mu.Unlock()
-			select {
-			case wt.changed <- struct{}{}:
-			default:
+			if ctx.Err() != nil {
+				return
 			}
 		}
 	}()
@@ -116,6 +153,8 @@ func (wt *watcher) wait(ctx context.Context, names []string) (map[string]time.Ti
 
 // Singles starts n pods one after another and returns each one's latency.
 func (s *PodStarter) Singles(ctx context.Context, prefix string, n int) ([]time.Duration, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	wt, err := s.watch(ctx)
 	if err != nil {
 		return nil, err
@@ -141,6 +180,8 @@ func (s *PodStarter) Singles(ctx context.Context, prefix string, n int) ([]time.
 // Burst creates n pods at once (64 creators in parallel) and returns the
 // time from the first create to the last pod running, and each pod's latency.
 func (s *PodStarter) Burst(ctx context.Context, prefix string, n int, timeout time.Duration) (time.Duration, []time.Duration, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	wt, err := s.watch(ctx)
 	if err != nil {
 		return 0, nil, err

@@ -53,7 +53,7 @@ func Run(ctx context.Context, s *Stack, opts Options) (Report, error) {
 	results := map[string]map[string]Figure{}
 	for _, node := range []string{NoopNode, WasmNode} {
 		results[node] = map[string]Figure{}
-		ps := &PodStarter{Client: s.Client, Node: node, Image: s.Image, Env: env}
+		ps := &PodStarter{Client: s.Client, WatchClient: s.WatchClient, Node: node, Image: s.Image, Env: env}
 		ns, err := s.namespace(ctx, "bench-"+node+"-single")
 		if err != nil {
 			return r, err

@@ -51,11 +51,13 @@ type Stack struct {
 	Cluster  *localcluster.Cluster
 	Registry *testregistry.Registry
 	Client   kubernetes.Interface
-	Image    string // digest reference of the example module
-	Bin      string
-	dir      string
-	stopNoop context.CancelFunc
-	noopDone chan error
+	// WatchClient is a second admin client (its own connection) for watches.
+	WatchClient kubernetes.Interface
+	Image       string // digest reference of the example module
+	Bin         string
+	dir         string
+	stopNoop    context.CancelFunc
+	noopDone    chan error
 }
 
 // StartStack starts everything under dir, with binaries from bin (see Build).
@@ -74,6 +76,13 @@ func StartStack(ctx context.Context, dir, bin string) (_ *Stack, err error) {
 		return nil, err
 	}
 	if s.Client, err = s.Cluster.Clientset(); err != nil {
+		return nil, err
+	}
+	// A dialer of its own keeps client-go from sharing the cached transport
+	// (and so the HTTP/2 connection) with Client.
+	wc := s.Cluster.RESTConfig()
+	wc.Dial = (&net.Dialer{Timeout: 30 * time.Second}).DialContext
+	if s.WatchClient, err = kubernetes.NewForConfig(wc); err != nil {
 		return nil, err
 	}
 	regDir := filepath.Join(dir, "registry")
