@@ -100,7 +100,7 @@ func Run(ctx context.Context, cfg *rest.Config, name string, ready chan<- struct
 	}
 	factory.Start(ctx.Done())
 	errc := make(chan error, 2)
-	go func() { errc <- pc.Run(ctx, 4) }()
+	go func() { errc <- pc.Run(ctx, 4) }() // as many workers as wasmlet's node agent
 	select {
 	case <-pc.Ready():
 	case err := <-errc:

@@ -83,6 +83,7 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 	fs.Var(&hostPaths, "allowed-host-path", "host directory that hostPath volumes may name, with what is below it (repeatable; default none)")
 	fs.Int64Var(&cfg.RegistryMaxBytes, "registry-max-bytes", 0, "size budget of the in-process registry cache (least recently used modules not in use are evicted); 0: none")
 	fs.StringVar(&cfg.CPUCgroup, "cpu-cgroup", "", "writable cgroup directory (cpu controller) for the supervised executor to enforce limits.cpu in; empty: CPU limits are not enforced")
+	fs.IntVar(&cfg.PodSyncWorkers, "pod-sync-workers", 4, "pod sync workers: how many pod creations and status writes go to the API server at once")
 	fs.Int64Var(&cfg.MaxPods, "max-pods", 110, "pods this node accepts")
 	fs.DurationVar(&cfg.Backoff.Initial, "backoff-initial", podworker.DefaultBackoff.Initial, "first crash-loop/image-pull back-off")
 	fs.DurationVar(&cfg.Backoff.Max, "backoff-max", podworker.DefaultBackoff.Max, "longest back-off")

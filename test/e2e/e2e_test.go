@@ -193,7 +193,7 @@ func TestPodRunsToCompletionWithLogs(t *testing.T) {
 		t.Errorf("kubectl logs --since=1h differs from all logs: %q", since)
 	}
 	events := mustKubectl(t, "get", "events", "-n", ns, "--field-selector", "involvedObject.name=hello", "-o", "jsonpath={.items[*].reason}")
-	for _, want := range []string{"Scheduled", "Pulling", "Pulled", "Created", "Started"} {
+	for _, want := range []string{"Scheduled", "Pulled", "Created", "Started"} {
 		if !strings.Contains(events, want) {
 			t.Errorf("events %q lack %s", events, want)
 		}

@@ -73,6 +73,7 @@ type Config struct {
 	Backoff                 podworker.Backoff
 	AllowedHostPaths        []string // roots that hostPath volumes may use
 	RegistryMaxBytes        int64    // in-process cache's size budget; 0: none
+	PodSyncWorkers          int      // virtual-kubelet's pod sync workers (status writes run on them)
 	CPUCgroup               string   // passed to the supervised executor: where CPU limits are enforced
 	Log                     *slog.Logger
 }
@@ -86,6 +87,9 @@ func (c *Config) defaults() error {
 	}
 	if c.KubeletPort == 0 {
 		c.KubeletPort = 10250
+	}
+	if c.PodSyncWorkers == 0 {
+		c.PodSyncWorkers = 4
 	}
 	if c.MaxPods == 0 {
 		c.MaxPods = 110
@@ -269,7 +273,7 @@ func Run(ctx context.Context, cfg Config) error {
 	pc, err := node.NewPodController(node.PodControllerConfig{
 		PodClient:                            client.CoreV1(),
 		PodInformer:                          podInformer,
-		EventRecorder:                        recorder,
+		EventRecorder:                        quietRecorder{recorder},
 		Provider:                             prov,
 		ConfigMapInformer:                    unstarted.Core().V1().ConfigMaps(),
 		SecretInformer:                       unstarted.Core().V1().Secrets(),
@@ -291,7 +295,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	podFactory.Start(ctx.Done())
-	goRun("pod controller", func(ctx context.Context) error { return pc.Run(ctx, 4) })
+	goRun("pod controller", func(ctx context.Context) error { return pc.Run(ctx, cfg.PodSyncWorkers) })
 	goRun("executor watch", func(ctx context.Context) error { pool.Watch(ctx, prov); return nil })
 	goRun("node status", func(ctx context.Context) error { nodeProvider.Run(ctx, 2*time.Second); return nil })
 	select {

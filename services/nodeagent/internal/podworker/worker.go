@@ -348,8 +348,12 @@ func (w *Worker) resolveAll(ctx context.Context, pod *v1.Pod) (map[*ctr]regcache
 		if c.image.ModuleDigest != "" {
 			continue
 		}
-		w.event(v1.EventTypeNormal, "Pulling", "Pulling image %q", c.spec.Image)
 		start := time.Now()
+		// Like the kubelet, say "Pulling" only for a pull that takes time: a
+		// module the cache holds is just reported Pulled.
+		pulling := time.AfterFunc(statusDelay, func() {
+			w.event(v1.EventTypeNormal, "Pulling", "Pulling image %q", c.spec.Image)
+		})
 		res, err := w.deps.Cache.Resolve(ctx, regcache.ResolveRequest{
 			Reference:   c.spec.Image,
 			Policy:      pullPolicy(c.spec.ImagePullPolicy),
@@ -358,6 +362,7 @@ func (w *Worker) resolveAll(ctx context.Context, pod *v1.Pod) (map[*ctr]regcache
 			// never evicts the module of a pod on the node.
 			PinHolder: w.pinHolder(pod),
 		})
+		pulling.Stop()
 		if err != nil {
 			return out, c, err
 		}
