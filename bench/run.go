@@ -88,9 +88,16 @@ func Run(ctx context.Context, s *Stack, opts Options) (Report, error) {
 			if err != nil {
 				return r, err
 			}
+			before := s.cpu()
 			all, lat, err := ps.Burst(ctx, "burst", n, 5*time.Minute)
 			if err != nil {
 				return r, fmt.Errorf("%s burst of %d: %w", node, n, err)
+			}
+			after := s.cpu()
+			for _, proc := range cpuProcs {
+				r.Figures = append(r.Figures, Values(fmt.Sprintf("CPU in burst of %d on %s: %s", n, node, proc),
+					"user+system CPU seconds the process (and its children) used from the first create to the last pod running", "s",
+					[]float64{after[proc] - before[proc]}))
 			}
 			allF := Durations(fmt.Sprintf("burst of %d, all running, %s", n, node), "first create call → last pod seen running; 64 parallel creators", []time.Duration{all})
 			if t, ok := burstTargets[n]; ok && node == WasmNode {
@@ -142,6 +149,55 @@ func (s *Stack) footprint() ([]Figure, error) {
 	return append(figs, rf), nil
 }
 
+// cpuProcs are the processes whose CPU a burst is charged to.
+var cpuProcs = []string{"kube-apiserver", "etcd", "nodeagent (with executor)"}
+
+// cpu reads the CPU seconds used so far by cpuProcs.
+func (s *Stack) cpu() map[string]float64 {
+	out := map[string]float64{}
+	pids := s.Cluster.PIDs()
+	out["kube-apiserver"] = cpuTree(pids["kube-apiserver"])
+	out["etcd"] = cpuTree(pids["etcd"])
+	if pid, err := s.NodeAgentPID(); err == nil {
+		out["nodeagent (with executor)"] = cpuTree(pid)
+	}
+	return out
+}
+
+// cpuTree sums user+system CPU seconds of pid and its live descendants.
+func cpuTree(pid int) float64 {
+	if pid == 0 {
+		return 0
+	}
+	var total float64
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		s := string(b)
+		if f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:]); len(f) > 12 {
+			u, _ := strconv.ParseFloat(f[11], 64)
+			st, _ := strconv.ParseFloat(f[12], 64)
+			total += (u + st) / 100 // clock ticks (USER_HZ is 100 on Linux)
+		}
+	}
+	for _, child := range children(pid) {
+		total += cpuTree(child)
+	}
+	return total
+}
+
+func children(pid int) []int {
+	var out []int
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	for _, t := range tasks {
+		b, _ := os.ReadFile(t)
+		for _, c := range strings.Fields(string(b)) {
+			if child, err := strconv.Atoi(c); err == nil {
+				out = append(out, child)
+			}
+		}
+	}
+	return out
+}
+
 // rssTree sums VmRSS of pid and its descendants.
 func rssTree(pid int) int64 {
 	var total int64
@@ -153,14 +209,8 @@ func rssTree(pid int) int64 {
 			}
 		}
 	}
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-	for _, t := range tasks {
-		b, _ := os.ReadFile(t)
-		for _, c := range strings.Fields(string(b)) {
-			if child, err := strconv.Atoi(c); err == nil {
-				total += rssTree(child)
-			}
-		}
+	for _, child := range children(pid) {
+		total += rssTree(child)
 	}
 	return total
 }
