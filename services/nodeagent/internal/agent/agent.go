@@ -239,12 +239,12 @@ func Run(ctx context.Context, cfg Config) error {
 
 	nodeObj, err := nodestatus.Node(nodestatus.Config{
 		Name: cfg.NodeName, InternalIP: cfg.NodeIP, KubeletPort: int32(cfg.KubeletPort),
-		MaxPods: cfg.MaxPods, Labels: cfg.Labels, Pool: pool,
+		MaxPods: cfg.MaxPods, Labels: cfg.Labels,
 	})
 	if err != nil {
 		return err
 	}
-	nodeProvider := nodestatus.NewProvider(nodeObj, pool)
+	nodeProvider := nodestatus.NewProvider(nodeObj, pool, cfg.StateDir)
 
 	eb := record.NewBroadcaster()
 	eb.StartRecordingToSink(&corev1client.EventSinkImpl{Interface: client.CoreV1().Events(v1.NamespaceAll)})

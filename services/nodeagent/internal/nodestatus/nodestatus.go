@@ -39,7 +39,6 @@ type Config struct {
 	KubeletPort int32
 	MaxPods     int64
 	Labels      map[string]string // user labels; may not override managed ones
-	Pool        *executors.Pool
 }
 
 // Tolerations is what a pod needs to land on a wasmlet node.
@@ -122,10 +121,12 @@ func hostMemory() int64 {
 }
 
 // Provider is the node.NodeProvider: Ping answers while any executor is
-// healthy, and the Ready condition follows the executors.
+// healthy, the Ready condition follows the executors, and the pressure
+// conditions follow the host's memory, the state directory's disk and PIDs.
 type Provider struct {
-	node *v1.Node
-	pool *executors.Pool
+	node     *v1.Node
+	pool     *executors.Pool
+	stateDir string
 
 	mu     sync.Mutex
 	notify func(*v1.Node)
@@ -133,8 +134,8 @@ type Provider struct {
 
 // NewProvider returns a provider for node (which it updates in place only
 // under its own lock, handing out copies).
-func NewProvider(node *v1.Node, pool *executors.Pool) *Provider {
-	return &Provider{node: node, pool: pool}
+func NewProvider(node *v1.Node, pool *executors.Pool, stateDir string) *Provider {
+	return &Provider{node: node, pool: pool, stateDir: stateDir}
 }
 
 // Ping reports an error when no executor answers.
@@ -200,8 +201,20 @@ func (p *Provider) refresh() {
 			changed = true
 		}
 	}
+	pressure := pressureConditions(read(p.stateDir))
 	for i := range n.Status.Conditions {
 		c := &n.Status.Conditions[i]
+		if pc, ok := pressure[c.Type]; ok {
+			status := v1.ConditionStatus(pc[0])
+			if c.Status != status || c.Message != pc[2] {
+				changed = true
+				if c.Status != status {
+					c.LastTransitionTime = now
+				}
+				c.Status, c.Reason, c.Message = status, pc[1], pc[2]
+			}
+			continue
+		}
 		if c.Type != v1.NodeReady {
 			continue
 		}
