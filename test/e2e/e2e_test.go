@@ -134,6 +134,11 @@ func TestNodeRegisters(t *testing.T) {
 	if node.Status.Capacity.Memory().IsZero() || node.Status.Capacity.Cpu().IsZero() || node.Status.Capacity.Pods().Value() != 110 {
 		t.Errorf("capacity = %v", node.Status.Capacity)
 	}
+	for _, c := range node.Status.Conditions {
+		if c.Type == v1.NodeMemoryPressure && (c.Status != v1.ConditionFalse || c.Reason != "KubeletHasSufficientMemory") {
+			t.Errorf("MemoryPressure = %s/%s: %s", c.Status, c.Reason, c.Message)
+		}
+	}
 	if !strings.Contains(node.Status.NodeInfo.ContainerRuntimeVersion, "wasmtime") {
 		t.Errorf("runtime version = %q, want the executor's engine", node.Status.NodeInfo.ContainerRuntimeVersion)
 	}
