@@ -1287,6 +1287,196 @@ func (x *WatchInstancesResponse) GetInstance() *Instance {
 	return nil
 }
 
+type ListInstanceStatsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only instances whose labels include all of these.
+	LabelSelector map[string]string `protobuf:"bytes,1,rep,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListInstanceStatsRequest) Reset() {
+	*x = ListInstanceStatsRequest{}
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListInstanceStatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListInstanceStatsRequest) ProtoMessage() {}
+
+func (x *ListInstanceStatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListInstanceStatsRequest.ProtoReflect.Descriptor instead.
+func (*ListInstanceStatsRequest) Descriptor() ([]byte, []int) {
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ListInstanceStatsRequest) GetLabelSelector() map[string]string {
+	if x != nil {
+		return x.LabelSelector
+	}
+	return nil
+}
+
+type ListInstanceStatsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Stats         []*InstanceStats       `protobuf:"bytes,1,rep,name=stats,proto3" json:"stats,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListInstanceStatsResponse) Reset() {
+	*x = ListInstanceStatsResponse{}
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListInstanceStatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListInstanceStatsResponse) ProtoMessage() {}
+
+func (x *ListInstanceStatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListInstanceStatsResponse.ProtoReflect.Descriptor instead.
+func (*ListInstanceStatsResponse) Descriptor() ([]byte, []int) {
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ListInstanceStatsResponse) GetStats() []*InstanceStats {
+	if x != nil {
+		return x.Stats
+	}
+	return nil
+}
+
+// InstanceStats is one instance's resource use at a moment.
+type InstanceStats struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	InstanceId string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	State      InstanceState          `protobuf:"varint,2,opt,name=state,proto3,enum=wasmlet.executor.v1.InstanceState" json:"state,omitempty"`
+	// The instance's labels, as in its spec.
+	Labels map[string]string `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// When the figures were read.
+	Time *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=time,proto3" json:"time,omitempty"`
+	// The size of the instance's linear memory: what the guest can use, a
+	// fair working set for a Wasm instance (the engine's own structures and
+	// the compiled code, shared between instances, are not counted).
+	MemoryBytes int64 `protobuf:"varint,5,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	// CPU time of the thread the instance's wasm runs on (wasm and its WASI
+	// host calls; not the executor's handling of its output), cumulative
+	// since it started, in nanoseconds. Valid when cpu_measured is set.
+	CpuUsageNanos uint64 `protobuf:"varint,6,opt,name=cpu_usage_nanos,json=cpuUsageNanos,proto3" json:"cpu_usage_nanos,omitempty"`
+	CpuMeasured   bool   `protobuf:"varint,7,opt,name=cpu_measured,json=cpuMeasured,proto3" json:"cpu_measured,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InstanceStats) Reset() {
+	*x = InstanceStats{}
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InstanceStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InstanceStats) ProtoMessage() {}
+
+func (x *InstanceStats) ProtoReflect() protoreflect.Message {
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InstanceStats.ProtoReflect.Descriptor instead.
+func (*InstanceStats) Descriptor() ([]byte, []int) {
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *InstanceStats) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+func (x *InstanceStats) GetState() InstanceState {
+	if x != nil {
+		return x.State
+	}
+	return InstanceState_INSTANCE_STATE_UNSPECIFIED
+}
+
+func (x *InstanceStats) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *InstanceStats) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *InstanceStats) GetMemoryBytes() int64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *InstanceStats) GetCpuUsageNanos() uint64 {
+	if x != nil {
+		return x.CpuUsageNanos
+	}
+	return 0
+}
+
+func (x *InstanceStats) GetCpuMeasured() bool {
+	if x != nil {
+		return x.CpuMeasured
+	}
+	return false
+}
+
 var File_wasmlet_executor_v1_executor_proto protoreflect.FileDescriptor
 
 const file_wasmlet_executor_v1_executor_proto_rawDesc = "" +
@@ -1376,14 +1566,33 @@ const file_wasmlet_executor_v1_executor_proto_rawDesc = "" +
 	"\x0eafter_sequence\x18\x01 \x01(\x04R\rafterSequence\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\"S\n" +
 	"\x16WatchInstancesResponse\x129\n" +
-	"\binstance\x18\x01 \x01(\v2\x1d.wasmlet.executor.v1.InstanceR\binstance*\xb8\x01\n" +
+	"\binstance\x18\x01 \x01(\v2\x1d.wasmlet.executor.v1.InstanceR\binstance\"\xc5\x01\n" +
+	"\x18ListInstanceStatsRequest\x12g\n" +
+	"\x0elabel_selector\x18\x01 \x03(\v2@.wasmlet.executor.v1.ListInstanceStatsRequest.LabelSelectorEntryR\rlabelSelector\x1a@\n" +
+	"\x12LabelSelectorEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"U\n" +
+	"\x19ListInstanceStatsResponse\x128\n" +
+	"\x05stats\x18\x01 \x03(\v2\".wasmlet.executor.v1.InstanceStatsR\x05stats\"\x8b\x03\n" +
+	"\rInstanceStats\x12\x1f\n" +
+	"\vinstance_id\x18\x01 \x01(\tR\n" +
+	"instanceId\x128\n" +
+	"\x05state\x18\x02 \x01(\x0e2\".wasmlet.executor.v1.InstanceStateR\x05state\x12F\n" +
+	"\x06labels\x18\x03 \x03(\v2..wasmlet.executor.v1.InstanceStats.LabelsEntryR\x06labels\x12.\n" +
+	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12!\n" +
+	"\fmemory_bytes\x18\x05 \x01(\x03R\vmemoryBytes\x12&\n" +
+	"\x0fcpu_usage_nanos\x18\x06 \x01(\x04R\rcpuUsageNanos\x12!\n" +
+	"\fcpu_measured\x18\a \x01(\bR\vcpuMeasured\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\xb8\x01\n" +
 	"\rInstanceState\x12\x1e\n" +
 	"\x1aINSTANCE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16INSTANCE_STATE_CREATED\x10\x01\x12\x1a\n" +
 	"\x16INSTANCE_STATE_RUNNING\x10\x02\x12\x19\n" +
 	"\x15INSTANCE_STATE_EXITED\x10\x03\x12\x19\n" +
 	"\x15INSTANCE_STATE_KILLED\x10\x04\x12\x19\n" +
-	"\x15INSTANCE_STATE_FAILED\x10\x052\xc1\x06\n" +
+	"\x15INSTANCE_STATE_FAILED\x10\x052\xb5\a\n" +
 	"\x0fExecutorService\x12T\n" +
 	"\aGetInfo\x12#.wasmlet.executor.v1.GetInfoRequest\x1a$.wasmlet.executor.v1.GetInfoResponse\x12i\n" +
 	"\x0eCreateInstance\x12*.wasmlet.executor.v1.CreateInstanceRequest\x1a+.wasmlet.executor.v1.CreateInstanceResponse\x12f\n" +
@@ -1392,7 +1601,8 @@ const file_wasmlet_executor_v1_executor_proto_rawDesc = "" +
 	"\x0eDeleteInstance\x12*.wasmlet.executor.v1.DeleteInstanceRequest\x1a+.wasmlet.executor.v1.DeleteInstanceResponse\x12`\n" +
 	"\vGetInstance\x12'.wasmlet.executor.v1.GetInstanceRequest\x1a(.wasmlet.executor.v1.GetInstanceResponse\x12f\n" +
 	"\rListInstances\x12).wasmlet.executor.v1.ListInstancesRequest\x1a*.wasmlet.executor.v1.ListInstancesResponse\x12k\n" +
-	"\x0eWatchInstances\x12*.wasmlet.executor.v1.WatchInstancesRequest\x1a+.wasmlet.executor.v1.WatchInstancesResponse0\x01B\xd5\x01\n" +
+	"\x0eWatchInstances\x12*.wasmlet.executor.v1.WatchInstancesRequest\x1a+.wasmlet.executor.v1.WatchInstancesResponse0\x01\x12r\n" +
+	"\x11ListInstanceStats\x12-.wasmlet.executor.v1.ListInstanceStatsRequest\x1a..wasmlet.executor.v1.ListInstanceStatsResponseB\xd5\x01\n" +
 	"\x17com.wasmlet.executor.v1B\rExecutorProtoP\x01Z=github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1;executorv1\xa2\x02\x03WEX\xaa\x02\x13Wasmlet.Executor.V1\xca\x02\x13Wasmlet\\Executor\\V1\xe2\x02\x1fWasmlet\\Executor\\V1\\GPBMetadata\xea\x02\x15Wasmlet::Executor::V1b\x06proto3"
 
 var (
@@ -1408,75 +1618,87 @@ func file_wasmlet_executor_v1_executor_proto_rawDescGZIP() []byte {
 }
 
 var file_wasmlet_executor_v1_executor_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_wasmlet_executor_v1_executor_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_wasmlet_executor_v1_executor_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_wasmlet_executor_v1_executor_proto_goTypes = []any{
-	(InstanceState)(0),             // 0: wasmlet.executor.v1.InstanceState
-	(*Preopen)(nil),                // 1: wasmlet.executor.v1.Preopen
-	(*Module)(nil),                 // 2: wasmlet.executor.v1.Module
-	(*InstanceSpec)(nil),           // 3: wasmlet.executor.v1.InstanceSpec
-	(*EnvVar)(nil),                 // 4: wasmlet.executor.v1.EnvVar
-	(*Instance)(nil),               // 5: wasmlet.executor.v1.Instance
-	(*GetInfoRequest)(nil),         // 6: wasmlet.executor.v1.GetInfoRequest
-	(*GetInfoResponse)(nil),        // 7: wasmlet.executor.v1.GetInfoResponse
-	(*CreateInstanceRequest)(nil),  // 8: wasmlet.executor.v1.CreateInstanceRequest
-	(*CreateInstanceResponse)(nil), // 9: wasmlet.executor.v1.CreateInstanceResponse
-	(*StartInstanceRequest)(nil),   // 10: wasmlet.executor.v1.StartInstanceRequest
-	(*StartInstanceResponse)(nil),  // 11: wasmlet.executor.v1.StartInstanceResponse
-	(*StopInstanceRequest)(nil),    // 12: wasmlet.executor.v1.StopInstanceRequest
-	(*StopInstanceResponse)(nil),   // 13: wasmlet.executor.v1.StopInstanceResponse
-	(*DeleteInstanceRequest)(nil),  // 14: wasmlet.executor.v1.DeleteInstanceRequest
-	(*DeleteInstanceResponse)(nil), // 15: wasmlet.executor.v1.DeleteInstanceResponse
-	(*GetInstanceRequest)(nil),     // 16: wasmlet.executor.v1.GetInstanceRequest
-	(*GetInstanceResponse)(nil),    // 17: wasmlet.executor.v1.GetInstanceResponse
-	(*ListInstancesRequest)(nil),   // 18: wasmlet.executor.v1.ListInstancesRequest
-	(*ListInstancesResponse)(nil),  // 19: wasmlet.executor.v1.ListInstancesResponse
-	(*WatchInstancesRequest)(nil),  // 20: wasmlet.executor.v1.WatchInstancesRequest
-	(*WatchInstancesResponse)(nil), // 21: wasmlet.executor.v1.WatchInstancesResponse
-	nil,                            // 22: wasmlet.executor.v1.InstanceSpec.LabelsEntry
-	nil,                            // 23: wasmlet.executor.v1.ListInstancesRequest.LabelSelectorEntry
-	(*timestamppb.Timestamp)(nil),  // 24: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 25: google.protobuf.Duration
+	(InstanceState)(0),                // 0: wasmlet.executor.v1.InstanceState
+	(*Preopen)(nil),                   // 1: wasmlet.executor.v1.Preopen
+	(*Module)(nil),                    // 2: wasmlet.executor.v1.Module
+	(*InstanceSpec)(nil),              // 3: wasmlet.executor.v1.InstanceSpec
+	(*EnvVar)(nil),                    // 4: wasmlet.executor.v1.EnvVar
+	(*Instance)(nil),                  // 5: wasmlet.executor.v1.Instance
+	(*GetInfoRequest)(nil),            // 6: wasmlet.executor.v1.GetInfoRequest
+	(*GetInfoResponse)(nil),           // 7: wasmlet.executor.v1.GetInfoResponse
+	(*CreateInstanceRequest)(nil),     // 8: wasmlet.executor.v1.CreateInstanceRequest
+	(*CreateInstanceResponse)(nil),    // 9: wasmlet.executor.v1.CreateInstanceResponse
+	(*StartInstanceRequest)(nil),      // 10: wasmlet.executor.v1.StartInstanceRequest
+	(*StartInstanceResponse)(nil),     // 11: wasmlet.executor.v1.StartInstanceResponse
+	(*StopInstanceRequest)(nil),       // 12: wasmlet.executor.v1.StopInstanceRequest
+	(*StopInstanceResponse)(nil),      // 13: wasmlet.executor.v1.StopInstanceResponse
+	(*DeleteInstanceRequest)(nil),     // 14: wasmlet.executor.v1.DeleteInstanceRequest
+	(*DeleteInstanceResponse)(nil),    // 15: wasmlet.executor.v1.DeleteInstanceResponse
+	(*GetInstanceRequest)(nil),        // 16: wasmlet.executor.v1.GetInstanceRequest
+	(*GetInstanceResponse)(nil),       // 17: wasmlet.executor.v1.GetInstanceResponse
+	(*ListInstancesRequest)(nil),      // 18: wasmlet.executor.v1.ListInstancesRequest
+	(*ListInstancesResponse)(nil),     // 19: wasmlet.executor.v1.ListInstancesResponse
+	(*WatchInstancesRequest)(nil),     // 20: wasmlet.executor.v1.WatchInstancesRequest
+	(*WatchInstancesResponse)(nil),    // 21: wasmlet.executor.v1.WatchInstancesResponse
+	(*ListInstanceStatsRequest)(nil),  // 22: wasmlet.executor.v1.ListInstanceStatsRequest
+	(*ListInstanceStatsResponse)(nil), // 23: wasmlet.executor.v1.ListInstanceStatsResponse
+	(*InstanceStats)(nil),             // 24: wasmlet.executor.v1.InstanceStats
+	nil,                               // 25: wasmlet.executor.v1.InstanceSpec.LabelsEntry
+	nil,                               // 26: wasmlet.executor.v1.ListInstancesRequest.LabelSelectorEntry
+	nil,                               // 27: wasmlet.executor.v1.ListInstanceStatsRequest.LabelSelectorEntry
+	nil,                               // 28: wasmlet.executor.v1.InstanceStats.LabelsEntry
+	(*timestamppb.Timestamp)(nil),     // 29: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 30: google.protobuf.Duration
 }
 var file_wasmlet_executor_v1_executor_proto_depIdxs = []int32{
 	2,  // 0: wasmlet.executor.v1.InstanceSpec.module:type_name -> wasmlet.executor.v1.Module
 	4,  // 1: wasmlet.executor.v1.InstanceSpec.env:type_name -> wasmlet.executor.v1.EnvVar
 	1,  // 2: wasmlet.executor.v1.InstanceSpec.preopens:type_name -> wasmlet.executor.v1.Preopen
-	22, // 3: wasmlet.executor.v1.InstanceSpec.labels:type_name -> wasmlet.executor.v1.InstanceSpec.LabelsEntry
+	25, // 3: wasmlet.executor.v1.InstanceSpec.labels:type_name -> wasmlet.executor.v1.InstanceSpec.LabelsEntry
 	3,  // 4: wasmlet.executor.v1.Instance.spec:type_name -> wasmlet.executor.v1.InstanceSpec
 	0,  // 5: wasmlet.executor.v1.Instance.state:type_name -> wasmlet.executor.v1.InstanceState
-	24, // 6: wasmlet.executor.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
-	24, // 7: wasmlet.executor.v1.Instance.started_at:type_name -> google.protobuf.Timestamp
-	24, // 8: wasmlet.executor.v1.Instance.finished_at:type_name -> google.protobuf.Timestamp
+	29, // 6: wasmlet.executor.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
+	29, // 7: wasmlet.executor.v1.Instance.started_at:type_name -> google.protobuf.Timestamp
+	29, // 8: wasmlet.executor.v1.Instance.finished_at:type_name -> google.protobuf.Timestamp
 	3,  // 9: wasmlet.executor.v1.CreateInstanceRequest.spec:type_name -> wasmlet.executor.v1.InstanceSpec
 	5,  // 10: wasmlet.executor.v1.CreateInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
 	5,  // 11: wasmlet.executor.v1.StartInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
-	25, // 12: wasmlet.executor.v1.StopInstanceRequest.grace_period:type_name -> google.protobuf.Duration
+	30, // 12: wasmlet.executor.v1.StopInstanceRequest.grace_period:type_name -> google.protobuf.Duration
 	5,  // 13: wasmlet.executor.v1.StopInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
 	5,  // 14: wasmlet.executor.v1.GetInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
-	23, // 15: wasmlet.executor.v1.ListInstancesRequest.label_selector:type_name -> wasmlet.executor.v1.ListInstancesRequest.LabelSelectorEntry
+	26, // 15: wasmlet.executor.v1.ListInstancesRequest.label_selector:type_name -> wasmlet.executor.v1.ListInstancesRequest.LabelSelectorEntry
 	5,  // 16: wasmlet.executor.v1.ListInstancesResponse.instances:type_name -> wasmlet.executor.v1.Instance
 	5,  // 17: wasmlet.executor.v1.WatchInstancesResponse.instance:type_name -> wasmlet.executor.v1.Instance
-	6,  // 18: wasmlet.executor.v1.ExecutorService.GetInfo:input_type -> wasmlet.executor.v1.GetInfoRequest
-	8,  // 19: wasmlet.executor.v1.ExecutorService.CreateInstance:input_type -> wasmlet.executor.v1.CreateInstanceRequest
-	10, // 20: wasmlet.executor.v1.ExecutorService.StartInstance:input_type -> wasmlet.executor.v1.StartInstanceRequest
-	12, // 21: wasmlet.executor.v1.ExecutorService.StopInstance:input_type -> wasmlet.executor.v1.StopInstanceRequest
-	14, // 22: wasmlet.executor.v1.ExecutorService.DeleteInstance:input_type -> wasmlet.executor.v1.DeleteInstanceRequest
-	16, // 23: wasmlet.executor.v1.ExecutorService.GetInstance:input_type -> wasmlet.executor.v1.GetInstanceRequest
-	18, // 24: wasmlet.executor.v1.ExecutorService.ListInstances:input_type -> wasmlet.executor.v1.ListInstancesRequest
-	20, // 25: wasmlet.executor.v1.ExecutorService.WatchInstances:input_type -> wasmlet.executor.v1.WatchInstancesRequest
-	7,  // 26: wasmlet.executor.v1.ExecutorService.GetInfo:output_type -> wasmlet.executor.v1.GetInfoResponse
-	9,  // 27: wasmlet.executor.v1.ExecutorService.CreateInstance:output_type -> wasmlet.executor.v1.CreateInstanceResponse
-	11, // 28: wasmlet.executor.v1.ExecutorService.StartInstance:output_type -> wasmlet.executor.v1.StartInstanceResponse
-	13, // 29: wasmlet.executor.v1.ExecutorService.StopInstance:output_type -> wasmlet.executor.v1.StopInstanceResponse
-	15, // 30: wasmlet.executor.v1.ExecutorService.DeleteInstance:output_type -> wasmlet.executor.v1.DeleteInstanceResponse
-	17, // 31: wasmlet.executor.v1.ExecutorService.GetInstance:output_type -> wasmlet.executor.v1.GetInstanceResponse
-	19, // 32: wasmlet.executor.v1.ExecutorService.ListInstances:output_type -> wasmlet.executor.v1.ListInstancesResponse
-	21, // 33: wasmlet.executor.v1.ExecutorService.WatchInstances:output_type -> wasmlet.executor.v1.WatchInstancesResponse
-	26, // [26:34] is the sub-list for method output_type
-	18, // [18:26] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	27, // 18: wasmlet.executor.v1.ListInstanceStatsRequest.label_selector:type_name -> wasmlet.executor.v1.ListInstanceStatsRequest.LabelSelectorEntry
+	24, // 19: wasmlet.executor.v1.ListInstanceStatsResponse.stats:type_name -> wasmlet.executor.v1.InstanceStats
+	0,  // 20: wasmlet.executor.v1.InstanceStats.state:type_name -> wasmlet.executor.v1.InstanceState
+	28, // 21: wasmlet.executor.v1.InstanceStats.labels:type_name -> wasmlet.executor.v1.InstanceStats.LabelsEntry
+	29, // 22: wasmlet.executor.v1.InstanceStats.time:type_name -> google.protobuf.Timestamp
+	6,  // 23: wasmlet.executor.v1.ExecutorService.GetInfo:input_type -> wasmlet.executor.v1.GetInfoRequest
+	8,  // 24: wasmlet.executor.v1.ExecutorService.CreateInstance:input_type -> wasmlet.executor.v1.CreateInstanceRequest
+	10, // 25: wasmlet.executor.v1.ExecutorService.StartInstance:input_type -> wasmlet.executor.v1.StartInstanceRequest
+	12, // 26: wasmlet.executor.v1.ExecutorService.StopInstance:input_type -> wasmlet.executor.v1.StopInstanceRequest
+	14, // 27: wasmlet.executor.v1.ExecutorService.DeleteInstance:input_type -> wasmlet.executor.v1.DeleteInstanceRequest
+	16, // 28: wasmlet.executor.v1.ExecutorService.GetInstance:input_type -> wasmlet.executor.v1.GetInstanceRequest
+	18, // 29: wasmlet.executor.v1.ExecutorService.ListInstances:input_type -> wasmlet.executor.v1.ListInstancesRequest
+	20, // 30: wasmlet.executor.v1.ExecutorService.WatchInstances:input_type -> wasmlet.executor.v1.WatchInstancesRequest
+	22, // 31: wasmlet.executor.v1.ExecutorService.ListInstanceStats:input_type -> wasmlet.executor.v1.ListInstanceStatsRequest
+	7,  // 32: wasmlet.executor.v1.ExecutorService.GetInfo:output_type -> wasmlet.executor.v1.GetInfoResponse
+	9,  // 33: wasmlet.executor.v1.ExecutorService.CreateInstance:output_type -> wasmlet.executor.v1.CreateInstanceResponse
+	11, // 34: wasmlet.executor.v1.ExecutorService.StartInstance:output_type -> wasmlet.executor.v1.StartInstanceResponse
+	13, // 35: wasmlet.executor.v1.ExecutorService.StopInstance:output_type -> wasmlet.executor.v1.StopInstanceResponse
+	15, // 36: wasmlet.executor.v1.ExecutorService.DeleteInstance:output_type -> wasmlet.executor.v1.DeleteInstanceResponse
+	17, // 37: wasmlet.executor.v1.ExecutorService.GetInstance:output_type -> wasmlet.executor.v1.GetInstanceResponse
+	19, // 38: wasmlet.executor.v1.ExecutorService.ListInstances:output_type -> wasmlet.executor.v1.ListInstancesResponse
+	21, // 39: wasmlet.executor.v1.ExecutorService.WatchInstances:output_type -> wasmlet.executor.v1.WatchInstancesResponse
+	23, // 40: wasmlet.executor.v1.ExecutorService.ListInstanceStats:output_type -> wasmlet.executor.v1.ListInstanceStatsResponse
+	32, // [32:41] is the sub-list for method output_type
+	23, // [23:32] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_wasmlet_executor_v1_executor_proto_init() }
@@ -1490,7 +1712,7 @@ func file_wasmlet_executor_v1_executor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wasmlet_executor_v1_executor_proto_rawDesc), len(file_wasmlet_executor_v1_executor_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   23,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,14 +23,15 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ExecutorService_GetInfo_FullMethodName        = "/wasmlet.executor.v1.ExecutorService/GetInfo"
-	ExecutorService_CreateInstance_FullMethodName = "/wasmlet.executor.v1.ExecutorService/CreateInstance"
-	ExecutorService_StartInstance_FullMethodName  = "/wasmlet.executor.v1.ExecutorService/StartInstance"
-	ExecutorService_StopInstance_FullMethodName   = "/wasmlet.executor.v1.ExecutorService/StopInstance"
-	ExecutorService_DeleteInstance_FullMethodName = "/wasmlet.executor.v1.ExecutorService/DeleteInstance"
-	ExecutorService_GetInstance_FullMethodName    = "/wasmlet.executor.v1.ExecutorService/GetInstance"
-	ExecutorService_ListInstances_FullMethodName  = "/wasmlet.executor.v1.ExecutorService/ListInstances"
-	ExecutorService_WatchInstances_FullMethodName = "/wasmlet.executor.v1.ExecutorService/WatchInstances"
+	ExecutorService_GetInfo_FullMethodName           = "/wasmlet.executor.v1.ExecutorService/GetInfo"
+	ExecutorService_CreateInstance_FullMethodName    = "/wasmlet.executor.v1.ExecutorService/CreateInstance"
+	ExecutorService_StartInstance_FullMethodName     = "/wasmlet.executor.v1.ExecutorService/StartInstance"
+	ExecutorService_StopInstance_FullMethodName      = "/wasmlet.executor.v1.ExecutorService/StopInstance"
+	ExecutorService_DeleteInstance_FullMethodName    = "/wasmlet.executor.v1.ExecutorService/DeleteInstance"
+	ExecutorService_GetInstance_FullMethodName       = "/wasmlet.executor.v1.ExecutorService/GetInstance"
+	ExecutorService_ListInstances_FullMethodName     = "/wasmlet.executor.v1.ExecutorService/ListInstances"
+	ExecutorService_WatchInstances_FullMethodName    = "/wasmlet.executor.v1.ExecutorService/WatchInstances"
+	ExecutorService_ListInstanceStats_FullMethodName = "/wasmlet.executor.v1.ExecutorService/ListInstanceStats"
 )
 
 // ExecutorServiceClient is the client API for ExecutorService service.
@@ -63,6 +64,9 @@ type ExecutorServiceClient interface {
 	// A watcher that resumes from a sequence it has seen misses nothing that
 	// the executor still holds in its event history.
 	WatchInstances(ctx context.Context, in *WatchInstancesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchInstancesResponse], error)
+	// ListInstanceStats returns the resource use of every instance that has
+	// started (running, or ended and not yet deleted: its last figures).
+	ListInstanceStats(ctx context.Context, in *ListInstanceStatsRequest, opts ...grpc.CallOption) (*ListInstanceStatsResponse, error)
 }
 
 type executorServiceClient struct {
@@ -162,6 +166,16 @@ func (c *executorServiceClient) WatchInstances(ctx context.Context, in *WatchIns
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ExecutorService_WatchInstancesClient = grpc.ServerStreamingClient[WatchInstancesResponse]
 
+func (c *executorServiceClient) ListInstanceStats(ctx context.Context, in *ListInstanceStatsRequest, opts ...grpc.CallOption) (*ListInstanceStatsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListInstanceStatsResponse)
+	err := c.cc.Invoke(ctx, ExecutorService_ListInstanceStats_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ExecutorServiceServer is the server API for ExecutorService service.
 // All implementations must embed UnimplementedExecutorServiceServer
 // for forward compatibility.
@@ -192,6 +206,9 @@ type ExecutorServiceServer interface {
 	// A watcher that resumes from a sequence it has seen misses nothing that
 	// the executor still holds in its event history.
 	WatchInstances(*WatchInstancesRequest, grpc.ServerStreamingServer[WatchInstancesResponse]) error
+	// ListInstanceStats returns the resource use of every instance that has
+	// started (running, or ended and not yet deleted: its last figures).
+	ListInstanceStats(context.Context, *ListInstanceStatsRequest) (*ListInstanceStatsResponse, error)
 	mustEmbedUnimplementedExecutorServiceServer()
 }
 
@@ -225,6 +242,9 @@ func (UnimplementedExecutorServiceServer) ListInstances(context.Context, *ListIn
 }
 func (UnimplementedExecutorServiceServer) WatchInstances(*WatchInstancesRequest, grpc.ServerStreamingServer[WatchInstancesResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchInstances not implemented")
+}
+func (UnimplementedExecutorServiceServer) ListInstanceStats(context.Context, *ListInstanceStatsRequest) (*ListInstanceStatsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListInstanceStats not implemented")
 }
 func (UnimplementedExecutorServiceServer) mustEmbedUnimplementedExecutorServiceServer() {}
 func (UnimplementedExecutorServiceServer) testEmbeddedByValue()                         {}
@@ -384,6 +404,24 @@ func _ExecutorService_WatchInstances_Handler(srv interface{}, stream grpc.Server
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ExecutorService_WatchInstancesServer = grpc.ServerStreamingServer[WatchInstancesResponse]
 
+func _ExecutorService_ListInstanceStats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListInstanceStatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ExecutorServiceServer).ListInstanceStats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ExecutorService_ListInstanceStats_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ExecutorServiceServer).ListInstanceStats(ctx, req.(*ListInstanceStatsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ExecutorService_ServiceDesc is the grpc.ServiceDesc for ExecutorService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -418,6 +456,10 @@ var ExecutorService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListInstances",
 			Handler:    _ExecutorService_ListInstances_Handler,
+		},
+		{
+			MethodName: "ListInstanceStats",
+			Handler:    _ExecutorService_ListInstanceStats_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

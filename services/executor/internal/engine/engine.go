@@ -31,6 +31,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"time"
 )
 
 // Engine prepares modules and runs their instances. Implementations are
@@ -48,7 +49,8 @@ type Engine interface {
 	// May be called more than once for the same digest, concurrently.
 	Prepare(ctx context.Context, digest, wasmPath string) (Module, error)
 	// Start instantiates m with spec and runs its _start on a goroutine of
-	// its own. Errors wrap ErrInstantiate (the instance did not start).
+	// its own, locked to an OS thread of its own (whose CPU time is the
+	// instance's, see Usage). Errors wrap ErrInstantiate (the instance did not start).
 	Start(ctx context.Context, m Module, spec Spec) (Instance, error)
 }
 
@@ -106,6 +108,21 @@ type Instance interface {
 	// Kill stops the instance at once (WASI has no signals: there is no
 	// polite request to end). Idempotent; a no-op once the instance ended.
 	Kill()
+	// Usage is what the instance uses now, or used last once it ended. Safe
+	// to call from any goroutine, at any time.
+	Usage() Usage
+}
+
+// Usage is an instance's resource use. Memory is the size of its linear
+// memory (its working set as far as the guest can tell: the engine's own
+// structures and compiled code are not counted). CPU is the CPU time of
+// the thread its wasm runs on, wasm and WASI host calls together; engines
+// lock each instance to a thread of its own for this (see threadcpu).
+type Usage struct {
+	MemoryBytes int64
+	CPU         time.Duration
+	// CPUMeasured is false when the thread's CPU time could not be read.
+	CPUMeasured bool
 }
 
 // ThreadLimiter holds an OS thread to a share of one core (cpulimit

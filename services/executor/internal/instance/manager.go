@@ -420,6 +420,7 @@ type placeholder struct{}
 func (placeholder) Done() <-chan struct{} { return nil }
 func (placeholder) Wait() engine.Result   { return engine.Result{} }
 func (placeholder) Kill()                 {}
+func (placeholder) Usage() engine.Usage   { return engine.Usage{} }
 
 // wait records the end of a running instance.
 func (m *Manager) wait(rec *record) {
@@ -544,6 +545,40 @@ func (m *Manager) List(selector map[string]string) ([]Instance, uint64) {
 	}
 	slices.SortFunc(out, func(a, b Instance) int { return strings.Compare(a.ID, b.ID) })
 	return out, m.seq
+}
+
+// Stats is one instance's resource use at a moment.
+type Stats struct {
+	ID     string
+	State  State
+	Labels map[string]string
+	Time   time.Time
+	Usage  engine.Usage
+}
+
+// Stats returns the resource use of every started instance whose labels
+// include all of selector, by id: running ones now, ended ones as they
+// ended.
+func (m *Manager) Stats(selector map[string]string) []Stats {
+	type started struct {
+		snap Instance
+		run  engine.Instance
+	}
+	var runs []started
+	m.mu.Lock()
+	for _, rec := range m.instances {
+		if _, starting := rec.run.(placeholder); rec.run == nil || starting || !matches(rec.snap.Spec.Labels, selector) {
+			continue
+		}
+		runs = append(runs, started{rec.snap, rec.run})
+	}
+	m.mu.Unlock()
+	out := make([]Stats, 0, len(runs))
+	for _, r := range runs {
+		out = append(out, Stats{ID: r.snap.ID, State: r.snap.State, Labels: r.snap.Spec.Labels, Time: m.cfg.Now(), Usage: r.run.Usage()})
+	}
+	slices.SortFunc(out, func(a, b Stats) int { return strings.Compare(a.ID, b.ID) })
+	return out
 }
 
 func matches(labels, selector map[string]string) bool {

@@ -146,6 +146,23 @@ func (s *Server) WatchInstances(req *executorv1.WatchInstancesRequest, stream gr
 }
 
 // toStatus maps the manager's errors to gRPC codes.
+// ListInstanceStats implements executorv1.ExecutorServiceServer.
+func (s *Server) ListInstanceStats(_ context.Context, req *executorv1.ListInstanceStatsRequest) (*executorv1.ListInstanceStatsResponse, error) {
+	resp := &executorv1.ListInstanceStatsResponse{}
+	for _, st := range s.mgr.Stats(req.GetLabelSelector()) {
+		resp.Stats = append(resp.Stats, &executorv1.InstanceStats{
+			InstanceId:    st.ID,
+			State:         stateToProto(st.State),
+			Labels:        st.Labels,
+			Time:          ts(st.Time),
+			MemoryBytes:   st.Usage.MemoryBytes,
+			CpuUsageNanos: uint64(st.Usage.CPU.Nanoseconds()),
+			CpuMeasured:   st.Usage.CPUMeasured,
+		})
+	}
+	return resp, nil
+}
+
 func toStatus(err error) error {
 	code := codes.Internal
 	switch {

@@ -169,6 +169,28 @@ func TestServerOverUnixSocket(t *testing.T) {
 	if _, err := c.DeleteInstance(ctx, &executorv1.DeleteInstanceRequest{Id: "s"}); code(err) != codes.FailedPrecondition {
 		t.Errorf("delete running: %v", err)
 	}
+	// The spinning instance's figures: its memory at once, its CPU time as it spins.
+	var st *executorv1.InstanceStats
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		stats, err := c.ListInstanceStats(ctx, &executorv1.ListInstanceStatsRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range stats.GetStats() {
+			if s.GetInstanceId() == "s" {
+				st = s
+			}
+		}
+		if st.GetCpuUsageNanos() > 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if st.GetMemoryBytes() <= 0 || !st.GetCpuMeasured() || st.GetCpuUsageNanos() == 0 || st.GetState() != executorv1.InstanceState_INSTANCE_STATE_RUNNING || st.GetTime() == nil {
+		t.Errorf("stats of a running instance: %v", st)
+	}
+	if stats, err := c.ListInstanceStats(ctx, &executorv1.ListInstanceStatsRequest{LabelSelector: map[string]string{"no": "such"}}); err != nil || len(stats.GetStats()) != 0 {
+		t.Errorf("stats with a selector that matches nothing: %v %v", stats, err)
+	}
 	if _, err := c.CreateInstance(ctx, &executorv1.CreateInstanceRequest{Id: "c", Spec: spec}); err != nil {
 		t.Fatal(err)
 	}

@@ -67,6 +67,7 @@ func Run(t *testing.T, newEngine NewEngine) {
 		{"ChattyOutputComplete", testChattyOutputComplete},
 		{"KillBlockedInHostCall", testKillBlockedInHostCall},
 		{"CPULimit", testCPULimit},
+		{"Usage", testUsage},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, e) })
 	}
@@ -534,5 +535,47 @@ func testKillBlockedInHostCall(t *testing.T, e engine.Engine) {
 	t.Logf("kill of a sleeping module reported after %v", time.Since(t0))
 	if res := inst.Wait(); res.Reason != engine.ReasonKilled || res.Exited {
 		t.Fatalf("result %+v", res)
+	}
+}
+
+// testUsage: a spinning instance reports its linear memory and a CPU time
+// that grows by about the wall time it spins (it has a core of its own on
+// any test machine with two); an ended one keeps its last figures.
+func testUsage(t *testing.T, e engine.Engine) {
+	m := prepare(t, e, wasmbuild.Build(t, "spin"))
+	var out buffer
+	inst, err := e.Start(context.Background(), m, engine.Spec{Args: []string{"spin"}, Stdout: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inst.Kill()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(out.String(), "spinning") {
+		if time.Now().After(deadline) {
+			t.Fatalf("module did not start spinning: %q", out.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	a := inst.Usage()
+	time.Sleep(300 * time.Millisecond)
+	b := inst.Usage()
+	t.Logf("usage: %+v, 300 ms later %+v", a, b)
+	if !a.CPUMeasured || !b.CPUMeasured {
+		t.Fatalf("CPU time not measured: %+v %+v", a, b)
+	}
+	// One thread cannot use more CPU time than the wall time; a busy test
+	// machine may give it much less.
+	if d := b.CPU - a.CPU; d < 20*time.Millisecond || d > 330*time.Millisecond {
+		t.Fatalf("CPU time over 300 ms of spinning grew by %v", d)
+	}
+	// A Go-built module has at least a few pages of linear memory.
+	if b.MemoryBytes < 64<<10 || b.MemoryBytes%(64<<10) != 0 {
+		t.Fatalf("memory %d bytes: want a positive multiple of the 64 KiB wasm page", b.MemoryBytes)
+	}
+	inst.Kill()
+	inst.Wait()
+	c := inst.Usage()
+	if c.CPU < b.CPU || c.MemoryBytes != b.MemoryBytes || !c.CPUMeasured {
+		t.Fatalf("usage after the end %+v, before %+v: want the last figures", c, b)
 	}
 }

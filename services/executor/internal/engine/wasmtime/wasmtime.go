@@ -58,6 +58,7 @@ import (
 	wt "github.com/bytecodealliance/wasmtime-go/v39"
 
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
+	"github.com/wasmlet/wasmlet/services/executor/internal/threadcpu"
 )
 
 // The engine's identity. The version is read from the build where it can be.
@@ -372,6 +373,10 @@ type instance struct {
 	killOnce sync.Once
 	mu       sync.Mutex // guards engine use against release
 	released bool
+	memory   *wt.Memory // the exported memory, if any
+	memFinal int64      // its size when released
+
+	cpu atomic.Pointer[threadcpu.Thread] // the thread the wasm runs on
 
 	doneOnce sync.Once
 	done     chan struct{}
@@ -429,6 +434,9 @@ func (i *instance) setup(m *module, spec engine.Spec) error {
 		return fmt.Errorf("%w: instantiate module %s: %s; check the memory limit and the module's imports", engine.ErrInstantiate, m.digest, firstLine(err.Error()))
 	}
 	i.inst = inst
+	if ext := inst.GetExport(i.store, "memory"); ext != nil {
+		i.memory = ext.Memory()
+	}
 	i.start = inst.GetFunc(i.store, "_start")
 	if i.start == nil {
 		return fmt.Errorf("%w: module %s exports no _start function", engine.ErrModuleUnsupported, m.digest)
@@ -484,6 +492,7 @@ func env(vars []engine.EnvVar) (keys, values []string) {
 // thread is never unlocked: it ends with the goroutine.
 func (i *instance) runLimited(l engine.ThreadLimiter, millis int64, limited chan<- error) {
 	runtime.LockOSThread()
+	i.cpu.Store(threadcpu.Current())
 	release, err := l.Limit(millis)
 	if err != nil {
 		limited <- err
@@ -494,12 +503,19 @@ func (i *instance) runLimited(l engine.ThreadLimiter, millis int64, limited chan
 	i.run(release)
 }
 
+// run runs _start. Its goroutine is locked to its thread for good (the
+// thread ends with it), so that the thread's CPU time is the instance's.
 func (i *instance) run(unlimit func()) {
+	if i.cpu.Load() == nil {
+		runtime.LockOSThread()
+		i.cpu.Store(threadcpu.Current())
+	}
 	_, err := i.start.Call(i.store)
 	if unlimit != nil {
 		unlimit()
 	}
 	res := i.classify(err)
+	i.cpu.Load().Final()
 	i.release()
 	i.readers.Wait()
 	i.finish(res)
@@ -604,6 +620,9 @@ func (i *instance) release() {
 		return
 	}
 	i.released = true
+	if i.memory != nil {
+		i.memFinal = int64(i.memory.DataSize(i.store))
+	}
 	if i.store != nil {
 		i.store.Close()
 	}
@@ -616,6 +635,21 @@ func (i *instance) release() {
 	if i.engine != nil {
 		i.engine.Close()
 	}
+}
+
+// Usage implements engine.Instance. The memory size is read while the
+// wasm may grow it on its own thread: wasmtime reserves linear memory up
+// front and grows it in place, so this is a read of its current length,
+// at worst a growth late.
+func (i *instance) Usage() engine.Usage {
+	i.mu.Lock()
+	mem := i.memFinal
+	if !i.released && i.memory != nil {
+		mem = int64(i.memory.DataSize(i.store))
+	}
+	i.mu.Unlock()
+	cpu, ok := i.cpu.Load().Usage()
+	return engine.Usage{MemoryBytes: mem, CPU: cpu, CPUMeasured: ok}
 }
 
 // Done implements engine.Instance.

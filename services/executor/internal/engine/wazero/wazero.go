@@ -72,6 +72,7 @@ import (
 	"github.com/tetratelabs/wazero/sys"
 
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
+	"github.com/wasmlet/wasmlet/services/executor/internal/threadcpu"
 )
 
 const (
@@ -487,7 +488,8 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 		cancel()
 		return nil, fmt.Errorf("%w: module %s exports no _start function", engine.ErrModuleUnsupported, m.digest)
 	}
-	inst := &instance{ctx: ictx, cancel: cancel, mod: mod, start: start, limit: spec.MemoryLimitBytes, done: make(chan struct{})}
+	inst := &instance{ctx: ictx, cancel: cancel, mod: mod, mem: mod.ExportedMemory("memory"), start: start, limit: spec.MemoryLimitBytes, done: make(chan struct{})}
+	inst.memory()
 	if spec.CPULimitMillis <= 0 || e.cpu == nil {
 		go inst.run(nil)
 		return inst, nil
@@ -552,6 +554,14 @@ type instance struct {
 	killed   atomic.Bool
 	killOnce sync.Once
 
+	// cpu is the instance's thread; memory its linear memory's size once
+	// it ended (mod is closed then). usageMu orders the two.
+	cpu     atomic.Pointer[threadcpu.Thread]
+	mem     api.Memory   // taken at start (nil without one): a module that exits drops its own
+	memLast atomic.Int64 // the last non-zero size read
+	usageMu sync.Mutex
+	ended   bool
+
 	doneOnce sync.Once
 	done     chan struct{}
 	result   engine.Result
@@ -561,6 +571,7 @@ type instance struct {
 // thread is never unlocked: it ends with the goroutine.
 func (i *instance) runLimited(l engine.ThreadLimiter, millis int64, limited chan<- error) {
 	goruntime.LockOSThread()
+	i.cpu.Store(threadcpu.Current())
 	release, err := l.Limit(millis)
 	if err != nil {
 		limited <- err
@@ -571,12 +582,23 @@ func (i *instance) runLimited(l engine.ThreadLimiter, millis int64, limited chan
 	i.run(release)
 }
 
+// run runs _start. Its goroutine is locked to its thread for good (the
+// thread ends with it), so that the thread's CPU time is the instance's.
 func (i *instance) run(unlimit func()) {
+	if i.cpu.Load() == nil {
+		goruntime.LockOSThread()
+		i.cpu.Store(threadcpu.Current())
+	}
 	_, err := i.start.Call(i.ctx)
 	if unlimit != nil {
 		unlimit()
 	}
 	res := i.classify(err)
+	i.cpu.Load().Final()
+	i.usageMu.Lock()
+	i.memory()
+	i.ended = true
+	i.usageMu.Unlock()
 	i.mod.Close(context.Background())
 	i.cancel()
 	i.finish(res)
@@ -643,6 +665,31 @@ func (i *instance) nearLimit() bool {
 		return false
 	}
 	return int64(mem.Size())+oomHeadroom > i.limit
+}
+
+// memory reads the linear memory's size; once the module has exited
+// (wazero empties a closed module's memory) it keeps the last one read.
+func (i *instance) memory() int64 {
+	if i.mem != nil {
+		if n := int64(i.mem.Size()); n > 0 {
+			i.memLast.Store(n)
+		}
+	}
+	return i.memLast.Load()
+}
+
+// Usage implements engine.Instance. The memory size is read while the
+// module may grow it on its own thread: a word-sized read, at worst a
+// growth late.
+func (i *instance) Usage() engine.Usage {
+	i.usageMu.Lock()
+	mem := i.memLast.Load()
+	if !i.ended {
+		mem = i.memory()
+	}
+	i.usageMu.Unlock()
+	cpu, ok := i.cpu.Load().Usage()
+	return engine.Usage{MemoryBytes: mem, CPU: cpu, CPUMeasured: ok}
 }
 
 // Done implements engine.Instance.
