@@ -243,12 +243,23 @@ func (w *Worker) Run(ctx context.Context) {
 	terminating := w.grace != nil
 	w.mu.Unlock()
 
-	if deadline := w.pod.Spec.ActiveDeadlineSeconds; deadline != nil {
-		// The pod's active deadline counts from its start on the node.
-		t := time.AfterFunc(time.Duration(*deadline)*time.Second, func() {
+	if pod := w.Pod(); pod.Spec.ActiveDeadlineSeconds != nil {
+		// The active deadline counts from the pod's start on the node (an
+		// earlier life of the node agent may have started it) and ends only
+		// a pod that is still active.
+		deadline := *pod.Spec.ActiveDeadlineSeconds
+		start := time.Now()
+		if pod.Status.StartTime != nil {
+			start = pod.Status.StartTime.Time
+		}
+		t := time.AfterFunc(time.Until(start.Add(time.Duration(deadline)*time.Second)), func() {
 			w.mu.Lock()
+			if phase := w.pod.Status.Phase; phase == v1.PodSucceeded || phase == v1.PodFailed {
+				w.mu.Unlock()
+				return
+			}
 			w.failReason = "DeadlineExceeded"
-			w.failMsg = fmt.Sprintf("Pod was active on the node longer than the specified deadline (%ds)", *deadline)
+			w.failMsg = fmt.Sprintf("Pod was active on the node longer than the specified deadline (%ds)", deadline)
 			w.mu.Unlock()
 			w.Terminate(0)
 		})
