@@ -16,14 +16,12 @@ import (
 	"sync"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
 	"github.com/virtual-kubelet/virtual-kubelet/errdefs"
 	"github.com/virtual-kubelet/virtual-kubelet/node/api"
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/record"
-	statsv1alpha1 "k8s.io/kubelet/pkg/apis/stats/v1alpha1"
 
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/subjects"
@@ -46,7 +44,9 @@ type Config struct {
 	Backoff  podworker.Backoff
 	// AllowedHostPaths are the roots hostPath volumes may use (optional).
 	AllowedHostPaths []string
-	Log              *slog.Logger
+	// ProcDir is where the node's CPU and memory figures are read (default /proc).
+	ProcDir string
+	Log     *slog.Logger
 }
 
 type entry struct {
@@ -63,6 +63,9 @@ type Provider struct {
 	mu     sync.Mutex
 	pods   map[string]*entry // namespace/name
 	notify func(*v1.Pod)
+
+	statsMu sync.Mutex
+	cpuPrev map[string]cpuReading // by instance, pod and node: the last reading, for rates
 }
 
 // New returns a provider whose workers live until ctx ends.
@@ -76,7 +79,10 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	return &Provider{cfg: cfg, ctx: ctx, pods: map[string]*entry{}}, nil
+	if cfg.ProcDir == "" {
+		cfg.ProcDir = "/proc"
+	}
+	return &Provider{cfg: cfg, ctx: ctx, pods: map[string]*entry{}, cpuPrev: map[string]cpuReading{}}, nil
 }
 
 func key(ns, name string) string { return ns + "/" + name }
@@ -307,25 +313,6 @@ func (p *Provider) AttachToContainer(context.Context, string, string, string, ap
 // PortForward is not supported for Wasm pods (no pod networking yet).
 func (p *Provider) PortForward(context.Context, string, string, int32, io.ReadWriteCloser) error {
 	return errdefs.InvalidInput("port-forward is not supported for Wasm pods: wasmlet has no pod networking yet")
-}
-
-// GetStatsSummary reports the node and its pods (without usage figures yet).
-func (p *Provider) GetStatsSummary(ctx context.Context) (*statsv1alpha1.Summary, error) {
-	pods, _ := p.GetPods(ctx)
-	now := metav1.Now()
-	s := &statsv1alpha1.Summary{Node: statsv1alpha1.NodeStats{NodeName: p.cfg.NodeName, StartTime: now}}
-	for _, pod := range pods {
-		s.Pods = append(s.Pods, statsv1alpha1.PodStats{
-			PodRef:    statsv1alpha1.PodReference{Name: pod.Name, Namespace: pod.Namespace, UID: string(pod.UID)},
-			StartTime: now,
-		})
-	}
-	return s, nil
-}
-
-// GetMetricsResource has no resource metrics yet.
-func (p *Provider) GetMetricsResource(context.Context) ([]*dto.MetricFamily, error) {
-	return nil, nil
 }
 
 // RemoveOrphans deletes every instance, on every executor, whose pod no
