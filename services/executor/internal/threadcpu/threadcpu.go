@@ -6,7 +6,8 @@
 //
 // It reads the thread's CPU-time clock (clock_gettime on the clock id the
 // kernel derives from a thread id, as pthread_getcpuclockid does), in
-// nanoseconds. Once the thread has ended the clock is gone: Thread keeps
+// nanoseconds, from the moment Current is called: Go reuses threads, and
+// the clock counts what the thread ran before it was locked. Once the thread has ended the clock is gone: Thread keeps
 // the last figure, and Final records one from the thread itself just
 // before it ends.
 //
@@ -28,7 +29,8 @@ import (
 
 // Thread is one OS thread's CPU clock. The zero value reports nothing.
 type Thread struct {
-	tid int
+	tid  int
+	base time.Duration // the clock when Current was called
 
 	mu    sync.Mutex
 	last  time.Duration
@@ -37,7 +39,17 @@ type Thread struct {
 
 // Current is the calling thread, which must be locked to its goroutine.
 func Current() *Thread {
-	return &Thread{tid: syscall.Gettid()}
+	t := &Thread{tid: syscall.Gettid()}
+	t.base, _ = read(t.tid)
+	return t
+}
+
+func read(tid int) (time.Duration, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(clockID(tid), &ts); err != nil {
+		return 0, err
+	}
+	return time.Duration(ts.Nano()), nil
 }
 
 // clockID is MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED) from the kernel.
@@ -55,12 +67,12 @@ func (t *Thread) Usage() (time.Duration, bool) {
 	if t.ended {
 		return t.last, true
 	}
-	var ts unix.Timespec
-	if err := unix.ClockGettime(clockID(t.tid), &ts); err != nil {
+	now, err := read(t.tid)
+	if err != nil {
 		// The thread has gone: the last figure is the best we have.
 		return t.last, t.last > 0
 	}
-	if d := time.Duration(ts.Nano()); d > t.last {
+	if d := now - t.base; d > t.last {
 		t.last = d
 	}
 	return t.last, true

@@ -20,6 +20,7 @@ func TestThreadCPU(t *testing.T) {
 	release := make(chan struct{})
 	go func() {
 		runtime.LockOSThread()
+		spin(100 * time.Millisecond) // before Current: not counted
 		th := Current()
 		got <- th
 		spin(200 * time.Millisecond)
@@ -27,6 +28,9 @@ func TestThreadCPU(t *testing.T) {
 		th.Final()
 	}()
 	th := <-got
+	if d, _ := th.Usage(); d > 50*time.Millisecond {
+		t.Fatalf("CPU time %v at once: the time before Current was counted", d)
+	}
 	time.Sleep(50 * time.Millisecond)
 	early, ok := th.Usage()
 	if !ok {
