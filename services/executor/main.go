@@ -6,7 +6,11 @@
 //
 //	executor --listen unix:///run/wasmlet/executor.sock --registry unix:///run/wasmlet/regcache.sock \
 //	    [--nats nats://127.0.0.1:4222] [--state-dir DIR] [--engine wasmtime|wazero] [--max-instances 1000] [--id ID] \
-//	    [--cpu-cgroup /sys/fs/cgroup/cpu/wasmlet]
+//	    [--cpu-cgroup /sys/fs/cgroup/cpu/wasmlet] [--metrics-listen 127.0.0.1:PORT]
+//
+// With --metrics-listen (loopback only) it serves Prometheus metrics at
+// /metrics: instances by state, starts, start latency, kills, and NATS
+// publishes, drops and errors of logs and events.
 //
 // CPU limits (InstanceSpec.cpu_limit_millis) are enforced only with
 // --cpu-cgroup: a cgroup of the cpu controller the executor may write (see
@@ -23,6 +27,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -30,6 +36,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
@@ -47,6 +56,7 @@ import (
 type config struct {
 	listen, registry, nats, natsToken string
 	stateDir, engine, id, cpuCgroup   string
+	metricsListen                     string
 	maxInstances                      int
 }
 
@@ -76,6 +86,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&cfg.stateDir, "state-dir", filepath.Join(os.TempDir(), "wasmlet-executor"), "directory for modules and precompiled artifacts")
 	fs.StringVar(&cfg.engine, "engine", "wasmtime", "engine: wasmtime or wazero")
 	fs.StringVar(&cfg.cpuCgroup, "cpu-cgroup", "", "cgroup directory (cpu controller, writable) in which CPU limits are enforced; empty: not enforced")
+	fs.StringVar(&cfg.metricsListen, "metrics-listen", "", "loopback host:port to serve Prometheus metrics on at /metrics (default off)")
 	fs.IntVar(&cfg.maxInstances, "max-instances", 1000, "instances held at once")
 	fs.StringVar(&cfg.id, "id", fmt.Sprintf("%s-%d", host, os.Getpid()), "executor id, in events")
 	if err := fs.Parse(args); err != nil {
@@ -90,6 +101,8 @@ func parseFlags(args []string) (config, error) {
 		return cfg, fmt.Errorf("--engine %q: want wasmtime or wazero", cfg.engine)
 	case cfg.maxInstances <= 0:
 		return cfg, errors.New("--max-instances must be positive")
+	case cfg.metricsListen != "" && !grpcutil.IsLoopback(cfg.metricsListen):
+		return cfg, fmt.Errorf("--metrics-listen %s is not a loopback address; metrics are served on loopback only (e.g. 127.0.0.1:9465)", cfg.metricsListen)
 	}
 	return cfg, nil
 }
@@ -141,6 +154,20 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	})
 	if err != nil {
 		return err
+	}
+	if cfg.metricsListen != "" {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), mgr.Collector())
+		ml, err := net.Listen("tcp", cfg.metricsListen)
+		if err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go hs.Serve(ml)
+		defer hs.Close()
+		log.Info("serving metrics", "address", ml.Addr().String())
 	}
 	l, err := grpcutil.Listen(cfg.listen)
 	if err != nil {

@@ -7,6 +7,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,6 +41,9 @@ func TestParseFlags(t *testing.T) {
 	}
 	if _, err := parseFlags([]string{"--listen", "unix:///e.sock", "--registry", "unix:///r.sock", "--engine", "v8"}); err == nil {
 		t.Error("unknown engine accepted")
+	}
+	if _, err := parseFlags([]string{"--listen", "unix:///e.sock", "--registry", "unix:///r.sock", "--metrics-listen", "0.0.0.0:9465"}); err == nil {
+		t.Error("--metrics-listen on all interfaces accepted")
 	}
 	cfg, err := parseFlags([]string{"--listen", "unix:///e.sock", "--registry", "unix:///r.sock"})
 	if err != nil || cfg.maxInstances != 1000 || cfg.engine != "wasmtime" || cfg.id == "" {
@@ -152,8 +157,14 @@ func testExecutorProcess(t *testing.T, ctx context.Context, bin, eng string) {
 	stateDir := filepath.Join(base, "wasmlet-executor-test", eng)
 	execAddr := "unix://" + filepath.Join(sockDir, "exec.sock")
 	var stderr syncBuffer
+	ml, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsAddr := ml.Addr().String()
+	ml.Close()
 	cmd := exec.Command(bin, "--listen", execAddr, "--registry", regAddr, "--nats", ns.URL,
-		"--state-dir", stateDir, "--id", "exec-test", "--max-instances", "10", "--engine", eng)
+		"--state-dir", stateDir, "--id", "exec-test", "--max-instances", "10", "--engine", eng, "--metrics-listen", metricsAddr)
 	cmd.Env = append(os.Environ(), "WASMLET_NATS_TOKEN="+token)
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -235,10 +246,48 @@ func testExecutorProcess(t *testing.T, ctx context.Context, bin, eng string) {
 
 	// A spinning instance is killed when the executor is told to stop, and
 	// its end reaches NATS.
+	spinStart := time.Now()
 	if _, err := c.CreateInstance(ctx, &executorv1.CreateInstanceRequest{Id: "spin-1", Start: true, Spec: &executorv1.InstanceSpec{
 		Module: &executorv1.Module{Digest: spin},
 	}}); err != nil {
 		t.Fatal(err)
+	}
+	// Meanwhile: its resource use, and the executor's metrics.
+	time.Sleep(200 * time.Millisecond)
+	stats, err := c.ListInstanceStats(ctx, &executorv1.ListInstanceStatsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One thread's CPU time cannot exceed the wall time since it started.
+	wall := time.Since(spinStart)
+	for _, st := range stats.GetStats() {
+		t.Logf("stats: %s %s memory %d bytes, CPU %v", st.GetInstanceId(), st.GetState(), st.GetMemoryBytes(), time.Duration(st.GetCpuUsageNanos()))
+		if st.GetInstanceId() == "spin-1" && (st.GetMemoryBytes() == 0 || st.GetCpuUsageNanos() < uint64(20*time.Millisecond) || time.Duration(st.GetCpuUsageNanos()) > wall) {
+			t.Errorf("stats of a spinning instance 200 ms after its start: %v", st)
+		}
+	}
+	if len(stats.GetStats()) != 2 {
+		t.Errorf("stats of %d instances, want hello-1 (ended) and spin-1", len(stats.GetStats()))
+	}
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		"wasmlet_executor_instance_starts_total 2",
+		`wasmlet_executor_instances{state="EXITED"} 1`,
+		`wasmlet_executor_instances{state="RUNNING"} 1`,
+		"wasmlet_executor_instance_start_duration_seconds_count 2",
+		`wasmlet_executor_nats_published_total{kind="log"} 3`,
+		`wasmlet_executor_nats_dropped_total{kind="log"} 0`,
+		`wasmlet_executor_nats_publish_errors_total{kind="event"} 0`,
+		"wasmlet_executor_instance_kills_total 0",
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q:\n%s", want, body)
+		}
 	}
 	cmd.Process.Signal(syscall.SIGTERM)
 	select {

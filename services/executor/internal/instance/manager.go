@@ -106,6 +106,8 @@ type Manager struct {
 	seq       uint64
 	history   []Event // oldest first, at most cfg.History
 	changed   chan struct{}
+
+	metrics metrics
 }
 
 type record struct {
@@ -154,6 +156,7 @@ func New(cfg Config) (*Manager, error) {
 		instances: map[string]*record{},
 		reserved:  map[string]bool{},
 		changed:   make(chan struct{}),
+		metrics:   newMetrics(),
 	}
 	if cfg.JetStream != nil {
 		m.events = outbox.New(cfg.JetStream, cfg.EventOutbox)
@@ -385,7 +388,9 @@ func (m *Manager) Start(ctx context.Context, id string) (Instance, error) {
 	rec.run = placeholder{}
 	m.mu.Unlock()
 
+	t0 := time.Now()
 	run, err := m.cfg.Engine.Start(ctx, rec.mod, espec)
+	m.metrics.startLatency.Observe(time.Since(t0).Seconds())
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -404,6 +409,7 @@ func (m *Manager) Start(ctx context.Context, id string) (Instance, error) {
 		return rec.snap, nil
 	}
 	rec.run = run
+	m.metrics.starts.Inc()
 	rec.snap.StartedAt = m.cfg.Now()
 	m.transition(rec, StateRunning, ReasonStarted, "")
 	if rec.stopMsg != "" {
@@ -484,6 +490,7 @@ func (m *Manager) Stop(ctx context.Context, id string, grace time.Duration) (Ins
 		rec.stopMsg = fmt.Sprintf("the instance was stopped and killed after a grace period of %v (WASI has no signals)", grace)
 		if rec.run != nil {
 			rec.run.Kill()
+			m.metrics.kills.Inc()
 		}
 	}
 	m.mu.Unlock()
@@ -516,6 +523,12 @@ func (m *Manager) Delete(ctx context.Context, id string, force bool) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.instances[id] == rec && rec.shipper != nil {
+		st := rec.shipper.Stats()
+		m.metrics.deletedLogs.Published += st.Published
+		m.metrics.deletedLogs.Dropped += st.Dropped
+		m.metrics.deletedLogs.Failed += st.Failed
+	}
 	delete(m.instances, id)
 	m.log.Info("instance deleted", "instance", id)
 	return nil

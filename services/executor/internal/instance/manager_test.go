@@ -7,6 +7,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"io"
 	"os"
 	"strings"
@@ -429,6 +431,47 @@ func TestPublishesEventsAndLogs(t *testing.T) {
 	}
 	if got := strings.Join(states, ","); got != "1:INSTANCE_STATE_CREATED,2:INSTANCE_STATE_RUNNING,3:INSTANCE_STATE_EXITED" {
 		t.Fatalf("events %s", got)
+	}
+
+	// The metrics count the start, the exited instance, and what reached
+	// NATS; deleting the instance keeps its log records' count.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(m.Collector())
+	if err := m.Delete(ctx, "inst.1", false); err != nil {
+		t.Fatal(err)
+	}
+	want := `
+# HELP wasmlet_executor_instance_starts_total Instances the engine started.
+# TYPE wasmlet_executor_instance_starts_total counter
+wasmlet_executor_instance_starts_total 1
+# HELP wasmlet_executor_instances Instances held, by state.
+# TYPE wasmlet_executor_instances gauge
+wasmlet_executor_instances{state="CREATED"} 0
+wasmlet_executor_instances{state="EXITED"} 0
+wasmlet_executor_instances{state="FAILED"} 0
+wasmlet_executor_instances{state="KILLED"} 0
+wasmlet_executor_instances{state="RUNNING"} 0
+# HELP wasmlet_executor_nats_dropped_total Messages dropped: displaced from a full outbox, left at close, or produced with no NATS; by kind.
+# TYPE wasmlet_executor_nats_dropped_total counter
+wasmlet_executor_nats_dropped_total{kind="event"} 0
+wasmlet_executor_nats_dropped_total{kind="log"} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "wasmlet_executor_instance_starts_total", "wasmlet_executor_instances", "wasmlet_executor_nats_dropped_total"); err != nil {
+		t.Error(err)
+	}
+	if n := testutil.CollectAndCount(m.Collector(), "wasmlet_executor_instance_start_duration_seconds"); n != 1 {
+		t.Errorf("start latency histogram: %d series", n)
+	}
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == "wasmlet_executor_nats_published_total" {
+			for _, mt := range mf.GetMetric() {
+				// 3 log records and 3 events; an event's ack may still be in flight.
+				if v := mt.GetCounter().GetValue(); v < 2 {
+					t.Errorf("published %v = %v", mt.GetLabel(), v)
+				}
+			}
+		}
 	}
 }
 
