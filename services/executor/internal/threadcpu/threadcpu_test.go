@@ -15,15 +15,29 @@ func spin(d time.Duration) {
 	_ = x
 }
 
+// spinCPU spins until the thread has used want of CPU by its own clock, so
+// that the test does not depend on how busy the machine is.
+func spinCPU(th *Thread, want time.Duration) bool {
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		spin(time.Millisecond)
+		if d, ok := th.Usage(); ok && d >= want {
+			return true
+		}
+	}
+	return false
+}
+
 func TestThreadCPU(t *testing.T) {
 	got := make(chan *Thread)
+	spun := make(chan bool)
 	release := make(chan struct{})
 	go func() {
 		runtime.LockOSThread()
 		spin(100 * time.Millisecond) // before Current: not counted
 		th := Current()
 		got <- th
-		spin(200 * time.Millisecond)
+		spun <- spinCPU(th, 200*time.Millisecond)
 		<-release
 		th.Final()
 	}()
@@ -31,22 +45,24 @@ func TestThreadCPU(t *testing.T) {
 	if d, _ := th.Usage(); d > 50*time.Millisecond {
 		t.Fatalf("CPU time %v at once: the time before Current was counted", d)
 	}
-	time.Sleep(50 * time.Millisecond)
 	early, ok := th.Usage()
 	if !ok {
 		t.Fatal("the thread's CPU time could not be read")
 	}
-	time.Sleep(250 * time.Millisecond) // the spin ends; the thread then blocks
+	if !<-spun {
+		t.Fatal("the thread did not reach 200 ms of CPU time within 20 s")
+	}
 	mid, _ := th.Usage()
+	time.Sleep(200 * time.Millisecond) // the thread blocks: no CPU time
+	blocked, _ := th.Usage()
 	close(release)
 	time.Sleep(50 * time.Millisecond)
 	final, ok := th.Usage()
 	if !ok || final < mid || mid <= early {
 		t.Fatalf("CPU time early %v, after the spin %v, final %v: want increasing and readable", early, mid, final)
 	}
-	// The spin was 200 ms of busy CPU; blocking does not count.
-	if mid < 150*time.Millisecond || mid > 400*time.Millisecond {
-		t.Fatalf("CPU time after a 200 ms spin = %v", mid)
+	if blocked-mid > 20*time.Millisecond {
+		t.Fatalf("CPU time grew by %v while the thread was blocked", blocked-mid)
 	}
 	var zero *Thread
 	if _, ok := zero.Usage(); ok {
