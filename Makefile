@@ -19,7 +19,7 @@ help: ## list the targets
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 .PHONY: up
-up: build controlplane ## start a local wasmlet node (control plane, NATS, registry, services) and run the example pod
+up: deps build controlplane ## start a local wasmlet node (control plane, NATS, registry, services) and run the example pod
 	go run ./hack/localstack up
 
 .PHONY: down
@@ -27,7 +27,7 @@ down: ## stop everything `make up` started
 	go run ./hack/localstack down
 
 .PHONY: test
-test: tools controlplane check ## run unit, integration and end-to-end tests (the CI command)
+test: deps tools controlplane check ## run unit, integration and end-to-end tests (the CI command)
 	WASMLET_REQUIRE_CLUSTER=1 go test -count=1 -timeout 40m ./...
 
 .PHONY: test-short
@@ -47,6 +47,10 @@ build: ## build the services into bin/ and the example module into bin/wasm/
 	go build $(GO_BUILD_FLAGS) -o bin/ ./services/nodeagent ./services/executor ./services/registry-cache
 	go build $(GO_BUILD_FLAGS) -o bin/nats-server github.com/nats-io/nats-server/v2
 	GOOS=wasip1 GOARCH=wasm go build -trimpath -o bin/wasm/hello.wasm ./examples/hello
+
+.PHONY: deps
+deps: ## install the Debian packages the stack and tests need (docker-registry, wabt, apache2-utils)
+	@hack/deps.sh
 
 .PHONY: controlplane
 controlplane: ## build (once, then cached) etcd, kube-apiserver, kube-scheduler and kube-controller-manager

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the Debian packages wasmlet's local stack and tests need, if any
+# is missing: docker-registry (the OCI registry), wabt (wat2wasm for test
+# modules) and apache2-utils (htpasswd for the registry's basic auth).
+set -euo pipefail
+missing=()
+for pkg in docker-registry wabt apache2-utils; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+  echo "missing Debian packages: ${missing[*]}; install them (sudo apt-get install ${missing[*]})" >&2
+  exit 1
+fi
+echo "installing: ${missing[*]}"
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
