@@ -15,6 +15,9 @@ import (
 // broken benchmark fails `make test`. It checks that every figure was
 // measured, not that targets are met.
 func TestShortSuite(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: the suite needs a local control plane")
+	}
 	if _, err := localcluster.FindBinDir(); err != nil {
 		if os.Getenv(localcluster.EnvRequire) != "" {
 			t.Fatal(err)

@@ -101,6 +101,9 @@ func StartForTest(t testing.TB) *Cluster {
 
 func findBinDirForTest(t testing.TB) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: skipping a test that needs a local control plane")
+	}
 	binDir, err := FindBinDir()
 	if err == nil {
 		return binDir
