@@ -15,6 +15,9 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/agent"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/podworker"
 )
@@ -30,6 +33,9 @@ func main() {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	cfg.Log = log
+	// Served at /metrics on the kubelet API (nodes/metrics).
+	cfg.Metrics = prometheus.NewRegistry()
+	cfg.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := agent.Run(ctx, cfg); err != nil {

@@ -13,12 +13,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/virtual-kubelet/virtual-kubelet/node"
 	"github.com/virtual-kubelet/virtual-kubelet/node/api"
 	"golang.org/x/time/rate"
@@ -39,6 +42,7 @@ import (
 	"github.com/wasmlet/wasmlet/internal/natsutil"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/executors"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/kubeletapi"
+	"github.com/wasmlet/wasmlet/services/nodeagent/internal/metrics"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/nodestatus"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/podlogs"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/podworker"
@@ -75,7 +79,10 @@ type Config struct {
 	RegistryMaxBytes        int64    // in-process cache's size budget; 0: none
 	PodSyncWorkers          int      // virtual-kubelet's pod sync workers (status writes run on them)
 	CPUCgroup               string   // passed to the supervised executor: where CPU limits are enforced
-	Log                     *slog.Logger
+	// Metrics receives the node agent's metrics, served at /metrics on the
+	// kubelet API; nil: a registry of its own.
+	Metrics *prometheus.Registry
+	Log     *slog.Logger
 }
 
 func (c *Config) defaults() error {
@@ -99,6 +106,9 @@ func (c *Config) defaults() error {
 	}
 	if c.Log == nil {
 		c.Log = slog.Default()
+	}
+	if c.Metrics == nil {
+		c.Metrics = prometheus.NewRegistry()
 	}
 	return nil
 }
@@ -157,6 +167,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+
+	m := metrics.New(cfg.Metrics)
 
 	// Registry cache.
 	var cache regcache.Cache
@@ -217,6 +229,10 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer pool.Close()
+	for _, e := range pool.All() {
+		e.Client = m.ExecutorClient(e.Flavour, e.Client)
+	}
+	cache = m.Cache(cache)
 	wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
 	err = pool.WaitReady(wctx)
 	wcancel()
@@ -232,6 +248,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// client-go's default 5 QPS caps a node near 5 pod starts a second.
 	restCfg.QPS, restCfg.Burst = 500, 1000
 	restCfg.UserAgent = "wasmlet/" + nodestatus.Version
+	restCfg.Wrap(m.Transport)
 	client, err := kubernetes.NewForConfig(restCfg)
 	if err != nil {
 		return err
@@ -269,12 +286,13 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	m.PodPhases(cfg.Metrics, prov.GetPods)
 	podInformer := podFactory.Core().V1().Pods()
 	pc, err := node.NewPodController(node.PodControllerConfig{
 		PodClient:                            client.CoreV1(),
 		PodInformer:                          podInformer,
 		EventRecorder:                        quietRecorder{recorder},
-		Provider:                             prov,
+		Provider:                             measured{prov, m},
 		ConfigMapInformer:                    unstarted.Core().V1().ConfigMaps(),
 		SecretInformer:                       unstarted.Core().V1().Secrets(),
 		ServiceInformer:                      unstarted.Core().V1().Services(),
@@ -311,7 +329,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err == nil && string(pod.UID) == uid
 	})
 
-	handler := api.PodHandler(api.PodHandlerConfig{
+	podHandler := api.PodHandler(api.PodHandlerConfig{
 		RunInContainer:    prov.RunInContainer,
 		AttachToContainer: prov.AttachToContainer,
 		PortForward:       prov.PortForward,
@@ -323,6 +341,9 @@ func Run(ctx context.Context, cfg Config) error {
 		GetStatsSummary:    prov.GetStatsSummary,
 		GetMetricsResource: prov.GetMetricsResource,
 	}, false)
+	handler := http.NewServeMux()
+	handler.Handle("/metrics", promhttp.HandlerFor(cfg.Metrics, promhttp.HandlerOpts{}))
+	handler.Handle("/", podHandler)
 	goRun("kubelet API", func(ctx context.Context) error {
 		return kubeletapi.Serve(ctx, kubeletapi.Config{
 			Addr:     fmt.Sprintf("%s:%d", cfg.NodeIP, cfg.KubeletPort),
@@ -359,4 +380,23 @@ func randomToken() string {
 	b := make([]byte, 24)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// measured is the provider with its pod starts measured: when a pod was
+// handed to the node, and its first Running status.
+type measured struct {
+	*provider.Provider
+	m *metrics.Agent
+}
+
+func (p measured) CreatePod(ctx context.Context, pod *v1.Pod) error {
+	p.m.PodCreated(pod)
+	return p.Provider.CreatePod(ctx, pod)
+}
+
+func (p measured) NotifyPods(ctx context.Context, cb func(*v1.Pod)) {
+	p.Provider.NotifyPods(ctx, func(pod *v1.Pod) {
+		p.m.PodStatus(pod)
+		cb(pod)
+	})
 }
