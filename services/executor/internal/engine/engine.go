@@ -20,6 +20,14 @@
 // accepted and not enforced. Host calls (WASI) of a limited instance run on
 // the same thread and count against its share.
 //
+// Usage (Instance.Usage, the executor's ListInstanceStats): every
+// instance's wasm runs on a goroutine locked to an OS thread of its own
+// for its whole run, so that the thread's CPU clock is the instance's CPU
+// time (package threadcpu). wasmtime held a thread for the length of its
+// cgo call anyway; for wazero this costs a thread per running instance,
+// also while it sleeps in WASI, where it parked a goroutine before.
+// Memory is the linear memory's size, read while the instance may grow it.
+//
 // Usage:
 //
 //	m, err := eng.Prepare(ctx, digest, "/var/lib/wasmlet/modules/<hex>.wasm")

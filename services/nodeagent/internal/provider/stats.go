@@ -93,7 +93,10 @@ func (p *Provider) collect(ctx context.Context) (map[string]map[string]*executor
 // An executor that does not answer leaves its pods without figures (as the
 // kubelet does for a container it cannot read), not the whole summary.
 func (p *Provider) GetStatsSummary(ctx context.Context) (*statsv1alpha1.Summary, error) {
-	s, _ := p.summary(ctx)
+	s, err := p.summary(ctx)
+	if err != nil {
+		p.cfg.Log.Warn("stats summary incomplete", "err", err)
+	}
 	return s, nil
 }
 
