@@ -40,3 +40,9 @@ func StopService(dir, name string) error { return stopOne(dir, name) }
 
 // ServiceLog is where StartService sends a program's output.
 func ServiceLog(dir, name string) string { return filepath.Join(dir, "logs", name+".log") }
+
+// KubeletClientCert returns the API server's client certificate and key
+// towards kubelets: what a kubelet API must accept (O=system:masters).
+func (c *Cluster) KubeletClientCert() (certFile, keyFile string) {
+	return c.pki().crt(kubeletClientName), c.pki().key(kubeletClientName)
+}
