@@ -49,7 +49,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -109,7 +108,7 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.CacheDir == "" {
 		return nil, errors.New("wasmtime engine: CacheDir is required")
 	}
-	v := version()
+	v := engine.ModuleVersion(modulePath, fallbackVersion)
 	dir := filepath.Join(cfg.CacheDir, name+"-"+v+"-"+configKey)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("wasmtime engine: create cache dir: %w", err)
@@ -127,22 +126,6 @@ func newEngine() *wt.Engine {
 	cfg := wt.NewConfig()
 	cfg.SetEpochInterruption(true)
 	return wt.NewEngineWithConfig(cfg)
-}
-
-func version() string {
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, d := range bi.Deps {
-			if d.Path == modulePath {
-				if d.Replace != nil {
-					d = d.Replace
-				}
-				if v := strings.TrimPrefix(d.Version, "v"); v != "" && v != "(devel)" {
-					return v
-				}
-			}
-		}
-	}
-	return fallbackVersion
 }
 
 // Name implements engine.Engine.

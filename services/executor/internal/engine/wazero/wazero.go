@@ -60,7 +60,6 @@ import (
 	"os"
 	"path/filepath"
 	goruntime "runtime"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -136,7 +135,7 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.CacheDir == "" {
 		return nil, errors.New("wazero engine: CacheDir is required")
 	}
-	v := version()
+	v := engine.ModuleVersion(modulePath, fallbackVersion)
 	root := filepath.Join(cfg.CacheDir, name+"-"+v)
 	sums := filepath.Join(root, "sums")
 	if err := os.MkdirAll(sums, 0o700); err != nil {
@@ -156,22 +155,6 @@ func New(cfg Config) (*Engine, error) {
 		runtimes: map[uint32]*runtime{},
 		modules:  map[string]*module{},
 	}, nil
-}
-
-func version() string {
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, d := range bi.Deps {
-			if d.Path == modulePath {
-				if d.Replace != nil {
-					d = d.Replace
-				}
-				if v := strings.TrimPrefix(d.Version, "v"); v != "" && v != "(devel)" {
-					return v
-				}
-			}
-		}
-	}
-	return fallbackVersion
 }
 
 // Name implements engine.Engine.
