@@ -304,23 +304,30 @@ type split struct {
 
 func startSplit(t *testing.T) split {
 	t.Helper()
-	bin := binaries(t)
-	reg := sharedRegistry(t)
 	nats, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: t.TempDir(), Token: "split-token"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nats.Shutdown)
+	return startSplitWith(t, nats.URL, "split-token")
+}
+
+// startSplitWith runs the registry cache and executor against a NATS
+// server the caller runs.
+func startSplitWith(t *testing.T, natsURL, token string) split {
+	t.Helper()
+	bin := binaries(t)
+	reg := sharedRegistry(t)
 	sock := t.TempDir()
 	registryAddr := "unix://" + filepath.Join(sock, "registry.sock")
 	executorAddr := "unix://" + filepath.Join(sock, "executor.sock")
-	env := []string{"WASMLET_NATS_TOKEN=split-token"}
+	env := []string{"WASMLET_NATS_TOKEN=" + token}
 	startProcess(t, "registry-cache", filepath.Join(bin, "registry-cache"), nil,
 		"serve", "--listen", registryAddr, "--dir", t.TempDir(), "--insecure-registry", reg.Host)
 	startProcess(t, "executor", filepath.Join(bin, "executor"), env,
-		"--listen", executorAddr, "--registry", registryAddr, "--nats", nats.URL, "--state-dir", t.TempDir())
+		"--listen", executorAddr, "--registry", registryAddr, "--nats", natsURL, "--state-dir", t.TempDir())
 	return split{executorAddr: executorAddr, env: env, flags: []string{
-		"--nats", nats.URL, "--registry-cache", registryAddr, "--executor", "wasmtime=" + executorAddr,
+		"--nats", natsURL, "--registry-cache", registryAddr, "--executor", "wasmtime=" + executorAddr,
 	}}
 }
 

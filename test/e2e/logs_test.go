@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -17,8 +16,6 @@ import (
 // output and starts it again on the same port and store: the executor
 // buffers while NATS is away, and every line reaches kubectl logs, in order.
 func TestLogsSurviveNATSRestart(t *testing.T) {
-	bin := binaries(t)
-	reg := sharedRegistry(t)
 	store := t.TempDir()
 	nats, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: store, Token: "restart-token"})
 	if err != nil {
@@ -32,16 +29,8 @@ func TestLogsSurviveNATSRestart(t *testing.T) {
 	current := nats
 	t.Cleanup(func() { current.Shutdown() })
 
-	sock := t.TempDir()
-	registryAddr := "unix://" + filepath.Join(sock, "registry.sock")
-	executorAddr := "unix://" + filepath.Join(sock, "executor.sock")
-	env := []string{"WASMLET_NATS_TOKEN=restart-token"}
-	startProcess(t, "registry-cache", filepath.Join(bin, "registry-cache"), nil,
-		"serve", "--listen", registryAddr, "--dir", t.TempDir(), "--insecure-registry", reg.Host)
-	startProcess(t, "executor", filepath.Join(bin, "executor"), env,
-		"--listen", executorAddr, "--registry", registryAddr, "--nats", nats.URL, "--state-dir", t.TempDir())
-	n := startNode(t, "e2e-natsrestart", env,
-		"--nats", nats.URL, "--registry-cache", registryAddr, "--executor", "wasmtime="+executorAddr)
+	sp := startSplitWith(t, nats.URL, "restart-token")
+	n := startNode(t, "e2e-natsrestart", sp.env, sp.flags...)
 	ns := namespace(t, "e2e-natsrestart")
 	image := push(t, "examples/hello:v1")
 
