@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -90,6 +91,7 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 	fs.Int64Var(&cfg.RegistryMaxBytes, "registry-max-bytes", 0, "size budget of the in-process registry cache (least recently used modules not in use are evicted); 0: none")
 	fs.StringVar(&cfg.CPUCgroup, "cpu-cgroup", "", "writable cgroup directory (cpu controller) for the supervised executor to enforce limits.cpu in; empty: CPU limits are not enforced")
 	fs.IntVar(&cfg.PodSyncWorkers, "pod-sync-workers", 4, "pod sync workers: how many pod creations and status writes go to the API server at once")
+	fs.DurationVar(&cfg.VolumeRefresh, "volume-refresh", time.Minute, "how often configMap, secret, downwardAPI and projected volumes are rewritten from their sources")
 	fs.Int64Var(&cfg.MaxPods, "max-pods", 110, "pods this node accepts")
 	fs.DurationVar(&cfg.Backoff.Initial, "backoff-initial", podworker.DefaultBackoff.Initial, "first crash-loop/image-pull back-off")
 	fs.DurationVar(&cfg.Backoff.Max, "backoff-max", podworker.DefaultBackoff.Max, "longest back-off")

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -181,4 +183,40 @@ func TestPrivateRegistryPullSecret(t *testing.T) {
 	if strings.Contains(mustKubectl(t, "get", "events", "-n", ns, "-o", "jsonpath={.items[*].message}"), reg.Password) {
 		t.Error("an event shows the registry password")
 	}
+}
+
+// TestVolumeRefreshAndWorkingDir: a config map's new data reaches a running
+// pod's volume, and workingDir is where relative paths resolve.
+func TestVolumeRefreshAndWorkingDir(t *testing.T) {
+	state := t.TempDir()
+	n := startNode(t, "e2e-refresh", nil, "--state-dir", state, "--volume-refresh", "1s")
+	ns := namespace(t, "e2e-refresh")
+	image := push(t, "examples/hello:v1")
+	mustKubectl(t, "create", "configmap", "cfg", "-n", ns, "--from-literal=greeting.txt=one")
+	pod := wasmPod("reader", n.name, image, v1.RestartPolicyAlways,
+		v1.EnvVar{Name: "WRITE", Value: "relative.txt=written by a relative path"},
+		v1.EnvVar{Name: "CAT", Value: "/work/relative.txt,/cfg/greeting.txt"},
+		v1.EnvVar{Name: "COUNT", Value: "100000"}, v1.EnvVar{Name: "SLEEP", Value: "100ms"})
+	pod.Spec.Volumes = []v1.Volume{
+		{Name: "work", VolumeSource: v1.VolumeSource{EmptyDir: &v1.EmptyDirVolumeSource{}}},
+		{Name: "cfg", VolumeSource: v1.VolumeSource{ConfigMap: &v1.ConfigMapVolumeSource{LocalObjectReference: v1.LocalObjectReference{Name: "cfg"}}}},
+	}
+	pod.Spec.Containers[0].WorkingDir = "/work"
+	pod.Spec.Containers[0].VolumeMounts = []v1.VolumeMount{{Name: "work", MountPath: "/work"}, {Name: "cfg", MountPath: "/cfg", ReadOnly: true}}
+	apply(t, ns, pod)
+	waitPhase(t, ns, "reader", v1.PodRunning, 2*time.Minute)
+	waitFor(t, 30*time.Second, "the module's output", func() (bool, string) {
+		logs, _ := kubectl(t, "logs", "-n", ns, "reader")
+		return strings.Contains(logs, "/work/relative.txt: written by a relative path") && strings.Contains(logs, "/cfg/greeting.txt: one"), logs
+	})
+
+	uid := jsonpath(t, ns, "reader", "{.metadata.uid}")
+	file := filepath.Join(state, "pods", uid, "volumes", "cfg", "greeting.txt")
+	if out, err := kubectlIn(t, []byte(`{"data":{"greeting.txt":"two"}}`), "patch", "configmap", "cfg", "-n", ns, "--type=merge", "--patch-file=/dev/stdin"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	waitFor(t, 30*time.Second, "the new data in the running pod's volume", func() (bool, string) {
+		b, err := os.ReadFile(file)
+		return err == nil && string(b) == "two", fmt.Sprint(string(b), err)
+	})
 }

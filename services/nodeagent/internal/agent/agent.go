@@ -76,9 +76,10 @@ type Config struct {
 	ExecutorBinary          string
 	Backoff                 podworker.Backoff
 	AllowedHostPaths        []string // roots that hostPath volumes may use
-	RegistryMaxBytes        int64    // in-process cache's size budget; 0: none
-	PodSyncWorkers          int      // virtual-kubelet's pod sync workers (status writes run on them)
-	CPUCgroup               string   // passed to the supervised executor: where CPU limits are enforced
+	VolumeRefresh           time.Duration
+	RegistryMaxBytes        int64  // in-process cache's size budget; 0: none
+	PodSyncWorkers          int    // virtual-kubelet's pod sync workers (status writes run on them)
+	CPUCgroup               string // passed to the supervised executor: where CPU limits are enforced
 	// Metrics receives the node agent's metrics, served at /metrics on the
 	// kubelet API; nil: a registry of its own.
 	Metrics *prometheus.Registry
@@ -281,7 +282,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Client: client, Cache: cache, Pool: pool, Recorder: recorder,
 		Logs:     &podlogs.Reader{JS: js, Node: cfg.NodeName},
 		NodeName: cfg.NodeName, NodeIP: cfg.NodeIP, StateDir: cfg.StateDir,
-		Backoff: cfg.Backoff, AllowedHostPaths: cfg.AllowedHostPaths, Log: log,
+		Backoff: cfg.Backoff, AllowedHostPaths: cfg.AllowedHostPaths, VolumeRefresh: cfg.VolumeRefresh, Log: log,
 	})
 	if err != nil {
 		return err

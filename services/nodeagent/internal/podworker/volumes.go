@@ -25,6 +25,9 @@ type volumeSource struct {
 	pod          *v1.Pod
 	hostIP       string
 	allowedRoots []string
+	// skipTokens leaves projected service-account tokens as they are (a
+	// refresh that is not yet due to renew them).
+	skipTokens bool
 }
 
 // errVolume is a volume the pod asks for that the node cannot provide; its
@@ -68,6 +71,8 @@ func (s *volumeSource) prepare(ctx context.Context, dir string, v v1.Volume) (st
 				part, err = s.secretFiles(ctx, src.Secret.Name, src.Secret.Items, src.Secret.Optional)
 			case src.DownwardAPI != nil:
 				part, err = s.downwardFiles(src.DownwardAPI.Items)
+			case src.ServiceAccountToken != nil && s.skipTokens:
+				continue
 			case src.ServiceAccountToken != nil:
 				part, err = s.token(ctx, src.ServiceAccountToken)
 			default:

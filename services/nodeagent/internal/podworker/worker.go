@@ -38,6 +38,9 @@ type Backoff struct {
 	Reset   time.Duration // a run this long resets the back-off
 }
 
+// DefaultVolumeRefresh is the kubelet's sync period.
+const DefaultVolumeRefresh = time.Minute
+
 // DefaultBackoff is the kubelet's: 10 s doubling to 5 min, reset after 10 min.
 var DefaultBackoff = Backoff{Initial: 10 * time.Second, Max: 5 * time.Minute, Reset: 10 * time.Minute}
 
@@ -53,6 +56,11 @@ type Deps struct {
 	// VolumeDir is this pod's directory for its emptyDir volumes.
 	VolumeDir string
 	Backoff   Backoff // zero: DefaultBackoff
+	// VolumeRefresh is how often configMap, secret, downwardAPI and
+	// projected volumes are written again from their sources, as the
+	// kubelet's periodic sync does (and so that service-account tokens are
+	// renewed); 0 means DefaultVolumeRefresh.
+	VolumeRefresh time.Duration
 	// AllowedHostPaths are the host directories (and what is below them)
 	// that hostPath volumes may name; empty: none.
 	AllowedHostPaths []string
@@ -102,6 +110,7 @@ type Worker struct {
 	inits      []*ctr // init containers, run in order before containers
 	containers []*ctr
 	volumes    map[string]string // volume name -> host dir
+	tokensAt   time.Time         // when service-account tokens were last written
 	failReason string            // a pod-level failure (DeadlineExceeded)
 	failMsg    string
 }
@@ -110,6 +119,9 @@ type Worker struct {
 func New(deps Deps, pod *v1.Pod) *Worker {
 	if deps.Backoff == (Backoff{}) {
 		deps.Backoff = DefaultBackoff
+	}
+	if deps.VolumeRefresh <= 0 {
+		deps.VolumeRefresh = DefaultVolumeRefresh
 	}
 	log := deps.Log
 	if log == nil {
@@ -428,6 +440,7 @@ func (w *Worker) prepareVolumes(ctx context.Context) bool {
 			w.volumes[v.Name] = dir
 		}
 		if err == nil {
+			w.tokensAt = time.Now()
 			return ctx.Err() == nil
 		}
 		if ctx.Err() != nil {
@@ -531,6 +544,11 @@ func (w *Worker) start(ctx context.Context, c *ctr) {
 	}
 	for _, kv := range env {
 		spec.Env = append(spec.Env, &executorv1.EnvVar{Name: kv[0], Value: kv[1]})
+	}
+	// WASI has no working directory; PWD is what Go's wasip1 runtime (and
+	// other toolchains that follow it) resolve relative paths against.
+	if wd := c.spec.WorkingDir; wd != "" && !hasEnv(env, "PWD") {
+		spec.Env = append(spec.Env, &executorv1.EnvVar{Name: "PWD", Value: wd})
 	}
 	for _, m := range c.spec.VolumeMounts {
 		dir, ok := w.volumes[m.Name]
@@ -656,6 +674,15 @@ func (w *Worker) failStart(c *ctr, reason, msg string) {
 	w.publish()
 }
 
+func hasEnv(env [][2]string, name string) bool {
+	for _, kv := range env {
+		if kv[0] == name {
+			return true
+		}
+	}
+	return false
+}
+
 // argv maps a container to WASI argv: command replaces the whole argv
 // (command[0] is argv[0]) and args follow; with no command, argv[0] is the
 // container's name.
@@ -766,6 +793,8 @@ func (w *Worker) terminating() bool {
 func (w *Worker) loop(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	refresh := time.NewTicker(w.deps.VolumeRefresh)
+	defer refresh.Stop()
 	for {
 		w.drain()
 		w.restartDue(ctx)
@@ -787,6 +816,31 @@ func (w *Worker) loop(ctx context.Context) {
 			return
 		case <-w.wake:
 		case <-timer.C:
+		case <-refresh.C:
+			w.refreshVolumes(ctx)
+		}
+	}
+}
+
+// refreshVolumes writes the files of volumes that come from API objects
+// again, so that a running module sees updated config maps and secrets and
+// a renewed token. A source that cannot be read leaves the files as they
+// are.
+func (w *Worker) refreshVolumes(ctx context.Context) {
+	pod := w.Pod()
+	// Tokens are renewed, like the kubelet's, at 80% of their default
+	// hour-long life, not at every refresh.
+	renew := time.Since(w.tokensAt) > 48*time.Minute
+	if renew {
+		w.tokensAt = time.Now()
+	}
+	src := &volumeSource{client: w.deps.Client, pod: pod, hostIP: w.deps.NodeIP, skipTokens: !renew}
+	for _, v := range pod.Spec.Volumes {
+		if v.ConfigMap == nil && v.Secret == nil && v.DownwardAPI == nil && v.Projected == nil {
+			continue
+		}
+		if _, err := src.prepare(ctx, filepath.Join(w.deps.VolumeDir, v.Name), v); err != nil {
+			w.log.Warn("volume refresh failed", "volume", v.Name, "err", err)
 		}
 	}
 }

@@ -42,6 +42,8 @@ type Config struct {
 	NodeIP   string
 	StateDir string // pods' volumes live under StateDir/pods/<uid>
 	Backoff  podworker.Backoff
+	// VolumeRefresh is how often API-backed volumes are rewritten (optional).
+	VolumeRefresh time.Duration
 	// AllowedHostPaths are the roots hostPath volumes may use (optional).
 	AllowedHostPaths []string
 	// ProcDir is where the node's CPU and memory figures are read (default /proc).
@@ -130,6 +132,7 @@ func (p *Provider) CreatePod(ctx context.Context, pod *v1.Pod) error {
 		VolumeDir:        filepath.Join(p.cfg.StateDir, "pods", string(pod.UID), "volumes"),
 		Backoff:          p.cfg.Backoff,
 		AllowedHostPaths: p.cfg.AllowedHostPaths,
+		VolumeRefresh:    p.cfg.VolumeRefresh,
 		Notify:           p.notifyPod,
 		Log:              p.cfg.Log,
 	}, pod)
