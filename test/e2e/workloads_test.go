@@ -13,6 +13,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/wasmlet/wasmlet/internal/testregistry"
@@ -219,4 +220,23 @@ func TestVolumeRefreshAndWorkingDir(t *testing.T) {
 		b, err := os.ReadFile(file)
 		return err == nil && string(b) == "two", fmt.Sprint(string(b), err)
 	})
+}
+
+// TestEmptyDirSizeLimitEvicts: a module that writes past its emptyDir's
+// sizeLimit is evicted, as the kubelet does.
+func TestEmptyDirSizeLimitEvicts(t *testing.T) {
+	n := startNode(t, "e2e-sizelimit", nil, "--volume-refresh", "1s")
+	ns := namespace(t, "e2e-sizelimit")
+	image := push(t, "examples/hello:v1")
+	pod := wasmPod("filler", n.name, image, v1.RestartPolicyNever,
+		v1.EnvVar{Name: "WRITE", Value: "/scratch/big=" + strings.Repeat("x", 4096)},
+		v1.EnvVar{Name: "COUNT", Value: "100000"}, v1.EnvVar{Name: "SLEEP", Value: "100ms"})
+	limit := resource.MustParse("1Ki")
+	pod.Spec.Volumes = []v1.Volume{{Name: "scratch", VolumeSource: v1.VolumeSource{EmptyDir: &v1.EmptyDirVolumeSource{SizeLimit: &limit}}}}
+	pod.Spec.Containers[0].VolumeMounts = []v1.VolumeMount{{Name: "scratch", MountPath: "/scratch"}}
+	apply(t, ns, pod)
+	waitPhase(t, ns, "filler", v1.PodFailed, 2*time.Minute)
+	if got := jsonpath(t, ns, "filler", "{.status.reason}: {.status.message}"); !strings.HasPrefix(got, "Evicted: ") || !strings.Contains(got, `"scratch"`) {
+		t.Errorf("status = %q, want Evicted naming the volume", got)
+	}
 }

@@ -818,8 +818,46 @@ func (w *Worker) loop(ctx context.Context) {
 		case <-timer.C:
 		case <-refresh.C:
 			w.refreshVolumes(ctx)
+			w.checkEmptyDirLimits()
 		}
 	}
+}
+
+// checkEmptyDirLimits evicts the pod, as the kubelet does, when an emptyDir
+// holds more than its sizeLimit.
+func (w *Worker) checkEmptyDirLimits() {
+	pod := w.Pod()
+	for _, v := range pod.Spec.Volumes {
+		if v.EmptyDir == nil || v.EmptyDir.SizeLimit == nil || v.EmptyDir.SizeLimit.IsZero() {
+			continue
+		}
+		used := dirSize(filepath.Join(w.deps.VolumeDir, v.Name))
+		if used <= v.EmptyDir.SizeLimit.Value() {
+			continue
+		}
+		msg := fmt.Sprintf("Usage of EmptyDir volume %q exceeds the limit %q.", v.Name, v.EmptyDir.SizeLimit.String())
+		w.log.Warn("evicting pod", "reason", msg, "used_bytes", used)
+		w.event(v1.EventTypeWarning, "Evicted", "%s", msg)
+		w.mu.Lock()
+		w.failReason, w.failMsg = "Evicted", msg
+		w.mu.Unlock()
+		w.Terminate(0)
+		return
+	}
+}
+
+// dirSize is the bytes of the regular files below dir.
+func dirSize(dir string) int64 {
+	var total int64
+	_ = filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if info, err := d.Info(); err == nil {
+				total += info.Size()
+			}
+		}
+		return nil
+	})
+	return total
 }
 
 // refreshVolumes writes the files of volumes that come from API objects
