@@ -298,6 +298,7 @@ func TestKubeletAPIRefusesAnonymous(t *testing.T) {
 // own, and the flags and environment that point a node agent at them.
 type split struct {
 	executorAddr string
+	registryAddr string
 	env          []string
 	flags        []string
 }
@@ -326,7 +327,7 @@ func startSplitWith(t *testing.T, natsURL, token string) split {
 		"serve", "--listen", registryAddr, "--dir", t.TempDir(), "--insecure-registry", reg.Host)
 	startProcess(t, "executor", filepath.Join(bin, "executor"), env,
 		"--listen", executorAddr, "--registry", registryAddr, "--nats", natsURL, "--state-dir", t.TempDir())
-	return split{executorAddr: executorAddr, env: env, flags: []string{
+	return split{executorAddr: executorAddr, registryAddr: registryAddr, env: env, flags: []string{
 		"--nats", natsURL, "--registry-cache", registryAddr, "--executor", "wasmtime=" + executorAddr,
 	}}
 }
