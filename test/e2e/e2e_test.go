@@ -299,6 +299,7 @@ func TestKubeletAPIRefusesAnonymous(t *testing.T) {
 type split struct {
 	executorAddr string
 	registryAddr string
+	executor     *process
 	env          []string
 	flags        []string
 }
@@ -325,9 +326,9 @@ func startSplitWith(t *testing.T, natsURL, token string) split {
 	env := []string{"WASMLET_NATS_TOKEN=" + token}
 	startProcess(t, "registry-cache", filepath.Join(bin, "registry-cache"), nil,
 		"serve", "--listen", registryAddr, "--dir", t.TempDir(), "--insecure-registry", reg.Host)
-	startProcess(t, "executor", filepath.Join(bin, "executor"), env,
+	exec := startProcess(t, "executor", filepath.Join(bin, "executor"), env,
 		"--listen", executorAddr, "--registry", registryAddr, "--nats", natsURL, "--state-dir", t.TempDir())
-	return split{executorAddr: executorAddr, registryAddr: registryAddr, env: env, flags: []string{
+	return split{executorAddr: executorAddr, registryAddr: registryAddr, executor: exec, env: env, flags: []string{
 		"--nats", natsURL, "--registry-cache", registryAddr, "--executor", "wasmtime=" + executorAddr,
 	}}
 }

@@ -83,3 +83,30 @@ func TestRuntimeClassRouting(t *testing.T) {
 		return strings.Contains(got, "no-such-engine") && strings.Contains(got, "not served"), got
 	})
 }
+
+// TestNodeNotReadyWithoutExecutor stops the node's only executor: the Node
+// turns NotReady with a message naming it, and Ready again once an
+// executor answers at that address.
+func TestNodeNotReadyWithoutExecutor(t *testing.T) {
+	bin := binaries(t)
+	nats, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: t.TempDir(), Token: "nr-token"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nats.Shutdown)
+	sp := startSplitWith(t, nats.URL, "nr-token")
+	n := startNode(t, "e2e-notready", sp.env, sp.flags...)
+
+	exec := sp.executor
+	exec.stop(10 * time.Second)
+	waitFor(t, time.Minute, "Ready False naming the executor", func() (bool, string) {
+		got := mustKubectl(t, "get", "node", n.name, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}: {.status.conditions[?(@.type=="Ready")].message}`)
+		return strings.HasPrefix(got, "False: ") && strings.Contains(got, "executor not reachable"), got
+	})
+	startProcess(t, "executor-again", filepath.Join(bin, "executor"), sp.env,
+		"--listen", sp.executorAddr, "--registry", sp.registryAddr, "--nats", nats.URL, "--state-dir", t.TempDir())
+	waitFor(t, time.Minute, "Ready True again", func() (bool, string) {
+		got := mustKubectl(t, "get", "node", n.name, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
+		return got == "True", got
+	})
+}
