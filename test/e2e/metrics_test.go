@@ -121,6 +121,16 @@ func TestNodeStatsAndMetrics(t *testing.T) {
 		}
 	}
 
+	// /containerLogs: a container not in the pod is a 400 naming the pod's
+	// containers; an unknown pod is a 404.
+	withCert := func(cfg *tls.Config, _ *http.Request) { cfg.Certificates = []tls.Certificate{cert} }
+	if code, body := kubeletGet(t, n.port, "/containerLogs/"+ns+"/busy/nope", withCert); code != http.StatusBadRequest || !strings.Contains(body, "hello") {
+		t.Errorf("logs of a container not in the pod = %d %q, want 400 naming hello", code, body)
+	}
+	if code, body := kubeletGet(t, n.port, "/containerLogs/"+ns+"/no-such-pod/hello", withCert); code != http.StatusNotFound {
+		t.Errorf("logs of an unknown pod = %d %q, want 404", code, body)
+	}
+
 	// A ServiceAccount with no RBAC is authenticated (TokenReview) and then
 	// refused by the node agent's SubjectAccessReview.
 	mustKubectl(t, "create", "serviceaccount", "-n", ns, "nobody")
