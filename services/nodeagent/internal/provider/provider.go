@@ -301,16 +301,17 @@ func (p *Provider) GetContainerLogs(ctx context.Context, ns, name, container str
 	return p.cfg.Logs.Open(ctx, ns, name, container, id, o)
 }
 
-var errUnsupported = "%s is not supported for Wasm pods: a WebAssembly module has no shell or process to %s"
+// unsupportedFormat is the refusal of a request a module cannot serve.
+const unsupportedFormat = "%s is not supported for Wasm pods: a WebAssembly module has no shell or process to %s"
 
 // RunInContainer is not supported for Wasm pods.
 func (p *Provider) RunInContainer(context.Context, string, string, string, []string, api.AttachIO) error {
-	return errdefs.InvalidInputf(errUnsupported, "exec", "run a command in")
+	return errdefs.InvalidInputf(unsupportedFormat, "exec", "run a command in")
 }
 
 // AttachToContainer is not supported for Wasm pods.
 func (p *Provider) AttachToContainer(context.Context, string, string, string, api.AttachIO) error {
-	return errdefs.InvalidInputf(errUnsupported, "attach", "attach to")
+	return errdefs.InvalidInputf(unsupportedFormat, "attach", "attach to")
 }
 
 // PortForward is not supported for Wasm pods (no pod networking yet).
