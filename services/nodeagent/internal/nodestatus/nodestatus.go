@@ -5,10 +5,8 @@
 package nodestatus
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"os"
 	"runtime"
 	"sort"
 	"strings"
@@ -20,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/executors"
+	"github.com/wasmlet/wasmlet/services/nodeagent/internal/hostinfo"
 )
 
 // The labels and taint that make a node a wasmlet node.
@@ -105,19 +104,11 @@ func Node(cfg Config) (*v1.Node, error) {
 }
 
 func hostMemory() int64 {
-	f, err := os.Open("/proc/meminfo")
+	mi, err := hostinfo.Meminfo("/proc/meminfo")
 	if err != nil {
 		return 0
 	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		var kb int64
-		if _, err := fmt.Sscanf(s.Text(), "MemTotal: %d kB", &kb); err == nil {
-			return kb * 1024
-		}
-	}
-	return 0
+	return int64(mi["MemTotal"])
 }
 
 // Provider is the node.NodeProvider: Ping answers while any executor is

@@ -1,7 +1,6 @@
 package nodestatus
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"strconv"
@@ -9,6 +8,8 @@ import (
 	"syscall"
 
 	v1 "k8s.io/api/core/v1"
+
+	"github.com/wasmlet/wasmlet/services/nodeagent/internal/hostinfo"
 )
 
 // Readings are what the pressure conditions are computed from.
@@ -53,15 +54,8 @@ func pressureConditions(r Readings) map[v1.NodeConditionType][3]string {
 // read takes the host's readings; what cannot be read stays zero (no pressure).
 func read(stateDir string) Readings {
 	var r Readings
-	if f, err := os.Open("/proc/meminfo"); err == nil {
-		s := bufio.NewScanner(f)
-		for s.Scan() {
-			var kb int64
-			if _, err := fmt.Sscanf(s.Text(), "MemAvailable: %d kB", &kb); err == nil {
-				r.MemAvailable = kb * 1024
-			}
-		}
-		f.Close()
+	if mi, err := hostinfo.Meminfo("/proc/meminfo"); err == nil {
+		r.MemAvailable = int64(mi["MemAvailable"])
 	}
 	var st syscall.Statfs_t
 	if stateDir != "" && syscall.Statfs(stateDir, &st) == nil {

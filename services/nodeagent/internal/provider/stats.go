@@ -9,12 +9,9 @@ package provider
 // of the same instance (or node); the first reading has none.
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -25,6 +22,7 @@ import (
 	statsv1alpha1 "k8s.io/kubelet/pkg/apis/stats/v1alpha1"
 
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
+	"github.com/wasmlet/wasmlet/services/nodeagent/internal/hostinfo"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/podworker"
 )
 
@@ -169,13 +167,13 @@ func (p *Provider) summary(ctx context.Context) (*statsv1alpha1.Summary, error) 
 func (p *Provider) nodeStats(now time.Time) statsv1alpha1.NodeStats {
 	n := statsv1alpha1.NodeStats{NodeName: p.cfg.NodeName}
 	mt := metav1.NewTime(now)
-	if cpu, boot, err := readProcStat(filepath.Join(p.cfg.ProcDir, "stat")); err == nil {
+	if cpu, boot, err := hostinfo.ProcStat(filepath.Join(p.cfg.ProcDir, "stat")); err == nil {
 		n.StartTime = metav1.NewTime(boot)
 		n.CPU = &statsv1alpha1.CPUStats{Time: mt, UsageCoreNanoSeconds: proto.Uint64(cpu), UsageNanoCores: p.rate("node", cpu, now)}
 	} else {
 		p.cfg.Log.Debug("read node CPU failed", "err", err)
 	}
-	if mi, err := readMeminfo(filepath.Join(p.cfg.ProcDir, "meminfo")); err == nil {
+	if mi, err := hostinfo.Meminfo(filepath.Join(p.cfg.ProcDir, "meminfo")); err == nil {
 		total, avail, free := mi["MemTotal"], mi["MemAvailable"], mi["MemFree"]
 		n.Memory = &statsv1alpha1.MemoryStats{
 			Time:            mt,
@@ -187,80 +185,6 @@ func (p *Provider) nodeStats(now time.Time) statsv1alpha1.NodeStats {
 		p.cfg.Log.Debug("read node memory failed", "err", err)
 	}
 	return n
-}
-
-// userHZ is the unit of /proc/stat's CPU times (USER_HZ, 100 on Linux).
-const userHZ = 100
-
-// readProcStat returns the CPU time all CPUs spent busy (not idle, not
-// waiting for I/O), in ns, and the boot time.
-func readProcStat(path string) (uint64, time.Time, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, time.Time{}, err
-	}
-	var busy uint64
-	var boot time.Time
-	found := false
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		switch {
-		case len(f) >= 8 && f[0] == "cpu":
-			// user nice system idle iowait irq softirq steal ...
-			for i, v := range f[1:min(len(f), 9)] {
-				if i == 3 || i == 4 {
-					continue
-				}
-				n, err := strconv.ParseUint(v, 10, 64)
-				if err != nil {
-					return 0, time.Time{}, fmt.Errorf("%s: cpu field %d: %w", path, i+1, err)
-				}
-				busy += n
-			}
-			found = true
-		case len(f) == 2 && f[0] == "btime":
-			if sec, err := strconv.ParseInt(f[1], 10, 64); err == nil {
-				boot = time.Unix(sec, 0)
-			}
-		}
-	}
-	if !found {
-		return 0, time.Time{}, fmt.Errorf("%s: no cpu line", path)
-	}
-	return busy * uint64(time.Second/userHZ), boot, nil
-}
-
-// readMeminfo returns /proc/meminfo's figures in bytes.
-func readMeminfo(path string) (map[string]uint64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	out := map[string]uint64{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if !ok {
-			continue
-		}
-		fs := strings.Fields(v)
-		if len(fs) == 0 {
-			continue
-		}
-		n, err := strconv.ParseUint(fs[0], 10, 64)
-		if err != nil {
-			continue
-		}
-		if len(fs) > 1 && fs[1] == "kB" {
-			n *= 1024
-		}
-		out[k] = n
-	}
-	if out["MemTotal"] == 0 {
-		return nil, fmt.Errorf("%s: no MemTotal", path)
-	}
-	return out, sc.Err()
 }
 
 // GetMetricsResource serves the families metrics-server reads from
