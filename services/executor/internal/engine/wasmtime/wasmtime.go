@@ -48,7 +48,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -324,16 +323,12 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 		inst.release()
 		return nil, err
 	}
-	if spec.CPULimitMillis <= 0 || e.cpu == nil {
-		go inst.run(nil)
-		return inst, nil
-	}
-	limited := make(chan error, 1)
-	go inst.runLimited(e.cpu, spec.CPULimitMillis, limited)
-	if err := <-limited; err != nil {
+	unlimit, err := engine.RunOnThread(&inst.cpu, e.cpu, spec.CPULimitMillis, inst.run)
+	if err != nil {
 		inst.release()
 		return nil, fmt.Errorf("%w: CPU limit %dm: %v", engine.ErrInstantiate, spec.CPULimitMillis, err)
 	}
+	inst.unlimit = unlimit
 	return inst, nil
 }
 
@@ -471,28 +466,8 @@ func env(vars []engine.EnvVar) (keys, values []string) {
 	return keys, values
 }
 
-// runLimited runs the instance on a thread of its own held to millis. The
-// thread is never unlocked: it ends with the goroutine.
-func (i *instance) runLimited(l engine.ThreadLimiter, millis int64, limited chan<- error) {
-	runtime.LockOSThread()
-	i.cpu.Store(threadcpu.Current())
-	release, err := l.Limit(millis)
-	if err != nil {
-		limited <- err
-		return
-	}
-	i.unlimit = release
-	limited <- nil
-	i.run(release)
-}
-
-// run runs _start. Its goroutine is locked to its thread for good (the
-// thread ends with it), so that the thread's CPU time is the instance's.
+// run runs _start on the instance's own thread (engine.RunOnThread).
 func (i *instance) run(unlimit func()) {
-	if i.cpu.Load() == nil {
-		runtime.LockOSThread()
-		i.cpu.Store(threadcpu.Current())
-	}
 	_, err := i.start.Call(i.store)
 	if unlimit != nil {
 		unlimit()

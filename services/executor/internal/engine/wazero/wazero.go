@@ -59,7 +59,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	goruntime "runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -473,17 +472,13 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 	}
 	inst := &instance{ctx: ictx, cancel: cancel, mod: mod, mem: mod.ExportedMemory("memory"), start: start, limit: spec.MemoryLimitBytes, done: make(chan struct{})}
 	inst.memory()
-	if spec.CPULimitMillis <= 0 || e.cpu == nil {
-		go inst.run(nil)
-		return inst, nil
-	}
-	limited := make(chan error, 1)
-	go inst.runLimited(e.cpu, spec.CPULimitMillis, limited)
-	if err := <-limited; err != nil {
+	unlimit, err := engine.RunOnThread(&inst.cpu, e.cpu, spec.CPULimitMillis, inst.run)
+	if err != nil {
 		mod.Close(ictx)
 		cancel()
 		return nil, fmt.Errorf("%w: CPU limit %dm: %v", engine.ErrInstantiate, spec.CPULimitMillis, err)
 	}
+	inst.unlimit = unlimit
 	return inst, nil
 }
 
@@ -550,28 +545,8 @@ type instance struct {
 	result   engine.Result
 }
 
-// runLimited runs the instance on a thread of its own held to millis. The
-// thread is never unlocked: it ends with the goroutine.
-func (i *instance) runLimited(l engine.ThreadLimiter, millis int64, limited chan<- error) {
-	goruntime.LockOSThread()
-	i.cpu.Store(threadcpu.Current())
-	release, err := l.Limit(millis)
-	if err != nil {
-		limited <- err
-		return
-	}
-	i.unlimit = release
-	limited <- nil
-	i.run(release)
-}
-
-// run runs _start. Its goroutine is locked to its thread for good (the
-// thread ends with it), so that the thread's CPU time is the instance's.
+// run runs _start on the instance's own thread (engine.RunOnThread).
 func (i *instance) run(unlimit func()) {
-	if i.cpu.Load() == nil {
-		goruntime.LockOSThread()
-		i.cpu.Store(threadcpu.Current())
-	}
 	_, err := i.start.Call(i.ctx)
 	if unlimit != nil {
 		unlimit()
