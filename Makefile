@@ -39,8 +39,8 @@ bench-registry: ## measure the registry cache against a local docker-registry (h
 	go run ./services/registry-cache bench
 
 .PHONY: bench
-bench: controlplane ## run the benchmark suite on the local stack; writes bench/results/<date>.json and .md
-	go run ./bench/cmd/wasmlet-bench
+bench: controlplane ## run the benchmark suite on the local stack (ONLY=a,b picks sections); writes bench/results/<date>.json and .md
+	go run ./bench/cmd/wasmlet-bench $(if $(ONLY),-only $(ONLY))
 
 .PHONY: build
 build: ## build the services into bin/ and the example module into bin/wasm/

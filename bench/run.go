@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -13,11 +14,13 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// Options size a run.
+// Options size a run. Each section reads the fields it needs.
 type Options struct {
 	Short   bool
 	Singles int   // single pods started one after another, per node
 	Bursts  []int // burst sizes, per node
+	// Only, when not empty, names the sections to run (see sections).
+	Only []string
 }
 
 // FullOptions is `make bench`; ShortOptions runs in `make test`.
@@ -25,6 +28,28 @@ var (
 	FullOptions  = Options{Singles: 30, Bursts: []int{100, 500}}
 	ShortOptions = Options{Short: true, Singles: 3, Bursts: []int{10}}
 )
+
+// A section measures one part of wasmlet on the stack and returns its
+// figures. Sections run in order, each on a node left as it found it.
+type section struct {
+	name string
+	run  func(ctx context.Context, s *Stack, opts Options) ([]Figure, error)
+}
+
+// sections is the suite, in the order it runs.
+var sections = []section{
+	{"footprint", func(_ context.Context, s *Stack, _ Options) ([]Figure, error) { return s.footprint() }},
+	{"podstart", podStart},
+}
+
+// SectionNames lists the suite's sections, in order.
+func SectionNames() []string {
+	var out []string
+	for _, sec := range sections {
+		out = append(out, sec.name)
+	}
+	return out
+}
 
 // Targets from the issues, and the anchors they came from.
 const (
@@ -43,12 +68,23 @@ func Run(ctx context.Context, s *Stack, opts Options) (Report, error) {
 	if opts.Short {
 		r.Mode = "short"
 	}
-	foot, err := s.footprint()
-	if err != nil {
-		return r, err
+	for _, sec := range sections {
+		if len(opts.Only) > 0 && !slices.Contains(opts.Only, sec.name) {
+			continue
+		}
+		figs, err := sec.run(ctx, s, opts)
+		r.Figures = append(r.Figures, figs...)
+		if err != nil {
+			return r, fmt.Errorf("%s: %w", sec.name, err)
+		}
 	}
-	r.Figures = append(r.Figures, foot...)
+	return r, nil
+}
 
+// podStart is pod start latency on the wasmlet node and the no-op node,
+// single pods and bursts, with the CPU each burst cost and the ratios.
+func podStart(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
+	var r Report
 	env := []v1.EnvVar{{Name: "COUNT", Value: "1000000000"}, {Name: "SLEEP", Value: "10s"}}
 	results := map[string]map[string]Figure{}
 	for _, node := range []string{NoopNode, WasmNode} {
@@ -56,17 +92,17 @@ func Run(ctx context.Context, s *Stack, opts Options) (Report, error) {
 		ps := &PodStarter{Client: s.Client, WatchClient: s.WatchClient, Node: node, Image: s.Image, Env: env}
 		ns, err := s.namespace(ctx, "bench-"+node+"-single")
 		if err != nil {
-			return r, err
+			return r.Figures, err
 		}
 		ps.Namespace = ns
 		// One pod first, not counted: the first start on a node compiles
 		// the module (seconds); the figures are for a cached module.
 		if _, err := ps.Singles(ctx, "warmup", 1); err != nil {
-			return r, fmt.Errorf("%s warm-up: %w", node, err)
+			return r.Figures, fmt.Errorf("%s warm-up: %w", node, err)
 		}
 		single, err := ps.Singles(ctx, "single", opts.Singles)
 		if err != nil {
-			return r, fmt.Errorf("%s singles: %w", node, err)
+			return r.Figures, fmt.Errorf("%s singles: %w", node, err)
 		}
 		f := Durations("pod start, single, "+node, "create call → watch shows all containers running; pods one after another; module cached", single)
 		if node == WasmNode {
@@ -81,17 +117,17 @@ func Run(ctx context.Context, s *Stack, opts Options) (Report, error) {
 			r.Figures = append(r.Figures, p99)
 		}
 		if err := s.clear(ctx, ps); err != nil {
-			return r, err
+			return r.Figures, err
 		}
 		for _, n := range opts.Bursts {
 			ps.Namespace, err = s.namespace(ctx, fmt.Sprintf("bench-%s-burst%d", node, n))
 			if err != nil {
-				return r, err
+				return r.Figures, err
 			}
 			before := s.cpu()
 			all, lat, err := ps.Burst(ctx, "burst", n, 5*time.Minute)
 			if err != nil {
-				return r, fmt.Errorf("%s burst of %d: %w", node, n, err)
+				return r.Figures, fmt.Errorf("%s burst of %d: %w", node, n, err)
 			}
 			after := s.cpu()
 			for _, proc := range cpuProcs {
@@ -107,7 +143,7 @@ func Run(ctx context.Context, s *Stack, opts Options) (Report, error) {
 			r.Figures = append(r.Figures, allF,
 				Durations(fmt.Sprintf("burst of %d, per pod, %s", n, node), "each pod's create call → running, within the burst", lat))
 			if err := s.clear(ctx, ps); err != nil {
-				return r, err
+				return r.Figures, err
 			}
 		}
 	}
@@ -120,7 +156,7 @@ func Run(ctx context.Context, s *Stack, opts Options) (Report, error) {
 		f.Hold("max", ratioTarget)
 		r.Figures = append(r.Figures, f)
 	}
-	return r, nil
+	return r.Figures, nil
 }
 
 // footprint reports the shipped binaries' sizes and the idle node's memory.

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -20,16 +21,17 @@ import (
 func main() {
 	short := flag.Bool("short", false, "small counts (what make test runs)")
 	out := flag.String("out", "bench/results", "directory for the results")
+	only := flag.String("only", "", "comma-separated sections to run (default all: "+strings.Join(bench.SectionNames(), ",")+")")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *short, *out); err != nil {
+	if err := run(ctx, *short, *out, *only); err != nil {
 		fmt.Fprintln(os.Stderr, "wasmlet-bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, short bool, out string) error {
+func run(ctx context.Context, short bool, out, only string) error {
 	root, err := os.Getwd()
 	if err != nil {
 		return err
@@ -55,6 +57,9 @@ func run(ctx context.Context, short bool, out string) error {
 	opts := bench.FullOptions
 	if short {
 		opts = bench.ShortOptions
+	}
+	if only != "" {
+		opts.Only = strings.Split(only, ",")
 	}
 	fmt.Println("measuring")
 	r, err := bench.Run(ctx, s, opts)
