@@ -210,7 +210,11 @@ func Run(ctx context.Context, cfg Config) error {
 			bin = siblingBinary("executor")
 		}
 		args := []string{"--listen", addr, "--registry", registryAddr, "--nats", natsURL,
-			"--state-dir", filepath.Join(cfg.StateDir, "executor")}
+			"--state-dir", filepath.Join(cfg.StateDir, "executor"),
+			// The node admits pods up to MaxPods; its executor's cap on
+			// instances leaves room for a few containers (and a kept exited
+			// instance) per pod, so that the node's capacity is what binds.
+			"--max-instances", fmt.Sprint(4 * cfg.MaxPods)}
 		if cfg.CPUCgroup != "" {
 			args = append(args, "--cpu-cgroup", cfg.CPUCgroup)
 		}
