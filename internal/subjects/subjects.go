@@ -5,9 +5,14 @@
 //
 //	wasmlet.logs.<node>.<namespace>.<pod>.<container>   events.v1.LogRecord
 //	wasmlet.events.<executor>.<instance>                events.v1.InstanceEvent
+//	wasmlet.executors.<node>.<flavour>.<executor>       events.v1.ExecutorAnnouncement
+//	wasmlet.discover.<node>                             events.v1.ExecutorDiscovery
 //
 // A log shipper follows a namespace with "wasmlet.logs.*.<namespace>.>" and a
-// pod with "wasmlet.logs.*.<namespace>.<pod>.*".
+// pod with "wasmlet.logs.*.<namespace>.<pod>.*". A node agent follows the
+// executors serving it with ExecutorsOf(node) and asks them to announce
+// themselves at once on Discover(node). Announcements and discovery requests
+// are plain NATS messages, kept by no stream: they say what is there now.
 package subjects
 
 import "strings"
@@ -17,6 +22,10 @@ const (
 	LogsPrefix = "wasmlet.logs"
 	// EventsPrefix is the first two tokens of every instance-event subject.
 	EventsPrefix = "wasmlet.events"
+	// ExecutorsPrefix is the first two tokens of every executor announcement.
+	ExecutorsPrefix = "wasmlet.executors"
+	// DiscoverPrefix is the first two tokens of a request to announce.
+	DiscoverPrefix = "wasmlet.discover"
 	// LogsStream is the JetStream stream that keeps log records.
 	LogsStream = "WASMLET_LOGS"
 	// EventsStream is the JetStream stream that keeps instance events.
@@ -39,4 +48,20 @@ func Logs(node, namespace, pod, container string) string {
 // Events is the subject of one instance's state changes.
 func Events(executor, instance string) string {
 	return strings.Join([]string{EventsPrefix, Token(executor), Token(instance)}, ".")
+}
+
+// Executor is the subject one executor announces itself on.
+func Executor(node, flavour, executor string) string {
+	return strings.Join([]string{ExecutorsPrefix, Token(node), Token(flavour), Token(executor)}, ".")
+}
+
+// ExecutorsOf matches every announcement of the executors serving node.
+func ExecutorsOf(node string) string {
+	return ExecutorsPrefix + "." + Token(node) + ".*.*"
+}
+
+// Discover is the subject on which a node's executors are asked to
+// announce themselves now.
+func Discover(node string) string {
+	return DiscoverPrefix + "." + Token(node)
 }

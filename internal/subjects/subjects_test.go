@@ -10,6 +10,18 @@ func TestLogsEscapesDots(t *testing.T) {
 	}
 }
 
+func TestExecutorSubjects(t *testing.T) {
+	if got, want := Executor("node.a", "wasmtime", "host-12"), "wasmlet.executors.node_a.wasmtime.host-12"; got != want {
+		t.Errorf("Executor() = %q, want %q", got, want)
+	}
+	if got, want := ExecutorsOf("node.a"), "wasmlet.executors.node_a.*.*"; got != want {
+		t.Errorf("ExecutorsOf() = %q, want %q", got, want)
+	}
+	if got, want := Discover("node.a"), "wasmlet.discover.node_a"; got != want {
+		t.Errorf("Discover() = %q, want %q", got, want)
+	}
+}
+
 func TestTokenNeverEmptyOrWildcard(t *testing.T) {
 	for _, in := range []string{"", "*", ">", "a.b", "a b"} {
 		tok := Token(in)

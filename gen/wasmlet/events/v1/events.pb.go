@@ -7,12 +7,15 @@
 // Payloads published on NATS. Subjects carry the coordinates as tokens:
 //   wasmlet.logs.<node>.<namespace>.<pod>.<container>   LogRecord
 //   wasmlet.events.<executor>.<instance>                InstanceEvent
+//   wasmlet.executors.<node>.<flavour>.<executor>       ExecutorAnnouncement
+//   wasmlet.discover.<node>                             ExecutorDiscovery
 
 package eventsv1
 
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -276,11 +279,256 @@ func (x *InstanceEvent) GetLabels() map[string]string {
 	return nil
 }
 
+// ExecutorAnnouncement is an executor saying that it is there and what it
+// offers, so that the node agent it serves finds every replica without
+// being told their addresses. Published on
+//
+//	wasmlet.executors.<node>.<flavour>.<executor>
+//
+// at start, every `period`, whenever asked (ExecutorDiscovery), and once with
+// leaving = true on a clean stop. A missed announcement is not death: a
+// reader waits several periods and checks the executor's gRPC health
+// before it gives a replica up.
+type ExecutorAnnouncement struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The executor's identity (executor.v1 GetInfoResponse.executor_id); it
+	// changes when the process restarts.
+	ExecutorId string `protobuf:"bytes,1,opt,name=executor_id,json=executorId,proto3" json:"executor_id,omitempty"`
+	// What the node agent routes pods to (RuntimeClass handler -> flavour);
+	// several replicas may share one.
+	Flavour string `protobuf:"bytes,2,opt,name=flavour,proto3" json:"flavour,omitempty"`
+	// The node whose agent this executor serves.
+	Node string `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
+	// Where the node agent reaches its gRPC API (unix:///path or tcp://host:port).
+	Address       string `protobuf:"bytes,4,opt,name=address,proto3" json:"address,omitempty"`
+	Engine        string `protobuf:"bytes,5,opt,name=engine,proto3" json:"engine,omitempty"`
+	EngineVersion string `protobuf:"bytes,6,opt,name=engine_version,json=engineVersion,proto3" json:"engine_version,omitempty"`
+	// The host's GOOS/GOARCH.
+	Os   string `protobuf:"bytes,7,opt,name=os,proto3" json:"os,omitempty"`
+	Arch string `protobuf:"bytes,8,opt,name=arch,proto3" json:"arch,omitempty"`
+	// Capacity: instances it holds at most, and how many it holds now.
+	MaxInstances     int32 `protobuf:"varint,9,opt,name=max_instances,json=maxInstances,proto3" json:"max_instances,omitempty"`
+	RunningInstances int32 `protobuf:"varint,10,opt,name=running_instances,json=runningInstances,proto3" json:"running_instances,omitempty"`
+	// False when the executor knows it cannot run instances now.
+	Healthy bool `protobuf:"varint,11,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	// True when it must get no new instances (it keeps those it has).
+	Draining bool `protobuf:"varint,12,opt,name=draining,proto3" json:"draining,omitempty"`
+	// True when CPU limits (InstanceSpec.cpu_limit_millis) are enforced.
+	CpuLimitsEnforced bool `protobuf:"varint,13,opt,name=cpu_limits_enforced,json=cpuLimitsEnforced,proto3" json:"cpu_limits_enforced,omitempty"`
+	// Per executor process, from 1, strictly increasing.
+	Sequence uint64                 `protobuf:"varint,14,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	Time     *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=time,proto3" json:"time,omitempty"`
+	// How often the executor announces itself.
+	Period *durationpb.Duration `protobuf:"bytes,16,opt,name=period,proto3" json:"period,omitempty"`
+	// True in the last announcement of a cleanly stopping executor: its
+	// instances are gone.
+	Leaving       bool `protobuf:"varint,17,opt,name=leaving,proto3" json:"leaving,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecutorAnnouncement) Reset() {
+	*x = ExecutorAnnouncement{}
+	mi := &file_wasmlet_events_v1_events_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecutorAnnouncement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecutorAnnouncement) ProtoMessage() {}
+
+func (x *ExecutorAnnouncement) ProtoReflect() protoreflect.Message {
+	mi := &file_wasmlet_events_v1_events_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecutorAnnouncement.ProtoReflect.Descriptor instead.
+func (*ExecutorAnnouncement) Descriptor() ([]byte, []int) {
+	return file_wasmlet_events_v1_events_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ExecutorAnnouncement) GetExecutorId() string {
+	if x != nil {
+		return x.ExecutorId
+	}
+	return ""
+}
+
+func (x *ExecutorAnnouncement) GetFlavour() string {
+	if x != nil {
+		return x.Flavour
+	}
+	return ""
+}
+
+func (x *ExecutorAnnouncement) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ExecutorAnnouncement) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *ExecutorAnnouncement) GetEngine() string {
+	if x != nil {
+		return x.Engine
+	}
+	return ""
+}
+
+func (x *ExecutorAnnouncement) GetEngineVersion() string {
+	if x != nil {
+		return x.EngineVersion
+	}
+	return ""
+}
+
+func (x *ExecutorAnnouncement) GetOs() string {
+	if x != nil {
+		return x.Os
+	}
+	return ""
+}
+
+func (x *ExecutorAnnouncement) GetArch() string {
+	if x != nil {
+		return x.Arch
+	}
+	return ""
+}
+
+func (x *ExecutorAnnouncement) GetMaxInstances() int32 {
+	if x != nil {
+		return x.MaxInstances
+	}
+	return 0
+}
+
+func (x *ExecutorAnnouncement) GetRunningInstances() int32 {
+	if x != nil {
+		return x.RunningInstances
+	}
+	return 0
+}
+
+func (x *ExecutorAnnouncement) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
+	}
+	return false
+}
+
+func (x *ExecutorAnnouncement) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
+}
+
+func (x *ExecutorAnnouncement) GetCpuLimitsEnforced() bool {
+	if x != nil {
+		return x.CpuLimitsEnforced
+	}
+	return false
+}
+
+func (x *ExecutorAnnouncement) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *ExecutorAnnouncement) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *ExecutorAnnouncement) GetPeriod() *durationpb.Duration {
+	if x != nil {
+		return x.Period
+	}
+	return nil
+}
+
+func (x *ExecutorAnnouncement) GetLeaving() bool {
+	if x != nil {
+		return x.Leaving
+	}
+	return false
+}
+
+// ExecutorDiscovery asks every executor serving a node to announce itself
+// now (a node agent sends it when it starts). Published on
+//
+//	wasmlet.discover.<node>
+type ExecutorDiscovery struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecutorDiscovery) Reset() {
+	*x = ExecutorDiscovery{}
+	mi := &file_wasmlet_events_v1_events_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecutorDiscovery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecutorDiscovery) ProtoMessage() {}
+
+func (x *ExecutorDiscovery) ProtoReflect() protoreflect.Message {
+	mi := &file_wasmlet_events_v1_events_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecutorDiscovery.ProtoReflect.Descriptor instead.
+func (*ExecutorDiscovery) Descriptor() ([]byte, []int) {
+	return file_wasmlet_events_v1_events_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ExecutorDiscovery) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
 var File_wasmlet_events_v1_events_proto protoreflect.FileDescriptor
 
 const file_wasmlet_events_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"\x1ewasmlet/events/v1/events.proto\x12\x11wasmlet.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd9\x01\n" +
+	"\x1ewasmlet/events/v1/events.proto\x12\x11wasmlet.events.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd9\x01\n" +
 	"\tLogRecord\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x121\n" +
@@ -303,7 +551,29 @@ const file_wasmlet_events_v1_events_proto_rawDesc = "" +
 	"\x06labels\x18\t \x03(\v2,.wasmlet.events.v1.InstanceEvent.LabelsEntryR\x06labels\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*F\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb3\x04\n" +
+	"\x14ExecutorAnnouncement\x12\x1f\n" +
+	"\vexecutor_id\x18\x01 \x01(\tR\n" +
+	"executorId\x12\x18\n" +
+	"\aflavour\x18\x02 \x01(\tR\aflavour\x12\x12\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\x12\x18\n" +
+	"\aaddress\x18\x04 \x01(\tR\aaddress\x12\x16\n" +
+	"\x06engine\x18\x05 \x01(\tR\x06engine\x12%\n" +
+	"\x0eengine_version\x18\x06 \x01(\tR\rengineVersion\x12\x0e\n" +
+	"\x02os\x18\a \x01(\tR\x02os\x12\x12\n" +
+	"\x04arch\x18\b \x01(\tR\x04arch\x12#\n" +
+	"\rmax_instances\x18\t \x01(\x05R\fmaxInstances\x12+\n" +
+	"\x11running_instances\x18\n" +
+	" \x01(\x05R\x10runningInstances\x12\x18\n" +
+	"\ahealthy\x18\v \x01(\bR\ahealthy\x12\x1a\n" +
+	"\bdraining\x18\f \x01(\bR\bdraining\x12.\n" +
+	"\x13cpu_limits_enforced\x18\r \x01(\bR\x11cpuLimitsEnforced\x12\x1a\n" +
+	"\bsequence\x18\x0e \x01(\x04R\bsequence\x12.\n" +
+	"\x04time\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x121\n" +
+	"\x06period\x18\x10 \x01(\v2\x19.google.protobuf.DurationR\x06period\x12\x18\n" +
+	"\aleaving\x18\x11 \x01(\bR\aleaving\"'\n" +
+	"\x11ExecutorDiscovery\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node*F\n" +
 	"\x06Stream\x12\x16\n" +
 	"\x12STREAM_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSTREAM_STDOUT\x10\x01\x12\x11\n" +
@@ -323,24 +593,29 @@ func file_wasmlet_events_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_wasmlet_events_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_wasmlet_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_wasmlet_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_wasmlet_events_v1_events_proto_goTypes = []any{
 	(Stream)(0),                   // 0: wasmlet.events.v1.Stream
 	(*LogRecord)(nil),             // 1: wasmlet.events.v1.LogRecord
 	(*InstanceEvent)(nil),         // 2: wasmlet.events.v1.InstanceEvent
-	nil,                           // 3: wasmlet.events.v1.InstanceEvent.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
+	(*ExecutorAnnouncement)(nil),  // 3: wasmlet.events.v1.ExecutorAnnouncement
+	(*ExecutorDiscovery)(nil),     // 4: wasmlet.events.v1.ExecutorDiscovery
+	nil,                           // 5: wasmlet.events.v1.InstanceEvent.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 7: google.protobuf.Duration
 }
 var file_wasmlet_events_v1_events_proto_depIdxs = []int32{
 	0, // 0: wasmlet.events.v1.LogRecord.stream:type_name -> wasmlet.events.v1.Stream
-	4, // 1: wasmlet.events.v1.LogRecord.time:type_name -> google.protobuf.Timestamp
-	4, // 2: wasmlet.events.v1.InstanceEvent.time:type_name -> google.protobuf.Timestamp
-	3, // 3: wasmlet.events.v1.InstanceEvent.labels:type_name -> wasmlet.events.v1.InstanceEvent.LabelsEntry
-	4, // [4:4] is the sub-list for method output_type
-	4, // [4:4] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	6, // 1: wasmlet.events.v1.LogRecord.time:type_name -> google.protobuf.Timestamp
+	6, // 2: wasmlet.events.v1.InstanceEvent.time:type_name -> google.protobuf.Timestamp
+	5, // 3: wasmlet.events.v1.InstanceEvent.labels:type_name -> wasmlet.events.v1.InstanceEvent.LabelsEntry
+	6, // 4: wasmlet.events.v1.ExecutorAnnouncement.time:type_name -> google.protobuf.Timestamp
+	7, // 5: wasmlet.events.v1.ExecutorAnnouncement.period:type_name -> google.protobuf.Duration
+	6, // [6:6] is the sub-list for method output_type
+	6, // [6:6] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_wasmlet_events_v1_events_proto_init() }
@@ -354,7 +629,7 @@ func file_wasmlet_events_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wasmlet_events_v1_events_proto_rawDesc), len(file_wasmlet_events_v1_events_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   3,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
