@@ -2,7 +2,11 @@
 // NATS: it splits output into lines, stamps each with the time and a
 // per-instance sequence, and publishes it to the instance's log subject
 // through an outbox (bounded, never blocking the module for long; see
-// package outbox for the drop policy).
+// package outbox for the drop policy). The records of one write by the
+// module go to the outbox as one batch, each with the msg id
+// "<instance>:<sequence>" (MsgID), so that with a spool (package spool)
+// they survive a kill of the executor and JetStream keeps one copy of a
+// record published twice.
 //
 // It owns line splitting and record numbering. It must not interpret
 // output, know of instance states, or choose subjects: the subject comes
@@ -27,6 +31,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"strconv"
 	"sync"
 	"time"
 
@@ -36,6 +41,7 @@ import (
 
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
 	"github.com/wasmlet/wasmlet/services/executor/internal/outbox"
+	"github.com/wasmlet/wasmlet/services/executor/internal/spool"
 )
 
 // MaxLine is the longest record, in bytes; longer lines are cut. It keeps
@@ -112,11 +118,12 @@ type Shipper struct {
 	stdout *Splitter
 	stderr *Splitter
 
-	mu  sync.Mutex // orders sequence numbers with queueing
-	seq uint64
-
-	outMu, errMu sync.Mutex
-	noNATS       uint64
+	// mu serialises both streams' writes, so that sequence numbers are
+	// queued in order and each write's records go out as one batch.
+	mu     sync.Mutex
+	seq    uint64
+	batch  []spool.Entry
+	noNATS uint64
 }
 
 // NewShipper starts a Shipper.
@@ -134,31 +141,41 @@ func NewShipper(cfg ShipperConfig) *Shipper {
 }
 
 type lockedWriter struct {
-	mu *sync.Mutex
-	s  *Splitter
+	s  *Shipper
+	sp *Splitter
 }
 
+// Write splits p into records and hands them to the outbox as one batch
+// (one spool write) before it returns: what the module has written is
+// spooled by the time its write completes.
 func (w lockedWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.s.Write(p)
+	w.s.mu.Lock()
+	defer w.s.mu.Unlock()
+	n, err := w.sp.Write(p)
+	w.s.flushLocked()
+	return n, err
 }
 
 // Stdout is the sink for the instance's stdout.
-func (s *Shipper) Stdout() io.Writer { return lockedWriter{&s.outMu, s.stdout} }
+func (s *Shipper) Stdout() io.Writer { return lockedWriter{s, s.stdout} }
 
 // Stderr is the sink for the instance's stderr.
-func (s *Shipper) Stderr() io.Writer { return lockedWriter{&s.errMu, s.stderr} }
+func (s *Shipper) Stderr() io.Writer { return lockedWriter{s, s.stderr} }
 
+// MsgID is the Nats-Msg-Id of an instance's record: JetStream keeps one
+// copy of a record published twice (a retry, a replay after a restart).
+func MsgID(instanceID string, seq uint64) string {
+	return instanceID + ":" + strconv.FormatUint(seq, 10)
+}
+
+// record is called with s.mu held.
 func (s *Shipper) record(stream eventsv1.Stream, line []byte, partial bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.seq++
 	rec := &eventsv1.LogRecord{
 		InstanceId: s.cfg.InstanceID,
 		Stream:     stream,
 		Time:       timestamppb.New(s.cfg.Now()),
-		Line:       bytes.Clone(line),
+		Line:       line,
 		Partial:    partial,
 		Sequence:   s.seq,
 	}
@@ -171,19 +188,28 @@ func (s *Shipper) record(stream eventsv1.Stream, line []byte, partial bool) {
 		s.noNATS++
 		return
 	}
-	s.ob.Publish(s.cfg.Subject, b)
+	s.batch = append(s.batch, spool.Entry{Subject: s.cfg.Subject, MsgID: MsgID(s.cfg.InstanceID, s.seq), Data: b})
+}
+
+func (s *Shipper) flushLocked() {
+	if len(s.batch) == 0 {
+		return
+	}
+	s.ob.PublishBatch(s.batch)
+	s.batch = s.batch[:0]
 }
 
 // Close flushes unterminated lines and waits until the records are
-// published, or ctx ends (what is left is dropped). Call it once the
-// instance's output has ended.
+// published, or ctx ends (what is left is dropped, or kept in the spool).
+// Call it once the instance's output has ended.
 func (s *Shipper) Close(ctx context.Context) error {
-	s.outMu.Lock()
+	s.mu.Lock()
 	s.stdout.Flush()
-	s.outMu.Unlock()
-	s.errMu.Lock()
 	s.stderr.Flush()
-	s.errMu.Unlock()
+	if s.ob != nil {
+		s.flushLocked()
+	}
+	s.mu.Unlock()
 	if s.ob == nil {
 		return nil
 	}
@@ -204,7 +230,7 @@ func (s *Shipper) Stats() Stats {
 	s.mu.Unlock()
 	if s.ob != nil {
 		o := s.ob.Stats()
-		st.Published, st.Failed = o.Published, o.Failed
+		st.Published, st.Failed, st.Retried, st.Left = o.Published, o.Failed, o.Retried, o.Left
 		st.Dropped += o.Dropped
 	}
 	return st

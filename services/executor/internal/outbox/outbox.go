@@ -11,14 +11,25 @@
 // costs the oldest messages, not the newest.
 //
 // Messages are published in order with PublishMsgAsync; at most MaxInFlight
-// wait for their acks. A message whose publish or ack fails (or takes longer
-// than AckTimeout) is counted as failed and not retried: the queue, not a
-// retry loop, is what rides out an outage.
+// wait for their acks. A message without a msg id whose publish or ack
+// fails (or takes longer than AckTimeout) is counted as failed and not
+// retried: the queue, not a retry loop, is what rides out an outage. A
+// message with a msg id (PublishBatch) is published again after a failure,
+// ahead of the queue, in order, until it is acknowledged, displaced, or Close
+// gives up: JetStream drops a copy that had in fact arrived (Nats-Msg-Id,
+// within the stream's duplicate window), so a retry never doubles it.
+//
+// Durability: with Config.Spool, PublishBatch writes the batch to the spool
+// before queueing it and marks each message done in the spool once it is
+// acknowledged (or displaced), so messages queued or in flight when the
+// process dies are published by the next process (PublishReplayed). What
+// Close leaves behind stays in the spool.
 //
 // Usage:
 //
 //	ob := outbox.New(js, outbox.Config{})
-//	ob.Publish(subject, payload)
+//	ob.Publish(subject, payload)                  // events: at most once
+//	ob.PublishBatch([]spool.Entry{{Subject: s, MsgID: id, Data: b}}) // logs: spooled, retried
 //	err := ob.Close(ctx) // drain what is queued, until ctx ends
 package outbox
 
@@ -30,6 +41,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wasmlet/wasmlet/services/executor/internal/spool"
 )
 
 // Config bounds an Outbox. Zero values take the defaults.
@@ -42,6 +55,11 @@ type Config struct {
 	MaxInFlight int
 	// AckTimeout bounds the wait for one ack (default 10s).
 	AckTimeout time.Duration
+	// Spool, when set, keeps PublishBatch's messages until acknowledged.
+	Spool *spool.Spool
+	// RetryWait is the pause before publishing a failed message again
+	// (default 250ms).
+	RetryWait time.Duration
 }
 
 func (c *Config) defaults() {
@@ -57,23 +75,32 @@ func (c *Config) defaults() {
 	if c.AckTimeout <= 0 {
 		c.AckTimeout = 10 * time.Second
 	}
+	if c.RetryWait <= 0 {
+		c.RetryWait = 250 * time.Millisecond
+	}
 }
 
 // Stats counts messages by fate.
 type Stats struct {
 	Published uint64 // acknowledged by JetStream
 	Dropped   uint64 // displaced from a full queue, or left when Close ended
-	Failed    uint64 // publish or ack failed
+	Failed    uint64 // publish or ack failed (messages without a msg id)
+	Retried   uint64 // publishes again after a failure (messages with a msg id)
+	Left      uint64 // still queued when Close gave up, kept in the spool
 }
 
 type pending struct {
 	f        jetstream.PubAckFuture
 	deadline time.Time
+	m        message
 }
 
 type message struct {
 	subject string
+	msgID   string
 	data    []byte
+	ref     spool.Ref
+	retry   bool // published before and failed: wait RetryWait first
 }
 
 // Outbox is a bounded queue drained into JetStream by a goroutine of its
@@ -84,16 +111,20 @@ type Outbox struct {
 
 	mu       sync.Mutex
 	queue    []message // FIFO; queue[0] is the oldest
+	retries  []message // failed, to publish again before queue, in order
 	overflow bool
 	closed   bool
 	wake     chan struct{} // a message was queued or the outbox closed
 	room     chan struct{} // a message was taken from a full queue
 
+	inflight int  // sent to ackLoop and not yet resolved; under mu
+	gaveUp   bool // Close's ctx ended: nothing more is published
+
 	acks     chan pending
 	loopDone chan struct{}
 	ackDone  chan struct{}
 
-	published, dropped, failed atomic.Uint64
+	published, dropped, failed, retried, left atomic.Uint64
 }
 
 // New starts an Outbox publishing to js.
@@ -116,80 +147,148 @@ func New(js jetstream.JetStream, cfg Config) *Outbox {
 // Publish queues data for subject, under the policy in the package doc.
 // After Close it counts the message as dropped.
 func (o *Outbox) Publish(subject string, data []byte) {
-	m := message{subject: subject, data: data}
+	o.enqueue([]message{{subject: subject, data: data}})
+}
+
+// PublishBatch spools (with Config.Spool) and queues a batch of messages,
+// each published with its MsgID as Nats-Msg-Id and retried until
+// acknowledged. One spool write per batch: batch what one producer write
+// made.
+func (o *Outbox) PublishBatch(batch []spool.Entry) {
+	if len(batch) == 0 {
+		return
+	}
+	var ref spool.Ref
+	if o.cfg.Spool != nil {
+		ref = o.cfg.Spool.Append(batch)
+	}
+	ms := make([]message, len(batch))
+	for i, e := range batch {
+		ms[i] = message{subject: e.Subject, msgID: e.MsgID, data: e.Data, ref: ref}
+	}
+	o.enqueue(ms)
+}
+
+// PublishReplayed queues messages an earlier process left in the spool.
+func (o *Outbox) PublishReplayed(rs []spool.Replayed) {
+	ms := make([]message, len(rs))
+	for i, r := range rs {
+		ms[i] = message{subject: r.Subject, msgID: r.MsgID, data: r.Data, ref: r.Ref}
+	}
+	for len(ms) > 0 {
+		n := min(len(ms), max(o.cfg.Capacity/2, 1))
+		o.enqueue(ms[:n])
+		ms = ms[n:]
+	}
+}
+
+func (o *Outbox) enqueue(ms []message) {
 	o.mu.Lock()
 	if o.closed {
 		o.mu.Unlock()
-		o.dropped.Add(1)
+		o.drop(ms...)
 		return
 	}
-	if len(o.queue) >= o.cfg.Capacity && !o.overflow {
-		deadline := time.Now().Add(o.cfg.BlockTimeout)
-		for len(o.queue) >= o.cfg.Capacity && !o.overflow && !o.closed {
-			wait := time.Until(deadline)
-			if wait <= 0 {
-				break
+	for _, m := range ms {
+		if len(o.queue) >= o.cfg.Capacity && !o.overflow {
+			deadline := time.Now().Add(o.cfg.BlockTimeout)
+			for len(o.queue) >= o.cfg.Capacity && !o.overflow && !o.closed {
+				wait := time.Until(deadline)
+				if wait <= 0 {
+					break
+				}
+				o.mu.Unlock()
+				o.signal(o.wake)
+				t := time.NewTimer(wait)
+				select {
+				case <-o.room:
+				case <-t.C:
+				}
+				t.Stop()
+				o.mu.Lock()
 			}
-			o.mu.Unlock()
-			t := time.NewTimer(wait)
-			select {
-			case <-o.room:
-			case <-t.C:
+			if o.closed {
+				o.mu.Unlock()
+				o.drop(m)
+				return
 			}
-			t.Stop()
-			o.mu.Lock()
 		}
-		if o.closed {
-			o.mu.Unlock()
-			o.dropped.Add(1)
-			return
+		if len(o.queue) >= o.cfg.Capacity {
+			old := o.queue[0]
+			o.queue[0] = message{}
+			o.queue = o.queue[1:]
+			o.drop(old)
+			o.overflow = true
 		}
+		o.queue = append(o.queue, m)
 	}
-	if len(o.queue) >= o.cfg.Capacity {
-		o.queue[0] = message{}
-		o.queue = o.queue[1:]
-		o.dropped.Add(1)
-		o.overflow = true
-	}
-	o.queue = append(o.queue, m)
 	o.mu.Unlock()
+	o.signal(o.wake)
+}
+
+func (o *Outbox) signal(c chan struct{}) {
 	select {
-	case o.wake <- struct{}{}:
+	case c <- struct{}{}:
 	default:
+	}
+}
+
+// drop counts messages as dropped and releases their spool records.
+func (o *Outbox) drop(ms ...message) {
+	for _, m := range ms {
+		o.dropped.Add(1)
+		if o.cfg.Spool != nil {
+			o.cfg.Spool.Done(m.ref)
+		}
 	}
 }
 
 func (o *Outbox) loop() {
 	defer close(o.loopDone)
 	defer close(o.acks)
+	var lastPause time.Time
 	for {
 		o.mu.Lock()
-		if len(o.queue) == 0 {
-			closed := o.closed
+		if (len(o.queue) == 0 && len(o.retries) == 0) || o.gaveUp {
+			done := o.closed && (o.inflight == 0 || o.gaveUp)
 			o.mu.Unlock()
-			if closed {
+			if done {
 				return
 			}
 			<-o.wake
 			continue
 		}
-		m := o.queue[0]
-		o.queue[0] = message{}
-		o.queue = o.queue[1:]
-		if o.overflow && len(o.queue) <= o.cfg.Capacity/2 {
-			o.overflow = false
+		var m message
+		if len(o.retries) > 0 {
+			m = o.retries[0]
+			o.retries = o.retries[1:]
+		} else {
+			m = o.queue[0]
+			o.queue[0] = message{}
+			o.queue = o.queue[1:]
+			if o.overflow && len(o.queue) <= o.cfg.Capacity/2 {
+				o.overflow = false
+			}
 		}
+		o.inflight++
 		o.mu.Unlock()
-		select {
-		case o.room <- struct{}{}:
-		default:
+		o.signal(o.room)
+		// One pause per RetryWait, not one per failed message: after an
+		// outage, the failed window is sent again together.
+		if m.retry && time.Since(lastPause) > o.cfg.RetryWait {
+			time.Sleep(o.cfg.RetryWait)
+			lastPause = time.Now()
 		}
-		f, err := o.js.PublishMsgAsync(&nats.Msg{Subject: m.subject, Data: m.data})
+		msg := &nats.Msg{Subject: m.subject, Data: m.data}
+		if m.msgID != "" {
+			msg.Header = nats.Header{jetstream.MsgIDHeader: []string{m.msgID}}
+		}
+		f, err := o.js.PublishMsgAsync(msg)
 		if err != nil {
-			o.failed.Add(1)
+			o.resolve(m, false)
 			continue
 		}
-		o.acks <- pending{f, time.Now().Add(o.cfg.AckTimeout)}
+		o.acks <- pending{f, time.Now().Add(o.cfg.AckTimeout), m}
 	}
 }
 
@@ -197,41 +296,76 @@ func (o *Outbox) ackLoop() {
 	defer close(o.ackDone)
 	for p := range o.acks {
 		t := time.NewTimer(time.Until(p.deadline))
+		ok := false
 		select {
 		case <-p.f.Ok():
-			o.published.Add(1)
+			ok = true
 		case <-p.f.Err():
-			o.failed.Add(1)
 		case <-t.C:
-			o.failed.Add(1)
 		}
 		t.Stop()
+		o.resolve(p.m, ok)
 	}
 }
 
+// resolve records the fate of a message taken from the queue: a failed one
+// with a msg id goes back to the head of the queue.
+func (o *Outbox) resolve(m message, ok bool) {
+	switch {
+	case ok:
+		o.published.Add(1)
+		if o.cfg.Spool != nil {
+			o.cfg.Spool.Done(m.ref)
+		}
+	case m.msgID == "":
+		o.failed.Add(1)
+	default:
+		o.retried.Add(1)
+		m.retry = true
+		o.mu.Lock()
+		if o.gaveUp {
+			o.left.Add(1)
+		} else {
+			o.retries = append(o.retries, m)
+		}
+		o.mu.Unlock()
+	}
+	o.mu.Lock()
+	o.inflight--
+	o.mu.Unlock()
+	o.signal(o.wake)
+}
+
 // Close stops accepting messages and waits until the queue is published
-// and acknowledged, or ctx ends; what is still queued then is dropped.
+// and acknowledged, or ctx ends; what is still queued then is dropped, or,
+// when spooled, left in the spool for the next process.
 func (o *Outbox) Close(ctx context.Context) error {
 	o.mu.Lock()
 	o.closed = true
 	o.mu.Unlock()
-	select {
-	case o.wake <- struct{}{}:
-	default:
-	}
+	o.signal(o.wake)
 	select {
 	case <-o.ackDone:
 		return nil
 	case <-ctx.Done():
 	}
 	o.mu.Lock()
-	o.dropped.Add(uint64(len(o.queue)))
-	o.queue = nil
+	o.gaveUp = true
+	for _, m := range append(o.retries, o.queue...) {
+		if m.ref != nil {
+			o.left.Add(1)
+		} else {
+			o.dropped.Add(1)
+		}
+	}
+	o.queue, o.retries = nil, nil
 	o.mu.Unlock()
+	o.signal(o.wake)
 	return ctx.Err()
 }
 
 // Stats returns the counters so far.
 func (o *Outbox) Stats() Stats {
-	return Stats{Published: o.published.Load(), Dropped: o.dropped.Load(), Failed: o.failed.Load()}
+	return Stats{Published: o.published.Load(), Dropped: o.dropped.Load(), Failed: o.failed.Load(),
+		Retried: o.retried.Load(), Left: o.left.Load()}
 }
