@@ -19,14 +19,23 @@ type Options struct {
 	Short   bool
 	Singles int   // single pods started one after another, per node
 	Bursts  []int // burst sizes, per node
+	Density []int // numbers of pods held at once on the wasmlet node
 	// Only, when not empty, names the sections to run (see sections).
 	Only []string
+	// The executor section (executor.go): throughput rounds of
+	// ExecInstances trivial instances with ExecConcurrency callers,
+	// ExecStarts start and ExecKills kill samples, ExecDensity sleeping
+	// instances at once.
+	ExecRounds, ExecInstances, ExecConcurrency int
+	ExecStarts, ExecKills, ExecDensity         int
 }
 
 // FullOptions is `make bench`; ShortOptions runs in `make test`.
 var (
-	FullOptions  = Options{Singles: 30, Bursts: []int{100, 500}}
-	ShortOptions = Options{Short: true, Singles: 3, Bursts: []int{10}}
+	FullOptions = Options{Singles: 30, Bursts: []int{100, 500}, Density: []int{100, 500, 1000},
+		ExecRounds: 5, ExecInstances: 2000, ExecConcurrency: 16, ExecStarts: 200, ExecKills: 100, ExecDensity: 1000}
+	ShortOptions = Options{Short: true, Singles: 3, Bursts: []int{10}, Density: []int{10},
+		ExecRounds: 1, ExecInstances: 20, ExecConcurrency: 4, ExecStarts: 5, ExecKills: 3, ExecDensity: 5}
 )
 
 // A section measures one part of wasmlet on the stack and returns its
@@ -40,6 +49,8 @@ type section struct {
 var sections = []section{
 	{"footprint", func(_ context.Context, s *Stack, _ Options) ([]Figure, error) { return s.footprint() }},
 	{"podstart", podStart},
+	{"density", density},
+	{"executor", executorBench},
 }
 
 // SectionNames lists the suite's sections, in order.

@@ -1,0 +1,134 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+)
+
+// density runs N pods at once on the wasmlet node, for each N in
+// opts.Density, and reports what holding them costs: the node agent's and
+// its executor's resident memory in total and per pod, and the API
+// requests the node made per pod (status writes, events).
+func density(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
+	pid, err := s.NodeAgentPID()
+	if err != nil {
+		return nil, err
+	}
+	// The pods sleep: a line every 10 s keeps them cheap and alive.
+	env := []v1.EnvVar{{Name: "COUNT", Value: "1000000000"}, {Name: "SLEEP", Value: "10s"}}
+	// One pod first, not counted, so that the module is compiled and the
+	// executor warm, as in podStart.
+	wns, err := s.namespace(ctx, "bench-density-warmup")
+	if err != nil {
+		return nil, err
+	}
+	warm := &PodStarter{Client: s.Client, WatchClient: s.WatchClient, Node: WasmNode, Image: s.Image, Env: env, Namespace: wns}
+	if _, err := warm.Singles(ctx, "warmup", 1); err != nil {
+		return nil, fmt.Errorf("warm-up: %w", err)
+	}
+	if err := s.clear(ctx, warm); err != nil {
+		return nil, err
+	}
+	var figs []Figure
+	for _, n := range opts.Density {
+		ns, err := s.namespace(ctx, fmt.Sprintf("bench-density%d", n))
+		if err != nil {
+			return figs, err
+		}
+		ps := &PodStarter{Client: s.Client, WatchClient: s.WatchClient, Node: WasmNode, Image: s.Image, Env: env, Namespace: ns}
+		settle()
+		before := rssTree(pid)
+		reqBefore, err := s.apiRequests(ctx)
+		if err != nil {
+			return figs, err
+		}
+		all, _, err := ps.Burst(ctx, "density", n, 15*time.Minute)
+		if err != nil {
+			return figs, fmt.Errorf("%d pods: %w", n, err)
+		}
+		// Let the pods' first output, the stats and the status writes that
+		// follow Running settle before reading.
+		time.Sleep(3 * time.Second)
+		settle()
+		after := rssTree(pid)
+		reqAfter, err := s.apiRequests(ctx)
+		if err != nil {
+			return figs, err
+		}
+		mib := func(b int64) float64 { return float64(b) / (1 << 20) }
+		figs = append(figs,
+			Durations(fmt.Sprintf("density %d: all running", n), "first create call → last pod seen running, all pods created at once (64 creators)", []time.Duration{all}),
+			Values(fmt.Sprintf("density %d: node memory, total", n), "VmRSS of the node agent and its executor with N pods running (each a sleeping Go-built module)", "MiB", []float64{mib(after)}),
+			Values(fmt.Sprintf("density %d: node memory per pod", n), "(VmRSS with N pods − VmRSS before) / N, node agent + executor", "MiB", []float64{mib(after-before) / float64(n)}),
+		)
+		for _, k := range apiCosts {
+			figs = append(figs, Values(fmt.Sprintf("density %d: %s per pod", n, k.name), k.method, "requests", []float64{float64(reqAfter[k.name]-reqBefore[k.name]) / float64(n)}))
+		}
+		if err := s.clear(ctx, ps); err != nil {
+			return figs, err
+		}
+	}
+	return figs, nil
+}
+
+// apiCost is a kind of API request counted from the API server's
+// apiserver_request_total.
+type apiCost struct {
+	name, method string
+	match        func(labels string) bool
+}
+
+// apiCosts are the requests a node makes for its pods. The no-op node is
+// idle meanwhile, so the deltas are the wasmlet node's (and the
+// scheduler's bindings, which are not counted here).
+var apiCosts = []apiCost{
+	{"pod status writes", "apiserver_request_total for pods/status (PATCH, PUT) over the run, divided by N", func(l string) bool {
+		return strings.Contains(l, `resource="pods"`) && strings.Contains(l, `subresource="status"`) && (strings.Contains(l, `verb="PATCH"`) || strings.Contains(l, `verb="PUT"`))
+	}},
+	{"events created", "apiserver_request_total for events (POST, PATCH) over the run, divided by N", func(l string) bool {
+		return strings.Contains(l, `resource="events"`) && (strings.Contains(l, `verb="POST"`) || strings.Contains(l, `verb="PATCH"`))
+	}},
+}
+
+// apiRequests reads the API server's request counters for apiCosts.
+func (s *Stack) apiRequests(ctx context.Context) (map[string]int64, error) {
+	raw, err := s.Client.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("API server metrics: %w", err)
+	}
+	out := map[string]int64{}
+	sc := bufio.NewScanner(bytes.NewReader(raw))
+	sc.Buffer(make([]byte, 0, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		rest, ok := strings.CutPrefix(line, "apiserver_request_total{")
+		if !ok {
+			continue
+		}
+		labels, value, ok := strings.Cut(rest, "} ")
+		if !ok {
+			continue
+		}
+		v, err := strconv.ParseFloat(value, 64)
+		if err != nil {
+			continue
+		}
+		for _, k := range apiCosts {
+			if k.match(labels) {
+				out[k.name] += int64(v)
+			}
+		}
+	}
+	return out, sc.Err()
+}
+
+// settle gives the Go runtimes a moment so that RSS readings are not taken
+// in the middle of a burst of allocation.
+func settle() { time.Sleep(2 * time.Second) }
