@@ -100,6 +100,15 @@ func (f *Figure) Hold(stat string, limit float64) {
 	f.Met = &ok
 }
 
+// HoldAtLeast sets a floor on the figure: its stat (min, median or max)
+// must be at least limit (throughputs).
+func (f *Figure) HoldAtLeast(stat string, limit float64) {
+	v := map[string]float64{"min": f.Min, "median": f.Median, "max": f.Max}[stat]
+	ok := f.Samples > 0 && v >= limit
+	f.Target = fmt.Sprintf("%s ≥ %g %s", stat, limit, f.Unit)
+	f.Met = &ok
+}
+
 // Markdown renders the report as a table.
 func (r Report) Markdown() string {
 	var b strings.Builder
