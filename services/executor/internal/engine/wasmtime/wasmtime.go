@@ -6,6 +6,26 @@
 // .sha256 sidecar) and nothing else on disk; it must not know of instance
 // ids, states or NATS.
 //
+// The engine key (engine.EngineKey) names the wasmtime version, the Config
+// (configKey), GOARCH and the host's CPU features, since Cranelift compiles
+// for the features of the host it runs on: an artifact is only ever looked
+// up under the key of the engine that would load it. wasmtime checks the
+// same again when it loads an artifact (its header records the target and
+// the ISA flags it was compiled with), so a feature outside the key's list
+// that differs makes the load fail and the module compile, never run code
+// for the wrong CPU.
+//
+// Sharing (Config.Shared, the registry cache's precompiled store): on a
+// local miss, Prepare asks the store for the artifact of (module digest,
+// engine key), receives it into a temporary file, and checks its size and
+// sha256 against what the store keeps with it before wasmtime sees a byte
+// of it; then wasmtime must deserialize it and it must pass the same WASI
+// checks as a compiled module. One that fails any of these is removed and
+// counted (engine.ArtifactStats.SharedCorrupt), the module is compiled, and
+// the fresh artifact is put to the store, replacing the bad entry. Every
+// compile puts its artifact in the background; a failed put is logged and
+// counted and never fails a Prepare.
+//
 // Why one wasmtime Engine per instance: the epoch counter that interrupts
 // running wasm is per Engine, so killing one instance without touching the
 // others needs an Engine of its own (~0.5 ms). Its code comes from the
@@ -46,6 +66,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -84,12 +105,20 @@ type Config struct {
 	CacheDir string
 	// CPU enforces Spec.CPULimitMillis; nil runs every instance unthrottled.
 	CPU engine.ThreadLimiter
+	// Shared, if set, shares artifacts with other executors of the same
+	// engine key (see the package doc).
+	Shared engine.ArtifactStore
+	// Logger, if set, receives warnings about shared artifacts.
+	Logger *slog.Logger
 }
 
 // Engine is the wasmtime engine.Engine.
 type Engine struct {
 	dir     string
 	version string
+	key     string // engine.EngineKey
+
+	artifacts *engine.Artifacts
 
 	cpu engine.ThreadLimiter
 
@@ -108,16 +137,28 @@ func New(cfg Config) (*Engine, error) {
 		return nil, errors.New("wasmtime engine: CacheDir is required")
 	}
 	v := engine.ModuleVersion(modulePath, fallbackVersion)
-	dir := filepath.Join(cfg.CacheDir, name+"-"+v+"-"+configKey)
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	features, err := engine.HostCPUFeatures()
+	if err != nil && cfg.Shared != nil {
+		log.Warn("not sharing precompiled artifacts: the host's CPU features are unknown", "error", err)
+		cfg.Shared = nil
+	}
+	key := engine.EngineKey(name, v, configKey, features)
+	dir := filepath.Join(cfg.CacheDir, key)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("wasmtime engine: create cache dir: %w", err)
 	}
 	return &Engine{
-		dir:      dir,
-		version:  v,
-		cpu:      cfg.CPU,
-		compiler: newEngine(),
-		modules:  map[string]*module{},
+		dir:       dir,
+		version:   v,
+		key:       key,
+		artifacts: engine.NewArtifacts(cfg.Shared, log),
+		cpu:       cfg.CPU,
+		compiler:  newEngine(),
+		modules:   map[string]*module{},
 	}, nil
 }
 
@@ -132,6 +173,16 @@ func (e *Engine) Name() string { return name }
 
 // Version implements engine.Engine.
 func (e *Engine) Version() string { return e.version }
+
+// Key is the engine key its artifacts are kept under (engine.EngineKey).
+func (e *Engine) Key() string { return e.key }
+
+// ArtifactStats reports how the engine came by its artifacts.
+func (e *Engine) ArtifactStats() engine.ArtifactStats { return e.artifacts.Stats() }
+
+// WaitShared blocks until the background puts of artifacts to the shared
+// store started so far have ended.
+func (e *Engine) WaitShared() { e.artifacts.Wait() }
 
 // module is a prepared module: a verified artifact on disk.
 type module struct {
@@ -185,16 +236,47 @@ func (e *Engine) ensure(ctx context.Context, m *module) error {
 			return m.markVerified()
 		}
 	}
-	// Absent, corrupt or unusable: compile from the module.
+	// Absent, corrupt or unusable: take it from the shared store, or
+	// compile from the module.
 	os.Remove(m.artifact)
 	os.Remove(m.artifact + ".sha256")
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("prepare module %s: %w", m.digest, err)
 	}
+	if e.fetchShared(ctx, m) {
+		return m.markVerified()
+	}
 	if err := e.compile(m); err != nil {
 		return err
 	}
 	return m.markVerified()
+}
+
+// fetchShared installs m's artifact from the shared store, if it has one
+// that is intact (size and sha256 as stored, checked by Artifacts.Fetch
+// before wasmtime reads it) and loadable by this engine. m.mu is held.
+func (e *Engine) fetchShared(ctx context.Context, m *module) bool {
+	key := engine.ArtifactKey{ModuleDigest: m.digest, EngineKey: e.key}
+	tmp, sum, ok := e.artifacts.Fetch(ctx, key, e.dir)
+	if !ok {
+		return false
+	}
+	mod, err := wt.NewModuleDeserializeFile(e.compiler, tmp)
+	if err == nil {
+		err = checkWASI(mod, m.digest)
+		mod.Close()
+	}
+	if err != nil {
+		os.Remove(tmp)
+		e.artifacts.Rejected(ctx, key, err)
+		return false
+	}
+	if err := engine.Install(tmp, m.artifact, sum); err != nil {
+		e.artifacts.LocalError(ctx, key, err)
+		return false
+	}
+	e.artifacts.Hit()
+	return true
 }
 
 func (m *module) markVerified() error {
@@ -235,6 +317,7 @@ func (e *Engine) compile(m *module) error {
 	e.compileMu.Lock()
 	mod, err := wt.NewModule(e.compiler, wasm)
 	e.compileMu.Unlock()
+	e.artifacts.Compiled()
 	if err != nil {
 		return fmt.Errorf("%w: module %s does not compile: %s; check that it is a WebAssembly binary built for wasip1", engine.ErrModuleInvalid, m.digest, firstLine(err.Error()))
 	}
@@ -253,6 +336,7 @@ func (e *Engine) compile(m *module) error {
 	if err := writeAtomic(m.artifact, b); err != nil {
 		return fmt.Errorf("prepare module %s: %w", m.digest, err)
 	}
+	e.artifacts.Put(engine.ArtifactKey{ModuleDigest: m.digest, EngineKey: e.key}, b, hex.EncodeToString(sum[:]))
 	return nil
 }
 

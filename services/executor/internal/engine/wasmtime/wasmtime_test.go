@@ -70,3 +70,13 @@ func TestCorruptArtifactInternals(t *testing.T) {
 func BenchmarkEngine(b *testing.B) {
 	enginetest.Bench(b, newTestEngine)
 }
+
+func TestSharedArtifacts(t *testing.T) {
+	enginetest.RunShared(t, func(t testing.TB, dir string, store engine.ArtifactStore) engine.Engine {
+		e, err := New(Config{CacheDir: dir, Shared: store})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	})
+}

@@ -1,0 +1,278 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ArtifactKey names a precompiled artifact in an ArtifactStore: the digest
+// of the Wasm module it was compiled from and the engine key (see
+// EngineKey) of the engine that compiled it.
+type ArtifactKey struct {
+	ModuleDigest string
+	EngineKey    string
+}
+
+// ArtifactInfo is what is stored with an artifact: the sha256 digest
+// ("sha256:<hex>") and size of its bytes.
+type ArtifactInfo struct {
+	Digest string
+	Size   int64
+}
+
+// ArtifactStore shares precompiled artifacts between executors (the
+// registry cache's PrecompiledStore, through an adapter in main), so that
+// an executor that finds none on its own disk loads what another executor
+// of the same engine key compiled instead of compiling. The engine treats
+// what it gets as untrusted bytes: it checks their size and sha256 against
+// the ArtifactInfo before an engine loads them.
+type ArtifactStore interface {
+	// GetArtifact opens the artifact stored for key, with the digest and
+	// size stored with it; the caller closes it. Errors wrap
+	// ErrArtifactNotFound when none is stored. A read that finds the bytes
+	// do not match the digest may end with ErrArtifactCorrupt.
+	GetArtifact(ctx context.Context, key ArtifactKey) (io.ReadCloser, ArtifactInfo, error)
+	// PutArtifact stores the info.Size bytes of r, whose digest is
+	// info.Digest, as the artifact for key, replacing any stored before.
+	PutArtifact(ctx context.Context, key ArtifactKey, info ArtifactInfo, r io.Reader) error
+}
+
+// Errors of an ArtifactStore.
+var (
+	// ErrArtifactNotFound: the store holds no artifact for the key.
+	ErrArtifactNotFound = errors.New("precompiled artifact not found")
+	// ErrArtifactCorrupt: an artifact's bytes do not match its digest or size.
+	ErrArtifactCorrupt = errors.New("precompiled artifact corrupt")
+)
+
+// ArtifactStats counts how an engine came by its precompiled artifacts,
+// since it started.
+type ArtifactStats struct {
+	// Compiles: compiles by this engine (a module that fails to compile
+	// counts too: it cost the same).
+	Compiles uint64
+	// SharedHits: artifacts taken from the ArtifactStore, verified and
+	// loadable; SharedMisses: the store had none for the key.
+	SharedHits, SharedMisses uint64
+	// SharedCorrupt: artifacts from the store whose bytes did not match the
+	// digest or size stored with them, found before the engine saw them;
+	// SharedRejected: intact ones the engine refused to load. Each was
+	// discarded, the module compiled and the store's entry replaced.
+	SharedCorrupt, SharedRejected uint64
+	// SharedErrors: gets that failed otherwise (the store unreachable, the
+	// local disk full).
+	SharedErrors uint64
+	// SharedPuts and SharedPutErrors: artifacts put to the store after a
+	// compile, and puts that failed (logged; they never fail a Prepare).
+	SharedPuts, SharedPutErrors uint64
+}
+
+// ArtifactReporter is implemented by engines that count how they came by
+// their artifacts (both do); the executor's metrics read it.
+type ArtifactReporter interface {
+	ArtifactStats() ArtifactStats
+}
+
+// Artifacts is the part of artifact handling both engines share: the
+// compile counters, and the optional ArtifactStore with the verification
+// of what comes from it and the background puts to it. Safe for
+// concurrent use; a nil store only counts compiles.
+type Artifacts struct {
+	store ArtifactStore
+	log   *slog.Logger
+
+	compiles, hits, misses, corrupt, rejected, errs, puts, putErrs atomic.Uint64
+	pending                                                        sync.WaitGroup
+}
+
+// PutTimeout bounds one background put of an artifact to the store.
+const PutTimeout = 2 * time.Minute
+
+// NewArtifacts returns the artifact handling over store (nil: none
+// shared), logging to log (nil: discarded).
+func NewArtifacts(store ArtifactStore, log *slog.Logger) *Artifacts {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Artifacts{store: store, log: log}
+}
+
+// Shared reports whether there is a store to share artifacts through.
+func (a *Artifacts) Shared() bool { return a.store != nil }
+
+// Stats returns the counters.
+func (a *Artifacts) Stats() ArtifactStats {
+	return ArtifactStats{
+		Compiles: a.compiles.Load(), SharedHits: a.hits.Load(), SharedMisses: a.misses.Load(),
+		SharedCorrupt: a.corrupt.Load(), SharedRejected: a.rejected.Load(), SharedErrors: a.errs.Load(),
+		SharedPuts: a.puts.Load(), SharedPutErrors: a.putErrs.Load(),
+	}
+}
+
+// Compiled counts a compile.
+func (a *Artifacts) Compiled() { a.compiles.Add(1) }
+
+// Hit counts an artifact from the store that the engine loaded.
+func (a *Artifacts) Hit() { a.hits.Add(1) }
+
+// Rejected counts an artifact from the store that was intact but that the
+// engine refused to load (a header for another engine build): the engine
+// discards it and compiles, and its put replaces the entry.
+func (a *Artifacts) Rejected(ctx context.Context, key ArtifactKey, err error) {
+	a.rejected.Add(1)
+	a.log.WarnContext(ctx, "shared precompiled artifact refused by the engine; compiling", "module", key.ModuleDigest, "engine_key", key.EngineKey, "error", err)
+}
+
+// LocalError counts an intact artifact from the store that could not be
+// installed on the local disk: the caller compiles.
+func (a *Artifacts) LocalError(ctx context.Context, key ArtifactKey, err error) {
+	a.errs.Add(1)
+	a.log.WarnContext(ctx, "install shared precompiled artifact failed; compiling", "module", key.ModuleDigest, "engine_key", key.EngineKey, "error", err)
+}
+
+// Fetch gets the artifact for key from the store into a new file in dir
+// and returns its path and sha256 (hex), or ok false when there is no
+// store, it holds none, or what it holds is not intact (counted and
+// logged: the caller compiles, and its Put replaces the entry). The bytes
+// are checked against the size and digest stored with them before Fetch
+// returns; a file that fails is removed. The caller renames or removes the
+// file.
+func (a *Artifacts) Fetch(ctx context.Context, key ArtifactKey, dir string) (path, sumHex string, ok bool) {
+	if a.store == nil {
+		return "", "", false
+	}
+	rc, info, err := a.store.GetArtifact(ctx, key)
+	switch {
+	case errors.Is(err, ErrArtifactNotFound):
+		a.misses.Add(1)
+		return "", "", false
+	case err != nil:
+		a.errs.Add(1)
+		a.log.WarnContext(ctx, "get shared precompiled artifact failed; compiling", "module", key.ModuleDigest, "engine_key", key.EngineKey, "error", err)
+		return "", "", false
+	}
+	defer rc.Close()
+	path, sumHex, err = receive(rc, info, dir)
+	switch {
+	case errors.Is(err, ErrArtifactCorrupt):
+		a.corrupt.Add(1)
+		a.log.WarnContext(ctx, "shared precompiled artifact is corrupt; discarded, compiling", "module", key.ModuleDigest, "engine_key", key.EngineKey, "error", err)
+		return "", "", false
+	case err != nil:
+		a.errs.Add(1)
+		a.log.WarnContext(ctx, "get shared precompiled artifact failed; compiling", "module", key.ModuleDigest, "engine_key", key.EngineKey, "error", err)
+		return "", "", false
+	}
+	return path, sumHex, true
+}
+
+// receive copies r into a temporary file in dir, checking it against info.
+func receive(r io.Reader, info ArtifactInfo, dir string) (string, string, error) {
+	want, ok := strings.CutPrefix(info.Digest, "sha256:")
+	if !ok || len(want) != 64 || info.Size < 0 {
+		return "", "", fmt.Errorf("%w: stored with digest %q and size %d", ErrArtifactCorrupt, info.Digest, info.Size)
+	}
+	f, err := os.CreateTemp(dir, "shared-*.tmp")
+	if err != nil {
+		return "", "", fmt.Errorf("receive artifact: %w", err)
+	}
+	fail := func(err error) (string, string, error) {
+		f.Close()
+		os.Remove(f.Name())
+		return "", "", err
+	}
+	h := sha256.New()
+	// One byte past the size shows an artifact longer than it says.
+	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(r, info.Size+1))
+	if err != nil {
+		if errors.Is(err, ErrArtifactCorrupt) {
+			return fail(err)
+		}
+		return fail(fmt.Errorf("receive artifact: %w", err))
+	}
+	if n != info.Size {
+		return fail(fmt.Errorf("%w: %d bytes, stored as %d", ErrArtifactCorrupt, n, info.Size))
+	}
+	got := hex.EncodeToString(h.Sum(nil))
+	if got != want {
+		return fail(fmt.Errorf("%w: sha256 %s, stored as %s", ErrArtifactCorrupt, got, want))
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(f.Name())
+		return "", "", fmt.Errorf("receive artifact: %w", err)
+	}
+	return f.Name(), got, nil
+}
+
+// Put stores b, whose sha256 is sumHex, as the artifact for key in the
+// background (best effort: a failure is logged and counted). No-op
+// without a store. b must not be modified afterwards.
+func (a *Artifacts) Put(key ArtifactKey, b []byte, sumHex string) {
+	if a.store == nil {
+		return
+	}
+	a.pending.Add(1)
+	go func() {
+		defer a.pending.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), PutTimeout)
+		defer cancel()
+		info := ArtifactInfo{Digest: "sha256:" + sumHex, Size: int64(len(b))}
+		start := time.Now()
+		if err := a.store.PutArtifact(ctx, key, info, bytes.NewReader(b)); err != nil {
+			a.putErrs.Add(1)
+			a.log.Warn("put shared precompiled artifact failed; other executors will compile it", "module", key.ModuleDigest, "engine_key", key.EngineKey, "error", err)
+			return
+		}
+		a.puts.Add(1)
+		a.log.Info("put shared precompiled artifact", "module", key.ModuleDigest, "engine_key", key.EngineKey, "size", len(b), "duration", time.Since(start))
+	}()
+}
+
+// Wait blocks until the background puts started so far have ended.
+func (a *Artifacts) Wait() { a.pending.Wait() }
+
+// Install renames a fetched artifact to path and records sumHex in
+// path+".sha256", the sidecar the engines check local artifacts with; the
+// sidecar is written first, so a crash between the two leaves an artifact
+// that fails its check, never an unchecked one.
+func Install(tmp, path, sumHex string) error {
+	if err := WriteAtomic(path+".sha256", []byte(sumHex+"\n")); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+// WriteAtomic writes b to path through a temporary file and a rename.
+func WriteAtomic(path string, b []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
