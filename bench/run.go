@@ -50,6 +50,7 @@ var sections = []section{
 	{"footprint", func(_ context.Context, s *Stack, _ Options) ([]Figure, error) { return s.footprint() }},
 	{"podstart", podStart},
 	{"density", density},
+	{"registry", registry},
 	{"executor", executorBench},
 }
 

@@ -15,10 +15,10 @@
 //
 // bench starts a docker-registry on loopback and measures cache-hit
 // latency, 100 concurrent pulls of one module, and a second node's pull
-// (see internal/bench); `make bench-registry` runs it.
+// (see regbench); `make bench-registry` runs it.
 //
 // main only wires flags to the packages that do the work: regcache/local
-// (the cache), regcache/server (its gRPC face), push and internal/bench.
+// (the cache), regcache/server (its gRPC face), push and regbench.
 package main
 
 import (
@@ -42,7 +42,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
-	"github.com/wasmlet/wasmlet/services/registry-cache/internal/bench"
+	"github.com/wasmlet/wasmlet/services/registry-cache/regbench"
 	"github.com/wasmlet/wasmlet/services/registry-cache/push"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/local"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/server"
@@ -153,7 +153,7 @@ func serve(ctx context.Context, args []string, logger *slog.Logger) error {
 
 func benchCmd(ctx context.Context, args []string, stdout io.Writer, logger *slog.Logger) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	var cfg bench.Config
+	var cfg regbench.Config
 	fs.IntVar(&cfg.ModuleBytes, "module-bytes", 3<<20, "size of the test modules")
 	fs.IntVar(&cfg.HitIterations, "iterations", 200, "cache hits to time")
 	fs.IntVar(&cfg.Concurrency, "concurrency", 100, "concurrent requests for one uncached module")
@@ -163,7 +163,7 @@ func benchCmd(ctx context.Context, args []string, stdout io.Writer, logger *slog
 	if fs.NArg() != 0 {
 		return errors.New("bench: no arguments\n" + usage)
 	}
-	rep, err := bench.Run(ctx, cfg)
+	rep, err := regbench.Run(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("bench: %w", err)
 	}

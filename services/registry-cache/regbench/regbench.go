@@ -1,4 +1,4 @@
-// Package bench measures the registry cache against the issue's targets,
+// Package regbench measures the registry cache against the issue's targets,
 // with a real registry (Debian's docker-registry, started here on
 // loopback) behind a counting proxy, and the cache served over gRPC on a
 // unix socket exactly as `registry-cache serve` does:
@@ -19,9 +19,9 @@
 // It owns a temporary directory (registry storage, cache, socket) that it
 // removes at the end, and the processes it starts there.
 //
-//	rep, err := bench.Run(ctx, bench.Config{})
+//	rep, err := regbench.Run(ctx, bench.Config{})
 //	rep.Print(os.Stdout)
-package bench
+package regbench
 
 import (
 	"context"
