@@ -6,11 +6,20 @@
 //
 //	executor --listen unix:///run/wasmlet/executor.sock --registry unix:///run/wasmlet/regcache.sock \
 //	    [--nats nats://127.0.0.1:4222] [--state-dir DIR] [--engine wasmtime|wazero] [--max-instances 1000] [--id ID] \
+//	    [--flavour NAME] [--node NODE] [--advertise-address ADDRESS] [--announce-period 5s] \
 //	    [--cpu-cgroup /sys/fs/cgroup/cpu/wasmlet] [--metrics-listen 127.0.0.1:PORT]
 //
 // With --metrics-listen (loopback only) it serves Prometheus metrics at
 // /metrics: instances by state, starts, start latency, kills, and NATS
 // publishes, drops and errors of logs and events.
+//
+// With --nats it announces itself (internal/announce) on
+// wasmlet.executors.<node>.<flavour>.<id> at start, every --announce-period,
+// when a node agent asks, and once more when it stops cleanly, so that the
+// node agent of --node finds every replica of a flavour without being given
+// their addresses. --flavour (default: the engine's name) is what the node
+// agent routes pods to; --advertise-address (default: --listen) is where it
+// dials.
 //
 // CPU limits (InstanceSpec.cpu_limit_millis) are enforced only with
 // --cpu-cgroup: a cgroup of the cpu controller the executor may write (see
@@ -32,9 +41,11 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -44,6 +55,7 @@ import (
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/services/executor/internal/announce"
 	"github.com/wasmlet/wasmlet/services/executor/internal/cpulimit"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/wasmtime"
@@ -58,6 +70,11 @@ type config struct {
 	stateDir, engine, id, cpuCgroup   string
 	metricsListen                     string
 	maxInstances                      int
+
+	// What it announces: the flavour, the node it serves, the address the
+	// node agent dials, and how often.
+	flavour, node, advertise string
+	announcePeriod           time.Duration
 }
 
 func main() {
@@ -89,6 +106,10 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&cfg.metricsListen, "metrics-listen", "", "loopback host:port to serve Prometheus metrics on at /metrics (default off)")
 	fs.IntVar(&cfg.maxInstances, "max-instances", 1000, "instances held at once")
 	fs.StringVar(&cfg.id, "id", fmt.Sprintf("%s-%d", host, os.Getpid()), "executor id, in events")
+	fs.StringVar(&cfg.flavour, "flavour", "", "flavour announced to the node agent, which routes pods by RuntimeClass handler to flavours (default: the engine's name)")
+	fs.StringVar(&cfg.node, "node", strings.ToLower(host), "name of the node whose agent this executor serves (announced with --nats)")
+	fs.StringVar(&cfg.advertise, "advertise-address", "", "gRPC address announced to the node agent (default: --listen)")
+	fs.DurationVar(&cfg.announcePeriod, "announce-period", announce.DefaultPeriod, "how often the executor announces itself on NATS")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -103,6 +124,15 @@ func parseFlags(args []string) (config, error) {
 		return cfg, errors.New("--max-instances must be positive")
 	case cfg.metricsListen != "" && !grpcutil.IsLoopback(cfg.metricsListen):
 		return cfg, fmt.Errorf("--metrics-listen %s is not a loopback address; metrics are served on loopback only (e.g. 127.0.0.1:9465)", cfg.metricsListen)
+	}
+	if cfg.flavour == "" {
+		cfg.flavour = cfg.engine
+	}
+	if cfg.advertise == "" {
+		cfg.advertise = cfg.listen
+	}
+	if cfg.announcePeriod <= 0 {
+		return cfg, errors.New("--announce-period must be positive")
 	}
 	return cfg, nil
 }
@@ -128,9 +158,10 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	defer regConn.Close()
 
+	var nc *nats.Conn
 	var js jetstream.JetStream
 	if cfg.nats != "" {
-		nc, err := natsutil.Connect(cfg.nats, cfg.natsToken, "wasmlet-executor-"+cfg.id)
+		nc, err = natsutil.Connect(cfg.nats, cfg.natsToken, "wasmlet-executor-"+cfg.id)
 		if err != nil {
 			return err
 		}
@@ -176,7 +207,12 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	srv := grpc.NewServer()
 	executorv1.RegisterExecutorServiceServer(srv, server.New(mgr, eng))
 	log.Info("executor serving", "listen", cfg.listen, "id", cfg.id, "engine", eng.Name(), "engine_version", eng.Version())
+	stopAnnouncing, err := startAnnouncer(ctx, cfg, nc, mgr, eng, cpu != nil, log)
+	if err != nil {
+		return err
+	}
 	err = grpcutil.Serve(ctx, srv, l, 5*time.Second)
+	stopAnnouncing()
 
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -213,4 +249,31 @@ func ensureStreams(ctx context.Context, js jetstream.JetStream, log *slog.Logger
 		case <-time.After(2 * time.Second):
 		}
 	}
+}
+
+// startAnnouncer announces the executor on NATS to the node agent of
+// --node (nothing without --nats); stop sends the leaving announcement and
+// waits until NATS has it.
+func startAnnouncer(ctx context.Context, cfg config, nc *nats.Conn, mgr *instance.Manager, eng engine.Engine, cpuLimits bool, log *slog.Logger) (stop func(), err error) {
+	if nc == nil {
+		return func() {}, nil
+	}
+	a, err := announce.New(announce.Config{
+		Conn: nc, ExecutorID: cfg.id, Flavour: cfg.flavour, Node: cfg.node, Address: cfg.advertise,
+		Engine: eng.Name(), EngineVersion: eng.Version(), MaxInstances: cfg.maxInstances, CPULimits: cpuLimits,
+		Running: mgr.Count, Period: cfg.announcePeriod, Log: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	actx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := a.Run(actx); err != nil {
+			log.Warn("executor not announced; the node agent finds it only through --executor", "err", err)
+		}
+	}()
+	log.Info("announcing executor", "node", cfg.node, "flavour", cfg.flavour, "address", cfg.advertise, "period", cfg.announcePeriod)
+	return func() { cancel(); <-done }, nil
 }
