@@ -90,6 +90,59 @@ func (InstanceState) EnumDescriptor() ([]byte, []int) {
 	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{0}
 }
 
+// How an executor enforces CPU limits.
+type CpuLimitEnforcement int32
+
+const (
+	CpuLimitEnforcement_CPU_LIMIT_ENFORCEMENT_UNSPECIFIED CpuLimitEnforcement = 0
+	// Accepted and not enforced: instances run unthrottled.
+	CpuLimitEnforcement_CPU_LIMIT_ENFORCEMENT_NONE CpuLimitEnforcement = 1
+	// Each limited instance's thread is held to its share by the kernel's
+	// CFS bandwidth control in a cgroup.
+	CpuLimitEnforcement_CPU_LIMIT_ENFORCEMENT_CGROUP CpuLimitEnforcement = 2
+)
+
+// Enum value maps for CpuLimitEnforcement.
+var (
+	CpuLimitEnforcement_name = map[int32]string{
+		0: "CPU_LIMIT_ENFORCEMENT_UNSPECIFIED",
+		1: "CPU_LIMIT_ENFORCEMENT_NONE",
+		2: "CPU_LIMIT_ENFORCEMENT_CGROUP",
+	}
+	CpuLimitEnforcement_value = map[string]int32{
+		"CPU_LIMIT_ENFORCEMENT_UNSPECIFIED": 0,
+		"CPU_LIMIT_ENFORCEMENT_NONE":        1,
+		"CPU_LIMIT_ENFORCEMENT_CGROUP":      2,
+	}
+)
+
+func (x CpuLimitEnforcement) Enum() *CpuLimitEnforcement {
+	p := new(CpuLimitEnforcement)
+	*p = x
+	return p
+}
+
+func (x CpuLimitEnforcement) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CpuLimitEnforcement) Descriptor() protoreflect.EnumDescriptor {
+	return file_wasmlet_executor_v1_executor_proto_enumTypes[1].Descriptor()
+}
+
+func (CpuLimitEnforcement) Type() protoreflect.EnumType {
+	return &file_wasmlet_executor_v1_executor_proto_enumTypes[1]
+}
+
+func (x CpuLimitEnforcement) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CpuLimitEnforcement.Descriptor instead.
+func (CpuLimitEnforcement) EnumDescriptor() ([]byte, []int) {
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{1}
+}
+
 // Preopen maps a host directory into the instance's WASI filesystem.
 type Preopen struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -537,9 +590,15 @@ type GetInfoResponse struct {
 	MaxInstances int32 `protobuf:"varint,5,opt,name=max_instances,json=maxInstances,proto3" json:"max_instances,omitempty"`
 	Instances    int32 `protobuf:"varint,6,opt,name=instances,proto3" json:"instances,omitempty"`
 	// An identity stable for this process; it changes when the executor restarts.
-	ExecutorId    string `protobuf:"bytes,7,opt,name=executor_id,json=executorId,proto3" json:"executor_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ExecutorId string `protobuf:"bytes,7,opt,name=executor_id,json=executorId,proto3" json:"executor_id,omitempty"`
+	// Whether InstanceSpec.cpu_limit_millis is enforced, and how, in words
+	// ("CFS bandwidth control in cgroup /sys/fs/cgroup/cpu/wasmlet
+	// (--cpu-cgroup)", "not enforced: the executor has no --cpu-cgroup").
+	// UNSPECIFIED from an executor older than this field.
+	CpuLimits            CpuLimitEnforcement `protobuf:"varint,8,opt,name=cpu_limits,json=cpuLimits,proto3,enum=wasmlet.executor.v1.CpuLimitEnforcement" json:"cpu_limits,omitempty"`
+	CpuLimitsDescription string              `protobuf:"bytes,9,opt,name=cpu_limits_description,json=cpuLimitsDescription,proto3" json:"cpu_limits_description,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *GetInfoResponse) Reset() {
@@ -617,6 +676,20 @@ func (x *GetInfoResponse) GetInstances() int32 {
 func (x *GetInfoResponse) GetExecutorId() string {
 	if x != nil {
 		return x.ExecutorId
+	}
+	return ""
+}
+
+func (x *GetInfoResponse) GetCpuLimits() CpuLimitEnforcement {
+	if x != nil {
+		return x.CpuLimits
+	}
+	return CpuLimitEnforcement_CPU_LIMIT_ENFORCEMENT_UNSPECIFIED
+}
+
+func (x *GetInfoResponse) GetCpuLimitsDescription() string {
+	if x != nil {
+		return x.CpuLimitsDescription
 	}
 	return ""
 }
@@ -1521,7 +1594,7 @@ const file_wasmlet_executor_v1_executor_proto_rawDesc = "" +
 	"finishedAt\x12\x1a\n" +
 	"\bsequence\x18\n" +
 	" \x01(\x04R\bsequence\"\x10\n" +
-	"\x0eGetInfoRequest\"\xd8\x01\n" +
+	"\x0eGetInfoRequest\"\xd7\x02\n" +
 	"\x0fGetInfoResponse\x12\x16\n" +
 	"\x06engine\x18\x01 \x01(\tR\x06engine\x12%\n" +
 	"\x0eengine_version\x18\x02 \x01(\tR\rengineVersion\x12\x0e\n" +
@@ -1530,7 +1603,10 @@ const file_wasmlet_executor_v1_executor_proto_rawDesc = "" +
 	"\rmax_instances\x18\x05 \x01(\x05R\fmaxInstances\x12\x1c\n" +
 	"\tinstances\x18\x06 \x01(\x05R\tinstances\x12\x1f\n" +
 	"\vexecutor_id\x18\a \x01(\tR\n" +
-	"executorId\"t\n" +
+	"executorId\x12G\n" +
+	"\n" +
+	"cpu_limits\x18\b \x01(\x0e2(.wasmlet.executor.v1.CpuLimitEnforcementR\tcpuLimits\x124\n" +
+	"\x16cpu_limits_description\x18\t \x01(\tR\x14cpuLimitsDescription\"t\n" +
 	"\x15CreateInstanceRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x125\n" +
 	"\x04spec\x18\x02 \x01(\v2!.wasmlet.executor.v1.InstanceSpecR\x04spec\x12\x14\n" +
@@ -1592,7 +1668,11 @@ const file_wasmlet_executor_v1_executor_proto_rawDesc = "" +
 	"\x16INSTANCE_STATE_RUNNING\x10\x02\x12\x19\n" +
 	"\x15INSTANCE_STATE_EXITED\x10\x03\x12\x19\n" +
 	"\x15INSTANCE_STATE_KILLED\x10\x04\x12\x19\n" +
-	"\x15INSTANCE_STATE_FAILED\x10\x052\xb5\a\n" +
+	"\x15INSTANCE_STATE_FAILED\x10\x05*~\n" +
+	"\x13CpuLimitEnforcement\x12%\n" +
+	"!CPU_LIMIT_ENFORCEMENT_UNSPECIFIED\x10\x00\x12\x1e\n" +
+	"\x1aCPU_LIMIT_ENFORCEMENT_NONE\x10\x01\x12 \n" +
+	"\x1cCPU_LIMIT_ENFORCEMENT_CGROUP\x10\x022\xb5\a\n" +
 	"\x0fExecutorService\x12T\n" +
 	"\aGetInfo\x12#.wasmlet.executor.v1.GetInfoRequest\x1a$.wasmlet.executor.v1.GetInfoResponse\x12i\n" +
 	"\x0eCreateInstance\x12*.wasmlet.executor.v1.CreateInstanceRequest\x1a+.wasmlet.executor.v1.CreateInstanceResponse\x12f\n" +
@@ -1617,88 +1697,90 @@ func file_wasmlet_executor_v1_executor_proto_rawDescGZIP() []byte {
 	return file_wasmlet_executor_v1_executor_proto_rawDescData
 }
 
-var file_wasmlet_executor_v1_executor_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_wasmlet_executor_v1_executor_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
 var file_wasmlet_executor_v1_executor_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_wasmlet_executor_v1_executor_proto_goTypes = []any{
 	(InstanceState)(0),                // 0: wasmlet.executor.v1.InstanceState
-	(*Preopen)(nil),                   // 1: wasmlet.executor.v1.Preopen
-	(*Module)(nil),                    // 2: wasmlet.executor.v1.Module
-	(*InstanceSpec)(nil),              // 3: wasmlet.executor.v1.InstanceSpec
-	(*EnvVar)(nil),                    // 4: wasmlet.executor.v1.EnvVar
-	(*Instance)(nil),                  // 5: wasmlet.executor.v1.Instance
-	(*GetInfoRequest)(nil),            // 6: wasmlet.executor.v1.GetInfoRequest
-	(*GetInfoResponse)(nil),           // 7: wasmlet.executor.v1.GetInfoResponse
-	(*CreateInstanceRequest)(nil),     // 8: wasmlet.executor.v1.CreateInstanceRequest
-	(*CreateInstanceResponse)(nil),    // 9: wasmlet.executor.v1.CreateInstanceResponse
-	(*StartInstanceRequest)(nil),      // 10: wasmlet.executor.v1.StartInstanceRequest
-	(*StartInstanceResponse)(nil),     // 11: wasmlet.executor.v1.StartInstanceResponse
-	(*StopInstanceRequest)(nil),       // 12: wasmlet.executor.v1.StopInstanceRequest
-	(*StopInstanceResponse)(nil),      // 13: wasmlet.executor.v1.StopInstanceResponse
-	(*DeleteInstanceRequest)(nil),     // 14: wasmlet.executor.v1.DeleteInstanceRequest
-	(*DeleteInstanceResponse)(nil),    // 15: wasmlet.executor.v1.DeleteInstanceResponse
-	(*GetInstanceRequest)(nil),        // 16: wasmlet.executor.v1.GetInstanceRequest
-	(*GetInstanceResponse)(nil),       // 17: wasmlet.executor.v1.GetInstanceResponse
-	(*ListInstancesRequest)(nil),      // 18: wasmlet.executor.v1.ListInstancesRequest
-	(*ListInstancesResponse)(nil),     // 19: wasmlet.executor.v1.ListInstancesResponse
-	(*WatchInstancesRequest)(nil),     // 20: wasmlet.executor.v1.WatchInstancesRequest
-	(*WatchInstancesResponse)(nil),    // 21: wasmlet.executor.v1.WatchInstancesResponse
-	(*ListInstanceStatsRequest)(nil),  // 22: wasmlet.executor.v1.ListInstanceStatsRequest
-	(*ListInstanceStatsResponse)(nil), // 23: wasmlet.executor.v1.ListInstanceStatsResponse
-	(*InstanceStats)(nil),             // 24: wasmlet.executor.v1.InstanceStats
-	nil,                               // 25: wasmlet.executor.v1.InstanceSpec.LabelsEntry
-	nil,                               // 26: wasmlet.executor.v1.ListInstancesRequest.LabelSelectorEntry
-	nil,                               // 27: wasmlet.executor.v1.ListInstanceStatsRequest.LabelSelectorEntry
-	nil,                               // 28: wasmlet.executor.v1.InstanceStats.LabelsEntry
-	(*timestamppb.Timestamp)(nil),     // 29: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 30: google.protobuf.Duration
+	(CpuLimitEnforcement)(0),          // 1: wasmlet.executor.v1.CpuLimitEnforcement
+	(*Preopen)(nil),                   // 2: wasmlet.executor.v1.Preopen
+	(*Module)(nil),                    // 3: wasmlet.executor.v1.Module
+	(*InstanceSpec)(nil),              // 4: wasmlet.executor.v1.InstanceSpec
+	(*EnvVar)(nil),                    // 5: wasmlet.executor.v1.EnvVar
+	(*Instance)(nil),                  // 6: wasmlet.executor.v1.Instance
+	(*GetInfoRequest)(nil),            // 7: wasmlet.executor.v1.GetInfoRequest
+	(*GetInfoResponse)(nil),           // 8: wasmlet.executor.v1.GetInfoResponse
+	(*CreateInstanceRequest)(nil),     // 9: wasmlet.executor.v1.CreateInstanceRequest
+	(*CreateInstanceResponse)(nil),    // 10: wasmlet.executor.v1.CreateInstanceResponse
+	(*StartInstanceRequest)(nil),      // 11: wasmlet.executor.v1.StartInstanceRequest
+	(*StartInstanceResponse)(nil),     // 12: wasmlet.executor.v1.StartInstanceResponse
+	(*StopInstanceRequest)(nil),       // 13: wasmlet.executor.v1.StopInstanceRequest
+	(*StopInstanceResponse)(nil),      // 14: wasmlet.executor.v1.StopInstanceResponse
+	(*DeleteInstanceRequest)(nil),     // 15: wasmlet.executor.v1.DeleteInstanceRequest
+	(*DeleteInstanceResponse)(nil),    // 16: wasmlet.executor.v1.DeleteInstanceResponse
+	(*GetInstanceRequest)(nil),        // 17: wasmlet.executor.v1.GetInstanceRequest
+	(*GetInstanceResponse)(nil),       // 18: wasmlet.executor.v1.GetInstanceResponse
+	(*ListInstancesRequest)(nil),      // 19: wasmlet.executor.v1.ListInstancesRequest
+	(*ListInstancesResponse)(nil),     // 20: wasmlet.executor.v1.ListInstancesResponse
+	(*WatchInstancesRequest)(nil),     // 21: wasmlet.executor.v1.WatchInstancesRequest
+	(*WatchInstancesResponse)(nil),    // 22: wasmlet.executor.v1.WatchInstancesResponse
+	(*ListInstanceStatsRequest)(nil),  // 23: wasmlet.executor.v1.ListInstanceStatsRequest
+	(*ListInstanceStatsResponse)(nil), // 24: wasmlet.executor.v1.ListInstanceStatsResponse
+	(*InstanceStats)(nil),             // 25: wasmlet.executor.v1.InstanceStats
+	nil,                               // 26: wasmlet.executor.v1.InstanceSpec.LabelsEntry
+	nil,                               // 27: wasmlet.executor.v1.ListInstancesRequest.LabelSelectorEntry
+	nil,                               // 28: wasmlet.executor.v1.ListInstanceStatsRequest.LabelSelectorEntry
+	nil,                               // 29: wasmlet.executor.v1.InstanceStats.LabelsEntry
+	(*timestamppb.Timestamp)(nil),     // 30: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 31: google.protobuf.Duration
 }
 var file_wasmlet_executor_v1_executor_proto_depIdxs = []int32{
-	2,  // 0: wasmlet.executor.v1.InstanceSpec.module:type_name -> wasmlet.executor.v1.Module
-	4,  // 1: wasmlet.executor.v1.InstanceSpec.env:type_name -> wasmlet.executor.v1.EnvVar
-	1,  // 2: wasmlet.executor.v1.InstanceSpec.preopens:type_name -> wasmlet.executor.v1.Preopen
-	25, // 3: wasmlet.executor.v1.InstanceSpec.labels:type_name -> wasmlet.executor.v1.InstanceSpec.LabelsEntry
-	3,  // 4: wasmlet.executor.v1.Instance.spec:type_name -> wasmlet.executor.v1.InstanceSpec
+	3,  // 0: wasmlet.executor.v1.InstanceSpec.module:type_name -> wasmlet.executor.v1.Module
+	5,  // 1: wasmlet.executor.v1.InstanceSpec.env:type_name -> wasmlet.executor.v1.EnvVar
+	2,  // 2: wasmlet.executor.v1.InstanceSpec.preopens:type_name -> wasmlet.executor.v1.Preopen
+	26, // 3: wasmlet.executor.v1.InstanceSpec.labels:type_name -> wasmlet.executor.v1.InstanceSpec.LabelsEntry
+	4,  // 4: wasmlet.executor.v1.Instance.spec:type_name -> wasmlet.executor.v1.InstanceSpec
 	0,  // 5: wasmlet.executor.v1.Instance.state:type_name -> wasmlet.executor.v1.InstanceState
-	29, // 6: wasmlet.executor.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
-	29, // 7: wasmlet.executor.v1.Instance.started_at:type_name -> google.protobuf.Timestamp
-	29, // 8: wasmlet.executor.v1.Instance.finished_at:type_name -> google.protobuf.Timestamp
-	3,  // 9: wasmlet.executor.v1.CreateInstanceRequest.spec:type_name -> wasmlet.executor.v1.InstanceSpec
-	5,  // 10: wasmlet.executor.v1.CreateInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
-	5,  // 11: wasmlet.executor.v1.StartInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
-	30, // 12: wasmlet.executor.v1.StopInstanceRequest.grace_period:type_name -> google.protobuf.Duration
-	5,  // 13: wasmlet.executor.v1.StopInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
-	5,  // 14: wasmlet.executor.v1.GetInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
-	26, // 15: wasmlet.executor.v1.ListInstancesRequest.label_selector:type_name -> wasmlet.executor.v1.ListInstancesRequest.LabelSelectorEntry
-	5,  // 16: wasmlet.executor.v1.ListInstancesResponse.instances:type_name -> wasmlet.executor.v1.Instance
-	5,  // 17: wasmlet.executor.v1.WatchInstancesResponse.instance:type_name -> wasmlet.executor.v1.Instance
-	27, // 18: wasmlet.executor.v1.ListInstanceStatsRequest.label_selector:type_name -> wasmlet.executor.v1.ListInstanceStatsRequest.LabelSelectorEntry
-	24, // 19: wasmlet.executor.v1.ListInstanceStatsResponse.stats:type_name -> wasmlet.executor.v1.InstanceStats
-	0,  // 20: wasmlet.executor.v1.InstanceStats.state:type_name -> wasmlet.executor.v1.InstanceState
-	28, // 21: wasmlet.executor.v1.InstanceStats.labels:type_name -> wasmlet.executor.v1.InstanceStats.LabelsEntry
-	29, // 22: wasmlet.executor.v1.InstanceStats.time:type_name -> google.protobuf.Timestamp
-	6,  // 23: wasmlet.executor.v1.ExecutorService.GetInfo:input_type -> wasmlet.executor.v1.GetInfoRequest
-	8,  // 24: wasmlet.executor.v1.ExecutorService.CreateInstance:input_type -> wasmlet.executor.v1.CreateInstanceRequest
-	10, // 25: wasmlet.executor.v1.ExecutorService.StartInstance:input_type -> wasmlet.executor.v1.StartInstanceRequest
-	12, // 26: wasmlet.executor.v1.ExecutorService.StopInstance:input_type -> wasmlet.executor.v1.StopInstanceRequest
-	14, // 27: wasmlet.executor.v1.ExecutorService.DeleteInstance:input_type -> wasmlet.executor.v1.DeleteInstanceRequest
-	16, // 28: wasmlet.executor.v1.ExecutorService.GetInstance:input_type -> wasmlet.executor.v1.GetInstanceRequest
-	18, // 29: wasmlet.executor.v1.ExecutorService.ListInstances:input_type -> wasmlet.executor.v1.ListInstancesRequest
-	20, // 30: wasmlet.executor.v1.ExecutorService.WatchInstances:input_type -> wasmlet.executor.v1.WatchInstancesRequest
-	22, // 31: wasmlet.executor.v1.ExecutorService.ListInstanceStats:input_type -> wasmlet.executor.v1.ListInstanceStatsRequest
-	7,  // 32: wasmlet.executor.v1.ExecutorService.GetInfo:output_type -> wasmlet.executor.v1.GetInfoResponse
-	9,  // 33: wasmlet.executor.v1.ExecutorService.CreateInstance:output_type -> wasmlet.executor.v1.CreateInstanceResponse
-	11, // 34: wasmlet.executor.v1.ExecutorService.StartInstance:output_type -> wasmlet.executor.v1.StartInstanceResponse
-	13, // 35: wasmlet.executor.v1.ExecutorService.StopInstance:output_type -> wasmlet.executor.v1.StopInstanceResponse
-	15, // 36: wasmlet.executor.v1.ExecutorService.DeleteInstance:output_type -> wasmlet.executor.v1.DeleteInstanceResponse
-	17, // 37: wasmlet.executor.v1.ExecutorService.GetInstance:output_type -> wasmlet.executor.v1.GetInstanceResponse
-	19, // 38: wasmlet.executor.v1.ExecutorService.ListInstances:output_type -> wasmlet.executor.v1.ListInstancesResponse
-	21, // 39: wasmlet.executor.v1.ExecutorService.WatchInstances:output_type -> wasmlet.executor.v1.WatchInstancesResponse
-	23, // 40: wasmlet.executor.v1.ExecutorService.ListInstanceStats:output_type -> wasmlet.executor.v1.ListInstanceStatsResponse
-	32, // [32:41] is the sub-list for method output_type
-	23, // [23:32] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	30, // 6: wasmlet.executor.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
+	30, // 7: wasmlet.executor.v1.Instance.started_at:type_name -> google.protobuf.Timestamp
+	30, // 8: wasmlet.executor.v1.Instance.finished_at:type_name -> google.protobuf.Timestamp
+	1,  // 9: wasmlet.executor.v1.GetInfoResponse.cpu_limits:type_name -> wasmlet.executor.v1.CpuLimitEnforcement
+	4,  // 10: wasmlet.executor.v1.CreateInstanceRequest.spec:type_name -> wasmlet.executor.v1.InstanceSpec
+	6,  // 11: wasmlet.executor.v1.CreateInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
+	6,  // 12: wasmlet.executor.v1.StartInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
+	31, // 13: wasmlet.executor.v1.StopInstanceRequest.grace_period:type_name -> google.protobuf.Duration
+	6,  // 14: wasmlet.executor.v1.StopInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
+	6,  // 15: wasmlet.executor.v1.GetInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
+	27, // 16: wasmlet.executor.v1.ListInstancesRequest.label_selector:type_name -> wasmlet.executor.v1.ListInstancesRequest.LabelSelectorEntry
+	6,  // 17: wasmlet.executor.v1.ListInstancesResponse.instances:type_name -> wasmlet.executor.v1.Instance
+	6,  // 18: wasmlet.executor.v1.WatchInstancesResponse.instance:type_name -> wasmlet.executor.v1.Instance
+	28, // 19: wasmlet.executor.v1.ListInstanceStatsRequest.label_selector:type_name -> wasmlet.executor.v1.ListInstanceStatsRequest.LabelSelectorEntry
+	25, // 20: wasmlet.executor.v1.ListInstanceStatsResponse.stats:type_name -> wasmlet.executor.v1.InstanceStats
+	0,  // 21: wasmlet.executor.v1.InstanceStats.state:type_name -> wasmlet.executor.v1.InstanceState
+	29, // 22: wasmlet.executor.v1.InstanceStats.labels:type_name -> wasmlet.executor.v1.InstanceStats.LabelsEntry
+	30, // 23: wasmlet.executor.v1.InstanceStats.time:type_name -> google.protobuf.Timestamp
+	7,  // 24: wasmlet.executor.v1.ExecutorService.GetInfo:input_type -> wasmlet.executor.v1.GetInfoRequest
+	9,  // 25: wasmlet.executor.v1.ExecutorService.CreateInstance:input_type -> wasmlet.executor.v1.CreateInstanceRequest
+	11, // 26: wasmlet.executor.v1.ExecutorService.StartInstance:input_type -> wasmlet.executor.v1.StartInstanceRequest
+	13, // 27: wasmlet.executor.v1.ExecutorService.StopInstance:input_type -> wasmlet.executor.v1.StopInstanceRequest
+	15, // 28: wasmlet.executor.v1.ExecutorService.DeleteInstance:input_type -> wasmlet.executor.v1.DeleteInstanceRequest
+	17, // 29: wasmlet.executor.v1.ExecutorService.GetInstance:input_type -> wasmlet.executor.v1.GetInstanceRequest
+	19, // 30: wasmlet.executor.v1.ExecutorService.ListInstances:input_type -> wasmlet.executor.v1.ListInstancesRequest
+	21, // 31: wasmlet.executor.v1.ExecutorService.WatchInstances:input_type -> wasmlet.executor.v1.WatchInstancesRequest
+	23, // 32: wasmlet.executor.v1.ExecutorService.ListInstanceStats:input_type -> wasmlet.executor.v1.ListInstanceStatsRequest
+	8,  // 33: wasmlet.executor.v1.ExecutorService.GetInfo:output_type -> wasmlet.executor.v1.GetInfoResponse
+	10, // 34: wasmlet.executor.v1.ExecutorService.CreateInstance:output_type -> wasmlet.executor.v1.CreateInstanceResponse
+	12, // 35: wasmlet.executor.v1.ExecutorService.StartInstance:output_type -> wasmlet.executor.v1.StartInstanceResponse
+	14, // 36: wasmlet.executor.v1.ExecutorService.StopInstance:output_type -> wasmlet.executor.v1.StopInstanceResponse
+	16, // 37: wasmlet.executor.v1.ExecutorService.DeleteInstance:output_type -> wasmlet.executor.v1.DeleteInstanceResponse
+	18, // 38: wasmlet.executor.v1.ExecutorService.GetInstance:output_type -> wasmlet.executor.v1.GetInstanceResponse
+	20, // 39: wasmlet.executor.v1.ExecutorService.ListInstances:output_type -> wasmlet.executor.v1.ListInstancesResponse
+	22, // 40: wasmlet.executor.v1.ExecutorService.WatchInstances:output_type -> wasmlet.executor.v1.WatchInstancesResponse
+	24, // 41: wasmlet.executor.v1.ExecutorService.ListInstanceStats:output_type -> wasmlet.executor.v1.ListInstanceStatsResponse
+	33, // [33:42] is the sub-list for method output_type
+	24, // [24:33] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_wasmlet_executor_v1_executor_proto_init() }
@@ -1711,7 +1793,7 @@ func file_wasmlet_executor_v1_executor_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wasmlet_executor_v1_executor_proto_rawDesc), len(file_wasmlet_executor_v1_executor_proto_rawDesc)),
-			NumEnums:      1,
+			NumEnums:      2,
 			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,

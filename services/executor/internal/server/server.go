@@ -33,25 +33,53 @@ type Server struct {
 	executorv1.UnimplementedExecutorServiceServer
 	mgr *instance.Manager
 	eng engine.Engine
+
+	cpuLimits      executorv1.CpuLimitEnforcement
+	cpuLimitsWords string
 }
 
 var _ executorv1.ExecutorServiceServer = (*Server)(nil)
 
+// Option configures a Server.
+type Option func(*Server)
+
+// WithCPULimits tells what GetInfo reports about CPU limits: enforced or
+// not, and how in words (e.g. "CFS bandwidth control in cgroup DIR
+// (--cpu-cgroup)"). Without it GetInfo reports them not enforced.
+func WithCPULimits(enforced bool, description string) Option {
+	return func(s *Server) {
+		s.cpuLimits = executorv1.CpuLimitEnforcement_CPU_LIMIT_ENFORCEMENT_NONE
+		if enforced {
+			s.cpuLimits = executorv1.CpuLimitEnforcement_CPU_LIMIT_ENFORCEMENT_CGROUP
+		}
+		s.cpuLimitsWords = description
+	}
+}
+
 // New returns a Server over mgr, whose engine is eng.
-func New(mgr *instance.Manager, eng engine.Engine) *Server {
-	return &Server{mgr: mgr, eng: eng}
+func New(mgr *instance.Manager, eng engine.Engine, opts ...Option) *Server {
+	s := &Server{mgr: mgr, eng: eng,
+		cpuLimits:      executorv1.CpuLimitEnforcement_CPU_LIMIT_ENFORCEMENT_NONE,
+		cpuLimitsWords: "not enforced",
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 // GetInfo implements executorv1.ExecutorServiceServer.
 func (s *Server) GetInfo(context.Context, *executorv1.GetInfoRequest) (*executorv1.GetInfoResponse, error) {
 	return &executorv1.GetInfoResponse{
-		Engine:        s.eng.Name(),
-		EngineVersion: s.eng.Version(),
-		Os:            runtime.GOOS,
-		Arch:          runtime.GOARCH,
-		MaxInstances:  int32(s.mgr.MaxInstances()),
-		Instances:     int32(s.mgr.Count()),
-		ExecutorId:    s.mgr.ExecutorID(),
+		Engine:               s.eng.Name(),
+		EngineVersion:        s.eng.Version(),
+		Os:                   runtime.GOOS,
+		Arch:                 runtime.GOARCH,
+		MaxInstances:         int32(s.mgr.MaxInstances()),
+		Instances:            int32(s.mgr.Count()),
+		ExecutorId:           s.mgr.ExecutorID(),
+		CpuLimits:            s.cpuLimits,
+		CpuLimitsDescription: s.cpuLimitsWords,
 	}, nil
 }
 

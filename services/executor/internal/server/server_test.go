@@ -115,6 +115,9 @@ func TestServerOverUnixSocket(t *testing.T) {
 	if err != nil || info.GetEngine() != "wasmtime" || info.GetEngineVersion() == "" || info.GetMaxInstances() != 3 || info.GetExecutorId() != "e1" || info.GetArch() == "" {
 		t.Fatalf("info %v %v", info, err)
 	}
+	if info.GetCpuLimits() != executorv1.CpuLimitEnforcement_CPU_LIMIT_ENFORCEMENT_NONE || info.GetCpuLimitsDescription() == "" {
+		t.Fatalf("info of a server not told of CPU limits: %v", info)
+	}
 
 	watch, err := c.WatchInstances(ctx, &executorv1.WatchInstancesRequest{Id: "h"})
 	if err != nil {
@@ -228,5 +231,29 @@ func TestServerOverUnixSocket(t *testing.T) {
 	}
 	if code(err) != codes.FailedPrecondition {
 		t.Errorf("watch from the future: %v", err)
+	}
+}
+
+func TestGetInfoCPULimits(t *testing.T) {
+	state := t.TempDir()
+	eng, err := wasmtime.New(wasmtime.Config{CacheDir: filepath.Join(state, "compiled")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mgr, err := instance.New(instance.Config{ExecutorID: "e1", Engine: eng, Cache: fileCache{}, ModuleDir: filepath.Join(state, "modules")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		enforced bool
+		want     executorv1.CpuLimitEnforcement
+	}{
+		{true, executorv1.CpuLimitEnforcement_CPU_LIMIT_ENFORCEMENT_CGROUP},
+		{false, executorv1.CpuLimitEnforcement_CPU_LIMIT_ENFORCEMENT_NONE},
+	} {
+		info, err := New(mgr, eng, WithCPULimits(tc.enforced, "how")).GetInfo(context.Background(), &executorv1.GetInfoRequest{})
+		if err != nil || info.GetCpuLimits() != tc.want || info.GetCpuLimitsDescription() != "how" {
+			t.Errorf("enforced %v: info %v, %v; want %v", tc.enforced, info, err, tc.want)
+		}
 	}
 }
