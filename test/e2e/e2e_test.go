@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -347,8 +348,10 @@ func TestSplitServices(t *testing.T) {
 }
 
 // TestNodeAgentRestartReadopts restarts the node agent while its executor
-// keeps running: the running pod is adopted, not restarted, and the
-// instance of a pod deleted meanwhile is removed.
+// keeps running: the running pod is adopted, not restarted; the instance
+// of a pod deleted meanwhile is removed; and an instance that exited while
+// the node agent was down has its exit applied to its pod when the node
+// agent comes back.
 func TestNodeAgentRestartReadopts(t *testing.T) {
 	sp := startSplit(t)
 	state := t.TempDir()
@@ -360,13 +363,19 @@ func TestNodeAgentRestartReadopts(t *testing.T) {
 		apply(t, ns, wasmPod(name, n.name, image, v1.RestartPolicyAlways,
 			v1.EnvVar{Name: "COUNT", Value: "100000"}, v1.EnvVar{Name: "SLEEP", Value: "100ms"}))
 	}
+	// finisher exits a few seconds after it starts: while the node agent is down.
+	apply(t, ns, wasmPod("finisher", n.name, image, v1.RestartPolicyNever,
+		v1.EnvVar{Name: "COUNT", Value: "20"}, v1.EnvVar{Name: "SLEEP", Value: "250ms"}, v1.EnvVar{Name: "EXIT_CODE", Value: "7"}))
 	waitPhase(t, ns, "survivor", v1.PodRunning, 2*time.Minute)
 	waitPhase(t, ns, "gone", v1.PodRunning, 2*time.Minute)
+	waitPhase(t, ns, "finisher", v1.PodRunning, 2*time.Minute)
 	before := jsonpath(t, ns, "survivor", "{.status.containerStatuses[0].containerID} {.status.containerStatuses[0].state.running.startedAt} {.status.containerStatuses[0].restartCount}")
 
 	n.proc.stop(15 * time.Second)
+	if phase := jsonpath(t, ns, "finisher", "{.status.phase}"); phase != string(v1.PodRunning) {
+		t.Fatalf("finisher ended before the node agent stopped (phase %s): the test needs it to exit while the node agent is down", phase)
+	}
 	mustKubectl(t, "delete", "pod", "-n", ns, "gone", "--force", "--grace-period=0")
-	startNode(t, "e2e-restart", sp.env, flags...)
 
 	conn, err := grpcutil.Dial(sp.executorAddr)
 	if err != nil {
@@ -374,17 +383,35 @@ func TestNodeAgentRestartReadopts(t *testing.T) {
 	}
 	defer conn.Close()
 	exec := executorv1.NewExecutorServiceClient(conn)
-	waitFor(t, time.Minute, "the deleted pod's instance removed, the survivor's kept", func() (bool, string) {
+	instances := func() (string, error) {
 		resp, err := exec.ListInstances(context.Background(), &executorv1.ListInstancesRequest{})
 		if err != nil {
-			return false, err.Error()
+			return "", err
 		}
 		var pods []string
 		for _, inst := range resp.GetInstances() {
 			pods = append(pods, inst.GetSpec().GetLabels()["wasmlet.io/pod"]+"/"+inst.GetState().String())
 		}
-		return fmt.Sprint(pods) == "[survivor/INSTANCE_STATE_RUNNING]", fmt.Sprint(pods)
+		slices.Sort(pods)
+		return fmt.Sprint(pods), nil
+	}
+	waitFor(t, time.Minute, "finisher's instance exited while the node agent is down", func() (bool, string) {
+		got, err := instances()
+		return err == nil && strings.Contains(got, "finisher/INSTANCE_STATE_EXITED"), fmt.Sprint(got, err)
 	})
+	if phase := jsonpath(t, ns, "finisher", "{.status.phase}"); phase != string(v1.PodRunning) {
+		t.Fatalf("finisher's pod is %s with no node agent running: something else wrote its status", phase)
+	}
+	startNode(t, "e2e-restart", sp.env, flags...)
+
+	waitFor(t, time.Minute, "the deleted pod's instance removed, the survivor's kept", func() (bool, string) {
+		got, err := instances()
+		return err == nil && strings.Contains(got, "survivor/INSTANCE_STATE_RUNNING") && !strings.Contains(got, "gone/"), fmt.Sprint(got, err)
+	})
+	waitPhase(t, ns, "finisher", v1.PodFailed, time.Minute)
+	if got := jsonpath(t, ns, "finisher", "{.status.containerStatuses[0].state.terminated.exitCode}"); got != "7" {
+		t.Errorf("finisher's exit while the node agent was down: exit code %q, want 7", got)
+	}
 	waitFor(t, time.Minute, "logs of the adopted pod through the new node agent", func() (bool, string) {
 		out, err := kubectl(t, "logs", "-n", ns, "survivor", "--tail=1")
 		return err == nil && strings.HasPrefix(out, "count "), fmt.Sprint(out, err)
