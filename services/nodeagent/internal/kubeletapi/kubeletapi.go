@@ -5,7 +5,8 @@
 // then checked with SubjectAccessReview on nodes/proxy, nodes/log,
 // nodes/stats or nodes/metrics. Anonymous requests are refused.
 //
-// It owns the listener, the serving certificate and the auth chain; the
+// It owns the listener, the self-signed serving certificate (or serves the
+// one a GetCertificate func hands it, issued by the cluster) and the auth chain; the
 // routes come from virtual-kubelet's api package, backed by the provider.
 package kubeletapi
 
@@ -39,6 +40,10 @@ type Config struct {
 	Addr     string
 	NodeName string
 	NodeIP   string
+	// GetCertificate, when set, gives the serving certificate on every
+	// handshake (a certificate issued through a CSR and renewed in place:
+	// see package servingcert); CertFile, KeyFile and CertDir are then unused.
+	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
 	// CertFile and KeyFile serve TLS; when empty, a self-signed pair is made
 	// (and kept) in CertDir.
 	CertFile, KeyFile string
@@ -60,9 +65,19 @@ func Serve(ctx context.Context, cfg Config) error {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	cert, err := servingCert(cfg)
-	if err != nil {
-		return err
+	tlsConfig := &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		// Verified by the authenticator against ClientCAFile, so that a
+		// token-bearing client without a certificate is still heard.
+		ClientAuth:     tls.RequestClientCert,
+		GetCertificate: cfg.GetCertificate,
+	}
+	if cfg.GetCertificate == nil {
+		cert, err := servingCert(cfg)
+		if err != nil {
+			return err
+		}
+		tlsConfig.Certificates = []tls.Certificate{cert}
 	}
 	var opts []nodeutil.WebhookAuthOption
 	if cfg.ClientCAFile != "" {
@@ -90,14 +105,8 @@ func Serve(ctx context.Context, cfg Config) error {
 	srv := &http.Server{
 		Handler:           nodeutil.WithAuth(auth, mux),
 		ReadHeaderTimeout: 30 * time.Second,
-		TLSConfig: &tls.Config{
-			MinVersion:   tls.VersionTLS12,
-			Certificates: []tls.Certificate{cert},
-			// Verified by the authenticator against ClientCAFile, so that a
-			// token-bearing client without a certificate is still heard.
-			ClientAuth: tls.RequestClientCert,
-		},
-		ErrorLog: slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug),
+		TLSConfig:         tlsConfig,
+		ErrorLog:          slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug),
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(l, "", "") }()
