@@ -1,0 +1,52 @@
+package bench
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestExecutorSection runs the executor section alone, without the control
+// plane (TestShortSuite runs it within the suite): set
+// WASMLET_BENCH_EXECUTOR=short or full.
+//
+//	WASMLET_BENCH_EXECUTOR=full go test -count=1 -run TestExecutorSection -v -timeout 30m ./bench/
+func TestExecutorSection(t *testing.T) {
+	mode := os.Getenv("WASMLET_BENCH_EXECUTOR")
+	if mode == "" {
+		t.Skip("set WASMLET_BENCH_EXECUTOR=short or full to run the executor section alone")
+	}
+	opts := ShortOptions
+	if mode == "full" {
+		opts = FullOptions
+	}
+	bin := filepath.Join(t.TempDir(), "bin")
+	if err := Build(filepath.Join("..", ""), bin); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	defer cancel()
+	figs, err := ExecutorFigures(ctx, bin, opts)
+	r := Report{Date: time.Now().UTC(), Mode: mode, Machine: ThisMachine(), Figures: figs}
+	t.Logf("\n%s", r.Markdown())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, eng := range execEngines {
+		n := 0
+		for _, f := range figs {
+			if strings.HasPrefix(f.Name, "executor "+eng+": ") {
+				n++
+				if f.Samples == 0 || f.Max <= 0 {
+					t.Errorf("figure %q has no measurement: %+v", f.Name, f)
+				}
+			}
+		}
+		if n < 7 {
+			t.Errorf("%d figures for %s, want 7", n, eng)
+		}
+	}
+}
