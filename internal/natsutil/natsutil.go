@@ -89,36 +89,84 @@ func Connect(url, token, name string) (*nats.Conn, error) {
 	return nc, nil
 }
 
-// StreamLimits bounds what the streams keep.
+// StreamLimits bounds what the logs stream keeps. NATS (v2.15) bounds a
+// stream by bytes and age, and each subject by a count of messages
+// (MaxMsgsPerSubject); it has no per-subject byte limit. So:
+//
+//   - per container (one subject, so per pod for its containers): at most
+//     LogLinesPerContainer records, the oldest discarded first — a chatty
+//     pod cannot push other pods' lines out beyond the stream bounds;
+//   - per record: at most LogAge old (every record ages alike, so this is
+//     also each pod's age limit);
+//   - per stream (all pods of all nodes that share the NATS server): at
+//     most LogBytes, the oldest records of any pod discarded first.
+//
+// A pod's lines in bytes are thus bounded by LogLinesPerContainer times
+// the record size (a line is at most 16 KiB, see the executor's logs
+// package; a typical record is the line plus ~40 bytes).
 type StreamLimits struct {
-	LogBytes int64
-	LogAge   time.Duration
+	LogBytes             int64
+	LogAge               time.Duration
+	LogLinesPerContainer int64 // 0: no per-container bound
+	// LogDuplicates is how long JetStream remembers msg ids (Nats-Msg-Id)
+	// to drop a record published twice (an executor's retry or replay after
+	// a restart). It costs the server memory per record published in the
+	// window (~100 bytes each).
+	LogDuplicates time.Duration
 }
 
-// DefaultStreamLimits keeps 1 GiB or 7 days of logs.
-var DefaultStreamLimits = StreamLimits{LogBytes: 1 << 30, LogAge: 7 * 24 * time.Hour}
+// DefaultStreamLimits keeps 1 GiB or 7 days of logs, at most a million
+// lines per container, and drops copies for 2 minutes.
+var DefaultStreamLimits = StreamLimits{LogBytes: 1 << 30, LogAge: 7 * 24 * time.Hour, LogLinesPerContainer: 1_000_000, LogDuplicates: 2 * time.Minute}
 
-// EnsureStreams creates or updates the logs and events streams.
-func EnsureStreams(ctx context.Context, js jetstream.JetStream, lim StreamLimits) error {
-	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:      subjects.LogsStream,
-		Subjects:  []string{subjects.LogsPrefix + ".>"},
-		Storage:   jetstream.FileStorage,
-		MaxBytes:  lim.LogBytes,
-		MaxAge:    lim.LogAge,
-		Discard:   jetstream.DiscardOld,
-		Retention: jetstream.LimitsPolicy,
-	}); err != nil {
-		return fmt.Errorf("ensure stream %s: %w", subjects.LogsStream, err)
+func logsStream(lim StreamLimits) jetstream.StreamConfig {
+	per := lim.LogLinesPerContainer
+	if per <= 0 {
+		per = -1
 	}
-	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	return jetstream.StreamConfig{
+		Name:              subjects.LogsStream,
+		Subjects:          []string{subjects.LogsPrefix + ".>"},
+		Storage:           jetstream.FileStorage,
+		MaxBytes:          lim.LogBytes,
+		MaxAge:            lim.LogAge,
+		MaxMsgsPerSubject: per,
+		Duplicates:        lim.LogDuplicates,
+		Discard:           jetstream.DiscardOld,
+		Retention:         jetstream.LimitsPolicy,
+	}
+}
+
+func eventsStream() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
 		Name:      subjects.EventsStream,
 		Subjects:  []string{subjects.EventsPrefix + ".>"},
 		Storage:   jetstream.FileStorage,
 		MaxAge:    24 * time.Hour,
 		Retention: jetstream.LimitsPolicy,
-	}); err != nil {
+	}
+}
+
+// EnsureStreams creates or updates the logs and events streams: the node
+// agent, which owns their configuration, calls it.
+func EnsureStreams(ctx context.Context, js jetstream.JetStream, lim StreamLimits) error {
+	if _, err := js.CreateOrUpdateStream(ctx, logsStream(lim)); err != nil {
+		return fmt.Errorf("ensure stream %s: %w", subjects.LogsStream, err)
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, eventsStream()); err != nil {
 		return fmt.Errorf("ensure stream %s: %w", subjects.EventsStream, err)
+	}
+	return nil
+}
+
+// EnsureStreamsExist creates the streams that do not exist, with
+// DefaultStreamLimits, and leaves existing ones as configured: an executor,
+// which may start before its node agent, calls it.
+func EnsureStreamsExist(ctx context.Context, js jetstream.JetStream) error {
+	for _, cfg := range []jetstream.StreamConfig{logsStream(DefaultStreamLimits), eventsStream()} {
+		if _, err := js.CreateStream(ctx, cfg); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
+		}
 	}
 	return nil
 }
