@@ -24,7 +24,17 @@
 // CPU limits (InstanceSpec.cpu_limit_millis) are enforced only with
 // --cpu-cgroup: a cgroup of the cpu controller the executor may write (see
 // internal/cpulimit). Without it they are accepted and not enforced, and
-// the executor says so at start.
+// the executor says so at start and in GetInfo (cpu_limits).
+//
+// Precompiled modules are shared through the registry cache (unless
+// --share-precompiled=false): on a miss in --state-dir/compiled the engine
+// asks the registry cache for the artifact of (module digest, engine key:
+// engine, version, settings, GOARCH, CPU features), checks its size and
+// sha256 before loading it, and after every compile puts its artifact
+// there in the background, so that the next executor of the same key
+// loads instead of compiling (see internal/engine/wasmtime; wazero keeps
+// its cache local, see internal/engine/wazero). /metrics counts compiles
+// and the shared store's hits, misses, corrupt entries and puts.
 //
 // The NATS token, if any, is read from WASMLET_NATS_TOKEN. On SIGINT or
 // SIGTERM every instance is killed and the process exits.
@@ -56,6 +66,7 @@ import (
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/natsutil"
 	"github.com/wasmlet/wasmlet/services/executor/internal/announce"
+	"github.com/wasmlet/wasmlet/services/executor/internal/artifactstore"
 	"github.com/wasmlet/wasmlet/services/executor/internal/cpulimit"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/wasmtime"
@@ -70,6 +81,7 @@ type config struct {
 	stateDir, engine, id, cpuCgroup   string
 	metricsListen                     string
 	maxInstances                      int
+	sharePrecompiled                  bool
 
 	// What it announces: the flavour, the node it serves, the address the
 	// node agent dials, and how often.
@@ -104,6 +116,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&cfg.engine, "engine", "wasmtime", "engine: wasmtime or wazero")
 	fs.StringVar(&cfg.cpuCgroup, "cpu-cgroup", "", "cgroup directory (cpu controller, writable) in which CPU limits are enforced; empty: not enforced")
 	fs.StringVar(&cfg.metricsListen, "metrics-listen", "", "loopback host:port to serve Prometheus metrics on at /metrics (default off)")
+	fs.BoolVar(&cfg.sharePrecompiled, "share-precompiled", true, "get precompiled modules from the registry cache on a local miss, and put there what this executor compiles")
 	fs.IntVar(&cfg.maxInstances, "max-instances", 1000, "instances held at once")
 	fs.StringVar(&cfg.id, "id", fmt.Sprintf("%s-%d", host, os.Getpid()), "executor id, in events")
 	fs.StringVar(&cfg.flavour, "flavour", "", "flavour announced to the node agent, which routes pods by RuntimeClass handler to flavours (default: the engine's name)")
@@ -139,24 +152,30 @@ func parseFlags(args []string) (config, error) {
 
 func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	var cpu engine.ThreadLimiter
+	cpuWords := "not enforced: the executor has no --cpu-cgroup"
 	if cfg.cpuCgroup != "" {
 		l, err := cpulimit.New(cfg.cpuCgroup)
 		if err != nil {
 			return err
 		}
 		cpu = l
+		cpuWords = fmt.Sprintf("CFS bandwidth control in cgroup %s (--cpu-cgroup), per instance thread", cfg.cpuCgroup)
 	} else {
 		log.Warn("CPU limits are not enforced: no --cpu-cgroup")
-	}
-	eng, err := newEngine(cfg.engine, filepath.Join(cfg.stateDir, "compiled"), cpu)
-	if err != nil {
-		return err
 	}
 	regConn, err := grpcutil.Dial(cfg.registry)
 	if err != nil {
 		return err
 	}
 	defer regConn.Close()
+	var shared engine.ArtifactStore
+	if cfg.sharePrecompiled {
+		shared = artifactstore.New(proxy.New(regConn))
+	}
+	eng, err := newEngine(cfg.engine, filepath.Join(cfg.stateDir, "compiled"), cpu, shared, log)
+	if err != nil {
+		return err
+	}
 
 	var nc *nats.Conn
 	var js jetstream.JetStream
@@ -205,7 +224,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	srv := grpc.NewServer()
-	executorv1.RegisterExecutorServiceServer(srv, server.New(mgr, eng))
+	executorv1.RegisterExecutorServiceServer(srv, server.New(mgr, eng, server.WithCPULimits(cpu != nil, cpuWords)))
 	log.Info("executor serving", "listen", cfg.listen, "id", cfg.id, "engine", eng.Name(), "engine_version", eng.Version())
 	stopAnnouncing, err := startAnnouncer(ctx, cfg, nc, mgr, eng, cpu != nil, log)
 	if err != nil {
@@ -224,13 +243,14 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 }
 
 // newEngine makes the engine named by --engine; each keeps its artifacts
-// in a subdirectory of dir named for its version.
-func newEngine(name, dir string, cpu engine.ThreadLimiter) (engine.Engine, error) {
+// in a subdirectory of dir named for its version, and wasmtime shares them
+// through shared when it is not nil.
+func newEngine(name, dir string, cpu engine.ThreadLimiter, shared engine.ArtifactStore, log *slog.Logger) (engine.Engine, error) {
 	switch name {
 	case "wazero":
 		return wazero.New(wazero.Config{CacheDir: dir, CPU: cpu})
 	default:
-		return wasmtime.New(wasmtime.Config{CacheDir: dir, CPU: cpu})
+		return wasmtime.New(wasmtime.Config{CacheDir: dir, CPU: cpu, Shared: shared, Logger: log})
 	}
 }
 

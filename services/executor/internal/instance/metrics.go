@@ -3,6 +3,7 @@ package instance
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 	"github.com/wasmlet/wasmlet/services/executor/internal/outbox"
 )
 
@@ -38,6 +39,12 @@ var (
 	descPublished = prometheus.NewDesc("wasmlet_executor_nats_published_total", "Messages acknowledged by JetStream, by kind (log, event).", []string{"kind"}, nil)
 	descDropped   = prometheus.NewDesc("wasmlet_executor_nats_dropped_total", "Messages dropped: displaced from a full outbox, left at close, or produced with no NATS; by kind.", []string{"kind"}, nil)
 	descFailed    = prometheus.NewDesc("wasmlet_executor_nats_publish_errors_total", "Publishes or acknowledgements that failed, by kind.", []string{"kind"}, nil)
+
+	// How the engine came by its precompiled artifacts (engine.ArtifactStats).
+	descCompiles = prometheus.NewDesc("wasmlet_executor_compiles_total", "Modules the engine compiled (failed compiles too).", nil, nil)
+	descShared   = prometheus.NewDesc("wasmlet_executor_precompiled_shared_gets_total",
+		"Precompiled artifacts asked of the shared store (the registry cache) on a local miss, by result: hit (loaded), miss (none stored), corrupt (bytes not matching the stored digest or size), rejected (intact but not loadable), error.", []string{"result"}, nil)
+	descSharedPuts = prometheus.NewDesc("wasmlet_executor_precompiled_shared_puts_total", "Precompiled artifacts put to the shared store after a compile, by result (ok, error).", []string{"result"}, nil)
 )
 
 // Collector returns the manager's metrics, to register on the executor's
@@ -50,7 +57,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	c.m.metrics.starts.Describe(ch)
 	c.m.metrics.startLatency.Describe(ch)
 	c.m.metrics.kills.Describe(ch)
-	for _, d := range []*prometheus.Desc{descInstances, descPublished, descDropped, descFailed} {
+	for _, d := range []*prometheus.Desc{descInstances, descPublished, descDropped, descFailed, descCompiles, descShared, descSharedPuts} {
 		ch <- d
 	}
 }
@@ -91,5 +98,14 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descPublished, prometheus.CounterValue, float64(k.st.Published), k.kind)
 		ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(k.st.Dropped), k.kind)
 		ch <- prometheus.MustNewConstMetric(descFailed, prometheus.CounterValue, float64(k.st.Failed), k.kind)
+	}
+	if r, ok := m.cfg.Engine.(engine.ArtifactReporter); ok {
+		st := r.ArtifactStats()
+		ch <- prometheus.MustNewConstMetric(descCompiles, prometheus.CounterValue, float64(st.Compiles))
+		for result, n := range map[string]uint64{"hit": st.SharedHits, "miss": st.SharedMisses, "corrupt": st.SharedCorrupt, "rejected": st.SharedRejected, "error": st.SharedErrors} {
+			ch <- prometheus.MustNewConstMetric(descShared, prometheus.CounterValue, float64(n), result)
+		}
+		ch <- prometheus.MustNewConstMetric(descSharedPuts, prometheus.CounterValue, float64(st.SharedPuts), "ok")
+		ch <- prometheus.MustNewConstMetric(descSharedPuts, prometheus.CounterValue, float64(st.SharedPutErrors), "error")
 	}
 }

@@ -1,0 +1,296 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
+	"github.com/wasmlet/wasmlet/internal/grpcutil"
+	"github.com/wasmlet/wasmlet/internal/wasmbuild"
+	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
+	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/local"
+	regserver "github.com/wasmlet/wasmlet/services/registry-cache/regcache/server"
+)
+
+// sharingCache is test scaffolding: modules from a file map, precompiled
+// artifacts in a real local cache, both served by the registry cache's
+// real gRPC server.
+type sharingCache struct {
+	fileCache
+	regcache.PrecompiledStore
+}
+
+// TestSharedPrecompiled runs executor processes with fresh state dirs
+// against one registry cache: the first compiles the module and puts its
+// artifact there; the second loads it without compiling, and starts
+// faster; after the shared artifact is corrupted on the cache's disk, a
+// third detects it, compiles, runs the module and replaces the entry; a
+// fourth, told not to share, compiles (the first start without the shared
+// artifact, for comparison).
+func TestSharedPrecompiled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the executor binary")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 240*time.Second)
+	defer cancel()
+	tmp := t.TempDir()
+	bin := filepath.Join(tmp, "executor")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+
+	sockDir, err := os.MkdirTemp("", "exshare")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(sockDir)
+	wasm := wasmbuild.Build(t, "hello")
+	b, err := os.ReadFile(wasm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	hello := "sha256:" + hex.EncodeToString(sum[:])
+	cacheDir := filepath.Join(tmp, "regcache")
+	lc, err := local.New(local.Config{Dir: cacheDir, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	regAddr := "unix://" + filepath.Join(sockDir, "reg.sock")
+	rl, err := grpcutil.Listen(regAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := grpc.NewServer()
+	regserver.New(sharingCache{fileCache{hello: wasm}, lc}).Register(rs)
+	sctx, stopReg := context.WithCancel(context.Background())
+	defer stopReg()
+	go grpcutil.Serve(sctx, rs, rl, time.Second)
+
+	// run starts executor n with a fresh state dir, creates and starts an
+	// instance of hello, waits for its end (exit code 3), and returns how
+	// long CreateInstance (fetch, prepare: load or compile, start) took
+	// and the executor's metrics.
+	run := func(t *testing.T, n int, extra ...string) (time.Duration, *executor) {
+		t.Helper()
+		e := startExecutor(t, ctx, bin, sockDir, n, regAddr, extra...)
+		t0 := time.Now()
+		if _, err := e.c.CreateInstance(ctx, &executorv1.CreateInstanceRequest{Id: "hello", Start: true, Spec: &executorv1.InstanceSpec{
+			Module: &executorv1.Module{Digest: hello},
+			Args:   []string{"hello"},
+			Env:    []*executorv1.EnvVar{{Name: "EXIT_CODE", Value: "3"}},
+		}}); err != nil {
+			t.Fatal(err)
+		}
+		took := time.Since(t0)
+		for {
+			r, err := e.c.GetInstance(ctx, &executorv1.GetInstanceRequest{Id: "hello"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if in := r.GetInstance(); in.GetState() == executorv1.InstanceState_INSTANCE_STATE_EXITED {
+				if in.GetExitCode() != 3 {
+					t.Fatalf("executor %d: hello ended %v", n, in)
+				}
+				break
+			} else if in.GetState() != executorv1.InstanceState_INSTANCE_STATE_RUNNING && in.GetState() != executorv1.InstanceState_INSTANCE_STATE_CREATED {
+				t.Fatalf("executor %d: hello ended %v", n, in)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		return took, e
+	}
+
+	first, e1 := run(t, 1)
+	e1.wantMetrics(t, map[string]float64{"compiles": 1, "miss": 1, "hit": 0})
+	e1.waitMetric(t, "put_ok", 1)
+	e1.stop(t)
+
+	second, e2 := run(t, 2)
+	e2.wantMetrics(t, map[string]float64{"compiles": 0, "hit": 1, "miss": 0, "corrupt": 0})
+	e2.stop(t)
+	t.Logf("first start (CreateInstance with start) on a fresh executor: %v compiling (executor 1), %v with the shared artifact (executor 2)", first, second)
+	if second > first/2 {
+		t.Errorf("the executor with the shared artifact took %v to start, the one that compiled %v: want less than half", second, first)
+	}
+
+	// Corrupt the shared artifact on the registry cache's disk (same size).
+	rc, info, err := lc.GetPrecompiled(ctx, regcache.PrecompiledKey{ModuleDigest: hello, EngineKey: e1.engineKey(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Close()
+	blob := filepath.Join(cacheDir, "blobs", "sha256", strings.TrimPrefix(info.Digest, "sha256:"))
+	art, err := os.ReadFile(blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := len(art) / 2; i < len(art)/2+64; i++ {
+		art[i] ^= 0xff
+	}
+	if err := os.WriteFile(blob, art, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, e3 := run(t, 3)
+	e3.wantMetrics(t, map[string]float64{"compiles": 1, "hit": 0, "corrupt": 1})
+	e3.waitMetric(t, "put_ok", 1)
+	e3.stop(t)
+	if fixed, err := os.ReadFile(blob); err != nil || sha256.Sum256(fixed) != [32]byte(mustHex(t, info.Digest)) {
+		t.Fatalf("the corrupt shared artifact was not replaced (%v)", err)
+	}
+
+	unshared, e4 := run(t, 4, "--share-precompiled=false")
+	e4.wantMetrics(t, map[string]float64{"compiles": 1, "hit": 0, "miss": 0})
+	e4.stop(t)
+	t.Logf("first start on a fresh executor with --share-precompiled=false: %v", unshared)
+}
+
+func mustHex(t *testing.T, digest string) []byte {
+	b, err := hex.DecodeString(strings.TrimPrefix(digest, "sha256:"))
+	if err != nil || len(b) != 32 {
+		t.Fatalf("digest %q", digest)
+	}
+	return b
+}
+
+// executor is a running executor process.
+type executor struct {
+	n       int
+	cmd     *exec.Cmd
+	c       executorv1.ExecutorServiceClient
+	metrics string
+	stderr  *syncBuffer
+	exited  chan error
+}
+
+func startExecutor(t *testing.T, ctx context.Context, bin, sockDir string, n int, regAddr string, extra ...string) *executor {
+	t.Helper()
+	ml, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsAddr := ml.Addr().String()
+	ml.Close()
+	addr := "unix://" + filepath.Join(sockDir, fmt.Sprintf("exec%d.sock", n))
+	args := append([]string{"--listen", addr, "--registry", regAddr, "--state-dir", t.TempDir(),
+		"--id", fmt.Sprintf("exec-%d", n), "--metrics-listen", metricsAddr}, extra...)
+	e := &executor{n: n, cmd: exec.Command(bin, args...), metrics: metricsAddr, stderr: &syncBuffer{}, exited: make(chan error, 1)}
+	e.cmd.Stderr = e.stderr
+	if err := e.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { e.exited <- e.cmd.Wait() }()
+	t.Cleanup(func() {
+		e.cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("executor %d stderr:\n%s", n, e.stderr.String())
+		}
+	})
+	conn, err := grpcutil.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if err := grpcutil.WaitHealthy(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	e.c = executorv1.NewExecutorServiceClient(conn)
+	return e
+}
+
+func (e *executor) stop(t *testing.T) {
+	t.Helper()
+	e.cmd.Process.Signal(os.Interrupt)
+	select {
+	case err := <-e.exited:
+		if err != nil {
+			t.Fatalf("executor %d exit: %v\n%s", e.n, err, e.stderr.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("executor %d did not exit", e.n)
+	}
+}
+
+// artifactMetrics names the executor's artifact counters for the tests.
+var artifactMetrics = map[string]string{
+	"compiles": "wasmlet_executor_compiles_total",
+	"hit":      `wasmlet_executor_precompiled_shared_gets_total{result="hit"}`,
+	"miss":     `wasmlet_executor_precompiled_shared_gets_total{result="miss"}`,
+	"corrupt":  `wasmlet_executor_precompiled_shared_gets_total{result="corrupt"}`,
+	"put_ok":   `wasmlet_executor_precompiled_shared_puts_total{result="ok"}`,
+}
+
+func (e *executor) scrape(t *testing.T) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + e.metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for name, series := range artifactMetrics {
+		m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(series) + ` (\S+)$`).FindSubmatch(body)
+		if m == nil {
+			t.Fatalf("executor %d: /metrics lacks %s:\n%s", e.n, series, body)
+		}
+		v, err := strconv.ParseFloat(string(m[1]), 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[name] = v
+	}
+	return got
+}
+
+func (e *executor) wantMetrics(t *testing.T, want map[string]float64) {
+	t.Helper()
+	got := e.scrape(t)
+	for k, v := range want {
+		if got[k] != v {
+			t.Fatalf("executor %d: %s = %v, want %v (all: %v)", e.n, artifactMetrics[k], got[k], v, got)
+		}
+	}
+}
+
+func (e *executor) waitMetric(t *testing.T, name string, want float64) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		got := e.scrape(t)
+		if got[name] == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("executor %d: %s = %v after 30 s, want %v", e.n, artifactMetrics[name], got[name], want)
+		}
+	}
+}
+
+// engineKey finds the engine key in the executor's log.
+func (e *executor) engineKey(t *testing.T) string {
+	t.Helper()
+	m := regexp.MustCompile(`engine_key=(\S+)`).FindStringSubmatch(e.stderr.String())
+	if m == nil {
+		t.Fatalf("executor %d logged no engine_key:\n%s", e.n, e.stderr.String())
+	}
+	return m[1]
+}
