@@ -194,7 +194,20 @@ func (s *Stack) footprint() ([]Figure, error) {
 	rss := rssTree(pid)
 	rf := Values("idle node memory", "VmRSS of the node agent (with embedded NATS and registry cache) and its executor child, no pods", "MiB", []float64{float64(rss) / (1 << 20)})
 	rf.Hold("max", idleRSSTarget)
-	return append(figs, rf), nil
+	figs = append(figs, rf)
+	// The same, process by process, to show where it goes: most of an idle
+	// process's RSS is the clean pages of its own binary (RssFile), which
+	// shrink only with the binary; RssAnon is what it allocated.
+	for _, p := range append([]int{pid}, children(pid)...) {
+		name := "node agent (with embedded NATS and registry cache)"
+		if p != pid {
+			name = "executor"
+		}
+		for _, field := range []string{"VmRSS", "RssAnon"} {
+			figs = append(figs, Values(fmt.Sprintf("idle node memory: %s, %s", name, field), field+" of the process, no pods", "MiB", []float64{float64(procStatus(p, field)) / (1 << 20)}))
+		}
+	}
+	return figs, nil
 }
 
 // cpuProcs are the processes whose CPU a burst is charged to.
@@ -246,17 +259,25 @@ func children(pid int) []int {
 	return out
 }
 
-// rssTree sums VmRSS of pid and its descendants.
-func rssTree(pid int) int64 {
-	var total int64
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
-		for _, line := range strings.Split(string(b), "\n") {
-			if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-				kb, _ := strconv.ParseInt(strings.Fields(rest)[0], 10, 64)
-				total += kb * 1024
-			}
+// procStatus is a size field (VmRSS, RssAnon…) of /proc/<pid>/status, in
+// bytes.
+func procStatus(pid int, field string) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			kb, _ := strconv.ParseInt(strings.Fields(rest)[0], 10, 64)
+			return kb * 1024
 		}
 	}
+	return 0
+}
+
+// rssTree sums VmRSS of pid and its descendants.
+func rssTree(pid int) int64 {
+	total := procStatus(pid, "VmRSS")
 	for _, child := range children(pid) {
 		total += rssTree(child)
 	}
