@@ -7,7 +7,12 @@
 //	executor --listen unix:///run/wasmlet/executor.sock --registry unix:///run/wasmlet/regcache.sock \
 //	    [--nats nats://127.0.0.1:4222] [--state-dir DIR] [--engine wasmtime|wazero] [--max-instances 1000] [--id ID] \
 //	    [--flavour NAME] [--node NODE] [--advertise-address ADDRESS] [--announce-period 5s] \
-//	    [--cpu-cgroup /sys/fs/cgroup/cpu/wasmlet] [--metrics-listen 127.0.0.1:PORT]
+//	    [--cpu-cgroup /sys/fs/cgroup/cpu/wasmlet] [--metrics-listen 127.0.0.1:PORT] [--log-spool-bytes 67108864]
+//
+// Log lines are written to a spool under --state-dir/logspool before they
+// are published and removed once NATS acknowledges them; a new executor
+// process publishes what a killed one left there (see internal/spool).
+// Keep --state-dir across restarts for that.
 //
 // With --metrics-listen (loopback only) it serves Prometheus metrics at
 // /metrics: instances by state, starts, start latency, kills, and NATS
@@ -72,7 +77,9 @@ import (
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/wasmtime"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/wazero"
 	"github.com/wasmlet/wasmlet/services/executor/internal/instance"
+	"github.com/wasmlet/wasmlet/services/executor/internal/outbox"
 	"github.com/wasmlet/wasmlet/services/executor/internal/server"
+	"github.com/wasmlet/wasmlet/services/executor/internal/spool"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/proxy"
 )
 
@@ -82,6 +89,7 @@ type config struct {
 	metricsListen                     string
 	maxInstances                      int
 	sharePrecompiled                  bool
+	logSpoolBytes                     int64
 
 	// What it announces: the flavour, the node it serves, the address the
 	// node agent dials, and how often.
@@ -118,6 +126,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&cfg.metricsListen, "metrics-listen", "", "loopback host:port to serve Prometheus metrics on at /metrics (default off)")
 	fs.BoolVar(&cfg.sharePrecompiled, "share-precompiled", true, "get precompiled modules from the registry cache on a local miss, and put there what this executor compiles")
 	fs.IntVar(&cfg.maxInstances, "max-instances", 1000, "instances held at once")
+	fs.Int64Var(&cfg.logSpoolBytes, "log-spool-bytes", 64<<20, "bound of the on-disk spool (under --state-dir/logspool) of log lines not yet acknowledged by NATS; lines beyond it are published from memory only and a kill loses them")
 	fs.StringVar(&cfg.id, "id", fmt.Sprintf("%s-%d", host, os.Getpid()), "executor id, in events")
 	fs.StringVar(&cfg.flavour, "flavour", "", "flavour announced to the node agent, which routes pods by RuntimeClass handler to flavours (default: the engine's name)")
 	fs.StringVar(&cfg.node, "node", strings.ToLower(host), "name of the node whose agent this executor serves (announced with --nats)")
@@ -179,6 +188,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 
 	var nc *nats.Conn
 	var js jetstream.JetStream
+	var logOutbox outbox.Config
 	if cfg.nats != "" {
 		nc, err = natsutil.Connect(cfg.nats, cfg.natsToken, "wasmlet-executor-"+cfg.id)
 		if err != nil {
@@ -191,6 +201,12 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		// NATS may not be up yet: the streams are ensured in the background
 		// and publishing queues meanwhile.
 		go ensureStreams(ctx, js, log)
+		sp, err := openLogSpool(filepath.Join(cfg.stateDir, "logspool"), cfg.logSpoolBytes, js, log)
+		if err != nil {
+			return err
+		}
+		defer sp.Close()
+		logOutbox.Spool = sp
 	}
 
 	mgr, err := instance.New(instance.Config{
@@ -199,6 +215,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		Cache:        proxy.New(regConn),
 		ModuleDir:    filepath.Join(cfg.stateDir, "modules"),
 		JetStream:    js,
+		LogOutbox:    logOutbox,
 		MaxInstances: cfg.maxInstances,
 		Logger:       log,
 	})
@@ -257,7 +274,7 @@ func newEngine(name, dir string, cpu engine.ThreadLimiter, shared engine.Artifac
 func ensureStreams(ctx context.Context, js jetstream.JetStream, log *slog.Logger) {
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := natsutil.EnsureStreams(cctx, js, natsutil.DefaultStreamLimits)
+		err := natsutil.EnsureStreamsExist(cctx, js)
 		cancel()
 		if err == nil {
 			return
@@ -269,6 +286,30 @@ func ensureStreams(ctx context.Context, js jetstream.JetStream, log *slog.Logger
 		case <-time.After(2 * time.Second):
 		}
 	}
+}
+
+// openLogSpool opens the log spool and publishes, in the background, what
+// an earlier process left in it (lines of instances it ran when it was
+// killed); JetStream drops the ones that had arrived (Nats-Msg-Id).
+func openLogSpool(dir string, maxBytes int64, js jetstream.JetStream, log *slog.Logger) (*spool.Spool, error) {
+	sp, err := spool.Open(spool.Config{Dir: dir, MaxBytes: maxBytes})
+	if err != nil {
+		return nil, fmt.Errorf("log spool: %w; remove %s to start without the unsent lines it holds", err, dir)
+	}
+	if r := sp.Replay(); len(r) > 0 {
+		log.Info("publishing log lines left by an earlier executor", "records", len(r), "spool", dir)
+		go func() {
+			// Replayed lines are never displaced: the queue waits for NATS.
+			ob := outbox.New(js, outbox.Config{Spool: sp, Capacity: 8192, BlockTimeout: 10 * time.Minute})
+			ob.PublishReplayed(r)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+			defer cancel()
+			_ = ob.Close(ctx)
+			st := ob.Stats()
+			log.Info("log lines left by an earlier executor published", "published", st.Published, "left", st.Left, "dropped", st.Dropped)
+		}()
+	}
+	return sp, nil
 }
 
 // startAnnouncer announces the executor on NATS to the node agent of
