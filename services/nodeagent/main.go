@@ -78,6 +78,7 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 	fs.StringVar(&cfg.ClientCAFile, "client-ca-file", "", "CA bundle of client certificates the kubelet API accepts (the cluster CA)")
 	fs.StringVar(&cfg.TLSCertFile, "tls-cert-file", "", "kubelet API serving certificate (default: self-signed, kept in the state dir)")
 	fs.StringVar(&cfg.TLSKeyFile, "tls-private-key-file", "", "kubelet API serving key")
+	fs.BoolVar(&cfg.RotateServerCertificates, "rotate-server-certificates", false, "request the kubelet API serving certificate from the cluster (kubernetes.io/kubelet-serving CSR, approved with 'kubectl certificate approve') and renew it before it expires; kept in the state dir")
 	fs.StringVar(&cfg.NATSURL, "nats", "", "NATS URL (token from WASMLET_NATS_TOKEN); empty: run NATS in-process")
 	fs.StringVar(&cfg.RegistryCache, "registry-cache", "", "registry cache gRPC address; empty: in-process cache")
 	fs.Var(&insecure, "insecure-registry", "registry host:port reached over plain HTTP (repeatable; in-process cache only)")

@@ -9,6 +9,7 @@ package agent
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -47,6 +48,7 @@ import (
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/podlogs"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/podworker"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/provider"
+	"github.com/wasmlet/wasmlet/services/nodeagent/internal/servingcert"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/supervisor"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/local"
@@ -80,6 +82,11 @@ type Config struct {
 	RegistryMaxBytes        int64  // in-process cache's size budget; 0: none
 	PodSyncWorkers          int    // virtual-kubelet's pod sync workers (status writes run on them)
 	CPUCgroup               string // passed to the supervised executor: where CPU limits are enforced
+
+	// RotateServerCertificates: the kubelet API's serving certificate is
+	// requested from the cluster (kubernetes.io/kubelet-serving CSR) and
+	// renewed before it expires, instead of TLSCertFile or a self-signed one.
+	RotateServerCertificates bool
 	// Metrics receives the node agent's metrics, served at /metrics on the
 	// kubelet API; nil: a registry of its own.
 	Metrics *prometheus.Registry
@@ -92,6 +99,9 @@ func (c *Config) defaults() error {
 	}
 	if c.NodeIP == "" {
 		c.NodeIP = "127.0.0.1"
+	}
+	if c.RotateServerCertificates && c.TLSCertFile != "" {
+		return errors.New("--rotate-server-certificates and --tls-cert-file exclude each other: drop one")
 	}
 	if c.KubeletPort == 0 {
 		c.KubeletPort = 10250
@@ -349,10 +359,14 @@ func Run(ctx context.Context, cfg Config) error {
 	handler := http.NewServeMux()
 	handler.Handle("/metrics", promhttp.HandlerFor(cfg.Metrics, promhttp.HandlerOpts{}))
 	handler.Handle("/", podHandler)
+	getCert, err := servingCertificate(cfg, client, recorder, goRun)
+	if err != nil {
+		return err
+	}
 	goRun("kubelet API", func(ctx context.Context) error {
 		return kubeletapi.Serve(ctx, kubeletapi.Config{
 			Addr:     fmt.Sprintf("%s:%d", cfg.NodeIP, cfg.KubeletPort),
-			NodeName: cfg.NodeName, NodeIP: cfg.NodeIP,
+			NodeName: cfg.NodeName, NodeIP: cfg.NodeIP, GetCertificate: getCert,
 			CertFile: cfg.TLSCertFile, KeyFile: cfg.TLSKeyFile, CertDir: filepath.Join(cfg.StateDir, "pki"),
 			ClientCAFile: cfg.ClientCAFile, Client: client, Handler: handler, Log: log,
 		})
@@ -362,6 +376,25 @@ func Run(ctx context.Context, cfg Config) error {
 	cancel()
 	wg.Wait()
 	return runErr
+}
+
+// servingCertificate starts the CSR-based serving certificate manager when
+// cfg.RotateServerCertificates is set and returns its GetCertificate; nil
+// otherwise (the kubelet API then uses TLSCertFile or a self-signed pair).
+func servingCertificate(cfg Config, client kubernetes.Interface, recorder record.EventRecorder,
+	goRun func(string, func(context.Context) error)) (func(*tls.ClientHelloInfo) (*tls.Certificate, error), error) {
+	if !cfg.RotateServerCertificates {
+		return nil, nil
+	}
+	sc, err := servingcert.New(servingcert.Config{
+		Client: client, NodeName: cfg.NodeName, Addresses: []string{cfg.NodeIP, cfg.NodeName},
+		Dir: filepath.Join(cfg.StateDir, "pki"), Recorder: recorder, Log: cfg.Log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	goRun("serving certificate", sc.Run)
+	return sc.GetCertificate, nil
 }
 
 // fastLimiter retries failures with exponential back-off but, unlike
