@@ -42,6 +42,13 @@ type Config struct {
 	// Logs receives this package's progress messages (not the components' output,
 	// which goes to Dir/logs). Optional: nil discards them.
 	Logs io.Writer
+	// ClusterSigningDuration is the longest certificate that
+	// kube-controller-manager's CSR signers issue (--cluster-signing-duration);
+	// zero keeps its default of a year. Tests of certificate renewal set a
+	// few minutes. (The signer backdates NotBefore by 5 minutes, so a client
+	// that renews at 70–90% of a certificate's span needs more than about 2
+	// minutes here not to renew at once.)
+	ClusterSigningDuration time.Duration
 
 	// dieWithParent makes the components die with the process that started them
 	// (set by the test helpers only; see startProcess).
@@ -79,6 +86,8 @@ type Cluster struct {
 	// procs holds the components this process started (nil after Attach).
 	procs         map[string]*process
 	dieWithParent bool
+	// signingDuration is Config.ClusterSigningDuration.
+	signingDuration time.Duration
 	// nodeMu serialises NodeKubeconfig's writes.
 	nodeMu sync.Mutex
 }
@@ -112,6 +121,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	c := &Cluster{
 		dir: dir, log: slog.New(slog.NewTextHandler(logs, nil)),
 		procs: map[string]*process{}, dieWithParent: cfg.dieWithParent,
+		signingDuration: cfg.ClusterSigningDuration,
 	}
 	if running := c.PIDs(); len(running) > 0 {
 		return nil, fmt.Errorf("start local cluster in %s: already running (PIDs %v): use Attach, or Stop it first", dir, running)
@@ -294,7 +304,11 @@ func (c *Cluster) schedulerArgs() []string {
 
 func (c *Cluster) controllerManagerArgs() []string {
 	p := c.pki()
-	return append(c.componentArgs(cmProc, c.st.ControllerManagerPort),
+	args := c.componentArgs(cmProc, c.st.ControllerManagerPort)
+	if c.signingDuration > 0 {
+		args = append(args, "--cluster-signing-duration="+c.signingDuration.String())
+	}
+	return append(args,
 		"--controllers=*",
 		"--use-service-account-credentials=true",
 		"--service-account-private-key-file="+p.saKey(),

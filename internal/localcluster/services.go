@@ -1,7 +1,10 @@
 package localcluster
 
 import (
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 )
@@ -45,4 +48,33 @@ func ServiceLog(dir, name string) string { return filepath.Join(dir, "logs", nam
 // towards kubelets: what a kubelet API must accept (O=system:masters).
 func (c *Cluster) KubeletClientCert() (certFile, keyFile string) {
 	return c.pki().crt(kubeletClientName), c.pki().key(kubeletClientName)
+}
+
+// ServingCert issues (or reuses, while valid) a serving certificate signed by
+// the cluster CA for a program run beside the control plane, e.g. an
+// aggregated API server that kube-apiserver must verify (an APIService's
+// caBundle is then CACertPath's content). name must be a plain file name; the
+// pair is kept as pki/<name>.crt and .key.
+func (c *Cluster) ServingCert(name string, dnsNames []string, ips []net.IP) (certFile, keyFile string, err error) {
+	if name == "" || filepath.Base(name) != name || name == caName {
+		return "", "", fmt.Errorf("serving certificate %q: want a plain file name", name)
+	}
+	c.nodeMu.Lock()
+	defer c.nodeMu.Unlock()
+	p := c.pki()
+	ca, err := loadKeyPair(p.crt(caName), p.key(caName))
+	if err != nil {
+		return "", "", fmt.Errorf("serving certificate %s: load cluster CA: %w", name, err)
+	}
+	spec := leafSpec{
+		name: name, subject: pkix.Name{CommonName: name},
+		usage:    []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		dnsNames: dnsNames, ips: ips,
+	}
+	if !validLeaf(p, ca, spec) {
+		if err := writeLeaf(p, ca, spec); err != nil {
+			return "", "", fmt.Errorf("serving certificate %s: %w", name, err)
+		}
+	}
+	return p.crt(name), p.key(name), nil
 }

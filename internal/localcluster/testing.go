@@ -127,6 +127,9 @@ func findBinDirForTest(t testing.TB) string {
 // Tests sharing a cluster must not depend on its being empty: use their own
 // namespaces and node names.
 type Shared struct {
+	// ClusterSigningDuration is passed to Config (set it before the first Get).
+	ClusterSigningDuration time.Duration
+
 	once sync.Once
 	c    *Cluster
 	dir  string
@@ -159,7 +162,7 @@ func (s *Shared) start(binDir string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), testStartTimeout)
 	defer cancel()
-	s.c, s.err = Start(ctx, Config{Dir: dir, BinDir: binDir, Logs: logs, dieWithParent: true})
+	s.c, s.err = Start(ctx, Config{Dir: dir, BinDir: binDir, Logs: logs, ClusterSigningDuration: s.ClusterSigningDuration, dieWithParent: true})
 }
 
 // Run runs the tests, then stops the cluster if one was started and removes its
