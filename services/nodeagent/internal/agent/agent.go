@@ -82,6 +82,10 @@ type Config struct {
 	RegistryMaxBytes        int64  // in-process cache's size budget; 0: none
 	PodSyncWorkers          int    // virtual-kubelet's pod sync workers (status writes run on them)
 	CPUCgroup               string // passed to the supervised executor: where CPU limits are enforced
+	// LogLimits bound the logs stream (zero: natsutil.DefaultStreamLimits);
+	// the node agent sets them on the stream at start, also on a shared
+	// NATS (the last node agent to start wins).
+	LogLimits natsutil.StreamLimits
 
 	// RotateServerCertificates: the kubelet API's serving certificate is
 	// requested from the cluster (kubernetes.io/kubelet-serving CSR) and
@@ -173,7 +177,11 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("jetstream: %w", err)
 	}
 	sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
-	err = natsutil.EnsureStreams(sctx, js, natsutil.DefaultStreamLimits)
+	logLimits := cfg.LogLimits
+	if logLimits == (natsutil.StreamLimits{}) {
+		logLimits = natsutil.DefaultStreamLimits
+	}
+	err = natsutil.EnsureStreams(sctx, js, logLimits)
 	scancel()
 	if err != nil {
 		return err
