@@ -20,6 +20,9 @@ type Options struct {
 	Singles int   // single pods started one after another, per node
 	Bursts  []int // burst sizes, per node
 	Density []int // numbers of pods held at once on the wasmlet node
+	// Uncached is the number of pods started one after another, each with
+	// a module new to the node and the registry cache.
+	Uncached int
 	// Only, when not empty, names the sections to run (see sections).
 	Only []string
 	// The executor section (executor.go): throughput rounds of
@@ -28,14 +31,20 @@ type Options struct {
 	// instances at once.
 	ExecRounds, ExecInstances, ExecConcurrency int
 	ExecStarts, ExecKills, ExecDensity         int
+	// The logs section (logs.go): LogRuns pods each printing LogLines
+	// lines as fast as they can, and one printing LogLatencyLines lines
+	// 20 ms apart, read with kubectl logs -f.
+	LogRuns, LogLines, LogLatencyLines int
 }
 
 // FullOptions is `make bench`; ShortOptions runs in `make test`.
 var (
-	FullOptions = Options{Singles: 30, Bursts: []int{100, 500}, Density: []int{100, 500, 1000},
-		ExecRounds: 5, ExecInstances: 2000, ExecConcurrency: 16, ExecStarts: 200, ExecKills: 100, ExecDensity: 1000}
-	ShortOptions = Options{Short: true, Singles: 3, Bursts: []int{10}, Density: []int{10},
-		ExecRounds: 1, ExecInstances: 20, ExecConcurrency: 4, ExecStarts: 5, ExecKills: 3, ExecDensity: 5}
+	FullOptions = Options{Singles: 30, Bursts: []int{100, 500}, Density: []int{100, 500, 1000}, Uncached: 5,
+		ExecRounds: 5, ExecInstances: 2000, ExecConcurrency: 16, ExecStarts: 200, ExecKills: 100, ExecDensity: 1000,
+		LogRuns: 3, LogLines: 500000, LogLatencyLines: 500}
+	ShortOptions = Options{Short: true, Singles: 3, Bursts: []int{10}, Density: []int{10}, Uncached: 1,
+		ExecRounds: 1, ExecInstances: 20, ExecConcurrency: 4, ExecStarts: 5, ExecKills: 3, ExecDensity: 5,
+		LogRuns: 1, LogLines: 5000, LogLatencyLines: 25}
 )
 
 // A section measures one part of wasmlet on the stack and returns its
@@ -49,9 +58,11 @@ type section struct {
 var sections = []section{
 	{"footprint", func(_ context.Context, s *Stack, _ Options) ([]Figure, error) { return s.footprint() }},
 	{"podstart", podStart},
+	{"uncached", uncached},
 	{"density", density},
 	{"registry", registry},
 	{"executor", executorBench},
+	{"logs", logsBench},
 }
 
 // SectionNames lists the suite's sections, in order.
@@ -204,7 +215,7 @@ func (s *Stack) footprint() ([]Figure, error) {
 			name = "executor"
 		}
 		for _, field := range []string{"VmRSS", "RssAnon"} {
-			figs = append(figs, Values(fmt.Sprintf("idle node memory: %s, %s", name, field), field+" of the process, no pods", "MiB", []float64{float64(procStatus(p, field)) / (1 << 20)}))
+			figs = append(figs, Values(fmt.Sprintf("idle node memory: %s, %s", name, field), field+" of the process, no pods", "MiB", []float64{float64(procField(p, field)) / (1 << 20)}))
 		}
 	}
 	return figs, nil
@@ -259,9 +270,9 @@ func children(pid int) []int {
 	return out
 }
 
-// procStatus is a size field (VmRSS, RssAnon…) of /proc/<pid>/status, in
+// procField is a size field (VmRSS, RssAnon…) of /proc/<pid>/status, in
 // bytes.
-func procStatus(pid int, field string) int64 {
+func procField(pid int, field string) int64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
@@ -277,7 +288,7 @@ func procStatus(pid int, field string) int64 {
 
 // rssTree sums VmRSS of pid and its descendants.
 func rssTree(pid int) int64 {
-	total := procStatus(pid, "VmRSS")
+	total := procField(pid, "VmRSS")
 	for _, child := range children(pid) {
 		total += rssTree(child)
 	}
