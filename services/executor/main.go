@@ -37,9 +37,9 @@
 // engine, version, settings, GOARCH, CPU features), checks its size and
 // sha256 before loading it, and after every compile puts its artifact
 // there in the background, so that the next executor of the same key
-// loads instead of compiling (see internal/engine/wasmtime; wazero keeps
-// its cache local, see internal/engine/wazero). /metrics counts compiles
-// and the shared store's hits, misses, corrupt entries and puts.
+// loads instead of compiling (see internal/engine/wasmtime and
+// internal/engine/wazero). /metrics counts compiles and the shared store's
+// hits, misses, corrupt entries and puts.
 //
 // The NATS token, if any, is read from WASMLET_NATS_TOKEN. On SIGINT or
 // SIGTERM every instance is killed and the process exits.
@@ -260,12 +260,12 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 }
 
 // newEngine makes the engine named by --engine; each keeps its artifacts
-// in a subdirectory of dir named for its version, and wasmtime shares them
-// through shared when it is not nil.
+// in a subdirectory of dir named for its version, and shares them through
+// shared when it is not nil.
 func newEngine(name, dir string, cpu engine.ThreadLimiter, shared engine.ArtifactStore, log *slog.Logger) (engine.Engine, error) {
 	switch name {
 	case "wazero":
-		return wazero.New(wazero.Config{CacheDir: dir, CPU: cpu})
+		return wazero.New(wazero.Config{CacheDir: dir, CPU: cpu, Shared: shared, Logger: log})
 	default:
 		return wasmtime.New(wasmtime.Config{CacheDir: dir, CPU: cpu, Shared: shared, Logger: log})
 	}

@@ -36,8 +36,8 @@ type sharingCache struct {
 	regcache.PrecompiledStore
 }
 
-// TestSharedPrecompiled runs executor processes with fresh state dirs
-// against one registry cache: the first compiles the module and puts its
+// TestSharedPrecompiled runs executor processes of each engine, with fresh
+// state dirs, against one registry cache: the first compiles the module and puts its
 // artifact there; the second loads it without compiling, and starts
 // faster; after the shared artifact is corrupted on the cache's disk, a
 // third detects it, compiles, runs the module and replaces the entry; a
@@ -47,7 +47,7 @@ func TestSharedPrecompiled(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the executor binary")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 240*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 400*time.Second)
 	defer cancel()
 	tmp := t.TempDir()
 	bin := filepath.Join(tmp, "executor")
@@ -82,14 +82,21 @@ func TestSharedPrecompiled(t *testing.T) {
 	sctx, stopReg := context.WithCancel(context.Background())
 	defer stopReg()
 	go grpcutil.Serve(sctx, rs, rl, time.Second)
+	for _, eng := range []string{"wasmtime", "wazero"} {
+		t.Run(eng, func(t *testing.T) {
+			testSharedPrecompiled(t, ctx, bin, sockDir, regAddr, lc, cacheDir, hello, eng)
+		})
+	}
+}
 
+func testSharedPrecompiled(t *testing.T, ctx context.Context, bin, sockDir, regAddr string, lc *local.Cache, cacheDir, hello, eng string) {
 	// run starts executor n with a fresh state dir, creates and starts an
 	// instance of hello, waits for its end (exit code 3), and returns how
 	// long CreateInstance (fetch, prepare: load or compile, start) took
 	// and the executor's metrics.
 	run := func(t *testing.T, n int, extra ...string) (time.Duration, *executor) {
 		t.Helper()
-		e := startExecutor(t, ctx, bin, sockDir, n, regAddr, extra...)
+		e := startExecutor(t, ctx, bin, sockDir, n, regAddr, append([]string{"--engine", eng}, extra...)...)
 		t0 := time.Now()
 		if _, err := e.c.CreateInstance(ctx, &executorv1.CreateInstanceRequest{Id: "hello", Start: true, Spec: &executorv1.InstanceSpec{
 			Module: &executorv1.Module{Digest: hello},
@@ -187,7 +194,7 @@ func startExecutor(t *testing.T, ctx context.Context, bin, sockDir string, n int
 	}
 	metricsAddr := ml.Addr().String()
 	ml.Close()
-	addr := "unix://" + filepath.Join(sockDir, fmt.Sprintf("exec%d.sock", n))
+	addr := "unix://" + filepath.Join(sockDir, fmt.Sprintf("exec%d-%d.sock", n, time.Now().UnixNano()%1e6))
 	args := append([]string{"--listen", addr, "--registry", regAddr, "--state-dir", t.TempDir(),
 		"--id", fmt.Sprintf("exec-%d", n), "--metrics-listen", metricsAddr}, extra...)
 	e := &executor{n: n, cmd: exec.Command(bin, args...), metrics: metricsAddr, stderr: &syncBuffer{}, exited: make(chan error, 1)}

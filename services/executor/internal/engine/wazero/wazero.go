@@ -20,6 +20,25 @@
 // module, the host's CPU features, and (by directory) its version, arch and
 // OS, so an entry made on another host is never picked.
 //
+// Sharing (Config.Shared, the registry cache's precompiled store): wazero's
+// cache is a set of files, but for one module it is one file, whose name
+// (wazero's key: a sha256 of the module, wazero's version and the CPU
+// features) this package learns as the one new entry after a compile, and
+// records in index/<module digest hex>. After a compile the engine puts a
+// bundle of that name and the entry's bytes to the store under (module
+// digest, engine key: engine.EngineKey with GOARCH and CPU features). On a
+// local miss it gets the bundle, checks its size and sha256 against what
+// the store keeps with it (engine.Artifacts.Fetch) before reading a byte of
+// it, installs the entry under its name with its sum, and lets wazero load
+// it. A bundle that fails the check is corrupt; one whose header is not a
+// bundle, whose entry wazero cannot load, or that wazero ignores (it
+// compiled and wrote an entry of another name: a CPU or build the key did
+// not tell apart) is rejected; either way it is removed, the module
+// compiled and the store's entry replaced. What this relies on of wazero's
+// internals (the entries' directory, one file per module named by its key)
+// is what the sums already rely on; if wazero changes it, sharing finds no
+// new entry to put and the engine still works locally.
+//
 // Memory limits: wazero's limit (RuntimeConfig.WithMemoryLimitPages) is per
 // Runtime, not per instance, so the engine keeps one Runtime per distinct
 // limit, all sharing one CompilationCache (and so one copy of each module's
@@ -49,6 +68,7 @@
 package wazero
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -57,6 +77,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -94,15 +115,24 @@ type Config struct {
 	CacheDir string
 	// CPU enforces Spec.CPULimitMillis; nil runs every instance unthrottled.
 	CPU engine.ThreadLimiter
+	// Shared, if set, shares compiled modules with other executors of the
+	// same engine key (see the package doc).
+	Shared engine.ArtifactStore
+	// Logger, if set, receives warnings about shared artifacts.
+	Logger *slog.Logger
 }
 
 // Engine is the wazero engine.Engine.
 type Engine struct {
 	version string
+	key     string // engine.EngineKey, for the shared store
 	root    string // wazero's cache root
 	sums    string // our sha256 per entry
+	index   string // the entry of each module, by module digest
 	cache   wz.CompilationCache
 	cpu     engine.ThreadLimiter
+
+	artifacts *engine.Artifacts
 
 	compileMu sync.Mutex // one compile at a time; guards verified
 	verified  map[string]fileStamp
@@ -135,24 +165,39 @@ func New(cfg Config) (*Engine, error) {
 		return nil, errors.New("wazero engine: CacheDir is required")
 	}
 	v := engine.ModuleVersion(modulePath, fallbackVersion)
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	features, err := engine.HostCPUFeatures()
+	if err != nil && cfg.Shared != nil {
+		log.Warn("not sharing compiled modules: the host's CPU features are unknown", "error", err)
+		cfg.Shared = nil
+	}
 	root := filepath.Join(cfg.CacheDir, name+"-"+v)
 	sums := filepath.Join(root, "sums")
-	if err := os.MkdirAll(sums, 0o700); err != nil {
-		return nil, fmt.Errorf("wazero engine: create cache dir: %w", err)
+	index := filepath.Join(root, "index")
+	for _, d := range []string{sums, index} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("wazero engine: create cache dir: %w", err)
+		}
 	}
 	cache, err := wz.NewCompilationCacheWithDir(root)
 	if err != nil {
 		return nil, fmt.Errorf("wazero engine: compilation cache: %w", err)
 	}
 	return &Engine{
-		version:  v,
-		root:     root,
-		sums:     sums,
-		cache:    cache,
-		cpu:      cfg.CPU,
-		verified: map[string]fileStamp{},
-		runtimes: map[uint32]*runtime{},
-		modules:  map[string]*module{},
+		version:   v,
+		key:       engine.EngineKey(name, v, configKey, features),
+		root:      root,
+		sums:      sums,
+		index:     index,
+		cache:     cache,
+		cpu:       cfg.CPU,
+		artifacts: engine.NewArtifacts(cfg.Shared, log),
+		verified:  map[string]fileStamp{},
+		runtimes:  map[uint32]*runtime{},
+		modules:   map[string]*module{},
 	}, nil
 }
 
@@ -161,6 +206,16 @@ func (e *Engine) Name() string { return name }
 
 // Version implements engine.Engine.
 func (e *Engine) Version() string { return e.version }
+
+// Key is the engine key its modules are shared under (engine.EngineKey).
+func (e *Engine) Key() string { return e.key }
+
+// ArtifactStats reports how the engine came by its compiled modules.
+func (e *Engine) ArtifactStats() engine.ArtifactStats { return e.artifacts.Stats() }
+
+// WaitShared blocks until the background puts of compiled modules to the
+// shared store started so far have ended.
+func (e *Engine) WaitShared() { e.artifacts.Wait() }
 
 // module is a prepared module.
 type module struct {
@@ -234,9 +289,45 @@ func (e *Engine) compile(ctx context.Context, r *runtime, m *module) (wz.Compile
 	if err := e.verifyCache(); err != nil {
 		return nil, fmt.Errorf("prepare module %s: %w", m.digest, err)
 	}
+	key := engine.ArtifactKey{ModuleDigest: m.digest, EngineKey: e.key}
+	before := make(map[string]bool, len(e.verified))
+	for n := range e.verified {
+		before[n] = true
+	}
+	installed := ""
+	if e.artifacts.Shared() && !e.haveEntry(m.digest) {
+		installed = e.fetchShared(ctx, key)
+	}
 	cm, err = r.rt.CompileModule(ctx, wasm)
+	if err != nil && installed != "" {
+		// The shared entry does not load: remove it and compile.
+		e.removeEntry(installed)
+		e.artifacts.Rejected(ctx, key, err)
+		installed = ""
+		cm, err = r.rt.CompileModule(ctx, wasm)
+	}
 	if serr := e.recordSums(); serr != nil && err == nil {
 		err = serr
+	}
+	var fresh []string // entries wazero wrote: what it compiled
+	for n := range e.verified {
+		if !before[n] && n != installed {
+			fresh = append(fresh, n)
+		}
+	}
+	switch {
+	case installed != "" && len(fresh) == 0:
+		e.artifacts.Hit()
+	case installed != "":
+		// wazero looked for another name: the entry is not for this host.
+		e.removeEntry(installed)
+		e.artifacts.Rejected(ctx, key, fmt.Errorf("wazero compiled the module into entry %v instead of loading %s", fresh, installed))
+	}
+	if len(fresh) > 0 || err != nil {
+		e.artifacts.Compiled()
+	}
+	if err == nil && len(fresh) == 1 {
+		e.shareEntry(key, fresh[0])
 	}
 	if err != nil {
 		if r.pages != maxPages && strings.Contains(err.Error(), "memory") {
@@ -253,6 +344,131 @@ func (e *Engine) compile(ctx context.Context, r *runtime, m *module) (wz.Compile
 	}
 	r.mu.Unlock()
 	return cm, nil
+}
+
+// configKey names the RuntimeConfig settings that shape compiled code
+// (WithCloseOnContextDone is part of wazero's module id).
+const configKey = "ctxdone1"
+
+// bundleMagic starts a shared bundle: this line, the entry's name and a
+// newline, then the entry's bytes.
+const bundleMagic = "wasmlet-wazero-entry-v1\n"
+
+// haveEntry reports whether the index names a verified entry for the
+// module. compileMu is held, after verifyCache.
+func (e *Engine) haveEntry(digest string) bool {
+	b, err := os.ReadFile(filepath.Join(e.index, strings.TrimPrefix(digest, "sha256:")))
+	if err != nil {
+		return false
+	}
+	_, ok := e.verified[strings.TrimSpace(string(b))]
+	return ok
+}
+
+// validEntryName: wazero names entries by the hex of a sha256.
+func validEntryName(n string) bool {
+	if len(n) != 64 {
+		return false
+	}
+	_, err := hex.DecodeString(n)
+	return err == nil && strings.ToLower(n) == n
+}
+
+// fetchShared installs the module's entry from the shared store and
+// returns its name, or "" when there is none to install (counted by
+// engine.Artifacts, or here as rejected). compileMu is held.
+func (e *Engine) fetchShared(ctx context.Context, key engine.ArtifactKey) string {
+	tmp, _, ok := e.artifacts.Fetch(ctx, key, e.sums)
+	if !ok {
+		return ""
+	}
+	defer os.Remove(tmp)
+	_, dir, err := e.entries()
+	if err == nil && dir == "" {
+		err = errors.New("wazero's cache directory is missing")
+	}
+	if err != nil {
+		e.artifacts.LocalError(ctx, key, err)
+		return ""
+	}
+	f, err := os.Open(tmp)
+	if err != nil {
+		e.artifacts.LocalError(ctx, key, err)
+		return ""
+	}
+	defer f.Close()
+	br := bufio.NewReader(f)
+	magic, err1 := br.ReadString('\n')
+	entry, err2 := br.ReadString('\n')
+	entry = strings.TrimSuffix(entry, "\n")
+	if err1 != nil || err2 != nil || magic != bundleMagic || !validEntryName(entry) {
+		e.artifacts.Rejected(ctx, key, errors.New("not a wazero entry bundle"))
+		return ""
+	}
+	out, err := os.CreateTemp(dir, entry+".shared.tmp-*")
+	if err != nil {
+		e.artifacts.LocalError(ctx, key, err)
+		return ""
+	}
+	h := sha256.New()
+	_, err = io.Copy(io.MultiWriter(out, h), br)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
+	if err == nil {
+		err = engine.Install(out.Name(), filepath.Join(dir, entry), sum)
+	}
+	if err == nil {
+		// Install wrote the sum beside the entry; ours live under sums/.
+		err = os.Rename(filepath.Join(dir, entry)+".sha256", filepath.Join(e.sums, entry+".sha256"))
+	}
+	var fi os.FileInfo
+	if err == nil {
+		fi, err = os.Stat(filepath.Join(dir, entry))
+	}
+	if err == nil {
+		err = writeAtomic(filepath.Join(e.index, strings.TrimPrefix(key.ModuleDigest, "sha256:")), []byte(entry+"\n"))
+	}
+	if err != nil {
+		os.Remove(out.Name())
+		e.removeEntry(entry)
+		e.artifacts.LocalError(ctx, key, err)
+		return ""
+	}
+	e.verified[entry] = fileStamp{fi.Size(), fi.ModTime()}
+	return entry
+}
+
+// removeEntry removes an entry and its sum. compileMu is held.
+func (e *Engine) removeEntry(entry string) {
+	if _, dir, err := e.entries(); err == nil && dir != "" {
+		os.Remove(filepath.Join(dir, entry))
+	}
+	os.Remove(filepath.Join(e.sums, entry+".sha256"))
+	delete(e.verified, entry)
+}
+
+// shareEntry records entry as the module's in the index and puts it to
+// the shared store in the background. compileMu is held.
+func (e *Engine) shareEntry(key engine.ArtifactKey, entry string) {
+	if err := writeAtomic(filepath.Join(e.index, strings.TrimPrefix(key.ModuleDigest, "sha256:")), []byte(entry+"\n")); err != nil {
+		return
+	}
+	if !e.artifacts.Shared() {
+		return
+	}
+	_, dir, err := e.entries()
+	if err != nil || dir == "" {
+		return
+	}
+	b, err := os.ReadFile(filepath.Join(dir, entry))
+	if err != nil {
+		return
+	}
+	bundle := append([]byte(bundleMagic+entry+"\n"), b...)
+	sum := sha256.Sum256(bundle)
+	e.artifacts.Put(key, bundle, hex.EncodeToString(sum[:]))
 }
 
 // entriesDir is where wazero keeps its entries (see wazero's cache.go).

@@ -1,8 +1,15 @@
 package wazero
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
+	"github.com/wasmlet/wasmlet/internal/wasmbuild"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/enginetest"
 )
@@ -33,4 +40,75 @@ func TestPages(t *testing.T) {
 
 func BenchmarkEngine(b *testing.B) {
 	enginetest.Bench(b, newEngine)
+}
+
+func newSharing(t testing.TB, dir string, store engine.ArtifactStore) engine.Engine {
+	t.Helper()
+	e, err := New(Config{CacheDir: dir, Shared: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func TestSharedArtifacts(t *testing.T) {
+	enginetest.RunShared(t, newSharing)
+}
+
+// TestSharedBundleRejected: an intact bundle whose entry wazero does not
+// look for (made on a host whose CPU features the engine key did not tell
+// apart), or whose entry wazero cannot load, is noticed: counted rejected,
+// removed, the module compiled, and the store's entry replaced.
+func TestSharedBundleRejected(t *testing.T) {
+	wasm := wasmbuild.Wat(t, enginetest.ProcExit(3))
+	store := enginetest.NewMemoryStore()
+	e1 := newSharing(t, t.TempDir(), store).(*Engine)
+	m := enginetest.Prepare(t, e1, wasm)
+	e1.WaitShared()
+	key := engine.ArtifactKey{ModuleDigest: m.Digest(), EngineKey: e1.Key()}
+	good, ok := store.Entry(key)
+	if !ok {
+		t.Fatal("the first engine put nothing")
+	}
+	parts := bytes.SplitN(good.Bytes, []byte("\n"), 3)
+	name, entry := string(parts[1]), parts[2]
+	for _, tc := range []struct {
+		test, name string
+		entry      []byte
+	}{
+		{"EntryForAnotherHost", strings.Repeat("ab", 32), entry},
+		{"EntryNotLoadable", name, bytes.Repeat([]byte("garbage!"), 100)},
+	} {
+		t.Run(tc.test, func(t *testing.T) {
+			bundle := append([]byte(bundleMagic+tc.name+"\n"), tc.entry...)
+			sum := sha256.Sum256(bundle)
+			store.Set(key, enginetest.MemoryEntry{Info: engine.ArtifactInfo{Digest: "sha256:" + hex.EncodeToString(sum[:]), Size: int64(len(bundle))}, Bytes: bundle})
+			e2 := newSharing(t, t.TempDir(), store).(*Engine)
+			m2 := enginetest.Prepare(t, e2, wasm)
+			if res := enginetest.Run1(t, e2, m2, engine.Spec{}); res.ExitCode != 3 {
+				t.Fatalf("result %+v", res)
+			}
+			if st := e2.ArtifactStats(); st.SharedRejected != 1 || st.Compiles != 1 || st.SharedHits != 0 {
+				t.Fatalf("stats %+v, want one rejected and one compile", st)
+			}
+			e2.WaitShared()
+			if now, _ := store.Entry(key); !bytes.Equal(now.Bytes, good.Bytes) {
+				t.Fatal("the bad bundle was not replaced by this engine's")
+			}
+			es, dir, err := e2.entries()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range es {
+				if d.Name() != name {
+					t.Errorf("entry %s left in %s beside the module's %s", d.Name(), dir, name)
+				}
+				if d.Name() == name {
+					if b, _ := os.ReadFile(filepath.Join(dir, name)); !bytes.Equal(b, entry) {
+						t.Errorf("entry %s is not the compiled one", name)
+					}
+				}
+			}
+		})
+	}
 }
