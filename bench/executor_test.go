@@ -45,8 +45,8 @@ func TestExecutorSection(t *testing.T) {
 				}
 			}
 		}
-		if n < 7 {
-			t.Errorf("%d figures for %s, want 7", n, eng)
+		if n < 8 {
+			t.Errorf("%d figures for %s, want 8", n, eng)
 		}
 	}
 }
