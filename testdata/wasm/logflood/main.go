@@ -3,7 +3,8 @@
 // Command logflood is a test and benchmark module: it prints numbered
 // lines "<n> <unix nanoseconds>" on stdout, BURST lines per write, with
 // PAUSE between writes (none by default: as fast as it can), LINES in all
-// (0, the default: forever). The time lets a reader measure how long a
+// (0, the default: forever), after waiting DELAY (default none; lets a
+// reader attach first). The time lets a reader measure how long a
 // line took to reach it (the guest's clock is the host's).
 //
 //	LINES=500000 logflood        # a flood
@@ -21,15 +22,8 @@ import (
 func main() {
 	lines := envInt("LINES", 0)
 	burst := max(envInt("BURST", 100), 1)
-	var pause time.Duration
-	if s := os.Getenv("PAUSE"); s != "" {
-		d, err := time.ParseDuration(s)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "PAUSE:", err)
-			os.Exit(2)
-		}
-		pause = d
-	}
+	pause := envDuration("PAUSE")
+	time.Sleep(envDuration("DELAY"))
 	w := bufio.NewWriterSize(os.Stdout, 64<<10)
 	buf := make([]byte, 0, 64)
 	for n := 1; lines == 0 || n <= lines; n++ {
@@ -59,4 +53,17 @@ func envInt(name string, def int) int {
 		os.Exit(2)
 	}
 	return v
+}
+
+func envDuration(name string) time.Duration {
+	s := os.Getenv(name)
+	if s == "" {
+		return 0
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		os.Exit(2)
+	}
+	return d
 }
