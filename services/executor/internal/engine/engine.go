@@ -9,6 +9,18 @@
 // run on. It must not know of instance ids, states, events, NATS or pods:
 // it runs a module with what it is given and reports how the run ended.
 //
+// Shared artifacts (artifact.go): an engine may be given an ArtifactStore
+// (the registry cache's precompiled store, adapted in the executor's main
+// by internal/artifactstore; this package knows nothing of gRPC). On a
+// local miss it gets the artifact for (module digest, engine key) there,
+// checks its size and sha256 against what the store keeps with it before
+// the runtime sees it (Artifacts.Fetch), and after a compile puts its own
+// in the background. The engine key (EngineKey) names the engine, its
+// version and settings, GOARCH and the host's CPU features
+// (HostCPUFeatures), since both runtimes compile for the CPU they run on.
+// What is counted (compiles, shared hits, misses, corrupt and rejected
+// entries, puts) is ArtifactStats, which the executor's metrics serve.
+//
 // CPU (a pod's limits.cpu, Spec.CPULimitMillis): neither engine can pause
 // running wasm and resume it (wasmtime-go v39 exposes no epoch-deadline
 // callback and no async fuel yield, so both a deadline and exhausted fuel

@@ -1,6 +1,8 @@
 // Package proxy is a gRPC client of wasmlet.registry.v1 that implements
-// regcache.Cache, so that a node agent or executor can use a remote
-// registry cache exactly as it would the in-process one. Status codes are
+// regcache.Cache, regcache.Pinner and regcache.PrecompiledStore (streamed
+// in chunks, the artifact's digest checked as it is read), so that a node
+// agent or executor can use a remote registry cache exactly as it would
+// the in-process one; cachetest runs against it over a real server. Status codes are
 // mapped back to the regcache sentinels, keeping the server's message, so
 // errors.Is(err, regcache.ErrNotFound) holds across the wire. It owns no
 // state beyond the connection it is given, which the caller closes.
