@@ -40,7 +40,23 @@ func Token(s string) string {
 	return strings.NewReplacer(".", "_", "*", "_", ">", "_", " ", "_").Replace(s)
 }
 
-// Logs is the subject of one container's log records.
+// Logs is the subject of one container's log records, kept by the stream
+// LogsStream. For a log shipper:
+//
+//   - payload: one events.v1.LogRecord (protobuf) per line: instance_id,
+//     stream (stdout/stderr), time, line (bytes, no newline; a line over
+//     16 KiB comes as pieces marked partial), sequence (per instance, from
+//     1, no gaps at the source).
+//   - header Nats-Msg-Id: "<instance_id>:<sequence>". JetStream drops a
+//     copy within the stream's duplicate window; a reader that must never
+//     show a line twice (e.g. across a window longer than that) skips a
+//     sequence it has already seen for the instance.
+//   - wildcards: a namespace "wasmlet.logs.*.<namespace>.>", a pod
+//     "wasmlet.logs.*.<namespace>.<pod>.*", a node "wasmlet.logs.<node>.>"
+//     (tokens escaped with Token). A plain subscription, e.g.
+//     `nats sub 'wasmlet.logs.*.default.>'`, sees lines as they are
+//     published; a JetStream consumer on LogsStream with that filter
+//     subject also gets what the stream keeps, and resumes where it was.
 func Logs(node, namespace, pod, container string) string {
 	return strings.Join([]string{LogsPrefix, Token(node), Token(namespace), Token(pod), Token(container)}, ".")
 }
