@@ -255,6 +255,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if serr := mgr.Shutdown(sctx); serr != nil {
 		log.Warn("shutdown incomplete", "error", serr)
 	}
+	waitShared(sctx, eng, log)
 	log.Info("executor stopped")
 	return err
 }
@@ -268,6 +269,23 @@ func newEngine(name, dir string, cpu engine.ThreadLimiter, shared engine.Artifac
 		return wazero.New(wazero.Config{CacheDir: dir, CPU: cpu, Shared: shared, Logger: log})
 	default:
 		return wasmtime.New(wasmtime.Config{CacheDir: dir, CPU: cpu, Shared: shared, Logger: log})
+	}
+}
+
+// waitShared gives the engine's background puts of precompiled artifacts
+// to the registry cache until ctx ends to finish, so that what this
+// executor compiled just before it stopped is not lost to the others.
+func waitShared(ctx context.Context, eng engine.Engine, log *slog.Logger) {
+	w, ok := eng.(interface{ WaitShared() })
+	if !ok {
+		return
+	}
+	done := make(chan struct{})
+	go func() { w.WaitShared(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		log.Warn("stopping with precompiled artifacts not yet put to the registry cache; other executors will compile them")
 	}
 }
 
