@@ -24,7 +24,10 @@ import (
 	"github.com/wasmlet/wasmlet/internal/testregistry"
 )
 
-var cluster localcluster.Shared
+// The CSR signers issue 3-minute certificates, so that a node's serving
+// certificate is renewed within a test (servingcert_test.go); no other test
+// uses CSRs.
+var cluster = localcluster.Shared{ClusterSigningDuration: 3 * time.Minute}
 
 func TestMain(m *testing.M) {
 	code := cluster.Run(m)
