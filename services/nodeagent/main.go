@@ -2,6 +2,9 @@
 // Node and runs the WebAssembly pods scheduled to it. With no addresses
 // given it embeds NATS and the registry cache and supervises one executor
 // child process, so one binary and a kubeconfig are enough to join a cluster.
+// Executors that announce themselves on its NATS for this node are used
+// beside those given with --executor: several replicas of a flavour share
+// its pods.
 package main
 
 import (
@@ -85,6 +88,8 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 	fs.Var(&insecure, "insecure-registry", "registry host:port reached over plain HTTP (repeatable; in-process cache only)")
 	fs.StringVar(&cfg.RegistryCAFile, "registry-ca-file", "", "extra CA bundle for registries (in-process cache only)")
 	fs.Var(kv(cfg.Executors), "executor", "FLAVOUR=ADDRESS of a separately run executor (repeatable); none: supervise one child")
+	supervise := true
+	fs.BoolVar(&supervise, "supervise-executor", true, "with no --executor, start and supervise one executor child; false: run pods only on executors that announce themselves on NATS for this node (executor --node NAME --flavour FLAVOUR --nats URL)")
 	fs.StringVar(&cfg.DefaultExecutor, "default-executor", "wasmtime", "flavour for pods that name no RuntimeClass")
 	fs.Var(kv(cfg.RuntimeHandlers), "runtime-handler", "HANDLER=FLAVOUR: RuntimeClass handler routed to an executor flavour (repeatable)")
 	fs.StringVar(&cfg.ExecutorBinary, "executor-binary", "", "executor binary to supervise (default: 'executor' beside this binary)")
@@ -108,6 +113,7 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 		return cfg, level, err
 	}
 	cfg.InsecureRegistries = insecure
+	cfg.NoExecutorChild = !supervise
 	cfg.AllowedHostPaths = hostPaths
 	cfg.NATSToken = os.Getenv("WASMLET_NATS_TOKEN")
 	if cfg.Kubeconfig == "" {

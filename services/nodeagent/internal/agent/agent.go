@@ -1,7 +1,9 @@
 // Package agent wires the node agent together: NATS (embedded unless a URL
 // is given), the registry cache (in-process unless an address is given;
 // then served on a private unix socket for the executors), the executors
-// (one supervised child process unless addresses are given), and
+// (one supervised child process unless addresses are given or
+// NoExecutorChild is set, plus every executor that announces itself for
+// this node on NATS), and
 // virtual-kubelet's node and pod controllers with wasmlet's provider, plus
 // the kubelet API. It holds no logic of its own beyond that wiring.
 package agent
@@ -72,7 +74,7 @@ type Config struct {
 	RegistryCache           string // empty: in-process cache
 	InsecureRegistries      []string
 	RegistryCAFile          string
-	Executors               map[string]string // flavour -> address; empty: one child
+	Executors               map[string]string // flavour -> address; empty: one child (unless NoExecutorChild)
 	DefaultExecutor         string
 	RuntimeHandlers         map[string]string // RuntimeClass handler -> flavour
 	ExecutorBinary          string
@@ -82,6 +84,10 @@ type Config struct {
 	RegistryMaxBytes        int64  // in-process cache's size budget; 0: none
 	PodSyncWorkers          int    // virtual-kubelet's pod sync workers (status writes run on them)
 	CPUCgroup               string // passed to the supervised executor: where CPU limits are enforced
+
+	// NoExecutorChild: with no Executors, supervise no child; pods run on
+	// the executors that announce themselves on NATS for this node.
+	NoExecutorChild bool
 	// LogLimits bound the logs stream (zero: natsutil.DefaultStreamLimits);
 	// the node agent sets them on the stream at start, also on a shared
 	// NATS (the last node agent to start wins).
@@ -220,7 +226,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	// Executors.
 	execAddrs := cfg.Executors
-	if len(execAddrs) == 0 {
+	if len(execAddrs) == 0 && !cfg.NoExecutorChild {
 		addr := "unix://" + filepath.Join(cfg.StateDir, "sockets", "executor.sock")
 		execAddrs = map[string]string{cfg.DefaultExecutor: addr}
 		bin := cfg.ExecutorBinary
@@ -247,14 +253,17 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		goRun("executor supervisor", sup.Run)
 	}
-	pool, err := executors.New(executors.Config{Executors: execAddrs, Default: cfg.DefaultExecutor, Handlers: cfg.RuntimeHandlers, Log: log})
+	// Executors that announce themselves for this node are discovered on
+	// NATS beside the static ones (an announcement from a static one's
+	// address is recognised as that one).
+	pool, err := executors.New(executors.Config{
+		Executors: execAddrs, NATS: nc, Node: cfg.NodeName,
+		Default: cfg.DefaultExecutor, Handlers: cfg.RuntimeHandlers, Wrap: m.ExecutorClient, Log: log,
+	})
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	for _, e := range pool.All() {
-		e.Client = m.ExecutorClient(e.Flavour, e.Client)
-	}
 	cache = m.Cache(cache)
 	wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
 	err = pool.WaitReady(wctx)
@@ -337,7 +346,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	podFactory.Start(ctx.Done())
 	goRun("pod controller", func(ctx context.Context) error { return pc.Run(ctx, cfg.PodSyncWorkers) })
-	goRun("executor watch", func(ctx context.Context) error { pool.Watch(ctx, prov); return nil })
+	goRun("executors", func(ctx context.Context) error { pool.Run(ctx, prov); return nil })
 	goRun("node status", func(ctx context.Context) error { nodeProvider.Run(ctx, 2*time.Second); return nil })
 	select {
 	case <-pc.Ready():

@@ -1,11 +1,40 @@
 // Package executors is the node agent's view of its executors: a pool of
-// gRPC clients keyed by flavour, the routing of a pod to one of them (by its
-// RuntimeClass handler, through configuration, else the default), and one
-// watch per executor that follows its instance events, resuming from the
-// last sequence seen, and notices when an executor restarted (its id
-// changed), which means its instances are lost.
+// replicas, several per flavour, each a gRPC client. Replicas come from two
+// sources: static ones (--executor FLAVOUR=ADDRESS, one per flavour, never
+// given up) and announced ones, found on NATS from the
+// events.v1.ExecutorAnnouncement messages executors publish for this node
+// (wasmlet.executors.<node>.<flavour>.<id>).
 //
-// It never interprets instance states: it hands them to a Sink.
+// It owns:
+//   - routing: a pod's RuntimeClass handler names a flavour (through the
+//     configured map, or directly), a pod with none gets the default;
+//   - placement: a pod is bound to one replica of its flavour — the one that
+//     already holds its instances (found by asking every replica, so a
+//     restarted node agent re-adopts them), else the healthy replica with
+//     the most free capacity (fewest instances relative to its maximum,
+//     counting the pods this agent placed there). A Binding is an
+//     ExecutorServiceClient that sends every call to that replica, and
+//     places the pod anew only once the replica is gone;
+//   - liveness: an announced replica is gone when it says it is leaving,
+//     when another executor took its address, or when it has not announced
+//     itself for TTLPeriods periods and does not answer its health check —
+//     a missed announcement alone is not death;
+//   - one watch per replica that follows its instance events, resuming from
+//     the last sequence seen, and notices when a static executor restarted
+//     (its id changed).
+//
+// It never interprets instance states: it hands them, and the loss of a
+// replica's instances, to a Sink.
+//
+// Usage:
+//
+//	pool, err := executors.New(executors.Config{Executors: static, NATS: nc, Node: "node-1", Default: "wasmtime"})
+//	err = pool.WaitReady(ctx)
+//	go pool.Run(ctx, sink)
+//	flavour, err := pool.Flavour(pod, handler)
+//	b := pool.Bind(ctx, flavour, map[string]string{"wasmlet.io/pod-uid": uid}, len(pod.Spec.Containers))
+//	b.CreateInstance(ctx, req) // goes to the replica holding the pod
+//	b.Release()                // when the pod is gone
 package executors
 
 import (
@@ -13,35 +42,52 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"google.golang.org/grpc"
 	v1 "k8s.io/api/core/v1"
 
+	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 )
 
 // Sink receives what the watches see.
 type Sink interface {
-	// InstanceChanged is called for every state change, in order per executor.
-	InstanceChanged(flavour string, inst *executorv1.Instance)
-	// ExecutorRestarted is called when an executor came back with a new
-	// identity: every instance it ran before is gone.
-	ExecutorRestarted(flavour string)
+	// InstanceChanged is called for every state change, in order per
+	// replica (named by Executor.ID).
+	InstanceChanged(replica string, inst *executorv1.Instance)
+	// ExecutorLost is called when every instance a replica ran is gone: a
+	// static executor came back with a new identity, or an announced one
+	// is gone for good. reason says which, for the pod's status.
+	ExecutorLost(replica, reason string)
 }
 
-// Executor is one connected executor.
+// Executor is one replica.
 type Executor struct {
+	// ID names the replica in the pool: the flavour of a static executor,
+	// the announced executor id of a discovered one.
+	ID      string
 	Flavour string
 	Address string
+	Static  bool
 	Client  executorv1.ExecutorServiceClient
 	conn    *grpc.ClientConn
+
+	gone      chan struct{} // closed once the pool gave it up
+	stopWatch context.CancelFunc
 
 	mu      sync.Mutex
 	info    *executorv1.GetInfoResponse
 	healthy bool
+	ann     *eventsv1.ExecutorAnnouncement // latest announcement (discovered only)
+	seen    time.Time                      // when it was last announced
+	bound   int                            // instances of the pods bound here
 }
 
 // Info returns what the executor last reported, and whether it answered
@@ -52,91 +98,184 @@ func (e *Executor) Info() (*executorv1.GetInfoResponse, bool) {
 	return e.info, e.healthy
 }
 
-// Config lists the executors and the routing.
+// Gone reports whether the pool gave the replica up.
+func (e *Executor) Gone() bool {
+	select {
+	case <-e.gone:
+		return true
+	default:
+		return false
+	}
+}
+
+func (e *Executor) String() string {
+	return fmt.Sprintf("%s (%s) at %s", e.ID, e.Flavour, e.Address)
+}
+
+// Config lists the static executors, where to discover others, and the
+// routing.
 type Config struct {
-	// Executors by flavour name, each a gRPC address.
+	// Executors by flavour name, each a gRPC address (static replicas).
 	Executors map[string]string
+	// NATS, when set, is where executors announce themselves for Node.
+	NATS *nats.Conn
+	Node string
 	// Default is the flavour of pods that name no RuntimeClass.
 	Default string
 	// Handlers maps a RuntimeClass handler to a flavour.
 	Handlers map[string]string
-	Log      *slog.Logger
+	// Wrap, optional, wraps every replica's client (e.g. to count errors).
+	Wrap func(flavour string, c executorv1.ExecutorServiceClient) executorv1.ExecutorServiceClient
+	Log  *slog.Logger
 }
 
-// Pool holds the executors.
+// TTLPeriods is how many announcement periods an announced replica may
+// stay silent before its health check decides whether it is gone.
+const TTLPeriods = 3
+
+// defaultPeriod is assumed for an announcement that names none.
+const defaultPeriod = 5 * time.Second
+
+// Pool holds the replicas.
 type Pool struct {
-	cfg   Config
-	execs map[string]*Executor
+	cfg Config
+	sub *nats.Subscription
+
+	mu      sync.Mutex
+	execs   map[string]*Executor // by ID
+	sink    Sink                 // set by Run
+	runCtx  context.Context
+	watches sync.WaitGroup
+	changed chan struct{} // closed and replaced whenever a replica is added
 }
 
-// New dials every executor (lazily: none need be up yet).
+// New dials every static executor (lazily: none need be up yet) and, with
+// NATS, starts listening for announcements and asks this node's executors
+// to announce themselves.
 func New(cfg Config) (*Pool, error) {
-	if len(cfg.Executors) == 0 {
-		return nil, errors.New("executors: at least one executor is required")
+	if len(cfg.Executors) == 0 && cfg.NATS == nil {
+		return nil, errors.New("executors: give at least one executor address, or NATS to discover them on")
 	}
-	if _, ok := cfg.Executors[cfg.Default]; !ok {
-		return nil, fmt.Errorf("executors: default flavour %q is not among the executors", cfg.Default)
+	if cfg.NATS != nil && cfg.Node == "" {
+		return nil, errors.New("executors: discovery needs the node name")
 	}
-	for h, f := range cfg.Handlers {
-		if _, ok := cfg.Executors[f]; !ok {
-			return nil, fmt.Errorf("executors: handler %q maps to unknown flavour %q", h, f)
+	if cfg.NATS == nil {
+		if _, ok := cfg.Executors[cfg.Default]; !ok {
+			return nil, fmt.Errorf("executors: default flavour %q is not among the executors", cfg.Default)
+		}
+		for h, f := range cfg.Handlers {
+			if _, ok := cfg.Executors[f]; !ok {
+				return nil, fmt.Errorf("executors: handler %q maps to unknown flavour %q", h, f)
+			}
 		}
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	p := &Pool{cfg: cfg, execs: map[string]*Executor{}}
+	p := &Pool{cfg: cfg, execs: map[string]*Executor{}, changed: make(chan struct{})}
 	for name, addr := range cfg.Executors {
-		conn, err := grpcutil.Dial(addr)
+		e, err := p.dial(name, name, addr, true)
 		if err != nil {
 			p.Close()
-			return nil, fmt.Errorf("executor %s: %w", name, err)
+			return nil, err
 		}
-		p.execs[name] = &Executor{Flavour: name, Address: addr, Client: executorv1.NewExecutorServiceClient(conn), conn: conn}
+		p.execs[name] = e
+	}
+	if cfg.NATS != nil {
+		if err := p.discover(); err != nil {
+			p.Close()
+			return nil, err
+		}
 	}
 	return p, nil
 }
 
-// Close closes every connection.
+func (p *Pool) dial(id, flavour, addr string, static bool) (*Executor, error) {
+	conn, err := grpcutil.Dial(addr)
+	if err != nil {
+		return nil, fmt.Errorf("executor %s at %s: %w", id, addr, err)
+	}
+	var c executorv1.ExecutorServiceClient = executorv1.NewExecutorServiceClient(conn)
+	if p.cfg.Wrap != nil {
+		c = p.cfg.Wrap(flavour, c)
+	}
+	return &Executor{ID: id, Flavour: flavour, Address: addr, Static: static, Client: c, conn: conn, gone: make(chan struct{})}, nil
+}
+
+// Close stops listening for announcements and closes every connection.
 func (p *Pool) Close() {
+	if p.sub != nil {
+		_ = p.sub.Unsubscribe()
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	for _, e := range p.execs {
 		e.conn.Close()
 	}
 }
 
-// All returns every executor.
+// All returns every replica, ordered by ID.
 func (p *Pool) All() []*Executor {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	out := make([]*Executor, 0, len(p.execs))
 	for _, e := range p.execs {
 		out = append(out, e)
 	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
 }
 
-// Get returns the executor of a flavour.
-func (p *Pool) Get(flavour string) (*Executor, bool) {
-	e, ok := p.execs[flavour]
+// Get returns a replica by ID.
+func (p *Pool) Get(id string) (*Executor, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e, ok := p.execs[id]
 	return e, ok
+}
+
+// replicas returns the replicas of a flavour, ordered by ID.
+func (p *Pool) replicas(flavour string) []*Executor {
+	var out []*Executor
+	for _, e := range p.All() {
+		if e.Flavour == flavour {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // ErrNoHandler: the pod's RuntimeClass names a handler no executor serves.
 var ErrNoHandler = errors.New("runtime handler not served by this node")
 
-// Route picks the executor for a pod whose RuntimeClass has the given
-// handler ("" for a pod that names none).
-func (p *Pool) Route(pod *v1.Pod, handler string) (*Executor, error) {
+// Flavour is the flavour of executor a pod runs on, from its RuntimeClass's
+// handler ("" for a pod that names none). A handler is served when the
+// configuration maps it to a flavour, or when a flavour of that name is in
+// the pool now.
+func (p *Pool) Flavour(pod *v1.Pod, handler string) (string, error) {
 	if handler == "" {
-		return p.execs[p.cfg.Default], nil
+		return p.cfg.Default, nil
 	}
-	f, ok := p.cfg.Handlers[handler]
-	if !ok {
-		if _, direct := p.execs[handler]; !direct {
-			return nil, fmt.Errorf("runtimeClass %q has handler %q: %w; served handlers: %v",
-				deref(pod.Spec.RuntimeClassName), handler, ErrNoHandler, p.handlerNames())
+	if f, ok := p.cfg.Handlers[handler]; ok {
+		return f, nil
+	}
+	if slices.Contains(p.flavours(), handler) {
+		return handler, nil
+	}
+	return "", fmt.Errorf("runtimeClass %q has handler %q: %w; served handlers: %v",
+		deref(pod.Spec.RuntimeClassName), handler, ErrNoHandler, p.handlerNames())
+}
+
+// flavours lists the flavours with a replica now, sorted.
+func (p *Pool) flavours() []string {
+	var out []string
+	for _, e := range p.All() {
+		if !slices.Contains(out, e.Flavour) {
+			out = append(out, e.Flavour)
 		}
-		f = handler
 	}
-	return p.execs[f], nil
+	sort.Strings(out)
+	return out
 }
 
 func (p *Pool) handlerNames() []string {
@@ -144,9 +283,12 @@ func (p *Pool) handlerNames() []string {
 	for h := range p.cfg.Handlers {
 		out = append(out, h)
 	}
-	for f := range p.execs {
-		out = append(out, f)
+	for _, f := range p.flavours() {
+		if !slices.Contains(out, f) {
+			out = append(out, f)
+		}
 	}
+	sort.Strings(out)
 	return out
 }
 
@@ -157,35 +299,156 @@ func deref(s *string) string {
 	return *s
 }
 
-// WaitReady waits until every executor answers its health check.
+// Unavailable lists, sorted, the flavours this node must serve (those of
+// the static executors, the default, and every one with a replica) that
+// have no healthy replica now, each with what is known of its replicas;
+// empty when the node can run its pods.
+func (p *Pool) Unavailable() []string {
+	want := map[string][]string{p.cfg.Default: nil}
+	up := map[string]bool{}
+	for _, e := range p.All() {
+		_, healthy := e.Info()
+		if healthy {
+			up[e.Flavour] = true
+		}
+		want[e.Flavour] = append(want[e.Flavour], e.ID+" at "+e.Address)
+	}
+	var out []string
+	for f, reps := range want {
+		if up[f] {
+			continue
+		}
+		switch {
+		case len(reps) == 0:
+			out = append(out, f+" (no executor of this flavour has announced itself)")
+		case len(reps) == 1 && reps[0] == f+" at "+p.cfg.Executors[f]:
+			out = append(out, f+" at "+p.cfg.Executors[f])
+		default:
+			out = append(out, f+" ("+strings.Join(reps, ", ")+")")
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// WaitReady waits until every static executor answers its health check,
+// and, with discovery, until the executors that answer the discovery
+// request have announced themselves (no new one for a moment) and the
+// default flavour has a replica.
 func (p *Pool) WaitReady(ctx context.Context) error {
-	for _, e := range p.execs {
+	for _, e := range p.All() {
+		if !e.Static {
+			continue
+		}
 		if err := grpcutil.WaitHealthy(ctx, e.conn); err != nil {
 			return fmt.Errorf("executor %s at %s: %w", e.Flavour, e.Address, err)
+		}
+	}
+	if p.cfg.NATS == nil {
+		return nil
+	}
+	// Replicas answer the discovery request within milliseconds; wait
+	// until none has appeared for a quiet spell, so that pods are placed
+	// (and re-adopted) knowing every replica.
+	const quiet, most = 300 * time.Millisecond, 3 * time.Second
+	deadline := time.After(most)
+	for settled := false; !settled; {
+		p.mu.Lock()
+		ch := p.changed
+		p.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-deadline:
+			settled = true
+		case <-time.After(quiet):
+			settled = true
+		case <-ch:
+		}
+	}
+	for len(p.replicas(p.cfg.Default)) == 0 {
+		p.mu.Lock()
+		ch := p.changed
+		p.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("no executor of the default flavour %q announced itself for node %s (start one with --node %s --flavour %s --nats URL, or give --executor %s=ADDRESS): %w",
+				p.cfg.Default, p.cfg.Node, p.cfg.Node, p.cfg.Default, p.cfg.Default, ctx.Err())
+		case <-ch:
 		}
 	}
 	return nil
 }
 
-// Watch follows every executor's instance events into sink until ctx ends.
-func (p *Pool) Watch(ctx context.Context, sink Sink) {
-	var wg sync.WaitGroup
+// Run follows every replica's instance events into sink, and gives up the
+// announced replicas that are gone, until ctx ends.
+func (p *Pool) Run(ctx context.Context, sink Sink) {
+	p.mu.Lock()
+	p.sink, p.runCtx = sink, ctx
 	for _, e := range p.execs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			p.watch(ctx, e, sink)
-		}()
+		p.startWatchLocked(e)
 	}
-	wg.Wait()
+	p.mu.Unlock()
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			p.watches.Wait()
+			return
+		case <-t.C:
+			p.expire(time.Now())
+		}
+	}
 }
 
-func (p *Pool) watch(ctx context.Context, e *Executor, sink Sink) {
-	log := p.cfg.Log.With("executor", e.Flavour)
+// startWatchLocked starts e's watch once Run has begun; p.mu is held.
+func (p *Pool) startWatchLocked(e *Executor) {
+	if p.runCtx == nil || e.stopWatch != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(p.runCtx)
+	e.stopWatch = cancel
+	p.watches.Add(1)
+	go func() {
+		defer p.watches.Done()
+		p.watch(ctx, e)
+	}()
+}
+
+// drop gives a replica up: no new pod is placed on it, its watch stops,
+// and the Sink hears that its instances are lost. It does nothing if the
+// replica was already dropped. p.mu must not be held.
+func (p *Pool) drop(e *Executor, reason string) {
+	p.mu.Lock()
+	if e.Gone() {
+		p.mu.Unlock()
+		return
+	}
+	close(e.gone)
+	if p.execs[e.ID] == e {
+		delete(p.execs, e.ID)
+	}
+	stop, sink := e.stopWatch, p.sink
+	p.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+	e.conn.Close()
+	p.cfg.Log.Warn("executor replica gone", "executor", e.ID, "flavour", e.Flavour, "address", e.Address, "reason", reason)
+	if sink != nil {
+		sink.ExecutorLost(e.ID, reason)
+	}
+}
+
+func (p *Pool) watch(ctx context.Context, e *Executor) {
+	log := p.cfg.Log.With("executor", e.ID, "flavour", e.Flavour)
 	var id string
 	var after uint64
 	for ctx.Err() == nil {
-		info, err := e.Client.GetInfo(ctx, &executorv1.GetInfoRequest{})
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		info, err := e.Client.GetInfo(cctx, &executorv1.GetInfoRequest{})
+		cancel()
 		e.mu.Lock()
 		e.healthy = err == nil
 		if err == nil {
@@ -196,10 +459,16 @@ func (p *Pool) watch(ctx context.Context, e *Executor, sink Sink) {
 			sleep(ctx, 200*time.Millisecond)
 			continue
 		}
+		if !e.Static && info.GetExecutorId() != e.ID {
+			// Another executor answers at this address: the announced one
+			// is gone, and the new one announces itself.
+			p.drop(e, fmt.Sprintf("executor %s at %s was replaced by executor %s; its instances were lost", e.ID, e.Address, info.GetExecutorId()))
+			return
+		}
 		if id != "" && info.GetExecutorId() != id {
 			log.Warn("executor restarted; its instances are lost", "old", id, "new", info.GetExecutorId())
 			after = 0
-			sink.ExecutorRestarted(e.Flavour)
+			p.sinkOrNil().ExecutorLost(e.ID, fmt.Sprintf("executor %q stopped unexpectedly and was restarted; the instance was lost", e.ID))
 		}
 		id = info.GetExecutorId()
 		stream, err := e.Client.WatchInstances(ctx, &executorv1.WatchInstancesRequest{AfterSequence: after})
@@ -217,7 +486,7 @@ func (p *Pool) watch(ctx context.Context, e *Executor, sink Sink) {
 			}
 			inst := resp.GetInstance()
 			after = max(after, inst.GetSequence())
-			sink.InstanceChanged(e.Flavour, inst)
+			p.sinkOrNil().InstanceChanged(e.ID, inst)
 		}
 		e.mu.Lock()
 		e.healthy = false
@@ -225,6 +494,20 @@ func (p *Pool) watch(ctx context.Context, e *Executor, sink Sink) {
 		sleep(ctx, 100*time.Millisecond)
 	}
 }
+
+func (p *Pool) sinkOrNil() Sink {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.sink == nil {
+		return nopSink{}
+	}
+	return p.sink
+}
+
+type nopSink struct{}
+
+func (nopSink) InstanceChanged(string, *executorv1.Instance) {}
+func (nopSink) ExecutorLost(string, string)                  {}
 
 func sleep(ctx context.Context, d time.Duration) {
 	select {

@@ -111,8 +111,8 @@ func hostMemory() int64 {
 	return int64(mi["MemTotal"])
 }
 
-// Provider is the node.NodeProvider: Ping answers while any executor is
-// healthy, the Ready condition follows the executors, and the pressure
+// Provider is the node.NodeProvider: Ping answers and the node is Ready
+// while every flavour it serves has a healthy executor replica, and the pressure
 // conditions follow the host's memory, the state directory's disk and PIDs.
 type Provider struct {
 	node     *v1.Node
@@ -129,7 +129,8 @@ func NewProvider(node *v1.Node, pool *executors.Pool, stateDir string) *Provider
 	return &Provider{node: node, pool: pool, stateDir: stateDir}
 }
 
-// Ping reports an error when no executor answers.
+// Ping reports an error when a flavour the node serves has no executor
+// replica that answers.
 func (p *Provider) Ping(ctx context.Context) error {
 	if ready, msg := p.executorsReady(); !ready {
 		return fmt.Errorf("%s", msg)
@@ -159,14 +160,9 @@ func (p *Provider) Run(ctx context.Context, interval time.Duration) {
 }
 
 func (p *Provider) executorsReady() (bool, string) {
-	var down []string
-	for _, e := range p.pool.All() {
-		if _, ok := e.Info(); !ok {
-			down = append(down, e.Flavour+" at "+e.Address)
-		}
-	}
-	if len(down) > 0 {
-		sort.Strings(down)
+	// A flavour is served while any of its replicas answers: one replica
+	// of several going away does not make the node NotReady.
+	if down := p.pool.Unavailable(); len(down) > 0 {
 		return false, "executor not reachable: " + strings.Join(down, ", ")
 	}
 	return true, "wasmlet is ready"

@@ -52,9 +52,11 @@ type Config struct {
 }
 
 type entry struct {
-	worker  *podworker.Worker
-	uid     string
-	flavour string
+	worker *podworker.Worker
+	uid    string
+	// binding is the replica holding the pod's instances: every call the
+	// worker makes goes there, and only its events reach the worker.
+	binding *executors.Binding
 }
 
 // Provider runs pods with pod workers.
@@ -118,14 +120,16 @@ func (p *Provider) CreatePod(ctx context.Context, pod *v1.Pod) error {
 	}
 	p.mu.Unlock()
 
-	exec, err := p.route(ctx, pod)
+	flavour, err := p.route(ctx, pod)
 	if err != nil {
 		return err
 	}
+	binding := p.cfg.Pool.Bind(ctx, flavour, map[string]string{podworker.LabelPodUID: string(pod.UID)},
+		len(pod.Spec.InitContainers)+len(pod.Spec.Containers))
 	w := podworker.New(podworker.Deps{
 		Client:           p.cfg.Client,
 		Cache:            p.cfg.Cache,
-		Executor:         exec.Client,
+		Executor:         binding,
 		Recorder:         p.cfg.Recorder,
 		NodeIP:           p.cfg.NodeIP,
 		LogSubject:       func(ns, pod, c string) string { return subjects.Logs(p.cfg.NodeName, ns, pod, c) },
@@ -136,7 +140,7 @@ func (p *Provider) CreatePod(ctx context.Context, pod *v1.Pod) error {
 		Notify:           p.notifyPod,
 		Log:              p.cfg.Log,
 	}, pod)
-	e := &entry{worker: w, uid: string(pod.UID), flavour: exec.Flavour}
+	e := &entry{worker: w, uid: string(pod.UID), binding: binding}
 	p.mu.Lock()
 	p.pods[k] = e
 	p.mu.Unlock()
@@ -146,6 +150,7 @@ func (p *Provider) CreatePod(ctx context.Context, pod *v1.Pod) error {
 		if p.ctx.Err() != nil {
 			return
 		}
+		binding.Release()
 		// Keep the final status readable until virtual-kubelet has written
 		// it and removed the pod.
 		time.Sleep(time.Minute)
@@ -158,17 +163,17 @@ func (p *Provider) CreatePod(ctx context.Context, pod *v1.Pod) error {
 	return nil
 }
 
-// route picks the pod's executor from its RuntimeClass's handler.
-func (p *Provider) route(ctx context.Context, pod *v1.Pod) (*executors.Executor, error) {
+// route picks the pod's executor flavour from its RuntimeClass's handler.
+func (p *Provider) route(ctx context.Context, pod *v1.Pod) (string, error) {
 	handler := ""
 	if rc := pod.Spec.RuntimeClassName; rc != nil && *rc != "" {
 		obj, err := p.cfg.Client.NodeV1().RuntimeClasses().Get(ctx, *rc, metav1.GetOptions{})
 		if err != nil {
-			return nil, fmt.Errorf("runtimeClass %q: %w", *rc, err)
+			return "", fmt.Errorf("runtimeClass %q: %w", *rc, err)
 		}
 		handler = obj.Handler
 	}
-	return p.cfg.Pool.Route(pod, handler)
+	return p.cfg.Pool.Flavour(pod, handler)
 }
 
 // UpdatePod passes a newer version of the pod to its worker.
@@ -243,30 +248,32 @@ func (p *Provider) GetPods(context.Context) ([]*v1.Pod, error) {
 	return out, nil
 }
 
-// InstanceChanged routes an executor's instance event to its pod's worker.
-func (p *Provider) InstanceChanged(flavour string, inst *executorv1.Instance) {
+// InstanceChanged routes a replica's instance event to its pod's worker,
+// if the pod is bound to that replica.
+func (p *Provider) InstanceChanged(replica string, inst *executorv1.Instance) {
 	l := inst.GetSpec().GetLabels()
 	p.mu.Lock()
 	e, ok := p.pods[key(l[podworker.LabelNamespace], l[podworker.LabelPod])]
 	p.mu.Unlock()
-	if !ok || e.uid != l[podworker.LabelPodUID] || e.flavour != flavour {
+	if !ok || e.uid != l[podworker.LabelPodUID] || e.binding.Replica() != replica {
 		return
 	}
 	e.worker.InstanceChanged(inst)
 }
 
-// ExecutorRestarted tells every pod on that executor that its instances are gone.
-func (p *Provider) ExecutorRestarted(flavour string) {
+// ExecutorLost tells every pod bound to that replica that its instances
+// are gone; their next start is placed on a live replica.
+func (p *Provider) ExecutorLost(replica, reason string) {
 	p.mu.Lock()
 	var ws []*podworker.Worker
 	for _, e := range p.pods {
-		if e.flavour == flavour {
+		if e.binding.WasOn(replica) {
 			ws = append(ws, e.worker)
 		}
 	}
 	p.mu.Unlock()
 	for _, w := range ws {
-		w.InstancesLost(fmt.Sprintf("executor %q stopped unexpectedly and was restarted; the instance was lost", flavour))
+		w.InstancesLost(reason)
 	}
 }
 
@@ -326,7 +333,7 @@ func (p *Provider) RemoveOrphans(ctx context.Context, exists func(ns, name, uid 
 	for _, e := range p.cfg.Pool.All() {
 		resp, err := e.Client.ListInstances(ctx, &executorv1.ListInstancesRequest{})
 		if err != nil {
-			p.cfg.Log.Warn("list instances for orphan clean-up failed", "executor", e.Flavour, "err", err)
+			p.cfg.Log.Warn("list instances for orphan clean-up failed", "executor", e.ID, "err", err)
 			continue
 		}
 		for _, inst := range resp.GetInstances() {

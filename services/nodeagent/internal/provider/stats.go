@@ -63,7 +63,7 @@ func (p *Provider) collect(ctx context.Context) (map[string]map[string]*executor
 		resp, err := e.Client.ListInstanceStats(cctx, &executorv1.ListInstanceStatsRequest{})
 		cancel()
 		if err != nil {
-			errs = append(errs, fmt.Sprintf("executor %s: %v", e.Flavour, err))
+			errs = append(errs, fmt.Sprintf("executor %s: %v", e.ID, err))
 			continue
 		}
 		for _, st := range resp.GetStats() {

@@ -1,0 +1,206 @@
+package executors
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
+	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
+	"github.com/wasmlet/wasmlet/internal/grpcutil"
+	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/internal/subjects"
+)
+
+// fakeExecutor answers GetInfo, ListInstances (its instances, by label)
+// and an idle WatchInstances: enough for the pool's discovery, health and
+// placement, which is what these tests are about.
+type fakeExecutor struct {
+	executorv1.UnimplementedExecutorServiceServer
+	id, addr string
+	srv      *grpc.Server
+	holds    map[string]string // instance id -> pod uid
+}
+
+func startFake(t *testing.T, id string) *fakeExecutor {
+	t.Helper()
+	f := &fakeExecutor{id: id, addr: "unix://" + filepath.Join(t.TempDir(), id+".sock"), holds: map[string]string{}}
+	l, err := grpcutil.Listen(f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.srv = grpc.NewServer()
+	executorv1.RegisterExecutorServiceServer(f.srv, f)
+	go f.srv.Serve(l)
+	t.Cleanup(f.srv.Stop)
+	return f
+}
+
+func (f *fakeExecutor) GetInfo(context.Context, *executorv1.GetInfoRequest) (*executorv1.GetInfoResponse, error) {
+	return &executorv1.GetInfoResponse{ExecutorId: f.id, MaxInstances: 100, Engine: "fake"}, nil
+}
+
+func (f *fakeExecutor) ListInstances(_ context.Context, req *executorv1.ListInstancesRequest) (*executorv1.ListInstancesResponse, error) {
+	var out []*executorv1.Instance
+	for id, uid := range f.holds {
+		if want, ok := req.GetLabelSelector()["uid"]; !ok || want == uid {
+			out = append(out, &executorv1.Instance{Id: id, Spec: &executorv1.InstanceSpec{Labels: map[string]string{"uid": uid}}})
+		}
+	}
+	return &executorv1.ListInstancesResponse{Instances: out}, nil
+}
+
+func (f *fakeExecutor) WatchInstances(_ *executorv1.WatchInstancesRequest, s grpc.ServerStreamingServer[executorv1.WatchInstancesResponse]) error {
+	<-s.Context().Done()
+	return nil
+}
+
+// announce publishes what an executor's announcer would.
+func announce(t *testing.T, nc *nats.Conn, f *fakeExecutor, seq uint64, leaving bool) {
+	t.Helper()
+	b, err := proto.Marshal(&eventsv1.ExecutorAnnouncement{
+		ExecutorId: f.id, Flavour: "wasmtime", Node: "node-1", Address: f.addr, MaxInstances: 100,
+		Healthy: !leaving, Leaving: leaving, Sequence: seq, Period: durationpb.New(100 * time.Millisecond),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Publish(subjects.Executor("node-1", "wasmtime", f.id), b); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type recordingSink struct {
+	mu   sync.Mutex
+	lost map[string]string
+}
+
+func (s *recordingSink) InstanceChanged(string, *executorv1.Instance) {}
+func (s *recordingSink) ExecutorLost(replica, reason string) {
+	s.mu.Lock()
+	s.lost[replica] = reason
+	s.mu.Unlock()
+}
+func (s *recordingSink) reason(replica string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lost[replica]
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestDiscoveredReplicas runs the pool against a real NATS server and two
+// announced replicas: both are found, pods are spread over them, a pod
+// whose instance one of them holds goes back to it, a replica that stops
+// announcing but answers is kept, one that neither announces nor answers
+// is given up (its pods hear it, and move on their next call), and a
+// leaving one goes at once.
+func TestDiscoveredReplicas(t *testing.T) {
+	srv, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	nc, err := natsutil.Connect(srv.URL, "", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	a, b := startFake(t, "exec-a"), startFake(t, "exec-b")
+	b.holds["b-inst"] = "pod-on-b"
+
+	// Executors answer the discovery request the pool sends when it starts.
+	var seq uint64
+	var seqMu sync.Mutex
+	sub, err := nc.Subscribe(subjects.Discover("node-1"), func(*nats.Msg) {
+		seqMu.Lock()
+		seq++
+		s := seq
+		seqMu.Unlock()
+		announce(t, nc, a, s, false)
+		announce(t, nc, b, s, false)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	pool, err := New(Config{NATS: nc, Node: "node-1", Default: "wasmtime"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := pool.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(pool.replicas("wasmtime")); got != 2 {
+		t.Fatalf("%d replicas after WaitReady, want 2", got)
+	}
+	sink := &recordingSink{lost: map[string]string{}}
+	go pool.Run(ctx, sink)
+	waitUntil(t, "both replicas healthy", func() bool { return len(pool.Unavailable()) == 0 })
+
+	back := pool.Bind(ctx, "wasmtime", map[string]string{"uid": "pod-on-b"}, 1)
+	if back.Replica() != "exec-b" {
+		t.Errorf("the pod whose instance exec-b holds was bound to %q", back.Replica())
+	}
+	spread := map[string]int{}
+	var onA *Binding
+	for range 5 {
+		bd := pool.Bind(ctx, "wasmtime", map[string]string{"uid": "new"}, 1)
+		spread[bd.Replica()]++
+		if bd.Replica() == "exec-a" {
+			onA = bd
+		}
+	}
+	if spread["exec-a"] != 3 || spread["exec-b"] != 2 {
+		t.Errorf("5 new pods beside one on exec-b went %v, want 3 on exec-a and 2 on exec-b", spread)
+	}
+
+	// exec-b goes silent but answers: kept well past its TTL.
+	time.Sleep(time.Duration(TTLPeriods+2) * 100 * time.Millisecond)
+	if _, ok := pool.Get("exec-b"); !ok || sink.reason("exec-b") != "" {
+		t.Fatal("a replica that misses announcements but answers was given up")
+	}
+	// exec-a goes silent and stops answering: given up, its pods told.
+	a.srv.Stop()
+	waitUntil(t, "exec-a given up", func() bool { _, ok := pool.Get("exec-a"); return !ok })
+	if r := sink.reason("exec-a"); r == "" || !onA.WasOn("exec-a") {
+		t.Fatalf("loss of exec-a not reported to its pods (reason %q)", r)
+	}
+	if _, err := onA.GetInfo(ctx, &executorv1.GetInfoRequest{}); err != nil || onA.Replica() != "exec-b" {
+		t.Errorf("a pod of the lost replica moved to %q (err %v), want exec-b", onA.Replica(), err)
+	}
+	// exec-b leaves cleanly: gone at once, and nothing is left to place on.
+	announce(t, nc, b, 100, true)
+	waitUntil(t, "exec-b gone on leaving", func() bool { return sink.reason("exec-b") != "" })
+	if _, err := onA.CreateInstance(ctx, &executorv1.CreateInstanceRequest{Id: "x"}); err == nil {
+		t.Error("a call with no live replica succeeded")
+	} else if got := err.Error(); !strings.Contains(got, `no executor of flavour "wasmtime" is live on node node-1`) {
+		t.Errorf("error with no live replica: %s", got)
+	}
+	if down := pool.Unavailable(); len(down) != 1 {
+		t.Errorf("Unavailable = %v, want the default flavour", down)
+	}
+}
