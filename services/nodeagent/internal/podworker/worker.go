@@ -64,8 +64,10 @@ type Deps struct {
 	// AllowedHostPaths are the host directories (and what is below them)
 	// that hostPath volumes may name; empty: none.
 	AllowedHostPaths []string
-	// Notify receives a copy of the pod each time its status changes. It may
-	// block briefly; it must not call back into the Worker.
+	// Notify receives the pod each time its status changes: its metadata
+	// (without managedFields) and its new status, and no spec, which a
+	// status write never changes. It may block briefly; it must not call
+	// back into the Worker.
 	Notify func(*v1.Pod)
 	Log    *slog.Logger // optional
 }
@@ -1059,7 +1061,15 @@ func (w *Worker) publish() {
 		return
 	}
 	pod.Status = st
-	out := pod.DeepCopy()
+	// What a status write needs, and no more: virtual-kubelet compares each
+	// notified pod with the previous one (go-cmp, by reflection), and with
+	// the spec and managedFields in it that comparison was a quarter of the
+	// node agent's CPU in a burst of pod starts. The API server takes the
+	// spec from the stored pod on a status write, and keeps the stored
+	// managedFields when none are sent; labels, annotations and finalizers
+	// are kept, since a status write may change them.
+	out := &v1.Pod{TypeMeta: pod.TypeMeta, ObjectMeta: *pod.ObjectMeta.DeepCopy(), Status: *st.DeepCopy()}
+	out.ManagedFields = nil
 	w.mu.Unlock()
 	w.deps.Notify(out)
 }
