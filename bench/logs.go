@@ -48,13 +48,20 @@ func logsBench(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 	defer s.clear(context.Background(), ps)
 
 	var rates, printRates, lost []float64
+	cpuPerLine := map[string][]float64{}
 	for i := range opts.LogRuns {
+		c0 := s.cpu()
 		r, err := s.followPod(ctx, ps, fmt.Sprintf("flood-%d", i), []v1.EnvVar{
 			{Name: "LINES", Value: fmt.Sprint(opts.LogLines)}, {Name: "BURST", Value: "500"}, {Name: "DELAY", Value: "3s"},
 		}, opts.LogLines)
 		if err != nil {
 			return figs, fmt.Errorf("flood %d: %w", i, err)
 		}
+		c1 := s.cpu()
+		for _, p := range cpuProcs {
+			cpuPerLine[p] = append(cpuPerLine[p], (c1[p]-c0[p])/float64(opts.LogLines)*1e6)
+		}
+		cpuPerLine["kubectl logs -f"] = append(cpuPerLine["kubectl logs -f"], r.readerCPU.Seconds()/float64(opts.LogLines)*1e6)
 		rates = append(rates, r.rate())
 		printRates = append(printRates, r.printRate())
 		lost = append(lost, float64(r.lost))
@@ -63,6 +70,9 @@ func logsBench(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 	f.HoldAtLeast("min", logRateTarget)
 	figs = append(figs, f)
 	figs = append(figs, Values("logs: lines/s printed by the module", "the same pods: (last − first line's time stamp) as the module saw it; below the reader's rate only if the executor held the module back", "lines/s", printRates))
+	for _, p := range append(cpuProcs, "kubectl logs -f") {
+		figs = append(figs, Values("logs: CPU per line, "+p, "the same pods: CPU time of the process (and its children) from pod creation to the last line read, / lines", "µs", cpuPerLine[p]))
+	}
 	f = Values("logs: lines lost", "the same pods: lines missing, doubled or out of order at the reader", "lines", lost)
 	f.Hold("max", 0)
 	figs = append(figs, f)
@@ -94,6 +104,7 @@ type followResult struct {
 	lastStamp   time.Time // stamped in the last line
 	lastArrival time.Time
 	latencies   []time.Duration
+	readerCPU   time.Duration // user+system time of kubectl
 }
 
 func (r followResult) rate() float64 {
@@ -172,6 +183,11 @@ func (s *Stack) followPod(ctx context.Context, ps *PodStarter, name string, env 
 		return r, fmt.Errorf("kubectl logs -f printed no first line (%v): %s", sc.Err(), stderr.String())
 	}
 	r.lost += want - (next - 1)
+	cancel()
+	_ = cmd.Wait()
+	if ps := cmd.ProcessState; ps != nil {
+		r.readerCPU = ps.UserTime() + ps.SystemTime()
+	}
 	return r, nil
 }
 

@@ -1,14 +1,18 @@
 // Package outbox publishes messages to JetStream from a bounded queue, so
-// that a slow or absent NATS never blocks its producer for long. It owns
+// that an absent or stalled NATS never blocks its producer for long. It owns
 // the queue and one publishing goroutine per Outbox; it must not know what
 // the messages mean (log lines, instance events).
 //
-// Policy when the queue is full: Publish waits up to BlockTimeout for room;
-// if there is still none it drops the oldest queued message, counts it, and
-// enters overflow, in which further messages displace the oldest at once,
-// without waiting, until the queue has drained to half. A producer is thus
-// delayed at most BlockTimeout per overflow episode, and a long NATS outage
-// costs the oldest messages, not the newest.
+// Policy when the queue is full: Publish waits for room as long as the
+// queue moves, i.e. as long as a message leaves it at least every
+// BlockTimeout: a producer faster than NATS is slowed to NATS's pace (a
+// module printing as fast as it can waits in its write), and loses
+// nothing. When nothing has left the queue for BlockTimeout (NATS away, or
+// MaxInFlight publishes unacknowledged), it drops the oldest queued
+// message, counts it, and enters overflow, in which further messages
+// displace the oldest at once, without waiting, until the queue has
+// drained to half. A producer is thus delayed at most BlockTimeout per
+// outage, and a long NATS outage costs the oldest messages, not the newest.
 //
 // Messages are published in order with PublishMsgAsync; at most MaxInFlight
 // wait for their acks. A message without a msg id whose publish or ack
@@ -49,9 +53,12 @@ import (
 type Config struct {
 	// Capacity of the queue, in messages (default 4096).
 	Capacity int
-	// BlockTimeout is how long Publish waits for room (default 100ms).
+	// BlockTimeout is how long Publish waits for room while nothing leaves
+	// the queue (default 2s: longer than a busy machine's scheduling
+	// hiccups, short enough not to hold a module up for long in an outage).
 	BlockTimeout time.Duration
-	// MaxInFlight bounds messages awaiting acks (default 256).
+	// MaxInFlight bounds messages awaiting acks (default 1024: at ~50,000
+	// messages/s, ~20 ms of acks).
 	MaxInFlight int
 	// AckTimeout bounds the wait for one ack (default 10s).
 	AckTimeout time.Duration
@@ -67,10 +74,10 @@ func (c *Config) defaults() {
 		c.Capacity = 4096
 	}
 	if c.BlockTimeout <= 0 {
-		c.BlockTimeout = 100 * time.Millisecond
+		c.BlockTimeout = 2 * time.Second
 	}
 	if c.MaxInFlight <= 0 {
-		c.MaxInFlight = 256
+		c.MaxInFlight = 1024
 	}
 	if c.AckTimeout <= 0 {
 		c.AckTimeout = 10 * time.Second
@@ -189,7 +196,7 @@ func (o *Outbox) enqueue(ms []message) {
 		o.drop(ms...)
 		return
 	}
-	for _, m := range ms {
+	for i, m := range ms {
 		if len(o.queue) >= o.cfg.Capacity && !o.overflow {
 			deadline := time.Now().Add(o.cfg.BlockTimeout)
 			for len(o.queue) >= o.cfg.Capacity && !o.overflow && !o.closed {
@@ -202,6 +209,8 @@ func (o *Outbox) enqueue(ms []message) {
 				t := time.NewTimer(wait)
 				select {
 				case <-o.room:
+					// The queue moves: keep waiting (backpressure).
+					deadline = time.Now().Add(o.cfg.BlockTimeout)
 				case <-t.C:
 				}
 				t.Stop()
@@ -209,7 +218,7 @@ func (o *Outbox) enqueue(ms []message) {
 			}
 			if o.closed {
 				o.mu.Unlock()
-				o.drop(m)
+				o.drop(ms[i:]...)
 				return
 			}
 		}
@@ -294,16 +303,23 @@ func (o *Outbox) loop() {
 
 func (o *Outbox) ackLoop() {
 	defer close(o.ackDone)
+	t := time.NewTimer(time.Hour) // one timer, reset per ack (Go ≥ 1.23 timers)
+	defer t.Stop()
 	for p := range o.acks {
-		t := time.NewTimer(time.Until(p.deadline))
 		ok := false
 		select {
 		case <-p.f.Ok():
 			ok = true
 		case <-p.f.Err():
-		case <-t.C:
+		default:
+			t.Reset(time.Until(p.deadline))
+			select {
+			case <-p.f.Ok():
+				ok = true
+			case <-p.f.Err():
+			case <-t.C:
+			}
 		}
-		t.Stop()
 		o.resolve(p.m, ok)
 	}
 }

@@ -107,3 +107,36 @@ func TestCloseGivesUpAtDeadline(t *testing.T) {
 		t.Fatalf("stats %+v, want the 4 still queued dropped", st)
 	}
 }
+
+// slowJS acknowledges every publish after a pause.
+type slowJS struct {
+	gatedJS
+	pause time.Duration
+}
+
+func (s *slowJS) PublishMsgAsync(m *nats.Msg, o ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	time.Sleep(s.pause)
+	return s.gatedJS.PublishMsgAsync(m, o...)
+}
+
+// TestBackpressureWhileMoving: a producer faster than NATS is slowed down,
+// not cut: nothing is dropped while messages keep leaving the queue, even
+// though the whole run takes many BlockTimeouts.
+func TestBackpressureWhileMoving(t *testing.T) {
+	gate := make(chan struct{})
+	close(gate)
+	js := &slowJS{gatedJS: gatedJS{gate: gate}, pause: 10 * time.Millisecond}
+	o := New(js, Config{Capacity: 4, BlockTimeout: 150 * time.Millisecond})
+	t0 := time.Now()
+	for i := range 60 {
+		o.Publish("s", []byte(fmt.Sprint(i)))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := o.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := o.Stats(); st.Dropped != 0 || st.Published != 60 {
+		t.Fatalf("stats %+v after %v, want 60 published, none dropped", st, time.Since(t0))
+	}
+}

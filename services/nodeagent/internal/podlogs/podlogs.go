@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -73,8 +74,76 @@ func (r *readCloser) Close() error {
 
 var errLimit = errors.New("limit reached")
 
+// FlushEvery bounds how long a followed line waits in the reader's buffer
+// while more keep coming. Each flush is one chunk through the kubelet API
+// and the API server's proxy to kubectl: flushing at every line of a flood
+// costs them a chunk per line; flushing at most every few milliseconds
+// costs a follower at most that much latency.
+const FlushEvery = 5 * time.Millisecond
+
+// coalescer is a buffered writer flushed by Write when full, by Flush, and
+// by FlushSoon at most every FlushEvery. Safe for concurrent use (the
+// timer's flush runs on its own goroutine).
+type coalescer struct {
+	mu    sync.Mutex
+	bw    *bufio.Writer
+	err   error // of a timer's flush
+	last  time.Time
+	timer *time.Timer
+}
+
+func (c *coalescer) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return 0, c.err
+	}
+	return c.bw.Write(p)
+}
+
+// Flush writes what is buffered now.
+func (c *coalescer) Flush() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.timer != nil {
+		c.timer.Stop()
+		c.timer = nil
+	}
+	return c.flushLocked()
+}
+
+func (c *coalescer) flushLocked() error {
+	if c.err != nil {
+		return c.err
+	}
+	c.last = time.Now()
+	c.err = c.bw.Flush()
+	return c.err
+}
+
+// FlushSoon flushes now if the last flush was FlushEvery ago or more, and
+// otherwise once FlushEvery has passed since it.
+func (c *coalescer) FlushSoon() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.timer != nil {
+		return c.err
+	}
+	wait := FlushEvery - time.Since(c.last)
+	if wait <= 0 {
+		return c.flushLocked()
+	}
+	c.timer = time.AfterFunc(wait, func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.timer = nil
+		c.flushLocked()
+	})
+	return c.err
+}
+
 func copyLogs(ctx context.Context, cons jetstream.Consumer, pending uint64, instanceID string, opts Options, out io.Writer) error {
-	bw := bufio.NewWriterSize(out, 64<<10)
+	bw := &coalescer{bw: bufio.NewWriterSize(out, 64<<10)}
 	written := 0
 	emit := func(rec *eventsv1.LogRecord) error {
 		var line []byte
@@ -157,10 +226,11 @@ func copyLogs(ctx context.Context, cons jetstream.Consumer, pending uint64, inst
 		if err := emit(rec); err != nil {
 			return finish(err)
 		}
-		// Flush at once when nothing else is waiting: a follower sees each
-		// line as it comes, and a burst is still written in large chunks.
+		// Flush when nothing else is waiting, at most every FlushEvery: a
+		// follower sees each line within FlushEvery, and a flood is written
+		// in large chunks.
 		if meta, err := msg.Metadata(); err == nil && meta.NumPending == 0 {
-			if err := bw.Flush(); err != nil {
+			if err := bw.FlushSoon(); err != nil {
 				return err
 			}
 		}
