@@ -327,7 +327,23 @@ func openLogSpool(dir string, maxBytes int64, js jetstream.JetStream, log *slog.
 			log.Info("log lines left by an earlier executor published", "published", st.Published, "left", st.Left, "dropped", st.Dropped)
 		}()
 	}
+	go warnUnspooled(sp, dir, maxBytes, log)
 	return sp, nil
+}
+
+// warnUnspooled says, at most once a minute, how many log lines found the
+// spool full (published from memory only: a kill before their ack loses
+// them).
+func warnUnspooled(sp *spool.Spool, dir string, maxBytes int64, log *slog.Logger) {
+	var seen uint64
+	for range time.Tick(time.Minute) {
+		st := sp.Stats()
+		if st.Unspooled > seen {
+			log.Warn("log spool full: lines published from memory only; raise --log-spool-bytes or check NATS",
+				"lines", st.Unspooled-seen, "spool", dir, "bytes", st.Bytes, "max_bytes", maxBytes)
+			seen = st.Unspooled
+		}
+	}
 }
 
 // startAnnouncer announces the executor on NATS to the node agent of
