@@ -279,6 +279,11 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	// client-go's default 5 QPS caps a node near 5 pod starts a second.
 	restCfg.QPS, restCfg.Burst = 500, 1000
+	// Protobuf, as the kubelet speaks: cheaper to encode and decode than
+	// JSON for pods, events and watches. Custom resources (none here) would
+	// need JSON.
+	restCfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+	restCfg.ContentType = "application/vnd.kubernetes.protobuf"
 	restCfg.UserAgent = "wasmlet/" + nodestatus.Version
 	restCfg.Wrap(m.Transport)
 	client, err := kubernetes.NewForConfig(restCfg)
