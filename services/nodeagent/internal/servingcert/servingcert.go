@@ -247,7 +247,7 @@ func (m *Manager) pendingCSRs(ctx context.Context) []string {
 	}
 	var names []string
 	for _, csr := range list.Items {
-		if csr.Spec.Username != "system:node:"+m.cfg.NodeName || decided(csr) {
+		if csr.Spec.SignerName != SignerName || csr.Spec.Username != "system:node:"+m.cfg.NodeName || decided(csr) {
 			continue
 		}
 		names = append(names, csr.Name)
