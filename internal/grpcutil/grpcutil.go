@@ -4,7 +4,11 @@
 //
 // Addresses are "unix:///path/to.sock" or "tcp://host:port" (a bare
 // "host:port" means tcp). Without TLS a TCP listener must be on a loopback
-// address: nothing listens beyond loopback unless configured.
+// address: nothing listens beyond loopback unless configured. With TLS
+// (type TLS: a key pair and the CA of the peers) a TCP server requires and
+// verifies client certificates, and a client verifies the server: mutual
+// TLS, which is what lets executors and the registry cache serve other
+// hosts.
 package grpcutil
 
 import (
@@ -47,8 +51,12 @@ func Split(addr string) (network, target string, err error) {
 
 // Listen opens a listener for addr. A unix socket's directory is created
 // (0700) and a stale socket removed; the socket itself is made 0600. A TCP
-// address must be loopback.
-func Listen(addr string) (net.Listener, error) {
+// address must be loopback (NewServer with TLS lifts that).
+func Listen(addr string) (net.Listener, error) { return listen(addr, false) }
+
+// listen is Listen; secured allows a TCP address beyond loopback, for a
+// server that speaks mutual TLS.
+func listen(addr string, secured bool) (net.Listener, error) {
 	network, target, err := Split(addr)
 	if err != nil {
 		return nil, err
@@ -70,8 +78,8 @@ func Listen(addr string) (net.Listener, error) {
 		}
 		return l, nil
 	}
-	if !IsLoopback(target) {
-		return nil, fmt.Errorf("listen %s: refusing a non-loopback address without TLS", addr)
+	if !secured && !IsLoopback(target) {
+		return nil, fmt.Errorf("listen %s: refusing a non-loopback address without mutual TLS (give --tls-cert, --tls-key and --tls-ca)", addr)
 	}
 	l, err := net.Listen("tcp", target)
 	if err != nil {

@@ -1,0 +1,114 @@
+package grpcutil
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+)
+
+// TLS names the files of a service's mutual TLS over TCP: its own key pair
+// and the CA that signs its peers. A server with TLS requires and verifies
+// a client certificate signed by CA; a client verifies the server's
+// certificate against CA (for the host it dials) and presents its own.
+// Unix sockets never use TLS: their file mode (0600) guards them.
+//
+// The zero TLS is off, and then a TCP listener must be on loopback.
+type TLS struct {
+	CertFile, KeyFile, CAFile string
+}
+
+// AddFlags registers --<prefix>tls-cert, --<prefix>tls-key and
+// --<prefix>tls-ca on fs, for what (e.g. "the gRPC server").
+func (t *TLS) AddFlags(fs *flag.FlagSet, prefix, what string) {
+	fs.StringVar(&t.CertFile, prefix+"tls-cert", "", "certificate (PEM) of "+what+" for mutual TLS over TCP")
+	fs.StringVar(&t.KeyFile, prefix+"tls-key", "", "private key (PEM) for --"+prefix+"tls-cert")
+	fs.StringVar(&t.CAFile, prefix+"tls-ca", "", "CA (PEM) that signs the peers of "+what)
+}
+
+// Enabled reports whether any file is named.
+func (t TLS) Enabled() bool { return t.CertFile != "" || t.KeyFile != "" || t.CAFile != "" }
+
+// Validate checks that the files are named all together or not at all.
+func (t TLS) Validate() error {
+	if t.Enabled() && (t.CertFile == "" || t.KeyFile == "" || t.CAFile == "") {
+		return errors.New("mutual TLS needs a certificate, its key and a CA: give all three of --*tls-cert, --*tls-key and --*tls-ca")
+	}
+	return nil
+}
+
+func (t TLS) load() (tls.Certificate, *x509.CertPool, error) {
+	if err := t.Validate(); err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	pair, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+	if err != nil {
+		return tls.Certificate{}, nil, fmt.Errorf("TLS key pair %s: %w", t.CertFile, err)
+	}
+	pem, err := os.ReadFile(t.CAFile)
+	if err != nil {
+		return tls.Certificate{}, nil, fmt.Errorf("TLS CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return tls.Certificate{}, nil, fmt.Errorf("TLS CA %s: no PEM certificate in it", t.CAFile)
+	}
+	return pair, pool, nil
+}
+
+// NewServer listens on addr and returns a gRPC server for it. With t
+// enabled and a TCP address, the server speaks mutual TLS and addr may be
+// any address; otherwise a TCP address must be loopback (see Listen).
+func NewServer(addr string, t TLS, opts ...grpc.ServerOption) (*grpc.Server, net.Listener, error) {
+	network, _, err := Split(addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	secured := t.Enabled() && network == "tcp"
+	if secured {
+		pair, pool, err := t.load()
+		if err != nil {
+			return nil, nil, err
+		}
+		opts = append(opts, grpc.Creds(credentials.NewTLS(&tls.Config{
+			Certificates: []tls.Certificate{pair},
+			ClientCAs:    pool,
+			ClientAuth:   tls.RequireAndVerifyClientCert,
+			MinVersion:   tls.VersionTLS13,
+		})))
+	}
+	l, err := listen(addr, secured)
+	if err != nil {
+		return nil, nil, err
+	}
+	return grpc.NewServer(opts...), l, nil
+}
+
+// DialTLS is Dial, speaking mutual TLS when t is enabled and addr is TCP.
+// The server's certificate must name the host of addr.
+func DialTLS(addr string, t TLS, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
+	network, target, err := Split(addr)
+	if err != nil {
+		return nil, err
+	}
+	if t.Enabled() && network == "tcp" {
+		pair, pool, err := t.load()
+		if err != nil {
+			return nil, err
+		}
+		host, _, _ := net.SplitHostPort(target)
+		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+			Certificates: []tls.Certificate{pair},
+			RootCAs:      pool,
+			ServerName:   host,
+			MinVersion:   tls.VersionTLS13,
+		})))
+	}
+	return Dial(addr, opts...)
+}

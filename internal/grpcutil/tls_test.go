@@ -1,0 +1,109 @@
+package grpcutil
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/wasmlet/wasmlet/internal/testpki"
+)
+
+// TestMutualTLS serves the health service with mutual TLS on loopback TCP
+// and checks who gets in: a client with a certificate from the servers'
+// CA does; one without a certificate, one with another CA's certificate,
+// and one that does not trust the server do not.
+func TestMutualTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := testpki.NewCA(dir, "wasmlet-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := testpki.NewCA(dir, "other-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := ca.Issue("server", "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := ca.Issue("client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger, err := other.Issue("stranger")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	srv, l, err := NewServer("tcp://127.0.0.1:0", TLS{CertFile: server.Cert, KeyFile: server.Key, CAFile: ca.CertFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, srv, l, time.Second) }()
+	t.Cleanup(func() { cancel(); <-done })
+	addr := Address(l)
+
+	check := func(name string, tlsCfg TLS, plain bool) error {
+		var conn *grpc.ClientConn
+		var err error
+		if plain {
+			conn, err = Dial(addr)
+		} else {
+			conn, err = DialTLS(addr, tlsCfg)
+		}
+		if err != nil {
+			t.Fatalf("%s: dial: %v", name, err)
+		}
+		defer conn.Close()
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err = healthpb.NewHealthClient(conn).Check(cctx, &healthpb.HealthCheckRequest{})
+		return err
+	}
+	if err := check("trusted client", TLS{CertFile: client.Cert, KeyFile: client.Key, CAFile: ca.CertFile}, false); err != nil {
+		t.Errorf("a client with a certificate from the CA was refused: %v", err)
+	}
+	for _, c := range []struct {
+		name  string
+		tls   TLS
+		plain bool
+	}{
+		{"plaintext client", TLS{}, true},
+		{"client with another CA's certificate", TLS{CertFile: stranger.Cert, KeyFile: stranger.Key, CAFile: ca.CertFile}, false},
+		{"client that does not trust the server's CA", TLS{CertFile: client.Cert, KeyFile: client.Key, CAFile: other.CertFile}, false},
+	} {
+		if err := check(c.name, c.tls, c.plain); err == nil {
+			t.Errorf("%s: got in", c.name)
+		}
+	}
+}
+
+func TestListenRefusesBeyondLoopbackWithoutTLS(t *testing.T) {
+	// 192.0.2.1 (TEST-NET-1) is not on this host: nothing is bound either way.
+	_, _, err := NewServer("tcp://192.0.2.1:0", TLS{})
+	if err == nil || !strings.Contains(err.Error(), "non-loopback") {
+		t.Errorf("without TLS: %v, want a refusal of the non-loopback address", err)
+	}
+	dir := t.TempDir()
+	ca, err := testpki.NewCA(dir, "ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kp, err := ca.Issue("server", "192.0.2.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = NewServer("tcp://192.0.2.1:0", TLS{CertFile: kp.Cert, KeyFile: kp.Key, CAFile: ca.CertFile})
+	if err == nil || strings.Contains(err.Error(), "non-loopback") {
+		t.Errorf("with TLS: %v, want the address allowed (and the bind to fail: it is not this host's)", err)
+	}
+	if _, _, err := NewServer("tcp://127.0.0.1:0", TLS{CertFile: kp.Cert}); err == nil || !strings.Contains(err.Error(), "all three") {
+		t.Errorf("a certificate without key and CA: %v, want an error naming the three flags", err)
+	}
+}
