@@ -32,6 +32,9 @@ type Figure struct {
 	// Met whether the measured value meets it; empty when there is none.
 	Target string `json:"target,omitempty"`
 	Met    *bool  `json:"met,omitempty"`
+	// Anchor is the outside figure the target came from, or that this one
+	// is best read against (a peer's, the Kubernetes SLO's).
+	Anchor string `json:"anchor,omitempty"`
 }
 
 // Machine describes where the figures were taken.
@@ -41,6 +44,9 @@ type Machine struct {
 	GoVersion string `json:"go_version"`
 	OS        string `json:"os"`
 	Arch      string `json:"arch"`
+	// Engines are the Wasm engines' module versions in the executor built
+	// for the run (e.g. "github.com/tetratelabs/wazero v1.12.0").
+	Engines []string `json:"engines,omitempty"`
 }
 
 // Report is a whole run.
@@ -113,15 +119,15 @@ func (f *Figure) HoldAtLeast(stat string, limit float64) {
 func (r Report) Markdown() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# wasmlet benchmarks, %s (%s run)\n\n", r.Date.Format("2006-01-02 15:04 MST"), r.Mode)
-	fmt.Fprintf(&b, "Machine: %d cores, %.1f GiB, %s %s/%s.\n\n", r.Machine.Cores, float64(r.Machine.MemBytes)/(1<<30), r.Machine.GoVersion, r.Machine.OS, r.Machine.Arch)
-	b.WriteString("| figure | unit | n | min | median | p99 | max | target | met | method |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "Machine: %d cores, %.1f GiB, %s %s/%s; engines: %s.\n\n", r.Machine.Cores, float64(r.Machine.MemBytes)/(1<<30), r.Machine.GoVersion, r.Machine.OS, r.Machine.Arch, strings.Join(r.Machine.Engines, ", "))
+	b.WriteString("| figure | unit | n | min | median | p99 | max | target | met | anchor | method |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, f := range r.Figures {
 		met := ""
 		if f.Met != nil {
 			met = map[bool]string{true: "yes", false: "**no**"}[*f.Met]
 		}
-		fmt.Fprintf(&b, "| %s | %s | %d | %.3g | %.3g | %.3g | %.3g | %s | %s | %s |\n",
-			f.Name, f.Unit, f.Samples, f.Min, f.Median, f.P99, f.Max, f.Target, met, f.Method)
+		fmt.Fprintf(&b, "| %s | %s | %d | %.3g | %.3g | %.3g | %.3g | %s | %s | %s | %s |\n",
+			f.Name, f.Unit, f.Samples, f.Min, f.Median, f.P99, f.Max, f.Target, met, f.Anchor, f.Method)
 	}
 	return b.String()
 }

@@ -59,8 +59,10 @@ func uncached(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 			return nil, err
 		}
 	}
+	start := Durations("pod start, uncached module, "+WasmNode, "create call → watch shows the container running, the module new to the node and to the registry cache (pull from the origin registry + compile + start); pods one after another", starts)
+	start.Anchor = "Kubernetes pod-start SLO: p99 ≤ 5 s, pulls excluded (this figure includes them)"
 	return []Figure{
-		Durations("pod start, uncached module, "+WasmNode, "create call → watch shows the container running, the module new to the node and to the registry cache (pull from the origin registry + compile + start); pods one after another. The SLO anchor (p99 ≤ 5 s) leaves pulls out; this figure keeps them in", starts),
+		start,
 		Durations("pull, uncached module, "+WasmNode, "the pull's duration in the pod's Pulled event: the registry cache fetching a 2.8 MB module from the origin registry and verifying it", pulls),
 	}, nil
 }
