@@ -24,6 +24,10 @@ type TLS struct {
 	CertFile, KeyFile, CAFile string
 }
 
+// ErrPlaintextBeyondLoopback: a TCP address beyond loopback was to be
+// dialled without mutual TLS.
+var ErrPlaintextBeyondLoopback = errors.New("refusing plaintext gRPC to an address beyond loopback: configure mutual TLS (a certificate, its key and the CA) for this client")
+
 // AddFlags registers --<prefix>tls-cert, --<prefix>tls-key and
 // --<prefix>tls-ca on fs, for what (e.g. "the gRPC server").
 func (t *TLS) AddFlags(fs *flag.FlagSet, prefix, what string) {
@@ -39,6 +43,30 @@ func (t TLS) Enabled() bool { return t.CertFile != "" || t.KeyFile != "" || t.CA
 func (t TLS) Validate() error {
 	if t.Enabled() && (t.CertFile == "" || t.KeyFile == "" || t.CAFile == "") {
 		return errors.New("mutual TLS needs a certificate, its key and a CA: give all three of --*tls-cert, --*tls-key and --*tls-ca")
+	}
+	return nil
+}
+
+// CheckFlags checks t as the flags --<prefix>tls-* (see AddFlags) for a
+// link to or from addr, the value of --addrFlag: the three files are
+// named together or not at all, a TCP address beyond loopback has them
+// (gRPC leaves the host only over mutual TLS), and they are not given for
+// a unix socket, which never uses TLS (its file mode guards it).
+func (t TLS) CheckFlags(addrFlag, addr, prefix string) error {
+	if err := t.Validate(); err != nil {
+		return fmt.Errorf("--%stls-cert, --%stls-key, --%stls-ca: %w", prefix, prefix, prefix, err)
+	}
+	network, target, err := Split(addr)
+	if err != nil {
+		return fmt.Errorf("--%s: %w", addrFlag, err)
+	}
+	switch {
+	case network == "tcp" && !t.Enabled() && !IsLoopback(target):
+		return fmt.Errorf("--%s %s is beyond loopback, and gRPC leaves the host only over mutual TLS: give --%stls-cert, --%stls-key and --%stls-ca (or use a loopback or unix:// address)",
+			addrFlag, addr, prefix, prefix, prefix)
+	case network == "unix" && t.Enabled():
+		return fmt.Errorf("--%stls-cert, --%stls-key and --%stls-ca are for a tcp:// --%s; %s is a unix socket, guarded by its file mode (0600): drop them",
+			prefix, prefix, prefix, addrFlag, addr)
 	}
 	return nil
 }
@@ -91,11 +119,17 @@ func NewServer(addr string, t TLS, opts ...grpc.ServerOption) (*grpc.Server, net
 }
 
 // DialTLS is Dial, speaking mutual TLS when t is enabled and addr is TCP.
-// The server's certificate must name the host of addr.
+// The server's certificate must name the host of addr. Without TLS, a TCP
+// address beyond loopback is refused (ErrPlaintextBeyondLoopback): such an
+// address may come from outside the configuration (an executor's
+// announcement), and plaintext gRPC never leaves the host.
 func DialTLS(addr string, t TLS, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	network, target, err := Split(addr)
 	if err != nil {
 		return nil, err
+	}
+	if network == "tcp" && !t.Enabled() && !IsLoopback(target) {
+		return nil, fmt.Errorf("dial %s: %w", addr, ErrPlaintextBeyondLoopback)
 	}
 	if t.Enabled() && network == "tcp" {
 		pair, pool, err := t.load()

@@ -2,6 +2,7 @@ package grpcutil
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -106,4 +107,45 @@ func TestListenRefusesBeyondLoopbackWithoutTLS(t *testing.T) {
 	if _, _, err := NewServer("tcp://127.0.0.1:0", TLS{CertFile: kp.Cert}); err == nil || !strings.Contains(err.Error(), "all three") {
 		t.Errorf("a certificate without key and CA: %v, want an error naming the three flags", err)
 	}
+}
+
+// TestCheckFlags: what each service's flag validation refuses, and that the
+// message names the flags to give.
+func TestCheckFlags(t *testing.T) {
+	on := TLS{CertFile: "c.pem", KeyFile: "k.pem", CAFile: "ca.pem"}
+	for _, c := range []struct {
+		name, addr string
+		tls        TLS
+		want       string // "" for no error; else a substring of it
+	}{
+		{"loopback without TLS", "tcp://127.0.0.1:7000", TLS{}, ""},
+		{"localhost without TLS", "localhost:7000", TLS{}, ""},
+		{"unix without TLS", "unix:///run/x.sock", TLS{}, ""},
+		{"beyond loopback with TLS", "tcp://10.0.0.5:7000", on, ""},
+		{"beyond loopback without TLS", "tcp://10.0.0.5:7000", TLS{}, "give --registry-tls-cert, --registry-tls-key and --registry-tls-ca"},
+		{"all interfaces without TLS", "0.0.0.0:7000", TLS{}, "beyond loopback"},
+		{"a certificate alone", "tcp://10.0.0.5:7000", TLS{CertFile: "c.pem"}, "give all three"},
+		{"TLS for a unix socket", "unix:///run/x.sock", on, "drop them"},
+	} {
+		err := c.tls.CheckFlags("registry", c.addr, "registry-")
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%s: %v, want accepted", c.name, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%s: %v, want an error containing %q", c.name, err, c.want)
+		}
+	}
+}
+
+// TestDialTLSRefusesPlaintextBeyondLoopback: an address that did not come
+// through flag validation (an announcement) is not dialled in plaintext.
+func TestDialTLSRefusesPlaintextBeyondLoopback(t *testing.T) {
+	if _, err := DialTLS("tcp://192.0.2.1:7000", TLS{}); !errors.Is(err, ErrPlaintextBeyondLoopback) {
+		t.Errorf("DialTLS beyond loopback without TLS: %v, want ErrPlaintextBeyondLoopback", err)
+	}
+	conn, err := DialTLS("tcp://127.0.0.1:7000", TLS{})
+	if err != nil {
+		t.Fatalf("DialTLS on loopback without TLS: %v", err)
+	}
+	conn.Close()
 }
