@@ -345,3 +345,21 @@ func fetch(t *testing.T, ctx context.Context, js jetstream.JetStream, stream, su
 	}
 	return out
 }
+
+func TestParseAnnounceFlags(t *testing.T) {
+	cfg, err := parseFlags([]string{"--listen", "unix:///e.sock", "--registry", "unix:///r.sock", "--engine", "wazero"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.flavour != "wazero" || cfg.advertise != "unix:///e.sock" || cfg.node == "" || cfg.announcePeriod <= 0 {
+		t.Errorf("announce defaults: flavour %q advertise %q node %q period %s", cfg.flavour, cfg.advertise, cfg.node, cfg.announcePeriod)
+	}
+	cfg, err = parseFlags([]string{"--listen", "unix:///e.sock", "--registry", "unix:///r.sock",
+		"--flavour", "fast", "--node", "n1", "--advertise-address", "tcp://127.0.0.1:7000"})
+	if err != nil || cfg.flavour != "fast" || cfg.node != "n1" || cfg.advertise != "tcp://127.0.0.1:7000" {
+		t.Errorf("announce flags: %+v %v", cfg, err)
+	}
+	if _, err := parseFlags([]string{"--listen", "unix:///e.sock", "--registry", "unix:///r.sock", "--announce-period", "0s"}); err == nil {
+		t.Error("--announce-period 0 accepted")
+	}
+}
