@@ -7,7 +7,17 @@
 //	executor --listen unix:///run/wasmlet/executor.sock --registry unix:///run/wasmlet/regcache.sock \
 //	    [--nats nats://127.0.0.1:4222] [--state-dir DIR] [--engine wasmtime|wazero] [--max-instances 1000] [--id ID] \
 //	    [--flavour NAME] [--node NODE] [--advertise-address ADDRESS] [--announce-period 5s] \
-//	    [--cpu-cgroup /sys/fs/cgroup/cpu/wasmlet] [--metrics-listen 127.0.0.1:PORT] [--log-spool-bytes 67108864]
+//	    [--cpu-cgroup /sys/fs/cgroup/cpu/wasmlet] [--metrics-listen 127.0.0.1:PORT] [--log-spool-bytes 67108864] \
+//	    [--tls-cert F --tls-key F --tls-ca F] [--registry-tls-cert F --registry-tls-key F --registry-tls-ca F]
+//
+// Across hosts, gRPC speaks mutual TLS: with --tls-cert/--tls-key/--tls-ca
+// a tcp:// --listen may be beyond loopback, and every client must present
+// a certificate signed by --tls-ca; --registry-tls-* are the client's
+// (its key pair, and the CA that signed the registry cache's certificate,
+// which must name the host of --registry). Two sets because the two links
+// may differ (a unix socket one way, TCP the other); one key pair valid
+// for server and client authentication may be given to both. Without
+// them, tcp:// addresses must be loopback.
 //
 // Log lines are written to a spool under --state-dir/logspool before they
 // are published and removed once NATS acknowledges them; a new executor
@@ -65,7 +75,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"google.golang.org/grpc"
 
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
@@ -88,6 +97,9 @@ type config struct {
 	stateDir, engine, id, cpuCgroup   string
 	metricsListen                     string
 	maxInstances                      int
+	// tls is the gRPC server's mutual TLS (--tls-*), registryTLS the
+	// client's to the registry cache (--registry-tls-*).
+	tls, registryTLS grpcutil.TLS
 	sharePrecompiled                  bool
 	logSpoolBytes                     int64
 
@@ -117,8 +129,10 @@ func parseFlags(args []string) (config, error) {
 	host, _ := os.Hostname()
 	var cfg config
 	fs := flag.NewFlagSet("executor", flag.ContinueOnError)
-	fs.StringVar(&cfg.listen, "listen", "", "gRPC address to serve: unix:///path or tcp://127.0.0.1:port (required)")
-	fs.StringVar(&cfg.registry, "registry", "", "registry cache gRPC address (required)")
+	fs.StringVar(&cfg.listen, "listen", "", "gRPC address to serve: unix:///path, tcp://127.0.0.1:port, or tcp://HOST:port beyond loopback with --tls-* (required)")
+	fs.StringVar(&cfg.registry, "registry", "", "registry cache gRPC address; tcp:// beyond loopback needs --registry-tls-* (required)")
+	cfg.tls.AddFlags(fs, "", "the executor's gRPC server (--listen)")
+	cfg.registryTLS.AddFlags(fs, "registry-", "the executor's client to the registry cache (--registry; may be the same files as --tls-*)")
 	fs.StringVar(&cfg.nats, "nats", "", "NATS URL for logs and events (optional; token from WASMLET_NATS_TOKEN)")
 	fs.StringVar(&cfg.stateDir, "state-dir", filepath.Join(os.TempDir(), "wasmlet-executor"), "directory for modules and precompiled artifacts")
 	fs.StringVar(&cfg.engine, "engine", "wasmtime", "engine: wasmtime or wazero")
@@ -147,16 +161,37 @@ func parseFlags(args []string) (config, error) {
 	case cfg.metricsListen != "" && !grpcutil.IsLoopback(cfg.metricsListen):
 		return cfg, fmt.Errorf("--metrics-listen %s is not a loopback address; metrics are served on loopback only (e.g. 127.0.0.1:9465)", cfg.metricsListen)
 	}
+	if err := cfg.tls.CheckFlags("listen", cfg.listen, ""); err != nil {
+		return cfg, err
+	}
+	if err := cfg.registryTLS.CheckFlags("registry", cfg.registry, "registry-"); err != nil {
+		return cfg, err
+	}
 	if cfg.flavour == "" {
 		cfg.flavour = cfg.engine
 	}
 	if cfg.advertise == "" {
+		if unspecifiedHost(cfg.listen) && cfg.nats != "" {
+			return cfg, fmt.Errorf("--listen %s names no host the node agent can dial: give --advertise-address tcp://HOST:PORT (a host named in --tls-cert)", cfg.listen)
+		}
 		cfg.advertise = cfg.listen
 	}
 	if cfg.announcePeriod <= 0 {
 		return cfg, errors.New("--announce-period must be positive")
 	}
 	return cfg, nil
+}
+
+// unspecifiedHost reports whether addr is TCP on every interface
+// (0.0.0.0, ::, or no host).
+func unspecifiedHost(addr string) bool {
+	network, target, err := grpcutil.Split(addr)
+	if err != nil || network != "tcp" {
+		return false
+	}
+	host, _, _ := net.SplitHostPort(target)
+	ip := net.ParseIP(host)
+	return host == "" || (ip != nil && ip.IsUnspecified())
 }
 
 func run(ctx context.Context, cfg config, log *slog.Logger) error {
@@ -172,7 +207,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	} else {
 		log.Warn("CPU limits are not enforced: no --cpu-cgroup")
 	}
-	regConn, err := grpcutil.Dial(cfg.registry)
+	regConn, err := grpcutil.DialTLS(cfg.registry, cfg.registryTLS)
 	if err != nil {
 		return err
 	}
@@ -236,13 +271,12 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		defer hs.Close()
 		log.Info("serving metrics", "address", ml.Addr().String())
 	}
-	l, err := grpcutil.Listen(cfg.listen)
+	srv, l, err := grpcutil.NewServer(cfg.listen, cfg.tls)
 	if err != nil {
 		return err
 	}
-	srv := grpc.NewServer()
 	executorv1.RegisterExecutorServiceServer(srv, server.New(mgr, eng, server.WithCPULimits(cpu != nil, cpuWords)))
-	log.Info("executor serving", "listen", cfg.listen, "id", cfg.id, "engine", eng.Name(), "engine_version", eng.Version())
+	log.Info("executor serving", "listen", cfg.listen, "mutual_tls", cfg.tls.Enabled(), "id", cfg.id, "engine", eng.Name(), "engine_version", eng.Version())
 	stopAnnouncing, err := startAnnouncer(ctx, cfg, nc, mgr, eng, cpu != nil, log)
 	if err != nil {
 		return err
