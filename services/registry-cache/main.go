@@ -3,7 +3,7 @@
 //
 //	registry-cache serve --listen unix:///run/wasmlet/registry.sock --dir /var/lib/wasmlet/registry \
 //	    [--insecure-registry host:port]... [--ca-file ca.pem] [--max-store-bytes N] \
-//	    [--metrics-listen 127.0.0.1:9464]
+//	    [--metrics-listen 127.0.0.1:9464] [--tls-cert F --tls-key F --tls-ca F]
 //	registry-cache push [--plain-http] [--ca-file ca.pem] [--username U --password-stdin] FILE REFERENCE
 //	registry-cache bench [--module-bytes N] [--iterations N] [--concurrency N]
 //
@@ -12,6 +12,10 @@
 // origin once for all nodes. With --metrics-listen it serves Prometheus
 // metrics at /metrics, on a loopback address only (the metrics name
 // the modules in use; put a proxy in front to expose them further).
+// Across hosts it speaks mutual TLS: with --tls-cert, --tls-key and
+// --tls-ca a tcp:// --listen may be beyond loopback, and every client (node
+// agents, executors) must present a certificate signed by --tls-ca;
+// without them a tcp:// --listen must be loopback.
 //
 // bench starts a docker-registry on loopback and measures cache-hit
 // latency, 100 concurrent pulls of one module, and a second node's pull
@@ -39,7 +43,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"google.golang.org/grpc"
 
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regbench"
@@ -50,7 +53,7 @@ import (
 
 const usage = `usage:
   registry-cache serve --listen unix:///path|tcp://127.0.0.1:port --dir DIR [--insecure-registry host:port]... [--ca-file F]
-      [--max-store-bytes N] [--eviction-grace D] [--metrics-listen 127.0.0.1:PORT]
+      [--max-store-bytes N] [--eviction-grace D] [--metrics-listen 127.0.0.1:PORT] [--tls-cert F --tls-key F --tls-ca F]
   registry-cache push [--plain-http] [--ca-file F] [--username U --password-stdin] FILE REFERENCE
   registry-cache bench [--module-bytes N] [--iterations N] [--concurrency N]`
 
@@ -88,7 +91,9 @@ func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 
 func serve(ctx context.Context, args []string, logger *slog.Logger) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	listen := fs.String("listen", "", "address to serve on: unix:///path or tcp://127.0.0.1:port")
+	listen := fs.String("listen", "", "address to serve on: unix:///path, tcp://127.0.0.1:port, or tcp://HOST:port beyond loopback with --tls-*")
+	var serverTLS grpcutil.TLS
+	serverTLS.AddFlags(fs, "", "the registry cache's gRPC server (--listen)")
 	var cfg local.Config
 	var insecure listFlag
 	fs.StringVar(&cfg.Dir, "dir", "", "directory of the cache")
@@ -105,6 +110,9 @@ func serve(ctx context.Context, args []string, logger *slog.Logger) error {
 	}
 	if *listen == "" || cfg.Dir == "" || fs.NArg() != 0 {
 		return errors.New("serve: --listen and --dir are required, and nothing else\n" + usage)
+	}
+	if err := serverTLS.CheckFlags("listen", *listen, ""); err != nil {
+		return fmt.Errorf("serve: %w", err)
 	}
 	cfg.InsecureHosts = insecure
 	cfg.Logger = logger
@@ -130,11 +138,10 @@ func serve(ctx context.Context, args []string, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	l, err := grpcutil.Listen(*listen)
+	srv, l, err := grpcutil.NewServer(*listen, serverTLS)
 	if err != nil {
 		return err
 	}
-	srv := grpc.NewServer()
 	server.New(cache).Register(srv)
 	if metricsL != nil {
 		mux := http.NewServeMux()
@@ -144,7 +151,7 @@ func serve(ctx context.Context, args []string, logger *slog.Logger) error {
 		defer hs.Close()
 		logger.Info("serving metrics", "address", metricsL.Addr().String())
 	}
-	logger.Info("serving registry cache", "address", grpcutil.Address(l), "dir", cfg.Dir, "insecure_registries", insecure.String(),
+	logger.Info("serving registry cache", "address", grpcutil.Address(l), "mutual_tls", serverTLS.Enabled(), "dir", cfg.Dir, "insecure_registries", insecure.String(),
 		"max_store_bytes", cfg.MaxStoreBytes)
 	err = grpcutil.Serve(ctx, srv, l, 5*time.Second)
 	logger.Info("registry cache stopped")
