@@ -44,6 +44,14 @@ const EnvMetricsServer = "WASMLET_METRICS_SERVER"
 func TestKubectlTop(t *testing.T) {
 	msBin := metricsServerBinary(t)
 	c := cluster.Get(t)
+	// Runs last: an APIService left behind would break discovery (and so
+	// kubectl) for the package's later tests.
+	t.Cleanup(func() {
+		out, err := kubectl(t, "get", "apiservice", "v1beta1.metrics.k8s.io", "--ignore-not-found", "-o", "name")
+		if err != nil || strings.TrimSpace(out) != "" {
+			t.Errorf("APIService v1beta1.metrics.k8s.io not removed after the test: %q %v", out, err)
+		}
+	})
 	n := startNode(t, "e2e-top", nil, "--rotate-server-certificates")
 	autoApproveServingCSRs(t, c.KubeconfigPath(), n.name)
 
