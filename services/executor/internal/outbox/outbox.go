@@ -18,10 +18,13 @@
 // wait for their acks. A message without a msg id whose publish or ack
 // fails (or takes longer than AckTimeout) is counted as failed and not
 // retried: the queue, not a retry loop, is what rides out an outage. A
-// message with a msg id (PublishBatch) is published again after a failure,
-// ahead of the queue, in order, until it is acknowledged, displaced, or Close
-// gives up: JetStream drops a copy that had in fact arrived (Nats-Msg-Id,
-// within the stream's duplicate window), so a retry never doubles it.
+// message with a msg id (PublishBatch) is published again after a failure
+// until it is acknowledged, displaced, or Close gives up: a publish refused
+// at once, before any later message (order kept); one whose ack failed,
+// ahead of the queue but after those already in flight (so a reader may
+// see it late). JetStream drops a copy that had in fact arrived
+// (Nats-Msg-Id, within the stream's duplicate window), so a retry never
+// doubles it.
 //
 // Durability: with Config.Spool, PublishBatch writes the batch to the spool
 // before queueing it and marks each message done in the spool once it is
@@ -293,12 +296,26 @@ func (o *Outbox) loop() {
 			msg.Header = nats.Header{jetstream.MsgIDHeader: []string{m.msgID}}
 		}
 		f, err := o.js.PublishMsgAsync(msg)
+		// A publish refused at once (too many acks outstanding, no
+		// connection yet) is tried again before any later message, so that
+		// the stream keeps the queue's order.
+		for err != nil && m.msgID != "" && !o.isGivenUp() {
+			o.retried.Add(1)
+			time.Sleep(o.cfg.RetryWait)
+			f, err = o.js.PublishMsgAsync(msg)
+		}
 		if err != nil {
 			o.resolve(m, false)
 			continue
 		}
 		o.acks <- pending{f, time.Now().Add(o.cfg.AckTimeout), m}
 	}
+}
+
+func (o *Outbox) isGivenUp() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.gaveUp
 }
 
 func (o *Outbox) ackLoop() {
