@@ -1,6 +1,11 @@
 // Package podlogs serves `kubectl logs` from the log records that executors
 // publish to NATS JetStream (stream subjects.LogsStream). It reads only; it
 // never publishes and never talks to executors.
+//
+// Records are shown in stream order, each (instance, sequence) once: a
+// record published twice (an executor's replay after a kill, later than
+// JetStream's duplicate window) is skipped. A followed stream is flushed at
+// most every FlushEvery.
 package podlogs
 
 import (
@@ -176,6 +181,7 @@ func copyLogs(ctx context.Context, cons jetstream.Consumer, pending uint64, inst
 		return err
 	}
 
+	seen := seenRecords{}
 	// The backlog: everything stored now, of which only the tail is kept.
 	var tail []*eventsv1.LogRecord
 	it, err := cons.Messages(jetstream.PullMaxMessages(512))
@@ -195,7 +201,7 @@ func copyLogs(ctx context.Context, cons jetstream.Consumer, pending uint64, inst
 		}
 		remaining = meta.NumPending
 		rec := &eventsv1.LogRecord{}
-		if proto.Unmarshal(msg.Data(), rec) != nil || (instanceID != "" && rec.GetInstanceId() != instanceID) {
+		if proto.Unmarshal(msg.Data(), rec) != nil || (instanceID != "" && rec.GetInstanceId() != instanceID) || !seen.first(rec) {
 			continue
 		}
 		tail = append(tail, rec)
@@ -220,7 +226,7 @@ func copyLogs(ctx context.Context, cons jetstream.Consumer, pending uint64, inst
 			return finish(ctxErr(ctx, err))
 		}
 		rec := &eventsv1.LogRecord{}
-		if proto.Unmarshal(msg.Data(), rec) != nil || (instanceID != "" && rec.GetInstanceId() != instanceID) {
+		if proto.Unmarshal(msg.Data(), rec) != nil || (instanceID != "" && rec.GetInstanceId() != instanceID) || !seen.first(rec) {
 			continue
 		}
 		if err := emit(rec); err != nil {
@@ -242,4 +248,50 @@ func ctxErr(ctx context.Context, err error) error {
 		return nil
 	}
 	return err
+}
+
+// maxAhead bounds the sequences remembered above an instance's contiguous
+// prefix; beyond it the oldest gap is taken as a loss and skipped.
+const maxAhead = 1 << 16
+
+// seenRecords drops a record an instance's executor published twice (a
+// replay after a kill, outside JetStream's duplicate window): per
+// instance, the highest sequence up to which all were seen, and the few
+// seen above it (records retried out of order, or after a lost one).
+type seenRecords map[string]*seenSeqs
+
+type seenSeqs struct {
+	low   uint64 // every sequence ≤ low was seen
+	ahead map[uint64]bool
+}
+
+// first reports whether rec is the first record with its instance and
+// sequence.
+func (s seenRecords) first(rec *eventsv1.LogRecord) bool {
+	seq := rec.GetSequence()
+	if seq == 0 {
+		return true // not numbered: cannot tell
+	}
+	st := s[rec.GetInstanceId()]
+	if st == nil {
+		st = &seenSeqs{ahead: map[uint64]bool{}}
+		s[rec.GetInstanceId()] = st
+	}
+	if seq <= st.low || st.ahead[seq] {
+		return false
+	}
+	st.ahead[seq] = true
+	if len(st.ahead) > maxAhead {
+		// A gap that never filled: a lost record. Move past it.
+		st.low = seq
+		for k := range st.ahead {
+			st.low = min(st.low, k)
+		}
+		st.low--
+	}
+	for st.ahead[st.low+1] {
+		delete(st.ahead, st.low+1)
+		st.low++
+	}
+	return true
 }
