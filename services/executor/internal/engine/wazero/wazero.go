@@ -675,7 +675,7 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 	for _, v := range dedupEnv(spec.Env) {
 		mc = mc.WithEnv(v.Name, v.Value)
 	}
-	mod, err := r.rt.InstantiateModule(ictx, cm, mc)
+	mod, err := r.rt.InstantiateModule(withLinearMemory(ictx), cm, mc)
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("%w: instantiate module %s: %s; check the memory limit and the module's imports", engine.ErrInstantiate, m.digest, firstLine(err.Error()))
