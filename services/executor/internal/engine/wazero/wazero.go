@@ -50,6 +50,10 @@
 // limit fails to start. Runtimes and compiled modules live as long as the
 // engine: pods use few distinct limits.
 //
+// Linear memories live outside the Go heap (memory.go): each on an
+// anonymous mapping of its maximum, grown in place, kept for a next
+// instance when the module closes.
+//
 // Preopens are mounted through confined (fs.go), which keeps symlinks
 // from leading out of a preopened directory.
 //
