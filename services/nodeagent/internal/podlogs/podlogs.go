@@ -232,13 +232,11 @@ func copyLogs(ctx context.Context, cons jetstream.Consumer, pending uint64, inst
 		if err := emit(rec); err != nil {
 			return finish(err)
 		}
-		// Flush when nothing else is waiting, at most every FlushEvery: a
-		// follower sees each line within FlushEvery, and a flood is written
-		// in large chunks.
-		if meta, err := msg.Metadata(); err == nil && meta.NumPending == 0 {
-			if err := bw.FlushSoon(); err != nil {
-				return err
-			}
+		// At most every FlushEvery: a follower sees each line within
+		// FlushEvery, and a flood is written in large chunks. (No need to
+		// parse the message's metadata for its pending count.)
+		if err := bw.FlushSoon(); err != nil {
+			return err
 		}
 	}
 }
