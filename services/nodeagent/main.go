@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/natsutil"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/agent"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/podworker"
@@ -88,6 +89,7 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 	fs.Var(&insecure, "insecure-registry", "registry host:port reached over plain HTTP (repeatable; in-process cache only)")
 	fs.StringVar(&cfg.RegistryCAFile, "registry-ca-file", "", "extra CA bundle for registries (in-process cache only)")
 	fs.Var(kv(cfg.Executors), "executor", "FLAVOUR=ADDRESS of a separately run executor (repeatable); none: supervise one child")
+	cfg.GRPCTLS.AddFlags(fs, "grpc-", "the node agent's gRPC clients to tcp:// executors (--executor or announced) and --registry-cache (also given to a supervised executor for --registry-cache)")
 	supervise := true
 	fs.BoolVar(&supervise, "supervise-executor", true, "with no --executor, start and supervise one executor child; false: run pods only on executors that announce themselves on NATS for this node (executor --node NAME --flavour FLAVOUR --nats URL)")
 	fs.StringVar(&cfg.DefaultExecutor, "default-executor", "wasmtime", "flavour for pods that name no RuntimeClass")
@@ -119,6 +121,9 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 	if cfg.Kubeconfig == "" {
 		return cfg, level, errors.New("--kubeconfig (or KUBECONFIG) is required")
 	}
+	if err := checkGRPCAddresses(cfg); err != nil {
+		return cfg, level, err
+	}
 	if cfg.LogLimits.LogAge <= 0 || cfg.LogLimits.LogBytes <= 0 || cfg.LogLimits.LogLinesPerContainer < 0 || cfg.LogLimits.LogDuplicates <= 0 {
 		return cfg, level, errors.New("--log-max-age, --log-retention-bytes and --log-duplicate-window must be positive, --log-lines-per-container at least 0")
 	}
@@ -126,4 +131,32 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 		return cfg, level, errors.New("--backoff-initial must be positive and at most --backoff-max")
 	}
 	return cfg, level, nil
+}
+
+// checkGRPCAddresses checks --grpc-tls-* (all three or none) and that every
+// separately run service given at a tcp:// address beyond loopback is
+// reached over mutual TLS. Executors found on NATS are checked when they
+// are dialled (package executors).
+func checkGRPCAddresses(cfg agent.Config) error {
+	if err := cfg.GRPCTLS.Validate(); err != nil {
+		return fmt.Errorf("--grpc-tls-cert, --grpc-tls-key, --grpc-tls-ca: %w", err)
+	}
+	type given struct{ flag, value, addr string }
+	var all []given
+	if cfg.RegistryCache != "" {
+		all = append(all, given{"--registry-cache", cfg.RegistryCache, cfg.RegistryCache})
+	}
+	for flavour, addr := range cfg.Executors {
+		all = append(all, given{"--executor", flavour + "=" + addr, addr})
+	}
+	for _, g := range all {
+		network, target, err := grpcutil.Split(g.addr)
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", g.flag, g.value, err)
+		}
+		if network == "tcp" && !cfg.GRPCTLS.Enabled() && !grpcutil.IsLoopback(target) {
+			return fmt.Errorf("%s %s is beyond loopback, and gRPC leaves the host only over mutual TLS: give --grpc-tls-cert, --grpc-tls-key and --grpc-tls-ca (or use a loopback or unix:// address)", g.flag, g.value)
+		}
+	}
+	return nil
 }

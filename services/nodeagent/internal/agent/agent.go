@@ -16,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -26,7 +25,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/virtual-kubelet/virtual-kubelet/node"
-	"github.com/virtual-kubelet/virtual-kubelet/node/api"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	v1 "k8s.io/api/core/v1"
@@ -88,6 +86,10 @@ type Config struct {
 	// NoExecutorChild: with no Executors, supervise no child; pods run on
 	// the executors that announce themselves on NATS for this node.
 	NoExecutorChild bool
+	// GRPCTLS is the mutual TLS of the gRPC clients to tcp:// executors
+	// (given or announced) and registry cache, and of a supervised child's
+	// client to a tcp:// RegistryCache; unix sockets never use it.
+	GRPCTLS grpcutil.TLS
 	// LogLimits bound the logs stream (zero: natsutil.DefaultStreamLimits);
 	// the node agent sets them on the stream at start, also on a shared
 	// NATS (the last node agent to start wins).
@@ -216,7 +218,7 @@ func Run(ctx context.Context, cfg Config) error {
 		server.New(lc).Register(gs)
 		goRun("registry cache server", func(ctx context.Context) error { return grpcutil.Serve(ctx, gs, l, 5*time.Second) })
 	} else {
-		conn, err := grpcutil.Dial(registryAddr)
+		conn, err := grpcutil.DialTLS(registryAddr, cfg.GRPCTLS)
 		if err != nil {
 			return err
 		}
@@ -242,6 +244,10 @@ func Run(ctx context.Context, cfg Config) error {
 		if cfg.CPUCgroup != "" {
 			args = append(args, "--cpu-cgroup", cfg.CPUCgroup)
 		}
+		if network, _, _ := grpcutil.Split(registryAddr); network == "tcp" && cfg.GRPCTLS.Enabled() {
+			args = append(args, "--registry-tls-cert", cfg.GRPCTLS.CertFile, "--registry-tls-key", cfg.GRPCTLS.KeyFile,
+				"--registry-tls-ca", cfg.GRPCTLS.CAFile)
+		}
 		sup, err := supervisor.New(supervisor.Config{
 			Binary: bin,
 			Args:   args,
@@ -258,7 +264,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// address is recognised as that one).
 	pool, err := executors.New(executors.Config{
 		Executors: execAddrs, NATS: nc, Node: cfg.NodeName,
-		Default: cfg.DefaultExecutor, Handlers: cfg.RuntimeHandlers, Wrap: m.ExecutorClient, Log: log,
+		Default: cfg.DefaultExecutor, Handlers: cfg.RuntimeHandlers, TLS: cfg.GRPCTLS, Wrap: m.ExecutorClient, Log: log,
 	})
 	if err != nil {
 		return err
@@ -366,21 +372,16 @@ func Run(ctx context.Context, cfg Config) error {
 		return err == nil && string(pod.UID) == uid
 	})
 
-	podHandler := api.PodHandler(api.PodHandlerConfig{
-		RunInContainer:    prov.RunInContainer,
-		AttachToContainer: prov.AttachToContainer,
-		PortForward:       prov.PortForward,
-		GetContainerLogs:  prov.GetContainerLogs,
-		GetPods:           prov.GetPods,
-		GetPodsFromKubernetes: func(context.Context) ([]*v1.Pod, error) {
+	routes := kubeletapi.Routes{
+		Pods: func(context.Context) ([]*v1.Pod, error) {
 			return podInformer.Lister().List(labels.Everything())
 		},
-		GetStatsSummary:    prov.GetStatsSummary,
-		GetMetricsResource: prov.GetMetricsResource,
-	}, false)
-	handler := http.NewServeMux()
-	handler.Handle("/metrics", promhttp.HandlerFor(cfg.Metrics, promhttp.HandlerOpts{}))
-	handler.Handle("/", podHandler)
+		ContainerLogs:   prov.GetContainerLogs,
+		StatsSummary:    prov.GetStatsSummary,
+		MetricsResource: prov.GetMetricsResource,
+		Refuse:          prov.Refuse,
+		Metrics:         promhttp.HandlerFor(cfg.Metrics, promhttp.HandlerOpts{}),
+	}
 	getCert, err := servingCertificate(cfg, client, recorder, goRun)
 	if err != nil {
 		return err
@@ -390,7 +391,7 @@ func Run(ctx context.Context, cfg Config) error {
 			Addr:     fmt.Sprintf("%s:%d", cfg.NodeIP, cfg.KubeletPort),
 			NodeName: cfg.NodeName, NodeIP: cfg.NodeIP, GetCertificate: getCert,
 			CertFile: cfg.TLSCertFile, KeyFile: cfg.TLSKeyFile, CertDir: filepath.Join(cfg.StateDir, "pki"),
-			ClientCAFile: cfg.ClientCAFile, Client: client, Handler: handler, Log: log,
+			ClientCAFile: cfg.ClientCAFile, Client: client, Routes: routes, Log: log,
 		})
 	})
 	log.Info("node agent running", "node", cfg.NodeName, "kubelet_api", fmt.Sprintf("%s:%d", cfg.NodeIP, cfg.KubeletPort))

@@ -99,7 +99,15 @@ func (p *Pool) announced(ann *eventsv1.ExecutorAnnouncement, now time.Time) {
 		}
 		ne, err := p.dial(id, ann.GetFlavour(), ann.GetAddress(), false)
 		if err != nil {
-			p.cfg.Log.Warn("announced executor cannot be dialled", "executor", id, "address", ann.GetAddress(), "err", err)
+			// Said once per executor and address: it announces itself again every period.
+			key := id + " " + ann.GetAddress()
+			if _, said := p.undialled[key]; !said {
+				if p.undialled == nil {
+					p.undialled = map[string]struct{}{}
+				}
+				p.undialled[key] = struct{}{}
+				p.cfg.Log.Warn("announced executor cannot be dialled; pods do not run on it", "executor", id, "address", ann.GetAddress(), "err", err)
+			}
 			return
 		}
 		e = ne

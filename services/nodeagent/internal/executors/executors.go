@@ -19,6 +19,9 @@
 //     when another executor took its address, or when it has not announced
 //     itself for TTLPeriods periods and does not answer its health check —
 //     a missed announcement alone is not death;
+//   - the client's transport: every replica, static or announced, is dialled
+//     with the same mutual TLS (Config.TLS) when its address is tcp://; an
+//     announced address beyond loopback is never dialled in plaintext;
 //   - one watch per replica that follows its instance events, resuming from
 //     the last sequence seen, and notices when a static executor restarted
 //     (its id changed).
@@ -124,6 +127,10 @@ type Config struct {
 	Default string
 	// Handlers maps a RuntimeClass handler to a flavour.
 	Handlers map[string]string
+	// TLS is the client's mutual TLS towards every replica at a tcp://
+	// address, static or announced alike (the zero TLS: plaintext, and then
+	// an address beyond loopback is refused).
+	TLS grpcutil.TLS
 	// Wrap, optional, wraps every replica's client (e.g. to count errors).
 	Wrap func(flavour string, c executorv1.ExecutorServiceClient) executorv1.ExecutorServiceClient
 	Log  *slog.Logger
@@ -147,6 +154,9 @@ type Pool struct {
 	runCtx  context.Context
 	watches sync.WaitGroup
 	changed chan struct{} // closed and replaced whenever a replica is added
+	// undialled: announced executors (id and address) whose dial failed,
+	// already logged.
+	undialled map[string]struct{}
 }
 
 // New dials every static executor (lazily: none need be up yet) and, with
@@ -191,7 +201,7 @@ func New(cfg Config) (*Pool, error) {
 }
 
 func (p *Pool) dial(id, flavour, addr string, static bool) (*Executor, error) {
-	conn, err := grpcutil.Dial(addr)
+	conn, err := grpcutil.DialTLS(addr, p.cfg.TLS)
 	if err != nil {
 		return nil, fmt.Errorf("executor %s at %s: %w", id, addr, err)
 	}
