@@ -97,11 +97,12 @@ type config struct {
 	stateDir, engine, id, cpuCgroup   string
 	metricsListen                     string
 	maxInstances                      int
+	sharePrecompiled                  bool
+	logSpoolBytes                     int64
+
 	// tls is the gRPC server's mutual TLS (--tls-*), registryTLS the
 	// client's to the registry cache (--registry-tls-*).
 	tls, registryTLS grpcutil.TLS
-	sharePrecompiled                  bool
-	logSpoolBytes                     int64
 
 	// What it announces: the flavour, the node it serves, the address the
 	// node agent dials, and how often.

@@ -45,8 +45,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
-	"github.com/wasmlet/wasmlet/services/registry-cache/regbench"
 	"github.com/wasmlet/wasmlet/services/registry-cache/push"
+	"github.com/wasmlet/wasmlet/services/registry-cache/regbench"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/local"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/server"
 )
