@@ -70,7 +70,12 @@ func logsBench(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 	f.HoldAtLeast("min", logRateTarget)
 	figs = append(figs, f)
 	figs = append(figs, Values("logs: lines/s printed by the module", "the same pods: (last − first line's time stamp) as the module saw it; below the reader's rate only if the executor held the module back", "lines/s", printRates))
+	// CPU time comes in 10 ms ticks: a short run's few thousand lines may
+	// cost a process less than one, so the figures are for full runs only.
 	for _, p := range append(logCPUProcs, "kubectl logs -f") {
+		if opts.Short {
+			break
+		}
 		figs = append(figs, Values("logs: CPU per line, "+p, "the same pods: CPU time of the process (and its children) from pod creation to the last line read, / lines", "µs", cpuPerLine[p]))
 	}
 	f = Values("logs: lines lost", "the same pods: lines missing, doubled or out of order at the reader", "lines", lost)
