@@ -16,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -26,7 +25,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/virtual-kubelet/virtual-kubelet/node"
-	"github.com/virtual-kubelet/virtual-kubelet/node/api"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	v1 "k8s.io/api/core/v1"
@@ -374,21 +372,16 @@ func Run(ctx context.Context, cfg Config) error {
 		return err == nil && string(pod.UID) == uid
 	})
 
-	podHandler := api.PodHandler(api.PodHandlerConfig{
-		RunInContainer:    prov.RunInContainer,
-		AttachToContainer: prov.AttachToContainer,
-		PortForward:       prov.PortForward,
-		GetContainerLogs:  prov.GetContainerLogs,
-		GetPods:           prov.GetPods,
-		GetPodsFromKubernetes: func(context.Context) ([]*v1.Pod, error) {
+	routes := kubeletapi.Routes{
+		Pods: func(context.Context) ([]*v1.Pod, error) {
 			return podInformer.Lister().List(labels.Everything())
 		},
-		GetStatsSummary:    prov.GetStatsSummary,
-		GetMetricsResource: prov.GetMetricsResource,
-	}, false)
-	handler := http.NewServeMux()
-	handler.Handle("/metrics", promhttp.HandlerFor(cfg.Metrics, promhttp.HandlerOpts{}))
-	handler.Handle("/", podHandler)
+		ContainerLogs:   prov.GetContainerLogs,
+		StatsSummary:    prov.GetStatsSummary,
+		MetricsResource: prov.GetMetricsResource,
+		Refuse:          prov.Refuse,
+		Metrics:         promhttp.HandlerFor(cfg.Metrics, promhttp.HandlerOpts{}),
+	}
 	getCert, err := servingCertificate(cfg, client, recorder, goRun)
 	if err != nil {
 		return err
@@ -398,7 +391,7 @@ func Run(ctx context.Context, cfg Config) error {
 			Addr:     fmt.Sprintf("%s:%d", cfg.NodeIP, cfg.KubeletPort),
 			NodeName: cfg.NodeName, NodeIP: cfg.NodeIP, GetCertificate: getCert,
 			CertFile: cfg.TLSCertFile, KeyFile: cfg.TLSKeyFile, CertDir: filepath.Join(cfg.StateDir, "pki"),
-			ClientCAFile: cfg.ClientCAFile, Client: client, Handler: handler, Log: log,
+			ClientCAFile: cfg.ClientCAFile, Client: client, Routes: routes, Log: log,
 		})
 	})
 	log.Info("node agent running", "node", cfg.NodeName, "kubelet_api", fmt.Sprintf("%s:%d", cfg.NodeIP, cfg.KubeletPort))

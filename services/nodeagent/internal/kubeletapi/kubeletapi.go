@@ -1,13 +1,25 @@
 // Package kubeletapi serves the kubelet API (:10250) of a wasmlet node over
 // HTTPS, authenticated and authorised the way the kubelet's webhook mode
-// does it: client certificates signed by the cluster CA (the API server's
-// kubelet client) or bearer tokens checked with TokenReview; every request
-// then checked with SubjectAccessReview on nodes/proxy, nodes/log,
-// nodes/stats or nodes/metrics. Anonymous requests are refused.
+// does it (package kubeletauth): client certificates signed by the cluster
+// CA (the API server's kubelet client) or bearer tokens checked with
+// TokenReview; every request then checked with SubjectAccessReview on
+// nodes/proxy, nodes/log, nodes/stats or nodes/metrics. Anonymous requests
+// are refused with 401.
 //
 // It owns the listener, the self-signed serving certificate (or serves the
-// one a GetCertificate func hands it, issued by the cluster) and the auth chain; the
-// routes come from virtual-kubelet's api package, backed by the provider.
+// one a GetCertificate func hands it, issued by the cluster) and the routes
+// the kubelet serves that a wasmlet node has: /pods, /containerLogs,
+// /stats/summary, /metrics/resource and /healthz; /exec, /attach and
+// /portForward are answered with the refusal Routes.Refuse gives, as a
+// kubelet-style Status. What each route returns is the provider's.
+//
+// The routes and the auth chain are its own rather than virtual-kubelet's
+// (node/api and node/nodeutil, which DESIGN.md names): those link
+// k8s.io/apiserver (its webhook authenticator and authorizer, and its
+// httplog for the exec streams), and with it cel-go, etcd's API and
+// OpenTelemetry, which made up about a third of the node agent's binary
+// and of its resident memory at idle (issue 7). wasmlet needs none of the
+// streaming those packages implement.
 package kubeletapi
 
 import (
@@ -18,20 +30,29 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
-	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
-	"k8s.io/apiserver/pkg/server/dynamiccertificates"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/virtual-kubelet/virtual-kubelet/errdefs"
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	statsv1alpha1 "k8s.io/kubelet/pkg/apis/stats/v1alpha1"
+
+	"github.com/wasmlet/wasmlet/services/nodeagent/internal/kubeletauth"
 )
 
 // Config configures the server; all fields are required unless noted.
@@ -53,14 +74,47 @@ type Config struct {
 	// Empty: only bearer tokens authenticate.
 	ClientCAFile string
 	Client       kubernetes.Interface // for TokenReview and SubjectAccessReview
-	Handler      http.Handler
+	Routes       Routes
 	Log          *slog.Logger
+}
+
+// LogOptions are the query parameters of /containerLogs (those of
+// kubectl logs).
+type LogOptions struct {
+	Tail         int // lines from the end; 0: all
+	LimitBytes   int // 0: no limit
+	Timestamps   bool
+	Follow       bool
+	Previous     bool
+	SinceSeconds int
+	SinceTime    time.Time
+}
+
+// Routes are what the kubelet API serves. Pods, ContainerLogs and Refuse
+// are required; a nil StatsSummary or MetricsResource answers 501.
+// Errors made with virtual-kubelet's errdefs map to 404 (NotFound) and 400
+// (InvalidInput); any other to 500.
+type Routes struct {
+	// Pods lists the pods bound to the node (GET /pods).
+	Pods func(context.Context) ([]*v1.Pod, error)
+	// ContainerLogs opens a container's log (GET /containerLogs/ns/pod/container).
+	ContainerLogs func(ctx context.Context, namespace, pod, container string, opts LogOptions) (io.ReadCloser, error)
+	// StatsSummary serves GET /stats/summary (kubectl top, metrics-server).
+	StatsSummary func(context.Context) (*statsv1alpha1.Summary, error)
+	// MetricsResource serves GET /metrics/resource.
+	MetricsResource func(context.Context) ([]*dto.MetricFamily, error)
+	// Refuse gives the error /exec, /attach and /portForward answer with;
+	// action is "exec", "attach" or "portforward", container is empty for
+	// portforward.
+	Refuse func(ctx context.Context, action, namespace, pod, container string) error
+	// Metrics, when set, serves /metrics (the node agent's own).
+	Metrics http.Handler
 }
 
 // Serve listens and serves until ctx ends.
 func Serve(ctx context.Context, cfg Config) error {
-	if cfg.Addr == "" || cfg.Client == nil || cfg.Handler == nil || cfg.NodeName == "" {
-		return errors.New("kubeletapi: Addr, NodeName, Client and Handler are required")
+	if cfg.Addr == "" || cfg.Client == nil || cfg.NodeName == "" {
+		return errors.New("kubeletapi: Addr, NodeName and Client are required")
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
@@ -79,31 +133,32 @@ func Serve(ctx context.Context, cfg Config) error {
 		}
 		tlsConfig.Certificates = []tls.Certificate{cert}
 	}
-	var opts []nodeutil.WebhookAuthOption
+	var cas *x509.CertPool
 	if cfg.ClientCAFile != "" {
-		ca, err := dynamiccertificates.NewDynamicCAContentFromFile("kubelet-client-ca", cfg.ClientCAFile)
+		pemBytes, err := os.ReadFile(cfg.ClientCAFile)
 		if err != nil {
-			return fmt.Errorf("kubeletapi: client CA %s: %w", cfg.ClientCAFile, err)
+			return fmt.Errorf("kubeletapi: client CA: %w", err)
 		}
-		opts = append(opts, func(c *nodeutil.WebhookAuthConfig) error {
-			c.AuthnConfig.ClientCertificateCAContentProvider = ca
-			return nil
-		})
+		cas = x509.NewCertPool()
+		if !cas.AppendCertsFromPEM(pemBytes) {
+			return fmt.Errorf("kubeletapi: client CA %s holds no PEM certificate: pass the cluster CA with --client-ca-file", cfg.ClientCAFile)
+		}
 	}
-	auth, err := nodeutil.WebhookAuth(cfg.Client, cfg.NodeName, opts...)
+	auth, err := kubeletauth.New(kubeletauth.Config{Client: cfg.Client, NodeName: cfg.NodeName, ClientCAs: cas, Log: cfg.Log})
 	if err != nil {
 		return fmt.Errorf("kubeletapi: auth: %w", err)
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
-	mux.Handle("/", cfg.Handler)
+	h, err := Handler(cfg.Routes, cfg.Log)
+	if err != nil {
+		return err
+	}
 
 	l, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("kubeletapi: listen %s: %w", cfg.Addr, err)
 	}
 	srv := &http.Server{
-		Handler:           nodeutil.WithAuth(auth, mux),
+		Handler:           auth.Wrap(h),
 		ReadHeaderTimeout: 30 * time.Second,
 		TLSConfig:         tlsConfig,
 		ErrorLog:          slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug),
@@ -122,6 +177,211 @@ func Serve(ctx context.Context, cfg Config) error {
 		srv.Close()
 	}
 	return nil
+}
+
+// Handler returns the kubelet API's routes, without authentication (Serve
+// puts them behind it).
+func Handler(r Routes, log *slog.Logger) (http.Handler, error) {
+	if r.Pods == nil || r.ContainerLogs == nil || r.Refuse == nil {
+		return nil, errors.New("kubeletapi: Routes.Pods, ContainerLogs and Refuse are required")
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	mux := http.NewServeMux()
+	handle := func(pattern string, f func(http.ResponseWriter, *http.Request) error) {
+		mux.HandleFunc(pattern, func(w http.ResponseWriter, req *http.Request) {
+			if err := f(w, req); err != nil {
+				writeError(w, req, err, log)
+			}
+		})
+	}
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
+	if r.Metrics != nil {
+		mux.Handle("/metrics", r.Metrics)
+	}
+	handle("GET /pods", func(w http.ResponseWriter, req *http.Request) error {
+		pods, err := r.Pods(req.Context())
+		if err != nil {
+			return err
+		}
+		list := v1.PodList{TypeMeta: metav1.TypeMeta{Kind: "PodList", APIVersion: "v1"}, Items: make([]v1.Pod, 0, len(pods))}
+		for _, p := range pods {
+			list.Items = append(list.Items, *p)
+		}
+		return writeJSON(w, &list)
+	})
+	handle("GET /containerLogs/{namespace}/{pod}/{container}", func(w http.ResponseWriter, req *http.Request) error {
+		opts, err := parseLogOptions(req)
+		if err != nil {
+			return err
+		}
+		rc, err := r.ContainerLogs(req.Context(), req.PathValue("namespace"), req.PathValue("pod"), req.PathValue("container"), opts)
+		if err != nil {
+			return err
+		}
+		defer rc.Close()
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = io.Copy(flushWriter{w, http.NewResponseController(w)}, rc) // the client went away
+		return nil
+	})
+	stats := func(w http.ResponseWriter, req *http.Request) error {
+		if r.StatsSummary == nil {
+			return errNotImplemented
+		}
+		s, err := r.StatsSummary(req.Context())
+		if err != nil {
+			return err
+		}
+		return writeJSON(w, s)
+	}
+	handle("GET /stats/summary", stats)
+	handle("GET /stats/summary/", stats)
+	metrics := func(w http.ResponseWriter, req *http.Request) error {
+		if r.MetricsResource == nil {
+			return errNotImplemented
+		}
+		fams, err := r.MetricsResource(req.Context())
+		if err != nil {
+			return err
+		}
+		format := expfmt.NewFormat(expfmt.TypeTextPlain)
+		w.Header().Set("Content-Type", string(format))
+		enc := expfmt.NewEncoder(w, format)
+		for _, f := range fams {
+			if err := enc.Encode(f); err != nil {
+				return fmt.Errorf("encode metric family %s: %w", f.GetName(), err)
+			}
+		}
+		return nil
+	}
+	handle("GET /metrics/resource", metrics)
+	handle("GET /metrics/resource/", metrics)
+	for _, action := range []string{"exec", "attach"} {
+		f := func(_ http.ResponseWriter, req *http.Request) error {
+			return r.Refuse(req.Context(), action, req.PathValue("namespace"), req.PathValue("pod"), req.PathValue("container"))
+		}
+		handle("GET /"+action+"/{namespace}/{pod}/{container}", f)
+		handle("POST /"+action+"/{namespace}/{pod}/{container}", f)
+	}
+	pf := func(_ http.ResponseWriter, req *http.Request) error {
+		return r.Refuse(req.Context(), "portforward", req.PathValue("namespace"), req.PathValue("pod"), "")
+	}
+	handle("GET /portForward/{namespace}/{pod}", pf)
+	handle("POST /portForward/{namespace}/{pod}", pf)
+	return mux, nil
+}
+
+var errNotImplemented = errors.New("not implemented by this node")
+
+// writeError answers with a metav1.Status, as the kubelet does: the API
+// server and kubectl show its message (e.g. "unable to upgrade
+// connection: exec is not supported for Wasm pods: ...").
+func writeError(w http.ResponseWriter, req *http.Request, err error, log *slog.Logger) {
+	code, reason := http.StatusInternalServerError, metav1.StatusReasonInternalError
+	switch {
+	case errdefs.IsNotFound(err):
+		code, reason = http.StatusNotFound, metav1.StatusReasonNotFound
+	case errdefs.IsInvalidInput(err):
+		code, reason = http.StatusBadRequest, metav1.StatusReasonBadRequest
+	case errors.Is(err, errNotImplemented):
+		code, reason = http.StatusNotImplemented, metav1.StatusReasonMethodNotAllowed
+	case errors.Is(err, context.Canceled):
+		return
+	}
+	if code >= 500 {
+		log.Error("kubelet API request failed", "path", req.URL.Path, "code", code, "err", err)
+	} else {
+		log.Debug("kubelet API request refused", "path", req.URL.Path, "code", code, "err", err)
+	}
+	st := metav1.Status{
+		TypeMeta: metav1.TypeMeta{Kind: "Status", APIVersion: "v1"},
+		Status:   metav1.StatusFailure, Message: err.Error(), Reason: reason, Code: int32(code),
+	}
+	b, _ := json.Marshal(&st)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_, _ = w.Write(b)
+}
+
+func writeJSON(w http.ResponseWriter, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode response: %w", err)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(b)
+	return nil
+}
+
+// flushWriter flushes after every write, so that kubectl logs -f shows a
+// line as soon as it comes.
+type flushWriter struct {
+	w  io.Writer
+	rc *http.ResponseController
+}
+
+func (f flushWriter) Write(p []byte) (int, error) {
+	n, err := f.w.Write(p)
+	if n > 0 {
+		_ = f.rc.Flush()
+	}
+	return n, err
+}
+
+// parseLogOptions reads /containerLogs' query; a bad value is InvalidInput
+// (400) naming the parameter.
+func parseLogOptions(req *http.Request) (LogOptions, error) {
+	q := req.URL.Query()
+	var o LogOptions
+	var err error
+	intParam := func(name string, dst *int, min int) {
+		v := q.Get(name)
+		if v == "" || err != nil {
+			return
+		}
+		n, perr := strconv.Atoi(v)
+		switch {
+		case perr != nil:
+			err = errdefs.InvalidInputf("%s=%q is not a number", name, v)
+		case n < min:
+			err = errdefs.InvalidInputf("%s is %d: it must be at least %d", name, n, min)
+		default:
+			*dst = n
+		}
+	}
+	boolParam := func(name string, dst *bool) {
+		v := q.Get(name)
+		if v == "" || err != nil {
+			return
+		}
+		b, perr := strconv.ParseBool(v)
+		if perr != nil {
+			err = errdefs.InvalidInputf("%s=%q is not true or false", name, v)
+			return
+		}
+		*dst = b
+	}
+	intParam("tailLines", &o.Tail, 0)
+	intParam("limitBytes", &o.LimitBytes, 1)
+	intParam("sinceSeconds", &o.SinceSeconds, 1)
+	boolParam("follow", &o.Follow)
+	boolParam("previous", &o.Previous)
+	boolParam("timestamps", &o.Timestamps)
+	if err != nil {
+		return o, err
+	}
+	if v := q.Get("sinceTime"); v != "" {
+		t, perr := time.Parse(time.RFC3339, v)
+		if perr != nil {
+			return o, errdefs.InvalidInputf("sinceTime=%q is not an RFC 3339 time", v)
+		}
+		if o.SinceSeconds > 0 {
+			return o, errdefs.InvalidInput("sinceSeconds and sinceTime are both set: give one")
+		}
+		o.SinceTime = t
+	}
+	return o, nil
 }
 
 func servingCert(cfg Config) (tls.Certificate, error) {

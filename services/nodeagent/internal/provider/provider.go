@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/virtual-kubelet/virtual-kubelet/errdefs"
-	"github.com/virtual-kubelet/virtual-kubelet/node/api"
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -26,6 +25,7 @@ import (
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/subjects"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/executors"
+	"github.com/wasmlet/wasmlet/services/nodeagent/internal/kubeletapi"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/podlogs"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/podworker"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
@@ -278,7 +278,7 @@ func (p *Provider) ExecutorLost(replica, reason string) {
 }
 
 // GetContainerLogs serves kubectl logs from NATS.
-func (p *Provider) GetContainerLogs(ctx context.Context, ns, name, container string, opts api.ContainerLogOpts) (io.ReadCloser, error) {
+func (p *Provider) GetContainerLogs(ctx context.Context, ns, name, container string, opts kubeletapi.LogOptions) (io.ReadCloser, error) {
 	e, err := p.get(ns, name)
 	if err != nil {
 		return nil, err
@@ -311,19 +311,17 @@ func (p *Provider) GetContainerLogs(ctx context.Context, ns, name, container str
 // unsupportedFormat is the refusal of a request a module cannot serve.
 const unsupportedFormat = "%s is not supported for Wasm pods: a WebAssembly module has no shell or process to %s"
 
-// RunInContainer is not supported for Wasm pods.
-func (p *Provider) RunInContainer(context.Context, string, string, string, []string, api.AttachIO) error {
-	return errdefs.InvalidInputf(unsupportedFormat, "exec", "run a command in")
-}
-
-// AttachToContainer is not supported for Wasm pods.
-func (p *Provider) AttachToContainer(context.Context, string, string, string, api.AttachIO) error {
-	return errdefs.InvalidInputf(unsupportedFormat, "attach", "attach to")
-}
-
-// PortForward is not supported for Wasm pods (no pod networking yet).
-func (p *Provider) PortForward(context.Context, string, string, int32, io.ReadWriteCloser) error {
-	return errdefs.InvalidInput("port-forward is not supported for Wasm pods: wasmlet has no pod networking yet")
+// Refuse answers exec, attach and port-forward: none is supported for Wasm
+// pods.
+func (p *Provider) Refuse(_ context.Context, action, _, _, _ string) error {
+	switch action {
+	case "exec":
+		return errdefs.InvalidInputf(unsupportedFormat, "exec", "run a command in")
+	case "attach":
+		return errdefs.InvalidInputf(unsupportedFormat, "attach", "attach to")
+	default:
+		return errdefs.InvalidInput("port-forward is not supported for Wasm pods: wasmlet has no pod networking yet")
+	}
 }
 
 // RemoveOrphans deletes every instance, on every executor, whose pod no
