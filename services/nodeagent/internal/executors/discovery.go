@@ -1,13 +1,18 @@
 package executors
 
 import (
+	"context"
 	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
+	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
+	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/subjects"
 )
 
@@ -73,6 +78,20 @@ func (p *Pool) announced(ann *eventsv1.ExecutorAnnouncement, now time.Time) {
 	if e != nil && e.Static {
 		return // an executor id equal to a static flavour's name: ignore it
 	}
+	if reclaiming, ok := p.givenUp[id]; ok && e == nil {
+		// Given up, yet announcing: its pods were told their instances
+		// were lost and start elsewhere, so what it still runs are
+		// duplicates. Remove them; the next announcement brings it back
+		// as a new, empty replica.
+		switch {
+		case ann.GetLeaving():
+			delete(p.givenUp, id)
+		case !reclaiming:
+			p.givenUp[id] = true
+			go p.reclaim(id, ann.GetAddress())
+		}
+		return
+	}
 	if e != nil {
 		e.mu.Lock()
 		restarted := ann.GetSequence() < e.ann.GetSequence() || ann.GetAddress() != e.Address || ann.GetFlavour() != e.Flavour
@@ -121,6 +140,50 @@ func (p *Pool) announced(ann *eventsv1.ExecutorAnnouncement, now time.Time) {
 	e.mu.Lock()
 	e.ann, e.seen = ann, now
 	e.mu.Unlock()
+}
+
+// reclaim force-deletes every instance of a replica that came back after
+// the pool had given it up, then lets it be discovered again; on failure
+// the next announcement tries again.
+func (p *Pool) reclaim(id, addr string) {
+	done := false
+	defer func() {
+		p.mu.Lock()
+		if done {
+			delete(p.givenUp, id)
+		} else if _, ok := p.givenUp[id]; ok {
+			p.givenUp[id] = false
+		}
+		p.mu.Unlock()
+	}()
+	conn, err := grpcutil.DialTLS(addr, p.cfg.TLS)
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	c := executorv1.NewExecutorServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	info, err := c.GetInfo(ctx, &executorv1.GetInfoRequest{})
+	if err != nil {
+		return
+	}
+	if info.GetExecutorId() != id {
+		done = true // another executor answers there: nothing of id's is left
+		return
+	}
+	resp, err := c.ListInstances(ctx, &executorv1.ListInstancesRequest{})
+	if err != nil {
+		return
+	}
+	for _, inst := range resp.GetInstances() {
+		if _, err := c.DeleteInstance(ctx, &executorv1.DeleteInstanceRequest{Id: inst.GetId(), Force: true}); err != nil && status.Code(err) != codes.NotFound {
+			p.cfg.Log.Warn("remove instance left on a replica given up", "executor", id, "instance", inst.GetId(), "err", err)
+			return
+		}
+	}
+	p.cfg.Log.Info("executor replica came back after it was given up; removed the instances its pods had left", "executor", id, "address", addr, "instances", len(resp.GetInstances()))
+	done = true
 }
 
 type dropped struct {

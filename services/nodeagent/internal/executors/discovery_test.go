@@ -10,6 +10,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -20,19 +22,48 @@ import (
 	"github.com/wasmlet/wasmlet/internal/subjects"
 )
 
-// fakeExecutor answers GetInfo, ListInstances (its instances, by label)
-// and an idle WatchInstances: enough for the pool's discovery, health and
-// placement, which is what these tests are about.
+// fakeExecutor answers GetInfo, ListInstances (its instances, by label),
+// DeleteInstance and an idle WatchInstances, or, while down, fails them
+// all: enough for the pool's discovery, health and placement, which is
+// what these tests are about.
 type fakeExecutor struct {
 	executorv1.UnimplementedExecutorServiceServer
 	id, addr string
 	srv      *grpc.Server
-	holds    map[string]string // instance id -> pod uid
+
+	mu    sync.Mutex
+	holds map[string]string // instance id -> pod uid
+	down  bool
+	brk   chan struct{} // closed when it goes down: open watches break
+}
+
+func (f *fakeExecutor) setDown(down bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if down && !f.down {
+		close(f.brk)
+	}
+	if !down && f.down {
+		f.brk = make(chan struct{})
+	}
+	f.down = down
+}
+
+func (f *fakeExecutor) held() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.holds)
+}
+
+func (f *fakeExecutor) isDown() (bool, chan struct{}) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.down, f.brk
 }
 
 func startFake(t *testing.T, id string) *fakeExecutor {
 	t.Helper()
-	f := &fakeExecutor{id: id, addr: "unix://" + filepath.Join(t.TempDir(), id+".sock"), holds: map[string]string{}}
+	f := &fakeExecutor{id: id, addr: "unix://" + filepath.Join(t.TempDir(), id+".sock"), holds: map[string]string{}, brk: make(chan struct{})}
 	l, err := grpcutil.Listen(f.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -45,10 +76,15 @@ func startFake(t *testing.T, id string) *fakeExecutor {
 }
 
 func (f *fakeExecutor) GetInfo(context.Context, *executorv1.GetInfoRequest) (*executorv1.GetInfoResponse, error) {
+	if down, _ := f.isDown(); down {
+		return nil, status.Error(codes.Unavailable, "down")
+	}
 	return &executorv1.GetInfoResponse{ExecutorId: f.id, MaxInstances: 100, Engine: "fake"}, nil
 }
 
 func (f *fakeExecutor) ListInstances(_ context.Context, req *executorv1.ListInstancesRequest) (*executorv1.ListInstancesResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	var out []*executorv1.Instance
 	for id, uid := range f.holds {
 		if want, ok := req.GetLabelSelector()["uid"]; !ok || want == uid {
@@ -58,9 +94,23 @@ func (f *fakeExecutor) ListInstances(_ context.Context, req *executorv1.ListInst
 	return &executorv1.ListInstancesResponse{Instances: out}, nil
 }
 
+func (f *fakeExecutor) DeleteInstance(_ context.Context, req *executorv1.DeleteInstanceRequest) (*executorv1.DeleteInstanceResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.holds, req.GetId())
+	return &executorv1.DeleteInstanceResponse{}, nil
+}
+
 func (f *fakeExecutor) WatchInstances(_ *executorv1.WatchInstancesRequest, s grpc.ServerStreamingServer[executorv1.WatchInstancesResponse]) error {
-	<-s.Context().Done()
-	return nil
+	down, brk := f.isDown()
+	if down {
+		return status.Error(codes.Unavailable, "down")
+	}
+	select {
+	case <-s.Context().Done():
+	case <-brk:
+	}
+	return status.Error(codes.Unavailable, "down")
 }
 
 // announce publishes what an executor's announcer would.
@@ -113,7 +163,8 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 // announced replicas: both are found, pods are spread over them, a pod
 // whose instance one of them holds goes back to it, a replica that stops
 // announcing but answers is kept, one that neither announces nor answers
-// is given up (its pods hear it, and move on their next call), and a
+// is given up (its pods hear it, and move on their next call) and, when it
+// comes back, loses what it still runs before it is used again, and a
 // leaving one goes at once.
 func TestDiscoveredReplicas(t *testing.T) {
 	srv, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: t.TempDir()})
@@ -128,6 +179,7 @@ func TestDiscoveredReplicas(t *testing.T) {
 	defer nc.Close()
 	a, b := startFake(t, "exec-a"), startFake(t, "exec-b")
 	b.holds["b-inst"] = "pod-on-b"
+	a.holds["a-inst"] = "pod-on-a"
 
 	// Executors answer the discovery request the pool sends when it starts.
 	var seq uint64
@@ -184,17 +236,45 @@ func TestDiscoveredReplicas(t *testing.T) {
 		t.Fatal("a replica that misses announcements but answers was given up")
 	}
 	// exec-a goes silent and stops answering: given up, its pods told.
-	a.srv.Stop()
-	waitUntil(t, "exec-a given up", func() bool { _, ok := pool.Get("exec-a"); return !ok })
+	a.setDown(true)
+	waitUntil(t, "exec-a given up and its pods told", func() bool { return sink.reason("exec-a") != "" })
+	if _, ok := pool.Get("exec-a"); ok {
+		t.Fatal("exec-a still in the pool after its loss was reported")
+	}
 	if r := sink.reason("exec-a"); r == "" || !onA.WasOn("exec-a") {
 		t.Fatalf("loss of exec-a not reported to its pods (reason %q)", r)
 	}
 	if _, err := onA.GetInfo(ctx, &executorv1.GetInfoRequest{}); err != nil || onA.Replica() != "exec-b" {
 		t.Errorf("a pod of the lost replica moved to %q (err %v), want exec-b", onA.Replica(), err)
 	}
-	// exec-b leaves cleanly: gone at once, and nothing is left to place on.
+	// exec-a answers and announces again: what it still runs belongs to
+	// pods that were told it was lost, so it is removed before exec-a
+	// takes pods again.
+	a.setDown(false)
+	announce(t, nc, a, 50, false)
+	waitUntil(t, "exec-a's leftover instance removed", func() bool { return a.held() == 0 })
+	if _, ok := pool.Get("exec-a"); ok {
+		t.Error("exec-a back in the pool before its leftovers were removed")
+	}
+	waitUntil(t, "exec-a back and answering", func() bool {
+		announce(t, nc, a, 51, false)
+		e, ok := pool.Get("exec-a")
+		if !ok {
+			return false
+		}
+		_, healthy := e.Info()
+		return healthy
+	})
+
+	// exec-b leaves cleanly: gone at once; its pods move to exec-a.
 	announce(t, nc, b, 100, true)
 	waitUntil(t, "exec-b gone on leaving", func() bool { return sink.reason("exec-b") != "" })
+	if _, err := onA.GetInfo(ctx, &executorv1.GetInfoRequest{}); err != nil || onA.Replica() != "exec-a" {
+		t.Errorf("a pod of the leaving replica moved to %q (err %v), want exec-a", onA.Replica(), err)
+	}
+	// exec-a leaves too: nothing is left to place on.
+	announce(t, nc, a, 52, true)
+	waitUntil(t, "exec-a gone on leaving", func() bool { _, ok := pool.Get("exec-a"); return !ok })
 	if _, err := onA.CreateInstance(ctx, &executorv1.CreateInstanceRequest{Id: "x"}); err == nil {
 		t.Error("a call with no live replica succeeded")
 	} else if got := err.Error(); !strings.Contains(got, `no executor of flavour "wasmtime" is live on node node-1`) {

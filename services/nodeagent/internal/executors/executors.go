@@ -18,7 +18,10 @@
 //   - liveness: an announced replica is gone when it says it is leaving,
 //     when another executor took its address, or when it has not announced
 //     itself for TTLPeriods periods and does not answer its health check —
-//     a missed announcement alone is not death;
+//     a missed announcement alone is not death. One given up that later
+//     announces itself again first has what it still runs removed (its
+//     pods were told those instances were lost and started them
+//     elsewhere), then comes back as a new, empty replica;
 //   - the client's transport: every replica, static or announced, is dialled
 //     with the same mutual TLS (Config.TLS) when its address is tcp://; an
 //     announced address beyond loopback is never dialled in plaintext;
@@ -157,6 +160,10 @@ type Pool struct {
 	// undialled: announced executors (id and address) whose dial failed,
 	// already logged.
 	undialled map[string]struct{}
+	// givenUp: announced replicas dropped while they may still run (silent
+	// and not answering, or their address answered with another id), by
+	// id; true while their leftover instances are being removed.
+	givenUp map[string]bool
 }
 
 // New dials every static executor (lazily: none need be up yet) and, with
@@ -438,6 +445,12 @@ func (p *Pool) drop(e *Executor, reason string) {
 	close(e.gone)
 	if p.execs[e.ID] == e {
 		delete(p.execs, e.ID)
+		if !e.Static {
+			if p.givenUp == nil {
+				p.givenUp = map[string]bool{}
+			}
+			p.givenUp[e.ID] = false
+		}
 	}
 	stop, sink := e.stopWatch, p.sink
 	p.mu.Unlock()
