@@ -45,8 +45,8 @@ func TestExecutorSection(t *testing.T) {
 				}
 			}
 		}
-		if n < 8 {
-			t.Errorf("%d figures for %s, want 8", n, eng)
+		if n < 9 {
+			t.Errorf("%d figures for %s, want 9", n, eng)
 		}
 	}
 }
