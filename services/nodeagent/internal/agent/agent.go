@@ -31,7 +31,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -311,14 +310,13 @@ func Run(ctx context.Context, cfg Config) error {
 	defer eb.Shutdown()
 	recorder := eb.NewRecorder(scheme.Scheme, v1.EventSource{Component: "kubelet", Host: cfg.NodeName})
 
-	podFactory := informers.NewSharedInformerFactoryWithOptions(client, time.Minute,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", cfg.NodeName).String()
-		}))
+	podInformers, podFactory := newCoreInformers(client, time.Minute, func(o *metav1.ListOptions) {
+		o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", cfg.NodeName).String()
+	})
 	// virtual-kubelet requires these informers, but a node identity may not
 	// list secrets or config maps cluster-wide: they are never started, and
 	// the pod worker reads what a pod references with GET instead.
-	unstarted := informers.NewSharedInformerFactory(client, 0)
+	unstarted, _ := newCoreInformers(client, 0, nil)
 
 	prov, err := provider.New(ctx, provider.Config{
 		Client: client, Cache: cache, Pool: pool, Recorder: recorder,
@@ -330,15 +328,15 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	m.PodPhases(cfg.Metrics, prov.GetPods)
-	podInformer := podFactory.Core().V1().Pods()
+	podInformer := podInformers.Pods()
 	pc, err := node.NewPodController(node.PodControllerConfig{
 		PodClient:                            client.CoreV1(),
 		PodInformer:                          podInformer,
 		EventRecorder:                        quietRecorder{recorder},
 		Provider:                             measured{prov, m},
-		ConfigMapInformer:                    unstarted.Core().V1().ConfigMaps(),
-		SecretInformer:                       unstarted.Core().V1().Secrets(),
-		ServiceInformer:                      unstarted.Core().V1().Services(),
+		ConfigMapInformer:                    unstarted.ConfigMaps(),
+		SecretInformer:                       unstarted.Secrets(),
+		ServiceInformer:                      unstarted.Services(),
 		SkipDownwardAPIResolution:            true,
 		SyncPodsFromKubernetesRateLimiter:    fastLimiter(),
 		DeletePodsFromKubernetesRateLimiter:  fastLimiter(),
