@@ -29,7 +29,9 @@ func TestExecutorSection(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
+	t0 := time.Now()
 	figs, err := ExecutorFigures(ctx, bin, opts)
+	t.Logf("executor section: %v", time.Since(t0))
 	r := Report{Date: time.Now().UTC(), Mode: mode, Machine: ThisMachine(), Figures: figs}
 	t.Logf("\n%s", r.Markdown())
 	if err != nil {
