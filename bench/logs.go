@@ -187,7 +187,14 @@ func (s *Stack) followPod(ctx context.Context, ps *PodStarter, name string, env 
 	if r.lines == 0 || r.firstStamp.IsZero() {
 		return r, fmt.Errorf("kubectl logs -f printed no first line (%v): %s", sc.Err(), stderr.String())
 	}
-	r.lost += want - (next - 1)
+	if next-1 < want {
+		// The reader ended (or timed out) before the last line: that is a
+		// fault of the follow, not a measure of loss; say what kubectl said.
+		cancel()
+		_ = cmd.Wait()
+		return r, fmt.Errorf("kubectl logs -f ended after line %d of %d (%d read; scan: %v; state: %v): %s",
+			next-1, want, r.lines, sc.Err(), cmd.ProcessState, strings.TrimSpace(stderr.String()))
+	}
 	cancel()
 	_ = cmd.Wait()
 	if ps := cmd.ProcessState; ps != nil {
