@@ -58,11 +58,21 @@ func (r *Reader) Open(ctx context.Context, namespace, pod, container, instanceID
 	if err != nil {
 		return nil, fmt.Errorf("open log stream of %s/%s/%s: %w", namespace, pod, container, err)
 	}
+	// A follower whose consumer fails (e.g. it could not be recreated
+	// while the server was busy or away) resumes after the last record it
+	// read, on a new consumer.
+	reopen := func(ctx context.Context, startSeq uint64) (jetstream.Consumer, error) {
+		rc := cfg
+		if startSeq > 0 {
+			rc.DeliverPolicy, rc.OptStartTime, rc.OptStartSeq = jetstream.DeliverByStartSequencePolicy, nil, startSeq
+		}
+		return r.JS.OrderedConsumer(ctx, subjects.LogsStream, rc)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	pr, pw := io.Pipe()
 	go func() {
 		defer cancel()
-		pw.CloseWithError(copyLogs(ctx, cons, info.NumPending, instanceID, opts, pw))
+		pw.CloseWithError(copyLogs(ctx, cons, info.NumPending, instanceID, opts, pw, reopen))
 	}()
 	return &readCloser{PipeReader: pr, cancel: cancel}, nil
 }
@@ -147,7 +157,25 @@ func (c *coalescer) FlushSoon() error {
 	return c.err
 }
 
-func copyLogs(ctx context.Context, cons jetstream.Consumer, pending uint64, instanceID string, opts Options, out io.Writer) error {
+// iterator is the current message iterator, stopped when ctx ends.
+type iterator struct {
+	mu sync.Mutex
+	it jetstream.MessagesContext
+}
+
+func (i *iterator) set(it jetstream.MessagesContext) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.it != nil {
+		i.it.Stop()
+	}
+	i.it = it
+}
+
+func (i *iterator) stop() { i.set(nil) }
+
+func copyLogs(ctx context.Context, cons jetstream.Consumer, pending uint64, instanceID string, opts Options, out io.Writer,
+	reopen func(ctx context.Context, startSeq uint64) (jetstream.Consumer, error)) error {
 	bw := &coalescer{bw: bufio.NewWriterSize(out, 64<<10)}
 	written := 0
 	emit := func(rec *eventsv1.LogRecord) error {
@@ -188,13 +216,16 @@ func copyLogs(ctx context.Context, cons jetstream.Consumer, pending uint64, inst
 	if err != nil {
 		return err
 	}
-	defer it.Stop()
-	go func() { <-ctx.Done(); it.Stop() }()
+	cur := &iterator{it: it}
+	defer cur.stop()
+	go func() { <-ctx.Done(); cur.stop() }()
+	var last jetstream.Msg // the last message read, to resume after
 	for remaining := pending; remaining > 0; {
 		msg, err := it.Next()
 		if err != nil {
 			return finish(ctxErr(ctx, err))
 		}
+		last = msg
 		meta, err := msg.Metadata()
 		if err != nil {
 			return finish(err)
@@ -220,11 +251,37 @@ func copyLogs(ctx context.Context, cons jetstream.Consumer, pending uint64, inst
 	if err := bw.Flush(); err != nil {
 		return err
 	}
-	for {
+	for resumes := 0; ; {
 		msg, err := it.Next()
 		if err != nil {
-			return finish(ctxErr(ctx, err))
+			if ctx.Err() != nil {
+				return finish(nil)
+			}
+			if resumes++; resumes > maxResumes {
+				return finish(fmt.Errorf("follow: %w (after %d resumes)", err, maxResumes))
+			}
+			var start uint64
+			if last != nil {
+				if meta, merr := last.Metadata(); merr == nil {
+					start = meta.Sequence.Stream + 1
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return finish(nil)
+			case <-time.After(resumeWait):
+			}
+			cons, rerr := reopen(ctx, start)
+			if rerr == nil {
+				it, rerr = cons.Messages(jetstream.PullMaxMessages(512))
+			}
+			if rerr != nil {
+				continue // counted; the next Next on the old iterator fails at once
+			}
+			cur.set(it)
+			continue
 		}
+		last = msg
 		rec := &eventsv1.LogRecord{}
 		if proto.Unmarshal(msg.Data(), rec) != nil || (instanceID != "" && rec.GetInstanceId() != instanceID) || !seen.first(rec) {
 			continue
@@ -247,6 +304,13 @@ func ctxErr(ctx context.Context, err error) error {
 	}
 	return err
 }
+
+// A follower resumes on a new consumer at most maxResumes times, resumeWait
+// apart, when its consumer fails.
+const (
+	maxResumes = 10
+	resumeWait = 500 * time.Millisecond
+)
 
 // maxAhead bounds the sequences remembered above an instance's contiguous
 // prefix; beyond it the oldest gap is taken as a loss and skipped.

@@ -1,10 +1,19 @@
 package podlogs
 
 import (
+	"bufio"
+	"context"
 	"fmt"
+	"net"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
 
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
+	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/internal/subjects"
 )
 
 // TestSeenRecordsSkipsCopies: a replayed copy is skipped, a record retried
@@ -36,5 +45,76 @@ func TestSeenRecordsSkipsCopies(t *testing.T) {
 	}
 	if st := s["c"]; len(st.ahead) > 1 || st.low != maxAhead+10 {
 		t.Errorf("after a lost record: low %d, %d ahead; want low %d, none ahead", st.low, len(st.ahead), maxAhead+10)
+	}
+}
+
+// TestFollowSurvivesNATSRestart: a follower keeps reading, in order and
+// once each, across a restart of the NATS server on the same store.
+func TestFollowSurvivesNATSRestart(t *testing.T) {
+	store := t.TempDir()
+	srv, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := srv.Addr().(*net.TCPAddr).Port
+	t.Cleanup(func() { srv.Shutdown() })
+	nc, err := natsutil.Connect(srv.URL, "", "podlogs-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := natsutil.EnsureStreams(ctx, js, natsutil.DefaultStreamLimits); err != nil {
+		t.Fatal(err)
+	}
+	publish := func(from, to int) {
+		for i := from; i <= to; i++ {
+			b, _ := proto.Marshal(&eventsv1.LogRecord{InstanceId: "i", Sequence: uint64(i), Line: []byte(fmt.Sprint(i))})
+			for {
+				pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
+				_, err := js.Publish(pctx, subjects.Logs("n", "ns", "p", "c"), b)
+				pcancel()
+				if err == nil {
+					break
+				}
+				if ctx.Err() != nil {
+					t.Fatalf("publish %d: %v", i, err)
+				}
+			}
+		}
+	}
+	publish(1, 5)
+	r := &Reader{JS: js, Node: "n"}
+	rc, err := r.Open(ctx, "ns", "p", "c", "", Options{Follow: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	sc := bufio.NewScanner(rc)
+	read := func(n int) []string {
+		var got []string
+		for len(got) < n && sc.Scan() {
+			got = append(got, sc.Text())
+		}
+		return got
+	}
+	if got := fmt.Sprint(read(5)); got != "[1 2 3 4 5]" {
+		t.Fatalf("before the restart: %s", got)
+	}
+	srv.Shutdown()
+	srv.WaitForShutdown()
+	time.Sleep(3 * time.Second)
+	srv, err = natsutil.StartServer(natsutil.ServerConfig{StoreDir: store, Port: port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish(6, 10)
+	if got := fmt.Sprint(read(5)); got != "[6 7 8 9 10]" {
+		t.Fatalf("after the restart: %s (scan: %v)", got, sc.Err())
 	}
 }
