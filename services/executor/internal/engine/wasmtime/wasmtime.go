@@ -26,26 +26,27 @@
 // compile puts its artifact in the background; a failed put is logged and
 // counted and never fails a Prepare.
 //
-// One wasmtime Engine for all instances (loaded.go): each module is
-// deserialized into it once from its precompiled artifact
-// (NewModuleDeserializeFile; made with an Engine of the same Config, so
-// nothing is compiled at start), with one Linker holding WASI, so that a
-// start costs a Store and an instantiation, and the module's code is
-// mapped once for all its instances. A module is reloaded when its
-// artifact changed and was verified again. Before, each instance had an
-// Engine of its own, because the epoch counter that interrupts wasm is per
-// Engine: that cost ~2 ms per start of a 2.8 MB Go-built module and its
-// unmapping at the end, and, since VmRSS counts the artifact's pages once
-// per mapping, 5–6 MiB of VmRSS per sleeping Go instance (~2 MiB now).
+// Why one wasmtime Engine per running instance: the epoch counter that
+// interrupts running wasm is per Engine, so killing one instance without
+// touching the others needs an Engine of its own. Its code comes from the
+// precompiled artifact (NewModuleDeserializeFile), made with an Engine of
+// the same Config, so nothing is compiled at start. The Engine, the module
+// deserialized into it and a Linker with WASI (a runner, runner.go) outlive
+// the instance: an ended instance's runner serves the next instance of the
+// same module (up to idlePerModule kept idle), so that a start costs a
+// Store and an instantiation. For a 2.8 MB Go-built module that took a
+// start from ~4 ms to ~1 ms here, and removed the unmapping of its code
+// (TLB shootdowns on every core) from each end. A runner is only reused
+// for the artifact it was loaded from, as last verified.
 //
-// Kill with a shared Engine (killswitch.go): every Store has a per-store
-// epoch-deadline callback (a C function) and a deadline one epoch ahead;
-// Kill sets the Store's switch and advances the Engine's epoch; every
-// running Store's callback then runs once, ends the wasm of the one whose
-// switch is set, and moves the others' deadlines one epoch on. wasmtime-go
-// v39 has no binding for that callback, whose registration wants the
-// store's C pointer, kept in an unexported field: it is read with reflect,
-// and a wasmtime-go whose Store lacks it fails every Start with a message.
+// What it costs in memory: every Engine maps the artifact's code, and
+// VmRSS counts those clean file pages once per mapping although the page
+// cache holds them once: 1,000 sleeping Go instances measured ~6 MiB VmRSS
+// but ~0.8 MiB PSS each (bench, executor section, which reports both).
+// One shared Engine with a per-store kill would map the code once, but
+// the C API's per-store epoch-deadline callback wants the store's C
+// pointer, which wasmtime-go v39 keeps in an unexported field; we do not
+// read unexported fields, so this waits for a binding.
 //
 // Why the sidecar: wasmtime checks an artifact's header, not its code; a
 // corrupt artifact could run arbitrary native code. An artifact is hashed
@@ -59,9 +60,10 @@
 // abnormally (a non-zero exit or a trap) with its memory within
 // oomHeadroom of the limit is reported as OOMKilled.
 //
-// CPU limits: an epoch-deadline callback can end wasm or let it carry on,
-// not pause it (that needs async support, which wasmtime-go lacks), and
-// fuel without async support traps when it runs out. With Config.CPU set, an instance with a CPU limit
+// CPU limits: wasmtime could pause wasm from an epoch-deadline callback,
+// but wasmtime-go v39 exposes none (the C function wants the store
+// pointer the binding keeps unexported), and fuel without async support
+// traps when it runs out. With Config.CPU set, an instance with a CPU limit
 // runs its wasm on a locked OS thread that the ThreadLimiter holds to its
 // share; a kill lifts the limit first, so that a throttled thread gets to
 // run and see the interrupt.
@@ -142,7 +144,7 @@ type Engine struct {
 	mu      sync.Mutex
 	modules map[string]*module // by digest
 
-	run runEngine // what instances run in
+	runners runners // of ended instances, for the next ones
 }
 
 var _ engine.Engine = (*Engine)(nil)
@@ -419,11 +421,11 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 	if err != nil {
 		return nil, err
 	}
-	mod, err := e.run.module(m, st)
+	r, err := e.runners.get(m, st)
 	if err != nil {
 		return nil, err
 	}
-	inst := &instance{done: make(chan struct{}), limit: spec.MemoryLimitBytes, engine: e.run.engine, linker: e.run.linker, module: mod}
+	inst := &instance{done: make(chan struct{}), limit: spec.MemoryLimitBytes, runner: r, pool: &e.runners}
 	if err := inst.setup(m, spec); err != nil {
 		inst.release()
 		return nil, err
@@ -437,13 +439,12 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 	return inst, nil
 }
 
-// instance is one run: a Store in the shared Engine, with a kill switch.
+// instance is one run, with a wasmtime Engine of its own while it runs
+// (its runner, returned to pool when released).
 type instance struct {
-	engine *wt.Engine
-	linker *wt.Linker
-	module *wt.Module
+	runner *runner
+	pool   *runners
 	store  *wt.Store
-	kill   *killSwitch
 	inst   *wt.Instance
 	start  *wt.Func
 	limit  int64
@@ -468,12 +469,7 @@ type instance struct {
 }
 
 func (i *instance) setup(m *module, spec engine.Spec) error {
-	i.store = wt.NewStore(i.engine)
-	k, err := newKillSwitch(i.store)
-	if err != nil {
-		return fmt.Errorf("%w: %v", engine.ErrInstantiate, err)
-	}
-	i.kill = k
+	i.store = wt.NewStore(i.runner.engine)
 	i.store.SetEpochDeadline(1)
 	if spec.MemoryLimitBytes > 0 {
 		i.store.Limiter(spec.MemoryLimitBytes, -1, -1, -1, -1)
@@ -508,7 +504,7 @@ func (i *instance) setup(m *module, spec engine.Spec) error {
 		return err
 	}
 	i.store.SetWasi(wasi)
-	inst, err := i.linker.Instantiate(i.store, i.module)
+	inst, err := i.runner.linker.Instantiate(i.store, i.runner.module)
 	if err != nil {
 		return fmt.Errorf("%w: instantiate module %s: %s; check the memory limit and the module's imports", engine.ErrInstantiate, m.digest, firstLine(err.Error()))
 	}
@@ -685,9 +681,9 @@ func (i *instance) release() {
 	if i.store != nil {
 		i.store.Close()
 	}
-	if i.kill != nil {
-		i.kill.free() // its store, which used it, is gone
-	}
+	// Kill holds mu and does nothing once released: no kill reaches the
+	// runner's next instance.
+	i.pool.put(i.runner)
 }
 
 // Usage implements engine.Instance. The memory size is read while the
@@ -723,10 +719,7 @@ func (i *instance) Kill() {
 				i.unlimit()
 			}
 			i.killed.Store(true)
-			if i.kill != nil {
-				i.kill.set()
-				i.engine.IncrementEpoch()
-			}
+			i.runner.engine.IncrementEpoch()
 		}
 		i.mu.Unlock()
 		go func() {

@@ -1,0 +1,121 @@
+package wasmtime
+
+import (
+	"fmt"
+	"sync"
+	"time"
+
+	wt "github.com/bytecodealliance/wasmtime-go/v39"
+
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
+)
+
+// Bounds of the runners kept idle for the next instances.
+const (
+	idlePerModule = 16
+	idleTotal     = 64
+)
+
+// runner is what an instance needs beyond its Store: a wasmtime Engine of
+// its own (see the package doc), the module deserialized into it and a
+// Linker with WASI defined. Making one costs most of a start (for a 2.8 MB
+// Go-built module ~2 ms to deserialize, and as much again to unmap its
+// code when closed), so the runner of an ended instance is kept for the
+// next instance of the same module. A runner serves one instance at a
+// time; the epoch a kill advanced stays advanced, and the next Store's
+// deadline is set relative to it.
+type runner struct {
+	digest string
+	stamp  stamp // of the artifact it was loaded from
+	engine *wt.Engine
+	module *wt.Module
+	linker *wt.Linker
+}
+
+// stamp identifies the artifact file a runner was loaded from, as the
+// module's verification recorded it.
+type stamp struct {
+	size    int64
+	modTime time.Time
+}
+
+func (s stamp) equal(o stamp) bool { return s.size == o.size && s.modTime.Equal(o.modTime) }
+
+func newRunner(m *module, st stamp) (*runner, error) {
+	eng := newEngine()
+	mod, err := wt.NewModuleDeserializeFile(eng, m.artifact)
+	if err != nil {
+		eng.Close()
+		return nil, fmt.Errorf("%w: load precompiled module %s: %v", engine.ErrInstantiate, m.digest, err)
+	}
+	l := wt.NewLinker(eng)
+	if err := l.DefineWasi(); err != nil {
+		l.Close()
+		mod.Close()
+		eng.Close()
+		return nil, fmt.Errorf("%w: define WASI: %v", engine.ErrInstantiate, err)
+	}
+	return &runner{digest: m.digest, stamp: st, engine: eng, module: mod, linker: l}, nil
+}
+
+func (r *runner) close() {
+	r.linker.Close()
+	r.module.Close()
+	r.engine.Close()
+}
+
+// runners keeps idle runners by module digest. Safe for concurrent use.
+type runners struct {
+	mu   sync.Mutex
+	idle map[string][]*runner
+	n    int
+}
+
+// get returns an idle runner of m loaded from the artifact st, or a new
+// one. Idle runners of an older artifact are closed: only an artifact
+// verified as it is now is run.
+func (p *runners) get(m *module, st stamp) (*runner, error) {
+	var stale []*runner
+	p.mu.Lock()
+	list := p.idle[m.digest]
+	var r *runner
+	for len(list) > 0 && r == nil {
+		last := list[len(list)-1]
+		list = list[:len(list)-1]
+		p.n--
+		if last.stamp.equal(st) {
+			r = last
+		} else {
+			stale = append(stale, last)
+		}
+	}
+	if len(list) == 0 {
+		delete(p.idle, m.digest)
+	} else {
+		p.idle[m.digest] = list
+	}
+	p.mu.Unlock()
+	for _, s := range stale {
+		s.close()
+	}
+	if r != nil {
+		return r, nil
+	}
+	return newRunner(m, st)
+}
+
+// put keeps r for a next instance, or closes it when enough are idle.
+func (p *runners) put(r *runner) {
+	p.mu.Lock()
+	if p.idle == nil {
+		p.idle = map[string][]*runner{}
+	}
+	if len(p.idle[r.digest]) < idlePerModule && p.n < idleTotal {
+		p.idle[r.digest] = append(p.idle[r.digest], r)
+		p.n++
+		p.mu.Unlock()
+		return
+	}
+	p.mu.Unlock()
+	r.close()
+}
