@@ -291,7 +291,7 @@ func Run(ctx context.Context, cfg Config) error {
 	restCfg.ContentType = "application/vnd.kubernetes.protobuf"
 	restCfg.UserAgent = "wasmlet/" + nodestatus.Version
 	restCfg.Wrap(m.Transport)
-	client, err := kubernetes.NewForConfig(restCfg)
+	client, err := newNodeClientset(restCfg)
 	if err != nil {
 		return err
 	}
