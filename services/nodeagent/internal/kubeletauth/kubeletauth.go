@@ -17,8 +17,9 @@
 //
 // It exists so that the node agent does not link k8s.io/apiserver (and
 // through it cel-go, etcd's API and OpenTelemetry), which is what
-// virtual-kubelet's nodeutil.WebhookAuth brings in: about a third of the
-// node agent's binary, nearly all of it touched at start by package init.
+// virtual-kubelet's nodeutil.WebhookAuth brings in: with virtual-kubelet's
+// node/api, 13 MB of the node agent's 78 MB binary and 12 MiB of its idle
+// resident memory, much of it touched at start by package init.
 //
 // It owns the authentication and authorisation of one request and the two
 // result caches; it must not serve routes, hold the listener or know about
