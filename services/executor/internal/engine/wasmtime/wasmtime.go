@@ -348,10 +348,10 @@ func (e *Engine) compile(m *module) error {
 		return fmt.Errorf("prepare module %s: serialize: %w", m.digest, err)
 	}
 	sum := sha256.Sum256(b)
-	if err := writeAtomic(m.artifact+".sha256", []byte(hex.EncodeToString(sum[:])+"\n")); err != nil {
+	if err := engine.WriteAtomic(m.artifact+".sha256", []byte(hex.EncodeToString(sum[:])+"\n")); err != nil {
 		return fmt.Errorf("prepare module %s: %w", m.digest, err)
 	}
-	if err := writeAtomic(m.artifact, b); err != nil {
+	if err := engine.WriteAtomic(m.artifact, b); err != nil {
 		return fmt.Errorf("prepare module %s: %w", m.digest, err)
 	}
 	e.artifacts.Put(engine.ArtifactKey{ModuleDigest: m.digest, EngineKey: e.key}, b, hex.EncodeToString(sum[:]))
@@ -381,23 +381,6 @@ func checkWASI(mod *wt.Module, digest string) error {
 		}
 	}
 	return fmt.Errorf("%w: module %s exports no _start function; build it as a WASI command (not a reactor or library)", engine.ErrModuleUnsupported, digest)
-}
-
-func writeAtomic(path string, b []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 func firstLine(s string) string {

@@ -432,7 +432,7 @@ func (e *Engine) fetchShared(ctx context.Context, key engine.ArtifactKey) string
 		fi, err = os.Stat(filepath.Join(dir, entry))
 	}
 	if err == nil {
-		err = writeAtomic(filepath.Join(e.index, strings.TrimPrefix(key.ModuleDigest, "sha256:")), []byte(entry+"\n"))
+		err = engine.WriteAtomic(filepath.Join(e.index, strings.TrimPrefix(key.ModuleDigest, "sha256:")), []byte(entry+"\n"))
 	}
 	if err != nil {
 		os.Remove(out.Name())
@@ -456,7 +456,7 @@ func (e *Engine) removeEntry(entry string) {
 // shareEntry records entry as the module's in the index and puts it to
 // the shared store in the background. compileMu is held.
 func (e *Engine) shareEntry(key engine.ArtifactKey, entry string) {
-	if err := writeAtomic(filepath.Join(e.index, strings.TrimPrefix(key.ModuleDigest, "sha256:")), []byte(entry+"\n")); err != nil {
+	if err := engine.WriteAtomic(filepath.Join(e.index, strings.TrimPrefix(key.ModuleDigest, "sha256:")), []byte(entry+"\n")); err != nil {
 		return
 	}
 	if !e.artifacts.Shared() {
@@ -541,7 +541,7 @@ func (e *Engine) recordSums() error {
 		if err != nil {
 			return err
 		}
-		if err := writeAtomic(filepath.Join(e.sums, d.Name()+".sha256"), []byte(sum+"\n")); err != nil {
+		if err := engine.WriteAtomic(filepath.Join(e.sums, d.Name()+".sha256"), []byte(sum+"\n")); err != nil {
 			return err
 		}
 		e.verified[d.Name()] = fileStamp{fi.Size(), fi.ModTime()}
@@ -579,23 +579,6 @@ func verify(path, sumPath string) error {
 		return fmt.Errorf("cache entry %s: sha256 %s, sum says %s", path, got, bytes.TrimSpace(want))
 	}
 	return nil
-}
-
-func writeAtomic(path string, b []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 // checkWASI refuses a module that imports anything but WASI preview 1 or
