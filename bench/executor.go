@@ -20,12 +20,11 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
+	"github.com/wasmlet/wasmlet/internal/logmsg"
 	"github.com/wasmlet/wasmlet/internal/natsutil"
 	"github.com/wasmlet/wasmlet/internal/subjects"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
@@ -402,9 +401,11 @@ func (b *execBench) density(ctx context.Context, p *execProc) error {
 	// Each instance prints "count 1" and sleeps: count those lines on NATS.
 	var counted atomic.Int64
 	sub, err := b.nc.Subscribe(subjects.LogsPrefix+"."+execNode+".density.>", func(m *nats.Msg) {
-		r := &eventsv1.LogRecord{}
-		if proto.Unmarshal(m.Data, r) == nil && bytes.HasPrefix(r.GetLine(), []byte("count 1")) {
-			counted.Add(1)
+		rs, _ := logmsg.Decode(m.Header, m.Data)
+		for _, r := range rs {
+			if bytes.HasPrefix(r.GetLine(), []byte("count 1")) {
+				counted.Add(1)
+			}
 		}
 	})
 	if err != nil {

@@ -94,33 +94,38 @@ func Connect(url, token, name string) (*nats.Conn, error) {
 // (MaxMsgsPerSubject); it has no per-subject byte limit. So:
 //
 //   - per container (one subject, so per pod for its containers): at most
-//     LogLinesPerContainer records, the oldest discarded first — a chatty
-//     pod cannot push other pods' lines out beyond the stream bounds;
-//   - per record: at most LogAge old (every record ages alike, so this is
+//     LogMessagesPerContainer messages, the oldest discarded first — a
+//     chatty pod cannot push other pods' lines out beyond the stream
+//     bounds. A message is what one write by the module held (an
+//     events.v1.LogBatch of 1 to 1024 lines, at most 64 KiB; see the
+//     executor's logs package), or one line from
+//     an executor older than batching: a module that prints a line per
+//     write keeps this many lines, one that writes in bursts up to 1024
+//     times as many;
+//   - per message: at most LogAge old (every message ages alike, so this is
 //     also each pod's age limit);
 //   - per stream (all pods of all nodes that share the NATS server): at
-//     most LogBytes, the oldest records of any pod discarded first.
+//     most LogBytes, the oldest messages of any pod discarded first.
 //
-// A pod's lines in bytes are thus bounded by LogLinesPerContainer times
-// the record size (a line is at most 16 KiB, see the executor's logs
-// package; a typical record is the line plus ~40 bytes).
+// A pod's lines in bytes are thus bounded by LogMessagesPerContainer times
+// 64 KiB (in practice by LogBytes).
 type StreamLimits struct {
-	LogBytes             int64
-	LogAge               time.Duration
-	LogLinesPerContainer int64 // 0: no per-container bound
+	LogBytes                int64
+	LogAge                  time.Duration
+	LogMessagesPerContainer int64 // 0: no per-container bound
 	// LogDuplicates is how long JetStream remembers msg ids (Nats-Msg-Id)
-	// to drop a record published twice (an executor's retry or replay after
-	// a restart). It costs the server memory per record published in the
-	// window (~100 bytes each).
+	// to drop a message published twice (an executor's retry or replay
+	// after a restart). It costs the server memory per message published in
+	// the window (~100 bytes each).
 	LogDuplicates time.Duration
 }
 
 // DefaultStreamLimits keeps 1 GiB or 7 days of logs, at most a million
-// lines per container, and drops copies for 2 minutes.
-var DefaultStreamLimits = StreamLimits{LogBytes: 1 << 30, LogAge: 7 * 24 * time.Hour, LogLinesPerContainer: 1_000_000, LogDuplicates: 2 * time.Minute}
+// messages per container, and drops copies for 2 minutes.
+var DefaultStreamLimits = StreamLimits{LogBytes: 1 << 30, LogAge: 7 * 24 * time.Hour, LogMessagesPerContainer: 1_000_000, LogDuplicates: 2 * time.Minute}
 
 func logsStream(lim StreamLimits) jetstream.StreamConfig {
-	per := lim.LogLinesPerContainer
+	per := lim.LogMessagesPerContainer
 	if per <= 0 {
 		per = -1
 	}

@@ -30,7 +30,7 @@ func TestLogRetentionPerContainer(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	lim := StreamLimits{LogBytes: 1 << 20, LogAge: time.Hour, LogLinesPerContainer: 3, LogDuplicates: time.Minute}
+	lim := StreamLimits{LogBytes: 1 << 20, LogAge: time.Hour, LogMessagesPerContainer: 3, LogDuplicates: time.Minute}
 	if err := EnsureStreams(ctx, js, lim); err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,7 @@
 // coordinate is escaped into one token: '.' becomes '_' (no Kubernetes name
 // may hold '_', so the mapping is reversible).
 //
-//	wasmlet.logs.<node>.<namespace>.<pod>.<container>   events.v1.LogRecord
+//	wasmlet.logs.<node>.<namespace>.<pod>.<container>   events.v1.LogBatch (or LogRecord)
 //	wasmlet.events.<executor>.<instance>                events.v1.InstanceEvent
 //	wasmlet.executors.<node>.<flavour>.<executor>       events.v1.ExecutorAnnouncement
 //	wasmlet.discover.<node>                             events.v1.ExecutorDiscovery
@@ -43,14 +43,18 @@ func Token(s string) string {
 // Logs is the subject of one container's log records, kept by the stream
 // LogsStream. For a log shipper:
 //
-//   - payload: one events.v1.LogRecord (protobuf) per line: instance_id,
-//     stream (stdout/stderr), time, line (bytes, no newline; a line over
-//     16 KiB comes as pieces marked partial), sequence (per instance, from
-//     1, no gaps at the source).
-//   - header Nats-Msg-Id: "<instance_id>:<sequence>". JetStream drops a
-//     copy within the stream's duplicate window; a reader that must never
-//     show a line twice (e.g. across a window longer than that) skips a
-//     sequence it has already seen for the instance.
+//   - payload: with the header "Wasmlet-Payload: LogBatch", one
+//     events.v1.LogBatch (protobuf): the records of one write by the
+//     module, 1 to 1024, at most 64 KiB together; without that header (executors before batching), one
+//     events.v1.LogRecord. Package logmsg decodes both. A record is one
+//     line: instance_id, stream (stdout/stderr), time, line (bytes, no
+//     newline; a line over 16 KiB comes as pieces marked partial),
+//     sequence (per instance, from 1, no gaps at the source).
+//   - header Nats-Msg-Id: "<instance_id>:<sequence of the first record>".
+//     JetStream drops a copy within the stream's duplicate window; a
+//     reader that must never show a line twice (e.g. across a window
+//     longer than that) skips a sequence it has already seen for the
+//     instance.
 //   - wildcards: a namespace "wasmlet.logs.*.<namespace>.>", a pod
 //     "wasmlet.logs.*.<namespace>.<pod>.*", a node "wasmlet.logs.<node>.>"
 //     (tokens escaped with Token). A plain subscription, e.g.

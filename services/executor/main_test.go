@@ -25,6 +25,7 @@ import (
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
+	"github.com/wasmlet/wasmlet/internal/logmsg"
 	"github.com/wasmlet/wasmlet/internal/natsutil"
 	"github.com/wasmlet/wasmlet/internal/subjects"
 	"github.com/wasmlet/wasmlet/internal/wasmbuild"
@@ -230,11 +231,7 @@ func testExecutorProcess(t *testing.T, ctx context.Context, bin, eng string) {
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
 	var got []string
-	for _, b := range fetch(t, ctx, js, subjects.LogsStream, logSubject, 3) {
-		r := &eventsv1.LogRecord{}
-		if err := proto.Unmarshal(b, r); err != nil {
-			t.Fatal(err)
-		}
+	for _, r := range fetchLogs(t, ctx, js, logSubject, 3) {
 		got = append(got, string(r.GetLine()))
 	}
 	joined := strings.Join(got, "\n")
@@ -341,6 +338,35 @@ func fetch(t *testing.T, ctx context.Context, js jetstream.JetStream, stream, su
 		}
 		if k == 0 {
 			t.Fatalf("%s: got %d messages, want %d", subject, len(out), n)
+		}
+	}
+	return out
+}
+
+// fetchLogs reads n log records (whatever messages carry them) from subject.
+func fetchLogs(t *testing.T, ctx context.Context, js jetstream.JetStream, subject string, n int) []*eventsv1.LogRecord {
+	t.Helper()
+	cons, err := js.OrderedConsumer(ctx, subjects.LogsStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*eventsv1.LogRecord
+	for len(out) < n {
+		batch, err := cons.Fetch(n-len(out), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		k := 0
+		for msg := range batch.Messages() {
+			rs, err := logmsg.Decode(msg.Headers(), msg.Data())
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, rs...)
+			k++
+		}
+		if k == 0 {
+			t.Fatalf("%s: got %d records, want %d", subject, len(out), n)
 		}
 	}
 	return out

@@ -107,7 +107,8 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 	fs.DurationVar(&cfg.Backoff.Reset, "backoff-reset", podworker.DefaultBackoff.Reset, "a run this long resets the back-off")
 	fs.TextVar(&level, "log-level", slog.LevelInfo, "debug, info, warn or error")
 	cfg.LogLimits = natsutil.DefaultStreamLimits
-	fs.Int64Var(&cfg.LogLimits.LogLinesPerContainer, "log-lines-per-container", cfg.LogLimits.LogLinesPerContainer, "log lines kept per container (per pod and container; the oldest go first); 0: no per-container bound")
+	fs.Int64Var(&cfg.LogLimits.LogMessagesPerContainer, "log-messages-per-container", cfg.LogLimits.LogMessagesPerContainer, "log messages kept per container (per pod and container; the oldest go first); a message is one write by the module, 1 to 1024 lines of at most 64 KiB together; 0: no per-container bound")
+	fs.Int64Var(&cfg.LogLimits.LogMessagesPerContainer, "log-lines-per-container", cfg.LogLimits.LogMessagesPerContainer, "deprecated: the old name of --log-messages-per-container (it always counted messages, one line each before executors batched lines)")
 	fs.DurationVar(&cfg.LogLimits.LogAge, "log-max-age", cfg.LogLimits.LogAge, "age after which a log line is discarded (every pod's lines alike)")
 	fs.Int64Var(&cfg.LogLimits.LogBytes, "log-retention-bytes", cfg.LogLimits.LogBytes, "bytes of log lines kept in all (the whole NATS stream, every pod; the oldest go first)")
 	fs.DurationVar(&cfg.LogLimits.LogDuplicates, "log-duplicate-window", cfg.LogLimits.LogDuplicates, "how long NATS drops a log line published twice (an executor's retry, or its replay after a kill)")
@@ -124,8 +125,8 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 	if err := checkGRPCAddresses(cfg); err != nil {
 		return cfg, level, err
 	}
-	if cfg.LogLimits.LogAge <= 0 || cfg.LogLimits.LogBytes <= 0 || cfg.LogLimits.LogLinesPerContainer < 0 || cfg.LogLimits.LogDuplicates <= 0 {
-		return cfg, level, errors.New("--log-max-age, --log-retention-bytes and --log-duplicate-window must be positive, --log-lines-per-container at least 0")
+	if cfg.LogLimits.LogAge <= 0 || cfg.LogLimits.LogBytes <= 0 || cfg.LogLimits.LogMessagesPerContainer < 0 || cfg.LogLimits.LogDuplicates <= 0 {
+		return cfg, level, errors.New("--log-max-age, --log-retention-bytes and --log-duplicate-window must be positive, --log-messages-per-container at least 0")
 	}
 	if cfg.Backoff.Initial <= 0 || cfg.Backoff.Max < cfg.Backoff.Initial {
 		return cfg, level, errors.New("--backoff-initial must be positive and at most --backoff-max")

@@ -5,7 +5,9 @@
 // source: wasmlet/events/v1/events.proto
 
 // Payloads published on NATS. Subjects carry the coordinates as tokens:
-//   wasmlet.logs.<node>.<namespace>.<pod>.<container>   LogRecord
+//   wasmlet.logs.<node>.<namespace>.<pod>.<container>   LogBatch (header
+//       "Wasmlet-Payload: LogBatch"), or LogRecord (no such header: older
+//       executors)
 //   wasmlet.events.<executor>.<instance>                InstanceEvent
 //   wasmlet.executors.<node>.<flavour>.<executor>       ExecutorAnnouncement
 //   wasmlet.discover.<node>                             ExecutorDiscovery
@@ -168,6 +170,56 @@ func (x *LogRecord) GetSequence() uint64 {
 	return 0
 }
 
+// LogBatch is consecutive lines of one instance's output, in sequence
+// order with no gaps inside the batch: what one write by the module made,
+// cut at a bound in bytes and lines. It is published with the header
+// "Wasmlet-Payload: LogBatch" and the Nats-Msg-Id
+// "<instance>:<sequence of its first record>"; a message without that
+// header holds one LogRecord (executors before batching).
+type LogBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Records       []*LogRecord           `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogBatch) Reset() {
+	*x = LogBatch{}
+	mi := &file_wasmlet_events_v1_events_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogBatch) ProtoMessage() {}
+
+func (x *LogBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_wasmlet_events_v1_events_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogBatch.ProtoReflect.Descriptor instead.
+func (*LogBatch) Descriptor() ([]byte, []int) {
+	return file_wasmlet_events_v1_events_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *LogBatch) GetRecords() []*LogRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
 // InstanceEvent is a state change of an instance.
 type InstanceEvent struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
@@ -188,7 +240,7 @@ type InstanceEvent struct {
 
 func (x *InstanceEvent) Reset() {
 	*x = InstanceEvent{}
-	mi := &file_wasmlet_events_v1_events_proto_msgTypes[1]
+	mi := &file_wasmlet_events_v1_events_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -200,7 +252,7 @@ func (x *InstanceEvent) String() string {
 func (*InstanceEvent) ProtoMessage() {}
 
 func (x *InstanceEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_events_v1_events_proto_msgTypes[1]
+	mi := &file_wasmlet_events_v1_events_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -213,7 +265,7 @@ func (x *InstanceEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceEvent.ProtoReflect.Descriptor instead.
 func (*InstanceEvent) Descriptor() ([]byte, []int) {
-	return file_wasmlet_events_v1_events_proto_rawDescGZIP(), []int{1}
+	return file_wasmlet_events_v1_events_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *InstanceEvent) GetExecutorId() string {
@@ -329,7 +381,7 @@ type ExecutorAnnouncement struct {
 
 func (x *ExecutorAnnouncement) Reset() {
 	*x = ExecutorAnnouncement{}
-	mi := &file_wasmlet_events_v1_events_proto_msgTypes[2]
+	mi := &file_wasmlet_events_v1_events_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -341,7 +393,7 @@ func (x *ExecutorAnnouncement) String() string {
 func (*ExecutorAnnouncement) ProtoMessage() {}
 
 func (x *ExecutorAnnouncement) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_events_v1_events_proto_msgTypes[2]
+	mi := &file_wasmlet_events_v1_events_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -354,7 +406,7 @@ func (x *ExecutorAnnouncement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecutorAnnouncement.ProtoReflect.Descriptor instead.
 func (*ExecutorAnnouncement) Descriptor() ([]byte, []int) {
-	return file_wasmlet_events_v1_events_proto_rawDescGZIP(), []int{2}
+	return file_wasmlet_events_v1_events_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ExecutorAnnouncement) GetExecutorId() string {
@@ -489,7 +541,7 @@ type ExecutorDiscovery struct {
 
 func (x *ExecutorDiscovery) Reset() {
 	*x = ExecutorDiscovery{}
-	mi := &file_wasmlet_events_v1_events_proto_msgTypes[3]
+	mi := &file_wasmlet_events_v1_events_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -501,7 +553,7 @@ func (x *ExecutorDiscovery) String() string {
 func (*ExecutorDiscovery) ProtoMessage() {}
 
 func (x *ExecutorDiscovery) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_events_v1_events_proto_msgTypes[3]
+	mi := &file_wasmlet_events_v1_events_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -514,7 +566,7 @@ func (x *ExecutorDiscovery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecutorDiscovery.ProtoReflect.Descriptor instead.
 func (*ExecutorDiscovery) Descriptor() ([]byte, []int) {
-	return file_wasmlet_events_v1_events_proto_rawDescGZIP(), []int{3}
+	return file_wasmlet_events_v1_events_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ExecutorDiscovery) GetNode() string {
@@ -536,7 +588,9 @@ const file_wasmlet_events_v1_events_proto_rawDesc = "" +
 	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
 	"\x04line\x18\x04 \x01(\fR\x04line\x12\x18\n" +
 	"\apartial\x18\x05 \x01(\bR\apartial\x12\x1a\n" +
-	"\bsequence\x18\x06 \x01(\x04R\bsequence\"\x83\x03\n" +
+	"\bsequence\x18\x06 \x01(\x04R\bsequence\"B\n" +
+	"\bLogBatch\x126\n" +
+	"\arecords\x18\x01 \x03(\v2\x1c.wasmlet.events.v1.LogRecordR\arecords\"\x83\x03\n" +
 	"\rInstanceEvent\x12\x1f\n" +
 	"\vexecutor_id\x18\x01 \x01(\tR\n" +
 	"executorId\x12\x1f\n" +
@@ -593,29 +647,31 @@ func file_wasmlet_events_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_wasmlet_events_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_wasmlet_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_wasmlet_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_wasmlet_events_v1_events_proto_goTypes = []any{
 	(Stream)(0),                   // 0: wasmlet.events.v1.Stream
 	(*LogRecord)(nil),             // 1: wasmlet.events.v1.LogRecord
-	(*InstanceEvent)(nil),         // 2: wasmlet.events.v1.InstanceEvent
-	(*ExecutorAnnouncement)(nil),  // 3: wasmlet.events.v1.ExecutorAnnouncement
-	(*ExecutorDiscovery)(nil),     // 4: wasmlet.events.v1.ExecutorDiscovery
-	nil,                           // 5: wasmlet.events.v1.InstanceEvent.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 7: google.protobuf.Duration
+	(*LogBatch)(nil),              // 2: wasmlet.events.v1.LogBatch
+	(*InstanceEvent)(nil),         // 3: wasmlet.events.v1.InstanceEvent
+	(*ExecutorAnnouncement)(nil),  // 4: wasmlet.events.v1.ExecutorAnnouncement
+	(*ExecutorDiscovery)(nil),     // 5: wasmlet.events.v1.ExecutorDiscovery
+	nil,                           // 6: wasmlet.events.v1.InstanceEvent.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 8: google.protobuf.Duration
 }
 var file_wasmlet_events_v1_events_proto_depIdxs = []int32{
 	0, // 0: wasmlet.events.v1.LogRecord.stream:type_name -> wasmlet.events.v1.Stream
-	6, // 1: wasmlet.events.v1.LogRecord.time:type_name -> google.protobuf.Timestamp
-	6, // 2: wasmlet.events.v1.InstanceEvent.time:type_name -> google.protobuf.Timestamp
-	5, // 3: wasmlet.events.v1.InstanceEvent.labels:type_name -> wasmlet.events.v1.InstanceEvent.LabelsEntry
-	6, // 4: wasmlet.events.v1.ExecutorAnnouncement.time:type_name -> google.protobuf.Timestamp
-	7, // 5: wasmlet.events.v1.ExecutorAnnouncement.period:type_name -> google.protobuf.Duration
-	6, // [6:6] is the sub-list for method output_type
-	6, // [6:6] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	7, // 1: wasmlet.events.v1.LogRecord.time:type_name -> google.protobuf.Timestamp
+	1, // 2: wasmlet.events.v1.LogBatch.records:type_name -> wasmlet.events.v1.LogRecord
+	7, // 3: wasmlet.events.v1.InstanceEvent.time:type_name -> google.protobuf.Timestamp
+	6, // 4: wasmlet.events.v1.InstanceEvent.labels:type_name -> wasmlet.events.v1.InstanceEvent.LabelsEntry
+	7, // 5: wasmlet.events.v1.ExecutorAnnouncement.time:type_name -> google.protobuf.Timestamp
+	8, // 6: wasmlet.events.v1.ExecutorAnnouncement.period:type_name -> google.protobuf.Duration
+	7, // [7:7] is the sub-list for method output_type
+	7, // [7:7] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_wasmlet_events_v1_events_proto_init() }
@@ -629,7 +685,7 @@ func file_wasmlet_events_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wasmlet_events_v1_events_proto_rawDesc), len(file_wasmlet_events_v1_events_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

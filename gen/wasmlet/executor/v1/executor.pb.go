@@ -270,8 +270,9 @@ type InstanceSpec struct {
 	Preopens []*Preopen `protobuf:"bytes,4,rep,name=preopens,proto3" json:"preopens,omitempty"`
 	// Largest linear memory in bytes; 0 means the executor's default.
 	MemoryLimitBytes int64 `protobuf:"varint,5,opt,name=memory_limit_bytes,json=memoryLimitBytes,proto3" json:"memory_limit_bytes,omitempty"`
-	// The NATS subject to which each line of output is published as a
-	// wasmlet.events.v1.LogRecord. Empty: output is discarded.
+	// The NATS subject to which the output is published, each write's lines
+	// as a wasmlet.events.v1.LogBatch of LogRecords (one per line). Empty:
+	// output is discarded.
 	LogSubject string `protobuf:"bytes,6,opt,name=log_subject,json=logSubject,proto3" json:"log_subject,omitempty"`
 	// Opaque to the executor; returned with every instance and event.
 	Labels map[string]string `protobuf:"bytes,7,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
+	"github.com/wasmlet/wasmlet/internal/logmsg"
 	"github.com/wasmlet/wasmlet/internal/natsutil"
 	"github.com/wasmlet/wasmlet/internal/subjects"
 	"github.com/wasmlet/wasmlet/internal/wasmbuild"
@@ -404,11 +405,7 @@ func TestPublishesEventsAndLogs(t *testing.T) {
 	waitEnd(t, m, "inst.1")
 
 	var lines []string
-	for _, r := range fetch(t, ctx, js, subjects.LogsStream, spec.LogSubject, 3) {
-		lr := &eventsv1.LogRecord{}
-		if err := proto.Unmarshal(r, lr); err != nil {
-			t.Fatal(err)
-		}
+	for _, lr := range fetchLogs(t, ctx, js, spec.LogSubject, 3) {
 		lines = append(lines, fmt.Sprintf("%d %s %s", lr.GetSequence(), lr.GetStream(), lr.GetLine()))
 	}
 	// stdout and stderr are read concurrently: order only within a stream.
@@ -451,7 +448,7 @@ wasmlet_executor_instances{state="EXITED"} 0
 wasmlet_executor_instances{state="FAILED"} 0
 wasmlet_executor_instances{state="KILLED"} 0
 wasmlet_executor_instances{state="RUNNING"} 0
-# HELP wasmlet_executor_nats_dropped_total Messages dropped: displaced from a full outbox, left at close, or produced with no NATS; by kind.
+# HELP wasmlet_executor_nats_dropped_total Log lines or events dropped: displaced from a full outbox, left at close, or produced with no NATS; by kind.
 # TYPE wasmlet_executor_nats_dropped_total counter
 wasmlet_executor_nats_dropped_total{kind="event"} 0
 wasmlet_executor_nats_dropped_total{kind="log"} 0
@@ -499,6 +496,35 @@ func fetch(t *testing.T, ctx context.Context, js jetstream.JetStream, stream, su
 	return out
 }
 
+// fetchLogs reads n log records (whatever messages carry them) from subject.
+func fetchLogs(t *testing.T, ctx context.Context, js jetstream.JetStream, subject string, n int) []*eventsv1.LogRecord {
+	t.Helper()
+	cons, err := js.OrderedConsumer(ctx, subjects.LogsStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*eventsv1.LogRecord
+	for len(out) < n {
+		batch, err := cons.Fetch(n-len(out), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		k := 0
+		for msg := range batch.Messages() {
+			rs, err := logmsg.Decode(msg.Headers(), msg.Data())
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, rs...)
+			k++
+		}
+		if k == 0 {
+			t.Fatalf("%s: got %d records, want %d", subject, len(out), n)
+		}
+	}
+	return out
+}
+
 func TestChattyLogsReachNATS(t *testing.T) {
 	srv, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: t.TempDir()})
 	if err != nil {
@@ -538,21 +564,44 @@ func TestChattyLogsReachNATS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := info.State.Subjects[subject]
-	t.Logf("%d lines: %d records in the stream, %v from create to the end being recorded, %v from start to end", n, got, took, end.FinishedAt.Sub(end.StartedAt))
-	// Lines may be dropped only under the outbox's policy; here NATS is
-	// local and fast, so nearly all arrive, and the newest always do.
-	if got < n/2 {
-		t.Fatalf("only %d of %d records reached the stream", got, n)
-	}
-	last, err := si.GetLastMsgForSubject(ctx, subject)
+	msgs := info.State.Subjects[subject]
+	var got uint64
+	cons, err := js.OrderedConsumer(ctx, subjects.LogsStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &eventsv1.LogRecord{}
-	if err := proto.Unmarshal(last.Data, r); err != nil {
-		t.Fatal(err)
+	var lastRec *eventsv1.LogRecord
+	for read := uint64(0); read < msgs; {
+		batch, err := cons.Fetch(int(min(msgs-read, 512)), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		k := 0
+		for msg := range batch.Messages() {
+			rs, err := logmsg.Decode(msg.Headers(), msg.Data())
+			if err != nil {
+				t.Fatal(err)
+			}
+			got += uint64(len(rs))
+			if len(rs) > 0 {
+				lastRec = rs[len(rs)-1]
+			}
+			k++
+		}
+		if k == 0 {
+			t.Fatalf("read %d of %d messages", read, msgs)
+		}
+		read += uint64(k)
 	}
+	t.Logf("%d lines: %d records in %d messages in the stream, %v from create to the end being recorded, %v from start to end", n, got, msgs, took, end.FinishedAt.Sub(end.StartedAt))
+	// Lines may be dropped only under the outbox's policy; here NATS is
+	// local and fast, so nearly all arrive, and the newest always do. The
+	// records come in batches: fewer messages than lines when the module
+	// writes several lines at once.
+	if got < n/2 {
+		t.Fatalf("only %d of %d records reached the stream", got, n)
+	}
+	r := lastRec
 	if r.GetSequence() != n || string(r.GetLine()) != fmt.Sprintf("line %d", n) {
 		t.Fatalf("last record %v", r)
 	}

@@ -36,9 +36,9 @@ func newMetrics() metrics {
 
 var (
 	descInstances = prometheus.NewDesc("wasmlet_executor_instances", "Instances held, by state.", []string{"state"}, nil)
-	descPublished = prometheus.NewDesc("wasmlet_executor_nats_published_total", "Messages acknowledged by JetStream, by kind (log, event).", []string{"kind"}, nil)
-	descDropped   = prometheus.NewDesc("wasmlet_executor_nats_dropped_total", "Messages dropped: displaced from a full outbox, left at close, or produced with no NATS; by kind.", []string{"kind"}, nil)
-	descFailed    = prometheus.NewDesc("wasmlet_executor_nats_publish_errors_total", "Publishes or acknowledgements that failed, by kind.", []string{"kind"}, nil)
+	descPublished = prometheus.NewDesc("wasmlet_executor_nats_published_total", "Log lines (kind log, however many a message carried) and events (kind event) acknowledged by JetStream.", []string{"kind"}, nil)
+	descDropped   = prometheus.NewDesc("wasmlet_executor_nats_dropped_total", "Log lines or events dropped: displaced from a full outbox, left at close, or produced with no NATS; by kind.", []string{"kind"}, nil)
+	descFailed    = prometheus.NewDesc("wasmlet_executor_nats_publish_errors_total", "Log lines or events whose publish or acknowledgement failed, by kind.", []string{"kind"}, nil)
 
 	// How the engine came by its precompiled artifacts (engine.ArtifactStats).
 	descCompiles = prometheus.NewDesc("wasmlet_executor_compiles_total", "Modules the engine compiled (failed compiles too).", nil, nil)

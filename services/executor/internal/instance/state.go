@@ -71,7 +71,8 @@ type Spec struct {
 	MemoryLimitBytes int64
 	// CPULimitMillis is a share of one core in millicores; 0: no limit.
 	CPULimitMillis int64
-	// LogSubject receives the output as LogRecords; empty discards it.
+	// LogSubject receives the output as LogBatch messages of LogRecords
+	// (package logs); empty discards it.
 	LogSubject string
 	Labels     map[string]string
 }

@@ -1,12 +1,20 @@
 // Package logs turns an instance's stdout and stderr into LogRecords on
 // NATS: it splits output into lines, stamps each with the time and a
-// per-instance sequence, and publishes it to the instance's log subject
+// per-instance sequence, and publishes them to the instance's log subject
 // through an outbox (bounded, never blocking the module for long; see
-// package outbox for the drop policy). The records of one write by the
-// module go to the outbox as one batch, each with the msg id
-// "<instance>:<sequence>" (MsgID), so that with a spool (package spool)
-// they survive a kill of the executor and JetStream keeps one copy of a
-// record published twice.
+// package outbox for the drop policy).
+//
+// Messages: the records of one write by the module go out as LogBatch
+// messages (header "Wasmlet-Payload: LogBatch", package logmsg), cut so
+// that each holds at most MaxBatchRecords records and MaxBatchBytes bytes
+// (a single record over that goes alone). NATS's cost is per message, so a
+// module printing many lines per write costs it one message per batch,
+// not per line. Each message has the msg id "<instance>:<first sequence>"
+// (MsgID). The messages of one write are one outbox batch, spooled as cut
+// (package spool), so a replay after a kill of the executor publishes the
+// same messages with the same msg ids, and JetStream keeps one copy of a
+// message published twice; readers also skip an (instance, sequence) seen
+// before. The outbox's and spool's counters count records, not messages.
 //
 // It owns line splitting and record numbering. It must not interpret
 // output, know of instance states, or choose subjects: the subject comes
@@ -36,10 +44,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
+	"github.com/wasmlet/wasmlet/internal/logmsg"
 	"github.com/wasmlet/wasmlet/services/executor/internal/outbox"
 	"github.com/wasmlet/wasmlet/services/executor/internal/spool"
 )
@@ -47,6 +57,15 @@ import (
 // MaxLine is the longest record, in bytes; longer lines are cut. It keeps
 // a record well under NATS's payload limit.
 const MaxLine = 16 << 10
+
+// A LogBatch message holds at most MaxBatchRecords records and, unless one
+// record alone is larger, MaxBatchBytes bytes (encoded): well under NATS's
+// default 1 MiB max payload, and small enough that a follower sees a batch
+// as soon as the module's write is done.
+const (
+	MaxBatchBytes   = 64 << 10
+	MaxBatchRecords = 1024
+)
 
 // Splitter is an io.Writer that calls emit for every line written to it.
 // It is not safe for concurrent writes.
@@ -107,6 +126,9 @@ type ShipperConfig struct {
 	Outbox outbox.Config
 	// MaxLine overrides MaxLine (tests).
 	MaxLine int
+	// MaxBatchBytes and MaxBatchRecords override the package's bounds
+	// (tests).
+	MaxBatchBytes, MaxBatchRecords int
 	// Now stamps records (default time.Now).
 	Now func() time.Time
 }
@@ -120,16 +142,24 @@ type Shipper struct {
 
 	// mu serialises both streams' writes, so that sequence numbers are
 	// queued in order and each write's records go out as one batch.
-	mu     sync.Mutex
-	seq    uint64
-	batch  []spool.Entry
-	noNATS uint64
+	mu      sync.Mutex
+	seq     uint64
+	cur     []*eventsv1.LogRecord // records of the message being filled
+	curSize int                   // its encoded size
+	batch   []spool.Entry         // messages cut from this write
+	noNATS  uint64
 }
 
 // NewShipper starts a Shipper.
 func NewShipper(cfg ShipperConfig) *Shipper {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.MaxBatchBytes <= 0 {
+		cfg.MaxBatchBytes = MaxBatchBytes
+	}
+	if cfg.MaxBatchRecords <= 0 {
+		cfg.MaxBatchRecords = MaxBatchRecords
 	}
 	s := &Shipper{cfg: cfg}
 	if cfg.JetStream != nil {
@@ -162,8 +192,9 @@ func (s *Shipper) Stdout() io.Writer { return lockedWriter{s, s.stdout} }
 // Stderr is the sink for the instance's stderr.
 func (s *Shipper) Stderr() io.Writer { return lockedWriter{s, s.stderr} }
 
-// MsgID is the Nats-Msg-Id of an instance's record: JetStream keeps one
-// copy of a record published twice (a retry, a replay after a restart).
+// MsgID is the Nats-Msg-Id of an instance's message whose first record
+// has sequence seq: JetStream keeps one copy of a message published twice
+// (a retry, a replay after a restart).
 func MsgID(instanceID string, seq uint64) string {
 	return instanceID + ":" + strconv.FormatUint(seq, 10)
 }
@@ -171,27 +202,45 @@ func MsgID(instanceID string, seq uint64) string {
 // record is called with s.mu held.
 func (s *Shipper) record(stream eventsv1.Stream, line []byte, partial bool) {
 	s.seq++
-	rec := &eventsv1.LogRecord{
-		InstanceId: s.cfg.InstanceID,
-		Stream:     stream,
-		Time:       timestamppb.New(s.cfg.Now()),
-		Line:       line,
-		Partial:    partial,
-		Sequence:   s.seq,
-	}
 	if s.ob == nil {
 		s.noNATS++
 		return
 	}
-	b, err := proto.Marshal(rec)
-	if err != nil {
-		s.noNATS++
+	rec := &eventsv1.LogRecord{
+		InstanceId: s.cfg.InstanceID,
+		Stream:     stream,
+		Time:       timestamppb.New(s.cfg.Now()),
+		Line:       bytes.Clone(line), // the Splitter reuses line
+		Partial:    partial,
+		Sequence:   s.seq,
+	}
+	n := proto.Size(rec)
+	n += protowire.SizeTag(1) + protowire.SizeBytes(n) - n // as a repeated field of LogBatch
+	if len(s.cur) > 0 && (len(s.cur) >= s.cfg.MaxBatchRecords || s.curSize+n > s.cfg.MaxBatchBytes) {
+		s.cut()
+	}
+	s.cur = append(s.cur, rec)
+	s.curSize += n
+}
+
+// cut ends the message being filled; called with s.mu held.
+func (s *Shipper) cut() {
+	if len(s.cur) == 0 {
 		return
 	}
-	s.batch = append(s.batch, spool.Entry{Subject: s.cfg.Subject, MsgID: MsgID(s.cfg.InstanceID, s.seq), Data: b})
+	first, n := s.cur[0].GetSequence(), len(s.cur)
+	b, err := proto.Marshal(&eventsv1.LogBatch{Records: s.cur})
+	s.cur, s.curSize = nil, 0
+	if err != nil {
+		s.noNATS += uint64(n)
+		return
+	}
+	s.batch = append(s.batch, spool.Entry{Subject: s.cfg.Subject, MsgID: MsgID(s.cfg.InstanceID, first),
+		Payload: logmsg.Batch, Count: n, Data: b})
 }
 
 func (s *Shipper) flushLocked() {
+	s.cut()
 	if len(s.batch) == 0 {
 		return
 	}
@@ -216,7 +265,8 @@ func (s *Shipper) Close(ctx context.Context) error {
 	return s.ob.Close(ctx)
 }
 
-// Stats reports the records so far: how many were made, and their fates.
+// Stats reports the records so far: how many were made, and their fates
+// (counted per record, whatever the messages that carried them).
 type Stats struct {
 	Records uint64
 	outbox.Stats

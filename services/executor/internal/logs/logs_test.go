@@ -1,6 +1,7 @@
 package logs
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"strings"
@@ -8,12 +9,13 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"google.golang.org/protobuf/proto"
 
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
+	"github.com/wasmlet/wasmlet/internal/logmsg"
 	"github.com/wasmlet/wasmlet/internal/natsutil"
 	"github.com/wasmlet/wasmlet/internal/subjects"
 	"github.com/wasmlet/wasmlet/services/executor/internal/outbox"
+	"github.com/wasmlet/wasmlet/services/executor/internal/spool"
 )
 
 type rec struct {
@@ -118,18 +120,18 @@ func TestShipperPublishesToJetStream(t *testing.T) {
 	}
 	var got []*eventsv1.LogRecord
 	for len(got) < int(wantRecords) {
-		batch, err := cons.Fetch(int(wantRecords)-len(got), jetstream.FetchMaxWait(5*time.Second))
+		batch, err := cons.Fetch(int(wantRecords)-len(got), jetstream.FetchMaxWait(time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}
 		k := 0
 		for m := range batch.Messages() {
 			k++
-			r := &eventsv1.LogRecord{}
-			if err := proto.Unmarshal(m.Data(), r); err != nil {
+			rs, err := logmsg.Decode(m.Headers(), m.Data())
+			if err != nil {
 				t.Fatal(err)
 			}
-			got = append(got, r)
+			got = append(got, rs...)
 		}
 		if k == 0 {
 			t.Fatalf("got %d records, want %d", len(got), wantRecords)
@@ -189,5 +191,154 @@ func TestShipperWithoutNATS(t *testing.T) {
 	sh.Close(context.Background())
 	if st := sh.Stats(); st.Records != 2 || st.Dropped != 2 {
 		t.Fatalf("stats %+v", st)
+	}
+}
+
+// fetchAll reads every message on subject.
+func fetchAll(t *testing.T, js jetstream.JetStream, subject string) []jetstream.Msg {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cons, err := js.OrderedConsumer(ctx, subjects.LogsStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []jetstream.Msg
+	for uint64(len(out)) < info.NumPending {
+		batch, err := cons.Fetch(int(info.NumPending)-len(out), jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		k := 0
+		for m := range batch.Messages() {
+			out = append(out, m)
+			k++
+		}
+		if k == 0 {
+			t.Fatalf("got %d messages, want %d", len(out), info.NumPending)
+		}
+	}
+	return out
+}
+
+func TestShipperBatchesOneWrite(t *testing.T) {
+	if outbox.PayloadHeader != logmsg.Header {
+		t.Fatalf("outbox sets %q, readers look for %q", outbox.PayloadHeader, logmsg.Header)
+	}
+	_, js := startNATS(t)
+	subject := subjects.Logs("n", "ns", "p", "c")
+	sh := NewShipper(ShipperConfig{InstanceID: "i1", Subject: subject, JetStream: js, MaxBatchRecords: 1000, MaxBatchBytes: 40 << 10})
+	// One write of 2500 lines: 3 messages by the record bound.
+	var w []byte
+	for i := 1; i <= 2500; i++ {
+		w = fmt.Appendf(w, "line %d\n", i)
+	}
+	sh.Stdout().Write(w)
+	// One write of 5 lines of 16,000 bytes: 3 messages by the byte bound
+	// of 40 KiB (2+2+1).
+	big := bytes.Repeat([]byte("x"), 16000)
+	w = w[:0]
+	for range 5 {
+		w = append(append(w, big...), '\n')
+	}
+	sh.Stdout().Write(w)
+	// Two writes of one line each: one message each.
+	sh.Stderr().Write([]byte("a\n"))
+	sh.Stderr().Write([]byte("b"))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := sh.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const records = 2500 + 5 + 2
+	if st := sh.Stats(); st.Records != records || st.Published != records || st.Dropped != 0 {
+		t.Fatalf("stats %+v, want %d records published", st, records)
+	}
+	msgs := fetchAll(t, js, subject)
+	wantIDs := []string{"i1:1", "i1:1001", "i1:2001", "i1:2501", "i1:2503", "i1:2505", "i1:2506", "i1:2507"}
+	wantLen := []int{1000, 1000, 500, 2, 2, 1, 1, 1}
+	if len(msgs) != len(wantIDs) {
+		t.Fatalf("%d messages, want %d", len(msgs), len(wantIDs))
+	}
+	seq := uint64(0)
+	for i, m := range msgs {
+		if id := m.Headers().Get(jetstream.MsgIDHeader); id != wantIDs[i] {
+			t.Errorf("message %d: msg id %q, want %q", i, id, wantIDs[i])
+		}
+		if len(m.Data()) > 40<<10 {
+			t.Errorf("message %d: %d bytes, over 40 KiB", i, len(m.Data()))
+		}
+		rs, err := logmsg.Decode(m.Headers(), m.Data())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rs) != wantLen[i] {
+			t.Errorf("message %d: %d records, want %d", i, len(rs), wantLen[i])
+		}
+		for _, r := range rs {
+			if seq++; r.GetSequence() != seq {
+				t.Fatalf("message %d: sequence %d, want %d", i, r.GetSequence(), seq)
+			}
+		}
+	}
+	if rs, _ := logmsg.Decode(msgs[0].Headers(), msgs[0].Data()); string(rs[41].GetLine()) != "line 42" {
+		t.Fatalf("record 42: %v", rs[41])
+	}
+}
+
+// A batch spooled by a killed executor and replayed by the next is the
+// same message with the same msg id: JetStream keeps one copy.
+func TestShipperReplayedBatchIsDeduplicated(t *testing.T) {
+	_, js := startNATS(t)
+	dir := t.TempDir()
+	subject := subjects.Logs("n", "ns", "p", "c")
+	sp, err := spool.Open(spool.Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sh := NewShipper(ShipperConfig{InstanceID: "i1", Subject: subject, JetStream: js, MaxBatchRecords: 10,
+		Outbox: outbox.Config{Spool: sp}})
+	var w []byte
+	for i := 1; i <= 25; i++ {
+		w = fmt.Appendf(w, "line %d\n", i)
+	}
+	sh.Stdout().Write(w)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := sh.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Acknowledged messages stay in the active segment until it rolls or
+	// the spool is closed: a new process opening the spool without a Close
+	// (as after a kill) replays all of them, as if none had been acked.
+	sp2, err := spool.Open(spool.Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp2.Close()
+	r := sp2.Replay()
+	if len(r) != 3 || sp2.Stats().Replayed != 25 || r[0].Payload != logmsg.Batch || r[0].Count != 10 || r[2].MsgID != "i1:21" {
+		t.Fatalf("replayed %d messages (%+v), want 3 holding 25 records", len(r), sp2.Stats())
+	}
+	ob := outbox.New(js, outbox.Config{Spool: sp2})
+	ob.PublishReplayed(r)
+	if err := ob.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := ob.Stats(); st.Published != 25 {
+		t.Fatalf("replay stats %+v, want 25 records published", st)
+	}
+	msgs := fetchAll(t, js, subject)
+	if len(msgs) != 3 {
+		t.Fatalf("%d messages in the stream after the replay, want 3 (duplicates dropped)", len(msgs))
+	}
+	for _, m := range msgs {
+		if _, err := logmsg.Decode(m.Headers(), m.Data()); err != nil || m.Headers().Get(logmsg.Header) != logmsg.Batch {
+			t.Fatalf("replayed message: header %v: %v", m.Headers(), err)
+		}
 	}
 }

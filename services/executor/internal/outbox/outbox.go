@@ -26,6 +26,11 @@
 // (Nats-Msg-Id, within the stream's duplicate window), so a retry never
 // doubles it.
 //
+// Counting: a message counts as the items it carries (spool.Entry.Count,
+// e.g. the lines of a log batch) in Stats; Capacity and MaxInFlight count
+// messages. A message's spool.Entry.Payload goes out in the header
+// PayloadHeader.
+//
 // Durability: with Config.Spool, PublishBatch writes the batch to the spool
 // before queueing it and marks each message done in the spool once it is
 // acknowledged (or displaced), so messages queued or in flight when the
@@ -52,9 +57,14 @@ import (
 	"github.com/wasmlet/wasmlet/services/executor/internal/spool"
 )
 
+// PayloadHeader is the header that carries spool.Entry.Payload, naming what
+// a message holds (see package logmsg).
+const PayloadHeader = "Wasmlet-Payload"
+
 // Config bounds an Outbox. Zero values take the defaults.
 type Config struct {
-	// Capacity of the queue, in messages (default 4096).
+	// Capacity of the queue, in messages (default 4096); a message may
+	// carry many items (a log batch: up to logs.MaxBatchBytes).
 	Capacity int
 	// BlockTimeout is how long Publish waits for room while nothing leaves
 	// the queue (default 2s: longer than a busy machine's scheduling
@@ -90,12 +100,13 @@ func (c *Config) defaults() {
 	}
 }
 
-// Stats counts messages by fate.
+// Stats counts items by fate: a message counts as the items it carries
+// (spool.Entry.Count; 1 for Publish), so that a log batch counts its lines.
 type Stats struct {
 	Published uint64 // acknowledged by JetStream
 	Dropped   uint64 // displaced from a full queue, or left when Close ended
 	Failed    uint64 // publish or ack failed (messages without a msg id)
-	Retried   uint64 // publishes again after a failure (messages with a msg id)
+	Retried   uint64 // items published again after a failure (messages with a msg id)
 	Left      uint64 // still queued when Close gave up, kept in the spool
 }
 
@@ -108,6 +119,8 @@ type pending struct {
 type message struct {
 	subject string
 	msgID   string
+	payload string // value of the PayloadHeader; "" for none
+	n       uint64 // items carried (spool.Entry.Items); the counters add it
 	data    []byte
 	ref     spool.Ref
 	retry   bool // published before and failed: wait RetryWait first
@@ -157,7 +170,7 @@ func New(js jetstream.JetStream, cfg Config) *Outbox {
 // Publish queues data for subject, under the policy in the package doc.
 // After Close it counts the message as dropped.
 func (o *Outbox) Publish(subject string, data []byte) {
-	o.enqueue([]message{{subject: subject, data: data}})
+	o.enqueue([]message{{subject: subject, data: data, n: 1}})
 }
 
 // PublishBatch spools (with Config.Spool) and queues a batch of messages,
@@ -174,7 +187,7 @@ func (o *Outbox) PublishBatch(batch []spool.Entry) {
 	}
 	ms := make([]message, len(batch))
 	for i, e := range batch {
-		ms[i] = message{subject: e.Subject, msgID: e.MsgID, data: e.Data, ref: ref}
+		ms[i] = message{subject: e.Subject, msgID: e.MsgID, payload: e.Payload, n: e.Items(), data: e.Data, ref: ref}
 	}
 	o.enqueue(ms)
 }
@@ -183,7 +196,7 @@ func (o *Outbox) PublishBatch(batch []spool.Entry) {
 func (o *Outbox) PublishReplayed(rs []spool.Replayed) {
 	ms := make([]message, len(rs))
 	for i, r := range rs {
-		ms[i] = message{subject: r.Subject, msgID: r.MsgID, data: r.Data, ref: r.Ref}
+		ms[i] = message{subject: r.Subject, msgID: r.MsgID, payload: r.Payload, n: r.Items(), data: r.Data, ref: r.Ref}
 	}
 	for len(ms) > 0 {
 		n := min(len(ms), max(o.cfg.Capacity/2, 1))
@@ -248,7 +261,7 @@ func (o *Outbox) signal(c chan struct{}) {
 // drop counts messages as dropped and releases their spool records.
 func (o *Outbox) drop(ms ...message) {
 	for _, m := range ms {
-		o.dropped.Add(1)
+		o.dropped.Add(m.n)
 		if o.cfg.Spool != nil {
 			o.cfg.Spool.Done(m.ref)
 		}
@@ -292,15 +305,21 @@ func (o *Outbox) loop() {
 			lastPause = time.Now()
 		}
 		msg := &nats.Msg{Subject: m.subject, Data: m.data}
+		if m.msgID != "" || m.payload != "" {
+			msg.Header = nats.Header{}
+		}
 		if m.msgID != "" {
-			msg.Header = nats.Header{jetstream.MsgIDHeader: []string{m.msgID}}
+			msg.Header[jetstream.MsgIDHeader] = []string{m.msgID}
+		}
+		if m.payload != "" {
+			msg.Header[PayloadHeader] = []string{m.payload}
 		}
 		f, err := o.js.PublishMsgAsync(msg)
 		// A publish refused at once (too many acks outstanding, no
 		// connection yet) is tried again before any later message, so that
 		// the stream keeps the queue's order.
 		for err != nil && m.msgID != "" && !o.isGivenUp() {
-			o.retried.Add(1)
+			o.retried.Add(m.n)
 			time.Sleep(o.cfg.RetryWait)
 			f, err = o.js.PublishMsgAsync(msg)
 		}
@@ -346,18 +365,18 @@ func (o *Outbox) ackLoop() {
 func (o *Outbox) resolve(m message, ok bool) {
 	switch {
 	case ok:
-		o.published.Add(1)
+		o.published.Add(m.n)
 		if o.cfg.Spool != nil {
 			o.cfg.Spool.Done(m.ref)
 		}
 	case m.msgID == "":
-		o.failed.Add(1)
+		o.failed.Add(m.n)
 	default:
-		o.retried.Add(1)
+		o.retried.Add(m.n)
 		m.retry = true
 		o.mu.Lock()
 		if o.gaveUp {
-			o.left.Add(1)
+			o.left.Add(m.n)
 		} else {
 			o.retries = append(o.retries, m)
 		}
@@ -386,9 +405,9 @@ func (o *Outbox) Close(ctx context.Context) error {
 	o.gaveUp = true
 	for _, m := range append(o.retries, o.queue...) {
 		if m.ref != nil {
-			o.left.Add(1)
+			o.left.Add(m.n)
 		} else {
-			o.dropped.Add(1)
+			o.dropped.Add(m.n)
 		}
 	}
 	o.queue, o.retries = nil, nil

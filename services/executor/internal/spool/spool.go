@@ -9,7 +9,11 @@
 // is one record:
 //
 //	uint32 body length | uint32 CRC-32C of body | body
-//	body = uvarint len | subject | uvarint len | msg id | data
+//	body = uvarint len | head | uvarint len | msg id | data
+//	head = subject, or subject " " payload " " count
+//
+// (a NATS subject holds no spaces: a head without one is a message written
+// before payload kinds and counts were kept, with count 1).
 //
 // Every append is one write(2), not followed by fsync: what was appended
 // survives the death of the process (it is in the page cache), not a crash
@@ -56,7 +60,50 @@ import (
 type Entry struct {
 	Subject string
 	MsgID   string
-	Data    []byte
+	// Payload names what Data holds, for the publisher to put in a header
+	// ("" for a payload that needs none). The spool keeps it as it is.
+	Payload string
+	// Count is how many items (e.g. log lines) the message carries; 0 is
+	// taken as 1. The spool's counters count items, not messages.
+	Count int
+	Data  []byte
+}
+
+// Items is e.Count, at least 1.
+func (e Entry) Items() uint64 {
+	return uint64(max(e.Count, 1))
+}
+
+func items(batch []Entry) uint64 {
+	var n uint64
+	for _, e := range batch {
+		n += e.Items()
+	}
+	return n
+}
+
+// head is what the record holds in the subject's place.
+func (e Entry) head() string {
+	if e.Payload == "" && e.Count <= 1 {
+		return e.Subject
+	}
+	return e.Subject + " " + e.Payload + " " + strconv.Itoa(max(e.Count, 1))
+}
+
+// parseHead sets e's Subject, Payload and Count from a record's head.
+func (e *Entry) parseHead(h string) bool {
+	subj, rest, ok := strings.Cut(h, " ")
+	e.Subject = subj
+	if !ok {
+		return true
+	}
+	payload, count, ok := strings.Cut(rest, " ")
+	n, err := strconv.Atoi(count)
+	if !ok || err != nil || n < 1 {
+		return false
+	}
+	e.Payload, e.Count = payload, n
+	return true
 }
 
 // Config configures a Spool. Zero values take the defaults.
@@ -89,6 +136,7 @@ type Replayed struct {
 
 // Stats counts messages by fate.
 type Stats struct {
+	// Items (Entry.Count), not messages:
 	Spooled   uint64 // appended
 	Unspooled uint64 // not appended: the spool was full or a write failed
 	Replayed  uint64 // found at Open
@@ -162,9 +210,9 @@ func Open(cfg Config) (*Spool, error) {
 		s.size += seg.size
 		for _, e := range entries {
 			s.replay = append(s.replay, Replayed{Entry: e, Ref: seg})
+			s.stats.Replayed += e.Items()
 		}
 	}
-	s.stats.Replayed = uint64(len(s.replay))
 	if err := s.roll(next); err != nil {
 		return nil, err
 	}
@@ -209,7 +257,9 @@ func decode(body []byte) (Entry, bool) {
 	if k <= 0 || l > uint64(len(body)-k) {
 		return e, false
 	}
-	e.Subject = string(body[k : k+int(l)])
+	if !e.parseHead(string(body[k : k+int(l)])) {
+		return e, false
+	}
 	body = body[k+int(l):]
 	l, k = binary.Uvarint(body)
 	if k <= 0 || l > uint64(len(body)-k) {
@@ -265,15 +315,16 @@ func (s *Spool) Append(batch []Entry) Ref {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed || s.f == nil {
-		s.stats.Unspooled += uint64(len(batch))
+		s.stats.Unspooled += items(batch)
 		return nil
 	}
 	buf := s.buf[:0]
 	for _, e := range batch {
 		start := len(buf)
 		buf = append(buf, 0, 0, 0, 0, 0, 0, 0, 0)
-		buf = binary.AppendUvarint(buf, uint64(len(e.Subject)))
-		buf = append(buf, e.Subject...)
+		head := e.head()
+		buf = binary.AppendUvarint(buf, uint64(len(head)))
+		buf = append(buf, head...)
 		buf = binary.AppendUvarint(buf, uint64(len(e.MsgID)))
 		buf = append(buf, e.MsgID...)
 		buf = append(buf, e.Data...)
@@ -286,12 +337,12 @@ func (s *Spool) Append(batch []Entry) Ref {
 	}
 	if s.active.size > 0 && s.active.size+int64(len(buf)) > s.cfg.SegmentBytes {
 		if err := s.roll(s.active.id + 1); err != nil {
-			s.stats.Unspooled += uint64(len(batch))
+			s.stats.Unspooled += items(batch)
 			return nil
 		}
 	}
 	if s.size+int64(len(buf)) > s.cfg.MaxBytes {
-		s.stats.Unspooled += uint64(len(batch))
+		s.stats.Unspooled += items(batch)
 		return nil
 	}
 	n, err := s.f.Write(buf)
@@ -300,12 +351,12 @@ func (s *Spool) Append(batch []Entry) Ref {
 	if err != nil {
 		// A short write leaves a torn record that ends the segment's replay:
 		// begin a new segment so later appends stay readable.
-		s.stats.Unspooled += uint64(len(batch))
+		s.stats.Unspooled += items(batch)
 		_ = s.roll(s.active.id + 1)
 		return nil
 	}
 	s.active.outstanding += len(batch)
-	s.stats.Spooled += uint64(len(batch))
+	s.stats.Spooled += items(batch)
 	return s.active
 }
 

@@ -116,3 +116,36 @@ func TestFullSpoolRefuses(t *testing.T) {
 		t.Errorf("no room after every message was done: %+v", s.Stats())
 	}
 }
+
+// TestPayloadAndCount: an entry's payload kind and item count survive a
+// replay, next to entries without them (as an older executor wrote them),
+// and the counters count items.
+func TestPayloadAndCount(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(Config{Dir: dir, MaxBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Append([]Entry{
+		{Subject: "wasmlet.logs.n.ns.p.c", MsgID: "i:1", Data: []byte("old")},
+		{Subject: "wasmlet.logs.n.ns.p.c", MsgID: "i:2", Payload: "LogBatch", Count: 100, Data: []byte("batch")},
+	})
+	if st := s.Stats(); st.Spooled != 101 {
+		t.Fatalf("spooled %d items, want 101", st.Spooled)
+	}
+	s2, err := Open(Config{Dir: dir, MaxBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	r := s2.Replay()
+	if len(r) != 2 || s2.Stats().Replayed != 101 {
+		t.Fatalf("replayed %d messages, %d items; want 2, 101", len(r), s2.Stats().Replayed)
+	}
+	if e := r[0].Entry; e.Subject != "wasmlet.logs.n.ns.p.c" || e.Payload != "" || e.Count != 0 || string(e.Data) != "old" {
+		t.Fatalf("first: %+v", e)
+	}
+	if e := r[1].Entry; e.Subject != "wasmlet.logs.n.ns.p.c" || e.Payload != "LogBatch" || e.Count != 100 || e.MsgID != "i:2" || string(e.Data) != "batch" {
+		t.Fatalf("second: %+v", e)
+	}
+}

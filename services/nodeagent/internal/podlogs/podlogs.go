@@ -2,6 +2,11 @@
 // publish to NATS JetStream (stream subjects.LogsStream). It reads only; it
 // never publishes and never talks to executors.
 //
+// A message holds a batch of records or one record (package logmsg: older
+// executors published one record per message); tail, since, limitBytes,
+// timestamps and follow all apply per record (per line), whatever the
+// messages that carried them; since, to a record's own time.
+//
 // Records are shown in stream order, each (instance, sequence) once: a
 // record published twice (an executor's replay after a kill, later than
 // JetStream's duplicate window) is skipped. A followed stream is flushed at
@@ -18,9 +23,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"google.golang.org/protobuf/proto"
 
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
+	"github.com/wasmlet/wasmlet/internal/logmsg"
 	"github.com/wasmlet/wasmlet/internal/subjects"
 )
 
@@ -210,6 +215,19 @@ func copyLogs(ctx context.Context, cons jetstream.Consumer, pending uint64, inst
 	}
 
 	seen := seenRecords{}
+	// keep reports whether rec is shown: of the instance asked for, at or
+	// after Since by its own time (the consumer starts at Since by the time
+	// a message was stored; a batch may hold lines written a little
+	// earlier), and the first with its sequence.
+	keep := func(rec *eventsv1.LogRecord) bool {
+		if instanceID != "" && rec.GetInstanceId() != instanceID {
+			return false
+		}
+		if !opts.Since.IsZero() && rec.GetTime() != nil && rec.GetTime().AsTime().Before(opts.Since) {
+			return false
+		}
+		return seen.first(rec)
+	}
 	// The backlog: everything stored now, of which only the tail is kept.
 	var tail []*eventsv1.LogRecord
 	it, err := cons.Messages(jetstream.PullMaxMessages(512))
@@ -231,14 +249,18 @@ func copyLogs(ctx context.Context, cons jetstream.Consumer, pending uint64, inst
 			return finish(err)
 		}
 		remaining = meta.NumPending
-		rec := &eventsv1.LogRecord{}
-		if proto.Unmarshal(msg.Data(), rec) != nil || (instanceID != "" && rec.GetInstanceId() != instanceID) || !seen.first(rec) {
-			continue
+		for _, rec := range records(msg) {
+			if !keep(rec) {
+				continue
+			}
+			tail = append(tail, rec)
+			if opts.Tail > 0 && len(tail) > 2*opts.Tail {
+				tail = append(tail[:0], tail[len(tail)-opts.Tail:]...)
+			}
 		}
-		tail = append(tail, rec)
-		if opts.Tail > 0 && len(tail) > opts.Tail {
-			tail = tail[1:]
-		}
+	}
+	if opts.Tail > 0 && len(tail) > opts.Tail {
+		tail = tail[len(tail)-opts.Tail:]
 	}
 	for _, rec := range tail {
 		if err := emit(rec); err != nil {
@@ -282,12 +304,13 @@ func copyLogs(ctx context.Context, cons jetstream.Consumer, pending uint64, inst
 			continue
 		}
 		last = msg
-		rec := &eventsv1.LogRecord{}
-		if proto.Unmarshal(msg.Data(), rec) != nil || (instanceID != "" && rec.GetInstanceId() != instanceID) || !seen.first(rec) {
-			continue
-		}
-		if err := emit(rec); err != nil {
-			return finish(err)
+		for _, rec := range records(msg) {
+			if !keep(rec) {
+				continue
+			}
+			if err := emit(rec); err != nil {
+				return finish(err)
+			}
 		}
 		// At most every FlushEvery: a follower sees each line within
 		// FlushEvery, and a flood is written in large chunks. (No need to
@@ -296,6 +319,16 @@ func copyLogs(ctx context.Context, cons jetstream.Consumer, pending uint64, inst
 			return err
 		}
 	}
+}
+
+// records decodes a log message; one that does not decode (not a log
+// message) holds none.
+func records(msg jetstream.Msg) []*eventsv1.LogRecord {
+	rs, err := logmsg.Decode(msg.Headers(), msg.Data())
+	if err != nil {
+		return nil
+	}
+	return rs
 }
 
 func ctxErr(ctx context.Context, err error) error {

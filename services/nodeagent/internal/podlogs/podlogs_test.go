@@ -4,14 +4,19 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
+	"github.com/wasmlet/wasmlet/internal/logmsg"
 	"github.com/wasmlet/wasmlet/internal/natsutil"
 	"github.com/wasmlet/wasmlet/internal/subjects"
 )
@@ -116,5 +121,112 @@ func TestFollowSurvivesNATSRestart(t *testing.T) {
 	publish(6, 10)
 	if got := fmt.Sprint(read(5)); got != "[6 7 8 9 10]" {
 		t.Fatalf("after the restart: %s (scan: %v)", got, sc.Err())
+	}
+}
+
+// TestBatchesAndSingleRecords: a stream holding single records (older
+// executors) and batches, one of them twice (a replay past the duplicate
+// window), is read per line: all, tail, limitBytes, timestamps, follow.
+func TestBatchesAndSingleRecords(t *testing.T) {
+	srv, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Shutdown() })
+	nc, err := natsutil.Connect(srv.URL, "", "podlogs-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := natsutil.EnsureStreams(ctx, js, natsutil.DefaultStreamLimits); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	rec := func(inst string, seq int) *eventsv1.LogRecord {
+		return &eventsv1.LogRecord{InstanceId: inst, Sequence: uint64(seq), Line: []byte(fmt.Sprint(seq)),
+			Time: timestamppb.New(t0.Add(time.Duration(seq) * time.Second))}
+	}
+	subject := subjects.Logs("n", "ns", "p", "c")
+	pub := func(m *nats.Msg) {
+		t.Helper()
+		m.Subject = subject
+		if _, err := js.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	single := func(seq int) {
+		b, _ := proto.Marshal(rec("i", seq))
+		pub(&nats.Msg{Data: b})
+	}
+	batch := func(rs ...*eventsv1.LogRecord) {
+		b, _ := proto.Marshal(&eventsv1.LogBatch{Records: rs})
+		pub(&nats.Msg{Data: b, Header: nats.Header{logmsg.Header: []string{logmsg.Batch}}})
+	}
+	single(1)
+	single(2)
+	single(3)
+	batch(rec("i", 4), rec("i", 5), rec("i", 6), rec("i", 7), rec("i", 8))
+	batch(rec("i", 4), rec("i", 5), rec("i", 6), rec("i", 7), rec("i", 8)) // a replay
+	batch(rec("i", 9), rec("j", 1), rec("i", 10))
+
+	r := &Reader{JS: js, Node: "n"}
+	read := func(opts Options) string {
+		t.Helper()
+		rc, err := r.Open(ctx, "ns", "p", "c", "i", opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rc.Close()
+		b, err := io.ReadAll(rc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	if got := read(Options{}); got != "1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n" {
+		t.Errorf("all: %q", got)
+	}
+	if got := read(Options{Tail: 4}); got != "7\n8\n9\n10\n" {
+		t.Errorf("tail 4: %q", got)
+	}
+	if got := read(Options{Tail: 20}); got != "1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n" {
+		t.Errorf("tail 20: %q", got)
+	}
+	if got := read(Options{LimitBytes: 9}); got != "1\n2\n3\n4\n5" {
+		t.Errorf("limitBytes 9: %q", got)
+	}
+	if got := read(Options{Since: t0.Add(7 * time.Second)}); got != "7\n8\n9\n10\n" {
+		t.Errorf("since line 7's time: %q", got)
+	}
+	if got := read(Options{Tail: 1, Timestamps: true}); got != "2026-01-02T03:04:15Z 10\n" {
+		t.Errorf("timestamps: %q", got)
+	}
+
+	rc, err := r.Open(ctx, "ns", "p", "c", "i", Options{Follow: true, Tail: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	sc := bufio.NewScanner(rc)
+	next := func(n int) string {
+		var got []string
+		for len(got) < n && sc.Scan() {
+			got = append(got, sc.Text())
+		}
+		return strings.Join(got, " ")
+	}
+	if got := next(2); got != "9 10" {
+		t.Fatalf("follow, backlog: %q", got)
+	}
+	single(11)
+	batch(rec("i", 10), rec("i", 12), rec("i", 13)) // 10 again: skipped
+	if got := next(3); got != "11 12 13" {
+		t.Fatalf("follow, new: %q", got)
 	}
 }
