@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,7 +26,7 @@ import (
 	"github.com/wasmlet/wasmlet/internal/logmsg"
 	"github.com/wasmlet/wasmlet/internal/natsutil"
 	"github.com/wasmlet/wasmlet/internal/subjects"
-	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
+	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/cachetest"
 	regserver "github.com/wasmlet/wasmlet/services/registry-cache/regcache/server"
 )
 
@@ -119,7 +118,7 @@ func interleave(byEngine map[string][]Figure) []Figure {
 
 // execMods are the modules measured, by digest, and the cache serving them.
 type execMods struct {
-	cache              fileCache
+	cache              cachetest.Files
 	empty, hello, spin string // digests
 	helloBytes         int64
 }
@@ -142,7 +141,7 @@ func execModules(bin, work string) (*execMods, error) {
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("build testdata/wasm/spin: %v: %s", err, b)
 	}
-	m := &execMods{cache: fileCache{}}
+	m := &execMods{cache: cachetest.Files{}}
 	for _, f := range []struct {
 		path   string
 		digest *string
@@ -159,31 +158,6 @@ func execModules(bin, work string) (*execMods, error) {
 		}
 	}
 	return m, nil
-}
-
-// fileCache is a regcache.Cache serving files by digest, behind the
-// registry cache's real gRPC server.
-type fileCache map[string]string
-
-func (c fileCache) Resolve(context.Context, regcache.ResolveRequest) (regcache.Resolved, error) {
-	return regcache.Resolved{}, regcache.ErrNotFound
-}
-
-func (c fileCache) Fetch(_ context.Context, digest string) (io.ReadCloser, int64, error) {
-	p, ok := c[digest]
-	if !ok {
-		return nil, 0, fmt.Errorf("%s: %w", digest, regcache.ErrNotFound)
-	}
-	f, err := os.Open(p)
-	if err != nil {
-		return nil, 0, err
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, 0, err
-	}
-	return f, fi.Size(), nil
 }
 
 // execBench measures one engine.

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -29,7 +28,7 @@ import (
 	"github.com/wasmlet/wasmlet/internal/natsutil"
 	"github.com/wasmlet/wasmlet/internal/subjects"
 	"github.com/wasmlet/wasmlet/internal/wasmbuild"
-	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
+	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/cachetest"
 	regserver "github.com/wasmlet/wasmlet/services/registry-cache/regcache/server"
 )
 
@@ -50,27 +49,6 @@ func TestParseFlags(t *testing.T) {
 	if err != nil || cfg.maxInstances != 1000 || cfg.engine != "wasmtime" || cfg.id == "" {
 		t.Fatalf("defaults: %+v %v", cfg, err)
 	}
-}
-
-// fileCache is test scaffolding: a regcache.Cache serving files by digest,
-// served to the executor process by the registry cache's real gRPC server.
-type fileCache map[string]string
-
-func (c fileCache) Resolve(context.Context, regcache.ResolveRequest) (regcache.Resolved, error) {
-	return regcache.Resolved{}, regcache.ErrNotFound
-}
-
-func (c fileCache) Fetch(_ context.Context, digest string) (io.ReadCloser, int64, error) {
-	p, ok := c[digest]
-	if !ok {
-		return nil, 0, fmt.Errorf("%s: %w", digest, regcache.ErrNotFound)
-	}
-	f, err := os.Open(p)
-	if err != nil {
-		return nil, 0, err
-	}
-	fi, _ := f.Stat()
-	return f, fi.Size(), nil
 }
 
 type syncBuffer struct {
@@ -124,7 +102,7 @@ func testExecutorProcess(t *testing.T, ctx context.Context, bin, eng string) {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(sockDir)
-	cache := fileCache{}
+	cache := cachetest.Files{}
 	digest := func(path string) string {
 		b, err := os.ReadFile(path)
 		if err != nil {

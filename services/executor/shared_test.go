@@ -24,6 +24,7 @@ import (
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/wasmbuild"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
+	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/cachetest"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/local"
 	regserver "github.com/wasmlet/wasmlet/services/registry-cache/regcache/server"
 )
@@ -32,7 +33,7 @@ import (
 // artifacts in a real local cache, both served by the registry cache's
 // real gRPC server.
 type sharingCache struct {
-	fileCache
+	cachetest.Files
 	regcache.PrecompiledStore
 }
 
@@ -78,7 +79,7 @@ func TestSharedPrecompiled(t *testing.T) {
 		t.Fatal(err)
 	}
 	rs := grpc.NewServer()
-	regserver.New(sharingCache{fileCache{hello: wasm}, lc}).Register(rs)
+	regserver.New(sharingCache{cachetest.Files{hello: wasm}, lc}).Register(rs)
 	sctx, stopReg := context.WithCancel(context.Background())
 	defer stopReg()
 	go grpcutil.Serve(sctx, rs, rl, time.Second)

@@ -2,10 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -22,38 +18,8 @@ import (
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/wasmtime"
 	"github.com/wasmlet/wasmlet/services/executor/internal/instance"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
+	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/cachetest"
 )
-
-// fileCache is test scaffolding: a regcache.Cache serving files by digest.
-type fileCache map[string]string
-
-func (c fileCache) add(t *testing.T, path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := sha256.Sum256(b)
-	d := "sha256:" + hex.EncodeToString(s[:])
-	c[d] = path
-	return d
-}
-
-func (c fileCache) Resolve(context.Context, regcache.ResolveRequest) (regcache.Resolved, error) {
-	return regcache.Resolved{}, regcache.ErrNotFound
-}
-
-func (c fileCache) Fetch(_ context.Context, digest string) (io.ReadCloser, int64, error) {
-	p, ok := c[digest]
-	if !ok {
-		return nil, 0, fmt.Errorf("%s: %w", digest, regcache.ErrNotFound)
-	}
-	f, err := os.Open(p)
-	if err != nil {
-		return nil, 0, err
-	}
-	fi, _ := f.Stat()
-	return f, fi.Size(), nil
-}
 
 func serve(t *testing.T, cache regcache.Cache, maxInstances int) executorv1.ExecutorServiceClient {
 	t.Helper()
@@ -104,9 +70,9 @@ func serve(t *testing.T, cache regcache.Cache, maxInstances int) executorv1.Exec
 func code(err error) codes.Code { return status.Code(err) }
 
 func TestServerOverUnixSocket(t *testing.T) {
-	cache := fileCache{}
-	hello := cache.add(t, wasmbuild.Build(t, "hello"))
-	spin := cache.add(t, wasmbuild.Build(t, "spin"))
+	cache := cachetest.Files{}
+	hello := addFile(t, cache, wasmbuild.Build(t, "hello"))
+	spin := addFile(t, cache, wasmbuild.Build(t, "spin"))
 	c := serve(t, cache, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -240,7 +206,7 @@ func TestGetInfoCPULimits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mgr, err := instance.New(instance.Config{ExecutorID: "e1", Engine: eng, Cache: fileCache{}, ModuleDir: filepath.Join(state, "modules")})
+	mgr, err := instance.New(instance.Config{ExecutorID: "e1", Engine: eng, Cache: cachetest.Files{}, ModuleDir: filepath.Join(state, "modules")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,4 +222,14 @@ func TestGetInfoCPULimits(t *testing.T) {
 			t.Errorf("enforced %v: info %v, %v; want %v", tc.enforced, info, err, tc.want)
 		}
 	}
+}
+
+// addFile maps the file at path in c and returns its digest.
+func addFile(t *testing.T, c cachetest.Files, path string) string {
+	t.Helper()
+	d, err := c.Add(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
