@@ -53,7 +53,7 @@ func TestShortSuite(t *testing.T) {
 		}
 	}
 	md := r.Markdown()
-	for _, want := range []string{"pod start, single, bench-wasmlet", "burst of 10, all running, bench-noop", "idle node memory", "ratio wasmlet / no-op node", "CPU in burst of 10 on bench-wasmlet: nodeagent", "density 10: node memory per pod", "density 10: pod status writes per pod", "registry cache: hit latency", "pull, uncached module"} {
+	for _, want := range []string{"pod start, single, bench-wasmlet", "burst of 10, all running, bench-noop", "idle node memory", "ratio wasmlet / no-op node", "CPU in burst of 10 on bench-wasmlet: nodeagent", "density 10: node memory per pod (PSS)", "density 10: pod status writes per pod", "registry cache: hit latency", "pull, uncached module"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
 		}

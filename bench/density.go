@@ -14,8 +14,11 @@ import (
 
 // density runs N pods at once on the wasmlet node, for each N in
 // opts.Density, and reports what holding them costs: the node agent's and
-// its executor's resident memory in total and per pod, and the API
-// requests the node made per pod (status writes, events).
+// its executor's resident memory in total and per pod (VmRSS and PSS),
+// and the API requests the node made per pod (status writes, events).
+// Memory per pod is the total over N rather than a difference from a
+// reading before: what earlier sections left in the processes' heaps made
+// such differences drift (one came out negative).
 func density(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 	pid, err := s.NodeAgentPID()
 	if err != nil {
@@ -43,8 +46,6 @@ func density(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 			return figs, err
 		}
 		ps := &PodStarter{Client: s.Client, WatchClient: s.WatchClient, Node: WasmNode, Image: s.Image, Env: env, Namespace: ns}
-		settle()
-		before := rssTree(pid)
 		reqBefore, err := s.apiRequests(ctx)
 		if err != nil {
 			return figs, err
@@ -57,7 +58,7 @@ func density(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 		// follow Running settle before reading.
 		time.Sleep(3 * time.Second)
 		settle()
-		after := rssTree(pid)
+		rss, pss := treeField(pid, "status", "VmRSS"), treeField(pid, "smaps_rollup", "Pss")
 		reqAfter, err := s.apiRequests(ctx)
 		if err != nil {
 			return figs, err
@@ -65,8 +66,9 @@ func density(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 		mib := func(b int64) float64 { return float64(b) / (1 << 20) }
 		figs = append(figs,
 			Durations(fmt.Sprintf("density %d: all running", n), "first create call → last pod seen running, all pods created at once (64 creators)", []time.Duration{all}),
-			Values(fmt.Sprintf("density %d: node memory, total", n), "VmRSS of the node agent and its executor with N pods running (each a sleeping Go-built module)", "MiB", []float64{mib(after)}),
-			Values(fmt.Sprintf("density %d: node memory per pod", n), "(VmRSS with N pods − VmRSS before) / N, node agent + executor", "MiB", []float64{mib(after-before) / float64(n)}),
+			Values(fmt.Sprintf("density %d: node memory, total (VmRSS)", n), "VmRSS of the node agent and its executor with N pods running (each a sleeping Go-built module)", "MiB", []float64{mib(rss)}),
+			Values(fmt.Sprintf("density %d: node memory per pod (VmRSS)", n), "the total VmRSS / N, the idle node's share included; VmRSS counts a page mapped N times N times (wasmtime maps the module's code once per running instance)", "MiB", []float64{mib(rss) / float64(n)}),
+			Values(fmt.Sprintf("density %d: node memory per pod (PSS)", n), "the node agent's and executor's Pss (smaps_rollup) / N: shared pages counted once", "MiB", []float64{mib(pss) / float64(n)}),
 		)
 		for _, k := range apiCosts {
 			figs = append(figs, Values(fmt.Sprintf("density %d: %s per pod", n, k.name), k.method, "requests", []float64{float64(reqAfter[k.name]-reqBefore[k.name]) / float64(n)}))

@@ -213,7 +213,7 @@ func (s *Stack) footprint() ([]Figure, error) {
 	if err != nil {
 		return nil, err
 	}
-	rss := rssTree(pid)
+	rss := treeField(pid, "status", "VmRSS")
 	rf := Values("idle node memory", "VmRSS of the node agent (with embedded NATS and registry cache) and its executor child, no pods", "MiB", []float64{float64(rss) / (1 << 20)})
 	rf.Hold("max", idleRSSTarget)
 	figs = append(figs, rf)
@@ -226,7 +226,7 @@ func (s *Stack) footprint() ([]Figure, error) {
 			name = "executor"
 		}
 		for _, field := range []string{"VmRSS", "RssAnon"} {
-			figs = append(figs, Values(fmt.Sprintf("idle node memory: %s, %s", name, field), field+" of the process, no pods", "MiB", []float64{float64(procField(p, field)) / (1 << 20)}))
+			figs = append(figs, Values(fmt.Sprintf("idle node memory: %s, %s", name, field), field+" of the process, no pods", "MiB", []float64{float64(procFields(p, "status")[field]) / (1 << 20)}))
 		}
 	}
 	return figs, nil
@@ -281,27 +281,12 @@ func children(pid int) []int {
 	return out
 }
 
-// procField is a size field (VmRSS, RssAnon…) of /proc/<pid>/status, in
-// bytes.
-func procField(pid int, field string) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, field+":"); ok {
-			kb, _ := strconv.ParseInt(strings.Fields(rest)[0], 10, 64)
-			return kb * 1024
-		}
-	}
-	return 0
-}
-
-// rssTree sums VmRSS of pid and its descendants.
-func rssTree(pid int) int64 {
-	total := procField(pid, "VmRSS")
+// treeField sums a size field (e.g. VmRSS of "status", Pss of
+// "smaps_rollup") over pid and its descendants, in bytes.
+func treeField(pid int, file, field string) int64 {
+	total := procFields(pid, file)[field]
 	for _, child := range children(pid) {
-		total += rssTree(child)
+		total += treeField(child, file, field)
 	}
 	return total
 }
