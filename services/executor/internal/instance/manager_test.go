@@ -26,6 +26,7 @@ import (
 	"github.com/wasmlet/wasmlet/internal/wasmbuild"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/wasmtime"
+	"github.com/wasmlet/wasmlet/services/executor/internal/logs"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
 )
 
@@ -496,31 +497,12 @@ func fetch(t *testing.T, ctx context.Context, js jetstream.JetStream, stream, su
 	return out
 }
 
-// fetchLogs reads n log records (whatever messages carry them) from subject.
+// fetchLogs reads n log records from subject.
 func fetchLogs(t *testing.T, ctx context.Context, js jetstream.JetStream, subject string, n int) []*eventsv1.LogRecord {
 	t.Helper()
-	cons, err := js.OrderedConsumer(ctx, subjects.LogsStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	out, err := logs.Read(ctx, js, subject, n, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
-	}
-	var out []*eventsv1.LogRecord
-	for len(out) < n {
-		batch, err := cons.Fetch(n-len(out), jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
-		k := 0
-		for msg := range batch.Messages() {
-			rs, err := logmsg.Decode(msg.Headers(), msg.Data())
-			if err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, rs...)
-			k++
-		}
-		if k == 0 {
-			t.Fatalf("%s: got %d records, want %d", subject, len(out), n)
-		}
 	}
 	return out
 }
