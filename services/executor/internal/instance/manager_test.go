@@ -21,7 +21,7 @@ import (
 
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
 	"github.com/wasmlet/wasmlet/internal/logmsg"
-	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/internal/natsutil/natstest"
 	"github.com/wasmlet/wasmlet/internal/subjects"
 	"github.com/wasmlet/wasmlet/internal/wasmbuild"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
@@ -379,22 +379,9 @@ func TestTransitions(t *testing.T) {
 }
 
 func TestPublishesEventsAndLogs(t *testing.T) {
-	srv, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Shutdown()
-	nc, err := natsutil.Connect(srv.URL, "", "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	_, js := natstest.JetStream(t, "")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := natsutil.EnsureStreams(ctx, js, natsutil.DefaultStreamLimits); err != nil {
-		t.Fatal(err)
-	}
 	cache := &fileCache{}
 	hello := cache.add(t, wasmbuild.Build(t, "hello"))
 	m := newManager(t, cache, func(c *Config) { c.JetStream = js })
@@ -508,22 +495,9 @@ func fetchLogs(t *testing.T, ctx context.Context, js jetstream.JetStream, subjec
 }
 
 func TestChattyLogsReachNATS(t *testing.T) {
-	srv, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Shutdown()
-	nc, err := natsutil.Connect(srv.URL, "", "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	_, js := natstest.JetStream(t, "")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if err := natsutil.EnsureStreams(ctx, js, natsutil.DefaultStreamLimits); err != nil {
-		t.Fatal(err)
-	}
 	cache := &fileCache{}
 	chatty := cache.add(t, wasmbuild.Build(t, "chatty"))
 	m := newManager(t, cache, func(c *Config) { c.JetStream = js; c.LogFlush = 20 * time.Second })

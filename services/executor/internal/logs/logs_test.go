@@ -13,6 +13,7 @@ import (
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
 	"github.com/wasmlet/wasmlet/internal/logmsg"
 	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/internal/natsutil/natstest"
 	"github.com/wasmlet/wasmlet/internal/subjects"
 	"github.com/wasmlet/wasmlet/services/executor/internal/outbox"
 	"github.com/wasmlet/wasmlet/services/executor/internal/spool"
@@ -70,26 +71,7 @@ func TestDefaultMaxLine(t *testing.T) {
 
 func startNATS(t *testing.T) (*natsutil.Server, jetstream.JetStream) {
 	t.Helper()
-	srv, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := natsutil.Connect(srv.URL, "", "logs-test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := natsutil.EnsureStreams(ctx, js, natsutil.DefaultStreamLimits); err != nil {
-		t.Fatal(err)
-	}
-	return srv, js
+	return natstest.JetStream(t, "")
 }
 
 func TestShipperPublishesToJetStream(t *testing.T) {

@@ -6,9 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/internal/natsutil/natstest"
 	"github.com/wasmlet/wasmlet/services/executor/internal/outbox"
 	"github.com/wasmlet/wasmlet/services/executor/internal/spool"
 )
@@ -19,25 +17,9 @@ import (
 //
 //	go test -run '^$' -bench ShipToNATS -benchtime 200000x ./services/executor/internal/logs/
 func BenchmarkShipToNATS(b *testing.B) {
-	srv, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: b.TempDir()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer srv.Shutdown()
-	nc, err := natsutil.Connect(srv.URL, "", "bench")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		b.Fatal(err)
-	}
+	_, js := natstest.JetStream(b, "")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	if err := natsutil.EnsureStreams(ctx, js, natsutil.DefaultStreamLimits); err != nil {
-		b.Fatal(err)
-	}
 	sp, err := spool.Open(spool.Config{Dir: b.TempDir()})
 	if err != nil {
 		b.Fatal(err)

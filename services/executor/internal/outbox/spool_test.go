@@ -8,32 +8,14 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/internal/natsutil/natstest"
 	"github.com/wasmlet/wasmlet/services/executor/internal/spool"
 )
 
 // realJS is a JetStream with the logs stream on a real in-process server.
 func realJS(t *testing.T) jetstream.JetStream {
 	t.Helper()
-	srv, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := natsutil.Connect(srv.URL, "", "outbox-test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := natsutil.EnsureStreams(ctx, js, natsutil.DefaultStreamLimits); err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.JetStream(t, "")
 	return js
 }
 

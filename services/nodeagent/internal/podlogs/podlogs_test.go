@@ -18,6 +18,7 @@ import (
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
 	"github.com/wasmlet/wasmlet/internal/logmsg"
 	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/internal/natsutil/natstest"
 	"github.com/wasmlet/wasmlet/internal/subjects"
 )
 
@@ -57,26 +58,11 @@ func TestSeenRecordsSkipsCopies(t *testing.T) {
 // once each, across a restart of the NATS server on the same store.
 func TestFollowSurvivesNATSRestart(t *testing.T) {
 	store := t.TempDir()
-	srv, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: store})
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, js := natstest.JetStream(t, store)
 	port := srv.Addr().(*net.TCPAddr).Port
 	t.Cleanup(func() { srv.Shutdown() })
-	nc, err := natsutil.Connect(srv.URL, "", "podlogs-test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := natsutil.EnsureStreams(ctx, js, natsutil.DefaultStreamLimits); err != nil {
-		t.Fatal(err)
-	}
 	publish := func(from, to int) {
 		for i := from; i <= to; i++ {
 			b, _ := proto.Marshal(&eventsv1.LogRecord{InstanceId: "i", Sequence: uint64(i), Line: []byte(fmt.Sprint(i))})

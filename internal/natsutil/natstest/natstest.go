@@ -1,0 +1,47 @@
+// Package natstest gives tests a real in-process NATS server with
+// JetStream and wasmlet's streams, and a JetStream context connected to
+// it: the set-up every test of a NATS publisher or reader needs. It owns
+// nothing beyond the test: the server and connection end with it.
+//
+//	srv, js := natstest.JetStream(t, "")
+package natstest
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wasmlet/wasmlet/internal/natsutil"
+)
+
+// JetStream starts a server storing in store (a temporary directory of tb
+// when empty), connects to it, and ensures wasmlet's streams with their
+// default limits. Both are closed when tb ends.
+func JetStream(tb testing.TB, store string) (*natsutil.Server, jetstream.JetStream) {
+	tb.Helper()
+	if store == "" {
+		store = tb.TempDir()
+	}
+	srv, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: store})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(srv.Shutdown)
+	nc, err := natsutil.Connect(srv.URL, "", tb.Name())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := natsutil.EnsureStreams(ctx, js, natsutil.DefaultStreamLimits); err != nil {
+		tb.Fatal(err)
+	}
+	return srv, js
+}
