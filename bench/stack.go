@@ -18,6 +18,7 @@ import (
 
 	"github.com/wasmlet/wasmlet/bench/noopnode"
 	"github.com/wasmlet/wasmlet/internal/localcluster"
+	"github.com/wasmlet/wasmlet/internal/profiling"
 	"github.com/wasmlet/wasmlet/internal/testregistry"
 )
 
@@ -111,7 +112,7 @@ func StartStack(ctx context.Context, dir, bin string) (_ *Stack, err error) {
 		"--kubeconfig", kubeconfig, "--node-name", WasmNode, "--port", fmt.Sprint(port),
 		"--state-dir", filepath.Join(dir, "node"), "--client-ca-file", s.Cluster.KubeletClientCAPath(),
 		"--insecure-registry", s.Registry.Host, "--max-pods", "2000", "--log-level", "warn",
-	}, nil); err != nil {
+	}, profileEnv()); err != nil {
 		return nil, err
 	}
 
@@ -192,6 +193,15 @@ func (s *Stack) Stop() error {
 		errs = append(errs, s.Cluster.Stop())
 	}
 	return errors.Join(errs...)
+}
+
+// profileEnv passes profiling.EnvDir on to the node agent (and so to its
+// executor): the control plane's services start with a clean environment.
+func profileEnv() []string {
+	if dir := os.Getenv(profiling.EnvDir); dir != "" {
+		return []string{profiling.EnvDir + "=" + dir}
+	}
+	return nil
 }
 
 func freePort() (int, error) {

@@ -79,6 +79,7 @@ import (
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/internal/profiling"
 	"github.com/wasmlet/wasmlet/services/executor/internal/announce"
 	"github.com/wasmlet/wasmlet/services/executor/internal/artifactstore"
 	"github.com/wasmlet/wasmlet/services/executor/internal/cpulimit"
@@ -118,9 +119,15 @@ func main() {
 		os.Exit(2)
 	}
 	cfg.natsToken = os.Getenv("WASMLET_NATS_TOKEN")
+	stopProfile, err := profiling.Start("executor")
+	if err != nil {
+		log.Warn("no CPU profile", "error", err)
+	}
+	defer stopProfile()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, cfg, log); err != nil {
+		stopProfile()
 		log.Error("executor failed", "error", err)
 		os.Exit(1)
 	}

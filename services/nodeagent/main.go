@@ -24,6 +24,7 @@ import (
 
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/internal/profiling"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/agent"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/podworker"
 )
@@ -42,9 +43,15 @@ func main() {
 	// Served at /metrics on the kubelet API (nodes/metrics).
 	cfg.Metrics = prometheus.NewRegistry()
 	cfg.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	stopProfile, err := profiling.Start("nodeagent")
+	if err != nil {
+		log.Warn("no CPU profile", "err", err)
+	}
+	defer stopProfile()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := agent.Run(ctx, cfg); err != nil {
+		stopProfile()
 		log.Error("node agent failed", "err", err)
 		os.Exit(1)
 	}

@@ -16,13 +16,25 @@ import (
 	"time"
 
 	"github.com/wasmlet/wasmlet/bench"
+	"github.com/wasmlet/wasmlet/internal/profiling"
 )
 
 func main() {
 	short := flag.Bool("short", false, "small counts (what make test runs)")
 	out := flag.String("out", "bench/results", "directory for the results")
 	only := flag.String("only", "", "comma-separated sections to run (default all: "+strings.Join(bench.SectionNames(), ",")+")")
+	cpuProfile := flag.String("cpu-profile", "", "write CPU profiles of the node agent and executor into this directory (see internal/profiling)")
 	flag.Parse()
+	if *cpuProfile != "" {
+		dir, err := filepath.Abs(*cpuProfile)
+		if err == nil {
+			err = os.Setenv(profiling.EnvDir, dir)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "wasmlet-bench:", err)
+			os.Exit(2)
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, *short, *out, *only); err != nil {
