@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -213,5 +214,53 @@ func checkFetch(t *testing.T, c *local.Cache, dgst string, want []byte) {
 	got := new(bytes.Buffer)
 	if _, err := got.ReadFrom(rc); err != nil || !bytes.Equal(got.Bytes(), want) {
 		t.Fatalf("Fetch(%s) = %d bytes, %v; want %d bytes", dgst, got.Len(), err, len(want))
+	}
+}
+
+// Concurrent pins share writes of pins.json (a group commit), and every
+// one that returned is on disk: a reopened cache keeps every pinned blob.
+func TestConcurrentPinsSurviveRestart(t *testing.T) {
+	dir := t.TempDir()
+	cfg := local.Config{Dir: dir, EvictionGrace: time.Nanosecond}
+	c := newCache(t, cfg)
+	const n = 8
+	for i := range n {
+		put(t, c, i)
+	}
+	errs := make(chan error, n*20)
+	var wg sync.WaitGroup
+	for i := range n {
+		for h := range 20 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs <- c.Pin(testCtx(t), regcache.PinRequest{Holder: fmt.Sprintf("pod-%d-%d", i, h), Digest: cachetest.Digest(artifact(i))})
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Every holder of blob 0 but one lets go; the others keep theirs.
+	for h := range 19 {
+		if err := c.Unpin(testCtx(t), regcache.UnpinRequest{Holder: fmt.Sprintf("pod-0-%d", h)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg.MaxStoreBytes = 1000 // reopened with room for one blob: only pins keep the others
+	c2 := newCache(t, cfg)
+	if got := fmt.Sprint(present(t, c2, n)); got != "[0 1 2 3 4 5 6 7]" {
+		t.Fatalf("reopened, the cache holds %s, want every pinned blob", got)
+	}
+	if err := c2.Unpin(testCtx(t), regcache.UnpinRequest{Holder: "pod-0-19"}); err != nil {
+		t.Fatal(err)
+	}
+	put(t, c2, n) // over budget: 0, now unpinned, goes
+	if got := fmt.Sprint(present(t, c2, n+1)); got != "[1 2 3 4 5 6 7 8]" {
+		t.Fatalf("after the last holder of 0 let go, the cache holds %s, want [1 2 3 4 5 6 7 8]", got)
 	}
 }

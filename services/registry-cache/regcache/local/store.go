@@ -39,13 +39,19 @@ type store struct {
 	metrics *Metrics
 	now     func() time.Time
 
-	mu          sync.Mutex // guards everything below and the index files
+	// pinWrite serialises writes of pins.json (see savePins); it is taken
+	// before mu, never while holding it.
+	pinWrite sync.Mutex
+
+	mu          sync.Mutex // guards everything below and the other index files
 	refs        map[string]refEntry
 	blobs       map[digest.Digest]*blobInfo
 	total       int64
 	pins        map[digest.Digest]map[string]time.Time // holder → expiry (zero: none)
 	precompiled map[string]precompiledEntry
-	overBudget  bool // to warn once per episode
+	overBudget  bool   // to warn once per episode
+	pinsGen     uint64 // counts changes of pins
+	pinsSaved   uint64 // the pinsGen that pins.json holds
 }
 
 type blobInfo struct {
@@ -179,9 +185,10 @@ func (s *store) loadJSON(name string, v any) error {
 	return nil
 }
 
-// saveJSON writes an index atomically. Call with mu held.
+// saveJSON writes an index atomically: with mu held, or for pins.json
+// with pinWrite held.
 func (s *store) saveJSON(name string, v any) error {
-	data, err := json.MarshalIndent(v, "", "  ")
+	data, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
@@ -365,9 +372,10 @@ func (s *store) evictLocked(keep digest.Digest) {
 		s.log.Info("evicted blob", "digest", c.d, "size", c.b.size, "last_used", c.b.lastUsed)
 	}
 	if len(s.pins) != pinsBefore {
-		if err := s.savePinsLocked(); err != nil {
-			s.log.Warn("save pins", "error", err)
-		}
+		// Expired pins leave pins.json with the next pin or unpin; until
+		// then a restart reads them and drops them again.
+		s.pinsGen++
+		s.metrics.setPinned(len(s.pins))
 	}
 	s.forgetLocked(evicted)
 	if s.total > s.budget && !s.overBudget {
@@ -430,21 +438,40 @@ func (s *store) addPin(d digest.Digest, holder string, expires time.Time) {
 	s.pins[d][holder] = expires
 }
 
-func (s *store) savePinsLocked() error {
-	var list []pinEntry
+// savePins writes pins.json with every change up to gen (the caller's
+// pinsGen), unless a write since has covered it. Pins and unpins made
+// while one write is under way share the next (a group commit): a burst of
+// pods costs a few writes, not one per pod each listing every pin.
+func (s *store) savePins(gen uint64) error {
+	s.pinWrite.Lock()
+	defer s.pinWrite.Unlock()
+	s.mu.Lock()
+	if s.pinsSaved >= gen {
+		s.mu.Unlock()
+		return nil
+	}
+	list := make([]pinEntry, 0, len(s.pins))
 	for d, holders := range s.pins {
 		for h, exp := range holders {
 			list = append(list, pinEntry{Digest: d.String(), Holder: h, Expires: exp})
 		}
 	}
+	covers := s.pinsGen
+	s.metrics.setPinned(len(s.pins))
+	s.mu.Unlock()
 	slices.SortFunc(list, func(a, b pinEntry) int {
 		if a.Digest != b.Digest {
 			return cmpString(a.Digest, b.Digest)
 		}
 		return cmpString(a.Holder, b.Holder)
 	})
-	s.metrics.setPinned(len(s.pins))
-	return s.saveJSON("pins.json", list)
+	if err := s.saveJSON("pins.json", list); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.pinsSaved = max(s.pinsSaved, covers)
+	s.mu.Unlock()
+	return nil
 }
 
 func cmpString(a, b string) int {
@@ -460,20 +487,22 @@ func cmpString(a, b string) int {
 // pin holds d for holder until expires (zero: until unpinned).
 func (s *store) pin(d digest.Digest, holder string, expires time.Time) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if _, ok := s.blobs[d]; !ok || !s.has(d) {
+		s.mu.Unlock()
 		return fmt.Errorf("pin %s: %w: the cache does not hold it (it may have been evicted); resolve it again", d, regcache.ErrNotFound)
 	}
 	s.addPin(d, holder, expires)
 	s.touchLocked(d)
-	return s.savePinsLocked()
+	s.pinsGen++
+	gen := s.pinsGen
+	s.mu.Unlock()
+	return s.savePins(gen)
 }
 
 // unpin releases holder's pin of d, or all its pins when d is empty, and
 // evicts what no longer fits.
 func (s *store) unpin(d digest.Digest, holder string) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	changed := false
 	for pd, holders := range s.pins {
 		if d != "" && pd != d {
@@ -488,11 +517,14 @@ func (s *store) unpin(d digest.Digest, holder string) error {
 		}
 	}
 	if !changed {
+		s.mu.Unlock()
 		return nil
 	}
-	err := s.savePinsLocked()
+	s.pinsGen++
+	gen := s.pinsGen
 	s.evictLocked("")
-	return err
+	s.mu.Unlock()
+	return s.savePins(gen)
 }
 
 // recordPrecompiled maps key to the artifact d, already written.
