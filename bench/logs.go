@@ -217,12 +217,7 @@ func (s *Stack) logfloodImage() (string, error) {
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("build testdata/wasm/logflood: %v: %s", err, b)
 	}
-	ref := s.Registry.Host + "/bench/logflood:v1"
-	b, err := exec.Command(filepath.Join(s.Bin, "registry-cache"), "push", "--plain-http", wasm, ref).CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("push %s: %v: %s", ref, err, b)
-	}
-	return strings.TrimSpace(string(b)), nil
+	return s.push(wasm, "logflood")
 }
 
 // logCPUProcs are the processes on the log path whose CPU time the logs

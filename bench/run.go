@@ -4,15 +4,19 @@ import (
 	"context"
 	"debug/buildinfo"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/wasmlet/wasmlet/internal/profiling"
 )
 
 // Options size a run. Each section reads the fields it needs.
@@ -112,84 +116,106 @@ func Run(ctx context.Context, s *Stack, opts Options) (Report, error) {
 }
 
 // podStart is pod start latency on the wasmlet node and the no-op node,
-// single pods and bursts, with the CPU each burst cost and the ratios.
+// single pods and bursts, with the CPU each burst cost and the ratios. The
+// pods run testdata/wasm/idle, which starts in microseconds: the no-op node
+// runs nothing, and the figures with targets measure the node. The Go
+// example module, whose runtime takes milliseconds of CPU to start inside
+// the instance, is measured beside it on the wasmlet node (single pods and
+// the first burst size), without targets.
 func podStart(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
-	var r Report
-	env := []v1.EnvVar{{Name: "COUNT", Value: "1000000000"}, {Name: "SLEEP", Value: "10s"}}
+	var figs []Figure
 	results := map[string]map[string]Figure{}
-	for _, node := range []string{NoopNode, WasmNode} {
-		results[node] = map[string]Figure{}
-		ps := &PodStarter{Client: s.Client, WatchClient: s.WatchClient, Node: node, Image: s.Image, Env: env}
-		ns, err := s.namespace(ctx, "bench-"+node+"-single")
+	runs := []struct {
+		node, image, label string
+		env                []v1.EnvVar
+		bursts             []int
+		targets            bool
+	}{
+		{node: NoopNode, image: s.IdleImage, bursts: opts.Bursts},
+		{node: WasmNode, image: s.IdleImage, bursts: opts.Bursts, targets: true},
+		{node: WasmNode, image: s.Image, label: ", Go example module", bursts: opts.Bursts[:1],
+			env: []v1.EnvVar{{Name: "COUNT", Value: "1000000000"}, {Name: "SLEEP", Value: "10s"}}},
+	}
+	for i, run := range runs {
+		res := map[string]Figure{}
+		results[run.node+run.label] = res
+		ps := &PodStarter{Client: s.Client, WatchClient: s.WatchClient, Node: run.node, Image: run.image, Env: run.env}
+		ns, err := s.namespace(ctx, fmt.Sprintf("bench-%s-single-%d", run.node, i))
 		if err != nil {
-			return r.Figures, err
+			return figs, err
 		}
 		ps.Namespace = ns
 		// One pod first, not counted: the first start on a node compiles
 		// the module (seconds); the figures are for a cached module.
 		if _, err := ps.Singles(ctx, "warmup", 1); err != nil {
-			return r.Figures, fmt.Errorf("%s warm-up: %w", node, err)
+			return figs, fmt.Errorf("%s%s warm-up: %w", run.node, run.label, err)
 		}
 		single, err := ps.Singles(ctx, "single", opts.Singles)
 		if err != nil {
-			return r.Figures, fmt.Errorf("%s singles: %w", node, err)
+			return figs, fmt.Errorf("%s%s singles: %w", run.node, run.label, err)
 		}
-		f := Durations("pod start, single, "+node, "create call → watch shows all containers running; pods one after another; module cached", single)
-		if node == WasmNode {
+		f := Durations("pod start, single, "+run.node+run.label, "create call → watch shows all containers running; pods one after another; module cached", single)
+		if run.targets {
 			f.Hold("median", singleP50Target)
 			f.Anchor = "no-op node (virtual-kubelet, tuned): 30 ms p50 in the issue, and this run's row; SLO p99 ≤ 5 s"
 		}
-		results[node]["single"] = f
-		r.Figures = append(r.Figures, f)
-		if node == WasmNode {
+		res["single"] = f
+		figs = append(figs, f)
+		if run.targets {
 			p99 := f
 			p99.Name += " (p99)"
 			p99.Hold("p99", singleP99Target)
-			r.Figures = append(r.Figures, p99)
+			figs = append(figs, p99)
 		}
 		if err := s.clear(ctx, ps); err != nil {
-			return r.Figures, err
+			return figs, err
 		}
-		for _, n := range opts.Bursts {
-			ps.Namespace, err = s.namespace(ctx, fmt.Sprintf("bench-%s-burst%d", node, n))
+		for _, n := range run.bursts {
+			ps.Namespace, err = s.namespace(ctx, fmt.Sprintf("bench-%s-burst%d-%d", run.node, n, i))
 			if err != nil {
-				return r.Figures, err
+				return figs, err
 			}
 			before := s.cpu()
+			s.nextProfile()
 			all, lat, err := ps.Burst(ctx, "burst", n, 5*time.Minute)
 			if err != nil {
-				return r.Figures, fmt.Errorf("%s burst of %d: %w", node, n, err)
+				return figs, fmt.Errorf("%s%s burst of %d: %w", run.node, run.label, n, err)
 			}
+			s.nextProfile()
 			after := s.cpu()
 			for _, proc := range cpuProcs {
-				r.Figures = append(r.Figures, Values(fmt.Sprintf("CPU in burst of %d on %s: %s", n, node, proc),
+				figs = append(figs, Values(fmt.Sprintf("CPU in burst of %d on %s%s: %s", n, run.node, run.label, proc),
 					"user+system CPU seconds the process (and its children) used from the first create to the last pod running", "s",
 					[]float64{after[proc] - before[proc]}))
 			}
-			allF := Durations(fmt.Sprintf("burst of %d, all running, %s", n, node), "first create call → last pod seen running; 64 parallel creators", []time.Duration{all})
-			if t, ok := burstTargets[n]; ok && node == WasmNode {
+			allF := Durations(fmt.Sprintf("burst of %d, all running, %s%s", n, run.node, run.label), "first create call → last pod seen running; 64 parallel creators", []time.Duration{all})
+			if t, ok := burstTargets[n]; ok && run.targets {
 				allF.Hold("max", t)
 				allF.Anchor = burstAnchors[n]
 			}
-			results[node][fmt.Sprint("burst", n)] = allF
-			r.Figures = append(r.Figures, allF,
-				Durations(fmt.Sprintf("burst of %d, per pod, %s", n, node), "each pod's create call → running, within the burst", lat))
+			res[fmt.Sprint("burst", n)] = allF
+			figs = append(figs, allF,
+				Durations(fmt.Sprintf("burst of %d, per pod, %s%s", n, run.node, run.label), "each pod's create call → running, within the burst", lat))
 			if err := s.clear(ctx, ps); err != nil {
-				return r.Figures, err
+				return figs, err
 			}
 		}
 	}
-	for key, w := range results[WasmNode] {
-		n := results[NoopNode][key]
-		if n.Median <= 0 {
-			continue
+	for _, label := range []string{"", ", Go example module"} {
+		for _, key := range slices.Sorted(maps.Keys(results[WasmNode+label])) {
+			w, n := results[WasmNode+label][key], results[NoopNode][key]
+			if n.Median <= 0 {
+				continue
+			}
+			f := Values(fmt.Sprintf("ratio wasmlet%s / no-op node, %s (median)", label, key), "wasmlet's median over the no-op node's, same run", "x", []float64{w.Median / n.Median})
+			if label == "" {
+				f.Hold("max", ratioTarget)
+				f.Anchor = "the control plane's own limit on this machine (the no-op node)"
+			}
+			figs = append(figs, f)
 		}
-		f := Values(fmt.Sprintf("ratio wasmlet / no-op node, %s (median)", key), "wasmlet's median over the no-op node's, same run", "x", []float64{w.Median / n.Median})
-		f.Hold("max", ratioTarget)
-		f.Anchor = "the control plane's own limit on this machine (the no-op node)"
-		r.Figures = append(r.Figures, f)
 	}
-	return r.Figures, nil
+	return figs, nil
 }
 
 // footprint reports the shipped binaries' sizes and the idle node's memory.
@@ -265,6 +291,21 @@ func cpuTree(pid int) float64 {
 		total += cpuTree(child)
 	}
 	return total
+}
+
+// nextProfile asks the node agent and its executor to begin their next
+// CPU profile (see internal/profiling), when the run takes profiles.
+func (s *Stack) nextProfile() {
+	if os.Getenv(profiling.EnvDir) == "" {
+		return
+	}
+	pid, err := s.NodeAgentPID()
+	if err != nil {
+		return
+	}
+	for _, p := range append([]int{pid}, children(pid)...) {
+		syscall.Kill(p, syscall.SIGUSR1)
+	}
 }
 
 func children(pid int) []int {

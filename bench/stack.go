@@ -28,8 +28,9 @@ const (
 	NoopNode = "bench-noop"
 )
 
-// Build builds the services (stripped, as shipped) and the example module
-// into dir, from the module whose root is repo.
+// Build builds the services (stripped, as shipped), the example module
+// (hello.wasm) and the pod-start benchmark's idle module (idle.wasm) into
+// dir, from the module whose root is repo.
 func Build(repo, dir string) error {
 	run := func(env []string, args ...string) error {
 		cmd := exec.Command("go", args...)
@@ -41,6 +42,9 @@ func Build(repo, dir string) error {
 	}
 	if err := run(nil, "build", "-trimpath", "-ldflags", "-s -w", "-o", dir+"/", "./services/nodeagent", "./services/executor", "./services/registry-cache"); err != nil {
 		return err
+	}
+	if b, err := exec.Command("wat2wasm", "-o", filepath.Join(dir, "idle.wasm"), filepath.Join(repo, "testdata", "wasm", "idle", "idle.wat")).CombinedOutput(); err != nil {
+		return fmt.Errorf("wat2wasm: %v: %s (install Debian package wabt)", err, b)
 	}
 	return run([]string{"GOOS=wasip1", "GOARCH=wasm"}, "build", "-trimpath", "-o", filepath.Join(dir, "hello.wasm"), "./examples/hello")
 }
@@ -54,7 +58,8 @@ type Stack struct {
 	Client   kubernetes.Interface
 	// WatchClient is a second admin client (its own connection) for watches.
 	WatchClient kubernetes.Interface
-	Image       string // digest reference of the example module
+	Image       string // digest reference of the example module (Go, 2.8 MB)
+	IdleImage   string // digest reference of testdata/wasm/idle
 	Bin         string
 	dir         string
 	stopNoop    context.CancelFunc
@@ -93,12 +98,12 @@ func StartStack(ctx context.Context, dir, bin string) (_ *Stack, err error) {
 	if s.Registry, err = testregistry.Start(regDir, testregistry.Options{}); err != nil {
 		return nil, err
 	}
-	ref := s.Registry.Host + "/bench/hello:v1"
-	out, err := exec.Command(filepath.Join(bin, "registry-cache"), "push", "--plain-http", filepath.Join(bin, "hello.wasm"), ref).CombinedOutput()
-	if err != nil {
-		return nil, fmt.Errorf("push: %v: %s", err, out)
+	if s.Image, err = s.push(filepath.Join(bin, "hello.wasm"), "hello"); err != nil {
+		return nil, err
 	}
-	s.Image = strings.TrimSpace(string(out))
+	if s.IdleImage, err = s.push(filepath.Join(bin, "idle.wasm"), "idle"); err != nil {
+		return nil, err
+	}
 
 	kubeconfig, err := s.Cluster.NodeKubeconfig(WasmNode)
 	if err != nil {
@@ -193,6 +198,17 @@ func (s *Stack) Stop() error {
 		errs = append(errs, s.Cluster.Stop())
 	}
 	return errors.Join(errs...)
+}
+
+// push pushes the module file wasm to the stack's registry as
+// bench/<name>:v1 and returns its digest reference.
+func (s *Stack) push(wasm, name string) (string, error) {
+	ref := s.Registry.Host + "/bench/" + name + ":v1"
+	b, err := exec.Command(filepath.Join(s.Bin, "registry-cache"), "push", "--plain-http", wasm, ref).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("push %s: %v: %s", ref, err, b)
+	}
+	return strings.TrimSpace(string(b)), nil
 }
 
 // profileEnv passes profiling.EnvDir on to the node agent (and so to its
