@@ -50,14 +50,14 @@ func logsBench(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 	var rates, printRates, lost []float64
 	cpuPerLine := map[string][]float64{}
 	for i := range opts.LogRuns {
-		c0 := s.logCPU()
+		c0 := s.cpu()
 		r, err := s.followPod(ctx, ps, fmt.Sprintf("flood-%d", i), []v1.EnvVar{
 			{Name: "LINES", Value: fmt.Sprint(opts.LogLines)}, {Name: "BURST", Value: "500"}, {Name: "DELAY", Value: "3s"},
 		}, opts.LogLines)
 		if err != nil {
 			return figs, fmt.Errorf("flood %d: %w", i, err)
 		}
-		c1 := s.logCPU()
+		c1 := s.cpu()
 		for _, p := range logCPUProcs {
 			cpuPerLine[p] = append(cpuPerLine[p], (c1[p]-c0[p])/float64(opts.LogLines)*1e6)
 		}
@@ -221,22 +221,5 @@ func (s *Stack) logfloodImage() (string, error) {
 }
 
 // logCPUProcs are the processes on the log path whose CPU time the logs
-// section reports; the node agent's own figure excludes its executor child.
+// section reports (see cpu).
 var logCPUProcs = []string{"executor", "nodeagent (with NATS)", "kube-apiserver"}
-
-// logCPU reads the CPU seconds used so far by logCPUProcs.
-func (s *Stack) logCPU() map[string]float64 {
-	out := map[string]float64{"kube-apiserver": cpuTree(s.Cluster.PIDs()["kube-apiserver"])}
-	pid, err := s.NodeAgentPID()
-	if err != nil {
-		return out
-	}
-	total := cpuTree(pid)
-	for _, c := range children(pid) {
-		if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", c)); filepath.Base(exe) == "executor" {
-			out["executor"] += cpuTree(c)
-		}
-	}
-	out["nodeagent (with NATS)"] = total - out["executor"]
-	return out
-}

@@ -258,18 +258,25 @@ func (s *Stack) footprint() ([]Figure, error) {
 	return figs, nil
 }
 
-// cpuProcs are the processes whose CPU a burst is charged to.
-var cpuProcs = []string{"kube-apiserver", "etcd", "nodeagent (with executor)"}
+// cpuProcs are the processes whose CPU a burst is charged to; the node
+// agent's figure excludes its executor child.
+var cpuProcs = []string{"kube-apiserver", "etcd", "nodeagent (with NATS)", "executor"}
 
 // cpu reads the CPU seconds used so far by cpuProcs.
 func (s *Stack) cpu() map[string]float64 {
-	out := map[string]float64{}
 	pids := s.Cluster.PIDs()
-	out["kube-apiserver"] = cpuTree(pids["kube-apiserver"])
-	out["etcd"] = cpuTree(pids["etcd"])
-	if pid, err := s.NodeAgentPID(); err == nil {
-		out["nodeagent (with executor)"] = cpuTree(pid)
+	out := map[string]float64{"kube-apiserver": cpuTree(pids["kube-apiserver"]), "etcd": cpuTree(pids["etcd"])}
+	pid, err := s.NodeAgentPID()
+	if err != nil {
+		return out
 	}
+	total := cpuTree(pid)
+	for _, c := range children(pid) {
+		if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", c)); filepath.Base(exe) == "executor" {
+			out["executor"] += cpuTree(c)
+		}
+	}
+	out["nodeagent (with NATS)"] = total - out["executor"]
 	return out
 }
 
