@@ -523,7 +523,12 @@ func (w *Worker) all() []*ctr {
 func (w *Worker) start(ctx context.Context, c *ctr) {
 	pod := w.Pod()
 	c.restartAt = time.Time{}
-	if c.instanceID == "" && !c.adoptChecked {
+	// Only a pod that some life of the node agent has started can have
+	// instances to adopt, and such a life wrote its startTime, unless it
+	// stopped first: then the instance it made has this attempt's ID (IDs
+	// are derived from the pod), and the create below finds it. A new pod
+	// skips the executor round trip.
+	if c.instanceID == "" && !c.adoptChecked && pod.Status.StartTime != nil {
 		c.adoptChecked = true
 		if w.adopt(ctx, pod, c) {
 			return
