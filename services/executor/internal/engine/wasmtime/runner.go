@@ -66,9 +66,10 @@ func (r *runner) close() {
 
 // runners keeps idle runners by module digest. Safe for concurrent use.
 type runners struct {
-	mu   sync.Mutex
-	idle map[string][]*runner
-	n    int
+	mu      sync.Mutex
+	idle    map[string][]*runner
+	n       int
+	warming map[string]bool // digests a spare is being made for
 }
 
 // get returns an idle runner of m loaded from the artifact st, or a new
@@ -98,10 +99,39 @@ func (p *runners) get(m *module, st stamp) (*runner, error) {
 	for _, s := range stale {
 		s.close()
 	}
+	p.spare(m, st)
 	if r != nil {
 		return r, nil
 	}
 	return newRunner(m, st)
+}
+
+// spare makes, in the background, a runner of m for the next instance,
+// unless one is idle or on its way: a module that has just started an
+// instance is likely to start another (a Deployment scaling, a Job's next
+// pod, the next pod of a burst), and that one then costs a Store and an
+// instantiation instead of an Engine and a deserialisation. At most one
+// spare per module is kept beyond those of ended instances.
+func (p *runners) spare(m *module, st stamp) {
+	p.mu.Lock()
+	if p.warming[m.digest] || len(p.idle[m.digest]) > 0 || p.n >= idleTotal {
+		p.mu.Unlock()
+		return
+	}
+	if p.warming == nil {
+		p.warming = map[string]bool{}
+	}
+	p.warming[m.digest] = true
+	p.mu.Unlock()
+	go func() {
+		r, err := newRunner(m, st)
+		p.mu.Lock()
+		delete(p.warming, m.digest)
+		p.mu.Unlock()
+		if err == nil {
+			p.put(r)
+		}
+	}()
 }
 
 // put keeps r for a next instance, or closes it when enough are idle.
