@@ -25,6 +25,7 @@ import (
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/logmsg"
 	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/internal/natsutil/natsserver"
 	"github.com/wasmlet/wasmlet/internal/subjects"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/cachetest"
 	regserver "github.com/wasmlet/wasmlet/services/registry-cache/regcache/server"
@@ -65,7 +66,7 @@ func ExecutorFigures(ctx context.Context, bin string, opts Options) ([]Figure, e
 	if err != nil {
 		return nil, err
 	}
-	ns, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: filepath.Join(work, "nats")})
+	ns, err := natsserver.Start(natsserver.Config{StoreDir: filepath.Join(work, "nats")})
 	if err != nil {
 		return nil, err
 	}

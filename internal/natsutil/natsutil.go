@@ -1,7 +1,6 @@
-// Package natsutil runs the embedded NATS server and sets up the JetStream
-// streams that keep wasmlet's logs and instance events. The node agent uses
-// it for its in-process default; tests use it for a real server on a random
-// loopback port.
+// Package natsutil connects to NATS and sets up the JetStream streams that
+// keep wasmlet's logs and instance events. The embedded server is in
+// natsserver, so that only what runs one (the node agent, tests) links it.
 package natsutil
 
 import (
@@ -10,64 +9,11 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wasmlet/wasmlet/internal/subjects"
 )
-
-// ServerConfig configures an embedded server.
-type ServerConfig struct {
-	// Host defaults to 127.0.0.1; Port 0 picks a free one.
-	Host string
-	Port int
-	// StoreDir keeps JetStream data; it must survive restarts for logs to.
-	StoreDir string
-	// Token, when set, is required of every client.
-	Token string
-}
-
-// Server is a running embedded NATS server.
-type Server struct {
-	*server.Server
-	URL string
-}
-
-// StartServer starts a NATS server with JetStream and waits until it
-// accepts connections.
-func StartServer(cfg ServerConfig) (*Server, error) {
-	if cfg.StoreDir == "" {
-		return nil, errors.New("nats: StoreDir is required")
-	}
-	if cfg.Host == "" {
-		cfg.Host = "127.0.0.1"
-	}
-	port := cfg.Port
-	if port == 0 {
-		port = server.RANDOM_PORT
-	}
-	opts := &server.Options{
-		Host:          cfg.Host,
-		Port:          port,
-		JetStream:     true,
-		StoreDir:      cfg.StoreDir,
-		Authorization: cfg.Token,
-		NoSigs:        true,
-		NoLog:         true,
-		MaxPayload:    1 << 20,
-	}
-	s, err := server.NewServer(opts)
-	if err != nil {
-		return nil, fmt.Errorf("nats: %w", err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		s.Shutdown()
-		return nil, errors.New("nats: server not ready after 10s")
-	}
-	return &Server{Server: s, URL: s.ClientURL()}, nil
-}
 
 // Connect connects to url with the token (may be empty), retrying while
 // the server is away: a wasmlet service keeps working through a NATS restart.

@@ -7,6 +7,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wasmlet/wasmlet/internal/natsutil/natsserver"
 	"github.com/wasmlet/wasmlet/internal/subjects"
 )
 
@@ -14,7 +15,7 @@ import (
 // container's newest lines, whatever the others print; an executor's
 // EnsureStreamsExist leaves the node agent's limits alone.
 func TestLogRetentionPerContainer(t *testing.T) {
-	srv, err := StartServer(ServerConfig{StoreDir: t.TempDir()})
+	srv, err := natsserver.Start(natsserver.Config{StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,6 +25,7 @@ import (
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/internal/natsutil/natsserver"
 	"github.com/wasmlet/wasmlet/internal/subjects"
 	"github.com/wasmlet/wasmlet/internal/wasmbuild"
 	"github.com/wasmlet/wasmlet/services/executor/internal/logs"
@@ -90,7 +91,7 @@ func TestExecutorProcess(t *testing.T) {
 func testExecutorProcess(t *testing.T, ctx context.Context, bin, eng string) {
 	tmp := t.TempDir()
 	const token = "s3cret"
-	ns, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: filepath.Join(tmp, "nats"), Token: token})
+	ns, err := natsserver.Start(natsserver.Config{StoreDir: filepath.Join(tmp, "nats"), Token: token})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,7 +23,7 @@ import (
 
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
-	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/internal/natsutil/natsserver"
 )
 
 // wasmPod is a pod that asks for a wasmlet node: the taint's tolerations
@@ -307,7 +307,7 @@ type split struct {
 
 func startSplit(t *testing.T) split {
 	t.Helper()
-	nats, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: t.TempDir(), Token: "split-token"})
+	nats, err := natsserver.Start(natsserver.Config{StoreDir: t.TempDir(), Token: "split-token"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,7 +16,7 @@ import (
 
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
-	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/internal/natsutil/natsserver"
 )
 
 // runningPods lists, sorted, the pods of namespace ns whose instances run
@@ -55,7 +55,7 @@ func runningPods(t *testing.T, addr, ns string) []string {
 func TestExecutorReplicasDiscovered(t *testing.T) {
 	bin := binaries(t)
 	reg := sharedRegistry(t)
-	nats, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: t.TempDir(), Token: "replicas-token"})
+	nats, err := natsserver.Start(natsserver.Config{StoreDir: t.TempDir(), Token: "replicas-token"})
 	if err != nil {
 		t.Fatal(err)
 	}

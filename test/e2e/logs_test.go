@@ -13,7 +13,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 
-	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/internal/natsutil/natsserver"
 	"github.com/wasmlet/wasmlet/internal/wasmbuild"
 )
 
@@ -22,7 +22,7 @@ import (
 // buffers while NATS is away, and every line reaches kubectl logs, in order.
 func TestLogsSurviveNATSRestart(t *testing.T) {
 	store := t.TempDir()
-	nats, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: store, Token: "restart-token"})
+	nats, err := natsserver.Start(natsserver.Config{StoreDir: store, Token: "restart-token"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +49,7 @@ func TestLogsSurviveNATSRestart(t *testing.T) {
 	current.Shutdown()
 	current.WaitForShutdown()
 	time.Sleep(1500 * time.Millisecond) // NATS is away while the module prints ~15 lines
-	current, err = natsutil.StartServer(natsutil.ServerConfig{StoreDir: store, Token: "restart-token", Port: natsPort})
+	current, err = natsserver.Start(natsserver.Config{StoreDir: store, Token: "restart-token", Port: natsPort})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +83,7 @@ func TestLogsSurviveNATSRestart(t *testing.T) {
 // duplicate. Then the node agent itself is restarted in the middle of the
 // second instance's output, and a later kubectl logs shows every line.
 func TestLogsSurviveExecutorAndNodeAgentRestarts(t *testing.T) {
-	nats, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: t.TempDir(), Token: "kill-token"})
+	nats, err := natsserver.Start(natsserver.Config{StoreDir: t.TempDir(), Token: "kill-token"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,7 +11,7 @@ import (
 
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
-	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/internal/natsutil/natsserver"
 )
 
 // TestRuntimeClassRouting runs two executors, wasmtime (the default) and
@@ -20,7 +20,7 @@ import (
 // handler no executor serves is a clear pod error.
 func TestRuntimeClassRouting(t *testing.T) {
 	bin := binaries(t)
-	nats, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: t.TempDir(), Token: "rc-token"})
+	nats, err := natsserver.Start(natsserver.Config{StoreDir: t.TempDir(), Token: "rc-token"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +89,7 @@ func TestRuntimeClassRouting(t *testing.T) {
 // executor answers at that address.
 func TestNodeNotReadyWithoutExecutor(t *testing.T) {
 	bin := binaries(t)
-	nats, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: t.TempDir(), Token: "nr-token"})
+	nats, err := natsserver.Start(natsserver.Config{StoreDir: t.TempDir(), Token: "nr-token"})
 	if err != nil {
 		t.Fatal(err)
 	}

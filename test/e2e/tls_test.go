@@ -12,7 +12,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
-	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/internal/natsutil/natsserver"
 	"github.com/wasmlet/wasmlet/internal/testpki"
 )
 
@@ -51,7 +51,7 @@ func TestMutualTLSAcrossServices(t *testing.T) {
 		return []string{"--" + prefix + "tls-cert", t.CertFile, "--" + prefix + "tls-key", t.KeyFile, "--" + prefix + "tls-ca", t.CAFile}
 	}
 
-	nats, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: t.TempDir(), Token: "tls-token"})
+	nats, err := natsserver.Start(natsserver.Config{StoreDir: t.TempDir(), Token: "tls-token"})
 	if err != nil {
 		t.Fatal(err)
 	}

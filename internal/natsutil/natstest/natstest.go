@@ -14,17 +14,18 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/internal/natsutil/natsserver"
 )
 
 // JetStream starts a server storing in store (a temporary directory of tb
 // when empty), connects to it, and ensures wasmlet's streams with their
 // default limits. Both are closed when tb ends.
-func JetStream(tb testing.TB, store string) (*natsutil.Server, jetstream.JetStream) {
+func JetStream(tb testing.TB, store string) (*natsserver.Server, jetstream.JetStream) {
 	tb.Helper()
 	if store == "" {
 		store = tb.TempDir()
 	}
-	srv, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: store})
+	srv, err := natsserver.Start(natsserver.Config{StoreDir: store})
 	if err != nil {
 		tb.Fatal(err)
 	}

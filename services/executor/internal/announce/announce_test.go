@@ -11,13 +11,14 @@ import (
 
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
 	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/internal/natsutil/natsserver"
 	"github.com/wasmlet/wasmlet/internal/subjects"
 )
 
 // TestAnnounceLifecycle runs an announcer against a real NATS server: it
 // announces at start, again when a node agent asks, and leaves on stop.
 func TestAnnounceLifecycle(t *testing.T) {
-	srv, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: t.TempDir()})
+	srv, err := natsserver.Start(natsserver.Config{StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,7 @@ import (
 
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
 	"github.com/wasmlet/wasmlet/internal/logmsg"
-	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/internal/natsutil/natsserver"
 	"github.com/wasmlet/wasmlet/internal/natsutil/natstest"
 	"github.com/wasmlet/wasmlet/internal/subjects"
 	"github.com/wasmlet/wasmlet/services/executor/internal/outbox"
@@ -69,7 +69,7 @@ func TestDefaultMaxLine(t *testing.T) {
 	}
 }
 
-func startNATS(t *testing.T) (*natsutil.Server, jetstream.JetStream) {
+func startNATS(t *testing.T) (*natsserver.Server, jetstream.JetStream) {
 	t.Helper()
 	return natstest.JetStream(t, "")
 }

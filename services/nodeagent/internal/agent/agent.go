@@ -40,6 +40,7 @@ import (
 
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/internal/natsutil/natsserver"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/executors"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/kubeletapi"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/metrics"
@@ -166,7 +167,7 @@ func Run(ctx context.Context, cfg Config) error {
 	natsURL, natsToken := cfg.NATSURL, cfg.NATSToken
 	if natsURL == "" {
 		natsToken = randomToken()
-		srv, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: filepath.Join(cfg.StateDir, "nats"), Token: natsToken})
+		srv, err := natsserver.Start(natsserver.Config{StoreDir: filepath.Join(cfg.StateDir, "nats"), Token: natsToken})
 		if err != nil {
 			return err
 		}

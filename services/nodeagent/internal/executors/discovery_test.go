@@ -19,6 +19,7 @@ import (
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/internal/natsutil/natsserver"
 	"github.com/wasmlet/wasmlet/internal/subjects"
 )
 
@@ -167,7 +168,7 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 // comes back, loses what it still runs before it is used again, and a
 // leaving one goes at once.
 func TestDiscoveredReplicas(t *testing.T) {
-	srv, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: t.TempDir()})
+	srv, err := natsserver.Start(natsserver.Config{StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

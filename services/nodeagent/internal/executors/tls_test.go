@@ -13,6 +13,7 @@ import (
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/internal/natsutil/natsserver"
 	"github.com/wasmlet/wasmlet/internal/subjects"
 	"github.com/wasmlet/wasmlet/internal/testpki"
 )
@@ -47,7 +48,7 @@ func TestDiscoveredReplicaOverMutualTLS(t *testing.T) {
 	plain := startFake(t, "exec-plain")
 	far := &fakeExecutor{id: "exec-far", addr: "tcp://192.0.2.1:7000"} // TEST-NET-1: not dialled
 
-	ns, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: t.TempDir()})
+	ns, err := natsserver.Start(natsserver.Config{StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

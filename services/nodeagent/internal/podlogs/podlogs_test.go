@@ -18,6 +18,7 @@ import (
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
 	"github.com/wasmlet/wasmlet/internal/logmsg"
 	"github.com/wasmlet/wasmlet/internal/natsutil"
+	"github.com/wasmlet/wasmlet/internal/natsutil/natsserver"
 	"github.com/wasmlet/wasmlet/internal/natsutil/natstest"
 	"github.com/wasmlet/wasmlet/internal/subjects"
 )
@@ -100,7 +101,7 @@ func TestFollowSurvivesNATSRestart(t *testing.T) {
 	srv.Shutdown()
 	srv.WaitForShutdown()
 	time.Sleep(3 * time.Second)
-	srv, err = natsutil.StartServer(natsutil.ServerConfig{StoreDir: store, Port: port})
+	srv, err = natsserver.Start(natsserver.Config{StoreDir: store, Port: port})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +115,7 @@ func TestFollowSurvivesNATSRestart(t *testing.T) {
 // executors) and batches, one of them twice (a replay past the duplicate
 // window), is read per line: all, tail, limitBytes, timestamps, follow.
 func TestBatchesAndSingleRecords(t *testing.T) {
-	srv, err := natsutil.StartServer(natsutil.ServerConfig{StoreDir: t.TempDir()})
+	srv, err := natsserver.Start(natsserver.Config{StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
