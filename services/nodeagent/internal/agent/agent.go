@@ -306,8 +306,19 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	nodeProvider := nodestatus.NewProvider(nodeObj, pool, cfg.StateDir)
 
+	sink := newQueuedSink(&corev1client.EventSinkImpl{Interface: client.CoreV1().Events(v1.NamespaceAll)}, eventQueueLimit, cfg.Log, cfg.Metrics)
+	sinkCtx, stopSink := context.WithCancel(context.Background())
+	sinkDone := make(chan struct{})
+	go func() { defer close(sinkDone); sink.Run(sinkCtx) }()
+	defer func() { // after the broadcaster's shutdown below: write what it handed over
+		stopSink()
+		select {
+		case <-sinkDone:
+		case <-time.After(6 * time.Second):
+		}
+	}()
 	eb := record.NewBroadcaster()
-	eb.StartRecordingToSink(&corev1client.EventSinkImpl{Interface: client.CoreV1().Events(v1.NamespaceAll)})
+	eb.StartRecordingToSink(sink)
 	defer eb.Shutdown()
 	recorder := eb.NewRecorder(scheme.Scheme, v1.EventSource{Component: "kubelet", Host: cfg.NodeName})
 
@@ -421,6 +432,10 @@ func servingCertificate(cfg Config, client kubernetes.Interface, recorder record
 
 // fastLimiter retries failures with exponential back-off but, unlike
 // client-go's default, does not rate-limit every add at 10/s.
+// eventQueueLimit bounds the event writes waiting for the API server
+// (see queuedSink): about 10 MB at most.
+const eventQueueLimit = 10000
+
 func fastLimiter() workqueue.TypedRateLimiter[any] {
 	return workqueue.NewTypedMaxOfRateLimiter(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[any](5*time.Millisecond, 30*time.Second),
