@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"strconv"
 	"strings"
 	"time"
@@ -59,7 +60,7 @@ func density(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 		time.Sleep(3 * time.Second)
 		settle()
 		rss, pss := treeField(pid, "status", "VmRSS"), treeField(pid, "smaps_rollup", "Pss")
-		reqAfter, err := s.apiRequests(ctx)
+		reqAfter, err := s.settledRequests(ctx)
 		if err != nil {
 			return figs, err
 		}
@@ -97,6 +98,24 @@ var apiCosts = []apiCost{
 	{"events created", "apiserver_request_total for events (POST, PATCH) over the run, divided by N", func(l string) bool {
 		return strings.Contains(l, `resource="events"`) && (strings.Contains(l, `verb="POST"`) || strings.Contains(l, `verb="PATCH"`))
 	}},
+}
+
+// settledRequests reads apiRequests once they have stopped growing for
+// 3 s (at most 3 minutes): the node agent paces its events (--event-qps,
+// 50/s by default, as the kubelet's), so a burst's events are written
+// after its pods run.
+func (s *Stack) settledRequests(ctx context.Context) (map[string]int64, error) {
+	last, err := s.apiRequests(ctx)
+	deadline := time.Now().Add(3 * time.Minute)
+	for err == nil && time.Now().Before(deadline) {
+		time.Sleep(3 * time.Second)
+		var now map[string]int64
+		if now, err = s.apiRequests(ctx); err == nil && maps.Equal(now, last) {
+			return now, nil
+		}
+		last = now
+	}
+	return last, err
 }
 
 // apiRequests reads the API server's request counters for apiCosts.

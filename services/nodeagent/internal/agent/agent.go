@@ -81,6 +81,12 @@ type Config struct {
 	VolumeRefresh           time.Duration
 	RegistryMaxBytes        int64  // in-process cache's size budget; 0: none
 	PodSyncWorkers          int    // virtual-kubelet's pod sync workers (status writes run on them)
+	// EventQPS and EventBurst pace event writes, as the kubelet's
+	// --event-qps and --event-burst do (and with its defaults, 50 and
+	// 100), so that pod status writes are not held up behind events in a
+	// burst of starts; events wait in a queue (see queuedSink). EventQPS
+	// < 0: unlimited.
+	EventQPS, EventBurst int
 	CPUCgroup               string // passed to the supervised executor: where CPU limits are enforced
 
 	// NoExecutorChild: with no Executors, supervise no child; pods run on
@@ -120,6 +126,12 @@ func (c *Config) defaults() error {
 	}
 	if c.PodSyncWorkers == 0 {
 		c.PodSyncWorkers = 4
+	}
+	if c.EventQPS == 0 {
+		c.EventQPS = 50
+	}
+	if c.EventBurst <= 0 {
+		c.EventBurst = 100
 	}
 	if c.MaxPods == 0 {
 		c.MaxPods = 110
@@ -307,6 +319,9 @@ func Run(ctx context.Context, cfg Config) error {
 	nodeProvider := nodestatus.NewProvider(nodeObj, pool, cfg.StateDir)
 
 	sink := newQueuedSink(&corev1client.EventSinkImpl{Interface: client.CoreV1().Events(v1.NamespaceAll)}, eventQueueLimit, cfg.Log, cfg.Metrics)
+	if cfg.EventQPS >= 0 {
+		sink.pace = rate.NewLimiter(rate.Limit(cfg.EventQPS), cfg.EventBurst)
+	}
 	sinkCtx, stopSink := context.WithCancel(context.Background())
 	sinkDone := make(chan struct{})
 	go func() { defer close(sinkDone); sink.Run(sinkCtx) }()

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/tools/record"
@@ -20,8 +21,9 @@ import (
 // queue the write and return at once, so the broadcaster never backs up;
 // one goroutine writes the queue in order, as the broadcaster's did (no
 // more load on the API server at once), retrying what fails for a reason
-// other than the API server's refusal. Past limit queued writes an event
-// is dropped, logged and counted (wasmlet_events_dropped_total).
+// other than the API server's refusal, and paced (pace) as the kubelet's
+// --event-qps paces its events. Past limit queued writes an event is
+// dropped, logged and counted (wasmlet_events_dropped_total).
 //
 // What the broadcaster learns from a write (the stored event, for the next
 // Patch of an aggregated one) is the event it sent: a Patch queued behind
@@ -32,6 +34,7 @@ type queuedSink struct {
 	log     *slog.Logger
 	dropped prometheus.Counter
 	retry   time.Duration // between tries of a write that failed
+	pace    *rate.Limiter // nil: unpaced
 
 	mu     sync.Mutex
 	queue  []eventWrite
@@ -105,6 +108,10 @@ func (q *queuedSink) Run(ctx context.Context) {
 		}
 		q.mu.Unlock()
 		if ok {
+			if q.pace != nil && q.pace.Wait(ctx) != nil {
+				q.requeue(w)
+				continue // ctx ended: drained below
+			}
 			q.write(ctx, w)
 			continue
 		}
@@ -115,6 +122,13 @@ func (q *queuedSink) Run(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// requeue puts w back at the head of the queue.
+func (q *queuedSink) requeue(w eventWrite) {
+	q.mu.Lock()
+	q.queue = append([]eventWrite{w}, q.queue...)
+	q.mu.Unlock()
 }
 
 // drain writes what is queued at shutdown, each write tried once, for up

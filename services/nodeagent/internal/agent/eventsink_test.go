@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/time/rate"
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -152,5 +153,23 @@ func TestQueuedSinkDrainsAtShutdown(t *testing.T) {
 	q.Create(ev("late"))
 	if got := testutil.ToFloat64(q.dropped); got != 1 {
 		t.Fatalf("an event after shutdown: dropped %v, want 1", got)
+	}
+}
+
+// Paced like the kubelet's --event-qps: past the burst, writes wait.
+func TestQueuedSinkPaced(t *testing.T) {
+	f := &fakeSink{}
+	q := newQueuedSink(f, 100, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	q.pace = rate.NewLimiter(100, 2) // 2 at once, then one per 10 ms
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	start := time.Now()
+	go q.Run(ctx)
+	for i := range 7 {
+		q.Create(ev(fmt.Sprint(i)))
+	}
+	waitWrites(t, f, 7)
+	if d := time.Since(start); d < 45*time.Millisecond {
+		t.Fatalf("7 writes at 100/s after a burst of 2 took %v, want at least 50 ms", d)
 	}
 }
