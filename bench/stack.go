@@ -23,6 +23,10 @@ import (
 	"github.com/wasmlet/wasmlet/internal/testregistry"
 )
 
+// PodSyncWorkers is virtual-kubelet's pod sync workers (pod creations
+// and status writes at once) on both nodes.
+const PodSyncWorkers = 16
+
 // Node names of the stack.
 const (
 	WasmNode = "bench-wasmlet"
@@ -118,6 +122,7 @@ func StartStack(ctx context.Context, dir, bin string) (_ *Stack, err error) {
 		"--kubeconfig", kubeconfig, "--node-name", WasmNode, "--port", fmt.Sprint(port),
 		"--state-dir", filepath.Join(dir, "node"), "--client-ca-file", s.Cluster.KubeletClientCAPath(),
 		"--insecure-registry", s.Registry.Host, "--max-pods", "2000", "--log-level", "warn",
+		"--pod-sync-workers", fmt.Sprint(PodSyncWorkers),
 	}, profileEnv()); err != nil {
 		return nil, err
 	}
@@ -133,7 +138,7 @@ func StartStack(ctx context.Context, dir, bin string) (_ *Stack, err error) {
 	nctx, cancel := context.WithCancel(context.Background())
 	s.stopNoop, s.noopDone = cancel, make(chan error, 1)
 	ready := make(chan struct{})
-	go func() { s.noopDone <- noopnode.Run(nctx, rc, NoopNode, ready) }()
+	go func() { s.noopDone <- noopnode.Run(nctx, rc, NoopNode, PodSyncWorkers, ready) }()
 	for _, n := range []string{WasmNode, NoopNode} {
 		if err := s.waitSchedulable(ctx, n); err != nil {
 			return nil, fmt.Errorf("%w (node agent log: %s)", err, localcluster.ServiceLog(dir, "nodeagent"))

@@ -40,7 +40,7 @@ var (
 
 // Run registers a node called name with the node identity in cfg and runs
 // it until ctx ends. ready is closed once the node is registered.
-func Run(ctx context.Context, cfg *rest.Config, name string, ready chan<- struct{}) error {
+func Run(ctx context.Context, cfg *rest.Config, name string, workers int, ready chan<- struct{}) error {
 	cfg = rest.CopyConfig(cfg)
 	cfg.QPS, cfg.Burst = 500, 1000
 	client, err := kubernetes.NewForConfig(cfg)
@@ -100,7 +100,7 @@ func Run(ctx context.Context, cfg *rest.Config, name string, ready chan<- struct
 	}
 	factory.Start(ctx.Done())
 	errc := make(chan error, 2)
-	go func() { errc <- pc.Run(ctx, 4) }() // as many workers as wasmlet's node agent
+	go func() { errc <- pc.Run(ctx, workers) }() // as many workers as wasmlet's node agent
 	select {
 	case <-pc.Ready():
 	case err := <-errc:

@@ -106,7 +106,7 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 	fs.Var(&hostPaths, "allowed-host-path", "host directory that hostPath volumes may name, with what is below it (repeatable; default none)")
 	fs.Int64Var(&cfg.RegistryMaxBytes, "registry-max-bytes", 0, "size budget of the in-process registry cache (least recently used modules not in use are evicted); 0: none")
 	fs.StringVar(&cfg.CPUCgroup, "cpu-cgroup", "", "writable cgroup directory (cpu controller) for the supervised executor to enforce limits.cpu in; empty: CPU limits are not enforced")
-	fs.IntVar(&cfg.PodSyncWorkers, "pod-sync-workers", 4, "pod sync workers: how many pod creations and status writes go to the API server at once")
+	fs.IntVar(&cfg.PodSyncWorkers, "pod-sync-workers", 16, "pod sync workers: how many pod creations and status writes go to the API server at once")
 	fs.IntVar(&cfg.EventQPS, "event-qps", 50, "events written per second at most, as the kubelet's flag (status writes go first); events wait in a queue of 10,000; 0: unlimited")
 	fs.IntVar(&cfg.EventBurst, "event-burst", 100, "events written at once before --event-qps applies, as the kubelet's flag")
 	fs.DurationVar(&cfg.VolumeRefresh, "volume-refresh", time.Minute, "how often configMap, secret, downwardAPI and projected volumes are rewritten from their sources")

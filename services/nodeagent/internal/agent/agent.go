@@ -125,7 +125,7 @@ func (c *Config) defaults() error {
 		c.KubeletPort = 10250
 	}
 	if c.PodSyncWorkers == 0 {
-		c.PodSyncWorkers = 4
+		c.PodSyncWorkers = 16
 	}
 	if c.EventQPS == 0 {
 		c.EventQPS = 50
