@@ -81,13 +81,14 @@ type Config struct {
 	VolumeRefresh           time.Duration
 	RegistryMaxBytes        int64  // in-process cache's size budget; 0: none
 	PodSyncWorkers          int    // virtual-kubelet's pod sync workers (status writes run on them)
+	CPUCgroup               string // passed to the supervised executor: where CPU limits are enforced
+
 	// EventQPS and EventBurst pace event writes, as the kubelet's
 	// --event-qps and --event-burst do (and with its defaults, 50 and
 	// 100), so that pod status writes are not held up behind events in a
 	// burst of starts; events wait in a queue (see queuedSink). EventQPS
 	// < 0: unlimited.
 	EventQPS, EventBurst int
-	CPUCgroup               string // passed to the supervised executor: where CPU limits are enforced
 
 	// NoExecutorChild: with no Executors, supervise no child; pods run on
 	// the executors that announce themselves on NATS for this node.

@@ -52,7 +52,9 @@ func (f *fakeSink) got() []string {
 	return slices.Clone(f.writes)
 }
 
-func ev(name string) *v1.Event { return &v1.Event{ObjectMeta: metav1.ObjectMeta{Name: name}, Reason: "Started"} }
+func ev(name string) *v1.Event {
+	return &v1.Event{ObjectMeta: metav1.ObjectMeta{Name: name}, Reason: "Started"}
+}
 
 func waitWrites(t *testing.T, f *fakeSink, n int) []string {
 	t.Helper()
