@@ -69,9 +69,12 @@ func uncached(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 
 var pulledIn = regexp.MustCompile(`pulled image ".*" in ([0-9.]+[a-zµ]+)`)
 
-// pullTime reads the pull's duration from the pod's Pulled event.
+// pullTime reads the pull's duration from the pod's Pulled event. The
+// node agent paces events (50/s, as the kubelet), and the bursts of the
+// sections before leave thousands queued: the event may come minutes
+// after the pod runs.
 func (s *Stack) pullTime(ctx context.Context, ns, pod string) (time.Duration, error) {
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(5 * time.Minute)
 	for {
 		evs, err := s.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{
 			FieldSelector: fields.AndSelectors(fields.OneTermEqualSelector("involvedObject.name", pod), fields.OneTermEqualSelector("reason", "Pulled")).String(),
@@ -85,7 +88,7 @@ func (s *Stack) pullTime(ctx context.Context, ns, pod string) (time.Duration, er
 			}
 		}
 		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("pod %s/%s: no Pulled event with a duration after 30s", ns, pod)
+			return 0, fmt.Errorf("pod %s/%s: no Pulled event with a duration after 5m", ns, pod)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
