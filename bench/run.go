@@ -4,7 +4,6 @@ import (
 	"context"
 	"debug/buildinfo"
 	"fmt"
-	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -24,7 +23,10 @@ type Options struct {
 	Short   bool
 	Singles int   // single pods started one after another, per node
 	Bursts  []int // burst sizes, per node
-	Density []int // numbers of pods held at once on the wasmlet node
+	// BurstReps is how many times each burst runs on each node, the
+	// nodes taking turns.
+	BurstReps int
+	Density   []int // numbers of pods held at once on the wasmlet node
 	// Uncached is the number of pods started one after another, each with
 	// a module new to the node and the registry cache.
 	Uncached int
@@ -44,10 +46,10 @@ type Options struct {
 
 // FullOptions is `make bench`; ShortOptions runs in `make test`.
 var (
-	FullOptions = Options{Singles: 30, Bursts: []int{100, 500}, Density: []int{100, 500, 1000}, Uncached: 5,
+	FullOptions = Options{Singles: 30, Bursts: []int{100, 500}, BurstReps: 3, Density: []int{100, 500, 1000}, Uncached: 5,
 		ExecRounds: 5, ExecInstances: 2000, ExecConcurrency: 16, ExecStarts: 200, ExecKills: 100, ExecDensity: 1000,
 		LogRuns: 3, LogLines: 500000, LogLatencyLines: 500}
-	ShortOptions = Options{Short: true, Singles: 3, Bursts: []int{10}, Density: []int{10}, Uncached: 1,
+	ShortOptions = Options{Short: true, Singles: 3, Bursts: []int{10}, BurstReps: 1, Density: []int{10}, Uncached: 1,
 		ExecRounds: 1, ExecInstances: 20, ExecConcurrency: 4, ExecStarts: 5, ExecKills: 3, ExecDensity: 5,
 		LogRuns: 1, LogLines: 5000, LogLatencyLines: 25}
 )
@@ -122,25 +124,32 @@ func Run(ctx context.Context, s *Stack, opts Options) (Report, error) {
 // example module, whose runtime takes milliseconds of CPU to start inside
 // the instance, is measured beside it on the wasmlet node (single pods and
 // the first burst size), without targets.
+//
+// This machine's speed drifts by tens of percent from one minute to the
+// next (a shared 2-core VM), so each burst is repeated opts.BurstReps
+// times, the nodes taking turns, and each ratio is taken pair by pair
+// (wasmlet's burst over the no-op node's just before it).
 func podStart(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 	var figs []Figure
-	results := map[string]map[string]Figure{}
-	runs := []struct {
+	type run struct {
 		node, image, label string
 		env                []v1.EnvVar
 		bursts             []int
 		targets            bool
-	}{
+	}
+	runs := []run{
 		{node: NoopNode, image: s.IdleImage, bursts: opts.Bursts},
 		{node: WasmNode, image: s.IdleImage, bursts: opts.Bursts, targets: true},
 		{node: WasmNode, image: s.Image, label: ", Go example module", bursts: opts.Bursts[:1],
 			env: []v1.EnvVar{{Name: "COUNT", Value: "1000000000"}, {Name: "SLEEP", Value: "10s"}}},
 	}
-	for i, run := range runs {
-		res := map[string]Figure{}
-		results[run.node+run.label] = res
-		ps := &PodStarter{Client: s.Client, WatchClient: s.WatchClient, Node: run.node, Image: run.image, Env: run.env}
-		ns, err := s.namespace(ctx, fmt.Sprintf("bench-%s-single-%d", run.node, i))
+	starter := func(r run) *PodStarter {
+		return &PodStarter{Client: s.Client, WatchClient: s.WatchClient, Node: r.node, Image: r.image, Env: r.env}
+	}
+	singles := map[string]Figure{}
+	for i, r := range runs {
+		ps := starter(r)
+		ns, err := s.namespace(ctx, fmt.Sprintf("bench-%s-single-%d", r.node, i))
 		if err != nil {
 			return figs, err
 		}
@@ -148,20 +157,20 @@ func podStart(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 		// One pod first, not counted: the first start on a node compiles
 		// the module (seconds); the figures are for a cached module.
 		if _, err := ps.Singles(ctx, "warmup", 1); err != nil {
-			return figs, fmt.Errorf("%s%s warm-up: %w", run.node, run.label, err)
+			return figs, fmt.Errorf("%s%s warm-up: %w", r.node, r.label, err)
 		}
 		single, err := ps.Singles(ctx, "single", opts.Singles)
 		if err != nil {
-			return figs, fmt.Errorf("%s%s singles: %w", run.node, run.label, err)
+			return figs, fmt.Errorf("%s%s singles: %w", r.node, r.label, err)
 		}
-		f := Durations("pod start, single, "+run.node+run.label, "create call → watch shows all containers running; pods one after another; module cached", single)
-		if run.targets {
+		f := Durations("pod start, single, "+r.node+r.label, "create call → watch shows all containers running; pods one after another; module cached", single)
+		if r.targets {
 			f.Hold("median", singleP50Target)
 			f.Anchor = "no-op node (virtual-kubelet, tuned): 30 ms p50 in the issue, and this run's row; SLO p99 ≤ 5 s"
 		}
-		res["single"] = f
+		singles[r.node+r.label] = f
 		figs = append(figs, f)
-		if run.targets {
+		if r.targets {
 			p99 := f
 			p99.Name += " (p99)"
 			p99.Hold("p99", singleP99Target)
@@ -170,52 +179,95 @@ func podStart(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 		if err := s.clear(ctx, ps); err != nil {
 			return figs, err
 		}
-		for _, n := range run.bursts {
-			ps.Namespace, err = s.namespace(ctx, fmt.Sprintf("bench-%s-burst%d-%d", run.node, n, i))
-			if err != nil {
-				return figs, err
-			}
-			before := s.cpu()
-			s.nextProfile()
-			all, lat, err := ps.Burst(ctx, "burst", n, 5*time.Minute)
-			if err != nil {
-				return figs, fmt.Errorf("%s%s burst of %d: %w", run.node, run.label, n, err)
-			}
-			s.nextProfile()
-			after := s.cpu()
-			for _, proc := range cpuProcs {
-				figs = append(figs, Values(fmt.Sprintf("CPU in burst of %d on %s%s: %s", n, run.node, run.label, proc),
-					"user+system CPU seconds the process (and its children) used from the first create to the last pod running", "s",
-					[]float64{after[proc] - before[proc]}))
-			}
-			allF := Durations(fmt.Sprintf("burst of %d, all running, %s%s", n, run.node, run.label), "first create call → last pod seen running; 64 parallel creators", []time.Duration{all})
-			if t, ok := burstTargets[n]; ok && run.targets {
-				allF.Hold("max", t)
-				allF.Anchor = burstAnchors[n]
-			}
-			res[fmt.Sprint("burst", n)] = allF
-			figs = append(figs, allF,
-				Durations(fmt.Sprintf("burst of %d, per pod, %s%s", n, run.node, run.label), "each pod's create call → running, within the burst", lat))
-			if err := s.clear(ctx, ps); err != nil {
-				return figs, err
-			}
-		}
 	}
 	for _, label := range []string{"", ", Go example module"} {
-		for _, key := range slices.Sorted(maps.Keys(results[WasmNode+label])) {
-			w, n := results[WasmNode+label][key], results[NoopNode][key]
-			if n.Median <= 0 {
+		w, n := singles[WasmNode+label], singles[NoopNode]
+		if n.Median > 0 {
+			figs = append(figs, ratioFigure("single", label, []float64{w.Median / n.Median}))
+		}
+	}
+
+	// Bursts: for each size, BurstReps rounds of every run in turn.
+	reps := max(opts.BurstReps, 1)
+	for _, n := range opts.Bursts {
+		type result struct {
+			all []time.Duration
+			lat []time.Duration
+			cpu map[string][]float64
+		}
+		res := map[string]*result{}
+		for rep := range reps {
+			for i, r := range runs {
+				if !slices.Contains(r.bursts, n) {
+					continue
+				}
+				key := r.node + r.label
+				if res[key] == nil {
+					res[key] = &result{cpu: map[string][]float64{}}
+				}
+				ps := starter(r)
+				var err error
+				if ps.Namespace, err = s.namespace(ctx, fmt.Sprintf("bench-%s-burst%d-%d-%d", r.node, n, i, rep)); err != nil {
+					return figs, err
+				}
+				before := s.cpu()
+				s.nextProfile()
+				all, lat, err := ps.Burst(ctx, "burst", n, 5*time.Minute)
+				if err != nil {
+					return figs, fmt.Errorf("%s%s burst of %d: %w", r.node, r.label, n, err)
+				}
+				s.nextProfile()
+				after := s.cpu()
+				res[key].all = append(res[key].all, all)
+				res[key].lat = append(res[key].lat, lat...)
+				for _, proc := range cpuProcs {
+					res[key].cpu[proc] = append(res[key].cpu[proc], after[proc]-before[proc])
+				}
+				if err := s.clear(ctx, ps); err != nil {
+					return figs, err
+				}
+			}
+		}
+		for _, r := range runs {
+			got := res[r.node+r.label]
+			if got == nil {
 				continue
 			}
-			f := Values(fmt.Sprintf("ratio wasmlet%s / no-op node, %s (median)", label, key), "wasmlet's median over the no-op node's, same run", "x", []float64{w.Median / n.Median})
-			if label == "" {
-				f.Hold("max", ratioTarget)
-				f.Anchor = "the control plane's own limit on this machine (the no-op node)"
+			for _, proc := range cpuProcs {
+				figs = append(figs, Values(fmt.Sprintf("CPU in burst of %d on %s%s: %s", n, r.node, r.label, proc),
+					"user+system CPU seconds the process (and its children) used from the first create to the last pod running; one value per burst", "s", got.cpu[proc]))
 			}
-			figs = append(figs, f)
+			allF := Durations(fmt.Sprintf("burst of %d, all running, %s%s", n, r.node, r.label),
+				fmt.Sprintf("first create call → last pod seen running; 64 parallel creators; %d bursts, the nodes taking turns", len(got.all)), got.all)
+			if t, ok := burstTargets[n]; ok && r.targets {
+				allF.Hold("median", t)
+				allF.Anchor = burstAnchors[n]
+			}
+			figs = append(figs, allF,
+				Durations(fmt.Sprintf("burst of %d, per pod, %s%s", n, r.node, r.label), "each pod's create call → running, within its burst (all bursts)", got.lat))
+			if r.node == WasmNode {
+				noop := res[NoopNode]
+				var ratios []float64
+				for j := range min(len(got.all), len(noop.all)) {
+					ratios = append(ratios, float64(got.all[j])/float64(noop.all[j]))
+				}
+				figs = append(figs, ratioFigure(fmt.Sprint("burst", n), r.label, ratios))
+			}
 		}
 	}
 	return figs, nil
+}
+
+// ratioFigure is wasmlet's figure over the no-op node's; the target holds
+// for the idle module's (label "").
+func ratioFigure(key, label string, ratios []float64) Figure {
+	f := Values(fmt.Sprintf("ratio wasmlet%s / no-op node, %s", label, key),
+		"wasmlet's over the no-op node's, same run: single pods by median, bursts pair by pair (all running)", "x", ratios)
+	if label == "" {
+		f.Hold("median", ratioTarget)
+		f.Anchor = "the control plane's own limit on this machine (the no-op node)"
+	}
+	return f
 }
 
 // footprint reports the shipped binaries' sizes and the idle node's memory.
