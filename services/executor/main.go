@@ -77,6 +77,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
+	"github.com/wasmlet/wasmlet/internal/gcpercent"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/natsutil"
 	"github.com/wasmlet/wasmlet/internal/profiling"
@@ -119,6 +120,7 @@ func main() {
 		os.Exit(2)
 	}
 	cfg.natsToken = os.Getenv("WASMLET_NATS_TOKEN")
+	gcpercent.Set()
 	stopProfile, err := profiling.Start("executor")
 	if err != nil {
 		log.Warn("no CPU profile", "error", err)

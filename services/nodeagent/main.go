@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/wasmlet/wasmlet/internal/gcpercent"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/natsutil"
 	"github.com/wasmlet/wasmlet/internal/profiling"
@@ -43,6 +44,7 @@ func main() {
 	// Served at /metrics on the kubelet API (nodes/metrics).
 	cfg.Metrics = prometheus.NewRegistry()
 	cfg.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	gcpercent.Set()
 	stopProfile, err := profiling.Start("nodeagent")
 	if err != nil {
 		log.Warn("no CPU profile", "err", err)
