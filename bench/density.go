@@ -47,7 +47,9 @@ func density(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 			return figs, err
 		}
 		ps := &PodStarter{Client: s.Client, WatchClient: s.WatchClient, Node: WasmNode, Image: s.Image, Env: env, Namespace: ns}
-		reqBefore, err := s.apiRequests(ctx)
+		// Settled first: the events of the previous level's deletion
+		// (Killing) are written after its pods are gone.
+		reqBefore, err := s.settledRequests(ctx)
 		if err != nil {
 			return figs, err
 		}
