@@ -446,12 +446,12 @@ func servingCertificate(cfg Config, client kubernetes.Interface, recorder record
 	return sc.GetCertificate, nil
 }
 
-// fastLimiter retries failures with exponential back-off but, unlike
-// client-go's default, does not rate-limit every add at 10/s.
 // eventQueueLimit bounds the event writes waiting for the API server
 // (see queuedSink): about 10 MB at most.
 const eventQueueLimit = 10000
 
+// fastLimiter retries failures with exponential back-off but, unlike
+// client-go's default, does not rate-limit every add at 10/s.
 func fastLimiter() workqueue.TypedRateLimiter[any] {
 	return workqueue.NewTypedMaxOfRateLimiter(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[any](5*time.Millisecond, 30*time.Second),
