@@ -1,9 +1,10 @@
 // Package natstest gives tests a real in-process NATS server with
-// JetStream and wasmlet's streams, and a JetStream context connected to
-// it: the set-up every test of a NATS publisher or reader needs. It owns
-// nothing beyond the test: the server and connection end with it.
+// JetStream and wasmlet's streams, and a connection or JetStream context
+// to it: the set-up every test of a NATS publisher or reader needs. It
+// owns nothing beyond the test: the server and connection end with it.
 //
 //	srv, js := natstest.JetStream(t, "")
+//	srv, nc := natstest.Conn(t)
 package natstest
 
 import (
@@ -11,11 +12,19 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wasmlet/wasmlet/internal/natsutil"
 	"github.com/wasmlet/wasmlet/internal/natsutil/natsserver"
 )
+
+// Conn starts a server storing in a temporary directory of tb and
+// connects to it. Both are closed when tb ends.
+func Conn(tb testing.TB) (*natsserver.Server, *nats.Conn) {
+	tb.Helper()
+	return start(tb, tb.TempDir())
+}
 
 // JetStream starts a server storing in store (a temporary directory of tb
 // when empty), connects to it, and ensures wasmlet's streams with their
@@ -25,16 +34,7 @@ func JetStream(tb testing.TB, store string) (*natsserver.Server, jetstream.JetSt
 	if store == "" {
 		store = tb.TempDir()
 	}
-	srv, err := natsserver.Start(natsserver.Config{StoreDir: store})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(srv.Shutdown)
-	nc, err := natsutil.Connect(srv.URL, "", tb.Name())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(nc.Close)
+	srv, nc := start(tb, store)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		tb.Fatal(err)
@@ -45,4 +45,19 @@ func JetStream(tb testing.TB, store string) (*natsserver.Server, jetstream.JetSt
 		tb.Fatal(err)
 	}
 	return srv, js
+}
+
+func start(tb testing.TB, store string) (*natsserver.Server, *nats.Conn) {
+	tb.Helper()
+	srv, err := natsserver.Start(natsserver.Config{StoreDir: store})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(srv.Shutdown)
+	nc, err := natsutil.Connect(srv.URL, "", tb.Name())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(nc.Close)
+	return srv, nc
 }

@@ -10,24 +10,14 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
-	"github.com/wasmlet/wasmlet/internal/natsutil"
-	"github.com/wasmlet/wasmlet/internal/natsutil/natsserver"
+	"github.com/wasmlet/wasmlet/internal/natsutil/natstest"
 	"github.com/wasmlet/wasmlet/internal/subjects"
 )
 
 // TestAnnounceLifecycle runs an announcer against a real NATS server: it
 // announces at start, again when a node agent asks, and leaves on stop.
 func TestAnnounceLifecycle(t *testing.T) {
-	srv, err := natsserver.Start(natsserver.Config{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Shutdown()
-	nc, err := natsutil.Connect(srv.URL, "", "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	_, nc := natstest.Conn(t)
 	got := make(chan *nats.Msg, 16)
 	sub, err := nc.ChanSubscribe(subjects.ExecutorsOf("node.1"), got)
 	if err != nil {

@@ -18,8 +18,7 @@ import (
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
-	"github.com/wasmlet/wasmlet/internal/natsutil"
-	"github.com/wasmlet/wasmlet/internal/natsutil/natsserver"
+	"github.com/wasmlet/wasmlet/internal/natsutil/natstest"
 	"github.com/wasmlet/wasmlet/internal/subjects"
 )
 
@@ -168,16 +167,7 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 // comes back, loses what it still runs before it is used again, and a
 // leaving one goes at once.
 func TestDiscoveredReplicas(t *testing.T) {
-	srv, err := natsserver.Start(natsserver.Config{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Shutdown()
-	nc, err := natsutil.Connect(srv.URL, "", "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	_, nc := natstest.Conn(t)
 	a, b := startFake(t, "exec-a"), startFake(t, "exec-b")
 	b.holds["b-inst"] = "pod-on-b"
 	a.holds["a-inst"] = "pod-on-a"

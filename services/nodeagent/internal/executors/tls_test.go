@@ -12,8 +12,7 @@ import (
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
-	"github.com/wasmlet/wasmlet/internal/natsutil"
-	"github.com/wasmlet/wasmlet/internal/natsutil/natsserver"
+	"github.com/wasmlet/wasmlet/internal/natsutil/natstest"
 	"github.com/wasmlet/wasmlet/internal/subjects"
 	"github.com/wasmlet/wasmlet/internal/testpki"
 )
@@ -48,16 +47,7 @@ func TestDiscoveredReplicaOverMutualTLS(t *testing.T) {
 	plain := startFake(t, "exec-plain")
 	far := &fakeExecutor{id: "exec-far", addr: "tcp://192.0.2.1:7000"} // TEST-NET-1: not dialled
 
-	ns, err := natsserver.Start(natsserver.Config{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Shutdown()
-	nc, err := natsutil.Connect(ns.URL, "", "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	_, nc := natstest.Conn(t)
 	sub, err := nc.Subscribe(subjects.Discover("node-1"), func(*nats.Msg) {
 		// In order: the far one first, so that once exec-plain is in, the
 		// far one was seen.

@@ -11,13 +11,11 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
 	"github.com/wasmlet/wasmlet/internal/logmsg"
-	"github.com/wasmlet/wasmlet/internal/natsutil"
 	"github.com/wasmlet/wasmlet/internal/natsutil/natsserver"
 	"github.com/wasmlet/wasmlet/internal/natsutil/natstest"
 	"github.com/wasmlet/wasmlet/internal/subjects"
@@ -115,25 +113,9 @@ func TestFollowSurvivesNATSRestart(t *testing.T) {
 // executors) and batches, one of them twice (a replay past the duplicate
 // window), is read per line: all, tail, limitBytes, timestamps, follow.
 func TestBatchesAndSingleRecords(t *testing.T) {
-	srv, err := natsserver.Start(natsserver.Config{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Shutdown() })
-	nc, err := natsutil.Connect(srv.URL, "", "podlogs-test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.JetStream(t, "")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := natsutil.EnsureStreams(ctx, js, natsutil.DefaultStreamLimits); err != nil {
-		t.Fatal(err)
-	}
 	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	rec := func(inst string, seq int) *eventsv1.LogRecord {
 		return &eventsv1.LogRecord{InstanceId: inst, Sequence: uint64(seq), Line: []byte(fmt.Sprint(seq)),
