@@ -109,8 +109,11 @@ func (q *queuedSink) Run(ctx context.Context) {
 		q.mu.Unlock()
 		if ok {
 			if q.pace != nil && q.pace.Wait(ctx) != nil {
+				// ctx ended (Wait fails for nothing else here): what is
+				// queued is written unpaced, as at any shutdown.
 				q.requeue(w)
-				continue // ctx ended: drained below
+				q.drain()
+				return
 			}
 			q.write(ctx, w)
 			continue

@@ -139,16 +139,31 @@ func TestQueuedSinkDropsPastLimit(t *testing.T) {
 	}
 }
 
-// At shutdown what is queued is still written.
+// At shutdown what is queued is still written, at once, paced or not.
 func TestQueuedSinkDrainsAtShutdown(t *testing.T) {
+	for _, paced := range []bool{false, true} {
+		t.Run(fmt.Sprint("paced=", paced), func(t *testing.T) { testDrainAtShutdown(t, paced) })
+	}
+}
+
+func testDrainAtShutdown(t *testing.T, paced bool) {
 	f := &fakeSink{}
 	q := newQueuedSink(f, 100, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if paced {
+		q.pace = rate.NewLimiter(0.1, 1) // one now, the next in 10 s
+	}
 	for i := range 3 {
 		q.Create(ev(fmt.Sprint(i)))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	q.Run(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); q.Run(ctx) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return within 5 s of its context's end")
+	}
 	if got, want := f.got(), []string{"create 0", "create 1", "create 2"}; !slices.Equal(got, want) {
 		t.Fatalf("writes %v, want %v", got, want)
 	}
