@@ -107,10 +107,16 @@ var apiCosts = []apiCost{
 // 50/s by default, as the kubelet's), so a burst's events are written
 // after its pods run.
 func (s *Stack) settledRequests(ctx context.Context) (map[string]int64, error) {
+	return s.quietRequests(ctx, 3*time.Second, 3*time.Minute)
+}
+
+// quietRequests waits until apiRequests have not grown for quiet (at most
+// max) and returns them.
+func (s *Stack) quietRequests(ctx context.Context, quiet, max time.Duration) (map[string]int64, error) {
 	last, err := s.apiRequests(ctx)
-	deadline := time.Now().Add(3 * time.Minute)
+	deadline := time.Now().Add(max)
 	for err == nil && time.Now().Before(deadline) {
-		time.Sleep(3 * time.Second)
+		time.Sleep(quiet)
 		var now map[string]int64
 		if now, err = s.apiRequests(ctx); err == nil && maps.Equal(now, last) {
 			return now, nil

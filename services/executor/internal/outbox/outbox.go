@@ -143,7 +143,11 @@ type Outbox struct {
 	inflight int  // sent to ackLoop and not yet resolved; under mu
 	gaveUp   bool // Close's ctx ended: nothing more is published
 
-	acks     chan pending
+	// acks holds up to MaxInFlight pointers, not values: an Outbox per
+	// instance (each instance's logs) then costs 8 KiB of channel, not the
+	// ~130 KiB that 1,024 pending values would be, allocated and cleared at
+	// every instance start.
+	acks     chan *pending
 	loopDone chan struct{}
 	ackDone  chan struct{}
 
@@ -158,7 +162,7 @@ func New(js jetstream.JetStream, cfg Config) *Outbox {
 		cfg:      cfg,
 		wake:     make(chan struct{}, 1),
 		room:     make(chan struct{}, 1),
-		acks:     make(chan pending, cfg.MaxInFlight),
+		acks:     make(chan *pending, cfg.MaxInFlight),
 		loopDone: make(chan struct{}),
 		ackDone:  make(chan struct{}),
 	}
@@ -327,7 +331,7 @@ func (o *Outbox) loop() {
 			o.resolve(m, false)
 			continue
 		}
-		o.acks <- pending{f, time.Now().Add(o.cfg.AckTimeout), m}
+		o.acks <- &pending{f, time.Now().Add(o.cfg.AckTimeout), m}
 	}
 }
 
