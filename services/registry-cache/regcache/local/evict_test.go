@@ -217,7 +217,7 @@ func checkFetch(t *testing.T, c *local.Cache, dgst string, want []byte) {
 	}
 }
 
-// Concurrent pins share writes of pins.json (a group commit), and every
+// Concurrent pins share writes of pins.log (a group commit), and every
 // one that returned is on disk: a reopened cache keeps every pinned blob.
 func TestConcurrentPinsSurviveRestart(t *testing.T) {
 	dir := t.TempDir()
@@ -262,5 +262,54 @@ func TestConcurrentPinsSurviveRestart(t *testing.T) {
 	put(t, c2, n) // over budget: 0, now unpinned, goes
 	if got := fmt.Sprint(present(t, c2, n+1)); got != "[1 2 3 4 5 6 7 8]" {
 		t.Fatalf("after the last holder of 0 let go, the cache holds %s, want [1 2 3 4 5 6 7 8]", got)
+	}
+}
+
+// Pins are journaled in pins.log and compacted into pins.json; a record
+// cut short by a crash is dropped and the journal goes on after it.
+func TestPinJournal(t *testing.T) {
+	dir := t.TempDir()
+	cfg := local.Config{Dir: dir, EvictionGrace: time.Nanosecond}
+	c := newCache(t, cfg)
+	for i := range 3 {
+		put(t, c, i)
+	}
+	pin := func(c regcache.Cache, holder string, i int) {
+		t.Helper()
+		if err := c.(regcache.Pinner).Pin(testCtx(t), regcache.PinRequest{Holder: holder, Digest: cachetest.Digest(artifact(i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	unpin := func(c regcache.Cache, holder string) {
+		t.Helper()
+		if err := c.(regcache.Pinner).Unpin(testCtx(t), regcache.UnpinRequest{Holder: holder}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// 1,200 changes, past the compaction threshold: pods 0..599 come and go.
+	for h := range 600 {
+		pin(c, fmt.Sprint("pod-", h), h%2)
+	}
+	for h := range 600 {
+		unpin(c, fmt.Sprint("pod-", h))
+	}
+	pin(c, "keeper", 1)
+	if fi, err := os.Stat(filepath.Join(dir, "pins.log")); err != nil || fi.Size() > 10_000 {
+		t.Fatalf("pins.log after 1,201 changes: %v, %v; want it compacted", fi.Size(), err)
+	}
+	// A crash in the middle of a record.
+	f, err := os.OpenFile(filepath.Join(dir, "pins.log"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString(`{"digest":"sha256:00`)
+	f.Close()
+
+	c2 := newCache(t, cfg)
+	pin(c2, "late", 2) // written after the torn record
+	cfg.MaxStoreBytes = 1000 // room for one blob: only pins keep the others
+	c3 := newCache(t, cfg)
+	if got := fmt.Sprint(present(t, c3, 3)); got != "[1 2]" {
+		t.Fatalf("reopened, the cache holds %s, want [1 2] (pinned by keeper and late)", got)
 	}
 }

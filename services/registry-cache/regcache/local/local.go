@@ -7,7 +7,8 @@
 // before a rename makes it visible), blobs/tmp (downloads in progress; a
 // crash's leftovers are removed at the next start), refs.json (the last
 // digest each reference resolved to, so that PullIfNotPresent and PullNever
-// work without the origin), pins.json and precompiled.json. One process
+// work without the origin), pins.json with its journal pins.log, and
+// precompiled.json. One process
 // owns the directory: several node agents share a cache through its gRPC
 // server, not by sharing the directory. It must not touch anything else on
 // disk, and it never stores or logs credentials: they travel with each

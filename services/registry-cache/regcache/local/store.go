@@ -1,6 +1,7 @@
 package local
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,8 +22,9 @@ import (
 
 // store is the cache's disk: a content-addressed blob store
 // (blobs/<algorithm>/<hex>) and three small indexes: refs.json (what each
-// reference last resolved to), pins.json (who pins which blob) and
-// precompiled.json ((module digest, engine key) → artifact digest). A blob
+// reference last resolved to), pins.json and pins.log (who pins which
+// blob) and precompiled.json ((module digest, engine key) → artifact
+// digest). A blob
 // becomes visible only by a rename after its digest was checked, so a
 // reader never sees partial or wrong content; blobs/tmp holds downloads in
 // progress, and leftovers of a crash there are removed at start-up.
@@ -39,9 +41,12 @@ type store struct {
 	metrics *Metrics
 	now     func() time.Time
 
-	// pinWrite serialises writes of pins.json (see savePins); it is taken
-	// before mu, never while holding it.
-	pinWrite sync.Mutex
+	// pinWrite serialises writes of pins.json and pins.log (see
+	// savePins); it is taken before mu, never while holding it. It guards
+	// pinLog and pinLogOps.
+	pinWrite  sync.Mutex
+	pinLog    *os.File // pins.log, opened for appending at the first write
+	pinLogOps int      // records in pins.log
 
 	mu          sync.Mutex // guards everything below and the other index files
 	refs        map[string]refEntry
@@ -49,9 +54,10 @@ type store struct {
 	total       int64
 	pins        map[digest.Digest]map[string]time.Time // holder → expiry (zero: none)
 	precompiled map[string]precompiledEntry
-	overBudget  bool   // to warn once per episode
-	pinsGen     uint64 // counts changes of pins
-	pinsSaved   uint64 // the pinsGen that pins.json holds
+	overBudget  bool    // to warn once per episode
+	pinsGen     uint64  // counts changes of pins
+	pinsSaved   uint64  // the pinsGen that pins.json and pins.log hold
+	pinOps      []pinOp // changes not yet written, oldest first
 }
 
 type blobInfo struct {
@@ -73,6 +79,24 @@ type pinEntry struct {
 	Holder  string    `json:"holder"`
 	Expires time.Time `json:"expires,omitzero"`
 }
+
+// pinOp is a record of pins.log: a pin, or an unpin of the holder's pin of
+// Digest (of all its pins when Digest is empty).
+type pinOp struct {
+	Unpin   bool      `json:"unpin,omitempty"`
+	Digest  string    `json:"digest,omitempty"`
+	Holder  string    `json:"holder"`
+	Expires time.Time `json:"expires,omitzero"`
+}
+
+// Pins are kept as a snapshot (pins.json) and a journal of the changes
+// since (pins.log, a JSON record a line). A change appends to the journal
+// only, so that a pod's pin and unpin cost one short write however many
+// pins there are; once the journal holds more than pinLogCompact records
+// and twice as many as there are pins, the snapshot is rewritten and the
+// journal emptied. A record cut short by a crash is the journal's last
+// line: it is dropped when the store opens.
+const pinLogCompact = 1000
 
 type precompiledEntry struct {
 	ModuleDigest string `json:"moduleDigest"`
@@ -114,6 +138,9 @@ func openStore(dir string, budget int64, grace time.Duration, log *slog.Logger, 
 		if d, err := digest.Parse(p.Digest); err == nil {
 			s.addPin(d, p.Holder, p.Expires)
 		}
+	}
+	if err := s.replayPinLog(); err != nil {
+		return nil, err
 	}
 	var pre []precompiledEntry
 	if err := s.loadJSON("precompiled.json", &pre); err != nil {
@@ -372,8 +399,8 @@ func (s *store) evictLocked(keep digest.Digest) {
 		s.log.Info("evicted blob", "digest", c.d, "size", c.b.size, "last_used", c.b.lastUsed)
 	}
 	if len(s.pins) != pinsBefore {
-		// Expired pins leave pins.json with the next pin or unpin; until
-		// then a restart reads them and drops them again.
+		// Expired pins leave pins.json at its next compaction; until then
+		// a restart reads them and drops them again.
 		s.pinsGen++
 		s.metrics.setPinned(len(s.pins))
 	}
@@ -438,10 +465,10 @@ func (s *store) addPin(d digest.Digest, holder string, expires time.Time) {
 	s.pins[d][holder] = expires
 }
 
-// savePins writes pins.json with every change up to gen (the caller's
-// pinsGen), unless a write since has covered it. Pins and unpins made
-// while one write is under way share the next (a group commit): a burst of
-// pods costs a few writes, not one per pod each listing every pin.
+// savePins writes every change of the pins up to gen (the caller's
+// pinsGen) to pins.log, unless a write since has covered it. Pins and
+// unpins made while one write is under way share the next (a group
+// commit): a burst of pods costs a few short appends.
 func (s *store) savePins(gen uint64) error {
 	s.pinWrite.Lock()
 	defer s.pinWrite.Unlock()
@@ -450,27 +477,134 @@ func (s *store) savePins(gen uint64) error {
 		s.mu.Unlock()
 		return nil
 	}
+	ops := s.pinOps
+	s.pinOps = nil
+	covers := s.pinsGen
+	s.metrics.setPinned(len(s.pins))
+	var snapshot []pinEntry
+	if n := s.pinLogOps + len(ops); n > pinLogCompact && n > 2*s.pinCountLocked() {
+		snapshot = s.pinListLocked()
+	}
+	s.mu.Unlock()
+	var err error
+	if snapshot != nil {
+		err = s.compactPins(snapshot)
+	} else {
+		err = s.appendPinLog(ops)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		s.pinOps = append(ops, s.pinOps...) // the next write tries again
+		return err
+	}
+	s.pinsSaved = max(s.pinsSaved, covers)
+	return nil
+}
+
+func (s *store) pinCountLocked() int {
+	n := 0
+	for _, holders := range s.pins {
+		n += len(holders)
+	}
+	return n
+}
+
+// pinListLocked is the pins, sorted, as pins.json keeps them.
+func (s *store) pinListLocked() []pinEntry {
 	list := make([]pinEntry, 0, len(s.pins))
 	for d, holders := range s.pins {
 		for h, exp := range holders {
 			list = append(list, pinEntry{Digest: d.String(), Holder: h, Expires: exp})
 		}
 	}
-	covers := s.pinsGen
-	s.metrics.setPinned(len(s.pins))
-	s.mu.Unlock()
 	slices.SortFunc(list, func(a, b pinEntry) int {
 		if a.Digest != b.Digest {
 			return cmpString(a.Digest, b.Digest)
 		}
 		return cmpString(a.Holder, b.Holder)
 	})
-	if err := s.saveJSON("pins.json", list); err != nil {
+	return list
+}
+
+// appendPinLog appends ops to pins.log in one write. With pinWrite held.
+func (s *store) appendPinLog(ops []pinOp) error {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf) // a record a line
+	for _, op := range ops {
+		if err := enc.Encode(op); err != nil {
+			return err
+		}
+	}
+	if s.pinLog == nil {
+		f, err := os.OpenFile(filepath.Join(s.dir, "pins.log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+		if err != nil {
+			return fmt.Errorf("save pins: %w", err)
+		}
+		s.pinLog = f
+	}
+	if _, err := s.pinLog.Write(buf.Bytes()); err != nil {
+		return fmt.Errorf("save pins: %w", err)
+	}
+	s.pinLogOps += len(ops)
+	return nil
+}
+
+// compactPins writes the snapshot to pins.json, then empties pins.log. A
+// crash between the two leaves a journal whose records the snapshot
+// already holds: replaying them again changes nothing. With pinWrite held.
+func (s *store) compactPins(snapshot []pinEntry) error {
+	if err := s.saveJSON("pins.json", snapshot); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	s.pinsSaved = max(s.pinsSaved, covers)
-	s.mu.Unlock()
+	if err := os.Truncate(filepath.Join(s.dir, "pins.log"), 0); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("save pins: %w", err)
+	}
+	s.pinLogOps = 0
+	return nil
+}
+
+// replayPinLog applies pins.log to the pins read from pins.json. A last
+// line without its newline (a write cut short by a crash) is dropped from
+// the file, so that the next record starts a line of its own.
+func (s *store) replayPinLog() error {
+	path := filepath.Join(s.dir, "pins.log")
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read pins.log: %w", err)
+	}
+	if end := bytes.LastIndexByte(data, '\n') + 1; end < len(data) {
+		s.log.Warn("pins.log ends in a partial record, dropped", "bytes", len(data)-end)
+		if err := os.Truncate(path, int64(end)); err != nil {
+			return fmt.Errorf("repair pins.log: %w", err)
+		}
+		data = data[:end]
+	}
+	for line := range bytes.Lines(data) {
+		var op pinOp
+		if err := json.Unmarshal(line, &op); err != nil {
+			s.log.Warn("damaged record in pins.log, skipped", "error", err)
+			continue
+		}
+		s.pinLogOps++
+		d, err := digest.Parse(op.Digest)
+		switch {
+		case !op.Unpin && err == nil:
+			s.addPin(d, op.Holder, op.Expires)
+		case op.Unpin:
+			for pd, holders := range s.pins {
+				if op.Digest == "" || pd.String() == op.Digest {
+					delete(holders, op.Holder)
+					if len(holders) == 0 {
+						delete(s.pins, pd)
+					}
+				}
+			}
+		}
+	}
 	return nil
 }
 
@@ -492,6 +626,7 @@ func (s *store) pin(d digest.Digest, holder string, expires time.Time) error {
 		return fmt.Errorf("pin %s: %w: the cache does not hold it (it may have been evicted); resolve it again", d, regcache.ErrNotFound)
 	}
 	s.addPin(d, holder, expires)
+	s.pinOps = append(s.pinOps, pinOp{Digest: d.String(), Holder: holder, Expires: expires})
 	s.touchLocked(d)
 	s.pinsGen++
 	gen := s.pinsGen
@@ -520,6 +655,11 @@ func (s *store) unpin(d digest.Digest, holder string) error {
 		s.mu.Unlock()
 		return nil
 	}
+	op := pinOp{Unpin: true, Holder: holder}
+	if d != "" {
+		op.Digest = d.String()
+	}
+	s.pinOps = append(s.pinOps, op)
 	s.pinsGen++
 	gen := s.pinsGen
 	s.evictLocked("")
