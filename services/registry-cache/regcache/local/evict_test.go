@@ -306,7 +306,7 @@ func TestPinJournal(t *testing.T) {
 	f.Close()
 
 	c2 := newCache(t, cfg)
-	pin(c2, "late", 2) // written after the torn record
+	pin(c2, "late", 2)       // written after the torn record
 	cfg.MaxStoreBytes = 1000 // room for one blob: only pins keep the others
 	c3 := newCache(t, cfg)
 	if got := fmt.Sprint(present(t, c3, 3)); got != "[1 2]" {
