@@ -1,6 +1,9 @@
 ;; idle is the workload of the pod-start benchmark (bench/podstart.go): a
-;; WASI command that writes one line and then sleeps, 10 s at a time, until
-;; it is stopped. It starts in microseconds, so that a pod's start measures
+;; WASI command that writes one line and then sleeps, 1 s at a time, until
+;; it is stopped. (A kill ends a module asleep in a host call only when the
+;; call returns: with 10 s sleeps, the teardown of one burst's instances,
+;; thread and engine released up to 10 s after the kill, fell into the
+;; next burst.) It starts in microseconds, so that a pod's start measures
 ;; the node (pull from the cache, instance, status), as the no-op node it
 ;; is compared with does; the Go example module's own runtime start (a few
 ;; milliseconds of CPU) is measured beside it. Assembled with wat2wasm
@@ -19,11 +22,11 @@
     (i32.store (i32.const 20) (i32.const 14))
     (drop (call $fd_write (i32.const 1) (i32.const 16) (i32.const 1) (i32.const 24)))
     ;; subscription: userdata 0; tag 0 (clock); clock 1 (monotonic);
-    ;; timeout 10 s, relative; precision 0; flags 0
+    ;; timeout 1 s, relative; precision 0; flags 0
     (i64.store (i32.const 64) (i64.const 0))
     (i32.store8 (i32.const 72) (i32.const 0))
     (i32.store (i32.const 80) (i32.const 1))
-    (i64.store (i32.const 88) (i64.const 10000000000))
+    (i64.store (i32.const 88) (i64.const 1000000000))
     (i64.store (i32.const 96) (i64.const 0))
     (i32.store16 (i32.const 104) (i32.const 0))
     (loop $sleep
