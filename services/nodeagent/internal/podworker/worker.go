@@ -1109,7 +1109,13 @@ func (w *Worker) event(typ, reason, format string, args ...any) {
 	if w.deps.Recorder == nil {
 		return
 	}
-	w.deps.Recorder.Eventf(w.Pod(), typ, reason, format, args...)
+	// The pod's reference, as the recorder would take it from the pod,
+	// without copying the whole pod for each event.
+	w.mu.Lock()
+	ref := &v1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: w.pod.Namespace, Name: w.pod.Name,
+		UID: w.pod.UID, ResourceVersion: w.pod.ResourceVersion}
+	w.mu.Unlock()
+	w.deps.Recorder.Eventf(ref, typ, reason, format, args...)
 }
 
 func (b Backoff) delay(attempt int) time.Duration {
