@@ -76,6 +76,20 @@ func Wat(t testing.TB, src string) string {
 	return out
 }
 
+// WatFile assembles testdata/wasm/<name>/<name>.wat (see Wat).
+func WatFile(t testing.TB, name string) string {
+	t.Helper()
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := os.ReadFile(filepath.Join(root, "testdata", "wasm", name, name+".wat"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Wat(t, string(src))
+}
+
 func build(name string) (string, error) {
 	root, err := moduleRoot()
 	if err != nil {

@@ -2,8 +2,10 @@ package enginetest
 
 import (
 	"context"
+	"io"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -13,8 +15,11 @@ import (
 
 // Bench measures an engine the way the executor's benchmarks compare
 // engines: Start of a prepared Go-built module (from precompiled code to a
-// running _start), and the latency of killing a spinning module. Each
-// reports p50 and p99 in milliseconds.
+// running _start), and the latency of killing a spinning module, each
+// with p50 and p99 in milliseconds; and the process CPU per start of
+// instances that stay running, as pods' do (testdata/wasm/idle), so that
+// no start reuses what an ended instance leaves (for wasmtime, its
+// Engine).
 //
 //	go test -run '^$' -bench . -benchtime 50x ./services/executor/internal/engine/...
 func Bench(b *testing.B, newEngine NewEngine) {
@@ -33,6 +38,29 @@ func Bench(b *testing.B, newEngine NewEngine) {
 			inst.Wait()
 		}
 		report(b, ds)
+	})
+	b.Run("StartHeld", func(b *testing.B) {
+		m := prepare(b, e, wasmbuild.WatFile(b, "idle"))
+		held := make([]engine.Instance, 0, b.N)
+		defer func() {
+			for _, inst := range held {
+				inst.Kill()
+			}
+			for _, inst := range held {
+				inst.Wait()
+			}
+		}()
+		c0 := processCPU()
+		b.ResetTimer()
+		for range b.N {
+			inst, err := e.Start(context.Background(), m, engine.Spec{Stdout: io.Discard, Stderr: io.Discard})
+			if err != nil {
+				b.Fatal(err)
+			}
+			held = append(held, inst)
+		}
+		b.StopTimer()
+		b.ReportMetric(float64(processCPU()-c0)/float64(time.Millisecond)/float64(b.N), "cpu-ms/start")
 	})
 	b.Run("KillSpinning", func(b *testing.B) {
 		m := prepare(b, e, wasmbuild.Build(b, "spin"))
@@ -57,6 +85,13 @@ func Bench(b *testing.B, newEngine NewEngine) {
 		}
 		report(b, ds)
 	})
+}
+
+// processCPU is the user and system CPU time the process has used.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func report(b *testing.B, ds []time.Duration) {
