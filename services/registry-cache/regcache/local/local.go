@@ -8,9 +8,8 @@
 // crash's leftovers are removed at the next start), refs.json (the last
 // digest each reference resolved to, so that PullIfNotPresent and PullNever
 // work without the origin), pins.json with its journal pins.log, and
-// precompiled.json. One process
-// owns the directory: several node agents share a cache through its gRPC
-// server, not by sharing the directory. It must not touch anything else on
+// precompiled.json. One process owns the directory: several node agents
+// share a cache through its gRPC server, not by sharing the directory. It must not touch anything else on
 // disk, and it never stores or logs credentials: they travel with each
 // request.
 //

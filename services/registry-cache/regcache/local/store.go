@@ -22,12 +22,12 @@ import (
 
 // store is the cache's disk: a content-addressed blob store
 // (blobs/<algorithm>/<hex>) and three small indexes: refs.json (what each
-// reference last resolved to), pins.json and pins.log (who pins which
-// blob) and precompiled.json ((module digest, engine key) → artifact
-// digest). A blob
-// becomes visible only by a rename after its digest was checked, so a
-// reader never sees partial or wrong content; blobs/tmp holds downloads in
-// progress, and leftovers of a crash there are removed at start-up.
+// reference last resolved to), pins.json with its journal pins.log (who
+// pins which blob) and precompiled.json ((module digest, engine key) →
+// artifact digest). A blob becomes visible only by a rename after its
+// digest was checked, so a reader never sees partial or wrong content;
+// blobs/tmp holds downloads in progress, and leftovers of a crash there
+// are removed at start-up.
 //
 // The store keeps the size and last use of every blob in memory; past the
 // budget it evicts the least recently used blobs that are neither pinned
@@ -43,10 +43,11 @@ type store struct {
 
 	// pinWrite serialises writes of pins.json and pins.log (see
 	// savePins); it is taken before mu, never while holding it. It guards
-	// pinLog and pinLogOps.
-	pinWrite  sync.Mutex
-	pinLog    *os.File // pins.log, opened for appending at the first write
-	pinLogOps int      // records in pins.log
+	// pinLog, pinLogOps and pinLogTorn.
+	pinWrite   sync.Mutex
+	pinLog     *os.File // pins.log, opened for appending at the first write
+	pinLogOps  int      // records in pins.log
+	pinLogTorn bool     // an append failed, maybe midway: compact at the next write
 
 	mu          sync.Mutex // guards everything below and the other index files
 	refs        map[string]refEntry
@@ -482,7 +483,7 @@ func (s *store) savePins(gen uint64) error {
 	covers := s.pinsGen
 	s.metrics.setPinned(len(s.pins))
 	var snapshot []pinEntry
-	if n := s.pinLogOps + len(ops); n > pinLogCompact && n > 2*s.pinCountLocked() {
+	if n := s.pinLogOps + len(ops); s.pinLogTorn || n > pinLogCompact && n > 2*s.pinCountLocked() {
 		snapshot = s.pinListLocked()
 	}
 	s.mu.Unlock()
@@ -544,6 +545,7 @@ func (s *store) appendPinLog(ops []pinOp) error {
 		s.pinLog = f
 	}
 	if _, err := s.pinLog.Write(buf.Bytes()); err != nil {
+		s.pinLogTorn = true // a partial record must not prefix the next one
 		return fmt.Errorf("save pins: %w", err)
 	}
 	s.pinLogOps += len(ops)
@@ -560,7 +562,7 @@ func (s *store) compactPins(snapshot []pinEntry) error {
 	if err := os.Truncate(filepath.Join(s.dir, "pins.log"), 0); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("save pins: %w", err)
 	}
-	s.pinLogOps = 0
+	s.pinLogOps, s.pinLogTorn = 0, false
 	return nil
 }
 
