@@ -69,13 +69,10 @@
 // share; a kill lifts the limit first, so that a throttled thread gets to
 // run and see the interrupt.
 //
-// A kill interrupts wasm code within microseconds, and ends a sleep in
-// WASI's poll_oneoff at once: the engine defines its own poll_oneoff over
-// wasmtime's (pollOneoff, poll.go), which epoch interruption could not
-// reach. A module blocked in another host call (a read of a slow file) is
-// interrupted when the call returns. Kill does not wait that long: after
-// killWait the instance is reported Killed and its thread is released
-// when the host call returns.
+// A kill interrupts wasm code within microseconds; a module blocked in a
+// host call (a WASI sleep, say) is interrupted when the call returns. Kill
+// does not wait that long: after killWait the instance is reported Killed
+// and its thread is released when the host call returns.
 package wasmtime
 
 import (
@@ -412,7 +409,7 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 	if err != nil {
 		return nil, err
 	}
-	inst := &instance{done: make(chan struct{}), killCh: make(chan struct{}), limit: spec.MemoryLimitBytes, runner: r, pool: &e.runners}
+	inst := &instance{done: make(chan struct{}), limit: spec.MemoryLimitBytes, runner: r, pool: &e.runners}
 	if err := inst.setup(m, spec); err != nil {
 		inst.release()
 		return nil, err
@@ -443,13 +440,10 @@ type instance struct {
 
 	killed   atomic.Bool
 	killOnce sync.Once
-	killCh   chan struct{} // closed by Kill: ends a wait in pollOneoff
-
-	wasiStart time.Time  // when the WASI context was made (its monotonic clock's zero)
-	mu        sync.Mutex // guards engine use against release
-	released  bool
-	memory    *wt.Memory // the exported memory, if any
-	memFinal  int64      // its size when released
+	mu       sync.Mutex // guards engine use against release
+	released bool
+	memory   *wt.Memory // the exported memory, if any
+	memFinal int64      // its size when released
 
 	cpu atomic.Pointer[threadcpu.Thread] // the thread the wasm runs on
 
@@ -493,8 +487,6 @@ func (i *instance) setup(m *module, spec engine.Spec) error {
 		wasi.Close()
 		return err
 	}
-	i.runner.current.Store(i)
-	i.wasiStart = time.Now()
 	i.store.SetWasi(wasi)
 	inst, err := i.runner.linker.Instantiate(i.store, i.runner.module)
 	if err != nil {
@@ -702,7 +694,6 @@ func (i *instance) release() {
 	}
 	// Kill holds mu and does nothing once released: no kill reaches the
 	// runner's next instance.
-	i.runner.current.CompareAndSwap(i, nil)
 	i.pool.put(i.runner)
 }
 
@@ -733,13 +724,12 @@ func (i *instance) Wait() engine.Result {
 // Kill implements engine.Instance.
 func (i *instance) Kill() {
 	i.killOnce.Do(func() {
-		i.killed.Store(true) // before the sleep ends: classify reads it
-		close(i.killCh)
 		i.mu.Lock()
 		if !i.released {
 			if i.unlimit != nil {
 				i.unlimit()
 			}
+			i.killed.Store(true)
 			i.runner.engine.IncrementEpoch()
 		}
 		i.mu.Unlock()
