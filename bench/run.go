@@ -337,7 +337,7 @@ func (s *Stack) quietNode(max time.Duration) {
 	for deadline := time.Now().Add(max); time.Now().Before(deadline); {
 		time.Sleep(500 * time.Millisecond)
 		now := node()
-		if now-last <= 0.01 {
+		if now-last < 0.015 { // one 10 ms tick, as a float sum
 			return
 		}
 		last = now
