@@ -459,6 +459,25 @@ func (s *store) record(ref string, e refEntry) error {
 	return s.saveJSON("refs.json", s.refs)
 }
 
+// removePinLocked removes holder's pin of d (of every blob when d is
+// empty) and reports whether it held one.
+func (s *store) removePinLocked(d digest.Digest, holder string) bool {
+	changed := false
+	for pd, holders := range s.pins {
+		if d != "" && pd != d {
+			continue
+		}
+		if _, ok := holders[holder]; ok {
+			delete(holders, holder)
+			changed = true
+		}
+		if len(holders) == 0 {
+			delete(s.pins, pd)
+		}
+	}
+	return changed
+}
+
 func (s *store) addPin(d digest.Digest, holder string, expires time.Time) {
 	if s.pins[d] == nil {
 		s.pins[d] = map[string]time.Time{}
@@ -592,19 +611,10 @@ func (s *store) replayPinLog() error {
 			continue
 		}
 		s.pinLogOps++
-		d, err := digest.Parse(op.Digest)
-		switch {
-		case !op.Unpin && err == nil:
+		if op.Unpin {
+			s.removePinLocked(digest.Digest(op.Digest), op.Holder)
+		} else if d, err := digest.Parse(op.Digest); err == nil {
 			s.addPin(d, op.Holder, op.Expires)
-		case op.Unpin:
-			for pd, holders := range s.pins {
-				if op.Digest == "" || pd.String() == op.Digest {
-					delete(holders, op.Holder)
-					if len(holders) == 0 {
-						delete(s.pins, pd)
-					}
-				}
-			}
 		}
 	}
 	return nil
@@ -640,28 +650,11 @@ func (s *store) pin(d digest.Digest, holder string, expires time.Time) error {
 // evicts what no longer fits.
 func (s *store) unpin(d digest.Digest, holder string) error {
 	s.mu.Lock()
-	changed := false
-	for pd, holders := range s.pins {
-		if d != "" && pd != d {
-			continue
-		}
-		if _, ok := holders[holder]; ok {
-			delete(holders, holder)
-			changed = true
-		}
-		if len(holders) == 0 {
-			delete(s.pins, pd)
-		}
-	}
-	if !changed {
+	if !s.removePinLocked(d, holder) {
 		s.mu.Unlock()
 		return nil
 	}
-	op := pinOp{Unpin: true, Holder: holder}
-	if d != "" {
-		op.Digest = d.String()
-	}
-	s.pinOps = append(s.pinOps, op)
+	s.pinOps = append(s.pinOps, pinOp{Unpin: true, Digest: string(d), Holder: holder})
 	s.pinsGen++
 	gen := s.pinsGen
 	s.evictLocked("")
