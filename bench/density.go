@@ -128,16 +128,40 @@ func (s *Stack) quietRequests(ctx context.Context, quiet, max time.Duration) (ma
 
 // apiRequests reads the API server's request counters for apiCosts.
 func (s *Stack) apiRequests(ctx context.Context) (map[string]int64, error) {
+	out := map[string]int64{}
+	err := s.apiMetrics(ctx, "apiserver_request_total", func(labels string, v float64) {
+		for _, k := range apiCosts {
+			if k.match(labels) {
+				out[k.name] += int64(v)
+			}
+		}
+	})
+	return out, err
+}
+
+// terminatedWatchers reads how many pod watches the API server has closed
+// because their readers fell behind (apiserver_terminated_watchers_total).
+func (s *Stack) terminatedWatchers(ctx context.Context) (int64, error) {
+	var n int64
+	err := s.apiMetrics(ctx, "apiserver_terminated_watchers_total", func(labels string, v float64) {
+		if strings.Contains(labels, `resource="pods"`) {
+			n += int64(v)
+		}
+	})
+	return n, err
+}
+
+// apiMetrics reads the API server's /metrics and calls f with the labels
+// and value of each sample of the metric name.
+func (s *Stack) apiMetrics(ctx context.Context, name string, f func(labels string, v float64)) error {
 	raw, err := s.Client.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("API server metrics: %w", err)
+		return fmt.Errorf("API server metrics: %w", err)
 	}
-	out := map[string]int64{}
 	sc := bufio.NewScanner(bytes.NewReader(raw))
 	sc.Buffer(make([]byte, 0, 1<<20), 1<<20)
 	for sc.Scan() {
-		line := sc.Text()
-		rest, ok := strings.CutPrefix(line, "apiserver_request_total{")
+		rest, ok := strings.CutPrefix(sc.Text(), name+"{")
 		if !ok {
 			continue
 		}
@@ -145,17 +169,11 @@ func (s *Stack) apiRequests(ctx context.Context) (map[string]int64, error) {
 		if !ok {
 			continue
 		}
-		v, err := strconv.ParseFloat(value, 64)
-		if err != nil {
-			continue
-		}
-		for _, k := range apiCosts {
-			if k.match(labels) {
-				out[k.name] += int64(v)
-			}
+		if v, err := strconv.ParseFloat(value, 64); err == nil {
+			f(labels, v)
 		}
 	}
-	return out, sc.Err()
+	return sc.Err()
 }
 
 // settle gives the Go runtimes a moment so that RSS readings are not taken

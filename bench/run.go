@@ -194,9 +194,10 @@ func podStart(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 	reps := max(opts.BurstReps, 1)
 	for _, n := range opts.Bursts {
 		type result struct {
-			all []time.Duration
-			lat []time.Duration
-			cpu map[string][]float64
+			all    []time.Duration
+			lat    []time.Duration
+			cpu    map[string][]float64
+			closed []float64 // pod watches the API server closed
 		}
 		res := map[string]*result{}
 		for rep := range reps {
@@ -222,6 +223,10 @@ func podStart(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 				}
 				s.quietNode(30 * time.Second)
 				before := s.cpu()
+				closedBefore, err := s.terminatedWatchers(ctx)
+				if err != nil {
+					return figs, err
+				}
 				s.nextProfile()
 				all, lat, err := ps.Burst(ctx, "burst", n, 5*time.Minute)
 				if err != nil {
@@ -229,6 +234,11 @@ func podStart(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 				}
 				s.nextProfile()
 				after := s.cpu()
+				closedAfter, err := s.terminatedWatchers(ctx)
+				if err != nil {
+					return figs, err
+				}
+				res[key].closed = append(res[key].closed, float64(closedAfter-closedBefore))
 				res[key].all = append(res[key].all, all)
 				res[key].lat = append(res[key].lat, lat...)
 				for _, proc := range cpuProcs {
@@ -248,6 +258,8 @@ func podStart(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 				figs = append(figs, Values(fmt.Sprintf("CPU in burst of %d on %s%s: %s", n, r.node, r.label, proc),
 					"user+system CPU seconds the process (and its children) used from the first create to the last pod running; one value per burst", "s", got.cpu[proc]))
 			}
+			figs = append(figs, Values(fmt.Sprintf("pod watches closed by the API server in burst of %d on %s%s", n, r.node, r.label),
+				"apiserver_terminated_watchers_total{resource=\"pods\"} from the first create to the last pod running: watches of every client (scheduler, controller manager, nodes, this benchmark) whose reader the API server found behind; each must resume, and a burst with closes runs slower; one value per burst", "", got.closed))
 			allF := Durations(fmt.Sprintf("burst of %d, all running, %s%s", n, r.node, r.label),
 				fmt.Sprintf("first create call → last pod seen running; 64 parallel creators; %d bursts, the nodes taking turns, each begun once the API server has had no event or pod status write for 1 s and the wasmlet node has used at most 10 ms of CPU in 0.5 s", len(got.all)), got.all)
 			if t, ok := burstTargets[n]; ok && r.targets {
