@@ -1,9 +1,9 @@
 ;; idle is the workload of the pod-start benchmark (bench/podstart.go): a
 ;; WASI command that writes one line and then sleeps, 1 s at a time, until
-;; it is stopped. (A kill ends a module asleep in a host call only when the
-;; call returns: with 10 s sleeps, the teardown of one burst's instances,
-;; thread and engine released up to 10 s after the kill, fell into the
-;; next burst.) It starts in microseconds, so that a pod's start measures
+;; it is stopped. (1 s, not 10: a kill used to end a module asleep in a
+;; host call only when the call returned, and the teardown of one burst's
+;; instances fell into the next burst. The engines now end a WASI sleep at
+;; the kill.) It starts in microseconds, so that a pod's start measures
 ;; the node (pull from the cache, instance, status), as the no-op node it
 ;; is compared with does; the Go example module's own runtime start (a few
 ;; milliseconds of CPU) is measured beside it. Assembled with wat2wasm

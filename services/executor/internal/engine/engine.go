@@ -119,9 +119,10 @@ type Spec struct {
 type Instance interface {
 	// Done is closed when the instance has ended and its output has been
 	// delivered to the sinks. One exception: an instance killed while
-	// blocked in a host call (a WASI sleep) is reported ended after a short
-	// bound; its thread ends, and its sinks get their last writes, when
-	// the call returns.
+	// blocked in a host call that a kill cannot end (a read of a slow file;
+	// a WASI sleep ends at a kill) is reported ended after a short bound;
+	// its thread ends, and its sinks get their last writes, when the call
+	// returns.
 	Done() <-chan struct{}
 	// Wait blocks until Done and returns how the instance ended.
 	Wait() Result

@@ -3,6 +3,7 @@ package wasmtime
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	wt "github.com/bytecodealliance/wasmtime-go/v39"
@@ -30,6 +31,9 @@ type runner struct {
 	engine *wt.Engine
 	module *wt.Module
 	linker *wt.Linker
+	// current is the instance the runner serves, which the linker's
+	// poll_oneoff (pollOneoff) waits for.
+	current atomic.Pointer[instance]
 }
 
 // stamp identifies the artifact file a runner was loaded from, as the
@@ -48,14 +52,27 @@ func newRunner(m *module, st stamp) (*runner, error) {
 		eng.Close()
 		return nil, fmt.Errorf("%w: load precompiled module %s: %v", engine.ErrInstantiate, m.digest, err)
 	}
+	r := &runner{digest: m.digest, stamp: st, engine: eng, module: mod}
 	l := wt.NewLinker(eng)
-	if err := l.DefineWasi(); err != nil {
+	l.AllowShadowing(true)
+	err = l.DefineWasi()
+	if err == nil {
+		err = l.FuncWrap("wasi_snapshot_preview1", "poll_oneoff", func(c *wt.Caller, in, out, nsubs, nevents int32) (int32, *wt.Trap) {
+			inst := r.current.Load()
+			if inst == nil {
+				return 0, wt.NewTrap("poll_oneoff called outside an instance")
+			}
+			return inst.pollOneoff(c, in, out, nsubs, nevents)
+		})
+	}
+	if err != nil {
 		l.Close()
 		mod.Close()
 		eng.Close()
 		return nil, fmt.Errorf("%w: define WASI: %v", engine.ErrInstantiate, err)
 	}
-	return &runner{digest: m.digest, stamp: st, engine: eng, module: mod, linker: l}, nil
+	r.linker = l
+	return r, nil
 }
 
 func (r *runner) close() {

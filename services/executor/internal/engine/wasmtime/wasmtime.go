@@ -69,10 +69,13 @@
 // share; a kill lifts the limit first, so that a throttled thread gets to
 // run and see the interrupt.
 //
-// A kill interrupts wasm code within microseconds; a module blocked in a
-// host call (a WASI sleep, say) is interrupted when the call returns. Kill
-// does not wait that long: after killWait the instance is reported Killed
-// and its thread is released when the host call returns.
+// A kill interrupts wasm code within microseconds, and ends a sleep in
+// WASI's poll_oneoff at once: the engine defines its own poll_oneoff over
+// wasmtime's (pollOneoff, poll.go), which epoch interruption could not
+// reach. A module blocked in another host call (a read of a slow file) is
+// interrupted when the call returns. Kill does not wait that long: after
+// killWait the instance is reported Killed and its thread is released
+// when the host call returns.
 package wasmtime
 
 import (
@@ -92,6 +95,7 @@ import (
 	"time"
 
 	wt "github.com/bytecodealliance/wasmtime-go/v39"
+	"golang.org/x/sys/unix"
 
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 	"github.com/wasmlet/wasmlet/services/executor/internal/threadcpu"
@@ -409,7 +413,12 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 	if err != nil {
 		return nil, err
 	}
-	inst := &instance{done: make(chan struct{}), limit: spec.MemoryLimitBytes, runner: r, pool: &e.runners}
+	killFd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		e.runners.put(r)
+		return nil, fmt.Errorf("%w: eventfd: %v", engine.ErrInstantiate, err)
+	}
+	inst := &instance{done: make(chan struct{}), killFd: killFd, limit: spec.MemoryLimitBytes, runner: r, pool: &e.runners}
 	if err := inst.setup(m, spec); err != nil {
 		inst.release()
 		return nil, err
@@ -440,10 +449,13 @@ type instance struct {
 
 	killed   atomic.Bool
 	killOnce sync.Once
-	mu       sync.Mutex // guards engine use against release
-	released bool
-	memory   *wt.Memory // the exported memory, if any
-	memFinal int64      // its size when released
+	killFd   int // an eventfd Kill signals: it ends a sleep in pollOneoff; closed by release
+
+	wasiStart time.Time  // when the WASI context was made (its monotonic clock's zero)
+	mu        sync.Mutex // guards engine use against release
+	released  bool
+	memory    *wt.Memory // the exported memory, if any
+	memFinal  int64      // its size when released
 
 	cpu atomic.Pointer[threadcpu.Thread] // the thread the wasm runs on
 
@@ -487,6 +499,8 @@ func (i *instance) setup(m *module, spec engine.Spec) error {
 		wasi.Close()
 		return err
 	}
+	i.runner.current.Store(i)
+	i.wasiStart = time.Now()
 	i.store.SetWasi(wasi)
 	inst, err := i.runner.linker.Instantiate(i.store, i.runner.module)
 	if err != nil {
@@ -694,7 +708,9 @@ func (i *instance) release() {
 	}
 	// Kill holds mu and does nothing once released: no kill reaches the
 	// runner's next instance.
+	i.runner.current.CompareAndSwap(i, nil)
 	i.pool.put(i.runner)
+	unix.Close(i.killFd)
 }
 
 // Usage implements engine.Instance. The memory size is read while the
@@ -724,13 +740,14 @@ func (i *instance) Wait() engine.Result {
 // Kill implements engine.Instance.
 func (i *instance) Kill() {
 	i.killOnce.Do(func() {
+		i.killed.Store(true) // before the sleep ends: classify reads it
 		i.mu.Lock()
 		if !i.released {
 			if i.unlimit != nil {
 				i.unlimit()
 			}
-			i.killed.Store(true)
 			i.runner.engine.IncrementEpoch()
+			unix.Write(i.killFd, []byte{1, 0, 0, 0, 0, 0, 0, 0}) // eventfd: add 1
 		}
 		i.mu.Unlock()
 		go func() {
