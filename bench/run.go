@@ -48,7 +48,7 @@ type Options struct {
 // trivial instances per engine keep the executor's CPU figure above the
 // 10 ms tick of /proc's CPU times (20 wazero instances took under one).
 var (
-	FullOptions = Options{Singles: 30, Bursts: []int{100, 500}, BurstReps: 3, Density: []int{100, 500, 1000}, Uncached: 5,
+	FullOptions = Options{Singles: 30, Bursts: []int{100, 500}, BurstReps: 5, Density: []int{100, 500, 1000}, Uncached: 5,
 		ExecRounds: 5, ExecInstances: 2000, ExecConcurrency: 16, ExecStarts: 200, ExecKills: 100, ExecDensity: 1000,
 		LogRuns: 3, LogLines: 500000, LogLatencyLines: 500}
 	ShortOptions = Options{Short: true, Singles: 3, Bursts: []int{10}, BurstReps: 1, Density: []int{10}, Uncached: 1,
