@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -17,7 +19,9 @@ import (
 // and the CA that signs its peers. A server with TLS requires and verifies
 // a client certificate signed by CA; a client verifies the server's
 // certificate against CA (for the host it dials) and presents its own.
-// Unix sockets never use TLS: their file mode (0600) guards them.
+// Unix sockets never use TLS: their file mode (0600) guards them. The
+// files are read again when they change, at the next handshake (see
+// files), so certificates can be rotated in place.
 //
 // The zero TLS is off, and then a TCP listener must be on loopback.
 type TLS struct {
@@ -90,6 +94,79 @@ func (t TLS) load() (tls.Certificate, *x509.CertPool, error) {
 	return pair, pool, nil
 }
 
+// files are a TLS's files as last loaded: each handshake takes them from
+// current, which loads them again once any of the three has changed on
+// disk (size or modification time), so that a certificate, key or CA
+// rotated in place takes effect at the next connection without a restart.
+// A set that does not load (a rotation half written, a key that does not
+// match its certificate) leaves the last good set in use until it does.
+type files struct {
+	t TLS
+
+	mu     sync.Mutex
+	stamps [3]fileStamp
+	cert   *tls.Certificate
+	pool   *x509.CertPool
+}
+
+type fileStamp struct {
+	size    int64
+	modTime time.Time
+}
+
+// newFiles loads t's files, which must load now.
+func newFiles(t TLS) (*files, error) {
+	f := &files{t: t}
+	f.stamps = f.stat()
+	pair, pool, err := t.load()
+	if err != nil {
+		return nil, err
+	}
+	f.cert, f.pool = &pair, pool
+	return f, nil
+}
+
+func (f *files) stat() (st [3]fileStamp) {
+	for i, name := range []string{f.t.CertFile, f.t.KeyFile, f.t.CAFile} {
+		if fi, err := os.Stat(name); err == nil {
+			st[i] = fileStamp{fi.Size(), fi.ModTime()}
+		}
+	}
+	return st
+}
+
+// current returns the key pair and the CA pool, loaded again if the files
+// changed since they were last read.
+func (f *files) current() (*tls.Certificate, *x509.CertPool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if st := f.stat(); st != f.stamps {
+		if pair, pool, err := f.t.load(); err == nil {
+			f.cert, f.pool, f.stamps = &pair, pool, st
+		}
+	}
+	return f.cert, f.pool
+}
+
+// verifyPeer verifies the chain a peer presented against the CA pool as
+// the files now have it, for usage and, when name is set, for that host.
+// It is what crypto/tls would do with ClientCAs or RootCAs, which are
+// fixed when a Config is made.
+func (f *files) verifyPeer(cs tls.ConnectionState, name string, usage x509.ExtKeyUsage) error {
+	if len(cs.PeerCertificates) == 0 {
+		return errors.New("tls: the peer presented no certificate")
+	}
+	_, pool := f.current()
+	inter := x509.NewCertPool()
+	for _, c := range cs.PeerCertificates[1:] {
+		inter.AddCert(c)
+	}
+	_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{
+		Roots: pool, Intermediates: inter, DNSName: name, KeyUsages: []x509.ExtKeyUsage{usage},
+	})
+	return err
+}
+
 // NewServer listens on addr and returns a gRPC server for it. With t
 // enabled and a TCP address, the server speaks mutual TLS and addr may be
 // any address; otherwise a TCP address must be loopback (see Listen).
@@ -100,15 +177,23 @@ func NewServer(addr string, t TLS, opts ...grpc.ServerOption) (*grpc.Server, net
 	}
 	secured := t.Enabled() && network == "tcp"
 	if secured {
-		pair, pool, err := t.load()
+		f, err := newFiles(t)
 		if err != nil {
 			return nil, nil, err
 		}
 		opts = append(opts, grpc.Creds(credentials.NewTLS(&tls.Config{
-			Certificates: []tls.Certificate{pair},
-			ClientCAs:    pool,
-			ClientAuth:   tls.RequireAndVerifyClientCert,
-			MinVersion:   tls.VersionTLS13,
+			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+				cert, _ := f.current()
+				return cert, nil
+			},
+			// A client certificate is required and verified against the
+			// CA as the files now have it (verifyPeer), not a pool fixed
+			// here: see files.
+			ClientAuth: tls.RequireAnyClientCert,
+			VerifyConnection: func(cs tls.ConnectionState) error {
+				return f.verifyPeer(cs, "", x509.ExtKeyUsageClientAuth)
+			},
+			MinVersion: tls.VersionTLS13,
 		})))
 	}
 	l, err := listen(addr, secured)
@@ -132,16 +217,25 @@ func DialTLS(addr string, t TLS, opts ...grpc.DialOption) (*grpc.ClientConn, err
 		return nil, fmt.Errorf("dial %s: %w", addr, ErrPlaintextBeyondLoopback)
 	}
 	if t.Enabled() && network == "tcp" {
-		pair, pool, err := t.load()
+		f, err := newFiles(t)
 		if err != nil {
 			return nil, err
 		}
 		host, _, _ := net.SplitHostPort(target)
 		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
-			Certificates: []tls.Certificate{pair},
-			RootCAs:      pool,
-			ServerName:   host,
-			MinVersion:   tls.VersionTLS13,
+			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+				cert, _ := f.current()
+				return cert, nil
+			},
+			ServerName: host,
+			// The server's certificate is verified for host against the
+			// CA as the files now have it (verifyPeer), instead of by
+			// crypto/tls against a pool fixed here: see files.
+			InsecureSkipVerify: true,
+			VerifyConnection: func(cs tls.ConnectionState) error {
+				return f.verifyPeer(cs, host, x509.ExtKeyUsageServerAuth)
+			},
+			MinVersion: tls.VersionTLS13,
 		})))
 	}
 	return Dial(addr, opts...)

@@ -3,6 +3,8 @@ package grpcutil
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -148,4 +150,103 @@ func TestDialTLSRefusesPlaintextBeyondLoopback(t *testing.T) {
 		t.Fatalf("DialTLS on loopback without TLS: %v", err)
 	}
 	conn.Close()
+}
+
+// TestTLSFilesReloaded rotates a server's key pair and CA in place (to
+// another CA's) and checks that the next connections follow the files:
+// a client of the new CA gets in, one of the old does not; then a broken
+// rotation (a key that is not PEM) leaves the last good set in use.
+func TestTLSFilesReloaded(t *testing.T) {
+	dir := t.TempDir()
+	oldCA, err := testpki.NewCA(dir, "old-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	newCA, err := testpki.NewCA(dir, "new-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func(ca *testpki.CA, name string, hosts ...string) testpki.KeyPair {
+		kp, err := ca.Issue(name, hosts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return kp
+	}
+	oldServer, newServer := issue(oldCA, "old-server", "127.0.0.1"), issue(newCA, "new-server", "127.0.0.1")
+	oldClient, newClient := issue(oldCA, "old-client"), issue(newCA, "new-client")
+
+	// The server's files, at paths of their own that rotation rewrites.
+	srvDir := filepath.Join(dir, "server")
+	if err := os.Mkdir(srvDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	srvTLS := TLS{CertFile: filepath.Join(srvDir, "tls.crt"), KeyFile: filepath.Join(srvDir, "tls.key"), CAFile: filepath.Join(srvDir, "ca.crt")}
+	step := 0
+	install := func(pairs ...[2]string) { // [from, to]
+		step++
+		for _, p := range pairs {
+			b, err := os.ReadFile(p[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(p[1], b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			// A modification time of its own per step, whatever the
+			// file system's timestamp granularity.
+			at := time.Now().Add(time.Duration(step) * time.Minute)
+			if err := os.Chtimes(p[1], at, at); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	install([2]string{oldServer.Cert, srvTLS.CertFile}, [2]string{oldServer.Key, srvTLS.KeyFile}, [2]string{oldCA.CertFile, srvTLS.CAFile})
+
+	srv, l, err := NewServer("tcp://127.0.0.1:0", srvTLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, srv, l, time.Second) }()
+	t.Cleanup(func() { cancel(); <-done })
+	addr := Address(l)
+
+	check := func(c TLS) error {
+		conn, err := DialTLS(addr, c)
+		if err != nil {
+			t.Fatalf("dial: %v", err)
+		}
+		defer conn.Close()
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err = healthpb.NewHealthClient(conn).Check(cctx, &healthpb.HealthCheckRequest{})
+		return err
+	}
+	oldSide := TLS{CertFile: oldClient.Cert, KeyFile: oldClient.Key, CAFile: oldCA.CertFile}
+	newSide := TLS{CertFile: newClient.Cert, KeyFile: newClient.Key, CAFile: newCA.CertFile}
+	if err := check(oldSide); err != nil {
+		t.Fatalf("before rotation, a client of the old CA was refused: %v", err)
+	}
+	if check(newSide) == nil {
+		t.Fatal("before rotation, a client of the new CA got in")
+	}
+
+	install([2]string{newServer.Cert, srvTLS.CertFile}, [2]string{newServer.Key, srvTLS.KeyFile}, [2]string{newCA.CertFile, srvTLS.CAFile})
+	if err := check(newSide); err != nil {
+		t.Fatalf("after rotation, a client of the new CA was refused: %v", err)
+	}
+	if check(oldSide) == nil {
+		t.Fatal("after rotation, a client of the old CA got in")
+	}
+
+	garbage := filepath.Join(dir, "garbage.key")
+	if err := os.WriteFile(garbage, []byte("not a key\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	install([2]string{garbage, srvTLS.KeyFile})
+	if err := check(newSide); err != nil {
+		t.Fatalf("a broken rotation was taken up (the last good key pair should stay): %v", err)
+	}
 }
