@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/wasmlet/wasmlet/internal/testpki"
@@ -42,7 +41,29 @@ func TestMutualTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	srv, l, err := NewServer("tcp://127.0.0.1:0", TLS{CertFile: server.Cert, KeyFile: server.Key, CAFile: ca.CertFile})
+	addr := serveHealth(t, TLS{CertFile: server.Cert, KeyFile: server.Key, CAFile: ca.CertFile})
+	if err := checkHealth(t, addr, TLS{CertFile: client.Cert, KeyFile: client.Key, CAFile: ca.CertFile}); err != nil {
+		t.Errorf("a client with a certificate from the CA was refused: %v", err)
+	}
+	for _, c := range []struct {
+		name string
+		tls  TLS
+	}{
+		{"plaintext client", TLS{}},
+		{"client with another CA's certificate", TLS{CertFile: stranger.Cert, KeyFile: stranger.Key, CAFile: ca.CertFile}},
+		{"client that does not trust the server's CA", TLS{CertFile: client.Cert, KeyFile: client.Key, CAFile: other.CertFile}},
+	} {
+		if err := checkHealth(t, addr, c.tls); err == nil {
+			t.Errorf("%s: got in", c.name)
+		}
+	}
+}
+
+// serveHealth serves the health service on loopback TCP with t until the
+// test ends, and returns its address.
+func serveHealth(t *testing.T, tlsCfg TLS) string {
+	t.Helper()
+	srv, l, err := NewServer("tcp://127.0.0.1:0", tlsCfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,41 +71,22 @@ func TestMutualTLS(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- Serve(ctx, srv, l, time.Second) }()
 	t.Cleanup(func() { cancel(); <-done })
-	addr := Address(l)
+	return Address(l)
+}
 
-	check := func(name string, tlsCfg TLS, plain bool) error {
-		var conn *grpc.ClientConn
-		var err error
-		if plain {
-			conn, err = Dial(addr)
-		} else {
-			conn, err = DialTLS(addr, tlsCfg)
-		}
-		if err != nil {
-			t.Fatalf("%s: dial: %v", name, err)
-		}
-		defer conn.Close()
-		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_, err = healthpb.NewHealthClient(conn).Check(cctx, &healthpb.HealthCheckRequest{})
-		return err
+// checkHealth calls the health service at addr as a client with tlsCfg
+// (the zero TLS: plaintext, on loopback).
+func checkHealth(t *testing.T, addr string, tlsCfg TLS) error {
+	t.Helper()
+	conn, err := DialTLS(addr, tlsCfg)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
 	}
-	if err := check("trusted client", TLS{CertFile: client.Cert, KeyFile: client.Key, CAFile: ca.CertFile}, false); err != nil {
-		t.Errorf("a client with a certificate from the CA was refused: %v", err)
-	}
-	for _, c := range []struct {
-		name  string
-		tls   TLS
-		plain bool
-	}{
-		{"plaintext client", TLS{}, true},
-		{"client with another CA's certificate", TLS{CertFile: stranger.Cert, KeyFile: stranger.Key, CAFile: ca.CertFile}, false},
-		{"client that does not trust the server's CA", TLS{CertFile: client.Cert, KeyFile: client.Key, CAFile: other.CertFile}, false},
-	} {
-		if err := check(c.name, c.tls, c.plain); err == nil {
-			t.Errorf("%s: got in", c.name)
-		}
-	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err = healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	return err
 }
 
 func TestListenRefusesBeyondLoopbackWithoutTLS(t *testing.T) {
@@ -203,27 +205,8 @@ func TestTLSFilesReloaded(t *testing.T) {
 	}
 	install([2]string{oldServer.Cert, srvTLS.CertFile}, [2]string{oldServer.Key, srvTLS.KeyFile}, [2]string{oldCA.CertFile, srvTLS.CAFile})
 
-	srv, l, err := NewServer("tcp://127.0.0.1:0", srvTLS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, srv, l, time.Second) }()
-	t.Cleanup(func() { cancel(); <-done })
-	addr := Address(l)
-
-	check := func(c TLS) error {
-		conn, err := DialTLS(addr, c)
-		if err != nil {
-			t.Fatalf("dial: %v", err)
-		}
-		defer conn.Close()
-		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_, err = healthpb.NewHealthClient(conn).Check(cctx, &healthpb.HealthCheckRequest{})
-		return err
-	}
+	addr := serveHealth(t, srvTLS)
+	check := func(c TLS) error { return checkHealth(t, addr, c) }
 	oldSide := TLS{CertFile: oldClient.Cert, KeyFile: oldClient.Key, CAFile: oldCA.CertFile}
 	newSide := TLS{CertFile: newClient.Cert, KeyFile: newClient.Key, CAFile: newCA.CertFile}
 	if err := check(oldSide); err != nil {
