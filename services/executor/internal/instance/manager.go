@@ -44,6 +44,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
+	"github.com/wasmlet/wasmlet/internal/beneath"
 	"github.com/wasmlet/wasmlet/internal/subjects"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 	"github.com/wasmlet/wasmlet/services/executor/internal/logs"
@@ -58,6 +59,7 @@ var (
 	ErrInvalidArgument    = errors.New("invalid argument")
 	ErrFailedPrecondition = errors.New("failed precondition")
 	ErrResourceExhausted  = errors.New("resource exhausted")
+	ErrPermissionDenied   = errors.New("permission denied")
 	// ErrIllegalTransition: a state change the lifecycle does not declare.
 	// It wraps ErrFailedPrecondition.
 	ErrIllegalTransition = fmt.Errorf("%w: illegal state transition", ErrFailedPrecondition)
@@ -86,8 +88,14 @@ type Config struct {
 	LogFlush time.Duration
 	// MaxModuleBytes bounds a fetched module (default 256 MiB).
 	MaxModuleBytes int64
-	Logger         *slog.Logger
-	Now            func() time.Time
+	// MountRoots are the directories under which every preopen's host
+	// path must lie (the node agent's pod directory root and its allowed
+	// hostPath roots); a preopen elsewhere is refused, and with none every
+	// preopen is. Below its root a preopen is opened without following a
+	// symlink, at every start.
+	MountRoots []string
+	Logger     *slog.Logger
+	Now        func() time.Time
 }
 
 // Manager holds the instances. Safe for concurrent use.
@@ -115,6 +123,7 @@ type record struct {
 	mod      engine.Module
 	run      engine.Instance
 	shipper  *logs.Shipper
+	dirs     []*os.File    // the preopens, open while the instance runs
 	finished chan struct{} // closed once the final state is recorded
 	stopMsg  string        // why it was killed, when by Stop
 }
@@ -177,7 +186,7 @@ func (m *Manager) Count() int {
 // ExecutorID is the id given in events.
 func (m *Manager) ExecutorID() string { return m.cfg.ExecutorID }
 
-func validate(id string, spec Spec) error {
+func validate(id string, spec Spec, roots []string) error {
 	if id == "" || len(id) > 253 {
 		return fmt.Errorf("%w: instance id must be 1 to 253 characters", ErrInvalidArgument)
 	}
@@ -198,6 +207,9 @@ func validate(id string, spec Spec) error {
 		if !filepath.IsAbs(p.HostPath) || p.GuestPath == "" {
 			return fmt.Errorf("%w: preopen %q -> %q: the host path must be absolute and the guest path set", ErrInvalidArgument, p.HostPath, p.GuestPath)
 		}
+		if _, _, ok := beneath.Rel(p.HostPath, roots); !ok {
+			return fmt.Errorf("%w: preopen %q: the host path is outside this executor's mount roots %v (start it with --mount-root for the node agent's pod directory and allowed hostPath roots)", ErrPermissionDenied, p.HostPath, roots)
+		}
 	}
 	return nil
 }
@@ -208,7 +220,7 @@ func validate(id string, spec Spec) error {
 // reason and message say why. Errors: ErrInvalidArgument, ErrAlreadyExists,
 // ErrResourceExhausted.
 func (m *Manager) Create(ctx context.Context, id string, spec Spec, start bool) (Instance, error) {
-	if err := validate(id, spec); err != nil {
+	if err := validate(id, spec, m.cfg.MountRoots); err != nil {
 		return Instance{}, err
 	}
 	m.mu.Lock()
@@ -370,10 +382,19 @@ func (m *Manager) Start(ctx context.Context, id string) (Instance, error) {
 		return Instance{}, fmt.Errorf("%w: instance %s is %s, not CREATED; create a new instance to run the module again", ErrFailedPrecondition, id, rec.snap.State)
 	}
 	spec := rec.snap.Spec
+	preopens, dirs, err := m.openPreopens(spec.Preopens)
+	if err != nil {
+		m.transition(rec, StateFailed, ReasonStartFailed, err.Error())
+		close(rec.finished)
+		m.mu.Unlock()
+		m.log.Warn("instance failed to start", "instance", id, "error", err)
+		return rec.snap, nil
+	}
+	rec.dirs = dirs
 	espec := engine.Spec{
 		Args:             spec.Args,
 		Env:              spec.Env,
-		Preopens:         spec.Preopens,
+		Preopens:         preopens,
 		MemoryLimitBytes: spec.MemoryLimitBytes,
 		CPULimitMillis:   spec.CPULimitMillis,
 	}
@@ -396,6 +417,7 @@ func (m *Manager) Start(ctx context.Context, id string) (Instance, error) {
 	defer m.mu.Unlock()
 	if err != nil {
 		rec.run = nil
+		closeAll(rec.dirs)
 		reason := ReasonStartFailed
 		if errors.Is(err, engine.ErrModuleUnsupported) {
 			reason = ReasonModuleUnsupported
@@ -431,6 +453,7 @@ func (placeholder) Usage() engine.Usage   { return engine.Usage{} }
 // wait records the end of a running instance.
 func (m *Manager) wait(rec *record) {
 	res := rec.run.Wait()
+	closeAll(rec.dirs)
 	if rec.shipper != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), m.cfg.LogFlush)
 		rec.shipper.Close(ctx)
@@ -454,6 +477,41 @@ func (m *Manager) wait(rec *record) {
 	m.transition(rec, to, res.Reason, msg)
 	close(rec.finished)
 	m.log.Info("instance ended", "instance", rec.snap.ID, "state", to, "exit_code", res.ExitCode, "reason", res.Reason)
+}
+
+// openPreopens opens each preopen's directory beneath its mount root
+// without following a symlink (a module may have replaced a directory of a
+// shared volume by a link since the node agent made it), and returns the
+// preopens with their host paths as /proc/self/fd paths of the opened
+// directories, so that the engine opens exactly what was checked.
+func (m *Manager) openPreopens(ps []engine.Preopen) ([]engine.Preopen, []*os.File, error) {
+	out := make([]engine.Preopen, len(ps))
+	var dirs []*os.File
+	for i, p := range ps {
+		root, rel, ok := beneath.Rel(p.HostPath, m.cfg.MountRoots)
+		if !ok { // validated at create; the roots do not change
+			closeAll(dirs)
+			return nil, nil, fmt.Errorf("%w: preopen %q is outside the mount roots", ErrPermissionDenied, p.HostPath)
+		}
+		d, err := beneath.OpenDir(root, rel)
+		if err != nil {
+			closeAll(dirs)
+			if errors.Is(err, beneath.ErrEscape) {
+				return nil, nil, fmt.Errorf("preopen %s at %s refused: %v; a mounted path must be a directory reached without symbolic links", p.HostPath, p.GuestPath, err)
+			}
+			return nil, nil, fmt.Errorf("preopen %s at %s: host path is not a directory (%v); create it or fix the path", p.HostPath, p.GuestPath, err)
+		}
+		dirs = append(dirs, d)
+		out[i] = p
+		out[i].HostPath = fmt.Sprintf("/proc/self/fd/%d", d.Fd())
+	}
+	return out, dirs, nil
+}
+
+func closeAll(fs []*os.File) {
+	for _, f := range fs {
+		f.Close()
+	}
 }
 
 // Stop lets a running instance end by itself for up to grace, then kills
