@@ -3,12 +3,13 @@
 // standard health service and a graceful stop.
 //
 // Addresses are "unix:///path/to.sock" or "tcp://host:port" (a bare
-// "host:port" means tcp). Without TLS a TCP listener must be on a loopback
-// address: nothing listens beyond loopback unless configured. With TLS
-// (type TLS: a key pair and the CA of the peers) a TCP server requires and
-// verifies client certificates, and a client verifies the server: mutual
-// TLS, which is what lets executors and the registry cache serve other
-// hosts.
+// "host:port" means tcp). A server listens on a unix socket (mode 0600:
+// only its user may connect) or on TCP with mutual TLS (type TLS: a key
+// pair and the CA of the peers), where it requires and verifies client
+// certificates; a TCP server without mutual TLS is refused, even on
+// loopback, since any local user or process could then call an API that
+// starts native code and mounts host paths. A client verifies the server
+// it dials over TCP when given TLS, and dials plaintext only to loopback.
 package grpcutil
 
 import (
@@ -19,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -49,37 +51,31 @@ func Split(addr string) (network, target string, err error) {
 	return "tcp", target, nil
 }
 
-// Listen opens a listener for addr. A unix socket's directory is created
-// (0700) and a stale socket removed; the socket itself is made 0600. A TCP
-// address must be loopback (NewServer with TLS lifts that).
+// ErrPlaintextTCP: a gRPC server was to listen on TCP without mutual TLS.
+var ErrPlaintextTCP = errors.New("refusing to serve gRPC over TCP without mutual TLS, even on loopback (any local user or process could call it): listen on a unix socket (unix:///path, created 0600) or give --tls-cert, --tls-key and --tls-ca")
+
+// Listen opens a listener on the unix socket addr: its directory is
+// created (0700) if missing, a stale socket is removed, and the socket is
+// made 0600 before anyone can connect to it. A TCP address is refused
+// (ErrPlaintextTCP): TCP needs mutual TLS (NewServer).
 func Listen(addr string) (net.Listener, error) { return listen(addr, false) }
 
-// listen is Listen; secured allows a TCP address beyond loopback, for a
-// server that speaks mutual TLS.
+// listen is Listen; secured allows a TCP address, for a server that
+// speaks mutual TLS.
 func listen(addr string, secured bool) (net.Listener, error) {
 	network, target, err := Split(addr)
 	if err != nil {
 		return nil, err
 	}
 	if network == "unix" {
-		if err := os.MkdirAll(filepath.Dir(target), 0o700); err != nil {
-			return nil, fmt.Errorf("listen %s: %w", addr, err)
-		}
-		if err := os.Remove(target); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("listen %s: remove stale socket: %w", addr, err)
-		}
-		l, err := net.Listen("unix", target)
+		l, err := listenUnix(target)
 		if err != nil {
-			return nil, fmt.Errorf("listen %s: %w", addr, err)
-		}
-		if err := os.Chmod(target, 0o600); err != nil {
-			l.Close()
 			return nil, fmt.Errorf("listen %s: %w", addr, err)
 		}
 		return l, nil
 	}
-	if !secured && !IsLoopback(target) {
-		return nil, fmt.Errorf("listen %s: refusing a non-loopback address without mutual TLS (give --tls-cert, --tls-key and --tls-ca)", addr)
+	if !secured {
+		return nil, fmt.Errorf("listen %s: %w", addr, ErrPlaintextTCP)
 	}
 	l, err := net.Listen("tcp", target)
 	if err != nil {
@@ -87,6 +83,69 @@ func listen(addr string, secured bool) (net.Listener, error) {
 	}
 	return l, nil
 }
+
+// maxSocketPath is the longest path a unix socket may have on Linux
+// (sockaddr_un's 108 bytes with the terminating NUL).
+const maxSocketPath = 107
+
+// listenUnix listens on a unix socket at path, mode 0600. A socket that
+// bind creates has the umask's mode until a chmod; so it is bound in a
+// fresh directory of mode 0700 beside path, made 0600 there, and renamed
+// into place. Only when that longer path would not fit is it bound in
+// place and then made 0600 (reachable meanwhile under the umask's mode).
+func listenUnix(path string) (net.Listener, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket: %w", err)
+	}
+	private, err := os.MkdirTemp(dir, ".s")
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(private)
+	bind := filepath.Join(private, "s")
+	if len(bind) > maxSocketPath {
+		bind = path
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: bind, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(bind, 0o600); err != nil {
+		l.Close()
+		return nil, err
+	}
+	if bind == path {
+		return l, nil
+	}
+	if err := os.Rename(bind, path); err != nil {
+		l.Close()
+		return nil, err
+	}
+	// Close would unlink the path it bound, which is gone: unlink the
+	// socket where it now is instead.
+	l.SetUnlinkOnClose(false)
+	return &movedUnixListener{UnixListener: l, path: path}, nil
+}
+
+// movedUnixListener is a unix listener whose socket was renamed to path.
+type movedUnixListener struct {
+	*net.UnixListener
+	path   string
+	unlink sync.Once
+}
+
+func (l *movedUnixListener) Close() error {
+	err := l.UnixListener.Close()
+	l.unlink.Do(func() { os.Remove(l.path) })
+	return err
+}
+
+// Addr reports the socket where it is, not where it was bound.
+func (l *movedUnixListener) Addr() net.Addr { return &net.UnixAddr{Name: l.path, Net: "unix"} }
 
 // IsLoopback reports whether host:port names a loopback host.
 func IsLoopback(hostport string) bool {

@@ -23,7 +23,8 @@ import (
 // files are read again when they change, at the next handshake (see
 // files), so certificates can be rotated in place.
 //
-// The zero TLS is off, and then a TCP listener must be on loopback.
+// The zero TLS is off: a server then listens on a unix socket only, and a
+// client dials TCP only on loopback.
 type TLS struct {
 	CertFile, KeyFile, CAFile string
 }
@@ -73,6 +74,16 @@ func (t TLS) CheckFlags(addrFlag, addr, prefix string) error {
 			prefix, prefix, prefix, addrFlag, addr)
 	}
 	return nil
+}
+
+// CheckServerFlags is CheckFlags for a server's --addrFlag: a tcp://
+// address without the TLS files is refused even on loopback
+// (ErrPlaintextTCP), before anything is opened.
+func (t TLS) CheckServerFlags(addrFlag, addr, prefix string) error {
+	if network, _, err := Split(addr); err == nil && network == "tcp" && !t.Enabled() {
+		return fmt.Errorf("--%s %s: %w", addrFlag, addr, ErrPlaintextTCP)
+	}
+	return t.CheckFlags(addrFlag, addr, prefix)
 }
 
 func (t TLS) load() (tls.Certificate, *x509.CertPool, error) {
@@ -167,9 +178,10 @@ func (f *files) verifyPeer(cs tls.ConnectionState, name string, usage x509.ExtKe
 	return err
 }
 
-// NewServer listens on addr and returns a gRPC server for it. With t
-// enabled and a TCP address, the server speaks mutual TLS and addr may be
-// any address; otherwise a TCP address must be loopback (see Listen).
+// NewServer listens on addr and returns a gRPC server for it. A TCP
+// address needs t enabled, and the server then speaks mutual TLS; without
+// it a TCP address is refused (ErrPlaintextTCP) and only a unix socket
+// (0600, see Listen) is served.
 func NewServer(addr string, t TLS, opts ...grpc.ServerOption) (*grpc.Server, net.Listener, error) {
 	network, _, err := Split(addr)
 	if err != nil {

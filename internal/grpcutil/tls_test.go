@@ -3,6 +3,7 @@ package grpcutil
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -89,11 +90,21 @@ func checkHealth(t *testing.T, addr string, tlsCfg TLS) error {
 	return err
 }
 
-func TestListenRefusesBeyondLoopbackWithoutTLS(t *testing.T) {
+// TestServerRefusesPlaintextTCP: a gRPC server does not listen on TCP
+// without mutual TLS, on loopback or beyond; with it, any address is
+// allowed.
+func TestServerRefusesPlaintextTCP(t *testing.T) {
 	// 192.0.2.1 (TEST-NET-1) is not on this host: nothing is bound either way.
-	_, _, err := NewServer("tcp://192.0.2.1:0", TLS{})
-	if err == nil || !strings.Contains(err.Error(), "non-loopback") {
-		t.Errorf("without TLS: %v, want a refusal of the non-loopback address", err)
+	for _, addr := range []string{"tcp://127.0.0.1:0", "localhost:0", "tcp://[::1]:0", "tcp://192.0.2.1:0"} {
+		if _, _, err := NewServer(addr, TLS{}); !errors.Is(err, ErrPlaintextTCP) {
+			t.Errorf("NewServer(%s) without TLS: %v, want ErrPlaintextTCP", addr, err)
+		}
+		if _, err := Listen(addr); !errors.Is(err, ErrPlaintextTCP) {
+			t.Errorf("Listen(%s): %v, want ErrPlaintextTCP", addr, err)
+		}
+	}
+	if !strings.Contains(ErrPlaintextTCP.Error(), "unix socket") || !strings.Contains(ErrPlaintextTCP.Error(), "--tls-cert") {
+		t.Errorf("the refusal does not say what to do instead: %v", ErrPlaintextTCP)
 	}
 	dir := t.TempDir()
 	ca, err := testpki.NewCA(dir, "ca")
@@ -105,11 +116,53 @@ func TestListenRefusesBeyondLoopbackWithoutTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, _, err = NewServer("tcp://192.0.2.1:0", TLS{CertFile: kp.Cert, KeyFile: kp.Key, CAFile: ca.CertFile})
-	if err == nil || strings.Contains(err.Error(), "non-loopback") {
+	if err == nil || errors.Is(err, ErrPlaintextTCP) {
 		t.Errorf("with TLS: %v, want the address allowed (and the bind to fail: it is not this host's)", err)
 	}
 	if _, _, err := NewServer("tcp://127.0.0.1:0", TLS{CertFile: kp.Cert}); err == nil || !strings.Contains(err.Error(), "all three") {
 		t.Errorf("a certificate without key and CA: %v, want an error naming the three flags", err)
+	}
+}
+
+// TestUnixSocketMode: a server's unix socket is 0600 whatever the umask
+// gives a new socket, a stale one is replaced, nothing else is left in its
+// directory, and Close removes it.
+func TestUnixSocketMode(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "s.sock")
+	stale, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.SetUnlinkOnClose(false)
+	stale.Close()
+	srv, l, err := NewServer("unix://"+path, TLS{})
+	if err != nil {
+		t.Fatalf("over a stale socket: %v", err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Errorf("socket mode %v, want a socket of mode 0600", fi.Mode())
+	}
+	if got := Address(l); got != "unix://"+path {
+		t.Errorf("Address = %s, want unix://%s", got, path)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, srv, l, time.Second) }()
+	if err := checkHealth(t, "unix://"+path, TLS{}); err != nil {
+		t.Errorf("health over the socket: %v", err)
+	}
+	cancel()
+	<-done
+	if es, _ := os.ReadDir(dir); len(es) != 0 {
+		t.Errorf("left in the socket's directory after Close: %v", es)
 	}
 }
 
@@ -137,6 +190,29 @@ func TestCheckFlags(t *testing.T) {
 			t.Errorf("%s: %v, want accepted", c.name, err)
 		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
 			t.Errorf("%s: %v, want an error containing %q", c.name, err, c.want)
+		}
+	}
+	// A server's address: TCP only with mutual TLS, on loopback too.
+	for _, c := range []struct {
+		name, addr string
+		tls        TLS
+		want       string
+	}{
+		{"loopback without TLS", "tcp://127.0.0.1:7000", TLS{}, "even on loopback"},
+		{"localhost without TLS", "localhost:7000", TLS{}, "even on loopback"},
+		{"beyond loopback without TLS", "tcp://10.0.0.5:7000", TLS{}, "give --tls-cert, --tls-key and --tls-ca"},
+		{"loopback with TLS", "tcp://127.0.0.1:7000", on, ""},
+		{"beyond loopback with TLS", "tcp://10.0.0.5:7000", on, ""},
+		{"unix without TLS", "unix:///run/x.sock", TLS{}, ""},
+		{"TLS for a unix socket", "unix:///run/x.sock", on, "drop them"},
+		{"a certificate alone", "tcp://127.0.0.1:7000", TLS{CertFile: "c.pem"}, "give all three"},
+	} {
+		err := c.tls.CheckServerFlags("listen", c.addr, "")
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("server %s: %v, want accepted", c.name, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("server %s: %v, want an error containing %q", c.name, err, c.want)
 		}
 	}
 }

@@ -12,10 +12,12 @@
 // origin once for all nodes. With --metrics-listen it serves Prometheus
 // metrics at /metrics, on a loopback address only (the metrics name
 // the modules in use; put a proxy in front to expose them further).
-// Across hosts it speaks mutual TLS: with --tls-cert, --tls-key and
-// --tls-ca a tcp:// --listen may be beyond loopback, and every client (node
-// agents, executors) must present a certificate signed by --tls-ca;
-// without them a tcp:// --listen must be loopback.
+// It serves gRPC on a unix socket (created 0600) or over TCP with mutual
+// TLS: with --tls-cert, --tls-key and --tls-ca a tcp:// --listen may be
+// any address, and every client (node agents, executors) must present a
+// certificate signed by --tls-ca; without them a tcp:// --listen is
+// refused, on loopback too (any local user could otherwise store
+// precompiled artifacts and pins).
 //
 // bench starts a docker-registry on loopback and measures cache-hit
 // latency, 100 concurrent pulls of one module, and a second node's pull
@@ -52,7 +54,7 @@ import (
 )
 
 const usage = `usage:
-  registry-cache serve --listen unix:///path|tcp://127.0.0.1:port --dir DIR [--insecure-registry host:port]... [--ca-file F]
+  registry-cache serve --listen unix:///path|tcp://HOST:port --dir DIR [--insecure-registry host:port]... [--ca-file F]
       [--max-store-bytes N] [--eviction-grace D] [--metrics-listen 127.0.0.1:PORT] [--tls-cert F --tls-key F --tls-ca F]
   registry-cache push [--plain-http] [--ca-file F] [--username U --password-stdin] FILE REFERENCE
   registry-cache bench [--module-bytes N] [--iterations N] [--concurrency N]`
@@ -91,7 +93,7 @@ func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 
 func serve(ctx context.Context, args []string, logger *slog.Logger) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	listen := fs.String("listen", "", "address to serve on: unix:///path, tcp://127.0.0.1:port, or tcp://HOST:port beyond loopback with --tls-*")
+	listen := fs.String("listen", "", "address to serve on: unix:///path (created 0600), or tcp://HOST:port with --tls-* (mutual TLS; plaintext TCP is refused, on loopback too)")
 	var serverTLS grpcutil.TLS
 	serverTLS.AddFlags(fs, "", "the registry cache's gRPC server (--listen)")
 	var cfg local.Config
@@ -111,7 +113,7 @@ func serve(ctx context.Context, args []string, logger *slog.Logger) error {
 	if *listen == "" || cfg.Dir == "" || fs.NArg() != 0 {
 		return errors.New("serve: --listen and --dir are required, and nothing else\n" + usage)
 	}
-	if err := serverTLS.CheckFlags("listen", *listen, ""); err != nil {
+	if err := serverTLS.CheckServerFlags("listen", *listen, ""); err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
 	cfg.InsecureHosts = insecure

@@ -9,8 +9,8 @@ import (
 )
 
 // TestServeTLSFlags: serve refuses, before opening anything, a tcp://
-// address beyond loopback without mutual TLS (naming the flags) and an
-// incomplete set of TLS files.
+// address without mutual TLS, on loopback too (naming the flags, or a unix
+// socket instead), and an incomplete set of TLS files.
 func TestServeTLSFlags(t *testing.T) {
 	logger := slog.New(slog.DiscardHandler)
 	for _, c := range []struct {
@@ -18,7 +18,9 @@ func TestServeTLSFlags(t *testing.T) {
 		want string
 	}{
 		{[]string{"--listen", "tcp://10.0.0.5:7000"}, "give --tls-cert, --tls-key and --tls-ca"},
-		{[]string{"--listen", "tcp://0.0.0.0:7000"}, "beyond loopback"},
+		{[]string{"--listen", "tcp://0.0.0.0:7000"}, "without mutual TLS"},
+		{[]string{"--listen", "tcp://127.0.0.1:7000"}, "even on loopback"},
+		{[]string{"--listen", "localhost:7000"}, "listen on a unix socket"},
 		{[]string{"--listen", "tcp://10.0.0.5:7000", "--tls-cert", "c.crt"}, "all three"},
 		{[]string{"--listen", "unix:///r.sock", "--tls-cert", "c.crt", "--tls-key", "c.key", "--tls-ca", "ca.crt"}, "drop them"},
 	} {
