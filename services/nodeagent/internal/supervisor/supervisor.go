@@ -12,6 +12,8 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 )
@@ -23,6 +25,45 @@ type Config struct {
 	Env    []string // extra environment (KEY=VALUE), e.g. the NATS token
 	Output io.Writer
 	Log    *slog.Logger
+
+	// The executor confines itself by default (no_new_privs, seccomp,
+	// Landlock); these say how, as its flags.
+	Confinement Confinement
+}
+
+// Confinement is how the child confines itself (see the executor's
+// internal/confine).
+type Confinement struct {
+	// Off turns it off (--confine=false), for a host where it breaks
+	// the executor; a module escaping its engine then has the node
+	// agent's user and file system.
+	Off bool
+	// RunAsUser and RunAsGroup (names or ids) are the unprivileged user
+	// the executor drops to (--run-as-user, --run-as-group). It must be
+	// able to use its socket's directory and the pods' directories.
+	RunAsUser, RunAsGroup string
+	// ReadWrite are directories beyond its state dir, its socket's and
+	// its mount root that it must write under Landlock (--landlock-rw),
+	// e.g. roots of hostPath volumes.
+	ReadWrite []string
+}
+
+// flags are the executor's flags for c.
+func (c Confinement) flags() []string {
+	var out []string
+	if c.Off {
+		out = append(out, "--confine=false")
+	}
+	if c.RunAsUser != "" {
+		out = append(out, "--run-as-user", c.RunAsUser)
+	}
+	if c.RunAsGroup != "" {
+		out = append(out, "--run-as-group", c.RunAsGroup)
+	}
+	for _, d := range c.ReadWrite {
+		out = append(out, "--landlock-rw", d)
+	}
+	return out
 }
 
 // Supervisor keeps one child process running until Run's context ends.
@@ -34,6 +75,11 @@ type Supervisor struct {
 func New(cfg Config) (*Supervisor, error) {
 	if cfg.Binary == "" {
 		return nil, errors.New("supervisor: Binary is required")
+	}
+	for _, d := range cfg.Confinement.ReadWrite {
+		if !filepath.IsAbs(d) {
+			return nil, fmt.Errorf("supervisor: Confinement.ReadWrite %q is not an absolute path", d)
+		}
 	}
 	if _, err := os.Stat(cfg.Binary); err != nil {
 		return nil, fmt.Errorf("executor binary: %w (build it with `make build`, or pass --executor-binary)", err)
@@ -71,7 +117,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 }
 
 func (s *Supervisor) runOnce(ctx context.Context) error {
-	cmd := exec.Command(s.cfg.Binary, s.cfg.Args...)
+	cmd := exec.Command(s.cfg.Binary, append(slices.Clone(s.cfg.Args), s.cfg.Confinement.flags()...)...)
 	cmd.Env = append(os.Environ(), s.cfg.Env...)
 	cmd.Stdout, cmd.Stderr = s.cfg.Output, s.cfg.Output
 	// Its own process group, so that a terminal's ^C reaches the node agent
