@@ -253,7 +253,16 @@ func Run(ctx context.Context, cfg Config) error {
 			// The node admits pods up to MaxPods; its executor's cap on
 			// instances leaves room for a few containers (and a kept exited
 			// instance) per pod, so that the node's capacity is what binds.
-			"--max-instances", fmt.Sprint(4 * cfg.MaxPods)}
+			"--max-instances", fmt.Sprint(4 * cfg.MaxPods),
+			// Preopens may lie only under the pods' directories and the
+			// hostPath roots, as the node agent resolves them.
+			"--mount-root", filepath.Join(cfg.StateDir, "pods")}
+		for _, p := range cfg.AllowedHostPaths {
+			if real, err := filepath.EvalSymlinks(p); err == nil {
+				p = real
+			}
+			args = append(args, "--mount-root", p)
+		}
 		if cfg.CPUCgroup != "" {
 			args = append(args, "--cpu-cgroup", cfg.CPUCgroup)
 		}
