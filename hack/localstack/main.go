@@ -129,7 +129,8 @@ func (s *stack) up(ctx context.Context) error {
 	step("executor (wasmtime)")
 	executorAddr := "unix://" + filepath.Join(s.state, "sockets", "executor.sock")
 	if err := s.service("executor", tokenEnv, "--listen", executorAddr, "--registry", registryAddr,
-		"--nats", natsURL, "--state-dir", filepath.Join(s.state, "executor"), "--node", nodeName); err != nil {
+		"--nats", natsURL, "--state-dir", filepath.Join(s.state, "executor"), "--node", nodeName,
+		"--mount-root", filepath.Join(s.state, "node", "pods")); err != nil {
 		return err
 	}
 
