@@ -11,6 +11,15 @@
 // record published twice (an executor's replay after a kill, later than
 // JetStream's duplicate window) is skipped. A followed stream is flushed at
 // most every FlushEvery.
+//
+// Memory per reader is bounded whatever the backlog: without a tail the
+// backlog is streamed as it is read; a tail is kept in a ring of at most
+// Reader.TailBytes, and a tail that does not fit is found by counting the
+// backlog and reading it again, skipping what precedes the tail.
+//
+// A follow ends when Options.Ended is closed (the instance has ended),
+// after the last message stored on the container's subject by then: an
+// executor publishes an instance's last records before it records its end.
 package podlogs
 
 import (
@@ -19,7 +28,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -36,19 +48,32 @@ type Options struct {
 	Timestamps bool
 	Follow     bool
 	Since      time.Time // zero: from the start
+	// Ended, when set, is closed once the instance has ended: a follow
+	// then ends after the instance's last record. Nil: a follow ends only
+	// with ctx or Close.
+	Ended <-chan struct{}
 }
+
+// DefaultTailBytes bounds the records a reader keeps to find a tail.
+const DefaultTailBytes = 4 << 20
 
 // Reader reads one node's container logs.
 type Reader struct {
 	JS   jetstream.JetStream
 	Node string
+	// TailBytes bounds the records kept in memory for a tail (default
+	// DefaultTailBytes); a longer tail costs a second read of the backlog.
+	TailBytes int
+	Log       *slog.Logger // optional
 }
 
 // Open streams the output of one instance of a container. The caller closes
-// the reader; with Follow it ends when ctx ends or the caller closes it.
+// the reader; with Follow it ends when ctx ends, the caller closes it, or
+// after the last record once opts.Ended is closed.
 func (r *Reader) Open(ctx context.Context, namespace, pod, container, instanceID string, opts Options) (io.ReadCloser, error) {
+	subject := subjects.Logs(r.Node, namespace, pod, container)
 	cfg := jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{subjects.Logs(r.Node, namespace, pod, container)},
+		FilterSubjects: []string{subject},
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
 	}
 	if !opts.Since.IsZero() {
@@ -63,23 +88,65 @@ func (r *Reader) Open(ctx context.Context, namespace, pod, container, instanceID
 	if err != nil {
 		return nil, fmt.Errorf("open log stream of %s/%s/%s: %w", namespace, pod, container, err)
 	}
-	// A follower whose consumer fails (e.g. it could not be recreated
-	// while the server was busy or away) resumes after the last record it
-	// read, on a new consumer.
-	reopen := func(ctx context.Context, startSeq uint64) (jetstream.Consumer, error) {
-		rc := cfg
-		if startSeq > 0 {
-			rc.DeliverPolicy, rc.OptStartTime, rc.OptStartSeq = jetstream.DeliverByStartSequencePolicy, nil, startSeq
+	var backlogEnd uint64
+	if info.NumPending > 0 {
+		if backlogEnd, err = r.lastSeq(ctx, subject); err != nil {
+			return nil, fmt.Errorf("open log stream of %s/%s/%s: %w", namespace, pod, container, err)
 		}
-		return r.JS.OrderedConsumer(ctx, subjects.LogsStream, rc)
+	}
+	tailBytes := r.TailBytes
+	if tailBytes <= 0 {
+		tailBytes = DefaultTailBytes
+	}
+	log := r.Log
+	if log == nil {
+		log = slog.Default()
 	}
 	ctx, cancel := context.WithCancel(ctx)
+	c := &copier{
+		ctx: ctx, opts: opts, instanceID: instanceID, tailBytes: tailBytes, backlogEnd: backlogEnd,
+		// A consumer from cfg's start (startSeq 0), or one resuming after
+		// the last record read (a follower whose consumer failed, e.g. it
+		// could not be recreated while the server was busy or away).
+		open: func(ctx context.Context, startSeq uint64) (jetstream.Consumer, error) {
+			rc := cfg
+			if startSeq > 0 {
+				rc.DeliverPolicy, rc.OptStartTime, rc.OptStartSeq = jetstream.DeliverByStartSequencePolicy, nil, startSeq
+			}
+			return r.JS.OrderedConsumer(ctx, subjects.LogsStream, rc)
+		},
+		lastSeq: func(ctx context.Context) (uint64, error) { return r.lastSeq(ctx, subject) },
+	}
 	pr, pw := io.Pipe()
 	go func() {
 		defer cancel()
-		pw.CloseWithError(copyLogs(ctx, cons, info.NumPending, instanceID, opts, pw, reopen))
+		defer func() {
+			// A reader's bug must cost its request, never the node agent.
+			if v := recover(); v != nil {
+				log.Error("log reader panicked", "pod", namespace+"/"+pod, "container", container, "panic", v, "stack", string(debug.Stack()))
+				pw.CloseWithError(fmt.Errorf("read logs of %s/%s/%s: internal error (%v)", namespace, pod, container, v))
+			}
+		}()
+		pw.CloseWithError(c.copy(cons, pw))
 	}()
 	return &readCloser{PipeReader: pr, cancel: cancel}, nil
+}
+
+// lastSeq returns the stream sequence of the last message on subject; 0
+// when it has none.
+func (r *Reader) lastSeq(ctx context.Context, subject string) (uint64, error) {
+	st, err := r.JS.Stream(ctx, subjects.LogsStream)
+	if err != nil {
+		return 0, err
+	}
+	m, err := st.GetLastMsgForSubject(ctx, subject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return m.Sequence, nil
 }
 
 type readCloser struct {
@@ -162,10 +229,13 @@ func (c *coalescer) FlushSoon() error {
 	return c.err
 }
 
-// iterator is the current message iterator, stopped when ctx ends.
+// iterator is the current message iterator. Once closed (ctx ended, or a
+// followed instance's last record read), any iterator set is stopped at
+// once, so that a Next blocked on it returns.
 type iterator struct {
-	mu sync.Mutex
-	it jetstream.MessagesContext
+	mu     sync.Mutex
+	it     jetstream.MessagesContext
+	closed bool
 }
 
 func (i *iterator) set(it jetstream.MessagesContext) {
@@ -175,151 +245,330 @@ func (i *iterator) set(it jetstream.MessagesContext) {
 		i.it.Stop()
 	}
 	i.it = it
+	if i.closed && it != nil {
+		it.Stop()
+	}
 }
 
-func (i *iterator) stop() { i.set(nil) }
+func (i *iterator) close() {
+	i.mu.Lock()
+	i.closed = true
+	i.mu.Unlock()
+	i.set(nil)
+}
 
-func copyLogs(ctx context.Context, cons jetstream.Consumer, pending uint64, instanceID string, opts Options, out io.Writer,
-	reopen func(ctx context.Context, startSeq uint64) (jetstream.Consumer, error)) error {
-	bw := &coalescer{bw: bufio.NewWriterSize(out, 64<<10)}
-	written := 0
-	emit := func(rec *eventsv1.LogRecord) error {
-		var line []byte
-		if opts.Timestamps {
-			line = append(line, rec.GetTime().AsTime().UTC().Format(time.RFC3339Nano)...)
-			line = append(line, ' ')
-		}
-		line = append(line, rec.GetLine()...)
-		line = append(line, '\n')
-		if opts.LimitBytes > 0 && written+len(line) > opts.LimitBytes {
-			line = line[:opts.LimitBytes-written]
-		}
-		n, err := bw.Write(line)
-		written += n
-		if err != nil {
-			return err
-		}
-		if opts.LimitBytes > 0 && written >= opts.LimitBytes {
-			return errLimit
-		}
-		return nil
-	}
-	finish := func(err error) error {
-		if errors.Is(err, errLimit) {
-			err = nil
-		}
-		if ferr := bw.Flush(); err == nil {
-			err = ferr
-		}
-		return err
-	}
+// copier copies one reader's records to its output.
+type copier struct {
+	ctx        context.Context
+	opts       Options
+	instanceID string
+	tailBytes  int
+	// backlogEnd is the stream sequence of the last message stored when
+	// the reader was opened (0: none): where a reader without Follow stops.
+	backlogEnd uint64
+	open       func(ctx context.Context, startSeq uint64) (jetstream.Consumer, error)
+	lastSeq    func(ctx context.Context) (uint64, error)
 
-	seen := seenRecords{}
-	// keep reports whether rec is shown: of the instance asked for, at or
-	// after Since by its own time (the consumer starts at Since by the time
-	// a message was stored; a batch may hold lines written a little
-	// earlier), and the first with its sequence.
-	keep := func(rec *eventsv1.LogRecord) bool {
-		if instanceID != "" && rec.GetInstanceId() != instanceID {
-			return false
-		}
-		if !opts.Since.IsZero() && rec.GetTime() != nil && rec.GetTime().AsTime().Before(opts.Since) {
-			return false
-		}
-		return seen.first(rec)
-	}
-	// The backlog: everything stored now, of which only the tail is kept.
-	var tail []*eventsv1.LogRecord
+	out     *coalescer
+	written int
+	seen    seenRecords
+	cur     iterator
+	last    atomic.Uint64 // stream sequence of the last message read
+	// endSeq is set, then ended, once the followed instance has ended:
+	// the follow ends after the message at endSeq.
+	endSeq atomic.Uint64
+	ended  atomic.Bool
+}
+
+func (c *copier) copy(cons jetstream.Consumer, out io.Writer) error {
+	c.out = &coalescer{bw: bufio.NewWriterSize(out, 64<<10)}
+	c.seen = seenRecords{}
 	it, err := cons.Messages(jetstream.PullMaxMessages(512))
 	if err != nil {
 		return err
 	}
-	cur := &iterator{it: it}
-	defer cur.stop()
-	go func() { <-ctx.Done(); cur.stop() }()
-	var last jetstream.Msg // the last message read, to resume after
-	for remaining := pending; remaining > 0; {
-		msg, err := it.Next()
-		if err != nil {
-			return finish(ctxErr(ctx, err))
-		}
-		last = msg
-		meta, err := msg.Metadata()
-		if err != nil {
-			return finish(err)
-		}
-		remaining = meta.NumPending
-		for _, rec := range records(msg) {
-			if !keep(rec) {
-				continue
-			}
-			tail = append(tail, rec)
-			if opts.Tail > 0 && len(tail) > 2*opts.Tail {
-				tail = append(tail[:0], tail[len(tail)-opts.Tail:]...)
-			}
+	c.cur.set(it)
+	defer c.cur.close()
+	go func() { <-c.ctx.Done(); c.cur.close() }()
+
+	err = c.backlog(it)
+	if err == nil && c.opts.Follow {
+		if err = c.out.Flush(); err == nil {
+			err = c.follow()
 		}
 	}
-	if opts.Tail > 0 && len(tail) > opts.Tail {
-		tail = tail[len(tail)-opts.Tail:]
+	if errors.Is(err, errLimit) {
+		err = nil
 	}
-	for _, rec := range tail {
-		if err := emit(rec); err != nil {
-			return finish(err)
-		}
+	if ferr := c.out.Flush(); err == nil {
+		err = ferr
 	}
-	if !opts.Follow {
-		return finish(nil)
+	return err
+}
+
+// emit writes one record, cut at LimitBytes.
+func (c *copier) emit(rec *eventsv1.LogRecord) error {
+	var line []byte
+	if c.opts.Timestamps {
+		line = append(line, rec.GetTime().AsTime().UTC().Format(time.RFC3339Nano)...)
+		line = append(line, ' ')
 	}
-	if err := bw.Flush(); err != nil {
+	line = append(line, rec.GetLine()...)
+	line = append(line, '\n')
+	if c.opts.LimitBytes > 0 && len(line) > c.opts.LimitBytes-c.written {
+		line = line[:c.opts.LimitBytes-c.written]
+	}
+	n, err := c.out.Write(line)
+	c.written += n
+	if err != nil {
 		return err
 	}
-	for resumes := 0; ; {
+	if c.opts.LimitBytes > 0 && c.written >= c.opts.LimitBytes {
+		return errLimit
+	}
+	return nil
+}
+
+// keep reports whether rec is shown: of the instance asked for, at or
+// after Since by its own time (the consumer starts at Since by the time a
+// message was stored; a batch may hold lines written a little earlier),
+// and the first with its sequence.
+func (c *copier) keep(rec *eventsv1.LogRecord) bool {
+	if c.instanceID != "" && rec.GetInstanceId() != c.instanceID {
+		return false
+	}
+	if !c.opts.Since.IsZero() && rec.GetTime() != nil && rec.GetTime().AsTime().Before(c.opts.Since) {
+		return false
+	}
+	return c.seen.first(rec)
+}
+
+// readBacklog calls f with every message up to backlogEnd.
+func (c *copier) readBacklog(it jetstream.MessagesContext, f func(jetstream.Msg) error) error {
+	if c.backlogEnd == 0 {
+		return nil
+	}
+	for {
 		msg, err := it.Next()
 		if err != nil {
-			if ctx.Err() != nil {
-				return finish(nil)
-			}
-			if resumes++; resumes > maxResumes {
-				return finish(fmt.Errorf("follow: %w (after %d resumes)", err, maxResumes))
-			}
-			var start uint64
-			if last != nil {
-				if meta, merr := last.Metadata(); merr == nil {
-					start = meta.Sequence.Stream + 1
+			return ctxErr(c.ctx, err)
+		}
+		meta, err := msg.Metadata()
+		if err != nil {
+			return err
+		}
+		c.last.Store(meta.Sequence.Stream)
+		if err := f(msg); err != nil {
+			return err
+		}
+		// NumPending 0: the last message was removed (retention) before
+		// it was read.
+		if meta.Sequence.Stream >= c.backlogEnd || meta.NumPending == 0 {
+			return nil
+		}
+	}
+}
+
+// backlog writes the records stored when the reader was opened, or their
+// tail.
+func (c *copier) backlog(it jetstream.MessagesContext) error {
+	if c.opts.Tail <= 0 {
+		return c.readBacklog(it, func(msg jetstream.Msg) error {
+			for _, rec := range records(msg) {
+				if c.keep(rec) {
+					if err := c.emit(rec); err != nil {
+						return err
+					}
 				}
 			}
+			return nil
+		})
+	}
+	ring := tailRing{max: c.opts.Tail, budget: c.tailBytes}
+	total := 0
+	err := c.readBacklog(it, func(msg jetstream.Msg) error {
+		for _, rec := range records(msg) {
+			if c.keep(rec) {
+				total++
+				ring.add(rec)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if want := min(c.opts.Tail, total); ring.len() == want {
+		for _, rec := range ring.records() {
+			if err := c.emit(rec); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	// The tail did not fit in the ring: read the backlog again, skipping
+	// the records before it. (Records removed by retention meanwhile make
+	// the tail a little shorter, never longer.)
+	ring = tailRing{}
+	cons, err := c.open(c.ctx, 0)
+	if err != nil {
+		return err
+	}
+	if it, err = cons.Messages(jetstream.PullMaxMessages(512)); err != nil {
+		return err
+	}
+	c.cur.set(it)
+	c.seen = seenRecords{}
+	skip := total - c.opts.Tail
+	return c.readBacklog(it, func(msg jetstream.Msg) error {
+		for _, rec := range records(msg) {
+			if !c.keep(rec) {
+				continue
+			}
+			if skip > 0 {
+				skip--
+				continue
+			}
+			if err := c.emit(rec); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// follow writes records as they come until ctx ends, or until the message
+// at endSeq once the instance has ended.
+func (c *copier) follow() error {
+	if c.opts.Ended != nil {
+		go c.watchEnd()
+	}
+	for resumes := 0; ; {
+		c.cur.mu.Lock()
+		it := c.cur.it
+		c.cur.mu.Unlock()
+		if it == nil || c.endReached() {
+			return nil // closed
+		}
+		msg, err := it.Next()
+		if err != nil {
+			if c.ctx.Err() != nil || c.endReached() {
+				return nil
+			}
+			if resumes++; resumes > maxResumes {
+				return fmt.Errorf("follow: %w (after %d resumes)", err, maxResumes)
+			}
 			select {
-			case <-ctx.Done():
-				return finish(nil)
+			case <-c.ctx.Done():
+				return nil
 			case <-time.After(resumeWait):
 			}
-			cons, rerr := reopen(ctx, start)
+			var start uint64
+			if last := c.last.Load(); last > 0 {
+				start = last + 1
+			}
+			cons, rerr := c.open(c.ctx, start)
 			if rerr == nil {
 				it, rerr = cons.Messages(jetstream.PullMaxMessages(512))
 			}
 			if rerr != nil {
-				continue // counted; the next Next on the old iterator fails at once
-			}
-			cur.set(it)
-			continue
-		}
-		last = msg
-		for _, rec := range records(msg) {
-			if !keep(rec) {
+				// Counted; the next Next on the old iterator fails at once.
 				continue
 			}
-			if err := emit(rec); err != nil {
-				return finish(err)
+			c.cur.set(it)
+			continue
+		}
+		meta, err := msg.Metadata()
+		if err != nil {
+			return err
+		}
+		for _, rec := range records(msg) {
+			if !c.keep(rec) {
+				continue
+			}
+			if err := c.emit(rec); err != nil {
+				return err
 			}
 		}
+		c.last.Store(meta.Sequence.Stream)
 		// At most every FlushEvery: a follower sees each line within
-		// FlushEvery, and a flood is written in large chunks. (No need to
-		// parse the message's metadata for its pending count.)
-		if err := bw.FlushSoon(); err != nil {
+		// FlushEvery, and a flood is written in large chunks.
+		if err := c.out.FlushSoon(); err != nil {
 			return err
 		}
 	}
 }
+
+// endReached reports whether the followed instance has ended and its last
+// message was read.
+func (c *copier) endReached() bool {
+	return c.ended.Load() && c.last.Load() >= c.endSeq.Load()
+}
+
+// watchEnd waits for the instance's end, then bounds the follow at the last
+// message stored on the subject by then, and stops the iterator at once if
+// that message was already read (the follower is then blocked waiting for
+// more). The follower stores last before it checks endReached, and this
+// sets ended before it reads last: one of them sees the other's store.
+func (c *copier) watchEnd() {
+	select {
+	case <-c.ctx.Done():
+		return
+	case <-c.opts.Ended:
+	}
+	var seq uint64
+	for tries := 0; ; tries++ {
+		s, err := c.lastSeq(c.ctx)
+		if err == nil {
+			seq = s
+			break
+		}
+		if tries >= maxResumes {
+			// NATS does not answer: end with what was read.
+			seq = c.last.Load()
+			break
+		}
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-time.After(resumeWait):
+		}
+	}
+	c.endSeq.Store(seq)
+	c.ended.Store(true)
+	if c.last.Load() >= seq {
+		c.cur.close()
+	}
+}
+
+// tailRing keeps the last max records it is given, within budget bytes.
+type tailRing struct {
+	max, budget int
+	recs        []*eventsv1.LogRecord
+	start       int // recs[start:] are kept
+	bytes       int
+}
+
+// recordOverhead approximates a decoded record's memory beyond its line.
+const recordOverhead = 128
+
+func (r *tailRing) len() int { return len(r.recs) - r.start }
+
+func (r *tailRing) add(rec *eventsv1.LogRecord) {
+	r.recs = append(r.recs, rec)
+	r.bytes += len(rec.GetLine()) + recordOverhead
+	for r.len() > 0 && (r.len() > r.max || r.bytes > r.budget) {
+		r.bytes -= len(r.recs[r.start].GetLine()) + recordOverhead
+		r.recs[r.start] = nil
+		r.start++
+	}
+	if r.start > len(r.recs)/2 {
+		r.recs = append(r.recs[:0], r.recs[r.start:]...)
+		r.start = 0
+	}
+}
+
+func (r *tailRing) records() []*eventsv1.LogRecord { return r.recs[r.start:] }
 
 // records decodes a log message; one that does not decode (not a log
 // message) holds none.
