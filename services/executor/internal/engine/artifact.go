@@ -35,9 +35,12 @@ type ArtifactInfo struct {
 // ArtifactStore shares precompiled artifacts between executors (the
 // registry cache's PrecompiledStore, through an adapter in main), so that
 // an executor that finds none on its own disk loads what another executor
-// of the same engine key compiled instead of compiling. The engine treats
-// what it gets as untrusted bytes: it checks their size and sha256 against
-// the ArtifactInfo before an engine loads them.
+// of the same engine key compiled instead of compiling. The engine checks
+// the bytes' size and sha256 against the ArtifactInfo before it loads
+// them; who made them it cannot tell: the store an executor gives its
+// engine must vouch for that (artifactsign.Store, which refuses what was
+// not signed with the flavour's key, with ErrArtifactUnverified), since
+// any client of the registry cache can put an artifact there.
 type ArtifactStore interface {
 	// GetArtifact opens the artifact stored for key, with the digest and
 	// size stored with it; the caller closes it. Errors wrap
@@ -55,6 +58,11 @@ var (
 	ErrArtifactNotFound = errors.New("precompiled artifact not found")
 	// ErrArtifactCorrupt: an artifact's bytes do not match its digest or size.
 	ErrArtifactCorrupt = errors.New("precompiled artifact corrupt")
+	// ErrArtifactUnverified: the store holds an artifact for the key that
+	// no holder of this executor's artifact key made (unsigned, signed with
+	// another key, or for another module or engine key): it must not be
+	// loaded.
+	ErrArtifactUnverified = errors.New("precompiled artifact not signed with this executor's artifact key")
 )
 
 // ArtifactStats counts how an engine came by its precompiled artifacts,
@@ -68,9 +76,11 @@ type ArtifactStats struct {
 	SharedHits, SharedMisses uint64
 	// SharedCorrupt: artifacts from the store whose bytes did not match the
 	// digest or size stored with them, found before the engine saw them;
+	// SharedRefused: ones that no holder of the artifact key made
+	// (ErrArtifactUnverified), refused before a byte reached the engine;
 	// SharedRejected: intact ones the engine refused to load. Each was
 	// discarded, the module compiled and the store's entry replaced.
-	SharedCorrupt, SharedRejected uint64
+	SharedCorrupt, SharedRefused, SharedRejected uint64
 	// SharedErrors: gets that failed otherwise (the store unreachable, the
 	// local disk full).
 	SharedErrors uint64
@@ -93,8 +103,8 @@ type Artifacts struct {
 	store ArtifactStore
 	log   *slog.Logger
 
-	compiles, hits, misses, corrupt, rejected, errs, puts, putErrs atomic.Uint64
-	pending                                                        sync.WaitGroup
+	compiles, hits, misses, corrupt, refused, rejected, errs, puts, putErrs atomic.Uint64
+	pending                                                                 sync.WaitGroup
 }
 
 // PutTimeout bounds one background put of an artifact to the store.
@@ -116,7 +126,7 @@ func (a *Artifacts) Shared() bool { return a.store != nil }
 func (a *Artifacts) Stats() ArtifactStats {
 	return ArtifactStats{
 		Compiles: a.compiles.Load(), SharedHits: a.hits.Load(), SharedMisses: a.misses.Load(),
-		SharedCorrupt: a.corrupt.Load(), SharedRejected: a.rejected.Load(), SharedErrors: a.errs.Load(),
+		SharedCorrupt: a.corrupt.Load(), SharedRefused: a.refused.Load(), SharedRejected: a.rejected.Load(), SharedErrors: a.errs.Load(),
 		SharedPuts: a.puts.Load(), SharedPutErrors: a.putErrs.Load(),
 	}
 }
@@ -144,11 +154,14 @@ func (a *Artifacts) LocalError(ctx context.Context, key ArtifactKey, err error) 
 
 // Fetch gets the artifact for key from the store into a new file in dir
 // and returns its path and sha256 (hex), or ok false when there is no
-// store, it holds none, or what it holds is not intact (counted and
-// logged: the caller compiles, and its Put replaces the entry). The bytes
-// are checked against the size and digest stored with them before Fetch
-// returns; a file that fails is removed. The caller renames or removes the
-// file.
+// store, it holds none, or what it holds is not intact or not vouched for
+// (ErrArtifactUnverified) (counted and logged: the caller compiles, and
+// its Put replaces the entry; the compile leaves an artifact on the local
+// disk, so an executor replaces an entry at most once per module and
+// process, and two that disagree cannot keep replacing each other's). The
+// bytes are checked against the size and digest stored with them before
+// Fetch returns; a file that fails is removed. The caller renames or
+// removes the file.
 func (a *Artifacts) Fetch(ctx context.Context, key ArtifactKey, dir string) (path, sumHex string, ok bool) {
 	if a.store == nil {
 		return "", "", false
@@ -157,6 +170,13 @@ func (a *Artifacts) Fetch(ctx context.Context, key ArtifactKey, dir string) (pat
 	switch {
 	case errors.Is(err, ErrArtifactNotFound):
 		a.misses.Add(1)
+		return "", "", false
+	case errors.Is(err, ErrArtifactUnverified):
+		a.refuse(ctx, key, err)
+		return "", "", false
+	case errors.Is(err, ErrArtifactCorrupt):
+		a.corrupt.Add(1)
+		a.log.WarnContext(ctx, "shared precompiled artifact is corrupt; discarded, compiling", "module", key.ModuleDigest, "engine_key", key.EngineKey, "error", err)
 		return "", "", false
 	case err != nil:
 		a.errs.Add(1)
@@ -170,12 +190,21 @@ func (a *Artifacts) Fetch(ctx context.Context, key ArtifactKey, dir string) (pat
 		a.corrupt.Add(1)
 		a.log.WarnContext(ctx, "shared precompiled artifact is corrupt; discarded, compiling", "module", key.ModuleDigest, "engine_key", key.EngineKey, "error", err)
 		return "", "", false
+	case errors.Is(err, ErrArtifactUnverified):
+		a.refuse(ctx, key, err)
+		return "", "", false
 	case err != nil:
 		a.errs.Add(1)
 		a.log.WarnContext(ctx, "get shared precompiled artifact failed; compiling", "module", key.ModuleDigest, "engine_key", key.EngineKey, "error", err)
 		return "", "", false
 	}
 	return path, sumHex, true
+}
+
+// refuse counts and logs an artifact that must not be loaded.
+func (a *Artifacts) refuse(ctx context.Context, key ArtifactKey, err error) {
+	a.refused.Add(1)
+	a.log.WarnContext(ctx, "shared precompiled artifact refused: not signed with this executor's artifact key; compiling", "module", key.ModuleDigest, "engine_key", key.EngineKey, "error", err)
 }
 
 // receive copies r into a temporary file in dir, checking it against info.

@@ -43,7 +43,7 @@ var (
 	// How the engine came by its precompiled artifacts (engine.ArtifactStats).
 	descCompiles = prometheus.NewDesc("wasmlet_executor_compiles_total", "Modules the engine compiled (failed compiles too).", nil, nil)
 	descShared   = prometheus.NewDesc("wasmlet_executor_precompiled_shared_gets_total",
-		"Precompiled artifacts asked of the shared store (the registry cache) on a local miss, by result: hit (loaded), miss (none stored), corrupt (bytes not matching the stored digest or size), rejected (intact but not loadable), error.", []string{"result"}, nil)
+		"Precompiled artifacts asked of the shared store (the registry cache) on a local miss, by result: hit (loaded), miss (none stored), corrupt (bytes not matching the stored digest or size), refused (not signed with the executor's artifact key: never loaded), rejected (intact but not loadable), error.", []string{"result"}, nil)
 	descSharedPuts = prometheus.NewDesc("wasmlet_executor_precompiled_shared_puts_total", "Precompiled artifacts put to the shared store after a compile, by result (ok, error).", []string{"result"}, nil)
 )
 
@@ -102,7 +102,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	if r, ok := m.cfg.Engine.(engine.ArtifactReporter); ok {
 		st := r.ArtifactStats()
 		ch <- prometheus.MustNewConstMetric(descCompiles, prometheus.CounterValue, float64(st.Compiles))
-		for result, n := range map[string]uint64{"hit": st.SharedHits, "miss": st.SharedMisses, "corrupt": st.SharedCorrupt, "rejected": st.SharedRejected, "error": st.SharedErrors} {
+		for result, n := range map[string]uint64{"hit": st.SharedHits, "miss": st.SharedMisses, "corrupt": st.SharedCorrupt, "refused": st.SharedRefused, "rejected": st.SharedRejected, "error": st.SharedErrors} {
 			ch <- prometheus.MustNewConstMetric(descShared, prometheus.CounterValue, float64(n), result)
 		}
 		ch <- prometheus.MustNewConstMetric(descSharedPuts, prometheus.CounterValue, float64(st.SharedPuts), "ok")

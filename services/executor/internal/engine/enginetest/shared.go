@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/wasmlet/wasmlet/internal/wasmbuild"
+	"github.com/wasmlet/wasmlet/services/executor/internal/artifactsign"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 )
 
@@ -141,8 +142,10 @@ func waitEntry(t *testing.T, s *MemoryStore, module string) (engine.ArtifactKey,
 // shared artifact without compiling; an entry whose bytes do not match
 // what is stored with them (flipped bytes, a wrong size) or that the
 // engine cannot load (intact garbage) is discarded, the module compiled and
-// run, and the entry replaced; a store that fails costs a compile, never
-// the Prepare.
+// run, and the entry replaced; through an artifactsign.Store, an entry
+// the key did not sign (a real artifact of another module) is refused, and
+// a signed one loaded; a store that fails costs a compile, never the
+// Prepare.
 func RunShared(t *testing.T, newEngine NewSharingEngine) {
 	wasm := wasmbuild.Wat(t, procExit(3))
 	digest := digestOf(t, wasm)
@@ -227,6 +230,48 @@ func RunShared(t *testing.T, newEngine NewSharingEngine) {
 		}
 		if st := stats(t, e); st.SharedErrors != 1 || st.Compiles != 1 || st.SharedPuts != 0 || len(failing.Keys()) != 0 {
 			t.Fatalf("engine with a failing store: %+v", st)
+		}
+	})
+
+	t.Run("Signed", func(t *testing.T) {
+		// As an executor shares: through an artifactsign.Store. A real
+		// artifact of another module (exit code 7), put unsigned under
+		// this module's key as any client of the registry cache can, is
+		// refused before the engine sees it; the engine compiles, runs this
+		// module, and puts a signed artifact in its place, which the next
+		// engine with the key loads without compiling.
+		mem := NewMemoryStore()
+		signed, err := artifactsign.New(mem, bytes.Repeat([]byte{0x5a}, artifactsign.MinKeyBytes))
+		if err != nil {
+			t.Fatal(err)
+		}
+		otherWasm := wasmbuild.Wat(t, procExit(7))
+		plain := NewMemoryStore()
+		if _, err := newEngine(t, t.TempDir(), plain).Prepare(context.Background(), digestOf(t, otherWasm), otherWasm); err != nil {
+			t.Fatal(err)
+		}
+		_, forged := waitEntry(t, plain, digestOf(t, otherWasm))
+		mem.Set(key, forged)
+
+		e := newEngine(t, t.TempDir(), signed)
+		prepareRun(t, e)
+		if st := stats(t, e); st.SharedRefused != 1 || st.Compiles != 1 || st.SharedHits != 0 {
+			t.Fatalf("engine given a forged artifact: %+v, want it refused and the module compiled", st)
+		}
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			rc, _, err := signed.GetArtifact(context.Background(), key)
+			if err == nil {
+				rc.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the forged entry was not replaced by a signed one: %v", err)
+			}
+		}
+		e2 := newEngine(t, t.TempDir(), signed)
+		prepareRun(t, e2)
+		if st := stats(t, e2); st.SharedHits != 1 || st.Compiles != 0 || st.SharedRefused != 0 {
+			t.Fatalf("engine given a signed artifact: %+v, want it loaded without a compile", st)
 		}
 	})
 
