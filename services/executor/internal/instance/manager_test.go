@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -561,4 +562,63 @@ func TestChattyLogsReachNATS(t *testing.T) {
 	if r.GetSequence() != n || string(r.GetLine()) != fmt.Sprintf("line %d", n) {
 		t.Fatalf("last record %v", r)
 	}
+}
+
+// The executor mounts only what lies under its mount roots, and opens it
+// without following a link a module could have placed: the shape of the
+// subPath escape (a module replaces a subPath directory of its volume by a
+// link climbing to the host's root, then is restarted).
+func TestPreopensBeneathMountRoots(t *testing.T) {
+	cache := &fileCache{}
+	hello := cache.add(t, wasmbuild.Build(t, "hello"))
+	pods := t.TempDir()
+	vol := pods + "/uid/volumes/data"
+	if err := os.MkdirAll(vol+"/x", 0o750); err != nil {
+		t.Fatal(err)
+	}
+	secret := t.TempDir() + "/hostname"
+	if err := os.WriteFile(secret, []byte("the host's file"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m := newManager(t, cache, func(c *Config) { c.MountRoots = []string{pods} })
+	ctx := context.Background()
+	spec := func(host string, env ...engine.EnvVar) Spec {
+		s := helloSpec(hello, env...)
+		s.Preopens = []engine.Preopen{{HostPath: host, GuestPath: "/x"}}
+		return s
+	}
+
+	if _, err := m.Create(ctx, "outside", spec(t.TempDir()), true); !errors.Is(err, ErrPermissionDenied) {
+		t.Errorf("a preopen outside the mount roots: %v, want ErrPermissionDenied", err)
+	}
+	if _, err := m.Create(ctx, "climb", spec(pods+"/../etc"), true); !errors.Is(err, ErrPermissionDenied) {
+		t.Errorf("a preopen climbing out of the mount roots: %v, want ErrPermissionDenied", err)
+	}
+
+	in, err := m.Create(ctx, "ok", spec(vol+"/x", engine.EnvVar{Name: "WRITE_FILE", Value: "/x/out"}), true)
+	if err != nil || in.State == StateFailed {
+		t.Fatalf("create: %+v %v", in, err)
+	}
+	if end := waitEnd(t, m, "ok"); end.ExitCode != 0 {
+		t.Fatalf("end: %+v", end)
+	}
+	if b, err := os.ReadFile(vol + "/x/out"); err != nil || string(b) != "written" {
+		t.Fatalf("the module's write: %q %v", b, err)
+	}
+
+	// The module's own link, as a module can make one in its volume.
+	if err := os.RemoveAll(vol + "/x"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("../../../../../../../../../../"+filepath.Dir(secret), vol+"/x"); err != nil {
+		t.Fatal(err)
+	}
+	in, err = m.Create(ctx, "escape", spec(vol+"/x", engine.EnvVar{Name: "READ_FILE", Value: "/x/hostname"}), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.State != StateFailed || !strings.Contains(in.Message, "symbolic link") {
+		t.Fatalf("a preopen through a symlink: %+v, want FAILED naming the link", in)
+	}
+	t.Logf("%s: %s", in.Reason, in.Message)
 }
