@@ -10,14 +10,16 @@
 //	    [--cpu-cgroup /sys/fs/cgroup/cpu/wasmlet] [--metrics-listen 127.0.0.1:PORT] [--log-spool-bytes 67108864] \
 //	    [--tls-cert F --tls-key F --tls-ca F] [--registry-tls-cert F --registry-tls-key F --registry-tls-ca F]
 //
-// Across hosts, gRPC speaks mutual TLS: with --tls-cert/--tls-key/--tls-ca
-// a tcp:// --listen may be beyond loopback, and every client must present
-// a certificate signed by --tls-ca; --registry-tls-* are the client's
+// The gRPC API starts native code and mounts host paths, so it is served
+// only on a unix socket (created 0600) or over TCP with mutual TLS: with
+// --tls-cert/--tls-key/--tls-ca a tcp:// --listen may be any address, and
+// every client must present a certificate signed by --tls-ca; without
+// them a tcp:// --listen is refused, on loopback too. --registry-tls-* are the client's
 // (its key pair, and the CA that signed the registry cache's certificate,
 // which must name the host of --registry). Two sets because the two links
 // may differ (a unix socket one way, TCP the other); one key pair valid
 // for server and client authentication may be given to both. Without
-// them, tcp:// addresses must be loopback.
+// --registry-tls-*, a tcp:// --registry must be loopback.
 //
 // Log lines are written to a spool under --state-dir/logspool before they
 // are published and removed once NATS acknowledges them; a new executor
@@ -48,8 +50,14 @@
 // sha256 before loading it, and after every compile puts its artifact
 // there in the background, so that the next executor of the same key
 // loads instead of compiling (see internal/engine/wasmtime and
-// internal/engine/wazero). /metrics counts compiles and the shared store's
-// hits, misses, corrupt entries and puts.
+// internal/engine/wazero). Any client of the registry cache may put an
+// artifact there, so each is signed with the key in --artifact-key-file
+// (default --state-dir/artifact.key, created 0600 with random bytes when
+// missing), and one that the key did not sign is refused and compiled
+// instead (internal/artifactsign): executors that should share artifacts
+// are given the same key file, and nothing else is. /metrics counts
+// compiles and the shared store's hits, misses, corrupt and refused
+// entries and puts.
 //
 // The NATS token, if any, is read from WASMLET_NATS_TOKEN. On SIGINT or
 // SIGTERM every instance is killed and the process exits.
@@ -82,6 +90,7 @@ import (
 	"github.com/wasmlet/wasmlet/internal/natsutil"
 	"github.com/wasmlet/wasmlet/internal/profiling"
 	"github.com/wasmlet/wasmlet/services/executor/internal/announce"
+	"github.com/wasmlet/wasmlet/services/executor/internal/artifactsign"
 	"github.com/wasmlet/wasmlet/services/executor/internal/artifactstore"
 	"github.com/wasmlet/wasmlet/services/executor/internal/cpulimit"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
@@ -91,12 +100,14 @@ import (
 	"github.com/wasmlet/wasmlet/services/executor/internal/outbox"
 	"github.com/wasmlet/wasmlet/services/executor/internal/server"
 	"github.com/wasmlet/wasmlet/services/executor/internal/spool"
+	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/proxy"
 )
 
 type config struct {
 	listen, registry, nats, natsToken string
 	stateDir, engine, id, cpuCgroup   string
+	artifactKeyFile                   string
 	metricsListen                     string
 	maxInstances                      int
 	sharePrecompiled                  bool
@@ -139,7 +150,7 @@ func parseFlags(args []string) (config, error) {
 	host, _ := os.Hostname()
 	var cfg config
 	fs := flag.NewFlagSet("executor", flag.ContinueOnError)
-	fs.StringVar(&cfg.listen, "listen", "", "gRPC address to serve: unix:///path, tcp://127.0.0.1:port, or tcp://HOST:port beyond loopback with --tls-* (required)")
+	fs.StringVar(&cfg.listen, "listen", "", "gRPC address to serve: unix:///path (created 0600), or tcp://HOST:port with --tls-* (mutual TLS; plaintext TCP is refused, on loopback too) (required)")
 	fs.StringVar(&cfg.registry, "registry", "", "registry cache gRPC address; tcp:// beyond loopback needs --registry-tls-* (required)")
 	cfg.tls.AddFlags(fs, "", "the executor's gRPC server (--listen)")
 	cfg.registryTLS.AddFlags(fs, "registry-", "the executor's client to the registry cache (--registry; may be the same files as --tls-*)")
@@ -149,6 +160,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&cfg.cpuCgroup, "cpu-cgroup", "", "cgroup directory (cpu controller, writable) in which CPU limits are enforced; empty: not enforced")
 	fs.StringVar(&cfg.metricsListen, "metrics-listen", "", "loopback host:port to serve Prometheus metrics on at /metrics (default off)")
 	fs.BoolVar(&cfg.sharePrecompiled, "share-precompiled", true, "get precompiled modules from the registry cache on a local miss, and put there what this executor compiles")
+	fs.StringVar(&cfg.artifactKeyFile, "artifact-key-file", "", "secret key (32 to 4096 bytes, mode 0600) that signs the precompiled modules this executor shares and must have signed those it loads from the registry cache; give it to the executors that should share them and to nothing else (default --state-dir/artifact.key, created when missing)")
 	fs.IntVar(&cfg.maxInstances, "max-instances", 1000, "instances held at once")
 	fs.Int64Var(&cfg.logSpoolBytes, "log-spool-bytes", 64<<20, "bound of the on-disk spool (under --state-dir/logspool) of log lines not yet acknowledged by NATS; lines beyond it are published from memory only and a kill loses them")
 	fs.StringVar(&cfg.id, "id", fmt.Sprintf("%s-%d", host, os.Getpid()), "executor id, in events")
@@ -171,7 +183,7 @@ func parseFlags(args []string) (config, error) {
 	case cfg.metricsListen != "" && !grpcutil.IsLoopback(cfg.metricsListen):
 		return cfg, fmt.Errorf("--metrics-listen %s is not a loopback address; metrics are served on loopback only (e.g. 127.0.0.1:9465)", cfg.metricsListen)
 	}
-	if err := cfg.tls.CheckFlags("listen", cfg.listen, ""); err != nil {
+	if err := cfg.tls.CheckServerFlags("listen", cfg.listen, ""); err != nil {
 		return cfg, err
 	}
 	if err := cfg.registryTLS.CheckFlags("registry", cfg.registry, "registry-"); err != nil {
@@ -224,7 +236,9 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	defer regConn.Close()
 	var shared engine.ArtifactStore
 	if cfg.sharePrecompiled {
-		shared = artifactstore.New(proxy.New(regConn))
+		if shared, err = signedStore(cfg, proxy.New(regConn), log); err != nil {
+			return err
+		}
 	}
 	eng, err := newEngine(cfg.engine, filepath.Join(cfg.stateDir, "compiled"), cpu, shared, log)
 	if err != nil {
@@ -302,6 +316,28 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	waitShared(sctx, eng, log)
 	log.Info("executor stopped")
 	return err
+}
+
+// signedStore is the registry cache's store of precompiled modules, with
+// what is put there signed and what is got from it verified with the key
+// of --artifact-key-file.
+func signedStore(cfg config, pc regcache.PrecompiledStore, log *slog.Logger) (engine.ArtifactStore, error) {
+	path := cfg.artifactKeyFile
+	if path == "" {
+		path = filepath.Join(cfg.stateDir, "artifact.key")
+	}
+	key, created, err := artifactsign.LoadKey(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w (or run with --share-precompiled=false)", err)
+	}
+	s, err := artifactsign.New(artifactstore.New(pc), key)
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		log.Info("created an artifact key: executors that should share precompiled modules with this one need the same --artifact-key-file", "file", path, "key_id", s.KeyID())
+	}
+	return s, nil
 }
 
 // newEngine makes the engine named by --engine; each keeps its artifacts

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -23,9 +24,12 @@ import (
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/wasmbuild"
+	"github.com/wasmlet/wasmlet/services/executor/internal/artifactsign"
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine/enginetest"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/cachetest"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/local"
+	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/proxy"
 	regserver "github.com/wasmlet/wasmlet/services/registry-cache/regcache/server"
 )
 
@@ -38,12 +42,17 @@ type sharingCache struct {
 }
 
 // TestSharedPrecompiled runs executor processes of each engine, with fresh
-// state dirs, against one registry cache: the first compiles the module and puts its
-// artifact there; the second loads it without compiling, and starts
-// faster; after the shared artifact is corrupted on the cache's disk, a
-// third detects it, compiles, runs the module and replaces the entry; a
-// fourth, told not to share, compiles (the first start without the shared
-// artifact, for comparison).
+// state dirs and one --artifact-key-file, against one registry cache: the
+// first compiles the module and puts its artifact there; the second loads
+// it without compiling, and starts faster; after the shared artifact is
+// corrupted on the cache's disk, a third detects it, compiles, runs the
+// module and replaces the entry; a fourth, told not to share, compiles
+// (the first start without the shared artifact, for comparison). Then a
+// forgery: the native code of another module, put without the key under
+// the module's key through the registry cache's API, is refused by the
+// next executor, which compiles, runs the module as it is, and puts a
+// signed artifact in its place; the one after loads that without
+// compiling; one with another key refuses it.
 func TestSharedPrecompiled(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the executor binary")
@@ -68,6 +77,11 @@ func TestSharedPrecompiled(t *testing.T) {
 	}
 	sum := sha256.Sum256(b)
 	hello := "sha256:" + hex.EncodeToString(sum[:])
+	files := cachetest.Files{}
+	exit7, err := files.Add(wasmbuild.Wat(t, enginetest.ProcExit(7)))
+	if err != nil {
+		t.Fatal(err)
+	}
 	cacheDir := filepath.Join(tmp, "regcache")
 	lc, err := local.New(local.Config{Dir: cacheDir, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
@@ -79,28 +93,31 @@ func TestSharedPrecompiled(t *testing.T) {
 		t.Fatal(err)
 	}
 	rs := grpc.NewServer()
-	regserver.New(sharingCache{cachetest.Files{hello: wasm}, lc}).Register(rs)
+	files[hello] = wasm
+	regserver.New(sharingCache{files, lc}).Register(rs)
 	sctx, stopReg := context.WithCancel(context.Background())
 	defer stopReg()
 	go grpcutil.Serve(sctx, rs, rl, time.Second)
 	for _, eng := range []string{"wasmtime", "wazero"} {
 		t.Run(eng, func(t *testing.T) {
-			testSharedPrecompiled(t, ctx, bin, sockDir, regAddr, lc, cacheDir, hello, eng)
+			testSharedPrecompiled(t, ctx, bin, sockDir, regAddr, lc, cacheDir, hello, exit7, eng)
 		})
 	}
 }
 
-func testSharedPrecompiled(t *testing.T, ctx context.Context, bin, sockDir, regAddr string, lc *local.Cache, cacheDir, hello, eng string) {
-	// run starts executor n with a fresh state dir, creates and starts an
-	// instance of hello, waits for its end (exit code 3), and returns how
-	// long CreateInstance (fetch, prepare: load or compile, start) took
-	// and the executor's metrics.
-	run := func(t *testing.T, n int, extra ...string) (time.Duration, *executor) {
+func testSharedPrecompiled(t *testing.T, ctx context.Context, bin, sockDir, regAddr string, lc *local.Cache, cacheDir, hello, exit7, eng string) {
+	keyFile := filepath.Join(t.TempDir(), "artifact.key")
+	// runModule starts executor n with a fresh state dir and the key file
+	// (which the first creates), creates and starts an instance of module,
+	// waits for its end (exit code code), and returns how long
+	// CreateInstance (fetch, prepare: load or compile, start) took and the
+	// executor's metrics.
+	runModule := func(t *testing.T, n int, module string, code int32, extra ...string) (time.Duration, *executor) {
 		t.Helper()
-		e := startExecutor(t, ctx, bin, sockDir, n, regAddr, append([]string{"--engine", eng}, extra...)...)
+		e := startExecutor(t, ctx, bin, sockDir, n, regAddr, append([]string{"--engine", eng, "--artifact-key-file", keyFile}, extra...)...)
 		t0 := time.Now()
 		if _, err := e.c.CreateInstance(ctx, &executorv1.CreateInstanceRequest{Id: "hello", Start: true, Spec: &executorv1.InstanceSpec{
-			Module: &executorv1.Module{Digest: hello},
+			Module: &executorv1.Module{Digest: module},
 			Args:   []string{"hello"},
 			Env:    []*executorv1.EnvVar{{Name: "EXIT_CODE", Value: "3"}},
 		}}); err != nil {
@@ -113,7 +130,7 @@ func testSharedPrecompiled(t *testing.T, ctx context.Context, bin, sockDir, regA
 				t.Fatal(err)
 			}
 			if in := r.GetInstance(); in.GetState() == executorv1.InstanceState_INSTANCE_STATE_EXITED {
-				if in.GetExitCode() != 3 {
+				if in.GetExitCode() != code {
 					t.Fatalf("executor %d: hello ended %v", n, in)
 				}
 				break
@@ -123,6 +140,10 @@ func testSharedPrecompiled(t *testing.T, ctx context.Context, bin, sockDir, regA
 			time.Sleep(5 * time.Millisecond)
 		}
 		return took, e
+	}
+	run := func(t *testing.T, n int, extra ...string) (time.Duration, *executor) {
+		t.Helper()
+		return runModule(t, n, hello, 3, extra...)
 	}
 
 	first, e1 := run(t, 1)
@@ -167,6 +188,45 @@ func testSharedPrecompiled(t *testing.T, ctx context.Context, bin, sockDir, regA
 	e4.wantMetrics(t, map[string]float64{"compiles": 1, "hit": 0, "miss": 0})
 	e4.stop(t)
 	t.Logf("first start on a fresh executor with --share-precompiled=false: %v", unshared)
+
+	// The forgery: exit7's native code, without its signature, under
+	// hello's key, put as any client of the registry cache can.
+	ek := e1.engineKey(t)
+	_, e5 := runModule(t, 5, exit7, 7)
+	e5.waitMetric(t, "put_ok", 1)
+	e5.stop(t)
+	rc, _, err = lc.GetPrecompiled(ctx, regcache.PrecompiledKey{ModuleDigest: exit7, EngineKey: ek})
+	if err != nil {
+		t.Fatal(err)
+	}
+	signed7, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	native7 := signed7[artifactsign.HeaderSize:]
+	conn, err := grpcutil.Dial(regAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	sum := sha256.Sum256(native7)
+	if err := proxy.New(conn).PutPrecompiled(ctx, regcache.PrecompiledKey{ModuleDigest: hello, EngineKey: ek}, "sha256:"+hex.EncodeToString(sum[:]), int64(len(native7)), bytes.NewReader(native7)); err != nil {
+		t.Fatal(err)
+	}
+	_, e6 := run(t, 6) // exit code 3: hello's code, not exit7's
+	e6.wantMetrics(t, map[string]float64{"refused": 1, "compiles": 1, "hit": 0})
+	e6.waitMetric(t, "put_ok", 1)
+	e6.stop(t)
+	if !strings.Contains(e6.stderr.String(), "shared precompiled artifact refused") {
+		t.Errorf("executor 6 did not log the refusal:\n%s", e6.stderr.String())
+	}
+	_, e7 := run(t, 7)
+	e7.wantMetrics(t, map[string]float64{"compiles": 0, "hit": 1, "refused": 0})
+	e7.stop(t)
+	_, e8 := run(t, 8, "--artifact-key-file", filepath.Join(t.TempDir(), "other.key"))
+	e8.wantMetrics(t, map[string]float64{"refused": 1, "compiles": 1, "hit": 0})
+	e8.stop(t)
 }
 
 func mustHex(t *testing.T, digest string) []byte {
@@ -241,6 +301,7 @@ var artifactMetrics = map[string]string{
 	"hit":      `wasmlet_executor_precompiled_shared_gets_total{result="hit"}`,
 	"miss":     `wasmlet_executor_precompiled_shared_gets_total{result="miss"}`,
 	"corrupt":  `wasmlet_executor_precompiled_shared_gets_total{result="corrupt"}`,
+	"refused":  `wasmlet_executor_precompiled_shared_gets_total{result="refused"}`,
 	"put_ok":   `wasmlet_executor_precompiled_shared_puts_total{result="ok"}`,
 }
 
