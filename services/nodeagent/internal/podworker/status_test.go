@@ -1,6 +1,8 @@
 package podworker
 
 import (
+	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -115,5 +117,19 @@ func TestSubPathRefusesEscapes(t *testing.T) {
 	}
 	if p, err := subPath(dir, "a/b"); err != nil || p != dir+"/a/b" {
 		t.Errorf("subPath a/b = %q, %v", p, err)
+	}
+	// A module replaced the subPath by a link that climbs out of the
+	// volume: the next start must neither follow nor create through it.
+	outside := t.TempDir()
+	if err := os.Symlink("../../../../../../../../.."+outside, dir+"/x"); err != nil {
+		t.Fatal(err)
+	}
+	for _, sub := range []string{"x", "x/etc"} {
+		if p, err := subPath(dir, sub); err == nil || !strings.Contains(err.Error(), "symbolic link") {
+			t.Errorf("subPath %q through a link = %q, %v", sub, p, err)
+		}
+	}
+	if _, err := os.Stat(outside + "/etc"); err == nil {
+		t.Error("subPath created a directory outside the volume")
 	}
 }

@@ -14,6 +14,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/wasmlet/wasmlet/internal/beneath"
 )
 
 // volumeSource makes one pod volume as a directory on the host that the
@@ -201,7 +203,20 @@ func (s *volumeSource) token(ctx context.Context, src *v1.ServiceAccountTokenPro
 	return map[string][]byte{src.Path: []byte(tr.Status.Token)}, nil
 }
 
-// writeFiles writes files under dir, refusing paths that leave it.
+// readOnlyVolume reports whether the pod's volume name is one the kubelet
+// mounts read-only whatever the mount asks: its files come from API
+// objects and are rewritten by the node agent.
+func readOnlyVolume(pod *v1.Pod, name string) bool {
+	for _, v := range pod.Spec.Volumes {
+		if v.Name == name {
+			return v.ConfigMap != nil || v.Secret != nil || v.DownwardAPI != nil || v.Projected != nil
+		}
+	}
+	return false
+}
+
+// writeFiles writes files under dir, refusing paths that leave it and
+// following no symlink inside it.
 func writeFiles(dir string, files map[string][]byte, m os.FileMode) error {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return err
@@ -216,16 +231,8 @@ func writeFiles(dir string, files map[string][]byte, m os.FileMode) error {
 		if filepath.IsAbs(clean) || clean == ".." || strings.HasPrefix(clean, "../") {
 			return fmt.Errorf("%w: file path %q leaves the volume", errVolume, n)
 		}
-		p := filepath.Join(dir, clean)
-		if err := os.MkdirAll(filepath.Dir(p), 0o750); err != nil {
-			return err
-		}
-		tmp := p + ".tmp"
-		if err := os.WriteFile(tmp, files[n], m); err != nil {
-			return err
-		}
-		if err := os.Rename(tmp, p); err != nil {
-			return err
+		if err := beneath.WriteFile(dir, clean, files[n], m); err != nil {
+			return fmt.Errorf("%w: file %q: %v", errVolume, n, err)
 		}
 	}
 	return nil

@@ -4,6 +4,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	v1 "k8s.io/api/core/v1"
 )
 
 func TestHostPathStaysUnderAllowedRoots(t *testing.T) {
@@ -40,6 +42,46 @@ func TestWriteFilesRefusesEscapes(t *testing.T) {
 	for _, bad := range []string{"../x", "/abs", ".."} {
 		if err := writeFiles(dir, map[string][]byte{bad: []byte("x")}, 0o644); err == nil {
 			t.Errorf("path %q was written", bad)
+		}
+	}
+}
+
+// A config map's refresh must not write through a link placed in the
+// volume (the temporary file used to be created beside the target, in a
+// directory a module could write).
+func TestWriteFilesDoesNotFollowLinks(t *testing.T) {
+	dir, outside := t.TempDir(), t.TempDir()
+	if err := os.Symlink(outside, filepath.Join(dir, "sub")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(outside, "target"), filepath.Join(dir, "key")); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeFiles(dir, map[string][]byte{"sub/key": []byte("x")}, 0o644); err == nil {
+		t.Error("a file was written through a linked directory")
+	}
+	if err := writeFiles(dir, map[string][]byte{"key": []byte("v")}, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if ents, _ := os.ReadDir(outside); len(ents) != 0 {
+		t.Fatalf("files appeared outside the volume: %v", ents)
+	}
+	if fi, err := os.Lstat(filepath.Join(dir, "key")); err != nil || !fi.Mode().IsRegular() {
+		t.Fatalf("key is not a regular file: %v", err)
+	}
+}
+
+func TestAPIObjectVolumesAreReadOnly(t *testing.T) {
+	pod := &v1.Pod{Spec: v1.PodSpec{Volumes: []v1.Volume{
+		{Name: "cm", VolumeSource: v1.VolumeSource{ConfigMap: &v1.ConfigMapVolumeSource{}}},
+		{Name: "sec", VolumeSource: v1.VolumeSource{Secret: &v1.SecretVolumeSource{}}},
+		{Name: "down", VolumeSource: v1.VolumeSource{DownwardAPI: &v1.DownwardAPIVolumeSource{}}},
+		{Name: "proj", VolumeSource: v1.VolumeSource{Projected: &v1.ProjectedVolumeSource{}}},
+		{Name: "scratch", VolumeSource: v1.VolumeSource{EmptyDir: &v1.EmptyDirVolumeSource{}}},
+	}}}
+	for name, want := range map[string]bool{"cm": true, "sec": true, "down": true, "proj": true, "scratch": false, "missing": false} {
+		if got := readOnlyVolume(pod, name); got != want {
+			t.Errorf("readOnlyVolume(%s) = %v, want %v", name, got, want)
 		}
 	}
 }

@@ -2,10 +2,12 @@ package podworker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,6 +21,7 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
+	"github.com/wasmlet/wasmlet/internal/beneath"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
 )
 
@@ -578,7 +581,7 @@ func (w *Worker) start(ctx context.Context, c *ctr) {
 				return
 			}
 		}
-		spec.Preopens = append(spec.Preopens, &executorv1.Preopen{HostPath: host, GuestPath: m.MountPath, ReadOnly: m.ReadOnly})
+		spec.Preopens = append(spec.Preopens, &executorv1.Preopen{HostPath: host, GuestPath: m.MountPath, ReadOnly: m.ReadOnly || readOnlyVolume(pod, m.Name)})
 	}
 	if mem, ok := c.spec.Resources.Limits[v1.ResourceMemory]; ok {
 		spec.MemoryLimitBytes = mem.Value()
@@ -708,16 +711,21 @@ func argv(c *v1.Container) []string {
 	return append([]string{c.Name}, c.Args...)
 }
 
+// subPath makes the directory sub inside the volume at dir without
+// following a symlink: a module may have replaced any part of it by a link
+// since the last start (the executor checks again when it opens it).
 func subPath(dir, sub string) (string, error) {
 	clean := filepath.Clean(sub)
-	if filepath.IsAbs(clean) || clean == ".." || len(clean) > 2 && clean[:3] == "../" {
+	if filepath.IsAbs(clean) || clean == ".." || strings.HasPrefix(clean, "../") {
 		return "", fmt.Errorf("subPath %q must be a relative path inside the volume", sub)
 	}
-	p := filepath.Join(dir, clean)
-	if err := os.MkdirAll(p, 0o750); err != nil {
+	if err := beneath.MkdirAll(dir, clean, 0o750); err != nil {
+		if errors.Is(err, beneath.ErrEscape) {
+			return "", fmt.Errorf("subPath %q passes through a symbolic link, which is refused: replace the link in the volume by a directory", sub)
+		}
 		return "", fmt.Errorf("subPath %q: %w", sub, err)
 	}
-	return p, nil
+	return filepath.Join(dir, clean), nil
 }
 
 // apply folds an instance's state into its container.
