@@ -32,8 +32,10 @@
 //	err = pinner.Unpin(ctx, regcache.UnpinRequest{Holder: "executor/node-a/inst-42"})
 //
 // A holder is an opaque string naming who holds the pin; pins of different
-// holders are independent, and one holder pinning a digest twice holds one
-// pin (the second renews it). Pins are kept on disk across restarts of the
+// holders are independent (an unpin releases only pins of exactly its
+// holder), and one holder pinning a digest twice holds one pin (the second
+// renews it). Over mutual TLS the gRPC server scopes the holder by the
+// client's certificate, so that no client releases another's pins. Pins are kept on disk across restarts of the
 // cache. A pin with a TTL ends by itself unless renewed, so a holder that
 // dies without unpinning does not keep blobs forever; a holder that
 // restarts releases its leftovers with Unpin(holder, "") at start-up.

@@ -6,6 +6,12 @@
 // regcache.Pinner and regcache.PrecompiledStore (local.Cache does), and
 // answer UNIMPLEMENTED otherwise.
 //
+// Pins are per holder, and a holder is a name the client gives; over
+// mutual TLS the server scopes it by the client's certificate (see
+// holder), so that a client can renew and release only its own pins,
+// whatever name it gives. A client on the unix socket (mode 0600: the
+// cache's own user) names holders as it likes.
+//
 //	srv := grpc.NewServer()
 //	server.New(cache).Register(srv)
 //	grpcutil.Serve(ctx, srv, listener, 5*time.Second)
@@ -20,6 +26,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	registryv1 "github.com/wasmlet/wasmlet/gen/wasmlet/registry/v1"
@@ -71,7 +79,7 @@ func (s *Server) Resolve(ctx context.Context, req *registryv1.ResolveRequest) (*
 			}
 		}
 	}
-	res, err := s.cache.Resolve(ctx, regcache.ResolveRequest{Reference: req.GetReference(), Policy: policy, Credentials: creds, PinHolder: req.GetPinHolder()})
+	res, err := s.cache.Resolve(ctx, regcache.ResolveRequest{Reference: req.GetReference(), Policy: policy, Credentials: creds, PinHolder: holder(ctx, req.GetPinHolder())})
 	if err != nil {
 		return nil, wire.ToStatus(err)
 	}
@@ -138,7 +146,7 @@ func (s *Server) Pin(ctx context.Context, req *registryv1.PinRequest) (*registry
 	if req.GetTtlSeconds() < 0 {
 		return nil, status.Errorf(codes.InvalidArgument, "pin %s: negative ttl_seconds", req.GetDigest())
 	}
-	err := s.pinner.Pin(ctx, regcache.PinRequest{Holder: req.GetHolder(), Digest: req.GetDigest(), TTL: time.Duration(req.GetTtlSeconds()) * time.Second})
+	err := s.pinner.Pin(ctx, regcache.PinRequest{Holder: holder(ctx, req.GetHolder()), Digest: req.GetDigest(), TTL: time.Duration(req.GetTtlSeconds()) * time.Second})
 	if err != nil {
 		return nil, wire.ToStatus(err)
 	}
@@ -150,10 +158,27 @@ func (s *Server) Unpin(ctx context.Context, req *registryv1.UnpinRequest) (*regi
 	if s.pinner == nil {
 		return nil, status.Error(codes.Unimplemented, "this registry cache does not pin")
 	}
-	if err := s.pinner.Unpin(ctx, regcache.UnpinRequest{Holder: req.GetHolder(), Digest: req.GetDigest()}); err != nil {
+	if err := s.pinner.Unpin(ctx, regcache.UnpinRequest{Holder: holder(ctx, req.GetHolder()), Digest: req.GetDigest()}); err != nil {
 		return nil, wire.ToStatus(err)
 	}
 	return &registryv1.UnpinResponse{}, nil
+}
+
+// holder is the holder that name, given by the client of ctx, pins for:
+// name itself, or, from a client with a TLS certificate, name scoped by
+// the certificate's subject (quoted: no name given by one client is a
+// name another's pins are under). An empty name stays empty, which the
+// cache refuses.
+func holder(ctx context.Context, name string) string {
+	p, ok := peer.FromContext(ctx)
+	if !ok || name == "" {
+		return name
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(ti.State.PeerCertificates) == 0 {
+		return name
+	}
+	return fmt.Sprintf("tls:%q/%s", ti.State.PeerCertificates[0].Subject.String(), name)
 }
 
 // PutPrecompiled implements registryv1.RegistryServiceServer: the key,
