@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -87,6 +88,7 @@ type ctr struct {
 	backoff    time.Duration // the delay after the next one
 	delay      time.Duration // the delay of the restart pending
 	restartAt  time.Time     // zero: no restart pending
+	failedSeq  uint64        // the executor's sequence of the last FAILED instance applied
 	finished   bool          // ended and will not run again
 	init       bool          // an init container: runInits decides its restarts
 	// adoptChecked: the executor was asked once for an instance left by an
@@ -610,7 +612,9 @@ func (w *Worker) start(ctx context.Context, c *ctr) {
 		return
 	default:
 		inst = resp.GetInstance()
-		w.event(v1.EventTypeNormal, "Created", "Created container %s", c.spec.Name)
+		if inst.GetState() != executorv1.InstanceState_INSTANCE_STATE_FAILED {
+			w.event(v1.EventTypeNormal, "Created", "Created container %s", c.spec.Name)
+		}
 	}
 	if c.instanceID != "" && c.instanceID != id {
 		c.previousID = c.instanceID
@@ -738,8 +742,22 @@ func (w *Worker) apply(c *ctr, inst *executorv1.Instance) {
 	case executorv1.InstanceState_INSTANCE_STATE_CREATED:
 		c.state = waiting("ContainerCreating", "")
 	case executorv1.InstanceState_INSTANCE_STATE_RUNNING:
-		c.state = v1.ContainerState{Running: &v1.ContainerStateRunning{StartedAt: ts(inst.GetStartedAt().AsTime())}}
-	case executorv1.InstanceState_INSTANCE_STATE_EXITED, executorv1.InstanceState_INSTANCE_STATE_KILLED, executorv1.InstanceState_INSTANCE_STATE_FAILED:
+		c.state = v1.ContainerState{Running: &v1.ContainerStateRunning{StartedAt: tsOr(inst.GetStartedAt(), time.Now())}}
+	case executorv1.InstanceState_INSTANCE_STATE_FAILED:
+		// The module could not be made into a running instance (not Wasm,
+		// truncated, an import the executor lacks, a preopen refused): as
+		// the kubelet does for a container it cannot create, the container
+		// waits with the reason and is retried under back-off; it never
+		// ran, so it has neither an exit code nor a restart.
+		if inst.GetSequence() != 0 && inst.GetSequence() <= c.failedSeq {
+			return // already applied (the create reply and the watch both carry it)
+		}
+		c.failedSeq = inst.GetSequence()
+		// The failed instance keeps this attempt's ID; delete it so that the
+		// retry creates the instance anew rather than finding this one.
+		w.forget(inst.GetId())
+		w.failStart(c, "CreateContainerError", inst.GetMessage())
+	case executorv1.InstanceState_INSTANCE_STATE_EXITED, executorv1.InstanceState_INSTANCE_STATE_KILLED:
 		if c.state.Terminated != nil && c.state.Terminated.ContainerID == cid {
 			return // already applied
 		}
@@ -750,25 +768,28 @@ func (w *Worker) apply(c *ctr, inst *executorv1.Instance) {
 				reason = "Completed"
 			}
 		}
-		started := inst.GetStartedAt().AsTime()
-		if inst.GetStartedAt() == nil {
-			started = inst.GetFinishedAt().AsTime()
-		}
+		finished := tsOr(inst.GetFinishedAt(), time.Now())
 		c.state = v1.ContainerState{Terminated: &v1.ContainerStateTerminated{
 			ExitCode:    inst.GetExitCode(),
 			Reason:      reason,
 			Message:     inst.GetMessage(),
-			StartedAt:   ts(started),
-			FinishedAt:  ts(inst.GetFinishedAt().AsTime()),
+			StartedAt:   tsOr(inst.GetStartedAt(), finished.Time),
+			FinishedAt:  finished,
 			ContainerID: cid,
 		}}
-		if inst.GetState() == executorv1.InstanceState_INSTANCE_STATE_FAILED {
-			w.event(v1.EventTypeWarning, "Failed", "Error: %s", inst.GetMessage())
-		}
 		if !c.init { // runInits decides for init containers
 			w.scheduleRestart(c, true)
 		}
 	}
+}
+
+// tsOr is t as a status time, or fallback when the executor sent none: a
+// status never shows the zero time (1970-01-01).
+func tsOr(t *timestamppb.Timestamp, fallback time.Time) metav1.Time {
+	if t == nil || t.AsTime().Unix() <= 0 {
+		return ts(fallback)
+	}
+	return ts(t.AsTime())
 }
 
 // scheduleRestart applies the restart policy to a container that ended.
@@ -923,8 +944,8 @@ func (w *Worker) drain() {
 	}
 	now := time.Now()
 	for _, c := range w.all() {
-		if c.instanceID == "" || c.state.Terminated != nil {
-			continue
+		if c.instanceID == "" || c.state.Terminated != nil || c.state.Waiting != nil && !c.restartAt.IsZero() {
+			continue // nothing ran, or a retry is already due
 		}
 		started := now
 		if r := c.state.Running; r != nil {
