@@ -32,6 +32,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -415,7 +416,31 @@ func testPreopens(t *testing.T, e engine.Engine) {
 	if err := os.Symlink("in.txt", filepath.Join(ro, "in-link")); err != nil {
 		t.Fatal(err)
 	}
-	preopens := []engine.Preopen{{HostPath: ro, GuestPath: "/ro", ReadOnly: true}, {HostPath: rw, GuestPath: "/rw"}}
+	// The instance manager hands engines directories it opened itself, as
+	// /proc/self/fd paths; both forms must confine alike.
+	fdPath := func(dir string) string {
+		f, err := os.Open(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return fmt.Sprintf("/proc/self/fd/%d", f.Fd())
+	}
+	for form, preopens := range map[string][]engine.Preopen{
+		"path": {{HostPath: ro, GuestPath: "/ro", ReadOnly: true}, {HostPath: rw, GuestPath: "/rw"}},
+		"fd":   {{HostPath: fdPath(ro), GuestPath: "/ro", ReadOnly: true}, {HostPath: fdPath(rw), GuestPath: "/rw"}},
+	} {
+		t.Run(form, func(t *testing.T) { testPreopensAs(t, e, m, preopens, ro, outside) })
+	}
+	if _, err := os.Stat(filepath.Join(ro, "new.txt")); err == nil {
+		t.Error("a file was written into the read-only preopen")
+	}
+	if b, err := os.ReadFile(filepath.Join(rw, "new.txt")); err != nil || string(b) != "written" {
+		t.Errorf("read-write preopen: %q %v", b, err)
+	}
+}
+
+func testPreopensAs(t *testing.T, e engine.Engine, m engine.Module, preopens []engine.Preopen, ro, outside string) {
 	for _, tc := range []struct {
 		name   string
 		env    []engine.EnvVar
@@ -439,12 +464,6 @@ func testPreopens(t *testing.T, e engine.Engine) {
 				t.Fatalf("result %+v stdout %q stderr %q, want code %d and %q", res, out.String(), errb.String(), tc.code, tc.stdout)
 			}
 		})
-	}
-	if _, err := os.Stat(filepath.Join(ro, "new.txt")); err == nil {
-		t.Error("a file was written into the read-only preopen")
-	}
-	if b, err := os.ReadFile(filepath.Join(rw, "new.txt")); err != nil || string(b) != "written" {
-		t.Errorf("read-write preopen: %q %v", b, err)
 	}
 }
 
