@@ -20,6 +20,13 @@
 // OpenTelemetry: 13 MB of the node agent's 78 MB stripped binary and
 // 12 MiB of its 71 MiB resident at idle (issue 7). wasmlet needs none of
 // the streaming those packages implement.
+//
+// No request may crash or exhaust the node agent: numbers in a query are
+// clamped (MaxLogCount, MaxSinceSeconds) or refused with 400, a handler's
+// panic is recovered, logged and answered 500, the server has read-header,
+// read and idle timeouts (no write timeout: a followed log is a response
+// that lasts as long as its container), and at most Limits.MaxFollows
+// followed logs are served at once; one more is answered 429.
 package kubeletapi
 
 import (
@@ -36,11 +43,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -75,8 +84,41 @@ type Config struct {
 	ClientCAFile string
 	Client       kubernetes.Interface // for TokenReview and SubjectAccessReview
 	Routes       Routes
+	Limits       Limits // optional
 	Log          *slog.Logger
 }
+
+// Limits bound what requests may hold of the node agent at once.
+type Limits struct {
+	// MaxFollows is how many followed logs (kubectl logs -f) are served at
+	// once; one more is answered 429. 0: DefaultMaxFollows.
+	MaxFollows int
+}
+
+// DefaultMaxFollows is Limits.MaxFollows' default. A follow holds a NATS
+// consumer, a few goroutines and a 64 KiB buffer: a few hundred cost a few
+// tens of MiB.
+const DefaultMaxFollows = 256
+
+// Bounds of /containerLogs' numbers. A larger tailLines or limitBytes is
+// clamped (both are beyond what the logs stream can hold, so the answer is
+// the same), and a larger sinceSeconds too (before any record). kubectl
+// sends any int64.
+const (
+	MaxLogCount     = 1 << 40
+	MaxSinceSeconds = 1 << 32 // 136 years
+)
+
+// The server's timeouts. There is no write timeout: a followed log is one
+// response that lasts as long as its container. The read timeout bounds
+// reading a request; net/http lifts it once a request without a body is
+// read (HTTP/1) or applies it to bodies only (HTTP/2), so it does not cut
+// a response (TestServerTimeouts).
+const (
+	readHeaderTimeout = 10 * time.Second
+	readTimeout       = time.Minute
+	idleTimeout       = 2 * time.Minute
+)
 
 // LogOptions are the query parameters of /containerLogs (those of
 // kubectl logs).
@@ -148,7 +190,7 @@ func Serve(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("kubeletapi: auth: %w", err)
 	}
-	h, err := Handler(cfg.Routes, cfg.Log)
+	h, err := Handler(cfg.Routes, cfg.Limits, cfg.Log)
 	if err != nil {
 		return err
 	}
@@ -157,12 +199,8 @@ func Serve(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("kubeletapi: listen %s: %w", cfg.Addr, err)
 	}
-	srv := &http.Server{
-		Handler:           auth.Wrap(h),
-		ReadHeaderTimeout: 30 * time.Second,
-		TLSConfig:         tlsConfig,
-		ErrorLog:          slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug),
-	}
+	srv := newServer(recoverPanics(auth.Wrap(h), cfg.Log), cfg.Log)
+	srv.TLSConfig = tlsConfig
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(l, "", "") }()
 	cfg.Log.Info("kubelet API listening", "addr", l.Addr().String())
@@ -179,15 +217,31 @@ func Serve(ctx context.Context, cfg Config) error {
 	return nil
 }
 
+// newServer returns the kubelet API's server, with its timeouts.
+func newServer(h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+}
+
 // Handler returns the kubelet API's routes, without authentication (Serve
 // puts them behind it).
-func Handler(r Routes, log *slog.Logger) (http.Handler, error) {
+func Handler(r Routes, lim Limits, log *slog.Logger) (http.Handler, error) {
 	if r.Pods == nil || r.ContainerLogs == nil || r.Refuse == nil {
 		return nil, errors.New("kubeletapi: Routes.Pods, ContainerLogs and Refuse are required")
 	}
 	if log == nil {
 		log = slog.Default()
 	}
+	if lim.MaxFollows <= 0 {
+		lim.MaxFollows = DefaultMaxFollows
+	}
+	follows := make(chan struct{}, lim.MaxFollows)
 	mux := http.NewServeMux()
 	handle := func(pattern string, f func(http.ResponseWriter, *http.Request) error) {
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, req *http.Request) {
@@ -215,6 +269,16 @@ func Handler(r Routes, log *slog.Logger) (http.Handler, error) {
 		opts, err := parseLogOptions(req)
 		if err != nil {
 			return err
+		}
+		if opts.Follow {
+			select {
+			case follows <- struct{}{}:
+				defer func() { <-follows }()
+			default:
+				return fmt.Errorf("%w: this node serves at most %d followed logs (kubectl logs -f) at once, and all are in use: "+
+					"stop a kubectl logs -f that is no longer needed, or retry later; the node's operator can raise the node agent's --max-log-follows",
+					errTooManyFollows, lim.MaxFollows)
+			}
 		}
 		rc, err := r.ContainerLogs(req.Context(), req.PathValue("namespace"), req.PathValue("pod"), req.PathValue("container"), opts)
 		if err != nil {
@@ -269,10 +333,57 @@ func Handler(r Routes, log *slog.Logger) (http.Handler, error) {
 	}
 	handle("GET /portForward/{namespace}/{pod}", pf)
 	handle("POST /portForward/{namespace}/{pod}", pf)
-	return mux, nil
+	return recoverPanics(mux, log), nil
 }
 
-var errNotImplemented = errors.New("not implemented by this node")
+var (
+	errNotImplemented = errors.New("not implemented by this node")
+	errTooManyFollows = errors.New("too many followed logs")
+	errPanic          = errors.New("internal error in the node agent (logged on the node)")
+)
+
+// recoverPanics answers a handler's panic with 500 (if nothing was written
+// yet) and logs it with its stack: one request's bug must not end the node
+// agent, nor go unrecorded.
+func recoverPanics(h http.Handler, log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		rw := &wroteWriter{ResponseWriter: w}
+		defer func() {
+			v := recover()
+			if v == nil {
+				return
+			}
+			if v == http.ErrAbortHandler {
+				panic(v) // net/http's own way to abort a response
+			}
+			log.Error("kubelet API handler panicked", "path", req.URL.Path, "query", req.URL.RawQuery, "panic", v, "stack", string(debug.Stack()))
+			if !rw.wrote {
+				writeError(rw, req, errPanic, log)
+			}
+		}()
+		h.ServeHTTP(rw, req)
+	})
+}
+
+// wroteWriter records whether a response has begun.
+type wroteWriter struct {
+	http.ResponseWriter
+	wrote bool
+}
+
+func (w *wroteWriter) WriteHeader(code int) {
+	w.wrote = true
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *wroteWriter) Write(p []byte) (int, error) {
+	w.wrote = true
+	return w.ResponseWriter.Write(p)
+}
+
+// Unwrap lets http.ResponseController reach the connection (flushes, the
+// read deadline).
+func (w *wroteWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // writeError answers with a metav1.Status, as the kubelet does: the API
 // server and kubectl show its message (e.g. "unable to upgrade
@@ -286,6 +397,9 @@ func writeError(w http.ResponseWriter, req *http.Request, err error, log *slog.L
 		code, reason = http.StatusBadRequest, metav1.StatusReasonBadRequest
 	case errors.Is(err, errNotImplemented):
 		code, reason = http.StatusNotImplemented, metav1.StatusReasonMethodNotAllowed
+	case errors.Is(err, errTooManyFollows):
+		code, reason = http.StatusTooManyRequests, metav1.StatusReasonTooManyRequests
+		w.Header().Set("Retry-After", "10")
 	case errors.Is(err, context.Canceled):
 		return
 	}
@@ -330,24 +444,27 @@ func (f flushWriter) Write(p []byte) (int, error) {
 }
 
 // parseLogOptions reads /containerLogs' query; a bad value is InvalidInput
-// (400) naming the parameter.
+// (400) naming the parameter; a number above its bound is clamped to it.
 func parseLogOptions(req *http.Request) (LogOptions, error) {
 	q := req.URL.Query()
 	var o LogOptions
 	var err error
-	intParam := func(name string, dst *int, min int) {
+	intParam := func(name string, dst *int, lo, hi int64) {
 		v := q.Get(name)
 		if v == "" || err != nil {
 			return
 		}
-		n, perr := strconv.Atoi(v)
+		n, perr := strconv.ParseInt(v, 10, 64)
+		if errors.Is(perr, strconv.ErrRange) && n > 0 {
+			n, perr = hi, nil // beyond int64: as large as can be
+		}
 		switch {
 		case perr != nil:
-			err = errdefs.InvalidInputf("%s=%q is not a number", name, v)
-		case n < min:
-			err = errdefs.InvalidInputf("%s is %d: it must be at least %d", name, n, min)
+			err = errdefs.InvalidInputf("%s=%q is not a whole number", name, v)
+		case n < lo:
+			err = errdefs.InvalidInputf("%s is %d: it must be at least %d", name, n, lo)
 		default:
-			*dst = n
+			*dst = int(min(n, hi, math.MaxInt))
 		}
 	}
 	boolParam := func(name string, dst *bool) {
@@ -362,9 +479,9 @@ func parseLogOptions(req *http.Request) (LogOptions, error) {
 		}
 		*dst = b
 	}
-	intParam("tailLines", &o.Tail, 0)
-	intParam("limitBytes", &o.LimitBytes, 1)
-	intParam("sinceSeconds", &o.SinceSeconds, 1)
+	intParam("tailLines", &o.Tail, 0, MaxLogCount)
+	intParam("limitBytes", &o.LimitBytes, 1, MaxLogCount)
+	intParam("sinceSeconds", &o.SinceSeconds, 1, MaxSinceSeconds)
 	boolParam("follow", &o.Follow)
 	boolParam("previous", &o.Previous)
 	boolParam("timestamps", &o.Timestamps)

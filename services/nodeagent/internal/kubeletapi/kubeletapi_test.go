@@ -31,7 +31,7 @@ func TestRoutes(t *testing.T) {
 		Refuse: func(_ context.Context, action, _, _, _ string) error {
 			return errdefs.InvalidInputf("%s is not supported for Wasm pods", action)
 		},
-	}, nil)
+	}, Limits{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
