@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -30,6 +31,9 @@ type volumeSource struct {
 	// skipTokens leaves projected service-account tokens as they are (a
 	// refresh that is not yet due to renew them).
 	skipTokens bool
+	// refreshing: files are written again into volumes made before.
+	refreshing bool
+	log        *slog.Logger
 }
 
 // errVolume is a volume the pod asks for that the node cannot provide; its
@@ -54,6 +58,9 @@ func (s *volumeSource) prepare(ctx context.Context, dir string, v v1.Volume) (st
 		if err != nil {
 			return "", err
 		}
+		if err := s.memoryBacked(dir); err != nil {
+			return "", err
+		}
 		return dir, writeFiles(dir, files, mode(v.Secret.DefaultMode))
 	case v.DownwardAPI != nil:
 		files, err := s.downwardFiles(v.DownwardAPI.Items)
@@ -62,9 +69,9 @@ func (s *volumeSource) prepare(ctx context.Context, dir string, v v1.Volume) (st
 		}
 		return dir, writeFiles(dir, files, mode(v.DownwardAPI.DefaultMode))
 	case v.Projected != nil:
-		files := map[string][]byte{}
+		files := map[string]file{}
 		for _, src := range v.Projected.Sources {
-			var part map[string][]byte
+			var part map[string]file
 			var err error
 			switch {
 			case src.ConfigMap != nil:
@@ -86,6 +93,10 @@ func (s *volumeSource) prepare(ctx context.Context, dir string, v v1.Volume) (st
 			for k, b := range part {
 				files[k] = b
 			}
+		}
+		// Projected volumes carry tokens and secrets: memory only.
+		if err := s.memoryBacked(dir); err != nil {
+			return "", err
 		}
 		return dir, writeFiles(dir, files, mode(v.Projected.DefaultMode))
 	}
@@ -121,7 +132,7 @@ func (s *volumeSource) hostPath(p string) (string, error) {
 	return "", fmt.Errorf("%w: hostPath %q (%s) is outside the allowed roots %v", errVolume, p, real, s.allowedRoots)
 }
 
-func (s *volumeSource) configMapFiles(ctx context.Context, name string, items []v1.KeyToPath, optional *bool) (map[string][]byte, error) {
+func (s *volumeSource) configMapFiles(ctx context.Context, name string, items []v1.KeyToPath, optional *bool) (map[string]file, error) {
 	cm, err := s.client.CoreV1().ConfigMaps(s.pod.Namespace).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		if apierrors.IsNotFound(err) && optional != nil && *optional {
@@ -139,7 +150,7 @@ func (s *volumeSource) configMapFiles(ctx context.Context, name string, items []
 	return pick(data, items, "configmap "+name)
 }
 
-func (s *volumeSource) secretFiles(ctx context.Context, name string, items []v1.KeyToPath, optional *bool) (map[string][]byte, error) {
+func (s *volumeSource) secretFiles(ctx context.Context, name string, items []v1.KeyToPath, optional *bool) (map[string]file, error) {
 	sec, err := s.client.CoreV1().Secrets(s.pod.Namespace).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		if apierrors.IsNotFound(err) && optional != nil && *optional {
@@ -150,25 +161,35 @@ func (s *volumeSource) secretFiles(ctx context.Context, name string, items []v1.
 	return pick(sec.Data, items, "secret "+name)
 }
 
+// file is one file of a volume: its bytes, and the item's own mode (nil:
+// the volume's default mode).
+type file struct {
+	data []byte
+	mode *int32
+}
+
 // pick applies a volume's items: all keys by their names, or only the
-// listed keys at their paths.
-func pick(data map[string][]byte, items []v1.KeyToPath, what string) (map[string][]byte, error) {
+// listed keys at their paths, with their modes.
+func pick(data map[string][]byte, items []v1.KeyToPath, what string) (map[string]file, error) {
+	out := map[string]file{}
 	if len(items) == 0 {
-		return data, nil
+		for k, b := range data {
+			out[k] = file{data: b}
+		}
+		return out, nil
 	}
-	out := map[string][]byte{}
 	for _, it := range items {
 		b, ok := data[it.Key]
 		if !ok {
 			return nil, fmt.Errorf("%s has no key %q", what, it.Key)
 		}
-		out[it.Path] = b
+		out[it.Path] = file{data: b, mode: it.Mode}
 	}
 	return out, nil
 }
 
-func (s *volumeSource) downwardFiles(items []v1.DownwardAPIVolumeFile) (map[string][]byte, error) {
-	out := map[string][]byte{}
+func (s *volumeSource) downwardFiles(items []v1.DownwardAPIVolumeFile) (map[string]file, error) {
+	out := map[string]file{}
 	for _, it := range items {
 		if it.FieldRef == nil {
 			return nil, fmt.Errorf("%w: downwardAPI %q: only fieldRef items are supported", errVolume, it.Path)
@@ -177,14 +198,14 @@ func (s *volumeSource) downwardFiles(items []v1.DownwardAPIVolumeFile) (map[stri
 		if err != nil {
 			return nil, err
 		}
-		out[it.Path] = []byte(v)
+		out[it.Path] = file{data: []byte(v), mode: it.Mode}
 	}
 	return out, nil
 }
 
 // token asks the TokenRequest API for a token of the pod's service account,
 // bound to the pod, as the kubelet does for a projected token volume.
-func (s *volumeSource) token(ctx context.Context, src *v1.ServiceAccountTokenProjection) (map[string][]byte, error) {
+func (s *volumeSource) token(ctx context.Context, src *v1.ServiceAccountTokenProjection) (map[string]file, error) {
 	sa := s.pod.Spec.ServiceAccountName
 	if sa == "" {
 		sa = "default"
@@ -200,7 +221,7 @@ func (s *volumeSource) token(ctx context.Context, src *v1.ServiceAccountTokenPro
 	if err != nil {
 		return nil, fmt.Errorf("service account token for %q: %w", sa, err)
 	}
-	return map[string][]byte{src.Path: []byte(tr.Status.Token)}, nil
+	return map[string]file{src.Path: {data: []byte(tr.Status.Token)}}, nil
 }
 
 // readOnlyVolume reports whether the pod's volume name is one the kubelet
@@ -215,9 +236,9 @@ func readOnlyVolume(pod *v1.Pod, name string) bool {
 	return false
 }
 
-// writeFiles writes files under dir, refusing paths that leave it and
-// following no symlink inside it.
-func writeFiles(dir string, files map[string][]byte, m os.FileMode) error {
+// writeFiles writes files under dir, each with its own mode or m,
+// refusing paths that leave it and following no symlink inside it.
+func writeFiles(dir string, files map[string]file, m os.FileMode) error {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return err
 	}
@@ -231,7 +252,11 @@ func writeFiles(dir string, files map[string][]byte, m os.FileMode) error {
 		if filepath.IsAbs(clean) || clean == ".." || strings.HasPrefix(clean, "../") {
 			return fmt.Errorf("%w: file path %q leaves the volume", errVolume, n)
 		}
-		if err := beneath.WriteFile(dir, clean, files[n], m); err != nil {
+		fm := m
+		if files[n].mode != nil {
+			fm = mode(files[n].mode)
+		}
+		if err := beneath.WriteFile(dir, clean, files[n].data, fm); err != nil {
 			return fmt.Errorf("%w: file %q: %v", errVolume, n, err)
 		}
 	}

@@ -442,7 +442,7 @@ func pullPolicy(p v1.PullPolicy) regcache.PullPolicy {
 func (w *Worker) prepareVolumes(ctx context.Context) bool {
 	w.setState(StatePreparingVolumes)
 	pod := w.current()
-	src := &volumeSource{client: w.deps.Client, pod: pod, hostIP: w.deps.NodeIP, allowedRoots: w.deps.AllowedHostPaths}
+	src := &volumeSource{client: w.deps.Client, pod: pod, hostIP: w.deps.NodeIP, allowedRoots: w.deps.AllowedHostPaths, log: w.log}
 	for attempt := 0; ; attempt++ {
 		w.volumes = map[string]string{}
 		var err error
@@ -916,7 +916,7 @@ func (w *Worker) refreshVolumes(ctx context.Context) {
 	if renew {
 		w.tokensAt = time.Now()
 	}
-	src := &volumeSource{client: w.deps.Client, pod: pod, hostIP: w.deps.NodeIP, skipTokens: !renew}
+	src := &volumeSource{client: w.deps.Client, pod: pod, hostIP: w.deps.NodeIP, skipTokens: !renew, refreshing: true, log: w.log}
 	for _, v := range pod.Spec.Volumes {
 		if v.ConfigMap == nil && v.Secret == nil && v.DownwardAPI == nil && v.Projected == nil {
 			continue
@@ -1035,7 +1035,7 @@ func (w *Worker) terminate(ctx context.Context) {
 	}
 	w.unpin(ctx)
 	if w.deps.VolumeDir != "" {
-		if err := os.RemoveAll(w.deps.VolumeDir); err != nil {
+		if err := RemoveVolumes(w.deps.VolumeDir); err != nil {
 			w.log.Warn("remove pod volumes failed", "dir", w.deps.VolumeDir, "err", err)
 		}
 	}
