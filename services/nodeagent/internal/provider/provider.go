@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -57,6 +58,10 @@ type entry struct {
 	// binding is the replica holding the pod's instances: every call the
 	// worker makes goes there, and only its events reach the worker.
 	binding *executors.Binding
+	// changed, when not nil, is closed at the pod's next status (and
+	// then cleared): followers of its logs wait on it. Guarded by
+	// Provider.mu.
+	changed chan struct{}
 }
 
 // Provider runs pods with pod workers.
@@ -101,6 +106,10 @@ func (p *Provider) NotifyPods(_ context.Context, cb func(*v1.Pod)) {
 func (p *Provider) notifyPod(pod *v1.Pod) {
 	p.mu.Lock()
 	cb := p.notify
+	if e := p.pods[key(pod.Namespace, pod.Name)]; e != nil && e.uid == string(pod.UID) && e.changed != nil {
+		close(e.changed)
+		e.changed = nil
+	}
 	p.mu.Unlock()
 	if cb != nil {
 		cb(pod)
@@ -302,11 +311,86 @@ func (p *Provider) GetContainerLogs(ctx context.Context, ns, name, container str
 		return nil, errdefs.InvalidInputf("container %q in pod %s/%s is waiting to start", container, ns, name)
 	}
 	o := podlogs.Options{Tail: opts.Tail, LimitBytes: opts.LimitBytes, Timestamps: opts.Timestamps, Follow: opts.Follow, Since: opts.SinceTime}
+	if opts.Follow {
+		o.Ended = p.ended(ctx, e, e.worker, container, id, opts.Previous)
+	}
 	if opts.SinceSeconds > 0 {
 		o.Since = time.Now().Add(-time.Duration(opts.SinceSeconds) * time.Second)
 	}
 	return p.cfg.Logs.Open(ctx, ns, name, container, id, o)
 }
+
+// ended returns a channel closed once instance id of the container has
+// ended (its executor publishes its last log records before it records the
+// end), so that a follow ends after them, as the kubelet's does. A previous
+// instance has ended. It watches the pod's status until ctx ends.
+func (p *Provider) ended(ctx context.Context, e *entry, w statusSource, container, id string, previous bool) <-chan struct{} {
+	ch := make(chan struct{})
+	if previous {
+		close(ch)
+		return ch
+	}
+	go func() {
+		for {
+			p.mu.Lock()
+			if e.changed == nil {
+				e.changed = make(chan struct{})
+			}
+			changed := e.changed
+			p.mu.Unlock()
+			current, _, _ := w.InstanceIDs(container)
+			if current != id || instanceEnded(w.Pod(), container, id) {
+				close(ch) // replaced by a newer instance: this one ended first
+				return
+			}
+			select {
+			case <-changed:
+			case <-w.Done():
+				close(ch)
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return ch
+}
+
+// statusSource is what ended reads of a pod worker.
+type statusSource interface {
+	InstanceIDs(container string) (current, previous string, ok bool)
+	Pod() *v1.Pod
+	Done() <-chan struct{}
+}
+
+var _ statusSource = (*podworker.Worker)(nil)
+
+// instanceEnded reports whether pod's status shows instance id of the
+// container ended: terminated, or waiting to be created again (a start
+// that failed).
+func instanceEnded(pod *v1.Pod, container, id string) bool {
+	cid := containerIDPrefix + id
+	for _, ss := range [][]v1.ContainerStatus{pod.Status.InitContainerStatuses, pod.Status.ContainerStatuses} {
+		for _, s := range ss {
+			if s.Name != container {
+				continue
+			}
+			if t := s.State.Terminated; t != nil && t.ContainerID == cid {
+				return true
+			}
+			if t := s.LastTerminationState.Terminated; t != nil && t.ContainerID == cid {
+				return true
+			}
+			w := s.State.Waiting
+			return s.ContainerID == cid && w != nil && w.Reason != "ContainerCreating" && w.Reason != "PodInitializing"
+		}
+	}
+	return false
+}
+
+// containerIDPrefix is the scheme of a wasmlet container's ID in a pod's
+// status.
+const containerIDPrefix = "wasmlet://"
 
 // unsupportedFormat is the refusal of a request a module cannot serve.
 const unsupportedFormat = "%s is not supported for Wasm pods: a WebAssembly module has no shell or process to %s"
@@ -321,6 +405,29 @@ func (p *Provider) Refuse(_ context.Context, action, _, _, _ string) error {
 		return errdefs.InvalidInputf(unsupportedFormat, "attach", "attach to")
 	default:
 		return errdefs.InvalidInput("port-forward is not supported for Wasm pods: wasmlet has no pod networking yet")
+	}
+}
+
+// RemoveOrphanVolumes removes the directories of pods that are not bound
+// to this node any more (deleted while the node agent was away), with
+// their memory-backed volumes, so that no secret of a gone pod stays.
+func (p *Provider) RemoveOrphanVolumes(bound func(uid string) bool) {
+	root := filepath.Join(p.cfg.StateDir, "pods")
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if !e.IsDir() || bound(e.Name()) {
+			continue
+		}
+		dir := filepath.Join(root, e.Name())
+		p.cfg.Log.Info("removing volumes of a deleted pod", "uid", e.Name())
+		if err := podworker.RemoveVolumes(filepath.Join(dir, "volumes")); err != nil {
+			p.cfg.Log.Warn("remove volumes of a deleted pod failed", "uid", e.Name(), "err", err)
+			continue
+		}
+		_ = os.RemoveAll(dir)
 	}
 }
 
