@@ -27,6 +27,7 @@ import (
 	"github.com/wasmlet/wasmlet/internal/natsutil"
 	"github.com/wasmlet/wasmlet/internal/profiling"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/agent"
+	"github.com/wasmlet/wasmlet/services/nodeagent/internal/kubeletapi"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/podworker"
 )
 
@@ -113,6 +114,7 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 	fs.IntVar(&cfg.EventBurst, "event-burst", 100, "events written at once before --event-qps applies, as the kubelet's flag")
 	fs.DurationVar(&cfg.VolumeRefresh, "volume-refresh", time.Minute, "how often configMap, secret, downwardAPI and projected volumes are rewritten from their sources")
 	fs.Int64Var(&cfg.MaxPods, "max-pods", 110, "pods this node accepts")
+	fs.IntVar(&cfg.MaxLogFollows, "max-log-follows", kubeletapi.DefaultMaxFollows, "followed logs (kubectl logs -f) the kubelet API serves at once; one more is answered 429 Too Many Requests")
 	fs.DurationVar(&cfg.Backoff.Initial, "backoff-initial", podworker.DefaultBackoff.Initial, "first crash-loop/image-pull back-off")
 	fs.DurationVar(&cfg.Backoff.Max, "backoff-max", podworker.DefaultBackoff.Max, "longest back-off")
 	fs.DurationVar(&cfg.Backoff.Reset, "backoff-reset", podworker.DefaultBackoff.Reset, "a run this long resets the back-off")
@@ -141,6 +143,9 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 	}
 	if cfg.LogLimits.LogAge <= 0 || cfg.LogLimits.LogBytes <= 0 || cfg.LogLimits.LogMessagesPerContainer < 0 || cfg.LogLimits.LogDuplicates <= 0 {
 		return cfg, level, errors.New("--log-max-age, --log-retention-bytes and --log-duplicate-window must be positive, --log-messages-per-container at least 0")
+	}
+	if cfg.MaxLogFollows < 1 {
+		return cfg, level, errors.New("--max-log-follows must be at least 1")
 	}
 	if cfg.Backoff.Initial <= 0 || cfg.Backoff.Max < cfg.Backoff.Initial {
 		return cfg, level, errors.New("--backoff-initial must be positive and at most --backoff-max")

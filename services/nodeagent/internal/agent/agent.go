@@ -82,6 +82,9 @@ type Config struct {
 	RegistryMaxBytes        int64  // in-process cache's size budget; 0: none
 	PodSyncWorkers          int    // virtual-kubelet's pod sync workers (status writes run on them)
 	CPUCgroup               string // passed to the supervised executor: where CPU limits are enforced
+	// MaxLogFollows is how many kubectl logs -f the kubelet API serves at
+	// once (0: kubeletapi.DefaultMaxFollows); one more is answered 429.
+	MaxLogFollows int
 
 	// EventQPS and EventBurst pace event writes, as the kubelet's
 	// --event-qps and --event-burst do (and with its defaults, 50 and
@@ -357,7 +360,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	prov, err := provider.New(ctx, provider.Config{
 		Client: client, Cache: cache, Pool: pool, Recorder: recorder,
-		Logs:     &podlogs.Reader{JS: js, Node: cfg.NodeName},
+		Logs:     &podlogs.Reader{JS: js, Node: cfg.NodeName, Log: log},
 		NodeName: cfg.NodeName, NodeIP: cfg.NodeIP, StateDir: cfg.StateDir,
 		Backoff: cfg.Backoff, AllowedHostPaths: cfg.AllowedHostPaths, VolumeRefresh: cfg.VolumeRefresh, Log: log,
 	})
@@ -406,6 +409,13 @@ func Run(ctx context.Context, cfg Config) error {
 		pod, err := podInformer.Lister().Pods(ns).Get(name)
 		return err == nil && string(pod.UID) == uid
 	})
+	if pods, err := podInformer.Lister().List(labels.Everything()); err == nil {
+		uids := map[string]bool{}
+		for _, pod := range pods {
+			uids[string(pod.UID)] = true
+		}
+		prov.RemoveOrphanVolumes(func(uid string) bool { return uids[uid] })
+	}
 
 	routes := kubeletapi.Routes{
 		Pods: func(context.Context) ([]*v1.Pod, error) {
@@ -427,6 +437,7 @@ func Run(ctx context.Context, cfg Config) error {
 			NodeName: cfg.NodeName, NodeIP: cfg.NodeIP, GetCertificate: getCert,
 			CertFile: cfg.TLSCertFile, KeyFile: cfg.TLSKeyFile, CertDir: filepath.Join(cfg.StateDir, "pki"),
 			ClientCAFile: cfg.ClientCAFile, Client: client, Routes: routes, Log: log,
+			Limits: kubeletapi.Limits{MaxFollows: cfg.MaxLogFollows},
 		})
 	})
 	log.Info("node agent running", "node", cfg.NodeName, "kubelet_api", fmt.Sprintf("%s:%d", cfg.NodeIP, cfg.KubeletPort))
