@@ -51,6 +51,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
@@ -242,6 +243,10 @@ func Handler(r Routes, lim Limits, log *slog.Logger) (http.Handler, error) {
 		lim.MaxFollows = DefaultMaxFollows
 	}
 	follows := make(chan struct{}, lim.MaxFollows)
+	// The API server passes kubectl a generic "too many requests" for a
+	// 429, without this message: the node's log says why, at most every
+	// 10 s (a flood of refusals must not flood the log).
+	var lastRefusalLog atomic.Int64
 	mux := http.NewServeMux()
 	handle := func(pattern string, f func(http.ResponseWriter, *http.Request) error) {
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, req *http.Request) {
@@ -275,6 +280,10 @@ func Handler(r Routes, lim Limits, log *slog.Logger) (http.Handler, error) {
 			case follows <- struct{}{}:
 				defer func() { <-follows }()
 			default:
+				if now := time.Now().UnixNano(); now-lastRefusalLog.Load() >= int64(10*time.Second) {
+					lastRefusalLog.Store(now)
+					log.Warn("followed log refused: --max-log-follows reached", "max", lim.MaxFollows, "pod", req.PathValue("namespace")+"/"+req.PathValue("pod"))
+				}
 				return fmt.Errorf("%w: this node serves at most %d followed logs (kubectl logs -f) at once, and all are in use: "+
 					"stop a kubectl logs -f that is no longer needed, or retry later; the node's operator can raise the node agent's --max-log-follows",
 					errTooManyFollows, lim.MaxFollows)
