@@ -3,7 +3,8 @@
 // the queue and one publishing goroutine per Outbox; it must not know what
 // the messages mean (log lines, instance events).
 //
-// Policy when the queue is full: Publish waits for room as long as the
+// Policy when the queue is full (Capacity messages, or MaxBytes bytes held
+// with those in flight): Publish waits for room as long as the
 // queue moves, i.e. as long as a message leaves it at least every
 // BlockTimeout: a producer faster than NATS is slowed to NATS's pace (a
 // module printing as fast as it can waits in its write), and loses
@@ -66,6 +67,13 @@ type Config struct {
 	// Capacity of the queue, in messages (default 4096); a message may
 	// carry many items (a log batch: up to logs.MaxBatchBytes).
 	Capacity int
+	// MaxBytes bounds the bytes of the messages held, queued or awaiting
+	// their acks (default 8 MiB): the queue is full when it holds
+	// Capacity messages or the bytes held reach MaxBytes, whichever comes
+	// first (one message is always let in, however large). Without it an
+	// instance printing long lines faster than NATS stores them held
+	// Capacity+MaxInFlight messages of 64 KiB: over 300 MiB.
+	MaxBytes int
 	// BlockTimeout is how long Publish waits for room while nothing leaves
 	// the queue (default 2s: longer than a busy machine's scheduling
 	// hiccups, short enough not to hold a module up for long in an outage).
@@ -85,6 +93,9 @@ type Config struct {
 func (c *Config) defaults() {
 	if c.Capacity <= 0 {
 		c.Capacity = 4096
+	}
+	if c.MaxBytes <= 0 {
+		c.MaxBytes = 8 << 20
 	}
 	if c.BlockTimeout <= 0 {
 		c.BlockTimeout = 2 * time.Second
@@ -141,6 +152,7 @@ type Outbox struct {
 	room     chan struct{} // a message was taken from a full queue
 
 	inflight int  // sent to ackLoop and not yet resolved; under mu
+	held     int  // bytes of the messages queued, in retries or in flight; under mu
 	gaveUp   bool // Close's ctx ended: nothing more is published
 
 	// acks holds up to MaxInFlight pointers, not values: an Outbox per
@@ -217,9 +229,9 @@ func (o *Outbox) enqueue(ms []message) {
 		return
 	}
 	for i, m := range ms {
-		if len(o.queue) >= o.cfg.Capacity && !o.overflow {
+		if o.full(m) && !o.overflow {
 			deadline := time.Now().Add(o.cfg.BlockTimeout)
-			for len(o.queue) >= o.cfg.Capacity && !o.overflow && !o.closed {
+			for o.full(m) && !o.overflow && !o.closed {
 				wait := time.Until(deadline)
 				if wait <= 0 {
 					break
@@ -242,17 +254,25 @@ func (o *Outbox) enqueue(ms []message) {
 				return
 			}
 		}
-		if len(o.queue) >= o.cfg.Capacity {
+		for o.full(m) {
 			old := o.queue[0]
 			o.queue[0] = message{}
 			o.queue = o.queue[1:]
+			o.held -= len(old.data)
 			o.drop(old)
 			o.overflow = true
 		}
 		o.queue = append(o.queue, m)
+		o.held += len(m.data)
 	}
 	o.mu.Unlock()
 	o.signal(o.wake)
+}
+
+// full reports whether m must wait for room (or displace the oldest);
+// called with mu held.
+func (o *Outbox) full(m message) bool {
+	return len(o.queue) >= o.cfg.Capacity || (len(o.queue) > 0 && o.held+len(m.data) > o.cfg.MaxBytes)
 }
 
 func (o *Outbox) signal(c chan struct{}) {
@@ -295,7 +315,7 @@ func (o *Outbox) loop() {
 			m = o.queue[0]
 			o.queue[0] = message{}
 			o.queue = o.queue[1:]
-			if o.overflow && len(o.queue) <= o.cfg.Capacity/2 {
+			if o.overflow && len(o.queue) <= o.cfg.Capacity/2 && o.held <= o.cfg.MaxBytes/2 {
 				o.overflow = false
 			}
 		}
@@ -367,6 +387,7 @@ func (o *Outbox) ackLoop() {
 // resolve records the fate of a message taken from the queue: a failed one
 // with a msg id goes back to the head of the queue.
 func (o *Outbox) resolve(m message, ok bool) {
+	kept := false
 	switch {
 	case ok:
 		o.published.Add(m.n)
@@ -383,13 +404,20 @@ func (o *Outbox) resolve(m message, ok bool) {
 			o.left.Add(m.n)
 		} else {
 			o.retries = append(o.retries, m)
+			kept = true
 		}
 		o.mu.Unlock()
 	}
 	o.mu.Lock()
 	o.inflight--
+	if !kept {
+		o.held -= len(m.data)
+	}
 	o.mu.Unlock()
 	o.signal(o.wake)
+	if !kept {
+		o.signal(o.room) // bytes freed: a producer waiting on MaxBytes may go on
+	}
 }
 
 // Close stops accepting messages and waits until the queue is published
@@ -408,6 +436,7 @@ func (o *Outbox) Close(ctx context.Context) error {
 	o.mu.Lock()
 	o.gaveUp = true
 	for _, m := range append(o.retries, o.queue...) {
+		o.held -= len(m.data)
 		if m.ref != nil {
 			o.left.Add(m.n)
 		} else {

@@ -140,3 +140,43 @@ func TestBackpressureWhileMoving(t *testing.T) {
 		t.Fatalf("stats %+v after %v, want 60 published, none dropped", st, time.Since(t0))
 	}
 }
+
+// TestMaxBytesBoundsHeld: with NATS stuck, messages beyond MaxBytes held
+// wait, then displace the oldest, however few messages that is: an
+// instance printing 64 KiB batches held Capacity of them (256 MiB).
+func TestMaxBytesBoundsHeld(t *testing.T) {
+	js := &gatedJS{gate: make(chan struct{})}
+	o := New(js, Config{Capacity: 1000, MaxBytes: 10 << 10, BlockTimeout: 50 * time.Millisecond})
+	msg := make([]byte, 1<<10)
+	t0 := time.Now()
+	for range 100 {
+		o.Publish("s", msg)
+	}
+	d := time.Since(t0)
+	o.mu.Lock()
+	held, queued := o.held, len(o.queue)
+	o.mu.Unlock()
+	if held > 10<<10 || queued > 10 {
+		t.Fatalf("%d messages queued, %d bytes held, want at most 10 KiB", queued, held)
+	}
+	if d < 45*time.Millisecond || d > 2*time.Second {
+		t.Fatalf("publishing past MaxBytes returned after %v, want one BlockTimeout (50ms)", d)
+	}
+	if st := o.Stats(); st.Dropped < 89 {
+		t.Fatalf("stats %+v, want the oldest beyond 10 KiB dropped", st)
+	}
+	close(js.gate)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := o.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := o.Stats(); st.Published+st.Dropped != 100 {
+		t.Fatalf("stats %+v, want 100 messages accounted for", st)
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.held != 0 {
+		t.Fatalf("%d bytes held after everything was acknowledged", o.held)
+	}
+}
