@@ -10,11 +10,11 @@
 // (a single record over that goes alone). NATS's cost is per message, so a
 // module printing many lines per write costs it one message per batch,
 // not per line. Each message has the msg id "<instance>:<first sequence>"
-// (MsgID). The messages of one write are one outbox batch, spooled as cut
-// (package spool), so a replay after a kill of the executor publishes the
-// same messages with the same msg ids, and JetStream keeps one copy of a
-// message published twice; readers also skip an (instance, sequence) seen
-// before. The outbox's and spool's counters count records, not messages.
+// (MsgID). The messages of one write (of each 256 KiB of a longer one,
+// writeChunk) are one outbox batch, spooled as cut (package spool), so a
+// replay after a kill of the executor publishes the same messages with the
+// same msg ids, and JetStream keeps one copy of a message published twice;
+// readers also skip an (instance, sequence) seen before. The outbox's and spool's counters count records, not messages.
 //
 // It owns line splitting and record numbering. It must not interpret
 // output, know of instance states, or choose subjects: the subject comes
@@ -68,7 +68,11 @@ const (
 )
 
 // Splitter is an io.Writer that calls emit for every line written to it.
-// It is not safe for concurrent writes.
+// It holds at most max bytes between writes (the start of a line not yet
+// ended, or a piece of exactly max bytes that may turn out to be the whole
+// line), whatever is written: a longer line is emitted in pieces straight
+// from the written bytes, so a write costs time linear in its length and
+// no copy beyond max. It is not safe for concurrent writes.
 type Splitter struct {
 	buf  []byte
 	max  int
@@ -76,7 +80,8 @@ type Splitter struct {
 }
 
 // NewSplitter returns a Splitter cutting lines at max bytes (MaxLine when
-// max <= 0). emit must not keep line after it returns.
+// max <= 0). emit must not keep line after it returns: it may be the
+// writer's own bytes.
 func NewSplitter(max int, emit func(line []byte, partial bool)) *Splitter {
 	if max <= 0 {
 		max = MaxLine
@@ -90,22 +95,35 @@ func (s *Splitter) Write(p []byte) (int, error) {
 	for len(p) > 0 {
 		i := bytes.IndexByte(p, '\n')
 		if i < 0 {
-			s.buf = append(s.buf, p...)
-			p = nil
-		} else {
-			s.buf = append(s.buf, p[:i]...)
-			p = p[i+1:]
+			s.add(p)
+			break
 		}
-		for len(s.buf) > s.max {
-			s.emit(s.buf[:s.max], true)
-			s.buf = append(s.buf[:0], s.buf[s.max:]...)
-		}
-		if i >= 0 {
-			s.emit(s.buf, false)
-			s.buf = s.buf[:0]
-		}
+		s.add(p[:i])
+		s.emit(s.buf, false)
+		s.buf = s.buf[:0]
+		p = p[i+1:]
 	}
 	return n, nil
+}
+
+// add takes more bytes of the current line (no newline among them). A
+// piece of max bytes is emitted as partial only once a byte of the same
+// line follows it, so that a line of exactly max bytes is one record.
+func (s *Splitter) add(seg []byte) {
+	for len(seg) > 0 {
+		if len(s.buf) == s.max {
+			s.emit(s.buf, true)
+			s.buf = s.buf[:0]
+		}
+		if len(s.buf) == 0 && len(seg) > s.max {
+			s.emit(seg[:s.max], true)
+			seg = seg[s.max:]
+			continue
+		}
+		k := min(s.max-len(s.buf), len(seg))
+		s.buf = append(s.buf, seg[:k]...)
+		seg = seg[k:]
+	}
 }
 
 // Flush emits what is left of an unterminated last line, marked partial.
@@ -175,15 +193,27 @@ type lockedWriter struct {
 	sp *Splitter
 }
 
-// Write splits p into records and hands them to the outbox as one batch
-// (one spool write) before it returns: what the module has written is
-// spooled by the time its write completes.
+// writeChunk bounds the bytes of one write handled at a time: a write of
+// hundreds of MiB (one fd_write of a module) becomes records and messages a
+// chunk at a time, each chunk handed to the outbox before the next is
+// split, so that what a Shipper holds for a write is bounded by the chunk,
+// not by the write.
+const writeChunk = 4 * MaxBatchBytes
+
+// Write splits p into records and hands them to the outbox, one batch
+// (one spool write) per writeChunk bytes, before it returns: what the
+// module has written is spooled by the time its write completes.
 func (w lockedWriter) Write(p []byte) (int, error) {
-	w.s.mu.Lock()
-	defer w.s.mu.Unlock()
-	n, err := w.sp.Write(p)
-	w.s.flushLocked()
-	return n, err
+	n := len(p)
+	for len(p) > 0 {
+		c := p[:min(len(p), writeChunk)]
+		p = p[len(c):]
+		w.s.mu.Lock()
+		w.sp.Write(c)
+		w.s.flushLocked()
+		w.s.mu.Unlock()
+	}
+	return n, nil
 }
 
 // Stdout is the sink for the instance's stdout.
