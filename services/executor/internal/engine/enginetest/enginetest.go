@@ -70,6 +70,7 @@ func Run(t *testing.T, newEngine NewEngine) {
 		{"PollClocks", testPollClocks},
 		{"CPULimit", testCPULimit},
 		{"Usage", testUsage},
+		{"HugeWrite", testHugeWrite},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, e) })
 	}

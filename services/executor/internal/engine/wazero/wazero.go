@@ -50,6 +50,9 @@
 // limit fails to start. Runtimes and compiled modules live as long as the
 // engine: pods use few distinct limits.
 //
+// Output: a module's fd_write reaches the sinks (Spec.Stdout, Stderr) in
+// writes of at most 64 KiB (maxSinkWrite), however large the write.
+//
 // Linear memories live outside the Go heap (memory.go): each on an
 // anonymous mapping of its maximum, grown in place, kept for a next
 // instance when the module closes.
@@ -699,11 +702,33 @@ func sleeper(ctx context.Context) func(ns int64) {
 	}
 }
 
+// maxSinkWrite bounds what a sink is given in one Write. wazero hands
+// fd_write's iovecs over as views of linear memory, up to 4 GiB each; a
+// sink given them in pieces handles output a bounded piece at a time, as
+// with wasmtime, whose pipe is read 32 KiB at a time.
+const maxSinkWrite = 64 << 10
+
 func sink(w io.Writer) io.Writer {
 	if w == nil {
 		return io.Discard
 	}
-	return w
+	return chunked{w}
+}
+
+// chunked writes to w at most maxSinkWrite bytes at a time.
+type chunked struct{ w io.Writer }
+
+func (c chunked) Write(p []byte) (int, error) {
+	n := 0
+	for len(p) > 0 {
+		k, err := c.w.Write(p[:min(len(p), maxSinkWrite)])
+		n += k
+		if err != nil {
+			return n, err
+		}
+		p = p[k:]
+	}
+	return n, nil
 }
 
 func dedupEnv(vars []engine.EnvVar) []engine.EnvVar {
