@@ -190,6 +190,7 @@ func (s *Stack) NodeAgentPID() (int, error) {
 func (s *Stack) Stop() error {
 	var errs []error
 	errs = append(errs, localcluster.StopService(s.dir, "nodeagent"))
+	errs = append(errs, localcluster.UnmountUnder(s.dir)) // the pods' token volumes
 	if s.stopNoop != nil {
 		s.stopNoop()
 		select {

@@ -75,6 +75,11 @@ func (s *stack) down() error {
 	if err := localcluster.Stop(filepath.Join(s.state, "cluster")); err != nil {
 		errs = append(errs, err)
 	}
+	// The node agent leaves its pods' secret volumes mounted; `make clean`
+	// could not remove them.
+	if err := localcluster.UnmountUnder(s.state); err != nil {
+		errs = append(errs, err)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}

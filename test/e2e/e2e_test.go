@@ -328,7 +328,7 @@ func startSplitWith(t *testing.T, natsURL, token string) split {
 	startProcess(t, "registry-cache", filepath.Join(bin, "registry-cache"), nil,
 		"serve", "--listen", registryAddr, "--dir", t.TempDir(), "--insecure-registry", reg.Host)
 	exec := startProcess(t, "executor", filepath.Join(bin, "executor"), env,
-		"--listen", executorAddr, "--registry", registryAddr, "--nats", natsURL, "--state-dir", t.TempDir())
+		"--listen", executorAddr, "--registry", registryAddr, "--nats", natsURL, "--state-dir", t.TempDir(), "--mount-root", mountRoot(t))
 	return split{executorAddr: executorAddr, registryAddr: registryAddr, executor: exec, env: env, flags: []string{
 		"--nats", natsURL, "--registry-cache", registryAddr, "--executor", "wasmtime=" + executorAddr,
 	}}

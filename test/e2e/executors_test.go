@@ -71,7 +71,7 @@ func TestExecutorReplicasDiscovered(t *testing.T) {
 	for _, id := range []string{"replica-a", "replica-b"} {
 		addrs[id] = "unix://" + filepath.Join(sock, id+".sock")
 		procs[id] = startProcess(t, "executor-"+id, filepath.Join(bin, "executor"), env,
-			"--listen", addrs[id], "--registry", registryAddr, "--nats", nats.URL, "--state-dir", t.TempDir(),
+			"--listen", addrs[id], "--registry", registryAddr, "--nats", nats.URL, "--state-dir", t.TempDir(), "--mount-root", mountRoot(t),
 			"--id", id, "--node", nodeName, "--flavour", "wasmtime", "--announce-period", "1s")
 	}
 	n := startNode(t, nodeName, env, "--nats", nats.URL, "--registry-cache", registryAddr, "--supervise-executor=false")

@@ -226,6 +226,19 @@ func startNode(t *testing.T, name string, env []string, extra ...string) *node {
 		"--backoff-initial", "1s", "--backoff-max", "4s",
 		"--insecure-registry", sharedRegistry(t).Host,
 	}, extra...)
+	for i := range args[:len(args)-1] {
+		if args[i] == "--state-dir" {
+			state := args[i+1]
+			// After the node agent stops, before its state dir is removed:
+			// a stopped node agent leaves its pods' volumes mounted, as a
+			// kubelet does.
+			t.Cleanup(func() {
+				if err := localcluster.UnmountUnder(state); err != nil {
+					t.Log(err)
+				}
+			})
+		}
+	}
 	n := &node{name: name, port: port, proc: startProcess(t, "nodeagent-"+name, filepath.Join(bin, "nodeagent"), env, args...)}
 	waitFor(t, 90*time.Second, "node "+name+" Ready and schedulable", func() (bool, string) {
 		out, err := kubectl(t, "get", "node", name, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status} {.spec.taints[*].key}`)
@@ -300,4 +313,11 @@ func namespace(t *testing.T, name string) string {
 		return err == nil, fmt.Sprint(err)
 	})
 	return name
+}
+
+// mountRoot is where a separately run executor of this test may mount
+// volumes from (--mount-root): the test's temporary directories, which
+// hold its node agents' state dirs.
+func mountRoot(t *testing.T) string {
+	return filepath.Dir(t.TempDir())
 }

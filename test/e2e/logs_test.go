@@ -97,7 +97,7 @@ func TestLogsSurviveExecutorAndNodeAgentRestarts(t *testing.T) {
 	startProcess(t, "registry-cache", filepath.Join(bin, "registry-cache"), nil,
 		"serve", "--listen", registryAddr, "--dir", t.TempDir(), "--insecure-registry", reg.Host)
 	execState := t.TempDir()
-	execArgs := []string{"--listen", executorAddr, "--registry", registryAddr, "--nats", nats.URL, "--state-dir", execState}
+	execArgs := []string{"--listen", executorAddr, "--registry", registryAddr, "--nats", nats.URL, "--state-dir", execState, "--mount-root", mountRoot(t)}
 	exec1 := startProcess(t, "executor-1", filepath.Join(bin, "executor"), env, execArgs...)
 
 	nodeState := t.TempDir()

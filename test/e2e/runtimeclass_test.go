@@ -28,7 +28,7 @@ func TestRuntimeClassRouting(t *testing.T) {
 	sp := startSplitWith(t, nats.URL, "rc-token")
 	wazeroAddr := "unix://" + filepath.Join(t.TempDir(), "wazero.sock")
 	startProcess(t, "executor-wazero", filepath.Join(bin, "executor"), sp.env,
-		"--engine", "wazero", "--listen", wazeroAddr, "--registry", sp.registryAddr, "--nats", nats.URL, "--state-dir", t.TempDir())
+		"--engine", "wazero", "--listen", wazeroAddr, "--registry", sp.registryAddr, "--nats", nats.URL, "--state-dir", t.TempDir(), "--mount-root", mountRoot(t))
 	n := startNode(t, "e2e-runtimeclass", sp.env, append(sp.flags,
 		"--executor", "wazero="+wazeroAddr, "--runtime-handler", "wasm-pure-go=wazero")...)
 
@@ -104,7 +104,7 @@ func TestNodeNotReadyWithoutExecutor(t *testing.T) {
 		return strings.HasPrefix(got, "False: ") && strings.Contains(got, "executor not reachable"), got
 	})
 	startProcess(t, "executor-again", filepath.Join(bin, "executor"), sp.env,
-		"--listen", sp.executorAddr, "--registry", sp.registryAddr, "--nats", nats.URL, "--state-dir", t.TempDir())
+		"--listen", sp.executorAddr, "--registry", sp.registryAddr, "--nats", nats.URL, "--state-dir", t.TempDir(), "--mount-root", mountRoot(t))
 	waitFor(t, time.Minute, "Ready True again", func() (bool, string) {
 		got := mustKubectl(t, "get", "node", n.name, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
 		return got == "True", got

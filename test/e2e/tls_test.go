@@ -63,7 +63,7 @@ func TestMutualTLSAcrossServices(t *testing.T) {
 		"serve", "--listen", registryAddr, "--dir", t.TempDir(), "--insecure-registry", reg.Host,
 	}, flags("", regTLS)...)...)
 	startProcess(t, "executor", filepath.Join(bin, "executor"), env, append(append([]string{
-		"--listen", executorAddr, "--registry", registryAddr, "--nats", nats.URL, "--state-dir", t.TempDir(),
+		"--listen", executorAddr, "--registry", registryAddr, "--nats", nats.URL, "--state-dir", t.TempDir(), "--mount-root", mountRoot(t),
 	}, flags("", execTLS)...), flags("registry-", execTLS)...)...)
 
 	// health checks what a client with tls (nil: plaintext) gets from addr.
