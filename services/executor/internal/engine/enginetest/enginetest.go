@@ -71,6 +71,7 @@ func Run(t *testing.T, newEngine NewEngine) {
 		{"CPULimit", testCPULimit},
 		{"Usage", testUsage},
 		{"HugeWrite", testHugeWrite},
+		{"TableGrowthLimited", testTableGrowthLimited},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, e) })
 	}

@@ -152,3 +152,43 @@ func testHugeWrite(t *testing.T, e engine.Engine) {
 		})
 	}
 }
+
+// tableGrowWat grows a funcref table declared without a maximum by 1 Mi
+// elements at a time, 64 times (512 MiB of host memory at 8 bytes an
+// element), and exits 3 as soon as a growth fails, 1 if none did.
+const tableGrowWat = `(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (table $t 1 funcref)
+  (func (export "_start")
+    (local $n i32)
+    (loop $grow
+      (if (i32.eq (table.grow $t (ref.null func) (i32.const 1048576)) (i32.const -1)) (then (call $exit (i32.const 3))))
+      (local.set $n (i32.add (local.get $n) (i32.const 1)))
+      (br_if $grow (i32.lt_u (local.get $n) (i32.const 64))))
+    (call $exit (i32.const 1))))`
+
+// testTableGrowthLimited: table growth counts toward the memory limit:
+// under a 16 MiB limit, a table may not grow past 2 Mi elements (16 MiB of
+// pointers), and the module sees table.grow fail; without a limit it grows.
+func testTableGrowthLimited(t *testing.T, e engine.Engine) {
+	m := prepare(t, e, wasmbuild.Wat(t, tableGrowWat))
+	res := run(t, e, m, engine.Spec{Args: []string{"grow"}, MemoryLimitBytes: 16 << 20})
+	if !res.Exited || res.ExitCode != 3 {
+		t.Fatalf("result %+v under a 16 MiB limit: want exit 3 (a table.grow past the limit failed)", res)
+	}
+	// A table declared with a small maximum keeps it.
+	small := strings.Replace(tableGrowWat, "(table $t 1 funcref)", "(table $t 1 4 funcref)", 1)
+	if res := run(t, e, prepare(t, e, wasmbuild.Wat(t, small)), engine.Spec{MemoryLimitBytes: 64 << 20}); res.ExitCode != 3 {
+		t.Fatalf("result %+v for a table of at most 4 elements: want exit 3", res)
+	}
+	// A table whose minimum does not fit the limit does not start.
+	big := strings.Replace(tableGrowWat, "(table $t 1 funcref)", "(table $t 4194304 funcref)", 1)
+	mb := prepare(t, e, wasmbuild.Wat(t, big))
+	inst, err := e.Start(t.Context(), mb, engine.Spec{MemoryLimitBytes: 16 << 20})
+	if err == nil {
+		res := inst.Wait()
+		t.Fatalf("a table of 4 Mi elements (32 MiB) started under a 16 MiB limit: %+v", res)
+	}
+	t.Logf("table over the limit: %v", err)
+}

@@ -55,8 +55,9 @@
 // whenever its size or modification time changed; on a mismatch it is
 // removed and compiled again, never loaded.
 //
-// Memory limits use the store limiter, under which memory.grow fails (-1)
-// rather than traps, so the module decides what a failed allocation means
+// Memory limits use the store limiter, under which memory.grow (and
+// table.grow past engine.TableElements of the limit) fails (-1) rather
+// than traps, so the module decides what a failed allocation means
 // (a Go module prints "out of memory" and exits 2). An instance that ends
 // abnormally (a non-zero exit or a trap) with its memory within
 // oomHeadroom of the limit is reported as OOMKilled.
@@ -468,7 +469,7 @@ func (i *instance) setup(m *module, spec engine.Spec) error {
 	i.store = wt.NewStore(i.runner.engine)
 	i.store.SetEpochDeadline(1)
 	if spec.MemoryLimitBytes > 0 {
-		i.store.Limiter(spec.MemoryLimitBytes, -1, -1, -1, -1)
+		i.store.Limiter(spec.MemoryLimitBytes, engine.TableElements(spec.MemoryLimitBytes), -1, -1, -1)
 	}
 	wasi := wt.NewWasiConfig()
 	if len(spec.Args) > 0 {

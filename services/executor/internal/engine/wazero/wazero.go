@@ -42,7 +42,11 @@
 // Memory limits: wazero's limit (RuntimeConfig.WithMemoryLimitPages) is per
 // Runtime, not per instance, so the engine keeps one Runtime per distinct
 // limit, all sharing one CompilationCache (and so one copy of each module's
-// machine code). The limit in bytes is rounded down to whole 64 KiB pages
+// machine code). wazero bounds table.grow only by a table's declared
+// maximum, so a module is compiled with each table's maximum lowered to
+// engine.TableElements of the limit (tables.go): a module that declares
+// no maximum, or a larger one, gets a compiled copy per limit, and is not
+// shared. The limit in bytes is rounded down to whole 64 KiB pages
 // (at least one page) and capped at the wasm32 maximum of 65536 pages. As
 // with wasmtime, memory.grow past the limit fails (-1) rather than traps,
 // and an abnormal end with linear memory within oomHeadroom of the limit
@@ -291,6 +295,13 @@ func (e *Engine) compile(ctx context.Context, r *runtime, m *module) (wz.Compile
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("prepare module %s: %w", m.digest, err)
 	}
+	// Tables bounded by the runtime's limit (tables.go); a module whose
+	// tables had to be capped is compiled from other bytes than its
+	// digest names, so it is not shared.
+	wasm, capped, err := capTables(wasm, uint32(min(engine.TableElements(int64(r.pages)*pageSize), 1<<32-1)))
+	if err != nil {
+		return nil, fmt.Errorf("%w: module %s: %v of %d bytes; raise the limit", engine.ErrInstantiate, m.digest, err, int64(r.pages)*pageSize)
+	}
 	e.compileMu.Lock()
 	defer e.compileMu.Unlock()
 	if err := e.verifyCache(); err != nil {
@@ -302,7 +313,7 @@ func (e *Engine) compile(ctx context.Context, r *runtime, m *module) (wz.Compile
 		before[n] = true
 	}
 	installed := ""
-	if e.artifacts.Shared() && !e.haveEntry(m.digest) {
+	if e.artifacts.Shared() && !capped && !e.haveEntry(m.digest) {
 		installed = e.fetchShared(ctx, key)
 	}
 	cm, err = r.rt.CompileModule(ctx, wasm)
@@ -333,7 +344,7 @@ func (e *Engine) compile(ctx context.Context, r *runtime, m *module) (wz.Compile
 	if len(fresh) > 0 || err != nil {
 		e.artifacts.Compiled()
 	}
-	if err == nil && len(fresh) == 1 {
+	if err == nil && len(fresh) == 1 && !capped {
 		e.shareEntry(key, fresh[0])
 	}
 	if err != nil {

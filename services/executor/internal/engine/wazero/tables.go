@@ -1,0 +1,84 @@
+package wazero
+
+import (
+	"encoding/binary"
+	"fmt"
+)
+
+// capTables returns wasm with every table declared in it given a maximum
+// of at most maxElems elements (wazero has no limit on table.grow but the
+// table's declared maximum, and a module need not declare one), and
+// whether anything changed. A table whose minimum is above maxElems is an
+// error: the module cannot start under the limit. Sections other than the
+// table section are copied as they are; a module that does not parse is
+// returned unchanged, for wazero to refuse with its own message.
+func capTables(wasm []byte, maxElems uint32) ([]byte, bool, error) {
+	if len(wasm) < 8 {
+		return wasm, false, nil
+	}
+	p := wasm[8:]
+	for len(p) > 0 {
+		start := len(wasm) - len(p)
+		id := p[0]
+		size, n := binary.Uvarint(p[1:])
+		if n <= 0 || size > uint64(len(p)-1-n) {
+			return wasm, false, nil
+		}
+		body := p[1+n : 1+n+int(size)]
+		p = p[1+n+int(size):]
+		if id != 4 { // table section
+			continue
+		}
+		nb, changed, err := capTableSection(body, maxElems)
+		if err != nil || !changed {
+			return wasm, false, err
+		}
+		out := append([]byte(nil), wasm[:start]...)
+		out = append(out, 4)
+		out = binary.AppendUvarint(out, uint64(len(nb)))
+		out = append(out, nb...)
+		out = append(out, p...)
+		return out, true, nil
+	}
+	return wasm, false, nil
+}
+
+func capTableSection(body []byte, maxElems uint32) ([]byte, bool, error) {
+	count, n := binary.Uvarint(body)
+	if n <= 0 {
+		return nil, false, nil
+	}
+	p := body[n:]
+	out := binary.AppendUvarint(nil, count)
+	changed := false
+	for range count {
+		// reftype, then limits: 0x00 min, or 0x01 min max.
+		if len(p) < 2 || (p[0] != 0x70 && p[0] != 0x6f) || (p[1] != 0 && p[1] != 1) {
+			return nil, false, nil // tables with initialisers, table64: left to wazero
+		}
+		ref, flag := p[0], p[1]
+		p = p[2:]
+		min, k := binary.Uvarint(p)
+		if k <= 0 {
+			return nil, false, nil
+		}
+		p = p[k:]
+		max := uint64(1<<32 - 1)
+		if flag == 1 {
+			if max, k = binary.Uvarint(p); k <= 0 {
+				return nil, false, nil
+			}
+			p = p[k:]
+		}
+		if min > uint64(maxElems) {
+			return nil, false, fmt.Errorf("a table of %d elements (%d bytes) does not fit the memory limit", min, min*8)
+		}
+		if max > uint64(maxElems) {
+			max, changed = uint64(maxElems), true
+		}
+		out = append(out, ref, 1)
+		out = binary.AppendUvarint(out, min)
+		out = binary.AppendUvarint(out, max)
+	}
+	return append(out, p...), changed, nil
+}
