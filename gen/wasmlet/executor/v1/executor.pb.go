@@ -598,8 +598,11 @@ type GetInfoResponse struct {
 	// UNSPECIFIED from an executor older than this field.
 	CpuLimits            CpuLimitEnforcement `protobuf:"varint,8,opt,name=cpu_limits,json=cpuLimits,proto3,enum=wasmlet.executor.v1.CpuLimitEnforcement" json:"cpu_limits,omitempty"`
 	CpuLimitsDescription string              `protobuf:"bytes,9,opt,name=cpu_limits_description,json=cpuLimitsDescription,proto3" json:"cpu_limits_description,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// How the executor process is confined, its second wall behind the
+	// Wasm sandbox. Unset from an executor older than this field.
+	Confinement   *Confinement `protobuf:"bytes,10,opt,name=confinement,proto3" json:"confinement,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetInfoResponse) Reset() {
@@ -695,6 +698,123 @@ func (x *GetInfoResponse) GetCpuLimitsDescription() string {
 	return ""
 }
 
+func (x *GetInfoResponse) GetConfinement() *Confinement {
+	if x != nil {
+		return x.Confinement
+	}
+	return nil
+}
+
+// Confinement says what limits the executor process, so that a module
+// escaping its engine reaches as little of the host as possible.
+type Confinement struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// no_new_privs is set: nothing it executes gains privileges.
+	NoNewPrivs bool `protobuf:"varint,1,opt,name=no_new_privs,json=noNewPrivs,proto3" json:"no_new_privs,omitempty"`
+	// A seccomp allow-list of system calls is loaded; others fail (EPERM).
+	Seccomp bool `protobuf:"varint,2,opt,name=seccomp,proto3" json:"seccomp,omitempty"`
+	// The Landlock ABI version whose file system rights are enforced; 0
+	// when none are (landlock_missing_reason says why: a kernel without
+	// Landlock, or confinement turned off).
+	LandlockAbi           int32  `protobuf:"varint,3,opt,name=landlock_abi,json=landlockAbi,proto3" json:"landlock_abi,omitempty"`
+	LandlockMissingReason string `protobuf:"bytes,4,opt,name=landlock_missing_reason,json=landlockMissingReason,proto3" json:"landlock_missing_reason,omitempty"`
+	// The credentials it runs as.
+	Uid uint32 `protobuf:"varint,5,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid uint32 `protobuf:"varint,6,opt,name=gid,proto3" json:"gid,omitempty"`
+	// It has a network namespace of its own, with no interfaces.
+	NetworkIsolated bool `protobuf:"varint,7,opt,name=network_isolated,json=networkIsolated,proto3" json:"network_isolated,omitempty"`
+	// All of the above in words, for status and logs.
+	Description   string `protobuf:"bytes,8,opt,name=description,proto3" json:"description,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Confinement) Reset() {
+	*x = Confinement{}
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Confinement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Confinement) ProtoMessage() {}
+
+func (x *Confinement) ProtoReflect() protoreflect.Message {
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Confinement.ProtoReflect.Descriptor instead.
+func (*Confinement) Descriptor() ([]byte, []int) {
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Confinement) GetNoNewPrivs() bool {
+	if x != nil {
+		return x.NoNewPrivs
+	}
+	return false
+}
+
+func (x *Confinement) GetSeccomp() bool {
+	if x != nil {
+		return x.Seccomp
+	}
+	return false
+}
+
+func (x *Confinement) GetLandlockAbi() int32 {
+	if x != nil {
+		return x.LandlockAbi
+	}
+	return 0
+}
+
+func (x *Confinement) GetLandlockMissingReason() string {
+	if x != nil {
+		return x.LandlockMissingReason
+	}
+	return ""
+}
+
+func (x *Confinement) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *Confinement) GetGid() uint32 {
+	if x != nil {
+		return x.Gid
+	}
+	return 0
+}
+
+func (x *Confinement) GetNetworkIsolated() bool {
+	if x != nil {
+		return x.NetworkIsolated
+	}
+	return false
+}
+
+func (x *Confinement) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
 type CreateInstanceRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The id to give the instance: caller-chosen, unique in this executor.
@@ -708,7 +828,7 @@ type CreateInstanceRequest struct {
 
 func (x *CreateInstanceRequest) Reset() {
 	*x = CreateInstanceRequest{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[7]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -720,7 +840,7 @@ func (x *CreateInstanceRequest) String() string {
 func (*CreateInstanceRequest) ProtoMessage() {}
 
 func (x *CreateInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[7]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -733,7 +853,7 @@ func (x *CreateInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateInstanceRequest.ProtoReflect.Descriptor instead.
 func (*CreateInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{7}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateInstanceRequest) GetId() string {
@@ -766,7 +886,7 @@ type CreateInstanceResponse struct {
 
 func (x *CreateInstanceResponse) Reset() {
 	*x = CreateInstanceResponse{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[8]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -778,7 +898,7 @@ func (x *CreateInstanceResponse) String() string {
 func (*CreateInstanceResponse) ProtoMessage() {}
 
 func (x *CreateInstanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[8]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -791,7 +911,7 @@ func (x *CreateInstanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateInstanceResponse.ProtoReflect.Descriptor instead.
 func (*CreateInstanceResponse) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{8}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateInstanceResponse) GetInstance() *Instance {
@@ -810,7 +930,7 @@ type StartInstanceRequest struct {
 
 func (x *StartInstanceRequest) Reset() {
 	*x = StartInstanceRequest{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[9]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -822,7 +942,7 @@ func (x *StartInstanceRequest) String() string {
 func (*StartInstanceRequest) ProtoMessage() {}
 
 func (x *StartInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[9]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -835,7 +955,7 @@ func (x *StartInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartInstanceRequest.ProtoReflect.Descriptor instead.
 func (*StartInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{9}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StartInstanceRequest) GetId() string {
@@ -854,7 +974,7 @@ type StartInstanceResponse struct {
 
 func (x *StartInstanceResponse) Reset() {
 	*x = StartInstanceResponse{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[10]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -866,7 +986,7 @@ func (x *StartInstanceResponse) String() string {
 func (*StartInstanceResponse) ProtoMessage() {}
 
 func (x *StartInstanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[10]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -879,7 +999,7 @@ func (x *StartInstanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartInstanceResponse.ProtoReflect.Descriptor instead.
 func (*StartInstanceResponse) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{10}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StartInstanceResponse) GetInstance() *Instance {
@@ -900,7 +1020,7 @@ type StopInstanceRequest struct {
 
 func (x *StopInstanceRequest) Reset() {
 	*x = StopInstanceRequest{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[11]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -912,7 +1032,7 @@ func (x *StopInstanceRequest) String() string {
 func (*StopInstanceRequest) ProtoMessage() {}
 
 func (x *StopInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[11]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -925,7 +1045,7 @@ func (x *StopInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopInstanceRequest.ProtoReflect.Descriptor instead.
 func (*StopInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{11}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StopInstanceRequest) GetId() string {
@@ -951,7 +1071,7 @@ type StopInstanceResponse struct {
 
 func (x *StopInstanceResponse) Reset() {
 	*x = StopInstanceResponse{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[12]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -963,7 +1083,7 @@ func (x *StopInstanceResponse) String() string {
 func (*StopInstanceResponse) ProtoMessage() {}
 
 func (x *StopInstanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[12]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -976,7 +1096,7 @@ func (x *StopInstanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopInstanceResponse.ProtoReflect.Descriptor instead.
 func (*StopInstanceResponse) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{12}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StopInstanceResponse) GetInstance() *Instance {
@@ -997,7 +1117,7 @@ type DeleteInstanceRequest struct {
 
 func (x *DeleteInstanceRequest) Reset() {
 	*x = DeleteInstanceRequest{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[13]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1009,7 +1129,7 @@ func (x *DeleteInstanceRequest) String() string {
 func (*DeleteInstanceRequest) ProtoMessage() {}
 
 func (x *DeleteInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[13]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1022,7 +1142,7 @@ func (x *DeleteInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteInstanceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{13}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DeleteInstanceRequest) GetId() string {
@@ -1047,7 +1167,7 @@ type DeleteInstanceResponse struct {
 
 func (x *DeleteInstanceResponse) Reset() {
 	*x = DeleteInstanceResponse{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[14]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1059,7 +1179,7 @@ func (x *DeleteInstanceResponse) String() string {
 func (*DeleteInstanceResponse) ProtoMessage() {}
 
 func (x *DeleteInstanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[14]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1072,7 +1192,7 @@ func (x *DeleteInstanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteInstanceResponse.ProtoReflect.Descriptor instead.
 func (*DeleteInstanceResponse) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{14}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{15}
 }
 
 type GetInstanceRequest struct {
@@ -1084,7 +1204,7 @@ type GetInstanceRequest struct {
 
 func (x *GetInstanceRequest) Reset() {
 	*x = GetInstanceRequest{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[15]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1096,7 +1216,7 @@ func (x *GetInstanceRequest) String() string {
 func (*GetInstanceRequest) ProtoMessage() {}
 
 func (x *GetInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[15]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1109,7 +1229,7 @@ func (x *GetInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetInstanceRequest.ProtoReflect.Descriptor instead.
 func (*GetInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{15}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetInstanceRequest) GetId() string {
@@ -1128,7 +1248,7 @@ type GetInstanceResponse struct {
 
 func (x *GetInstanceResponse) Reset() {
 	*x = GetInstanceResponse{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[16]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1140,7 +1260,7 @@ func (x *GetInstanceResponse) String() string {
 func (*GetInstanceResponse) ProtoMessage() {}
 
 func (x *GetInstanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[16]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1153,7 +1273,7 @@ func (x *GetInstanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetInstanceResponse.ProtoReflect.Descriptor instead.
 func (*GetInstanceResponse) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{16}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetInstanceResponse) GetInstance() *Instance {
@@ -1173,7 +1293,7 @@ type ListInstancesRequest struct {
 
 func (x *ListInstancesRequest) Reset() {
 	*x = ListInstancesRequest{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[17]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1185,7 +1305,7 @@ func (x *ListInstancesRequest) String() string {
 func (*ListInstancesRequest) ProtoMessage() {}
 
 func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[17]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1198,7 +1318,7 @@ func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesRequest.ProtoReflect.Descriptor instead.
 func (*ListInstancesRequest) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{17}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListInstancesRequest) GetLabelSelector() map[string]string {
@@ -1219,7 +1339,7 @@ type ListInstancesResponse struct {
 
 func (x *ListInstancesResponse) Reset() {
 	*x = ListInstancesResponse{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[18]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1231,7 +1351,7 @@ func (x *ListInstancesResponse) String() string {
 func (*ListInstancesResponse) ProtoMessage() {}
 
 func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[18]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1244,7 +1364,7 @@ func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesResponse.ProtoReflect.Descriptor instead.
 func (*ListInstancesResponse) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{18}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListInstancesResponse) GetInstances() []*Instance {
@@ -1274,7 +1394,7 @@ type WatchInstancesRequest struct {
 
 func (x *WatchInstancesRequest) Reset() {
 	*x = WatchInstancesRequest{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[19]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1286,7 +1406,7 @@ func (x *WatchInstancesRequest) String() string {
 func (*WatchInstancesRequest) ProtoMessage() {}
 
 func (x *WatchInstancesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[19]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1299,7 +1419,7 @@ func (x *WatchInstancesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchInstancesRequest.ProtoReflect.Descriptor instead.
 func (*WatchInstancesRequest) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{19}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WatchInstancesRequest) GetAfterSequence() uint64 {
@@ -1326,7 +1446,7 @@ type WatchInstancesResponse struct {
 
 func (x *WatchInstancesResponse) Reset() {
 	*x = WatchInstancesResponse{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[20]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1338,7 +1458,7 @@ func (x *WatchInstancesResponse) String() string {
 func (*WatchInstancesResponse) ProtoMessage() {}
 
 func (x *WatchInstancesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[20]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1351,7 +1471,7 @@ func (x *WatchInstancesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchInstancesResponse.ProtoReflect.Descriptor instead.
 func (*WatchInstancesResponse) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{20}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WatchInstancesResponse) GetInstance() *Instance {
@@ -1371,7 +1491,7 @@ type ListInstanceStatsRequest struct {
 
 func (x *ListInstanceStatsRequest) Reset() {
 	*x = ListInstanceStatsRequest{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[21]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1383,7 +1503,7 @@ func (x *ListInstanceStatsRequest) String() string {
 func (*ListInstanceStatsRequest) ProtoMessage() {}
 
 func (x *ListInstanceStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[21]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1396,7 +1516,7 @@ func (x *ListInstanceStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstanceStatsRequest.ProtoReflect.Descriptor instead.
 func (*ListInstanceStatsRequest) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{21}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListInstanceStatsRequest) GetLabelSelector() map[string]string {
@@ -1415,7 +1535,7 @@ type ListInstanceStatsResponse struct {
 
 func (x *ListInstanceStatsResponse) Reset() {
 	*x = ListInstanceStatsResponse{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[22]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1427,7 +1547,7 @@ func (x *ListInstanceStatsResponse) String() string {
 func (*ListInstanceStatsResponse) ProtoMessage() {}
 
 func (x *ListInstanceStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[22]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1440,7 +1560,7 @@ func (x *ListInstanceStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstanceStatsResponse.ProtoReflect.Descriptor instead.
 func (*ListInstanceStatsResponse) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{22}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListInstanceStatsResponse) GetStats() []*InstanceStats {
@@ -1474,7 +1594,7 @@ type InstanceStats struct {
 
 func (x *InstanceStats) Reset() {
 	*x = InstanceStats{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[23]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1486,7 +1606,7 @@ func (x *InstanceStats) String() string {
 func (*InstanceStats) ProtoMessage() {}
 
 func (x *InstanceStats) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[23]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1499,7 +1619,7 @@ func (x *InstanceStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceStats.ProtoReflect.Descriptor instead.
 func (*InstanceStats) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{23}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *InstanceStats) GetInstanceId() string {
@@ -1595,7 +1715,7 @@ const file_wasmlet_executor_v1_executor_proto_rawDesc = "" +
 	"finishedAt\x12\x1a\n" +
 	"\bsequence\x18\n" +
 	" \x01(\x04R\bsequence\"\x10\n" +
-	"\x0eGetInfoRequest\"\xd7\x02\n" +
+	"\x0eGetInfoRequest\"\x9b\x03\n" +
 	"\x0fGetInfoResponse\x12\x16\n" +
 	"\x06engine\x18\x01 \x01(\tR\x06engine\x12%\n" +
 	"\x0eengine_version\x18\x02 \x01(\tR\rengineVersion\x12\x0e\n" +
@@ -1607,7 +1727,19 @@ const file_wasmlet_executor_v1_executor_proto_rawDesc = "" +
 	"executorId\x12G\n" +
 	"\n" +
 	"cpu_limits\x18\b \x01(\x0e2(.wasmlet.executor.v1.CpuLimitEnforcementR\tcpuLimits\x124\n" +
-	"\x16cpu_limits_description\x18\t \x01(\tR\x14cpuLimitsDescription\"t\n" +
+	"\x16cpu_limits_description\x18\t \x01(\tR\x14cpuLimitsDescription\x12B\n" +
+	"\vconfinement\x18\n" +
+	" \x01(\v2 .wasmlet.executor.v1.ConfinementR\vconfinement\"\x95\x02\n" +
+	"\vConfinement\x12 \n" +
+	"\fno_new_privs\x18\x01 \x01(\bR\n" +
+	"noNewPrivs\x12\x18\n" +
+	"\aseccomp\x18\x02 \x01(\bR\aseccomp\x12!\n" +
+	"\flandlock_abi\x18\x03 \x01(\x05R\vlandlockAbi\x126\n" +
+	"\x17landlock_missing_reason\x18\x04 \x01(\tR\x15landlockMissingReason\x12\x10\n" +
+	"\x03uid\x18\x05 \x01(\rR\x03uid\x12\x10\n" +
+	"\x03gid\x18\x06 \x01(\rR\x03gid\x12)\n" +
+	"\x10network_isolated\x18\a \x01(\bR\x0fnetworkIsolated\x12 \n" +
+	"\vdescription\x18\b \x01(\tR\vdescription\"t\n" +
 	"\x15CreateInstanceRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x125\n" +
 	"\x04spec\x18\x02 \x01(\v2!.wasmlet.executor.v1.InstanceSpecR\x04spec\x12\x14\n" +
@@ -1699,7 +1831,7 @@ func file_wasmlet_executor_v1_executor_proto_rawDescGZIP() []byte {
 }
 
 var file_wasmlet_executor_v1_executor_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_wasmlet_executor_v1_executor_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_wasmlet_executor_v1_executor_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_wasmlet_executor_v1_executor_proto_goTypes = []any{
 	(InstanceState)(0),                // 0: wasmlet.executor.v1.InstanceState
 	(CpuLimitEnforcement)(0),          // 1: wasmlet.executor.v1.CpuLimitEnforcement
@@ -1710,78 +1842,80 @@ var file_wasmlet_executor_v1_executor_proto_goTypes = []any{
 	(*Instance)(nil),                  // 6: wasmlet.executor.v1.Instance
 	(*GetInfoRequest)(nil),            // 7: wasmlet.executor.v1.GetInfoRequest
 	(*GetInfoResponse)(nil),           // 8: wasmlet.executor.v1.GetInfoResponse
-	(*CreateInstanceRequest)(nil),     // 9: wasmlet.executor.v1.CreateInstanceRequest
-	(*CreateInstanceResponse)(nil),    // 10: wasmlet.executor.v1.CreateInstanceResponse
-	(*StartInstanceRequest)(nil),      // 11: wasmlet.executor.v1.StartInstanceRequest
-	(*StartInstanceResponse)(nil),     // 12: wasmlet.executor.v1.StartInstanceResponse
-	(*StopInstanceRequest)(nil),       // 13: wasmlet.executor.v1.StopInstanceRequest
-	(*StopInstanceResponse)(nil),      // 14: wasmlet.executor.v1.StopInstanceResponse
-	(*DeleteInstanceRequest)(nil),     // 15: wasmlet.executor.v1.DeleteInstanceRequest
-	(*DeleteInstanceResponse)(nil),    // 16: wasmlet.executor.v1.DeleteInstanceResponse
-	(*GetInstanceRequest)(nil),        // 17: wasmlet.executor.v1.GetInstanceRequest
-	(*GetInstanceResponse)(nil),       // 18: wasmlet.executor.v1.GetInstanceResponse
-	(*ListInstancesRequest)(nil),      // 19: wasmlet.executor.v1.ListInstancesRequest
-	(*ListInstancesResponse)(nil),     // 20: wasmlet.executor.v1.ListInstancesResponse
-	(*WatchInstancesRequest)(nil),     // 21: wasmlet.executor.v1.WatchInstancesRequest
-	(*WatchInstancesResponse)(nil),    // 22: wasmlet.executor.v1.WatchInstancesResponse
-	(*ListInstanceStatsRequest)(nil),  // 23: wasmlet.executor.v1.ListInstanceStatsRequest
-	(*ListInstanceStatsResponse)(nil), // 24: wasmlet.executor.v1.ListInstanceStatsResponse
-	(*InstanceStats)(nil),             // 25: wasmlet.executor.v1.InstanceStats
-	nil,                               // 26: wasmlet.executor.v1.InstanceSpec.LabelsEntry
-	nil,                               // 27: wasmlet.executor.v1.ListInstancesRequest.LabelSelectorEntry
-	nil,                               // 28: wasmlet.executor.v1.ListInstanceStatsRequest.LabelSelectorEntry
-	nil,                               // 29: wasmlet.executor.v1.InstanceStats.LabelsEntry
-	(*timestamppb.Timestamp)(nil),     // 30: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 31: google.protobuf.Duration
+	(*Confinement)(nil),               // 9: wasmlet.executor.v1.Confinement
+	(*CreateInstanceRequest)(nil),     // 10: wasmlet.executor.v1.CreateInstanceRequest
+	(*CreateInstanceResponse)(nil),    // 11: wasmlet.executor.v1.CreateInstanceResponse
+	(*StartInstanceRequest)(nil),      // 12: wasmlet.executor.v1.StartInstanceRequest
+	(*StartInstanceResponse)(nil),     // 13: wasmlet.executor.v1.StartInstanceResponse
+	(*StopInstanceRequest)(nil),       // 14: wasmlet.executor.v1.StopInstanceRequest
+	(*StopInstanceResponse)(nil),      // 15: wasmlet.executor.v1.StopInstanceResponse
+	(*DeleteInstanceRequest)(nil),     // 16: wasmlet.executor.v1.DeleteInstanceRequest
+	(*DeleteInstanceResponse)(nil),    // 17: wasmlet.executor.v1.DeleteInstanceResponse
+	(*GetInstanceRequest)(nil),        // 18: wasmlet.executor.v1.GetInstanceRequest
+	(*GetInstanceResponse)(nil),       // 19: wasmlet.executor.v1.GetInstanceResponse
+	(*ListInstancesRequest)(nil),      // 20: wasmlet.executor.v1.ListInstancesRequest
+	(*ListInstancesResponse)(nil),     // 21: wasmlet.executor.v1.ListInstancesResponse
+	(*WatchInstancesRequest)(nil),     // 22: wasmlet.executor.v1.WatchInstancesRequest
+	(*WatchInstancesResponse)(nil),    // 23: wasmlet.executor.v1.WatchInstancesResponse
+	(*ListInstanceStatsRequest)(nil),  // 24: wasmlet.executor.v1.ListInstanceStatsRequest
+	(*ListInstanceStatsResponse)(nil), // 25: wasmlet.executor.v1.ListInstanceStatsResponse
+	(*InstanceStats)(nil),             // 26: wasmlet.executor.v1.InstanceStats
+	nil,                               // 27: wasmlet.executor.v1.InstanceSpec.LabelsEntry
+	nil,                               // 28: wasmlet.executor.v1.ListInstancesRequest.LabelSelectorEntry
+	nil,                               // 29: wasmlet.executor.v1.ListInstanceStatsRequest.LabelSelectorEntry
+	nil,                               // 30: wasmlet.executor.v1.InstanceStats.LabelsEntry
+	(*timestamppb.Timestamp)(nil),     // 31: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 32: google.protobuf.Duration
 }
 var file_wasmlet_executor_v1_executor_proto_depIdxs = []int32{
 	3,  // 0: wasmlet.executor.v1.InstanceSpec.module:type_name -> wasmlet.executor.v1.Module
 	5,  // 1: wasmlet.executor.v1.InstanceSpec.env:type_name -> wasmlet.executor.v1.EnvVar
 	2,  // 2: wasmlet.executor.v1.InstanceSpec.preopens:type_name -> wasmlet.executor.v1.Preopen
-	26, // 3: wasmlet.executor.v1.InstanceSpec.labels:type_name -> wasmlet.executor.v1.InstanceSpec.LabelsEntry
+	27, // 3: wasmlet.executor.v1.InstanceSpec.labels:type_name -> wasmlet.executor.v1.InstanceSpec.LabelsEntry
 	4,  // 4: wasmlet.executor.v1.Instance.spec:type_name -> wasmlet.executor.v1.InstanceSpec
 	0,  // 5: wasmlet.executor.v1.Instance.state:type_name -> wasmlet.executor.v1.InstanceState
-	30, // 6: wasmlet.executor.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
-	30, // 7: wasmlet.executor.v1.Instance.started_at:type_name -> google.protobuf.Timestamp
-	30, // 8: wasmlet.executor.v1.Instance.finished_at:type_name -> google.protobuf.Timestamp
+	31, // 6: wasmlet.executor.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
+	31, // 7: wasmlet.executor.v1.Instance.started_at:type_name -> google.protobuf.Timestamp
+	31, // 8: wasmlet.executor.v1.Instance.finished_at:type_name -> google.protobuf.Timestamp
 	1,  // 9: wasmlet.executor.v1.GetInfoResponse.cpu_limits:type_name -> wasmlet.executor.v1.CpuLimitEnforcement
-	4,  // 10: wasmlet.executor.v1.CreateInstanceRequest.spec:type_name -> wasmlet.executor.v1.InstanceSpec
-	6,  // 11: wasmlet.executor.v1.CreateInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
-	6,  // 12: wasmlet.executor.v1.StartInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
-	31, // 13: wasmlet.executor.v1.StopInstanceRequest.grace_period:type_name -> google.protobuf.Duration
-	6,  // 14: wasmlet.executor.v1.StopInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
-	6,  // 15: wasmlet.executor.v1.GetInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
-	27, // 16: wasmlet.executor.v1.ListInstancesRequest.label_selector:type_name -> wasmlet.executor.v1.ListInstancesRequest.LabelSelectorEntry
-	6,  // 17: wasmlet.executor.v1.ListInstancesResponse.instances:type_name -> wasmlet.executor.v1.Instance
-	6,  // 18: wasmlet.executor.v1.WatchInstancesResponse.instance:type_name -> wasmlet.executor.v1.Instance
-	28, // 19: wasmlet.executor.v1.ListInstanceStatsRequest.label_selector:type_name -> wasmlet.executor.v1.ListInstanceStatsRequest.LabelSelectorEntry
-	25, // 20: wasmlet.executor.v1.ListInstanceStatsResponse.stats:type_name -> wasmlet.executor.v1.InstanceStats
-	0,  // 21: wasmlet.executor.v1.InstanceStats.state:type_name -> wasmlet.executor.v1.InstanceState
-	29, // 22: wasmlet.executor.v1.InstanceStats.labels:type_name -> wasmlet.executor.v1.InstanceStats.LabelsEntry
-	30, // 23: wasmlet.executor.v1.InstanceStats.time:type_name -> google.protobuf.Timestamp
-	7,  // 24: wasmlet.executor.v1.ExecutorService.GetInfo:input_type -> wasmlet.executor.v1.GetInfoRequest
-	9,  // 25: wasmlet.executor.v1.ExecutorService.CreateInstance:input_type -> wasmlet.executor.v1.CreateInstanceRequest
-	11, // 26: wasmlet.executor.v1.ExecutorService.StartInstance:input_type -> wasmlet.executor.v1.StartInstanceRequest
-	13, // 27: wasmlet.executor.v1.ExecutorService.StopInstance:input_type -> wasmlet.executor.v1.StopInstanceRequest
-	15, // 28: wasmlet.executor.v1.ExecutorService.DeleteInstance:input_type -> wasmlet.executor.v1.DeleteInstanceRequest
-	17, // 29: wasmlet.executor.v1.ExecutorService.GetInstance:input_type -> wasmlet.executor.v1.GetInstanceRequest
-	19, // 30: wasmlet.executor.v1.ExecutorService.ListInstances:input_type -> wasmlet.executor.v1.ListInstancesRequest
-	21, // 31: wasmlet.executor.v1.ExecutorService.WatchInstances:input_type -> wasmlet.executor.v1.WatchInstancesRequest
-	23, // 32: wasmlet.executor.v1.ExecutorService.ListInstanceStats:input_type -> wasmlet.executor.v1.ListInstanceStatsRequest
-	8,  // 33: wasmlet.executor.v1.ExecutorService.GetInfo:output_type -> wasmlet.executor.v1.GetInfoResponse
-	10, // 34: wasmlet.executor.v1.ExecutorService.CreateInstance:output_type -> wasmlet.executor.v1.CreateInstanceResponse
-	12, // 35: wasmlet.executor.v1.ExecutorService.StartInstance:output_type -> wasmlet.executor.v1.StartInstanceResponse
-	14, // 36: wasmlet.executor.v1.ExecutorService.StopInstance:output_type -> wasmlet.executor.v1.StopInstanceResponse
-	16, // 37: wasmlet.executor.v1.ExecutorService.DeleteInstance:output_type -> wasmlet.executor.v1.DeleteInstanceResponse
-	18, // 38: wasmlet.executor.v1.ExecutorService.GetInstance:output_type -> wasmlet.executor.v1.GetInstanceResponse
-	20, // 39: wasmlet.executor.v1.ExecutorService.ListInstances:output_type -> wasmlet.executor.v1.ListInstancesResponse
-	22, // 40: wasmlet.executor.v1.ExecutorService.WatchInstances:output_type -> wasmlet.executor.v1.WatchInstancesResponse
-	24, // 41: wasmlet.executor.v1.ExecutorService.ListInstanceStats:output_type -> wasmlet.executor.v1.ListInstanceStatsResponse
-	33, // [33:42] is the sub-list for method output_type
-	24, // [24:33] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	9,  // 10: wasmlet.executor.v1.GetInfoResponse.confinement:type_name -> wasmlet.executor.v1.Confinement
+	4,  // 11: wasmlet.executor.v1.CreateInstanceRequest.spec:type_name -> wasmlet.executor.v1.InstanceSpec
+	6,  // 12: wasmlet.executor.v1.CreateInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
+	6,  // 13: wasmlet.executor.v1.StartInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
+	32, // 14: wasmlet.executor.v1.StopInstanceRequest.grace_period:type_name -> google.protobuf.Duration
+	6,  // 15: wasmlet.executor.v1.StopInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
+	6,  // 16: wasmlet.executor.v1.GetInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
+	28, // 17: wasmlet.executor.v1.ListInstancesRequest.label_selector:type_name -> wasmlet.executor.v1.ListInstancesRequest.LabelSelectorEntry
+	6,  // 18: wasmlet.executor.v1.ListInstancesResponse.instances:type_name -> wasmlet.executor.v1.Instance
+	6,  // 19: wasmlet.executor.v1.WatchInstancesResponse.instance:type_name -> wasmlet.executor.v1.Instance
+	29, // 20: wasmlet.executor.v1.ListInstanceStatsRequest.label_selector:type_name -> wasmlet.executor.v1.ListInstanceStatsRequest.LabelSelectorEntry
+	26, // 21: wasmlet.executor.v1.ListInstanceStatsResponse.stats:type_name -> wasmlet.executor.v1.InstanceStats
+	0,  // 22: wasmlet.executor.v1.InstanceStats.state:type_name -> wasmlet.executor.v1.InstanceState
+	30, // 23: wasmlet.executor.v1.InstanceStats.labels:type_name -> wasmlet.executor.v1.InstanceStats.LabelsEntry
+	31, // 24: wasmlet.executor.v1.InstanceStats.time:type_name -> google.protobuf.Timestamp
+	7,  // 25: wasmlet.executor.v1.ExecutorService.GetInfo:input_type -> wasmlet.executor.v1.GetInfoRequest
+	10, // 26: wasmlet.executor.v1.ExecutorService.CreateInstance:input_type -> wasmlet.executor.v1.CreateInstanceRequest
+	12, // 27: wasmlet.executor.v1.ExecutorService.StartInstance:input_type -> wasmlet.executor.v1.StartInstanceRequest
+	14, // 28: wasmlet.executor.v1.ExecutorService.StopInstance:input_type -> wasmlet.executor.v1.StopInstanceRequest
+	16, // 29: wasmlet.executor.v1.ExecutorService.DeleteInstance:input_type -> wasmlet.executor.v1.DeleteInstanceRequest
+	18, // 30: wasmlet.executor.v1.ExecutorService.GetInstance:input_type -> wasmlet.executor.v1.GetInstanceRequest
+	20, // 31: wasmlet.executor.v1.ExecutorService.ListInstances:input_type -> wasmlet.executor.v1.ListInstancesRequest
+	22, // 32: wasmlet.executor.v1.ExecutorService.WatchInstances:input_type -> wasmlet.executor.v1.WatchInstancesRequest
+	24, // 33: wasmlet.executor.v1.ExecutorService.ListInstanceStats:input_type -> wasmlet.executor.v1.ListInstanceStatsRequest
+	8,  // 34: wasmlet.executor.v1.ExecutorService.GetInfo:output_type -> wasmlet.executor.v1.GetInfoResponse
+	11, // 35: wasmlet.executor.v1.ExecutorService.CreateInstance:output_type -> wasmlet.executor.v1.CreateInstanceResponse
+	13, // 36: wasmlet.executor.v1.ExecutorService.StartInstance:output_type -> wasmlet.executor.v1.StartInstanceResponse
+	15, // 37: wasmlet.executor.v1.ExecutorService.StopInstance:output_type -> wasmlet.executor.v1.StopInstanceResponse
+	17, // 38: wasmlet.executor.v1.ExecutorService.DeleteInstance:output_type -> wasmlet.executor.v1.DeleteInstanceResponse
+	19, // 39: wasmlet.executor.v1.ExecutorService.GetInstance:output_type -> wasmlet.executor.v1.GetInstanceResponse
+	21, // 40: wasmlet.executor.v1.ExecutorService.ListInstances:output_type -> wasmlet.executor.v1.ListInstancesResponse
+	23, // 41: wasmlet.executor.v1.ExecutorService.WatchInstances:output_type -> wasmlet.executor.v1.WatchInstancesResponse
+	25, // 42: wasmlet.executor.v1.ExecutorService.ListInstanceStats:output_type -> wasmlet.executor.v1.ListInstanceStatsResponse
+	34, // [34:43] is the sub-list for method output_type
+	25, // [25:34] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_wasmlet_executor_v1_executor_proto_init() }
@@ -1795,7 +1929,7 @@ func file_wasmlet_executor_v1_executor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wasmlet_executor_v1_executor_proto_rawDesc), len(file_wasmlet_executor_v1_executor_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   28,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

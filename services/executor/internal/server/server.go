@@ -36,6 +36,7 @@ type Server struct {
 
 	cpuLimits      executorv1.CpuLimitEnforcement
 	cpuLimitsWords string
+	confinement    *executorv1.Confinement
 }
 
 var _ executorv1.ExecutorServiceServer = (*Server)(nil)
@@ -80,6 +81,7 @@ func (s *Server) GetInfo(context.Context, *executorv1.GetInfoRequest) (*executor
 		ExecutorId:           s.mgr.ExecutorID(),
 		CpuLimits:            s.cpuLimits,
 		CpuLimitsDescription: s.cpuLimitsWords,
+		Confinement:          s.confinement,
 	}, nil
 }
 
