@@ -59,6 +59,17 @@
 // compiles and the shared store's hits, misses, corrupt and refused
 // entries and puts.
 //
+// The executor confines itself (internal/confine), unless
+// --confine=false: no_new_privs, a seccomp allow-list of the system calls
+// its engines make, and Landlock, where the kernel has it, limiting the
+// file system to --state-dir, its socket's directory, --mount-root and
+// each --landlock-rw (read-write) and to what it must read. With
+// --run-as-user/--run-as-group it drops to that user first (it must then
+// be able to write --state-dir, given to it, and its socket's
+// directory); with --isolate-network it has a network namespace of its
+// own with no interfaces (unix sockets only: no --nats, no TCP). GetInfo
+// (confinement) says what applies on this host.
+//
 // The NATS token, if any, is read from WASMLET_NATS_TOKEN. On SIGINT or
 // SIGTERM every instance is killed and the process exits.
 package main
@@ -74,6 +85,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -92,6 +104,7 @@ import (
 	"github.com/wasmlet/wasmlet/services/executor/internal/announce"
 	"github.com/wasmlet/wasmlet/services/executor/internal/artifactsign"
 	"github.com/wasmlet/wasmlet/services/executor/internal/artifactstore"
+	"github.com/wasmlet/wasmlet/services/executor/internal/confine"
 	"github.com/wasmlet/wasmlet/services/executor/internal/cpulimit"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/wasmtime"
@@ -121,6 +134,14 @@ type config struct {
 	// node agent dials, and how often.
 	flavour, node, advertise string
 	announcePeriod           time.Duration
+
+	// The process's confinement (--confine, --run-as-*, --landlock-rw,
+	// --isolate-network).
+	confine               bool
+	runAsUser, runAsGroup string
+	landlockRW            []string
+	isolateNetwork        bool
+	confineCheck          bool
 }
 
 func main() {
@@ -129,6 +150,11 @@ func main() {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "executor:", err)
 		os.Exit(2)
+	}
+	confined, err := confineSelf(cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "executor:", err)
+		os.Exit(1)
 	}
 	cfg.natsToken = os.Getenv("WASMLET_NATS_TOKEN")
 	gcpercent.Set()
@@ -139,7 +165,14 @@ func main() {
 	defer stopProfile()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, cfg, log); err != nil {
+	if cfg.confineCheck {
+		// What an escaped module would meet, on this host, with these flags.
+		fmt.Println("confinement:", confined.String())
+		confine.Check(os.Stdout, cfg.stateDir)
+		return
+	}
+	log.Info("executor confinement", "confinement", confined.String())
+	if err := run(ctx, cfg, confined, log); err != nil {
 		stopProfile()
 		log.Error("executor failed", "error", err)
 		os.Exit(1)
@@ -168,6 +201,18 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&cfg.node, "node", strings.ToLower(host), "name of the node whose agent this executor serves (announced with --nats)")
 	fs.StringVar(&cfg.advertise, "advertise-address", "", "gRPC address announced to the node agent (default: --listen)")
 	fs.DurationVar(&cfg.announcePeriod, "announce-period", announce.DefaultPeriod, "how often the executor announces itself on NATS")
+	fs.BoolVar(&cfg.confine, "confine", runtime.GOOS == "linux", "confine the process: no_new_privs, a seccomp allow-list, Landlock where the kernel has it (Linux)")
+	fs.StringVar(&cfg.runAsUser, "run-as-user", "", "user (name or uid) to run as, dropped to at start (needs root)")
+	fs.StringVar(&cfg.runAsGroup, "run-as-group", "", "group (name or gid) to run as (default: --run-as-user's primary group)")
+	fs.Func("landlock-rw", "directory the executor may read and write under Landlock beyond --state-dir, its socket's and --mount-root (repeatable; e.g. hostPath roots)", func(p string) error {
+		if !filepath.IsAbs(p) {
+			return fmt.Errorf("%q is not an absolute path", p)
+		}
+		cfg.landlockRW = append(cfg.landlockRW, p)
+		return nil
+	})
+	fs.BoolVar(&cfg.confineCheck, "confine-check", false, "confine the process as the other flags say, try what an escaped module might (ptrace, mount, execve, netlink, files outside), print what happened, and exit")
+	fs.BoolVar(&cfg.isolateNetwork, "isolate-network", false, "run in a network namespace of its own with no interfaces (needs root; unix:// --listen and --registry, no --nats or --metrics-listen)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -201,6 +246,16 @@ func parseFlags(args []string) (config, error) {
 	if cfg.announcePeriod <= 0 {
 		return cfg, errors.New("--announce-period must be positive")
 	}
+	if cfg.isolateNetwork {
+		for _, a := range []string{cfg.listen, cfg.registry} {
+			if network, _, _ := grpcutil.Split(a); network != "unix" {
+				return cfg, fmt.Errorf("--isolate-network: %s is not a unix socket; an executor without a network reaches only unix sockets", a)
+			}
+		}
+		if cfg.nats != "" || cfg.metricsListen != "" {
+			return cfg, errors.New("--isolate-network: --nats and --metrics-listen need a network")
+		}
+	}
 	return cfg, nil
 }
 
@@ -216,7 +271,47 @@ func unspecifiedHost(addr string) bool {
 	return host == "" || (ip != nil && ip.IsUnspecified())
 }
 
-func run(ctx context.Context, cfg config, log *slog.Logger) error {
+// confineSelf confines the process as the flags say (see
+// internal/confine): the first call execve's the executor again, confined.
+func confineSelf(cfg config) (confine.Status, error) {
+	c := confine.Config{
+		ReadWrite:      append([]string{cfg.stateDir}, cfg.landlockRW...),
+		Own:            []string{cfg.stateDir},
+		User:           cfg.runAsUser,
+		Group:          cfg.runAsGroup,
+		IsolateNetwork: cfg.isolateNetwork,
+		Landlock:       cfg.confine,
+		Seccomp:        cfg.confine,
+	}
+	if network, path, _ := grpcutil.Split(cfg.listen); network == "unix" {
+		c.ReadWrite = append(c.ReadWrite, filepath.Dir(path))
+	}
+	if network, path, _ := grpcutil.Split(cfg.registry); network == "unix" {
+		c.Connect = append(c.Connect, filepath.Dir(path))
+	}
+	if cfg.cpuCgroup != "" {
+		c.ReadWrite = append(c.ReadWrite, cfg.cpuCgroup)
+	}
+	if d := os.Getenv(profiling.EnvDir); d != "" {
+		c.ReadWrite = append(c.ReadWrite, d)
+	}
+	if f := cfg.artifactKeyFile; f != "" {
+		if _, err := os.Stat(f); err == nil {
+			c.ReadOnly = append(c.ReadOnly, f)
+		} else {
+			c.ReadWrite = append(c.ReadWrite, filepath.Dir(f)) // it creates the key
+		}
+	}
+	for _, f := range []string{cfg.tls.CertFile, cfg.tls.KeyFile, cfg.tls.CAFile, cfg.registryTLS.CertFile, cfg.registryTLS.KeyFile, cfg.registryTLS.CAFile} {
+		if f != "" {
+			// The directory: files rotated by rename are new inodes.
+			c.ReadOnly = append(c.ReadOnly, filepath.Dir(f))
+		}
+	}
+	return confine.Apply(c)
+}
+
+func run(ctx context.Context, cfg config, confined confine.Status, log *slog.Logger) error {
 	var cpu engine.ThreadLimiter
 	cpuWords := "not enforced: the executor has no --cpu-cgroup"
 	if cfg.cpuCgroup != "" {
@@ -299,7 +394,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	executorv1.RegisterExecutorServiceServer(srv, server.New(mgr, eng, server.WithCPULimits(cpu != nil, cpuWords)))
+	executorv1.RegisterExecutorServiceServer(srv, server.New(mgr, eng, server.WithCPULimits(cpu != nil, cpuWords), server.WithConfinement(confined)))
 	log.Info("executor serving", "listen", cfg.listen, "mutual_tls", cfg.tls.Enabled(), "id", cfg.id, "engine", eng.Name(), "engine_version", eng.Version())
 	stopAnnouncing, err := startAnnouncer(ctx, cfg, nc, mgr, eng, cpu != nil, log)
 	if err != nil {

@@ -19,7 +19,7 @@ var allowed = []string{
 	"futex", "nanosleep", "read", "write", "mprotect", "sched_yield", "epoll_pwait", "getpid", "rt_sigreturn",
 	"mmap", "munmap", "madvise", "mremap", "brk", "rt_sigaction", "rt_sigprocmask", "sigaltstack", "fcntl",
 	"close", "gettid", "set_robust_list", "rseq", "set_tid_address", "arch_prctl", "sched_getaffinity",
-	"getrandom", "eventfd2", "epoll_ctl", "epoll_create1", "epoll_wait", "ppoll", "clock_gettime",
+	"getrandom", "eventfd2", "pipe2", "epoll_ctl", "epoll_create1", "epoll_wait", "ppoll", "clock_gettime",
 	"prlimit64", "uname", "getuid", "getgid", "geteuid", "getegid", "exit", "exit_group",
 	"restart_syscall",                         // the kernel's, after a signal interrupts a sleep
 	"poll", "clock_nanosleep", "clock_getres", // WASI poll_oneoff, clock_res_get
@@ -52,6 +52,12 @@ const fionbio = 0x5421
 // prctls: thread names (Rust's threads in wasmtime) and names of
 // anonymous mappings (the Go runtime).
 var prctls = []uint64{unix.PR_SET_NAME, unix.PR_GET_NAME, unix.PR_SET_VMA}
+
+// EnvAudit, set in the executor's environment, lets the calls the
+// filter would refuse through and has the kernel log them (dmesg,
+// "audit: type=1326 ... syscall=N"): to find what a new kernel, libc or
+// engine needs before the allow-list refuses it. Not for production.
+const EnvAudit = "WASMLET_SECCOMP_AUDIT"
 
 // clone flags that make namespaces: an escaped module must not build
 // itself a user namespace (and the root there) to reach more of the
@@ -86,8 +92,12 @@ func policy() seccomp.Policy {
 			{Argument: 0, Operation: seccomp.Equal, Value: option},
 		}})
 	}
+	deny := seccomp.ActionErrno
+	if os.Getenv(EnvAudit) != "" {
+		deny = seccomp.ActionLog
+	}
 	return seccomp.Policy{
-		DefaultAction: seccomp.ActionErrno,
+		DefaultAction: deny,
 		Syscalls: []seccomp.SyscallGroup{
 			{Action: seccomp.ActionAllow, Names: allowed},
 			{Action: seccomp.ActionAllow, NamesWithCondtions: append(conditional, ownThreads, seccomp.NameWithConditions{
