@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -15,7 +17,8 @@ import (
 // should refuse an escaped module, and one thing it must allow (a file
 // written in writable, a directory of Config.ReadWrite). It writes one
 // line per attempt, "name: ok" or "name: ERRNO", e.g. "mount: EPERM",
-// and returns the results by name.
+// and returns the results by name. With WASMLET_CONFINE_CHECK_DIAL set
+// to host:port it also dials that address over TCP ("dial").
 func Check(w io.Writer, writable string) map[string]string {
 	out := map[string]string{}
 	try := func(name string, err error) {
@@ -51,6 +54,17 @@ func Check(w io.Writer, writable string) map[string]string {
 	try("execve", err)
 	try("read-etc-passwd", readErr("/etc/passwd"))
 	try("read-own-binary", readErr("/proc/self/exe"))
+	if addr := os.Getenv("WASMLET_CONFINE_CHECK_DIAL"); addr != "" {
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if err == nil {
+			c.Close()
+		}
+		var se *os.SyscallError
+		if errors.As(err, &se) {
+			err = se.Err
+		}
+		try("dial", err)
+	}
 	p := filepath.Join(writable, ".confine-check")
 	err = os.WriteFile(p, []byte("ok"), 0o600)
 	if err == nil {

@@ -80,7 +80,7 @@ func (s Status) String() string {
 		parts = append(parts, "no Landlock: "+s.LandlockWhy)
 	}
 	if s.NetworkIsolated {
-		parts = append(parts, "own network namespace (no interfaces)")
+		parts = append(parts, "own network namespace (no interface up)")
 	}
 	who := fmt.Sprintf("uid %d, gid %d", s.UID, s.GID)
 	if s.UID == 0 {
