@@ -18,16 +18,23 @@
 // Denied system calls fail with EPERM rather than killing the process: an
 // executor holds every pod of its flavour, and a call that the
 // measurement missed (a rare path of the Go runtime, of wasmtime or of a
-// WASI call) then becomes one failed call that is logged, not a node-wide
+// WASI call) then becomes one failed call (an error the executor logs or
+// returns), not a node-wide
 // restart. clone3 fails with ENOSYS so that glibc falls back to clone,
 // whose flags the filter can see (namespaces are refused).
 //
-// The allow-list (seccomp.go) was measured with
-// `strace -f -c -o FILE executor ...` over TestConfinedExecutor with
-// --confine=false (modules on both engines: compile, run, write, sleep,
-// kill, NATS, the registry cache), joined with the system calls that the
-// WASI host calls of both engines map to (path_*, fd_*, poll_oneoff,
-// sock_*), which the test modules do not all make.
+// The allow-list (seccomp_linux.go) was measured, not guessed: strace -f
+// of the executors of TestConfinedExecutor, unconfined, with fresh state
+// dirs (compile, run, sleep, kill, the registry cache), on both engines:
+//
+//	WASMLET_CONFINE_STRACE=/tmp/st WASMLET_CONFINE_TEST_FLAGS=--confine=false \
+//	    go test -run TestConfinedExecutor ./services/executor/internal/confine
+//
+// joined with the calls that WASI host calls map to (fd_*, path_*,
+// poll_oneoff, sock_*), which the test modules do not all make; then
+// checked confined, with strace (EPERM, EACCES) and with EnvAudit over
+// the executor's own process tests (which found pipe2: wasmtime's output
+// pipe when logs go to NATS).
 //
 // Usage, first thing in main, after the flags are parsed:
 //
