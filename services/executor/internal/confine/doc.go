@@ -19,9 +19,9 @@
 // executor holds every pod of its flavour, and a call that the
 // measurement missed (a rare path of the Go runtime, of wasmtime or of a
 // WASI call) then becomes one failed call (an error the executor logs or
-// returns), not a node-wide
-// restart. clone3 fails with ENOSYS so that glibc falls back to clone,
-// whose flags the filter can see (namespaces are refused).
+// returns), not a node-wide restart. clone3 fails with ENOSYS so that
+// glibc falls back to clone, whose flags the filter can see (namespaces
+// are refused).
 //
 // The allow-list (seccomp_linux.go) was measured, not guessed: strace -f
 // of the executors of TestConfinedExecutor, unconfined, with fresh state
