@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/elastic/go-seccomp-bpf/arch"
 	"golang.org/x/net/bpf"
 )
 
@@ -36,10 +37,13 @@ func TestStatusWords(t *testing.T) {
 	}
 }
 
-// TestPolicyAssembles: every name is a system call of this architecture,
-// none twice, and the program fits the kernel's 4096 instructions.
+// TestPolicyAssembles: the policy assembles (no name twice) and fits the
+// kernel's 4096 instructions, here and on arm64.
 func TestPolicyAssembles(t *testing.T) {
-	p := policy()
+	p, err := policy()
+	if err != nil {
+		t.Fatal(err)
+	}
 	insts, err := p.Assemble()
 	if err != nil {
 		t.Fatal(err)
@@ -59,4 +63,13 @@ func TestPolicyAssembles(t *testing.T) {
 		}
 	}
 	t.Logf("%d system calls allowed, %d instructions", len(allowed), len(raw))
+	arm64, err := arch.GetInfo("arm64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"ppoll", "renameat2", "openat", "clone3", "socket", "ioctl", "prctl", "tgkill", "epoll_pwait"} {
+		if _, ok := arm64.SyscallNames[n]; !ok {
+			t.Errorf("arm64 has no %s", n)
+		}
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"os"
 
 	seccomp "github.com/elastic/go-seccomp-bpf"
+	"github.com/elastic/go-seccomp-bpf/arch"
 	"golang.org/x/sys/unix"
 )
 
@@ -70,7 +71,7 @@ const namespaceFlags = unix.CLONE_NEWNS | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC 
 // and prctls above; clone3 fails
 // with ENOSYS (its flags are out of the filter's sight) so that glibc
 // falls back to clone; everything else fails with EPERM.
-func policy() seccomp.Policy {
+func policy() (seccomp.Policy, error) {
 	var conditional []seccomp.NameWithConditions
 	for _, family := range []uint64{unix.AF_UNIX, unix.AF_INET, unix.AF_INET6} {
 		conditional = append(conditional, seccomp.NameWithConditions{Name: "socket", Conditions: seccomp.ArgumentConditions{
@@ -96,10 +97,14 @@ func policy() seccomp.Policy {
 	if os.Getenv(EnvAudit) != "" {
 		deny = seccomp.ActionLog
 	}
+	names, err := onThisArch(allowed)
+	if err != nil {
+		return seccomp.Policy{}, err
+	}
 	return seccomp.Policy{
 		DefaultAction: deny,
 		Syscalls: []seccomp.SyscallGroup{
-			{Action: seccomp.ActionAllow, Names: allowed},
+			{Action: seccomp.ActionAllow, Names: names},
 			{Action: seccomp.ActionAllow, NamesWithCondtions: append(conditional, ownThreads, seccomp.NameWithConditions{
 				Name: "clone", Conditions: seccomp.ArgumentConditions{
 					{Argument: 0, Operation: seccomp.BitsNotSet, Value: namespaceFlags},
@@ -108,14 +113,33 @@ func policy() seccomp.Policy {
 			// ActionErrno is EPERM; the errno is the action's low bits.
 			{Action: seccomp.ActionErrno | seccomp.Action(unix.ENOSYS), Names: []string{"clone3"}},
 		},
+	}, nil
+}
+
+// onThisArch keeps the names this architecture has: arm64 has only the
+// newer of some pairs (ppoll, not poll; renameat2, not renameat).
+func onThisArch(names []string) ([]string, error) {
+	info, err := arch.GetInfo("")
+	if err != nil {
+		return nil, fmt.Errorf("confine: seccomp: %w", err)
 	}
+	var out []string
+	for _, n := range names {
+		if _, ok := info.SyscallNames[n]; ok {
+			out = append(out, n)
+		}
+	}
+	return out, nil
 }
 
 // loadSeccomp loads the policy on every thread of the process (TSYNC);
 // threads made later inherit it.
 func loadSeccomp() error {
-	err := seccomp.LoadFilter(seccomp.Filter{NoNewPrivs: true, Flag: seccomp.FilterFlagTSync, Policy: policy()})
+	p, err := policy()
 	if err != nil {
+		return err
+	}
+	if err := seccomp.LoadFilter(seccomp.Filter{NoNewPrivs: true, Flag: seccomp.FilterFlagTSync, Policy: p}); err != nil {
 		return fmt.Errorf("confine: seccomp: %w", err)
 	}
 	return nil
