@@ -92,17 +92,32 @@ func (p *Pool) announced(ann *eventsv1.ExecutorAnnouncement, now time.Time) {
 		}
 		return
 	}
+	restarted := false
 	if e != nil {
 		e.mu.Lock()
-		restarted := ann.GetSequence() < e.ann.GetSequence() || ann.GetAddress() != e.Address || ann.GetFlavour() != e.Flavour
+		restarted = ann.GetSequence() < e.ann.GetSequence() || ann.GetAddress() != e.Address || ann.GetFlavour() != e.Flavour
 		e.mu.Unlock()
-		if restarted {
-			drops = append(drops, dropped{e, fmt.Sprintf("executor %s restarted; its instances were lost", e)})
-			delete(p.execs, id)
-			e = nil
+	}
+	// The client comes before any change: an announcement whose address
+	// cannot be dialled is refused whole, and gives up no replica it names
+	// or whose address it claims.
+	var ne *Executor
+	if restarted || (e == nil && !ann.GetLeaving()) {
+		var err error
+		if ne, err = p.dial(id, ann.GetFlavour(), ann.GetAddress(), false); err != nil {
+			p.warnUndialled(id, ann.GetAddress(), err)
+			return
 		}
 	}
+	if restarted {
+		drops = append(drops, dropped{e, fmt.Sprintf("executor %s restarted; its instances were lost", e)})
+		delete(p.execs, id)
+		e = nil
+	}
 	if ann.GetLeaving() {
+		if ne != nil {
+			ne.conn.Close()
+		}
 		if e != nil {
 			drops = append(drops, dropped{e, fmt.Sprintf("executor %s stopped; its instances ended with it", e)})
 			delete(p.execs, id)
@@ -116,19 +131,6 @@ func (p *Pool) announced(ann *eventsv1.ExecutorAnnouncement, now time.Time) {
 				delete(p.execs, old.ID)
 			}
 		}
-		ne, err := p.dial(id, ann.GetFlavour(), ann.GetAddress(), false)
-		if err != nil {
-			// Said once per executor and address: it announces itself again every period.
-			key := id + " " + ann.GetAddress()
-			if _, said := p.undialled[key]; !said {
-				if p.undialled == nil {
-					p.undialled = map[string]struct{}{}
-				}
-				p.undialled[key] = struct{}{}
-				p.cfg.Log.Warn("announced executor cannot be dialled; pods do not run on it", "executor", id, "address", ann.GetAddress(), "err", err)
-			}
-			return
-		}
 		e = ne
 		p.execs[id] = e
 		close(p.changed)
@@ -140,6 +142,20 @@ func (p *Pool) announced(ann *eventsv1.ExecutorAnnouncement, now time.Time) {
 	e.mu.Lock()
 	e.ann, e.seen = ann, now
 	e.mu.Unlock()
+}
+
+// warnUndialled says, once per executor and address (it announces itself
+// again every period), that an announced executor is not used; p.mu is held.
+func (p *Pool) warnUndialled(id, addr string, err error) {
+	key := id + " " + addr
+	if _, said := p.undialled[key]; said {
+		return
+	}
+	if p.undialled == nil {
+		p.undialled = map[string]struct{}{}
+	}
+	p.undialled[key] = struct{}{}
+	p.cfg.Log.Warn("announced executor cannot be dialled; pods do not run on it", "executor", id, "address", addr, "err", err)
 }
 
 // reclaim force-deletes every instance of a replica that came back after
