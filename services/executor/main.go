@@ -140,8 +140,10 @@ type config struct {
 	confine               bool
 	runAsUser, runAsGroup string
 	landlockRW            []string
-	isolateNetwork        bool
-	confineCheck          bool
+	// mountRoots hold every preopen (--mount-root).
+	mountRoots     []string
+	isolateNetwork bool
+	confineCheck   bool
 }
 
 func main() {
@@ -204,6 +206,13 @@ func parseFlags(args []string) (config, error) {
 	fs.BoolVar(&cfg.confine, "confine", runtime.GOOS == "linux", "confine the process: no_new_privs, a seccomp allow-list, Landlock where the kernel has it (Linux)")
 	fs.StringVar(&cfg.runAsUser, "run-as-user", "", "user (name or uid) to run as, dropped to at start (needs root)")
 	fs.StringVar(&cfg.runAsGroup, "run-as-group", "", "group (name or gid) to run as (default: --run-as-user's primary group)")
+	fs.Func("mount-root", "directory under which the host paths of instances' preopens must lie: the node agent's pod directory, and each hostPath root it allows (repeatable; a preopen elsewhere is refused, and with none every preopen is)", func(p string) error {
+		if !filepath.IsAbs(p) {
+			return fmt.Errorf("%q is not an absolute path", p)
+		}
+		cfg.mountRoots = append(cfg.mountRoots, filepath.Clean(p))
+		return nil
+	})
 	fs.Func("landlock-rw", "directory the executor may read and write under Landlock beyond --state-dir, its socket's and --mount-root (repeatable; e.g. hostPath roots)", func(p string) error {
 		if !filepath.IsAbs(p) {
 			return fmt.Errorf("%q is not an absolute path", p)
@@ -275,7 +284,7 @@ func unspecifiedHost(addr string) bool {
 // internal/confine): the first call execve's the executor again, confined.
 func confineSelf(cfg config) (confine.Status, error) {
 	c := confine.Config{
-		ReadWrite:      append([]string{cfg.stateDir}, cfg.landlockRW...),
+		ReadWrite:      append(append([]string{cfg.stateDir}, cfg.mountRoots...), cfg.landlockRW...),
 		Own:            []string{cfg.stateDir},
 		User:           cfg.runAsUser,
 		Group:          cfg.runAsGroup,
@@ -371,6 +380,7 @@ func run(ctx context.Context, cfg config, confined confine.Status, log *slog.Log
 		JetStream:    js,
 		LogOutbox:    logOutbox,
 		MaxInstances: cfg.maxInstances,
+		MountRoots:   cfg.mountRoots,
 		Logger:       log,
 	})
 	if err != nil {
