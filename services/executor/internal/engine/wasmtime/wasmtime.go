@@ -214,10 +214,17 @@ type module struct {
 	wasmPath string
 	artifact string
 
-	mu       sync.Mutex // serialises prepare and verification
+	mu       sync.Mutex // guards the fields below
 	verified bool
 	size     int64
 	modTime  time.Time
+	pending  *flight // the ensure running for it, if any
+}
+
+// flight is one ensure of a module, which its callers wait for.
+type flight struct {
+	done chan struct{}
+	err  error // set before done is closed
 }
 
 func (m *module) Digest() string { return m.digest }
@@ -236,23 +243,60 @@ func (e *Engine) Prepare(ctx context.Context, digest, wasmPath string) (engine.M
 	}
 	e.mu.Unlock()
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	m.wasmPath = wasmPath
-	if err := e.ensure(ctx, m); err != nil {
+	m.mu.Unlock()
+	if _, err := e.ready(ctx, m); err != nil {
 		return nil, err
 	}
 	return m, nil
 }
 
-// ensure makes m's artifact present and verified. m.mu is held.
-func (e *Engine) ensure(ctx context.Context, m *module) error {
+// ready makes m's artifact present and verified and returns its stamp.
+// The work (verifying, fetching, compiling: see ensure) runs for one
+// caller of a module at a time, on a goroutine of its own: a caller whose
+// context ends stops waiting and gets ctx's error, while the work goes on
+// and leaves its result for the next caller (wasmtime cannot cancel a
+// compile). Callers that come meanwhile wait for the same work.
+func (e *Engine) ready(ctx context.Context, m *module) (stamp, error) {
+	m.mu.Lock()
 	if m.verified {
 		fi, err := os.Stat(m.artifact)
 		if err == nil && fi.Size() == m.size && fi.ModTime().Equal(m.modTime) {
-			return nil
+			m.mu.Unlock()
+			return stamp{m.size, m.modTime}, nil
 		}
 		m.verified = false
 	}
+	f := m.pending
+	if f == nil {
+		f = &flight{done: make(chan struct{})}
+		m.pending = f
+		wasmPath := m.wasmPath
+		go func() {
+			f.err = e.ensure(context.WithoutCancel(ctx), m, wasmPath)
+			m.mu.Lock()
+			m.pending = nil
+			m.mu.Unlock()
+			close(f.done)
+		}()
+	}
+	m.mu.Unlock()
+	select {
+	case <-f.done:
+	case <-ctx.Done():
+		return stamp{}, fmt.Errorf("prepare module %s: %w", m.digest, ctx.Err())
+	}
+	if f.err != nil {
+		return stamp{}, f.err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return stamp{m.size, m.modTime}, nil
+}
+
+// ensure makes m's artifact, found unverified, present and verified. It
+// runs for one caller at a time (ready); m.mu is not held.
+func (e *Engine) ensure(ctx context.Context, m *module, wasmPath string) error {
 	if err := verify(m.artifact); err == nil {
 		// The header must also suit this engine (same wasmtime, same Config).
 		if mod, err := wt.NewModuleDeserializeFile(e.compiler, m.artifact); err == nil {
@@ -270,7 +314,7 @@ func (e *Engine) ensure(ctx context.Context, m *module) error {
 	if e.fetchShared(ctx, m) {
 		return m.markVerified()
 	}
-	if err := e.compile(m); err != nil {
+	if err := e.compile(m, wasmPath); err != nil {
 		return err
 	}
 	return m.markVerified()
@@ -278,7 +322,7 @@ func (e *Engine) ensure(ctx context.Context, m *module) error {
 
 // fetchShared installs m's artifact from the shared store, if it has one
 // that is intact (size and sha256 as stored, checked by Artifacts.Fetch
-// before wasmtime reads it) and loadable by this engine. m.mu is held.
+// before wasmtime reads it) and loadable by this engine. Called by ensure.
 func (e *Engine) fetchShared(ctx context.Context, m *module) bool {
 	key := engine.ArtifactKey{ModuleDigest: m.digest, EngineKey: e.key}
 	tmp, sum, ok := e.artifacts.Fetch(ctx, key, e.dir)
@@ -308,6 +352,8 @@ func (m *module) markVerified() error {
 	if err != nil {
 		return fmt.Errorf("prepare module %s: %w", m.digest, err)
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	m.verified, m.size, m.modTime = true, fi.Size(), fi.ModTime()
 	return nil
 }
@@ -333,10 +379,10 @@ func verify(path string) error {
 	return nil
 }
 
-func (e *Engine) compile(m *module) error {
-	wasm, err := os.ReadFile(m.wasmPath)
+func (e *Engine) compile(m *module, wasmPath string) error {
+	wasm, err := os.ReadFile(wasmPath)
 	if err != nil {
-		return fmt.Errorf("prepare module %s: read %s: %w", m.digest, m.wasmPath, err)
+		return fmt.Errorf("prepare module %s: read %s: %w", m.digest, wasmPath, err)
 	}
 	e.compileMu.Lock()
 	mod, err := wt.NewModule(e.compiler, wasm)
@@ -403,10 +449,7 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 	if !ok {
 		return nil, fmt.Errorf("%w: module was not prepared by the wasmtime engine", engine.ErrInstantiate)
 	}
-	m.mu.Lock()
-	err := e.ensure(ctx, m)
-	st := stamp{m.size, m.modTime}
-	m.mu.Unlock()
+	st, err := e.ready(ctx, m)
 	if err != nil {
 		return nil, err
 	}

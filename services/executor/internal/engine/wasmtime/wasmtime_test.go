@@ -169,3 +169,7 @@ func BenchmarkNativeSleep(b *testing.B) {
 	b.StopTimer()
 	enginetest.ReportSleepCPU(b, enginetest.ProcessCPU()-c0)
 }
+
+func TestCompiles(t *testing.T) {
+	enginetest.RunCompiles(t, newTestEngine, 600) // ~5 s here
+}

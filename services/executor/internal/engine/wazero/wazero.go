@@ -15,8 +15,16 @@
 // process, and again when its size or modification time changed); an entry
 // that does not match, or has no sum, is removed, so wazero compiles the
 // module again and writes a fresh entry, whose sum is recorded then.
-// Compiles are serialised (each uses every core), which also keeps the
-// "new entries get a sum" step unambiguous. wazero keys an entry by the
+// Compiles that miss the cache run one at a time (each uses every core),
+// which also keeps the "new entries get a sum" step unambiguous; a load of
+// an entry the index names (a module compiled before, for this limit)
+// does not wait for them, so a start of a compiled module is not stalled
+// by another module's long compile. Waiting for a compile ends with the
+// caller's context, and so does the compile itself (wazero checks the
+// context between functions); one module's bytes are compiled by one
+// caller at a time. wazero compiles a miss on every core (its
+// experimental compilation workers, without which it would use one core
+// and not look at the context). wazero keys an entry by the
 // module, the host's CPU features, and (by directory) its version, arch and
 // OS, so an entry made on another host is never picked.
 //
@@ -51,8 +59,11 @@
 // with wasmtime, memory.grow past the limit fails (-1) rather than traps,
 // and an abnormal end with linear memory within oomHeadroom of the limit
 // is reported as OOMKilled. A module whose minimum memory is above the
-// limit fails to start. Runtimes and compiled modules live as long as the
-// engine: pods use few distinct limits.
+// limit fails to start. Runtimes (Config.MaxRuntimes) and compiled
+// modules (Config.MaxCompiled) are kept in least-recently-used order and
+// closed beyond their bound once idle: a runtime or compiled module in use
+// by a running instance, or by a compile, is counted and never closed
+// under it (so the bounds may be exceeded while that many are in use).
 //
 // Output: a module's fd_write reaches the sinks (Spec.Stdout, Stderr) in
 // writes of at most 64 KiB (maxSinkWrite), however large the write.
@@ -81,6 +92,7 @@ package wazero
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -91,6 +103,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	goruntime "runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -98,6 +111,7 @@ import (
 
 	wz "github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/experimental"
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 	"github.com/tetratelabs/wazero/sys"
 
@@ -131,7 +145,18 @@ type Config struct {
 	Shared engine.ArtifactStore
 	// Logger, if set, receives warnings about shared artifacts.
 	Logger *slog.Logger
+	// MaxRuntimes bounds the idle Runtimes kept, one per distinct memory
+	// limit (default 16).
+	MaxRuntimes int
+	// MaxCompiled bounds the idle compiled modules kept, over all
+	// Runtimes (default 64).
+	MaxCompiled int
 }
+
+const (
+	defaultMaxRuntimes = 16
+	defaultMaxCompiled = 64
+)
 
 // Engine is the wazero engine.Engine.
 type Engine struct {
@@ -145,12 +170,18 @@ type Engine struct {
 
 	artifacts *engine.Artifacts
 
-	compileMu sync.Mutex // one compile at a time; guards verified
-	verified  map[string]fileStamp
+	slot    engine.Slots     // compiles that miss the cache: one at a time
+	flights engine.KeyedLock // one compile of the same bytes at a time
 
-	mu       sync.Mutex
-	runtimes map[uint32]*runtime // by memory limit in pages
-	modules  map[string]*module  // by digest
+	cacheMu  sync.Mutex // guards verified, the cache's entries, sums and index
+	verified map[string]fileStamp
+
+	maxRuntimes, maxCompiled int
+
+	mu        sync.Mutex          // guards the fields below and those of runtimes and compiled
+	runtimes  map[uint32]*runtime // by memory limit in pages
+	ncompiled int                 // over all runtimes
+	clock     uint64              // the LRU's: ticks at each use
 }
 
 var _ engine.Engine = (*Engine)(nil)
@@ -161,13 +192,22 @@ type fileStamp struct {
 }
 
 // runtime is a wazero Runtime for one memory limit, with WASI in it and
-// the modules compiled for it.
+// the modules compiled for it. Its fields are guarded by Engine.mu.
 type runtime struct {
 	pages uint32
 	rt    wz.Runtime
 
-	mu       sync.Mutex
-	compiled map[string]wz.CompiledModule // by digest
+	refs     int                  // compiles and instances using it
+	used     uint64               // Engine.clock at its last use
+	compiled map[string]*compiled // by digest
+}
+
+// compiled is a module compiled in a runtime. Its fields are guarded by
+// Engine.mu.
+type compiled struct {
+	cm   wz.CompiledModule
+	refs int // instances and callers using it
+	used uint64
 }
 
 // New returns an engine caching compiled modules under cfg.CacheDir.
@@ -198,17 +238,19 @@ func New(cfg Config) (*Engine, error) {
 		return nil, fmt.Errorf("wazero engine: compilation cache: %w", err)
 	}
 	return &Engine{
-		version:   v,
-		key:       engine.EngineKey(name, v, configKey, features),
-		root:      root,
-		sums:      sums,
-		index:     index,
-		cache:     cache,
-		cpu:       cfg.CPU,
-		artifacts: engine.NewArtifacts(cfg.Shared, log),
-		verified:  map[string]fileStamp{},
-		runtimes:  map[uint32]*runtime{},
-		modules:   map[string]*module{},
+		version:     v,
+		key:         engine.EngineKey(name, v, configKey, features),
+		root:        root,
+		sums:        sums,
+		index:       index,
+		cache:       cache,
+		cpu:         cfg.CPU,
+		artifacts:   engine.NewArtifacts(cfg.Shared, log),
+		slot:        engine.NewSlots(1),
+		verified:    map[string]fileStamp{},
+		runtimes:    map[uint32]*runtime{},
+		maxRuntimes: cmp.Or(max(cfg.MaxRuntimes, 0), defaultMaxRuntimes),
+		maxCompiled: cmp.Or(max(cfg.MaxCompiled, 0), defaultMaxCompiled),
 	}, nil
 }
 
@@ -242,30 +284,34 @@ func (e *Engine) Prepare(ctx context.Context, digest, wasmPath string) (engine.M
 		return nil, fmt.Errorf("prepare module %q: want a digest sha256:<64 hex digits>", digest)
 	}
 	m := &module{digest: digest, wasmPath: wasmPath}
-	r, err := e.runtime(ctx, maxPages)
+	r, err := e.runtime(maxPages)
 	if err != nil {
 		return nil, err
 	}
-	cm, err := e.compile(ctx, r, m)
+	defer e.release(r, nil)
+	c, err := e.compile(ctx, r, m)
 	if err != nil {
 		return nil, err
 	}
-	if err := checkWASI(cm, digest); err != nil {
+	defer e.release(nil, c)
+	if err := checkWASI(c.cm, digest); err != nil {
 		return nil, err
 	}
-	e.mu.Lock()
-	e.modules[digest] = m
-	e.mu.Unlock()
 	return m, nil
 }
 
-// runtime returns the Runtime for a memory limit of pages.
-func (e *Engine) runtime(ctx context.Context, pages uint32) (*runtime, error) {
+// runtime returns the Runtime for a memory limit of pages, counted in use
+// until release.
+func (e *Engine) runtime(pages uint32) (*runtime, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.clock++
 	if r := e.runtimes[pages]; r != nil {
+		r.refs++
+		r.used = e.clock
 		return r, nil
 	}
+	ctx := context.Background() // the Runtime outlives the caller
 	cfg := wz.NewRuntimeConfig().
 		WithCompilationCache(e.cache).
 		WithMemoryLimitPages(pages).
@@ -275,18 +321,121 @@ func (e *Engine) runtime(ctx context.Context, pages uint32) (*runtime, error) {
 		rt.Close(ctx)
 		return nil, fmt.Errorf("%w: instantiate WASI: %v", engine.ErrInstantiate, err)
 	}
-	r := &runtime{pages: pages, rt: rt, compiled: map[string]wz.CompiledModule{}}
+	r := &runtime{pages: pages, rt: rt, refs: 1, used: e.clock, compiled: map[string]*compiled{}}
 	e.runtimes[pages] = r
+	e.evict()
 	return r, nil
 }
 
-// compile returns m compiled in r, from the verified cache or afresh.
-func (e *Engine) compile(ctx context.Context, r *runtime, m *module) (wz.CompiledModule, error) {
-	r.mu.Lock()
-	cm := r.compiled[m.digest]
-	r.mu.Unlock()
-	if cm != nil {
-		return cm, nil
+// release ends a use of r and of c (either may be nil) and closes what is
+// idle beyond the bounds.
+func (e *Engine) release(r *runtime, c *compiled) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if r != nil {
+		r.refs--
+	}
+	if c != nil {
+		c.refs--
+	}
+	e.evict()
+}
+
+// evict closes idle compiled modules, then idle runtimes, least recently
+// used first, until the bounds hold or all that is left is in use. e.mu
+// is held.
+func (e *Engine) evict() {
+	ctx := context.Background()
+	for e.ncompiled > e.maxCompiled {
+		var (
+			lr   *runtime
+			ld   string
+			lc   *compiled
+			seen bool
+		)
+		for _, r := range e.runtimes {
+			for d, c := range r.compiled {
+				if c.refs == 0 && (!seen || c.used < lc.used) {
+					lr, ld, lc, seen = r, d, c, true
+				}
+			}
+		}
+		if !seen {
+			break
+		}
+		lc.cm.Close(ctx)
+		delete(lr.compiled, ld)
+		e.ncompiled--
+	}
+	for len(e.runtimes) > e.maxRuntimes {
+		var lr *runtime
+		for _, r := range e.runtimes {
+			if r.refs == 0 && idle(r) && (lr == nil || r.used < lr.used) {
+				lr = r
+			}
+		}
+		if lr == nil {
+			break
+		}
+		for d, c := range lr.compiled {
+			c.cm.Close(ctx)
+			delete(lr.compiled, d)
+			e.ncompiled--
+		}
+		lr.rt.Close(ctx)
+		delete(e.runtimes, lr.pages)
+	}
+}
+
+// idle reports whether none of r's compiled modules is in use.
+func idle(r *runtime) bool {
+	for _, c := range r.compiled {
+		if c.refs > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// lookup returns m's compiled module in r, counted in use, or nil.
+func (e *Engine) lookup(r *runtime, digest string) *compiled {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c := r.compiled[digest]
+	if c != nil {
+		e.clock++
+		c.refs++
+		c.used = e.clock
+	}
+	return c
+}
+
+// keep records cm as m's compiled module in r (or, if another caller did
+// first, closes cm and takes that one), counted in use.
+func (e *Engine) keep(r *runtime, digest string, cm wz.CompiledModule) *compiled {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.clock++
+	c := r.compiled[digest]
+	if c != nil {
+		cm.Close(context.Background())
+	} else {
+		c = &compiled{cm: cm}
+		r.compiled[digest] = c
+		e.ncompiled++
+	}
+	c.refs++
+	c.used = e.clock
+	e.evict()
+	return c
+}
+
+// compile returns m compiled in r, counted in use until release: kept
+// from before, loaded from an entry the index names, or compiled (from
+// the verified cache, the shared store or afresh). r is in use.
+func (e *Engine) compile(ctx context.Context, r *runtime, m *module) (*compiled, error) {
+	if c := e.lookup(r, m.digest); c != nil {
+		return c, nil
 	}
 	wasm, err := os.ReadFile(m.wasmPath)
 	if err != nil {
@@ -302,9 +451,71 @@ func (e *Engine) compile(ctx context.Context, r *runtime, m *module) (wz.Compile
 	if err != nil {
 		return nil, fmt.Errorf("%w: module %s: %v of %d bytes; raise the limit", engine.ErrInstantiate, m.digest, err, int64(r.pages)*pageSize)
 	}
-	e.compileMu.Lock()
-	defer e.compileMu.Unlock()
+	// The index names entries by the sha256 of the bytes compiled: the
+	// module's digest unless its tables were capped.
+	sum := strings.TrimPrefix(m.digest, "sha256:")
+	if capped {
+		h := sha256.Sum256(wasm)
+		sum = hex.EncodeToString(h[:])
+	}
+	unlock, err := e.flights.Lock(ctx, sum)
+	if err != nil {
+		return nil, fmt.Errorf("prepare module %s: wait for its compile: %w", m.digest, err)
+	}
+	defer unlock()
+	if c := e.lookup(r, m.digest); c != nil {
+		return c, nil
+	}
+	cm, ok := e.load(ctx, r, sum, wasm)
+	if !ok {
+		cm, err = e.compileMiss(ctx, r, m, wasm, sum, capped)
+		if err != nil {
+			return nil, err
+		}
+	}
+	return e.keep(r, m.digest, cm), nil
+}
+
+// load compiles wasm in r when the index names a verified entry for its
+// bytes: wazero then loads that entry (or finds the module compiled in
+// memory) rather than compiling, and the caller need not wait for a
+// compile of another module. It reports false when there is no such
+// entry or wazero did not load it.
+func (e *Engine) load(ctx context.Context, r *runtime, sum string, wasm []byte) (wz.CompiledModule, bool) {
+	e.cacheMu.Lock()
+	defer e.cacheMu.Unlock()
+	b, err := os.ReadFile(filepath.Join(e.index, sum))
+	if err != nil {
+		return nil, false
+	}
+	entry := strings.TrimSpace(string(b))
+	st, ok := e.verified[entry]
+	_, dir, err := e.entries()
+	if !ok || err != nil || dir == "" || !validEntryName(entry) {
+		return nil, false
+	}
+	fi, err := os.Stat(filepath.Join(dir, entry))
+	if err != nil || (fileStamp{fi.Size(), fi.ModTime()}) != st {
+		return nil, false // changed on disk: the slow path verifies it again
+	}
+	cm, err := r.rt.CompileModule(ctx, wasm)
+	if err != nil {
+		return nil, false
+	}
+	return cm, true
+}
+
+// compileMiss compiles wasm in r holding the compile slot: from the
+// verified cache, the shared store, or afresh, recording the sum of the
+// entry wazero writes and the index entry for sum.
+func (e *Engine) compileMiss(ctx context.Context, r *runtime, m *module, wasm []byte, sum string, capped bool) (wz.CompiledModule, error) {
+	if err := e.slot.Acquire(ctx); err != nil {
+		return nil, fmt.Errorf("prepare module %s: wait for other compiles: %w", m.digest, err)
+	}
+	defer e.slot.Release()
+	e.cacheMu.Lock()
 	if err := e.verifyCache(); err != nil {
+		e.cacheMu.Unlock()
 		return nil, fmt.Errorf("prepare module %s: %w", m.digest, err)
 	}
 	key := engine.ArtifactKey{ModuleDigest: m.digest, EngineKey: e.key}
@@ -316,13 +527,23 @@ func (e *Engine) compile(ctx context.Context, r *runtime, m *module) (wz.Compile
 	if e.artifacts.Shared() && !capped && !e.haveEntry(m.digest) {
 		installed = e.fetchShared(ctx, key)
 	}
-	cm, err = r.rt.CompileModule(ctx, wasm)
-	if err != nil && installed != "" {
+	e.cacheMu.Unlock()
+	// Loads of entries the index names go on meanwhile; they write none.
+	// With workers, wazero compiles on every core and checks ctx between
+	// functions; with one (its default) it does neither.
+	ctx = experimental.WithCompilationWorkers(ctx, goruntime.GOMAXPROCS(0))
+	cm, err := r.rt.CompileModule(ctx, wasm)
+	e.cacheMu.Lock()
+	defer e.cacheMu.Unlock()
+	if err != nil && installed != "" && ctx.Err() == nil {
 		// The shared entry does not load: remove it and compile.
 		e.removeEntry(installed)
 		e.artifacts.Rejected(ctx, key, err)
 		installed = ""
 		cm, err = r.rt.CompileModule(ctx, wasm)
+	}
+	if err != nil && ctx.Err() != nil {
+		return nil, fmt.Errorf("prepare module %s: compile: %w", m.digest, ctx.Err())
 	}
 	if serr := e.recordSums(); serr != nil && err == nil {
 		err = serr
@@ -344,23 +565,23 @@ func (e *Engine) compile(ctx context.Context, r *runtime, m *module) (wz.Compile
 	if len(fresh) > 0 || err != nil {
 		e.artifacts.Compiled()
 	}
-	if err == nil && len(fresh) == 1 && !capped {
-		e.shareEntry(key, fresh[0])
+	if err == nil && len(fresh) == 1 {
+		if capped {
+			engine.WriteAtomic(filepath.Join(e.index, sum), []byte(fresh[0]+"\n"))
+		} else {
+			e.shareEntry(key, fresh[0])
+		}
 	}
 	if err != nil {
+		if cm != nil {
+			cm.Close(context.Background())
+		}
 		if r.pages != maxPages && strings.Contains(err.Error(), "memory") {
 			return nil, fmt.Errorf("%w: module %s does not fit the memory limit of %d pages (%d bytes): %s; raise the limit",
 				engine.ErrInstantiate, m.digest, r.pages, int64(r.pages)*pageSize, firstLine(err.Error()))
 		}
 		return nil, fmt.Errorf("%w: module %s does not compile: %s; check that it is a WebAssembly binary built for wasip1", engine.ErrModuleInvalid, m.digest, firstLine(err.Error()))
 	}
-	r.mu.Lock()
-	if prev := r.compiled[m.digest]; prev != nil {
-		cm = prev
-	} else {
-		r.compiled[m.digest] = cm
-	}
-	r.mu.Unlock()
 	return cm, nil
 }
 
@@ -373,7 +594,7 @@ const configKey = "ctxdone1"
 const bundleMagic = "wasmlet-wazero-entry-v1\n"
 
 // haveEntry reports whether the index names a verified entry for the
-// module. compileMu is held, after verifyCache.
+// module. cacheMu is held, after verifyCache.
 func (e *Engine) haveEntry(digest string) bool {
 	b, err := os.ReadFile(filepath.Join(e.index, strings.TrimPrefix(digest, "sha256:")))
 	if err != nil {
@@ -394,7 +615,7 @@ func validEntryName(n string) bool {
 
 // fetchShared installs the module's entry from the shared store and
 // returns its name, or "" when there is none to install (counted by
-// engine.Artifacts, or here as rejected). compileMu is held.
+// engine.Artifacts, or here as rejected). cacheMu is held.
 func (e *Engine) fetchShared(ctx context.Context, key engine.ArtifactKey) string {
 	tmp, _, ok := e.artifacts.Fetch(ctx, key, e.sums)
 	if !ok {
@@ -458,7 +679,7 @@ func (e *Engine) fetchShared(ctx context.Context, key engine.ArtifactKey) string
 	return entry
 }
 
-// removeEntry removes an entry and its sum. compileMu is held.
+// removeEntry removes an entry and its sum. cacheMu is held.
 func (e *Engine) removeEntry(entry string) {
 	if _, dir, err := e.entries(); err == nil && dir != "" {
 		os.Remove(filepath.Join(dir, entry))
@@ -468,7 +689,7 @@ func (e *Engine) removeEntry(entry string) {
 }
 
 // shareEntry records entry as the module's in the index and puts it to
-// the shared store in the background. compileMu is held.
+// the shared store in the background. cacheMu is held.
 func (e *Engine) shareEntry(key engine.ArtifactKey, entry string) {
 	if err := engine.WriteAtomic(filepath.Join(e.index, strings.TrimPrefix(key.ModuleDigest, "sha256:")), []byte(entry+"\n")); err != nil {
 		return
@@ -506,7 +727,7 @@ func (e *Engine) entries() ([]os.DirEntry, string, error) {
 }
 
 // verifyCache removes every cache entry that does not match its sum or has
-// none. compileMu is held.
+// none. cacheMu is held.
 func (e *Engine) verifyCache() error {
 	es, dir, err := e.entries()
 	if err != nil {
@@ -537,7 +758,7 @@ func (e *Engine) verifyCache() error {
 }
 
 // recordSums writes a sum for every entry that has none: entries wazero
-// just wrote from code it compiled in this process. compileMu is held.
+// just wrote from code it compiled in this process. cacheMu is held.
 func (e *Engine) recordSums() error {
 	es, dir, err := e.entries()
 	if err != nil {
@@ -644,14 +865,24 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 	if !ok {
 		return nil, fmt.Errorf("%w: module was not prepared by the wazero engine", engine.ErrInstantiate)
 	}
-	r, err := e.runtime(ctx, pages(spec.MemoryLimitBytes))
+	r, err := e.runtime(pages(spec.MemoryLimitBytes))
 	if err != nil {
 		return nil, err
 	}
-	cm, err := e.compile(ctx, r, m)
+	c, err := e.compile(ctx, r, m)
 	if err != nil {
+		e.release(r, nil)
 		return nil, err
 	}
+	// The runtime and compiled module stay in use until the instance's
+	// module is closed (at the end of run), or Start fails.
+	released := false
+	defer func() {
+		if !released {
+			e.release(r, c)
+		}
+	}()
+	cm := c.cm
 	ictx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	fsc := wz.NewFSConfig()
 	for _, p := range spec.Preopens {
@@ -687,7 +918,8 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 		cancel()
 		return nil, fmt.Errorf("%w: module %s exports no _start function", engine.ErrModuleUnsupported, m.digest)
 	}
-	inst := &instance{ctx: ictx, cancel: cancel, mod: mod, mem: mod.ExportedMemory("memory"), start: start, limit: spec.MemoryLimitBytes, done: make(chan struct{})}
+	inst := &instance{ctx: ictx, cancel: cancel, mod: mod, mem: mod.ExportedMemory("memory"), start: start, limit: spec.MemoryLimitBytes, done: make(chan struct{}),
+		closed: func() { e.release(r, c) }}
 	inst.memory()
 	unlimit, err := engine.RunOnThread(&inst.cpu, e.cpu, spec.CPULimitMillis, inst.run)
 	if err != nil {
@@ -696,6 +928,7 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 		return nil, fmt.Errorf("%w: CPU limit %dm: %v", engine.ErrInstantiate, spec.CPULimitMillis, err)
 	}
 	inst.unlimit = unlimit
+	released = true
 	return inst, nil
 }
 
@@ -767,6 +1000,7 @@ type instance struct {
 	limit  int64
 
 	unlimit func() // lifts the CPU limit; set before Start returns
+	closed  func() // ends the instance's use of its runtime and compiled module
 
 	killed   atomic.Bool
 	killOnce sync.Once
@@ -797,6 +1031,7 @@ func (i *instance) run(unlimit func()) {
 	i.ended = true
 	i.usageMu.Unlock()
 	i.mod.Close(context.Background())
+	i.closed()
 	i.cancel()
 	i.finish(res)
 }

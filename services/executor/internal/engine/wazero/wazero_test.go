@@ -2,12 +2,14 @@ package wazero
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/wasmlet/wasmlet/internal/wasmbuild"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
@@ -110,5 +112,38 @@ func TestSharedBundleRejected(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestCompiles(t *testing.T) {
+	enginetest.RunCompiles(t, newEngine, 16000) // ~2 s here
+}
+
+// TestRuntimesBounded: instances under many distinct memory limits leave
+// at most MaxRuntimes runtimes and MaxCompiled compiled modules, and one
+// still running keeps its runtime and compiled module.
+func TestRuntimesBounded(t *testing.T) {
+	e, err := New(Config{CacheDir: t.TempDir(), MaxRuntimes: 2, MaxCompiled: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sleeper := enginetest.Prepare(t, e, wasmbuild.Wat(t, enginetest.SleepLoop(1, 300*time.Millisecond)))
+	quick := enginetest.Prepare(t, e, wasmbuild.Wat(t, `(module (func (export "_start")) (memory (export "memory") 1))`))
+	long, err := e.Start(context.Background(), sleeper, engine.Spec{Args: []string{"s"}, MemoryLimitBytes: 100 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		if res := enginetest.Run1(t, e, quick, engine.Spec{Args: []string{"q"}, MemoryLimitBytes: int64(i+1) << 20}); res.Reason != engine.ReasonCompleted {
+			t.Fatalf("limit %d MiB: %+v", i+1, res)
+		}
+	}
+	if res := long.Wait(); res.Reason != engine.ReasonCompleted {
+		t.Fatalf("the instance running while others came and went: %+v", res)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.runtimes) > 2 || e.ncompiled > 2 {
+		t.Fatalf("%d runtimes and %d compiled modules kept, want at most 2 each", len(e.runtimes), e.ncompiled)
 	}
 }
