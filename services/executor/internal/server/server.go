@@ -206,6 +206,8 @@ func toStatus(err error) error {
 		code = codes.FailedPrecondition
 	case errors.Is(err, instance.ErrResourceExhausted):
 		code = codes.ResourceExhausted
+	case errors.Is(err, instance.ErrPermissionDenied):
+		code = codes.PermissionDenied
 	case errors.Is(err, context.Canceled):
 		code = codes.Canceled
 	case errors.Is(err, context.DeadlineExceeded):
