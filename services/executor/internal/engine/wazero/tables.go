@@ -5,6 +5,14 @@ import (
 	"fmt"
 )
 
+// tableBudget is the memory each table of a module may take on wazero
+// (engine.TableElements of it), whatever the instance's limit: wazero has
+// no hook on table.grow, so the bound is written into the module as its
+// tables' maximum, and bytes that depended on the limit would be compiled
+// once per limit and never shared. A table that starts larger than the
+// instance's limit is refused at start.
+const tableBudget = 256 << 20
+
 // capTables returns wasm with every table declared in it given a maximum
 // of at most maxElems elements (wazero has no limit on table.grow but the
 // table's declared maximum, and a module need not declare one), and

@@ -52,9 +52,9 @@
 // limit, all sharing one CompilationCache (and so one copy of each module's
 // machine code). wazero bounds table.grow only by a table's declared
 // maximum, so a module is compiled with each table's maximum lowered to
-// engine.TableElements of the limit (tables.go): a module that declares
-// no maximum, or a larger one, gets a compiled copy per limit, and is not
-// shared. The limit in bytes is rounded down to whole 64 KiB pages
+// engine.TableElements of tableBudget, the same for every limit
+// (tables.go), and a table that starts larger than the instance's limit
+// allows is refused. The limit in bytes is rounded down to whole 64 KiB pages
 // (at least one page) and capped at the wasm32 maximum of 65536 pages. As
 // with wasmtime, memory.grow past the limit fails (-1) rather than traps,
 // and an abnormal end with linear memory within oomHeadroom of the limit
@@ -444,12 +444,16 @@ func (e *Engine) compile(ctx context.Context, r *runtime, m *module) (*compiled,
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("prepare module %s: %w", m.digest, err)
 	}
-	// Tables bounded by the runtime's limit (tables.go); a module whose
-	// tables had to be capped is compiled from other bytes than its
-	// digest names, so it is not shared.
-	wasm, capped, err := capTables(wasm, uint32(min(engine.TableElements(int64(r.pages)*pageSize), 1<<32-1)))
-	if err != nil {
+	// A table that starts larger than the runtime's limit allows does not
+	// start; every table may grow to at most tableBudget (tables.go), the
+	// same for every limit, so that a module is compiled once, not once per
+	// limit, and its compiled code is shared.
+	if _, _, err := capTables(wasm, uint32(min(engine.TableElements(int64(r.pages)*pageSize), 1<<32-1))); err != nil {
 		return nil, fmt.Errorf("%w: module %s: %v of %d bytes; raise the limit", engine.ErrInstantiate, m.digest, err, int64(r.pages)*pageSize)
+	}
+	wasm, capped, err := capTables(wasm, uint32(engine.TableElements(tableBudget)))
+	if err != nil {
+		return nil, fmt.Errorf("%w: module %s: %v", engine.ErrInstantiate, m.digest, err)
 	}
 	// The index names entries by the sha256 of the bytes compiled: the
 	// module's digest unless its tables were capped.
@@ -524,7 +528,7 @@ func (e *Engine) compileMiss(ctx context.Context, r *runtime, m *module, wasm []
 		before[n] = true
 	}
 	installed := ""
-	if e.artifacts.Shared() && !capped && !e.haveEntry(m.digest) {
+	if e.artifacts.Shared() && !e.haveEntry(m.digest) {
 		installed = e.fetchShared(ctx, key)
 	}
 	e.cacheMu.Unlock()
@@ -557,6 +561,9 @@ func (e *Engine) compileMiss(ctx context.Context, r *runtime, m *module, wasm []
 	switch {
 	case installed != "" && len(fresh) == 0:
 		e.artifacts.Hit()
+		if capped {
+			engine.WriteAtomic(filepath.Join(e.index, sum), []byte(installed+"\n"))
+		}
 	case installed != "":
 		// wazero looked for another name: the entry is not for this host.
 		e.removeEntry(installed)
@@ -566,11 +573,10 @@ func (e *Engine) compileMiss(ctx context.Context, r *runtime, m *module, wasm []
 		e.artifacts.Compiled()
 	}
 	if err == nil && len(fresh) == 1 {
-		if capped {
+		if capped { // load finds it by the sum of the bytes compiled
 			engine.WriteAtomic(filepath.Join(e.index, sum), []byte(fresh[0]+"\n"))
-		} else {
-			e.shareEntry(key, fresh[0])
 		}
+		e.shareEntry(key, fresh[0])
 	}
 	if err != nil {
 		if cm != nil {
