@@ -1050,11 +1050,13 @@ func (i *instance) finish(res engine.Result) {
 }
 
 func (i *instance) classify(err error) engine.Result {
-	if err == nil {
-		return engine.Result{Exited: true, Reason: engine.ReasonCompleted}
-	}
+	// Killed first: a kill ends a sleep in a host call, after which the
+	// module may return from _start as if it had completed.
 	if i.killed.Load() {
 		return engine.Result{ExitCode: engine.KilledExitCode, Reason: engine.ReasonKilled, Message: "the instance was killed"}
+	}
+	if err == nil {
+		return engine.Result{Exited: true, Reason: engine.ReasonCompleted}
 	}
 	var exit *sys.ExitError
 	if errors.As(err, &exit) {
