@@ -42,6 +42,20 @@ bench-registry: ## measure the registry cache against a local docker-registry (h
 bench: controlplane ## run the benchmark suite on the local stack (ONLY=a,b picks sections); writes bench/results/<date>.json and .md
 	go run ./bench/cmd/wasmlet-bench $(if $(ONLY),-only $(ONLY))
 
+# Minimizing a new input takes up to a minute by default; the targets that
+# write files would spend their time there.
+FUZZTIME ?= 60s
+FUZZMINIMIZE ?= 100x
+
+.PHONY: fuzz
+fuzz: ## run every Fuzz target in the repo for FUZZTIME each (default 60s), one after another (not part of `make test`)
+	@set -e; grep -rlE --include='*_test.go' --exclude-dir=.git '^func Fuzz[A-Za-z0-9_]*\(' . | sort | while read -r f; do \
+	  for n in $$(sed -nE 's/^func (Fuzz[A-Za-z0-9_]*)\(.*/\1/p' "$$f"); do \
+	    echo "== $$n $$(dirname $$f)"; \
+	    go test -run '^$$' -fuzz "^$$n\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) -parallel 1 "$$(dirname $$f)/"; \
+	  done; \
+	done
+
 .PHONY: build
 build: ## build the services into bin/ and the example module into bin/wasm/
 	go build $(GO_BUILD_FLAGS) -o bin/ ./services/nodeagent ./services/executor ./services/registry-cache
