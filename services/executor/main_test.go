@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -28,6 +27,7 @@ import (
 	"github.com/wasmlet/wasmlet/internal/natsutil/natsserver"
 	"github.com/wasmlet/wasmlet/internal/subjects"
 	"github.com/wasmlet/wasmlet/internal/wasmbuild"
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine/enginetest"
 	"github.com/wasmlet/wasmlet/services/executor/internal/logs"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/cachetest"
 	regserver "github.com/wasmlet/wasmlet/services/registry-cache/regcache/server"
@@ -50,23 +50,6 @@ func TestParseFlags(t *testing.T) {
 	if err != nil || cfg.maxInstances != 1000 || cfg.engine != "wasmtime" || cfg.id == "" {
 		t.Fatalf("defaults: %+v %v", cfg, err)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 func TestExecutorProcess(t *testing.T) {
@@ -136,7 +119,7 @@ func testExecutorProcess(t *testing.T, ctx context.Context, bin, eng string) {
 	}
 	stateDir := filepath.Join(base, "wasmlet-executor-test", eng)
 	execAddr := "unix://" + filepath.Join(sockDir, "exec.sock")
-	var stderr syncBuffer
+	var stderr enginetest.Buffer
 	ml, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

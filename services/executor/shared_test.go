@@ -243,7 +243,7 @@ type executor struct {
 	cmd     *exec.Cmd
 	c       executorv1.ExecutorServiceClient
 	metrics string
-	stderr  *syncBuffer
+	stderr  *enginetest.Buffer
 	exited  chan error
 }
 
@@ -258,7 +258,7 @@ func startExecutor(t *testing.T, ctx context.Context, bin, sockDir string, n int
 	addr := "unix://" + filepath.Join(sockDir, fmt.Sprintf("exec%d-%d.sock", n, time.Now().UnixNano()%1e6))
 	args := append([]string{"--listen", addr, "--registry", regAddr, "--state-dir", t.TempDir(),
 		"--id", fmt.Sprintf("exec-%d", n), "--metrics-listen", metricsAddr}, extra...)
-	e := &executor{n: n, cmd: exec.Command(bin, args...), metrics: metricsAddr, stderr: &syncBuffer{}, exited: make(chan error, 1)}
+	e := &executor{n: n, cmd: exec.Command(bin, args...), metrics: metricsAddr, stderr: &enginetest.Buffer{}, exited: make(chan error, 1)}
 	e.cmd.Stderr = e.stderr
 	if err := e.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,6 +24,7 @@ import (
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/wasmbuild"
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine/enginetest"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/cachetest"
 	regserver "github.com/wasmlet/wasmlet/services/registry-cache/regcache/server"
 )
@@ -112,7 +112,7 @@ func testConfined(t *testing.T, ctx context.Context, bin, eng, regAddr, sockDir 
 	if strace != "" {
 		cmd = exec.Command("strace", append([]string{"-f", "-qq", "-o", filepath.Join(strace, eng+".strace"), bin}, append(args, extra...)...)...)
 	}
-	var stderr syncBuffer
+	var stderr enginetest.Buffer
 	cmd.Stderr = &stderr
 	if strace != "" {
 		cmd.Stderr = os.Stderr
@@ -332,21 +332,4 @@ func TestIsolateNetwork(t *testing.T) {
 	if _, err := exec.Command(bin, "--listen", "tcp://127.0.0.1:1", "--registry", "unix:///r.sock", "--isolate-network").CombinedOutput(); err == nil {
 		t.Error("--isolate-network with a tcp:// --listen was accepted")
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

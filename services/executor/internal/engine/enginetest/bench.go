@@ -32,7 +32,7 @@ func Bench(b *testing.B, newEngine NewEngine) {
 		b.ResetTimer()
 		for range b.N {
 			t0 := time.Now()
-			inst, err := e.Start(context.Background(), m, engine.Spec{Args: []string{"hello"}, Stdout: &buffer{}})
+			inst, err := e.Start(context.Background(), m, engine.Spec{Args: []string{"hello"}, Stdout: &Buffer{}})
 			ds = append(ds, time.Since(t0))
 			if err != nil {
 				b.Fatal(err)
@@ -81,7 +81,7 @@ func Bench(b *testing.B, newEngine NewEngine) {
 		var ds []time.Duration
 		b.ResetTimer()
 		for range b.N {
-			var out buffer
+			var out Buffer
 			inst, err := e.Start(context.Background(), m, engine.Spec{Args: []string{"spin"}, Stdout: &out})
 			if err != nil {
 				b.Fatal(err)

@@ -112,7 +112,7 @@ func testCPULimit(t *testing.T, e engine.Engine) {
 	m := prepare(t, e, wasmbuild.Build(t, "spin"))
 	const window = time.Second
 	share := func(millis int64) (engine.Instance, float64) {
-		var out buffer
+		var out Buffer
 		inst, err := e.Start(t.Context(), m, engine.Spec{Args: []string{"spin"}, Stdout: &out, CPULimitMillis: millis})
 		if err != nil {
 			t.Fatalf("start with %dm: %v", millis, err)

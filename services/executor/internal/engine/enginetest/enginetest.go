@@ -215,18 +215,20 @@ func prepare(t testing.TB, e engine.Engine, path string) engine.Module {
 	return m
 }
 
-type buffer struct {
+// Buffer is a bytes.Buffer safe to write and read at once: a module's
+// output, or a process's stderr, read while it runs.
+type Buffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (b *buffer) Write(p []byte) (int, error) {
+func (b *Buffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.Write(p)
 }
 
-func (b *buffer) String() string {
+func (b *Buffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
@@ -260,7 +262,7 @@ func testHello(t *testing.T, e engine.Engine) {
 		{"exit 3", []engine.EnvVar{{Name: "EXIT_CODE", Value: "3"}}, true, 3, engine.ReasonError},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var out, errb buffer
+			var out, errb Buffer
 			env := append([]engine.EnvVar{{Name: "GREETING", Value: "first"}, {Name: "GREETING", Value: "hi there"}}, tc.env...)
 			res := run(t, e, m, engine.Spec{Args: []string{"hello", "a", "b c"}, Env: env, Stdout: &out, Stderr: &errb})
 			if res.Exited != tc.exited || res.ExitCode != tc.code || res.Reason != tc.reason {
@@ -339,7 +341,7 @@ func testUnusableModules(t *testing.T, e engine.Engine) {
 
 func testKillSpinningWithin50ms(t *testing.T, e engine.Engine) {
 	m := prepare(t, e, wasmbuild.Build(t, "spin"))
-	var out1, out2 buffer
+	var out1, out2 Buffer
 	a, err := e.Start(context.Background(), m, engine.Spec{Args: []string{"spin"}, Stdout: &out1})
 	if err != nil {
 		t.Fatal(err)
@@ -384,7 +386,7 @@ func testKillSpinningWithin50ms(t *testing.T, e engine.Engine) {
 
 func testMemoryLimitOOMKilled(t *testing.T, e engine.Engine) {
 	m := prepare(t, e, wasmbuild.Build(t, "oom"))
-	var out, errb buffer
+	var out, errb Buffer
 	res := run(t, e, m, engine.Spec{Args: []string{"oom"}, MemoryLimitBytes: 64 << 20, Stdout: &out, Stderr: &errb})
 	if res.Reason != engine.ReasonOOMKilled || res.Exited || res.ExitCode != engine.KilledExitCode {
 		t.Fatalf("result %+v, want OOMKilled; stderr %q", res, strings.SplitN(errb.String(), "\n", 2)[0])
@@ -460,7 +462,7 @@ func testPreopensAs(t *testing.T, e engine.Engine, m engine.Module, preopens []e
 		{"escape by dotdot", []engine.EnvVar{{Name: "READ_FILE", Value: "/ro/../../../../etc/passwd"}}, 4, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var out, errb buffer
+			var out, errb Buffer
 			res := run(t, e, m, engine.Spec{Args: []string{"hello"}, Env: tc.env, Preopens: preopens, Stdout: &out, Stderr: &errb})
 			if res.ExitCode != tc.code || !strings.Contains(out.String(), tc.stdout) {
 				t.Fatalf("result %+v stdout %q stderr %q, want code %d and %q", res, out.String(), errb.String(), tc.code, tc.stdout)
@@ -486,7 +488,7 @@ func testStartTimePrecompiled(t *testing.T, e engine.Engine) {
 	var ds []time.Duration
 	for range n {
 		t0 := time.Now()
-		inst, err := e.Start(context.Background(), m, engine.Spec{Args: []string{"hello"}, Stdout: &buffer{}})
+		inst, err := e.Start(context.Background(), m, engine.Spec{Args: []string{"hello"}, Stdout: &Buffer{}})
 		ds = append(ds, time.Since(t0))
 		if err != nil {
 			t.Fatal(err)
@@ -603,7 +605,7 @@ func testPollClocks(t *testing.T, e engine.Engine) {
 // figures.
 func testUsage(t *testing.T, e engine.Engine) {
 	m := prepare(t, e, wasmbuild.Build(t, "spin"))
-	var out buffer
+	var out Buffer
 	inst, err := e.Start(context.Background(), m, engine.Spec{Args: []string{"spin"}, Stdout: &out})
 	if err != nil {
 		t.Fatal(err)
