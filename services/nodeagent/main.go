@@ -108,6 +108,7 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 	fs.Var(kv(cfg.Labels), "node-label", "KEY=VALUE label for the Node (repeatable)")
 	fs.Var(&hostPaths, "allowed-host-path", "host directory that hostPath volumes may name, with what is below it (repeatable; default none)")
 	fs.Int64Var(&cfg.RegistryMaxBytes, "registry-max-bytes", 0, "size budget of the in-process registry cache (least recently used modules not in use are evicted); 0: none")
+	fs.StringVar(&cfg.ExecutorArtifactKeyFile, "executor-artifact-key-file", "", "key file (32-4096 bytes, mode 0600 or 0400) with which the supervised executor signs the precompiled modules it shares and checks those it loads; give every node's executor of a flavour the same file to share compiles across nodes (default: a key of its own under --state-dir)")
 	fs.StringVar(&cfg.CPUCgroup, "cpu-cgroup", "", "writable cgroup directory (cpu controller) for the supervised executor to enforce limits.cpu in; empty: CPU limits are not enforced")
 	fs.IntVar(&cfg.PodSyncWorkers, "pod-sync-workers", 16, "pod sync workers: how many pod creations and status writes go to the API server at once")
 	fs.IntVar(&cfg.EventQPS, "event-qps", 50, "events written per second at most, as the kubelet's flag (status writes go first); events wait in a queue of 10,000; 0: unlimited")

@@ -82,6 +82,10 @@ type Config struct {
 	RegistryMaxBytes        int64  // in-process cache's size budget; 0: none
 	PodSyncWorkers          int    // virtual-kubelet's pod sync workers (status writes run on them)
 	CPUCgroup               string // passed to the supervised executor: where CPU limits are enforced
+	// ExecutorArtifactKeyFile is the supervised executor's key for the
+	// precompiled modules it shares (--artifact-key-file); empty: one of
+	// its own, so that it shares with no other node's executor.
+	ExecutorArtifactKeyFile string
 	// MaxLogFollows is how many kubectl logs -f the kubelet API serves at
 	// once (0: kubeletapi.DefaultMaxFollows); one more is answered 429.
 	MaxLogFollows int
@@ -265,6 +269,9 @@ func Run(ctx context.Context, cfg Config) error {
 				p = real
 			}
 			args = append(args, "--mount-root", p)
+		}
+		if cfg.ExecutorArtifactKeyFile != "" {
+			args = append(args, "--artifact-key-file", cfg.ExecutorArtifactKeyFile)
 		}
 		if cfg.CPUCgroup != "" {
 			args = append(args, "--cpu-cgroup", cfg.CPUCgroup)
