@@ -104,3 +104,45 @@ func mustRead(t *testing.T, path string) []byte {
 	}
 	return b
 }
+
+// TestLogsFollowEndsAndHugeTail: `kubectl logs -f` ends after the last
+// line once the container has ended, whether it ended while followed or
+// before; a tail of 2^62 lines neither crashes nor exhausts the node agent.
+func TestLogsFollowEndsAndHugeTail(t *testing.T) {
+	n := startNode(t, "e2e-follow", nil)
+	ns := namespace(t, "e2e-follow")
+	image := push(t, "examples/hello:v1")
+	apply(t, ns, wasmPod("follow", n.name, image, v1.RestartPolicyNever,
+		v1.EnvVar{Name: "COUNT", Value: "6"}, v1.EnvVar{Name: "SLEEP", Value: "1s"}))
+	waitPhase(t, ns, "follow", v1.PodRunning, 2*time.Minute)
+
+	t0 := time.Now()
+	out, err := kubectl(t, "logs", "-f", "-n", ns, "follow")
+	if err != nil || !strings.Contains(out, "count 6") {
+		t.Fatalf("kubectl logs -f while it runs: %v\n%s", err, out)
+	}
+	t.Logf("followed to its end in %v", time.Since(t0))
+	waitPhase(t, ns, "follow", v1.PodSucceeded, time.Minute)
+
+	t0 = time.Now()
+	if out, err := kubectl(t, "logs", "-f", "-n", ns, "follow"); err != nil || !strings.Contains(out, "count 6") {
+		t.Fatalf("kubectl logs -f after the end: %v\n%s", err, out)
+	}
+	if d := time.Since(t0); d > 20*time.Second {
+		t.Errorf("kubectl logs -f of an ended container took %v", d)
+	}
+
+	out, err = kubectl(t, "logs", "--tail=4611686018427387904", "-n", ns, "follow")
+	if err == nil && !strings.Contains(out, "count 6") {
+		t.Errorf("kubectl logs --tail=2^62: %q", out)
+	}
+	t.Logf("kubectl logs --tail=2^62: err %v, %d bytes", err, len(out))
+	select {
+	case <-n.proc.exited:
+		t.Fatal("the node agent exited")
+	default:
+	}
+	if got := strings.TrimSpace(mustKubectl(t, "logs", "--tail=1", "-n", ns, "follow")); got != "count 6" {
+		t.Errorf("kubectl logs --tail=1 afterwards = %q", got)
+	}
+}
