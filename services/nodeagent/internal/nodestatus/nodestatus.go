@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/executors"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/hostinfo"
 )
@@ -168,6 +169,42 @@ func (p *Provider) executorsReady() (bool, string) {
 	return true, "wasmlet is ready"
 }
 
+// confinementGap says what an executor's second wall lacks (see
+// services/executor/internal/confine), or "" when it has it all. An
+// executor from before confinement reports none.
+func confinementGap(c *executorv1.Confinement) string {
+	var gaps []string
+	if !c.GetSeccomp() {
+		gaps = append(gaps, "no seccomp")
+	}
+	if c.GetLandlockAbi() == 0 {
+		g := "no Landlock"
+		if r := c.GetLandlockMissingReason(); r != "" {
+			g += " (" + r + ")"
+		}
+		gaps = append(gaps, g)
+	}
+	return strings.Join(gaps, ", ")
+}
+
+// confinementNote is the Ready condition's word on executors running
+// without their second wall, as the kubelet's says whether AppArmor is on.
+func confinementNote(gaps map[string]string) string {
+	if len(gaps) == 0 {
+		return ""
+	}
+	ids := make([]string, 0, len(gaps))
+	for id := range gaps {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	parts := make([]string, len(ids))
+	for i, id := range ids {
+		parts[i] = "executor " + id + ": " + gaps[id]
+	}
+	return "; not confined: " + strings.Join(parts, "; ")
+}
+
 func (p *Provider) refresh() {
 	ready, msg := p.executorsReady()
 	p.mu.Lock()
@@ -175,10 +212,17 @@ func (p *Provider) refresh() {
 	changed := false
 	now := metav1.Now()
 	var runtimes []string
+	unconfined := map[string]string{}
 	for _, e := range p.pool.All() {
 		if info, _ := e.Info(); info != nil {
 			runtimes = append(runtimes, info.GetEngine()+"://"+info.GetEngineVersion())
+			if gap := confinementGap(info.GetConfinement()); gap != "" {
+				unconfined[e.ID] = gap
+			}
 		}
+	}
+	if ready {
+		msg += confinementNote(unconfined)
 	}
 	sort.Strings(runtimes)
 	if len(runtimes) > 0 {
