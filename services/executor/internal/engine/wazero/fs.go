@@ -6,6 +6,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 
 	wz "github.com/tetratelabs/wazero"
 	experimentalsys "github.com/tetratelabs/wazero/experimental/sys"
@@ -31,11 +32,34 @@ const maxLinks = 40
 type confined struct {
 	experimentalsys.FS
 	root string
+	// open counts the files the instance holds open through all its
+	// mounts, at most maxOpenFiles.
+	open *atomic.Int32
 }
 
-// mountDir mounts host dir at guest into fsc, confined, read-only if ro.
-func mountDir(fsc wz.FSConfig, dir, guest string, ro bool) wz.FSConfig {
-	var f experimentalsys.FS = &confined{FS: sysfs.DirFS(dir), root: dir}
+// maxOpenFiles bounds the files one instance holds open, so that a module
+// opening files in a loop cannot take the executor's descriptors from
+// every other instance. wazero has no EMFILE: an open past it fails EIO.
+const maxOpenFiles = 1024
+
+// countedFile gives its place back in confined.open when closed.
+type countedFile struct {
+	experimentalsys.File
+	open   *atomic.Int32
+	closed atomic.Bool
+}
+
+func (f *countedFile) Close() experimentalsys.Errno {
+	if f.closed.CompareAndSwap(false, true) {
+		f.open.Add(-1)
+	}
+	return f.File.Close()
+}
+
+// mountDir mounts host dir at guest into fsc, confined, read-only if ro;
+// open counts the instance's open files across its mounts.
+func mountDir(fsc wz.FSConfig, dir, guest string, ro bool, open *atomic.Int32) wz.FSConfig {
+	var f experimentalsys.FS = &confined{FS: sysfs.DirFS(dir), root: dir, open: open}
 	if ro {
 		f = &sysfs.ReadFS{FS: f}
 	}
@@ -95,7 +119,16 @@ func (c *confined) OpenFile(p string, flag experimentalsys.Oflag, perm fs.FileMo
 	if errno != 0 {
 		return nil, errno
 	}
-	return c.FS.OpenFile(r, flag, perm)
+	if c.open.Add(1) > maxOpenFiles {
+		c.open.Add(-1)
+		return nil, experimentalsys.EIO
+	}
+	f, errno := c.FS.OpenFile(r, flag, perm)
+	if errno != 0 {
+		c.open.Add(-1)
+		return nil, errno
+	}
+	return &countedFile{File: f, open: c.open}, 0
 }
 
 func (c *confined) Lstat(p string) (wsys.Stat_t, experimentalsys.Errno) {

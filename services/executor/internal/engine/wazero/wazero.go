@@ -891,13 +891,14 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 	cm := c.cm
 	ictx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	fsc := wz.NewFSConfig()
+	open := new(atomic.Int32)
 	for _, p := range spec.Preopens {
 		fi, err := os.Stat(p.HostPath)
 		if err != nil || !fi.IsDir() {
 			cancel()
 			return nil, fmt.Errorf("%w: preopen %s at %s: host path is not a directory (%v); create it or fix the path", engine.ErrInstantiate, p.HostPath, p.GuestPath, err)
 		}
-		fsc = mountDir(fsc, p.HostPath, p.GuestPath, p.ReadOnly)
+		fsc = mountDir(fsc, p.HostPath, p.GuestPath, p.ReadOnly, open)
 	}
 	mc := wz.NewModuleConfig().
 		WithName("").
