@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wasmlet/wasmlet/internal/localcluster"
+	"github.com/wasmlet/wasmlet/internal/testharness/localcluster"
 )
 
 // TestShortSuite runs the benchmark suite with small counts, so that a

@@ -18,9 +18,9 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/wasmlet/wasmlet/bench/noopnode"
-	"github.com/wasmlet/wasmlet/internal/localcluster"
+	"github.com/wasmlet/wasmlet/internal/testharness/localcluster"
 	"github.com/wasmlet/wasmlet/internal/profiling"
-	"github.com/wasmlet/wasmlet/internal/testregistry"
+	"github.com/wasmlet/wasmlet/internal/testharness/testregistry"
 )
 
 // PodSyncWorkers is virtual-kubelet's pod sync workers (pod creations

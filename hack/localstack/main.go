@@ -24,8 +24,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/wasmlet/wasmlet/internal/localcluster"
-	"github.com/wasmlet/wasmlet/internal/testregistry"
+	"github.com/wasmlet/wasmlet/internal/testharness/localcluster"
+	"github.com/wasmlet/wasmlet/internal/testharness/testregistry"
 )
 
 const nodeName = "wasmlet-local"

@@ -12,7 +12,7 @@ import (
 
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	"github.com/wasmlet/wasmlet/internal/testpki"
+	"github.com/wasmlet/wasmlet/internal/testharness/testpki"
 )
 
 // TestMutualTLS serves the health service with mutual TLS on loopback TCP

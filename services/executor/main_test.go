@@ -26,7 +26,7 @@ import (
 	"github.com/wasmlet/wasmlet/internal/natsutil"
 	"github.com/wasmlet/wasmlet/internal/natsutil/natsserver"
 	"github.com/wasmlet/wasmlet/internal/subjects"
-	"github.com/wasmlet/wasmlet/internal/wasmbuild"
+	"github.com/wasmlet/wasmlet/internal/testharness/wasmbuild"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/enginetest"
 	"github.com/wasmlet/wasmlet/services/executor/internal/logs"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/cachetest"

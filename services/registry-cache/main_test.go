@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
-	"github.com/wasmlet/wasmlet/internal/testregistry"
+	"github.com/wasmlet/wasmlet/internal/testharness/testregistry"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/cachetest"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/proxy"

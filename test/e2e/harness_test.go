@@ -20,8 +20,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wasmlet/wasmlet/internal/localcluster"
-	"github.com/wasmlet/wasmlet/internal/testregistry"
+	"github.com/wasmlet/wasmlet/internal/testharness/localcluster"
+	"github.com/wasmlet/wasmlet/internal/testharness/testregistry"
 )
 
 // The CSR signers issue 3-minute certificates, so that a node's serving

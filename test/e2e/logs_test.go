@@ -14,7 +14,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/wasmlet/wasmlet/internal/natsutil/natsserver"
-	"github.com/wasmlet/wasmlet/internal/wasmbuild"
+	"github.com/wasmlet/wasmlet/internal/testharness/wasmbuild"
 )
 
 // TestLogsSurviveNATSRestart stops the NATS server in the middle of a pod's

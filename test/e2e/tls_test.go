@@ -13,7 +13,7 @@ import (
 
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/natsutil/natsserver"
-	"github.com/wasmlet/wasmlet/internal/testpki"
+	"github.com/wasmlet/wasmlet/internal/testharness/testpki"
 )
 
 // TestMutualTLSAcrossServices runs the registry cache and an executor as

@@ -20,7 +20,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
-	"github.com/wasmlet/wasmlet/internal/localcluster"
+	"github.com/wasmlet/wasmlet/internal/testharness/localcluster"
 )
 
 // EnvMetricsServer names a metrics-server binary; without it the newest

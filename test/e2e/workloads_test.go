@@ -16,7 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/wasmlet/wasmlet/internal/testregistry"
+	"github.com/wasmlet/wasmlet/internal/testharness/testregistry"
 )
 
 // applyObject sends any object to kubectl apply.

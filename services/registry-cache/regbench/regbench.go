@@ -41,7 +41,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
-	"github.com/wasmlet/wasmlet/internal/testregistry"
+	"github.com/wasmlet/wasmlet/internal/testharness/testregistry"
 	"github.com/wasmlet/wasmlet/services/registry-cache/push"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/local"

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wasmlet/wasmlet/internal/testregistry"
+	"github.com/wasmlet/wasmlet/internal/testharness/testregistry"
 )
 
 // TestQuick runs the benchmark small, so that it cannot rot: the counts

@@ -10,7 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
-	"github.com/wasmlet/wasmlet/internal/natsutil/natstest"
+	"github.com/wasmlet/wasmlet/internal/testharness/natstest"
 	"github.com/wasmlet/wasmlet/internal/subjects"
 )
 

@@ -22,9 +22,9 @@ import (
 
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
 	"github.com/wasmlet/wasmlet/internal/logmsg"
-	"github.com/wasmlet/wasmlet/internal/natsutil/natstest"
+	"github.com/wasmlet/wasmlet/internal/testharness/natstest"
 	"github.com/wasmlet/wasmlet/internal/subjects"
-	"github.com/wasmlet/wasmlet/internal/wasmbuild"
+	"github.com/wasmlet/wasmlet/internal/testharness/wasmbuild"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/wasmtime"
 	"github.com/wasmlet/wasmlet/services/executor/internal/logs"

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wasmlet/wasmlet/internal/natsutil/natstest"
+	"github.com/wasmlet/wasmlet/internal/testharness/natstest"
 	"github.com/wasmlet/wasmlet/services/executor/internal/outbox"
 	"github.com/wasmlet/wasmlet/services/executor/internal/spool"
 )

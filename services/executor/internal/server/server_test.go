@@ -14,7 +14,7 @@ import (
 
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
-	"github.com/wasmlet/wasmlet/internal/wasmbuild"
+	"github.com/wasmlet/wasmlet/internal/testharness/wasmbuild"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/wasmtime"
 	"github.com/wasmlet/wasmlet/services/executor/internal/instance"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"

@@ -12,9 +12,9 @@ import (
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
-	"github.com/wasmlet/wasmlet/internal/natsutil/natstest"
+	"github.com/wasmlet/wasmlet/internal/testharness/natstest"
 	"github.com/wasmlet/wasmlet/internal/subjects"
-	"github.com/wasmlet/wasmlet/internal/testpki"
+	"github.com/wasmlet/wasmlet/internal/testharness/testpki"
 )
 
 // TestDiscoveredReplicaOverMutualTLS: an executor that announces a tcp://

@@ -20,7 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/wasmlet/wasmlet/internal/localcluster"
+	"github.com/wasmlet/wasmlet/internal/testharness/localcluster"
 )
 
 func TestRequestAttributes(t *testing.T) {

@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wasmlet/wasmlet/internal/testregistry"
+	"github.com/wasmlet/wasmlet/internal/testharness/testregistry"
 	"github.com/wasmlet/wasmlet/services/registry-cache/push"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/cachetest"

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
-	"github.com/wasmlet/wasmlet/internal/testpki"
+	"github.com/wasmlet/wasmlet/internal/testharness/testpki"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/cachetest"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/local"

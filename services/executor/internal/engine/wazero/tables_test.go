@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/wasmlet/wasmlet/internal/wasmbuild"
+	"github.com/wasmlet/wasmlet/internal/testharness/wasmbuild"
 )
 
 func TestCapTables(t *testing.T) {

@@ -1,0 +1,200 @@
+// Package instances is the executor's domain API: module instances, their
+// specs and states, the errors every implementation returns, and Runtime,
+// the interface the node agent holds. The executor's in-process manager
+// implements Runtime; so does the gRPC proxy (package proxy), which turns
+// status codes back into this package's errors, so a caller never knows
+// which one it holds and never imports the generated executor.v1 code.
+//
+// It owns the vocabulary only. It must not speak of pods, restart policies
+// or log subjects' meaning (the node agent's), nor run anything.
+//
+// instancestest holds the conformance suite every Runtime must pass and a
+// Fake for the node agent's lifecycle unit tests.
+//
+// Usage:
+//
+//	var rt instances.Runtime = proxy.New(conn) // or the executor's manager
+//	in, err := rt.Create(ctx, "pod-uid-app-0", spec, true)
+//	if errors.Is(err, instances.ErrAlreadyExists) { in, err = rt.Get(ctx, "pod-uid-app-0") }
+//	err = rt.Watch(ctx, seq, "", func(in instances.Instance) error { ...; return nil })
+//	if errors.Is(err, instances.ErrBehind) { list, seq, err = rt.List(ctx, selector) }
+package instances
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Errors every Runtime returns, wrapped with detail; test with errors.Is.
+var (
+	ErrNotFound           = errors.New("instance not found")
+	ErrAlreadyExists      = errors.New("instance already exists")
+	ErrInvalidArgument    = errors.New("invalid argument")
+	ErrFailedPrecondition = errors.New("failed precondition")
+	ErrResourceExhausted  = errors.New("resource exhausted")
+	ErrPermissionDenied   = errors.New("permission denied")
+	// ErrUnavailable: the executor cannot be reached (its instances may
+	// still run; a caller retries, and treats them as lost only when the
+	// executor is known to be gone).
+	ErrUnavailable = errors.New("executor unavailable")
+	// ErrBehind: a watcher asked for events the executor no longer keeps.
+	// It must List (which gives the sequence to watch from) and watch
+	// again; nothing is replayed in its place.
+	ErrBehind = errors.New("watcher is behind: list again")
+)
+
+// State is where an instance is in its lifecycle. The declared
+// transitions are Created → Running → Exited|Killed, Created →
+// Failed|Killed, and (not yet recorded) → Created|Failed.
+type State int
+
+// The states.
+const (
+	StateUnspecified State = iota
+	StateCreated
+	StateRunning
+	StateExited // the module returned or called proc_exit; see ExitCode
+	StateKilled // Stop, Delete with force, or an engine limit ended it
+	StateFailed // it never ran: its module could not be fetched, compiled or linked
+)
+
+func (s State) String() string {
+	switch s {
+	case StateCreated:
+		return "CREATED"
+	case StateRunning:
+		return "RUNNING"
+	case StateExited:
+		return "EXITED"
+	case StateKilled:
+		return "KILLED"
+	case StateFailed:
+		return "FAILED"
+	}
+	return "UNSPECIFIED"
+}
+
+// Terminal reports whether no transition leaves s.
+func (s State) Terminal() bool {
+	return s == StateExited || s == StateKilled || s == StateFailed
+}
+
+// Module names what an instance runs.
+type Module struct {
+	Digest    string // "sha256:<hex>", required
+	Reference string // for messages only
+}
+
+// EnvVar is one environment variable.
+type EnvVar struct{ Name, Value string }
+
+// Preopen is a host directory the module sees at GuestPath. HostPath must
+// lie under one of the executor's mount roots.
+type Preopen struct {
+	HostPath, GuestPath string
+	ReadOnly            bool
+}
+
+// Spec is what an instance runs. It is not modified once the instance is
+// created; callers must not modify one they were given.
+type Spec struct {
+	Module   Module
+	Args     []string
+	Env      []EnvVar
+	Preopens []Preopen
+	// MemoryLimitBytes bounds linear memory and tables; 0: the executor's default.
+	MemoryLimitBytes int64
+	// CPULimitMillis is a share of one core in millicores; 0: no limit.
+	CPULimitMillis int64
+	// LogSubject receives the output; empty discards it.
+	LogSubject string
+	// Labels select instances in List, Stats and a watcher's own filter.
+	Labels map[string]string
+}
+
+// Instance is a snapshot of one instance.
+type Instance struct {
+	ID       string
+	Spec     Spec
+	State    State
+	ExitCode int32
+	// Reason is short and CamelCase (e.g. "Completed", "OOMKilled",
+	// "ModuleInvalid"); Message says what happened in words.
+	Reason, Message string
+
+	// Zero until reached.
+	CreatedAt, StartedAt, FinishedAt time.Time
+	// Sequence of the event that produced this snapshot.
+	Sequence uint64
+}
+
+// Stats is one instance's resource use at Time.
+type Stats struct {
+	ID          string
+	State       State
+	Labels      map[string]string
+	Time        time.Time
+	MemoryBytes int64
+	CPU         time.Duration
+	CPUMeasured bool
+}
+
+// Info describes an executor.
+type Info struct {
+	ExecutorID        string
+	Engine, Version   string
+	OS, Arch          string
+	MaxInstances      int
+	Instances         int
+	CPULimitsEnforced bool
+	CPULimitsWords    string
+	Confinement       Confinement
+}
+
+// Confinement is what walls the executor process stands behind.
+type Confinement struct {
+	NoNewPrivs            bool
+	Seccomp               bool
+	LandlockABI           int
+	LandlockMissingReason string
+	UID, GID              uint32
+	NetworkIsolated       bool
+	Description           string
+}
+
+// Runtime runs module instances. Implementations are safe for concurrent
+// use. Every method may be called more than once with the same arguments;
+// a context's end abandons the call, not the instance.
+type Runtime interface {
+	// Info describes the executor.
+	Info(ctx context.Context) (Info, error)
+	// Create records a new instance (ErrAlreadyExists if id is taken,
+	// ErrResourceExhausted when full) and, with start, starts it. A module
+	// that cannot be fetched or prepared is not an error of Create: the
+	// instance is returned FAILED with the reason.
+	Create(ctx context.Context, id string, spec Spec, start bool) (Instance, error)
+	// Start runs a CREATED instance (ErrFailedPrecondition otherwise).
+	Start(ctx context.Context, id string) (Instance, error)
+	// Stop waits up to grace for the instance to end by itself, then
+	// kills it, and returns its final state. Stopping an ended instance
+	// returns it as it is.
+	Stop(ctx context.Context, id string, grace time.Duration) (Instance, error)
+	// Delete forgets an ended instance; with force it kills one still
+	// running first. ErrNotFound if there is none.
+	Delete(ctx context.Context, id string, force bool) error
+	// Get returns one instance, ErrNotFound if there is none.
+	Get(ctx context.Context, id string) (Instance, error)
+	// List returns the instances whose labels include selector (all for
+	// an empty one), and the sequence to watch from so as to miss nothing
+	// that happened after the list.
+	List(ctx context.Context, selector map[string]string) ([]Instance, uint64, error)
+	// Watch calls fn, in order, with every state change after sequence
+	// after (for id only, unless id is ""), until ctx ends or fn returns
+	// an error; it returns that error, ctx's, or ErrBehind when the
+	// changes after after are no longer kept.
+	Watch(ctx context.Context, after uint64, id string, fn func(Instance) error) error
+	// Stats returns the resource use of the instances whose labels
+	// include selector.
+	Stats(ctx context.Context, selector map[string]string) ([]Stats, error)
+}
