@@ -1,29 +1,17 @@
 // Package artifactsign makes an executor load only the precompiled
-// artifacts that it, or another executor given the same key, made. The
-// registry cache that shares them takes an artifact from any of its
-// clients, and an artifact is native code: so the executor wraps the
-// shared engine.ArtifactStore in a Store, which signs what it puts and
-// refuses what it gets unless signed with the key.
+// artifacts that it, or another executor given the same key, made: an
+// artifact is native code, and the registry cache that shares them takes
+// one from any client. A Store wraps the shared engine.ArtifactStore,
+// signs what it puts and refuses what it gets unless signed with the key
+// (engine.ErrArtifactUnverified; changed bytes: engine.ErrArtifactCorrupt);
+// either way the engine compiles.
 //
-// The signature is an HMAC-SHA256 under the key of the module digest, the
-// engine key (engine, version, settings, GOARCH and CPU features, see
-// engine.EngineKey), and the artifact's size and sha256. It travels in a
-// header before the artifact's bytes; GetArtifact checks it before a byte
-// of the artifact is read, and hands the signed size and digest on as the
-// artifact's, which engine.Artifacts.Fetch checks the bytes against before
-// the engine sees them. So an artifact put by a client without the key,
-// signed with another key, or copied from another module's or engine's
-// entry fails with engine.ErrArtifactUnverified, and one whose bytes were
-// changed after signing fails with engine.ErrArtifactCorrupt; either way
-// the engine compiles.
+// It owns the key file (LoadKey) and the signature header (see sign); it
+// must not interpret the artifact's bytes (the engines do). HMAC and not a
+// public-key signature: every executor that verifies also signs, so one
+// secret per flavour is the whole configuration.
 //
-// Why HMAC and not Ed25519: every executor that verifies artifacts also
-// signs the ones it compiles, so a public key would protect nothing that
-// the secret does not; one secret per flavour (a file given to its
-// executors and to nothing else) is the whole configuration.
-//
-// It owns the key file (LoadKey) and the header; it must not interpret
-// the artifact's bytes (the engines do).
+// Usage:
 //
 //	key, created, err := artifactsign.LoadKey(filepath.Join(stateDir, "artifact.key"))
 //	store, err := artifactsign.New(artifactstore.New(proxy.New(conn)), key)
@@ -95,6 +83,11 @@ func (s *Store) KeyID() string { return hex.EncodeToString(s.id[:]) }
 // mac is the signature of an artifact of size bytes with sha256 sum,
 // compiled from key.ModuleDigest by the engine of key.EngineKey. Each
 // field is length-prefixed, so no two field lists sign the same bytes.
+// mac signs the module digest, the engine key (engine, version, settings,
+// GOARCH, CPU features: engine.EngineKey) and the artifact's size and
+// sha256. It travels in a header before the bytes, checked before a byte
+// of the artifact is read; the signed size and digest are what
+// engine.Artifacts.Fetch then checks the bytes against.
 func (s *Store) mac(key engine.ArtifactKey, size int64, sum []byte) []byte {
 	m := hmac.New(sha256.New, s.key)
 	field := func(b []byte) {

@@ -26,6 +26,11 @@ const envConfined = "WASMLET_CONFINED"
 // binary with the same arguments. The call in that new image loads the
 // seccomp filter on every thread and returns what confines the process.
 // With nothing to confine it returns at once.
+//
+// Why the execve: Landlock and credentials are per thread, a Go process
+// has many threads, and with cgo linked syscall.AllThreadsSyscall is
+// refused; the new image starts with the one confined thread's state. The
+// filter is loaded after the execve so that execve itself can be refused.
 func Apply(cfg Config) (Status, error) {
 	if text, ok := os.LookupEnv(envConfined); ok {
 		os.Unsetenv(envConfined)

@@ -3,27 +3,12 @@
 // executor is given. It owns the child cgroups it creates (one per limited
 // instance, wasmlet-<tid>) under that cgroup, and nothing else.
 //
-// Why the kernel and not the engines: neither engine can pause running
-// wasm and resume it. wasmtime's epoch deadline traps unless a store has an
-// epoch-deadline callback, which wasmtime-go v39 does not expose (the C
-// function takes the wasmtime_store_t, which the binding keeps unexported),
-// and fuel, without async support (not in the binding either), traps when
-// it runs out. wazero's only interruption, the context, ends the instance.
-// An instance's wasm does run on one thread, though (the engines lock the
-// goroutine to it), and a cgroup can hold a single thread to a quota.
-//
-// cgroup v1: dir is a directory in the cpu hierarchy; each child gets
-// cpu.cfs_period_us and cpu.cfs_quota_us, and the thread is written to its
-// tasks file. cgroup v2: dir must be the executor's own cgroup, with cpu in
-// its cgroup.subtree_control; each child is made "threaded", gets cpu.max,
-// and the thread is written to cgroup.threads. (Only v1 is exercised by the
-// tests on the build machines.)
-//
-// The period is 10 ms, so that a throttled thread waits at most 10 ms for
-// its next slice (a kill must land within 50 ms; Release also lifts the
-// limit before the engine interrupts). The kernel's smallest quota is 1 ms,
-// so below 100 millicores the period grows to keep the quota at 1 ms
-// (10m: 1 ms per 100 ms).
+// The kernel does it because neither engine can pause running wasm and
+// resume it (wasmtime-go exposes no epoch-deadline callback and no async
+// fuel; wazero's only interruption ends the instance), while an instance's
+// wasm does run on one locked thread, which a cgroup can hold to a quota.
+// Both cgroup v1 (a cpu hierarchy directory) and v2 (the executor's own
+// cgroup, threaded children) are handled; see New.
 //
 // Usage:
 //
@@ -57,7 +42,11 @@ type Limiter struct {
 }
 
 // New returns a Limiter using the cgroup directory dir, which must exist
-// and be writable.
+// and be writable. cgroup v1: dir is a directory in the cpu hierarchy;
+// each child gets cpu.cfs_period_us and cpu.cfs_quota_us, and the thread
+// goes to its tasks file. cgroup v2: dir must be the executor's own
+// cgroup, with cpu in its cgroup.subtree_control; each child is made
+// "threaded", gets cpu.max, and the thread goes to cgroup.threads.
 func New(dir string) (*Limiter, error) {
 	if dir == "" {
 		return nil, errors.New("cpulimit: cgroup directory is required")
@@ -78,7 +67,10 @@ func New(dir string) (*Limiter, error) {
 	return l, nil
 }
 
-// Slice returns the CFS period and quota for millis.
+// Slice returns the CFS period and quota for millis. The period is 10 ms,
+// so that a throttled thread waits at most that for its next slice (a kill
+// must land soon); the kernel's smallest quota is 1 ms, so below 100
+// millicores the period grows instead (10m: 1 ms per 100 ms).
 func Slice(millis int64) (p, quota time.Duration) {
 	p = period
 	quota = time.Duration(millis) * p / 1000

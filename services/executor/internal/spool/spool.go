@@ -4,35 +4,11 @@
 // publish them when it starts again. It owns the spool directory and its
 // files; it must not publish, and it knows nothing of what the messages mean.
 //
-// Files: the directory holds segments seg-<n>.log. Appends go to the newest
-// segment; once it reaches SegmentBytes a new one is begun. Each message
-// is one record:
-//
-//	uint32 body length | uint32 CRC-32C of body | body
-//	body = uvarint len | head | uvarint len | msg id | data
-//	head = subject, or subject " " payload " " count
-//
-// (a NATS subject holds no spaces: a head without one is a message written
-// before payload kinds and counts were kept, with count 1).
-//
-// Every append is one write(2), not followed by fsync: what was appended
-// survives the death of the process (it is in the page cache), not a crash
-// of the machine. A torn last record (the process died inside the write)
-// fails its length or CRC check and ends the replay of its segment.
-//
-// Trimming: Append returns a Ref per batch; the caller calls Done(ref) once
-// per message of the batch when JetStream has acknowledged it (or when it
-// has given it up). A segment other than the newest is deleted as soon as
-// all its messages are done. So a replay may hold messages that were in
-// fact acknowledged (done, in a segment that still held others): they carry
-// their msg id (Nats-Msg-Id), and JetStream drops them as duplicates if
-// they come back within the stream's duplicate window.
-//
-// Bound: the files together never exceed MaxBytes. A batch that does not
-// fit is not spooled (Append returns a nil Ref and counts the messages as
-// Unspooled): it is still published from memory, but a kill before its ack
-// loses it. A full spool means NATS has been away, or slow, for a while;
-// its size is the executor's --log-spool-bytes.
+// What survives: every append is one write(2) without fsync, so the death
+// of the process, not a crash of the machine. A replay may repeat messages
+// that were acknowledged; they carry their msg id, so JetStream drops them
+// as duplicates. The files never exceed MaxBytes: a batch that does not fit
+// is not spooled (a nil Ref), only published from memory.
 //
 // Usage:
 //
@@ -224,7 +200,16 @@ func (s *Spool) segPath(id uint64) string {
 }
 
 // readSegment returns the whole records of a segment, stopping at the
-// first torn or corrupt one.
+// first torn or corrupt one (the process died inside its write). The
+// directory holds segments seg-<n>.log, appended to until SegmentBytes;
+// each message is one record:
+//
+//	uint32 body length | uint32 CRC-32C of body | body
+//	body = uvarint len | head | uvarint len | msg id | data
+//	head = subject, or subject " " payload " " count
+//
+// (a NATS subject holds no spaces: a head without one was written before
+// payload kinds and counts were kept, with count 1).
 func readSegment(path string) ([]Entry, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -360,7 +345,10 @@ func (s *Spool) Append(batch []Entry) Ref {
 	return s.active
 }
 
-// Done marks one message of ref's batch as acknowledged or given up.
+// Done marks one message of ref's batch as acknowledged or given up. A
+// segment other than the newest is deleted once all its messages are done,
+// so a replay may hold acknowledged messages that shared a segment with
+// others (JetStream drops them by msg id).
 func (s *Spool) Done(ref Ref) {
 	if ref == nil {
 		return
