@@ -192,7 +192,10 @@ type Runtime interface {
 	// Watch calls fn, in order, with every state change after sequence
 	// after (for id only, unless id is ""), until ctx ends or fn returns
 	// an error; it returns that error, ctx's, or ErrBehind when the
-	// changes after after are no longer kept.
+	// changes after after are no longer kept. after 0 starts from the
+	// oldest change kept (never ErrBehind); after beyond the newest
+	// sequence is ErrFailedPrecondition: it came from another executor
+	// process, whose instances are gone.
 	Watch(ctx context.Context, after uint64, id string, fn func(Instance) error) error
 	// Stats returns the resource use of the instances whose labels
 	// include selector.
