@@ -36,7 +36,7 @@ test-short: ## unit tests only (no control plane needed)
 
 .PHONY: bench-registry
 bench-registry: ## measure the registry cache against a local docker-registry (hit latency, 100 concurrent pulls, second node)
-	go run ./services/registry-cache bench
+	go run ./bench/cmd/registry-bench
 
 .PHONY: bench
 bench: controlplane ## run the benchmark suite on the local stack (ONLY=a,b picks sections); writes bench/results/<date>.json and .md

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/wasmlet/wasmlet/services/registry-cache/regbench"
+	"github.com/wasmlet/wasmlet/bench/regbench"
 )
 
 // registry runs the registry cache's own benchmark (package regbench: a

@@ -1,11 +1,10 @@
 // Command registry-cache runs wasmlet's shared registry cache as its own
-// process, pushes a .wasm module to a registry, or measures the cache.
+// process, or pushes a .wasm module to a registry.
 //
 //	registry-cache serve --listen unix:///run/wasmlet/registry.sock --dir /var/lib/wasmlet/registry \
 //	    [--insecure-registry host:port]... [--ca-file ca.pem] [--max-store-bytes N] \
 //	    [--metrics-listen 127.0.0.1:9464] [--tls-cert F --tls-key F --tls-ca F]
 //	registry-cache push [--plain-http] [--ca-file ca.pem] [--username U --password-stdin] FILE REFERENCE
-//	registry-cache bench [--module-bytes N] [--iterations N] [--concurrency N]
 //
 // One cache serves a cluster: every node agent (and its executors) reaches
 // the same `serve` over gRPC, so a module crosses the network from its
@@ -19,12 +18,8 @@
 // refused, on loopback too (any local user could otherwise store
 // precompiled artifacts and pins).
 //
-// bench starts a docker-registry on loopback and measures cache-hit
-// latency, 100 concurrent pulls of one module, and a second node's pull
-// (see regbench); `make bench-registry` runs it.
-//
 // main only wires flags to the packages that do the work: regcache/local
-// (the cache), regcache/server (its gRPC face), push and regbench.
+// (the cache), regcache/server (its gRPC face), and push.
 package main
 
 import (
@@ -48,7 +43,6 @@ import (
 
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/services/registry-cache/push"
-	"github.com/wasmlet/wasmlet/services/registry-cache/regbench"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/local"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/server"
 )
@@ -56,8 +50,7 @@ import (
 const usage = `usage:
   registry-cache serve --listen unix:///path|tcp://HOST:port --dir DIR [--insecure-registry host:port]... [--ca-file F]
       [--max-store-bytes N] [--eviction-grace D] [--metrics-listen 127.0.0.1:PORT] [--tls-cert F --tls-key F --tls-ca F]
-  registry-cache push [--plain-http] [--ca-file F] [--username U --password-stdin] FILE REFERENCE
-  registry-cache bench [--module-bytes N] [--iterations N] [--concurrency N]`
+  registry-cache push [--plain-http] [--ca-file F] [--username U --password-stdin] FILE REFERENCE`
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -79,8 +72,6 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer, 
 		return serve(ctx, args[1:], logger)
 	case "push":
 		return pushCmd(ctx, args[1:], stdin, stdout)
-	case "bench":
-		return benchCmd(ctx, args[1:], stdout, logger)
 	}
 	return fmt.Errorf("unknown command %q\n%s", args[0], usage)
 }
@@ -158,29 +149,6 @@ func serve(ctx context.Context, args []string, logger *slog.Logger) error {
 	err = grpcutil.Serve(ctx, srv, l, 5*time.Second)
 	logger.Info("registry cache stopped")
 	return err
-}
-
-func benchCmd(ctx context.Context, args []string, stdout io.Writer, logger *slog.Logger) error {
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	var cfg regbench.Config
-	fs.IntVar(&cfg.ModuleBytes, "module-bytes", 3<<20, "size of the test modules")
-	fs.IntVar(&cfg.HitIterations, "iterations", 200, "cache hits to time")
-	fs.IntVar(&cfg.Concurrency, "concurrency", 100, "concurrent requests for one uncached module")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() != 0 {
-		return errors.New("bench: no arguments\n" + usage)
-	}
-	rep, err := regbench.Run(ctx, cfg)
-	if err != nil {
-		return fmt.Errorf("bench: %w", err)
-	}
-	rep.Print(stdout)
-	if err := rep.Check(); err != nil {
-		return fmt.Errorf("bench: %w", err)
-	}
-	return nil
 }
 
 func pushCmd(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) error {
