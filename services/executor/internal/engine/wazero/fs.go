@@ -12,6 +12,8 @@ import (
 	experimentalsys "github.com/tetratelabs/wazero/experimental/sys"
 	"github.com/tetratelabs/wazero/experimental/sysfs"
 	wsys "github.com/tetratelabs/wazero/sys"
+
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 )
 
 // maxLinks bounds the symlinks one lookup follows, as Linux does.
@@ -37,10 +39,9 @@ type confined struct {
 	open *atomic.Int32
 }
 
-// maxOpenFiles bounds the files one instance holds open, so that a module
-// opening files in a loop cannot take the executor's descriptors from
-// every other instance. wazero has no EMFILE: an open past it fails EIO.
-const maxOpenFiles = 1024
+// maxOpenFiles bounds the files one instance holds open. wazero has no
+// EMFILE: an open past it fails EIO.
+const maxOpenFiles = engine.MaxOpenFiles
 
 // countedFile gives its place back in confined.open when closed.
 type countedFile struct {

@@ -8,6 +8,8 @@ import (
 
 	experimentalsys "github.com/tetratelabs/wazero/experimental/sys"
 	"github.com/tetratelabs/wazero/experimental/sysfs"
+
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine/enginetest"
 )
 
 func TestConfinedResolve(t *testing.T) {
@@ -98,4 +100,9 @@ func TestOpenFilesCapped(t *testing.T) {
 	if n := open.Load(); n != maxOpenFiles {
 		t.Fatalf("counted %d open, want %d", n, maxOpenFiles)
 	}
+}
+
+// TestModuleOpenFilesCapped: the cap as a module meets it, through WASI.
+func TestModuleOpenFilesCapped(t *testing.T) {
+	enginetest.OpenFilesCapped(t, newEngine(t, t.TempDir(), nil))
 }
