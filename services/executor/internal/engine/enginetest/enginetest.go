@@ -67,6 +67,7 @@ func Run(t *testing.T, newEngine NewEngine) {
 		{"StartTimePrecompiled", testStartTimePrecompiled},
 		{"ChattyOutputComplete", testChattyOutputComplete},
 		{"KillBlockedInHostCall", testKillBlockedInHostCall},
+		{"KilledThenExited", testKilledThenExited},
 		{"PollClocks", testPollClocks},
 		{"CPULimit", testCPULimit},
 		{"Usage", testUsage},
@@ -561,6 +562,93 @@ func testKillBlockedInHostCall(t *testing.T, e engine.Engine) {
 	// The fallback result (reported while the host call goes on) says so.
 	if res := inst.Wait(); res.Reason != engine.ReasonKilled || res.Exited || strings.Contains(res.Message, "blocked in a host call") {
 		t.Fatalf("result %+v, want Killed with the sleep ended", res)
+	}
+}
+
+// writeThenExitWat writes size bytes to stdout (in one fd_write, again
+// from where it stopped if the engine writes less), then calls
+// proc_exit(code), or returns from _start when code is negative.
+func writeThenExitWat(size, code int) string {
+	exit := ""
+	if code >= 0 {
+		exit = fmt.Sprintf("(call $exit (i32.const %d))", code)
+	}
+	return fmt.Sprintf(`(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") %d)
+  (func (export "_start")
+    (local $off i32) (local $left i32)
+    (local.set $off (i32.const 65536))
+    (local.set $left (i32.const %d))
+    (block $end (loop $more
+      (i32.store (i32.const 0) (local.get $off))
+      (i32.store (i32.const 4) (local.get $left))
+      (if (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)) (then unreachable))
+      (local.set $off (i32.add (local.get $off) (i32.load (i32.const 8))))
+      (local.set $left (i32.sub (local.get $left) (i32.load (i32.const 8))))
+      (br_if $more (i32.gt_s (local.get $left) (i32.const 0)))))
+    %s))`, size/(64<<10)+2, size, exit)
+}
+
+// gateSink holds its first Write until open is closed, and closes held
+// when it starts holding.
+type gateSink struct {
+	once       sync.Once
+	held, open chan struct{}
+}
+
+func (g *gateSink) Write(p []byte) (int, error) {
+	g.once.Do(func() {
+		close(g.held)
+		<-g.open
+	})
+	return len(p), nil
+}
+
+// testKilledThenExited: a kill that reaches a module blocked in a host
+// call a kill cannot end (a write to a sink that is slow to take it) wins
+// over what the module does once the call returns: returning from _start
+// or proc_exit, with any code, is reported Killed, by the run's end and
+// not by the fallback that reports a module still blocked.
+func testKilledThenExited(t *testing.T, e engine.Engine) {
+	const size = 1 << 20 // beyond any pipe's buffer
+	for _, tc := range []struct {
+		name string
+		code int
+	}{{"return from _start", -1}, {"proc_exit 0", 0}, {"proc_exit 3", 3}} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := prepare(t, e, wasmbuild.Wat(t, writeThenExitWat(size, tc.code)))
+			out := &gateSink{held: make(chan struct{}), open: make(chan struct{})}
+			inst, err := e.Start(context.Background(), m, engine.Spec{Args: []string{"w"}, Stdout: out})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer inst.Kill()
+			select {
+			case <-out.held:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the module wrote nothing in 10s")
+			}
+			// The module's write cannot end while the sink holds: its bytes
+			// outrun any buffer between the module and the sink.
+			time.Sleep(50 * time.Millisecond)
+			select {
+			case <-inst.Done():
+				t.Fatalf("ended while its output was held: %+v", inst.Wait())
+			default:
+			}
+			inst.Kill()
+			close(out.open)
+			select {
+			case <-inst.Done():
+			case <-time.After(10 * time.Second):
+				t.Fatal("did not end in 10s after the kill")
+			}
+			if res := inst.Wait(); res.Reason != engine.ReasonKilled || res.Exited || res.ExitCode != engine.KilledExitCode || strings.Contains(res.Message, "blocked in a host call") {
+				t.Fatalf("result %+v, want Killed by the run's end", res)
+			}
+		})
 	}
 }
 

@@ -655,6 +655,12 @@ func (i *instance) finish(res engine.Result) {
 // classify turns the end of _start into a Result. It runs on the store's
 // goroutine, before release.
 func (i *instance) classify(err error) engine.Result {
+	// Killed first, as in wazero: a kill may reach a module blocked in a
+	// host call it cannot end (a write to a slow sink), after which the
+	// module may return or exit as if it had not been killed.
+	if i.killed.Load() {
+		return engine.Result{ExitCode: engine.KilledExitCode, Reason: engine.ReasonKilled, Message: "the instance was killed"}
+	}
 	if err == nil {
 		return engine.Result{Exited: true, ExitCode: 0, Reason: engine.ReasonCompleted}
 	}
@@ -671,9 +677,6 @@ func (i *instance) classify(err error) engine.Result {
 			return engine.Result{Exited: true, ExitCode: code, Reason: engine.ReasonError,
 				Message: fmt.Sprintf("the module exited with code %d", code)}
 		}
-	}
-	if i.killed.Load() {
-		return engine.Result{ExitCode: engine.KilledExitCode, Reason: engine.ReasonKilled, Message: "the instance was killed"}
 	}
 	if i.nearLimit() {
 		return engine.Result{ExitCode: engine.KilledExitCode, Reason: engine.ReasonOOMKilled,
