@@ -9,6 +9,8 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/wasmlet/wasmlet/services/executor/instances"
 )
 
 func terminated(code int32) v1.ContainerState {
@@ -34,27 +36,6 @@ func TestPodPhase(t *testing.T) {
 		if got := podPhase(tc.cs); got != tc.want {
 			t.Errorf("%s: phase %s, want %s", tc.name, got, tc.want)
 		}
-	}
-}
-
-func TestBackoffDoublesToMax(t *testing.T) {
-	b := Backoff{Initial: 10 * time.Second, Max: 5 * time.Minute}
-	c := &ctr{}
-	var got []time.Duration
-	for range 8 {
-		got = append(got, c.nextDelay(b))
-	}
-	want := []time.Duration{10, 20, 40, 80, 160, 300, 300, 300}
-	for i := range want {
-		if got[i] != want[i]*time.Second {
-			t.Fatalf("delays %v, want %v seconds", got, want)
-		}
-	}
-	if d := b.delay(0); d != 10*time.Second {
-		t.Errorf("pull delay(0) = %s", d)
-	}
-	if d := b.delay(10); d != 5*time.Minute {
-		t.Errorf("pull delay(10) = %s", d)
 	}
 }
 
@@ -131,5 +112,98 @@ func TestSubPathRefusesEscapes(t *testing.T) {
 	}
 	if _, err := os.Stat(outside + "/etc"); err == nil {
 		t.Error("subPath created a directory outside the volume")
+	}
+}
+
+func TestContainerState(t *testing.T) {
+	now := time.Unix(1000, 0)
+	t0, t1 := time.Unix(500, 0), time.Unix(600, 0)
+	if s := containerState(instances.Instance{ID: "i", State: instances.StateCreated}, now); s.Waiting == nil || s.Waiting.Reason != "ContainerCreating" {
+		t.Errorf("created: %+v", s)
+	}
+	s := containerState(instances.Instance{ID: "i", State: instances.StateRunning, StartedAt: t0}, now)
+	if s.Running == nil || !s.Running.StartedAt.Time.Equal(t0) {
+		t.Errorf("running: %+v", s)
+	}
+	if s := containerState(instances.Instance{ID: "i", State: instances.StateRunning}, now); !s.Running.StartedAt.Time.Equal(now) {
+		t.Errorf("running without a start time: %v, want now", s.Running.StartedAt)
+	}
+	// FAILED never ran: CreateContainerError with the executor's words.
+	s = containerState(instances.Instance{ID: "i", State: instances.StateFailed, Reason: "ModuleInvalid", Message: "not a Wasm module"}, now)
+	if s.Waiting == nil || s.Waiting.Reason != "CreateContainerError" || s.Waiting.Message != "not a Wasm module" || s.Terminated != nil {
+		t.Errorf("failed: %+v", s)
+	}
+	for _, tc := range []struct {
+		in     instances.Instance
+		reason string
+		start  time.Time
+		end    time.Time
+	}{
+		{instances.Instance{State: instances.StateExited, ExitCode: 0, StartedAt: t0, FinishedAt: t1}, "Completed", t0, t1},
+		{instances.Instance{State: instances.StateExited, ExitCode: 2, StartedAt: t0, FinishedAt: t1}, "Error", t0, t1},
+		{instances.Instance{State: instances.StateKilled, ExitCode: 137, Reason: "OOMKilled", StartedAt: t0, FinishedAt: t1}, "OOMKilled", t0, t1},
+		// No zero timestamps: a missing end is now, a missing start the end.
+		{instances.Instance{State: instances.StateExited, ExitCode: 1}, "Error", now, now},
+		{instances.Instance{State: instances.StateExited, ExitCode: 1, FinishedAt: t1}, "Error", t1, t1},
+	} {
+		tc.in.ID = "i"
+		s := containerState(tc.in, now).Terminated
+		if s == nil || s.Reason != tc.reason || s.ExitCode != tc.in.ExitCode || s.ContainerID != "wasmlet://i" ||
+			!s.StartedAt.Time.Equal(tc.start) || !s.FinishedAt.Time.Equal(tc.end) {
+			t.Errorf("%+v: terminated %+v", tc.in, s)
+		}
+	}
+}
+
+func TestPodStatus(t *testing.T) {
+	now := metav1.NewTime(time.Unix(1000, 0))
+	running := v1.ContainerState{Running: &v1.ContainerStateRunning{StartedAt: now}}
+	pod := &v1.Pod{Spec: v1.PodSpec{Containers: []v1.Container{{Name: "a"}}}}
+	cond := func(st v1.PodStatus, typ v1.PodConditionType) v1.ConditionStatus {
+		for _, c := range st.Conditions {
+			if c.Type == typ {
+				return c.Status
+			}
+		}
+		return ""
+	}
+	st := podStatus(statusInput{pod: pod, nodeIP: "10.0.0.1", prepared: true,
+		containers: []*ctr{{spec: v1.Container{Name: "a"}, state: running, instanceID: "u-a-0", restarts: 2}}}, now)
+	if st.Phase != v1.PodRunning || st.PodIP != "10.0.0.1" || st.StartTime == nil || st.QOSClass != v1.PodQOSBestEffort {
+		t.Errorf("running pod: %+v", st)
+	}
+	if cs := st.ContainerStatuses[0]; !cs.Ready || cs.ContainerID != "wasmlet://u-a-0" || cs.RestartCount != 2 || !*cs.Started {
+		t.Errorf("container status %+v", cs)
+	}
+	if cond(st, v1.PodReady) != v1.ConditionTrue || cond(st, v1.PodReadyToStartContainers) != v1.ConditionTrue || cond(st, v1.PodInitialized) != v1.ConditionTrue {
+		t.Errorf("conditions %+v", st.Conditions)
+	}
+
+	// An init container that failed for good fails the pod; its
+	// containers never started.
+	pod.Spec.InitContainers = []v1.Container{{Name: "i"}}
+	st = podStatus(statusInput{pod: pod, prepared: true,
+		inits:      []*ctr{{spec: v1.Container{Name: "i"}, init: true, state: terminated(1), finished: true}},
+		containers: []*ctr{{spec: v1.Container{Name: "a"}, state: waiting("PodInitializing", ""), finished: true}}}, now)
+	if st.Phase != v1.PodFailed || cond(st, v1.PodInitialized) != v1.ConditionFalse || len(st.InitContainerStatuses) != 1 {
+		t.Errorf("failed init: phase %s, %+v", st.Phase, st.Conditions)
+	}
+	// While an init container runs the pod is Pending.
+	st = podStatus(statusInput{pod: pod, prepared: true,
+		inits:      []*ctr{{spec: v1.Container{Name: "i"}, init: true, state: running}},
+		containers: []*ctr{{spec: v1.Container{Name: "a"}, state: running}}}, now)
+	if st.Phase != v1.PodPending {
+		t.Errorf("init running: phase %s", st.Phase)
+	}
+	// A pod-level failure (DeadlineExceeded) is the pod's phase and reason.
+	st = podStatus(statusInput{pod: &v1.Pod{}, failReason: "DeadlineExceeded", failMsg: "too long",
+		containers: []*ctr{{state: terminated(137), finished: true}}}, now)
+	if st.Phase != v1.PodFailed || st.Reason != "DeadlineExceeded" || cond(st, v1.PodReady) != v1.ConditionFalse {
+		t.Errorf("deadline: %+v", st)
+	}
+	for _, c := range st.Conditions {
+		if c.Type == v1.PodReady && c.Reason != "PodCompleted" {
+			t.Errorf("ready reason of an ended pod %q", c.Reason)
+		}
 	}
 }

@@ -2,19 +2,16 @@ package podworker
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
-	"google.golang.org/protobuf/types/known/timestamppb"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -22,31 +19,12 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
-	"github.com/wasmlet/wasmlet/internal/beneath"
+	"github.com/wasmlet/wasmlet/services/executor/instances"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
 )
 
-// Labels the Worker puts on its instances, so that a restarted node agent
-// can tell whose they are.
-const (
-	LabelNamespace = "wasmlet.io/namespace"
-	LabelPod       = "wasmlet.io/pod"
-	LabelPodUID    = "wasmlet.io/pod-uid"
-	LabelContainer = "wasmlet.io/container"
-)
-
-// Backoff is the kubelet's crash-loop and image-pull back-off.
-type Backoff struct {
-	Initial time.Duration // first delay (the first restart is immediate)
-	Max     time.Duration // cap
-	Reset   time.Duration // a run this long resets the back-off
-}
-
 // DefaultVolumeRefresh is the kubelet's sync period.
 const DefaultVolumeRefresh = time.Minute
-
-// DefaultBackoff is the kubelet's: 10 s doubling to 5 min, reset after 10 min.
-var DefaultBackoff = Backoff{Initial: 10 * time.Second, Max: 5 * time.Minute, Reset: 10 * time.Minute}
 
 // Deps is what a Worker needs. All fields are required unless noted.
 type Deps struct {
@@ -85,7 +63,7 @@ type ctr struct {
 	restarts   int32
 	state      v1.ContainerState
 	last       v1.ContainerState
-	backoff    time.Duration // the delay after the next one
+	backoff    backoffState
 	delay      time.Duration // the delay of the restart pending
 	restartAt  time.Time     // zero: no restart pending
 	failedSeq  uint64        // the executor's sequence of the last FAILED instance applied
@@ -324,7 +302,7 @@ func (w *Worker) pull(ctx context.Context) bool {
 		if ctx.Err() != nil {
 			return false
 		}
-		delay := w.deps.Backoff.delay(attempt)
+		delay := w.deps.Backoff.Delay(attempt)
 		msg := err.Error()
 		w.log.Warn("image pull failed", "container", failed.spec.Name, "image", failed.spec.Image, "err", err, "retry_in", delay)
 		w.event(v1.EventTypeWarning, "Failed", "Failed to pull image %q: %s", failed.spec.Image, msg)
@@ -467,7 +445,7 @@ func (w *Worker) prepareVolumes(ctx context.Context) bool {
 			c.state = waiting("CreateContainerConfigError", err.Error())
 		}
 		w.publish()
-		if !sleep(ctx, w.deps.Backoff.delay(attempt)) {
+		if !sleep(ctx, w.deps.Backoff.Delay(attempt)) {
 			return false
 		}
 	}
@@ -513,7 +491,7 @@ func (w *Worker) runInits(ctx context.Context) bool {
 			}
 			c.last = c.state
 			c.restarts++
-			delay := c.nextDelay(w.deps.Backoff)
+			delay := c.backoff.next(w.deps.Backoff)
 			c.state = waiting("CrashLoopBackOff", fmt.Sprintf("back-off %s restarting failed init container=%s pod=%s", delay, c.spec.Name, w.current().Name))
 			w.event(v1.EventTypeWarning, "BackOff", "Back-off restarting failed init container %s in pod %s", c.spec.Name, w.current().Name)
 			w.publish()
@@ -552,47 +530,16 @@ func (w *Worker) start(ctx context.Context, c *ctr) {
 		w.failStart(c, "CreateContainerConfigError", err.Error())
 		return
 	}
-	id := fmt.Sprintf("%s-%s-%d", pod.UID, c.spec.Name, c.restarts)
-	spec := &executorv1.InstanceSpec{
-		Module:     &executorv1.Module{Digest: c.image.ModuleDigest, Reference: c.spec.Image},
-		Args:       argv(&c.spec),
-		LogSubject: w.deps.LogSubject(pod.Namespace, pod.Name, c.spec.Name),
-		Labels: map[string]string{
-			LabelNamespace: pod.Namespace, LabelPod: pod.Name,
-			LabelPodUID: string(pod.UID), LabelContainer: c.spec.Name,
-		},
+	id := instanceID(pod, c.spec.Name, c.restarts)
+	dspec, err := instanceSpec(pod, &c.spec, specInput{
+		digest: c.image.ModuleDigest, env: env, volumes: w.volumes, restarts: c.restarts,
+		logSubject: w.deps.LogSubject(pod.Namespace, pod.Name, c.spec.Name),
+	})
+	if err != nil {
+		w.failStart(c, "CreateContainerConfigError", err.Error())
+		return
 	}
-	for _, kv := range env {
-		spec.Env = append(spec.Env, &executorv1.EnvVar{Name: kv[0], Value: kv[1]})
-	}
-	// WASI has no working directory; PWD is what Go's wasip1 runtime (and
-	// other toolchains that follow it) resolve relative paths against.
-	if wd := c.spec.WorkingDir; wd != "" && !hasEnv(env, "PWD") {
-		spec.Env = append(spec.Env, &executorv1.EnvVar{Name: "PWD", Value: wd})
-	}
-	for _, m := range c.spec.VolumeMounts {
-		dir, ok := w.volumes[m.Name]
-		if !ok {
-			continue
-		}
-		host := dir
-		if m.SubPath != "" {
-			host, err = subPath(dir, m.SubPath)
-			if err != nil {
-				w.failStart(c, "CreateContainerConfigError", err.Error())
-				return
-			}
-		}
-		spec.Preopens = append(spec.Preopens, &executorv1.Preopen{HostPath: host, GuestPath: m.MountPath, ReadOnly: m.ReadOnly || readOnlyVolume(pod, m.Name)})
-	}
-	if mem, ok := c.spec.Resources.Limits[v1.ResourceMemory]; ok {
-		spec.MemoryLimitBytes = mem.Value()
-	}
-	if cpu, ok := c.spec.Resources.Limits[v1.ResourceCPU]; ok {
-		// Enforced by executors started with --cpu-cgroup (a CFS quota on
-		// the instance's thread); others accept it and log that they do not.
-		spec.CpuLimitMillis = cpu.MilliValue()
-	}
+	spec := specToProto(dspec)
 	resp, err := w.deps.Executor.CreateInstance(ctx, &executorv1.CreateInstanceRequest{Id: id, Spec: spec, Start: true})
 	var inst *executorv1.Instance
 	switch {
@@ -644,9 +591,8 @@ func (w *Worker) adopt(ctx context.Context, pod *v1.Pod, c *ctr) bool {
 	var newest *executorv1.Instance
 	newestAttempt := int32(-1)
 	for _, inst := range resp.GetInstances() {
-		var attempt int32
-		prefix := fmt.Sprintf("%s-%s-", pod.UID, c.spec.Name)
-		if _, err := fmt.Sscanf(inst.GetId()[min(len(prefix), len(inst.GetId())):], "%d", &attempt); err != nil {
+		attempt, ok := attempt(pod, c.spec.Name, instanceFromProto(inst))
+		if !ok {
 			continue
 		}
 		if attempt > newestAttempt {
@@ -690,46 +636,10 @@ func (w *Worker) failStart(c *ctr, reason, msg string) {
 	// the restart policy: the cause (a missing config map, an executor at
 	// capacity) may go away.
 	if !w.terminating() {
-		c.delay = c.nextDelay(w.deps.Backoff)
+		c.delay = c.backoff.next(w.deps.Backoff)
 		c.restartAt = time.Now().Add(c.delay)
 	}
 	w.publish()
-}
-
-func hasEnv(env [][2]string, name string) bool {
-	for _, kv := range env {
-		if kv[0] == name {
-			return true
-		}
-	}
-	return false
-}
-
-// argv maps a container to WASI argv: command replaces the whole argv
-// (command[0] is argv[0]) and args follow; with no command, argv[0] is the
-// container's name.
-func argv(c *v1.Container) []string {
-	if len(c.Command) > 0 {
-		return append(append([]string{}, c.Command...), c.Args...)
-	}
-	return append([]string{c.Name}, c.Args...)
-}
-
-// subPath makes the directory sub inside the volume at dir without
-// following a symlink: a module may have replaced any part of it by a link
-// since the last start (the executor checks again when it opens it).
-func subPath(dir, sub string) (string, error) {
-	clean := filepath.Clean(sub)
-	if filepath.IsAbs(clean) || clean == ".." || strings.HasPrefix(clean, "../") {
-		return "", fmt.Errorf("subPath %q must be a relative path inside the volume", sub)
-	}
-	if err := beneath.MkdirAll(dir, clean, 0o750); err != nil {
-		if errors.Is(err, beneath.ErrEscape) {
-			return "", fmt.Errorf("subPath %q passes through a symbolic link, which is refused: replace the link in the volume by a directory", sub)
-		}
-		return "", fmt.Errorf("subPath %q: %w", sub, err)
-	}
-	return filepath.Join(dir, clean), nil
 }
 
 // apply folds an instance's state into its container.
@@ -737,94 +647,43 @@ func (w *Worker) apply(c *ctr, inst *executorv1.Instance) {
 	if inst == nil || inst.GetId() != c.instanceID {
 		return
 	}
-	cid := "wasmlet://" + inst.GetId()
-	switch inst.GetState() {
-	case executorv1.InstanceState_INSTANCE_STATE_CREATED:
-		c.state = waiting("ContainerCreating", "")
-	case executorv1.InstanceState_INSTANCE_STATE_RUNNING:
-		c.state = v1.ContainerState{Running: &v1.ContainerStateRunning{StartedAt: tsOr(inst.GetStartedAt(), time.Now())}}
-	case executorv1.InstanceState_INSTANCE_STATE_FAILED:
-		// The module could not be made into a running instance (not Wasm,
-		// truncated, an import the executor lacks, a preopen refused): as
-		// the kubelet does for a container it cannot create, the container
-		// waits with the reason and is retried under back-off; it never
-		// ran, so it has neither an exit code nor a restart.
-		if inst.GetSequence() != 0 && inst.GetSequence() <= c.failedSeq {
+	in := instanceFromProto(inst)
+	state := containerState(in, time.Now())
+	switch in.State {
+	case instances.StateCreated, instances.StateRunning:
+		c.state = state
+	case instances.StateFailed:
+		if in.Sequence != 0 && in.Sequence <= c.failedSeq {
 			return // already applied (the create reply and the watch both carry it)
 		}
-		c.failedSeq = inst.GetSequence()
+		c.failedSeq = in.Sequence
 		// The failed instance keeps this attempt's ID; delete it so that the
 		// retry creates the instance anew rather than finding this one.
-		w.forget(inst.GetId())
-		w.failStart(c, "CreateContainerError", inst.GetMessage())
-	case executorv1.InstanceState_INSTANCE_STATE_EXITED, executorv1.InstanceState_INSTANCE_STATE_KILLED:
-		if c.state.Terminated != nil && c.state.Terminated.ContainerID == cid {
+		w.forget(in.ID)
+		w.failStart(c, state.Waiting.Reason, state.Waiting.Message)
+	case instances.StateExited, instances.StateKilled:
+		if t := c.state.Terminated; t != nil && t.ContainerID == state.Terminated.ContainerID {
 			return // already applied
 		}
-		reason := inst.GetReason()
-		if reason == "" {
-			reason = "Error"
-			if inst.GetExitCode() == 0 {
-				reason = "Completed"
-			}
-		}
-		finished := tsOr(inst.GetFinishedAt(), time.Now())
-		c.state = v1.ContainerState{Terminated: &v1.ContainerStateTerminated{
-			ExitCode:    inst.GetExitCode(),
-			Reason:      reason,
-			Message:     inst.GetMessage(),
-			StartedAt:   tsOr(inst.GetStartedAt(), finished.Time),
-			FinishedAt:  finished,
-			ContainerID: cid,
-		}}
+		c.state = state
 		if !c.init { // runInits decides for init containers
-			w.scheduleRestart(c, true)
+			w.scheduleRestart(c)
 		}
 	}
-}
-
-// tsOr is t as a status time, or fallback when the executor sent none: a
-// status never shows the zero time (1970-01-01).
-func tsOr(t *timestamppb.Timestamp, fallback time.Time) metav1.Time {
-	if t == nil || t.AsTime().Unix() <= 0 {
-		return ts(fallback)
-	}
-	return ts(t.AsTime())
 }
 
 // scheduleRestart applies the restart policy to a container that ended.
-func (w *Worker) scheduleRestart(c *ctr, ran bool) {
-	policy := w.current().Spec.RestartPolicy
-	exit := c.state.Terminated.ExitCode
-	restart := policy == v1.RestartPolicyAlways || (policy == v1.RestartPolicyOnFailure && exit != 0)
-	if !restart || w.terminating() {
+func (w *Worker) scheduleRestart(c *ctr) {
+	t := c.state.Terminated
+	if !shouldRestart(w.current().Spec.RestartPolicy, t.ExitCode) || w.terminating() {
 		c.finished = true
 		return
 	}
-	if ran && c.state.Terminated.FinishedAt.Sub(c.state.Terminated.StartedAt.Time) >= w.deps.Backoff.Reset {
-		c.backoff = 0
-	}
-	// The first restart is at once; then Initial, doubling up to Max.
-	if c.restarts == 0 && c.backoff == 0 {
-		c.delay, c.backoff = 0, w.deps.Backoff.Initial
-	} else {
-		c.delay = c.nextDelay(w.deps.Backoff)
-	}
+	c.delay = c.backoff.restartDelay(w.deps.Backoff, c.restarts, t.FinishedAt.Sub(t.StartedAt.Time))
 	c.restartAt = time.Now().Add(c.delay)
 	if c.delay > 0 {
 		w.event(v1.EventTypeWarning, "BackOff", "Back-off restarting failed container %s in pod %s", c.spec.Name, w.current().Name)
 	}
-}
-
-// nextDelay returns the back-off delay to use now and doubles the next one.
-func (c *ctr) nextDelay(b Backoff) time.Duration {
-	d := c.backoff
-	if d == 0 {
-		d = b.Initial
-	}
-	d = min(d, b.Max)
-	c.backoff = min(2*d, b.Max)
-	return d
 }
 
 func (w *Worker) terminating() bool {
@@ -957,7 +816,7 @@ func (w *Worker) drain() {
 		}}
 		w.event(v1.EventTypeWarning, "Failed", "Container %s was lost: %s", c.spec.Name, lost)
 		if !c.init {
-			w.scheduleRestart(c, true)
+			w.scheduleRestart(c)
 		}
 	}
 }
@@ -1048,56 +907,11 @@ func (w *Worker) publish() {
 	w.mu.Lock()
 	pod := w.pod
 	prev := pod.Status
-	st := *prev.DeepCopy()
-	now := metav1.Now()
-	st.Phase = podPhase(w.containers)
-	st.HostIP = w.deps.NodeIP
-	st.HostIPs = []v1.HostIP{{IP: w.deps.NodeIP}}
-	// Wasm pods share the node's network identity (no pod network yet).
-	st.PodIP = w.deps.NodeIP
-	st.PodIPs = []v1.PodIP{{IP: w.deps.NodeIP}}
-	if st.StartTime == nil {
-		st.StartTime = &now
-	}
-	st.QOSClass = qosClass(pod)
-	st.Reason, st.Message = w.failReason, w.failMsg
-	if w.failReason != "" {
-		st.Phase = v1.PodFailed
-	}
-	initialized := true
-	for _, c := range w.inits {
-		initialized = initialized && c.finished && c.state.Terminated != nil && c.state.Terminated.ExitCode == 0
-	}
-	if !initialized && st.Phase == v1.PodRunning {
-		st.Phase = v1.PodPending // containers have not started while inits run
-	}
-	if len(w.inits) > 0 && !initialized && w.inits[len(w.inits)-1].finished && st.Phase != v1.PodFailed {
-		st.Phase = v1.PodFailed // an init container failed for good
-	}
-	ready := len(w.containers) > 0
-	st.InitContainerStatuses = containerStatuses(st.InitContainerStatuses[:0], w.inits)
-	st.ContainerStatuses = containerStatuses(st.ContainerStatuses[:0], w.containers)
-	for _, c := range w.containers {
-		ready = ready && c.state.Running != nil
-	}
-	terminal := st.Phase == v1.PodSucceeded || st.Phase == v1.PodFailed
-	prepared := w.state != StateRegistered && w.state != StatePulling && w.state != StatePullBackOff && w.state != StatePreparingVolumes
-	st.Conditions = setCondition(st.Conditions, v1.PodScheduled, v1.ConditionTrue, "", now)
-	st.Conditions = setCondition(st.Conditions, v1.PodReadyToStartContainers, boolStatus(prepared && !terminal), "", now)
-	initReason := ""
-	if !initialized {
-		initReason = "ContainersNotInitialized"
-	}
-	st.Conditions = setCondition(st.Conditions, v1.PodInitialized, boolStatus(initialized), initReason, now)
-	reason := ""
-	if !ready {
-		reason = "ContainersNotReady"
-		if terminal {
-			reason = "PodCompleted"
-		}
-	}
-	st.Conditions = setCondition(st.Conditions, v1.ContainersReady, boolStatus(ready), reason, now)
-	st.Conditions = setCondition(st.Conditions, v1.PodReady, boolStatus(ready), reason, now)
+	st := podStatus(statusInput{
+		pod: pod, inits: w.inits, containers: w.containers, nodeIP: w.deps.NodeIP,
+		prepared:   w.state != StateRegistered && w.state != StatePulling && w.state != StatePullBackOff && w.state != StatePreparingVolumes,
+		failReason: w.failReason, failMsg: w.failMsg,
+	}, metav1.Now())
 	if equality.Semantic.DeepEqual(prev, st) {
 		w.mu.Unlock()
 		return
@@ -1119,32 +933,6 @@ func (w *Worker) publish() {
 	w.deps.Notify(out)
 }
 
-// containerStatuses renders containers' statuses into out.
-func containerStatuses(out []v1.ContainerStatus, cs []*ctr) []v1.ContainerStatus {
-	for _, c := range cs {
-		running := c.state.Running != nil
-		imageID := ""
-		if c.image.ManifestDigest != "" {
-			imageID = c.image.Reference + "@" + c.image.ManifestDigest
-		}
-		s := v1.ContainerStatus{
-			Name:                 c.spec.Name,
-			Image:                c.spec.Image,
-			ImageID:              imageID,
-			State:                c.state,
-			LastTerminationState: c.last,
-			Ready:                running || (c.init && c.finished && c.state.Terminated != nil && c.state.Terminated.ExitCode == 0),
-			RestartCount:         c.restarts,
-			Started:              &running,
-		}
-		if c.instanceID != "" {
-			s.ContainerID = "wasmlet://" + c.instanceID
-		}
-		out = append(out, s)
-	}
-	return out
-}
-
 func (w *Worker) event(typ, reason, format string, args ...any) {
 	if w.deps.Recorder == nil {
 		return
@@ -1157,20 +945,6 @@ func (w *Worker) event(typ, reason, format string, args ...any) {
 	w.mu.Unlock()
 	w.deps.Recorder.Eventf(ref, typ, reason, format, args...)
 }
-
-func (b Backoff) delay(attempt int) time.Duration {
-	d := b.Initial
-	for i := 0; i < attempt && d < b.Max; i++ {
-		d *= 2
-	}
-	return min(d, b.Max)
-}
-
-func waiting(reason, msg string) v1.ContainerState {
-	return v1.ContainerState{Waiting: &v1.ContainerStateWaiting{Reason: reason, Message: msg}}
-}
-
-func ts(t time.Time) metav1.Time { return metav1.NewTime(t.Truncate(time.Second)) }
 
 func sleep(ctx context.Context, d time.Duration) bool {
 	if d <= 0 {
