@@ -1,70 +1,23 @@
 // Package regcache is the registry cache's domain API: the Cache interface
-// that the node agent and the executors program against, its request and
-// result types, and its errors. Three things implement or serve it:
+// that the node agent and the executors program against, the optional
+// Pinner and PrecompiledStore, their request and result types, and their
+// errors. It speaks only of artifacts and digests, holds no state and
+// touches nothing; three packages implement or serve it:
 //
 //   - regcache/local: the cache itself, in-process (pulls with oras-go into a
 //     content-addressed store on disk);
 //   - regcache/proxy: a gRPC client of wasmlet.registry.v1 that implements
-//     the same interface, so that a caller never knows which one it holds;
+//     the same interfaces, so that a caller never knows which one it holds;
 //   - regcache/server: the gRPC server that exposes any Cache.
 //
 // Errors are the sentinels below, wrapped with %w; the server and proxy map
 // them to and from gRPC status codes, so errors.Is works across the wire.
-//
-// Usage:
+// The contracts of pins and of precompiled modules are on Pinner and
+// PrecompiledStore.
 //
 //	c, _ := local.New(local.Config{Dir: dir})
 //	res, err := c.Resolve(ctx, regcache.ResolveRequest{Reference: "127.0.0.1:5000/hello:v1"})
 //	rc, size, err := c.Fetch(ctx, res.ModuleDigest)
-//
-// # Eviction and pins
-//
-// The local cache may have a size budget; past it, the least recently used
-// blobs are evicted. A blob is never evicted while it is pinned, nor within
-// a grace period after it was last used (resolved, fetched, put, pinned),
-// so that a caller that resolves and then fetches is not raced by
-// eviction even without pins. A caller whose artifact must outlive the
-// grace period — an executor running an instance that may restart —
-// pins it:
-//
-//	res, err := c.Resolve(ctx, regcache.ResolveRequest{Reference: ref, PinHolder: "executor/node-a/inst-42"})
-//	// ... the instance runs; restarts Fetch res.ModuleDigest again ...
-//	err = pinner.Unpin(ctx, regcache.UnpinRequest{Holder: "executor/node-a/inst-42"})
-//
-// A holder is an opaque string naming who holds the pin; pins of different
-// holders are independent (an unpin releases only pins of exactly its
-// holder), and one holder pinning a digest twice holds one pin (the second
-// renews it). Over mutual TLS the gRPC server scopes the holder by the
-// client's certificate, so that no client releases another's pins. Pins are kept on disk across restarts of the
-// cache. A pin with a TTL ends by itself unless renewed, so a holder that
-// dies without unpinning does not keep blobs forever; a holder that
-// restarts releases its leftovers with Unpin(holder, "") at start-up.
-// For an executor the simplest scheme is one holder per executor process
-// (e.g. "executor/node-a/wasmtime"), pinning each digest its instances use
-// (module and precompiled artifact) while at least one instance uses it:
-// at start-up it releases everything with Unpin{Holder} and pins again
-// what it re-adopts.
-// Pinning and precompiled modules are separate interfaces (Pinner,
-// PrecompiledStore) rather than methods of Cache, because callers that only
-// resolve and fetch (the node agent, test fakes) should not have to
-// implement them; local.Cache and proxy.Client implement all three.
-//
-// # Precompiled modules
-//
-// An executor that compiled a module stores the engine's artifact under
-// (module digest, engine key) with PutPrecompiled, and any executor with
-// the same engine key gets it back with GetPrecompiled instead of
-// compiling again. The engine key must name everything that makes an
-// artifact loadable (engine, version, target, settings): the cache only
-// compares keys. The artifact's sha256 digest travels with it and is
-// verified before it becomes visible; the proxy client checks it again as
-// it reads. The digest proves only that the bytes arrived intact, not who
-// made them: a precompiled artifact is native code that executors load,
-// so only executors may reach a cache that serves these RPCs (its unix
-// socket, or mTLS).
-//
-//	err := pc.PutPrecompiled(ctx, regcache.PrecompiledKey{ModuleDigest: m, EngineKey: k}, digest, size, r)
-//	rc, info, err := pc.GetPrecompiled(ctx, regcache.PrecompiledKey{ModuleDigest: m, EngineKey: k})
 package regcache
 
 import (
@@ -145,6 +98,35 @@ type UnpinRequest struct {
 }
 
 // Pinner keeps cached blobs from eviction while they are in use.
+//
+// A cache may have a size budget; past it, the least recently used blobs
+// are evicted. A blob is never evicted while it is pinned, nor within a
+// grace period after it was last used (resolved, fetched, put, pinned), so
+// that a caller that resolves and then fetches is not raced by eviction
+// even without pins. A caller whose artifact must outlive the grace period
+// (an executor running an instance that may restart) pins it:
+//
+//	res, err := c.Resolve(ctx, regcache.ResolveRequest{Reference: ref, PinHolder: "executor/node-a/inst-42"})
+//	// ... the instance runs; restarts Fetch res.ModuleDigest again ...
+//	err = pinner.Unpin(ctx, regcache.UnpinRequest{Holder: "executor/node-a/inst-42"})
+//
+// A holder is an opaque string naming who holds the pin; pins of different
+// holders are independent (an unpin releases only pins of exactly its
+// holder), and one holder pinning a digest twice holds one pin (the second
+// renews it). Over mutual TLS the gRPC server scopes the holder by the
+// client's certificate, so that no client releases another's pins. Pins
+// are kept on disk across restarts of the cache. A pin with a TTL ends by
+// itself unless renewed, so a holder that dies without unpinning does not
+// keep blobs forever; a holder that restarts releases its leftovers with
+// Unpin(holder, "") at start-up. For an executor the simplest scheme is one
+// holder per executor process (e.g. "executor/node-a/wasmtime"), pinning
+// each digest its instances use (module and precompiled artifact) while at
+// least one instance uses it: at start-up it releases everything with
+// Unpin{Holder} and pins again what it re-adopts.
+//
+// Pinner and PrecompiledStore are apart from Cache because callers that
+// only resolve and fetch (the node agent, test fakes) should not have to
+// implement them; local.Cache and proxy.Client implement all three.
 type Pinner interface {
 	// Pin keeps a cached blob from eviction until Unpin or until the TTL
 	// passes. It may be called more than once: a second call by the same
@@ -170,6 +152,21 @@ type Precompiled struct {
 }
 
 // PrecompiledStore keeps engines' precompiled modules for the executors.
+//
+// An executor that compiled a module stores the engine's artifact under
+// (module digest, engine key) with PutPrecompiled, and any executor with
+// the same engine key gets it back with GetPrecompiled instead of
+// compiling again. The engine key must name everything that makes an
+// artifact loadable (engine, version, target, settings): the cache only
+// compares keys. The artifact's sha256 digest travels with it and is
+// verified before it becomes visible; the proxy client checks it again as
+// it reads. The digest proves only that the bytes arrived intact, not who
+// made them: a precompiled artifact is native code that executors load,
+// so only executors may reach a cache that serves these RPCs (its unix
+// socket, or mutual TLS).
+//
+//	err := pc.PutPrecompiled(ctx, regcache.PrecompiledKey{ModuleDigest: m, EngineKey: k}, digest, size, r)
+//	rc, info, err := pc.GetPrecompiled(ctx, regcache.PrecompiledKey{ModuleDigest: m, EngineKey: k})
 type PrecompiledStore interface {
 	// PutPrecompiled stores the size bytes read from r as the artifact for
 	// key. digest is the sha256 of those bytes: ErrDigestMismatch, and

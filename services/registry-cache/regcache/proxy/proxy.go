@@ -2,10 +2,11 @@
 // regcache.Cache, regcache.Pinner and regcache.PrecompiledStore (streamed
 // in chunks, the artifact's digest checked as it is read), so that a node
 // agent or executor can use a remote registry cache exactly as it would
-// the in-process one; cachetest runs against it over a real server. Status codes are
-// mapped back to the regcache sentinels, keeping the server's message, so
-// errors.Is(err, regcache.ErrNotFound) holds across the wire. It owns no
-// state beyond the connection it is given, which the caller closes.
+// the in-process one; cachetest runs against it over a real server.
+// Status codes are mapped back to the regcache sentinels, keeping the
+// server's message, so errors.Is(err, regcache.ErrNotFound) holds across
+// the wire. It owns no state beyond the connection it is given, which the
+// caller closes.
 //
 //	conn, _ := grpcutil.Dial("unix:///run/wasmlet/registry.sock")
 //	var c regcache.Cache = proxy.New(conn)

@@ -1,6 +1,9 @@
 // Package wire is the one table that turns regcache errors into gRPC status
 // codes and back, and converts pull policies, for the server and the proxy.
 // It owns no state and touches nothing but values.
+//
+//	return nil, wire.ToStatus(err)                   // in the server
+//	return regcache.Resolved{}, wire.FromStatus(err) // in the proxy
 package wire
 
 import (
