@@ -18,8 +18,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/wasmlet/wasmlet/bench/noopnode"
-	"github.com/wasmlet/wasmlet/internal/testharness/localcluster"
 	"github.com/wasmlet/wasmlet/internal/profiling"
+	"github.com/wasmlet/wasmlet/internal/testharness/localcluster"
 	"github.com/wasmlet/wasmlet/internal/testharness/testregistry"
 )
 

@@ -10,8 +10,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
-	"github.com/wasmlet/wasmlet/internal/testharness/natstest"
 	"github.com/wasmlet/wasmlet/internal/subjects"
+	"github.com/wasmlet/wasmlet/internal/testharness/natstest"
 )
 
 // TestAnnounceLifecycle runs an announcer against a real NATS server: it
