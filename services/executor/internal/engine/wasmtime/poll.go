@@ -131,7 +131,7 @@ func (i *instance) sleep(d time.Duration) bool {
 			// Not expected of an eventfd the instance holds open; the
 			// sleep still lasts its time.
 			time.Sleep(time.Until(deadline))
-			return i.killed.Load()
+			return i.interrupted.Load()
 		}
 		if d = time.Until(deadline); d <= 0 {
 			return false

@@ -99,7 +99,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
-	"github.com/wasmlet/wasmlet/services/executor/internal/threadcpu"
 )
 
 // The engine's identity. The version is read from the build where it can be.
@@ -389,7 +388,7 @@ func (e *Engine) compile(m *module, wasmPath string) error {
 	e.compileMu.Unlock()
 	e.artifacts.Compiled()
 	if err != nil {
-		return fmt.Errorf("%w: module %s does not compile: %s; check that it is a WebAssembly binary built for wasip1", engine.ErrModuleInvalid, m.digest, firstLine(err.Error()))
+		return fmt.Errorf("%w: module %s does not compile: %s; check that it is a WebAssembly binary built for wasip1", engine.ErrModuleInvalid, m.digest, engine.FirstLine(err.Error()))
 	}
 	defer mod.Close()
 	if err := checkWASI(mod, m.digest); err != nil {
@@ -435,14 +434,6 @@ func checkWASI(mod *wt.Module, digest string) error {
 	return fmt.Errorf("%w: module %s exports no _start function; build it as a WASI command (not a reactor or library)", engine.ErrModuleUnsupported, digest)
 }
 
-func firstLine(s string) string {
-	s = strings.TrimSpace(s)
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		s = s[:i]
-	}
-	return s
-}
-
 // Start implements engine.Engine.
 func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) (engine.Instance, error) {
 	m, ok := em.(*module)
@@ -462,50 +453,34 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 		e.runners.put(r)
 		return nil, fmt.Errorf("%w: eventfd: %v", engine.ErrInstantiate, err)
 	}
-	inst := &instance{done: make(chan struct{}), killFd: killFd, limit: spec.MemoryLimitBytes, runner: r, pool: &e.runners}
+	inst := &instance{killFd: killFd, runner: r, pool: &e.runners}
 	if err := inst.setup(m, spec); err != nil {
 		inst.release()
 		return nil, err
 	}
-	unlimit, err := engine.RunOnThread(&inst.cpu, e.cpu, spec.CPULimitMillis, inst.run)
+	run, err := engine.Launch(inst, e.cpu, spec)
 	if err != nil {
-		inst.release()
-		return nil, fmt.Errorf("%w: CPU limit %dm: %v", engine.ErrInstantiate, spec.CPULimitMillis, err)
+		return nil, err
 	}
-	inst.unlimit = unlimit
-	return inst, nil
+	return run, nil
 }
 
-// instance is one run, with a wasmtime Engine of its own while it runs
-// (its runner, returned to pool when released).
+// instance is the engine.Guest of one run, with a wasmtime Engine of its
+// own while it runs (its runner, returned to pool when released).
 type instance struct {
 	runner *runner
 	pool   *runners
 	store  *wt.Store
-	inst   *wt.Instance
 	start  *wt.Func
-	limit  int64
+	memory *wt.Memory // the exported memory, if any
 
 	readers sync.WaitGroup
 	pipes   []*os.File // read ends, closed by their readers
 
-	unlimit func() // lifts the CPU limit; set before Start returns
+	killFd      int         // an eventfd Interrupt signals: it ends a sleep in pollOneoff
+	interrupted atomic.Bool // set by Interrupt
 
-	killed   atomic.Bool
-	killOnce sync.Once
-	killFd   int // an eventfd Kill signals: it ends a sleep in pollOneoff; closed by release
-
-	wasiStart time.Time  // when the WASI context was made (its monotonic clock's zero)
-	mu        sync.Mutex // guards engine use against release
-	released  bool
-	memory    *wt.Memory // the exported memory, if any
-	memFinal  int64      // its size when released
-
-	cpu atomic.Pointer[threadcpu.Thread] // the thread the wasm runs on
-
-	doneOnce sync.Once
-	done     chan struct{}
-	result   engine.Result
+	wasiStart time.Time // when the WASI context was made (its monotonic clock's zero)
 }
 
 func (i *instance) setup(m *module, spec engine.Spec) error {
@@ -548,9 +523,8 @@ func (i *instance) setup(m *module, spec engine.Spec) error {
 	i.store.SetWasi(wasi)
 	inst, err := i.runner.linker.Instantiate(i.store, i.runner.module)
 	if err != nil {
-		return fmt.Errorf("%w: instantiate module %s: %s; check the memory limit and the module's imports", engine.ErrInstantiate, m.digest, firstLine(err.Error()))
+		return fmt.Errorf("%w: instantiate module %s: %s; check the memory limit and the module's imports", engine.ErrInstantiate, m.digest, engine.FirstLine(err.Error()))
 	}
-	i.inst = inst
 	if ext := inst.GetExport(i.store, "memory"); ext != nil {
 		i.memory = ext.Memory()
 	}
@@ -632,63 +606,29 @@ func env(vars []engine.EnvVar) (keys, values []string) {
 	return keys, values
 }
 
-// run runs _start on the instance's own thread (engine.RunOnThread).
-func (i *instance) run(unlimit func()) {
+// Call implements engine.Guest.
+func (i *instance) Call() error {
 	_, err := i.start.Call(i.store)
-	if unlimit != nil {
-		unlimit()
-	}
-	res := i.classify(err)
-	i.cpu.Load().Final()
-	i.release()
-	i.readers.Wait()
-	i.finish(res)
+	return err
 }
 
-func (i *instance) finish(res engine.Result) {
-	i.doneOnce.Do(func() {
-		i.result = res
-		close(i.done)
-	})
-}
-
-// classify turns the end of _start into a Result. It runs on the store's
-// goroutine, before release.
-func (i *instance) classify(err error) engine.Result {
-	// Killed first, as in wazero: a kill may reach a module blocked in a
-	// host call it cannot end (a write to a slow sink), after which the
-	// module may return or exit as if it had not been killed.
-	if i.killed.Load() {
-		return engine.Result{ExitCode: engine.KilledExitCode, Reason: engine.ReasonKilled, Message: "the instance was killed"}
-	}
-	if err == nil {
-		return engine.Result{Exited: true, ExitCode: 0, Reason: engine.ReasonCompleted}
-	}
+// Exit implements engine.Guest: wasmtime reports proc_exit, 0 included,
+// as an error with an exit status.
+func (i *instance) Exit(err error) (int32, bool) {
 	var werr *wt.Error
 	if errors.As(err, &werr) {
-		if code, ok := werr.ExitStatus(); ok {
-			if code == 0 {
-				return engine.Result{Exited: true, Reason: engine.ReasonCompleted}
-			}
-			if i.nearLimit() {
-				return engine.Result{ExitCode: engine.KilledExitCode, Reason: engine.ReasonOOMKilled,
-					Message: fmt.Sprintf("the module reached its memory limit of %d bytes and exited with code %d; raise the limit or reduce its memory use", i.limit, code)}
-			}
-			return engine.Result{Exited: true, ExitCode: code, Reason: engine.ReasonError,
-				Message: fmt.Sprintf("the module exited with code %d", code)}
-		}
+		return werr.ExitStatus()
 	}
-	if i.nearLimit() {
-		return engine.Result{ExitCode: engine.KilledExitCode, Reason: engine.ReasonOOMKilled,
-			Message: fmt.Sprintf("the module reached its memory limit of %d bytes and trapped: %s; raise the limit or reduce its memory use", i.limit, firstLine(err.Error()))}
-	}
+	return 0, false
+}
+
+// Failure implements engine.Guest.
+func (i *instance) Failure(err error) string {
 	var trap *wt.Trap
 	if errors.As(err, &trap) {
-		return engine.Result{ExitCode: engine.KilledExitCode, Reason: engine.ReasonTrap,
-			Message: fmt.Sprintf("wasm trap: %s", trapMessage(trap))}
+		return "wasm trap: " + trapMessage(trap)
 	}
-	return engine.Result{ExitCode: engine.KilledExitCode, Reason: engine.ReasonTrap,
-		Message: fmt.Sprintf("the module failed: %s", firstLine(err.Error()))}
+	return "the module failed: " + engine.FirstLine(err.Error())
 }
 
 // trapNames follows the C API's wasmtime_trap_code_enum, which has
@@ -726,85 +666,38 @@ func trapMessage(t *wt.Trap) string {
 	return msg
 }
 
-func (i *instance) nearLimit() bool {
-	if i.limit <= 0 || i.inst == nil {
-		return false
+// Memory implements engine.Guest. wasmtime reserves linear memory up
+// front and grows it in place, so this reads its current length, at worst
+// a growth late.
+func (i *instance) Memory() int64 {
+	if i.memory == nil {
+		return 0
 	}
-	ext := i.inst.GetExport(i.store, "memory")
-	if ext == nil || ext.Memory() == nil {
-		return false
-	}
-	size := int64(ext.Memory().DataSize(i.store))
-	return size+oomHeadroom > i.limit
+	return int64(i.memory.DataSize(i.store))
+}
+
+// Interrupt implements engine.Guest: the epoch ends running wasm, the
+// eventfd a sleep in pollOneoff.
+func (i *instance) Interrupt() {
+	i.interrupted.Store(true)
+	i.runner.engine.IncrementEpoch()
+	unix.Write(i.killFd, []byte{1, 0, 0, 0, 0, 0, 0, 0}) // eventfd: add 1
+}
+
+// Close implements engine.Guest.
+func (i *instance) Close() {
+	i.release()
+	i.readers.Wait()
 }
 
 // release frees the wasmtime objects; the store's close closes WASI's
-// output descriptors, which ends the readers.
+// output descriptors, which ends the readers. No kill reaches the
+// runner's next instance: engine.Run interrupts only before Close.
 func (i *instance) release() {
-	i.mu.Lock()
-	defer i.mu.Unlock()
-	if i.released {
-		return
-	}
-	i.released = true
-	if i.memory != nil {
-		i.memFinal = int64(i.memory.DataSize(i.store))
-	}
 	if i.store != nil {
 		i.store.Close()
 	}
-	// Kill holds mu and does nothing once released: no kill reaches the
-	// runner's next instance.
 	i.runner.current.CompareAndSwap(i, nil)
 	i.pool.put(i.runner)
 	unix.Close(i.killFd)
-}
-
-// Usage implements engine.Instance. The memory size is read while the
-// wasm may grow it on its own thread: wasmtime reserves linear memory up
-// front and grows it in place, so this is a read of its current length,
-// at worst a growth late.
-func (i *instance) Usage() engine.Usage {
-	i.mu.Lock()
-	mem := i.memFinal
-	if !i.released && i.memory != nil {
-		mem = int64(i.memory.DataSize(i.store))
-	}
-	i.mu.Unlock()
-	cpu, ok := i.cpu.Load().Usage()
-	return engine.Usage{MemoryBytes: mem, CPU: cpu, CPUMeasured: ok}
-}
-
-// Done implements engine.Instance.
-func (i *instance) Done() <-chan struct{} { return i.done }
-
-// Wait implements engine.Instance.
-func (i *instance) Wait() engine.Result {
-	<-i.done
-	return i.result
-}
-
-// Kill implements engine.Instance.
-func (i *instance) Kill() {
-	i.killOnce.Do(func() {
-		i.killed.Store(true) // before the sleep ends: classify reads it
-		i.mu.Lock()
-		if !i.released {
-			if i.unlimit != nil {
-				i.unlimit()
-			}
-			i.runner.engine.IncrementEpoch()
-			unix.Write(i.killFd, []byte{1, 0, 0, 0, 0, 0, 0, 0}) // eventfd: add 1
-		}
-		i.mu.Unlock()
-		go func() {
-			select {
-			case <-i.done:
-			case <-time.After(killWait):
-				// Blocked in a host call: report it now, release later.
-				i.finish(engine.Result{ExitCode: engine.KilledExitCode, Reason: engine.ReasonKilled,
-					Message: "the instance was killed while blocked in a host call"})
-			}
-		}()
-	})
 }

@@ -116,7 +116,6 @@ import (
 	"github.com/tetratelabs/wazero/sys"
 
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
-	"github.com/wasmlet/wasmlet/services/executor/internal/threadcpu"
 )
 
 const (
@@ -584,9 +583,9 @@ func (e *Engine) compileMiss(ctx context.Context, r *runtime, m *module, wasm []
 		}
 		if r.pages != maxPages && strings.Contains(err.Error(), "memory") {
 			return nil, fmt.Errorf("%w: module %s does not fit the memory limit of %d pages (%d bytes): %s; raise the limit",
-				engine.ErrInstantiate, m.digest, r.pages, int64(r.pages)*pageSize, firstLine(err.Error()))
+				engine.ErrInstantiate, m.digest, r.pages, int64(r.pages)*pageSize, engine.FirstLine(err.Error()))
 		}
-		return nil, fmt.Errorf("%w: module %s does not compile: %s; check that it is a WebAssembly binary built for wasip1", engine.ErrModuleInvalid, m.digest, firstLine(err.Error()))
+		return nil, fmt.Errorf("%w: module %s does not compile: %s; check that it is a WebAssembly binary built for wasip1", engine.ErrModuleInvalid, m.digest, engine.FirstLine(err.Error()))
 	}
 	return cm, nil
 }
@@ -849,14 +848,6 @@ func checkWASI(cm wz.CompiledModule, digest string) error {
 	return nil
 }
 
-func firstLine(s string) string {
-	s = strings.TrimSpace(s)
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		s = s[:i]
-	}
-	return s
-}
-
 // pages maps a limit in bytes to wazero's limit in pages.
 func pages(limit int64) uint32 {
 	if limit <= 0 || limit >= maxPages*pageSize {
@@ -917,7 +908,7 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 	mod, err := r.rt.InstantiateModule(withLinearMemory(ictx), cm, mc)
 	if err != nil {
 		cancel()
-		return nil, fmt.Errorf("%w: instantiate module %s: %s; check the memory limit and the module's imports", engine.ErrInstantiate, m.digest, firstLine(err.Error()))
+		return nil, fmt.Errorf("%w: instantiate module %s: %s; check the memory limit and the module's imports", engine.ErrInstantiate, m.digest, engine.FirstLine(err.Error()))
 	}
 	start := mod.ExportedFunction("_start")
 	if start == nil {
@@ -925,18 +916,15 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 		cancel()
 		return nil, fmt.Errorf("%w: module %s exports no _start function", engine.ErrModuleUnsupported, m.digest)
 	}
-	inst := &instance{ctx: ictx, cancel: cancel, mod: mod, mem: mod.ExportedMemory("memory"), start: start, limit: spec.MemoryLimitBytes, done: make(chan struct{}),
-		closed: func() { e.release(r, c) }}
-	inst.memory()
-	unlimit, err := engine.RunOnThread(&inst.cpu, e.cpu, spec.CPULimitMillis, inst.run)
-	if err != nil {
-		mod.Close(ictx)
-		cancel()
-		return nil, fmt.Errorf("%w: CPU limit %dm: %v", engine.ErrInstantiate, spec.CPULimitMillis, err)
-	}
-	inst.unlimit = unlimit
+	// From here the instance owns the runtime and compiled module: it
+	// releases them when it is closed.
 	released = true
-	return inst, nil
+	run, err := engine.Launch(&instance{ctx: ictx, cancel: cancel, mod: mod, mem: mod.ExportedMemory("memory"), start: start,
+		closed: func() { e.release(r, c) }}, e.cpu, spec)
+	if err != nil {
+		return nil, err
+	}
+	return run, nil
 }
 
 // sleeper is WASI's sleep (poll_oneoff on a clock) for an instance: it
@@ -996,92 +984,37 @@ func dedupEnv(vars []engine.EnvVar) []engine.EnvVar {
 	return out
 }
 
-// instance is one run in a goroutine of its own. Output goes straight from
-// the module's goroutine to the sinks, so all of it has been delivered when
+// instance is the engine.Guest of one run. Output goes straight from
+// the module's thread to the sinks, so all of it has been delivered when
 // _start returns.
 type instance struct {
 	ctx    context.Context
-	cancel context.CancelFunc
+	cancel context.CancelFunc // Interrupt: stops wasm at its next function entry or loop, and ends a sleep (sleeper)
 	mod    api.Module
+	mem    api.Memory // the exported memory, if any, taken at start: a module that exits drops its export
 	start  api.Function
-	limit  int64
-
-	unlimit func() // lifts the CPU limit; set before Start returns
-	closed  func() // ends the instance's use of its runtime and compiled module
-
-	killed   atomic.Bool
-	killOnce sync.Once
-
-	// cpu is the instance's thread; memory its linear memory's size once
-	// it ended (mod is closed then). usageMu orders the two.
-	cpu     atomic.Pointer[threadcpu.Thread]
-	mem     api.Memory   // taken at start (nil without one): a module that exits drops its own
-	memLast atomic.Int64 // the last non-zero size read
-	usageMu sync.Mutex
-	ended   bool
-
-	doneOnce sync.Once
-	done     chan struct{}
-	result   engine.Result
+	closed func() // ends the instance's use of its runtime and compiled module
 }
 
-// run runs _start on the instance's own thread (engine.RunOnThread).
-func (i *instance) run(unlimit func()) {
+// Call implements engine.Guest.
+func (i *instance) Call() error {
 	_, err := i.start.Call(i.ctx)
-	if unlimit != nil {
-		unlimit()
-	}
-	res := i.classify(err)
-	i.cpu.Load().Final()
-	i.usageMu.Lock()
-	i.memory()
-	i.ended = true
-	i.usageMu.Unlock()
-	i.mod.Close(context.Background())
-	i.closed()
-	i.cancel()
-	i.finish(res)
+	return err
 }
 
-func (i *instance) finish(res engine.Result) {
-	i.doneOnce.Do(func() {
-		i.result = res
-		close(i.done)
-	})
-}
-
-func (i *instance) classify(err error) engine.Result {
-	// Killed first: a kill ends a sleep in a host call, after which the
-	// module may return from _start as if it had completed.
-	if i.killed.Load() {
-		return engine.Result{ExitCode: engine.KilledExitCode, Reason: engine.ReasonKilled, Message: "the instance was killed"}
-	}
-	if err == nil {
-		return engine.Result{Exited: true, Reason: engine.ReasonCompleted}
-	}
+// Exit implements engine.Guest.
+func (i *instance) Exit(err error) (int32, bool) {
 	var exit *sys.ExitError
 	if errors.As(err, &exit) {
-		code := int32(exit.ExitCode())
-		if code == 0 {
-			return engine.Result{Exited: true, Reason: engine.ReasonCompleted}
-		}
-		if i.nearLimit() {
-			return engine.Result{ExitCode: engine.KilledExitCode, Reason: engine.ReasonOOMKilled,
-				Message: fmt.Sprintf("the module reached its memory limit of %d bytes and exited with code %d; raise the limit or reduce its memory use", i.limit, code)}
-		}
-		return engine.Result{Exited: true, ExitCode: code, Reason: engine.ReasonError,
-			Message: fmt.Sprintf("the module exited with code %d", code)}
+		return int32(exit.ExitCode()), true
 	}
-	if i.nearLimit() {
-		return engine.Result{ExitCode: engine.KilledExitCode, Reason: engine.ReasonOOMKilled,
-			Message: fmt.Sprintf("the module reached its memory limit of %d bytes and trapped: %s; raise the limit or reduce its memory use", i.limit, firstLine(err.Error()))}
-	}
-	return engine.Result{ExitCode: engine.KilledExitCode, Reason: engine.ReasonTrap, Message: trapMessage(err)}
+	return 0, false
 }
 
-// trapMessage turns wazero's "wasm error: <kind>\nwasm stack trace:\n\t<frame>..."
-// into "wasm trap: <kind> in <innermost frame>".
-func trapMessage(err error) string {
+// Failure implements engine.Guest: wazero's "wasm error: <kind>\nwasm
+// stack trace:\n\t<frame>..." becomes "wasm trap: <kind> in <innermost
+// frame>".
+func (i *instance) Failure(err error) string {
 	lines := strings.Split(err.Error(), "\n")
 	kind, ok := strings.CutPrefix(strings.TrimSpace(lines[0]), "wasm error: ")
 	if !ok {
@@ -1097,71 +1030,21 @@ func trapMessage(err error) string {
 	return msg
 }
 
-func (i *instance) nearLimit() bool {
-	if i.limit <= 0 {
-		return false
+// Memory implements engine.Guest: a word-sized read of a length the
+// module may be growing, at worst a growth late.
+func (i *instance) Memory() int64 {
+	if i.mem == nil {
+		return 0
 	}
-	mem := i.mod.Memory()
-	if mem == nil {
-		return false
-	}
-	return int64(mem.Size())+oomHeadroom > i.limit
+	return int64(i.mem.Size())
 }
 
-// memory reads the linear memory's size; once the module has exited
-// (wazero empties a closed module's memory) it keeps the last one read.
-func (i *instance) memory() int64 {
-	if i.mem != nil {
-		if n := int64(i.mem.Size()); n > 0 {
-			i.memLast.Store(n)
-		}
-	}
-	return i.memLast.Load()
-}
+// Interrupt implements engine.Guest.
+func (i *instance) Interrupt() { i.cancel() }
 
-// Usage implements engine.Instance. The memory size is read while the
-// module may grow it on its own thread: a word-sized read, at worst a
-// growth late.
-func (i *instance) Usage() engine.Usage {
-	i.usageMu.Lock()
-	mem := i.memLast.Load()
-	if !i.ended {
-		mem = i.memory()
-	}
-	i.usageMu.Unlock()
-	cpu, ok := i.cpu.Load().Usage()
-	return engine.Usage{MemoryBytes: mem, CPU: cpu, CPUMeasured: ok}
-}
-
-// Done implements engine.Instance.
-func (i *instance) Done() <-chan struct{} { return i.done }
-
-// Wait implements engine.Instance.
-func (i *instance) Wait() engine.Result {
-	<-i.done
-	return i.result
-}
-
-// Kill implements engine.Instance.
-func (i *instance) Kill() {
-	i.killOnce.Do(func() {
-		select {
-		case <-i.done:
-			return
-		default:
-		}
-		if i.unlimit != nil {
-			i.unlimit()
-		}
-		i.killed.Store(true)
-		i.cancel()
-		go func() {
-			select {
-			case <-i.done:
-			case <-time.After(killWait):
-				i.finish(engine.Result{ExitCode: engine.KilledExitCode, Reason: engine.ReasonKilled,
-					Message: "the instance was killed while blocked in a host call"})
-			}
-		}()
-	})
+// Close implements engine.Guest.
+func (i *instance) Close() {
+	i.mod.Close(context.Background())
+	i.closed()
+	i.cancel()
 }
