@@ -305,3 +305,41 @@ func WriteAtomic(path string, b []byte) error {
 	}
 	return os.Rename(tmp.Name(), path)
 }
+
+// HashFile returns the sha256 (hex) of the file at path and its FileInfo,
+// taken from the descriptor it read.
+func HashFile(path string) (string, os.FileInfo, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", nil, err
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", nil, err
+	}
+	return hex.EncodeToString(h.Sum(nil)), fi, nil
+}
+
+// VerifyFile compares the sha256 of the file at path with the one in
+// sumPath (its sidecar, as Install writes it): engines run no compiled
+// code they have not checked, since a runtime checks an artifact's header
+// at most, and corrupt code could do anything.
+func VerifyFile(path, sumPath string) error {
+	want, err := os.ReadFile(sumPath)
+	if err != nil {
+		return err
+	}
+	got, _, err := HashFile(path)
+	if err != nil {
+		return err
+	}
+	if got != string(bytes.TrimSpace(want)) {
+		return fmt.Errorf("%w: %s: sha256 %s, %s says %s", ErrArtifactCorrupt, path, got, filepath.Base(sumPath), bytes.TrimSpace(want))
+	}
+	return nil
+}

@@ -57,7 +57,7 @@ func newRunner(m *module, st stamp) (*runner, error) {
 	l.AllowShadowing(true)
 	err = l.DefineWasi()
 	if err == nil {
-		err = l.FuncWrap("wasi_snapshot_preview1", "poll_oneoff", func(c *wt.Caller, in, out, nsubs, nevents int32) (int32, *wt.Trap) {
+		err = l.FuncWrap(engine.WASIModule, "poll_oneoff", func(c *wt.Caller, in, out, nsubs, nevents int32) (int32, *wt.Trap) {
 			inst := r.current.Load()
 			if inst == nil {
 				return 0, wt.NewTrap("poll_oneoff called outside an instance")

@@ -80,7 +80,6 @@
 package wasmtime
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -90,7 +89,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -108,16 +106,7 @@ const (
 	modulePath      = "github.com/bytecodealliance/wasmtime-go/v39"
 	// configKey names the Config every Engine is made with; artifacts are
 	// kept per key, since an artifact loads only into an equal Config.
-	configKey  = "epoch1"
-	wasiModule = "wasi_snapshot_preview1"
-)
-
-const (
-	// oomHeadroom: an abnormal end with linear memory this close to the
-	// limit counts as OOMKilled (a Go runtime grows its heap in 4 MiB arenas).
-	oomHeadroom = 8 << 20
-	// killWait bounds how long Kill waits for wasm to notice the interrupt.
-	killWait = 500 * time.Millisecond
+	configKey = "epoch1"
 )
 
 // Config configures the engine.
@@ -135,12 +124,8 @@ type Config struct {
 
 // Engine is the wasmtime engine.Engine.
 type Engine struct {
-	dir     string
-	version string
-	key     string // engine.EngineKey
-
-	artifacts *engine.Artifacts
-
+	engine.Base
+	dir string
 	cpu engine.ThreadLimiter
 
 	compileMu sync.Mutex // one compile at a time: each uses every core
@@ -159,29 +144,17 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.CacheDir == "" {
 		return nil, errors.New("wasmtime engine: CacheDir is required")
 	}
-	v := engine.ModuleVersion(modulePath, fallbackVersion)
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	features, err := engine.HostCPUFeatures()
-	if err != nil && cfg.Shared != nil {
-		log.Warn("not sharing precompiled artifacts: the host's CPU features are unknown", "error", err)
-		cfg.Shared = nil
-	}
-	key := engine.EngineKey(name, v, configKey, features)
-	dir := filepath.Join(cfg.CacheDir, key)
+	b := engine.NewBase(engine.BaseConfig{Name: name, ModulePath: modulePath, FallbackVersion: fallbackVersion, ConfigKey: configKey, Shared: cfg.Shared, Logger: cfg.Logger})
+	dir := filepath.Join(cfg.CacheDir, b.Key())
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("wasmtime engine: create cache dir: %w", err)
 	}
 	return &Engine{
-		dir:       dir,
-		version:   v,
-		key:       key,
-		artifacts: engine.NewArtifacts(cfg.Shared, log),
-		cpu:       cfg.CPU,
-		compiler:  newEngine(),
-		modules:   map[string]*module{},
+		Base:     b,
+		dir:      dir,
+		cpu:      cfg.CPU,
+		compiler: newEngine(),
+		modules:  map[string]*module{},
 	}, nil
 }
 
@@ -190,22 +163,6 @@ func newEngine() *wt.Engine {
 	cfg.SetEpochInterruption(true)
 	return wt.NewEngineWithConfig(cfg)
 }
-
-// Name implements engine.Engine.
-func (e *Engine) Name() string { return name }
-
-// Version implements engine.Engine.
-func (e *Engine) Version() string { return e.version }
-
-// Key is the engine key its artifacts are kept under (engine.EngineKey).
-func (e *Engine) Key() string { return e.key }
-
-// ArtifactStats reports how the engine came by its artifacts.
-func (e *Engine) ArtifactStats() engine.ArtifactStats { return e.artifacts.Stats() }
-
-// WaitShared blocks until the background puts of artifacts to the shared
-// store started so far have ended.
-func (e *Engine) WaitShared() { e.artifacts.Wait() }
 
 // module is a prepared module: a verified artifact on disk.
 type module struct {
@@ -230,9 +187,9 @@ func (m *module) Digest() string { return m.digest }
 
 // Prepare implements engine.Engine.
 func (e *Engine) Prepare(ctx context.Context, digest, wasmPath string) (engine.Module, error) {
-	hexd, ok := strings.CutPrefix(digest, "sha256:")
-	if !ok || len(hexd) != 64 {
-		return nil, fmt.Errorf("prepare module %q: want a digest sha256:<64 hex digits>", digest)
+	hexd, err := engine.DigestHex(digest)
+	if err != nil {
+		return nil, err
 	}
 	e.mu.Lock()
 	m := e.modules[digest]
@@ -296,7 +253,7 @@ func (e *Engine) ready(ctx context.Context, m *module) (stamp, error) {
 // ensure makes m's artifact, found unverified, present and verified. It
 // runs for one caller at a time (ready); m.mu is not held.
 func (e *Engine) ensure(ctx context.Context, m *module, wasmPath string) error {
-	if err := verify(m.artifact); err == nil {
+	if err := engine.VerifyFile(m.artifact, m.artifact+".sha256"); err == nil {
 		// The header must also suit this engine (same wasmtime, same Config).
 		if mod, err := wt.NewModuleDeserializeFile(e.compiler, m.artifact); err == nil {
 			mod.Close()
@@ -323,8 +280,8 @@ func (e *Engine) ensure(ctx context.Context, m *module, wasmPath string) error {
 // that is intact (size and sha256 as stored, checked by Artifacts.Fetch
 // before wasmtime reads it) and loadable by this engine. Called by ensure.
 func (e *Engine) fetchShared(ctx context.Context, m *module) bool {
-	key := engine.ArtifactKey{ModuleDigest: m.digest, EngineKey: e.key}
-	tmp, sum, ok := e.artifacts.Fetch(ctx, key, e.dir)
+	key := e.ArtifactKey(m.digest)
+	tmp, sum, ok := e.Artifacts().Fetch(ctx, key, e.dir)
 	if !ok {
 		return false
 	}
@@ -335,14 +292,14 @@ func (e *Engine) fetchShared(ctx context.Context, m *module) bool {
 	}
 	if err != nil {
 		os.Remove(tmp)
-		e.artifacts.Rejected(ctx, key, err)
+		e.Artifacts().Rejected(ctx, key, err)
 		return false
 	}
 	if err := engine.Install(tmp, m.artifact, sum); err != nil {
-		e.artifacts.LocalError(ctx, key, err)
+		e.Artifacts().LocalError(ctx, key, err)
 		return false
 	}
-	e.artifacts.Hit()
+	e.Artifacts().Hit()
 	return true
 }
 
@@ -357,27 +314,6 @@ func (m *module) markVerified() error {
 	return nil
 }
 
-// verify compares path's sha256 with its sidecar.
-func verify(path string) error {
-	want, err := os.ReadFile(path + ".sha256")
-	if err != nil {
-		return err
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return err
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != strings.TrimSpace(string(want)) {
-		return fmt.Errorf("artifact %s: sha256 %s, sidecar says %s", path, got, bytes.TrimSpace(want))
-	}
-	return nil
-}
-
 func (e *Engine) compile(m *module, wasmPath string) error {
 	wasm, err := os.ReadFile(wasmPath)
 	if err != nil {
@@ -386,9 +322,9 @@ func (e *Engine) compile(m *module, wasmPath string) error {
 	e.compileMu.Lock()
 	mod, err := wt.NewModule(e.compiler, wasm)
 	e.compileMu.Unlock()
-	e.artifacts.Compiled()
+	e.Artifacts().Compiled()
 	if err != nil {
-		return fmt.Errorf("%w: module %s does not compile: %s; check that it is a WebAssembly binary built for wasip1", engine.ErrModuleInvalid, m.digest, engine.FirstLine(err.Error()))
+		return engine.CompileError(m.digest, err)
 	}
 	defer mod.Close()
 	if err := checkWASI(mod, m.digest); err != nil {
@@ -405,33 +341,26 @@ func (e *Engine) compile(m *module, wasmPath string) error {
 	if err := engine.WriteAtomic(m.artifact, b); err != nil {
 		return fmt.Errorf("prepare module %s: %w", m.digest, err)
 	}
-	e.artifacts.Put(engine.ArtifactKey{ModuleDigest: m.digest, EngineKey: e.key}, b, hex.EncodeToString(sum[:]))
+	e.Artifacts().Put(e.ArtifactKey(m.digest), b, hex.EncodeToString(sum[:]))
 	return nil
 }
 
 // checkWASI refuses a module that imports anything but WASI preview 1 or
 // has no _start.
 func checkWASI(mod *wt.Module, digest string) error {
-	var missing []string
+	var imports []engine.Import
 	for _, imp := range mod.Imports() {
-		if imp.Module() != wasiModule {
-			n := ""
-			if imp.Name() != nil {
-				n = *imp.Name()
-			}
-			missing = append(missing, imp.Module()+"::"+n)
+		n := ""
+		if imp.Name() != nil {
+			n = *imp.Name()
 		}
+		imports = append(imports, engine.Import{Module: imp.Module(), Name: n})
 	}
-	if len(missing) > 0 {
-		return fmt.Errorf("%w: module %s imports %s, which this executor does not provide (only %s); build it for wasip1 without other host imports",
-			engine.ErrModuleUnsupported, digest, strings.Join(missing, ", "), wasiModule)
-	}
+	hasStart := false
 	for _, exp := range mod.Exports() {
-		if exp.Name() == "_start" && exp.Type().FuncType() != nil {
-			return nil
-		}
+		hasStart = hasStart || exp.Name() == "_start" && exp.Type().FuncType() != nil
 	}
-	return fmt.Errorf("%w: module %s exports no _start function; build it as a WASI command (not a reactor or library)", engine.ErrModuleUnsupported, digest)
+	return engine.CheckWASI(digest, imports, hasStart)
 }
 
 // Start implements engine.Engine.
@@ -493,13 +422,15 @@ func (i *instance) setup(m *module, spec engine.Spec) error {
 	if len(spec.Args) > 0 {
 		wasi.SetArgv(spec.Args)
 	}
-	keys, values := env(spec.Env)
+	var keys, values []string
+	for _, v := range engine.Environ(spec.Env) {
+		keys, values = append(keys, v.Name), append(values, v.Value)
+	}
 	wasi.SetEnv(keys, values)
 	for _, p := range spec.Preopens {
-		fi, err := os.Stat(p.HostPath)
-		if err != nil || !fi.IsDir() {
+		if err := engine.CheckPreopen(p); err != nil {
 			wasi.Close()
-			return fmt.Errorf("%w: preopen %s at %s: host path is not a directory (%v); create it or fix the path", engine.ErrInstantiate, p.HostPath, p.GuestPath, err)
+			return err
 		}
 		dp, fp := wt.DIR_READ, wt.FILE_READ
 		if !p.ReadOnly {
@@ -523,14 +454,14 @@ func (i *instance) setup(m *module, spec engine.Spec) error {
 	i.store.SetWasi(wasi)
 	inst, err := i.runner.linker.Instantiate(i.store, i.runner.module)
 	if err != nil {
-		return fmt.Errorf("%w: instantiate module %s: %s; check the memory limit and the module's imports", engine.ErrInstantiate, m.digest, engine.FirstLine(err.Error()))
+		return engine.InstantiateError(m.digest, err)
 	}
 	if ext := inst.GetExport(i.store, "memory"); ext != nil {
 		i.memory = ext.Memory()
 	}
 	i.start = inst.GetFunc(i.store, "_start")
 	if i.start == nil {
-		return fmt.Errorf("%w: module %s exports no _start function", engine.ErrModuleUnsupported, m.digest)
+		return engine.CheckWASI(m.digest, nil, false)
 	}
 	return nil
 }
@@ -590,20 +521,6 @@ func copyOutput(sink io.Writer, r io.Reader) error {
 			return err
 		}
 	}
-}
-
-func env(vars []engine.EnvVar) (keys, values []string) {
-	idx := map[string]int{}
-	for _, v := range vars {
-		if j, ok := idx[v.Name]; ok {
-			values[j] = v.Value
-			continue
-		}
-		idx[v.Name] = len(keys)
-		keys = append(keys, v.Name)
-		values = append(values, v.Value)
-	}
-	return keys, values
 }
 
 // Call implements engine.Guest.

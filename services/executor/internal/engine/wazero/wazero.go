@@ -91,7 +91,6 @@ package wazero
 
 import (
 	"bufio"
-	"bytes"
 	"cmp"
 	"context"
 	"crypto/rand"
@@ -122,15 +121,9 @@ const (
 	name            = "wazero"
 	fallbackVersion = "1.12.0"
 	modulePath      = "github.com/tetratelabs/wazero"
-	wasiModule      = wasi_snapshot_preview1.ModuleName
 
 	pageSize = 64 << 10
 	maxPages = 65536
-
-	// oomHeadroom: see the wasmtime engine.
-	oomHeadroom = 8 << 20
-	// killWait bounds how long Kill waits for wasm to notice the cancel.
-	killWait = 500 * time.Millisecond
 )
 
 // Config configures the engine.
@@ -159,15 +152,12 @@ const (
 
 // Engine is the wazero engine.Engine.
 type Engine struct {
-	version string
-	key     string // engine.EngineKey, for the shared store
-	root    string // wazero's cache root
-	sums    string // our sha256 per entry
-	index   string // the entry of each module, by module digest
-	cache   wz.CompilationCache
-	cpu     engine.ThreadLimiter
-
-	artifacts *engine.Artifacts
+	engine.Base
+	root  string // wazero's cache root
+	sums  string // our sha256 per entry
+	index string // the entry of each module, by module digest
+	cache wz.CompilationCache
+	cpu   engine.ThreadLimiter
 
 	slot    engine.Slots     // compiles that miss the cache: one at a time
 	flights engine.KeyedLock // one compile of the same bytes at a time
@@ -214,17 +204,8 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.CacheDir == "" {
 		return nil, errors.New("wazero engine: CacheDir is required")
 	}
-	v := engine.ModuleVersion(modulePath, fallbackVersion)
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	features, err := engine.HostCPUFeatures()
-	if err != nil && cfg.Shared != nil {
-		log.Warn("not sharing compiled modules: the host's CPU features are unknown", "error", err)
-		cfg.Shared = nil
-	}
-	root := filepath.Join(cfg.CacheDir, name+"-"+v)
+	b := engine.NewBase(engine.BaseConfig{Name: name, ModulePath: modulePath, FallbackVersion: fallbackVersion, ConfigKey: configKey, Shared: cfg.Shared, Logger: cfg.Logger})
+	root := filepath.Join(cfg.CacheDir, name+"-"+b.Version())
 	sums := filepath.Join(root, "sums")
 	index := filepath.Join(root, "index")
 	for _, d := range []string{sums, index} {
@@ -237,14 +218,12 @@ func New(cfg Config) (*Engine, error) {
 		return nil, fmt.Errorf("wazero engine: compilation cache: %w", err)
 	}
 	return &Engine{
-		version:     v,
-		key:         engine.EngineKey(name, v, configKey, features),
+		Base:        b,
 		root:        root,
 		sums:        sums,
 		index:       index,
 		cache:       cache,
 		cpu:         cfg.CPU,
-		artifacts:   engine.NewArtifacts(cfg.Shared, log),
 		slot:        engine.NewSlots(1),
 		verified:    map[string]fileStamp{},
 		runtimes:    map[uint32]*runtime{},
@@ -252,22 +231,6 @@ func New(cfg Config) (*Engine, error) {
 		maxCompiled: cmp.Or(max(cfg.MaxCompiled, 0), defaultMaxCompiled),
 	}, nil
 }
-
-// Name implements engine.Engine.
-func (e *Engine) Name() string { return name }
-
-// Version implements engine.Engine.
-func (e *Engine) Version() string { return e.version }
-
-// Key is the engine key its modules are shared under (engine.EngineKey).
-func (e *Engine) Key() string { return e.key }
-
-// ArtifactStats reports how the engine came by its compiled modules.
-func (e *Engine) ArtifactStats() engine.ArtifactStats { return e.artifacts.Stats() }
-
-// WaitShared blocks until the background puts of compiled modules to the
-// shared store started so far have ended.
-func (e *Engine) WaitShared() { e.artifacts.Wait() }
 
 // module is a prepared module.
 type module struct {
@@ -279,8 +242,8 @@ func (m *module) Digest() string { return m.digest }
 
 // Prepare implements engine.Engine.
 func (e *Engine) Prepare(ctx context.Context, digest, wasmPath string) (engine.Module, error) {
-	if hexd, ok := strings.CutPrefix(digest, "sha256:"); !ok || len(hexd) != 64 {
-		return nil, fmt.Errorf("prepare module %q: want a digest sha256:<64 hex digits>", digest)
+	if _, err := engine.DigestHex(digest); err != nil {
+		return nil, err
 	}
 	m := &module{digest: digest, wasmPath: wasmPath}
 	r, err := e.runtime(maxPages)
@@ -521,13 +484,13 @@ func (e *Engine) compileMiss(ctx context.Context, r *runtime, m *module, wasm []
 		e.cacheMu.Unlock()
 		return nil, fmt.Errorf("prepare module %s: %w", m.digest, err)
 	}
-	key := engine.ArtifactKey{ModuleDigest: m.digest, EngineKey: e.key}
+	key := e.ArtifactKey(m.digest)
 	before := make(map[string]bool, len(e.verified))
 	for n := range e.verified {
 		before[n] = true
 	}
 	installed := ""
-	if e.artifacts.Shared() && !e.haveEntry(m.digest) {
+	if e.Artifacts().Shared() && !e.haveEntry(m.digest) {
 		installed = e.fetchShared(ctx, key)
 	}
 	e.cacheMu.Unlock()
@@ -541,7 +504,7 @@ func (e *Engine) compileMiss(ctx context.Context, r *runtime, m *module, wasm []
 	if err != nil && installed != "" && ctx.Err() == nil {
 		// The shared entry does not load: remove it and compile.
 		e.removeEntry(installed)
-		e.artifacts.Rejected(ctx, key, err)
+		e.Artifacts().Rejected(ctx, key, err)
 		installed = ""
 		cm, err = r.rt.CompileModule(ctx, wasm)
 	}
@@ -559,17 +522,17 @@ func (e *Engine) compileMiss(ctx context.Context, r *runtime, m *module, wasm []
 	}
 	switch {
 	case installed != "" && len(fresh) == 0:
-		e.artifacts.Hit()
+		e.Artifacts().Hit()
 		if capped {
 			engine.WriteAtomic(filepath.Join(e.index, sum), []byte(installed+"\n"))
 		}
 	case installed != "":
 		// wazero looked for another name: the entry is not for this host.
 		e.removeEntry(installed)
-		e.artifacts.Rejected(ctx, key, fmt.Errorf("wazero compiled the module into entry %v instead of loading %s", fresh, installed))
+		e.Artifacts().Rejected(ctx, key, fmt.Errorf("wazero compiled the module into entry %v instead of loading %s", fresh, installed))
 	}
 	if len(fresh) > 0 || err != nil {
-		e.artifacts.Compiled()
+		e.Artifacts().Compiled()
 	}
 	if err == nil && len(fresh) == 1 {
 		if capped { // load finds it by the sum of the bytes compiled
@@ -585,7 +548,7 @@ func (e *Engine) compileMiss(ctx context.Context, r *runtime, m *module, wasm []
 			return nil, fmt.Errorf("%w: module %s does not fit the memory limit of %d pages (%d bytes): %s; raise the limit",
 				engine.ErrInstantiate, m.digest, r.pages, int64(r.pages)*pageSize, engine.FirstLine(err.Error()))
 		}
-		return nil, fmt.Errorf("%w: module %s does not compile: %s; check that it is a WebAssembly binary built for wasip1", engine.ErrModuleInvalid, m.digest, engine.FirstLine(err.Error()))
+		return nil, engine.CompileError(m.digest, err)
 	}
 	return cm, nil
 }
@@ -622,7 +585,7 @@ func validEntryName(n string) bool {
 // returns its name, or "" when there is none to install (counted by
 // engine.Artifacts, or here as rejected). cacheMu is held.
 func (e *Engine) fetchShared(ctx context.Context, key engine.ArtifactKey) string {
-	tmp, _, ok := e.artifacts.Fetch(ctx, key, e.sums)
+	tmp, _, ok := e.Artifacts().Fetch(ctx, key, e.sums)
 	if !ok {
 		return ""
 	}
@@ -632,12 +595,12 @@ func (e *Engine) fetchShared(ctx context.Context, key engine.ArtifactKey) string
 		err = errors.New("wazero's cache directory is missing")
 	}
 	if err != nil {
-		e.artifacts.LocalError(ctx, key, err)
+		e.Artifacts().LocalError(ctx, key, err)
 		return ""
 	}
 	f, err := os.Open(tmp)
 	if err != nil {
-		e.artifacts.LocalError(ctx, key, err)
+		e.Artifacts().LocalError(ctx, key, err)
 		return ""
 	}
 	defer f.Close()
@@ -646,12 +609,12 @@ func (e *Engine) fetchShared(ctx context.Context, key engine.ArtifactKey) string
 	entry, err2 := br.ReadString('\n')
 	entry = strings.TrimSuffix(entry, "\n")
 	if err1 != nil || err2 != nil || magic != bundleMagic || !validEntryName(entry) {
-		e.artifacts.Rejected(ctx, key, errors.New("not a wazero entry bundle"))
+		e.Artifacts().Rejected(ctx, key, errors.New("not a wazero entry bundle"))
 		return ""
 	}
 	out, err := os.CreateTemp(dir, entry+".shared.tmp-*")
 	if err != nil {
-		e.artifacts.LocalError(ctx, key, err)
+		e.Artifacts().LocalError(ctx, key, err)
 		return ""
 	}
 	h := sha256.New()
@@ -677,7 +640,7 @@ func (e *Engine) fetchShared(ctx context.Context, key engine.ArtifactKey) string
 	if err != nil {
 		os.Remove(out.Name())
 		e.removeEntry(entry)
-		e.artifacts.LocalError(ctx, key, err)
+		e.Artifacts().LocalError(ctx, key, err)
 		return ""
 	}
 	e.verified[entry] = fileStamp{fi.Size(), fi.ModTime()}
@@ -699,7 +662,7 @@ func (e *Engine) shareEntry(key engine.ArtifactKey, entry string) {
 	if err := engine.WriteAtomic(filepath.Join(e.index, strings.TrimPrefix(key.ModuleDigest, "sha256:")), []byte(entry+"\n")); err != nil {
 		return
 	}
-	if !e.artifacts.Shared() {
+	if !e.Artifacts().Shared() {
 		return
 	}
 	_, dir, err := e.entries()
@@ -712,7 +675,7 @@ func (e *Engine) shareEntry(key engine.ArtifactKey, entry string) {
 	}
 	bundle := append([]byte(bundleMagic+entry+"\n"), b...)
 	sum := sha256.Sum256(bundle)
-	e.artifacts.Put(key, bundle, hex.EncodeToString(sum[:]))
+	e.Artifacts().Put(key, bundle, hex.EncodeToString(sum[:]))
 }
 
 // entriesDir is where wazero keeps its entries (see wazero's cache.go).
@@ -751,7 +714,7 @@ func (e *Engine) verifyCache() error {
 		if e.verified[d.Name()] == st {
 			continue
 		}
-		if err := verify(path, filepath.Join(e.sums, d.Name()+".sha256")); err != nil {
+		if err := engine.VerifyFile(path, filepath.Join(e.sums, d.Name()+".sha256")); err != nil {
 			os.Remove(path)
 			os.Remove(filepath.Join(e.sums, d.Name()+".sha256"))
 			delete(e.verified, d.Name())
@@ -777,7 +740,7 @@ func (e *Engine) recordSums() error {
 			continue
 		}
 		path := filepath.Join(dir, d.Name())
-		sum, fi, err := hashFile(path)
+		sum, fi, err := engine.HashFile(path)
 		if err != nil {
 			return err
 		}
@@ -789,63 +752,20 @@ func (e *Engine) recordSums() error {
 	return nil
 }
 
-func hashFile(path string) (string, os.FileInfo, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return "", nil, err
-	}
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", nil, err
-	}
-	return hex.EncodeToString(h.Sum(nil)), fi, nil
-}
-
-func verify(path, sumPath string) error {
-	want, err := os.ReadFile(sumPath)
-	if err != nil {
-		return err
-	}
-	got, _, err := hashFile(path)
-	if err != nil {
-		return err
-	}
-	if got != string(bytes.TrimSpace(want)) {
-		return fmt.Errorf("cache entry %s: sha256 %s, sum says %s", path, got, bytes.TrimSpace(want))
-	}
-	return nil
-}
-
 // checkWASI refuses a module that imports anything but WASI preview 1 or
 // has no _start.
 func checkWASI(cm wz.CompiledModule, digest string) error {
-	var missing []string
-	add := func(mod, n string) {
-		if mod != wasiModule {
-			missing = append(missing, mod+"::"+n)
-		}
-	}
+	var imports []engine.Import
 	for _, f := range cm.ImportedFunctions() {
 		mod, n, _ := f.Import()
-		add(mod, n)
+		imports = append(imports, engine.Import{Module: mod, Name: n})
 	}
 	for _, m := range cm.ImportedMemories() {
 		mod, n, _ := m.Import()
-		add(mod, n)
+		imports = append(imports, engine.Import{Module: mod, Name: n})
 	}
-	if len(missing) > 0 {
-		return fmt.Errorf("%w: module %s imports %s, which this executor does not provide (only %s); build it for wasip1 without other host imports",
-			engine.ErrModuleUnsupported, digest, strings.Join(missing, ", "), wasiModule)
-	}
-	if _, ok := cm.ExportedFunctions()["_start"]; !ok {
-		return fmt.Errorf("%w: module %s exports no _start function; build it as a WASI command (not a reactor or library)", engine.ErrModuleUnsupported, digest)
-	}
-	return nil
+	_, hasStart := cm.ExportedFunctions()["_start"]
+	return engine.CheckWASI(digest, imports, hasStart)
 }
 
 // pages maps a limit in bytes to wazero's limit in pages.
@@ -884,10 +804,9 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 	fsc := wz.NewFSConfig()
 	open := new(atomic.Int32)
 	for _, p := range spec.Preopens {
-		fi, err := os.Stat(p.HostPath)
-		if err != nil || !fi.IsDir() {
+		if err := engine.CheckPreopen(p); err != nil {
 			cancel()
-			return nil, fmt.Errorf("%w: preopen %s at %s: host path is not a directory (%v); create it or fix the path", engine.ErrInstantiate, p.HostPath, p.GuestPath, err)
+			return nil, err
 		}
 		fsc = mountDir(fsc, p.HostPath, p.GuestPath, p.ReadOnly, open)
 	}
@@ -902,19 +821,19 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 		WithSysNanotime().
 		WithNanosleep(sleeper(ictx)).
 		WithRandSource(rand.Reader)
-	for _, v := range dedupEnv(spec.Env) {
+	for _, v := range engine.Environ(spec.Env) {
 		mc = mc.WithEnv(v.Name, v.Value)
 	}
 	mod, err := r.rt.InstantiateModule(withLinearMemory(ictx), cm, mc)
 	if err != nil {
 		cancel()
-		return nil, fmt.Errorf("%w: instantiate module %s: %s; check the memory limit and the module's imports", engine.ErrInstantiate, m.digest, engine.FirstLine(err.Error()))
+		return nil, engine.InstantiateError(m.digest, err)
 	}
 	start := mod.ExportedFunction("_start")
 	if start == nil {
 		mod.Close(ictx)
 		cancel()
-		return nil, fmt.Errorf("%w: module %s exports no _start function", engine.ErrModuleUnsupported, m.digest)
+		return nil, engine.CheckWASI(m.digest, nil, false)
 	}
 	// From here the instance owns the runtime and compiled module: it
 	// releases them when it is closed.
@@ -968,20 +887,6 @@ func (c chunked) Write(p []byte) (int, error) {
 		p = p[k:]
 	}
 	return n, nil
-}
-
-func dedupEnv(vars []engine.EnvVar) []engine.EnvVar {
-	idx := map[string]int{}
-	var out []engine.EnvVar
-	for _, v := range vars {
-		if j, ok := idx[v.Name]; ok {
-			out[j].Value = v.Value
-			continue
-		}
-		idx[v.Name] = len(out)
-		out = append(out, v)
-	}
-	return out
 }
 
 // instance is the engine.Guest of one run. Output goes straight from
