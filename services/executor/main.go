@@ -101,6 +101,7 @@ import (
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/natsutil"
 	"github.com/wasmlet/wasmlet/internal/profiling"
+	"github.com/wasmlet/wasmlet/services/executor/instances"
 	"github.com/wasmlet/wasmlet/services/executor/internal/announce"
 	"github.com/wasmlet/wasmlet/services/executor/internal/artifactsign"
 	"github.com/wasmlet/wasmlet/services/executor/internal/artifactstore"
@@ -382,6 +383,10 @@ func run(ctx context.Context, cfg config, confined confine.Status, log *slog.Log
 		MaxInstances: cfg.maxInstances,
 		MountRoots:   cfg.mountRoots,
 		Logger:       log,
+
+		CPULimitsEnforced: cpu != nil,
+		CPULimitsWords:    cpuWords,
+		Confinement:       confinement(confined),
 	})
 	if err != nil {
 		return err
@@ -404,7 +409,7 @@ func run(ctx context.Context, cfg config, confined confine.Status, log *slog.Log
 	if err != nil {
 		return err
 	}
-	executorv1.RegisterExecutorServiceServer(srv, server.New(mgr, eng, server.WithCPULimits(cpu != nil, cpuWords), server.WithConfinement(confined)))
+	executorv1.RegisterExecutorServiceServer(srv, server.New(mgr))
 	log.Info("executor serving", "listen", cfg.listen, "mutual_tls", cfg.tls.Enabled(), "id", cfg.id, "engine", eng.Name(), "engine_version", eng.Version())
 	stopAnnouncing, err := startAnnouncer(ctx, cfg, nc, mgr, eng, cpu != nil, log)
 	if err != nil {
@@ -421,6 +426,20 @@ func run(ctx context.Context, cfg config, confined confine.Status, log *slog.Log
 	waitShared(sctx, eng, log)
 	log.Info("executor stopped")
 	return err
+}
+
+// confinement is what GetInfo reports of the walls confineSelf put up.
+func confinement(st confine.Status) instances.Confinement {
+	return instances.Confinement{
+		NoNewPrivs:            st.NoNewPrivs,
+		Seccomp:               st.Seccomp,
+		LandlockABI:           st.LandlockABI,
+		LandlockMissingReason: st.LandlockWhy,
+		UID:                   uint32(st.UID),
+		GID:                   uint32(st.GID),
+		NetworkIsolated:       st.NetworkIsolated,
+		Description:           st.String(),
+	}
 }
 
 // signedStore is the registry cache's store of precompiled modules, with

@@ -22,9 +22,10 @@ import (
 
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
 	"github.com/wasmlet/wasmlet/internal/logmsg"
-	"github.com/wasmlet/wasmlet/internal/testharness/natstest"
 	"github.com/wasmlet/wasmlet/internal/subjects"
+	"github.com/wasmlet/wasmlet/internal/testharness/natstest"
 	"github.com/wasmlet/wasmlet/internal/testharness/wasmbuild"
+	"github.com/wasmlet/wasmlet/services/executor/instances"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/wasmtime"
 	"github.com/wasmlet/wasmlet/services/executor/internal/logs"
@@ -129,17 +130,17 @@ func newManager(t *testing.T, cache regcache.Cache, mod func(*Config)) *Manager 
 
 // waitState waits for the instance to reach a terminal state through the
 // event log, as a watcher would.
-func waitEnd(t *testing.T, m *Manager, id string) Instance {
+func waitEnd(t *testing.T, m *Manager, id string) instances.Instance {
 	t.Helper()
 	var after uint64
 	deadline := time.After(30 * time.Second)
 	for {
-		evs, changed, err := m.EventsAfter(after)
+		evs, changed, err := m.journal.After(after)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, ev := range evs {
-			after = ev.Sequence
+			after = ev.Instance.Sequence
 			if ev.Instance.ID == id && ev.Instance.State.Terminal() {
 				return ev.Instance
 			}
@@ -152,8 +153,8 @@ func waitEnd(t *testing.T, m *Manager, id string) Instance {
 	}
 }
 
-func helloSpec(digest string, env ...engine.EnvVar) Spec {
-	return Spec{ModuleDigest: digest, Args: []string{"hello", "x"}, Env: env, Labels: map[string]string{"app": "hello"}}
+func helloSpec(digest string, env ...instances.EnvVar) instances.Spec {
+	return instances.Spec{Module: instances.Module{Digest: digest}, Args: []string{"hello", "x"}, Env: env, Labels: map[string]string{"app": "hello"}}
 }
 
 func TestLifecycle(t *testing.T) {
@@ -162,26 +163,26 @@ func TestLifecycle(t *testing.T) {
 	m := newManager(t, cache, nil)
 	ctx := context.Background()
 
-	in, err := m.Create(ctx, "a", helloSpec(d, engine.EnvVar{Name: "EXIT_CODE", Value: "3"}), false)
-	if err != nil || in.State != StateCreated {
+	in, err := m.Create(ctx, "a", helloSpec(d, instances.EnvVar{Name: "EXIT_CODE", Value: "3"}), false)
+	if err != nil || in.State != instances.StateCreated {
 		t.Fatalf("create: %+v %v", in, err)
 	}
 	in, err = m.Start(ctx, "a")
-	if err != nil || in.State != StateRunning || in.StartedAt.IsZero() {
+	if err != nil || in.State != instances.StateRunning || in.StartedAt.IsZero() {
 		t.Fatalf("start: %+v %v", in, err)
 	}
 	end := waitEnd(t, m, "a")
-	if end.State != StateExited || end.ExitCode != 3 || end.Reason != engine.ReasonError || end.FinishedAt.IsZero() {
+	if end.State != instances.StateExited || end.ExitCode != 3 || end.Reason != engine.ReasonError || end.FinishedAt.IsZero() {
 		t.Fatalf("end: %+v", end)
 	}
-	if _, err := m.Start(ctx, "a"); !errors.Is(err, ErrFailedPrecondition) {
+	if _, err := m.Start(ctx, "a"); !errors.Is(err, instances.ErrFailedPrecondition) {
 		t.Fatalf("start of an ended instance: %v", err)
 	}
-	evs, _, _ := m.EventsAfter(0)
+	evs, _, _ := m.journal.After(0)
 	var got []string
 	for i, ev := range evs {
-		if ev.Sequence != uint64(i+1) || ev.Instance.Sequence != ev.Sequence {
-			t.Fatalf("event %d: sequence %d", i, ev.Sequence)
+		if ev.Instance.Sequence != uint64(i+1) || ev.Instance.Sequence != ev.Instance.Sequence {
+			t.Fatalf("event %d: sequence %d", i, ev.Instance.Sequence)
 		}
 		got = append(got, ev.Instance.State.String())
 	}
@@ -189,11 +190,11 @@ func TestLifecycle(t *testing.T) {
 		t.Fatalf("events %v", got)
 	}
 	// Resuming after the second event gives only the third.
-	evs, _, _ = m.EventsAfter(2)
-	if len(evs) != 1 || evs[0].Instance.State != StateExited {
+	evs, _, _ = m.journal.After(2)
+	if len(evs) != 1 || evs[0].Instance.State != instances.StateExited {
 		t.Fatalf("resume: %+v", evs)
 	}
-	if _, _, err := m.EventsAfter(99); !errors.Is(err, ErrFailedPrecondition) {
+	if _, _, err := m.journal.After(99); !errors.Is(err, instances.ErrFailedPrecondition) {
 		t.Fatalf("after a future sequence: %v", err)
 	}
 
@@ -201,7 +202,7 @@ func TestLifecycle(t *testing.T) {
 	if _, err := m.Create(ctx, "b", helloSpec(d), true); err != nil {
 		t.Fatal(err)
 	}
-	if end := waitEnd(t, m, "b"); end.State != StateExited || end.ExitCode != 0 || end.Reason != engine.ReasonCompleted {
+	if end := waitEnd(t, m, "b"); end.State != instances.StateExited || end.ExitCode != 0 || end.Reason != engine.ReasonCompleted {
 		t.Fatalf("b: %+v", end)
 	}
 	if cache.fetches != 1 {
@@ -210,7 +211,7 @@ func TestLifecycle(t *testing.T) {
 	if err := m.Delete(ctx, "a", false); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Get("a"); !errors.Is(err, ErrNotFound) {
+	if _, err := m.Get(ctx, "a"); !errors.Is(err, instances.ErrNotFound) {
 		t.Fatalf("get deleted: %v", err)
 	}
 }
@@ -228,15 +229,15 @@ func TestCreateErrors(t *testing.T) {
 
 	for _, tc := range []struct {
 		id     string
-		spec   Spec
+		spec   instances.Spec
 		err    error
 		reason string
 	}{
-		{"", helloSpec(hello), ErrInvalidArgument, ""},
-		{"bad/id", helloSpec(hello), ErrInvalidArgument, ""},
-		{"x1", helloSpec("sha256:1234"), ErrInvalidArgument, ""},
-		{"x3", Spec{ModuleDigest: hello, CPULimitMillis: -1}, ErrInvalidArgument, ""},
-		{"x2", Spec{ModuleDigest: hello, Preopens: []engine.Preopen{{HostPath: "relative", GuestPath: "/d"}}}, ErrInvalidArgument, ""},
+		{"", helloSpec(hello), instances.ErrInvalidArgument, ""},
+		{"bad/id", helloSpec(hello), instances.ErrInvalidArgument, ""},
+		{"x1", helloSpec("sha256:1234"), instances.ErrInvalidArgument, ""},
+		{"x3", instances.Spec{Module: instances.Module{Digest: hello}, CPULimitMillis: -1}, instances.ErrInvalidArgument, ""},
+		{"x2", instances.Spec{Module: instances.Module{Digest: hello}, Preopens: []instances.Preopen{{HostPath: "relative", GuestPath: "/d"}}}, instances.ErrInvalidArgument, ""},
 		{"missing", helloSpec("sha256:" + strings.Repeat("0", 64)), nil, ReasonModuleNotFound},
 		{"mismatch", helloSpec(liar), nil, ReasonModuleDigest},
 		{"unsupported", helloSpec(invalid), nil, ReasonModuleUnsupported},
@@ -248,12 +249,12 @@ func TestCreateErrors(t *testing.T) {
 			}
 			continue
 		}
-		if err != nil || in.State != StateFailed || in.Reason != tc.reason || in.Message == "" {
+		if err != nil || in.State != instances.StateFailed || in.Reason != tc.reason || in.Message == "" {
 			t.Errorf("create %q: %+v %v, want FAILED %s", tc.id, in, err, tc.reason)
 		}
 		t.Logf("%s: %s", in.Reason, in.Message)
 	}
-	if _, err := m.Create(ctx, "missing", helloSpec(hello), false); !errors.Is(err, ErrAlreadyExists) {
+	if _, err := m.Create(ctx, "missing", helloSpec(hello), false); !errors.Is(err, instances.ErrAlreadyExists) {
 		t.Fatalf("duplicate: %v", err)
 	}
 	if _, err := m.Create(ctx, "c4", helloSpec(hello), false); err != nil {
@@ -262,7 +263,7 @@ func TestCreateErrors(t *testing.T) {
 	if _, err := m.Create(ctx, "c5", helloSpec(hello), false); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Create(ctx, "c6", helloSpec(hello), false); !errors.Is(err, ErrResourceExhausted) {
+	if _, err := m.Create(ctx, "c6", helloSpec(hello), false); !errors.Is(err, instances.ErrResourceExhausted) {
 		t.Fatalf("over the limit: %v", err)
 	}
 }
@@ -274,23 +275,23 @@ func TestStop(t *testing.T) {
 	m := newManager(t, cache, nil)
 	ctx := context.Background()
 
-	if _, err := m.Create(ctx, "spin", Spec{ModuleDigest: spin, Args: []string{"spin"}}, true); err != nil {
+	if _, err := m.Create(ctx, "spin", instances.Spec{Module: instances.Module{Digest: spin}, Args: []string{"spin"}}, true); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.Delete(ctx, "spin", false); !errors.Is(err, ErrFailedPrecondition) {
+	if err := m.Delete(ctx, "spin", false); !errors.Is(err, instances.ErrFailedPrecondition) {
 		t.Fatalf("delete running: %v", err)
 	}
 	t0 := time.Now()
 	in, err := m.Stop(ctx, "spin", 200*time.Millisecond)
 	took := time.Since(t0)
-	if err != nil || in.State != StateKilled || in.ExitCode != engine.KilledExitCode || in.Reason != engine.ReasonKilled || !strings.Contains(in.Message, "grace period of 200ms") {
+	if err != nil || in.State != instances.StateKilled || in.ExitCode != engine.KilledExitCode || in.Reason != engine.ReasonKilled || !strings.Contains(in.Message, "grace period of 200ms") {
 		t.Fatalf("stop: %+v %v", in, err)
 	}
 	if took < 200*time.Millisecond || took > 2*time.Second {
 		t.Fatalf("stop took %v with a grace of 200ms", took)
 	}
 	// Stopping again is not an error.
-	if in, err := m.Stop(ctx, "spin", 0); err != nil || in.State != StateKilled {
+	if in, err := m.Stop(ctx, "spin", 0); err != nil || in.State != instances.StateKilled {
 		t.Fatalf("second stop: %+v %v", in, err)
 	}
 
@@ -299,7 +300,7 @@ func TestStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	in, err = m.Stop(ctx, "hello", 20*time.Second)
-	if err != nil || in.State != StateExited || in.ExitCode != 0 {
+	if err != nil || in.State != instances.StateExited || in.ExitCode != 0 {
 		t.Fatalf("stop hello: %+v %v", in, err)
 	}
 
@@ -307,24 +308,24 @@ func TestStop(t *testing.T) {
 	if _, err := m.Create(ctx, "idle", helloSpec(hello), false); err != nil {
 		t.Fatal(err)
 	}
-	if in, err := m.Stop(ctx, "idle", time.Second); err != nil || in.State != StateKilled || in.Reason != ReasonStoppedBeforeStart {
+	if in, err := m.Stop(ctx, "idle", time.Second); err != nil || in.State != instances.StateKilled || in.Reason != ReasonStoppedBeforeStart {
 		t.Fatalf("stop created: %+v %v", in, err)
 	}
-	if _, err := m.Start(ctx, "idle"); !errors.Is(err, ErrFailedPrecondition) {
+	if _, err := m.Start(ctx, "idle"); !errors.Is(err, instances.ErrFailedPrecondition) {
 		t.Fatalf("start after stop: %v", err)
 	}
 
 	// Force delete of a running instance.
-	if _, err := m.Create(ctx, "spin2", Spec{ModuleDigest: spin}, true); err != nil {
+	if _, err := m.Create(ctx, "spin2", instances.Spec{Module: instances.Module{Digest: spin}}, true); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.Delete(ctx, "spin2", true); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Get("spin2"); !errors.Is(err, ErrNotFound) {
+	if _, err := m.Get(ctx, "spin2"); !errors.Is(err, instances.ErrNotFound) {
 		t.Fatalf("get: %v", err)
 	}
-	if _, err := m.Stop(ctx, "nope", 0); !errors.Is(err, ErrNotFound) {
+	if _, err := m.Stop(ctx, "nope", 0); !errors.Is(err, instances.ErrNotFound) {
 		t.Fatalf("stop unknown: %v", err)
 	}
 }
@@ -341,39 +342,39 @@ func TestListAndHistory(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	list, seq := m.List(map[string]string{"app": "a"})
+	list, seq, _ := m.List(ctx, map[string]string{"app": "a"})
 	if len(list) != 2 || list[0].ID != "i0" || list[1].ID != "i2" || seq != 3 {
 		t.Fatalf("list: %d %d", len(list), seq)
 	}
-	if all, _ := m.List(nil); len(all) != 3 {
+	if all, _, _ := m.List(ctx, nil); len(all) != 3 {
 		t.Fatalf("list all: %d", len(all))
 	}
-	if none, _ := m.List(map[string]string{"app": "a", "n": "1"}); len(none) != 0 {
+	if none, _, _ := m.List(ctx, map[string]string{"app": "a", "n": "1"}); len(none) != 0 {
 		t.Fatalf("list none: %d", len(none))
 	}
 	for _, id := range []string{"i0", "i1", "i2"} {
 		m.Stop(ctx, id, 0)
 	}
-	evs, _, _ := m.EventsAfter(0)
-	if len(evs) != 4 || evs[0].Sequence != 3 || evs[3].Sequence != 6 {
+	evs, _, _ := m.journal.After(0)
+	if len(evs) != 4 || evs[0].Instance.Sequence != 3 || evs[3].Instance.Sequence != 6 {
 		t.Fatalf("history: %+v", evs)
 	}
 }
 
 func TestTransitions(t *testing.T) {
-	legal := map[[2]State]bool{
-		{StateUnspecified, StateCreated}: true, {StateUnspecified, StateFailed}: true,
-		{StateCreated, StateRunning}: true, {StateCreated, StateFailed}: true, {StateCreated, StateKilled}: true,
-		{StateRunning, StateExited}: true, {StateRunning, StateKilled}: true,
+	legal := map[[2]instances.State]bool{
+		{instances.StateUnspecified, instances.StateCreated}: true, {instances.StateUnspecified, instances.StateFailed}: true,
+		{instances.StateCreated, instances.StateRunning}: true, {instances.StateCreated, instances.StateFailed}: true, {instances.StateCreated, instances.StateKilled}: true,
+		{instances.StateRunning, instances.StateExited}: true, {instances.StateRunning, instances.StateKilled}: true,
 	}
-	for from := StateUnspecified; from <= StateFailed; from++ {
-		for to := StateUnspecified; to <= StateFailed; to++ {
+	for from := instances.StateUnspecified; from <= instances.StateFailed; from++ {
+		for to := instances.StateUnspecified; to <= instances.StateFailed; to++ {
 			err := checkTransition(from, to)
-			if (err == nil) != legal[[2]State{from, to}] {
+			if (err == nil) != legal[[2]instances.State{from, to}] {
 				t.Errorf("%s -> %s: %v", from, to, err)
 			}
-			if err != nil && !errors.Is(err, ErrFailedPrecondition) {
-				t.Errorf("%s -> %s: %v does not wrap ErrFailedPrecondition", from, to, err)
+			if err != nil && !errors.Is(err, instances.ErrFailedPrecondition) {
+				t.Errorf("%s -> %s: %v does not wrap instances.ErrFailedPrecondition", from, to, err)
 			}
 		}
 	}
@@ -386,7 +387,7 @@ func TestPublishesEventsAndLogs(t *testing.T) {
 	cache := &fileCache{}
 	hello := cache.add(t, wasmbuild.Build(t, "hello"))
 	m := newManager(t, cache, func(c *Config) { c.JetStream = js })
-	spec := helloSpec(hello, engine.EnvVar{Name: "GREETING", Value: "hej"})
+	spec := helloSpec(hello, instances.EnvVar{Name: "GREETING", Value: "hej"})
 	spec.LogSubject = subjects.Logs("node", "ns", "pod", "c")
 	if _, err := m.Create(ctx, "inst.1", spec, true); err != nil {
 		t.Fatal(err)
@@ -505,12 +506,12 @@ func TestChattyLogsReachNATS(t *testing.T) {
 	const n = 20000
 	subject := subjects.Logs("node", "ns", "chatty", "c")
 	t0 := time.Now()
-	if _, err := m.Create(ctx, "chatty", Spec{ModuleDigest: chatty, Args: []string{"chatty", fmt.Sprint(n)}, LogSubject: subject}, true); err != nil {
+	if _, err := m.Create(ctx, "chatty", instances.Spec{Module: instances.Module{Digest: chatty}, Args: []string{"chatty", fmt.Sprint(n)}, LogSubject: subject}, true); err != nil {
 		t.Fatal(err)
 	}
 	end := waitEnd(t, m, "chatty")
 	took := time.Since(t0)
-	if end.State != StateExited || end.ExitCode != 0 {
+	if end.State != instances.StateExited || end.ExitCode != 0 {
 		t.Fatalf("end %+v", end)
 	}
 	si, err := js.Stream(ctx, subjects.LogsStream)
@@ -582,21 +583,21 @@ func TestPreopensBeneathMountRoots(t *testing.T) {
 	}
 	m := newManager(t, cache, func(c *Config) { c.MountRoots = []string{pods} })
 	ctx := context.Background()
-	spec := func(host string, env ...engine.EnvVar) Spec {
+	spec := func(host string, env ...instances.EnvVar) instances.Spec {
 		s := helloSpec(hello, env...)
-		s.Preopens = []engine.Preopen{{HostPath: host, GuestPath: "/x"}}
+		s.Preopens = []instances.Preopen{{HostPath: host, GuestPath: "/x"}}
 		return s
 	}
 
-	if _, err := m.Create(ctx, "outside", spec(t.TempDir()), true); !errors.Is(err, ErrPermissionDenied) {
-		t.Errorf("a preopen outside the mount roots: %v, want ErrPermissionDenied", err)
+	if _, err := m.Create(ctx, "outside", spec(t.TempDir()), true); !errors.Is(err, instances.ErrPermissionDenied) {
+		t.Errorf("a preopen outside the mount roots: %v, want instances.ErrPermissionDenied", err)
 	}
-	if _, err := m.Create(ctx, "climb", spec(pods+"/../etc"), true); !errors.Is(err, ErrPermissionDenied) {
-		t.Errorf("a preopen climbing out of the mount roots: %v, want ErrPermissionDenied", err)
+	if _, err := m.Create(ctx, "climb", spec(pods+"/../etc"), true); !errors.Is(err, instances.ErrPermissionDenied) {
+		t.Errorf("a preopen climbing out of the mount roots: %v, want instances.ErrPermissionDenied", err)
 	}
 
-	in, err := m.Create(ctx, "ok", spec(vol+"/x", engine.EnvVar{Name: "WRITE_FILE", Value: "/x/out"}), true)
-	if err != nil || in.State == StateFailed {
+	in, err := m.Create(ctx, "ok", spec(vol+"/x", instances.EnvVar{Name: "WRITE_FILE", Value: "/x/out"}), true)
+	if err != nil || in.State == instances.StateFailed {
 		t.Fatalf("create: %+v %v", in, err)
 	}
 	if end := waitEnd(t, m, "ok"); end.ExitCode != 0 {
@@ -613,11 +614,11 @@ func TestPreopensBeneathMountRoots(t *testing.T) {
 	if err := os.Symlink("../../../../../../../../../../"+filepath.Dir(secret), vol+"/x"); err != nil {
 		t.Fatal(err)
 	}
-	in, err = m.Create(ctx, "escape", spec(vol+"/x", engine.EnvVar{Name: "READ_FILE", Value: "/x/hostname"}), true)
+	in, err = m.Create(ctx, "escape", spec(vol+"/x", instances.EnvVar{Name: "READ_FILE", Value: "/x/hostname"}), true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if in.State != StateFailed || !strings.Contains(in.Message, "symbolic link") {
+	if in.State != instances.StateFailed || !strings.Contains(in.Message, "symbolic link") {
 		t.Fatalf("a preopen through a symlink: %+v, want FAILED naming the link", in)
 	}
 	t.Logf("%s: %s", in.Reason, in.Message)

@@ -3,6 +3,7 @@ package instance
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wasmlet/wasmlet/services/executor/instances"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 	"github.com/wasmlet/wasmlet/services/executor/internal/outbox"
 )
@@ -68,8 +69,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	m.metrics.startLatency.Collect(ch)
 	m.metrics.kills.Collect(ch)
 
-	byState := map[State]int{}
-	for _, s := range []State{StateCreated, StateRunning, StateExited, StateKilled, StateFailed} {
+	byState := map[instances.State]int{}
+	for _, s := range []instances.State{instances.StateCreated, instances.StateRunning, instances.StateExited, instances.StateKilled, instances.StateFailed} {
 		byState[s] = 0
 	}
 	m.mu.Lock()
@@ -88,8 +89,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descInstances, prometheus.GaugeValue, float64(n), s.String())
 	}
 	var events outbox.Stats
-	if m.events != nil {
-		events = m.events.Stats()
+	if m.pub != nil {
+		events = m.pub.Stats()
 	}
 	for _, k := range []struct {
 		kind string

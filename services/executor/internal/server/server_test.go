@@ -15,6 +15,7 @@ import (
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/testharness/wasmbuild"
+	"github.com/wasmlet/wasmlet/services/executor/instances"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/wasmtime"
 	"github.com/wasmlet/wasmlet/services/executor/internal/instance"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
@@ -43,7 +44,7 @@ func serve(t *testing.T, cache regcache.Cache, maxInstances int) executorv1.Exec
 		t.Fatal(err)
 	}
 	srv := grpc.NewServer()
-	executorv1.RegisterExecutorServiceServer(srv, New(mgr, eng))
+	executorv1.RegisterExecutorServiceServer(srv, New(mgr))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- grpcutil.Serve(ctx, srv, l, time.Second) }()
@@ -206,10 +207,6 @@ func TestGetInfoCPULimits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mgr, err := instance.New(instance.Config{ExecutorID: "e1", Engine: eng, Cache: cachetest.Files{}, ModuleDir: filepath.Join(state, "modules")})
-	if err != nil {
-		t.Fatal(err)
-	}
 	for _, tc := range []struct {
 		enforced bool
 		want     executorv1.CpuLimitEnforcement
@@ -217,8 +214,13 @@ func TestGetInfoCPULimits(t *testing.T) {
 		{true, executorv1.CpuLimitEnforcement_CPU_LIMIT_ENFORCEMENT_CGROUP},
 		{false, executorv1.CpuLimitEnforcement_CPU_LIMIT_ENFORCEMENT_NONE},
 	} {
-		info, err := New(mgr, eng, WithCPULimits(tc.enforced, "how")).GetInfo(context.Background(), &executorv1.GetInfoRequest{})
-		if err != nil || info.GetCpuLimits() != tc.want || info.GetCpuLimitsDescription() != "how" {
+		mgr, err := instance.New(instance.Config{ExecutorID: "e1", Engine: eng, Cache: cachetest.Files{}, ModuleDir: filepath.Join(state, "modules"),
+			CPULimitsEnforced: tc.enforced, CPULimitsWords: "how", Confinement: instances.Confinement{Seccomp: true, Description: "walls"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := New(mgr).GetInfo(context.Background(), &executorv1.GetInfoRequest{})
+		if err != nil || info.GetCpuLimits() != tc.want || info.GetCpuLimitsDescription() != "how" || !info.GetConfinement().GetSeccomp() || info.GetConfinement().GetDescription() != "walls" {
 			t.Errorf("enforced %v: info %v, %v; want %v", tc.enforced, info, err, tc.want)
 		}
 	}
