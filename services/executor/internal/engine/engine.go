@@ -1,50 +1,28 @@
-// Package engine is the executor's seam to a WebAssembly runtime: the Engine
-// interface that prepares modules and runs instances of them, and the types
-// and errors every implementation shares. Implementations live in
-// subpackages (engine/wasmtime, the default; engine/wazero, pure Go); the
-// instance manager holds only the interface. engine/enginetest is the
+// Package engine is the executor's seam to a WebAssembly runtime: the
+// Engine, Module and Instance interfaces the instance manager holds, the
+// types and errors every implementation shares, and what they do alike:
+// the instance lifecycle (Run: its thread and CPU limit, kill, usage, and
+// the one rule for how a run ended), the checks of modules and specs, and
+// compiled artifacts on disk and in a shared store (Artifacts). The
+// implementations (engine/wasmtime, the default; engine/wazero, pure Go)
+// keep only what is their runtime's: compiling, linking WASI,
+// instantiating, interrupting, reading memory. engine/enginetest is the
 // behaviour both must show, run from each one's tests.
 //
-// An engine owns compiled artifacts on disk and the threads its instances
-// run on. It must not know of instance ids, states, events, NATS or pods:
-// it runs a module with what it is given and reports how the run ended.
+// It must not know of instance ids, states, events, NATS, pods or gRPC: an
+// engine runs a module with what it is given and reports how the run
+// ended. An engine owns its cache directory and the threads its instances
+// run on, nothing else.
 //
-// Shared artifacts (artifact.go): an engine may be given an ArtifactStore
-// (the registry cache's precompiled store, adapted in the executor's main
-// by internal/artifactstore; this package knows nothing of gRPC). On a
-// local miss it gets the artifact for (module digest, engine key) there,
-// checks its size and sha256 against what the store keeps with it before
-// the runtime sees it (Artifacts.Fetch), and after a compile puts its own
-// in the background. The engine key (EngineKey) names the engine, its
-// version and settings, GOARCH and the host's CPU features
-// (HostCPUFeatures), since both runtimes compile for the CPU they run on.
-// What is counted (compiles, shared hits, misses, corrupt and rejected
-// entries, puts) is ArtifactStats, which the executor's metrics serve.
-//
-// CPU (a pod's limits.cpu, Spec.CPULimitMillis): neither engine can pause
-// running wasm and resume it (wasmtime-go v39 exposes no epoch-deadline
-// callback and no async fuel yield, so both a deadline and exhausted fuel
-// trap; wazero's only interruption ends the instance). So an engine given
-// a ThreadLimiter runs a limited instance's wasm on a locked OS thread and
-// has the kernel hold that thread to its share (cpulimit: CFS bandwidth
-// control in a cgroup, 10 ms periods). A 250m instance spinning measured
-// 24.5% of a core on both engines. Without a ThreadLimiter the limit is
-// accepted and not enforced. Host calls (WASI) of a limited instance run on
-// the same thread and count against its share.
-//
-// Usage (Instance.Usage, the executor's ListInstanceStats): every
-// instance's wasm runs on a goroutine locked to an OS thread of its own
-// for its whole run, so that the thread's CPU clock is the instance's CPU
-// time (package threadcpu). wasmtime held a thread for the length of its
-// cgo call anyway; for wazero this costs a thread per running instance,
-// also while it sleeps in WASI, where it parked a goroutine before.
-// Memory is the linear memory's size, read while the instance may grow it.
-//
-// Usage:
+// Usage, by the instance manager:
 //
 //	m, err := eng.Prepare(ctx, digest, "/var/lib/wasmlet/modules/<hex>.wasm")
 //	inst, err := eng.Start(ctx, m, engine.Spec{Args: []string{"hello"}, Stdout: w})
-//	res := inst.Wait()     // or inst.Kill() first
+//	res := inst.Wait() // or inst.Kill() first
+//
+// and by an engine's Start, for its runtime's instance g (a Guest):
+//
+//	run, err := engine.Launch(g, cfg.CPU, spec) // the Instance Start returns
 package engine
 
 import (

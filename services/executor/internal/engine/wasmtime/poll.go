@@ -111,11 +111,10 @@ func (i *instance) pollOneoff(c *wt.Caller, in, out, nsubs, nevents int32) (int3
 
 // sleep blocks the thread for d, or until Kill, and reports whether Kill
 // ended it. The thread waits in ppoll on the instance's eventfd (killFd),
-// which the kernel wakes as it does wasmtime's own sleep. Per 1 ms sleep
-// that costs 47–53 µs of CPU here against wasmtime's own 33–36 µs (which
-// sleeps 2.1 ms for 1); a Go timer and channel, woken through the Go
-// scheduler, cost 108 µs. BenchmarkEngine/Sleep and BenchmarkNativeSleep
-// measure both.
+// which the kernel wakes as it does wasmtime's own sleep: cheaper than a
+// Go timer and channel, woken through the Go scheduler.
+// BenchmarkEngine/Sleep and BenchmarkNativeSleep compare it with
+// wasmtime's own.
 func (i *instance) sleep(d time.Duration) bool {
 	deadline := time.Now().Add(d)
 	fds := []unix.PollFd{{Fd: int32(i.killFd), Events: unix.POLLIN}}

@@ -19,10 +19,10 @@ const (
 
 // runner is what an instance needs beyond its Store: a wasmtime Engine of
 // its own (see the package doc), the module deserialized into it and a
-// Linker with WASI defined. Making one costs most of a start (for a 2.8 MB
-// Go-built module ~2 ms to deserialize, and as much again to unmap its
-// code when closed), so the runner of an ended instance is kept for the
-// next instance of the same module. A runner serves one instance at a
+// Linker with WASI defined. Making one costs most of a start (deserializing
+// the module, and unmapping its code again when closed, which stops every
+// core), so the runner of an ended instance is kept for the next instance
+// of the same module. A runner serves one instance at a
 // time; the epoch a kill advanced stays advanced, and the next Store's
 // deadline is set relative to it.
 type runner struct {

@@ -1,82 +1,33 @@
-// Package wasmtime is the engine.Engine of wasmtime-go: it compiles modules
-// once into precompiled artifacts on disk and runs each instance in an
-// Engine of its own.
+// Package wasmtime is the engine.Engine of wasmtime-go (cgo). It compiles
+// each module once into a precompiled artifact, kept on disk and shared
+// through the registry cache (engine.Artifacts), and runs each instance,
+// as an engine.Run, in a wasmtime Engine of its own.
 //
 // It owns its cache directory (<dir>/<engine key>/<digest hex>.cwasm and a
 // .sha256 sidecar) and nothing else on disk; it must not know of instance
 // ids, states or NATS.
 //
-// The engine key (engine.EngineKey) names the wasmtime version, the Config
-// (configKey), GOARCH and the host's CPU features, since Cranelift compiles
-// for the features of the host it runs on: an artifact is only ever looked
-// up under the key of the engine that would load it. wasmtime checks the
-// same again when it loads an artifact (its header records the target and
-// the ISA flags it was compiled with), so a feature outside the key's list
-// that differs makes the load fail and the module compile, never run code
-// for the wrong CPU.
+// What is wasmtime's here:
+//   - An Engine per running instance: the epoch that interrupts wasm is
+//     per Engine (a per-store epoch callback needs the store pointer that
+//     wasmtime-go keeps unexported). Its code comes from the artifact, and
+//     the Engine, module and Linker (a runner, runner.go) serve the next
+//     instance of the same module, so a start costs a Store and an
+//     instantiation.
+//   - Artifacts are hashed against their sidecar before first use and
+//     whenever they change on disk: wasmtime checks an artifact's header
+//     (its wasmtime, Config, target and ISA flags), not its code.
+//   - Memory limits through the store limiter: memory.grow and table.grow
+//     past the limit fail (-1) rather than trap.
+//   - A kill advances the epoch, which ends running wasm, and wakes the
+//     engine's own poll_oneoff (poll.go), which ends a sleep.
+//   - Output reaches the sinks through pipes WASI writes to.
 //
-// Sharing (Config.Shared, the registry cache's precompiled store): on a
-// local miss, Prepare asks the store for the artifact of (module digest,
-// engine key), receives it into a temporary file, and checks its size and
-// sha256 against what the store keeps with it before wasmtime sees a byte
-// of it; then wasmtime must deserialize it and it must pass the same WASI
-// checks as a compiled module. One that fails any of these is removed and
-// counted (engine.ArtifactStats.SharedCorrupt), the module is compiled, and
-// the fresh artifact is put to the store, replacing the bad entry. Every
-// compile puts its artifact in the background; a failed put is logged and
-// counted and never fails a Prepare.
+// Usage:
 //
-// Why one wasmtime Engine per running instance: the epoch counter that
-// interrupts running wasm is per Engine, so killing one instance without
-// touching the others needs an Engine of its own. Its code comes from the
-// precompiled artifact (NewModuleDeserializeFile), made with an Engine of
-// the same Config, so nothing is compiled at start. The Engine, the module
-// deserialized into it and a Linker with WASI (a runner, runner.go) outlive
-// the instance: an ended instance's runner serves the next instance of the
-// same module (up to idlePerModule kept idle), and each start has a spare
-// made in the background for the next one (runners.spare), so that a
-// start costs a Store and an instantiation. For a 2.8 MB Go-built module that took a
-// start from ~4 ms to ~1 ms here, and removed the unmapping of its code
-// (TLB shootdowns on every core) from each end. A runner is only reused
-// for the artifact it was loaded from, as last verified.
-//
-// What it costs in memory: every Engine maps the artifact's code, and
-// VmRSS counts those clean file pages once per mapping although the page
-// cache holds them once: 1,000 sleeping Go instances measured ~6 MiB VmRSS
-// but ~0.8 MiB PSS each (bench, executor section, which reports both).
-// One shared Engine with a per-store kill would map the code once, but
-// the C API's per-store epoch-deadline callback wants the store's C
-// pointer, which wasmtime-go v39 keeps in an unexported field; we do not
-// read unexported fields, so this waits for a binding.
-//
-// Why the sidecar: wasmtime checks an artifact's header, not its code; a
-// corrupt artifact could run arbitrary native code. An artifact is hashed
-// and compared with its sidecar before first use in a process, and again
-// whenever its size or modification time changed; on a mismatch it is
-// removed and compiled again, never loaded.
-//
-// Memory limits use the store limiter, under which memory.grow (and
-// table.grow past engine.TableElements of the limit) fails (-1) rather
-// than traps, so the module decides what a failed allocation means
-// (a Go module prints "out of memory" and exits 2). An instance that ends
-// abnormally (a non-zero exit or a trap) with its memory within
-// oomHeadroom of the limit is reported as OOMKilled.
-//
-// CPU limits: wasmtime could pause wasm from an epoch-deadline callback,
-// but wasmtime-go v39 exposes none (the C function wants the store
-// pointer the binding keeps unexported), and fuel without async support
-// traps when it runs out. With Config.CPU set, an instance with a CPU limit
-// runs its wasm on a locked OS thread that the ThreadLimiter holds to its
-// share; a kill lifts the limit first, so that a throttled thread gets to
-// run and see the interrupt.
-//
-// A kill interrupts wasm code within microseconds, and ends a sleep in
-// WASI's poll_oneoff at once: the engine defines its own poll_oneoff over
-// wasmtime's (pollOneoff, poll.go), which epoch interruption could not
-// reach. A module blocked in another host call (a read of a slow file) is
-// interrupted when the call returns. Kill does not wait that long: after
-// killWait the instance is reported Killed and its thread is released
-// when the host call returns.
+//	e, err := wasmtime.New(wasmtime.Config{CacheDir: dir, CPU: limiter, Shared: store})
+//	m, err := e.Prepare(ctx, digest, wasmPath)
+//	inst, err := e.Start(ctx, m, spec)
 package wasmtime
 
 import (
@@ -499,9 +450,8 @@ func (i *instance) output(_ *wt.WasiConfig, sink io.Writer, set func(string) err
 // copyOutput copies r to sink through a buffer that starts small and grows
 // once a read fills it. Most instances write a few lines: io.Copy's 32 KiB
 // buffer for each of their two streams was allocated and cleared at every
-// start (a tenth of a millisecond of CPU in a burst of pod starts) and
-// kept for the instance's life; a module that writes more gets the large
-// buffer at its first full read.
+// start and kept for the instance's life; a module that writes more gets
+// the large buffer at its first full read.
 func copyOutput(sink io.Writer, r io.Reader) error {
 	buf := make([]byte, 512)
 	for {

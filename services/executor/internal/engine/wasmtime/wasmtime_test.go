@@ -171,5 +171,5 @@ func BenchmarkNativeSleep(b *testing.B) {
 }
 
 func TestCompiles(t *testing.T) {
-	enginetest.RunCompiles(t, newTestEngine, 600) // ~5 s here
+	enginetest.RunCompiles(t, newTestEngine, 600) // Cranelift is slower per function than wazero
 }

@@ -11,21 +11,19 @@ import (
 // Linear memory outside the Go heap (wazero's experimental
 // MemoryAllocator, given to each instantiation). By default wazero backs a
 // linear memory with a Go []byte and grows it by copying into a larger
-// one, so a Go-built module's memory (2.4 MiB at start, 3 MiB once its
-// runtime has grown it) was all resident, copied at least once at start,
-// and left garbage for the GC to find. Here each memory reserves its
+// one, so a Go-built module's memory was all resident, copied at least
+// once at start, and left garbage for the GC to find. Here each memory reserves its
 // maximum as an anonymous mapping with no access and no swap reserved, and
 // growing makes more of it readable and writable in place: only the pages
 // the module touches become resident, and nothing is copied or collected.
 //
-// Page faults cost a lot on the VMs measured here (a fresh mapping for
-// every instance made a Go module's start 7→30 ms), so an ended
+// Page faults cost a lot on virtual machines (a fresh mapping for every
+// instance made a Go module's start several times slower), so an ended
 // instance's mapping is kept for the next instance with the same maximum
 // (up to idleMemories), zeroed over what was used, as the Go heap recycles
 // its memory. Faulting a fresh mapping's initial size in with one madvise
-// (MADV_POPULATE_WRITE) made fresh starts cheaper but the whole initial
-// memory resident (3.65 against 2.94 MiB per sleeping Go instance), and a
-// burst of 1000 fresh instances no faster: it is not done.
+// (MADV_POPULATE_WRITE) is not done: it made the whole initial memory
+// resident and a burst of fresh instances no faster.
 //
 // wazero releases a memory when it closes the module, on the goroutine
 // that runs its wasm (a cancelled context only marks the module), so no

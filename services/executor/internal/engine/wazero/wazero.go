@@ -1,92 +1,37 @@
 // Package wazero is the engine.Engine of wazero, the pure-Go WebAssembly
 // runtime, for hosts that wasmtime-go ships no library for. It compiles
-// modules once into wazero's compilation cache on disk and runs each
-// instance in a goroutine of its own.
+// modules into wazero's compilation cache on disk, shared through the
+// registry cache (engine.Artifacts), and runs each instance as an
+// engine.Run.
 //
-// It owns its cache directory (<dir>/wazero-<version>/, in which wazero
-// keeps its entries under wazero-<version>-<arch>-<os>/ and this package
-// keeps a sha256 per entry under sums/) and nothing else on disk; it must
+// It owns its cache directory (<dir>/wazero-<version>/: wazero's entries,
+// and this package's sums/ and index/) and nothing else on disk; it must
 // not know of instance ids, states or NATS.
 //
-// Why the sums: wazero checks a CRC of an entry's machine code, but not the
-// function offsets that say where each function starts, and a corrupt entry
-// makes CompileModule fail rather than compile again. Before wazero reads
-// the cache, every entry is hashed and compared with its sum (once per
-// process, and again when its size or modification time changed); an entry
-// that does not match, or has no sum, is removed, so wazero compiles the
-// module again and writes a fresh entry, whose sum is recorded then.
-// Compiles that miss the cache run one at a time (each uses every core),
-// which also keeps the "new entries get a sum" step unambiguous; a load of
-// an entry the index names (a module compiled before, for this limit)
-// does not wait for them, so a start of a compiled module is not stalled
-// by another module's long compile. Waiting for a compile ends with the
-// caller's context, and so does the compile itself (wazero checks the
-// context between functions); one module's bytes are compiled by one
-// caller at a time. wazero compiles a miss on every core (its
-// experimental compilation workers, without which it would use one core
-// and not look at the context). wazero keys an entry by the
-// module, the host's CPU features, and (by directory) its version, arch and
-// OS, so an entry made on another host is never picked.
+// What is wazero's here:
+//   - Sums: every cache entry is hashed against its sum before wazero
+//     reads the cache (once per process, and when it changes on disk);
+//     wazero checks a CRC of an entry's code, not its function offsets,
+//     and fails on a corrupt entry rather than compiling again.
+//   - Sharing: a module's entry is one file named by wazero's key (module,
+//     version, CPU features), shared as a bundle of its name and bytes; one
+//     wazero ignores or cannot load is rejected and replaced.
+//   - Memory limits are per Runtime: one Runtime per distinct limit over one
+//     CompilationCache, idle ones closed least recently used first
+//     (Config.MaxRuntimes, MaxCompiled). Tables are capped in the module's
+//     bytes (tables.go); linear memory lives outside the Go heap (memory.go).
+//   - Preopens are confined (fs.go): no symlink leads out of one, and an
+//     instance holds at most engine.MaxOpenFiles files open.
+//   - A kill cancels the instance's context: wasm stops at its next
+//     function entry or loop, and a WASI sleep ends (sleeper).
+//   - Output goes straight from the module's thread to the sinks, in
+//     writes of at most maxSinkWrite.
 //
-// Sharing (Config.Shared, the registry cache's precompiled store): wazero's
-// cache is a set of files, but for one module it is one file, whose name
-// (wazero's key: a sha256 of the module, wazero's version and the CPU
-// features) this package learns as the one new entry after a compile, and
-// records in index/<module digest hex>. After a compile the engine puts a
-// bundle of that name and the entry's bytes to the store under (module
-// digest, engine key: engine.EngineKey with GOARCH and CPU features). On a
-// local miss it gets the bundle, checks its size and sha256 against what
-// the store keeps with it (engine.Artifacts.Fetch) before reading a byte of
-// it, installs the entry under its name with its sum, and lets wazero load
-// it. A bundle that fails the check is corrupt; one whose header is not a
-// bundle, whose entry wazero cannot load, or that wazero ignores (it
-// compiled and wrote an entry of another name: a CPU or build the key did
-// not tell apart) is rejected; either way it is removed, the module
-// compiled and the store's entry replaced. What this relies on of wazero's
-// internals (the entries' directory, one file per module named by its key)
-// is what the sums already rely on; if wazero changes it, sharing finds no
-// new entry to put and the engine still works locally.
+// Usage:
 //
-// Memory limits: wazero's limit (RuntimeConfig.WithMemoryLimitPages) is per
-// Runtime, not per instance, so the engine keeps one Runtime per distinct
-// limit, all sharing one CompilationCache (and so one copy of each module's
-// machine code). wazero bounds table.grow only by a table's declared
-// maximum, so a module is compiled with each table's maximum lowered to
-// engine.TableElements of tableBudget, the same for every limit
-// (tables.go), and a table that starts larger than the instance's limit
-// allows is refused. The limit in bytes is rounded down to whole 64 KiB pages
-// (at least one page) and capped at the wasm32 maximum of 65536 pages. As
-// with wasmtime, memory.grow past the limit fails (-1) rather than traps,
-// and an abnormal end with linear memory within oomHeadroom of the limit
-// is reported as OOMKilled. A module whose minimum memory is above the
-// limit fails to start. Runtimes (Config.MaxRuntimes) and compiled
-// modules (Config.MaxCompiled) are kept in least-recently-used order and
-// closed beyond their bound once idle: a runtime or compiled module in use
-// by a running instance, or by a compile, is counted and never closed
-// under it (so the bounds may be exceeded while that many are in use).
-//
-// Output: a module's fd_write reaches the sinks (Spec.Stdout, Stderr) in
-// writes of at most 64 KiB (maxSinkWrite), however large the write.
-//
-// Linear memories live outside the Go heap (memory.go): each on an
-// anonymous mapping of its maximum, grown in place, kept for a next
-// instance when the module closes.
-//
-// Preopens are mounted through confined (fs.go), which keeps symlinks
-// from leading out of a preopened directory.
-//
-// Kill: every instance runs with a context of its own under
-// WithCloseOnContextDone, so cancelling it stops wasm code at the next
-// function entry or loop back-edge (microseconds). WASI sleeps end early
-// on a kill too (sleeper). A module blocked in another host call (a read
-// of a slow file) is not interrupted; as with wasmtime, after killWait the
-// instance is reported Killed and its goroutine ends when the call returns.
-//
-// CPU limits: wazero has no fuel, no epoch callback and no way to pause
-// running wasm and resume it later (its only interruption, the context,
-// ends the instance). With Config.CPU set, an instance with a CPU limit
-// runs its wasm on a locked OS thread that the ThreadLimiter holds to its
-// share; a kill lifts the limit before cancelling.
+//	e, err := wazero.New(wazero.Config{CacheDir: dir, CPU: limiter, Shared: store})
+//	m, err := e.Prepare(ctx, digest, wasmPath)
+//	inst, err := e.Start(ctx, m, spec)
 package wazero
 
 import (
@@ -159,7 +104,7 @@ type Engine struct {
 	cache wz.CompilationCache
 	cpu   engine.ThreadLimiter
 
-	slot    engine.Slots     // compiles that miss the cache: one at a time
+	slot    engine.Slots     // compiles that miss the cache: one at a time, each on every core, so the entries new after one are its own
 	flights engine.KeyedLock // one compile of the same bytes at a time
 
 	cacheMu  sync.Mutex // guards verified, the cache's entries, sums and index
@@ -678,7 +623,11 @@ func (e *Engine) shareEntry(key engine.ArtifactKey, entry string) {
 	e.Artifacts().Put(key, bundle, hex.EncodeToString(sum[:]))
 }
 
-// entriesDir is where wazero keeps its entries (see wazero's cache.go).
+// entries lists the directory where wazero keeps its entries (see
+// wazero's cache.go). The sums and sharing rely on this much of wazero's
+// internals: that directory, and one file per module named by its key. If
+// wazero changes it, sharing finds no new entry to put and the engine
+// still works locally.
 func (e *Engine) entries() ([]os.DirEntry, string, error) {
 	ds, err := os.ReadDir(e.root)
 	if err != nil {
@@ -768,7 +717,8 @@ func checkWASI(cm wz.CompiledModule, digest string) error {
 	return engine.CheckWASI(digest, imports, hasStart)
 }
 
-// pages maps a limit in bytes to wazero's limit in pages.
+// pages maps a limit in bytes to wazero's limit in pages: whole 64 KiB
+// pages rounded down, at least one, at most the wasm32 maximum.
 func pages(limit int64) uint32 {
 	if limit <= 0 || limit >= maxPages*pageSize {
 		return maxPages

@@ -116,7 +116,7 @@ func TestSharedBundleRejected(t *testing.T) {
 }
 
 func TestCompiles(t *testing.T) {
-	enginetest.RunCompiles(t, newEngine, 16000) // ~2 s here
+	enginetest.RunCompiles(t, newEngine, 16000) // a compile of seconds, as for wasmtime
 }
 
 // TestRuntimesBounded: instances under many distinct memory limits leave
