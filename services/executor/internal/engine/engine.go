@@ -105,7 +105,10 @@ type Instance interface {
 	// Wait blocks until Done and returns how the instance ended.
 	Wait() Result
 	// Kill stops the instance at once (WASI has no signals: there is no
-	// polite request to end). Idempotent; a no-op once the instance ended.
+	// polite request to end). Idempotent; a no-op once the module's run has
+	// ended. A module killed before then ends Killed, even if it goes on
+	// to return or exit (a kill may end a host call under it early, or
+	// find it in one that it cannot end).
 	Kill()
 	// Usage is what the instance uses now, or used last once it ended. Safe
 	// to call from any goroutine, at any time.

@@ -354,8 +354,7 @@ type instance struct {
 	start  *wt.Func
 	memory *wt.Memory // the exported memory, if any
 
-	readers sync.WaitGroup
-	pipes   []*os.File // read ends, closed by their readers
+	readers sync.WaitGroup // of the output pipes' readers
 
 	killFd      int         // an eventfd Interrupt signals: it ends a sleep in pollOneoff
 	interrupted atomic.Bool // set by Interrupt
@@ -392,11 +391,11 @@ func (i *instance) setup(m *module, spec engine.Spec) error {
 			return fmt.Errorf("%w: preopen %s at %s: %v", engine.ErrInstantiate, p.HostPath, p.GuestPath, err)
 		}
 	}
-	if err := i.output(wasi, spec.Stdout, wasi.SetStdoutFile); err != nil {
+	if err := i.output(spec.Stdout, wasi.SetStdoutFile); err != nil {
 		wasi.Close()
 		return err
 	}
-	if err := i.output(wasi, spec.Stderr, wasi.SetStderrFile); err != nil {
+	if err := i.output(spec.Stderr, wasi.SetStderrFile); err != nil {
 		wasi.Close()
 		return err
 	}
@@ -421,7 +420,7 @@ func (i *instance) setup(m *module, spec engine.Spec) error {
 // only a path, so the pipe's write end is named through /proc/self/fd;
 // WASI opens its own descriptor, ours is closed at once, and the reader sees
 // EOF when the store (and with it WASI's descriptor) is closed.
-func (i *instance) output(_ *wt.WasiConfig, sink io.Writer, set func(string) error) error {
+func (i *instance) output(sink io.Writer, set func(string) error) error {
 	if sink == nil {
 		return set(os.DevNull)
 	}
@@ -435,7 +434,6 @@ func (i *instance) output(_ *wt.WasiConfig, sink io.Writer, set func(string) err
 		r.Close()
 		return fmt.Errorf("%w: connect output: %v", engine.ErrInstantiate, err)
 	}
-	i.pipes = append(i.pipes, r)
 	i.readers.Add(1)
 	go func() {
 		defer i.readers.Done()
