@@ -362,6 +362,8 @@ type instance struct {
 	wasiStart time.Time // when the WASI context was made (its monotonic clock's zero)
 }
 
+var _ engine.Guest = (*instance)(nil)
+
 func (i *instance) setup(m *module, spec engine.Spec) error {
 	i.store = wt.NewStore(i.runner.engine)
 	i.store.SetEpochDeadline(1)

@@ -741,8 +741,8 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 		e.release(r, nil)
 		return nil, err
 	}
-	// The runtime and compiled module stay in use until the instance's
-	// module is closed (at the end of run), or Start fails.
+	// The runtime and compiled module stay in use until the instance is
+	// closed (at the end of its run), or Start fails.
 	released := false
 	defer func() {
 		if !released {
@@ -850,6 +850,8 @@ type instance struct {
 	start  api.Function
 	closed func() // ends the instance's use of its runtime and compiled module
 }
+
+var _ engine.Guest = (*instance)(nil)
 
 // Call implements engine.Guest.
 func (i *instance) Call() error {
