@@ -565,32 +565,6 @@ func testKillBlockedInHostCall(t *testing.T, e engine.Engine) {
 	}
 }
 
-// writeThenExitWat writes size bytes to stdout (in one fd_write, again
-// from where it stopped if the engine writes less), then calls
-// proc_exit(code), or returns from _start when code is negative.
-func writeThenExitWat(size, code int) string {
-	exit := ""
-	if code >= 0 {
-		exit = fmt.Sprintf("(call $exit (i32.const %d))", code)
-	}
-	return fmt.Sprintf(`(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
-  (memory (export "memory") %d)
-  (func (export "_start")
-    (local $off i32) (local $left i32)
-    (local.set $off (i32.const 65536))
-    (local.set $left (i32.const %d))
-    (block $end (loop $more
-      (i32.store (i32.const 0) (local.get $off))
-      (i32.store (i32.const 4) (local.get $left))
-      (if (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)) (then unreachable))
-      (local.set $off (i32.add (local.get $off) (i32.load (i32.const 8))))
-      (local.set $left (i32.sub (local.get $left) (i32.load (i32.const 8))))
-      (br_if $more (i32.gt_s (local.get $left) (i32.const 0)))))
-    %s))`, size/(64<<10)+2, size, exit)
-}
-
 // gateSink holds its first Write until open is closed, and closes held
 // when it starts holding.
 type gateSink struct {
@@ -618,7 +592,7 @@ func testKilledThenExited(t *testing.T, e engine.Engine) {
 		code int
 	}{{"return from _start", -1}, {"proc_exit 0", 0}, {"proc_exit 3", 3}} {
 		t.Run(tc.name, func(t *testing.T) {
-			m := prepare(t, e, wasmbuild.Wat(t, writeThenExitWat(size, tc.code)))
+			m := prepare(t, e, wasmbuild.Wat(t, writeWat(size, 0, tc.code)))
 			out := &gateSink{held: make(chan struct{}), open: make(chan struct{})}
 			inst, err := e.Start(context.Background(), m, engine.Spec{Args: []string{"w"}, Stdout: out})
 			if err != nil {

@@ -22,13 +22,19 @@ import (
 // handles output a bounded piece at a time.
 const MaxSinkWrite = 64 << 10
 
-// hugeWriteWat writes size bytes of 'x' to stdout in one fd_write (again
+// writeWat writes size bytes of 'x' to stdout in one fd_write (again
 // from where it stopped if the engine writes less), with a newline after
-// every lineLen-1 bytes when lineLen > 0. Its memory is the bytes and one
-// page for the iovec.
-func hugeWriteWat(size, lineLen int) string {
+// every lineLen-1 bytes when lineLen > 0, then calls proc_exit(exit), or
+// returns from _start when exit is negative. Its memory is the bytes and
+// one page for the iovec.
+func writeWat(size, lineLen, exit int) string {
+	end := ""
+	if exit >= 0 {
+		end = fmt.Sprintf("\n    (call $exit (i32.const %d))", exit)
+	}
 	return fmt.Sprintf(`(module
   (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
   (memory (export "memory") %d)
   (func (export "_start")
     (local $off i32) (local $left i32) (local $i i32)
@@ -49,8 +55,8 @@ func hugeWriteWat(size, lineLen int) string {
       (if (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)) (then unreachable))
       (local.set $off (i32.add (local.get $off) (i32.load (i32.const 8))))
       (local.set $left (i32.sub (local.get $left) (i32.load (i32.const 8))))
-      (br_if $more (i32.gt_s (local.get $left) (i32.const 0)))))))`,
-		size/(64<<10)+1, size, lineLen, 65536+lineLen-1, 65536+size, max(lineLen, 1), size)
+      (br_if $more (i32.gt_s (local.get $left) (i32.const 0)))))%s))`,
+		size/(64<<10)+1, size, lineLen, 65536+lineLen-1, 65536+size, max(lineLen, 1), size, end)
 }
 
 // sizeSink counts what it is given and keeps none of it.
@@ -101,7 +107,7 @@ func testHugeWrite(t *testing.T, e engine.Engine) {
 		lineLen int
 	}{{"no newline", 0}, {"lines of 100 bytes", 100}} {
 		t.Run(tc.name, func(t *testing.T) {
-			m := prepare(t, e, wasmbuild.Wat(t, hugeWriteWat(size, tc.lineLen)))
+			m := prepare(t, e, wasmbuild.Wat(t, writeWat(size, tc.lineLen, -1)))
 			var out sizeSink
 			runtime.GC()
 			heap0, rss0 := heapAndRSS()
