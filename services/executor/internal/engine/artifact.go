@@ -343,3 +343,18 @@ func VerifyFile(path, sumPath string) error {
 	}
 	return nil
 }
+
+// FileStamp is how an engine tells that a file it verified has changed
+// since: its size and modification time. A changed file is hashed again
+// before it is used.
+type FileStamp struct {
+	Size    int64
+	ModTime time.Time
+}
+
+// StampOf is fi's stamp.
+func StampOf(fi os.FileInfo) FileStamp { return FileStamp{fi.Size(), fi.ModTime()} }
+
+// Equal reports whether two stamps are of the same file contents, as far
+// as a stamp can tell.
+func (s FileStamp) Equal(o FileStamp) bool { return s.Size == o.Size && s.ModTime.Equal(o.ModTime) }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	wt "github.com/bytecodealliance/wasmtime-go/v39"
 
@@ -27,7 +26,7 @@ const (
 // deadline is set relative to it.
 type runner struct {
 	digest string
-	stamp  stamp // of the artifact it was loaded from
+	stamp  engine.FileStamp // of the artifact it was loaded from
 	engine *wt.Engine
 	module *wt.Module
 	linker *wt.Linker
@@ -36,16 +35,7 @@ type runner struct {
 	current atomic.Pointer[instance]
 }
 
-// stamp identifies the artifact file a runner was loaded from, as the
-// module's verification recorded it.
-type stamp struct {
-	size    int64
-	modTime time.Time
-}
-
-func (s stamp) equal(o stamp) bool { return s.size == o.size && s.modTime.Equal(o.modTime) }
-
-func newRunner(m *module, st stamp) (*runner, error) {
+func newRunner(m *module, st engine.FileStamp) (*runner, error) {
 	eng := newEngine()
 	mod, err := wt.NewModuleDeserializeFile(eng, m.artifact)
 	if err != nil {
@@ -92,7 +82,7 @@ type runners struct {
 // get returns an idle runner of m loaded from the artifact st, or a new
 // one. Idle runners of an older artifact are closed: only an artifact
 // verified as it is now is run.
-func (p *runners) get(m *module, st stamp) (*runner, error) {
+func (p *runners) get(m *module, st engine.FileStamp) (*runner, error) {
 	var stale []*runner
 	p.mu.Lock()
 	list := p.idle[m.digest]
@@ -101,7 +91,7 @@ func (p *runners) get(m *module, st stamp) (*runner, error) {
 		last := list[len(list)-1]
 		list = list[:len(list)-1]
 		p.n--
-		if last.stamp.equal(st) {
+		if last.stamp.Equal(st) {
 			r = last
 		} else {
 			stale = append(stale, last)
@@ -129,7 +119,7 @@ func (p *runners) get(m *module, st stamp) (*runner, error) {
 // pod, the next pod of a burst), and that one then costs a Store and an
 // instantiation instead of an Engine and a deserialisation. At most one
 // spare per module is kept beyond those of ended instances.
-func (p *runners) spare(m *module, st stamp) {
+func (p *runners) spare(m *module, st engine.FileStamp) {
 	p.mu.Lock()
 	if p.warming[m.digest] || len(p.idle[m.digest]) > 0 || p.n >= idleTotal {
 		p.mu.Unlock()

@@ -123,9 +123,8 @@ type module struct {
 
 	mu       sync.Mutex // guards the fields below
 	verified bool
-	size     int64
-	modTime  time.Time
-	pending  *flight // the ensure running for it, if any
+	stamp    engine.FileStamp // of the artifact when verified
+	pending  *flight          // the ensure running for it, if any
 }
 
 // flight is one ensure of a module, which its callers wait for.
@@ -164,13 +163,13 @@ func (e *Engine) Prepare(ctx context.Context, digest, wasmPath string) (engine.M
 // context ends stops waiting and gets ctx's error, while the work goes on
 // and leaves its result for the next caller (wasmtime cannot cancel a
 // compile). Callers that come meanwhile wait for the same work.
-func (e *Engine) ready(ctx context.Context, m *module) (stamp, error) {
+func (e *Engine) ready(ctx context.Context, m *module) (engine.FileStamp, error) {
 	m.mu.Lock()
 	if m.verified {
 		fi, err := os.Stat(m.artifact)
-		if err == nil && fi.Size() == m.size && fi.ModTime().Equal(m.modTime) {
+		if err == nil && engine.StampOf(fi).Equal(m.stamp) {
 			m.mu.Unlock()
-			return stamp{m.size, m.modTime}, nil
+			return m.stamp, nil
 		}
 		m.verified = false
 	}
@@ -191,14 +190,14 @@ func (e *Engine) ready(ctx context.Context, m *module) (stamp, error) {
 	select {
 	case <-f.done:
 	case <-ctx.Done():
-		return stamp{}, fmt.Errorf("prepare module %s: %w", m.digest, ctx.Err())
+		return engine.FileStamp{}, fmt.Errorf("prepare module %s: %w", m.digest, ctx.Err())
 	}
 	if f.err != nil {
-		return stamp{}, f.err
+		return engine.FileStamp{}, f.err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return stamp{m.size, m.modTime}, nil
+	return m.stamp, nil
 }
 
 // ensure makes m's artifact, found unverified, present and verified. It
@@ -261,7 +260,7 @@ func (m *module) markVerified() error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.verified, m.size, m.modTime = true, fi.Size(), fi.ModTime()
+	m.verified, m.stamp = true, engine.StampOf(fi)
 	return nil
 }
 

@@ -107,8 +107,8 @@ type Engine struct {
 	slot    engine.Slots     // compiles that miss the cache: one at a time, each on every core, so the entries new after one are its own
 	flights engine.KeyedLock // one compile of the same bytes at a time
 
-	cacheMu  sync.Mutex // guards verified, the cache's entries, sums and index
-	verified map[string]fileStamp
+	cacheMu  sync.Mutex                  // guards verified, the cache's entries, sums and index
+	verified map[string]engine.FileStamp // entries hashed against their sums, as they were then
 
 	maxRuntimes, maxCompiled int
 
@@ -119,11 +119,6 @@ type Engine struct {
 }
 
 var _ engine.Engine = (*Engine)(nil)
-
-type fileStamp struct {
-	size    int64
-	modTime time.Time
-}
 
 // runtime is a wazero Runtime for one memory limit, with WASI in it and
 // the modules compiled for it. Its fields are guarded by Engine.mu.
@@ -170,7 +165,7 @@ func New(cfg Config) (*Engine, error) {
 		cache:       cache,
 		cpu:         cfg.CPU,
 		slot:        engine.NewSlots(1),
-		verified:    map[string]fileStamp{},
+		verified:    map[string]engine.FileStamp{},
 		runtimes:    map[uint32]*runtime{},
 		maxRuntimes: cmp.Or(max(cfg.MaxRuntimes, 0), defaultMaxRuntimes),
 		maxCompiled: cmp.Or(max(cfg.MaxCompiled, 0), defaultMaxCompiled),
@@ -406,7 +401,7 @@ func (e *Engine) load(ctx context.Context, r *runtime, sum string, wasm []byte) 
 		return nil, false
 	}
 	fi, err := os.Stat(filepath.Join(dir, entry))
-	if err != nil || (fileStamp{fi.Size(), fi.ModTime()}) != st {
+	if err != nil || !engine.StampOf(fi).Equal(st) {
 		return nil, false // changed on disk: the slow path verifies it again
 	}
 	cm, err := r.rt.CompileModule(ctx, wasm)
@@ -588,7 +583,7 @@ func (e *Engine) fetchShared(ctx context.Context, key engine.ArtifactKey) string
 		e.Artifacts().LocalError(ctx, key, err)
 		return ""
 	}
-	e.verified[entry] = fileStamp{fi.Size(), fi.ModTime()}
+	e.verified[entry] = engine.StampOf(fi)
 	return entry
 }
 
@@ -659,8 +654,8 @@ func (e *Engine) verifyCache() error {
 		if err != nil {
 			continue
 		}
-		st := fileStamp{fi.Size(), fi.ModTime()}
-		if e.verified[d.Name()] == st {
+		st := engine.StampOf(fi)
+		if v, ok := e.verified[d.Name()]; ok && v.Equal(st) {
 			continue
 		}
 		if err := engine.VerifyFile(path, filepath.Join(e.sums, d.Name()+".sha256")); err != nil {
@@ -696,7 +691,7 @@ func (e *Engine) recordSums() error {
 		if err := engine.WriteAtomic(filepath.Join(e.sums, d.Name()+".sha256"), []byte(sum+"\n")); err != nil {
 			return err
 		}
-		e.verified[d.Name()] = fileStamp{fi.Size(), fi.ModTime()}
+		e.verified[d.Name()] = engine.StampOf(fi)
 	}
 	return nil
 }
