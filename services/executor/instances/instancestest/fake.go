@@ -148,7 +148,8 @@ func (f *Fake) SetUnavailable(u bool) {
 
 // Lose is the executor process dying and coming back: every instance is
 // gone without an event, every Watch ends with ErrUnavailable, the
-// sequence starts again from zero and the ExecutorID changes.
+// sequence starts again from zero (a watch after an older sequence is
+// ErrFailedPrecondition) and the ExecutorID changes.
 func (f *Fake) Lose() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -448,8 +449,9 @@ func (f *Fake) List(ctx context.Context, selector map[string]string) ([]instance
 	return out, f.seq, nil
 }
 
-// Watch calls fn with every change after sequence after, for id only
-// unless id is "".
+// Watch calls fn with every change after sequence after (0: from the
+// oldest kept), for id only unless id is "". A sequence newer than the
+// newest (another life's) is ErrFailedPrecondition.
 func (f *Fake) Watch(ctx context.Context, after uint64, id string, fn func(instances.Instance) error) error {
 	if err := f.enter("Watch"); err != nil {
 		return err
@@ -462,11 +464,18 @@ func (f *Fake) Watch(ctx context.Context, after uint64, id string, fn func(insta
 			f.mu.Unlock()
 			return fmt.Errorf("watch: %w: the fake executor went away", instances.ErrUnavailable)
 		}
-		oldest := f.seq + 1 - uint64(len(f.history)) // the first kept sequence
-		if after+1 < oldest || after > f.seq {
+		if after > f.seq {
 			seq := f.seq
 			f.mu.Unlock()
-			return fmt.Errorf("watch after %d: %w (the executor keeps events after %d)", after, instances.ErrBehind, seq)
+			return fmt.Errorf("%w: sequence %d is newer than this executor's newest event %d; list instances and watch from the listing's sequence", instances.ErrFailedPrecondition, after, seq)
+		}
+		oldest := f.seq + 1 - uint64(len(f.history)) // the first kept sequence
+		if after == 0 {
+			after = oldest - 1 // from the oldest kept
+		}
+		if after+1 < oldest {
+			f.mu.Unlock()
+			return fmt.Errorf("watch after %d: %w (the oldest event kept is %d)", after, instances.ErrBehind, oldest)
 		}
 		evs := slices.Clone(f.history[after+1-oldest:])
 		changed := f.changed
