@@ -1,0 +1,213 @@
+package wasmtime
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	wt "github.com/bytecodealliance/wasmtime-go/v39"
+
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
+)
+
+// module is a prepared module: a verified artifact on disk.
+type module struct {
+	digest   string
+	wasmPath string
+	artifact string
+
+	mu       sync.Mutex // guards the fields below
+	verified bool
+	stamp    engine.FileStamp // of the artifact when verified
+	pending  *flight          // the ensure running for it, if any
+}
+
+// flight is one ensure of a module, which its callers wait for.
+type flight struct {
+	done chan struct{}
+	err  error // set before done is closed
+}
+
+func (m *module) Digest() string { return m.digest }
+
+// Prepare implements engine.Engine.
+func (e *Engine) Prepare(ctx context.Context, digest, wasmPath string) (engine.Module, error) {
+	hexd, err := engine.DigestHex(digest)
+	if err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	m := e.modules[digest]
+	if m == nil {
+		m = &module{digest: digest, artifact: filepath.Join(e.dir, hexd+".cwasm")}
+		e.modules[digest] = m
+	}
+	e.mu.Unlock()
+	m.mu.Lock()
+	m.wasmPath = wasmPath
+	m.mu.Unlock()
+	if _, err := e.ready(ctx, m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// ready makes m's artifact present and verified and returns its stamp.
+// The work (verifying, fetching, compiling: see ensure) runs for one
+// caller of a module at a time, on a goroutine of its own: a caller whose
+// context ends stops waiting and gets ctx's error, while the work goes on
+// and leaves its result for the next caller (wasmtime cannot cancel a
+// compile). Callers that come meanwhile wait for the same work.
+func (e *Engine) ready(ctx context.Context, m *module) (engine.FileStamp, error) {
+	m.mu.Lock()
+	if m.verified {
+		fi, err := os.Stat(m.artifact)
+		if err == nil && engine.StampOf(fi).Equal(m.stamp) {
+			m.mu.Unlock()
+			return m.stamp, nil
+		}
+		m.verified = false
+	}
+	f := m.pending
+	if f == nil {
+		f = &flight{done: make(chan struct{})}
+		m.pending = f
+		wasmPath := m.wasmPath
+		go func() {
+			f.err = e.ensure(context.WithoutCancel(ctx), m, wasmPath)
+			m.mu.Lock()
+			m.pending = nil
+			m.mu.Unlock()
+			close(f.done)
+		}()
+	}
+	m.mu.Unlock()
+	select {
+	case <-f.done:
+	case <-ctx.Done():
+		return engine.FileStamp{}, fmt.Errorf("prepare module %s: %w", m.digest, ctx.Err())
+	}
+	if f.err != nil {
+		return engine.FileStamp{}, f.err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.stamp, nil
+}
+
+// ensure makes m's artifact, found unverified, present and verified. It
+// runs for one caller at a time (ready); m.mu is not held.
+func (e *Engine) ensure(ctx context.Context, m *module, wasmPath string) error {
+	if err := engine.VerifyFile(m.artifact, m.artifact+".sha256"); err == nil {
+		// The header must also suit this engine (same wasmtime, same Config).
+		if mod, err := wt.NewModuleDeserializeFile(e.compiler, m.artifact); err == nil {
+			mod.Close()
+			return m.markVerified()
+		}
+	}
+	// Absent, corrupt or unusable: take it from the shared store, or
+	// compile from the module.
+	os.Remove(m.artifact)
+	os.Remove(m.artifact + ".sha256")
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("prepare module %s: %w", m.digest, err)
+	}
+	if e.fetchShared(ctx, m) {
+		return m.markVerified()
+	}
+	if err := e.compile(m, wasmPath); err != nil {
+		return err
+	}
+	return m.markVerified()
+}
+
+// fetchShared installs m's artifact from the shared store, if it has one
+// that is intact (size and sha256 as stored, checked by Artifacts.Fetch
+// before wasmtime reads it) and loadable by this engine. Called by ensure.
+func (e *Engine) fetchShared(ctx context.Context, m *module) bool {
+	key := e.ArtifactKey(m.digest)
+	tmp, sum, ok := e.Artifacts().Fetch(ctx, key, e.dir)
+	if !ok {
+		return false
+	}
+	mod, err := wt.NewModuleDeserializeFile(e.compiler, tmp)
+	if err == nil {
+		err = checkWASI(mod, m.digest)
+		mod.Close()
+	}
+	if err != nil {
+		os.Remove(tmp)
+		e.Artifacts().Rejected(ctx, key, err)
+		return false
+	}
+	if err := engine.Install(tmp, m.artifact, sum); err != nil {
+		e.Artifacts().LocalError(ctx, key, err)
+		return false
+	}
+	e.Artifacts().Hit()
+	return true
+}
+
+func (m *module) markVerified() error {
+	fi, err := os.Stat(m.artifact)
+	if err != nil {
+		return fmt.Errorf("prepare module %s: %w", m.digest, err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.verified, m.stamp = true, engine.StampOf(fi)
+	return nil
+}
+
+func (e *Engine) compile(m *module, wasmPath string) error {
+	wasm, err := os.ReadFile(wasmPath)
+	if err != nil {
+		return fmt.Errorf("prepare module %s: read %s: %w", m.digest, wasmPath, err)
+	}
+	e.compileMu.Lock()
+	mod, err := wt.NewModule(e.compiler, wasm)
+	e.compileMu.Unlock()
+	e.Artifacts().Compiled()
+	if err != nil {
+		return engine.CompileError(m.digest, err)
+	}
+	defer mod.Close()
+	if err := checkWASI(mod, m.digest); err != nil {
+		return err
+	}
+	b, err := mod.Serialize()
+	if err != nil {
+		return fmt.Errorf("prepare module %s: serialize: %w", m.digest, err)
+	}
+	sum := sha256.Sum256(b)
+	if err := engine.WriteAtomic(m.artifact+".sha256", []byte(hex.EncodeToString(sum[:])+"\n")); err != nil {
+		return fmt.Errorf("prepare module %s: %w", m.digest, err)
+	}
+	if err := engine.WriteAtomic(m.artifact, b); err != nil {
+		return fmt.Errorf("prepare module %s: %w", m.digest, err)
+	}
+	e.Artifacts().Put(e.ArtifactKey(m.digest), b, hex.EncodeToString(sum[:]))
+	return nil
+}
+
+// checkWASI refuses a module that imports anything but WASI preview 1 or
+// has no _start.
+func checkWASI(mod *wt.Module, digest string) error {
+	var imports []engine.Import
+	for _, imp := range mod.Imports() {
+		n := ""
+		if imp.Name() != nil {
+			n = *imp.Name()
+		}
+		imports = append(imports, engine.Import{Module: imp.Module(), Name: n})
+	}
+	hasStart := false
+	for _, exp := range mod.Exports() {
+		hasStart = hasStart || exp.Name() == "_start" && exp.Type().FuncType() != nil
+	}
+	return engine.CheckWASI(digest, imports, hasStart)
+}

@@ -1,0 +1,169 @@
+package wazero
+
+import (
+	"context"
+	"fmt"
+
+	wz "github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
+
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
+)
+
+// runtime is a wazero Runtime for one memory limit, with WASI in it and
+// the modules compiled for it. Its fields are guarded by Engine.mu.
+type runtime struct {
+	pages uint32
+	rt    wz.Runtime
+
+	refs     int                  // compiles and instances using it
+	used     uint64               // Engine.clock at its last use
+	compiled map[string]*compiled // by digest
+}
+
+// compiled is a module compiled in a runtime. Its fields are guarded by
+// Engine.mu.
+type compiled struct {
+	cm   wz.CompiledModule
+	refs int // instances and callers using it
+	used uint64
+}
+
+// runtime returns the Runtime for a memory limit of pages, counted in use
+// until release.
+func (e *Engine) runtime(pages uint32) (*runtime, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.clock++
+	if r := e.runtimes[pages]; r != nil {
+		r.refs++
+		r.used = e.clock
+		return r, nil
+	}
+	ctx := context.Background() // the Runtime outlives the caller
+	cfg := wz.NewRuntimeConfig().
+		WithCompilationCache(e.cache).
+		WithMemoryLimitPages(pages).
+		WithCloseOnContextDone(true)
+	rt := wz.NewRuntimeWithConfig(ctx, cfg)
+	if _, err := wasi_snapshot_preview1.Instantiate(ctx, rt); err != nil {
+		rt.Close(ctx)
+		return nil, fmt.Errorf("%w: instantiate WASI: %v", engine.ErrInstantiate, err)
+	}
+	r := &runtime{pages: pages, rt: rt, refs: 1, used: e.clock, compiled: map[string]*compiled{}}
+	e.runtimes[pages] = r
+	e.evict()
+	return r, nil
+}
+
+// release ends a use of r and of c (either may be nil) and closes what is
+// idle beyond the bounds.
+func (e *Engine) release(r *runtime, c *compiled) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if r != nil {
+		r.refs--
+	}
+	if c != nil {
+		c.refs--
+	}
+	e.evict()
+}
+
+// evict closes idle compiled modules, then idle runtimes, least recently
+// used first, until the bounds hold or all that is left is in use. e.mu
+// is held.
+func (e *Engine) evict() {
+	ctx := context.Background()
+	for e.ncompiled > e.maxCompiled {
+		var (
+			lr   *runtime
+			ld   string
+			lc   *compiled
+			seen bool
+		)
+		for _, r := range e.runtimes {
+			for d, c := range r.compiled {
+				if c.refs == 0 && (!seen || c.used < lc.used) {
+					lr, ld, lc, seen = r, d, c, true
+				}
+			}
+		}
+		if !seen {
+			break
+		}
+		lc.cm.Close(ctx)
+		delete(lr.compiled, ld)
+		e.ncompiled--
+	}
+	for len(e.runtimes) > e.maxRuntimes {
+		var lr *runtime
+		for _, r := range e.runtimes {
+			if r.refs == 0 && idle(r) && (lr == nil || r.used < lr.used) {
+				lr = r
+			}
+		}
+		if lr == nil {
+			break
+		}
+		for d, c := range lr.compiled {
+			c.cm.Close(ctx)
+			delete(lr.compiled, d)
+			e.ncompiled--
+		}
+		lr.rt.Close(ctx)
+		delete(e.runtimes, lr.pages)
+	}
+}
+
+// idle reports whether none of r's compiled modules is in use.
+func idle(r *runtime) bool {
+	for _, c := range r.compiled {
+		if c.refs > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// lookup returns m's compiled module in r, counted in use, or nil.
+func (e *Engine) lookup(r *runtime, digest string) *compiled {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c := r.compiled[digest]
+	if c != nil {
+		e.clock++
+		c.refs++
+		c.used = e.clock
+	}
+	return c
+}
+
+// keep records cm as m's compiled module in r (or, if another caller did
+// first, closes cm and takes that one), counted in use.
+func (e *Engine) keep(r *runtime, digest string, cm wz.CompiledModule) *compiled {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.clock++
+	c := r.compiled[digest]
+	if c != nil {
+		cm.Close(context.Background())
+	} else {
+		c = &compiled{cm: cm}
+		r.compiled[digest] = c
+		e.ncompiled++
+	}
+	c.refs++
+	c.used = e.clock
+	e.evict()
+	return c
+}
+
+// pages maps a limit in bytes to wazero's limit in pages: whole 64 KiB
+// pages rounded down, at least one, at most the wasm32 maximum.
+func pages(limit int64) uint32 {
+	if limit <= 0 || limit >= maxPages*pageSize {
+		return maxPages
+	}
+	return uint32(max(1, limit/pageSize))
+}
