@@ -13,6 +13,7 @@ import (
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 )
 
+// validate refuses what a spec may not ask for, before anything is fetched.
 func validate(id string, spec instances.Spec, roots []string) error {
 	if id == "" || len(id) > 253 {
 		return fmt.Errorf("%w: instance id must be 1 to 253 characters", instances.ErrInvalidArgument)
