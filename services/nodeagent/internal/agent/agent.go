@@ -296,7 +296,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// address is recognised as that one).
 	pool, err := executors.New(executors.Config{
 		Executors: execAddrs, NATS: nc, Node: cfg.NodeName,
-		Default: cfg.DefaultExecutor, Handlers: cfg.RuntimeHandlers, TLS: cfg.GRPCTLS, Wrap: m.ExecutorClient, Log: log,
+		Default: cfg.DefaultExecutor, Handlers: cfg.RuntimeHandlers, TLS: cfg.GRPCTLS, DialOptions: m.ExecutorDialOptions, Log: log,
 	})
 	if err != nil {
 		return err

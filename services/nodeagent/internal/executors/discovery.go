@@ -2,18 +2,18 @@ package executors
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
-	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/subjects"
+	"github.com/wasmlet/wasmlet/services/executor/instances"
+	"github.com/wasmlet/wasmlet/services/executor/instances/proxy"
 )
 
 // discover subscribes to this node's announcements and asks its executors
@@ -68,7 +68,7 @@ func (p *Pool) announced(ann *eventsv1.ExecutorAnnouncement, now time.Time) {
 		// A static executor that also announces itself (e.g. the
 		// supervised child) is known already.
 		e.mu.Lock()
-		same := e.Address == ann.GetAddress() || (e.info != nil && e.info.GetExecutorId() == id)
+		same := e.Address == ann.GetAddress() || (e.info != nil && e.info.ExecutorID == id)
 		e.mu.Unlock()
 		if same {
 			return
@@ -177,28 +177,28 @@ func (p *Pool) reclaim(id, addr string) {
 		return
 	}
 	defer conn.Close()
-	c := executorv1.NewExecutorServiceClient(conn)
+	rt := proxy.New(conn)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	info, err := c.GetInfo(ctx, &executorv1.GetInfoRequest{})
+	info, err := rt.Info(ctx)
 	if err != nil {
 		return
 	}
-	if info.GetExecutorId() != id {
+	if info.ExecutorID != id {
 		done = true // another executor answers there: nothing of id's is left
 		return
 	}
-	resp, err := c.ListInstances(ctx, &executorv1.ListInstancesRequest{})
+	list, _, err := rt.List(ctx, nil)
 	if err != nil {
 		return
 	}
-	for _, inst := range resp.GetInstances() {
-		if _, err := c.DeleteInstance(ctx, &executorv1.DeleteInstanceRequest{Id: inst.GetId(), Force: true}); err != nil && status.Code(err) != codes.NotFound {
-			p.cfg.Log.Warn("remove instance left on a replica given up", "executor", id, "instance", inst.GetId(), "err", err)
+	for _, inst := range list {
+		if err := rt.Delete(ctx, inst.ID, true); err != nil && !errors.Is(err, instances.ErrNotFound) {
+			p.cfg.Log.Warn("remove instance left on a replica given up", "executor", id, "instance", inst.ID, "err", err)
 			return
 		}
 	}
-	p.cfg.Log.Info("executor replica came back after it was given up; removed the instances its pods had left", "executor", id, "address", addr, "instances", len(resp.GetInstances()))
+	p.cfg.Log.Info("executor replica came back after it was given up; removed the instances its pods had left", "executor", id, "address", addr, "instances", len(list))
 	done = true
 }
 

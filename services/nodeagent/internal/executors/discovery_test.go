@@ -18,8 +18,10 @@ import (
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
-	"github.com/wasmlet/wasmlet/internal/testharness/natstest"
 	"github.com/wasmlet/wasmlet/internal/subjects"
+	"github.com/wasmlet/wasmlet/internal/testharness/natstest"
+	"github.com/wasmlet/wasmlet/services/executor/instances"
+	"github.com/wasmlet/wasmlet/services/executor/instances/proxy"
 )
 
 // fakeExecutor answers GetInfo, ListInstances (its instances, by label),
@@ -136,7 +138,7 @@ type recordingSink struct {
 	lost map[string]string
 }
 
-func (s *recordingSink) InstanceChanged(string, *executorv1.Instance) {}
+func (s *recordingSink) InstanceChanged(string, instances.Instance) {}
 func (s *recordingSink) ExecutorLost(replica, reason string) {
 	s.mu.Lock()
 	s.lost[replica] = reason
@@ -235,7 +237,7 @@ func TestDiscoveredReplicas(t *testing.T) {
 	if r := sink.reason("exec-a"); r == "" || !onA.WasOn("exec-a") {
 		t.Fatalf("loss of exec-a not reported to its pods (reason %q)", r)
 	}
-	if _, err := onA.GetInfo(ctx, &executorv1.GetInfoRequest{}); err != nil || onA.Replica() != "exec-b" {
+	if _, err := proxy.New(onA).Info(ctx); err != nil || onA.Replica() != "exec-b" {
 		t.Errorf("a pod of the lost replica moved to %q (err %v), want exec-b", onA.Replica(), err)
 	}
 	// exec-a answers and announces again: what it still runs belongs to
@@ -260,13 +262,13 @@ func TestDiscoveredReplicas(t *testing.T) {
 	// exec-b leaves cleanly: gone at once; its pods move to exec-a.
 	announce(t, nc, b, 100, true)
 	waitUntil(t, "exec-b gone on leaving", func() bool { return sink.reason("exec-b") != "" })
-	if _, err := onA.GetInfo(ctx, &executorv1.GetInfoRequest{}); err != nil || onA.Replica() != "exec-a" {
+	if _, err := proxy.New(onA).Info(ctx); err != nil || onA.Replica() != "exec-a" {
 		t.Errorf("a pod of the leaving replica moved to %q (err %v), want exec-a", onA.Replica(), err)
 	}
 	// exec-a leaves too: nothing is left to place on.
 	announce(t, nc, a, 52, true)
 	waitUntil(t, "exec-a gone on leaving", func() bool { _, ok := pool.Get("exec-a"); return !ok })
-	if _, err := onA.CreateInstance(ctx, &executorv1.CreateInstanceRequest{Id: "x"}); err == nil {
+	if _, err := proxy.New(onA).Create(ctx, "x", instances.Spec{}, true); err == nil {
 		t.Error("a call with no live replica succeeded")
 	} else if got := err.Error(); !strings.Contains(got, `no executor of flavour "wasmtime" is live on node node-1`) {
 		t.Errorf("error with no live replica: %s", got)

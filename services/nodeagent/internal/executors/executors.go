@@ -12,9 +12,10 @@
 //     already holds its instances (found by asking every replica, so a
 //     restarted node agent re-adopts them), else the healthy replica with
 //     the most free capacity (fewest instances relative to its maximum,
-//     counting the pods this agent placed there). A Binding is an
-//     ExecutorServiceClient that sends every call to that replica, and
-//     places the pod anew only once the replica is gone;
+//     counting the pods this agent placed there). A Binding is a
+//     grpc.ClientConnInterface that sends every call to that replica, and
+//     places the pod anew only once the replica is gone; the caller wraps
+//     it in proxy.New to hold an instances.Runtime;
 //   - liveness: an announced replica is gone when it says it is leaving,
 //     when another executor took its address, or when it has not announced
 //     itself for TTLPeriods periods and does not answer its health check —
@@ -25,9 +26,10 @@
 //   - the client's transport: every replica, static or announced, is dialled
 //     with the same mutual TLS (Config.TLS) when its address is tcp://; an
 //     announced address beyond loopback is never dialled in plaintext;
-//   - one watch per replica that follows its instance events, resuming from
-//     the last sequence seen, and notices when a static executor restarted
-//     (its id changed).
+//   - one watch per replica that follows its instance events (Runtime.Watch),
+//     resuming from the last sequence seen, re-listing the replica's
+//     instances when it is told it is behind (instances.ErrBehind), and
+//     noticing when a static executor restarted (its id changed).
 //
 // It never interprets instance states: it hands them, and the loss of a
 // replica's instances, to a Sink.
@@ -39,8 +41,9 @@
 //	go pool.Run(ctx, sink)
 //	flavour, err := pool.Flavour(pod, handler)
 //	b := pool.Bind(ctx, flavour, map[string]string{"wasmlet.io/pod-uid": uid}, len(pod.Spec.Containers))
-//	b.CreateInstance(ctx, req) // goes to the replica holding the pod
-//	b.Release()                // when the pod is gone
+//	rt := proxy.New(b)  // an instances.Runtime on the replica holding the pod
+//	rt.Create(ctx, id, spec, true)
+//	b.Release()         // when the pod is gone
 package executors
 
 import (
@@ -59,15 +62,17 @@ import (
 	v1 "k8s.io/api/core/v1"
 
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
-	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
+	"github.com/wasmlet/wasmlet/services/executor/instances"
+	"github.com/wasmlet/wasmlet/services/executor/instances/proxy"
 )
 
 // Sink receives what the watches see.
 type Sink interface {
 	// InstanceChanged is called for every state change, in order per
-	// replica (named by Executor.ID).
-	InstanceChanged(replica string, inst *executorv1.Instance)
+	// replica (named by Executor.ID), and for every instance of a replica
+	// listed again after its watch fell behind.
+	InstanceChanged(replica string, inst instances.Instance)
 	// ExecutorLost is called when every instance a replica ran is gone: a
 	// static executor came back with a new identity, or an announced one
 	// is gone for good. reason says which, for the pod's status.
@@ -82,14 +87,15 @@ type Executor struct {
 	Flavour string
 	Address string
 	Static  bool
-	Client  executorv1.ExecutorServiceClient
+	// Runtime is the replica's instances, over its connection.
+	Runtime instances.Runtime
 	conn    *grpc.ClientConn
 
 	gone      chan struct{} // closed once the pool gave it up
 	stopWatch context.CancelFunc
 
 	mu      sync.Mutex
-	info    *executorv1.GetInfoResponse
+	info    *instances.Info
 	healthy bool
 	ann     *eventsv1.ExecutorAnnouncement // latest announcement (discovered only)
 	seen    time.Time                      // when it was last announced
@@ -98,7 +104,7 @@ type Executor struct {
 
 // Info returns what the executor last reported, and whether it answered
 // its last check.
-func (e *Executor) Info() (*executorv1.GetInfoResponse, bool) {
+func (e *Executor) Info() (*instances.Info, bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.info, e.healthy
@@ -134,9 +140,10 @@ type Config struct {
 	// address, static or announced alike (the zero TLS: plaintext, and then
 	// an address beyond loopback is refused).
 	TLS grpcutil.TLS
-	// Wrap, optional, wraps every replica's client (e.g. to count errors).
-	Wrap func(flavour string, c executorv1.ExecutorServiceClient) executorv1.ExecutorServiceClient
-	Log  *slog.Logger
+	// DialOptions, optional, are added to the dial of every replica of a
+	// flavour (e.g. interceptors that count errors).
+	DialOptions func(flavour string) []grpc.DialOption
+	Log         *slog.Logger
 }
 
 // TTLPeriods is how many announcement periods an announced replica may
@@ -208,15 +215,15 @@ func New(cfg Config) (*Pool, error) {
 }
 
 func (p *Pool) dial(id, flavour, addr string, static bool) (*Executor, error) {
-	conn, err := grpcutil.DialTLS(addr, p.cfg.TLS)
+	var opts []grpc.DialOption
+	if p.cfg.DialOptions != nil {
+		opts = p.cfg.DialOptions(flavour)
+	}
+	conn, err := grpcutil.DialTLS(addr, p.cfg.TLS, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("executor %s at %s: %w", id, addr, err)
 	}
-	var c executorv1.ExecutorServiceClient = executorv1.NewExecutorServiceClient(conn)
-	if p.cfg.Wrap != nil {
-		c = p.cfg.Wrap(flavour, c)
-	}
-	return &Executor{ID: id, Flavour: flavour, Address: addr, Static: static, Client: c, conn: conn, gone: make(chan struct{})}, nil
+	return &Executor{ID: id, Flavour: flavour, Address: addr, Static: static, Runtime: proxy.New(conn), conn: conn, gone: make(chan struct{})}, nil
 }
 
 // Close stops listening for announcements and closes every connection.
@@ -470,52 +477,76 @@ func (p *Pool) watch(ctx context.Context, e *Executor) {
 	var after uint64
 	for ctx.Err() == nil {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		info, err := e.Client.GetInfo(cctx, &executorv1.GetInfoRequest{})
+		info, err := e.Runtime.Info(cctx)
 		cancel()
 		e.mu.Lock()
 		e.healthy = err == nil
 		if err == nil {
-			e.info = info
+			e.info = &info
 		}
 		e.mu.Unlock()
 		if err != nil {
 			sleep(ctx, 200*time.Millisecond)
 			continue
 		}
-		if !e.Static && info.GetExecutorId() != e.ID {
+		if !e.Static && info.ExecutorID != e.ID {
 			// Another executor answers at this address: the announced one
 			// is gone, and the new one announces itself.
-			p.drop(e, fmt.Sprintf("executor %s at %s was replaced by executor %s; its instances were lost", e.ID, e.Address, info.GetExecutorId()))
+			p.drop(e, fmt.Sprintf("executor %s at %s was replaced by executor %s; its instances were lost", e.ID, e.Address, info.ExecutorID))
 			return
 		}
-		if id != "" && info.GetExecutorId() != id {
-			log.Warn("executor restarted; its instances are lost", "old", id, "new", info.GetExecutorId())
+		if id != "" && info.ExecutorID != id {
+			log.Warn("executor restarted; its instances are lost", "old", id, "new", info.ExecutorID)
 			after = 0
 			p.sinkOrNil().ExecutorLost(e.ID, fmt.Sprintf("executor %q stopped unexpectedly and was restarted; the instance was lost", e.ID))
 		}
-		id = info.GetExecutorId()
-		stream, err := e.Client.WatchInstances(ctx, &executorv1.WatchInstancesRequest{AfterSequence: after})
-		if err != nil {
-			sleep(ctx, 200*time.Millisecond)
-			continue
-		}
-		for {
-			resp, err := stream.Recv()
-			if err != nil {
-				if ctx.Err() == nil {
-					log.Warn("instance watch broke; resuming", "after", after, "err", err)
-				}
-				break
+		id = info.ExecutorID
+		if after == 0 {
+			// A first watch starts from a listing, not from whatever
+			// history the executor still keeps.
+			if after, err = p.relist(ctx, e, after); err != nil {
+				log.Warn("list instances failed", "err", err)
+				sleep(ctx, 200*time.Millisecond)
+				continue
 			}
-			inst := resp.GetInstance()
-			after = max(after, inst.GetSequence())
-			p.sinkOrNil().InstanceChanged(e.ID, inst)
+		}
+		err = e.Runtime.Watch(ctx, after, "", func(in instances.Instance) error {
+			after = max(after, in.Sequence)
+			p.sinkOrNil().InstanceChanged(e.ID, in)
+			return nil
+		})
+		if errors.Is(err, instances.ErrBehind) {
+			// Changes were missed: the state of every instance now stands
+			// for them, and the watch goes on from the listing.
+			log.Info("instance watch behind; listing instances again", "after", after)
+			if after, err = p.relist(ctx, e, after); err == nil {
+				continue
+			}
+		}
+		if ctx.Err() == nil {
+			log.Warn("instance watch broke; resuming", "after", after, "err", err)
 		}
 		e.mu.Lock()
 		e.healthy = false
 		e.mu.Unlock()
 		sleep(ctx, 100*time.Millisecond)
 	}
+}
+
+// relist hands every instance of e to the sink and returns the sequence to
+// watch from; on error, after unchanged.
+func (p *Pool) relist(ctx context.Context, e *Executor, after uint64) (uint64, error) {
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	list, seq, err := e.Runtime.List(cctx, nil)
+	if err != nil {
+		return after, err
+	}
+	sink := p.sinkOrNil()
+	for _, in := range list {
+		sink.InstanceChanged(e.ID, in)
+	}
+	return seq, nil
 }
 
 func (p *Pool) sinkOrNil() Sink {
@@ -529,8 +560,8 @@ func (p *Pool) sinkOrNil() Sink {
 
 type nopSink struct{}
 
-func (nopSink) InstanceChanged(string, *executorv1.Instance) {}
-func (nopSink) ExecutorLost(string, string)                  {}
+func (nopSink) InstanceChanged(string, instances.Instance) {}
+func (nopSink) ExecutorLost(string, string)                {}
 
 func sleep(ctx context.Context, d time.Duration) {
 	select {

@@ -10,8 +10,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-
-	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 )
 
 // candidate is what placement knows of one replica.
@@ -75,8 +73,8 @@ func (e *Executor) candidate() candidate {
 	defer e.mu.Unlock()
 	c := candidate{id: e.ID, static: e.Static, ok: e.healthy, used: e.bound}
 	if e.info != nil {
-		c.capacity = int(e.info.GetMaxInstances())
-		c.used = max(c.used, int(e.info.GetInstances()))
+		c.capacity = e.info.MaxInstances
+		c.used = max(c.used, e.info.Instances)
 	}
 	if a := e.ann; a != nil {
 		c.capacity = int(a.GetMaxInstances())
@@ -111,7 +109,7 @@ func (e *Executor) addBound(n int) {
 // Bind binds one pod to a replica of flavour: the replica that already
 // holds instances matching selector (asked only when the flavour has more
 // than one replica; a single one re-adopts through the pod worker's own
-// ListInstances), else the one placement chooses. weight is how many
+// List), else the one placement chooses. weight is how many
 // instances the pod holds at once. With no replica live now the Binding
 // stays unbound and its calls fail with Unavailable until one is.
 func (p *Pool) Bind(ctx context.Context, flavour string, selector map[string]string, weight int) *Binding {
@@ -120,9 +118,9 @@ func (p *Pool) Bind(ctx context.Context, flavour string, selector map[string]str
 	if len(reps) > 1 {
 		for _, e := range reps {
 			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			resp, err := e.Client.ListInstances(cctx, &executorv1.ListInstancesRequest{LabelSelector: selector})
+			list, _, err := e.Runtime.List(cctx, selector)
 			cancel()
-			if err == nil && len(resp.GetInstances()) > 0 && !e.Gone() {
+			if err == nil && len(list) > 0 && !e.Gone() {
 				e.addBound(b.weight)
 				b.e = e
 				return b
@@ -133,10 +131,11 @@ func (p *Pool) Bind(ctx context.Context, flavour string, selector map[string]str
 	return b
 }
 
-// Binding is one pod's hold on a replica. It is an ExecutorServiceClient
-// whose every call goes to that replica; once the pool has given the
-// replica up, the next call places the pod on another one of its flavour.
-// Safe for concurrent use.
+// Binding is one pod's hold on a replica. It is a grpc.ClientConnInterface
+// whose every call goes to that replica's connection; once the pool has
+// given the replica up, the next call places the pod on another one of its
+// flavour. With none live, a call fails with Unavailable (which the proxy
+// turns into instances.ErrUnavailable). Safe for concurrent use.
 type Binding struct {
 	pool    *Pool
 	flavour string
@@ -148,7 +147,7 @@ type Binding struct {
 	released bool
 }
 
-var _ executorv1.ExecutorServiceClient = (*Binding)(nil)
+var _ grpc.ClientConnInterface = (*Binding)(nil)
 
 // Replica is the ID of the replica the pod is bound to; "" when none.
 func (b *Binding) Replica() string {
@@ -183,11 +182,13 @@ func (b *Binding) Release() {
 	b.e = nil
 }
 
-func (b *Binding) client() (executorv1.ExecutorServiceClient, error) {
+// conn is the connection of the replica the pod is bound to, placing it
+// first when it is bound to none live.
+func (b *Binding) conn() (*grpc.ClientConn, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.e != nil && !b.e.Gone() {
-		return b.e.Client, nil
+		return b.e.conn, nil
 	}
 	if b.e != nil {
 		b.e.addBound(-b.weight)
@@ -203,79 +204,25 @@ func (b *Binding) client() (executorv1.ExecutorServiceClient, error) {
 			"no executor of flavour %q is live on node %s: start one (executor --flavour %s --node %s --nats URL announces itself) or give the node agent --executor %s=ADDRESS",
 			b.flavour, n, b.flavour, n, b.flavour)
 	}
-	return b.e.Client, nil
+	return b.e.conn, nil
 }
 
-func call[Resp any](b *Binding, f func(executorv1.ExecutorServiceClient) (Resp, error)) (Resp, error) {
-	c, err := b.client()
+// Invoke implements grpc.ClientConnInterface.
+func (b *Binding) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+	c, err := b.conn()
 	if err != nil {
-		var zero Resp
-		return zero, err
+		return err
 	}
-	return f(c)
+	return c.Invoke(ctx, method, args, reply, opts...)
 }
 
-// GetInfo implements executorv1.ExecutorServiceClient.
-func (b *Binding) GetInfo(ctx context.Context, in *executorv1.GetInfoRequest, o ...grpc.CallOption) (*executorv1.GetInfoResponse, error) {
-	return call(b, func(c executorv1.ExecutorServiceClient) (*executorv1.GetInfoResponse, error) {
-		return c.GetInfo(ctx, in, o...)
-	})
-}
-
-// CreateInstance implements executorv1.ExecutorServiceClient.
-func (b *Binding) CreateInstance(ctx context.Context, in *executorv1.CreateInstanceRequest, o ...grpc.CallOption) (*executorv1.CreateInstanceResponse, error) {
-	return call(b, func(c executorv1.ExecutorServiceClient) (*executorv1.CreateInstanceResponse, error) {
-		return c.CreateInstance(ctx, in, o...)
-	})
-}
-
-// StartInstance implements executorv1.ExecutorServiceClient.
-func (b *Binding) StartInstance(ctx context.Context, in *executorv1.StartInstanceRequest, o ...grpc.CallOption) (*executorv1.StartInstanceResponse, error) {
-	return call(b, func(c executorv1.ExecutorServiceClient) (*executorv1.StartInstanceResponse, error) {
-		return c.StartInstance(ctx, in, o...)
-	})
-}
-
-// StopInstance implements executorv1.ExecutorServiceClient.
-func (b *Binding) StopInstance(ctx context.Context, in *executorv1.StopInstanceRequest, o ...grpc.CallOption) (*executorv1.StopInstanceResponse, error) {
-	return call(b, func(c executorv1.ExecutorServiceClient) (*executorv1.StopInstanceResponse, error) {
-		return c.StopInstance(ctx, in, o...)
-	})
-}
-
-// DeleteInstance implements executorv1.ExecutorServiceClient.
-func (b *Binding) DeleteInstance(ctx context.Context, in *executorv1.DeleteInstanceRequest, o ...grpc.CallOption) (*executorv1.DeleteInstanceResponse, error) {
-	return call(b, func(c executorv1.ExecutorServiceClient) (*executorv1.DeleteInstanceResponse, error) {
-		return c.DeleteInstance(ctx, in, o...)
-	})
-}
-
-// GetInstance implements executorv1.ExecutorServiceClient.
-func (b *Binding) GetInstance(ctx context.Context, in *executorv1.GetInstanceRequest, o ...grpc.CallOption) (*executorv1.GetInstanceResponse, error) {
-	return call(b, func(c executorv1.ExecutorServiceClient) (*executorv1.GetInstanceResponse, error) {
-		return c.GetInstance(ctx, in, o...)
-	})
-}
-
-// ListInstances implements executorv1.ExecutorServiceClient.
-func (b *Binding) ListInstances(ctx context.Context, in *executorv1.ListInstancesRequest, o ...grpc.CallOption) (*executorv1.ListInstancesResponse, error) {
-	return call(b, func(c executorv1.ExecutorServiceClient) (*executorv1.ListInstancesResponse, error) {
-		return c.ListInstances(ctx, in, o...)
-	})
-}
-
-// WatchInstances implements executorv1.ExecutorServiceClient.
-func (b *Binding) WatchInstances(ctx context.Context, in *executorv1.WatchInstancesRequest, o ...grpc.CallOption) (grpc.ServerStreamingClient[executorv1.WatchInstancesResponse], error) {
-	return call(b, func(c executorv1.ExecutorServiceClient) (grpc.ServerStreamingClient[executorv1.WatchInstancesResponse], error) {
-		return c.WatchInstances(ctx, in, o...)
-	})
-}
-
-// ListInstanceStats implements executorv1.ExecutorServiceClient.
-func (b *Binding) ListInstanceStats(ctx context.Context, in *executorv1.ListInstanceStatsRequest, o ...grpc.CallOption) (*executorv1.ListInstanceStatsResponse, error) {
-	return call(b, func(c executorv1.ExecutorServiceClient) (*executorv1.ListInstanceStatsResponse, error) {
-		return c.ListInstanceStats(ctx, in, o...)
-	})
+// NewStream implements grpc.ClientConnInterface.
+func (b *Binding) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	c, err := b.conn()
+	if err != nil {
+		return nil, err
+	}
+	return c.NewStream(ctx, desc, method, opts...)
 }
 
 // String names the binding for logs.

@@ -12,8 +12,8 @@ import (
 	eventsv1 "github.com/wasmlet/wasmlet/gen/wasmlet/events/v1"
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
-	"github.com/wasmlet/wasmlet/internal/testharness/natstest"
 	"github.com/wasmlet/wasmlet/internal/subjects"
+	"github.com/wasmlet/wasmlet/internal/testharness/natstest"
 	"github.com/wasmlet/wasmlet/internal/testharness/testpki"
 )
 
@@ -73,7 +73,7 @@ func TestDiscoveredReplicaOverMutualTLS(t *testing.T) {
 		}
 		cctx, ccancel := context.WithTimeout(ctx, 3*time.Second)
 		defer ccancel()
-		_, err := e.Client.GetInfo(cctx, &executorv1.GetInfoRequest{})
+		_, err := e.Runtime.Info(cctx)
 		return err
 	}
 

@@ -1,8 +1,8 @@
 // Package metrics holds the node agent's Prometheus metrics, served at
 // /metrics on the kubelet API (so authorised as nodes/metrics). It
 // measures from the outside of what it observes, by decorating it: the
-// registry cache (image pulls), each executor's gRPC client (errors by
-// method and code), the Kubernetes client's transport (pod status
+// registry cache (image pulls), each executor's gRPC connection (errors by
+// method and code, as interceptors), the Kubernetes client's transport (pod status
 // writes) and the pod notifications the provider gives virtual-kubelet
 // (pod starts and their latency). Pods by phase are read at scrape time.
 // It owns no state of the pods; it registers only on the Registry it is
@@ -13,7 +13,7 @@
 //	reg := prometheus.NewRegistry()
 //	m := metrics.New(reg)
 //	cache = m.Cache(cache)
-//	e.Client = m.ExecutorClient(e.Flavour, e.Client)
+//	conn, err := grpc.NewClient(addr, m.ExecutorDialOptions(flavour)...)
 //	restCfg.Wrap(m.Transport)
 //	m.PodPhases(reg, prov.GetPods)
 //	// on CreatePod: m.PodCreated(pod); on each notification: m.PodStatus(pod)
@@ -22,6 +22,7 @@ package metrics
 import (
 	"context"
 	"net/http"
+	"path"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,7 +34,6 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
-	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
 )
 
@@ -179,66 +179,26 @@ type roundTripper func(*http.Request) (*http.Response, error)
 
 func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
-// ExecutorClient counts c's failed calls. A watch counts when it cannot
-// be opened, not when an open one ends.
-func (a *Agent) ExecutorClient(flavour string, c executorv1.ExecutorServiceClient) executorv1.ExecutorServiceClient {
-	return &countingClient{ExecutorServiceClient: c, flavour: flavour, errs: a.executorErrors}
-}
-
-type countingClient struct {
-	executorv1.ExecutorServiceClient
-	flavour string
-	errs    *prometheus.CounterVec
-}
-
-func count[T any](c *countingClient, method string, resp T, err error) (T, error) {
-	if err != nil {
-		c.errs.WithLabelValues(c.flavour, method, status.Code(err).String()).Inc()
+// ExecutorDialOptions count the failed calls to the executors of
+// flavour by method and status code, as client interceptors; add them to
+// the replica's dial. A watch counts when it cannot be opened, not when
+// an open one ends.
+func (a *Agent) ExecutorDialOptions(flavour string) []grpc.DialOption {
+	count := func(method string, err error) {
+		if err != nil {
+			a.executorErrors.WithLabelValues(flavour, path.Base(method), status.Code(err).String()).Inc()
+		}
 	}
-	return resp, err
-}
-
-func (c *countingClient) GetInfo(ctx context.Context, in *executorv1.GetInfoRequest, o ...grpc.CallOption) (*executorv1.GetInfoResponse, error) {
-	r, err := c.ExecutorServiceClient.GetInfo(ctx, in, o...)
-	return count(c, "GetInfo", r, err)
-}
-
-func (c *countingClient) CreateInstance(ctx context.Context, in *executorv1.CreateInstanceRequest, o ...grpc.CallOption) (*executorv1.CreateInstanceResponse, error) {
-	r, err := c.ExecutorServiceClient.CreateInstance(ctx, in, o...)
-	return count(c, "CreateInstance", r, err)
-}
-
-func (c *countingClient) StartInstance(ctx context.Context, in *executorv1.StartInstanceRequest, o ...grpc.CallOption) (*executorv1.StartInstanceResponse, error) {
-	r, err := c.ExecutorServiceClient.StartInstance(ctx, in, o...)
-	return count(c, "StartInstance", r, err)
-}
-
-func (c *countingClient) StopInstance(ctx context.Context, in *executorv1.StopInstanceRequest, o ...grpc.CallOption) (*executorv1.StopInstanceResponse, error) {
-	r, err := c.ExecutorServiceClient.StopInstance(ctx, in, o...)
-	return count(c, "StopInstance", r, err)
-}
-
-func (c *countingClient) DeleteInstance(ctx context.Context, in *executorv1.DeleteInstanceRequest, o ...grpc.CallOption) (*executorv1.DeleteInstanceResponse, error) {
-	r, err := c.ExecutorServiceClient.DeleteInstance(ctx, in, o...)
-	return count(c, "DeleteInstance", r, err)
-}
-
-func (c *countingClient) GetInstance(ctx context.Context, in *executorv1.GetInstanceRequest, o ...grpc.CallOption) (*executorv1.GetInstanceResponse, error) {
-	r, err := c.ExecutorServiceClient.GetInstance(ctx, in, o...)
-	return count(c, "GetInstance", r, err)
-}
-
-func (c *countingClient) ListInstances(ctx context.Context, in *executorv1.ListInstancesRequest, o ...grpc.CallOption) (*executorv1.ListInstancesResponse, error) {
-	r, err := c.ExecutorServiceClient.ListInstances(ctx, in, o...)
-	return count(c, "ListInstances", r, err)
-}
-
-func (c *countingClient) WatchInstances(ctx context.Context, in *executorv1.WatchInstancesRequest, o ...grpc.CallOption) (grpc.ServerStreamingClient[executorv1.WatchInstancesResponse], error) {
-	r, err := c.ExecutorServiceClient.WatchInstances(ctx, in, o...)
-	return count(c, "WatchInstances", r, err)
-}
-
-func (c *countingClient) ListInstanceStats(ctx context.Context, in *executorv1.ListInstanceStatsRequest, o ...grpc.CallOption) (*executorv1.ListInstanceStatsResponse, error) {
-	r, err := c.ExecutorServiceClient.ListInstanceStats(ctx, in, o...)
-	return count(c, "ListInstanceStats", r, err)
+	return []grpc.DialOption{
+		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+			err := invoker(ctx, method, req, reply, cc, opts...)
+			count(method, err)
+			return err
+		}),
+		grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+			s, err := streamer(ctx, desc, cc, method, opts...)
+			count(method, err)
+			return s, err
+		}),
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -13,7 +14,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -37,15 +40,33 @@ type pinningCache struct{ fakeCache }
 func (pinningCache) Pin(context.Context, regcache.PinRequest) error     { return nil }
 func (pinningCache) Unpin(context.Context, regcache.UnpinRequest) error { return nil }
 
-type failingClient struct {
-	executorv1.ExecutorServiceClient
+type failingExecutor struct {
+	executorv1.UnimplementedExecutorServiceServer
 }
 
-func (failingClient) StopInstance(context.Context, *executorv1.StopInstanceRequest, ...grpc.CallOption) (*executorv1.StopInstanceResponse, error) {
+func (failingExecutor) StopInstance(context.Context, *executorv1.StopInstanceRequest) (*executorv1.StopInstanceResponse, error) {
 	return nil, status.Error(codes.NotFound, "gone")
 }
-func (failingClient) GetInfo(context.Context, *executorv1.GetInfoRequest, ...grpc.CallOption) (*executorv1.GetInfoResponse, error) {
+func (failingExecutor) GetInfo(context.Context, *executorv1.GetInfoRequest) (*executorv1.GetInfoResponse, error) {
 	return &executorv1.GetInfoResponse{}, nil
+}
+
+// executorClient is a client of failingExecutor, in memory, dialled with
+// opts.
+func executorClient(t *testing.T, opts ...grpc.DialOption) executorv1.ExecutorServiceClient {
+	lis := bufconn.Listen(1 << 20)
+	srv := grpc.NewServer()
+	executorv1.RegisterExecutorServiceServer(srv, failingExecutor{})
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }))
+	conn, err := grpc.NewClient("passthrough:///executor", opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return executorv1.NewExecutorServiceClient(conn)
 }
 
 func pod(uid string, phase v1.PodPhase) *v1.Pod {
@@ -77,7 +98,7 @@ func TestAgentMetrics(t *testing.T) {
 		t.Error("the cache's Pinner was lost")
 	}
 
-	ec := a.ExecutorClient("wasmtime", failingClient{})
+	ec := executorClient(t, a.ExecutorDialOptions("wasmtime")...)
 	ec.StopInstance(context.Background(), &executorv1.StopInstanceRequest{})
 	ec.GetInfo(context.Background(), &executorv1.GetInfoRequest{})
 

@@ -17,7 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
+	"github.com/wasmlet/wasmlet/services/executor/instances"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/executors"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/hostinfo"
 )
@@ -172,14 +172,14 @@ func (p *Provider) executorsReady() (bool, string) {
 // confinementGap says what an executor's second wall lacks (see
 // services/executor/internal/confine), or "" when it has it all. An
 // executor from before confinement reports none.
-func confinementGap(c *executorv1.Confinement) string {
+func confinementGap(c instances.Confinement) string {
 	var gaps []string
-	if !c.GetSeccomp() {
+	if !c.Seccomp {
 		gaps = append(gaps, "no seccomp")
 	}
-	if c.GetLandlockAbi() == 0 {
+	if c.LandlockABI == 0 {
 		g := "no Landlock"
-		if r := c.GetLandlockMissingReason(); r != "" {
+		if r := c.LandlockMissingReason; r != "" {
 			g += " (" + r + ")"
 		}
 		gaps = append(gaps, g)
@@ -215,8 +215,8 @@ func (p *Provider) refresh() {
 	unconfined := map[string]string{}
 	for _, e := range p.pool.All() {
 		if info, _ := e.Info(); info != nil {
-			runtimes = append(runtimes, info.GetEngine()+"://"+info.GetEngineVersion())
-			if gap := confinementGap(info.GetConfinement()); gap != "" {
+			runtimes = append(runtimes, info.Engine+"://"+info.Version)
+			if gap := confinementGap(info.Confinement); gap != "" {
 				unconfined[e.ID] = gap
 			}
 		}

@@ -3,18 +3,18 @@ package nodestatus
 import (
 	"testing"
 
-	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
+	"github.com/wasmlet/wasmlet/services/executor/instances"
 )
 
 // An executor without its second wall is named in the Ready condition's
 // message with what it lacks; a fully confined one is not.
 func TestConfinementNote(t *testing.T) {
-	full := &executorv1.Confinement{NoNewPrivs: true, Seccomp: true, LandlockAbi: 7}
-	noLandlock := &executorv1.Confinement{NoNewPrivs: true, Seccomp: true, LandlockMissingReason: "the kernel has no Landlock"}
+	full := instances.Confinement{NoNewPrivs: true, Seccomp: true, LandlockABI: 7}
+	noLandlock := instances.Confinement{NoNewPrivs: true, Seccomp: true, LandlockMissingReason: "the kernel has no Landlock"}
 	if g := confinementGap(full); g != "" {
 		t.Errorf("a confined executor: gap %q", g)
 	}
-	if g := confinementGap(nil); g != "no seccomp, no Landlock" {
+	if g := confinementGap(instances.Confinement{}); g != "no seccomp, no Landlock" {
 		t.Errorf("an executor reporting nothing: gap %q", g)
 	}
 	got := confinementNote(map[string]string{"b": confinementGap(noLandlock), "a": "no seccomp"})

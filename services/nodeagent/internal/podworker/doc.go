@@ -13,14 +13,14 @@
 //
 // What the package must not touch: the Kubernetes API (beyond reading the
 // secrets and config maps a pod references, through Deps.Client) and the
-// executor's internals — it speaks to executors only through the
-// wasmlet.executor.v1 API.
+// executor's internals or its wire protocol — it speaks to executors only
+// through instances.Runtime.
 //
 // Usage:
 //
 //	w := podworker.New(deps, pod)
 //	go w.Run(ctx)
-//	w.InstanceChanged(inst)   // from the executor's watch stream
+//	w.InstanceChanged(inst)   // an instances.Instance from the replica's watch
 //	w.Terminate(30 * time.Second)
 //	<-w.Done()
 package podworker

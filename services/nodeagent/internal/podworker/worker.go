@@ -2,6 +2,7 @@ package podworker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -9,16 +10,12 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/durationpb"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/record"
 
-	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/services/executor/instances"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
 )
@@ -28,9 +25,11 @@ const DefaultVolumeRefresh = time.Minute
 
 // Deps is what a Worker needs. All fields are required unless noted.
 type Deps struct {
-	Client   kubernetes.Interface
-	Cache    regcache.Cache
-	Executor executorv1.ExecutorServiceClient
+	Client kubernetes.Interface
+	Cache  regcache.Cache
+	// Executor runs the pod's instances (a proxy to the replica the pod is
+	// bound to).
+	Executor instances.Runtime
 	Recorder record.EventRecorder
 	NodeIP   string
 	// LogSubject names the NATS subject of a container's output.
@@ -83,7 +82,7 @@ type Worker struct {
 	mu         sync.Mutex
 	pod        *v1.Pod // latest spec, and the status last built
 	state      State
-	pending    []*executorv1.Instance
+	pending    []instances.Instance
 	lostAll    string // non-empty: every instance was lost, for this reason
 	grace      *time.Duration
 	cancelWork context.CancelFunc
@@ -183,7 +182,7 @@ func (w *Worker) Update(pod *v1.Pod) {
 }
 
 // InstanceChanged hands the Worker a state change of one of its instances.
-func (w *Worker) InstanceChanged(inst *executorv1.Instance) {
+func (w *Worker) InstanceChanged(inst instances.Instance) {
 	w.mu.Lock()
 	w.pending = append(w.pending, inst)
 	w.mu.Unlock()
@@ -531,7 +530,7 @@ func (w *Worker) start(ctx context.Context, c *ctr) {
 		return
 	}
 	id := instanceID(pod, c.spec.Name, c.restarts)
-	dspec, err := instanceSpec(pod, &c.spec, specInput{
+	spec, err := instanceSpec(pod, &c.spec, specInput{
 		digest: c.image.ModuleDigest, env: env, volumes: w.volumes, restarts: c.restarts,
 		logSubject: w.deps.LogSubject(pod.Namespace, pod.Name, c.spec.Name),
 	})
@@ -539,27 +538,22 @@ func (w *Worker) start(ctx context.Context, c *ctr) {
 		w.failStart(c, "CreateContainerConfigError", err.Error())
 		return
 	}
-	spec := specToProto(dspec)
-	resp, err := w.deps.Executor.CreateInstance(ctx, &executorv1.CreateInstanceRequest{Id: id, Spec: spec, Start: true})
-	var inst *executorv1.Instance
+	inst, err := w.deps.Executor.Create(ctx, id, spec, true)
 	switch {
-	case status.Code(err) == codes.AlreadyExists:
+	case errors.Is(err, instances.ErrAlreadyExists):
 		// Created by an earlier life of this node agent: adopt it.
-		got, gerr := w.deps.Executor.GetInstance(ctx, &executorv1.GetInstanceRequest{Id: id})
-		if gerr != nil {
-			w.failStart(c, "CreateContainerError", gerr.Error())
+		if inst, err = w.deps.Executor.Get(ctx, id); err != nil {
+			w.failStart(c, "CreateContainerError", err.Error())
 			return
 		}
-		inst = got.GetInstance()
 	case err != nil:
 		if ctx.Err() != nil {
 			return
 		}
-		w.failStart(c, "CreateContainerError", status.Convert(err).Message())
+		w.failStart(c, "CreateContainerError", err.Error())
 		return
 	default:
-		inst = resp.GetInstance()
-		if inst.GetState() != executorv1.InstanceState_INSTANCE_STATE_FAILED {
+		if inst.State != instances.StateFailed {
 			w.event(v1.EventTypeNormal, "Created", "Created container %s", c.spec.Name)
 		}
 	}
@@ -571,7 +565,7 @@ func (w *Worker) start(ctx context.Context, c *ctr) {
 	w.mu.Lock()
 	w.ids[c.spec.Name] = [2]string{c.instanceID, c.previousID}
 	w.mu.Unlock()
-	if inst.GetState() != executorv1.InstanceState_INSTANCE_STATE_FAILED {
+	if inst.State != instances.StateFailed {
 		w.event(v1.EventTypeNormal, "Started", "Started container %s", c.spec.Name)
 	}
 	w.apply(c, inst)
@@ -582,38 +576,38 @@ func (w *Worker) start(ctx context.Context, c *ctr) {
 // restarts a healthy container nor starts a duplicate. Older instances of
 // the container are deleted. It reports whether one was adopted.
 func (w *Worker) adopt(ctx context.Context, pod *v1.Pod, c *ctr) bool {
-	resp, err := w.deps.Executor.ListInstances(ctx, &executorv1.ListInstancesRequest{LabelSelector: map[string]string{
+	list, _, err := w.deps.Executor.List(ctx, map[string]string{
 		LabelPodUID: string(pod.UID), LabelContainer: c.spec.Name,
-	}})
-	if err != nil || len(resp.GetInstances()) == 0 {
+	})
+	if err != nil || len(list) == 0 {
 		return false
 	}
-	var newest *executorv1.Instance
+	var newest *instances.Instance
 	newestAttempt := int32(-1)
-	for _, inst := range resp.GetInstances() {
-		attempt, ok := attempt(pod, c.spec.Name, instanceFromProto(inst))
+	for _, inst := range list {
+		attempt, ok := attempt(pod, c.spec.Name, inst)
 		if !ok {
 			continue
 		}
 		if attempt > newestAttempt {
 			if newest != nil {
-				w.forget(newest.GetId())
+				w.forget(newest.ID)
 			}
-			newest, newestAttempt = inst, attempt
+			newest, newestAttempt = &inst, attempt
 		} else {
-			w.forget(inst.GetId())
+			w.forget(inst.ID)
 		}
 	}
 	if newest == nil {
 		return false
 	}
-	w.log.Info("adopted running instance", "container", c.spec.Name, "instance", newest.GetId(), "state", newest.GetState())
+	w.log.Info("adopted running instance", "container", c.spec.Name, "instance", newest.ID, "state", newest.State)
 	c.restarts = newestAttempt
-	c.instanceID = newest.GetId()
+	c.instanceID = newest.ID
 	w.mu.Lock()
 	w.ids[c.spec.Name] = [2]string{c.instanceID, ""}
 	w.mu.Unlock()
-	w.apply(c, newest)
+	w.apply(c, *newest)
 	return true
 }
 
@@ -621,7 +615,7 @@ func (w *Worker) adopt(ctx context.Context, pod *v1.Pod, c *ctr) bool {
 func (w *Worker) forget(id string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := w.deps.Executor.DeleteInstance(ctx, &executorv1.DeleteInstanceRequest{Id: id, Force: true}); err != nil && status.Code(err) != codes.NotFound {
+	if err := w.deps.Executor.Delete(ctx, id, true); err != nil && !errors.Is(err, instances.ErrNotFound) {
 		w.log.Warn("delete instance failed", "instance", id, "err", err)
 	}
 }
@@ -643,11 +637,10 @@ func (w *Worker) failStart(c *ctr, reason, msg string) {
 }
 
 // apply folds an instance's state into its container.
-func (w *Worker) apply(c *ctr, inst *executorv1.Instance) {
-	if inst == nil || inst.GetId() != c.instanceID {
+func (w *Worker) apply(c *ctr, in instances.Instance) {
+	if in.ID == "" || in.ID != c.instanceID {
 		return
 	}
-	in := instanceFromProto(inst)
 	state := containerState(in, time.Now())
 	switch in.State {
 	case instances.StateCreated, instances.StateRunning:
@@ -793,7 +786,7 @@ func (w *Worker) drain() {
 	w.mu.Unlock()
 	for _, inst := range pending {
 		for _, c := range w.all() {
-			if c.instanceID == inst.GetId() {
+			if c.instanceID == inst.ID {
 				w.apply(c, inst)
 			}
 		}
@@ -857,7 +850,7 @@ func (w *Worker) terminate(ctx context.Context) {
 	w.drain()
 	var wg sync.WaitGroup
 	all := w.all()
-	results := make([]*executorv1.Instance, len(all))
+	results := make([]instances.Instance, len(all))
 	for i, c := range all {
 		if c.instanceID == "" || c.state.Terminated != nil {
 			continue
@@ -868,12 +861,12 @@ func (w *Worker) terminate(ctx context.Context) {
 			defer wg.Done()
 			sctx, cancel := context.WithTimeout(ctx, grace+30*time.Second)
 			defer cancel()
-			resp, err := w.deps.Executor.StopInstance(sctx, &executorv1.StopInstanceRequest{Id: c.instanceID, GracePeriod: durationpb.New(grace)})
+			inst, err := w.deps.Executor.Stop(sctx, c.instanceID, grace)
 			if err != nil {
 				w.log.Warn("stop instance failed", "instance", c.instanceID, "err", err)
 				return
 			}
-			results[i] = resp.GetInstance()
+			results[i] = inst
 		}()
 	}
 	wg.Wait()

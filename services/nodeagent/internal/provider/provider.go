@@ -23,8 +23,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/record"
 
-	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/subjects"
+	"github.com/wasmlet/wasmlet/services/executor/instances"
+	"github.com/wasmlet/wasmlet/services/executor/instances/proxy"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/executors"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/kubeletapi"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/podlogs"
@@ -138,7 +139,7 @@ func (p *Provider) CreatePod(ctx context.Context, pod *v1.Pod) error {
 	w := podworker.New(podworker.Deps{
 		Client:           p.cfg.Client,
 		Cache:            p.cfg.Cache,
-		Executor:         binding,
+		Executor:         proxy.New(binding),
 		Recorder:         p.cfg.Recorder,
 		NodeIP:           p.cfg.NodeIP,
 		LogSubject:       func(ns, pod, c string) string { return subjects.Logs(p.cfg.NodeName, ns, pod, c) },
@@ -259,8 +260,8 @@ func (p *Provider) GetPods(context.Context) ([]*v1.Pod, error) {
 
 // InstanceChanged routes a replica's instance event to its pod's worker,
 // if the pod is bound to that replica.
-func (p *Provider) InstanceChanged(replica string, inst *executorv1.Instance) {
-	l := inst.GetSpec().GetLabels()
+func (p *Provider) InstanceChanged(replica string, inst instances.Instance) {
+	l := inst.Spec.Labels
 	p.mu.Lock()
 	e, ok := p.pods[key(l[podworker.LabelNamespace], l[podworker.LabelPod])]
 	p.mu.Unlock()
@@ -436,20 +437,20 @@ func (p *Provider) RemoveOrphanVolumes(bound func(uid string) bool) {
 // whether a pod with that namespace, name and UID is bound to this node.
 func (p *Provider) RemoveOrphans(ctx context.Context, exists func(ns, name, uid string) bool) {
 	for _, e := range p.cfg.Pool.All() {
-		resp, err := e.Client.ListInstances(ctx, &executorv1.ListInstancesRequest{})
+		list, _, err := e.Runtime.List(ctx, nil)
 		if err != nil {
 			p.cfg.Log.Warn("list instances for orphan clean-up failed", "executor", e.ID, "err", err)
 			continue
 		}
-		for _, inst := range resp.GetInstances() {
-			l := inst.GetSpec().GetLabels()
+		for _, inst := range list {
+			l := inst.Spec.Labels
 			uid := l[podworker.LabelPodUID]
 			if uid == "" || exists(l[podworker.LabelNamespace], l[podworker.LabelPod], uid) {
 				continue
 			}
-			p.cfg.Log.Info("removing instance of a deleted pod", "instance", inst.GetId(), "pod", l[podworker.LabelNamespace]+"/"+l[podworker.LabelPod])
-			if _, err := e.Client.DeleteInstance(ctx, &executorv1.DeleteInstanceRequest{Id: inst.GetId(), Force: true}); err != nil {
-				p.cfg.Log.Warn("delete orphan instance failed", "instance", inst.GetId(), "err", err)
+			p.cfg.Log.Info("removing instance of a deleted pod", "instance", inst.ID, "pod", l[podworker.LabelNamespace]+"/"+l[podworker.LabelPod])
+			if err := e.Runtime.Delete(ctx, inst.ID, true); err != nil {
+				p.cfg.Log.Warn("delete orphan instance failed", "instance", inst.ID, "err", err)
 			}
 		}
 	}

@@ -21,7 +21,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	statsv1alpha1 "k8s.io/kubelet/pkg/apis/stats/v1alpha1"
 
-	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
+	"github.com/wasmlet/wasmlet/services/executor/instances"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/hostinfo"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/podworker"
 )
@@ -55,28 +55,28 @@ type containerUsage struct {
 
 // collect asks every executor for its instances' use. An executor that
 // does not answer is left out and reported in the error.
-func (p *Provider) collect(ctx context.Context) (map[string]map[string]*executorv1.InstanceStats, error) {
-	byPod := map[string]map[string]*executorv1.InstanceStats{} // ns/name/uid -> container -> stats
+func (p *Provider) collect(ctx context.Context) (map[string]map[string]instances.Stats, error) {
+	byPod := map[string]map[string]instances.Stats{} // ns/name/uid -> container -> stats
 	var errs []string
 	for _, e := range p.cfg.Pool.All() {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		resp, err := e.Client.ListInstanceStats(cctx, &executorv1.ListInstanceStatsRequest{})
+		stats, err := e.Runtime.Stats(cctx, nil)
 		cancel()
 		if err != nil {
 			errs = append(errs, fmt.Sprintf("executor %s: %v", e.ID, err))
 			continue
 		}
-		for _, st := range resp.GetStats() {
-			if st.GetState() != executorv1.InstanceState_INSTANCE_STATE_RUNNING {
+		for _, st := range stats {
+			if st.State != instances.StateRunning {
 				continue
 			}
-			l := st.GetLabels()
+			l := st.Labels
 			if l[podworker.LabelPodUID] == "" {
 				continue
 			}
 			k := l[podworker.LabelNamespace] + "/" + l[podworker.LabelPod] + "/" + l[podworker.LabelPodUID]
 			if byPod[k] == nil {
-				byPod[k] = map[string]*executorv1.InstanceStats{}
+				byPod[k] = map[string]instances.Stats{}
 			}
 			byPod[k][l[podworker.LabelContainer]] = st
 		}
@@ -125,20 +125,20 @@ func (p *Provider) summary(ctx context.Context) (*statsv1alpha1.Summary, error) 
 			if !ok || cs.State.Running == nil {
 				continue
 			}
-			at := st.GetTime().AsTime()
+			at := st.Time
 			if at.After(podAt) {
 				podAt = at
 			}
 			mt := metav1.NewTime(at)
-			mem := uint64(max(st.GetMemoryBytes(), 0))
+			mem := uint64(max(st.MemoryBytes, 0))
 			c := statsv1alpha1.ContainerStats{
 				Name:      cs.Name,
 				StartTime: cs.State.Running.StartedAt,
 				Memory:    &statsv1alpha1.MemoryStats{Time: mt, WorkingSetBytes: &mem, UsageBytes: proto.Uint64(mem)},
 			}
-			if st.GetCpuMeasured() {
-				cpu := st.GetCpuUsageNanos()
-				c.CPU = &statsv1alpha1.CPUStats{Time: mt, UsageCoreNanoSeconds: &cpu, UsageNanoCores: p.rate("i/"+st.GetInstanceId(), cpu, at)}
+			if st.CPUMeasured {
+				cpu := uint64(max(st.CPU, 0))
+				c.CPU = &statsv1alpha1.CPUStats{Time: mt, UsageCoreNanoSeconds: &cpu, UsageNanoCores: p.rate("i/"+st.ID, cpu, at)}
 				podCPU += cpu
 			} else {
 				cpuOK = false
