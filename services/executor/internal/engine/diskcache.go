@@ -119,8 +119,17 @@ type unitStat struct {
 // Trim removes units, least recently used first, until their total size is
 // within the bound, skipping those in use, and returns the keys of those
 // removed. What cannot be removed (in use, or a file that fails to go) is
-// left and the total may stay above the bound until a later Trim.
+// left and the total may stay above the bound until a later Trim. Errors
+// are logged too, for callers that go on without the bound.
 func (c *DiskCache) Trim() ([]string, error) {
+	removed, err := c.trim()
+	if err != nil {
+		c.log.Warn("bound the compiled code on disk failed", "max_bytes", c.max, "error", err)
+	}
+	return removed, err
+}
+
+func (c *DiskCache) trim() ([]string, error) {
 	c.trimMu.Lock()
 	defer c.trimMu.Unlock()
 	units, err := c.list()

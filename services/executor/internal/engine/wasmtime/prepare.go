@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	wt "github.com/bytecodealliance/wasmtime-go/v39"
@@ -17,6 +18,7 @@ import (
 // module is a prepared module: a verified artifact on disk.
 type module struct {
 	digest   string
+	key      string // the digest's hex: its unit in Engine.disk
 	wasmPath string
 	artifact string
 
@@ -43,22 +45,26 @@ func (e *Engine) Prepare(ctx context.Context, digest, wasmPath string) (engine.M
 	e.mu.Lock()
 	m := e.modules[digest]
 	if m == nil {
-		m = &module{digest: digest, artifact: filepath.Join(e.dir, hexd+".cwasm")}
+		m = &module{digest: digest, key: hexd, artifact: filepath.Join(e.dir, hexd+".cwasm")}
 		e.modules[digest] = m
 	}
 	e.mu.Unlock()
 	m.mu.Lock()
 	m.wasmPath = wasmPath
 	m.mu.Unlock()
+	release := e.disk.Use(m.key)
+	defer release()
 	if _, err := e.ready(ctx, m); err != nil {
 		return nil, err
 	}
 	return m, nil
 }
 
-// ready makes m's artifact present and verified and returns its stamp.
-// The work (verifying, fetching, compiling: see ensure) runs for one
-// caller of a module at a time, on a goroutine of its own: a caller whose
+// ready makes m's artifact present and verified, records a use of it,
+// and returns its stamp. The caller holds a use of m.key (Engine.disk):
+// an artifact evicted before ready is compiled again here. The work
+// (verifying, fetching, compiling: see ensure) runs for one caller of a
+// module at a time, on a goroutine of its own: a caller whose
 // context ends stops waiting and gets ctx's error, while the work goes on
 // and leaves its result for the next caller (wasmtime cannot cancel a
 // compile). Callers that come meanwhile wait for the same work.
@@ -67,8 +73,10 @@ func (e *Engine) ready(ctx context.Context, m *module) (engine.FileStamp, error)
 	if m.verified {
 		fi, err := os.Stat(m.artifact)
 		if err == nil && engine.StampOf(fi).Equal(m.stamp) {
+			st := m.stamp
 			m.mu.Unlock()
-			return m.stamp, nil
+			e.disk.Touch(m.artifact + ".sha256")
+			return st, nil
 		}
 		m.verified = false
 	}
@@ -77,8 +85,14 @@ func (e *Engine) ready(ctx context.Context, m *module) (engine.FileStamp, error)
 		f = &flight{done: make(chan struct{})}
 		m.pending = f
 		wasmPath := m.wasmPath
+		release := e.disk.Use(m.key) // for the work, which may outlive the caller
 		go func() {
-			f.err = e.ensure(context.WithoutCancel(ctx), m, wasmPath)
+			defer release()
+			var added bool
+			added, f.err = e.ensure(context.WithoutCancel(ctx), m, wasmPath)
+			if added {
+				e.disk.Trim() // logs its errors; the artifact is there to use
+			}
 			m.mu.Lock()
 			m.pending = nil
 			m.mu.Unlock()
@@ -94,19 +108,21 @@ func (e *Engine) ready(ctx context.Context, m *module) (engine.FileStamp, error)
 	if f.err != nil {
 		return engine.FileStamp{}, f.err
 	}
+	e.disk.Touch(m.artifact + ".sha256")
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.stamp, nil
 }
 
-// ensure makes m's artifact, found unverified, present and verified. It
-// runs for one caller at a time (ready); m.mu is not held.
-func (e *Engine) ensure(ctx context.Context, m *module, wasmPath string) error {
+// ensure makes m's artifact, found unverified, present and verified, and
+// reports whether it wrote one (fetched or compiled). It runs for one
+// caller at a time (ready); m.mu is not held.
+func (e *Engine) ensure(ctx context.Context, m *module, wasmPath string) (added bool, err error) {
 	if err := engine.VerifyFile(m.artifact, m.artifact+".sha256"); err == nil {
 		// The header must also suit this engine (same wasmtime, same Config).
 		if mod, err := wt.NewModuleDeserializeFile(e.compiler, m.artifact); err == nil {
 			mod.Close()
-			return m.markVerified()
+			return false, m.markVerified()
 		}
 	}
 	// Absent, corrupt or unusable: take it from the shared store, or
@@ -114,15 +130,15 @@ func (e *Engine) ensure(ctx context.Context, m *module, wasmPath string) error {
 	os.Remove(m.artifact)
 	os.Remove(m.artifact + ".sha256")
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("prepare module %s: %w", m.digest, err)
+		return false, fmt.Errorf("prepare module %s: %w", m.digest, err)
 	}
 	if e.fetchShared(ctx, m) {
-		return m.markVerified()
+		return true, m.markVerified()
 	}
 	if err := e.compile(m, wasmPath); err != nil {
-		return err
+		return false, err
 	}
-	return m.markVerified()
+	return true, m.markVerified()
 }
 
 // fetchShared installs m's artifact from the shared store, if it has one
@@ -210,4 +226,34 @@ func checkWASI(mod *wt.Module, digest string) error {
 		hasStart = hasStart || exp.Name() == "_start" && exp.Type().FuncType() != nil
 	}
 	return engine.CheckWASI(digest, imports, hasStart)
+}
+
+// units lists the artifacts in the cache directory for Engine.disk: each
+// module's artifact and sidecar (the sidecar's mtime is its last use, see
+// ready). Files being written (temporary names) are not counted.
+func (e *Engine) units() ([]engine.CacheUnit, error) {
+	ds, err := os.ReadDir(e.dir)
+	if err != nil {
+		return nil, err
+	}
+	byKey := map[string]*engine.CacheUnit{}
+	var keys []string
+	for _, d := range ds {
+		key, rest, _ := strings.Cut(d.Name(), ".")
+		if !d.Type().IsRegular() || (rest != "cwasm" && rest != "cwasm.sha256") {
+			continue
+		}
+		u := byKey[key]
+		if u == nil {
+			u = &engine.CacheUnit{Key: key}
+			byKey[key] = u
+			keys = append(keys, key)
+		}
+		u.Files = append(u.Files, filepath.Join(e.dir, d.Name()))
+	}
+	units := make([]engine.CacheUnit, 0, len(keys))
+	for _, k := range keys {
+		units = append(units, *byKey[k]) // ReadDir sorts: the artifact before its sidecar
+	}
+	return units, nil
 }

@@ -77,6 +77,8 @@ type runners struct {
 	idle    map[string][]*runner
 	n       int
 	warming map[string]bool // digests a spare is being made for
+
+	disk *engine.DiskCache // keeps a spare's artifact until it is loaded
 }
 
 // get returns an idle runner of m loaded from the artifact st, or a new
@@ -130,8 +132,10 @@ func (p *runners) spare(m *module, st engine.FileStamp) {
 	}
 	p.warming[m.digest] = true
 	p.mu.Unlock()
+	release := p.disk.Use(m.key)
 	go func() {
 		r, err := newRunner(m, st)
+		release()
 		p.mu.Lock()
 		delete(p.warming, m.digest)
 		p.mu.Unlock()

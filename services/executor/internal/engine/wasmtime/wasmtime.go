@@ -17,6 +17,12 @@
 //   - Artifacts (prepare.go) are hashed against their sidecar before first
 //     use and whenever they change on disk: wasmtime checks an artifact's
 //     header (its wasmtime, Config, target and ISA flags), not its code.
+//   - Artifacts on disk are bounded by total bytes (Config.MaxCacheBytes,
+//     engine.DiskCache): a module's unit is its artifact and sidecar, the
+//     sidecar's mtime its last use; an artifact is in use from ready's
+//     check until a runner has loaded it (a runner keeps what it loaded,
+//     also once the file is unlinked). A module whose artifact went is
+//     compiled again at its next Start.
 //   - Memory limits through the store limiter: memory.grow and table.grow
 //     past the limit fail (-1) rather than trap.
 //   - A kill advances the epoch, which ends running wasm, and wakes the
@@ -69,13 +75,17 @@ type Config struct {
 	Shared engine.ArtifactStore
 	// Logger, if set, receives warnings about shared artifacts.
 	Logger *slog.Logger
+	// MaxCacheBytes bounds the artifacts kept in CacheDir, least recently
+	// used removed first (default engine.DefaultMaxCacheBytes).
+	MaxCacheBytes int64
 }
 
 // Engine is the wasmtime engine.Engine.
 type Engine struct {
 	engine.Base
-	dir string
-	cpu engine.ThreadLimiter
+	dir  string
+	cpu  engine.ThreadLimiter
+	disk *engine.DiskCache // bounds dir
 
 	compileMu sync.Mutex // one compile at a time: each uses every core
 	compiler  *wt.Engine
@@ -98,13 +108,20 @@ func New(cfg Config) (*Engine, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("wasmtime engine: create cache dir: %w", err)
 	}
-	return &Engine{
+	e := &Engine{
 		Base:     b,
 		dir:      dir,
 		cpu:      cfg.CPU,
 		compiler: newEngine(),
 		modules:  map[string]*module{},
-	}, nil
+	}
+	e.disk = engine.NewDiskCache(cfg.MaxCacheBytes, e.units, cfg.Logger)
+	e.runners.disk = e.disk
+	// A bound lowered since the last run holds from the start.
+	if _, err := e.disk.Trim(); err != nil {
+		return nil, fmt.Errorf("wasmtime engine: bound the cache dir: %w", err)
+	}
+	return e, nil
 }
 
 func newEngine() *wt.Engine {
@@ -119,11 +136,15 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 	if !ok {
 		return nil, fmt.Errorf("%w: module was not prepared by the wasmtime engine", engine.ErrInstantiate)
 	}
+	// The artifact stays on disk from its check until a runner has it.
+	release := e.disk.Use(m.key)
 	st, err := e.ready(ctx, m)
 	if err != nil {
+		release()
 		return nil, err
 	}
 	r, err := e.runners.get(m, st)
+	release()
 	if err != nil {
 		return nil, err
 	}

@@ -173,3 +173,13 @@ func BenchmarkNativeSleep(b *testing.B) {
 func TestCompiles(t *testing.T) {
 	enginetest.RunCompiles(t, newTestEngine, 600) // Cranelift is slower per function than wazero
 }
+
+func TestDiskBound(t *testing.T) {
+	enginetest.RunDiskBound(t, func(t testing.TB, dir string, maxBytes int64) engine.Engine {
+		e, err := New(Config{CacheDir: dir, MaxCacheBytes: maxBytes})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	})
+}
