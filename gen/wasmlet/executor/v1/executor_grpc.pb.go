@@ -62,7 +62,12 @@ type ExecutorServiceClient interface {
 	ListInstances(ctx context.Context, in *ListInstancesRequest, opts ...grpc.CallOption) (*ListInstancesResponse, error)
 	// WatchInstances streams every state change after after_sequence, in order.
 	// A watcher that resumes from a sequence it has seen misses nothing that
-	// the executor still holds in its event history.
+	// the executor still holds in its event history. The history is bounded:
+	// a watcher asking for events older than the oldest kept gets OUT_OF_RANGE
+	// and nothing is replayed in their place; it must ListInstances again and
+	// watch from the listing's sequence. An after_sequence newer than the
+	// newest event came from another executor process (whose instances are
+	// gone) and gets FAILED_PRECONDITION.
 	WatchInstances(ctx context.Context, in *WatchInstancesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchInstancesResponse], error)
 	// ListInstanceStats returns the resource use of every instance that has
 	// started (running, or ended and not yet deleted: its last figures).
@@ -204,7 +209,12 @@ type ExecutorServiceServer interface {
 	ListInstances(context.Context, *ListInstancesRequest) (*ListInstancesResponse, error)
 	// WatchInstances streams every state change after after_sequence, in order.
 	// A watcher that resumes from a sequence it has seen misses nothing that
-	// the executor still holds in its event history.
+	// the executor still holds in its event history. The history is bounded:
+	// a watcher asking for events older than the oldest kept gets OUT_OF_RANGE
+	// and nothing is replayed in their place; it must ListInstances again and
+	// watch from the listing's sequence. An after_sequence newer than the
+	// newest event came from another executor process (whose instances are
+	// gone) and gets FAILED_PRECONDITION.
 	WatchInstances(*WatchInstancesRequest, grpc.ServerStreamingServer[WatchInstancesResponse]) error
 	// ListInstanceStats returns the resource use of every instance that has
 	// started (running, or ended and not yet deleted: its last figures).
