@@ -23,6 +23,7 @@ import (
 // from before, loaded from an entry the index names, or compiled (from
 // the verified cache, the shared store or afresh). r is in use.
 func (e *Engine) compile(ctx context.Context, r *runtime, m *module) (*compiled, error) {
+	e.disk.Touch(filepath.Join(e.index, strings.TrimPrefix(m.digest, "sha256:")))
 	if c := e.lookup(r, m.digest); c != nil {
 		return c, nil
 	}
@@ -167,6 +168,9 @@ func (e *Engine) compileMiss(ctx context.Context, r *runtime, m *module, wasm []
 		}
 		e.shareEntry(key, fresh[0])
 	}
+	if len(fresh) > 0 || installed != "" {
+		e.trim(append(fresh, installed)...)
+	}
 	if err != nil {
 		if cm != nil {
 			cm.Close(context.Background())
@@ -272,6 +276,81 @@ func (e *Engine) fetchShared(ctx context.Context, key engine.ArtifactKey) string
 	}
 	e.verified[entry] = engine.StampOf(fi)
 	return entry
+}
+
+// trim bounds the cache on disk (Engine.disk), keeping the entries named
+// (what was just compiled or installed). cacheMu is held, and the compile
+// slot (or New runs): nothing of ours reads or writes wazero's entries
+// meanwhile, since load compiles holding cacheMu and compileMiss holding
+// the slot, and wazero touches its files only inside CompileModule.
+func (e *Engine) trim(keep ...string) {
+	for _, k := range keep {
+		if k != "" {
+			defer e.disk.Use(k)()
+		}
+	}
+	removed, _ := e.disk.Trim() // logs its errors
+	for _, k := range removed {
+		delete(e.verified, k)
+	}
+}
+
+// units lists the cache on disk for Engine.disk, one unit per entry: the
+// entry, its sum and the index files naming it. Sums and index files whose
+// entry is gone make units of their own, small and, unused, removed in
+// time. Files being written (temporary names, with a dot) are not
+// counted. Called by trim, cacheMu held.
+func (e *Engine) units() ([]engine.CacheUnit, error) {
+	byKey := map[string]*engine.CacheUnit{}
+	var keys []string
+	add := func(key, path string) {
+		u := byKey[key]
+		if u == nil {
+			u = &engine.CacheUnit{Key: key}
+			byKey[key] = u
+			keys = append(keys, key)
+		}
+		u.Files = append(u.Files, path)
+	}
+	es, dir, err := e.entries()
+	if err != nil {
+		return nil, fmt.Errorf("read compilation cache: %w", err)
+	}
+	for _, d := range es {
+		if d.Type().IsRegular() && !strings.Contains(d.Name(), ".") {
+			add(d.Name(), filepath.Join(dir, d.Name()))
+		}
+	}
+	sums, err := os.ReadDir(e.sums)
+	if err != nil {
+		return nil, fmt.Errorf("read compilation cache: %w", err)
+	}
+	for _, d := range sums {
+		if entry, ok := strings.CutSuffix(d.Name(), ".sha256"); ok && d.Type().IsRegular() && !strings.Contains(entry, ".") {
+			add(entry, filepath.Join(e.sums, d.Name()))
+		}
+	}
+	index, err := os.ReadDir(e.index)
+	if err != nil {
+		return nil, fmt.Errorf("read compilation cache: %w", err)
+	}
+	for _, d := range index {
+		if !d.Type().IsRegular() || strings.Contains(d.Name(), ".") {
+			continue
+		}
+		p := filepath.Join(e.index, d.Name())
+		b, err := os.ReadFile(p)
+		entry := strings.TrimSpace(string(b))
+		if err != nil || !validEntryName(entry) {
+			entry = "index/" + d.Name() // names no entry: a unit of its own
+		}
+		add(entry, p)
+	}
+	units := make([]engine.CacheUnit, 0, len(keys))
+	for _, k := range keys {
+		units = append(units, *byKey[k]) // the entry first, where there is one
+	}
+	return units, nil
 }
 
 // removeEntry removes an entry and its sum. cacheMu is held.

@@ -16,6 +16,16 @@
 //   - Sharing: a module's entry is one file named by wazero's key (module,
 //     version, CPU features), shared as a bundle of its name and bytes; one
 //     wazero ignores or cannot load is rejected and replaced.
+//   - The cache on disk is bounded by total bytes (Config.MaxCacheBytes,
+//     engine.DiskCache): a unit is an entry, its sum and the index files
+//     naming it, the module's index file's mtime its last use. wazero opens
+//     an entry only inside CompileModule, reads it whole and never again,
+//     and writes one through a temporary file and a rename, so removing one
+//     while a Runtime runs is safe for wazero; it is trimmed only while
+//     nothing of ours compiles or loads (cache.go: trim), since the sums
+//     and the slot's "new entries are this compile's" rely on it. A module
+//     whose entry went, and whose compiled module left memory, is compiled
+//     again.
 //   - Memory limits are per Runtime (runtimes.go): one Runtime per distinct
 //     limit over one CompilationCache, idle ones closed least recently used
 //     first (Config.MaxRuntimes, MaxCompiled). Tables are capped in the
@@ -83,6 +93,9 @@ type Config struct {
 	// MaxCompiled bounds the idle compiled modules kept, over all
 	// Runtimes (default 64).
 	MaxCompiled int
+	// MaxCacheBytes bounds the compiled modules kept in CacheDir, least
+	// recently used removed first (default engine.DefaultMaxCacheBytes).
+	MaxCacheBytes int64
 }
 
 const (
@@ -104,6 +117,7 @@ type Engine struct {
 
 	cacheMu  sync.Mutex                  // guards verified, the cache's entries, sums and index
 	verified map[string]engine.FileStamp // entries hashed against their sums, as they were then
+	disk     *engine.DiskCache           // bounds the cache on disk (trim)
 
 	maxRuntimes, maxCompiled int
 
@@ -133,7 +147,7 @@ func New(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("wazero engine: compilation cache: %w", err)
 	}
-	return &Engine{
+	e := &Engine{
 		Base:        b,
 		root:        root,
 		sums:        sums,
@@ -145,7 +159,13 @@ func New(cfg Config) (*Engine, error) {
 		runtimes:    map[uint32]*runtime{},
 		maxRuntimes: cmp.Or(max(cfg.MaxRuntimes, 0), defaultMaxRuntimes),
 		maxCompiled: cmp.Or(max(cfg.MaxCompiled, 0), defaultMaxCompiled),
-	}, nil
+	}
+	e.disk = engine.NewDiskCache(cfg.MaxCacheBytes, e.units, cfg.Logger)
+	// A bound lowered since the last run holds from the start.
+	if _, err := e.disk.Trim(); err != nil {
+		return nil, fmt.Errorf("wazero engine: bound the compilation cache: %w", err)
+	}
+	return e, nil
 }
 
 // module is a prepared module.

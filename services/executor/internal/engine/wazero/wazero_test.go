@@ -147,3 +147,14 @@ func TestRuntimesBounded(t *testing.T) {
 		t.Fatalf("%d runtimes and %d compiled modules kept, want at most 2 each", len(e.runtimes), e.ncompiled)
 	}
 }
+
+func TestDiskBound(t *testing.T) {
+	enginetest.RunDiskBound(t, func(t testing.TB, dir string, maxBytes int64) engine.Engine {
+		// One compiled module in memory: the others start from the disk.
+		e, err := New(Config{CacheDir: dir, MaxCacheBytes: maxBytes, MaxCompiled: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	})
+}
