@@ -1,0 +1,6 @@
+# kube-scheduler: built FROM scratch by hack/compose/build.sh, whose staging directory
+# is the build context (rootfs/ is the layer every image of the stack shares).
+FROM scratch
+COPY rootfs/ /
+COPY kube-scheduler /bin/kube-scheduler
+ENTRYPOINT ["/bin/kube-scheduler"]

@@ -1,0 +1,6 @@
+# nodeagent: built FROM scratch by hack/compose/build.sh, whose staging directory
+# is the build context (rootfs/ is the layer every image of the stack shares).
+FROM scratch
+COPY rootfs/ /
+COPY nodeagent /bin/nodeagent
+ENTRYPOINT ["/bin/nodeagent"]

@@ -1,0 +1,6 @@
+# registry-cache: built FROM scratch by hack/compose/build.sh, whose staging directory
+# is the build context (rootfs/ is the layer every image of the stack shares).
+FROM scratch
+COPY rootfs/ /
+COPY registry-cache /bin/registry-cache
+ENTRYPOINT ["/bin/registry-cache"]

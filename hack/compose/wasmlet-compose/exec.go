@@ -1,0 +1,136 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+)
+
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
+func runExec(args []string) error {
+	fs := flag.NewFlagSet("exec", flag.ContinueOnError)
+	var envFiles listFlag
+	fs.Var(&envFiles, "env-file", "file of KEY=VALUE lines added to the environment (repeatable)")
+	mint := fs.String("mint", "", "directory to write tls.crt (with its issuer) and tls.key into, issued for this container's address")
+	issuer := fs.String("issuer", "", "issuing CA for --mint: PREFIX.crt and PREFIX.key")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	argv := fs.Args()
+	if len(argv) == 0 {
+		return errors.New("want PROGRAM ARGS... after the flags")
+	}
+	ip, err := containerIP()
+	if err != nil {
+		return err
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		return err
+	}
+	env := os.Environ()
+	for _, f := range envFiles {
+		kv, err := readEnvFile(f)
+		if err != nil {
+			return err
+		}
+		env = append(env, kv...)
+	}
+	if *mint != "" {
+		if err := mintPair(*mint, *issuer, ip, host); err != nil {
+			return err
+		}
+	}
+	r := strings.NewReplacer("{ip}", ip, "{hostname}", host)
+	for i := range argv {
+		argv[i] = r.Replace(argv[i])
+	}
+	return syscall.Exec(argv[0], argv, env)
+}
+
+// containerIP is the first IPv4 address of a non-loopback interface: the
+// container's address on the compose network.
+func containerIP() (string, error) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return "", err
+	}
+	for _, i := range ifs {
+		if i.Flags&net.FlagLoopback != 0 || i.Flags&net.FlagUp == 0 {
+			continue
+		}
+		addrs, err := i.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil {
+				return n.IP.String(), nil
+			}
+		}
+	}
+	return "", errors.New("no IPv4 address on any interface but loopback")
+}
+
+func readEnvFile(path string) ([]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if !strings.Contains(line, "=") {
+			return nil, fmt.Errorf("%s: %q is not KEY=VALUE", path, line)
+		}
+		out = append(out, line)
+	}
+	return out, sc.Err()
+}
+
+// mintPair issues this container a key pair for its address, for server
+// and client use, and writes it with its issuer's certificate, so that a
+// peer that trusts only the root verifies the chain.
+func mintPair(dir, issuer, ip, host string) error {
+	if issuer == "" {
+		return errors.New("--mint needs --issuer")
+	}
+	c, err := loadCA(issuer+".crt", issuer+".key")
+	if err != nil {
+		return fmt.Errorf("issuer %s: %w", issuer, err)
+	}
+	der, key, err := issueLeaf(c, leaf{
+		name:    "tls",
+		subject: pkix.Name{CommonName: "executor " + host},
+		usage:   []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		hosts:   []string{ip},
+	})
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	if err := writeFile(filepath.Join(dir, "tls.key"), pemKey(key), 0o600); err != nil {
+		return err
+	}
+	chain := append(pemCert(der), pemCert(c.cert.Raw)...)
+	return writeFile(filepath.Join(dir, "tls.crt"), chain, 0o644)
+}
