@@ -98,6 +98,22 @@ check: tools ## buf lint and breaking, gen/ up to date, gofmt, go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/')); [ -z "$$out" ] || { echo "gofmt needed: $$out"; exit 1; }
 	go vet ./...
 
+.PHONY: compose-images
+compose-images: ## build the compose stack's images FROM scratch from static binaries (deploy/compose; nothing is pulled)
+	@hack/compose/build.sh
+
+.PHONY: compose-up
+compose-up: compose-images ## start the compose stack (control plane, NATS, registry, registry cache, two nodes, executors), wait for both Nodes Ready
+	@hack/compose/stack.sh up
+
+.PHONY: compose-down
+compose-down: ## stop the compose stack and remove its containers, networks and volumes
+	@hack/compose/stack.sh down
+
+.PHONY: compose-test
+compose-test: compose-images ## test the compose stack from nothing with docker compose and kubectl (needs a Docker engine; not part of make test)
+	WASMLET_COMPOSE_TEST=1 go test -count=1 -v -timeout 20m ./test/compose
+
 .PHONY: clean
 clean: ## remove bin/ and the local stack's state
 	rm -rf bin .state
