@@ -47,7 +47,7 @@ func TestParseFlags(t *testing.T) {
 		t.Error("--metrics-listen on all interfaces accepted")
 	}
 	cfg, err := parseFlags([]string{"--listen", "unix:///e.sock", "--registry", "unix:///r.sock"})
-	if err != nil || cfg.maxInstances != 1000 || cfg.engine != "wasmtime" || cfg.id == "" {
+	if err != nil || cfg.MaxInstances != 1000 || cfg.Engine != "wasmtime" || cfg.ID == "" {
 		t.Fatalf("defaults: %+v %v", cfg, err)
 	}
 }
@@ -320,12 +320,12 @@ func TestParseAnnounceFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.flavour != "wazero" || cfg.advertise != "unix:///e.sock" || cfg.node == "" || cfg.announcePeriod <= 0 {
-		t.Errorf("announce defaults: flavour %q advertise %q node %q period %s", cfg.flavour, cfg.advertise, cfg.node, cfg.announcePeriod)
+	if cfg.Flavour != "wazero" || cfg.Advertise != "unix:///e.sock" || cfg.Node == "" || cfg.AnnouncePeriod <= 0 {
+		t.Errorf("announce defaults: flavour %q advertise %q node %q period %s", cfg.Flavour, cfg.Advertise, cfg.Node, cfg.AnnouncePeriod)
 	}
 	cfg, err = parseFlags([]string{"--listen", "unix:///e.sock", "--registry", "unix:///r.sock",
 		"--flavour", "fast", "--node", "n1", "--advertise-address", "tcp://127.0.0.1:7000"})
-	if err != nil || cfg.flavour != "fast" || cfg.node != "n1" || cfg.advertise != "tcp://127.0.0.1:7000" {
+	if err != nil || cfg.Flavour != "fast" || cfg.Node != "n1" || cfg.Advertise != "tcp://127.0.0.1:7000" {
 		t.Errorf("announce flags: %+v %v", cfg, err)
 	}
 	if _, err := parseFlags([]string{"--listen", "unix:///e.sock", "--registry", "unix:///r.sock", "--announce-period", "0s"}); err == nil {
