@@ -3,11 +3,12 @@
 // types and errors every implementation shares, and what they do alike:
 // the instance lifecycle (Run: its thread and CPU limit, kill, usage, and
 // the one rule for how a run ended), the checks of modules and specs, and
-// compiled artifacts on disk and in a shared store (Artifacts). The
-// implementations (engine/wasmtime, the default; engine/wazero, pure Go)
-// keep only what is their runtime's: compiling, linking WASI,
-// instantiating, interrupting, reading memory. engine/enginetest is the
-// behaviour both must show, run from each one's tests.
+// compiled artifacts on disk (bounded by DiskCache) and in a shared store
+// (Artifacts). The implementations (engine/wasmtime, the default;
+// engine/wazero, pure Go) keep only what is their runtime's: compiling,
+// linking WASI, instantiating, interrupting, reading memory, and which
+// files hold a module's compiled code. engine/enginetest is the behaviour
+// both must show, run from each one's tests.
 //
 // It must not know of instance ids, states, events, NATS, pods or gRPC: an
 // engine runs a module with what it is given and reports how the run
