@@ -161,6 +161,7 @@ func parseFlags(args []string) (config, error) {
 	fs.BoolVar(&cfg.SharePrecompiled, "share-precompiled", true, "get precompiled modules from the registry cache on a local miss, and put there what this executor compiles")
 	fs.StringVar(&cfg.ArtifactKeyFile, "artifact-key-file", "", "secret key (32 to 4096 bytes, mode 0600) that signs the precompiled modules this executor shares and must have signed those it loads from the registry cache; give it to the executors that should share them and to nothing else (default --state-dir/artifact.key, created when missing)")
 	fs.IntVar(&cfg.MaxInstances, "max-instances", 1000, "instances held at once")
+	fs.Int64Var(&cfg.CompiledCacheBytes, "compiled-cache-bytes", 0, "bound of the compiled modules the engine keeps on disk (under --state-dir/compiled), least recently used removed first; a module whose code was removed is compiled again at its next start (0: 2 GiB)")
 	fs.Int64Var(&cfg.LogSpoolBytes, "log-spool-bytes", 64<<20, "bound of the on-disk spool (under --state-dir/logspool) of log lines not yet acknowledged by NATS; lines beyond it are published from memory only and a kill loses them")
 	fs.StringVar(&cfg.ID, "id", fmt.Sprintf("%s-%d", host, os.Getpid()), "executor id, in events")
 	fs.StringVar(&cfg.Flavour, "flavour", "", "flavour announced to the node agent, which routes pods by RuntimeClass handler to flavours (default: the engine's name)")
