@@ -60,7 +60,7 @@ func Run(t *testing.T, newEngine NewEngine) {
 		{"Hello", testHello},
 		{"WatModules", testWatModules},
 		{"UnusableModules", testUnusableModules},
-		{"KillSpinningWithin50ms", testKillSpinningWithin50ms},
+		{"KillSpinning", testKillSpinning},
 		{"MemoryLimitOOMKilled", testMemoryLimitOOMKilled},
 		{"Preopens", testPreopens},
 		{"BadPreopen", testBadPreopen},
@@ -340,7 +340,11 @@ func testUnusableModules(t *testing.T, e engine.Engine) {
 	}
 }
 
-func testKillSpinningWithin50ms(t *testing.T, e engine.Engine) {
+// testKillSpinning: a kill interrupts a module spinning in wasm. Its
+// latency is a figure for the executor benchmark (p99 ≤ 50 ms, `make
+// bench`); here it must only land before engine.Run's fallback would
+// report a kill that did not interrupt (500 ms), on a loaded machine too.
+func testKillSpinning(t *testing.T, e engine.Engine) {
 	m := prepare(t, e, wasmbuild.Build(t, "spin"))
 	var out1, out2 Buffer
 	a, err := e.Start(context.Background(), m, engine.Spec{Args: []string{"spin"}, Stdout: &out1})
@@ -365,8 +369,8 @@ func testKillSpinningWithin50ms(t *testing.T, e engine.Engine) {
 	a.Kill()
 	select {
 	case <-a.Done():
-	case <-time.After(50 * time.Millisecond):
-		t.Fatalf("kill took more than 50ms")
+	case <-time.After(400 * time.Millisecond):
+		t.Fatalf("kill did not interrupt the spinning module within 400ms")
 	}
 	latency := time.Since(t0)
 	t.Logf("kill latency: %v", latency)
