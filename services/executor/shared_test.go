@@ -211,7 +211,7 @@ func testSharedPrecompiled(t *testing.T, ctx context.Context, bin, sockDir, regA
 	}
 	defer conn.Close()
 	sum := sha256.Sum256(native7)
-	if err := proxy.New(conn).PutPrecompiled(ctx, regcache.PrecompiledKey{ModuleDigest: hello, EngineKey: ek}, "sha256:"+hex.EncodeToString(sum[:]), int64(len(native7)), bytes.NewReader(native7)); err != nil {
+	if err := proxy.New(conn).PutPrecompiled(ctx, regcache.PrecompiledKey{ModuleDigest: hello, EngineKey: ek}, regcache.Precompiled{Digest: "sha256:" + hex.EncodeToString(sum[:]), Size: int64(len(native7))}, bytes.NewReader(native7)); err != nil {
 		t.Fatal(err)
 	}
 	_, e6 := run(t, 6) // exit code 3: hello's code, not exit7's

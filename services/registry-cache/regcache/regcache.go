@@ -139,15 +139,19 @@ type Pinner interface {
 }
 
 // PrecompiledKey names a precompiled module: the digest of the Wasm module
-// it was compiled from and the key of the engine that compiled it.
+// it was compiled from and the key of the engine that compiled it. It is
+// the one name of a precompiled artifact: the executors' engines use this
+// type (as engine.ArtifactKey) and build EngineKey; the cache only
+// compares it.
 type PrecompiledKey struct {
 	ModuleDigest string
 	EngineKey    string
 }
 
-// Precompiled describes a stored precompiled artifact.
+// Precompiled is what travels with a precompiled artifact's bytes: their
+// sha256 digest ("sha256:<hex>"; Pin takes it) and size.
 type Precompiled struct {
-	Digest string // sha256 of the artifact; Pin takes it
+	Digest string
 	Size   int64
 }
 
@@ -163,18 +167,28 @@ type Precompiled struct {
 // it reads. The digest proves only that the bytes arrived intact, not who
 // made them: a precompiled artifact is native code that executors load,
 // so only executors may reach a cache that serves these RPCs (its unix
-// socket, or mutual TLS).
+// socket, or mutual TLS); an executor signs what it puts and checks what it
+// gets (its artifactsign, itself a PrecompiledStore over the proxy).
 //
-//	err := pc.PutPrecompiled(ctx, regcache.PrecompiledKey{ModuleDigest: m, EngineKey: k}, digest, size, r)
+// It is also the executors' engines' store of shared artifacts
+// (engine.ArtifactStore is this interface), so the proxy client is handed
+// to an engine as it is: a miss is ErrNotFound, bytes that do not match
+// their digest or size ErrDigestMismatch, on either side of the wire.
+//
+//	err := pc.PutPrecompiled(ctx, regcache.PrecompiledKey{ModuleDigest: m, EngineKey: k}, regcache.Precompiled{Digest: d, Size: n}, r)
 //	rc, info, err := pc.GetPrecompiled(ctx, regcache.PrecompiledKey{ModuleDigest: m, EngineKey: k})
 type PrecompiledStore interface {
-	// PutPrecompiled stores the size bytes read from r as the artifact for
-	// key. digest is the sha256 of those bytes: ErrDigestMismatch, and
-	// nothing kept, when they differ; ErrTooLarge past the configured
-	// limit. Putting a key again replaces its artifact.
-	PutPrecompiled(ctx context.Context, key PrecompiledKey, digest string, size int64, r io.Reader) error
-	// GetPrecompiled opens the artifact for key; the caller closes it.
-	// ErrNotFound when the cache holds none.
+	// PutPrecompiled stores the info.Size bytes read from r as the
+	// artifact for key. info.Digest is the sha256 of those bytes:
+	// ErrDigestMismatch, and nothing kept, when they differ; ErrTooLarge
+	// past the configured limit. Putting a key again replaces its
+	// artifact.
+	PutPrecompiled(ctx context.Context, key PrecompiledKey, info Precompiled, r io.Reader) error
+	// GetPrecompiled opens the artifact for key, with the digest and size
+	// stored with it; the caller closes it. ErrNotFound when the cache
+	// holds none (or, through the proxy, serves no precompiled modules).
+	// A read whose bytes do not match the digest may end with
+	// ErrDigestMismatch.
 	GetPrecompiled(ctx context.Context, key PrecompiledKey) (io.ReadCloser, Precompiled, error)
 }
 

@@ -14,7 +14,7 @@
 // Usage:
 //
 //	key, created, err := artifactsign.LoadKey(filepath.Join(stateDir, "artifact.key"))
-//	store, err := artifactsign.New(artifactstore.New(proxy.New(conn)), key)
+//	store, err := artifactsign.New(proxy.New(conn), key) // the registry cache's store
 //	eng, err := wasmtime.New(wasmtime.Config{CacheDir: dir, Shared: store})
 package artifactsign
 
@@ -115,12 +115,12 @@ func (s *Store) header(key engine.ArtifactKey, size int64, sum []byte) []byte {
 	return append(h, s.mac(key, size, sum)...)
 }
 
-// GetArtifact implements engine.ArtifactStore: it reads the header of the
+// GetPrecompiled implements engine.ArtifactStore: it reads the header of the
 // stored entry and returns the artifact after it, with the signed size and
 // digest, or an error wrapping engine.ErrArtifactUnverified when the key
 // did not sign it for key.
-func (s *Store) GetArtifact(ctx context.Context, key engine.ArtifactKey) (io.ReadCloser, engine.ArtifactInfo, error) {
-	rc, info, err := s.next.GetArtifact(ctx, key)
+func (s *Store) GetPrecompiled(ctx context.Context, key engine.ArtifactKey) (io.ReadCloser, engine.ArtifactInfo, error) {
+	rc, info, err := s.next.GetPrecompiled(ctx, key)
 	if err != nil {
 		return nil, engine.ArtifactInfo{}, err
 	}
@@ -166,9 +166,9 @@ func (s *Store) open(r io.Reader, info engine.ArtifactInfo, key engine.ArtifactK
 	return size, sum, nil
 }
 
-// PutArtifact implements engine.ArtifactStore: it puts the header and r's
+// PutPrecompiled implements engine.ArtifactStore: it puts the header and r's
 // info.Size bytes, which must match info.Digest, to the next store.
-func (s *Store) PutArtifact(ctx context.Context, key engine.ArtifactKey, info engine.ArtifactInfo, r io.Reader) error {
+func (s *Store) PutPrecompiled(ctx context.Context, key engine.ArtifactKey, info engine.ArtifactInfo, r io.Reader) error {
 	want, err := hex.DecodeString(strings.TrimPrefix(info.Digest, "sha256:"))
 	if err != nil || len(want) != sha256.Size || !strings.HasPrefix(info.Digest, "sha256:") || info.Size < 0 {
 		return fmt.Errorf("sign artifact %s %s: digest %q, size %d: %w", key.ModuleDigest, key.EngineKey, info.Digest, info.Size, engine.ErrArtifactCorrupt)
@@ -203,7 +203,7 @@ func (s *Store) PutArtifact(ctx context.Context, key engine.ArtifactKey, info en
 		return fmt.Errorf("sign artifact %s %s: %w", key.ModuleDigest, key.EngineKey, err)
 	}
 	signed := engine.ArtifactInfo{Digest: "sha256:" + hex.EncodeToString(sumOf(whole)), Size: int64(headerSize) + info.Size}
-	return s.next.PutArtifact(ctx, key, signed, io.MultiReader(bytes.NewReader(h), io.LimitReader(rs, info.Size)))
+	return s.next.PutPrecompiled(ctx, key, signed, io.MultiReader(bytes.NewReader(h), io.LimitReader(rs, info.Size)))
 }
 
 func sumOf(h hash.Hash) []byte { return h.Sum(nil) }

@@ -33,7 +33,7 @@ func newStore(t *testing.T, next engine.ArtifactStore, key string) *artifactsign
 
 func get(t *testing.T, s engine.ArtifactStore, key engine.ArtifactKey) ([]byte, engine.ArtifactInfo, error) {
 	t.Helper()
-	rc, inf, err := s.GetArtifact(context.Background(), key)
+	rc, inf, err := s.GetPrecompiled(context.Background(), key)
 	if err != nil {
 		return nil, inf, err
 	}
@@ -53,7 +53,7 @@ func TestSignedRoundTrip(t *testing.T) {
 	a, b := newStore(t, mem, "k"), newStore(t, mem, "k")
 	key := engine.ArtifactKey{ModuleDigest: "sha256:" + strings.Repeat("a", 64), EngineKey: "wasmtime-39.0.1-x"}
 	art := bytes.Repeat([]byte("native code "), 1000)
-	if err := a.PutArtifact(context.Background(), key, info(art), bytes.NewReader(art)); err != nil {
+	if err := a.PutPrecompiled(context.Background(), key, info(art), bytes.NewReader(art)); err != nil {
 		t.Fatal(err)
 	}
 	got, inf, err := get(t, b, key)
@@ -68,14 +68,14 @@ func TestSignedRoundTrip(t *testing.T) {
 		t.Fatalf("the next store holds %d bytes, want a %d-byte header and the artifact", len(e.Bytes), artifactsign.HeaderSize)
 	}
 	// Not a seeker: read into memory, same entry.
-	if err := a.PutArtifact(context.Background(), key, info(art), io.MultiReader(bytes.NewReader(art))); err != nil {
+	if err := a.PutPrecompiled(context.Background(), key, info(art), io.MultiReader(bytes.NewReader(art))); err != nil {
 		t.Fatal(err)
 	}
 	if e2, _ := mem.Entry(key); !bytes.Equal(e2.Bytes, e.Bytes) {
 		t.Fatal("a put from a plain reader differs from one from a bytes.Reader")
 	}
 	// Bytes that do not match what the caller says they are are not signed.
-	if err := a.PutArtifact(context.Background(), key, info(art), bytes.NewReader(art[1:])); !errors.Is(err, engine.ErrArtifactCorrupt) {
+	if err := a.PutPrecompiled(context.Background(), key, info(art), bytes.NewReader(art[1:])); !errors.Is(err, engine.ErrArtifactCorrupt) {
 		t.Fatalf("put of bytes that do not match their info: %v, want ErrArtifactCorrupt", err)
 	}
 }
@@ -93,7 +93,7 @@ func TestRefused(t *testing.T) {
 	art := bytes.Repeat([]byte("native code "), 1000)
 	put := func(s engine.ArtifactStore, k engine.ArtifactKey) []byte {
 		t.Helper()
-		if err := s.PutArtifact(context.Background(), k, info(art), bytes.NewReader(art)); err != nil {
+		if err := s.PutPrecompiled(context.Background(), k, info(art), bytes.NewReader(art)); err != nil {
 			t.Fatal(err)
 		}
 		e, _ := mem.Entry(k)
@@ -230,13 +230,13 @@ func BenchmarkSigned(b *testing.B) {
 		b.Run(s.name+"/Put", func(b *testing.B) {
 			b.SetBytes(int64(len(art)))
 			for range b.N {
-				if err := s.store.PutArtifact(context.Background(), key, info(art), bytes.NewReader(art)); err != nil {
+				if err := s.store.PutPrecompiled(context.Background(), key, info(art), bytes.NewReader(art)); err != nil {
 					b.Fatal(err)
 				}
 			}
 		})
 		b.Run(s.name+"/Fetch", func(b *testing.B) {
-			if err := s.store.PutArtifact(context.Background(), key, info(art), bytes.NewReader(art)); err != nil {
+			if err := s.store.PutPrecompiled(context.Background(), key, info(art), bytes.NewReader(art)); err != nil {
 				b.Fatal(err)
 			}
 			a := engine.NewArtifacts(s.store, nil)

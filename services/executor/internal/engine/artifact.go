@@ -15,49 +15,42 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
 )
 
-// ArtifactKey names a precompiled artifact in an ArtifactStore: the digest
-// of the Wasm module it was compiled from and the engine key (see
-// EngineKey) of the engine that compiled it.
-type ArtifactKey struct {
-	ModuleDigest string
-	EngineKey    string
-}
-
-// ArtifactInfo is what is stored with an artifact: the sha256 digest
-// ("sha256:<hex>") and size of its bytes.
-type ArtifactInfo struct {
-	Digest string
-	Size   int64
-}
-
-// ArtifactStore shares precompiled artifacts between executors (the
-// registry cache's PrecompiledStore, through an adapter in main), so that
-// an executor that finds none on its own disk loads what another executor
-// of the same engine key compiled instead of compiling. The engine checks
-// the bytes' size and sha256 against the ArtifactInfo before it loads
-// them; who made them it cannot tell: the store an executor gives its
-// engine must vouch for that (artifactsign.Store, which refuses what was
-// not signed with the flavour's key, with ErrArtifactUnverified), since
-// any client of the registry cache can put an artifact there.
-type ArtifactStore interface {
-	// GetArtifact opens the artifact stored for key, with the digest and
-	// size stored with it; the caller closes it. Errors wrap
-	// ErrArtifactNotFound when none is stored. A read that finds the bytes
-	// do not match the digest may end with ErrArtifactCorrupt.
-	GetArtifact(ctx context.Context, key ArtifactKey) (io.ReadCloser, ArtifactInfo, error)
-	// PutArtifact stores the info.Size bytes of r, whose digest is
-	// info.Digest, as the artifact for key, replacing any stored before.
-	PutArtifact(ctx context.Context, key ArtifactKey, info ArtifactInfo, r io.Reader) error
-}
+// The artifact vocabulary is the registry cache's (package regcache): one
+// key, one description, one store interface and one set of errors, so that
+// a precompiled artifact is named the same way by the engine that makes
+// it, the executor that shares it and the cache that keeps it, and the
+// registry cache's client (regcache/proxy) is an ArtifactStore with
+// nothing translated beyond the gRPC boundary. These are their names here.
+type (
+	// ArtifactKey names a precompiled artifact: the digest of the Wasm
+	// module it was compiled from and the engine key (see EngineKey) of the
+	// engine that compiled it.
+	ArtifactKey = regcache.PrecompiledKey
+	// ArtifactInfo is what is stored with an artifact: the sha256 digest
+	// ("sha256:<hex>") and size of its bytes.
+	ArtifactInfo = regcache.Precompiled
+	// ArtifactStore shares precompiled artifacts between executors, so
+	// that an executor that finds none on its own disk loads what another
+	// executor of the same engine key compiled instead of compiling. The
+	// engine checks the bytes' size and sha256 against the ArtifactInfo
+	// before it loads them; who made them it cannot tell: the store an
+	// executor gives its engine must vouch for that (artifactsign.Store,
+	// which refuses what was not signed with the flavour's key, with
+	// ErrArtifactUnverified), since any client of the registry cache can
+	// put an artifact there.
+	ArtifactStore = regcache.PrecompiledStore
+)
 
 // Errors of an ArtifactStore.
 var (
 	// ErrArtifactNotFound: the store holds no artifact for the key.
-	ErrArtifactNotFound = errors.New("precompiled artifact not found")
+	ErrArtifactNotFound = regcache.ErrNotFound
 	// ErrArtifactCorrupt: an artifact's bytes do not match its digest or size.
-	ErrArtifactCorrupt = errors.New("precompiled artifact corrupt")
+	ErrArtifactCorrupt = regcache.ErrDigestMismatch
 	// ErrArtifactUnverified: the store holds an artifact for the key that
 	// no holder of this executor's artifact key made (unsigned, signed with
 	// another key, or for another module or engine key): it must not be
@@ -166,7 +159,7 @@ func (a *Artifacts) Fetch(ctx context.Context, key ArtifactKey, dir string) (pat
 	if a.store == nil {
 		return "", "", false
 	}
-	rc, info, err := a.store.GetArtifact(ctx, key)
+	rc, info, err := a.store.GetPrecompiled(ctx, key)
 	switch {
 	case errors.Is(err, ErrArtifactNotFound):
 		a.misses.Add(1)
@@ -259,7 +252,7 @@ func (a *Artifacts) Put(key ArtifactKey, b []byte, sumHex string) {
 		defer cancel()
 		info := ArtifactInfo{Digest: "sha256:" + sumHex, Size: int64(len(b))}
 		start := time.Now()
-		if err := a.store.PutArtifact(ctx, key, info, bytes.NewReader(b)); err != nil {
+		if err := a.store.PutPrecompiled(ctx, key, info, bytes.NewReader(b)); err != nil {
 			a.putErrs.Add(1)
 			a.log.Warn("put shared precompiled artifact failed; other executors will compile it", "module", key.ModuleDigest, "engine_key", key.EngineKey, "error", err)
 			return

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 
 	"github.com/wasmlet/wasmlet/services/executor/internal/artifactsign"
-	"github.com/wasmlet/wasmlet/services/executor/internal/artifactstore"
 	"github.com/wasmlet/wasmlet/services/executor/internal/cpulimit"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/wasmtime"
@@ -38,7 +37,8 @@ func newCPULimits(cgroup string, log *slog.Logger) (cpuLimits, error) {
 
 // newEngine makes the engine cfg names; it keeps its artifacts in a
 // subdirectory of StateDir/compiled named for its version and, with
-// SharePrecompiled, shares them through the registry cache's store pc.
+// SharePrecompiled, shares them through the registry cache's store pc
+// (an engine.ArtifactStore as it is: the two speak one vocabulary).
 func newEngine(cfg Config, cpu engine.ThreadLimiter, pc regcache.PrecompiledStore, log *slog.Logger) (engine.Engine, error) {
 	var shared engine.ArtifactStore
 	if cfg.SharePrecompiled {
@@ -69,7 +69,7 @@ func newArtifactStore(cfg Config, pc regcache.PrecompiledStore, log *slog.Logger
 	if err != nil {
 		return nil, fmt.Errorf("%w (or run with --share-precompiled=false)", err)
 	}
-	s, err := artifactsign.New(artifactstore.New(pc), key)
+	s, err := artifactsign.New(pc, key)
 	if err != nil {
 		return nil, err
 	}

@@ -290,18 +290,18 @@ func Run(t *testing.T, newCache func(t *testing.T) regcache.Cache, fx Fixture) {
 		artifact := bytes.Repeat([]byte("precompiled "), 70_000)
 		tampered := bytes.Clone(artifact)
 		tampered[len(tampered)/2] ^= 1
-		err := pc.PutPrecompiled(ctx(t), key, Digest(artifact), int64(len(tampered)), bytes.NewReader(tampered))
+		err := pc.PutPrecompiled(ctx(t), key, regcache.Precompiled{Digest: Digest(artifact), Size: int64(len(tampered))}, bytes.NewReader(tampered))
 		if !errors.Is(err, regcache.ErrDigestMismatch) {
 			t.Fatalf("PutPrecompiled(tampered) = %v, want ErrDigestMismatch", err)
 		}
 		if _, _, err := pc.GetPrecompiled(ctx(t), key); !errors.Is(err, regcache.ErrNotFound) {
 			t.Fatalf("GetPrecompiled after a mismatch = %v, want ErrNotFound", err)
 		}
-		err = pc.PutPrecompiled(ctx(t), key, Digest(artifact), int64(len(artifact))+1, bytes.NewReader(artifact))
+		err = pc.PutPrecompiled(ctx(t), key, regcache.Precompiled{Digest: Digest(artifact), Size: int64(len(artifact)) + 1}, bytes.NewReader(artifact))
 		if !errors.Is(err, regcache.ErrDigestMismatch) {
 			t.Fatalf("PutPrecompiled(wrong size) = %v, want ErrDigestMismatch", err)
 		}
-		if err := pc.PutPrecompiled(ctx(t), key, Digest(artifact), int64(len(artifact)), bytes.NewReader(artifact)); err != nil {
+		if err := pc.PutPrecompiled(ctx(t), key, regcache.Precompiled{Digest: Digest(artifact), Size: int64(len(artifact))}, bytes.NewReader(artifact)); err != nil {
 			t.Fatalf("PutPrecompiled: %v", err)
 		}
 		checkPrecompiled(ctx(t), t, pc, key, artifact)
@@ -313,7 +313,7 @@ func Run(t *testing.T, newCache func(t *testing.T) regcache.Cache, fx Fixture) {
 			t.Fatalf("GetPrecompiled(other engine) = %v, want ErrNotFound", err)
 		}
 		small := []byte("v2")
-		if err := pc.PutPrecompiled(ctx(t), key, Digest(small), int64(len(small)), bytes.NewReader(small)); err != nil {
+		if err := pc.PutPrecompiled(ctx(t), key, regcache.Precompiled{Digest: Digest(small), Size: int64(len(small))}, bytes.NewReader(small)); err != nil {
 			t.Fatalf("PutPrecompiled again: %v", err)
 		}
 		checkPrecompiled(ctx(t), t, pc, key, small)
@@ -330,11 +330,11 @@ func Run(t *testing.T, newCache func(t *testing.T) regcache.Cache, fx Fixture) {
 			if _, _, err := pc.GetPrecompiled(ctx(t), bad); !errors.Is(err, regcache.ErrInvalidReference) {
 				t.Errorf("GetPrecompiled(%q) = %v, want ErrInvalidReference", bad, err)
 			}
-			if err := pc.PutPrecompiled(ctx(t), bad, Digest(small), 2, bytes.NewReader(small)); !errors.Is(err, regcache.ErrInvalidReference) {
+			if err := pc.PutPrecompiled(ctx(t), bad, regcache.Precompiled{Digest: Digest(small), Size: 2}, bytes.NewReader(small)); !errors.Is(err, regcache.ErrInvalidReference) {
 				t.Errorf("PutPrecompiled(%q) = %v, want ErrInvalidReference", bad, err)
 			}
 		}
-		if err := pc.PutPrecompiled(ctx(t), key, "md5:abc", 2, bytes.NewReader(small)); !errors.Is(err, regcache.ErrInvalidReference) {
+		if err := pc.PutPrecompiled(ctx(t), key, regcache.Precompiled{Digest: "md5:abc", Size: 2}, bytes.NewReader(small)); !errors.Is(err, regcache.ErrInvalidReference) {
 			t.Errorf("PutPrecompiled(non-sha256 digest) = %v, want ErrInvalidReference", err)
 		}
 	})

@@ -27,7 +27,7 @@ func key(i int) regcache.PrecompiledKey {
 func put(t *testing.T, c *local.Cache, i int) {
 	t.Helper()
 	a := artifact(i)
-	if err := c.PutPrecompiled(testCtx(t), key(i), cachetest.Digest(a), int64(len(a)), bytes.NewReader(a)); err != nil {
+	if err := c.PutPrecompiled(testCtx(t), key(i), regcache.Precompiled{Digest: cachetest.Digest(a), Size: int64(len(a))}, bytes.NewReader(a)); err != nil {
 		t.Fatalf("put %d: %v", i, err)
 	}
 }

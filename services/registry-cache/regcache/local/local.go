@@ -256,8 +256,8 @@ func (c *Cache) Unpin(ctx context.Context, req regcache.UnpinRequest) error {
 }
 
 // PutPrecompiled implements regcache.PrecompiledStore.
-func (c *Cache) PutPrecompiled(ctx context.Context, key regcache.PrecompiledKey, dgst string, size int64, r io.Reader) error {
-	err := c.putPrecompiled(ctx, key, dgst, size, r)
+func (c *Cache) PutPrecompiled(ctx context.Context, key regcache.PrecompiledKey, info regcache.Precompiled, r io.Reader) error {
+	err := c.putPrecompiled(ctx, key, info.Digest, info.Size, r)
 	c.metrics.failed("put_precompiled", err)
 	return err
 }

@@ -5,8 +5,10 @@
 // the in-process one; cachetest runs against it over a real server.
 // Status codes are mapped back to the regcache sentinels, keeping the
 // server's message, so errors.Is(err, regcache.ErrNotFound) holds across
-// the wire. It owns no state beyond the connection it is given, which the
-// caller closes.
+// the wire. A server that stores no precompiled modules (an older or a
+// restricted cache: Unimplemented) is remembered, and its gets are misses
+// (regcache.ErrNotFound) from then on without a call. It owns no state
+// beyond that and the connection it is given, which the caller closes.
 //
 //	conn, _ := grpcutil.Dial("unix:///run/wasmlet/registry.sock")
 //	var c regcache.Cache = proxy.New(conn)
@@ -17,10 +19,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
 	"time"
 
 	godigest "github.com/opencontainers/go-digest"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	registryv1 "github.com/wasmlet/wasmlet/gen/wasmlet/registry/v1"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
@@ -30,6 +35,28 @@ import (
 // Client implements regcache.Cache over gRPC.
 type Client struct {
 	rpc registryv1.RegistryServiceClient
+	// noPrecompiled is set once the server answered that it stores no
+	// precompiled modules: later gets are misses, puts fail, without a call.
+	noPrecompiled atomic.Bool
+}
+
+// errNoPrecompiled: the server serves no precompiled modules.
+var errNoPrecompiled = errors.New("the registry cache does not store precompiled modules (an older or a restricted one)")
+
+// precompiledUnsupported reports whether err says the server stores no
+// precompiled modules, and remembers it.
+func (c *Client) precompiledUnsupported(err error) bool {
+	if status.Code(err) != codes.Unimplemented {
+		return false
+	}
+	c.noPrecompiled.Store(true)
+	return true
+}
+
+// noPrecompiledGet is a get's answer from a server without precompiled
+// modules: a miss.
+func noPrecompiledGet(key regcache.PrecompiledKey) error {
+	return fmt.Errorf("get precompiled %s: %w: %w", key.EngineKey, regcache.ErrNotFound, errNoPrecompiled)
 }
 
 var (
@@ -120,14 +147,20 @@ func (c *Client) Unpin(ctx context.Context, req regcache.UnpinRequest) error {
 
 // PutPrecompiled implements regcache.PrecompiledStore: it streams r in
 // chunks of server.ChunkSize bytes.
-func (c *Client) PutPrecompiled(ctx context.Context, key regcache.PrecompiledKey, digest string, size int64, r io.Reader) error {
+func (c *Client) PutPrecompiled(ctx context.Context, key regcache.PrecompiledKey, info regcache.Precompiled, r io.Reader) error {
+	if c.noPrecompiled.Load() {
+		return fmt.Errorf("put precompiled %s: %w", key.EngineKey, errNoPrecompiled)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := c.rpc.PutPrecompiled(ctx)
+	if c.precompiledUnsupported(err) {
+		return fmt.Errorf("put precompiled %s: %w", key.EngineKey, errNoPrecompiled)
+	}
 	if err != nil {
 		return wire.FromStatus(err)
 	}
-	first := &registryv1.PutPrecompiledRequest{ModuleDigest: key.ModuleDigest, EngineKey: key.EngineKey, Digest: digest, Size: size}
+	first := &registryv1.PutPrecompiledRequest{ModuleDigest: key.ModuleDigest, EngineKey: key.EngineKey, Digest: info.Digest, Size: info.Size}
 	buf := make([]byte, chunkSize)
 	for {
 		n, rerr := io.ReadFull(r, buf)
@@ -151,6 +184,9 @@ func (c *Client) PutPrecompiled(ctx context.Context, key regcache.PrecompiledKey
 		}
 	}
 	_, err = stream.CloseAndRecv()
+	if c.precompiledUnsupported(err) {
+		return fmt.Errorf("put precompiled %s: %w", key.EngineKey, errNoPrecompiled)
+	}
 	return wire.FromStatus(err)
 }
 
@@ -158,20 +194,30 @@ func (c *Client) PutPrecompiled(ctx context.Context, key regcache.PrecompiledKey
 // reader also checks the bytes against the artifact's digest, and ends
 // with regcache.ErrDigestMismatch instead of io.EOF when they differ.
 func (c *Client) GetPrecompiled(ctx context.Context, key regcache.PrecompiledKey) (io.ReadCloser, regcache.Precompiled, error) {
+	if c.noPrecompiled.Load() {
+		return nil, regcache.Precompiled{}, noPrecompiledGet(key)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	stream, err := c.rpc.GetPrecompiled(ctx, &registryv1.GetPrecompiledRequest{ModuleDigest: key.ModuleDigest, EngineKey: key.EngineKey})
-	if err != nil {
-		cancel()
-		return nil, regcache.Precompiled{}, wire.FromStatus(err)
-	}
-	first, err := stream.Recv()
-	if err != nil {
-		cancel()
-		if errors.Is(err, io.EOF) {
-			return nil, regcache.Precompiled{}, fmt.Errorf("get precompiled %s: the server ended the stream without data", key.EngineKey)
+	if err == nil {
+		var first *registryv1.GetPrecompiledResponse
+		if first, err = stream.Recv(); err == nil {
+			return c.precompiledReader(key, first, stream, cancel)
 		}
-		return nil, regcache.Precompiled{}, wire.FromStatus(err)
 	}
+	cancel()
+	switch {
+	case c.precompiledUnsupported(err):
+		return nil, regcache.Precompiled{}, noPrecompiledGet(key)
+	case errors.Is(err, io.EOF):
+		return nil, regcache.Precompiled{}, fmt.Errorf("get precompiled %s: the server ended the stream without data", key.EngineKey)
+	}
+	return nil, regcache.Precompiled{}, wire.FromStatus(err)
+}
+
+// precompiledReader reads the artifact whose first message is first, the
+// bytes checked against its digest as they are read.
+func (c *Client) precompiledReader(key regcache.PrecompiledKey, first *registryv1.GetPrecompiledResponse, stream grpc.ServerStreamingClient[registryv1.GetPrecompiledResponse], cancel context.CancelFunc) (io.ReadCloser, regcache.Precompiled, error) {
 	info := regcache.Precompiled{Digest: first.GetDigest(), Size: first.GetSize()}
 	recv := func() ([]byte, error) {
 		msg, err := stream.Recv()

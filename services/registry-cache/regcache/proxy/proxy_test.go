@@ -35,6 +35,13 @@ func serve(t *testing.T, cfg local.Config) (*proxy.Client, *local.Cache) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveCache(t, lc), lc
+}
+
+// serveCache serves c with the real gRPC server on a unix socket and
+// returns a client connected to it; opts are the server's.
+func serveCache(t *testing.T, c regcache.Cache, opts ...grpc.ServerOption) *proxy.Client {
+	t.Helper()
 	// Unix socket paths are short: t.TempDir() can be too long.
 	sockDir, err := shortTempDir(t)
 	if err != nil {
@@ -44,8 +51,8 @@ func serve(t *testing.T, cfg local.Config) (*proxy.Client, *local.Cache) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer()
-	server.New(lc).Register(srv)
+	srv := grpc.NewServer(opts...)
+	server.New(c).Register(srv)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- grpcutil.Serve(ctx, srv, l, time.Second) }()
@@ -65,7 +72,7 @@ func serve(t *testing.T, cfg local.Config) (*proxy.Client, *local.Cache) {
 	if err := grpcutil.WaitHealthy(wctx, conn); err != nil {
 		t.Fatal(err)
 	}
-	return proxy.New(conn), lc
+	return proxy.New(conn)
 }
 
 func TestConformanceOverGRPC(t *testing.T) {

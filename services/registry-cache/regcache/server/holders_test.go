@@ -65,7 +65,7 @@ func TestHoldersScopedByCertificate(t *testing.T) {
 	put := func(i int) {
 		t.Helper()
 		key := regcache.PrecompiledKey{ModuleDigest: cachetest.Digest([]byte("module")), EngineKey: fmt.Sprintf("engine-%d", i)}
-		if err := a.PutPrecompiled(ctx, key, cachetest.Digest(art(i)), 1000, bytes.NewReader(art(i))); err != nil {
+		if err := a.PutPrecompiled(ctx, key, regcache.Precompiled{Digest: cachetest.Digest(art(i)), Size: 1000}, bytes.NewReader(art(i))); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -202,7 +202,7 @@ func (s *Server) PutPrecompiled(stream grpc.ClientStreamingServer[registryv1.Put
 		}
 		return msg.GetChunk(), nil
 	}}
-	if err := s.precompiled.PutPrecompiled(stream.Context(), key, first.GetDigest(), first.GetSize(), r); err != nil {
+	if err := s.precompiled.PutPrecompiled(stream.Context(), key, regcache.Precompiled{Digest: first.GetDigest(), Size: first.GetSize()}, r); err != nil {
 		return wire.ToStatus(err)
 	}
 	return stream.SendAndClose(&registryv1.PutPrecompiledResponse{})

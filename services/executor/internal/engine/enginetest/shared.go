@@ -43,8 +43,8 @@ func NewMemoryStore() *MemoryStore {
 	return &MemoryStore{entries: map[engine.ArtifactKey]MemoryEntry{}}
 }
 
-// GetArtifact implements engine.ArtifactStore.
-func (s *MemoryStore) GetArtifact(_ context.Context, key engine.ArtifactKey) (io.ReadCloser, engine.ArtifactInfo, error) {
+// GetPrecompiled implements engine.ArtifactStore.
+func (s *MemoryStore) GetPrecompiled(_ context.Context, key engine.ArtifactKey) (io.ReadCloser, engine.ArtifactInfo, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.GetErr != nil {
@@ -57,9 +57,9 @@ func (s *MemoryStore) GetArtifact(_ context.Context, key engine.ArtifactKey) (io
 	return io.NopCloser(bytes.NewReader(e.Bytes)), e.Info, nil
 }
 
-// PutArtifact implements engine.ArtifactStore; it keeps what it is given
+// PutPrecompiled implements engine.ArtifactStore; it keeps what it is given
 // only when it matches info, as the registry cache does.
-func (s *MemoryStore) PutArtifact(_ context.Context, key engine.ArtifactKey, info engine.ArtifactInfo, r io.Reader) error {
+func (s *MemoryStore) PutPrecompiled(_ context.Context, key engine.ArtifactKey, info engine.ArtifactInfo, r io.Reader) error {
 	b, err := io.ReadAll(r)
 	if err != nil {
 		return err
@@ -259,7 +259,7 @@ func RunShared(t *testing.T, newEngine NewSharingEngine) {
 			t.Fatalf("engine given a forged artifact: %+v, want it refused and the module compiled", st)
 		}
 		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-			rc, _, err := signed.GetArtifact(context.Background(), key)
+			rc, _, err := signed.GetPrecompiled(context.Background(), key)
 			if err == nil {
 				rc.Close()
 				break
