@@ -1,9 +1,12 @@
 package enginetest
 
 import (
+	"context"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -62,13 +65,57 @@ func RunDiskBound(t *testing.T, newEngine NewBoundedEngine) {
 		t.Errorf("running %d modules of which at most 3 fit the bound compiled %d times, want at least %d", n, got, n-3)
 	}
 
-	// A restart with a bound of one module keeps the one used last.
+	// Starts at once, each evicting what the others compiled: none may
+	// lose the code it is loading.
+	var wg sync.WaitGroup
+	for round := range 2 {
+		for i, m := range mods {
+			wg.Go(func() {
+				inst, err := e.Start(context.Background(), m, engine.Spec{Args: []string{"m"}})
+				if err != nil {
+					t.Errorf("round %d, module %d: start under eviction: %v", round, i, err)
+					return
+				}
+				if res := inst.Wait(); res.Reason != engine.ReasonCompleted {
+					t.Errorf("round %d, module %d: %+v", round, i, res)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	within("after concurrent starts", bound)
+
+	// A use is recorded on disk: with every file made two hours old, a
+	// start of module 0 makes it the one a restart with a bound of one
+	// module keeps.
+	if res := run(t, e, mods[0], engine.Spec{Args: []string{"m"}}); res.Reason != engine.ReasonCompleted {
+		t.Fatalf("module 0: %+v", res)
+	}
+	age(t, dir, 2*time.Hour)
+	if res := run(t, e, mods[0], engine.Spec{Args: []string{"m"}}); res.Reason != engine.ReasonCompleted {
+		t.Fatalf("module 0: %+v", res)
+	}
 	e2 := newEngine(t, dir, per+per/2)
 	within("after a restart with a lower bound", per+per/2)
 	before = stats(t, e2).Compiles
-	Prepare(t, e2, paths[n-1])
+	Prepare(t, e2, paths[0])
 	if got := stats(t, e2).Compiles - before; got != 0 {
-		t.Errorf("the module used last was compiled again (%d) after a restart that lowered the bound: it was evicted instead of an older one", got)
+		t.Errorf("the module used last was compiled again (%d) after a restart that lowered the bound: an older one was kept instead", got)
+	}
+}
+
+// age sets the times of every regular file under dir to d ago.
+func age(t testing.TB, dir string, d time.Duration) {
+	t.Helper()
+	when := time.Now().Add(-d)
+	err := filepath.WalkDir(dir, func(p string, de fs.DirEntry, err error) error {
+		if err != nil || !de.Type().IsRegular() {
+			return err
+		}
+		return os.Chtimes(p, when, when)
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 
