@@ -50,7 +50,7 @@ func newEngine(cfg Config, cpu engine.ThreadLimiter, pc regcache.PrecompiledStor
 	dir := filepath.Join(cfg.StateDir, "compiled")
 	switch cfg.Engine {
 	case "wazero":
-		return wazero.New(wazero.Config{CacheDir: dir, CPU: cpu, Shared: shared, Logger: log})
+		return wazero.New(wazero.Config{CacheDir: dir, CPU: cpu, Shared: shared, Logger: log, MaxCacheBytes: cfg.CompiledCacheBytes})
 	default:
 		return wasmtime.New(wasmtime.Config{CacheDir: dir, CPU: cpu, Shared: shared, Logger: log, MaxCacheBytes: cfg.CompiledCacheBytes})
 	}
