@@ -6,16 +6,38 @@
 # stack's glue (hack/compose/wasmlet-compose) are built from this tree into
 # bin/compose/. Images are built one after another (the machines have 2 cores)
 # and tagged wasmlet-compose/<name>:${WASMLET_COMPOSE_TAG:-dev}.
+#
+# executor-arm64 is the executor built for linux/arm64 (cgo, cross-linked
+# with Debian's gcc-aarch64-linux-gnu) and run by qemu-aarch64-static
+# (qemu-user-static), both installed here when missing (as root, with apt).
+#
+# WASMLET_COMPOSE_SRC builds the Go binaries from another checkout of this
+# module (e.g. a `git worktree` of the last commit while the tree is mid-edit).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
+src=$(cd "${WASMLET_COMPOSE_SRC:-$root}" && pwd)
 out=$root/bin/compose
 tag=${WASMLET_COMPOSE_TAG:-dev}
 export DOCKER_BUILDKIT=0 # the classic builder: no BuildKit front end to pull
 
+missing=()
+for pkg in qemu-user-static gcc-aarch64-linux-gnu libc6-dev-arm64-cross; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing Debian packages for executor-arm64: ${missing[*]} (sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+  echo "installing: ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
 cp_dir=$("$root/hack/controlplane/build.sh")
 reg_dir=$("$root/hack/compose/registry/build.sh")
 
-cd "$root"
+cd "$src"
 start=$(date +%s)
 mkdir -p "$out/bin" "$out/wasm"
 CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$out/bin/" \
@@ -27,6 +49,10 @@ CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$out/bin/nats-server" gith
 CGO_ENABLED=1 go build -trimpath -tags netgo,osusergo \
   -ldflags '-s -w -linkmode external -extldflags -static' \
   -o "$out/bin/executor" ./services/executor 2> >(grep -v 'statically linked applications\|in function\|^/usr/bin/ld\|^# ' >&2 || true)
+mkdir -p "$out/bin/arm64"
+CGO_ENABLED=1 GOARCH=arm64 CC=aarch64-linux-gnu-gcc go build -trimpath -tags netgo,osusergo \
+  -ldflags '-s -w -linkmode external -extldflags -static' \
+  -o "$out/bin/arm64/executor" ./services/executor 2> >(grep -v 'statically linked applications\|in function\|^/usr/bin/ld\|^# ' >&2 || true)
 GOOS=wasip1 GOARCH=wasm go build -trimpath -o "$out/wasm/hello.wasm" ./examples/hello
 echo "built the binaries in $(( $(date +%s) - start ))s" >&2
 
@@ -50,6 +76,7 @@ images=(
   "registry-cache $out/bin/registry-cache"
   "nodeagent $out/bin/nodeagent"
   "executor $out/bin/executor"
+  "executor-arm64 $out/bin/arm64/executor /usr/bin/qemu-aarch64-static"
 )
 for entry in "${images[@]}"; do
   read -r name files <<<"$entry"
@@ -60,7 +87,7 @@ for entry in "${images[@]}"; do
     ln -f "$f" "$ctx/" 2>/dev/null || cp "$f" "$ctx/"
   done
   t0=$(date +%s)
-  docker build -q -t "wasmlet-compose/$name:$tag" -f "deploy/compose/images/$name.Dockerfile" "$ctx" >/dev/null \
+  docker build -q -t "wasmlet-compose/$name:$tag" -f "$root/deploy/compose/images/$name.Dockerfile" "$ctx" >/dev/null \
     2> >(grep -v 'DEPRECATED: The legacy builder\|BuildKit is currently disabled\|environment-variable\.\|^$' >&2 || true)
   echo "image wasmlet-compose/$name:$tag ($(( $(date +%s) - t0 ))s)" >&2
 done

@@ -53,7 +53,7 @@ func TestComposeStack(t *testing.T) {
 	}
 	s := newStack(t)
 	tag := envOr("WASMLET_COMPOSE_TAG", defaultImageTag)
-	for _, img := range []string{"init", "etcd", "kube-apiserver", "nats", "registry", "registry-cache", "nodeagent", "executor"} {
+	for _, img := range []string{"init", "etcd", "kube-apiserver", "nats", "registry", "registry-cache", "nodeagent", "executor", "executor-arm64"} {
 		if err := exec.Command("docker", "image", "inspect", "wasmlet-compose/"+img+":"+tag).Run(); err != nil {
 			t.Fatalf("image wasmlet-compose/%s:%s is missing: run make compose-images (or make compose-test, which builds them)", img, tag)
 		}
@@ -88,13 +88,16 @@ func TestComposeStack(t *testing.T) {
 
 	// One pod per executor flavour, by RuntimeClass; running, then its logs.
 	s.step("one pod per flavour")
-	flavours := map[string]string{"wasmtime": "wasmlet-1", "wazero": "wasmlet-2"}
+	// RuntimeClass -> the node whose executors serve it. wasmtime-arm64 is
+	// the executor built for linux/arm64 under qemu: its first compile of
+	// the module takes tens of seconds.
+	flavours := map[string]string{"wasmtime": "wasmlet-1", "wazero": "wasmlet-2", "wasmtime-arm64": "wasmlet-2"}
 	for rc := range flavours {
 		s.kubectlIn(podManifest("hello-"+rc, rc), "apply", "-f", "-")
 	}
 	for rc, node := range flavours {
 		pod := "hello-" + rc
-		s.waitFor(2*time.Minute, pod+" Succeeded", func() bool {
+		s.waitFor(4*time.Minute, pod+" Succeeded", func() bool {
 			return s.kubectlQuiet("get", "pod", pod, "-o", "jsonpath={.status.phase}") == "Succeeded"
 		})
 		if got := s.kubectl("get", "pod", pod, "-o", "jsonpath={.spec.nodeName}"); got != node {
@@ -109,6 +112,16 @@ func TestComposeStack(t *testing.T) {
 		}
 	}
 	t.Logf("TIMING pods: one per flavour run and logged %.1fs after `up`", time.Since(begin).Seconds())
+	// The arm64 pod ran on the emulated linux/arm64 executor: ask it.
+	arm := s.containers("executor-arm64", "healthy")
+	if len(arm) != 1 {
+		t.Fatalf("healthy executor-arm64 containers: %v, want one", arm)
+	}
+	armOut := s.run("docker", append([]string{"exec", arm[0], "/bin/wasmlet-compose", "instances", "tcp://{ip}:7000"}, strings.Fields(executorTLSFlags)...)...)
+	t.Logf("executor-arm64 holds:\n%s", armOut)
+	if !strings.Contains(armOut, "on linux/arm64") || !strings.Contains(armOut, "default/hello-wasmtime-arm64 hello EXITED") {
+		t.Errorf("executor-arm64 = %q: want a linux/arm64 executor that ran default/hello-wasmtime-arm64", armOut)
+	}
 
 	// Scale the wasmtime flavour to 3 replicas and spread a Deployment.
 	s.step(fmt.Sprintf("scale executor-wasmtime to %d", wasmtimeReplicas))
@@ -331,7 +344,7 @@ func (s *stack) dumpState() {
 	s.t.Logf("compose ps:\n%s", out)
 	out, _ = s.try(nil, "kubectl", "--kubeconfig", s.kubeconfig, "--request-timeout=10s", "get", "nodes,pods", "-A", "-o", "wide")
 	s.t.Logf("kubectl get nodes,pods:\n%s", out)
-	for _, svc := range []string{"nodeagent-1", "nodeagent-2", "executor-wasmtime", "executor-wazero"} {
+	for _, svc := range []string{"nodeagent-1", "nodeagent-2", "executor-wasmtime", "executor-wazero", "executor-arm64"} {
 		out, _ := s.try(nil, s.compose[0], append(s.compose[1:], "logs", "--no-color", "--tail=30", svc)...)
 		s.t.Logf("logs of %s:\n%s", svc, out)
 	}

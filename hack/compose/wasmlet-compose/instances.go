@@ -13,8 +13,9 @@ import (
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 )
 
-// runInstances prints the instances an executor holds, one line each:
-// "namespace/pod container STATE". It is how the stack's test sees which
+// runInstances prints what an executor is ("# executor ID: ENGINE VERSION
+// on OS/ARCH") and the instances it holds, one line each: "namespace/pod
+// container STATE". It is how the stack's test sees which
 // replica of a flavour runs which pod; run it in the executor's container
 // (docker exec), with that container's own key pair:
 //
@@ -46,7 +47,13 @@ func runInstances(args []string) error {
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	resp, err := executorv1.NewExecutorServiceClient(conn).ListInstances(ctx, &executorv1.ListInstancesRequest{})
+	client := executorv1.NewExecutorServiceClient(conn)
+	info, err := client.GetInfo(ctx, &executorv1.GetInfoRequest{})
+	if err != nil {
+		return fmt.Errorf("%s: %w", addr, err)
+	}
+	fmt.Printf("# executor %s: %s %s on %s/%s\n", info.GetExecutorId(), info.GetEngine(), info.GetEngineVersion(), info.GetOs(), info.GetArch())
+	resp, err := client.ListInstances(ctx, &executorv1.ListInstancesRequest{})
 	if err != nil {
 		return fmt.Errorf("%s: %w", addr, err)
 	}
