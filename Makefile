@@ -111,7 +111,9 @@ compose-down: ## stop the compose stack and remove its containers, networks and 
 	@hack/compose/stack.sh down
 
 .PHONY: compose-test
-compose-test: compose-images ## test the compose stack from nothing with docker compose and kubectl (needs a Docker engine; not part of make test)
+compose-test: ## test the compose stack from nothing with docker compose and kubectl (skips, saying why, when no Docker engine answers)
+	@if docker info >/dev/null 2>&1; then hack/compose/build.sh; \
+	  else echo "compose-test: no Docker engine answers (docker info failed): no images built; the test will skip"; fi
 	WASMLET_COMPOSE_TEST=1 go test -count=1 -v -timeout 20m ./test/compose
 
 .PHONY: clean

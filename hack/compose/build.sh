@@ -87,8 +87,10 @@ for entry in "${images[@]}"; do
     ln -f "$f" "$ctx/" 2>/dev/null || cp "$f" "$ctx/"
   done
   t0=$(date +%s)
-  docker build -q -t "wasmlet-compose/$name:$tag" -f "$root/deploy/compose/images/$name.Dockerfile" "$ctx" >/dev/null \
+  docker build -q --label io.wasmlet.compose=true -t "wasmlet-compose/$name:$tag" -f "$root/deploy/compose/images/$name.Dockerfile" "$ctx" >/dev/null \
     2> >(grep -v 'DEPRECATED: The legacy builder\|BuildKit is currently disabled\|environment-variable\.\|^$' >&2 || true)
   echo "image wasmlet-compose/$name:$tag ($(( $(date +%s) - t0 ))s)" >&2
 done
+# The images these replaced, now untagged: only ours (by label).
+docker image prune -f --filter label=io.wasmlet.compose=true >/dev/null
 echo "built the images in $(( $(date +%s) - start ))s" >&2
