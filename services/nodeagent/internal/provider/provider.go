@@ -154,24 +154,28 @@ func (p *Provider) CreatePod(ctx context.Context, pod *v1.Pod) error {
 	p.mu.Lock()
 	p.pods[k] = e
 	p.mu.Unlock()
-	go w.Run(p.ctx)
 	go func() {
-		<-w.Done()
+		w.Run(p.ctx)
 		if p.ctx.Err() != nil {
 			return
 		}
 		binding.Release()
 		// Keep the final status readable until virtual-kubelet has written
 		// it and removed the pod.
-		time.Sleep(time.Minute)
-		p.mu.Lock()
-		if p.pods[k] == e {
-			delete(p.pods, k)
-		}
-		p.mu.Unlock()
+		time.AfterFunc(endedKept, func() {
+			p.mu.Lock()
+			if p.pods[k] == e {
+				delete(p.pods, k)
+			}
+			p.mu.Unlock()
+		})
 	}()
 	return nil
 }
+
+// endedKept is how long a terminated pod's worker stays known, its final
+// status readable.
+const endedKept = time.Minute
 
 // route picks the pod's executor flavour from its RuntimeClass's handler.
 func (p *Provider) route(ctx context.Context, pod *v1.Pod) (string, error) {
