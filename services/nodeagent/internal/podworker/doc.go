@@ -1,26 +1,42 @@
 // Package podworker runs the lifecycle of one pod on a wasmlet node: one
-// Worker per pod, one goroutine per Worker. The Worker pulls each container's
-// module through the registry cache, starts one executor instance per
-// container, turns instance state changes into the pod's status, applies the
-// restart policy with the kubelet's crash-loop back-off, and on deletion stops
-// its instances within the grace period.
+// Worker per pod, one goroutine per Worker, and the only writer of its
+// pod's status. It owns pulling through the registry cache, the pod's
+// volumes, one executor instance per container (spec.go), the restart
+// policy with one back-off (backoff.go) and the status built from the
+// containers (status.go).
 //
-// Every phase of a pod is a named State with declared transitions
-// (transitions in state.go); an undeclared transition is a bug and is logged
-// and refused. The Worker is the only writer of its pod's status: it builds
-// the status from its own state and hands a copy to Deps.Notify, which may
-// coalesce (virtual-kubelet's status queue does).
+// It must not touch the Kubernetes API beyond reading what a pod
+// references (Deps.Client), nor the executor's internals or wire: it holds
+// an instances.Runtime. Restart counts live in instance labels
+// (LabelRestartCount), so a restarted node agent adopts what it finds.
 //
-// What the package must not touch: the Kubernetes API (beyond reading the
-// secrets and config maps a pod references, through Deps.Client) and the
-// executor's internals or its wire protocol — it speaks to executors only
-// through instances.Runtime.
+// Each State has a handler (state.go) that reads the world (the pod, its
+// instances) and returns the next state; Run enters what it returns. The
+// states that run instances share one level-based handler: apply what the
+// executor reported, start what is due, name the state, wait for a change
+// or the periodic resync. Init containers go through it like the others.
+//
+//	state             kubectl shows                               next
+//	Registered        Pending                                     Pulling
+//	Pulling           ContainerCreating; ErrImagePull             PreparingVolumes, PullBackOff
+//	PullBackOff       ImagePullBackOff                            Pulling
+//	PreparingVolumes  ContainerCreating; CreateContainerConfigError Initializing, Starting
+//	Initializing      Init:N/M                                    Starting, Running, CrashLoopBackOff, Completed
+//	Starting          ContainerCreating; CreateContainerError     Running, CrashLoopBackOff, Completed
+//	Running           Running                                     Starting, CrashLoopBackOff, Completed
+//	CrashLoopBackOff  (Init:)CrashLoopBackOff                     Initializing, Starting, Running
+//	Completed         Completed, Error, Init:Error                -
+//	Terminating       Terminating                                 Terminated
+//
+// Every state but Terminated may go to Terminating (the pod was deleted,
+// or its deadline passed).
 //
 // Usage:
 //
 //	w := podworker.New(deps, pod)
 //	go w.Run(ctx)
 //	w.InstanceChanged(inst)   // an instances.Instance from the replica's watch
+//	w.InstancesLost(reason)   // its executor is gone
 //	w.Terminate(30 * time.Second)
 //	<-w.Done()
 package podworker

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -69,30 +70,93 @@ type harness struct {
 	w      *Worker
 	events *events
 
-	mu       sync.Mutex
-	statuses []v1.PodStatus // every status notified
+	mu          sync.Mutex
+	statuses    []v1.PodStatus // every status notified
+	transitions []transition   // every state change, in order
+}
+
+type transition struct{ from, to State }
+
+func (tr transition) String() string { return string(tr.from) + " -> " + string(tr.to) }
+
+// stateLog records the Worker's state changes from its log, and fails the
+// test on an undeclared one.
+type stateLog struct{ h *harness }
+
+func (stateLog) Enabled(context.Context, slog.Level) bool { return true }
+func (l stateLog) Handle(_ context.Context, r slog.Record) error {
+	var tr transition
+	r.Attrs(func(a slog.Attr) bool {
+		switch a.Key {
+		case "from":
+			tr.from = State(a.Value.String())
+		case "to":
+			tr.to = State(a.Value.String())
+		}
+		return true
+	})
+	switch r.Message {
+	case "pod state":
+		l.h.mu.Lock()
+		l.h.transitions = append(l.h.transitions, tr)
+		l.h.mu.Unlock()
+	case "undeclared pod state change":
+		l.h.t.Errorf("undeclared transition %s", tr)
+	}
+	return nil
+}
+func (l stateLog) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l stateLog) WithGroup(string) slog.Handler      { return l }
+
+// walked returns the transitions made so far.
+func (h *harness) walked() []transition {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.transitions)
+}
+
+// config is what a harness runs with besides the pod and the executor.
+type config struct {
+	backoff Backoff
+	cache   regcache.Cache   // default moduleCache
+	objects []runtime.Object // in the API
+	before  func(w *Worker)  // called before Run
+	sync    time.Duration    // Deps.VolumeRefresh
+	noWatch bool             // no watch feeds the Worker: only its resync
 }
 
 // run starts a Worker for pod on exec, and a watch that feeds it exec's
 // instance events as the executor pool does.
 func run(t *testing.T, exec *instancestest.Fake, pod *v1.Pod, b Backoff) *harness {
+	return runWith(t, exec, pod, config{backoff: b})
+}
+
+func runWith(t *testing.T, exec *instancestest.Fake, pod *v1.Pod, cfg config) *harness {
 	t.Helper()
 	h := &harness{t: t, exec: exec, events: &events{}}
+	if cfg.cache == nil {
+		cfg.cache = moduleCache{}
+	}
 	h.w = New(Deps{
-		Client:     fake.NewClientset(),
-		Cache:      moduleCache{},
-		Executor:   exec,
-		Recorder:   h.events,
-		NodeIP:     "10.0.0.1",
-		LogSubject: func(ns, pod, c string) string { return "logs." + ns + "." + pod + "." + c },
-		VolumeDir:  t.TempDir(),
-		Backoff:    b,
+		Client:        fake.NewClientset(cfg.objects...),
+		Cache:         cfg.cache,
+		Executor:      exec,
+		Recorder:      h.events,
+		NodeIP:        "10.0.0.1",
+		LogSubject:    func(ns, pod, c string) string { return "logs." + ns + "." + pod + "." + c },
+		VolumeDir:     t.TempDir(),
+		Backoff:       cfg.backoff,
+		VolumeRefresh: cfg.sync,
+		Log:           slog.New(stateLog{h}),
 		Notify: func(p *v1.Pod) {
 			h.mu.Lock()
 			h.statuses = append(h.statuses, p.Status)
 			h.mu.Unlock()
 		},
 	}, pod)
+	if cfg.before != nil {
+		cfg.before(h.w)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Add(2)
@@ -102,7 +166,7 @@ func run(t *testing.T, exec *instancestest.Fake, pod *v1.Pod, b Backoff) *harnes
 	}()
 	go func() {
 		defer wg.Done()
-		for ctx.Err() == nil {
+		for ctx.Err() == nil && !cfg.noWatch {
 			// After a loss the sequence starts again: watch from zero.
 			_ = exec.Watch(ctx, 0, "", func(in instances.Instance) error {
 				h.w.InstanceChanged(in)
@@ -131,6 +195,29 @@ func (h *harness) waitFor(what string, cond func(st v1.PodStatus) bool) v1.PodSt
 			h.t.Fatalf("timed out waiting for %s; status: %s", what, describe(st))
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// waitState waits until the Worker is in state s.
+func (h *harness) waitState(s State) {
+	h.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for h.w.State() != s {
+		if time.Now().After(deadline) {
+			h.t.Fatalf("timed out waiting for state %s; in %s after %v", s, h.w.State(), h.walked())
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// terminate terminates the pod and waits for the Worker to end.
+func (h *harness) terminate() {
+	h.t.Helper()
+	h.w.Terminate(10 * time.Millisecond)
+	select {
+	case <-h.w.Done():
+	case <-time.After(5 * time.Second):
+		h.t.Fatalf("the worker did not end after Terminate; in %s", h.w.State())
 	}
 }
 
@@ -453,5 +540,18 @@ func TestLifecycleCompletes(t *testing.T) {
 		if term := container(st, name).State.Terminated; term == nil || term.Reason != "Completed" || container(st, name).RestartCount != 0 {
 			t.Errorf("%s: %s", name, describe(st))
 		}
+	}
+}
+
+// A change whose event never reached the Worker is found by its periodic
+// resync, which lists the pod's instances again.
+func TestLifecycleResync(t *testing.T) {
+	exec := &instancestest.Fake{Behave: func(string, instances.Spec) instancestest.Outcome {
+		return instancestest.ExitsWith(3, 20*time.Millisecond)
+	}}
+	h := runWith(t, exec, testPod(v1.RestartPolicyNever, nil, "app"), config{backoff: testBackoff, sync: 50 * time.Millisecond, noWatch: true})
+	st := h.waitFor("failed", func(st v1.PodStatus) bool { return st.Phase == v1.PodFailed })
+	if term := container(st, "app").State.Terminated; term == nil || term.ExitCode != 3 {
+		t.Errorf("after the resync: %s", describe(st))
 	}
 }

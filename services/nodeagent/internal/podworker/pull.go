@@ -1,0 +1,107 @@
+package podworker
+
+import (
+	"context"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
+)
+
+// statusDelay is how long a pod may go without its first status from the
+// node: a module that is cached starts sooner, and then the pod's first
+// status write is already Running (one write instead of two).
+const statusDelay = 100 * time.Millisecond
+
+// resolveAllPublishing resolves in the background and, if that takes
+// longer than statusDelay (a pull from the origin), publishes the pod's
+// ContainerCreating status meanwhile.
+func (w *Worker) resolveAllPublishing(ctx context.Context, pod *v1.Pod, first bool) (*ctr, error) {
+	type result struct {
+		res    map[*ctr]regcache.Resolved
+		failed *ctr
+		err    error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, failed, err := w.resolveAll(ctx, pod)
+		done <- result{res, failed, err}
+	}()
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(statusDelay):
+		if first {
+			w.publish()
+		}
+		r = <-done
+	}
+	for c, res := range r.res {
+		c.image = res
+	}
+	return r.failed, r.err
+}
+
+// resolveAll resolves every container's module that is not yet resolved.
+// It runs outside Run's goroutine, so it only reads the containers.
+func (w *Worker) resolveAll(ctx context.Context, pod *v1.Pod) (map[*ctr]regcache.Resolved, *ctr, error) {
+	out := map[*ctr]regcache.Resolved{}
+	creds, err := pullCredentials(ctx, w.deps.Client, pod)
+	if err != nil {
+		return out, w.all()[0], err
+	}
+	for _, c := range w.all() {
+		if c.image.ModuleDigest != "" {
+			continue
+		}
+		start := time.Now()
+		// Like the kubelet, say "Pulling" only for a pull that takes time: a
+		// module the cache holds is just reported Pulled.
+		pulling := time.AfterFunc(statusDelay, func() {
+			w.event(v1.EventTypeNormal, "Pulling", "Pulling image %q", c.spec.Image)
+		})
+		res, err := w.deps.Cache.Resolve(ctx, regcache.ResolveRequest{
+			Reference:   c.spec.Image,
+			Policy:      pullPolicy(c.spec.ImagePullPolicy),
+			Credentials: creds,
+			// Held until the pod is terminated: a cache with a size budget
+			// never evicts the module of a pod on the node.
+			PinHolder: w.pinHolder(pod),
+		})
+		pulling.Stop()
+		if err != nil {
+			return out, c, err
+		}
+		if res.Warning != "" {
+			w.event(v1.EventTypeWarning, "PullWarning", "%s", res.Warning)
+		}
+		w.event(v1.EventTypeNormal, "Pulled", "Successfully pulled image %q in %s (module %s, %d bytes)",
+			c.spec.Image, time.Since(start).Round(time.Millisecond), res.ModuleDigest, res.ModuleSize)
+		out[c] = res
+	}
+	return out, nil, nil
+}
+
+func (w *Worker) pinHolder(pod *v1.Pod) string { return "pod/" + string(pod.UID) }
+
+// unpin releases the pod's pins on its modules, where the cache pins.
+func (w *Worker) unpin(ctx context.Context) {
+	p, ok := w.deps.Cache.(regcache.Pinner)
+	if !ok {
+		return
+	}
+	if err := p.Unpin(ctx, regcache.UnpinRequest{Holder: w.pinHolder(w.current())}); err != nil {
+		w.log.Warn("unpin modules failed", "err", err)
+	}
+}
+
+func pullPolicy(p v1.PullPolicy) regcache.PullPolicy {
+	switch p {
+	case v1.PullAlways:
+		return regcache.PullAlways
+	case v1.PullNever:
+		return regcache.PullNever
+	}
+	return regcache.PullIfNotPresent
+}
