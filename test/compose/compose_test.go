@@ -318,6 +318,9 @@ func (s *stack) leftovers() string {
 // one, left: compose down first, then anything still labelled with the
 // project (a container of a scaled service compose no longer knows).
 func (s *stack) removeLeftovers() {
+	if left := s.leftovers(); left != "" {
+		s.t.Logf("removing what is left of project %s:\n%s", project, left)
+	}
 	if _, err := s.try(nil, s.compose[0], append(s.compose[1:], "down", "-v", "--remove-orphans", "--timeout", "5")...); err != nil {
 		s.t.Logf("compose down: %v", err)
 	}
