@@ -3,7 +3,7 @@
 // types and errors every implementation shares, and what they do alike:
 // the instance lifecycle (Run: its thread and CPU limit, kill, usage, and
 // the one rule for how a run ended), the checks of modules and specs, and
-// compiled artifacts on disk (bounded by DiskCache) and in a shared store
+// compiled artifacts on disk (bounded by NewDiskCache) and in a shared store
 // (Artifacts). The implementations (engine/wasmtime, the default;
 // engine/wazero, pure Go) keep only what is their runtime's: compiling,
 // linking WASI, instantiating, interrupting, reading memory, and which

@@ -12,6 +12,7 @@ import (
 
 	wt "github.com/bytecodealliance/wasmtime-go/v39"
 
+	"github.com/wasmlet/wasmlet/services/executor/internal/diskcache"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 )
 
@@ -231,12 +232,12 @@ func checkWASI(mod *wt.Module, digest string) error {
 // units lists the artifacts in the cache directory for Engine.disk: each
 // module's artifact and sidecar (the sidecar's mtime is its last use, see
 // ready). Files being written (temporary names) are not counted.
-func (e *Engine) units() ([]engine.CacheUnit, error) {
+func (e *Engine) units() ([]diskcache.Unit, error) {
 	ds, err := os.ReadDir(e.dir)
 	if err != nil {
 		return nil, err
 	}
-	byKey := map[string]*engine.CacheUnit{}
+	byKey := map[string]*diskcache.Unit{}
 	var keys []string
 	for _, d := range ds {
 		key, rest, _ := strings.Cut(d.Name(), ".")
@@ -245,13 +246,13 @@ func (e *Engine) units() ([]engine.CacheUnit, error) {
 		}
 		u := byKey[key]
 		if u == nil {
-			u = &engine.CacheUnit{Key: key}
+			u = &diskcache.Unit{Key: key}
 			byKey[key] = u
 			keys = append(keys, key)
 		}
 		u.Files = append(u.Files, filepath.Join(e.dir, d.Name()))
 	}
-	units := make([]engine.CacheUnit, 0, len(keys))
+	units := make([]diskcache.Unit, 0, len(keys))
 	for _, k := range keys {
 		units = append(units, *byKey[k]) // ReadDir sorts: the artifact before its sidecar
 	}

@@ -7,6 +7,7 @@ import (
 
 	wt "github.com/bytecodealliance/wasmtime-go/v39"
 
+	"github.com/wasmlet/wasmlet/services/executor/internal/diskcache"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 )
 
@@ -78,7 +79,7 @@ type runners struct {
 	n       int
 	warming map[string]bool // digests a spare is being made for
 
-	disk *engine.DiskCache // keeps a spare's artifact until it is loaded
+	disk *diskcache.Cache // keeps a spare's artifact until it is loaded
 }
 
 // get returns an idle runner of m loaded from the artifact st, or a new

@@ -18,7 +18,7 @@
 //     use and whenever they change on disk: wasmtime checks an artifact's
 //     header (its wasmtime, Config, target and ISA flags), not its code.
 //   - Artifacts on disk are bounded by total bytes (Config.MaxCacheBytes,
-//     engine.DiskCache): a module's unit is its artifact and sidecar, the
+//     engine.NewDiskCache): a module's unit is its artifact and sidecar, the
 //     sidecar's mtime its last use; an artifact is in use from ready's
 //     check until a runner has loaded it (a runner keeps what it loaded,
 //     also once the file is unlinked). A module whose artifact went is
@@ -51,6 +51,7 @@ import (
 	wt "github.com/bytecodealliance/wasmtime-go/v39"
 	"golang.org/x/sys/unix"
 
+	"github.com/wasmlet/wasmlet/services/executor/internal/diskcache"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 )
 
@@ -85,7 +86,7 @@ type Engine struct {
 	engine.Base
 	dir  string
 	cpu  engine.ThreadLimiter
-	disk *engine.DiskCache // bounds dir
+	disk *diskcache.Cache // bounds dir
 
 	compileMu sync.Mutex // one compile at a time: each uses every core
 	compiler  *wt.Engine
@@ -115,7 +116,11 @@ func New(cfg Config) (*Engine, error) {
 		compiler: newEngine(),
 		modules:  map[string]*module{},
 	}
-	e.disk = engine.NewDiskCache(cfg.MaxCacheBytes, e.units, cfg.Logger)
+	disk, err := engine.NewDiskCache(cfg.MaxCacheBytes, e.units, cfg.Logger)
+	if err != nil {
+		return nil, fmt.Errorf("wasmtime engine: %w", err)
+	}
+	e.disk = disk
 	e.runners.disk = e.disk
 	// A bound lowered since the last run holds from the start.
 	if _, err := e.disk.Trim(); err != nil {

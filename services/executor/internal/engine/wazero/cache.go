@@ -16,6 +16,7 @@ import (
 	wz "github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/experimental"
 
+	"github.com/wasmlet/wasmlet/services/executor/internal/diskcache"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 )
 
@@ -300,13 +301,13 @@ func (e *Engine) trim(keep ...string) {
 // entry is gone make units of their own, small and, unused, removed in
 // time. Files being written (temporary names, with a dot) are not
 // counted. Called by trim, cacheMu held.
-func (e *Engine) units() ([]engine.CacheUnit, error) {
-	byKey := map[string]*engine.CacheUnit{}
+func (e *Engine) units() ([]diskcache.Unit, error) {
+	byKey := map[string]*diskcache.Unit{}
 	var keys []string
 	add := func(key, path string) {
 		u := byKey[key]
 		if u == nil {
-			u = &engine.CacheUnit{Key: key}
+			u = &diskcache.Unit{Key: key}
 			byKey[key] = u
 			keys = append(keys, key)
 		}
@@ -346,7 +347,7 @@ func (e *Engine) units() ([]engine.CacheUnit, error) {
 		}
 		add(entry, p)
 	}
-	units := make([]engine.CacheUnit, 0, len(keys))
+	units := make([]diskcache.Unit, 0, len(keys))
 	for _, k := range keys {
 		units = append(units, *byKey[k]) // the entry first, where there is one
 	}

@@ -17,7 +17,7 @@
 //     version, CPU features), shared as a bundle of its name and bytes; one
 //     wazero ignores or cannot load is rejected and replaced.
 //   - The cache on disk is bounded by total bytes (Config.MaxCacheBytes,
-//     engine.DiskCache): a unit is an entry, its sum and the index files
+//     engine.NewDiskCache): a unit is an entry, its sum and the index files
 //     naming it, the module's index file's mtime its last use. wazero opens
 //     an entry only inside CompileModule, reads it whole and never again,
 //     and writes one through a temporary file and a rename, so removing one
@@ -64,6 +64,7 @@ import (
 	"github.com/tetratelabs/wazero/api"
 	"github.com/tetratelabs/wazero/sys"
 
+	"github.com/wasmlet/wasmlet/services/executor/internal/diskcache"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 )
 
@@ -117,7 +118,7 @@ type Engine struct {
 
 	cacheMu  sync.Mutex                  // guards verified, the cache's entries, sums and index
 	verified map[string]engine.FileStamp // entries hashed against their sums, as they were then
-	disk     *engine.DiskCache           // bounds the cache on disk (trim)
+	disk     *diskcache.Cache            // bounds the cache on disk (trim)
 
 	maxRuntimes, maxCompiled int
 
@@ -160,7 +161,11 @@ func New(cfg Config) (*Engine, error) {
 		maxRuntimes: cmp.Or(max(cfg.MaxRuntimes, 0), defaultMaxRuntimes),
 		maxCompiled: cmp.Or(max(cfg.MaxCompiled, 0), defaultMaxCompiled),
 	}
-	e.disk = engine.NewDiskCache(cfg.MaxCacheBytes, e.units, cfg.Logger)
+	disk, err := engine.NewDiskCache(cfg.MaxCacheBytes, e.units, cfg.Logger)
+	if err != nil {
+		return nil, fmt.Errorf("wazero engine: %w", err)
+	}
+	e.disk = disk
 	// A bound lowered since the last run holds from the start.
 	if _, err := e.disk.Trim(); err != nil {
 		return nil, fmt.Errorf("wazero engine: bound the compilation cache: %w", err)
