@@ -20,83 +20,42 @@ package wire
 
 import (
 	"context"
-	"errors"
 	"maps"
 	"slices"
 	"time"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
+	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/services/executor/instances"
 )
 
-// codeOf pairs each sentinel with its status code; both directions read it.
-var codeOf = []struct {
-	err  error
-	code codes.Code
-}{
-	{instances.ErrNotFound, codes.NotFound},
-	{instances.ErrAlreadyExists, codes.AlreadyExists},
-	{instances.ErrInvalidArgument, codes.InvalidArgument},
-	{instances.ErrFailedPrecondition, codes.FailedPrecondition},
-	{instances.ErrResourceExhausted, codes.ResourceExhausted},
-	{instances.ErrPermissionDenied, codes.PermissionDenied},
-	{instances.ErrUnavailable, codes.Unavailable},
-	{instances.ErrBehind, codes.OutOfRange},
-	{context.Canceled, codes.Canceled},
-	{context.DeadlineExceeded, codes.DeadlineExceeded},
-}
+// errorCodes pairs each sentinel with its status code; both directions read it.
+var errorCodes = grpcutil.ErrorCodes{Other: codes.Internal, Table: []grpcutil.ErrorCode{
+	{Err: instances.ErrNotFound, Code: codes.NotFound},
+	{Err: instances.ErrAlreadyExists, Code: codes.AlreadyExists},
+	{Err: instances.ErrInvalidArgument, Code: codes.InvalidArgument},
+	{Err: instances.ErrFailedPrecondition, Code: codes.FailedPrecondition},
+	{Err: instances.ErrResourceExhausted, Code: codes.ResourceExhausted},
+	{Err: instances.ErrPermissionDenied, Code: codes.PermissionDenied},
+	{Err: instances.ErrUnavailable, Code: codes.Unavailable},
+	{Err: instances.ErrBehind, Code: codes.OutOfRange},
+	{Err: context.Canceled, Code: codes.Canceled},
+	{Err: context.DeadlineExceeded, Code: codes.DeadlineExceeded},
+}}
 
 // ToStatus turns an error of a Runtime into a gRPC status error whose code
 // names its sentinel; an error that is already a status keeps its code,
 // any other is Internal. nil stays nil.
-func ToStatus(err error) error {
-	if err == nil {
-		return nil
-	}
-	for _, c := range codeOf {
-		if errors.Is(err, c.err) {
-			return status.Error(c.code, err.Error())
-		}
-	}
-	if st, ok := status.FromError(err); ok {
-		return st.Err()
-	}
-	return status.Error(codes.Internal, err.Error())
-}
+func ToStatus(err error) error { return errorCodes.ToStatus(err) }
 
 // FromStatus turns a gRPC status error back into an error that wraps the
 // sentinel its code names (errors.Is(err, instances.ErrNotFound)); its
 // message is the server's and status.Code still reads it. An error whose
 // code names no sentinel is returned as it is. nil stays nil.
-func FromStatus(err error) error {
-	if err == nil {
-		return nil
-	}
-	st, ok := status.FromError(err)
-	if !ok {
-		return err
-	}
-	for _, c := range codeOf {
-		if st.Code() == c.code {
-			return &statusError{st: st, kind: c.err}
-		}
-	}
-	return err
-}
-
-// statusError is a status that unwraps to its sentinel.
-type statusError struct {
-	st   *status.Status
-	kind error
-}
-
-func (e *statusError) Error() string              { return e.st.Message() }
-func (e *statusError) Unwrap() error              { return e.kind }
-func (e *statusError) GRPCStatus() *status.Status { return e.st }
+func FromStatus(err error) error { return errorCodes.FromStatus(err) }
 
 // SpecToProto translates a spec.
 func SpecToProto(s instances.Spec) *executorv1.InstanceSpec {

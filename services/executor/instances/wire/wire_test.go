@@ -15,18 +15,18 @@ import (
 )
 
 func TestStatusBothWays(t *testing.T) {
-	for _, c := range codeOf {
-		err := fmt.Errorf("do x: %w", c.err)
+	for _, c := range errorCodes.Table {
+		err := fmt.Errorf("do x: %w", c.Err)
 		st := ToStatus(err)
-		if status.Code(st) != c.code || status.Convert(st).Message() != err.Error() {
-			t.Errorf("ToStatus(%v) = %v, want code %v", err, st, c.code)
+		if status.Code(st) != c.Code || status.Convert(st).Message() != err.Error() {
+			t.Errorf("ToStatus(%v) = %v, want code %v", err, st, c.Code)
 		}
 		back := FromStatus(st)
-		if !errors.Is(back, c.err) || back.Error() != err.Error() || status.Code(back) != c.code {
-			t.Errorf("FromStatus(%v) = %v, does not wrap %v", st, back, c.err)
+		if !errors.Is(back, c.Err) || back.Error() != err.Error() || status.Code(back) != c.Code {
+			t.Errorf("FromStatus(%v) = %v, does not wrap %v", st, back, c.Err)
 		}
 		// Through both again: a proxy's error served on.
-		if status.Code(ToStatus(back)) != c.code {
+		if status.Code(ToStatus(back)) != c.Code {
 			t.Errorf("ToStatus(FromStatus(%v)) = %v", st, ToStatus(back))
 		}
 	}

@@ -8,77 +8,32 @@ package wire
 
 import (
 	"context"
-	"errors"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	registryv1 "github.com/wasmlet/wasmlet/gen/wasmlet/registry/v1"
+	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
 )
 
-var table = []struct {
-	err  error
-	code codes.Code
-}{
-	{regcache.ErrInvalidReference, codes.InvalidArgument},
-	{regcache.ErrNotFound, codes.NotFound},
-	{regcache.ErrUnauthorized, codes.Unauthenticated},
-	{regcache.ErrNotWasm, codes.FailedPrecondition},
-	{regcache.ErrDigestMismatch, codes.DataLoss},
-	{regcache.ErrTooLarge, codes.ResourceExhausted},
-	{regcache.ErrUnavailable, codes.Unavailable},
-	{context.Canceled, codes.Canceled},
-	{context.DeadlineExceeded, codes.DeadlineExceeded},
-}
+var errorCodes = grpcutil.ErrorCodes{Other: codes.Unknown, Table: []grpcutil.ErrorCode{
+	{Err: regcache.ErrInvalidReference, Code: codes.InvalidArgument},
+	{Err: regcache.ErrNotFound, Code: codes.NotFound},
+	{Err: regcache.ErrUnauthorized, Code: codes.Unauthenticated},
+	{Err: regcache.ErrNotWasm, Code: codes.FailedPrecondition},
+	{Err: regcache.ErrDigestMismatch, Code: codes.DataLoss},
+	{Err: regcache.ErrTooLarge, Code: codes.ResourceExhausted},
+	{Err: regcache.ErrUnavailable, Code: codes.Unavailable},
+	{Err: context.Canceled, Code: codes.Canceled},
+	{Err: context.DeadlineExceeded, Code: codes.DeadlineExceeded},
+}}
 
 // ToStatus turns err into a gRPC status error, keeping its message.
-func ToStatus(err error) error {
-	if err == nil {
-		return nil
-	}
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
-	for _, e := range table {
-		if errors.Is(err, e.err) {
-			return status.Error(e.code, err.Error())
-		}
-	}
-	return status.Error(codes.Unknown, err.Error())
-}
-
-// Error is an error received over the wire: the server's message, and the
-// sentinel its code stands for.
-type Error struct {
-	Msg      string
-	Sentinel error
-	Code     codes.Code
-}
-
-func (e *Error) Error() string { return e.Msg }
-func (e *Error) Unwrap() error { return e.Sentinel }
-
-// GRPCStatus lets status.FromError see the original status.
-func (e *Error) GRPCStatus() *status.Status { return status.New(e.Code, e.Msg) }
+func ToStatus(err error) error { return errorCodes.ToStatus(err) }
 
 // FromStatus turns a gRPC error back into one that errors.Is matches
 // against the regcache sentinels (and context errors).
-func FromStatus(err error) error {
-	if err == nil {
-		return nil
-	}
-	st, ok := status.FromError(err)
-	if !ok {
-		return err
-	}
-	for _, e := range table {
-		if e.code == st.Code() {
-			return &Error{Msg: st.Message(), Sentinel: e.err, Code: st.Code()}
-		}
-	}
-	return err
-}
+func FromStatus(err error) error { return errorCodes.FromStatus(err) }
 
 // PolicyToProto converts a pull policy for the wire.
 func PolicyToProto(p regcache.PullPolicy) registryv1.PullPolicy {

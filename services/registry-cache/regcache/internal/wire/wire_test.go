@@ -13,18 +13,18 @@ import (
 )
 
 func TestRoundTrip(t *testing.T) {
-	for _, e := range table {
-		orig := fmt.Errorf("pull x: %w: detail", e.err)
+	for _, e := range errorCodes.Table {
+		orig := fmt.Errorf("pull x: %w: detail", e.Err)
 		st := ToStatus(orig)
-		if status.Code(st) != e.code {
-			t.Errorf("%v: code %v, want %v", e.err, status.Code(st), e.code)
+		if status.Code(st) != e.Code {
+			t.Errorf("%v: code %v, want %v", e.Err, status.Code(st), e.Code)
 		}
 		back := FromStatus(st)
-		if !errors.Is(back, e.err) || back.Error() != orig.Error() {
-			t.Errorf("%v: came back as %q (%v)", e.err, back, back)
+		if !errors.Is(back, e.Err) || back.Error() != orig.Error() {
+			t.Errorf("%v: came back as %q (%v)", e.Err, back, back)
 		}
-		if status.Code(back) != e.code {
-			t.Errorf("%v: status of the received error is %v", e.err, status.Code(back))
+		if status.Code(back) != e.Code {
+			t.Errorf("%v: status of the received error is %v", e.Err, status.Code(back))
 		}
 	}
 	if c := status.Code(ToStatus(errors.New("other"))); c != codes.Unknown {
