@@ -1,8 +1,8 @@
 // Command executor runs WebAssembly module instances for the wasmlet node
 // agent over gRPC (wasmlet.executor.v1). It fetches modules by digest from
 // the registry cache, runs them with one engine (wasmtime, the default, or
-// wazero, pure Go, for hosts wasmtime-go has no library for), and publishes their output
-// and state changes to NATS when given one.
+// wazero, pure Go), and publishes their output and state changes to NATS
+// when given one, announcing itself there for its node's agent.
 //
 //	executor --listen unix:///run/wasmlet/executor.sock --registry unix:///run/wasmlet/regcache.sock \
 //	    [--nats nats://127.0.0.1:4222] [--state-dir DIR] [--engine wasmtime|wazero] [--max-instances 1000] [--id ID] \
@@ -10,72 +10,18 @@
 //	    [--cpu-cgroup /sys/fs/cgroup/cpu/wasmlet] [--metrics-listen 127.0.0.1:PORT] [--log-spool-bytes 67108864] \
 //	    [--tls-cert F --tls-key F --tls-ca F] [--registry-tls-cert F --registry-tls-key F --registry-tls-ca F]
 //
-// The gRPC API starts native code and mounts host paths, so it is served
-// only on a unix socket (created 0600) or over TCP with mutual TLS: with
-// --tls-cert/--tls-key/--tls-ca a tcp:// --listen may be any address, and
-// every client must present a certificate signed by --tls-ca; without
-// them a tcp:// --listen is refused, on loopback too. --registry-tls-* are the client's
-// (its key pair, and the CA that signed the registry cache's certificate,
-// which must name the host of --registry). Two sets because the two links
-// may differ (a unix socket one way, TCP the other); one key pair valid
-// for server and client authentication may be given to both. Without
-// --registry-tls-*, a tcp:// --registry must be loopback.
-//
-// Log lines are written to a spool under --state-dir/logspool before they
-// are published and removed once NATS acknowledges them; a new executor
-// process publishes what a killed one left there (see internal/spool).
-// Keep --state-dir across restarts for that.
-//
-// With --metrics-listen (loopback only) it serves Prometheus metrics at
-// /metrics: instances by state, starts, start latency, kills, and NATS
-// publishes, drops and errors of logs and events.
-//
-// With --nats it announces itself (internal/announce) on
-// wasmlet.executors.<node>.<flavour>.<id> at start, every --announce-period,
-// when a node agent asks, and once more when it stops cleanly, so that the
-// node agent of --node finds every replica of a flavour without being given
-// their addresses. --flavour (default: the engine's name) is what the node
-// agent routes pods to; --advertise-address (default: --listen) is where it
-// dials.
-//
-// CPU limits (InstanceSpec.cpu_limit_millis) are enforced only with
-// --cpu-cgroup: a cgroup of the cpu controller the executor may write (see
-// internal/cpulimit). Without it they are accepted and not enforced, and
-// the executor says so at start and in GetInfo (cpu_limits).
-//
-// Precompiled modules are shared through the registry cache (unless
-// --share-precompiled=false): on a miss in --state-dir/compiled the engine
-// asks the registry cache for the artifact of (module digest, engine key:
-// engine, version, settings, GOARCH, CPU features), checks its size and
-// sha256 before loading it, and after every compile puts its artifact
-// there in the background, so that the next executor of the same key
-// loads instead of compiling (see internal/engine/wasmtime and
-// internal/engine/wazero). Any client of the registry cache may put an
-// artifact there, so each is signed with the key in --artifact-key-file
-// (default --state-dir/artifact.key, created 0600 with random bytes when
-// missing), and one that the key did not sign is refused and compiled
-// instead (internal/artifactsign): executors that should share artifacts
-// are given the same key file, and nothing else is. /metrics counts
-// compiles and the shared store's hits, misses, corrupt and refused
-// entries and puts.
-//
-// The executor confines itself (internal/confine), unless
-// --confine=false: no_new_privs, a seccomp allow-list of the system calls
-// its engines make, and Landlock, where the kernel has it, limiting the
-// file system to --state-dir, its socket's directory, --mount-root and
-// each --landlock-rw (read-write) and to what it must read. With
-// --run-as-user/--run-as-group it drops to that user first (it must then
-// be able to write --state-dir, given to it, and its socket's
-// directory); with --isolate-network it has a network namespace of its
-// own with no interfaces (unix sockets only: no --nats, no TCP). GetInfo
-// (confinement) says what applies on this host.
-//
-// The NATS token, if any, is read from WASMLET_NATS_TOKEN. On SIGINT or
+// `executor --help` lists every flag; README says what each part does
+// (security defaults, the second wall, mutual TLS, logs, limits). Two
+// rules worth knowing here: the gRPC API starts native code and mounts
+// host paths, so it is served only on a unix socket (0600) or over TCP
+// with mutual TLS, and it mounts only directories under --mount-root. The
+// NATS token, if any, is read from WASMLET_NATS_TOKEN. On SIGINT or
 // SIGTERM every instance is killed and the process exits.
 //
 // main only turns flags into a service.Config, confines the process
-// (first: it re-executes the executor), and hands the config, with a
-// context that ends on SIGINT or SIGTERM, to internal/service.
+// (first: it re-executes the executor; internal/confine), and hands the
+// config, with a context that ends on SIGINT or SIGTERM, to
+// internal/service.
 package main
 
 import (
