@@ -8,7 +8,9 @@
 // It owns the instances and their lifecycles. It must not speak of pods
 // or restart policies (the node agent's), run wasm itself (the engine's),
 // keep module files (package modules), or choose log subjects (they come
-// with the spec).
+// with the spec). It holds each instance's module file in use
+// (modules.Store.Use) from Create until the instance is deleted, so the
+// bound of the module files never removes one an engine may read again.
 //
 // Stopping: WASI preview 1 has no signals, so there is no way to ask a
 // module to end. Stop waits up to the grace period for the module to end
@@ -70,6 +72,12 @@ type Config struct {
 	LogFlush time.Duration
 	// MaxModuleBytes bounds a fetched module (default 256 MiB).
 	MaxModuleBytes int64
+	// ModuleCacheBytes bounds the module files in ModuleDir, least
+	// recently used removed first (default 4 GiB; not below
+	// MaxModuleBytes). The module of an instance is kept from its Create
+	// until it is deleted; a module removed is fetched again at its next
+	// Create.
+	ModuleCacheBytes int64
 	// MountRoots are the directories under which every preopen's host
 	// path must lie (the node agent's pod directory root and its allowed
 	// hostPath roots); a preopen elsewhere is refused, and with none every
@@ -111,6 +119,10 @@ type record struct {
 	dirs     []*os.File    // the preopens, open while the instance runs
 	finished chan struct{} // closed once the final state is recorded
 	stopMsg  string        // why it was killed, when by Stop
+	// releaseModule ends the instance's use of its module file (the
+	// engine reads it again whenever it compiles the module anew, at a
+	// Start), at Delete.
+	releaseModule func()
 }
 
 // New returns a Manager.
@@ -139,7 +151,7 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	store, err := modules.New(modules.Config{Cache: cfg.Cache, Dir: cfg.ModuleDir, MaxBytes: cfg.MaxModuleBytes})
+	store, err := modules.New(modules.Config{Cache: cfg.Cache, Dir: cfg.ModuleDir, MaxBytes: cfg.MaxModuleBytes, MaxDiskBytes: cfg.ModuleCacheBytes, Logger: cfg.Logger})
 	if err != nil {
 		return nil, fmt.Errorf("instance manager: %w", err)
 	}
@@ -207,12 +219,14 @@ func (m *Manager) Create(ctx context.Context, id string, spec instances.Spec, st
 		snap:     instances.Instance{ID: id, Spec: spec, CreatedAt: m.cfg.Now()},
 		finished: make(chan struct{}),
 	}
+	release := m.modules.Use(spec.Module.Digest)
 	mod, reason, err := m.prepare(ctx, spec.Module)
 
 	m.mu.Lock()
 	delete(m.reserved, id)
 	m.instances[id] = rec
 	if err != nil {
+		release()
 		m.transition(rec, instances.StateFailed, reason, err.Error())
 		close(rec.finished)
 		snap := rec.snap
@@ -220,7 +234,7 @@ func (m *Manager) Create(ctx context.Context, id string, spec instances.Spec, st
 		m.log.Warn("instance failed", "instance", id, "reason", reason, "error", err)
 		return snap, nil
 	}
-	rec.mod = mod
+	rec.mod, rec.releaseModule = mod, release
 	m.transition(rec, instances.StateCreated, ReasonCreated, "")
 	snap := rec.snap
 	m.mu.Unlock()
@@ -448,6 +462,9 @@ func (m *Manager) Delete(ctx context.Context, id string, force bool) error {
 		m.metrics.deletedLogs.Published += st.Published
 		m.metrics.deletedLogs.Dropped += st.Dropped
 		m.metrics.deletedLogs.Failed += st.Failed
+	}
+	if m.instances[id] == rec && rec.releaseModule != nil {
+		rec.releaseModule()
 	}
 	delete(m.instances, id)
 	m.log.Info("instance deleted", "instance", id)

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
 )
@@ -101,5 +102,115 @@ func TestFetch(t *testing.T) {
 	}
 	if left, _ := filepath.Glob(filepath.Join(dir, "*.tmp-*")); len(left) != 0 {
 		t.Errorf("temporary files left: %v", left)
+	}
+}
+
+// TestBound: the module files stay within MaxDiskBytes, the least recently
+// used removed first, those in use kept; a removed module is fetched again.
+func TestBound(t *testing.T) {
+	const size = 100
+	mods := map[string][]byte{}
+	cache := &blobs{b: map[string][]byte{}}
+	for _, name := range []string{"a", "b", "c"} {
+		b := bytes.Repeat([]byte(name), size)
+		mods[name] = b
+		cache.b[digest(b)] = b
+	}
+	dir := t.TempDir()
+	file := func(name string) string { return filepath.Join(dir, digest(mods[name])[7:]+".wasm") }
+	age := func(name string, d time.Duration) {
+		t.Helper()
+		when := time.Now().Add(-d)
+		if err := os.Chtimes(file(name), when, when); err != nil {
+			t.Fatal(err)
+		}
+	}
+	left := func() string {
+		t.Helper()
+		var got []string
+		for _, name := range []string{"a", "b", "c"} {
+			if _, err := os.Stat(file(name)); err == nil {
+				got = append(got, name)
+			}
+		}
+		return strings.Join(got, ",")
+	}
+	ctx := context.Background()
+	s, err := New(Config{Cache: cache, Dir: dir, MaxBytes: 2 * size, MaxDiskBytes: 2*size + size/2}) // two fit
+	if err != nil {
+		t.Fatal(err)
+	}
+	fetch := func(name string, wantFetches int) {
+		t.Helper()
+		p, err := s.Fetch(ctx, digest(mods[name]), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, _ := os.ReadFile(p); !bytes.Equal(b, mods[name]) {
+			t.Fatalf("%s: file %s holds %d other bytes", name, p, len(b))
+		}
+		if cache.fetches != wantFetches {
+			t.Fatalf("after %s: %d fetches, want %d", name, cache.fetches, wantFetches)
+		}
+	}
+
+	// a, the oldest, is in use: b goes for c.
+	release := s.Use(digest(mods["a"]))
+	fetch("a", 1)
+	age("a", 3*time.Hour)
+	fetch("b", 2)
+	age("b", 2*time.Hour)
+	fetch("c", 3)
+	if got := left(); got != "a,c" {
+		t.Fatalf("left %s, want a,c: a in use, b the least recently used", got)
+	}
+	// Released, a goes for b, which is fetched again.
+	release()
+	fetch("b", 4)
+	if got := left(); got != "b,c" {
+		t.Fatalf("left %s, want b,c", got)
+	}
+	// A use makes a file recent: c, touched, stays and b goes for a.
+	age("b", time.Hour)
+	age("c", 5*time.Hour)
+	fetch("c", 4)
+	fetch("a", 5)
+	if got := left(); got != "a,c" {
+		t.Fatalf("left %s, want a,c: c was used after b", got)
+	}
+	// A file verified in this process and gone since is fetched again.
+	os.Remove(file("c"))
+	fetch("c", 6)
+
+	// At start: leftovers of a crash go, and a lowered bound holds.
+	tmp := filepath.Join(dir, digest(mods["b"])[7:]+".tmp-123")
+	if err := os.WriteFile(tmp, mods["b"], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	age("a", time.Hour)
+	if _, err := New(Config{Cache: cache, Dir: dir, MaxBytes: size, MaxDiskBytes: size}); err != nil {
+		t.Fatal(err)
+	}
+	if got := left(); got != "c" {
+		t.Errorf("left %s after a start with room for one, want c", got)
+	}
+	if _, err := os.Stat(tmp); err == nil {
+		t.Error("a temporary file left by a crash is still there after a start")
+	}
+
+	// The module a Fetch returns stays, even when modules in use fill the
+	// bound: the caller reads it next.
+	s, err = New(Config{Cache: cache, Dir: dir, MaxBytes: size, MaxDiskBytes: size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Use(digest(mods["c"]))()
+	fetch("a", 7)
+	if got := left(); got != "a,c" {
+		t.Errorf("left %s, want a,c: c in use, a just fetched", got)
+	}
+
+	if _, err := New(Config{Cache: cache, Dir: dir, MaxBytes: 2 * size, MaxDiskBytes: size}); err == nil || !strings.Contains(err.Error(), "raise it") {
+		t.Errorf("a bound below the module size: %v", err)
 	}
 }
