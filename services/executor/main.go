@@ -43,6 +43,7 @@ import (
 	"github.com/wasmlet/wasmlet/internal/profiling"
 	"github.com/wasmlet/wasmlet/services/executor/internal/announce"
 	"github.com/wasmlet/wasmlet/services/executor/internal/confine"
+	"github.com/wasmlet/wasmlet/services/executor/internal/modules"
 	"github.com/wasmlet/wasmlet/services/executor/internal/service"
 )
 
@@ -108,6 +109,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&cfg.ArtifactKeyFile, "artifact-key-file", "", "secret key (32 to 4096 bytes, mode 0600) that signs the precompiled modules this executor shares and must have signed those it loads from the registry cache; give it to the executors that should share them and to nothing else (default --state-dir/artifact.key, created when missing)")
 	fs.IntVar(&cfg.MaxInstances, "max-instances", 1000, "instances held at once")
 	fs.Int64Var(&cfg.CompiledCacheBytes, "compiled-cache-bytes", 0, "bound of the compiled modules the engine keeps on disk (under --state-dir/compiled), least recently used removed first; a module whose code was removed is compiled again at its next start (0: 2 GiB)")
+	fs.Int64Var(&cfg.ModuleCacheBytes, "module-cache-bytes", 0, "bound of the modules fetched from the registry cache kept on disk (under --state-dir/modules), least recently used removed first; the module of an instance not yet deleted is kept, and one removed is fetched again when an instance is next created from it; at least the largest module, 256 MiB, and best well above what runs at once (0: 4 GiB)")
 	fs.Int64Var(&cfg.LogSpoolBytes, "log-spool-bytes", 64<<20, "bound of the on-disk spool (under --state-dir/logspool) of log lines not yet acknowledged by NATS; lines beyond it are published from memory only and a kill loses them")
 	fs.StringVar(&cfg.ID, "id", fmt.Sprintf("%s-%d", host, os.Getpid()), "executor id, in events")
 	fs.StringVar(&cfg.Flavour, "flavour", "", "flavour announced to the node agent, which routes pods by RuntimeClass handler to flavours (default: the engine's name)")
@@ -145,6 +147,8 @@ func parseFlags(args []string) (config, error) {
 		return cfg, fmt.Errorf("--engine %q: want wasmtime or wazero", cfg.Engine)
 	case cfg.MaxInstances <= 0:
 		return cfg, errors.New("--max-instances must be positive")
+	case cfg.ModuleCacheBytes < 0 || cfg.ModuleCacheBytes > 0 && cfg.ModuleCacheBytes < modules.DefaultMaxBytes:
+		return cfg, fmt.Errorf("--module-cache-bytes %d is below %d, the size of the largest module; give well above it, or 0 for 4 GiB", cfg.ModuleCacheBytes, modules.DefaultMaxBytes)
 	case cfg.MetricsListen != "" && !grpcutil.IsLoopback(cfg.MetricsListen):
 		return cfg, fmt.Errorf("--metrics-listen %s is not a loopback address; metrics are served on loopback only (e.g. 127.0.0.1:9465)", cfg.MetricsListen)
 	}

@@ -50,6 +50,14 @@ func TestParseFlags(t *testing.T) {
 	if err != nil || cfg.MaxInstances != 1000 || cfg.Engine != "wasmtime" || cfg.ID == "" {
 		t.Fatalf("defaults: %+v %v", cfg, err)
 	}
+	for _, n := range []string{"-1", "1048576"} {
+		if _, err := parseFlags([]string{"--listen", "unix:///e.sock", "--registry", "unix:///r.sock", "--module-cache-bytes", n}); err == nil || !strings.Contains(err.Error(), "the size of the largest module") {
+			t.Errorf("--module-cache-bytes %s: %v, want refused as below the largest module", n, err)
+		}
+	}
+	if cfg, err := parseFlags([]string{"--listen", "unix:///e.sock", "--registry", "unix:///r.sock", "--module-cache-bytes", "8589934592"}); err != nil || cfg.ModuleCacheBytes != 8<<30 {
+		t.Errorf("--module-cache-bytes 8 GiB: %d %v", cfg.ModuleCacheBytes, err)
+	}
 }
 
 func TestExecutorProcess(t *testing.T) {

@@ -66,6 +66,9 @@ type Config struct {
 	// CompiledCacheBytes bounds the engine's compiled code on disk; 0: the
 	// engine's default.
 	CompiledCacheBytes int64
+	// ModuleCacheBytes bounds the module files on disk (StateDir/modules);
+	// 0: the module store's default.
+	ModuleCacheBytes int64
 	// CPUCgroup is the cgroup CPU limits are enforced in; empty: not
 	// enforced.
 	CPUCgroup string
@@ -152,15 +155,16 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer link.close()
 	mgr, err := instance.New(instance.Config{
-		ExecutorID:   cfg.ID,
-		Engine:       eng,
-		Cache:        registry,
-		ModuleDir:    filepath.Join(cfg.StateDir, "modules"),
-		JetStream:    link.jetStream(),
-		LogOutbox:    link.logOutbox(),
-		MaxInstances: cfg.MaxInstances,
-		MountRoots:   cfg.MountRoots,
-		Logger:       log,
+		ExecutorID:       cfg.ID,
+		Engine:           eng,
+		Cache:            registry,
+		ModuleDir:        filepath.Join(cfg.StateDir, "modules"),
+		ModuleCacheBytes: cfg.ModuleCacheBytes,
+		JetStream:        link.jetStream(),
+		LogOutbox:        link.logOutbox(),
+		MaxInstances:     cfg.MaxInstances,
+		MountRoots:       cfg.MountRoots,
+		Logger:           log,
 
 		CPULimitsEnforced: cpu.limiter != nil,
 		CPULimitsWords:    cpu.words,
