@@ -1,31 +1,12 @@
 // Package logs turns an instance's stdout and stderr into LogRecords on
-// NATS: it splits output into lines, stamps each with the time and a
-// per-instance sequence, and publishes them to the instance's log subject
-// through an outbox (bounded, never blocking the module for long; see
-// package outbox for the drop policy).
-//
-// Messages: the records of one write by the module go out as LogBatch
-// messages (header "Wasmlet-Payload: LogBatch", package logmsg), cut so
-// that each holds at most MaxBatchRecords records and MaxBatchBytes bytes
-// (a single record over that goes alone). NATS's cost is per message, so a
-// module printing many lines per write costs it one message per batch,
-// not per line. Each message has the msg id "<instance>:<first sequence>"
-// (MsgID). The messages of one write (of each 256 KiB of a longer one,
-// writeChunk) are one outbox batch, spooled as cut (package spool), so a
-// replay after a kill of the executor publishes the same messages with the
-// same msg ids, and JetStream keeps one copy of a message published twice;
-// readers also skip an (instance, sequence) seen before. The outbox's and spool's counters count records, not messages.
+// NATS: it splits output into lines (Splitter), stamps each with the time
+// and a per-instance sequence, and publishes them to the instance's log
+// subject as LogBatch messages through an outbox (bounded, never blocking
+// the module for long).
 //
 // It owns line splitting and record numbering. It must not interpret
 // output, know of instance states, or choose subjects: the subject comes
 // with the instance's spec.
-//
-// Lines: a record is the bytes up to a newline, without it. Bytes are kept
-// as written, invalid UTF-8 and carriage returns included. A line longer
-// than MaxLine bytes is cut into MaxLine pieces, each marked partial but the
-// last; output that ends without a newline gives a last record marked
-// partial. Sequence numbers run from 1 over both streams together with no
-// gaps at the source, so a gap seen by a reader is a dropped record.
 //
 // Usage:
 //
@@ -80,7 +61,10 @@ type Splitter struct {
 }
 
 // NewSplitter returns a Splitter cutting lines at max bytes (MaxLine when
-// max <= 0). emit must not keep line after it returns: it may be the
+// max <= 0). A record is the bytes up to a newline, without it, kept as
+// written (invalid UTF-8 and carriage returns included); a longer line is
+// cut into max-byte pieces, each marked partial but the last, and output
+// that ends without a newline gives a last record marked partial. emit must not keep line after it returns: it may be the
 // writer's own bytes.
 func NewSplitter(max int, emit func(line []byte, partial bool)) *Splitter {
 	if max <= 0 {
@@ -225,6 +209,16 @@ func (s *Shipper) Stderr() io.Writer { return lockedWriter{s, s.stderr} }
 // MsgID is the Nats-Msg-Id of an instance's message whose first record
 // has sequence seq: JetStream keeps one copy of a message published twice
 // (a retry, a replay after a restart).
+//
+// The records of one write by the module go out as LogBatch messages
+// (header "Wasmlet-Payload: LogBatch", package logmsg) of at most
+// MaxBatchRecords records and MaxBatchBytes bytes, since NATS's cost is
+// per message. The messages of one write (of each writeChunk of a longer
+// one) are one outbox batch, spooled as cut, so a replay after a kill of
+// the executor publishes the same messages with the same msg ids, which
+// JetStream keeps once; readers also skip an (instance, sequence) seen
+// before. Sequences run from 1 over both streams with no gaps at the
+// source, so a gap a reader sees is a dropped record.
 func MsgID(instanceID string, seq uint64) string {
 	return instanceID + ":" + strconv.FormatUint(seq, 10)
 }

@@ -3,40 +3,11 @@
 // the queue and one publishing goroutine per Outbox; it must not know what
 // the messages mean (log lines, instance events).
 //
-// Policy when the queue is full (Capacity messages, or MaxBytes bytes held
-// with those in flight): Publish waits for room as long as the
-// queue moves, i.e. as long as a message leaves it at least every
-// BlockTimeout: a producer faster than NATS is slowed to NATS's pace (a
-// module printing as fast as it can waits in its write), and loses
-// nothing. When nothing has left the queue for BlockTimeout (NATS away, or
-// MaxInFlight publishes unacknowledged), it drops the oldest queued
-// message, counts it, and enters overflow, in which further messages
-// displace the oldest at once, without waiting, until the queue has
-// drained to half. A producer is thus delayed at most BlockTimeout per
-// outage, and a long NATS outage costs the oldest messages, not the newest.
-//
-// Messages are published in order with PublishMsgAsync; at most MaxInFlight
-// wait for their acks. A message without a msg id whose publish or ack
-// fails (or takes longer than AckTimeout) is counted as failed and not
-// retried: the queue, not a retry loop, is what rides out an outage. A
-// message with a msg id (PublishBatch) is published again after a failure
-// until it is acknowledged, displaced, or Close gives up: a publish refused
-// at once, before any later message (order kept); one whose ack failed,
-// ahead of the queue but after those already in flight (so a reader may
-// see it late). JetStream drops a copy that had in fact arrived
-// (Nats-Msg-Id, within the stream's duplicate window), so a retry never
-// doubles it.
-//
-// Counting: a message counts as the items it carries (spool.Entry.Count,
-// e.g. the lines of a log batch) in Stats; Capacity and MaxInFlight count
-// messages. A message's spool.Entry.Payload goes out in the header
-// PayloadHeader.
-//
-// Durability: with Config.Spool, PublishBatch writes the batch to the spool
-// before queueing it and marks each message done in the spool once it is
-// acknowledged (or displaced), so messages queued or in flight when the
-// process dies are published by the next process (PublishReplayed). What
-// Close leaves behind stays in the spool.
+// A producer faster than NATS is slowed to NATS's pace and loses nothing;
+// when nothing leaves the queue for BlockTimeout (NATS away), the oldest
+// messages are dropped and counted instead (Publish). Messages with a msg id
+// (PublishBatch) are spooled first with Config.Spool and retried until
+// acknowledged; JetStream drops a copy that had arrived.
 //
 // Usage:
 //
@@ -183,15 +154,38 @@ func New(js jetstream.JetStream, cfg Config) *Outbox {
 	return o
 }
 
-// Publish queues data for subject, under the policy in the package doc.
-// After Close it counts the message as dropped.
+// Publish queues data for subject. After Close it counts the message as
+// dropped.
+//
+// When the queue is full (Capacity messages, or MaxBytes held with those
+// in flight), Publish waits for room as long as the queue moves, i.e. a
+// message leaves it at least every BlockTimeout: a module printing as fast
+// as it can waits in its write. When nothing has left for BlockTimeout
+// (NATS away, or MaxInFlight publishes unacknowledged), the oldest queued
+// message is dropped and counted, and the outbox enters overflow, in which
+// new messages displace the oldest at once until the queue has drained to
+// half: a producer waits at most BlockTimeout per outage, and a long outage
+// costs the oldest messages, not the newest.
+//
+// Messages go out in order with PublishMsgAsync, at most MaxInFlight
+// awaiting acks. One without a msg id whose publish or ack fails (or takes
+// longer than AckTimeout) is counted as failed and not retried: the queue,
+// not a retry loop, rides out an outage. A message counts as the items it
+// carries (spool.Entry.Count) in Stats; its spool.Entry.Payload goes out in
+// the header PayloadHeader.
 func (o *Outbox) Publish(subject string, data []byte) {
 	o.enqueue([]message{{subject: subject, data: data, n: 1}})
 }
 
 // PublishBatch spools (with Config.Spool) and queues a batch of messages,
 // each published with its MsgID as Nats-Msg-Id and retried until
-// acknowledged. One spool write per batch: batch what one producer write
+// acknowledged, displaced, or Close gives up: a publish refused at once is
+// retried before any later message (order kept); one whose ack failed,
+// ahead of the queue but after those already in flight (a reader may see
+// it late). Each is marked done in the spool once acknowledged or
+// displaced, so what was queued or in flight when the process died is
+// published by the next process (PublishReplayed); what Close leaves stays
+// in the spool. One spool write per batch: batch what one producer write
 // made.
 func (o *Outbox) PublishBatch(batch []spool.Entry) {
 	if len(batch) == 0 {

@@ -1,35 +1,11 @@
 // Package executors is the node agent's view of its executors: a pool of
-// replicas, several per flavour, each a gRPC client. Replicas come from two
-// sources: static ones (--executor FLAVOUR=ADDRESS, one per flavour, never
-// given up) and announced ones, found on NATS from the
-// events.v1.ExecutorAnnouncement messages executors publish for this node
-// (wasmlet.executors.<node>.<flavour>.<id>).
-//
-// It owns:
-//   - routing: a pod's RuntimeClass handler names a flavour (through the
-//     configured map, or directly), a pod with none gets the default;
-//   - placement: a pod is bound to one replica of its flavour — the one that
-//     already holds its instances (found by asking every replica, so a
-//     restarted node agent re-adopts them), else the healthy replica with
-//     the most free capacity (fewest instances relative to its maximum,
-//     counting the pods this agent placed there). A Binding is a
-//     grpc.ClientConnInterface that sends every call to that replica, and
-//     places the pod anew only once the replica is gone; the caller wraps
-//     it in proxy.New to hold an instances.Runtime;
-//   - liveness: an announced replica is gone when it says it is leaving,
-//     when another executor took its address, or when it has not announced
-//     itself for TTLPeriods periods and does not answer its health check —
-//     a missed announcement alone is not death. One given up that later
-//     announces itself again first has what it still runs removed (its
-//     pods were told those instances were lost and started them
-//     elsewhere), then comes back as a new, empty replica;
-//   - the client's transport: every replica, static or announced, is dialled
-//     with the same mutual TLS (Config.TLS) when its address is tcp://; an
-//     announced address beyond loopback is never dialled in plaintext;
-//   - one watch per replica that follows its instance events (Runtime.Watch),
-//     resuming from the last sequence seen, re-listing the replica's
-//     instances when it is told it is behind (instances.ErrBehind), and
-//     noticing when a static executor restarted (its id changed).
+// replicas, several per flavour, static (--executor FLAVOUR=ADDRESS) or
+// announced on NATS (events.v1.ExecutorAnnouncement on
+// wasmlet.executors.<node>.<flavour>.<id>). It owns routing (a pod's
+// RuntimeClass handler to a flavour, Flavour), placement (a pod bound to
+// one replica, Bind), the replicas' liveness (Run), the client transport
+// (mutual TLS for tcp://; an announced address beyond loopback is never
+// dialled in plaintext) and one watch per replica (watch).
 //
 // It never interprets instance states: it hands them, and the loss of a
 // replica's instances, to a Sink.
@@ -405,7 +381,13 @@ func (p *Pool) WaitReady(ctx context.Context) error {
 }
 
 // Run follows every replica's instance events into sink, and gives up the
-// announced replicas that are gone, until ctx ends.
+// announced replicas that are gone, until ctx ends. An announced replica
+// is gone when it says it is leaving, when another executor took its
+// address, or when it has not announced itself for TTLPeriods periods and
+// does not answer its health check: a missed announcement alone is not
+// death. One given up that later announces itself again first has what it
+// still runs removed (its pods were told those instances were lost and
+// started them elsewhere), then comes back as a new, empty replica.
 func (p *Pool) Run(ctx context.Context, sink Sink) {
 	p.mu.Lock()
 	p.sink, p.runCtx = sink, ctx
@@ -471,6 +453,10 @@ func (p *Pool) drop(e *Executor, reason string) {
 	}
 }
 
+// watch follows e's instance events (Runtime.Watch), resuming from the
+// last sequence seen, listing e's instances again when told it is behind
+// (instances.ErrBehind), and noticing when a static executor restarted
+// (its id changed).
 func (p *Pool) watch(ctx context.Context, e *Executor) {
 	log := p.cfg.Log.With("executor", e.ID, "flavour", e.Flavour)
 	var id string

@@ -109,7 +109,9 @@ func (e *Executor) addBound(n int) {
 // Bind binds one pod to a replica of flavour: the replica that already
 // holds instances matching selector (asked only when the flavour has more
 // than one replica; a single one re-adopts through the pod worker's own
-// List), else the one placement chooses. weight is how many
+// List), else the one placement chooses: the healthy replica with the most
+// free capacity (fewest instances relative to its maximum, counting the
+// pods this agent placed there). weight is how many
 // instances the pod holds at once. With no replica live now the Binding
 // stays unbound and its calls fail with Unavailable until one is.
 func (p *Pool) Bind(ctx context.Context, flavour string, selector map[string]string, weight int) *Binding {
