@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/wasmlet/wasmlet/internal/testharness/testpki"
 )
 
 type listFlag []string
@@ -112,25 +114,29 @@ func mintPair(dir, issuer, ip, host string) error {
 	if issuer == "" {
 		return errors.New("--mint needs --issuer")
 	}
-	c, err := loadCA(issuer+".crt", issuer+".key")
+	c, err := testpki.LoadPair(issuer+".crt", issuer+".key")
 	if err != nil {
 		return fmt.Errorf("issuer %s: %w", issuer, err)
 	}
-	der, key, err := issueLeaf(c, leaf{
+	pair, err := c.Issue(leaf{
 		name:    "tls",
 		subject: pkix.Name{CommonName: "executor " + host},
 		usage:   []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		hosts:   []string{ip},
-	})
+	}.spec())
 	if err != nil {
 		return err
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	if err := writeFile(filepath.Join(dir, "tls.key"), pemKey(key), 0o600); err != nil {
+	keyPEM, err := pair.KeyPEM()
+	if err != nil {
 		return err
 	}
-	chain := append(pemCert(der), pemCert(c.cert.Raw)...)
-	return writeFile(filepath.Join(dir, "tls.crt"), chain, 0o644)
+	if err := testpki.WriteFile(filepath.Join(dir, "tls.key"), keyPEM, 0o600); err != nil {
+		return err
+	}
+	chain := append(pair.CertPEM(), c.CertPEM()...)
+	return testpki.WriteFile(filepath.Join(dir, "tls.crt"), chain, 0o644)
 }

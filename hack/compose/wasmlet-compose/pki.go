@@ -1,25 +1,19 @@
 package main
 
 import (
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/base64"
 	"encoding/hex"
-	"encoding/pem"
-	"errors"
 	"flag"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/wasmlet/wasmlet/internal/testharness/testpki"
 )
 
 // The stack's PKI, made once per pki volume (down -v removes it). The
@@ -27,22 +21,21 @@ import (
 // the Node and RBAC authorizers expect); the gRPC part is a CA of its own
 // for the mutual TLS between node agents, executors and the registry
 // cache, which has nothing to do with the Kubernetes identities.
-const (
-	caValidity   = 10 * 365 * 24 * time.Hour
-	leafValidity = 365 * 24 * time.Hour
-	doneFile     = "initialised"
-)
 
-type ca struct {
-	cert *x509.Certificate
-	key  crypto.Signer
-}
+// doneFile is written last: init ran to the end.
+const doneFile = "initialised"
 
 type leaf struct {
 	name    string // file name without .crt/.key
 	subject pkix.Name
 	usage   []x509.ExtKeyUsage
 	hosts   []string // DNS names and IP addresses
+}
+
+// spec is what l's certificate says.
+func (l leaf) spec() testpki.Spec {
+	dns, ips := testpki.Hosts(l.hosts...)
+	return testpki.Spec{Subject: l.subject, Usage: l.usage, DNSNames: dns, IPs: ips, Validity: testpki.LeafValidity}
 }
 
 func runInit(args []string) error {
@@ -87,14 +80,14 @@ func runInit(args []string) error {
 		{name: "kube-scheduler-serving", usage: serving, subject: pkix.Name{CommonName: "kube-scheduler"}, hosts: []string{"localhost", "127.0.0.1"}},
 		{name: "kube-controller-manager-serving", usage: serving, subject: pkix.Name{CommonName: "kube-controller-manager"}, hosts: []string{"localhost", "127.0.0.1"}},
 	} {
-		if _, _, err := p.issue(cluster, l); err != nil {
+		if _, err := p.issue(cluster, l); err != nil {
 			return err
 		}
 	}
-	if _, _, err := p.issue(front, leaf{name: "front-proxy-client", usage: client, subject: pkix.Name{CommonName: "front-proxy-client"}}); err != nil {
+	if _, err := p.issue(front, leaf{name: "front-proxy-client", usage: client, subject: pkix.Name{CommonName: "front-proxy-client"}}); err != nil {
 		return err
 	}
-	if err := p.serviceAccountKey(); err != nil {
+	if err := testpki.WriteServiceAccountKey(p.path("sa", ".key"), p.path("sa", ".pub")); err != nil {
 		return err
 	}
 	for _, kc := range []struct{ file, pair, user, server string }{
@@ -110,14 +103,18 @@ func runInit(args []string) error {
 	// Node identities: per-node client certificates (CN system:node:<name>,
 	// O system:nodes). Bootstrap tokens and CSRs replace these later.
 	for _, n := range splitList(*nodes) {
-		certPEM, keyPEM, err := p.issue(cluster, leaf{
+		pair, err := p.issue(cluster, leaf{
 			name: "nodes/" + n, usage: client,
 			subject: pkix.Name{CommonName: "system:node:" + n, Organization: []string{"system:nodes"}},
 		})
 		if err != nil {
 			return err
 		}
-		if err := p.kubeconfig("nodes/"+n+".kubeconfig", "system:node:"+n, *server, certPEM, keyPEM); err != nil {
+		keyPEM, err := pair.KeyPEM()
+		if err != nil {
+			return err
+		}
+		if err := p.kubeconfig("nodes/"+n+".kubeconfig", "system:node:"+n, *server, pair.CertPEM(), keyPEM); err != nil {
 			return err
 		}
 	}
@@ -131,12 +128,12 @@ func runInit(args []string) error {
 		return err
 	}
 	both := []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
-	if _, _, err := p.issue(grpcCA, leaf{name: "grpc/registry-cache", usage: both, subject: pkix.Name{CommonName: "registry-cache"},
+	if _, err := p.issue(grpcCA, leaf{name: "grpc/registry-cache", usage: both, subject: pkix.Name{CommonName: "registry-cache"},
 		hosts: []string{"registry-cache", "localhost", "127.0.0.1"}}); err != nil {
 		return err
 	}
 	for _, n := range splitList(*nodes) {
-		if _, _, err := p.issue(grpcCA, leaf{name: "grpc/nodeagent-" + n, usage: client, subject: pkix.Name{CommonName: "nodeagent " + n}}); err != nil {
+		if _, err := p.issue(grpcCA, leaf{name: "grpc/nodeagent-" + n, usage: client, subject: pkix.Name{CommonName: "nodeagent " + n}}); err != nil {
 			return err
 		}
 	}
@@ -157,10 +154,10 @@ http: 0.0.0.0:8222
 jetstream { store_dir: /data }
 authorization { token: %q }
 `, tok)
-	if err := writeFile(filepath.Join(*dir, "nats.conf"), []byte(natsConf), 0o600); err != nil {
+	if err := testpki.WriteFile(filepath.Join(*dir, "nats.conf"), []byte(natsConf), 0o600); err != nil {
 		return err
 	}
-	if err := writeFile(filepath.Join(*dir, "nats.env"), []byte("WASMLET_NATS_TOKEN="+tok+"\n"), 0o600); err != nil {
+	if err := testpki.WriteFile(filepath.Join(*dir, "nats.env"), []byte("WASMLET_NATS_TOKEN="+tok+"\n"), 0o600); err != nil {
 		return err
 	}
 	for _, f := range splitList(*artifactKeys) {
@@ -168,11 +165,11 @@ authorization { token: %q }
 		if _, err := rand.Read(key); err != nil {
 			return err
 		}
-		if err := writeFile(filepath.Join(*dir, "artifact", f+".key"), key, 0o600); err != nil {
+		if err := testpki.WriteFile(filepath.Join(*dir, "artifact", f+".key"), key, 0o600); err != nil {
 			return err
 		}
 	}
-	if err := writeFile(filepath.Join(*dir, doneFile), []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o644); err != nil {
+	if err := testpki.WriteFile(filepath.Join(*dir, doneFile), []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o644); err != nil {
 		return err
 	}
 	fmt.Println("pki initialised in", *dir)
@@ -185,24 +182,9 @@ func (p pkiWriter) path(name, ext string) string { return filepath.Join(p.dir, n
 
 // newCA makes a self-signed CA, or with parent an issuing CA under it for
 // executors: leaves only, server and client use, private addresses only.
-func (p pkiWriter) newCA(name, cn string, parent *ca) (ca, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return ca{}, err
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial(),
-		Subject:               pkix.Name{CommonName: cn},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(caValidity),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	signer, signerKey := tmpl, crypto.Signer(key)
+func (p pkiWriter) newCA(name, cn string, parent *testpki.Pair) (testpki.Pair, error) {
+	tmpl := testpki.CATemplate(cn, testpki.CAValidity)
 	if parent != nil {
-		signer, signerKey = parent.cert, parent.key
 		tmpl.MaxPathLenZero = true
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
 		tmpl.PermittedDNSDomainsCritical = true
@@ -212,84 +194,23 @@ func (p pkiWriter) newCA(name, cn string, parent *ca) (ca, error) {
 			tmpl.PermittedIPRanges = append(tmpl.PermittedIPRanges, n)
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, signer, key.Public(), signerKey)
+	c, err := testpki.Sign(tmpl, parent)
 	if err != nil {
-		return ca{}, fmt.Errorf("create CA %s: %w", name, err)
+		return testpki.Pair{}, fmt.Errorf("create CA %s: %w", name, err)
 	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return ca{}, err
-	}
-	if err := p.writePair(name, der, key); err != nil {
-		return ca{}, err
-	}
-	return ca{cert: cert, key: key}, nil
+	return c, p.writePair(name, c)
 }
 
-func (p pkiWriter) issue(c ca, l leaf) (certPEM, keyPEM []byte, err error) {
-	der, key, err := issueLeaf(c, l)
+func (p pkiWriter) issue(c testpki.Pair, l leaf) (testpki.Pair, error) {
+	pair, err := c.Issue(l.spec())
 	if err != nil {
-		return nil, nil, err
+		return testpki.Pair{}, fmt.Errorf("%s: %w", l.name, err)
 	}
-	if err := p.writePair(l.name, der, key); err != nil {
-		return nil, nil, err
-	}
-	return pemCert(der), pemKey(key), nil
+	return pair, p.writePair(l.name, pair)
 }
 
-func issueLeaf(c ca, l leaf) ([]byte, *ecdsa.PrivateKey, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial(),
-		Subject:               l.subject,
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(leafValidity),
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           l.usage,
-		BasicConstraintsValid: true,
-	}
-	for _, h := range l.hosts {
-		if ip := net.ParseIP(h); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, h)
-		}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, key.Public(), c.key)
-	if err != nil {
-		return nil, nil, fmt.Errorf("sign %s: %w", l.name, err)
-	}
-	return der, key, nil
-}
-
-func (p pkiWriter) writePair(name string, der []byte, key *ecdsa.PrivateKey) error {
-	if err := writeFile(p.path(name, ".key"), pemKey(key), 0o600); err != nil {
-		return err
-	}
-	return writeFile(p.path(name, ".crt"), pemCert(der), 0o644)
-}
-
-func (p pkiWriter) serviceAccountKey() error {
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		return err
-	}
-	kd, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return err
-	}
-	pd, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
-	if err != nil {
-		return err
-	}
-	if err := writeFile(p.path("sa", ".key"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd}), 0o600); err != nil {
-		return err
-	}
-	return writeFile(p.path("sa", ".pub"), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pd}), 0o644)
+func (p pkiWriter) writePair(name string, pair testpki.Pair) error {
+	return pair.Write(p.path(name, ".crt"), p.path(name, ".key"))
 }
 
 func (p pkiWriter) kubeconfigFromFiles(file, pair, user, server string) error {
@@ -304,70 +225,14 @@ func (p pkiWriter) kubeconfigFromFiles(file, pair, user, server string) error {
 	return p.kubeconfig(file, user, server, certPEM, keyPEM)
 }
 
-// kubeconfig writes a self-contained kubeconfig (everything inline), so
-// that it can be copied out of the volume on its own.
 func (p pkiWriter) kubeconfig(file, user, server string, certPEM, keyPEM []byte) error {
 	caPEM, err := os.ReadFile(p.path("ca", ".crt"))
 	if err != nil {
 		return err
 	}
-	b64 := base64.StdEncoding.EncodeToString
-	kc := fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: wasmlet-compose
-  cluster:
-    server: %s
-    certificate-authority-data: %s
-users:
-- name: %q
-  user:
-    client-certificate-data: %s
-    client-key-data: %s
-contexts:
-- name: wasmlet-compose
-  context:
-    cluster: wasmlet-compose
-    user: %q
-current-context: wasmlet-compose
-`, server, b64(caPEM), user, b64(certPEM), b64(keyPEM), user)
-	return writeFile(filepath.Join(p.dir, file), []byte(kc), 0o600)
-}
-
-func pemCert(der []byte) []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-}
-
-func pemKey(key *ecdsa.PrivateKey) []byte {
-	kd, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		panic(err) // an ECDSA P-256 key always marshals
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd})
-}
-
-func serial() *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		return big.NewInt(time.Now().UnixNano())
-	}
-	return n
-}
-
-// writeFile writes through a temporary file and a rename, so that a
-// container starting meanwhile never reads half a file.
-func writeFile(path string, data []byte, perm os.FileMode) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, perm); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp, perm); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return testpki.WriteKubeconfig(filepath.Join(p.dir, file), testpki.Kubeconfig{
+		Name: "wasmlet-compose", Server: server, CA: caPEM, User: user, Cert: certPEM, Key: keyPEM,
+	})
 }
 
 func splitList(s string) []string {
@@ -378,34 +243,4 @@ func splitList(s string) []string {
 		}
 	}
 	return out
-}
-
-// loadCA reads an issuing CA written by init.
-func loadCA(certFile, keyFile string) (ca, error) {
-	cb, err := os.ReadFile(certFile)
-	if err != nil {
-		return ca{}, err
-	}
-	kb, err := os.ReadFile(keyFile)
-	if err != nil {
-		return ca{}, err
-	}
-	cblk, _ := pem.Decode(cb)
-	kblk, _ := pem.Decode(kb)
-	if cblk == nil || kblk == nil {
-		return ca{}, errors.New("issuing CA: no PEM data")
-	}
-	cert, err := x509.ParseCertificate(cblk.Bytes)
-	if err != nil {
-		return ca{}, err
-	}
-	k, err := x509.ParsePKCS8PrivateKey(kblk.Bytes)
-	if err != nil {
-		return ca{}, err
-	}
-	signer, ok := k.(crypto.Signer)
-	if !ok {
-		return ca{}, errors.New("issuing CA: key cannot sign")
-	}
-	return ca{cert: cert, key: signer}, nil
 }

@@ -24,8 +24,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/wasmlet/wasmlet/internal/testharness/testpki"
 )
 
 // ErrNotRunning is returned by Attach when no cluster runs in the directory.
@@ -325,20 +325,14 @@ func (c *Cluster) controllerManagerArgs() []string {
 // verification instead of trusting a self-signed certificate.
 func (c *Cluster) ensureServingCerts() error {
 	p := c.pki()
-	ca, err := loadKeyPair(p.crt(caName), p.key(caName))
+	ca, err := testpki.LoadPair(p.crt(caName), p.key(caName))
 	if err != nil {
 		return fmt.Errorf("load cluster CA: %w", err)
 	}
 	for _, name := range []string{schedulerProc, cmProc} {
-		spec := leafSpec{
-			name: name + "-serving", subject: pkix.Name{CommonName: name},
-			usage:    []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-			dnsNames: []string{"localhost"}, ips: []net.IP{net.IPv4(127, 0, 0, 1)},
-		}
-		if validLeaf(p, ca, spec) {
-			continue
-		}
-		if err := writeLeaf(p, ca, spec); err != nil {
+		spec := newLeafSpec(name+"-serving", pkix.Name{CommonName: name},
+			[]x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, []string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1)})
+		if err := ensureLeaf(p, ca, spec, false); err != nil {
 			return err
 		}
 	}
@@ -520,19 +514,19 @@ func (c *Cluster) NodeKubeconfig(nodeName string) (string, error) {
 	c.nodeMu.Lock()
 	defer c.nodeMu.Unlock()
 	p := c.pki()
-	ca, err := loadKeyPair(p.crt(caName), p.key(caName))
+	ca, err := testpki.LoadPair(p.crt(caName), p.key(caName))
 	if err != nil {
 		return "", fmt.Errorf("node kubeconfig for %s: load cluster CA: %w", nodeName, err)
 	}
-	der, key, err := issue(ca, leafSpec{
-		name:    "node " + nodeName,
-		subject: pkix.Name{CommonName: "system:node:" + nodeName, Organization: []string{"system:nodes"}},
-		usage:   []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	leaf, err := ca.Issue(testpki.Spec{
+		Subject:  pkix.Name{CommonName: "system:node:" + nodeName, Organization: []string{"system:nodes"}},
+		Usage:    []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		Validity: testpki.LeafValidity,
 	})
 	if err != nil {
 		return "", fmt.Errorf("node kubeconfig for %s: %w", nodeName, err)
 	}
-	certPEM, keyPEM, err := encodeKeyPair(der, key)
+	keyPEM, err := leaf.KeyPEM()
 	if err != nil {
 		return "", fmt.Errorf("node kubeconfig for %s: %w", nodeName, err)
 	}
@@ -540,7 +534,7 @@ func (c *Cluster) NodeKubeconfig(nodeName string) (string, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return "", fmt.Errorf("node kubeconfig for %s: %w", nodeName, err)
 	}
-	if err := c.writeKubeconfig(path, "system:node:"+nodeName, certPEM, keyPEM); err != nil {
+	if err := c.writeKubeconfig(path, "system:node:"+nodeName, leaf.CertPEM(), keyPEM); err != nil {
 		return "", fmt.Errorf("node kubeconfig for %s: %w", nodeName, err)
 	}
 	return path, nil
@@ -578,17 +572,9 @@ func (c *Cluster) writeKubeconfig(path, user string, certPEM, keyPEM []byte) err
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	const name = "wasmlet-local"
-	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters[name] = &clientcmdapi.Cluster{Server: c.Server(), CertificateAuthorityData: caPEM}
-	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{ClientCertificateData: certPEM, ClientKeyData: keyPEM}
-	cfg.Contexts[name] = &clientcmdapi.Context{Cluster: name, AuthInfo: user}
-	cfg.CurrentContext = name
-	b, err := clientcmd.Write(*cfg)
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return writeFileAtomic(path, b, 0o600)
+	return testpki.WriteKubeconfig(path, testpki.Kubeconfig{
+		Name: "wasmlet-local", Server: c.Server(), CA: caPEM, User: user, Cert: certPEM, Key: keyPEM,
+	})
 }
 
 func (c *Cluster) caPool() (*x509.CertPool, error) {
@@ -674,5 +660,5 @@ func writeState(dir string, st state) error {
 	if err != nil {
 		return fmt.Errorf("write %s: %w", statePath(dir), err)
 	}
-	return writeFileAtomic(statePath(dir), append(b, '\n'), 0o644)
+	return testpki.WriteFile(statePath(dir), append(b, '\n'), 0o644)
 }

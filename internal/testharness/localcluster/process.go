@@ -13,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/wasmlet/wasmlet/internal/testharness/testpki"
 )
 
 // Component names: the binaries' names, and the names of their log and pid files.
@@ -85,7 +87,7 @@ func startProcess(dir, name, bin string, args, env []string, dieWithParent bool)
 		p.waitErr = cmd.Wait()
 		close(p.exited)
 	}()
-	if err := writeFileAtomic(pidPath(dir, name), []byte(strconv.Itoa(p.pid)+"\n"), 0o644); err != nil {
+	if err := testpki.WriteFile(pidPath(dir, name), []byte(strconv.Itoa(p.pid)+"\n"), 0o644); err != nil {
 		_ = syscall.Kill(-p.pid, syscall.SIGKILL)
 		return nil, err
 	}

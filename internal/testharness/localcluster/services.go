@@ -7,6 +7,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+
+	"github.com/wasmlet/wasmlet/internal/testharness/testpki"
 )
 
 // StartService starts a long-running program beside the control plane, the
@@ -34,7 +36,7 @@ func RecordService(dir, name string, pid int) error {
 	if err := os.MkdirAll(filepath.Join(dir, "pids"), 0o755); err != nil {
 		return err
 	}
-	return writeFileAtomic(pidPath(dir, name), []byte(fmt.Sprintf("%d\n", pid)), 0o644)
+	return testpki.WriteFile(pidPath(dir, name), []byte(fmt.Sprintf("%d\n", pid)), 0o644)
 }
 
 // StopService stops a program recorded under dir (SIGTERM to its process
@@ -62,19 +64,13 @@ func (c *Cluster) ServingCert(name string, dnsNames []string, ips []net.IP) (cer
 	c.nodeMu.Lock()
 	defer c.nodeMu.Unlock()
 	p := c.pki()
-	ca, err := loadKeyPair(p.crt(caName), p.key(caName))
+	ca, err := testpki.LoadPair(p.crt(caName), p.key(caName))
 	if err != nil {
 		return "", "", fmt.Errorf("serving certificate %s: load cluster CA: %w", name, err)
 	}
-	spec := leafSpec{
-		name: name, subject: pkix.Name{CommonName: name},
-		usage:    []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		dnsNames: dnsNames, ips: ips,
-	}
-	if !validLeaf(p, ca, spec) {
-		if err := writeLeaf(p, ca, spec); err != nil {
-			return "", "", fmt.Errorf("serving certificate %s: %w", name, err)
-		}
+	spec := newLeafSpec(name, pkix.Name{CommonName: name}, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, dnsNames, ips)
+	if err := ensureLeaf(p, ca, spec, false); err != nil {
+		return "", "", fmt.Errorf("serving certificate: %w", err)
 	}
 	return p.crt(name), p.key(name), nil
 }
