@@ -25,6 +25,7 @@ type ctr struct {
 	delay      time.Duration // the delay of the restart pending
 	restartAt  time.Time     // zero: no restart pending
 	seq        uint64        // the executor's sequence of the newest change of instanceID applied
+	created    uint64        // Worker.creates once instanceID's creation (or adoption) returned
 	failedSeq  uint64        // the executor's sequence of the last FAILED instance applied
 	started    bool          // a first start was made
 	finished   bool          // ended and will not run again
@@ -90,7 +91,8 @@ func (w *Worker) start(ctx context.Context, c *ctr) {
 		c.previousID = c.instanceID
 		w.forget(c.previousID)
 	}
-	c.instanceID, c.seq = id, 0
+	w.creates++
+	c.instanceID, c.seq, c.created = id, 0, w.creates
 	w.mu.Lock()
 	w.ids[c.spec.Name] = [2]string{c.instanceID, c.previousID}
 	w.mu.Unlock()
@@ -132,7 +134,8 @@ func (w *Worker) adopt(ctx context.Context, pod *v1.Pod, c *ctr) bool {
 	}
 	w.log.Info("adopted running instance", "container", c.spec.Name, "instance", newest.ID, "state", newest.State)
 	c.restarts = newestAttempt
-	c.instanceID, c.seq = newest.ID, 0
+	w.creates++
+	c.instanceID, c.seq, c.created = newest.ID, 0, w.creates
 	w.mu.Lock()
 	w.ids[c.spec.Name] = [2]string{c.instanceID, ""}
 	w.mu.Unlock()
@@ -227,37 +230,84 @@ func (c *ctr) kind() string {
 	return "container"
 }
 
+// drain applies what reached the Worker since it last looked: instance
+// changes, the executor's loss, and a resync's list.
 func (w *Worker) drain() {
 	w.mu.Lock()
-	pending, lost := w.pending, w.lostAll
-	w.pending, w.lostAll = nil, ""
+	pending, lost, listed := w.pending, w.lostAll, w.listed
+	w.pending, w.lostAll, w.listed = nil, "", nil
 	w.mu.Unlock()
 	for _, inst := range pending {
+		w.applyByID(inst)
+	}
+	if lost != "" {
 		for _, c := range w.all() {
-			if c.instanceID == inst.ID {
-				w.apply(c, inst)
+			if c.live() {
+				w.lose(c, "ExecutorLost", lost)
 			}
 		}
 	}
-	if lost == "" {
+	if listed != nil {
+		w.listing = false
+		w.applyList(listed)
+	}
+}
+
+func (w *Worker) applyByID(inst instances.Instance) {
+	for _, c := range w.all() {
+		if c.instanceID == inst.ID {
+			w.apply(c, inst)
+		}
+	}
+}
+
+// applyList applies a resync's list, level-based: what it shows is
+// applied (older than what was applied is ignored), and an instance the
+// Worker believes live that it lacks is lost: deleted on the executor by
+// someone else, or the executor restarted with its identity and without
+// its instances, which the pool does not see. A list that failed proves
+// nothing (the next resync tries again), and one that began before an
+// instance's creation returned cannot judge that instance.
+func (w *Worker) applyList(r *listResult) {
+	if r.err != nil {
+		w.log.Warn("list instances to resync failed", "err", r.err)
 		return
 	}
-	now := time.Now()
-	for _, c := range w.all() {
-		if c.instanceID == "" || c.state.Terminated != nil || c.state.Waiting != nil && !c.restartAt.IsZero() {
-			continue // nothing ran, or a retry is already due
-		}
-		started := now
-		if r := c.state.Running; r != nil {
-			started = r.StartedAt.Time
-		}
-		c.state = v1.ContainerState{Terminated: &v1.ContainerStateTerminated{
-			ExitCode: 137, Reason: "ExecutorLost", Message: lost,
-			StartedAt: ts(started), FinishedAt: ts(now), ContainerID: "wasmlet://" + c.instanceID,
-		}}
-		w.event(v1.EventTypeWarning, "Failed", "Container %s was lost: %s", c.spec.Name, lost)
-		w.scheduleRestart(c)
+	listed := make(map[string]bool, len(r.list))
+	for _, inst := range r.list {
+		listed[inst.ID] = true
+		w.applyByID(inst)
 	}
+	for _, c := range w.all() {
+		if c.live() && c.created <= r.began && !listed[c.instanceID] {
+			w.log.Warn("instance missing from its executor", "container", c.spec.Name, "instance", c.instanceID)
+			w.lose(c, "InstanceLost", fmt.Sprintf(
+				"instance %s is no longer on its executor (deleted there, or the executor restarted without it); the pod's restart policy decides whether it runs again",
+				c.instanceID))
+		}
+	}
+}
+
+// live reports whether c has an instance that has not been seen to end
+// and no restart is due: one that can be lost.
+func (c *ctr) live() bool {
+	return c.instanceID != "" && c.state.Terminated == nil && c.restartAt.IsZero()
+}
+
+// lose ends c's live instance as lost, for reason, and applies the
+// restart policy as to a crash.
+func (w *Worker) lose(c *ctr, reason, msg string) {
+	now := time.Now()
+	started := now
+	if r := c.state.Running; r != nil {
+		started = r.StartedAt.Time
+	}
+	c.state = v1.ContainerState{Terminated: &v1.ContainerStateTerminated{
+		ExitCode: 137, Reason: reason, Message: msg,
+		StartedAt: ts(started), FinishedAt: ts(now), ContainerID: containerIDPrefix + c.instanceID,
+	}}
+	w.event(v1.EventTypeWarning, "Failed", "Container %s was lost: %s", c.spec.Name, msg)
+	w.scheduleRestart(c)
 }
 
 // startDue starts what may run now and has not started, and restarts

@@ -15,6 +15,10 @@
 // states that run instances share one level-based handler: apply what the
 // executor reported, start what is due, name the state, wait for a change
 // or the periodic resync. Init containers go through it like the others.
+// The resync lists the pod's instances on its executor: what it shows is
+// applied, and an instance believed live that it lacks is lost, as on the
+// executor's loss (a failed list changes nothing; an instance created
+// while it ran is not judged by it).
 //
 //	state             kubectl shows                               next
 //	Registered        Pending                                     Pulling

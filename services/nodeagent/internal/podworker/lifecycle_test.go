@@ -123,6 +123,9 @@ type config struct {
 	before  func(w *Worker)  // called before Run
 	sync    time.Duration    // Deps.VolumeRefresh
 	noWatch bool             // no watch feeds the Worker: only its resync
+	// executor, when set, is what the Worker calls instead of the Fake
+	// (a wrapper of it); the watch still follows the Fake.
+	executor instances.Runtime
 }
 
 // run starts a Worker for pod on exec, and a watch that feeds it exec's
@@ -137,10 +140,14 @@ func runWith(t *testing.T, exec *instancestest.Fake, pod *v1.Pod, cfg config) *h
 	if cfg.cache == nil {
 		cfg.cache = moduleCache{}
 	}
+	var rt instances.Runtime = exec
+	if cfg.executor != nil {
+		rt = cfg.executor
+	}
 	h.w = New(Deps{
 		Client:        fake.NewClientset(cfg.objects...),
 		Cache:         cfg.cache,
-		Executor:      exec,
+		Executor:      rt,
 		Recorder:      h.events,
 		NodeIP:        "10.0.0.1",
 		LogSubject:    func(ns, pod, c string) string { return "logs." + ns + "." + pod + "." + c },
@@ -553,5 +560,127 @@ func TestLifecycleResync(t *testing.T) {
 	st := h.waitFor("failed", func(st v1.PodStatus) bool { return st.Phase == v1.PodFailed })
 	if term := container(st, "app").State.Terminated; term == nil || term.ExitCode != 3 {
 		t.Errorf("after the resync: %s", describe(st))
+	}
+}
+
+// An instance the executor no longer has, without an event and without
+// the pool noticing (here the executor restarted with its identity), is
+// found by the resync's list and lost: the restart policy applies, as to
+// a crash.
+func TestLifecycleResyncLost(t *testing.T) {
+	for _, policy := range []v1.RestartPolicy{v1.RestartPolicyAlways, v1.RestartPolicyOnFailure, v1.RestartPolicyNever} {
+		t.Run(string(policy), func(t *testing.T) {
+			exec := &instancestest.Fake{}
+			h := runWith(t, exec, testPod(policy, nil, "app"), config{backoff: testBackoff, sync: 50 * time.Millisecond})
+			h.waitFor("running", func(st v1.PodStatus) bool { return container(st, "app").State.Running != nil })
+			exec.Lose()
+			var st v1.PodStatus
+			if policy == v1.RestartPolicyNever {
+				st = h.waitFor("failed", func(st v1.PodStatus) bool { return st.Phase == v1.PodFailed })
+				if term := container(st, "app").State.Terminated; term == nil || term.Reason != "InstanceLost" || term.ExitCode != 137 {
+					t.Errorf("after the loss: %s", describe(st))
+				}
+				if n := exec.Calls("Create"); n != 1 {
+					t.Errorf("%d creates under Never, want 1", n)
+				}
+			} else {
+				st = h.waitFor("running again", func(st v1.PodStatus) bool {
+					cs := container(st, "app")
+					return cs.State.Running != nil && cs.RestartCount == 1
+				})
+				last := container(st, "app").LastTerminationState.Terminated
+				if last == nil || last.Reason != "InstanceLost" || last.ExitCode != 137 || !strings.Contains(last.Message, "uid-1-app-0 is no longer on its executor") {
+					t.Errorf("last termination %+v", last)
+				}
+				if _, err := exec.Get(context.Background(), "uid-1-app-1"); err != nil {
+					t.Errorf("the restart is not on the executor: %v", err)
+				}
+			}
+			if !h.events.has("Failed: Container app was lost: instance uid-1-app-0 is no longer on its executor") {
+				t.Errorf("no Warning event for the loss: %v", h.events.all)
+			}
+		})
+	}
+}
+
+// A list that fails proves nothing: the running container stays as it
+// was, and the next resync's list finds it.
+func TestLifecycleResyncListFails(t *testing.T) {
+	exec := &instancestest.Fake{}
+	h := runWith(t, exec, testPod(v1.RestartPolicyAlways, nil, "app"), config{backoff: testBackoff, sync: 20 * time.Millisecond})
+	h.waitFor("running", func(st v1.PodStatus) bool { return container(st, "app").State.Running != nil })
+	exec.SetUnavailable(true)
+	lists := exec.Calls("List")
+	h.waitFor("three failed lists", func(v1.PodStatus) bool { return exec.Calls("List") >= lists+3 })
+	exec.SetUnavailable(false)
+	lists = exec.Calls("List")
+	h.waitFor("two lists that answer", func(v1.PodStatus) bool { return exec.Calls("List") >= lists+2 })
+	st := h.w.Pod().Status
+	if cs := container(st, "app"); cs.State.Running == nil || cs.RestartCount != 0 || cs.ContainerID != "wasmlet://uid-1-app-0" {
+		t.Errorf("after lists that failed: %s", describe(st))
+	}
+	if h.events.has("Failed: Container app was lost") || exec.Calls("Create") != 1 {
+		t.Errorf("%d creates, events %v", exec.Calls("Create"), h.events.all)
+	}
+}
+
+// heldList is a Runtime whose resync lists (by pod, not by container),
+// once hold is set, take their snapshot at once and return only when
+// released: what is created meanwhile is missing from them.
+type heldList struct {
+	*instancestest.Fake
+	hold    atomic.Bool
+	taken   chan struct{} // a held list took its snapshot
+	release chan struct{}
+	done    atomic.Int32 // held lists returned
+}
+
+func (l *heldList) List(ctx context.Context, selector map[string]string) ([]instances.Instance, uint64, error) {
+	list, seq, err := l.Fake.List(ctx, selector)
+	if _, byContainer := selector[LabelContainer]; byContainer || !l.hold.Load() {
+		return list, seq, err
+	}
+	select {
+	case l.taken <- struct{}{}:
+	default:
+	}
+	<-l.release
+	l.done.Add(1)
+	return list, seq, err
+}
+
+// An instance created while a resync's list was under way is missing from
+// that list, and is not lost for it.
+func TestLifecycleResyncCreatedDuringList(t *testing.T) {
+	exec := &instancestest.Fake{}
+	held := &heldList{Fake: exec, taken: make(chan struct{}, 1), release: make(chan struct{})}
+	h := runWith(t, exec, testPod(v1.RestartPolicyAlways, nil, "app"), config{backoff: testBackoff, sync: 50 * time.Millisecond, executor: held})
+	h.waitFor("running", func(st v1.PodStatus) bool { return container(st, "app").State.Running != nil })
+	held.hold.Store(true)
+	select {
+	case <-held.taken:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no resync list")
+	}
+	// The list holds uid-1-app-0 running; it crashes, and its restart,
+	// uid-1-app-1, is created while the list is under way.
+	if err := exec.Exit("uid-1-app-0", 1); err != nil {
+		t.Fatal(err)
+	}
+	h.waitFor("restarted", func(st v1.PodStatus) bool {
+		cs := container(st, "app")
+		return cs.State.Running != nil && cs.ContainerID == "wasmlet://uid-1-app-1"
+	})
+	close(held.release)
+	// The next list begins only once the held one was applied.
+	n := held.done.Load()
+	h.waitFor("the held list applied", func(v1.PodStatus) bool { return held.done.Load() >= n+1 })
+	time.Sleep(20 * time.Millisecond)
+	st := h.w.Pod().Status
+	if cs := container(st, "app"); cs.State.Running == nil || cs.RestartCount != 1 || cs.ContainerID != "wasmlet://uid-1-app-1" {
+		t.Errorf("after the held list: %s", describe(st))
+	}
+	if h.events.has("Failed: Container app was lost") {
+		t.Errorf("the instance created during the list was lost: %v", h.events.all)
 	}
 }

@@ -203,18 +203,39 @@ func (c *ctr) backingOff() bool {
 	return !c.restartAt.IsZero() && c.state.Waiting != nil && c.state.Waiting.Reason == "CrashLoopBackOff"
 }
 
+// listResult is what a resync's list found.
+type listResult struct {
+	began uint64 // Worker.creates when it began
+	list  []instances.Instance
+	err   error
+}
+
 // resync lists the pod's instances again, as level-based controllers
-// re-read the world: a change whose event was missed is applied now.
+// re-read the world: a change whose event was missed is applied, and an
+// instance the Worker believes live that the executor no longer has is
+// lost (drain). The list runs on a goroutine of its own, so that a slow
+// executor holds up neither restarts nor the status; one at a time. Its
+// result names the creations that returned before it began: only those
+// instances can be judged by it (one created while it ran may be missing
+// from it and still live).
 func (w *Worker) resync(ctx context.Context) {
-	list, _, err := w.deps.Executor.List(ctx, map[string]string{LabelPodUID: string(w.current().UID)})
-	if err != nil {
-		w.log.Warn("list instances to resync failed", "err", err)
+	if w.listing {
 		return
 	}
-	w.mu.Lock()
-	w.pending = append(w.pending, list...)
-	w.mu.Unlock()
-	w.poke()
+	w.listing = true
+	res := &listResult{began: w.creates}
+	selector := map[string]string{LabelPodUID: string(w.current().UID)}
+	w.lists.Add(1)
+	go func() {
+		defer w.lists.Done()
+		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		res.list, _, res.err = w.deps.Executor.List(lctx, selector)
+		w.mu.Lock()
+		w.listed = res
+		w.mu.Unlock()
+		w.poke()
+	}()
 }
 
 // terminate stops every instance within the grace period, publishes the

@@ -61,7 +61,8 @@ type Worker struct {
 	pod        *v1.Pod // latest spec, and the status last built
 	state      State
 	pending    []instances.Instance
-	lostAll    string // non-empty: every instance was lost, for this reason
+	lostAll    string      // non-empty: every instance was lost, for this reason
+	listed     *listResult // a resync's list, not yet applied
 	grace      *time.Duration
 	cancelWork context.CancelFunc
 	ids        map[string][2]string // container -> current, previous instance id
@@ -83,6 +84,9 @@ type Worker struct {
 		delay   time.Duration
 	}
 	refresh *time.Ticker // the periodic sync: volumes, emptyDir limits, instances
+	creates uint64       // instances created or adopted so far (ctr.created)
+	listing bool         // a resync's list is under way
+	lists   sync.WaitGroup
 
 	// Guarded by mu: a pod-level failure (DeadlineExceeded, Evicted).
 	failReason, failMsg string
@@ -240,6 +244,7 @@ func (w *Worker) setState(s State) {
 func (w *Worker) Run(ctx context.Context) {
 	defer close(w.done)
 	wctx, cancel := context.WithCancel(ctx)
+	defer w.lists.Wait() // after cancel, which ends a list under way
 	defer cancel()
 	w.mu.Lock()
 	w.cancelWork = cancel
