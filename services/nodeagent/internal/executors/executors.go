@@ -455,8 +455,9 @@ func (p *Pool) drop(e *Executor, reason string) {
 
 // watch follows e's instance events (Runtime.Watch), resuming from the
 // last sequence seen, listing e's instances again when told it is behind
-// (instances.ErrBehind), and noticing when a static executor restarted
-// (its id changed).
+// (instances.ErrBehind), and noticing when an executor restarted: a static
+// one's id changed, or it no longer knows the sequence watched from (a
+// restart under the same id).
 func (p *Pool) watch(ctx context.Context, e *Executor) {
 	log := p.cfg.Log.With("executor", e.ID, "flavour", e.Flavour)
 	var id string
@@ -501,6 +502,15 @@ func (p *Pool) watch(ctx context.Context, e *Executor) {
 			p.sinkOrNil().InstanceChanged(e.ID, in)
 			return nil
 		})
+		if errors.Is(err, instances.ErrFailedPrecondition) {
+			// A sequence this executor never gave: another process of it
+			// answers under the same id (a fixed --id, or pid 1 in a
+			// container), and what the old one ran is gone with it.
+			log.Warn("executor restarted under the same id; its instances are lost", "after", after)
+			p.sinkOrNil().ExecutorLost(e.ID, fmt.Sprintf("executor %q stopped unexpectedly and was restarted; the instance was lost", e.ID))
+			after = 0
+			continue
+		}
 		if errors.Is(err, instances.ErrBehind) {
 			// Changes were missed: the state of every instance now stands
 			// for them, and the watch goes on from the listing.

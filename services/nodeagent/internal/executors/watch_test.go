@@ -116,3 +116,101 @@ func TestWatchListsWhenBehind(t *testing.T) {
 		t.Errorf("sink saw %v, want %v", got, want)
 	}
 }
+
+// restartedExecutor is an executor whose process is replaced under the
+// same id: its first listing is at sequence 10, its first watch breaks
+// (the process died), and the new process refuses a watch after 10 (a
+// sequence it never gave: FailedPrecondition) and lists from 0.
+type restartedExecutor struct {
+	executorv1.UnimplementedExecutorServiceServer
+
+	mu      sync.Mutex
+	watches []uint64
+	lists   int
+}
+
+func (f *restartedExecutor) GetInfo(context.Context, *executorv1.GetInfoRequest) (*executorv1.GetInfoResponse, error) {
+	return &executorv1.GetInfoResponse{ExecutorId: "same-id", MaxInstances: 10}, nil
+}
+
+func (f *restartedExecutor) ListInstances(context.Context, *executorv1.ListInstancesRequest) (*executorv1.ListInstancesResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.lists++
+	if f.lists == 1 {
+		return &executorv1.ListInstancesResponse{Instances: []*executorv1.Instance{{Id: "old", State: executorv1.InstanceState_INSTANCE_STATE_RUNNING, Sequence: 10}}, Sequence: 10}, nil
+	}
+	return &executorv1.ListInstancesResponse{}, nil
+}
+
+func (f *restartedExecutor) WatchInstances(req *executorv1.WatchInstancesRequest, s grpc.ServerStreamingServer[executorv1.WatchInstancesResponse]) error {
+	f.mu.Lock()
+	f.watches = append(f.watches, req.GetAfterSequence())
+	n := len(f.watches)
+	f.mu.Unlock()
+	switch {
+	case n == 1:
+		return status.Error(codes.Unavailable, "the process died")
+	case req.GetAfterSequence() > 0:
+		return status.Error(codes.FailedPrecondition, "sequence 10 is newer than this executor's newest, 0")
+	}
+	<-s.Context().Done()
+	return nil
+}
+
+type losses struct {
+	changes
+	lost []string
+}
+
+func (l *losses) ExecutorLost(replica, reason string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lost = append(l.lost, replica+": "+reason)
+}
+
+// An executor restarted under the same id (a fixed --id, pid 1 in a
+// container) is noticed by the sequence it no longer knows: its pods are
+// told their instances were lost, once, and the watch starts again from a
+// new listing instead of retrying the old sequence forever.
+func TestWatchNoticesRestartUnderSameID(t *testing.T) {
+	addr := "unix://" + filepath.Join(t.TempDir(), "e1.sock")
+	l, err := grpcutil.Listen(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &restartedExecutor{}
+	srv := grpc.NewServer()
+	executorv1.RegisterExecutorServiceServer(srv, f)
+	go srv.Serve(l)
+	t.Cleanup(srv.Stop)
+
+	pool, err := New(Config{Executors: map[string]string{"wasmtime": addr}, Default: "wasmtime"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	sink := &losses{}
+	done := make(chan struct{})
+	go func() { pool.Run(ctx, sink); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	waitUntil(t, "a watch from the new listing", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return slices.Contains(f.watches, 0)
+	})
+	sink.mu.Lock()
+	lost := slices.Clone(sink.lost)
+	sink.mu.Unlock()
+	if len(lost) != 1 {
+		t.Fatalf("ExecutorLost %d times (%q), want once", len(lost), lost)
+	}
+	f.mu.Lock()
+	watches, lists := slices.Clone(f.watches), f.lists
+	f.mu.Unlock()
+	if !slices.Equal(watches, []uint64{10, 10, 0}) || lists != 2 {
+		t.Errorf("watches after %v with %d listings, want [10 10 0] after 2", watches, lists)
+	}
+}
