@@ -78,27 +78,8 @@ func (c *changes) seen() []string {
 // lists again and goes on from the new listing's sequence: the sink sees
 // every instance's state, and nothing is replayed.
 func TestWatchListsWhenBehind(t *testing.T) {
-	addr := "unix://" + filepath.Join(t.TempDir(), "e1.sock")
-	l, err := grpcutil.Listen(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &behindExecutor{}
-	srv := grpc.NewServer()
-	executorv1.RegisterExecutorServiceServer(srv, f)
-	go srv.Serve(l)
-	t.Cleanup(srv.Stop)
-
-	pool, err := New(Config{Executors: map[string]string{"wasmtime": addr}, Default: "wasmtime"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	sink := &changes{}
-	done := make(chan struct{})
-	go func() { pool.Run(ctx, sink); close(done) }()
-	defer func() { cancel(); <-done }()
+	f, sink := &behindExecutor{}, &changes{}
+	runPool(t, f, sink)
 
 	waitUntil(t, "a second watch", func() bool {
 		f.mu.Lock()
@@ -174,27 +155,8 @@ func (l *losses) ExecutorLost(replica, reason string) {
 // told their instances were lost, once, and the watch starts again from a
 // new listing instead of retrying the old sequence forever.
 func TestWatchNoticesRestartUnderSameID(t *testing.T) {
-	addr := "unix://" + filepath.Join(t.TempDir(), "e1.sock")
-	l, err := grpcutil.Listen(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &restartedExecutor{}
-	srv := grpc.NewServer()
-	executorv1.RegisterExecutorServiceServer(srv, f)
-	go srv.Serve(l)
-	t.Cleanup(srv.Stop)
-
-	pool, err := New(Config{Executors: map[string]string{"wasmtime": addr}, Default: "wasmtime"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	sink := &losses{}
-	done := make(chan struct{})
-	go func() { pool.Run(ctx, sink); close(done) }()
-	defer func() { cancel(); <-done }()
+	f, sink := &restartedExecutor{}, &losses{}
+	runPool(t, f, sink)
 
 	waitUntil(t, "a watch from the new listing", func() bool {
 		f.mu.Lock()
@@ -213,4 +175,32 @@ func TestWatchNoticesRestartUnderSameID(t *testing.T) {
 	if !slices.Equal(watches, []uint64{10, 10, 0}) || lists != 2 {
 		t.Errorf("watches after %v with %d listings, want [10 10 0] after 2", watches, lists)
 	}
+}
+
+// runPool serves srv as the pool's one static executor and runs the pool
+// into sink until the test ends.
+func runPool(t *testing.T, srv executorv1.ExecutorServiceServer, sink Sink) {
+	t.Helper()
+	addr := "unix://" + filepath.Join(t.TempDir(), "e1.sock")
+	l, err := grpcutil.Listen(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	executorv1.RegisterExecutorServiceServer(gs, srv)
+	go gs.Serve(l)
+	pool, err := New(Config{Executors: map[string]string{"wasmtime": addr}, Default: "wasmtime"})
+	if err != nil {
+		gs.Stop()
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { pool.Run(ctx, sink); close(done) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		pool.Close()
+		gs.Stop()
+	})
 }
