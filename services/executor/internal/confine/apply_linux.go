@@ -265,29 +265,47 @@ func mappedFiles() ([]string, error) {
 }
 
 // lookupUser resolves user and group (names or numbers); -1 for what is
-// not given. It runs before the confinement, which hides /etc/passwd.
+// not given. It runs before the confinement, which hides /etc/passwd. A
+// number needs no entry in /etc/passwd or /etc/group (as a container's
+// USER 65532 needs none); a numeric user without an entry has its own
+// number as group unless group is given.
 func lookupUser(name, group string) (uid, gid int, err error) {
 	uid, gid = -1, -1
 	if name != "" {
-		u, err := user.Lookup(name)
-		if err != nil {
-			if u, err = user.LookupId(name); err != nil {
-				return 0, 0, fmt.Errorf("confine: user %s: %w", name, err)
-			}
+		if u, err := user.Lookup(name); err == nil {
+			uid, _ = strconv.Atoi(u.Uid)
+			gid, _ = strconv.Atoi(u.Gid)
+		} else if u, err := user.LookupId(name); err == nil {
+			uid, _ = strconv.Atoi(u.Uid)
+			gid, _ = strconv.Atoi(u.Gid)
+		} else if n, ok := numericID(name); ok {
+			uid, gid = n, n
+		} else {
+			return 0, 0, fmt.Errorf("confine: user %s: %w", name, err)
 		}
-		uid, _ = strconv.Atoi(u.Uid)
-		gid, _ = strconv.Atoi(u.Gid)
 	}
 	if group != "" {
-		g, err := user.LookupGroup(group)
-		if err != nil {
-			if g, err = user.LookupGroupId(group); err != nil {
-				return 0, 0, fmt.Errorf("confine: group %s: %w", group, err)
-			}
+		if g, err := user.LookupGroup(group); err == nil {
+			gid, _ = strconv.Atoi(g.Gid)
+		} else if g, err := user.LookupGroupId(group); err == nil {
+			gid, _ = strconv.Atoi(g.Gid)
+		} else if n, ok := numericID(group); ok {
+			gid = n
+		} else {
+			return 0, 0, fmt.Errorf("confine: group %s: %w", group, err)
 		}
-		gid, _ = strconv.Atoi(g.Gid)
 	}
 	return uid, gid, nil
+}
+
+// numericID is s as a user or group id: decimal, below 2^32-1 (which the
+// kernel reads as "no change").
+func numericID(s string) (int, bool) {
+	n, err := strconv.ParseUint(s, 10, 32)
+	if err != nil || n == 1<<32-1 {
+		return 0, false
+	}
+	return int(n), true
 }
 
 // chownTree gives dir and everything beneath it to uid and gid, so that
