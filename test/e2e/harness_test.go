@@ -64,6 +64,11 @@ func binaries(t *testing.T) string {
 			build.err = err
 			return
 		}
+		// A root node agent runs its executor as an unprivileged user
+		// (--executor-user), which executes the binary again.
+		if build.err = os.Chmod(dir, 0o755); build.err != nil {
+			return
+		}
 		build.dir = dir
 		run := func(env []string, args ...string) error {
 			cmd := exec.Command("go", args...)
@@ -229,6 +234,12 @@ func startNode(t *testing.T, name string, env []string, extra ...string) *node {
 	for i := range args[:len(args)-1] {
 		if args[i] == "--state-dir" {
 			state := args[i+1]
+			// The test's temporary directory (0700) must let the
+			// executor's unprivileged user pass to the state dir, as
+			// /var/lib does.
+			if err := os.Chmod(filepath.Dir(state), 0o711); err != nil {
+				t.Fatal(err)
+			}
 			// After the node agent stops, before its state dir is removed:
 			// a stopped node agent leaves its pods' volumes mounted, as a
 			// kubelet does.

@@ -2,8 +2,10 @@
 // is given), the registry cache (in-process unless an address is given;
 // then served on a private unix socket for the executors), the executors
 // (one supervised child process unless addresses are given or
-// NoExecutorChild is set, plus every executor that announces itself for
-// this node on NATS), and
+// NoExecutorChild is set, run as an unprivileged user when the node agent
+// is root, with the directories it needs made usable by that user
+// (executoruser.go); plus every executor that announces itself for this
+// node on NATS), and
 // virtual-kubelet's node and pod controllers with wasmlet's provider, plus
 // the kubelet API. It holds no logic of its own beyond that wiring.
 package agent
@@ -97,6 +99,13 @@ type Config struct {
 	// < 0: unlimited.
 	EventQPS, EventBurst int
 
+	// ExecutorUser is the unprivileged user, UID[:GID] as numbers, that a
+	// node agent running as root runs its supervised executor as
+	// (--run-as-user, --run-as-group); "" or "root": root, as before.
+	// Its state dir, socket directory, the registry cache's socket and the
+	// pods' directories are made usable by that user (executorPaths).
+	// Ignored when the node agent is not root or supervises no executor.
+	ExecutorUser string
 	// NoExecutorChild: with no Executors, supervise no child; pods run on
 	// the executors that announce themselves on NATS for this node.
 	NoExecutorChild bool
@@ -217,6 +226,28 @@ func Run(ctx context.Context, cfg Config) error {
 
 	m := metrics.New(cfg.Metrics)
 
+	supervised := len(cfg.Executors) == 0 && !cfg.NoExecutorChild
+	execBin := cfg.ExecutorBinary
+	if execBin == "" {
+		execBin = siblingBinary("executor")
+	}
+	execUser, err := parseExecutorUser(cfg.ExecutorUser)
+	if err != nil {
+		return err
+	}
+	if execUser != nil && (!supervised || os.Geteuid() != 0) {
+		if supervised {
+			log.Info("executor runs as the node agent's user: only root can start it as another", "executor_user", execUser.String())
+		}
+		execUser = nil
+	}
+	execPaths := newExecutorPaths(cfg.StateDir)
+	if supervised {
+		if err := execPaths.prepare(execUser, execBin); err != nil {
+			return err
+		}
+	}
+
 	// Registry cache.
 	var cache regcache.Cache
 	registryAddr := cfg.RegistryCache
@@ -234,6 +265,12 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return err
 		}
+		if supervised {
+			if err := shareSocket(filepath.Join(cfg.StateDir, "sockets", "registry.sock"), execUser); err != nil {
+				l.Close()
+				return err
+			}
+		}
 		gs := grpc.NewServer()
 		server.New(lc).Register(gs)
 		goRun("registry cache server", func(ctx context.Context) error { return grpcutil.Serve(ctx, gs, l, 5*time.Second) })
@@ -248,13 +285,9 @@ func Run(ctx context.Context, cfg Config) error {
 
 	// Executors.
 	execAddrs := cfg.Executors
-	if len(execAddrs) == 0 && !cfg.NoExecutorChild {
-		addr := "unix://" + filepath.Join(cfg.StateDir, "sockets", "executor.sock")
+	if supervised {
+		addr := "unix://" + filepath.Join(execPaths.socketDir, "executor.sock")
 		execAddrs = map[string]string{cfg.DefaultExecutor: addr}
-		bin := cfg.ExecutorBinary
-		if bin == "" {
-			bin = siblingBinary("executor")
-		}
 		args := []string{"--listen", addr, "--registry", registryAddr, "--nats", natsURL,
 			"--state-dir", filepath.Join(cfg.StateDir, "executor"),
 			// The node admits pods up to MaxPods; its executor's cap on
@@ -263,7 +296,7 @@ func Run(ctx context.Context, cfg Config) error {
 			"--max-instances", fmt.Sprint(4 * cfg.MaxPods),
 			// Preopens may lie only under the pods' directories and the
 			// hostPath roots, as the node agent resolves them.
-			"--mount-root", filepath.Join(cfg.StateDir, "pods")}
+			"--mount-root", execPaths.podsDir}
 		for _, p := range cfg.AllowedHostPaths {
 			if real, err := filepath.EvalSymlinks(p); err == nil {
 				p = real
@@ -280,11 +313,20 @@ func Run(ctx context.Context, cfg Config) error {
 			args = append(args, "--registry-tls-cert", cfg.GRPCTLS.CertFile, "--registry-tls-key", cfg.GRPCTLS.KeyFile,
 				"--registry-tls-ca", cfg.GRPCTLS.CAFile)
 		}
+		var confinement supervisor.Confinement
+		if execUser != nil {
+			if err := checkExecutorFiles(cfg, execUser); err != nil {
+				return err
+			}
+			confinement.RunAsUser, confinement.RunAsGroup = fmt.Sprint(execUser.uid), fmt.Sprint(execUser.gid)
+			log.Info("supervised executor runs unprivileged", "uid", execUser.uid, "gid", execUser.gid)
+		}
 		sup, err := supervisor.New(supervisor.Config{
-			Binary: bin,
-			Args:   args,
-			Env:    []string{"WASMLET_NATS_TOKEN=" + natsToken},
-			Log:    log.With("component", "supervisor"),
+			Binary:      execBin,
+			Args:        args,
+			Env:         []string{"WASMLET_NATS_TOKEN=" + natsToken},
+			Log:         log.With("component", "supervisor"),
+			Confinement: confinement,
 		})
 		if err != nil {
 			return err

@@ -134,5 +134,8 @@ func subPath(dir, sub string) (string, error) {
 		}
 		return "", fmt.Errorf("subPath %q: %w", sub, err)
 	}
+	if err := shareSubPath(dir, clean); err != nil {
+		return "", fmt.Errorf("subPath %q: %w", sub, err)
+	}
 	return filepath.Join(dir, clean), nil
 }

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 
+	"golang.org/x/sys/unix"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -44,7 +45,15 @@ var errVolume = errors.New("volume")
 func (s *volumeSource) prepare(ctx context.Context, dir string, v v1.Volume) (string, error) {
 	switch {
 	case v.EmptyDir != nil:
-		return dir, os.MkdirAll(dir, 0o750)
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return "", err
+		}
+		if _, ok := sharedGroup(dir); ok {
+			// The module writes it through the executor, whose group
+			// this is.
+			return dir, os.Chmod(dir, 0o770|os.ModeSetgid)
+		}
+		return dir, nil
 	case v.HostPath != nil:
 		return s.hostPath(v.HostPath.Path)
 	case v.ConfigMap != nil:
@@ -59,6 +68,9 @@ func (s *volumeSource) prepare(ctx context.Context, dir string, v v1.Volume) (st
 			return "", err
 		}
 		if err := s.memoryBacked(dir); err != nil {
+			return "", err
+		}
+		if err := shareMount(dir); err != nil {
 			return "", err
 		}
 		return dir, writeFiles(dir, files, mode(v.Secret.DefaultMode))
@@ -96,6 +108,9 @@ func (s *volumeSource) prepare(ctx context.Context, dir string, v v1.Volume) (st
 		}
 		// Projected volumes carry tokens and secrets: memory only.
 		if err := s.memoryBacked(dir); err != nil {
+			return "", err
+		}
+		if err := shareMount(dir); err != nil {
 			return "", err
 		}
 		return dir, writeFiles(dir, files, mode(v.Projected.DefaultMode))
@@ -242,6 +257,7 @@ func writeFiles(dir string, files map[string]file, m os.FileMode) error {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return err
 	}
+	_, shared := sharedGroup(dir)
 	names := make([]string, 0, len(files))
 	for n := range files {
 		names = append(names, n)
@@ -256,8 +272,72 @@ func writeFiles(dir string, files map[string]file, m os.FileMode) error {
 		if files[n].mode != nil {
 			fm = mode(files[n].mode)
 		}
+		if shared {
+			fm |= 0o040 // the executor's group reads what it preopens
+		}
 		if err := beneath.WriteFile(dir, clean, files[n].data, fm); err != nil {
 			return fmt.Errorf("%w: file %q: %v", errVolume, n, err)
+		}
+	}
+	return nil
+}
+
+// A pod's volumes are shared with an unprivileged executor through a
+// group, as the kubelet shares them with a pod's fsGroup: the node agent
+// makes the pods' directory setgid and of the executor's group (package
+// agent), so that what it makes below takes that group; an emptyDir is
+// then group-writable (02770), files of the other volumes group-readable,
+// and nothing is world-writable. Without it (an executor that runs as the
+// node agent's user) modes are as they were.
+
+// sharedGroup reports the group that dir is shared with: its own, when it
+// is setgid and not the node agent's.
+func sharedGroup(dir string) (int, bool) {
+	var st unix.Stat_t
+	if unix.Lstat(dir, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR || st.Mode&unix.S_ISGID == 0 || int(st.Gid) == os.Getegid() {
+		return 0, false
+	}
+	return int(st.Gid), true
+}
+
+// shareMount gives the root of the tmpfs mounted on dir the group of the
+// directory it is mounted in, when that is shared: the mount hides the
+// group and setgid bit dir had.
+func shareMount(dir string) error {
+	gid, ok := sharedGroup(filepath.Dir(dir))
+	if !ok {
+		return nil
+	}
+	if err := os.Lchown(dir, -1, gid); err != nil {
+		return err
+	}
+	return os.Chmod(dir, 0o750|os.ModeSetgid)
+}
+
+// shareSubPath makes the directories the node agent made for subPath rel
+// in a group-writable volume at dir (an emptyDir) group-writable too, so
+// that the module can write below a subPath mount as it can below the
+// volume's. Each is opened beneath dir without following a link.
+func shareSubPath(dir, rel string) error {
+	if _, ok := sharedGroup(dir); !ok {
+		return nil
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil || st.Mode&0o020 == 0 {
+		return err
+	}
+	comps := strings.Split(filepath.Clean(rel), string(filepath.Separator))
+	for i := range comps {
+		f, err := beneath.OpenDir(dir, filepath.Join(comps[:i+1]...))
+		if err != nil {
+			return err
+		}
+		if err = unix.Fstat(int(f.Fd()), &st); err == nil && int(st.Uid) == os.Geteuid() && st.Mode&0o070 != 0o070 {
+			err = f.Chmod(0o770 | os.ModeSetgid)
+		}
+		f.Close()
+		if err != nil {
+			return err
 		}
 	}
 	return nil
