@@ -118,6 +118,14 @@ func StartStack(ctx context.Context, dir, bin string) (_ *Stack, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// The node agent runs its executor as an unprivileged user
+	// (--executor-user), who must reach the binary and the state dir.
+	if err := passable(bin); err != nil {
+		return nil, err
+	}
+	if err := passable(dir); err != nil {
+		return nil, err
+	}
 	if _, err := localcluster.StartService(dir, "nodeagent", filepath.Join(bin, "nodeagent"), []string{
 		"--kubeconfig", kubeconfig, "--node-name", WasmNode, "--port", fmt.Sprint(port),
 		"--state-dir", filepath.Join(dir, "node"), "--client-ca-file", s.Cluster.KubeletClientCAPath(),
@@ -246,4 +254,22 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// passable lets any user pass through path and the directories above it
+// up to the temporary directory (o+x, as /var/lib has), so that the node
+// agent's unprivileged executor user reaches what lies below.
+func passable(path string) error {
+	for d := path; d != filepath.Dir(d) && d != os.TempDir(); d = filepath.Dir(d) {
+		st, err := os.Stat(d)
+		if err != nil {
+			return err
+		}
+		if perm := st.Mode().Perm(); perm&0o001 == 0 {
+			if err := os.Chmod(d, perm|0o011); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
