@@ -184,6 +184,9 @@ func confinementGap(c instances.Confinement) string {
 		}
 		gaps = append(gaps, g)
 	}
+	if c.UID == 0 {
+		gaps = append(gaps, "runs as root")
+	}
 	return strings.Join(gaps, ", ")
 }
 
