@@ -27,7 +27,7 @@ down: ## stop everything `make up` started
 	go run ./hack/localstack down
 
 .PHONY: test
-test: deps tools controlplane metrics-server check ## run unit, integration and end-to-end tests (the CI command)
+test: deps tools controlplane metrics-server cni check ## run unit, integration and end-to-end tests (the CI command)
 	WASMLET_REQUIRE_CLUSTER=1 go test -count=1 -timeout 40m ./...
 
 .PHONY: test-short
@@ -73,6 +73,10 @@ controlplane: ## build (once, then cached) etcd, kube-apiserver, kube-scheduler 
 .PHONY: metrics-server
 metrics-server: ## build (once, then cached) metrics-server, which the `kubectl top` end-to-end test runs
 	@hack/metrics-server/build.sh >/dev/null
+
+.PHONY: cni
+cni: ## build (once, then cached) the standard CNI plugins (bridge, host-local, loopback, portmap) that give pods their IPs in the local stack and tests
+	@hack/cni/build.sh >/dev/null
 
 .PHONY: tools
 tools: $(TOOLS)/buf $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc ## install buf and the protoc plugins into the cache
