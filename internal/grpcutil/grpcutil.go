@@ -27,7 +27,21 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 )
+
+// Keepalive is how a client finds a TCP peer that stopped answering (a
+// paused or cut-off container, a host gone without a FIN) while it waits
+// on a call: after Time without traffic it pings, and closes the
+// connection when no answer comes in Timeout, failing the call with
+// Unavailable. Without it a call to a frozen peer waits forever (a pod
+// stuck in ContainerCreating with no word why). A peer that is merely
+// slow still answers pings. gRPC raises a Time under 10 s to 10 s.
+var Keepalive = keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}
+
+// KeepaliveEnforcement lets clients ping as often as Keepalive does; the
+// gRPC default (one ping in 5 minutes) answers them with GOAWAY.
+var KeepaliveEnforcement = keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}
 
 // Split parses an address into a network ("unix" or "tcp") and its target.
 func Split(addr string) (network, target string, err error) {
@@ -175,15 +189,17 @@ func Dial(addr string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
+	defaults := []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16 << 20)),
+	}
 	if network == "unix" {
 		target = "unix://" + target
 	} else {
 		target = "passthrough:///" + target
+		defaults = append(defaults, grpc.WithKeepaliveParams(Keepalive))
 	}
-	opts = append([]grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16 << 20)),
-	}, opts...)
+	opts = append(defaults, opts...)
 	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)

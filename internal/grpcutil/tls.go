@@ -212,6 +212,7 @@ func NewServer(addr string, t TLS, opts ...grpc.ServerOption) (*grpc.Server, net
 	if err != nil {
 		return nil, nil, err
 	}
+	opts = append([]grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(KeepaliveEnforcement)}, opts...)
 	return grpc.NewServer(opts...), l, nil
 }
 
