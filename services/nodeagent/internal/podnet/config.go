@@ -81,11 +81,14 @@ type DefaultNetwork struct {
 }
 
 // WriteDefaultConfig writes dir/10-<name>.conflist: a bridge with host-local
-// IPAM on the pod CIDR, then portmap for hostPorts. The bridge is the pods'
-// gateway (the node reaches pods through it, and pods reach Service IPs
-// that kube-proxy rewrites on the node) but does not masquerade, so traffic
-// from pods to anywhere beyond the node goes nowhere. Returns the file's
-// path; a file already there is replaced.
+// IPAM on the pod CIDR, portmap for hostPorts, and firewall. The bridge is
+// the pods' gateway (the node reaches pods through it, and pods reach Service
+// IPs that kube-proxy rewrites on the node) but does not masquerade, so
+// traffic from pods to anywhere beyond the node goes nowhere. firewall (its
+// iptables backend) accepts the pods' addresses in the host's FORWARD chain:
+// with br_netfilter loaded, traffic between pods on the bridge passes that
+// chain, and a policy of DROP (Docker sets one) would stop it. Returns the
+// file's path; a file already there is replaced.
 func WriteDefaultConfig(dir string, n DefaultNetwork) (string, error) {
 	if !n.PodCIDR.IsValid() {
 		return "", errors.New("write default CNI config: no pod CIDR (the node's spec.podCIDR)")
@@ -126,6 +129,10 @@ func WriteDefaultConfig(dir string, n DefaultNetwork) (string, error) {
 			{
 				"type":         "portmap",
 				"capabilities": map[string]bool{"portMappings": true},
+			},
+			{
+				"type":    "firewall",
+				"backend": "iptables",
 			},
 		},
 	}
@@ -186,4 +193,4 @@ func CachedPluginDir(cache string) (string, error) {
 
 // standardPlugins are the plugins hack/cni/build.sh builds: those the
 // default network and the loopback network use.
-var standardPlugins = [...]string{"bridge", "host-local", "loopback", "portmap"}
+var standardPlugins = [...]string{"bridge", "host-local", "loopback", "portmap", "firewall"}

@@ -27,8 +27,12 @@ func TestWriteDefaultConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if list.Name != "wasmlet" || len(list.Plugins) != 2 || list.Plugins[0].Network.Type != "bridge" || list.Plugins[1].Network.Type != "portmap" {
-		t.Fatalf("network %s with %d plugins, want wasmlet: bridge, portmap", list.Name, len(list.Plugins))
+	var types []string
+	for _, p := range list.Plugins {
+		types = append(types, p.Network.Type)
+	}
+	if list.Name != "wasmlet" || strings.Join(types, ",") != "bridge,portmap,firewall" {
+		t.Fatalf("network %s with plugins %v, want wasmlet: bridge, portmap, firewall", list.Name, types)
 	}
 	if got := list.Plugins[0].Network.IPAM.Type; got != "host-local" {
 		t.Errorf("IPAM %q, want host-local", got)

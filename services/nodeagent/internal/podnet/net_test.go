@@ -1,0 +1,351 @@
+package podnet
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math/bits"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The tests below make real namespaces, a bridge and veths with the plugins
+// hack/cni/build.sh builds. Traffic stays between the host and namespaces on
+// a bridge each test makes (named wlt<random>) on a random /24 of
+// 10.199.0.0/16 that no host route overlaps; the bridge is deleted when the
+// test ends.
+
+const envRequire = "WASMLET_REQUIRE_CLUSTER"
+
+type testNet struct {
+	m       *Manager
+	cidr    netip.Prefix
+	bridge  string
+	leases  string // host-local's lease dir of the network
+	state   string
+	confDir string
+}
+
+// newTestNet skips the test (fails it with $WASMLET_REQUIRE_CLUSTER set)
+// when not root or without the plugins.
+func newTestNet(tb testing.TB, cidrSize int) *testNet {
+	tb.Helper()
+	if testing.Short() {
+		tb.Skip("-short: skipping a test that makes network namespaces")
+	}
+	bins, err := CachedPluginDir(os.Getenv("WASMLET_CACHE"))
+	if err == nil && os.Geteuid() != 0 {
+		err = errors.New("not root: making network namespaces needs CAP_SYS_ADMIN and CAP_NET_ADMIN")
+	}
+	if err != nil {
+		if os.Getenv(envRequire) != "" {
+			tb.Fatalf("%v (%s is set, so this is a failure, not a skip)", err, envRequire)
+		}
+		tb.Skipf("skipping: %v (set %s=1 to make this a failure)", err, envRequire)
+	}
+	b := make([]byte, 3)
+	rand.Read(b)
+	bridge := "wlt" + hex.EncodeToString(b)
+	cidr := freeCIDR(tb, cidrSize)
+	dir := tb.TempDir()
+	n := &testNet{cidr: cidr, bridge: bridge, state: filepath.Join(dir, "state"), confDir: filepath.Join(dir, "net.d")}
+	n.leases = filepath.Join(dir, "leases")
+	if _, err := WriteDefaultConfig(n.confDir, DefaultNetwork{PodCIDR: cidr, Name: "wasmlet-test", Bridge: bridge, DataDir: n.leases}); err != nil {
+		tb.Fatal(err)
+	}
+	n.leases = filepath.Join(n.leases, "wasmlet-test")
+	n.m, err = New(Config{StateDir: n.state, ConfDir: n.confDir, PluginDirs: []string{bins}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if _, err := net.InterfaceByName(bridge); err != nil {
+			return
+		}
+		if out, err := exec.Command("ip", "link", "delete", bridge).CombinedOutput(); err != nil {
+			tb.Errorf("delete test bridge %s: %v: %s", bridge, err, out)
+		}
+	})
+	return n
+}
+
+// freeCIDR picks a prefix of 10.199.0.0/16 that overlaps no address or
+// route of the host.
+func freeCIDR(tb testing.TB, size int) netip.Prefix {
+	tb.Helper()
+	var taken []netip.Prefix
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			taken = append(taken, p)
+		}
+	}
+	taken = append(taken, hostRoutes(tb)...)
+	for range 50 {
+		b := make([]byte, 1)
+		rand.Read(b)
+		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 199, b[0], 0}), size).Masked()
+		free := true
+		for _, q := range taken {
+			if q.Bits() > 0 && q.Overlaps(p) {
+				free = false
+			}
+		}
+		if free {
+			return p
+		}
+	}
+	tb.Fatal("no free prefix in 10.199.0.0/16")
+	return netip.Prefix{}
+}
+
+// hostRoutes reads the IPv4 routes of /proc/net/route (destination and mask
+// in little-endian hex).
+func hostRoutes(tb testing.TB) []netip.Prefix {
+	b, err := os.ReadFile("/proc/net/route")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var out []netip.Prefix
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 8 {
+			continue
+		}
+		dst, err1 := strconv.ParseUint(f[1], 16, 32)
+		mask, err2 := strconv.ParseUint(f[7], 16, 32)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		a := netip.AddrFrom4([4]byte{byte(dst), byte(dst >> 8), byte(dst >> 16), byte(dst >> 24)})
+		out = append(out, netip.PrefixFrom(a, bits.OnesCount32(uint32(mask))))
+	}
+	return out
+}
+
+func testPod(name string) Pod {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return Pod{Namespace: "podnet-test", Name: name, UID: name + "-" + hex.EncodeToString(b)}
+}
+
+func (n *testNet) setup(tb testing.TB, pod Pod) Attachment {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	att, err := n.m.Setup(ctx, pod, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { n.m.Teardown(context.Background(), pod) })
+	return att
+}
+
+func (n *testNet) leased(ip netip.Addr) bool {
+	_, err := os.Stat(filepath.Join(n.leases, ip.String()))
+	return err == nil
+}
+
+// podIP checks that a pod got one address, in the test CIDR, leased by
+// host-local.
+func (n *testNet) podIP(t *testing.T, pod Pod, att Attachment) netip.Addr {
+	t.Helper()
+	if len(att.IPs) != 1 || !n.cidr.Contains(att.IPs[0]) {
+		t.Fatalf("pod %s got IPs %v, want one in %s", pod, att.IPs, n.cidr)
+	}
+	if !n.leased(att.IPs[0]) {
+		t.Errorf("pod %s: no host-local lease for %s in %s", pod, att.IPs[0], n.leases)
+	}
+	if !isNetNS(att.NetNS) {
+		t.Errorf("pod %s: %s is not a network namespace", pod, att.NetNS)
+	}
+	return att.IPs[0]
+}
+
+// listenIn opens a TCP echo-once server inside a namespace on addr.
+func listenIn(t *testing.T, netns string, addr netip.Addr) net.Listener {
+	t.Helper()
+	var ln net.Listener
+	err := InNamespace(netns, func() (err error) {
+		ln, err = net.Listen("tcp", netip.AddrPortFrom(addr, 8080).String())
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			line, _ := bufio.NewReader(c).ReadString('\n')
+			c.Write([]byte("echo " + line))
+			c.Close()
+		}
+	}()
+	return ln
+}
+
+// ask sends a line to addr and returns the answer; from is the namespace to
+// dial from ("" for the host's).
+func ask(from string, addr string, timeout time.Duration) (string, error) {
+	var c net.Conn
+	dial := func() (err error) {
+		c, err = net.DialTimeout("tcp", addr, timeout)
+		return err
+	}
+	var err error
+	if from == "" {
+		err = dial()
+	} else {
+		err = InNamespace(from, dial)
+	}
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte("hi\n")); err != nil {
+		return "", err
+	}
+	return bufio.NewReader(c).ReadString('\n')
+}
+
+func TestSetupTeardownTwoPods(t *testing.T) {
+	n := newTestNet(t, 24)
+	a, b := testPod("a"), testPod("b")
+	attA, attB := n.setup(t, a), n.setup(t, b)
+	ipA, ipB := n.podIP(t, a, attA), n.podIP(t, b, attB)
+	if ipA == ipB {
+		t.Fatalf("both pods got %s", ipA)
+	}
+	if again, err := n.m.Setup(t.Context(), a, nil); err != nil || again.NetNS != attA.NetNS || len(again.IPs) != 1 || again.IPs[0] != ipA {
+		t.Errorf("second Setup of %s: %+v, %v; want the first attachment %+v", a, again, err, attA)
+	}
+
+	listenIn(t, attA.NetNS, ipA)
+	target := netip.AddrPortFrom(ipA, 8080).String()
+	if got, err := ask("", target, 5*time.Second); err != nil || got != "echo hi\n" {
+		t.Errorf("from the host to pod a at %s: %q, %v", target, got, err)
+	}
+	if got, err := ask(attB.NetNS, target, 5*time.Second); err != nil || got != "echo hi\n" {
+		t.Errorf("from pod b to pod a at %s: %q, %v", target, got, err)
+	}
+	// Pod a's loopback is up: the loopback network was attached.
+	var lo net.Listener
+	if err := InNamespace(attA.NetNS, func() (err error) { lo, err = net.Listen("tcp", "127.0.0.1:0"); return err }); err != nil {
+		t.Errorf("listen on 127.0.0.1 in pod a: %v", err)
+	} else {
+		lo.Close()
+	}
+
+	if err := n.m.Teardown(t.Context(), a); err != nil {
+		t.Fatal(err)
+	}
+	if n.leased(ipA) {
+		t.Errorf("after Teardown, %s is still leased", ipA)
+	}
+	if _, err := os.Lstat(attA.NetNS); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("after Teardown, namespace file %s: %v, want gone", attA.NetNS, err)
+	}
+	if _, err := ask(attB.NetNS, target, time.Second); err == nil {
+		t.Errorf("pod a's address %s still answers after Teardown", target)
+	}
+	if err := n.m.Teardown(t.Context(), a); err != nil {
+		t.Errorf("second Teardown: %v", err)
+	}
+	if !n.leased(ipB) || !isNetNS(attB.NetNS) {
+		t.Errorf("tearing down pod a took pod b's lease or namespace")
+	}
+}
+
+func TestCleanupKeepsAdoptedRemovesLeftovers(t *testing.T) {
+	n := newTestNet(t, 24)
+	kept, gone := testPod("kept"), testPod("gone")
+	attKept, attGone := n.setup(t, kept), n.setup(t, gone)
+	ipKept, ipGone := n.podIP(t, kept, attKept), n.podIP(t, gone, attGone)
+	// A namespace file a reboot left unmounted, with no attachment.
+	stale := filepath.Join(n.state, "netns", "stale-uid")
+	if err := os.WriteFile(stale, nil, 0o444); err != nil {
+		t.Fatal(err)
+	}
+
+	// A restarted node agent: a new Manager on the same directories.
+	m, err := New(n.m.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	adopted, err := m.Cleanup(t.Context(), []Pod{kept})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if att, ok := adopted[kept.UID]; !ok || att.NetNS != attKept.NetNS || len(att.IPs) != 1 || att.IPs[0] != ipKept || att.Network != "wasmlet-test" {
+		t.Errorf("adopted %+v, want %s: %+v", adopted, kept.UID, attKept)
+	}
+	if len(adopted) != 1 {
+		t.Errorf("adopted %d pods, want 1", len(adopted))
+	}
+	if !n.leased(ipKept) || !isNetNS(attKept.NetNS) {
+		t.Errorf("Cleanup took the kept pod's lease or namespace")
+	}
+	if n.leased(ipGone) {
+		t.Errorf("after Cleanup, the leftover's %s is still leased", ipGone)
+	}
+	for _, p := range []string{attGone.NetNS, stale} {
+		if _, err := os.Lstat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("after Cleanup, %s: %v, want gone", p, err)
+		}
+	}
+	listenIn(t, attKept.NetNS, ipKept)
+	if got, err := ask("", netip.AddrPortFrom(ipKept, 8080).String(), 5*time.Second); err != nil || got != "echo hi\n" {
+		t.Errorf("the kept pod no longer answers: %q, %v", got, err)
+	}
+}
+
+func TestAddressesExhausted(t *testing.T) {
+	// A /30 leaves one address once the network, broadcast and gateway
+	// addresses are taken.
+	n := newTestNet(t, 30)
+	first := testPod("first")
+	n.podIP(t, first, n.setup(t, first))
+	second := testPod("second")
+	_, err := n.m.Setup(t.Context(), second, nil)
+	if !errors.Is(err, ErrAddressesExhausted) {
+		t.Fatalf("Setup on a full network: %v, want ErrAddressesExhausted", err)
+	}
+	if _, err := os.Lstat(filepath.Join(n.state, "netns", second.UID)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a failed Setup left its namespace: %v", err)
+	}
+}
+
+// BenchmarkSetupTeardown is the cost a pod's network adds to its start and
+// stop: a namespace, the loopback and bridge networks added and deleted.
+func BenchmarkSetupTeardown(b *testing.B) {
+	n := newTestNet(b, 24)
+	ctx := context.Background()
+	for i := 0; b.Loop(); i++ {
+		pod := Pod{Namespace: "bench", Name: "p", UID: fmt.Sprintf("bench-%d", i)}
+		if _, err := n.m.Setup(ctx, pod, nil); err != nil {
+			b.Fatal(err)
+		}
+		if err := n.m.Teardown(ctx, pod); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
