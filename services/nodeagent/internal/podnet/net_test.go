@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -347,5 +348,107 @@ func BenchmarkSetupTeardown(b *testing.B) {
 		if err := n.m.Teardown(ctx, pod); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func TestHostPort(t *testing.T) {
+	n := newTestNet(t, 24)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostPort := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	pod := testPod("hostport")
+	ctx := t.Context()
+	att, err := n.m.Setup(ctx, pod, []PortMapping{{HostPort: int32(hostPort), ContainerPort: 8080, Protocol: "TCP"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.m.Teardown(context.Background(), pod) })
+	listenIn(t, att.NetNS, n.podIP(t, pod, att))
+	gateway := n.cidr.Addr().Next() // host-local's default gateway: the bridge
+	published := netip.AddrPortFrom(gateway, uint16(hostPort)).String()
+	if got, err := ask("", published, 5*time.Second); err != nil || got != "echo hi\n" {
+		t.Fatalf("hostPort %s: %q, %v", published, got, err)
+	}
+	if err := n.m.Teardown(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ask("", published, time.Second); err == nil {
+		t.Errorf("hostPort %s still answers after Teardown", published)
+	}
+}
+
+// A Setup cut short after making the namespace (the node agent died) left a
+// namespace and no cached attachment: Setup again attaches it.
+func TestSetupRepairsHalfDone(t *testing.T) {
+	n := newTestNet(t, 24)
+	pod := testPod("half")
+	path := n.m.netnsPath(pod.UID)
+	if err := newNetNS(path); err != nil {
+		t.Fatal(err)
+	}
+	att := n.setup(t, pod)
+	n.podIP(t, pod, att)
+	if att.NetNS != path {
+		t.Errorf("namespace %s, want the existing %s", att.NetNS, path)
+	}
+}
+
+// Without CAP_SYS_ADMIN, Setup says what it needs. As root the test runs
+// itself again as nobody.
+func TestSetupNotPermitted(t *testing.T) {
+	if os.Geteuid() == 0 {
+		if testing.Short() {
+			t.Skip("-short: skipping a test that runs itself as another user")
+		}
+		dir := t.TempDir()
+		for d := dir; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+			os.Chmod(d, 0o755)
+		}
+		bin := filepath.Join(dir, "podnet.test")
+		self, err := os.ReadFile(os.Args[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(bin, self, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		tmp := filepath.Join(dir, "tmp")
+		if err := os.Mkdir(tmp, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(tmp, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin, "-test.run=^TestSetupNotPermitted$", "-test.v")
+		cmd.Env = append(os.Environ(), "HOME="+tmp, "TMPDIR="+tmp)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "--- PASS: TestSetupNotPermitted") {
+			t.Fatalf("as nobody: %v\n%s", err, out)
+		}
+		t.Logf("as nobody:\n%s", out)
+		return
+	}
+	state, conf, bins := t.TempDir(), t.TempDir(), t.TempDir()
+	if _, err := WriteDefaultConfig(conf, DefaultNetwork{PodCIDR: netip.MustParsePrefix("10.199.0.0/24")}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range standardPlugins {
+		os.WriteFile(filepath.Join(bins, name), []byte("#!/bin/sh\nexit 1\n"), 0o755)
+	}
+	m, err := New(Config{StateDir: state, ConfDir: conf, PluginDirs: []string{bins}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = m.Setup(t.Context(), testPod("p"), nil)
+	if !errors.Is(err, ErrNotPermitted) || !strings.Contains(err.Error(), "CAP_SYS_ADMIN") {
+		t.Fatalf("Setup as uid %d: %v, want ErrNotPermitted naming CAP_SYS_ADMIN", os.Geteuid(), err)
+	}
+	t.Logf("Setup as uid %d: %v", os.Geteuid(), err)
+	if entries, _ := os.ReadDir(filepath.Join(state, "netns")); len(entries) != 0 {
+		t.Errorf("a refused Setup left %d namespace files", len(entries))
 	}
 }
