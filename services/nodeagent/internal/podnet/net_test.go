@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/bits"
@@ -15,6 +16,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -450,5 +452,82 @@ func TestSetupNotPermitted(t *testing.T) {
 	t.Logf("Setup as uid %d: %v", os.Geteuid(), err)
 	if entries, _ := os.ReadDir(filepath.Join(state, "netns")); len(entries) != 0 {
 		t.Errorf("a refused Setup left %d namespace files", len(entries))
+	}
+}
+
+// Pod workers set pods up concurrently; the first ADDs race to make the
+// bridge.
+func TestConcurrentSetups(t *testing.T) {
+	n := newTestNet(t, 24)
+	const pods = 6
+	var wg sync.WaitGroup
+	atts := make([]Attachment, pods)
+	errs := make([]error, pods)
+	for i := range pods {
+		wg.Go(func() {
+			pod := testPod(fmt.Sprintf("p%d", i))
+			atts[i], errs[i] = n.m.Setup(t.Context(), pod, nil)
+			t.Cleanup(func() { n.m.Teardown(context.Background(), pod) })
+		})
+	}
+	wg.Wait()
+	seen := map[netip.Addr]bool{}
+	for i := range pods {
+		if errs[i] != nil {
+			t.Errorf("pod %d: %v", i, errs[i])
+			continue
+		}
+		if len(atts[i].IPs) != 1 || !n.cidr.Contains(atts[i].IPs[0]) || seen[atts[i].IPs[0]] {
+			t.Errorf("pod %d got %v: want one address of %s that no other pod has", i, atts[i].IPs, n.cidr)
+			continue
+		}
+		seen[atts[i].IPs[0]] = true
+	}
+}
+
+// An ADD that fails after host-local leased an address (here in a plugin
+// after the bridge) is undone: libcni caches nothing of it, so Setup deletes
+// with the config it used.
+func TestFailedSetupLeavesNothing(t *testing.T) {
+	n := newTestNet(t, 24)
+	bins := t.TempDir()
+	for _, p := range standardPlugins {
+		if err := os.Symlink(filepath.Join(n.m.cfg.PluginDirs[0], p), filepath.Join(bins, p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fail := "#!/bin/sh\nif [ \"$CNI_COMMAND\" = ADD ]; then echo '{\"cniVersion\":\"1.0.0\",\"code\":999,\"msg\":\"boom\"}'; exit 1; fi\n"
+	if err := os.WriteFile(filepath.Join(bins, "fail"), []byte(fail), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	confs, _ := filepath.Glob(filepath.Join(n.confDir, "*.conflist"))
+	b, err := os.ReadFile(confs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conf map[string]any
+	if err := json.Unmarshal(b, &conf); err != nil {
+		t.Fatal(err)
+	}
+	conf["plugins"] = append(conf["plugins"].([]any), map[string]any{"type": "fail"})
+	b, _ = json.Marshal(conf)
+	if err := os.WriteFile(confs[0], b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := n.m.cfg
+	cfg.PluginDirs = []string{bins}
+	m, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := testPod("fails")
+	if _, err := m.Setup(t.Context(), pod, nil); err == nil || !strings.Contains(err.Error(), "boom") {
+		t.Fatalf("Setup: %v, want the plugin's error", err)
+	}
+	if leases, _ := filepath.Glob(filepath.Join(n.leases, "10.*")); len(leases) != 0 {
+		t.Errorf("a failed Setup left leases %v", leases)
+	}
+	if _, err := os.Lstat(m.netnsPath(pod.UID)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a failed Setup left its namespace: %v", err)
 	}
 }

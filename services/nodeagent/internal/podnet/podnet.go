@@ -235,7 +235,9 @@ func (m *Manager) teardown(ctx context.Context, pod Pod) error {
 		return fmt.Errorf("read CNI cache %s: %w", m.cfg.CacheDir, err)
 	}
 	var errs []error
+	attached := false // to the pod's network, not only to loopback
 	for _, a := range atts {
+		attached = attached || a.IfName == m.cfg.IfName
 		list, err := libcni.NetworkConfFromBytes(a.Config)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("cached config of network %q: %w", a.Network, err))
@@ -246,9 +248,10 @@ func (m *Manager) teardown(ctx context.Context, pod Pod) error {
 			errs = append(errs, fmt.Errorf("delete from network %q: %w", a.Network, err))
 		}
 	}
-	if len(atts) == 0 && netns != "" {
-		// A namespace without a cached attachment: an ADD may have got
-		// half-way (an address leased, a veth made) before it failed.
+	if !attached && netns != "" {
+		// A namespace without a cached attachment to the pod's network: an
+		// ADD may have got half-way (an address leased, a veth made)
+		// before it failed, and libcni caches only what succeeded.
 		if list, err := loadNetwork(m.cfg.ConfDir, m.cfg.NetworkName); err == nil {
 			if err := m.detach(ctx, pod, netns, list); err != nil {
 				errs = append(errs, fmt.Errorf("delete from network %q: %w", list.Name, err))
