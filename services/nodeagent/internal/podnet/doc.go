@@ -14,12 +14,12 @@
 // and IPs, and the pod worker decides what to do with them. It changes nothing
 // on the host itself; the plugins do (the bridge plugin creates a bridge and
 // veth pairs and, as a gateway, turns on IP forwarding; portmap adds DNAT
-// rules for hostPorts).
+// rules for hostPorts; firewall accepts pod addresses in the FORWARD chain).
 //
 // WriteDefaultConfig writes the network the local stack and the tests use: a
-// bridge with host-local IPAM on the node's pod CIDR and portmap, without
-// masquerade, so that pod addresses are reachable from the node and from other
-// pods on it and lead nowhere else. On a real node the cluster's CNI config in
+// bridge with host-local IPAM on the node's pod CIDR, portmap and firewall,
+// without masquerade, so that pod addresses are reachable from the node and
+// from other pods on it and lead nowhere else. On a real node the cluster's CNI config in
 // /etc/cni/net.d and plugins in /opt/cni/bin are used unaltered.
 //
 // Usage:
