@@ -45,16 +45,23 @@ var (
 // builds once per test binary; the file must not be modified or removed.
 func Build(t testing.TB, name string) string {
 	t.Helper()
+	return BuildDir(t, "testdata/wasm/"+name)
+}
+
+// BuildDir is Build for the main package in dir, relative to the module's
+// root ("examples/httpserver").
+func BuildDir(t testing.TB, dir string) string {
+	t.Helper()
 	mu.Lock()
-	e, ok := entries[name]
+	e, ok := entries[dir]
 	if !ok {
 		e = &entry{}
-		entries[name] = e
+		entries[dir] = e
 	}
 	mu.Unlock()
-	e.once.Do(func() { e.path, e.err = build(name) })
+	e.once.Do(func() { e.path, e.err = build(dir) })
 	if e.err != nil {
-		t.Fatalf("build test module %s: %v", name, e.err)
+		t.Fatalf("build test module %s: %v", dir, e.err)
 	}
 	return e.path
 }
@@ -90,37 +97,38 @@ func WatFile(t testing.TB, name string) string {
 	return Wat(t, string(src))
 }
 
-func build(name string) (string, error) {
+func build(dir string) (string, error) {
 	root, err := moduleRoot()
 	if err != nil {
 		return "", err
 	}
-	src := filepath.Join(root, "testdata", "wasm", name)
+	name := filepath.Base(dir)
+	src := filepath.Join(root, filepath.FromSlash(dir))
 	key, err := sourceKey(src)
 	if err != nil {
-		return "", fmt.Errorf("test module %s: %w", name, err)
+		return "", fmt.Errorf("test module %s: %w", dir, err)
 	}
 	cache, err := os.UserCacheDir()
 	if err != nil {
 		cache = os.TempDir()
 	}
-	dir := filepath.Join(cache, "wasmlet-wasmbuild", key)
-	out := filepath.Join(dir, name+".wasm")
+	outDir := filepath.Join(cache, "wasmlet-wasmbuild", key)
+	out := filepath.Join(outDir, name+".wasm")
 	if _, err := os.Stat(out); err == nil {
 		return out, nil
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
 		return "", err
 	}
 	tmp := out + fmt.Sprintf(".tmp-%d", os.Getpid())
-	cmd := exec.Command("go", "build", "-o", tmp, "./testdata/wasm/"+name)
+	cmd := exec.Command("go", "build", "-o", tmp, "./"+dir)
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm", "CGO_ENABLED=0")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
 		os.Remove(tmp)
-		return "", fmt.Errorf("go build ./testdata/wasm/%s: %w: %s", name, err, strings.TrimSpace(stderr.String()))
+		return "", fmt.Errorf("go build ./%s: %w: %s", dir, err, strings.TrimSpace(stderr.String()))
 	}
 	if err := os.Rename(tmp, out); err != nil {
 		return "", err

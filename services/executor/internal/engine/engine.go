@@ -92,6 +92,22 @@ type Spec struct {
 	// blocks stalls the module's writes, so a sink must bound how long it
 	// blocks. Wait returns only after both sinks have had all output.
 	Stdout, Stderr io.Writer
+	// Listeners are opened, in NetNS, before the module starts, handed to
+	// it as preopened sockets after its preopened directories, named to it
+	// by ListenEnv, and closed when it ends. An engine that cannot refuses
+	// them (ErrUnsupported); one that can says so (SocketEngine). A port
+	// taken fails Start with ErrPortInUse, anything else with ErrListen.
+	Listeners []Listener
+	// NetNS is the path of the network namespace the listeners are opened
+	// in (InNetNS); empty: the executor's own.
+	NetNS string
+}
+
+// SocketEngine is an Engine that hands Spec.Listeners to modules.
+type SocketEngine interface {
+	Engine
+	// Listeners reports whether it can (true).
+	Listeners() bool
 }
 
 // Instance is one running instance.

@@ -45,11 +45,9 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	wt "github.com/bytecodealliance/wasmtime-go/v39"
-	"golang.org/x/sys/unix"
 
 	"github.com/wasmlet/wasmlet/services/executor/internal/diskcache"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
@@ -141,6 +139,9 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 	if !ok {
 		return nil, fmt.Errorf("%w: module was not prepared by the wasmtime engine", engine.ErrInstantiate)
 	}
+	if len(spec.Listeners) > 0 {
+		return nil, fmt.Errorf("%w: the wasmtime engine cannot hand a module a listening socket (wasmtime-go has no socket preopen); use a wazero flavour", engine.ErrUnsupported)
+	}
 	// The artifact stays on disk from its check until a runner has it.
 	release := e.disk.Use(m.key)
 	st, err := e.ready(ctx, m)
@@ -153,12 +154,7 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 	if err != nil {
 		return nil, err
 	}
-	killFd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		e.runners.put(r)
-		return nil, fmt.Errorf("%w: eventfd: %v", engine.ErrInstantiate, err)
-	}
-	inst := &instance{killFd: killFd, runner: r, pool: &e.runners}
+	inst := &instance{runner: r, pool: &e.runners}
 	if err := inst.setup(m, spec); err != nil {
 		inst.release()
 		return nil, err
@@ -181,10 +177,7 @@ type instance struct {
 
 	readers sync.WaitGroup // of the output pipes' readers
 
-	killFd      int         // an eventfd Interrupt signals: it ends a sleep in pollOneoff
-	interrupted atomic.Bool // set by Interrupt
-
-	wasiStart time.Time // when the WASI context was made (its monotonic clock's zero)
+	poller *engine.Poller // poll_oneoff's (pollOneoff); Interrupt wakes it
 }
 
 var _ engine.Guest = (*instance)(nil)
@@ -226,8 +219,16 @@ func (i *instance) setup(m *module, spec engine.Spec) error {
 		wasi.Close()
 		return err
 	}
+	// The monotonic clock a module reads (clock_time_get) counts from the
+	// creation of its WASI context, within microseconds of now: absolute
+	// monotonic deadlines are taken against it.
+	p, err := engine.NewPoller(time.Now())
+	if err != nil {
+		wasi.Close()
+		return err
+	}
+	i.poller = p
 	i.runner.current.Store(i)
-	i.wasiStart = time.Now()
 	i.store.SetWasi(wasi)
 	inst, err := i.runner.linker.Instantiate(i.store, i.runner.module)
 	if err != nil {
@@ -369,11 +370,10 @@ func (i *instance) Memory() int64 {
 }
 
 // Interrupt implements engine.Guest: the epoch ends running wasm, the
-// eventfd a sleep in pollOneoff.
+// poller a wait in pollOneoff.
 func (i *instance) Interrupt() {
-	i.interrupted.Store(true)
 	i.runner.engine.IncrementEpoch()
-	unix.Write(i.killFd, []byte{1, 0, 0, 0, 0, 0, 0, 0}) // eventfd: add 1
+	i.poller.Wake()
 }
 
 // Close implements engine.Guest.
@@ -391,5 +391,7 @@ func (i *instance) release() {
 	}
 	i.runner.current.CompareAndSwap(i, nil)
 	i.pool.put(i.runner)
-	unix.Close(i.killFd)
+	if i.poller != nil {
+		i.poller.Close()
+	}
 }

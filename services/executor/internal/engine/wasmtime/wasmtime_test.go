@@ -30,6 +30,11 @@ func TestConformance(t *testing.T) {
 	enginetest.Run(t, newTestEngine)
 }
 
+// TestServe: wasmtime-go has no socket preopen; listeners are refused.
+func TestServe(t *testing.T) {
+	enginetest.RunServe(t, newTestEngine)
+}
+
 // TestCorruptArtifactInternals covers what the conformance suite cannot see
 // from outside: an artifact changed under a running process, and a missing
 // sidecar.

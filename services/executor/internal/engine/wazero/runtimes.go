@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	wz "github.com/tetratelabs/wazero"
-	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 )
@@ -46,7 +45,7 @@ func (e *Engine) runtime(pages uint32) (*runtime, error) {
 		WithMemoryLimitPages(pages).
 		WithCloseOnContextDone(true)
 	rt := wz.NewRuntimeWithConfig(ctx, cfg)
-	if _, err := wasi_snapshot_preview1.Instantiate(ctx, rt); err != nil {
+	if err := defineWASI(ctx, rt); err != nil {
 		rt.Close(ctx)
 		return nil, fmt.Errorf("%w: instantiate WASI: %v", engine.ErrInstantiate, err)
 	}

@@ -53,8 +53,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -62,6 +64,7 @@ import (
 
 	wz "github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/experimental/sock"
 	"github.com/tetratelabs/wazero/sys"
 
 	"github.com/wasmlet/wasmlet/services/executor/internal/diskcache"
@@ -143,6 +146,9 @@ func New(cfg Config) (*Engine, error) {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("wazero engine: create cache dir: %w", err)
 		}
+	}
+	if err := checkFiles(context.Background()); err != nil {
+		return nil, fmt.Errorf("wazero engine: this build of wazero does not lay out module files as the engine's poll_oneoff and fd_close expect (see sockets.go): %w", err)
 	}
 	cache, err := wz.NewCompilationCacheWithDir(root)
 	if err != nil {
@@ -227,7 +233,16 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 		}
 	}()
 	cm := c.cm
-	ictx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	// The module's monotonic clock reads 0 now (WithNanotime below), so
+	// that the poller takes absolute deadlines against the same zero.
+	monoZero := time.Now()
+	poller, err := engine.NewPoller(monoZero)
+	if err != nil {
+		return nil, err
+	}
+	socks := &sockets{poller: poller}
+	ictx, cancel := context.WithCancel(context.WithValue(context.WithoutCancel(ctx), socketsKey{}, socks))
+	cancel = closing(cancel, poller)
 	fsc := wz.NewFSConfig()
 	open := new(atomic.Int32)
 	for _, p := range spec.Preopens {
@@ -245,15 +260,27 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 		WithStdout(sink(spec.Stdout)).
 		WithStderr(sink(spec.Stderr)).
 		WithSysWalltime().
-		WithSysNanotime().
+		WithNanotime(func() int64 { return int64(time.Since(monoZero)) }, sys.ClockResolution(time.Microsecond)).
 		WithNanosleep(sleeper(ictx)).
 		WithRandSource(rand.Reader)
-	for _, v := range engine.Environ(spec.Env) {
+	// Listeners follow stdio and the preopened directories.
+	env := append(slices.Clone(spec.Env), engine.ListenEnv(spec.Listeners, 3+len(spec.Preopens))...)
+	for _, v := range engine.Environ(env) {
 		mc = mc.WithEnv(v.Name, v.Value)
 	}
-	mod, err := r.rt.InstantiateModule(withLinearMemory(ictx), cm, mc)
+	var mod api.Module
+	err = engine.InNetNS(spec.NetNS, func() error {
+		// wazero opens the listeners here, on this thread, with net.Listen.
+		var err error
+		mod, err = r.rt.InstantiateModule(withListeners(withLinearMemory(ictx), spec.Listeners), cm, mc)
+		return err
+	})
 	if err != nil {
 		cancel()
+		var op *net.OpError
+		if errors.Is(err, engine.ErrListen) || errors.As(err, &op) && op.Op == "listen" {
+			return nil, engine.ListenError(spec.Listeners, spec.NetNS, err)
+		}
 		return nil, engine.InstantiateError(m.digest, err)
 	}
 	start := mod.ExportedFunction("_start")
@@ -266,11 +293,40 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 	// releases them when it is closed.
 	released = true
 	run, err := engine.Launch(&instance{ctx: ictx, cancel: cancel, mod: mod, mem: mod.ExportedMemory("memory"), start: start,
-		closed: func() { e.release(r, c) }}, e.cpu, spec)
+		socks: socks, closed: func() { e.release(r, c) }}, e.cpu, spec)
 	if err != nil {
 		return nil, err
 	}
 	return run, nil
+}
+
+// Listeners implements engine.SocketEngine.
+func (e *Engine) Listeners() bool { return true }
+
+// withListeners has InstantiateModule open ls (experimental/sock).
+func withListeners(ctx context.Context, ls []engine.Listener) context.Context {
+	if len(ls) == 0 {
+		return ctx
+	}
+	cfg := sock.NewConfig()
+	for _, l := range ls {
+		host := l.Host
+		if strings.Contains(host, ":") {
+			host = "[" + host + "]" // wazero joins host and port with a colon
+		}
+		cfg = cfg.WithTCPListener(host, l.Port)
+	}
+	return sock.WithConfig(ctx, cfg)
+}
+
+// closing is cancel, then the poller's close: an instance's context ends
+// once, after its last poll (the run has ended, or it never started).
+func closing(cancel context.CancelFunc, p *engine.Poller) context.CancelFunc {
+	var once sync.Once
+	return func() {
+		cancel()
+		once.Do(p.Close)
+	}
 }
 
 // sleeper is WASI's sleep (poll_oneoff on a clock) for an instance: it
@@ -325,6 +381,7 @@ type instance struct {
 	mod    api.Module
 	mem    api.Memory // the exported memory, if any, taken at start: a module that exits drops its export
 	start  api.Function
+	socks  *sockets
 	closed func() // ends the instance's use of its runtime and compiled module
 }
 
@@ -374,10 +431,16 @@ func (i *instance) Memory() int64 {
 }
 
 // Interrupt implements engine.Guest.
-func (i *instance) Interrupt() { i.cancel() }
+func (i *instance) Interrupt() {
+	i.socks.poller.Wake()
+	i.cancel()
+}
 
 // Close implements engine.Guest.
 func (i *instance) Close() {
+	if f, err := i.socks.filesOf(i.mod); err == nil {
+		f.closeConns()
+	}
 	i.mod.Close(context.Background())
 	i.closed()
 	i.cancel()

@@ -29,6 +29,11 @@ func TestConformance(t *testing.T) {
 	enginetest.Run(t, newEngine)
 }
 
+// TestServe runs the example HTTP server on listeners the engine opens.
+func TestServe(t *testing.T) {
+	enginetest.RunServe(t, newEngine)
+}
+
 func TestPages(t *testing.T) {
 	for _, tc := range []struct {
 		limit int64

@@ -1,0 +1,246 @@
+package engine
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Poller is WASI preview 1's poll_oneoff for one instance, the same for
+// every engine, which defines it over its runtime's own so that
+//   - a kill ends a module asleep or waiting in it at once (Wake): a
+//     runtime's interruption reaches running wasm only;
+//   - a subscription on a socket (a listener or a connection the module
+//     accepted) waits until the socket is ready, as poll(2) does: runtimes
+//     report sockets always ready, so a Go guest's netpoll, which waits in
+//     poll_oneoff, spun a core while its server was idle.
+//
+// What it does, as WASI preview 1 asks: clock subscriptions (realtime or
+// monotonic, relative or absolute) wait for their time; fd_read and
+// fd_write subscriptions on a socket the engine names (HostFD) wait for
+// the socket to be readable or writable; on anything else (stdio, files)
+// they are ready at once, as files always are (POSIX), with nbytes 0. It
+// returns when one subscription is ready, with an event for each one that
+// is. Process and thread CPU-time clocks are waited for as the monotonic
+// clock.
+type Poller struct {
+	wake     int // an eventfd Wake signals; the waits poll it
+	woken    atomic.Bool
+	monoZero time.Time
+}
+
+// NewPoller returns the Poller of an instance whose monotonic clock
+// (clock_time_get) reads 0 at monoZero: absolute monotonic deadlines are
+// taken against it. Close it when the instance has ended.
+func NewPoller(monoZero time.Time) (*Poller, error) {
+	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return nil, fmt.Errorf("%w: eventfd: %v", ErrInstantiate, err)
+	}
+	return &Poller{wake: fd, monoZero: monoZero}, nil
+}
+
+// Wake ends a wait, now or to come, at once: the instance is being
+// killed. Safe from any goroutine.
+func (p *Poller) Wake() {
+	p.woken.Store(true)
+	unix.Write(p.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0}) // eventfd: add 1
+}
+
+// Woken reports whether Wake was called.
+func (p *Poller) Woken() bool { return p.woken.Load() }
+
+// Close frees the eventfd; no wait may be under way or come.
+func (p *Poller) Close() { unix.Close(p.wake) }
+
+// HostFD names the host socket behind a module's fd, for an fd
+// subscription; ok false: not a socket the engine knows, ready at once.
+type HostFD func(fd uint32) (host int, ok bool)
+
+// WASI errnos poll_oneoff returns.
+const (
+	ErrnoBadf  = 8
+	ErrnoFault = 21
+	ErrnoIntr  = 27
+	ErrnoInval = 28
+)
+
+// PollOneoff is poll_oneoff over mem, the module's linear memory: nsubs
+// subscriptions at in, events written at out, their number at nevents.
+// It returns the WASI errno, and killed when Wake ended the wait (the
+// engine then stops the module; no events are written).
+func (p *Poller) PollOneoff(mem []byte, in, out, nsubs, nevents uint32, host HostFD) (errno uint16, killed bool) {
+	const (
+		subSize, eventSize          = 48, 32
+		tagClock, tagRead, tagWrite = 0, 1, 2
+		hangup                      = 1 // eventrwflags.fd_readwrite_hangup
+	)
+	inside := func(ptr uint32, n uint64) bool { return uint64(ptr)+n <= uint64(len(mem)) }
+	if nsubs == 0 {
+		return ErrnoInval, false
+	}
+	if !inside(in, uint64(nsubs)*subSize) || !inside(out, uint64(nsubs)*eventSize) || !inside(nevents, 4) {
+		return ErrnoFault, false
+	}
+	type clock struct {
+		userdata uint64
+		at       time.Time
+	}
+	type fdsub struct {
+		userdata uint64
+		tag      uint8
+		host     int // -1: not a socket, ready at once
+	}
+	var clocks []clock
+	var fds []fdsub
+	now := time.Now()
+	pfds := []unix.PollFd{{Fd: int32(p.wake), Events: unix.POLLIN}}
+	at := now // ready at once, unless all are sockets or clocks to wait for
+	immediate := false
+	for k := range uint64(nsubs) {
+		s := mem[uint64(in)+k*subSize:]
+		userdata := binary.LittleEndian.Uint64(s[0:])
+		switch tag := s[8]; tag {
+		case tagClock:
+			id := binary.LittleEndian.Uint32(s[16:])
+			timeout := time.Duration(min(binary.LittleEndian.Uint64(s[24:]), math.MaxInt64))
+			abs := binary.LittleEndian.Uint16(s[40:])&1 != 0
+			var t time.Time
+			switch {
+			case !abs:
+				t = now.Add(timeout)
+			case id == 0: // realtime
+				t = time.Unix(0, int64(timeout))
+			default:
+				t = p.monoZero.Add(timeout)
+			}
+			clocks = append(clocks, clock{userdata, t})
+		case tagRead, tagWrite:
+			f := fdsub{userdata: userdata, tag: tag, host: -1}
+			if host != nil {
+				if h, ok := host(binary.LittleEndian.Uint32(s[16:])); ok {
+					f.host = h
+					ev := int16(unix.POLLIN)
+					if tag == tagWrite {
+						ev = unix.POLLOUT
+					}
+					pfds = append(pfds, unix.PollFd{Fd: int32(h), Events: ev})
+				}
+			}
+			if f.host < 0 {
+				immediate = true
+			}
+			fds = append(fds, f)
+		default:
+			return ErrnoInval, false
+		}
+	}
+	wait := time.Duration(-1) // until a socket is ready
+	if !immediate && len(clocks) > 0 {
+		at = clocks[0].at
+		for _, cl := range clocks[1:] {
+			if cl.at.Before(at) {
+				at = cl.at
+			}
+		}
+	}
+	if immediate || len(clocks) > 0 {
+		wait = max(time.Until(at), 0)
+	}
+	for {
+		if p.poll(pfds, wait) {
+			return 0, true
+		}
+		n := uint32(0)
+		event := func(userdata uint64, tag uint8, flags uint16) {
+			e := mem[uint64(out)+uint64(n)*eventSize:][:eventSize]
+			clear(e)
+			binary.LittleEndian.PutUint64(e[0:], userdata)
+			e[10] = tag
+			binary.LittleEndian.PutUint16(e[24:], flags)
+			n++
+		}
+		j := 1 // pfds[j] is the next socket's
+		for _, f := range fds {
+			if f.host < 0 {
+				event(f.userdata, f.tag, 0)
+				continue
+			}
+			re := pfds[j].Revents
+			j++
+			switch {
+			case re&unix.POLLNVAL != 0:
+				e := mem[uint64(out)+uint64(n)*eventSize:]
+				event(f.userdata, f.tag, 0)
+				binary.LittleEndian.PutUint16(e[8:], ErrnoBadf)
+			case re&unix.POLLHUP != 0:
+				event(f.userdata, f.tag, hangup)
+			case re != 0:
+				event(f.userdata, f.tag, 0)
+			}
+		}
+		now := time.Now()
+		for _, cl := range clocks {
+			if !cl.at.After(now) {
+				event(cl.userdata, tagClock, 0)
+			}
+		}
+		if n > 0 {
+			binary.LittleEndian.PutUint32(mem[nevents:], n)
+			return 0, false
+		}
+		// Woken early (a signal), or a socket's readiness went: wait on.
+		if wait >= 0 {
+			wait = max(time.Until(at), 0)
+		}
+	}
+}
+
+// Sleep blocks the thread for d, or until Wake, and reports whether Wake
+// ended it.
+func (p *Poller) Sleep(d time.Duration) bool {
+	return p.poll([]unix.PollFd{{Fd: int32(p.wake), Events: unix.POLLIN}}, max(d, 0))
+}
+
+// poll waits in ppoll(2) for fds[0], the eventfd, or another of fds to be
+// ready, for at most d (d < 0: no bound), retrying on EINTR, and reports
+// whether Wake ended it. The thread waits in the kernel, as a runtime's
+// own sleep does: cheaper than a Go timer and channel.
+func (p *Poller) poll(fds []unix.PollFd, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for {
+		for i := range fds {
+			fds[i].Revents = 0
+		}
+		var ts *unix.Timespec
+		if d >= 0 {
+			t := unix.NsecToTimespec(int64(d))
+			ts = &t
+		}
+		n, err := unix.Ppoll(fds, ts, nil)
+		switch {
+		case n > 0:
+			return fds[0].Revents != 0
+		case err == nil:
+			return false // the time is up
+		case err != unix.EINTR:
+			// Not expected of fds the instance holds open; the wait
+			// still lasts its time.
+			if d >= 0 {
+				time.Sleep(time.Until(deadline))
+			} else {
+				time.Sleep(10 * time.Millisecond) // not a spin
+			}
+			return p.woken.Load()
+		}
+		if d >= 0 {
+			if d = time.Until(deadline); d <= 0 {
+				return false
+			}
+		}
+	}
+}

@@ -1,0 +1,278 @@
+package wazero
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"reflect"
+	"sync"
+	"syscall"
+
+	wz "github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/api"
+	experimentalsys "github.com/tetratelabs/wazero/experimental/sys"
+	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
+
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
+)
+
+// Sockets. wazero hands a module the TCP listeners of experimental/sock,
+// opened by net.Listen inside InstantiateModule (Start runs that on a
+// thread in the spec's network namespace), and accepts connections on
+// them. Two of its WASI functions are replaced, for which the engine must
+// reach the host socket behind a module's fd:
+//   - poll_oneoff (engine.Poller): wazero's reports every socket ready at
+//     once, so a Go guest's netpoll spun a core while its server idled;
+//     ours waits in poll(2) on the sockets, and a kill ends the wait.
+//   - fd_close: wazero's close of an accepted connection marks it closed
+//     and never closes the socket (its Close calls Shutdown(SHUT_RDWR),
+//     which calls Close, which returns at once as closed): the peer saw no
+//     FIN, and the descriptor stayed open, until a garbage collection. Ours
+//     closes it after wazero's file table has let it go.
+//
+// wazero offers no public way to the host socket of a module's fd, so
+// files reads its table through reflection: the module's Sys field, its
+// FS() and that one's LookupFile and CloseFile methods, and the
+// *net.TCPListener or *net.TCPConn of the file wazero made (fields tl,
+// tc). This is wazero v1.12's layout; New checks the methods
+// (checkFiles), and TestSocketFilesReachable the fields, so that an
+// upgrade that moves them fails there rather than spin or leak.
+
+// files is a module's file table, as far as the engine reaches it.
+type files struct {
+	lookup, close reflect.Value // the FS context's LookupFile, CloseFile
+}
+
+var (
+	listenerType = reflect.TypeFor[*net.TCPListener]()
+	connType     = reflect.TypeFor[*net.TCPConn]()
+)
+
+// filesOf reaches mod's file table.
+func filesOf(mod api.Module) (files, error) {
+	v := reflect.ValueOf(mod)
+	if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
+		return files{}, fmt.Errorf("wazero module is a %T", mod)
+	}
+	sys := v.Elem().FieldByName("Sys")
+	if !sys.IsValid() || sys.Kind() != reflect.Pointer || sys.IsNil() {
+		return files{}, errors.New("wazero module has no Sys context")
+	}
+	fsm := sys.MethodByName("FS")
+	if !fsm.IsValid() || fsm.Type().NumIn() != 0 || fsm.Type().NumOut() != 1 {
+		return files{}, errors.New("wazero Sys context has no FS()")
+	}
+	fs := fsm.Call(nil)[0]
+	lookup, closeFile := fs.MethodByName("LookupFile"), fs.MethodByName("CloseFile")
+	if !lookup.IsValid() || lookup.Type().NumIn() != 1 || lookup.Type().In(0).Kind() != reflect.Int32 || lookup.Type().NumOut() != 2 ||
+		lookup.Type().Out(1).Kind() != reflect.Bool || lookup.Type().Out(0).Kind() != reflect.Pointer {
+		return files{}, errors.New("wazero FS context has no LookupFile(int32) (*FileEntry, bool)")
+	}
+	if f, ok := lookup.Type().Out(0).Elem().FieldByName("File"); !ok || f.Type.Kind() != reflect.Interface {
+		return files{}, errors.New("wazero FileEntry has no File")
+	}
+	if !closeFile.IsValid() || closeFile.Type().NumIn() != 1 || closeFile.Type().In(0).Kind() != reflect.Int32 ||
+		closeFile.Type().NumOut() != 1 || closeFile.Type().Out(0).Kind() != reflect.Uint16 {
+		return files{}, errors.New("wazero FS context has no CloseFile(int32) Errno")
+	}
+	return files{lookup: lookup, close: closeFile}, nil
+}
+
+// socket is the host socket of fd: a listener or an accepted connection.
+func (f files) socket(fd uint32) (syscall.Conn, bool) {
+	if fd > 1<<31-1 {
+		return nil, false
+	}
+	out := f.lookup.Call([]reflect.Value{reflect.ValueOf(int32(fd))})
+	if !out[1].Bool() {
+		return nil, false
+	}
+	file := out[0].Elem().FieldByName("File")
+	if file.IsNil() {
+		return nil, false
+	}
+	d := file.Elem()
+	if d.Kind() != reflect.Pointer || d.IsNil() || d.Elem().Kind() != reflect.Struct {
+		return nil, false
+	}
+	s := d.Elem()
+	if tl := s.FieldByName("tl"); tl.IsValid() && tl.Type() == listenerType && !tl.IsNil() {
+		return (*net.TCPListener)(tl.UnsafePointer()), true
+	}
+	if tc := s.FieldByName("tc"); tc.IsValid() && tc.Type() == connType && !tc.IsNil() {
+		return (*net.TCPConn)(tc.UnsafePointer()), true
+	}
+	return nil, false
+}
+
+// closeFD is WASI's fd_close: wazero's, then the connection's own close.
+func (f files) closeFD(fd uint32) uint16 {
+	if fd > 1<<31-1 {
+		return engine.ErrnoBadf
+	}
+	conn, _ := f.socket(fd)
+	errno := experimentalsys.Errno(f.close.Call([]reflect.Value{reflect.ValueOf(int32(fd))})[0].Uint())
+	if c, ok := conn.(*net.TCPConn); ok && errno == 0 {
+		c.Close()
+	}
+	return wasiErrno(errno)
+}
+
+// wasiErrno is the WASI preview 1 errno of one of wazero's, as its WASI
+// functions return them (those a close can end with; others are EIO).
+func wasiErrno(e experimentalsys.Errno) uint16 {
+	switch e {
+	case 0:
+		return 0
+	case experimentalsys.EACCES:
+		return 2
+	case experimentalsys.EAGAIN:
+		return 6
+	case experimentalsys.EBADF:
+		return engine.ErrnoBadf
+	case experimentalsys.EINTR:
+		return engine.ErrnoIntr
+	case experimentalsys.EINVAL:
+		return engine.ErrnoInval
+	case experimentalsys.ENOSYS:
+		return 52
+	case experimentalsys.ENOTSOCK:
+		return 57
+	case experimentalsys.ENOTSUP:
+		return 58
+	case experimentalsys.EPERM:
+		return 63
+	}
+	return 29 // EIO
+}
+
+// closeConns closes every accepted connection still in the table, before
+// wazero closes the module (whose close of them does nothing, see above).
+// fds are handed out lowest first, so the table ends before a long run of
+// unused ones.
+func (f files) closeConns() {
+	const gap = 256
+	for fd, miss := uint32(0), 0; miss < gap; fd++ {
+		conn, ok := f.socket(fd)
+		if !ok {
+			if out := f.lookup.Call([]reflect.Value{reflect.ValueOf(int32(fd))}); !out[1].Bool() {
+				miss++
+			}
+			continue
+		}
+		miss = 0
+		if c, ok := conn.(*net.TCPConn); ok {
+			c.Close()
+		}
+	}
+}
+
+// hostFD is the descriptor of a socket; the module keeps it open while it
+// waits in poll_oneoff (the module is single-threaded).
+func hostFD(c syscall.Conn) (int, bool) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	h := -1
+	if rc.Control(func(fd uintptr) { h = int(fd) }) != nil || h < 0 {
+		return 0, false
+	}
+	return h, true
+}
+
+// sockets is an instance's part in the replaced functions, reached from
+// the calls' context.
+type sockets struct {
+	poller *engine.Poller
+
+	once  sync.Once
+	files files
+	err   error
+}
+
+type socketsKey struct{}
+
+func (s *sockets) filesOf(mod api.Module) (files, error) {
+	s.once.Do(func() { s.files, s.err = filesOf(mod) })
+	return s.files, s.err
+}
+
+// defineWASI instantiates WASI preview 1 in rt with the functions above
+// replaced.
+func defineWASI(ctx context.Context, rt wz.Runtime) error {
+	b := rt.NewHostModuleBuilder(wasi_snapshot_preview1.ModuleName)
+	wasi_snapshot_preview1.NewFunctionExporter().ExportFunctions(b)
+	i32 := api.ValueTypeI32
+	b.NewFunctionBuilder().WithGoModuleFunction(api.GoModuleFunc(pollOneoff), []api.ValueType{i32, i32, i32, i32}, []api.ValueType{i32}).
+		WithParameterNames("in", "out", "nsubscriptions", "result.nevents").Export("poll_oneoff")
+	b.NewFunctionBuilder().WithGoModuleFunction(api.GoModuleFunc(fdClose), []api.ValueType{i32}, []api.ValueType{i32}).
+		WithParameterNames("fd").Export("fd_close")
+	_, err := b.Instantiate(ctx)
+	return err
+}
+
+func pollOneoff(ctx context.Context, mod api.Module, stack []uint64) {
+	s, _ := ctx.Value(socketsKey{}).(*sockets)
+	var mem []byte
+	ok := false
+	if m := mod.Memory(); m != nil {
+		mem, ok = m.Read(0, m.Size())
+	}
+	if s == nil || !ok {
+		stack[0] = engine.ErrnoFault
+		return
+	}
+	f, err := s.filesOf(mod)
+	var host engine.HostFD
+	if err == nil {
+		host = func(fd uint32) (int, bool) {
+			if c, ok := f.socket(fd); ok {
+				return hostFD(c)
+			}
+			return 0, false
+		}
+	}
+	errno, killed := s.poller.PollOneoff(mem, uint32(stack[0]), uint32(stack[1]), uint32(stack[2]), uint32(stack[3]), host)
+	if killed {
+		// The module stops at its next function call or loop (its
+		// context is cancelled); until then it sees an interrupted wait.
+		errno = engine.ErrnoIntr
+	}
+	stack[0] = uint64(errno)
+}
+
+func fdClose(ctx context.Context, mod api.Module, stack []uint64) {
+	s, _ := ctx.Value(socketsKey{}).(*sockets)
+	if s == nil {
+		stack[0] = engine.ErrnoBadf
+		return
+	}
+	f, err := s.filesOf(mod)
+	if err != nil {
+		stack[0] = engine.ErrnoBadf
+		return
+	}
+	stack[0] = uint64(f.closeFD(uint32(stack[0])))
+}
+
+// checkFiles reports whether the engine reaches a module's file table in
+// this build of wazero: New refuses to run without it (fd_close is ours).
+func checkFiles(ctx context.Context) error {
+	rt := wz.NewRuntime(ctx)
+	defer rt.Close(ctx)
+	empty := []byte{0, 'a', 's', 'm', 1, 0, 0, 0}
+	mod, err := rt.InstantiateWithConfig(ctx, empty, wz.NewModuleConfig().WithName(""))
+	if err != nil {
+		return err
+	}
+	f, err := filesOf(mod)
+	if err != nil {
+		return err
+	}
+	if _, ok := f.socket(0); ok {
+		return errors.New("stdin is a socket")
+	}
+	return nil
+}
