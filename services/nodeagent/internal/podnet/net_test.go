@@ -332,6 +332,7 @@ func TestAddressesExhausted(t *testing.T) {
 	if !errors.Is(err, ErrAddressesExhausted) {
 		t.Fatalf("Setup on a full network: %v, want ErrAddressesExhausted", err)
 	}
+	t.Logf("Setup on a full network: %v", err)
 	if _, err := os.Lstat(filepath.Join(n.state, "netns", second.UID)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a failed Setup left its namespace: %v", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/invoke"
@@ -27,6 +28,9 @@ const (
 // containerIDPrefix marks the CNI attachments (and so the cache entries)
 // that are this package's: a pod's container ID is the prefix and its UID.
 const containerIDPrefix = "wasmlet-"
+
+// undoTimeout bounds the teardown that undoes a failed Setup.
+const undoTimeout = time.Minute
 
 // Config configures a Manager.
 type Config struct {
@@ -170,7 +174,11 @@ func (m *Manager) Setup(ctx context.Context, pod Pod, ports []PortMapping) (Atta
 	}
 	att, err := m.attach(ctx, pod, path, list, ports)
 	if err != nil {
-		if derr := m.teardown(ctx, pod); derr != nil {
+		// Undo even when ctx ended (the pod went away meanwhile): a lease
+		// left behind is an address lost until Cleanup.
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+		defer cancel()
+		if derr := m.teardown(uctx, pod); derr != nil {
 			m.log.Warn("undo failed pod network setup", "pod", pod.String(), "err", derr)
 		}
 		return Attachment{}, fmt.Errorf("set up network of pod %s: %w", pod, err)
@@ -188,7 +196,7 @@ func (m *Manager) attach(ctx context.Context, pod Pod, path string, list *libcni
 	res, err := m.cni.AddNetworkList(ctx, list, m.runtimeConf(pod, path, ports))
 	if err != nil {
 		if strings.Contains(err.Error(), "no IP addresses available") {
-			err = fmt.Errorf("%w on network %q: %w (pods on this node hold every address of the pod CIDR)", ErrAddressesExhausted, list.Name, err)
+			err = fmt.Errorf("%w: %w (pods on this node hold every address of its range)", ErrAddressesExhausted, err)
 		}
 		return Attachment{}, fmt.Errorf("add to network %q: %w", list.Name, err)
 	}
