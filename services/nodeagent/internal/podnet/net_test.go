@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/bits"
 	"net"
 	"net/netip"
@@ -20,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The tests below make real namespaces, a bridge and veths with the plugins
@@ -67,7 +70,7 @@ func newTestNet(tb testing.TB, cidrSize int) *testNet {
 		tb.Fatal(err)
 	}
 	n.leases = filepath.Join(n.leases, "wasmlet-test")
-	n.m, err = New(Config{StateDir: n.state, ConfDir: n.confDir, PluginDirs: []string{bins}})
+	n.m, err = New(Config{StateDir: n.state, ConfDir: n.confDir, PluginDirs: []string{bins}, Log: slog.New(slog.NewTextHandler(tb.Output(), nil))})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -280,12 +283,17 @@ func TestSetupTeardownTwoPods(t *testing.T) {
 
 func TestCleanupKeepsAdoptedRemovesLeftovers(t *testing.T) {
 	n := newTestNet(t, 24)
-	kept, gone := testPod("kept"), testPod("gone")
-	attKept, attGone := n.setup(t, kept), n.setup(t, gone)
-	ipKept, ipGone := n.podIP(t, kept, attKept), n.podIP(t, gone, attGone)
+	kept, gone, rebooted := testPod("kept"), testPod("gone"), testPod("rebooted")
+	attKept, attGone, attRebooted := n.setup(t, kept), n.setup(t, gone), n.setup(t, rebooted)
+	ipKept, ipGone, ipRebooted := n.podIP(t, kept, attKept), n.podIP(t, gone, attGone), n.podIP(t, rebooted, attRebooted)
 	// A namespace file a reboot left unmounted, with no attachment.
 	stale := filepath.Join(n.state, "netns", "stale-uid")
 	if err := os.WriteFile(stale, nil, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	// A running pod whose namespace a reboot took (the file and the CNI
+	// cache stay, the mount and its veth go): its lease must not leak.
+	if err := unix.Unmount(attRebooted.NetNS, unix.MNT_DETACH); err != nil {
 		t.Fatal(err)
 	}
 
@@ -294,7 +302,7 @@ func TestCleanupKeepsAdoptedRemovesLeftovers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	adopted, err := m.Cleanup(t.Context(), []Pod{kept})
+	adopted, err := m.Cleanup(t.Context(), []Pod{kept, rebooted})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,10 +315,12 @@ func TestCleanupKeepsAdoptedRemovesLeftovers(t *testing.T) {
 	if !n.leased(ipKept) || !isNetNS(attKept.NetNS) {
 		t.Errorf("Cleanup took the kept pod's lease or namespace")
 	}
-	if n.leased(ipGone) {
-		t.Errorf("after Cleanup, the leftover's %s is still leased", ipGone)
+	for _, ip := range []netip.Addr{ipGone, ipRebooted} {
+		if n.leased(ip) {
+			t.Errorf("after Cleanup, the leftover's %s is still leased", ip)
+		}
 	}
-	for _, p := range []string{attGone.NetNS, stale} {
+	for _, p := range []string{attGone.NetNS, attRebooted.NetNS, stale} {
 		if _, err := os.Lstat(p); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("after Cleanup, %s: %v, want gone", p, err)
 		}
