@@ -194,3 +194,24 @@ func mustCIDR(t *testing.T, s string) *net.IPNet {
 	n.IP = ip
 	return n
 }
+
+func TestCachedPluginDir(t *testing.T) {
+	cache := t.TempDir()
+	if _, err := CachedPluginDir(cache); !errors.Is(err, ErrPluginNotFound) || !strings.Contains(err.Error(), "make cni") {
+		t.Errorf("empty cache: %v, want ErrPluginNotFound saying make cni", err)
+	}
+	build := func(name string, plugins ...string) string {
+		d := filepath.Join(cache, "cni", name, "bin")
+		os.MkdirAll(d, 0o755)
+		for _, p := range plugins {
+			os.WriteFile(filepath.Join(d, p), nil, 0o755)
+		}
+		return d
+	}
+	complete := build("v1.10.0-aaaa", standardPlugins[:]...)
+	build("v1.10.0-bbbb.tmp", standardPlugins[:]...) // unfinished
+	build("v1.10.0-cccc", "bridge")                   // incomplete
+	if got, err := CachedPluginDir(cache); err != nil || got != complete {
+		t.Errorf("CachedPluginDir: %s, %v; want %s", got, err, complete)
+	}
+}
