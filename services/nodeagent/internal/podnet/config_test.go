@@ -210,7 +210,7 @@ func TestCachedPluginDir(t *testing.T) {
 	}
 	complete := build("v1.10.0-aaaa", standardPlugins[:]...)
 	build("v1.10.0-bbbb.tmp", standardPlugins[:]...) // unfinished
-	build("v1.10.0-cccc", "bridge")                   // incomplete
+	build("v1.10.0-cccc", "bridge")                  // incomplete
 	if got, err := CachedPluginDir(cache); err != nil || got != complete {
 		t.Errorf("CachedPluginDir: %s, %v; want %s", got, err, complete)
 	}
