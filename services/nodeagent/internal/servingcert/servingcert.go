@@ -32,15 +32,13 @@ import (
 	"strings"
 	"time"
 
-	"github.com/go-logr/logr"
 	certificatesv1 "k8s.io/api/certificates/v1"
 	v1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/certificate"
-	"k8s.io/klog/v2"
+
+	"github.com/wasmlet/wasmlet/services/nodeagent/internal/csrcert"
 )
 
 // SignerName is the signer that issues kubelet serving certificates.
@@ -79,9 +77,6 @@ type Config struct {
 type Manager struct {
 	cfg Config
 	m   certificate.Manager
-	ctx context.Context
-	// stop ends m and is what Run's ctx ends.
-	stop context.CancelFunc
 }
 
 // New loads the last issued pair from Dir, if any, and prepares the
@@ -100,27 +95,20 @@ func New(cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("servingcert: certificate store in %s: %w", cfg.Dir, err)
 	}
-	// client-go logs through klog; route it to the agent's slog handler.
-	ctx, stop := context.WithCancel(klog.NewContext(context.Background(),
-		logr.FromSlogHandler(cfg.Log.With("component", "servingcert").Handler())))
-	mc := &certificate.Config{
-		ClientsetFn:      func(*tls.Certificate) (kubernetes.Interface, error) { return cfg.Client, nil },
-		Template:         Template(cfg.NodeName, cfg.Addresses),
-		SignerName:       SignerName,
-		GetUsages:        Usages,
-		CertificateStore: store,
-		Name:             "kubelet-serving",
-		Ctx:              &ctx,
-	}
-	if cfg.Lifetime > 0 {
-		mc.RequestedCertificateLifetime = &cfg.Lifetime
-	}
-	m, err := certificate.NewManager(mc)
+	m, err := csrcert.NewManager(csrcert.Config{
+		Store:      store,
+		SignerName: SignerName,
+		Template:   Template(cfg.NodeName, cfg.Addresses),
+		Usages:     Usages,
+		Lifetime:   cfg.Lifetime,
+		Clientset:  func(*tls.Certificate) (kubernetes.Interface, error) { return cfg.Client, nil },
+		Name:       "kubelet-serving",
+		Log:        cfg.Log.With("component", "servingcert"),
+	})
 	if err != nil {
-		stop()
 		return nil, fmt.Errorf("servingcert: %w", err)
 	}
-	return &Manager{cfg: cfg, m: m, ctx: ctx, stop: stop}, nil
+	return &Manager{cfg: cfg, m: m}, nil
 }
 
 // Template is the CSR the node sends: what the kubelet-serving signer
@@ -184,35 +172,16 @@ func (m *Manager) Current() *x509.Certificate {
 // while none is issued logs (and records an Event on the Node) which CSR
 // waits for approval. It returns when ctx ends.
 func (m *Manager) Run(ctx context.Context) error {
-	defer m.stop()
 	m.m.Start()
 	defer m.m.Stop()
-	if c := m.Current(); c != nil {
-		m.cfg.Log.Info("kubelet serving certificate loaded", "not_after", c.NotAfter, "dir", m.cfg.Dir)
-	}
-	served := m.Current()
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	lastReport := time.Time{}
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-tick.C:
-		}
-		cur := m.Current()
-		switch {
-		case cur == nil:
-			if time.Since(lastReport) >= m.cfg.PendingReport {
-				lastReport = time.Now()
-				m.reportPending(ctx)
-			}
-		case served == nil || !cur.Equal(served):
-			m.cfg.Log.Info("kubelet serving certificate issued", "serial", cur.SerialNumber.String(),
-				"not_before", cur.NotBefore, "not_after", cur.NotAfter, "issuer", cur.Issuer.String())
-			served, lastReport = cur, time.Time{}
-		}
-	}
+	csrcert.Watch(ctx, m.m, m.cfg.PendingReport, csrcert.Hooks{
+		Issued: func(cur *x509.Certificate) { // loaded from Dir, issued, or renewed
+			m.cfg.Log.Info("kubelet serving certificate in use", "serial", cur.SerialNumber.String(),
+				"not_before", cur.NotBefore, "not_after", cur.NotAfter, "issuer", cur.Issuer.String(), "dir", m.cfg.Dir)
+		},
+		Pending: m.reportPending,
+	})
+	return nil
 }
 
 // reportPending says, in the log and as an Event on the Node, that the
@@ -236,31 +205,9 @@ func (m *Manager) reportPending(ctx context.Context) {
 // pendingCSRs lists this node's kubelet-serving CSRs that are neither
 // approved nor denied.
 func (m *Manager) pendingCSRs(ctx context.Context) []string {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	list, err := m.cfg.Client.CertificatesV1().CertificateSigningRequests().List(ctx, metav1.ListOptions{
-		FieldSelector: fields.OneTermEqualSelector("spec.signerName", SignerName).String(),
-	})
+	names, err := csrcert.Pending(ctx, m.cfg.Client, SignerName, "system:node:"+m.cfg.NodeName)
 	if err != nil {
 		m.cfg.Log.Warn("list CSRs failed", "err", err)
-		return nil
 	}
-	var names []string
-	for _, csr := range list.Items {
-		if csr.Spec.SignerName != SignerName || csr.Spec.Username != "system:node:"+m.cfg.NodeName || decided(csr) {
-			continue
-		}
-		names = append(names, csr.Name)
-	}
-	sort.Strings(names)
 	return names
-}
-
-func decided(csr certificatesv1.CertificateSigningRequest) bool {
-	for _, c := range csr.Status.Conditions {
-		if c.Type == certificatesv1.CertificateApproved || c.Type == certificatesv1.CertificateDenied || c.Type == certificatesv1.CertificateFailed {
-			return true
-		}
-	}
-	return false
 }
