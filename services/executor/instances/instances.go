@@ -23,6 +23,10 @@ package instances
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -42,6 +46,22 @@ var (
 	// It must List (which gives the sequence to watch from) and watch
 	// again; nothing is replayed in its place.
 	ErrBehind = errors.New("watcher is behind: list again")
+	// ErrUnsupported: the executor cannot run what the spec asks for
+	// (listeners, on an engine that cannot hand a module a socket); another
+	// executor may (see Info.Listeners).
+	ErrUnsupported = errors.New("unsupported by this executor")
+)
+
+// Reasons of a FAILED instance that a caller may act on (the others are
+// for people: read Message).
+const (
+	// ReasonPortInUse: a listener's port was taken where it was to be
+	// opened; Message names the listener, port and address.
+	ReasonPortInUse = "PortInUse"
+	// ReasonListenFailed: a listener could not be opened for another
+	// reason (the network namespace could not be entered, the address is
+	// not in it, a privileged port without the right to bind it).
+	ReasonListenFailed = "ListenFailed"
 )
 
 // State is where an instance is in its lifecycle. The declared
@@ -96,6 +116,82 @@ type Preopen struct {
 	ReadOnly            bool
 }
 
+// Protocol is a listener's transport.
+type Protocol string
+
+// Protocols. Only TCP is accepted: WASI preview 1 accepts stream
+// connections and nothing else.
+const (
+	ProtocolTCP Protocol = "TCP"
+	ProtocolUDP Protocol = "UDP"
+)
+
+// Listener is a listening socket the executor opens for the module before
+// it starts (a pod's containerPort). The module finds it through the
+// systemd socket-activation variables added to its environment:
+// LISTEN_FDS=<number of listeners>, LISTEN_FDNAMES=<their names, colon-
+// separated, in Spec order> and LISTEN_FDS_START=<the first one's fd>;
+// the others follow it (3 + the number of preopens: WASI preopened
+// directories come first).
+type Listener struct {
+	// Name is the socket's name in LISTEN_FDNAMES: letters, digits, '-',
+	// '_' and '.'; empty: "port-<Port>".
+	Name string
+	// Port is 1 to 65535.
+	Port int32
+	// Protocol is ProtocolTCP; empty means it.
+	Protocol Protocol
+}
+
+// ValidateListeners refuses, with ErrInvalidArgument, listeners that an
+// executor could not open or a module could not tell apart.
+func ValidateListeners(spec Spec) error {
+	if spec.NetworkNamespace != "" && !filepath.IsAbs(spec.NetworkNamespace) {
+		return fmt.Errorf("%w: network namespace %q: want an absolute path (/var/run/netns/<name>, /proc/<pid>/ns/net)", ErrInvalidArgument, spec.NetworkNamespace)
+	}
+	if a := spec.ListenAddress; a != "" {
+		if _, err := netip.ParseAddr(a); err != nil {
+			return fmt.Errorf("%w: listen address %q: want an IP address (%v)", ErrInvalidArgument, a, err)
+		}
+	}
+	names, ports := map[string]bool{}, map[int32]bool{}
+	for _, l := range spec.Listeners {
+		switch l.Protocol {
+		case "", ProtocolTCP:
+		case ProtocolUDP:
+			return fmt.Errorf("%w: listener %q on UDP port %d: WASI preview 1 accepts stream connections only; serve TCP", ErrInvalidArgument, l.Name, l.Port)
+		default:
+			return fmt.Errorf("%w: listener %q: protocol %q; want TCP", ErrInvalidArgument, l.Name, l.Protocol)
+		}
+		if l.Port < 1 || l.Port > 65535 {
+			return fmt.Errorf("%w: listener %q: port %d is not 1 to 65535", ErrInvalidArgument, l.Name, l.Port)
+		}
+		if ports[l.Port] {
+			return fmt.Errorf("%w: listener %q: port %d is listed twice", ErrInvalidArgument, l.Name, l.Port)
+		}
+		ports[l.Port] = true
+		name := l.FDName()
+		if len(name) > 255 || strings.IndexFunc(name, func(r rune) bool {
+			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.')
+		}) >= 0 {
+			return fmt.Errorf("%w: listener name %q: want at most 255 letters, digits, '-', '_' and '.' (it is a LISTEN_FDNAMES entry)", ErrInvalidArgument, name)
+		}
+		if names[name] {
+			return fmt.Errorf("%w: listener name %q is used twice", ErrInvalidArgument, name)
+		}
+		names[name] = true
+	}
+	return nil
+}
+
+// FDName is l's name in LISTEN_FDNAMES: Name, or "port-<Port>".
+func (l Listener) FDName() string {
+	if l.Name == "" {
+		return fmt.Sprintf("port-%d", l.Port)
+	}
+	return l.Name
+}
+
 // Spec is what an instance runs. It is not modified once the instance is
 // created; callers must not modify one they were given.
 type Spec struct {
@@ -111,6 +207,17 @@ type Spec struct {
 	LogSubject string
 	// Labels select instances in List, Stats and a watcher's own filter.
 	Labels map[string]string
+	// Listeners are opened before the module starts and closed when it
+	// ends. A port taken fails the instance with ReasonPortInUse.
+	Listeners []Listener
+	// NetworkNamespace is the path of the network namespace the listeners
+	// are opened in (/var/run/netns/<name>, /proc/<pid>/ns/net); empty:
+	// the executor's own.
+	NetworkNamespace string
+	// ListenAddress is the IP address the listeners bind; empty: every
+	// address of NetworkNamespace, or 127.0.0.1 without one (an executor
+	// never listens beyond loopback unless told).
+	ListenAddress string
 }
 
 // Instance is a snapshot of one instance.
@@ -150,6 +257,9 @@ type Info struct {
 	CPULimitsEnforced bool
 	CPULimitsWords    string
 	Confinement       Confinement
+	// Listeners: the engine hands Spec.Listeners to modules; without it a
+	// spec with listeners is refused with ErrUnsupported.
+	Listeners bool
 }
 
 // Confinement is what walls the executor process stands behind.

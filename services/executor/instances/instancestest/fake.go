@@ -71,6 +71,10 @@ type Fake struct {
 	Behave func(id string, spec instances.Spec) Outcome
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Listeners: the fake hands listeners to modules (Info.Listeners);
+	// without it a spec with listeners is refused with ErrUnsupported. A
+	// port in use is an Outcome: FailsWith(instances.ReasonPortInUse, ...).
+	Listeners bool
 
 	mu          sync.Mutex
 	insts       map[string]*fakeInstance
@@ -206,6 +210,7 @@ func (f *Fake) Info(context.Context) (instances.Info, error) {
 		ExecutorID: f.ExecutorID, Engine: "fake", Version: "0",
 		OS: runtime.GOOS, Arch: runtime.GOARCH,
 		MaxInstances: f.MaxInstances, Instances: len(f.insts),
+		Listeners: f.Listeners,
 	}, nil
 }
 
@@ -223,6 +228,9 @@ func (f *Fake) validate(id string, spec instances.Spec) error {
 	if spec.MemoryLimitBytes < 0 || spec.CPULimitMillis < 0 {
 		return fmt.Errorf("%w: negative limit", instances.ErrInvalidArgument)
 	}
+	if err := instances.ValidateListeners(spec); err != nil {
+		return err
+	}
 	for _, p := range spec.Preopens {
 		if !filepath.IsAbs(p.HostPath) || p.GuestPath == "" {
 			return fmt.Errorf("%w: preopen %q -> %q: the host path must be absolute and the guest path set", instances.ErrInvalidArgument, p.HostPath, p.GuestPath)
@@ -233,6 +241,9 @@ func (f *Fake) validate(id string, spec instances.Spec) error {
 		}) {
 			return fmt.Errorf("%w: preopen %q is outside the mount roots %v", instances.ErrPermissionDenied, p.HostPath, f.MountRoots)
 		}
+	}
+	if len(spec.Listeners) > 0 && !f.Listeners {
+		return fmt.Errorf("%w: the fake executor hands no listeners to modules", instances.ErrUnsupported)
 	}
 	return nil
 }
@@ -530,6 +541,7 @@ func cloneSpec(s instances.Spec) instances.Spec {
 	s.Env = slices.Clone(s.Env)
 	s.Preopens = slices.Clone(s.Preopens)
 	s.Labels = maps.Clone(s.Labels)
+	s.Listeners = slices.Clone(s.Listeners)
 	return s
 }
 

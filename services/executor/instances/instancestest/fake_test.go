@@ -15,9 +15,15 @@ func TestFakeConformance(t *testing.T) {
 		sum := sha256.Sum256([]byte(name))
 		return instances.Spec{Module: instances.Module{Digest: "sha256:" + hex.EncodeToString(sum[:]), Reference: name}}
 	}
+	for name, listeners := range map[string]bool{"WithoutListeners": false, "WithListeners": true} {
+		t.Run(name, func(t *testing.T) { fakeConformance(t, spec, listeners) })
+	}
+}
+
+func fakeConformance(t *testing.T, spec func(string) instances.Spec, listeners bool) {
 	Run(t, Harness{
 		New: func(t *testing.T, history int) instances.Runtime {
-			return &Fake{History: history, Behave: func(_ string, s instances.Spec) Outcome {
+			return &Fake{History: history, Listeners: listeners, Behave: func(_ string, s instances.Spec) Outcome {
 				switch s.Module.Reference {
 				case "exit0":
 					return ExitsWith(0, time.Millisecond)

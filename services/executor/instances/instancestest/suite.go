@@ -61,6 +61,7 @@ func Run(t *testing.T, h Harness) {
 		{"WatchEndsWithContext", testWatchContext},
 		{"Stats", testStats},
 		{"Info", testInfo},
+		{"Listeners", testListeners},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, h) })
 	}
@@ -506,5 +507,61 @@ func testInfo(t *testing.T, h Harness) {
 	mustCreate(t, ctx, rt, "i", h.Exit0, false)
 	if info, err := rt.Info(ctx); err != nil || info.Instances != 1 {
 		t.Errorf("info with one instance: %+v %v", info, err)
+	}
+}
+
+// testListeners: listeners are checked at Create (UDP, a port or name
+// twice, a relative namespace path: ErrInvalidArgument); a Runtime that
+// cannot hand them over (Info.Listeners false) refuses them with
+// ErrUnsupported and records nothing; one that can keeps them in the spec.
+func testListeners(t *testing.T, h Harness) {
+	rt, ctx := h.New(t, 0), ctxFor(t)
+	info, err := rt.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	with := func(s instances.Spec, ls ...instances.Listener) instances.Spec {
+		s.Listeners = ls
+		return s
+	}
+	for name, spec := range map[string]instances.Spec{
+		"udp":           with(h.Exit0, instances.Listener{Name: "dns", Port: 53, Protocol: instances.ProtocolUDP}),
+		"port 0":        with(h.Exit0, instances.Listener{Name: "http", Port: 0}),
+		"port twice":    with(h.Exit0, instances.Listener{Name: "a", Port: 80}, instances.Listener{Name: "b", Port: 80}),
+		"name twice":    with(h.Exit0, instances.Listener{Port: 80}, instances.Listener{Name: "port-80", Port: 81}),
+		"colon in name": with(h.Exit0, instances.Listener{Name: "a:b", Port: 80}),
+		"relative netns": func() instances.Spec {
+			s := with(h.Exit0, instances.Listener{Name: "http", Port: 80})
+			s.NetworkNamespace = "netns/x"
+			return s
+		}(),
+		"bad address": func() instances.Spec {
+			s := with(h.Exit0, instances.Listener{Name: "http", Port: 80})
+			s.ListenAddress = "localhost"
+			return s
+		}(),
+	} {
+		if _, err := rt.Create(ctx, "bad", spec, false); !errors.Is(err, instances.ErrInvalidArgument) {
+			t.Errorf("%s: create: %v, want ErrInvalidArgument", name, err)
+		}
+	}
+	spec := with(h.Exit0, instances.Listener{Name: "http", Port: 8080, Protocol: instances.ProtocolTCP}, instances.Listener{Port: 9090})
+	spec.NetworkNamespace, spec.ListenAddress = "/var/run/netns/none", "10.0.0.5"
+	if !info.Listeners {
+		if _, err := rt.Create(ctx, "l", spec, false); !errors.Is(err, instances.ErrUnsupported) {
+			t.Fatalf("create with listeners where Info.Listeners is false: %v, want ErrUnsupported", err)
+		}
+		if _, err := rt.Get(ctx, "l"); !errors.Is(err, instances.ErrNotFound) {
+			t.Errorf("a refused instance was recorded: %v", err)
+		}
+		return
+	}
+	in := mustCreate(t, ctx, rt, "l", spec, false)
+	if !slices.Equal(in.Spec.Listeners, spec.Listeners) || in.Spec.NetworkNamespace != spec.NetworkNamespace || in.Spec.ListenAddress != spec.ListenAddress {
+		t.Errorf("created with listeners: %+v, want %+v", in.Spec, spec)
+	}
+	got, err := rt.Get(ctx, "l")
+	if err != nil || !slices.Equal(got.Spec.Listeners, spec.Listeners) {
+		t.Errorf("get: %+v %v", got.Spec.Listeners, err)
 	}
 }

@@ -190,7 +190,14 @@ func (m *Manager) Info(context.Context) (instances.Info, error) {
 		CPULimitsEnforced: m.cfg.CPULimitsEnforced,
 		CPULimitsWords:    m.cfg.CPULimitsWords,
 		Confinement:       m.cfg.Confinement,
+		Listeners:         canListen(m.cfg.Engine),
 	}, nil
+}
+
+// canListen reports whether e hands listeners to modules.
+func canListen(e engine.Engine) bool {
+	s, ok := e.(engine.SocketEngine)
+	return ok && s.Listeners()
 }
 
 // Create implements instances.Runtime: it fetches and prepares the module
@@ -198,10 +205,14 @@ func (m *Manager) Info(context.Context) (instances.Info, error) {
 // module that cannot be fetched or prepared gives an instance in FAILED
 // (not an error), whose reason and message say why. Errors:
 // ErrInvalidArgument, ErrPermissionDenied, ErrAlreadyExists,
-// ErrResourceExhausted.
+// ErrResourceExhausted, and ErrUnsupported for listeners on an engine that
+// cannot hand them over.
 func (m *Manager) Create(ctx context.Context, id string, spec instances.Spec, start bool) (instances.Instance, error) {
 	if err := validate(id, spec, m.cfg.MountRoots); err != nil {
 		return instances.Instance{}, err
+	}
+	if len(spec.Listeners) > 0 && !canListen(m.cfg.Engine) {
+		return instances.Instance{}, fmt.Errorf("%w: the %s engine cannot hand a module a listening socket (it has no socket preopen); run instances with listeners on an executor of the wazero engine", instances.ErrUnsupported, m.cfg.Engine.Name())
 	}
 	m.mu.Lock()
 	if _, ok := m.instances[id]; ok || m.reserved[id] {
@@ -301,6 +312,8 @@ func (m *Manager) Start(ctx context.Context, id string) (instances.Instance, err
 		Preopens:         preopens,
 		MemoryLimitBytes: spec.MemoryLimitBytes,
 		CPULimitMillis:   spec.CPULimitMillis,
+		Listeners:        listeners(spec),
+		NetNS:            spec.NetworkNamespace,
 	}
 	for _, e := range spec.Env {
 		espec.Env = append(espec.Env, engine.EnvVar{Name: e.Name, Value: e.Value})
@@ -326,8 +339,13 @@ func (m *Manager) Start(ctx context.Context, id string) (instances.Instance, err
 		rec.run = nil
 		closeAll(rec.dirs)
 		reason := ReasonStartFailed
-		if errors.Is(err, engine.ErrModuleUnsupported) {
+		switch {
+		case errors.Is(err, engine.ErrModuleUnsupported):
 			reason = ReasonModuleUnsupported
+		case errors.Is(err, engine.ErrPortInUse):
+			reason = instances.ReasonPortInUse
+		case errors.Is(err, engine.ErrListen):
+			reason = instances.ReasonListenFailed
 		}
 		if rec.shipper != nil {
 			go rec.shipper.Close(context.Background())

@@ -32,6 +32,9 @@ func validate(id string, spec instances.Spec, roots []string) error {
 	if spec.CPULimitMillis < 0 {
 		return fmt.Errorf("%w: CPU limit %dm is negative", instances.ErrInvalidArgument, spec.CPULimitMillis)
 	}
+	if err := instances.ValidateListeners(spec); err != nil {
+		return err
+	}
 	for _, p := range spec.Preopens {
 		if !filepath.IsAbs(p.HostPath) || p.GuestPath == "" {
 			return fmt.Errorf("%w: preopen %q -> %q: the host path must be absolute and the guest path set", instances.ErrInvalidArgument, p.HostPath, p.GuestPath)
@@ -41,6 +44,21 @@ func validate(id string, spec instances.Spec, roots []string) error {
 		}
 	}
 	return nil
+}
+
+// listeners are spec's listeners as the engine opens them: on
+// ListenAddress, else every address of the network namespace, else
+// loopback only.
+func listeners(spec instances.Spec) []engine.Listener {
+	host := spec.ListenAddress
+	if host == "" && spec.NetworkNamespace == "" {
+		host = "127.0.0.1"
+	}
+	var out []engine.Listener
+	for _, l := range spec.Listeners {
+		out = append(out, engine.Listener{Name: l.FDName(), Host: host, Port: int(l.Port)})
+	}
+	return out
 }
 
 // openPreopens opens each preopen's directory beneath its mount root

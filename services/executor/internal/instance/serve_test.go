@@ -1,0 +1,97 @@
+package instance
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wasmlet/wasmlet/internal/testharness/wasmbuild"
+	"github.com/wasmlet/wasmlet/services/executor/instances"
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine/enginetest"
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine/wazero"
+)
+
+// TestServeListeners runs the example server through the manager on the
+// wazero engine: a listener with no address is opened on loopback, the
+// instance serves, Stop ends it and frees the port; a port taken fails the
+// instance with ReasonPortInUse (what the node agent shows), and the
+// wasmtime engine refuses listeners at Create with ErrUnsupported.
+func TestServeListeners(t *testing.T) {
+	eng, err := wazero.New(wazero.Config{CacheDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache := &fileCache{}
+	digest := cache.add(t, wasmbuild.BuildDir(t, "examples/httpserver"))
+	m := newManager(t, cache, func(c *Config) { c.Engine = eng })
+	ctx := context.Background()
+	if info, _ := m.Info(ctx); !info.Listeners {
+		t.Fatal("the wazero executor does not say it hands over listeners")
+	}
+
+	// No ListenAddress nor namespace: 127.0.0.1 only.
+	_, port := enginetest.LoopbackAddr(t)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	spec := instances.Spec{Module: instances.Module{Digest: digest}, Args: []string{"httpserver"},
+		Listeners: []instances.Listener{{Name: "http", Port: int32(port), Protocol: instances.ProtocolTCP}}}
+	in, err := m.Create(ctx, "srv", spec, true)
+	if err != nil || in.State != instances.StateRunning {
+		t.Fatalf("create: %+v %v", in, err)
+	}
+	c := &http.Client{Timeout: 5 * time.Second}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := c.Get("http://" + addr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no answer at %s: %v", addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	// Taken, by the running instance: the second one fails, saying so.
+	failed, err := m.Create(ctx, "srv2", spec, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if failed.State != instances.StateFailed || failed.Reason != instances.ReasonPortInUse ||
+		!strings.Contains(failed.Message, strconv.Itoa(port)) || !strings.Contains(failed.Message, "already in use") {
+		t.Fatalf("second instance on the port: %s %s %q", failed.State, failed.Reason, failed.Message)
+	}
+	t.Logf("%s: %s", failed.Reason, failed.Message)
+
+	if out, err := m.Stop(ctx, "srv", time.Second); err != nil || out.State != instances.StateKilled {
+		t.Fatalf("stop: %+v %v", out, err)
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("the port of a stopped instance is not free: %v", err)
+	}
+	l.Close()
+
+	// A namespace the executor cannot enter fails the start, saying why.
+	bad := spec
+	bad.NetworkNamespace = "/nonexistent/netns"
+	in, err = m.Create(ctx, "srv3", bad, true)
+	if err != nil || in.State != instances.StateFailed || in.Reason != instances.ReasonListenFailed || !strings.Contains(in.Message, bad.NetworkNamespace) {
+		t.Fatalf("start in a missing namespace: %+v %v", in, err)
+	}
+
+	wt := newManager(t, cache, nil) // wasmtime
+	if _, err := wt.Create(ctx, "srv", spec, true); !errors.Is(err, instances.ErrUnsupported) || !strings.Contains(err.Error(), "wazero") {
+		t.Fatalf("wasmtime with listeners: %v, want ErrUnsupported pointing at wazero", err)
+	}
+	if info, _ := wt.Info(ctx); info.Listeners {
+		t.Error("the wasmtime executor says it hands over listeners")
+	}
+}
