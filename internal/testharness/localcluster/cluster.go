@@ -49,6 +49,12 @@ type Config struct {
 	// that renews at 70–90% of a certificate's span needs more than about 2
 	// minutes here not to renew at once.)
 	ClusterSigningDuration time.Duration
+	// BootstrapTokenAuth lets kube-apiserver authenticate bootstrap tokens
+	// (--enable-bootstrap-token-auth): Secrets kube-system/bootstrap-token-<id>
+	// of type bootstrap.kubernetes.io/token, as user system:bootstrap:<id>
+	// in group system:bootstrappers, with which a node requests its client
+	// certificate. Off by default, as in kube-apiserver.
+	BootstrapTokenAuth bool
 
 	// dieWithParent makes the components die with the process that started them
 	// (set by the test helpers only; see startProcess).
@@ -88,6 +94,8 @@ type Cluster struct {
 	dieWithParent bool
 	// signingDuration is Config.ClusterSigningDuration.
 	signingDuration time.Duration
+	// bootstrapTokens is Config.BootstrapTokenAuth.
+	bootstrapTokens bool
 	// nodeMu serialises NodeKubeconfig's writes.
 	nodeMu sync.Mutex
 }
@@ -121,7 +129,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	c := &Cluster{
 		dir: dir, log: slog.New(slog.NewTextHandler(logs, nil)),
 		procs: map[string]*process{}, dieWithParent: cfg.dieWithParent,
-		signingDuration: cfg.ClusterSigningDuration,
+		signingDuration: cfg.ClusterSigningDuration, bootstrapTokens: cfg.BootstrapTokenAuth,
 	}
 	if running := c.PIDs(); len(running) > 0 {
 		return nil, fmt.Errorf("start local cluster in %s: already running (PIDs %v): use Attach, or Stop it first", dir, running)
@@ -248,7 +256,7 @@ func (c *Cluster) etcdArgs() []string {
 
 func (c *Cluster) apiserverArgs() []string {
 	p := c.pki()
-	return []string{
+	args := []string{
 		"--etcd-servers=" + fmt.Sprintf("http://127.0.0.1:%d", c.st.EtcdClientPort),
 		"--bind-address=127.0.0.1",
 		"--advertise-address=127.0.0.1",
@@ -277,6 +285,10 @@ func (c *Cluster) apiserverArgs() []string {
 		"--proxy-client-key-file=" + p.key(frontProxyClientName),
 		"--profiling=false",
 	}
+	if c.bootstrapTokens {
+		args = append(args, "--enable-bootstrap-token-auth")
+	}
+	return args
 }
 
 // componentArgs are the flags kube-scheduler and kube-controller-manager share.

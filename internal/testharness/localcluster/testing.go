@@ -129,6 +129,8 @@ func findBinDirForTest(t testing.TB) string {
 type Shared struct {
 	// ClusterSigningDuration is passed to Config (set it before the first Get).
 	ClusterSigningDuration time.Duration
+	// BootstrapTokenAuth is passed to Config (set it before the first Get).
+	BootstrapTokenAuth bool
 
 	once sync.Once
 	c    *Cluster
@@ -162,7 +164,8 @@ func (s *Shared) start(binDir string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), testStartTimeout)
 	defer cancel()
-	s.c, s.err = Start(ctx, Config{Dir: dir, BinDir: binDir, Logs: logs, ClusterSigningDuration: s.ClusterSigningDuration, dieWithParent: true})
+	s.c, s.err = Start(ctx, Config{Dir: dir, BinDir: binDir, Logs: logs, ClusterSigningDuration: s.ClusterSigningDuration,
+		BootstrapTokenAuth: s.BootstrapTokenAuth, dieWithParent: true})
 }
 
 // Run runs the tests, then stops the cluster if one was started and removes its

@@ -255,12 +255,18 @@ type Kubeconfig struct {
 	User   string
 	Cert   []byte // PEM
 	Key    []byte // PEM
+	// Token, when set, is the user's bearer token instead of Cert and Key.
+	Token string
 }
 
 // WriteKubeconfig writes k to path (0600). It is written as text rather than
 // with client-go, which the TLS tests that use this package need not build.
 func WriteKubeconfig(path string, k Kubeconfig) error {
 	b64 := base64.StdEncoding.EncodeToString
+	user := fmt.Sprintf("    client-certificate-data: %s\n    client-key-data: %s\n", b64(k.Cert), b64(k.Key))
+	if k.Token != "" {
+		user = fmt.Sprintf("    token: %q\n", k.Token)
+	}
 	kc := fmt.Sprintf(`apiVersion: v1
 clusters:
 - cluster:
@@ -277,9 +283,7 @@ kind: Config
 users:
 - name: %q
   user:
-    client-certificate-data: %s
-    client-key-data: %s
-`, b64(k.CA), k.Server, k.Name, k.Name, k.User, k.Name, k.Name, k.User, b64(k.Cert), b64(k.Key))
+%s`, b64(k.CA), k.Server, k.Name, k.Name, k.User, k.Name, k.Name, k.User, user)
 	return WriteFile(path, []byte(kc), 0o600)
 }
 
