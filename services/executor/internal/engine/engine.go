@@ -2,9 +2,11 @@
 // Engine, Module and Instance interfaces the instance manager holds, the
 // types and errors every implementation shares, and what they do alike:
 // the instance lifecycle (Run: its thread and CPU limit, kill, usage, and
-// the one rule for how a run ended), the checks of modules and specs, and
-// compiled artifacts on disk (bounded by NewDiskCache) and in a shared store
-// (Artifacts). The implementations (engine/wasmtime, the default;
+// the one rule for how a run ended), WASI's poll_oneoff (Poller: clocks
+// and sockets, ended by a kill), listeners (opened in a network namespace
+// with InNetNS, named to the module by ListenEnv), the checks of modules
+// and specs, and compiled artifacts on disk (bounded by NewDiskCache) and
+// in a shared store (Artifacts). The implementations (engine/wasmtime, the default;
 // engine/wazero, pure Go) keep only what is their runtime's: compiling,
 // linking WASI, instantiating, interrupting, reading memory, and which
 // files hold a module's compiled code. engine/enginetest is the behaviour

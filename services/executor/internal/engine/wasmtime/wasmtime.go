@@ -28,6 +28,9 @@
 //   - A kill advances the epoch, which ends running wasm, and wakes the
 //     engine's own poll_oneoff (poll.go), which ends a sleep.
 //   - Output reaches the sinks through pipes WASI writes to.
+//   - No listeners: wasmtime-go has no socket preopen (neither its Go API
+//     nor the C API's wasi_config_*), so Start refuses Spec.Listeners
+//     with engine.ErrUnsupported.
 //
 // Usage:
 //

@@ -37,6 +37,11 @@
 //     function entry or loop, and a WASI sleep ends (sleeper).
 //   - Output goes straight from the module's thread to the sinks, in
 //     writes of at most maxSinkWrite.
+//   - Listeners (sockets.go) are wazero's experimental/sock, opened by
+//     InstantiateModule on a thread in the spec's network namespace; they
+//     follow the preopened directories (fd 3 + len(Preopens)). poll_oneoff
+//     and fd_close are the engine's, which reach the host socket behind a
+//     module's fd in wazero's file table by reflection (checked at New).
 //
 // Usage:
 //
