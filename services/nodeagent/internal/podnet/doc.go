@@ -26,10 +26,10 @@
 //
 //	m, err := podnet.New(podnet.Config{StateDir: "/var/lib/wasmlet/podnet"})
 //	adopted, err := m.Cleanup(ctx, runningPods) // once, before any Setup
-//	att, err := m.Setup(ctx, podnet.Pod{Namespace: "default", Name: "web", UID: uid}, ports)
+//	att, err := m.Setup(ctx, podnet.PodOf(pod), podnet.HostPorts(&pod.Spec))
 //	// att.NetNS: the namespace to open the pod's listeners in (InNamespace);
 //	// att.IPs: status.podIPs.
-//	err = m.Teardown(ctx, pod) // when the pod is gone
+//	err = m.Teardown(ctx, podnet.PodOf(pod)) // when the pod is gone
 //
 // Setup, Teardown and InNamespace need CAP_SYS_ADMIN and CAP_NET_ADMIN (root).
 // Calls for different pods may run concurrently; calls for one pod must not.
