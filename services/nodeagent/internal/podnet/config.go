@@ -82,9 +82,11 @@ type DefaultNetwork struct {
 
 // WriteDefaultConfig writes dir/10-<name>.conflist: a bridge with host-local
 // IPAM on the pod CIDR, portmap for hostPorts, and firewall. The bridge is
-// the pods' gateway (the node reaches pods through it, and pods reach Service
-// IPs that kube-proxy rewrites on the node) but does not masquerade, so
-// traffic from pods to anywhere beyond the node goes nowhere. firewall (its
+// the pods' gateway and their default route (so that replies reach the
+// node's own addresses, and Service IPs that kube-proxy rewrites on the node
+// are reachable) but does not masquerade: a packet a pod sends beyond the
+// node leaves with a pod address no one routes back, so it is never
+// answered (and Wasm guests cannot open outbound connections). firewall (its
 // iptables backend) accepts the pods' addresses in the host's FORWARD chain:
 // with br_netfilter loaded, traffic between pods on the bridge passes that
 // chain, and a policy of DROP (Docker sets one) would stop it. Returns the
