@@ -310,6 +310,7 @@ func (s *Stack) footprint() ([]Figure, error) {
 	tf.Hold("max", kubeletMB)
 	tf.Anchor = "kubelet v1.33.13, 82.7 MB stripped, without a container runtime"
 	figs = append(figs, tf)
+	figs = append(figs, imageSizes()...)
 	pid, err := s.NodeAgentPID()
 	if err != nil {
 		return nil, err

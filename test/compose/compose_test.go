@@ -82,9 +82,7 @@ func TestComposeStack(t *testing.T) {
 	if _, err := os.Stat(wasm); err != nil {
 		t.Fatalf("%v: run make compose-images", err)
 	}
-	pushed := s.composeRun("run", "--rm", "--no-deps", "-T", "-v", wasm+":/module.wasm:ro",
-		"--entrypoint", "/bin/registry-cache", "registry-cache", "push", "--plain-http", "/module.wasm", imageRef)
-	t.Logf("pushed %s", strings.TrimSpace(pushed))
+	t.Logf("pushed %s", strings.TrimSpace(s.push(wasm, imageRef)))
 
 	// One pod per executor flavour, by RuntimeClass; running, then its logs.
 	s.step("one pod per flavour")
@@ -170,6 +168,9 @@ func TestComposeStack(t *testing.T) {
 			t.Errorf("replica %s runs none of the Deployment's pods: the node agent did not spread them", c)
 		}
 	}
+
+	s.faults(wasm)
+	t.Logf("TIMING faults: done %.1fs after `up`", time.Since(begin).Seconds())
 
 	// Down with volumes: nothing of the project left.
 	s.step("down -v")

@@ -63,9 +63,24 @@ func runExec(args []string) error {
 	return syscall.Exec(argv[0], argv, env)
 }
 
-// containerIP is the first IPv4 address of a non-loopback interface: the
-// container's address on the compose network.
+// peerEnv names a host on the network whose address {ip} must be: a
+// container on several networks (node agents and executors are also on the
+// NATS network, which a test cuts) has one address per network, and the
+// interfaces' order is not the networks' order.
+const peerEnv = "WASMLET_COMPOSE_IP_PEER"
+
+// containerIP is the container's IPv4 address on the network of the host
+// named by $WASMLET_COMPOSE_IP_PEER, or with none named, of its first
+// interface but loopback: its address on the compose network.
 func containerIP() (string, error) {
+	var peers []net.IP
+	if peer := os.Getenv(peerEnv); peer != "" {
+		ips, err := net.LookupIP(peer)
+		if err != nil {
+			return "", fmt.Errorf("%s=%s: %w", peerEnv, peer, err)
+		}
+		peers = ips
+	}
 	ifs, err := net.Interfaces()
 	if err != nil {
 		return "", err
@@ -79,10 +94,22 @@ func containerIP() (string, error) {
 			continue
 		}
 		for _, a := range addrs {
-			if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil {
+			n, ok := a.(*net.IPNet)
+			if !ok || n.IP.To4() == nil {
+				continue
+			}
+			if len(peers) == 0 {
 				return n.IP.String(), nil
 			}
+			for _, p := range peers {
+				if n.Contains(p) {
+					return n.IP.String(), nil
+				}
+			}
 		}
+	}
+	if len(peers) > 0 {
+		return "", fmt.Errorf("no interface on the network of %s=%s (%v)", peerEnv, os.Getenv(peerEnv), peers)
 	}
 	return "", errors.New("no IPv4 address on any interface but loopback")
 }

@@ -16,6 +16,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/wasmlet/wasmlet/services/executor/instances"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/executors"
@@ -57,7 +58,7 @@ func Node(cfg Config) (*v1.Node, error) {
 	}
 	labels := map[string]string{}
 	for k, v := range cfg.Labels {
-		if _, ok := managed[k]; ok {
+		if _, ok := managed[k]; ok || managedFlavourLabel(k) {
 			return nil, fmt.Errorf("label %q is managed by wasmlet and cannot be set", k)
 		}
 		labels[k] = v
@@ -169,6 +170,80 @@ func (p *Provider) executorsReady() (bool, string) {
 	return true, "wasmlet is ready"
 }
 
+// The labels the node keeps for each executor flavour it serves, so that
+// a RuntimeClass's nodeSelector can ask for a flavour, and for the platform
+// its executors run on: flavour.wasmlet.io/<flavour>=true and
+// platform.wasmlet.io/<flavour>=<os>-<arch> (several joined by "_" when a
+// flavour's replicas differ).
+const (
+	FlavourLabelPrefix  = "flavour.wasmlet.io/"
+	PlatformLabelPrefix = "platform.wasmlet.io/"
+)
+
+// served is what one executor replica reported of itself.
+type served struct{ flavour, engine, version, platform string }
+
+func servedBy(flavour string, info *instances.Info) served {
+	return served{flavour, info.Engine, info.Version, info.OS + "/" + info.Arch}
+}
+
+// describe gives the node's container runtime version ("wasmtime://39.0.1
+// (linux/amd64), ...": kubectl get nodes -o wide shows it) and its flavour
+// labels, from what its executor replicas report.
+func describe(all []served) (string, map[string]string) {
+	runtimes := map[string]bool{}
+	platforms := map[string]map[string]bool{}
+	for _, s := range all {
+		runtimes[fmt.Sprintf("%s://%s (%s)", s.engine, s.version, s.platform)] = true
+		if platforms[s.flavour] == nil {
+			platforms[s.flavour] = map[string]bool{}
+		}
+		platforms[s.flavour][strings.ReplaceAll(s.platform, "/", "-")] = true
+	}
+	labels := map[string]string{}
+	for flavour, ps := range platforms {
+		platform := strings.Join(sortedKeys(ps), "_")
+		if len(validation.IsQualifiedName(FlavourLabelPrefix+flavour)) > 0 || len(validation.IsValidLabelValue(platform)) > 0 {
+			continue // a flavour name no label can carry: the runtime version still names it
+		}
+		labels[FlavourLabelPrefix+flavour] = "true"
+		labels[PlatformLabelPrefix+flavour] = platform
+	}
+	return strings.Join(sortedKeys(runtimes), ", "), labels
+}
+
+// setFlavourLabels makes the flavour and platform labels of have those of
+// want, and reports whether it changed any.
+func setFlavourLabels(have, want map[string]string) bool {
+	changed := false
+	for k := range have {
+		if _, ok := want[k]; !ok && managedFlavourLabel(k) {
+			delete(have, k)
+			changed = true
+		}
+	}
+	for k, v := range want {
+		if have[k] != v {
+			have[k] = v
+			changed = true
+		}
+	}
+	return changed
+}
+
+func managedFlavourLabel(k string) bool {
+	return strings.HasPrefix(k, FlavourLabelPrefix) || strings.HasPrefix(k, PlatformLabelPrefix)
+}
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
 // confinementGap says what an executor's second wall lacks (see
 // services/executor/internal/confine), or "" when it has it all. An
 // executor from before confinement reports none.
@@ -214,11 +289,11 @@ func (p *Provider) refresh() {
 	n := p.node
 	changed := false
 	now := metav1.Now()
-	var runtimes []string
+	var served []served
 	unconfined := map[string]string{}
 	for _, e := range p.pool.All() {
 		if info, _ := e.Info(); info != nil {
-			runtimes = append(runtimes, info.Engine+"://"+info.Version)
+			served = append(served, servedBy(e.Flavour, info))
 			if gap := confinementGap(info.Confinement); gap != "" {
 				unconfined[e.ID] = gap
 			}
@@ -227,11 +302,13 @@ func (p *Provider) refresh() {
 	if ready {
 		msg += confinementNote(unconfined)
 	}
-	sort.Strings(runtimes)
-	if len(runtimes) > 0 {
-		rv := strings.Join(runtimes, ",")
+	if len(served) > 0 {
+		rv, labels := describe(served)
 		if n.Status.NodeInfo.ContainerRuntimeVersion != rv {
 			n.Status.NodeInfo.ContainerRuntimeVersion = rv
+			changed = true
+		}
+		if setFlavourLabels(n.Labels, labels) {
 			changed = true
 		}
 	}
