@@ -100,23 +100,13 @@ func runInit(args []string) error {
 			return err
 		}
 	}
-	// Node identities: per-node client certificates (CN system:node:<name>,
-	// O system:nodes). Bootstrap tokens and CSRs replace these later.
-	for _, n := range splitList(*nodes) {
-		pair, err := p.issue(cluster, leaf{
-			name: "nodes/" + n, usage: client,
-			subject: pkix.Name{CommonName: "system:node:" + n, Organization: []string{"system:nodes"}},
-		})
-		if err != nil {
-			return err
-		}
-		keyPEM, err := pair.KeyPEM()
-		if err != nil {
-			return err
-		}
-		if err := p.kubeconfig("nodes/"+n+".kubeconfig", "system:node:"+n, *server, pair.CertPEM(), keyPEM); err != nil {
-			return err
-		}
+	// Nodes join as kubelets do: with a bootstrap token (group
+	// system:bootstrappers) they may only send a CSR for their client
+	// certificate, which the controller-manager approves and signs; the
+	// cluster-setup service creates the token's Secret and kubeadm's
+	// bindings from bootstrap.yaml once the API server answers.
+	if err := p.bootstrapToken(*server); err != nil {
+		return err
 	}
 
 	// gRPC mutual TLS: the registry cache has a fixed name; node agents are
@@ -177,6 +167,74 @@ authorization { token: %q }
 }
 
 type pkiWriter struct{ dir string }
+
+// bootstrapToken writes bootstrap.kubeconfig (a token user) and
+// bootstrap.yaml: the token's Secret and the ClusterRoleBindings kubeadm
+// makes, which let its holders send node client CSRs that the
+// controller-manager approves, and let nodes renew their certificates.
+func (p pkiWriter) bootstrapToken(server string) error {
+	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+	random := func(n int) (string, error) {
+		out := make([]byte, 0, n)
+		b := make([]byte, 1)
+		for len(out) < n {
+			if _, err := rand.Read(b); err != nil {
+				return "", err
+			}
+			if int(b[0]) < 256/len(alphabet)*len(alphabet) { // unbiased
+				out = append(out, alphabet[int(b[0])%len(alphabet)])
+			}
+		}
+		return string(out), nil
+	}
+	id, err := random(6)
+	if err != nil {
+		return err
+	}
+	secret, err := random(16)
+	if err != nil {
+		return err
+	}
+	caPEM, err := os.ReadFile(p.path("ca", ".crt"))
+	if err != nil {
+		return err
+	}
+	if err := testpki.WriteKubeconfig(filepath.Join(p.dir, "bootstrap.kubeconfig"), testpki.Kubeconfig{
+		Name: "wasmlet-compose", Server: server, CA: caPEM, User: "kubelet-bootstrap", Token: id + "." + secret,
+	}); err != nil {
+		return err
+	}
+	manifest := fmt.Sprintf(`# written by wasmlet-compose init; applied by cluster-setup
+apiVersion: v1
+kind: Secret
+metadata: {name: bootstrap-token-%[1]s, namespace: kube-system}
+type: bootstrap.kubernetes.io/token
+stringData:
+  description: wasmlet compose stack's node bootstrap token
+  token-id: %[1]s
+  token-secret: %[2]s
+  usage-bootstrap-authentication: "true"
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "kubeadm:kubelet-bootstrap"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:node-bootstrapper"}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: "system:bootstrappers"}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "kubeadm:node-autoapprove-bootstrap"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:certificates.k8s.io:certificatesigningrequests:nodeclient"}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: "system:bootstrappers"}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "kubeadm:node-autoapprove-certificate-rotation"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient"}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: "system:nodes"}]
+`, id, secret)
+	return testpki.WriteFile(filepath.Join(p.dir, "bootstrap.yaml"), []byte(manifest), 0o600)
+}
 
 func (p pkiWriter) path(name, ext string) string { return filepath.Join(p.dir, name+ext) }
 
