@@ -90,6 +90,58 @@ func (InstanceState) EnumDescriptor() ([]byte, []int) {
 	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{0}
 }
 
+// Protocol of a listener.
+type Protocol int32
+
+const (
+	// Taken as TCP.
+	Protocol_PROTOCOL_UNSPECIFIED Protocol = 0
+	Protocol_PROTOCOL_TCP         Protocol = 1
+	// Refused: WASI preview 1 has no datagram sockets.
+	Protocol_PROTOCOL_UDP Protocol = 2
+)
+
+// Enum value maps for Protocol.
+var (
+	Protocol_name = map[int32]string{
+		0: "PROTOCOL_UNSPECIFIED",
+		1: "PROTOCOL_TCP",
+		2: "PROTOCOL_UDP",
+	}
+	Protocol_value = map[string]int32{
+		"PROTOCOL_UNSPECIFIED": 0,
+		"PROTOCOL_TCP":         1,
+		"PROTOCOL_UDP":         2,
+	}
+)
+
+func (x Protocol) Enum() *Protocol {
+	p := new(Protocol)
+	*p = x
+	return p
+}
+
+func (x Protocol) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Protocol) Descriptor() protoreflect.EnumDescriptor {
+	return file_wasmlet_executor_v1_executor_proto_enumTypes[1].Descriptor()
+}
+
+func (Protocol) Type() protoreflect.EnumType {
+	return &file_wasmlet_executor_v1_executor_proto_enumTypes[1]
+}
+
+func (x Protocol) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Protocol.Descriptor instead.
+func (Protocol) EnumDescriptor() ([]byte, []int) {
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{1}
+}
+
 // How an executor enforces CPU limits.
 type CpuLimitEnforcement int32
 
@@ -127,11 +179,11 @@ func (x CpuLimitEnforcement) String() string {
 }
 
 func (CpuLimitEnforcement) Descriptor() protoreflect.EnumDescriptor {
-	return file_wasmlet_executor_v1_executor_proto_enumTypes[1].Descriptor()
+	return file_wasmlet_executor_v1_executor_proto_enumTypes[2].Descriptor()
 }
 
 func (CpuLimitEnforcement) Type() protoreflect.EnumType {
-	return &file_wasmlet_executor_v1_executor_proto_enumTypes[1]
+	return &file_wasmlet_executor_v1_executor_proto_enumTypes[2]
 }
 
 func (x CpuLimitEnforcement) Number() protoreflect.EnumNumber {
@@ -140,7 +192,7 @@ func (x CpuLimitEnforcement) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CpuLimitEnforcement.Descriptor instead.
 func (CpuLimitEnforcement) EnumDescriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{1}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{2}
 }
 
 // Preopen maps a host directory into the instance's WASI filesystem.
@@ -281,8 +333,23 @@ type InstanceSpec struct {
 	// instance to this share of one core; others accept and ignore it (see
 	// GetInfoResponse.engine and the engine's documentation).
 	CpuLimitMillis int64 `protobuf:"varint,8,opt,name=cpu_limit_millis,json=cpuLimitMillis,proto3" json:"cpu_limit_millis,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// TCP listeners the executor opens before the module starts and hands to
+	// it as preopened sockets (WASI preview 1 sock_accept), told apart by the
+	// systemd socket-activation variables it adds to the environment:
+	// LISTEN_FDS (how many), LISTEN_FDNAMES (their names, colon-separated, in
+	// this order) and LISTEN_FDS_START (the first one's fd; they follow each
+	// other). An engine that cannot hand over sockets refuses the instance
+	// (UNIMPLEMENTED at create; see GetInfoResponse.listeners).
+	Listeners []*Listener `protobuf:"bytes,9,rep,name=listeners,proto3" json:"listeners,omitempty"`
+	// A network namespace (a path such as /var/run/netns/<name> or
+	// /proc/<pid>/ns/net) in which the listeners are opened. Empty: the
+	// executor's own, where they listen on loopback only.
+	NetworkNamespace string `protobuf:"bytes,10,opt,name=network_namespace,json=networkNamespace,proto3" json:"network_namespace,omitempty"`
+	// The address the listeners bind. Empty: every address of
+	// network_namespace, or 127.0.0.1 without one.
+	ListenAddress string `protobuf:"bytes,11,opt,name=listen_address,json=listenAddress,proto3" json:"listen_address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *InstanceSpec) Reset() {
@@ -371,6 +438,91 @@ func (x *InstanceSpec) GetCpuLimitMillis() int64 {
 	return 0
 }
 
+func (x *InstanceSpec) GetListeners() []*Listener {
+	if x != nil {
+		return x.Listeners
+	}
+	return nil
+}
+
+func (x *InstanceSpec) GetNetworkNamespace() string {
+	if x != nil {
+		return x.NetworkNamespace
+	}
+	return ""
+}
+
+func (x *InstanceSpec) GetListenAddress() string {
+	if x != nil {
+		return x.ListenAddress
+	}
+	return ""
+}
+
+// Listener is one listening socket handed to the module.
+type Listener struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Its name in LISTEN_FDNAMES (a pod's port name); letters, digits, '-',
+	// '_' and '.', at most 255; unique in the spec. Empty: "port-<port>".
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// 1 to 65535; unique in the spec.
+	Port          int32    `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	Protocol      Protocol `protobuf:"varint,3,opt,name=protocol,proto3,enum=wasmlet.executor.v1.Protocol" json:"protocol,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Listener) Reset() {
+	*x = Listener{}
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Listener) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Listener) ProtoMessage() {}
+
+func (x *Listener) ProtoReflect() protoreflect.Message {
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Listener.ProtoReflect.Descriptor instead.
+func (*Listener) Descriptor() ([]byte, []int) {
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Listener) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Listener) GetPort() int32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *Listener) GetProtocol() Protocol {
+	if x != nil {
+		return x.Protocol
+	}
+	return Protocol_PROTOCOL_UNSPECIFIED
+}
+
 type EnvVar struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -381,7 +533,7 @@ type EnvVar struct {
 
 func (x *EnvVar) Reset() {
 	*x = EnvVar{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[3]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -393,7 +545,7 @@ func (x *EnvVar) String() string {
 func (*EnvVar) ProtoMessage() {}
 
 func (x *EnvVar) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[3]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -406,7 +558,7 @@ func (x *EnvVar) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnvVar.ProtoReflect.Descriptor instead.
 func (*EnvVar) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{3}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *EnvVar) GetName() string {
@@ -445,7 +597,7 @@ type Instance struct {
 
 func (x *Instance) Reset() {
 	*x = Instance{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[4]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -457,7 +609,7 @@ func (x *Instance) String() string {
 func (*Instance) ProtoMessage() {}
 
 func (x *Instance) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[4]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -470,7 +622,7 @@ func (x *Instance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Instance.ProtoReflect.Descriptor instead.
 func (*Instance) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{4}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Instance) GetId() string {
@@ -551,7 +703,7 @@ type GetInfoRequest struct {
 
 func (x *GetInfoRequest) Reset() {
 	*x = GetInfoRequest{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[5]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -563,7 +715,7 @@ func (x *GetInfoRequest) String() string {
 func (*GetInfoRequest) ProtoMessage() {}
 
 func (x *GetInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[5]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -576,7 +728,7 @@ func (x *GetInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetInfoRequest) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{5}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{6}
 }
 
 type GetInfoResponse struct {
@@ -600,14 +752,17 @@ type GetInfoResponse struct {
 	CpuLimitsDescription string              `protobuf:"bytes,9,opt,name=cpu_limits_description,json=cpuLimitsDescription,proto3" json:"cpu_limits_description,omitempty"`
 	// How the executor process is confined, its second wall behind the
 	// Wasm sandbox. Unset from an executor older than this field.
-	Confinement   *Confinement `protobuf:"bytes,10,opt,name=confinement,proto3" json:"confinement,omitempty"`
+	Confinement *Confinement `protobuf:"bytes,10,opt,name=confinement,proto3" json:"confinement,omitempty"`
+	// Whether the engine hands InstanceSpec.listeners to modules. An executor
+	// that does not refuses specs with listeners.
+	Listeners     bool `protobuf:"varint,11,opt,name=listeners,proto3" json:"listeners,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetInfoResponse) Reset() {
 	*x = GetInfoResponse{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[6]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -619,7 +774,7 @@ func (x *GetInfoResponse) String() string {
 func (*GetInfoResponse) ProtoMessage() {}
 
 func (x *GetInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[6]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -632,7 +787,7 @@ func (x *GetInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetInfoResponse) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{6}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetInfoResponse) GetEngine() string {
@@ -705,6 +860,13 @@ func (x *GetInfoResponse) GetConfinement() *Confinement {
 	return nil
 }
 
+func (x *GetInfoResponse) GetListeners() bool {
+	if x != nil {
+		return x.Listeners
+	}
+	return false
+}
+
 // Confinement says what limits the executor process, so that a module
 // escaping its engine reaches as little of the host as possible.
 type Confinement struct {
@@ -731,7 +893,7 @@ type Confinement struct {
 
 func (x *Confinement) Reset() {
 	*x = Confinement{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[7]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -743,7 +905,7 @@ func (x *Confinement) String() string {
 func (*Confinement) ProtoMessage() {}
 
 func (x *Confinement) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[7]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -756,7 +918,7 @@ func (x *Confinement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Confinement.ProtoReflect.Descriptor instead.
 func (*Confinement) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{7}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Confinement) GetNoNewPrivs() bool {
@@ -828,7 +990,7 @@ type CreateInstanceRequest struct {
 
 func (x *CreateInstanceRequest) Reset() {
 	*x = CreateInstanceRequest{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[8]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -840,7 +1002,7 @@ func (x *CreateInstanceRequest) String() string {
 func (*CreateInstanceRequest) ProtoMessage() {}
 
 func (x *CreateInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[8]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -853,7 +1015,7 @@ func (x *CreateInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateInstanceRequest.ProtoReflect.Descriptor instead.
 func (*CreateInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{8}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateInstanceRequest) GetId() string {
@@ -886,7 +1048,7 @@ type CreateInstanceResponse struct {
 
 func (x *CreateInstanceResponse) Reset() {
 	*x = CreateInstanceResponse{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[9]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -898,7 +1060,7 @@ func (x *CreateInstanceResponse) String() string {
 func (*CreateInstanceResponse) ProtoMessage() {}
 
 func (x *CreateInstanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[9]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -911,7 +1073,7 @@ func (x *CreateInstanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateInstanceResponse.ProtoReflect.Descriptor instead.
 func (*CreateInstanceResponse) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{9}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CreateInstanceResponse) GetInstance() *Instance {
@@ -930,7 +1092,7 @@ type StartInstanceRequest struct {
 
 func (x *StartInstanceRequest) Reset() {
 	*x = StartInstanceRequest{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[10]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -942,7 +1104,7 @@ func (x *StartInstanceRequest) String() string {
 func (*StartInstanceRequest) ProtoMessage() {}
 
 func (x *StartInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[10]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -955,7 +1117,7 @@ func (x *StartInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartInstanceRequest.ProtoReflect.Descriptor instead.
 func (*StartInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{10}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StartInstanceRequest) GetId() string {
@@ -974,7 +1136,7 @@ type StartInstanceResponse struct {
 
 func (x *StartInstanceResponse) Reset() {
 	*x = StartInstanceResponse{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[11]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -986,7 +1148,7 @@ func (x *StartInstanceResponse) String() string {
 func (*StartInstanceResponse) ProtoMessage() {}
 
 func (x *StartInstanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[11]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -999,7 +1161,7 @@ func (x *StartInstanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartInstanceResponse.ProtoReflect.Descriptor instead.
 func (*StartInstanceResponse) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{11}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StartInstanceResponse) GetInstance() *Instance {
@@ -1020,7 +1182,7 @@ type StopInstanceRequest struct {
 
 func (x *StopInstanceRequest) Reset() {
 	*x = StopInstanceRequest{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[12]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1032,7 +1194,7 @@ func (x *StopInstanceRequest) String() string {
 func (*StopInstanceRequest) ProtoMessage() {}
 
 func (x *StopInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[12]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1045,7 +1207,7 @@ func (x *StopInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopInstanceRequest.ProtoReflect.Descriptor instead.
 func (*StopInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{12}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StopInstanceRequest) GetId() string {
@@ -1071,7 +1233,7 @@ type StopInstanceResponse struct {
 
 func (x *StopInstanceResponse) Reset() {
 	*x = StopInstanceResponse{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[13]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1083,7 +1245,7 @@ func (x *StopInstanceResponse) String() string {
 func (*StopInstanceResponse) ProtoMessage() {}
 
 func (x *StopInstanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[13]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1096,7 +1258,7 @@ func (x *StopInstanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopInstanceResponse.ProtoReflect.Descriptor instead.
 func (*StopInstanceResponse) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{13}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StopInstanceResponse) GetInstance() *Instance {
@@ -1117,7 +1279,7 @@ type DeleteInstanceRequest struct {
 
 func (x *DeleteInstanceRequest) Reset() {
 	*x = DeleteInstanceRequest{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[14]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1129,7 +1291,7 @@ func (x *DeleteInstanceRequest) String() string {
 func (*DeleteInstanceRequest) ProtoMessage() {}
 
 func (x *DeleteInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[14]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1142,7 +1304,7 @@ func (x *DeleteInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteInstanceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{14}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteInstanceRequest) GetId() string {
@@ -1167,7 +1329,7 @@ type DeleteInstanceResponse struct {
 
 func (x *DeleteInstanceResponse) Reset() {
 	*x = DeleteInstanceResponse{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[15]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1179,7 +1341,7 @@ func (x *DeleteInstanceResponse) String() string {
 func (*DeleteInstanceResponse) ProtoMessage() {}
 
 func (x *DeleteInstanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[15]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1192,7 +1354,7 @@ func (x *DeleteInstanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteInstanceResponse.ProtoReflect.Descriptor instead.
 func (*DeleteInstanceResponse) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{15}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{16}
 }
 
 type GetInstanceRequest struct {
@@ -1204,7 +1366,7 @@ type GetInstanceRequest struct {
 
 func (x *GetInstanceRequest) Reset() {
 	*x = GetInstanceRequest{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[16]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1216,7 +1378,7 @@ func (x *GetInstanceRequest) String() string {
 func (*GetInstanceRequest) ProtoMessage() {}
 
 func (x *GetInstanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[16]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1229,7 +1391,7 @@ func (x *GetInstanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetInstanceRequest.ProtoReflect.Descriptor instead.
 func (*GetInstanceRequest) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{16}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetInstanceRequest) GetId() string {
@@ -1248,7 +1410,7 @@ type GetInstanceResponse struct {
 
 func (x *GetInstanceResponse) Reset() {
 	*x = GetInstanceResponse{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[17]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1260,7 +1422,7 @@ func (x *GetInstanceResponse) String() string {
 func (*GetInstanceResponse) ProtoMessage() {}
 
 func (x *GetInstanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[17]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1273,7 +1435,7 @@ func (x *GetInstanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetInstanceResponse.ProtoReflect.Descriptor instead.
 func (*GetInstanceResponse) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{17}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetInstanceResponse) GetInstance() *Instance {
@@ -1293,7 +1455,7 @@ type ListInstancesRequest struct {
 
 func (x *ListInstancesRequest) Reset() {
 	*x = ListInstancesRequest{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[18]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1305,7 +1467,7 @@ func (x *ListInstancesRequest) String() string {
 func (*ListInstancesRequest) ProtoMessage() {}
 
 func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[18]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1318,7 +1480,7 @@ func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesRequest.ProtoReflect.Descriptor instead.
 func (*ListInstancesRequest) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{18}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListInstancesRequest) GetLabelSelector() map[string]string {
@@ -1339,7 +1501,7 @@ type ListInstancesResponse struct {
 
 func (x *ListInstancesResponse) Reset() {
 	*x = ListInstancesResponse{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[19]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1351,7 +1513,7 @@ func (x *ListInstancesResponse) String() string {
 func (*ListInstancesResponse) ProtoMessage() {}
 
 func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[19]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1364,7 +1526,7 @@ func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesResponse.ProtoReflect.Descriptor instead.
 func (*ListInstancesResponse) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{19}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListInstancesResponse) GetInstances() []*Instance {
@@ -1394,7 +1556,7 @@ type WatchInstancesRequest struct {
 
 func (x *WatchInstancesRequest) Reset() {
 	*x = WatchInstancesRequest{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[20]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1406,7 +1568,7 @@ func (x *WatchInstancesRequest) String() string {
 func (*WatchInstancesRequest) ProtoMessage() {}
 
 func (x *WatchInstancesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[20]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1419,7 +1581,7 @@ func (x *WatchInstancesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchInstancesRequest.ProtoReflect.Descriptor instead.
 func (*WatchInstancesRequest) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{20}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WatchInstancesRequest) GetAfterSequence() uint64 {
@@ -1446,7 +1608,7 @@ type WatchInstancesResponse struct {
 
 func (x *WatchInstancesResponse) Reset() {
 	*x = WatchInstancesResponse{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[21]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1458,7 +1620,7 @@ func (x *WatchInstancesResponse) String() string {
 func (*WatchInstancesResponse) ProtoMessage() {}
 
 func (x *WatchInstancesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[21]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1471,7 +1633,7 @@ func (x *WatchInstancesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchInstancesResponse.ProtoReflect.Descriptor instead.
 func (*WatchInstancesResponse) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{21}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WatchInstancesResponse) GetInstance() *Instance {
@@ -1491,7 +1653,7 @@ type ListInstanceStatsRequest struct {
 
 func (x *ListInstanceStatsRequest) Reset() {
 	*x = ListInstanceStatsRequest{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[22]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1503,7 +1665,7 @@ func (x *ListInstanceStatsRequest) String() string {
 func (*ListInstanceStatsRequest) ProtoMessage() {}
 
 func (x *ListInstanceStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[22]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1516,7 +1678,7 @@ func (x *ListInstanceStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstanceStatsRequest.ProtoReflect.Descriptor instead.
 func (*ListInstanceStatsRequest) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{22}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListInstanceStatsRequest) GetLabelSelector() map[string]string {
@@ -1535,7 +1697,7 @@ type ListInstanceStatsResponse struct {
 
 func (x *ListInstanceStatsResponse) Reset() {
 	*x = ListInstanceStatsResponse{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[23]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1547,7 +1709,7 @@ func (x *ListInstanceStatsResponse) String() string {
 func (*ListInstanceStatsResponse) ProtoMessage() {}
 
 func (x *ListInstanceStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[23]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1560,7 +1722,7 @@ func (x *ListInstanceStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstanceStatsResponse.ProtoReflect.Descriptor instead.
 func (*ListInstanceStatsResponse) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{23}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListInstanceStatsResponse) GetStats() []*InstanceStats {
@@ -1594,7 +1756,7 @@ type InstanceStats struct {
 
 func (x *InstanceStats) Reset() {
 	*x = InstanceStats{}
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[24]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1606,7 +1768,7 @@ func (x *InstanceStats) String() string {
 func (*InstanceStats) ProtoMessage() {}
 
 func (x *InstanceStats) ProtoReflect() protoreflect.Message {
-	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[24]
+	mi := &file_wasmlet_executor_v1_executor_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1619,7 +1781,7 @@ func (x *InstanceStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceStats.ProtoReflect.Descriptor instead.
 func (*InstanceStats) Descriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{24}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *InstanceStats) GetInstanceId() string {
@@ -1683,7 +1845,7 @@ const file_wasmlet_executor_v1_executor_proto_rawDesc = "" +
 	"\tread_only\x18\x03 \x01(\bR\breadOnly\">\n" +
 	"\x06Module\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x1c\n" +
-	"\treference\x18\x02 \x01(\tR\treference\"\xbb\x03\n" +
+	"\treference\x18\x02 \x01(\tR\treference\"\xcc\x04\n" +
 	"\fInstanceSpec\x123\n" +
 	"\x06module\x18\x01 \x01(\v2\x1b.wasmlet.executor.v1.ModuleR\x06module\x12\x12\n" +
 	"\x04args\x18\x02 \x03(\tR\x04args\x12-\n" +
@@ -1693,10 +1855,18 @@ const file_wasmlet_executor_v1_executor_proto_rawDesc = "" +
 	"\vlog_subject\x18\x06 \x01(\tR\n" +
 	"logSubject\x12E\n" +
 	"\x06labels\x18\a \x03(\v2-.wasmlet.executor.v1.InstanceSpec.LabelsEntryR\x06labels\x12(\n" +
-	"\x10cpu_limit_millis\x18\b \x01(\x03R\x0ecpuLimitMillis\x1a9\n" +
+	"\x10cpu_limit_millis\x18\b \x01(\x03R\x0ecpuLimitMillis\x12;\n" +
+	"\tlisteners\x18\t \x03(\v2\x1d.wasmlet.executor.v1.ListenerR\tlisteners\x12+\n" +
+	"\x11network_namespace\x18\n" +
+	" \x01(\tR\x10networkNamespace\x12%\n" +
+	"\x0elisten_address\x18\v \x01(\tR\rlistenAddress\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"2\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"m\n" +
+	"\bListener\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\x05R\x04port\x129\n" +
+	"\bprotocol\x18\x03 \x01(\x0e2\x1d.wasmlet.executor.v1.ProtocolR\bprotocol\"2\n" +
 	"\x06EnvVar\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\"\xa9\x03\n" +
@@ -1715,7 +1885,7 @@ const file_wasmlet_executor_v1_executor_proto_rawDesc = "" +
 	"finishedAt\x12\x1a\n" +
 	"\bsequence\x18\n" +
 	" \x01(\x04R\bsequence\"\x10\n" +
-	"\x0eGetInfoRequest\"\x9b\x03\n" +
+	"\x0eGetInfoRequest\"\xb9\x03\n" +
 	"\x0fGetInfoResponse\x12\x16\n" +
 	"\x06engine\x18\x01 \x01(\tR\x06engine\x12%\n" +
 	"\x0eengine_version\x18\x02 \x01(\tR\rengineVersion\x12\x0e\n" +
@@ -1729,7 +1899,8 @@ const file_wasmlet_executor_v1_executor_proto_rawDesc = "" +
 	"cpu_limits\x18\b \x01(\x0e2(.wasmlet.executor.v1.CpuLimitEnforcementR\tcpuLimits\x124\n" +
 	"\x16cpu_limits_description\x18\t \x01(\tR\x14cpuLimitsDescription\x12B\n" +
 	"\vconfinement\x18\n" +
-	" \x01(\v2 .wasmlet.executor.v1.ConfinementR\vconfinement\"\x95\x02\n" +
+	" \x01(\v2 .wasmlet.executor.v1.ConfinementR\vconfinement\x12\x1c\n" +
+	"\tlisteners\x18\v \x01(\bR\tlisteners\"\x95\x02\n" +
 	"\vConfinement\x12 \n" +
 	"\fno_new_privs\x18\x01 \x01(\bR\n" +
 	"noNewPrivs\x12\x18\n" +
@@ -1801,7 +1972,11 @@ const file_wasmlet_executor_v1_executor_proto_rawDesc = "" +
 	"\x16INSTANCE_STATE_RUNNING\x10\x02\x12\x19\n" +
 	"\x15INSTANCE_STATE_EXITED\x10\x03\x12\x19\n" +
 	"\x15INSTANCE_STATE_KILLED\x10\x04\x12\x19\n" +
-	"\x15INSTANCE_STATE_FAILED\x10\x05*~\n" +
+	"\x15INSTANCE_STATE_FAILED\x10\x05*H\n" +
+	"\bProtocol\x12\x18\n" +
+	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x10\n" +
+	"\fPROTOCOL_TCP\x10\x01\x12\x10\n" +
+	"\fPROTOCOL_UDP\x10\x02*~\n" +
 	"\x13CpuLimitEnforcement\x12%\n" +
 	"!CPU_LIMIT_ENFORCEMENT_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aCPU_LIMIT_ENFORCEMENT_NONE\x10\x01\x12 \n" +
@@ -1830,92 +2005,96 @@ func file_wasmlet_executor_v1_executor_proto_rawDescGZIP() []byte {
 	return file_wasmlet_executor_v1_executor_proto_rawDescData
 }
 
-var file_wasmlet_executor_v1_executor_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_wasmlet_executor_v1_executor_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_wasmlet_executor_v1_executor_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_wasmlet_executor_v1_executor_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_wasmlet_executor_v1_executor_proto_goTypes = []any{
 	(InstanceState)(0),                // 0: wasmlet.executor.v1.InstanceState
-	(CpuLimitEnforcement)(0),          // 1: wasmlet.executor.v1.CpuLimitEnforcement
-	(*Preopen)(nil),                   // 2: wasmlet.executor.v1.Preopen
-	(*Module)(nil),                    // 3: wasmlet.executor.v1.Module
-	(*InstanceSpec)(nil),              // 4: wasmlet.executor.v1.InstanceSpec
-	(*EnvVar)(nil),                    // 5: wasmlet.executor.v1.EnvVar
-	(*Instance)(nil),                  // 6: wasmlet.executor.v1.Instance
-	(*GetInfoRequest)(nil),            // 7: wasmlet.executor.v1.GetInfoRequest
-	(*GetInfoResponse)(nil),           // 8: wasmlet.executor.v1.GetInfoResponse
-	(*Confinement)(nil),               // 9: wasmlet.executor.v1.Confinement
-	(*CreateInstanceRequest)(nil),     // 10: wasmlet.executor.v1.CreateInstanceRequest
-	(*CreateInstanceResponse)(nil),    // 11: wasmlet.executor.v1.CreateInstanceResponse
-	(*StartInstanceRequest)(nil),      // 12: wasmlet.executor.v1.StartInstanceRequest
-	(*StartInstanceResponse)(nil),     // 13: wasmlet.executor.v1.StartInstanceResponse
-	(*StopInstanceRequest)(nil),       // 14: wasmlet.executor.v1.StopInstanceRequest
-	(*StopInstanceResponse)(nil),      // 15: wasmlet.executor.v1.StopInstanceResponse
-	(*DeleteInstanceRequest)(nil),     // 16: wasmlet.executor.v1.DeleteInstanceRequest
-	(*DeleteInstanceResponse)(nil),    // 17: wasmlet.executor.v1.DeleteInstanceResponse
-	(*GetInstanceRequest)(nil),        // 18: wasmlet.executor.v1.GetInstanceRequest
-	(*GetInstanceResponse)(nil),       // 19: wasmlet.executor.v1.GetInstanceResponse
-	(*ListInstancesRequest)(nil),      // 20: wasmlet.executor.v1.ListInstancesRequest
-	(*ListInstancesResponse)(nil),     // 21: wasmlet.executor.v1.ListInstancesResponse
-	(*WatchInstancesRequest)(nil),     // 22: wasmlet.executor.v1.WatchInstancesRequest
-	(*WatchInstancesResponse)(nil),    // 23: wasmlet.executor.v1.WatchInstancesResponse
-	(*ListInstanceStatsRequest)(nil),  // 24: wasmlet.executor.v1.ListInstanceStatsRequest
-	(*ListInstanceStatsResponse)(nil), // 25: wasmlet.executor.v1.ListInstanceStatsResponse
-	(*InstanceStats)(nil),             // 26: wasmlet.executor.v1.InstanceStats
-	nil,                               // 27: wasmlet.executor.v1.InstanceSpec.LabelsEntry
-	nil,                               // 28: wasmlet.executor.v1.ListInstancesRequest.LabelSelectorEntry
-	nil,                               // 29: wasmlet.executor.v1.ListInstanceStatsRequest.LabelSelectorEntry
-	nil,                               // 30: wasmlet.executor.v1.InstanceStats.LabelsEntry
-	(*timestamppb.Timestamp)(nil),     // 31: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 32: google.protobuf.Duration
+	(Protocol)(0),                     // 1: wasmlet.executor.v1.Protocol
+	(CpuLimitEnforcement)(0),          // 2: wasmlet.executor.v1.CpuLimitEnforcement
+	(*Preopen)(nil),                   // 3: wasmlet.executor.v1.Preopen
+	(*Module)(nil),                    // 4: wasmlet.executor.v1.Module
+	(*InstanceSpec)(nil),              // 5: wasmlet.executor.v1.InstanceSpec
+	(*Listener)(nil),                  // 6: wasmlet.executor.v1.Listener
+	(*EnvVar)(nil),                    // 7: wasmlet.executor.v1.EnvVar
+	(*Instance)(nil),                  // 8: wasmlet.executor.v1.Instance
+	(*GetInfoRequest)(nil),            // 9: wasmlet.executor.v1.GetInfoRequest
+	(*GetInfoResponse)(nil),           // 10: wasmlet.executor.v1.GetInfoResponse
+	(*Confinement)(nil),               // 11: wasmlet.executor.v1.Confinement
+	(*CreateInstanceRequest)(nil),     // 12: wasmlet.executor.v1.CreateInstanceRequest
+	(*CreateInstanceResponse)(nil),    // 13: wasmlet.executor.v1.CreateInstanceResponse
+	(*StartInstanceRequest)(nil),      // 14: wasmlet.executor.v1.StartInstanceRequest
+	(*StartInstanceResponse)(nil),     // 15: wasmlet.executor.v1.StartInstanceResponse
+	(*StopInstanceRequest)(nil),       // 16: wasmlet.executor.v1.StopInstanceRequest
+	(*StopInstanceResponse)(nil),      // 17: wasmlet.executor.v1.StopInstanceResponse
+	(*DeleteInstanceRequest)(nil),     // 18: wasmlet.executor.v1.DeleteInstanceRequest
+	(*DeleteInstanceResponse)(nil),    // 19: wasmlet.executor.v1.DeleteInstanceResponse
+	(*GetInstanceRequest)(nil),        // 20: wasmlet.executor.v1.GetInstanceRequest
+	(*GetInstanceResponse)(nil),       // 21: wasmlet.executor.v1.GetInstanceResponse
+	(*ListInstancesRequest)(nil),      // 22: wasmlet.executor.v1.ListInstancesRequest
+	(*ListInstancesResponse)(nil),     // 23: wasmlet.executor.v1.ListInstancesResponse
+	(*WatchInstancesRequest)(nil),     // 24: wasmlet.executor.v1.WatchInstancesRequest
+	(*WatchInstancesResponse)(nil),    // 25: wasmlet.executor.v1.WatchInstancesResponse
+	(*ListInstanceStatsRequest)(nil),  // 26: wasmlet.executor.v1.ListInstanceStatsRequest
+	(*ListInstanceStatsResponse)(nil), // 27: wasmlet.executor.v1.ListInstanceStatsResponse
+	(*InstanceStats)(nil),             // 28: wasmlet.executor.v1.InstanceStats
+	nil,                               // 29: wasmlet.executor.v1.InstanceSpec.LabelsEntry
+	nil,                               // 30: wasmlet.executor.v1.ListInstancesRequest.LabelSelectorEntry
+	nil,                               // 31: wasmlet.executor.v1.ListInstanceStatsRequest.LabelSelectorEntry
+	nil,                               // 32: wasmlet.executor.v1.InstanceStats.LabelsEntry
+	(*timestamppb.Timestamp)(nil),     // 33: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 34: google.protobuf.Duration
 }
 var file_wasmlet_executor_v1_executor_proto_depIdxs = []int32{
-	3,  // 0: wasmlet.executor.v1.InstanceSpec.module:type_name -> wasmlet.executor.v1.Module
-	5,  // 1: wasmlet.executor.v1.InstanceSpec.env:type_name -> wasmlet.executor.v1.EnvVar
-	2,  // 2: wasmlet.executor.v1.InstanceSpec.preopens:type_name -> wasmlet.executor.v1.Preopen
-	27, // 3: wasmlet.executor.v1.InstanceSpec.labels:type_name -> wasmlet.executor.v1.InstanceSpec.LabelsEntry
-	4,  // 4: wasmlet.executor.v1.Instance.spec:type_name -> wasmlet.executor.v1.InstanceSpec
-	0,  // 5: wasmlet.executor.v1.Instance.state:type_name -> wasmlet.executor.v1.InstanceState
-	31, // 6: wasmlet.executor.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
-	31, // 7: wasmlet.executor.v1.Instance.started_at:type_name -> google.protobuf.Timestamp
-	31, // 8: wasmlet.executor.v1.Instance.finished_at:type_name -> google.protobuf.Timestamp
-	1,  // 9: wasmlet.executor.v1.GetInfoResponse.cpu_limits:type_name -> wasmlet.executor.v1.CpuLimitEnforcement
-	9,  // 10: wasmlet.executor.v1.GetInfoResponse.confinement:type_name -> wasmlet.executor.v1.Confinement
-	4,  // 11: wasmlet.executor.v1.CreateInstanceRequest.spec:type_name -> wasmlet.executor.v1.InstanceSpec
-	6,  // 12: wasmlet.executor.v1.CreateInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
-	6,  // 13: wasmlet.executor.v1.StartInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
-	32, // 14: wasmlet.executor.v1.StopInstanceRequest.grace_period:type_name -> google.protobuf.Duration
-	6,  // 15: wasmlet.executor.v1.StopInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
-	6,  // 16: wasmlet.executor.v1.GetInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
-	28, // 17: wasmlet.executor.v1.ListInstancesRequest.label_selector:type_name -> wasmlet.executor.v1.ListInstancesRequest.LabelSelectorEntry
-	6,  // 18: wasmlet.executor.v1.ListInstancesResponse.instances:type_name -> wasmlet.executor.v1.Instance
-	6,  // 19: wasmlet.executor.v1.WatchInstancesResponse.instance:type_name -> wasmlet.executor.v1.Instance
-	29, // 20: wasmlet.executor.v1.ListInstanceStatsRequest.label_selector:type_name -> wasmlet.executor.v1.ListInstanceStatsRequest.LabelSelectorEntry
-	26, // 21: wasmlet.executor.v1.ListInstanceStatsResponse.stats:type_name -> wasmlet.executor.v1.InstanceStats
-	0,  // 22: wasmlet.executor.v1.InstanceStats.state:type_name -> wasmlet.executor.v1.InstanceState
-	30, // 23: wasmlet.executor.v1.InstanceStats.labels:type_name -> wasmlet.executor.v1.InstanceStats.LabelsEntry
-	31, // 24: wasmlet.executor.v1.InstanceStats.time:type_name -> google.protobuf.Timestamp
-	7,  // 25: wasmlet.executor.v1.ExecutorService.GetInfo:input_type -> wasmlet.executor.v1.GetInfoRequest
-	10, // 26: wasmlet.executor.v1.ExecutorService.CreateInstance:input_type -> wasmlet.executor.v1.CreateInstanceRequest
-	12, // 27: wasmlet.executor.v1.ExecutorService.StartInstance:input_type -> wasmlet.executor.v1.StartInstanceRequest
-	14, // 28: wasmlet.executor.v1.ExecutorService.StopInstance:input_type -> wasmlet.executor.v1.StopInstanceRequest
-	16, // 29: wasmlet.executor.v1.ExecutorService.DeleteInstance:input_type -> wasmlet.executor.v1.DeleteInstanceRequest
-	18, // 30: wasmlet.executor.v1.ExecutorService.GetInstance:input_type -> wasmlet.executor.v1.GetInstanceRequest
-	20, // 31: wasmlet.executor.v1.ExecutorService.ListInstances:input_type -> wasmlet.executor.v1.ListInstancesRequest
-	22, // 32: wasmlet.executor.v1.ExecutorService.WatchInstances:input_type -> wasmlet.executor.v1.WatchInstancesRequest
-	24, // 33: wasmlet.executor.v1.ExecutorService.ListInstanceStats:input_type -> wasmlet.executor.v1.ListInstanceStatsRequest
-	8,  // 34: wasmlet.executor.v1.ExecutorService.GetInfo:output_type -> wasmlet.executor.v1.GetInfoResponse
-	11, // 35: wasmlet.executor.v1.ExecutorService.CreateInstance:output_type -> wasmlet.executor.v1.CreateInstanceResponse
-	13, // 36: wasmlet.executor.v1.ExecutorService.StartInstance:output_type -> wasmlet.executor.v1.StartInstanceResponse
-	15, // 37: wasmlet.executor.v1.ExecutorService.StopInstance:output_type -> wasmlet.executor.v1.StopInstanceResponse
-	17, // 38: wasmlet.executor.v1.ExecutorService.DeleteInstance:output_type -> wasmlet.executor.v1.DeleteInstanceResponse
-	19, // 39: wasmlet.executor.v1.ExecutorService.GetInstance:output_type -> wasmlet.executor.v1.GetInstanceResponse
-	21, // 40: wasmlet.executor.v1.ExecutorService.ListInstances:output_type -> wasmlet.executor.v1.ListInstancesResponse
-	23, // 41: wasmlet.executor.v1.ExecutorService.WatchInstances:output_type -> wasmlet.executor.v1.WatchInstancesResponse
-	25, // 42: wasmlet.executor.v1.ExecutorService.ListInstanceStats:output_type -> wasmlet.executor.v1.ListInstanceStatsResponse
-	34, // [34:43] is the sub-list for method output_type
-	25, // [25:34] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	4,  // 0: wasmlet.executor.v1.InstanceSpec.module:type_name -> wasmlet.executor.v1.Module
+	7,  // 1: wasmlet.executor.v1.InstanceSpec.env:type_name -> wasmlet.executor.v1.EnvVar
+	3,  // 2: wasmlet.executor.v1.InstanceSpec.preopens:type_name -> wasmlet.executor.v1.Preopen
+	29, // 3: wasmlet.executor.v1.InstanceSpec.labels:type_name -> wasmlet.executor.v1.InstanceSpec.LabelsEntry
+	6,  // 4: wasmlet.executor.v1.InstanceSpec.listeners:type_name -> wasmlet.executor.v1.Listener
+	1,  // 5: wasmlet.executor.v1.Listener.protocol:type_name -> wasmlet.executor.v1.Protocol
+	5,  // 6: wasmlet.executor.v1.Instance.spec:type_name -> wasmlet.executor.v1.InstanceSpec
+	0,  // 7: wasmlet.executor.v1.Instance.state:type_name -> wasmlet.executor.v1.InstanceState
+	33, // 8: wasmlet.executor.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
+	33, // 9: wasmlet.executor.v1.Instance.started_at:type_name -> google.protobuf.Timestamp
+	33, // 10: wasmlet.executor.v1.Instance.finished_at:type_name -> google.protobuf.Timestamp
+	2,  // 11: wasmlet.executor.v1.GetInfoResponse.cpu_limits:type_name -> wasmlet.executor.v1.CpuLimitEnforcement
+	11, // 12: wasmlet.executor.v1.GetInfoResponse.confinement:type_name -> wasmlet.executor.v1.Confinement
+	5,  // 13: wasmlet.executor.v1.CreateInstanceRequest.spec:type_name -> wasmlet.executor.v1.InstanceSpec
+	8,  // 14: wasmlet.executor.v1.CreateInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
+	8,  // 15: wasmlet.executor.v1.StartInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
+	34, // 16: wasmlet.executor.v1.StopInstanceRequest.grace_period:type_name -> google.protobuf.Duration
+	8,  // 17: wasmlet.executor.v1.StopInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
+	8,  // 18: wasmlet.executor.v1.GetInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
+	30, // 19: wasmlet.executor.v1.ListInstancesRequest.label_selector:type_name -> wasmlet.executor.v1.ListInstancesRequest.LabelSelectorEntry
+	8,  // 20: wasmlet.executor.v1.ListInstancesResponse.instances:type_name -> wasmlet.executor.v1.Instance
+	8,  // 21: wasmlet.executor.v1.WatchInstancesResponse.instance:type_name -> wasmlet.executor.v1.Instance
+	31, // 22: wasmlet.executor.v1.ListInstanceStatsRequest.label_selector:type_name -> wasmlet.executor.v1.ListInstanceStatsRequest.LabelSelectorEntry
+	28, // 23: wasmlet.executor.v1.ListInstanceStatsResponse.stats:type_name -> wasmlet.executor.v1.InstanceStats
+	0,  // 24: wasmlet.executor.v1.InstanceStats.state:type_name -> wasmlet.executor.v1.InstanceState
+	32, // 25: wasmlet.executor.v1.InstanceStats.labels:type_name -> wasmlet.executor.v1.InstanceStats.LabelsEntry
+	33, // 26: wasmlet.executor.v1.InstanceStats.time:type_name -> google.protobuf.Timestamp
+	9,  // 27: wasmlet.executor.v1.ExecutorService.GetInfo:input_type -> wasmlet.executor.v1.GetInfoRequest
+	12, // 28: wasmlet.executor.v1.ExecutorService.CreateInstance:input_type -> wasmlet.executor.v1.CreateInstanceRequest
+	14, // 29: wasmlet.executor.v1.ExecutorService.StartInstance:input_type -> wasmlet.executor.v1.StartInstanceRequest
+	16, // 30: wasmlet.executor.v1.ExecutorService.StopInstance:input_type -> wasmlet.executor.v1.StopInstanceRequest
+	18, // 31: wasmlet.executor.v1.ExecutorService.DeleteInstance:input_type -> wasmlet.executor.v1.DeleteInstanceRequest
+	20, // 32: wasmlet.executor.v1.ExecutorService.GetInstance:input_type -> wasmlet.executor.v1.GetInstanceRequest
+	22, // 33: wasmlet.executor.v1.ExecutorService.ListInstances:input_type -> wasmlet.executor.v1.ListInstancesRequest
+	24, // 34: wasmlet.executor.v1.ExecutorService.WatchInstances:input_type -> wasmlet.executor.v1.WatchInstancesRequest
+	26, // 35: wasmlet.executor.v1.ExecutorService.ListInstanceStats:input_type -> wasmlet.executor.v1.ListInstanceStatsRequest
+	10, // 36: wasmlet.executor.v1.ExecutorService.GetInfo:output_type -> wasmlet.executor.v1.GetInfoResponse
+	13, // 37: wasmlet.executor.v1.ExecutorService.CreateInstance:output_type -> wasmlet.executor.v1.CreateInstanceResponse
+	15, // 38: wasmlet.executor.v1.ExecutorService.StartInstance:output_type -> wasmlet.executor.v1.StartInstanceResponse
+	17, // 39: wasmlet.executor.v1.ExecutorService.StopInstance:output_type -> wasmlet.executor.v1.StopInstanceResponse
+	19, // 40: wasmlet.executor.v1.ExecutorService.DeleteInstance:output_type -> wasmlet.executor.v1.DeleteInstanceResponse
+	21, // 41: wasmlet.executor.v1.ExecutorService.GetInstance:output_type -> wasmlet.executor.v1.GetInstanceResponse
+	23, // 42: wasmlet.executor.v1.ExecutorService.ListInstances:output_type -> wasmlet.executor.v1.ListInstancesResponse
+	25, // 43: wasmlet.executor.v1.ExecutorService.WatchInstances:output_type -> wasmlet.executor.v1.WatchInstancesResponse
+	27, // 44: wasmlet.executor.v1.ExecutorService.ListInstanceStats:output_type -> wasmlet.executor.v1.ListInstanceStatsResponse
+	36, // [36:45] is the sub-list for method output_type
+	27, // [27:36] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_wasmlet_executor_v1_executor_proto_init() }
@@ -1928,8 +2107,8 @@ func file_wasmlet_executor_v1_executor_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wasmlet_executor_v1_executor_proto_rawDesc), len(file_wasmlet_executor_v1_executor_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   29,
+			NumEnums:      3,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -42,6 +42,7 @@ var errorCodes = grpcutil.ErrorCodes{Other: codes.Internal, Table: []grpcutil.Er
 	{Err: instances.ErrPermissionDenied, Code: codes.PermissionDenied},
 	{Err: instances.ErrUnavailable, Code: codes.Unavailable},
 	{Err: instances.ErrBehind, Code: codes.OutOfRange},
+	{Err: instances.ErrUnsupported, Code: codes.Unimplemented},
 	{Err: context.Canceled, Code: codes.Canceled},
 	{Err: context.DeadlineExceeded, Code: codes.DeadlineExceeded},
 }}
@@ -73,6 +74,11 @@ func SpecToProto(s instances.Spec) *executorv1.InstanceSpec {
 	for _, o := range s.Preopens {
 		p.Preopens = append(p.Preopens, &executorv1.Preopen{HostPath: o.HostPath, GuestPath: o.GuestPath, ReadOnly: o.ReadOnly})
 	}
+	for _, l := range s.Listeners {
+		p.Listeners = append(p.Listeners, &executorv1.Listener{Name: l.Name, Port: l.Port, Protocol: protocolToProto(l.Protocol)})
+	}
+	p.NetworkNamespace = s.NetworkNamespace
+	p.ListenAddress = s.ListenAddress
 	return p
 }
 
@@ -92,7 +98,44 @@ func SpecFromProto(p *executorv1.InstanceSpec) instances.Spec {
 	for _, o := range p.GetPreopens() {
 		s.Preopens = append(s.Preopens, instances.Preopen{HostPath: o.GetHostPath(), GuestPath: o.GetGuestPath(), ReadOnly: o.GetReadOnly()})
 	}
+	for _, l := range p.GetListeners() {
+		s.Listeners = append(s.Listeners, instances.Listener{Name: l.GetName(), Port: l.GetPort(), Protocol: protocolFromProto(l.GetProtocol())})
+	}
+	s.NetworkNamespace = p.GetNetworkNamespace()
+	s.ListenAddress = p.GetListenAddress()
 	return s
+}
+
+// unknownProtocol stands on the wire for a protocol the domain does not
+// name, so that the executor refuses it rather than take it as TCP.
+const unknownProtocol executorv1.Protocol = 1000
+
+// protocolToProto translates a protocol.
+func protocolToProto(p instances.Protocol) executorv1.Protocol {
+	switch p {
+	case "":
+		return executorv1.Protocol_PROTOCOL_UNSPECIFIED
+	case instances.ProtocolTCP:
+		return executorv1.Protocol_PROTOCOL_TCP
+	case instances.ProtocolUDP:
+		return executorv1.Protocol_PROTOCOL_UDP
+	}
+	return unknownProtocol
+}
+
+// protocolFromProto translates a protocol; unspecified is the empty
+// Protocol (TCP), and one it does not know keeps its enum name, which
+// the executor refuses.
+func protocolFromProto(p executorv1.Protocol) instances.Protocol {
+	switch p {
+	case executorv1.Protocol_PROTOCOL_UNSPECIFIED:
+		return ""
+	case executorv1.Protocol_PROTOCOL_TCP:
+		return instances.ProtocolTCP
+	case executorv1.Protocol_PROTOCOL_UDP:
+		return instances.ProtocolUDP
+	}
+	return instances.Protocol(p.String())
 }
 
 // StateToProto translates a state.
@@ -204,6 +247,7 @@ func InfoToProto(in instances.Info) *executorv1.GetInfoResponse {
 		ExecutorId:           in.ExecutorID,
 		CpuLimits:            cpu,
 		CpuLimitsDescription: in.CPULimitsWords,
+		Listeners:            in.Listeners,
 	}
 	if c := in.Confinement; c != (instances.Confinement{}) {
 		p.Confinement = &executorv1.Confinement{
@@ -234,6 +278,7 @@ func InfoFromProto(p *executorv1.GetInfoResponse) instances.Info {
 		Instances:         int(p.GetInstances()),
 		CPULimitsEnforced: p.GetCpuLimits() == executorv1.CpuLimitEnforcement_CPU_LIMIT_ENFORCEMENT_CGROUP,
 		CPULimitsWords:    p.GetCpuLimitsDescription(),
+		Listeners:         p.GetListeners(),
 		Confinement: instances.Confinement{
 			NoNewPrivs:            c.GetNoNewPrivs(),
 			Seccomp:               c.GetSeccomp(),

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -58,12 +59,19 @@ func TestRoundTrip(t *testing.T) {
 			Env:              []instances.EnvVar{{Name: "A", Value: "1"}},
 			Preopens:         []instances.Preopen{{HostPath: "/h", GuestPath: "/g", ReadOnly: true}},
 			MemoryLimitBytes: 1 << 20, CPULimitMillis: 250, LogSubject: "s", Labels: map[string]string{"k": "v"},
+			Listeners: []instances.Listener{{Name: "http", Port: 8080, Protocol: instances.ProtocolTCP}, {Port: 53, Protocol: instances.ProtocolUDP},
+				{Name: "default", Port: 9090}, {Name: "sctp", Port: 1, Protocol: "SCTP"}},
+			NetworkNamespace: "/var/run/netns/p", ListenAddress: "10.0.0.5",
 		},
 		State: instances.StateExited, ExitCode: 3, Reason: "Error", Message: "m",
 		CreatedAt: now, StartedAt: now.Add(time.Second), FinishedAt: now.Add(2 * time.Second), Sequence: 7,
 	}
-	if got := InstanceFromProto(InstanceToProto(in)); !reflect.DeepEqual(got, in) {
-		t.Errorf("instance:\n got %+v\nwant %+v", got, in)
+	want := in
+	// A protocol the wire does not name arrives as one the executor refuses, never as TCP.
+	want.Spec.Listeners = slices.Clone(in.Spec.Listeners)
+	want.Spec.Listeners[3].Protocol = "1000"
+	if got := InstanceFromProto(InstanceToProto(in)); !reflect.DeepEqual(got, want) {
+		t.Errorf("instance:\n got %+v\nwant %+v", got, want)
 	}
 	for s := instances.StateUnspecified; s <= instances.StateFailed; s++ {
 		if got := StateFromProto(StateToProto(s)); got != s {
@@ -75,7 +83,7 @@ func TestRoundTrip(t *testing.T) {
 		t.Errorf("stats: %+v", got)
 	}
 	info := instances.Info{ExecutorID: "e", Engine: "wazero", Version: "1", OS: "linux", Arch: "amd64", MaxInstances: 9, Instances: 2,
-		CPULimitsEnforced: true, CPULimitsWords: "how",
+		CPULimitsEnforced: true, CPULimitsWords: "how", Listeners: true,
 		Confinement: instances.Confinement{NoNewPrivs: true, Seccomp: true, LandlockABI: 3, UID: 1, GID: 2, NetworkIsolated: true, Description: "d"}}
 	if got := InfoFromProto(InfoToProto(info)); !reflect.DeepEqual(got, info) {
 		t.Errorf("info: %+v", got)
