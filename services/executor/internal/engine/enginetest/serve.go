@@ -42,6 +42,40 @@ func RunServe(t *testing.T, newEngine NewEngine) {
 	t.Run("HTTP", func(t *testing.T) { testServeHTTP(t, e, m) })
 	t.Run("PortInUse", func(t *testing.T) { testPortInUse(t, e, m) })
 	t.Run("NetNS", func(t *testing.T) { testServeNetNS(t, e, m) })
+	t.Run("KillBlockedAccept", func(t *testing.T) { testKillBlockedAccept(t, e) })
+}
+
+// testKillBlockedAccept: a module blocked in sock_accept on a blocking
+// listener (nothing connects) ends at a kill, and its port is free at once.
+func testKillBlockedAccept(t *testing.T, e engine.Engine) {
+	m := prepare(t, e, wasmbuild.Wat(t, `(module
+  (import "wasi_snapshot_preview1" "sock_accept" (func $accept (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start") (drop (call $accept (i32.const 3) (i32.const 0) (i32.const 0)))))`))
+	host, port := LoopbackAddr(t)
+	inst, err := e.Start(context.Background(), m, engine.Spec{Listeners: []engine.Listener{{Name: "http", Host: host, Port: port}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	select {
+	case <-inst.Done():
+		t.Fatalf("sock_accept did not block: %+v", inst.Wait())
+	default:
+	}
+	t0 := time.Now()
+	inst.Kill()
+	l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+	if err != nil {
+		t.Fatalf("the port of a killed instance is not free at once: %v", err)
+	}
+	l.Close()
+	select {
+	case <-inst.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("an instance blocked in sock_accept did not end within 5 s of a kill")
+	}
+	t.Logf("ended %v after the kill: %+v", time.Since(t0).Round(time.Millisecond), inst.Wait())
 }
 
 func testListenersRefused(t *testing.T, e engine.Engine) {

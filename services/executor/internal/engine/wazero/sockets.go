@@ -185,7 +185,8 @@ func hostFD(c syscall.Conn) (int, bool) {
 // sockets is an instance's part in the replaced functions, reached from
 // the calls' context.
 type sockets struct {
-	poller *engine.Poller
+	poller    *engine.Poller
+	listeners []*net.TCPListener // set before the run, read by a kill
 
 	once  sync.Once
 	files files
@@ -193,6 +194,38 @@ type sockets struct {
 }
 
 type socketsKey struct{}
+
+// holdListeners keeps the n listeners from fd first on, so that a kill
+// closes them (closeListeners): a module blocked in sock_accept on a
+// listener it did not make non-blocking is blocked in Go's accept, which
+// no interruption of wasm ends; the close does, and frees the port at
+// once.
+func (s *sockets) holdListeners(mod api.Module, first, n int) error {
+	if n == 0 {
+		return nil
+	}
+	f, err := s.filesOf(mod)
+	if err != nil {
+		return err
+	}
+	for fd := first; fd < first+n; fd++ {
+		c, ok := f.socket(uint32(fd))
+		l, isListener := c.(*net.TCPListener)
+		if !ok || !isListener {
+			return fmt.Errorf("wazero did not put listener %d of %d at fd %d", fd-first+1, n, fd)
+		}
+		s.listeners = append(s.listeners, l)
+	}
+	return nil
+}
+
+// closeListeners closes the listeners held; safe from any goroutine,
+// more than once.
+func (s *sockets) closeListeners() {
+	for _, l := range s.listeners {
+		l.Close()
+	}
+}
 
 func (s *sockets) filesOf(mod api.Module) (files, error) {
 	s.once.Do(func() { s.files, s.err = filesOf(mod) })

@@ -288,6 +288,11 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 		}
 		return nil, engine.InstantiateError(m.digest, err)
 	}
+	if err := socks.holdListeners(mod, 3+len(spec.Preopens), len(spec.Listeners)); err != nil {
+		mod.Close(ictx)
+		cancel()
+		return nil, fmt.Errorf("%w: %v", engine.ErrListen, err)
+	}
 	start := mod.ExportedFunction("_start")
 	if start == nil {
 		mod.Close(ictx)
@@ -439,6 +444,7 @@ func (i *instance) Memory() int64 {
 func (i *instance) Interrupt() {
 	i.socks.poller.Wake()
 	i.cancel()
+	i.socks.closeListeners()
 }
 
 // Close implements engine.Guest.
