@@ -85,7 +85,10 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 	var insecure, hostPaths list
 	var level slog.Level
 	fs := flag.NewFlagSet("nodeagent", flag.ContinueOnError)
-	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig of the node's identity (CN=system:node:<name>, O=system:nodes)")
+	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig of the node's identity (CN=system:node:<name>, O=system:nodes); with --bootstrap-kubeconfig, written by the node (default <state-dir>/kubeconfig)")
+	fs.StringVar(&cfg.BootstrapKubeconfig, "bootstrap-kubeconfig", "", "kubeconfig holding a bootstrap token: when --kubeconfig is missing or its client certificate expired or unusable, the node sends a CSR for its client certificate (signer kubernetes.io/kube-apiserver-client-kubelet, CN=system:node:<name>, O=system:nodes), waits for its approval, keeps the pair in --cert-dir and writes --kubeconfig pointing at it, as the kubelet does")
+	fs.StringVar(&cfg.CertDir, "cert-dir", "", "directory of the node's client key pairs (kubelet-client-current.pem); default <state-dir>/pki")
+	fs.BoolVar(&cfg.RotateCertificates, "rotate-certificates", false, "renew the node's client certificate before it expires (a CSR sent as the node; kube-controller-manager approves it when system:nodes is bound to ClusterRole system:certificates.k8s.io:certificatesigningrequests:selfnodeclient) and use the new one without a restart")
 	fs.StringVar(&cfg.NodeName, "node-name", strings.ToLower(host), "name of the Node to register")
 	fs.StringVar(&cfg.NodeIP, "node-ip", "127.0.0.1", "the node's address: reported as InternalIP, and where the kubelet API listens")
 	fs.IntVar(&cfg.KubeletPort, "port", 10250, "kubelet API port")
@@ -137,8 +140,8 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 	cfg.NoExecutorChild = !supervise
 	cfg.AllowedHostPaths = hostPaths
 	cfg.NATSToken = os.Getenv("WASMLET_NATS_TOKEN")
-	if cfg.Kubeconfig == "" {
-		return cfg, level, errors.New("--kubeconfig (or KUBECONFIG) is required")
+	if cfg.Kubeconfig == "" && cfg.BootstrapKubeconfig == "" {
+		return cfg, level, errors.New("--kubeconfig (or KUBECONFIG) is required, unless --bootstrap-kubeconfig is given")
 	}
 	if err := checkGRPCAddresses(cfg); err != nil {
 		return cfg, level, err

@@ -36,6 +36,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
@@ -43,6 +44,7 @@ import (
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/natsutil"
 	"github.com/wasmlet/wasmlet/internal/natsutil/natsserver"
+	"github.com/wasmlet/wasmlet/services/nodeagent/internal/clientcert"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/executors"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/kubeletapi"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/metrics"
@@ -60,7 +62,20 @@ import (
 
 // Config is the node agent's configuration.
 type Config struct {
-	Kubeconfig  string
+	// Kubeconfig is the node's identity (CN=system:node:<name>,
+	// O=system:nodes); written when the node bootstraps (default, then,
+	// <StateDir>/kubeconfig).
+	Kubeconfig string
+	// BootstrapKubeconfig, when set, holds a bootstrap token with which
+	// the node requests its client certificate (package clientcert) when
+	// Kubeconfig is missing or its certificate unusable.
+	BootstrapKubeconfig string
+	// CertDir keeps the node's client key pairs (default <StateDir>/pki).
+	CertDir string
+	// RotateCertificates renews the client certificate before it expires;
+	// the API connections take the new one without a restart.
+	RotateCertificates bool
+
 	NodeName    string
 	NodeIP      string // the node's address; the kubelet API listens here
 	KubeletPort int
@@ -132,6 +147,15 @@ func (c *Config) defaults() error {
 	if c.NodeName == "" || c.StateDir == "" {
 		return errors.New("node name and state dir are required")
 	}
+	if c.Kubeconfig == "" && c.BootstrapKubeconfig != "" {
+		c.Kubeconfig = filepath.Join(c.StateDir, "kubeconfig")
+	}
+	if c.Kubeconfig == "" {
+		return errors.New("a kubeconfig (or a bootstrap kubeconfig) is required")
+	}
+	if c.CertDir == "" {
+		c.CertDir = filepath.Join(c.StateDir, "pki")
+	}
 	if c.NodeIP == "" {
 		c.NodeIP = "127.0.0.1"
 	}
@@ -190,6 +214,13 @@ func Run(ctx context.Context, cfg Config) error {
 				cancel()
 			}
 		}()
+	}
+
+	// The node's identity comes first: a bad bootstrap token or a denied
+	// CSR stops the agent before anything else starts.
+	restCfg, err := nodeRESTConfig(ctx, cfg, goRun)
+	if err != nil {
+		return err
 	}
 
 	// NATS.
@@ -353,10 +384,6 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	// Kubernetes.
-	restCfg, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
-	if err != nil {
-		return fmt.Errorf("kubeconfig %q: %w", cfg.Kubeconfig, err)
-	}
 	// client-go's default 5 QPS caps a node near 5 pod starts a second.
 	restCfg.QPS, restCfg.Burst = 500, 1000
 	// Protobuf, as the kubelet speaks: cheaper to encode and decode than
@@ -494,6 +521,42 @@ func Run(ctx context.Context, cfg Config) error {
 	cancel()
 	wg.Wait()
 	return runErr
+}
+
+// nodeRESTConfig is the node's API identity: Kubeconfig's, bootstrapped
+// first with BootstrapKubeconfig when it is missing or its certificate
+// unusable, and renewed in the background with RotateCertificates (the
+// returned config then presents the current certificate).
+func nodeRESTConfig(ctx context.Context, cfg Config, goRun func(string, func(context.Context) error)) (*rest.Config, error) {
+	cc := clientcert.Config{
+		Kubeconfig: cfg.Kubeconfig, BootstrapKubeconfig: cfg.BootstrapKubeconfig, CertDir: cfg.CertDir,
+		NodeName: cfg.NodeName, Log: cfg.Log,
+		NewClient: func(c *rest.Config) (kubernetes.Interface, error) {
+			cs, err := newNodeClientset(c)
+			if err != nil {
+				return nil, err
+			}
+			return cs, nil
+		},
+	}
+	if cfg.BootstrapKubeconfig != "" {
+		if err := clientcert.Bootstrap(ctx, cc); err != nil {
+			return nil, err
+		}
+	}
+	restCfg, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig %q: %w", cfg.Kubeconfig, err)
+	}
+	if !cfg.RotateCertificates {
+		return restCfg, nil
+	}
+	m, err := clientcert.New(cc, restCfg)
+	if err != nil {
+		return nil, err
+	}
+	goRun("client certificate", m.Run)
+	return restCfg, nil
 }
 
 // servingCertificate starts the CSR-based serving certificate manager when
