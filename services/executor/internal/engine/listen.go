@@ -79,7 +79,7 @@ func InNetNS(path string, fn func() error) error {
 	}
 	ns, err := os.Open(path)
 	if err != nil {
-		return fmt.Errorf("%w: open network namespace %s: %v", ErrListen, path, err)
+		return fmt.Errorf("%w: open network namespace %s: %v; %s", ErrListen, path, err, netnsNeeds)
 	}
 	defer ns.Close()
 	done := make(chan error, 1)
@@ -87,13 +87,18 @@ func InNetNS(path string, fn func() error) error {
 		// No UnlockOSThread: the thread leaves with the goroutine.
 		runtime.LockOSThread()
 		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
-			done <- fmt.Errorf("%w: enter network namespace %s: %v; the executor needs CAP_SYS_ADMIN and setns allowed (it runs as root, without its seccomp filter)", ErrListen, path, err)
+			done <- fmt.Errorf("%w: enter network namespace %s: %v; %s", ErrListen, path, err, netnsNeeds)
 			return
 		}
 		done <- fn()
 	}()
 	return <-done
 }
+
+// netnsNeeds is what an executor needs to open sockets in a network
+// namespace: its confinement (Landlock's file rules, the seccomp filter
+// without setns) and an unprivileged user allow neither step.
+const netnsNeeds = "opening listeners in a network namespace needs an executor that may read the namespace's file and enter it (root with CAP_SYS_ADMIN, started with --confine=false)"
 
 // ListenError says, wrapping ErrPortInUse or ErrListen, what kept one of
 // ls from being opened (err, from opening them) in netns ("" for the
