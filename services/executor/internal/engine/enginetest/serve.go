@@ -43,6 +43,26 @@ func RunServe(t *testing.T, newEngine NewEngine) {
 	t.Run("PortInUse", func(t *testing.T) { testPortInUse(t, e, m) })
 	t.Run("NetNS", func(t *testing.T) { testServeNetNS(t, e, m) })
 	t.Run("KillBlockedAccept", func(t *testing.T) { testKillBlockedAccept(t, e) })
+	t.Run("IPv6", func(t *testing.T) { testServeIPv6(t, e, m) })
+}
+
+// testServeIPv6: a listener on an IPv6 address (::1).
+func testServeIPv6(t *testing.T, e engine.Engine, m engine.Module) {
+	l, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback here: %v", err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	out := &Buffer{}
+	inst, err := e.Start(context.Background(), m, ServeSpec(t, "::1", port, out))
+	if err != nil {
+		t.Fatalf("start on [::1]:%d: %v", port, err)
+	}
+	defer inst.Kill()
+	if body := WaitHTTP(t, &http.Client{Timeout: 5 * time.Second}, fmt.Sprintf("http://[::1]:%d/", port), inst, out); !strings.Contains(body, "Hello from WebAssembly") {
+		t.Errorf("GET /: %q", body)
+	}
 }
 
 // testKillBlockedAccept: a module blocked in sock_accept on a blocking
