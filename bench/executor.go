@@ -66,30 +66,15 @@ func ExecutorFigures(ctx context.Context, bin string, opts Options) ([]Figure, e
 	if err != nil {
 		return nil, err
 	}
-	ns, err := natsserver.Start(natsserver.Config{StoreDir: filepath.Join(work, "nats")})
+	env, err := serveExecEnv(work, mods.cache)
 	if err != nil {
 		return nil, err
 	}
-	defer ns.Shutdown()
-	nc, err := natsutil.Connect(ns.URL, "", "wasmlet-bench")
-	if err != nil {
-		return nil, err
-	}
-	defer nc.Close()
-	regAddr := "unix://" + filepath.Join(work, "reg.sock")
-	rl, err := grpcutil.Listen(regAddr)
-	if err != nil {
-		return nil, err
-	}
-	rs := grpc.NewServer()
-	regserver.New(mods.cache).Register(rs)
-	rctx, stopReg := context.WithCancel(context.Background())
-	defer stopReg()
-	go grpcutil.Serve(rctx, rs, rl, time.Second)
-
+	defer env.close()
 	byEngine := map[string][]Figure{}
 	for _, eng := range execEngines {
-		b := &execBench{bin: bin, dir: filepath.Join(work, eng), engine: eng, regAddr: regAddr, natsURL: ns.URL, nc: nc, mods: mods, opts: opts}
+		b := env.bench(bin, eng, opts)
+		b.mods = mods
 		figs, err := b.run(ctx)
 		byEngine[eng] = figs
 		if err != nil {
@@ -97,6 +82,59 @@ func ExecutorFigures(ctx context.Context, bin string, opts Options) ([]Figure, e
 		}
 	}
 	return interleave(byEngine), nil
+}
+
+// execEnv is what the executor processes of a section run against: an
+// in-process NATS server and an in-process registry cache (its gRPC server
+// over files) on a unix socket in work.
+type execEnv struct {
+	work, regAddr string
+	ns            *natsserver.Server
+	nc            *nats.Conn
+	stopReg       context.CancelFunc
+}
+
+// serveExecEnv starts the environment, the registry cache serving cache
+// (which must not change afterwards).
+func serveExecEnv(work string, cache cachetest.Files) (_ *execEnv, err error) {
+	e := &execEnv{work: work, stopReg: func() {}}
+	defer func() {
+		if err != nil {
+			e.close()
+		}
+	}()
+	if e.ns, err = natsserver.Start(natsserver.Config{StoreDir: filepath.Join(work, "nats")}); err != nil {
+		return nil, err
+	}
+	if e.nc, err = natsutil.Connect(e.ns.URL, "", "wasmlet-bench"); err != nil {
+		return nil, err
+	}
+	e.regAddr = "unix://" + filepath.Join(work, "reg.sock")
+	rl, err := grpcutil.Listen(e.regAddr)
+	if err != nil {
+		return nil, err
+	}
+	rs := grpc.NewServer()
+	regserver.New(cache).Register(rs)
+	rctx, stopReg := context.WithCancel(context.Background())
+	e.stopReg = stopReg
+	go grpcutil.Serve(rctx, rs, rl, time.Second)
+	return e, nil
+}
+
+// bench is an execBench of engine in the environment (its modules unset).
+func (e *execEnv) bench(bin, engine string, opts Options) *execBench {
+	return &execBench{bin: bin, dir: filepath.Join(e.work, engine), engine: engine, regAddr: e.regAddr, natsURL: e.ns.URL, nc: e.nc, opts: opts}
+}
+
+func (e *execEnv) close() {
+	e.stopReg()
+	if e.nc != nil {
+		e.nc.Close()
+	}
+	if e.ns != nil {
+		e.ns.Shutdown()
+	}
 }
 
 // interleave puts the engines' figures side by side: each engine measures
@@ -168,6 +206,11 @@ type execBench struct {
 	mods                               *execMods
 	opts                               Options
 
+	// state, when set, is the executor's state dir instead of the one
+	// kept between runs (stateDir); args are more flags for it.
+	state string
+	args  []string
+
 	proc  *execProc
 	seq   atomic.Int64
 	figs  []Figure
@@ -228,6 +271,9 @@ func (b *execBench) timed(ctx context.Context, p *execProc) error {
 // runs, as on a node: compiling the Go-built modules takes seconds per
 // engine, and is not measured. The engines verify what they load from it.
 func (b *execBench) stateDir() string {
+	if b.state != "" {
+		return b.state
+	}
 	base, err := os.UserCacheDir()
 	if err != nil {
 		return filepath.Join(b.dir, "state")
@@ -544,6 +590,7 @@ func (b *execBench) start(ctx context.Context, name string) (*execProc, error) {
 	cmd := exec.Command(filepath.Join(b.bin, "executor"), "--listen", sock, "--registry", b.regAddr, "--nats", b.natsURL,
 		"--state-dir", b.stateDir(), "--id", "bench-"+b.engine+"-"+name, "--engine", b.engine,
 		"--max-instances", fmt.Sprint(max(b.opts.ExecDensity, b.opts.ExecConcurrency)+100))
+	cmd.Args = append(cmd.Args, b.args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		return nil, err

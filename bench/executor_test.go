@@ -52,3 +52,38 @@ func TestExecutorSection(t *testing.T) {
 		}
 	}
 }
+
+// TestColdStartSection runs the coldstart section alone, without the
+// control plane: set WASMLET_BENCH_COLDSTART=short or full.
+//
+//	WASMLET_BENCH_COLDSTART=full go test -count=1 -run TestColdStartSection -v -timeout 30m ./bench/
+func TestColdStartSection(t *testing.T) {
+	mode := os.Getenv("WASMLET_BENCH_COLDSTART")
+	if mode == "" {
+		t.Skip("set WASMLET_BENCH_COLDSTART=short or full to run the coldstart section alone")
+	}
+	opts := ShortOptions
+	if mode == "full" {
+		opts = FullOptions
+	}
+	bin := filepath.Join(t.TempDir(), "bin")
+	if err := Build(filepath.Join("..", ""), bin); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	defer cancel()
+	figs, err := ColdStartFigures(ctx, bin, opts)
+	r := Report{Date: time.Now().UTC(), Mode: mode, Machine: ThisMachine(), Figures: figs}
+	t.Logf("\n%s", r.Markdown())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := 3 * 2 * len(execEngines); len(figs) != want {
+		t.Errorf("%d figures, want %d", len(figs), want)
+	}
+	for _, f := range figs {
+		if f.Samples == 0 || f.Max <= 0 {
+			t.Errorf("figure %q has no measurement: %+v", f.Name, f)
+		}
+	}
+}

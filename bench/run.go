@@ -38,6 +38,9 @@ type Options struct {
 	// instances at once.
 	ExecRounds, ExecInstances, ExecConcurrency int
 	ExecStarts, ExecKills, ExecDensity         int
+	// The coldstart section (coldstart.go): ColdStarts modules new to the
+	// executor per module and engine, each started ColdCached times more.
+	ColdStarts, ColdCached int
 	// The logs section (logs.go): LogRuns pods each printing LogLines
 	// lines as fast as they can, and one printing LogLatencyLines lines
 	// 20 ms apart, read with kubectl logs -f.
@@ -50,9 +53,11 @@ type Options struct {
 var (
 	FullOptions = Options{Singles: 30, Bursts: []int{100, 500}, BurstReps: 5, Density: []int{100, 500, 1000}, Uncached: 5,
 		ExecRounds: 5, ExecInstances: 2000, ExecConcurrency: 16, ExecStarts: 200, ExecKills: 100, ExecDensity: 1000,
+		ColdStarts: 3, ColdCached: 10,
 		LogRuns: 3, LogLines: 500000, LogLatencyLines: 500}
 	ShortOptions = Options{Short: true, Singles: 3, Bursts: []int{10}, BurstReps: 1, Density: []int{10}, Uncached: 1,
 		ExecRounds: 1, ExecInstances: 200, ExecConcurrency: 4, ExecStarts: 5, ExecKills: 3, ExecDensity: 5,
+		ColdStarts: 1, ColdCached: 3,
 		LogRuns: 1, LogLines: 5000, LogLatencyLines: 25}
 )
 
@@ -71,6 +76,7 @@ var sections = []section{
 	{"density", density},
 	{"registry", registry},
 	{"executor", executorBench},
+	{"coldstart", coldStart},
 	{"logs", logsBench},
 }
 

@@ -1,0 +1,205 @@
+package bench
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
+	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/cachetest"
+)
+
+// The coldstart section: a start of a module new to the executor (its
+// compile included) against a start of the same module cached, in the
+// same process, for each engine, for the example module and for
+// testdata/wasm/large (an ~8 MB Go program).
+const coldRatioTarget = 10 // uncached / cached start, same module, same run
+
+// coldModule is one module measured: the variants (the module with a
+// custom section of their own, so each has a digest no executor has seen)
+// and what its instances run with.
+type coldModule struct {
+	label    string
+	bytes    int64
+	variants []string // digests
+	env      []*executorv1.EnvVar
+}
+
+// coldStart is the coldstart section on the stack's binaries.
+func coldStart(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
+	return ColdStartFigures(ctx, s.Bin, opts)
+}
+
+// ColdStartFigures measures the executor binary in bin (see Build) for
+// each engine, as ExecutorFigures does (a real executor process over gRPC,
+// an in-process registry cache and NATS server), with a fresh state dir and
+// no precompiled artifacts shared (--share-precompiled=false): each
+// uncached start is of a module variant the process has never seen, each
+// cached start a later start of the same variant. It needs the Go
+// toolchain (to build testdata/wasm/large) and wat2wasm.
+func ColdStartFigures(ctx context.Context, bin string, opts Options) ([]Figure, error) {
+	work, err := os.MkdirTemp("", "wlc-") // short: unix socket paths are bounded
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(work)
+	cache := cachetest.Files{}
+	empty, mods, err := coldModules(bin, work, cache, max(opts.ColdStarts, 1))
+	if err != nil {
+		return nil, err
+	}
+	env, err := serveExecEnv(work, cache)
+	if err != nil {
+		return nil, err
+	}
+	defer env.close()
+	byEngine := map[string][]Figure{}
+	for _, eng := range execEngines {
+		b := env.bench(bin, eng, opts)
+		b.label = "coldstart " + eng + ": "
+		b.state = filepath.Join(work, eng, "state")
+		b.args = []string{"--share-precompiled=false"}
+		figs, err := b.coldStarts(ctx, empty, mods)
+		byEngine[eng] = figs
+		if err != nil {
+			return interleave(byEngine), fmt.Errorf("%s: %w", eng, err)
+		}
+	}
+	return interleave(byEngine), nil
+}
+
+// coldModules assembles the trivial module (the warm-up's), builds
+// testdata/wasm/large into work and writes n variants of it and of the
+// example module from bin, all mapped in cache.
+func coldModules(bin, work string, cache cachetest.Files, n int) (string, []*coldModule, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", nil, fmt.Errorf("go env GOMOD: %w", err)
+	}
+	root := filepath.Dir(strings.TrimSpace(string(out)))
+	emptyPath := filepath.Join(work, "empty.wasm")
+	if b, err := exec.Command("wat2wasm", "-o", emptyPath, filepath.Join(root, "testdata", "wasm", "empty", "empty.wat")).CombinedOutput(); err != nil {
+		return "", nil, fmt.Errorf("wat2wasm: %v: %s (install Debian package wabt)", err, b)
+	}
+	empty, err := cache.Add(emptyPath)
+	if err != nil {
+		return "", nil, err
+	}
+	large := filepath.Join(work, "large.wasm")
+	cmd := exec.Command("go", "build", "-trimpath", "-o", large, "./testdata/wasm/large")
+	cmd.Dir, cmd.Env = root, append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm", "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", nil, fmt.Errorf("build testdata/wasm/large: %v: %s", err, b)
+	}
+	sleep := []*executorv1.EnvVar{{Name: "SLEEP", Value: "20ms"}}
+	mods := []*coldModule{
+		{label: "examples/hello", env: append([]*executorv1.EnvVar{{Name: "COUNT", Value: "1"}}, sleep...)},
+		{label: "testdata/wasm/large", env: sleep},
+	}
+	stamp := time.Now().UnixNano()
+	for i, src := range []string{filepath.Join(bin, "hello.wasm"), large} {
+		wasm, err := os.ReadFile(src)
+		if err != nil {
+			return "", nil, err
+		}
+		m := mods[i]
+		m.bytes = int64(len(wasm))
+		for j := range n {
+			v := withCustomSection(wasm, "wasmlet-coldstart", fmt.Appendf(nil, "%d-%d", stamp, j))
+			sum := sha256.Sum256(v)
+			d := "sha256:" + hex.EncodeToString(sum[:])
+			path := filepath.Join(work, fmt.Sprintf("cold-%d-%d.wasm", i, j))
+			if err := os.WriteFile(path, v, 0o644); err != nil {
+				return "", nil, err
+			}
+			cache[d] = path
+			m.variants = append(m.variants, d)
+		}
+	}
+	return empty, mods, nil
+}
+
+// coldStarts measures each module in one executor process with a fresh
+// state dir: after a warm-up on the trivial module, each variant's first
+// start (uncached), then opts.ColdCached starts of it (cached).
+func (b *execBench) coldStarts(ctx context.Context, empty string, mods []*coldModule) ([]Figure, error) {
+	if err := os.MkdirAll(b.dir, 0o755); err != nil {
+		return nil, err
+	}
+	p, err := b.start(ctx, "cold")
+	if err != nil {
+		return nil, err
+	}
+	err = b.coldMeasure(ctx, p, empty, mods)
+	if serr := p.stop(); err == nil {
+		err = serr
+	}
+	return b.figs, err
+}
+
+func (b *execBench) coldMeasure(ctx context.Context, p *execProc, empty string, mods []*coldModule) error {
+	if _, err := p.runToEnd(ctx, b.id("warmup"), empty, nil); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
+	for _, m := range mods {
+		var uncached, cached []time.Duration
+		var ratios []float64
+		for _, d := range m.variants {
+			first, err := b.startOnce(ctx, p, d, m.env)
+			if err != nil {
+				return fmt.Errorf("%s, uncached: %w", m.label, err)
+			}
+			var again []time.Duration
+			for range max(b.opts.ColdCached, 1) {
+				c, err := b.startOnce(ctx, p, d, m.env)
+				if err != nil {
+					return fmt.Errorf("%s, cached: %w", m.label, err)
+				}
+				again = append(again, c)
+			}
+			uncached, cached = append(uncached, first), append(cached, again...)
+			ratios = append(ratios, float64(first)/float64(time.Millisecond)/Durations("", "", again).Median)
+		}
+		what := fmt.Sprintf("%s (Go, %.1f MB)", m.label, float64(m.bytes)/1e6)
+		u := Durations(b.label+"create → running, module new to the executor, "+m.label,
+			fmt.Sprintf("CreateInstance(start) call → its reply, which comes once the instance is RUNNING; %s, a variant (custom section) no executor has seen: fetch from the registry cache + compile + start; fresh state dir, --share-precompiled=false; one variant after another", what), uncached)
+		c := Durations(b.label+"create → running, cached, "+m.label,
+			fmt.Sprintf("the same call, the same variants again right after their uncached start (%d each): compiled code on disk and loaded", max(b.opts.ColdCached, 1)), cached)
+		r := Values(b.label+"uncached / cached start, "+m.label,
+			"each variant's uncached start over the median of its cached starts, same process", "×", ratios)
+		r.Hold("median", coldRatioTarget)
+		r.Anchor = "issue 18: ≤ 10× (pod start: ~1.4 s uncached vs ~33 ms cached for examples/hello before it)"
+		b.figs = append(b.figs, u, c, r)
+	}
+	return nil
+}
+
+// startOnce creates and starts an instance of digest, times the call
+// (which returns once the instance is RUNNING), and waits for its end.
+func (b *execBench) startOnce(ctx context.Context, p *execProc, digest string, env []*executorv1.EnvVar) (time.Duration, error) {
+	id := b.id("cold")
+	end := p.watchFor(id)
+	t0 := time.Now()
+	in, err := p.create(ctx, id, digest, env)
+	d := time.Since(t0)
+	if err != nil {
+		return 0, err
+	}
+	if st := in.GetState(); st != executorv1.InstanceState_INSTANCE_STATE_RUNNING && st != executorv1.InstanceState_INSTANCE_STATE_EXITED {
+		return 0, fmt.Errorf("instance %s is %s after create (%s: %s)", id, st, in.GetReason(), in.GetMessage())
+	}
+	out, err := p.endAndDelete(ctx, id, end)
+	if err != nil {
+		return 0, err
+	}
+	if out.GetState() != executorv1.InstanceState_INSTANCE_STATE_EXITED || out.GetExitCode() != 0 {
+		return 0, fmt.Errorf("instance %s ended %s, exit code %d (%s: %s); executor log: %s", id, out.GetState(), out.GetExitCode(), out.GetReason(), out.GetMessage(), p.logTail())
+	}
+	return d, nil
+}
