@@ -119,4 +119,25 @@ func RunCompiles(t *testing.T, newEngine NewEngine, funcs int) {
 		t.Errorf("preparing the compiled module again compiled %d times", after-before)
 	}
 	Prepare(t, e, other) // and wait for a compile its cancelled caller left
+
+	// Callers that come at once for a module new to the engine (a burst of
+	// pods of a new Deployment) share one compile.
+	third := writeModule(t, BigModule(funcs, 400, seed+2))
+	thirdDigest := digestOf(t, third)
+	before = stats(t, e).Compiles
+	errs := make(chan error, 4)
+	for range cap(errs) {
+		go func() {
+			_, err := e.Prepare(context.Background(), thirdDigest, third)
+			errs <- err
+		}()
+	}
+	for range cap(errs) {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := stats(t, e).Compiles - before; got != 1 {
+		t.Errorf("%d concurrent prepares of a new module compiled it %d times, want once", cap(errs), got)
+	}
 }
