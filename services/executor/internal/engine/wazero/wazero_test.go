@@ -49,6 +49,10 @@ func BenchmarkEngine(b *testing.B) {
 	enginetest.Bench(b, newEngine)
 }
 
+func BenchmarkServe(b *testing.B) {
+	enginetest.BenchServe(b, newEngine)
+}
+
 func newSharing(t testing.TB, dir string, store engine.ArtifactStore) engine.Engine {
 	t.Helper()
 	e, err := New(Config{CacheDir: dir, Shared: store})

@@ -1,0 +1,110 @@
+package enginetest
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/wasmlet/wasmlet/internal/testharness/wasmbuild"
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
+)
+
+// BenchServe measures the example server (examples/httpserver) on an
+// engine that hands over listeners, against the same program built
+// natively (the limit), in the same run: b.N GET / requests over 1 and 16
+// keep-alive connections from a Go client in this process, reported as
+// req/s with p50 and p99 in milliseconds.
+//
+//	go test -run '^$' -bench Serve -benchtime 20000x ./services/executor/internal/engine/wazero/
+func BenchServe(b *testing.B, newEngine NewEngine) {
+	e := newEngine(b, b.TempDir(), nil)
+	if s, ok := e.(engine.SocketEngine); !ok || !s.Listeners() {
+		b.Skip("the engine hands no listeners to modules")
+	}
+	m := prepare(b, e, wasmbuild.BuildDir(b, "examples/httpserver"))
+	host, port := LoopbackAddr(b)
+	out := &Buffer{}
+	inst, err := e.Start(context.Background(), m, ServeSpec(b, host, port, out))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer inst.Kill()
+	wasmURL := "http://" + net.JoinHostPort(host, strconv.Itoa(port)) + "/"
+	WaitHTTP(b, &http.Client{}, wasmURL, inst, out)
+
+	native := filepath.Join(b.TempDir(), "httpserver")
+	build := exec.Command("go", "build", "-o", native, "./examples/httpserver")
+	build.Dir = moduleRootOf(b)
+	if o, err := build.CombinedOutput(); err != nil {
+		b.Fatalf("go build examples/httpserver: %v: %s", err, o)
+	}
+	nh, np := LoopbackAddr(b)
+	cmd := exec.Command(native)
+	cmd.Env = append(os.Environ(), "ADDR="+net.JoinHostPort(nh, strconv.Itoa(np)))
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	nativeURL := "http://" + net.JoinHostPort(nh, strconv.Itoa(np)) + "/"
+	WaitHTTP(b, &http.Client{}, nativeURL, inst, out)
+
+	for _, c := range []int{1, 16} {
+		for _, target := range []struct{ name, url string }{{"wasm", wasmURL}, {"native", nativeURL}} {
+			b.Run(target.name+"-c"+strconv.Itoa(c), func(b *testing.B) { benchGet(b, target.url, c) })
+		}
+	}
+}
+
+func benchGet(b *testing.B, url string, conc int) {
+	tr := &http.Transport{MaxIdleConnsPerHost: conc, MaxConnsPerHost: conc}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	var next atomic.Int64
+	lat := make([]time.Duration, b.N)
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	t0 := time.Now()
+	for range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(b.N) {
+					return
+				}
+				s := time.Now()
+				resp, err := c.Get(url)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				lat[i] = time.Since(s)
+			}
+		}()
+	}
+	wg.Wait()
+	b.ReportMetric(float64(b.N)/time.Since(t0).Seconds(), "req/s")
+	report(b, lat)
+}
+
+// moduleRootOf is the directory of the module's go.mod.
+func moduleRootOf(t testing.TB) string {
+	t.Helper()
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Dir(string(out[:len(out)-1]))
+}
