@@ -155,9 +155,9 @@ func Bootstrap(ctx context.Context, cfg Config) error {
 	if err := os.MkdirAll(cfg.CertDir, 0o700); err != nil {
 		return fmt.Errorf("client certificate directory: %w", err)
 	}
-	store, err := certificate.NewFileStore(storePrefix, cfg.CertDir, cfg.CertDir, "", "")
+	store, err := csrcert.NewStore(cfg.Log, storePrefix, cfg.CertDir, "", "")
 	if err != nil {
-		return fmt.Errorf("client certificate store in %s: %w", cfg.CertDir, err)
+		return fmt.Errorf("node client certificate: %w", err)
 	}
 	if c, err := store.Current(); err == nil && c.Leaf != nil && fitsNode(c.Leaf, cfg.NodeName, time.Now()) {
 		cfg.Log.Info("node client certificate found in the certificate directory; writing the kubeconfig for it",

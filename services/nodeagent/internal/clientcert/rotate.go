@@ -44,9 +44,9 @@ func New(cfg Config, node *rest.Config) (*Manager, error) {
 	if node.Transport != nil || node.Dial != nil {
 		return nil, errors.New("clientcert: the node's rest.Config already has a Transport or Dial")
 	}
-	store, err := certificate.NewFileStore(storePrefix, cfg.CertDir, cfg.CertDir, node.CertFile, node.KeyFile)
+	store, err := csrcert.NewStore(cfg.Log, storePrefix, cfg.CertDir, node.CertFile, node.KeyFile)
 	if err != nil {
-		return nil, fmt.Errorf("client certificate store in %s: %w", cfg.CertDir, err)
+		return nil, fmt.Errorf("node client certificate: %w", err)
 	}
 	tlsCfg, err := rest.TLSConfigFor(node)
 	if err != nil {

@@ -67,10 +67,9 @@ func NewManager(cfg Config) (certificate.Manager, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	// client-go logs through klog; route it to the agent's slog handler. A
-	// context without a Done channel starts no goroutine in the manager:
+	// A context without a Done channel starts no goroutine in the manager:
 	// Stop ends it.
-	ctx := klog.NewContext(context.Background(), logr.FromSlogHandler(log.Handler()))
+	ctx := klog.NewContext(context.Background(), klogger(log))
 	mc := &certificate.Config{
 		ClientsetFn:             cfg.Clientset,
 		Template:                cfg.Template,
@@ -90,6 +89,26 @@ func NewManager(cfg Config) (certificate.Manager, error) {
 		return nil, fmt.Errorf("certificate manager for %s: %w", cfg.SignerName, err)
 	}
 	return m, nil
+}
+
+// NewStore is a certificate.FileStore logging through log: the pairs
+// <prefix>-<time>.pem and the <prefix>-current.pem link in dir (the
+// kubelet's names); certFile and keyFile, when set, are read while dir
+// holds no pair.
+func NewStore(log *slog.Logger, prefix, dir, certFile, keyFile string) (certificate.FileStore, error) {
+	s, err := certificate.NewFileStoreWithLogger(klogger(log), prefix, dir, dir, certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("certificate store in %s: %w", dir, err)
+	}
+	return s, nil
+}
+
+// klogger routes client-go's klog output to the agent's slog handler.
+func klogger(log *slog.Logger) klog.Logger {
+	if log == nil {
+		log = slog.Default()
+	}
+	return logr.FromSlogHandler(log.Handler())
 }
 
 // Hooks are what Watch calls; either may be nil.

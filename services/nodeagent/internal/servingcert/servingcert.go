@@ -91,9 +91,10 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.PendingReport <= 0 {
 		cfg.PendingReport = 30 * time.Second
 	}
-	store, err := certificate.NewFileStore("kubelet-server", cfg.Dir, cfg.Dir, "", "")
+	log := cfg.Log.With("component", "servingcert")
+	store, err := csrcert.NewStore(log, "kubelet-server", cfg.Dir, "", "")
 	if err != nil {
-		return nil, fmt.Errorf("servingcert: certificate store in %s: %w", cfg.Dir, err)
+		return nil, fmt.Errorf("servingcert: %w", err)
 	}
 	m, err := csrcert.NewManager(csrcert.Config{
 		Store:      store,
@@ -103,7 +104,7 @@ func New(cfg Config) (*Manager, error) {
 		Lifetime:   cfg.Lifetime,
 		Clientset:  func(*tls.Certificate) (kubernetes.Interface, error) { return cfg.Client, nil },
 		Name:       "kubelet-serving",
-		Log:        cfg.Log.With("component", "servingcert"),
+		Log:        log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("servingcert: %w", err)
