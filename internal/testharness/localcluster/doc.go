@@ -9,7 +9,8 @@
 //	logs/        one <component>.log per process (appended across restarts)
 //	pids/        one <component>.pid per running process
 //	etcd/        etcd's data
-//	*.kubeconfig admin.kubeconfig and the components' own; nodes/<name>.kubeconfig
+//	*.kubeconfig admin.kubeconfig and the components' own; nodes/<name>.kubeconfig,
+//	             nodes/bootstrap-<token id>.kubeconfig (Config.BootstrapTokenAuth)
 //	cluster.json the ports and paths Attach needs
 //
 // It does not build the binaries (hack/controlplane/build.sh does), does not run a
