@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages wasmlet's local stack and tests need, if any
 # is missing: docker-registry (the OCI registry), wabt (wat2wasm for test
-# modules) and apache2-utils (htpasswd for the registry's basic auth).
+# modules), apache2-utils (htpasswd for the registry's basic auth), and
+# iptables and iproute2 (the CNI plugins' rules and the network namespace
+# tests).
 set -euo pipefail
 missing=()
-for pkg in docker-registry wabt apache2-utils; do
+for pkg in docker-registry wabt apache2-utils iptables iproute2; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
