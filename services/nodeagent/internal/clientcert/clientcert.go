@@ -164,6 +164,7 @@ func Bootstrap(ctx context.Context, cfg Config) error {
 			"kubeconfig", cfg.Kubeconfig, "why", reason.Error(), "pair", store.CurrentPath(), "not_after", c.Leaf.NotAfter)
 		return writeKubeconfig(cfg.Kubeconfig, boot, store.CurrentPath())
 	}
+	ctx = csrcert.WithLogger(ctx, cfg.Log) // the csr package's own log lines
 	cfg.Log.Info("bootstrapping the node client certificate", "why", reason.Error(),
 		"bootstrap_kubeconfig", cfg.BootstrapKubeconfig, "server", boot.Host, "node", cfg.NodeName)
 	client, err := cfg.NewClient(boot)

@@ -69,7 +69,7 @@ func NewManager(cfg Config) (certificate.Manager, error) {
 	}
 	// A context without a Done channel starts no goroutine in the manager:
 	// Stop ends it.
-	ctx := klog.NewContext(context.Background(), klogger(log))
+	ctx := WithLogger(context.Background(), log)
 	mc := &certificate.Config{
 		ClientsetFn:             cfg.Clientset,
 		Template:                cfg.Template,
@@ -101,6 +101,11 @@ func NewStore(log *slog.Logger, prefix, dir, certFile, keyFile string) (certific
 		return nil, fmt.Errorf("certificate store in %s: %w", dir, err)
 	}
 	return s, nil
+}
+
+// WithLogger routes what client-go logs (through klog) under ctx to log.
+func WithLogger(ctx context.Context, log *slog.Logger) context.Context {
+	return klog.NewContext(ctx, klogger(log))
 }
 
 // klogger routes client-go's klog output to the agent's slog handler.
