@@ -60,7 +60,8 @@ const (
 	ReasonPortInUse = "PortInUse"
 	// ReasonListenFailed: a listener could not be opened for another
 	// reason (the network namespace could not be entered, the address is
-	// not in it, a privileged port without the right to bind it).
+	// not in it, a privileged port without the right to bind it, handed
+	// listeners that were not handed over).
 	ReasonListenFailed = "ListenFailed"
 )
 
@@ -146,6 +147,9 @@ type Listener struct {
 // ValidateListeners refuses, with ErrInvalidArgument, listeners that an
 // executor could not open or a module could not tell apart.
 func ValidateListeners(spec Spec) error {
+	if spec.HandedListeners && len(spec.Listeners) == 0 {
+		return fmt.Errorf("%w: handed listeners without listeners: list the listeners handed over", ErrInvalidArgument)
+	}
 	if spec.NetworkNamespace != "" && !filepath.IsAbs(spec.NetworkNamespace) {
 		return fmt.Errorf("%w: network namespace %q: want an absolute path (/var/run/netns/<name>, /proc/<pid>/ns/net)", ErrInvalidArgument, spec.NetworkNamespace)
 	}
@@ -218,6 +222,14 @@ type Spec struct {
 	// address of NetworkNamespace, or 127.0.0.1 without one (an executor
 	// never listens beyond loopback unless told).
 	ListenAddress string
+	// HandedListeners: the listeners were handed to the executor (package
+	// handoff) for this instance before Create, one per Listener by its
+	// FDName; the executor opens none, and NetworkNamespace and
+	// ListenAddress are ignored. Create takes them; any not handed over
+	// (or expired) fails the instance with ReasonListenFailed. An executor
+	// without a listener socket refuses it (ErrUnsupported; see
+	// Info.ListenerHandoff). Needs Listeners.
+	HandedListeners bool
 }
 
 // Instance is a snapshot of one instance.
@@ -260,6 +272,9 @@ type Info struct {
 	// Listeners: the engine hands Spec.Listeners to modules; without it a
 	// spec with listeners is refused with ErrUnsupported.
 	Listeners bool
+	// ListenerHandoff: the executor takes listeners handed over on its
+	// listener socket (Spec.HandedListeners, package handoff).
+	ListenerHandoff bool
 }
 
 // Confinement is what walls the executor process stands behind.

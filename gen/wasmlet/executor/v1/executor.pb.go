@@ -348,8 +348,15 @@ type InstanceSpec struct {
 	// The address the listeners bind. Empty: every address of
 	// network_namespace, or 127.0.0.1 without one.
 	ListenAddress string `protobuf:"bytes,11,opt,name=listen_address,json=listenAddress,proto3" json:"listen_address,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The listeners were opened by the caller and handed to the executor, one
+	// per listener by its name, over its listener socket before this create
+	// (see GetInfoResponse.listener_handoff); the executor opens none, and
+	// network_namespace and listen_address are ignored. Listeners not handed
+	// over (or expired) fail the instance with reason ListenFailed. Needs
+	// listeners.
+	HandedListeners bool `protobuf:"varint,12,opt,name=handed_listeners,json=handedListeners,proto3" json:"handed_listeners,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *InstanceSpec) Reset() {
@@ -457,6 +464,13 @@ func (x *InstanceSpec) GetListenAddress() string {
 		return x.ListenAddress
 	}
 	return ""
+}
+
+func (x *InstanceSpec) GetHandedListeners() bool {
+	if x != nil {
+		return x.HandedListeners
+	}
+	return false
 }
 
 // Listener is one listening socket handed to the module.
@@ -755,9 +769,13 @@ type GetInfoResponse struct {
 	Confinement *Confinement `protobuf:"bytes,10,opt,name=confinement,proto3" json:"confinement,omitempty"`
 	// Whether the engine hands InstanceSpec.listeners to modules. An executor
 	// that does not refuses specs with listeners.
-	Listeners     bool `protobuf:"varint,11,opt,name=listeners,proto3" json:"listeners,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Listeners bool `protobuf:"varint,11,opt,name=listeners,proto3" json:"listeners,omitempty"`
+	// Whether the executor takes listeners handed over on its listener socket
+	// (InstanceSpec.handed_listeners; its --listener-socket). One that does
+	// not refuses specs with handed_listeners (UNIMPLEMENTED).
+	ListenerHandoff bool `protobuf:"varint,12,opt,name=listener_handoff,json=listenerHandoff,proto3" json:"listener_handoff,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *GetInfoResponse) Reset() {
@@ -863,6 +881,13 @@ func (x *GetInfoResponse) GetConfinement() *Confinement {
 func (x *GetInfoResponse) GetListeners() bool {
 	if x != nil {
 		return x.Listeners
+	}
+	return false
+}
+
+func (x *GetInfoResponse) GetListenerHandoff() bool {
+	if x != nil {
+		return x.ListenerHandoff
 	}
 	return false
 }
@@ -1845,7 +1870,7 @@ const file_wasmlet_executor_v1_executor_proto_rawDesc = "" +
 	"\tread_only\x18\x03 \x01(\bR\breadOnly\">\n" +
 	"\x06Module\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x1c\n" +
-	"\treference\x18\x02 \x01(\tR\treference\"\xcc\x04\n" +
+	"\treference\x18\x02 \x01(\tR\treference\"\xf7\x04\n" +
 	"\fInstanceSpec\x123\n" +
 	"\x06module\x18\x01 \x01(\v2\x1b.wasmlet.executor.v1.ModuleR\x06module\x12\x12\n" +
 	"\x04args\x18\x02 \x03(\tR\x04args\x12-\n" +
@@ -1859,7 +1884,8 @@ const file_wasmlet_executor_v1_executor_proto_rawDesc = "" +
 	"\tlisteners\x18\t \x03(\v2\x1d.wasmlet.executor.v1.ListenerR\tlisteners\x12+\n" +
 	"\x11network_namespace\x18\n" +
 	" \x01(\tR\x10networkNamespace\x12%\n" +
-	"\x0elisten_address\x18\v \x01(\tR\rlistenAddress\x1a9\n" +
+	"\x0elisten_address\x18\v \x01(\tR\rlistenAddress\x12)\n" +
+	"\x10handed_listeners\x18\f \x01(\bR\x0fhandedListeners\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"m\n" +
@@ -1885,7 +1911,7 @@ const file_wasmlet_executor_v1_executor_proto_rawDesc = "" +
 	"finishedAt\x12\x1a\n" +
 	"\bsequence\x18\n" +
 	" \x01(\x04R\bsequence\"\x10\n" +
-	"\x0eGetInfoRequest\"\xb9\x03\n" +
+	"\x0eGetInfoRequest\"\xe4\x03\n" +
 	"\x0fGetInfoResponse\x12\x16\n" +
 	"\x06engine\x18\x01 \x01(\tR\x06engine\x12%\n" +
 	"\x0eengine_version\x18\x02 \x01(\tR\rengineVersion\x12\x0e\n" +
@@ -1900,7 +1926,8 @@ const file_wasmlet_executor_v1_executor_proto_rawDesc = "" +
 	"\x16cpu_limits_description\x18\t \x01(\tR\x14cpuLimitsDescription\x12B\n" +
 	"\vconfinement\x18\n" +
 	" \x01(\v2 .wasmlet.executor.v1.ConfinementR\vconfinement\x12\x1c\n" +
-	"\tlisteners\x18\v \x01(\bR\tlisteners\"\x95\x02\n" +
+	"\tlisteners\x18\v \x01(\bR\tlisteners\x12)\n" +
+	"\x10listener_handoff\x18\f \x01(\bR\x0flistenerHandoff\"\x95\x02\n" +
 	"\vConfinement\x12 \n" +
 	"\fno_new_privs\x18\x01 \x01(\bR\n" +
 	"noNewPrivs\x12\x18\n" +

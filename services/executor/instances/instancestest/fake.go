@@ -75,6 +75,12 @@ type Fake struct {
 	// without it a spec with listeners is refused with ErrUnsupported. A
 	// port in use is an Outcome: FailsWith(instances.ReasonPortInUse, ...).
 	Listeners bool
+	// ListenerHandoff: the fake takes handed-over listeners
+	// (Info.ListenerHandoff); without it a spec with HandedListeners is
+	// refused with ErrUnsupported. It receives no sockets: what such an
+	// instance does is Behave's (the conformance suite wants one whose
+	// listeners were not handed over to fail with ReasonListenFailed).
+	ListenerHandoff bool
 
 	mu          sync.Mutex
 	insts       map[string]*fakeInstance
@@ -210,7 +216,8 @@ func (f *Fake) Info(context.Context) (instances.Info, error) {
 		ExecutorID: f.ExecutorID, Engine: "fake", Version: "0",
 		OS: runtime.GOOS, Arch: runtime.GOARCH,
 		MaxInstances: f.MaxInstances, Instances: len(f.insts),
-		Listeners: f.Listeners,
+		Listeners:       f.Listeners,
+		ListenerHandoff: f.ListenerHandoff,
 	}, nil
 }
 
@@ -244,6 +251,9 @@ func (f *Fake) validate(id string, spec instances.Spec) error {
 	}
 	if len(spec.Listeners) > 0 && !f.Listeners {
 		return fmt.Errorf("%w: the fake executor hands no listeners to modules", instances.ErrUnsupported)
+	}
+	if spec.HandedListeners && !f.ListenerHandoff {
+		return fmt.Errorf("%w: the fake executor takes no handed-over listeners", instances.ErrUnsupported)
 	}
 	return nil
 }

@@ -23,7 +23,10 @@ func TestFakeConformance(t *testing.T) {
 func fakeConformance(t *testing.T, spec func(string) instances.Spec, listeners bool) {
 	Run(t, Harness{
 		New: func(t *testing.T, history int) instances.Runtime {
-			return &Fake{History: history, Listeners: listeners, Behave: func(_ string, s instances.Spec) Outcome {
+			return &Fake{History: history, Listeners: listeners, ListenerHandoff: listeners, Behave: func(_ string, s instances.Spec) Outcome {
+				if s.HandedListeners { // none ever are
+					return FailsWith(instances.ReasonListenFailed, "no listeners were handed over")
+				}
 				switch s.Module.Reference {
 				case "exit0":
 					return ExitsWith(0, time.Millisecond)

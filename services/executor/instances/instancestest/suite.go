@@ -514,6 +514,10 @@ func testInfo(t *testing.T, h Harness) {
 // twice, a relative namespace path: ErrInvalidArgument); a Runtime that
 // cannot hand them over (Info.Listeners false) refuses them with
 // ErrUnsupported and records nothing; one that can keeps them in the spec.
+// Handed listeners need listeners (ErrInvalidArgument); a Runtime that
+// takes none (Info.ListenerHandoff false) refuses them with
+// ErrUnsupported, and one that does fails an instance whose listeners were
+// not handed over with ReasonListenFailed.
 func testListeners(t *testing.T, h Harness) {
 	rt, ctx := h.New(t, 0), ctxFor(t)
 	info, err := rt.Info(ctx)
@@ -540,6 +544,11 @@ func testListeners(t *testing.T, h Harness) {
 			s.ListenAddress = "localhost"
 			return s
 		}(),
+		"handed, no listeners": func() instances.Spec {
+			s := h.Exit0
+			s.HandedListeners = true
+			return s
+		}(),
 	} {
 		if _, err := rt.Create(ctx, "bad", spec, false); !errors.Is(err, instances.ErrInvalidArgument) {
 			t.Errorf("%s: create: %v, want ErrInvalidArgument", name, err)
@@ -563,5 +572,21 @@ func testListeners(t *testing.T, h Harness) {
 	got, err := rt.Get(ctx, "l")
 	if err != nil || !slices.Equal(got.Spec.Listeners, spec.Listeners) {
 		t.Errorf("get: %+v %v", got.Spec.Listeners, err)
+	}
+
+	handed := with(h.Exit0, instances.Listener{Name: "http", Port: 8080})
+	handed.HandedListeners = true
+	if !info.ListenerHandoff {
+		if _, err := rt.Create(ctx, "h", handed, false); !errors.Is(err, instances.ErrUnsupported) {
+			t.Fatalf("create with handed listeners where Info.ListenerHandoff is false: %v, want ErrUnsupported", err)
+		}
+		if _, err := rt.Get(ctx, "h"); !errors.Is(err, instances.ErrNotFound) {
+			t.Errorf("a refused instance was recorded: %v", err)
+		}
+		return
+	}
+	in, err = rt.Create(ctx, "h", handed, true)
+	if err != nil || in.State != instances.StateFailed || in.Reason != instances.ReasonListenFailed || !in.Spec.HandedListeners {
+		t.Errorf("create with listeners never handed over: %+v %v, want FAILED %s", in, err, instances.ReasonListenFailed)
 	}
 }

@@ -79,6 +79,7 @@ func SpecToProto(s instances.Spec) *executorv1.InstanceSpec {
 	}
 	p.NetworkNamespace = s.NetworkNamespace
 	p.ListenAddress = s.ListenAddress
+	p.HandedListeners = s.HandedListeners
 	return p
 }
 
@@ -103,6 +104,7 @@ func SpecFromProto(p *executorv1.InstanceSpec) instances.Spec {
 	}
 	s.NetworkNamespace = p.GetNetworkNamespace()
 	s.ListenAddress = p.GetListenAddress()
+	s.HandedListeners = p.GetHandedListeners()
 	return s
 }
 
@@ -248,6 +250,7 @@ func InfoToProto(in instances.Info) *executorv1.GetInfoResponse {
 		CpuLimits:            cpu,
 		CpuLimitsDescription: in.CPULimitsWords,
 		Listeners:            in.Listeners,
+		ListenerHandoff:      in.ListenerHandoff,
 	}
 	if c := in.Confinement; c != (instances.Confinement{}) {
 		p.Confinement = &executorv1.Confinement{
@@ -279,6 +282,7 @@ func InfoFromProto(p *executorv1.GetInfoResponse) instances.Info {
 		CPULimitsEnforced: p.GetCpuLimits() == executorv1.CpuLimitEnforcement_CPU_LIMIT_ENFORCEMENT_CGROUP,
 		CPULimitsWords:    p.GetCpuLimitsDescription(),
 		Listeners:         p.GetListeners(),
+		ListenerHandoff:   p.GetListenerHandoff(),
 		Confinement: instances.Confinement{
 			NoNewPrivs:            c.GetNoNewPrivs(),
 			Seccomp:               c.GetSeccomp(),

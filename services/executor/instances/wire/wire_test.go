@@ -61,7 +61,7 @@ func TestRoundTrip(t *testing.T) {
 			MemoryLimitBytes: 1 << 20, CPULimitMillis: 250, LogSubject: "s", Labels: map[string]string{"k": "v"},
 			Listeners: []instances.Listener{{Name: "http", Port: 8080, Protocol: instances.ProtocolTCP}, {Port: 53, Protocol: instances.ProtocolUDP},
 				{Name: "default", Port: 9090}, {Name: "sctp", Port: 1, Protocol: "SCTP"}},
-			NetworkNamespace: "/var/run/netns/p", ListenAddress: "10.0.0.5",
+			NetworkNamespace: "/var/run/netns/p", ListenAddress: "10.0.0.5", HandedListeners: true,
 		},
 		State: instances.StateExited, ExitCode: 3, Reason: "Error", Message: "m",
 		CreatedAt: now, StartedAt: now.Add(time.Second), FinishedAt: now.Add(2 * time.Second), Sequence: 7,
@@ -83,7 +83,7 @@ func TestRoundTrip(t *testing.T) {
 		t.Errorf("stats: %+v", got)
 	}
 	info := instances.Info{ExecutorID: "e", Engine: "wazero", Version: "1", OS: "linux", Arch: "amd64", MaxInstances: 9, Instances: 2,
-		CPULimitsEnforced: true, CPULimitsWords: "how", Listeners: true,
+		CPULimitsEnforced: true, CPULimitsWords: "how", Listeners: true, ListenerHandoff: true,
 		Confinement: instances.Confinement{NoNewPrivs: true, Seccomp: true, LandlockABI: 3, UID: 1, GID: 2, NetworkIsolated: true, Description: "d"}}
 	if got := InfoFromProto(InfoToProto(info)); !reflect.DeepEqual(got, info) {
 		t.Errorf("info: %+v", got)
