@@ -70,7 +70,9 @@ type Config struct {
 	// the node requests its client certificate (package clientcert) when
 	// Kubeconfig is missing or its certificate unusable.
 	BootstrapKubeconfig string
-	// CertDir keeps the node's client key pairs (default <StateDir>/pki).
+	// CertDir keeps the node's key pairs, as the kubelet's --cert-dir: the
+	// client pairs, the kubelet API's serving pairs (issued or
+	// self-signed). Default <StateDir>/pki.
 	CertDir string
 	// RotateCertificates renews the client certificate before it expires;
 	// the API connections take the new one without a restart.
@@ -513,7 +515,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return kubeletapi.Serve(ctx, kubeletapi.Config{
 			Addr:     fmt.Sprintf("%s:%d", cfg.NodeIP, cfg.KubeletPort),
 			NodeName: cfg.NodeName, NodeIP: cfg.NodeIP, GetCertificate: getCert,
-			CertFile: cfg.TLSCertFile, KeyFile: cfg.TLSKeyFile, CertDir: filepath.Join(cfg.StateDir, "pki"),
+			CertFile: cfg.TLSCertFile, KeyFile: cfg.TLSKeyFile, CertDir: cfg.CertDir,
 			ClientCAFile: cfg.ClientCAFile, Client: client, Routes: routes, Log: log,
 			Limits: kubeletapi.Limits{MaxFollows: cfg.MaxLogFollows},
 		})
@@ -571,7 +573,7 @@ func servingCertificate(cfg Config, client kubernetes.Interface, recorder record
 	}
 	sc, err := servingcert.New(servingcert.Config{
 		Client: client, NodeName: cfg.NodeName, Addresses: []string{cfg.NodeIP, cfg.NodeName},
-		Dir: filepath.Join(cfg.StateDir, "pki"), Recorder: recorder, Log: cfg.Log,
+		Dir: cfg.CertDir, Recorder: recorder, Log: cfg.Log,
 	})
 	if err != nil {
 		return nil, err
