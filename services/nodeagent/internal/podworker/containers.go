@@ -68,6 +68,12 @@ func (w *Worker) start(ctx context.Context, c *ctr) {
 		w.failStart(c, "CreateContainerConfigError", err.Error())
 		return
 	}
+	if err := w.serve(ctx, c, id, &spec); err != nil {
+		if ctx.Err() == nil {
+			w.failStart(c, "CreateContainerError", err.Error())
+		}
+		return
+	}
 	inst, err := w.deps.Executor.Create(ctx, id, spec, true)
 	switch {
 	case errors.Is(err, instances.ErrAlreadyExists):

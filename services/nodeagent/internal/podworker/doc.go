@@ -1,7 +1,10 @@
 // Package podworker runs the lifecycle of one pod on a wasmlet node: one
 // Worker per pod, one goroutine per Worker, and the only writer of its
 // pod's status. It owns pulling through the registry cache, the pod's
-// volumes, one executor instance per container (spec.go), the restart
+// volumes, its place on the pod network when it declares ports (through
+// Deps.Network, network.go: set up with the volumes, torn down when its
+// instances have stopped; its containers' ports handed to the executor as
+// listeners), one executor instance per container (spec.go), the restart
 // policy with one back-off (backoff.go) and the status built from the
 // containers (status.go).
 //

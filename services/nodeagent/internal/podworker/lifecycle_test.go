@@ -126,6 +126,7 @@ type config struct {
 	// executor, when set, is what the Worker calls instead of the Fake
 	// (a wrapper of it); the watch still follows the Fake.
 	executor instances.Runtime
+	network  Network // Deps.Network
 }
 
 // run starts a Worker for pod on exec, and a watch that feeds it exec's
@@ -154,6 +155,7 @@ func runWith(t *testing.T, exec *instancestest.Fake, pod *v1.Pod, cfg config) *h
 		VolumeDir:     t.TempDir(),
 		Backoff:       cfg.backoff,
 		VolumeRefresh: cfg.sync,
+		Network:       cfg.network,
 		Log:           slog.New(stateLog{h}),
 		Notify: func(p *v1.Pod) {
 			h.mu.Lock()

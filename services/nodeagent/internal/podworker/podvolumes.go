@@ -10,7 +10,8 @@ import (
 	v1 "k8s.io/api/core/v1"
 )
 
-// preparingVolumes makes every volume a directory to preopen; while a
+// preparingVolumes makes every volume a directory to preopen, and puts a
+// pod that declares ports on the pod network (setupNetwork); while a
 // source (a config map, a secret, a token) cannot be read, the containers
 // show CreateContainerConfigError and it is tried again after a back-off.
 func (w *Worker) preparingVolumes(ctx context.Context) State {
@@ -31,6 +32,9 @@ func (w *Worker) preparingVolumes(ctx context.Context) State {
 	}
 	if err == nil {
 		w.tokensAt = time.Now()
+		if !w.setupNetwork(ctx) {
+			return StatePreparingVolumes
+		}
 		if len(w.inits) > 0 {
 			return StateInitializing
 		}

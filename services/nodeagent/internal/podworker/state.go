@@ -286,6 +286,7 @@ func (w *Worker) terminate(ctx context.Context) State {
 		}
 	}
 	w.unpin(ctx)
+	w.teardownNetwork(ctx)
 	if w.deps.VolumeDir != "" {
 		if err := RemoveVolumes(w.deps.VolumeDir); err != nil {
 			w.log.Warn("remove pod volumes failed", "dir", w.deps.VolumeDir, "err", err)

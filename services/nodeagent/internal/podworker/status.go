@@ -66,6 +66,7 @@ type statusInput struct {
 	inits      []*ctr
 	containers []*ctr
 	nodeIP     string
+	podIPs     []string // the pod's own addresses; none: the node's
 	// prepared: modules pulled and volumes set up.
 	prepared            bool
 	failReason, failMsg string // a pod-level failure
@@ -79,9 +80,16 @@ func podStatus(in statusInput, now metav1.Time) v1.PodStatus {
 	st.Phase = podPhase(in.containers)
 	st.HostIP = in.nodeIP
 	st.HostIPs = []v1.HostIP{{IP: in.nodeIP}}
-	// Wasm pods share the node's network identity (no pod network yet).
+	// A pod on the pod network has its own addresses; others share the
+	// node's.
 	st.PodIP = in.nodeIP
 	st.PodIPs = []v1.PodIP{{IP: in.nodeIP}}
+	if len(in.podIPs) > 0 {
+		st.PodIP, st.PodIPs = in.podIPs[0], nil
+		for _, ip := range in.podIPs {
+			st.PodIPs = append(st.PodIPs, v1.PodIP{IP: ip})
+		}
+	}
 	if st.StartTime == nil {
 		st.StartTime = &now
 	}

@@ -43,6 +43,10 @@ type Deps struct {
 	// AllowedHostPaths are the host directories (and what is below them)
 	// that hostPath volumes may name; empty: none.
 	AllowedHostPaths []string
+	// Network, optional, puts pods that declare containerPorts on the pod
+	// network and serves their ports; nil: pods keep the node's address
+	// and their ports are not served (a Warning event says so).
+	Network Network
 	// Notify receives the pod each time its status changes: its metadata
 	// (without managedFields) and its new status, and no spec, which a
 	// status write never changes. It may block briefly; it must not call
@@ -77,6 +81,9 @@ type Worker struct {
 	volumes       map[string]string // volume name -> host dir
 	tokensAt      time.Time         // when service-account tokens were last written
 	volumeAttempt int               // volume set-ups failed in a row
+	net           *Attachment       // the pod's place on the pod network; nil: none (yet)
+	netAttempt    int               // network set-ups failed in a row
+	noNetworkSaid bool              // the event that ports are not served was sent
 	pull          struct {
 		attempt int // pulls failed in a row
 		failed  *ctr
@@ -297,7 +304,7 @@ func (w *Worker) publish() {
 	pod := w.pod
 	prev := pod.Status
 	st := podStatus(statusInput{
-		pod: pod, inits: w.inits, containers: w.containers, nodeIP: w.deps.NodeIP,
+		pod: pod, inits: w.inits, containers: w.containers, nodeIP: w.deps.NodeIP, podIPs: w.podIPs(),
 		prepared:   w.state != StateRegistered && w.state != StatePulling && w.state != StatePullBackOff && w.state != StatePreparingVolumes,
 		failReason: w.failReason, failMsg: w.failMsg,
 	}, metav1.Now())

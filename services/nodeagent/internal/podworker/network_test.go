@@ -1,0 +1,141 @@
+package podworker
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/wasmlet/wasmlet/services/executor/instances"
+	"github.com/wasmlet/wasmlet/services/executor/instances/instancestest"
+)
+
+// fakeNetwork records what the Worker asks of the pod network.
+type fakeNetwork struct {
+	mu        sync.Mutex
+	setups    int
+	failFirst int   // Setup fails this many times first
+	serveErr  error // what Serve answers
+	served    map[string][]instances.Listener
+	teardowns int
+}
+
+func (n *fakeNetwork) Setup(_ context.Context, pod *v1.Pod) (Attachment, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.setups++
+	if n.setups <= n.failFirst {
+		return Attachment{}, errors.New("plugin type=\"bridge\" failed (add): no IP addresses available")
+	}
+	return Attachment{NetNS: "/run/netns/" + string(pod.UID), IPs: []string{"10.244.0.7", "fd00::7"}}, nil
+}
+
+func (n *fakeNetwork) Serve(_ context.Context, att Attachment, id string, ls []instances.Listener) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.served == nil {
+		n.served = map[string][]instances.Listener{}
+	}
+	n.served[id] = ls
+	return n.serveErr
+}
+
+func (n *fakeNetwork) Teardown(context.Context, *v1.Pod) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.teardowns++
+	return nil
+}
+
+func (n *fakeNetwork) count() (setups, teardowns int) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.setups, n.teardowns
+}
+
+func serverPod() *v1.Pod {
+	pod := testPod(v1.RestartPolicyAlways, nil, "web")
+	pod.Spec.Containers[0].Ports = []v1.ContainerPort{{Name: "http", ContainerPort: 8080, Protocol: v1.ProtocolTCP}, {ContainerPort: 9090}}
+	return pod
+}
+
+// A pod that declares ports gets its own addresses in its status, and its
+// container's ports are handed to the executor as listeners; a failed
+// network setup shows as the kubelet's FailedCreatePodSandBox and is
+// retried; deleting the pod takes it off the network.
+func TestPodOnTheNetwork(t *testing.T) {
+	exec := &instancestest.Fake{Listeners: true, ListenerHandoff: true}
+	net := &fakeNetwork{failFirst: 1}
+	h := runWith(t, exec, serverPod(), config{backoff: testBackoff, network: net})
+	st := h.waitFor("Running", func(st v1.PodStatus) bool { return st.Phase == v1.PodRunning })
+	if !h.events.has("FailedCreatePodSandBox: Failed to create pod sandbox: plugin type=\"bridge\" failed") {
+		t.Errorf("events %v: want FailedCreatePodSandBox for the failed setup", h.events.all)
+	}
+	if !h.saw(func(st v1.PodStatus) bool {
+		w := st.ContainerStatuses[0].State.Waiting
+		return w != nil && w.Reason == "ContainerCreating"
+	}) {
+		t.Error("no status showed the container waiting in ContainerCreating while the network failed")
+	}
+	if st.PodIP != "10.244.0.7" || len(st.PodIPs) != 2 || st.PodIPs[1].IP != "fd00::7" || st.HostIP != "10.0.0.1" {
+		t.Errorf("podIP %q podIPs %v hostIP %q: want the pod's own addresses and the node's host IP", st.PodIP, st.PodIPs, st.HostIP)
+	}
+	id := instanceID(h.w.Pod(), "web", 0)
+	inst, err := exec.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []instances.Listener{{Name: "http", Port: 8080, Protocol: instances.ProtocolTCP}, {Port: 9090}}
+	if !slices.Equal(inst.Spec.Listeners, want) || !inst.Spec.HandedListeners || inst.Spec.NetworkNamespace != "" {
+		t.Errorf("spec listeners %+v handed %v netns %q: want %+v handed over", inst.Spec.Listeners, inst.Spec.HandedListeners, inst.Spec.NetworkNamespace, want)
+	}
+	if !slices.Equal(net.served[id], want) {
+		t.Errorf("served %+v for %s", net.served, id)
+	}
+	h.terminate()
+	if setups, teardowns := net.count(); setups != 2 || teardowns != 1 {
+		t.Errorf("setups %d teardowns %d: want 2 (one failed) and 1", setups, teardowns)
+	}
+}
+
+// An executor that cannot be handed sockets is told the pod's namespace to
+// open them in.
+func TestExecutorListensInPodNamespace(t *testing.T) {
+	exec := &instancestest.Fake{Listeners: true}
+	net := &fakeNetwork{serveErr: ErrExecutorListens}
+	h := runWith(t, exec, serverPod(), config{backoff: testBackoff, network: net})
+	h.waitFor("Running", func(st v1.PodStatus) bool { return st.Phase == v1.PodRunning })
+	inst, err := exec.Get(context.Background(), instanceID(h.w.Pod(), "web", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inst.Spec.HandedListeners || inst.Spec.NetworkNamespace != "/run/netns/uid-1" || len(inst.Spec.Listeners) != 2 {
+		t.Errorf("spec handed %v netns %q listeners %v: want the namespace named", inst.Spec.HandedListeners, inst.Spec.NetworkNamespace, inst.Spec.Listeners)
+	}
+}
+
+// A pod without ports stays on the node's address and costs no network
+// setup; a node without a pod network says that ports are not served.
+func TestNoPortsNoNetwork(t *testing.T) {
+	net := &fakeNetwork{}
+	h := runWith(t, &instancestest.Fake{}, testPod(v1.RestartPolicyAlways, nil, "c"), config{backoff: testBackoff, network: net})
+	st := h.waitFor("Running", func(st v1.PodStatus) bool { return st.Phase == v1.PodRunning })
+	h.terminate()
+	if setups, teardowns := net.count(); setups+teardowns != 0 || st.PodIP != "10.0.0.1" {
+		t.Errorf("setups %d teardowns %d podIP %q: want none and the node's address", setups, teardowns, st.PodIP)
+	}
+
+	exec := &instancestest.Fake{}
+	h = runWith(t, exec, serverPod(), config{backoff: testBackoff})
+	h.waitFor("Running", func(st v1.PodStatus) bool { return st.Phase == v1.PodRunning })
+	if !h.events.has("PortsNotServed: containerPorts are not served") {
+		t.Errorf("events %v: want PortsNotServed", h.events.all)
+	}
+	inst, _ := exec.Get(context.Background(), instanceID(h.w.Pod(), "web", 0))
+	if len(inst.Spec.Listeners) != 0 {
+		t.Errorf("listeners %v without a pod network", inst.Spec.Listeners)
+	}
+}
