@@ -99,6 +99,7 @@ type Spec struct {
 	// by ListenEnv, and closed when it ends. An engine that cannot refuses
 	// them (ErrUnsupported); one that can says so (SocketEngine). A port
 	// taken fails Start with ErrPortInUse, anything else with ErrListen.
+	// A Listener with a File is handed over already open.
 	Listeners []Listener
 	// NetNS is the path of the network namespace the listeners are opened
 	// in (InNetNS); empty: the executor's own.

@@ -22,6 +22,12 @@ type Listener struct {
 	// namespace.
 	Host string
 	Port int
+	// File, when set, is a listening TCP socket opened by someone else (a
+	// node agent, in a pod's network namespace) and handed over: the
+	// engine hands the module this very socket and opens none, and Host,
+	// Port and Spec.NetNS only name it in messages. The engine makes its
+	// own copy (net.FileListener); the caller still closes File.
+	File *os.File
 }
 
 // Addr is l's address as net.Listen takes it.

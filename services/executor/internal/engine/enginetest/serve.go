@@ -30,8 +30,8 @@ const IdleCPUBound = 0.05
 // serves real HTTP on a loopback address, idles at next to no CPU, says
 // which fd is which, closes connections the module closes, releases the
 // port when killed, fails with ErrPortInUse on a taken port, and opens
-// them inside a network namespace (as root); any other engine refuses
-// them with ErrUnsupported.
+// them inside a network namespace (as root), and serves on one handed over
+// already open; any other engine refuses them with ErrUnsupported.
 func RunServe(t *testing.T, newEngine NewEngine) {
 	e := newEngine(t, t.TempDir(), nil)
 	if s, ok := e.(engine.SocketEngine); !ok || !s.Listeners() {
@@ -44,6 +44,50 @@ func RunServe(t *testing.T, newEngine NewEngine) {
 	t.Run("NetNS", func(t *testing.T) { testServeNetNS(t, e, m) })
 	t.Run("KillBlockedAccept", func(t *testing.T) { testKillBlockedAccept(t, e) })
 	t.Run("IPv6", func(t *testing.T) { testServeIPv6(t, e, m) })
+	t.Run("Handed", func(t *testing.T) { testServeHanded(t, e, m) })
+}
+
+// testServeHanded: a listener handed over already open (Listener.File, as
+// the node agent hands one from a pod's namespace) is the very socket the
+// module serves on; the caller's copies closed, the instance holds the
+// only one, and a kill frees the port.
+func testServeHanded(t *testing.T, e engine.Engine, m engine.Module) {
+	host, port := LoopbackAddr(t)
+	addr := net.JoinHostPort(host, strconv.Itoa(port))
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := l.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := ServeSpec(t, "", 0, nil)
+	out := &Buffer{}
+	spec.Stdout, spec.Stderr = out, out
+	spec.Listeners = []engine.Listener{{Name: "http", File: f}}
+	inst, err := e.Start(context.Background(), m, spec)
+	f.Close()
+	l.Close()
+	if err != nil {
+		t.Fatalf("start with a handed listener: %v", err)
+	}
+	defer inst.Kill()
+	c := &http.Client{Timeout: 10 * time.Second}
+	if body := WaitHTTP(t, c, "http://"+addr+"/", inst, out); body != "Hello from WebAssembly, pod p1!\n" {
+		t.Errorf("GET / on the handed listener: %q", body)
+	}
+	inst.Kill()
+	select {
+	case <-inst.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a serving instance did not end within 5 s of a kill")
+	}
+	free, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("the handed port of a killed server is not free: %v", err)
+	}
+	free.Close()
 }
 
 // testServeIPv6: a listener on an IPv6 address (::1).

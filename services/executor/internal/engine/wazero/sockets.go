@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"reflect"
 	"sync"
 	"syscall"
+	"unsafe"
 
 	wz "github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
@@ -31,13 +33,22 @@ import (
 //     FIN, and the descriptor stayed open, until a garbage collection. Ours
 //     closes it after wazero's file table has let it go.
 //
+// A listener handed over already open (engine.Listener.File: the node
+// agent opened it in a pod's network namespace, which the executor may not
+// enter) cannot be given to wazero, which opens its listeners itself. So
+// wazero opens a placeholder on loopback, port 0, in the executor's own
+// namespace, and adoptHanded swaps, in the placeholder's file, the
+// *net.TCPListener for one made from the handed socket, and closes the
+// placeholder, before the module runs.
+//
 // wazero offers no public way to the host socket of a module's fd, so
 // files reads its table through reflection: the module's Sys field, its
 // FS() and that one's LookupFile and CloseFile methods, and the
 // *net.TCPListener or *net.TCPConn of the file wazero made (fields tl,
-// tc). This is wazero v1.12's layout; New checks the methods
-// (checkFiles), and TestSocketFilesReachable the fields, so that an
-// upgrade that moves them fails there rather than spin or leak.
+// tc). This is wazero v1.12's layout; New checks the methods and the
+// listener's field, which adoptHanded writes (checkFiles), and
+// TestSocketFilesReachable the fields, so that an upgrade that moves them
+// fails there rather than spin or leak.
 
 // files is a module's file table, as far as the engine reaches it.
 type files struct {
@@ -81,29 +92,107 @@ func filesOf(mod api.Module) (files, error) {
 
 // socket is the host socket of fd: a listener or an accepted connection.
 func (f files) socket(fd uint32) (syscall.Conn, bool) {
-	if fd > 1<<31-1 {
-		return nil, false
-	}
-	out := f.lookup.Call([]reflect.Value{reflect.ValueOf(int32(fd))})
-	if !out[1].Bool() {
-		return nil, false
-	}
-	file := out[0].Elem().FieldByName("File")
-	if file.IsNil() {
-		return nil, false
-	}
-	d := file.Elem()
-	if d.Kind() != reflect.Pointer || d.IsNil() || d.Elem().Kind() != reflect.Struct {
-		return nil, false
-	}
-	s := d.Elem()
-	if tl := s.FieldByName("tl"); tl.IsValid() && tl.Type() == listenerType && !tl.IsNil() {
+	if tl, ok := f.listenerField(fd); ok {
 		return (*net.TCPListener)(tl.UnsafePointer()), true
+	}
+	s, ok := f.fileStruct(fd)
+	if !ok {
+		return nil, false
 	}
 	if tc := s.FieldByName("tc"); tc.IsValid() && tc.Type() == connType && !tc.IsNil() {
 		return (*net.TCPConn)(tc.UnsafePointer()), true
 	}
 	return nil, false
+}
+
+// fileStruct is the struct of the file wazero made for fd.
+func (f files) fileStruct(fd uint32) (reflect.Value, bool) {
+	if fd > 1<<31-1 {
+		return reflect.Value{}, false
+	}
+	out := f.lookup.Call([]reflect.Value{reflect.ValueOf(int32(fd))})
+	if !out[1].Bool() {
+		return reflect.Value{}, false
+	}
+	file := out[0].Elem().FieldByName("File")
+	if file.IsNil() {
+		return reflect.Value{}, false
+	}
+	d := file.Elem()
+	if d.Kind() != reflect.Pointer || d.IsNil() || d.Elem().Kind() != reflect.Struct {
+		return reflect.Value{}, false
+	}
+	return d.Elem(), true
+}
+
+// listenerField is the *net.TCPListener field of fd's file, if it is a
+// listener (addressable: the struct is reached through its pointer).
+func (f files) listenerField(fd uint32) (reflect.Value, bool) {
+	s, ok := f.fileStruct(fd)
+	if !ok {
+		return reflect.Value{}, false
+	}
+	if tl := s.FieldByName("tl"); tl.IsValid() && tl.Type() == listenerType && !tl.IsNil() && tl.CanAddr() {
+		return tl, true
+	}
+	return reflect.Value{}, false
+}
+
+// adopt puts l in the place of the listener of fd's file, and returns the
+// one it replaced.
+func (f files) adopt(fd uint32, l *net.TCPListener) (*net.TCPListener, bool) {
+	tl, ok := f.listenerField(fd)
+	if !ok {
+		return nil, false
+	}
+	p := (**net.TCPListener)(unsafe.Pointer(tl.UnsafeAddr()))
+	old := *p
+	*p = l
+	return old, true
+}
+
+// adoptHanded puts each handed-over listener of ls (those with a File),
+// whose fds start at first, in the place of the placeholder wazero opened
+// for it, and closes the placeholder. On an error the listeners made so
+// far are in the module's table, which closes them.
+func adoptHanded(socks *sockets, mod api.Module, first int, ls []engine.Listener) error {
+	for i, l := range ls {
+		if l.File == nil {
+			continue
+		}
+		f, err := socks.filesOf(mod)
+		if err != nil {
+			return fmt.Errorf("%w: handed listener %q: %v", engine.ErrListen, l.Name, err)
+		}
+		nl, err := net.FileListener(l.File)
+		if err != nil {
+			return fmt.Errorf("%w: handed listener %q: %v", engine.ErrListen, l.Name, err)
+		}
+		tl, ok := nl.(*net.TCPListener)
+		if !ok {
+			nl.Close()
+			return fmt.Errorf("%w: handed listener %q is a %s listener, not TCP", engine.ErrListen, l.Name, nl.Addr().Network())
+		}
+		old, ok := f.adopt(uint32(first+i), tl)
+		if !ok {
+			tl.Close()
+			return fmt.Errorf("%w: wazero did not put listener %q at fd %d", engine.ErrListen, l.Name, first+i)
+		}
+		old.Close()
+	}
+	return nil
+}
+
+// placeholderHost is where placeholders listen: loopback, or, in a
+// network namespace whose loopback is down (an executor started with
+// --isolate-network), every address of it, which is none.
+func placeholderHost() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "0.0.0.0"
+	}
+	l.Close()
+	return "127.0.0.1"
 }
 
 // closeFD is WASI's fd_close: wazero's, then the connection's own close.
@@ -291,21 +380,33 @@ func fdClose(ctx context.Context, mod api.Module, stack []uint64) {
 }
 
 // checkFiles reports whether the engine reaches a module's file table in
-// this build of wazero: New refuses to run without it (fd_close is ours).
-func checkFiles(ctx context.Context) error {
+// this build of wazero, and a listener's socket in it, which adoptHanded
+// replaces: New refuses to run without them (fd_close is ours). The
+// listener is a placeholder on placeholder, port 0.
+func checkFiles(ctx context.Context, placeholder string) error {
 	rt := wz.NewRuntime(ctx)
 	defer rt.Close(ctx)
 	empty := []byte{0, 'a', 's', 'm', 1, 0, 0, 0}
-	mod, err := rt.InstantiateWithConfig(ctx, empty, wz.NewModuleConfig().WithName(""))
+	// File only marks the listener handed over: wazero opens a placeholder.
+	mod, err := rt.InstantiateWithConfig(withListeners(ctx, []engine.Listener{{Name: "check", File: os.Stdin}}, placeholder), empty, wz.NewModuleConfig().WithName(""))
 	if err != nil {
 		return err
 	}
+	defer mod.Close(ctx)
 	f, err := filesOf(mod)
 	if err != nil {
 		return err
 	}
 	if _, ok := f.socket(0); ok {
 		return errors.New("stdin is a socket")
+	}
+	c, ok := f.socket(3)
+	if _, isListener := c.(*net.TCPListener); !ok || !isListener {
+		return errors.New("the listener at fd 3 is not reached")
+	}
+	old, ok := f.adopt(3, c.(*net.TCPListener)) // itself: the field is writable
+	if !ok || old != c {
+		return errors.New("the listener at fd 3 cannot be replaced")
 	}
 	return nil
 }

@@ -39,7 +39,9 @@
 //     writes of at most maxSinkWrite.
 //   - Listeners (sockets.go) are wazero's experimental/sock, opened by
 //     InstantiateModule on a thread in the spec's network namespace; they
-//     follow the preopened directories (fd 3 + len(Preopens)). poll_oneoff
+//     follow the preopened directories (fd 3 + len(Preopens)). A listener
+//     handed over already open takes the place of a loopback placeholder
+//     wazero opened, in its file table (adoptHanded). poll_oneoff
 //     and fd_close are the engine's, which reach the host socket behind a
 //     module's fd in wazero's file table by reflection (checked at New).
 //
@@ -120,6 +122,9 @@ type Engine struct {
 	index string // the entry of each module, by module digest
 	cache wz.CompilationCache
 	cpu   engine.ThreadLimiter
+	// placeholder is the address of the listeners wazero opens in the
+	// place of handed ones (adoptHanded).
+	placeholder string
 
 	slot    engine.Slots     // compiles that miss the cache: one at a time, each on every core, so the entries new after one are its own
 	flights engine.KeyedLock // one compile of the same bytes at a time
@@ -152,7 +157,8 @@ func New(cfg Config) (*Engine, error) {
 			return nil, fmt.Errorf("wazero engine: create cache dir: %w", err)
 		}
 	}
-	if err := checkFiles(context.Background()); err != nil {
+	placeholder := placeholderHost()
+	if err := checkFiles(context.Background(), placeholder); err != nil {
 		return nil, fmt.Errorf("wazero engine: this build of wazero does not lay out module files as the engine's poll_oneoff and fd_close expect (see sockets.go): %w", err)
 	}
 	cache, err := wz.NewCompilationCacheWithDir(root)
@@ -166,6 +172,7 @@ func New(cfg Config) (*Engine, error) {
 		index:       index,
 		cache:       cache,
 		cpu:         cfg.CPU,
+		placeholder: placeholder,
 		slot:        engine.NewSlots(1),
 		verified:    map[string]engine.FileStamp{},
 		runtimes:    map[uint32]*runtime{},
@@ -277,7 +284,7 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 	err = engine.InNetNS(spec.NetNS, func() error {
 		// wazero opens the listeners here, on this thread, with net.Listen.
 		var err error
-		mod, err = r.rt.InstantiateModule(withListeners(withLinearMemory(ictx), spec.Listeners), cm, mc)
+		mod, err = r.rt.InstantiateModule(withListeners(withLinearMemory(ictx), spec.Listeners, e.placeholder), cm, mc)
 		return err
 	})
 	if err != nil {
@@ -287,6 +294,11 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 			return nil, engine.ListenError(spec.Listeners, spec.NetNS, err)
 		}
 		return nil, engine.InstantiateError(m.digest, err)
+	}
+	if err := adoptHanded(socks, mod, 3+len(spec.Preopens), spec.Listeners); err != nil {
+		mod.Close(ictx)
+		cancel()
+		return nil, err
 	}
 	if err := socks.holdListeners(mod, 3+len(spec.Preopens), len(spec.Listeners)); err != nil {
 		mod.Close(ictx)
@@ -314,7 +326,9 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 func (e *Engine) Listeners() bool { return true }
 
 // withListeners has InstantiateModule open ls (experimental/sock).
-func withListeners(ctx context.Context, ls []engine.Listener) context.Context {
+// One handed over (engine.Listener.File) gets a placeholder on
+// placeholder, port 0, for adoptHanded to replace.
+func withListeners(ctx context.Context, ls []engine.Listener, placeholder string) context.Context {
 	if len(ls) == 0 {
 		return ctx
 	}
@@ -324,7 +338,12 @@ func withListeners(ctx context.Context, ls []engine.Listener) context.Context {
 		if strings.Contains(host, ":") {
 			host = "[" + host + "]" // wazero joins host and port with a colon
 		}
-		cfg = cfg.WithTCPListener(host, l.Port)
+		port := l.Port
+		if l.File != nil {
+			// A placeholder, replaced by the handed socket (adoptHanded).
+			host, port = placeholder, 0
+		}
+		cfg = cfg.WithTCPListener(host, port)
 	}
 	return sock.WithConfig(ctx, cfg)
 }
