@@ -366,3 +366,48 @@ func TestNewTakesOverTransport(t *testing.T) {
 		t.Error("New took over a rest.Config that already has a transport")
 	}
 }
+
+// With its certificate expired unrenewed, the node logs which of its CSRs
+// wait for approval (renewals as the node, requests with the bootstrap
+// token) and what to do.
+func TestReportExpiredNamesPendingCSRs(t *testing.T) {
+	ca := newTestCA(t)
+	dir := t.TempDir()
+	certPEM, keyPEM := ca.pair(t, "n1", time.Now().Add(time.Hour))
+	kc := filepath.Join(dir, "kubeconfig")
+	writeKubeconfigFile(t, kc, "https://127.0.0.1:1", ca.pem, "", certPEM, keyPEM)
+	boot := filepath.Join(dir, "bootstrap.kubeconfig")
+	writeKubeconfigFile(t, boot, "https://127.0.0.1:1", ca.pem, "abcdef.0123456789abcdef", nil, nil)
+	csr := func(name, user string, conds ...certificatesv1.RequestConditionType) *certificatesv1.CertificateSigningRequest {
+		c := &certificatesv1.CertificateSigningRequest{
+			ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec:       certificatesv1.CertificateSigningRequestSpec{SignerName: SignerName, Username: user},
+		}
+		for _, ty := range conds {
+			c.Status.Conditions = append(c.Status.Conditions, certificatesv1.CertificateSigningRequestCondition{Type: ty})
+		}
+		return c
+	}
+	client := fake.NewClientset(
+		csr("renewal", "system:node:n1"),
+		csr("rebootstrap", "system:bootstrap:abcdef"),
+		csr("approved", "system:node:n1", certificatesv1.CertificateApproved),
+		csr("other-node", "system:node:n2"),
+	)
+	var logs syncBuffer
+	rc, err := clientcmd.BuildConfigFromFlags("", kc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := New(Config{Kubeconfig: kc, BootstrapKubeconfig: boot, CertDir: dir, NodeName: "n1",
+		NewClient: func(*rest.Config) (kubernetes.Interface, error) { return client, nil },
+		Log:       slog.New(slog.NewTextHandler(&logs, nil))}, rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.reportExpired(t.Context())
+	out := logs.String()
+	if !strings.Contains(out, "pending_csrs=\"[rebootstrap renewal]\"") || !strings.Contains(out, "kubectl certificate approve") {
+		t.Errorf("report %q: want the two undecided CSRs of n1 and what to do", out)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	utilnet "k8s.io/apimachinery/pkg/util/net"
@@ -26,8 +27,9 @@ type Manager struct {
 	m      certificate.Manager
 	dialer *connrotation.Dialer
 	// node sends renewals (as the node); boot, when set, sends a request
-	// once the certificate has expired unrenewed.
+	// once the certificate has expired unrenewed, as bootUser.
 	node, boot kubernetes.Interface
+	bootUser   string
 }
 
 // New takes over node's client certificate: node (the rest.Config read
@@ -81,6 +83,9 @@ func New(cfg Config, node *rest.Config) (*Manager, error) {
 		}
 		if m.boot, err = cfg.NewClient(boot); err != nil {
 			return nil, fmt.Errorf("%w: %s: %w", ErrBootstrapKubeconfig, cfg.BootstrapKubeconfig, err)
+		}
+		if id, _, ok := strings.Cut(boot.BearerToken, "."); ok {
+			m.bootUser = "system:bootstrap:" + id
 		}
 	}
 	m.m, err = csrcert.NewManager(csrcert.Config{
@@ -154,11 +159,11 @@ func (m *Manager) Run(ctx context.Context) error {
 // reportExpired logs that the node has no valid client certificate and
 // which renewal CSRs wait for approval.
 func (m *Manager) reportExpired(ctx context.Context) {
-	client, user := m.node, Username(m.cfg.NodeName)
+	client := m.node
 	if m.boot != nil {
 		client = m.boot
 	}
-	pending, err := csrcert.Pending(ctx, client, SignerName, user)
+	pending, err := csrcert.Pending(ctx, client, SignerName, Username(m.cfg.NodeName), m.bootUser)
 	if err != nil {
 		pending = nil // an expired node certificate may not list them: say what we can
 	}

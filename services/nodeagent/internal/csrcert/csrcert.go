@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"time"
 
@@ -161,9 +162,9 @@ func current(m certificate.Manager) *x509.Certificate {
 	return nil
 }
 
-// Pending lists, sorted, the CSRs for signerName sent by username that are
-// neither approved nor denied (nor failed).
-func Pending(ctx context.Context, client kubernetes.Interface, signerName, username string) ([]string, error) {
+// Pending lists, sorted, the CSRs for signerName sent by any of usernames
+// that are neither approved nor denied (nor failed).
+func Pending(ctx context.Context, client kubernetes.Interface, signerName string, usernames ...string) ([]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	list, err := client.CertificatesV1().CertificateSigningRequests().List(ctx, metav1.ListOptions{
@@ -174,7 +175,7 @@ func Pending(ctx context.Context, client kubernetes.Interface, signerName, usern
 	}
 	var names []string
 	for _, csr := range list.Items {
-		if csr.Spec.SignerName != signerName || csr.Spec.Username != username || Decision(&csr) != "" {
+		if csr.Spec.SignerName != signerName || !slices.Contains(usernames, csr.Spec.Username) || Decision(&csr) != "" {
 			continue
 		}
 		names = append(names, csr.Name)
