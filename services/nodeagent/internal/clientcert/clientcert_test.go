@@ -20,10 +20,14 @@ import (
 	"time"
 
 	certificatesv1 "k8s.io/api/certificates/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/rest"
+	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/client-go/util/keyutil"
@@ -409,5 +413,39 @@ func TestReportExpiredNamesPendingCSRs(t *testing.T) {
 	out := logs.String()
 	if !strings.Contains(out, "pending_csrs=\"[rebootstrap renewal]\"") || !strings.Contains(out, "kubectl certificate approve") {
 		t.Errorf("report %q: want the two undecided CSRs of n1 and what to do", out)
+	}
+}
+
+// What the API server answers to the CSR becomes an error that says what
+// to do.
+func TestBootstrapSendErrors(t *testing.T) {
+	ca := newTestCA(t)
+	csrs := schema.GroupResource{Group: "certificates.k8s.io", Resource: "certificatesigningrequests"}
+	for _, c := range []struct {
+		name   string
+		answer error
+		want   error
+		says   string
+	}{
+		{"401", apierrors.NewUnauthorized("invalid bearer token"), ErrBootstrapRefused, "kubeadm token create"},
+		{"403", apierrors.NewForbidden(csrs, "", errors.New("no RBAC")), ErrBootstrapNotAllowed, "--clusterrole=system:node-bootstrapper --group=system:bootstrappers"},
+		{"no answer", errors.New("dial tcp 127.0.0.1:1: connect: connection refused"), ErrBootstrapUnreachable, "connection refused"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			client := fake.NewClientset()
+			client.PrependReactor("create", "certificatesigningrequests", func(k8stesting.Action) (bool, runtime.Object, error) {
+				return true, nil, c.answer
+			})
+			dir := t.TempDir()
+			boot := filepath.Join(dir, "bootstrap.kubeconfig")
+			writeKubeconfigFile(t, boot, "https://127.0.0.1:1", ca.pem, "abcdef.0123456789abcdef", nil, nil)
+			err := Bootstrap(t.Context(), Config{
+				Kubeconfig: filepath.Join(dir, "kubeconfig"), BootstrapKubeconfig: boot, CertDir: dir, NodeName: "n1",
+				NewClient: func(*rest.Config) (kubernetes.Interface, error) { return client, nil },
+			})
+			if !errors.Is(err, c.want) || !strings.Contains(err.Error(), c.says) {
+				t.Errorf("Bootstrap = %v, want %v saying %q", err, c.want, c.says)
+			}
+		})
 	}
 }
