@@ -12,6 +12,7 @@ import (
 	"github.com/wasmlet/wasmlet/services/executor/instances/instancestest"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/wazero"
+	"github.com/wasmlet/wasmlet/services/executor/internal/handed"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/cachetest"
 )
 
@@ -23,6 +24,7 @@ const exit3 = `(module
 
 // ConformanceHarness is the suite's harness over managers of eng, with the
 // test modules of testdata/wasm.
+// A harness over wazero takes handed-over listeners (none are ever handed).
 func conformanceHarness(t *testing.T, eng engine.Engine) instancestest.Harness {
 	cache := cachetest.Files{}
 	spec := func(path string) instances.Spec {
@@ -38,7 +40,11 @@ func conformanceHarness(t *testing.T, eng engine.Engine) instancestest.Harness {
 	}
 	return instancestest.Harness{
 		New: func(t *testing.T, history int) instances.Runtime {
-			m, err := New(Config{ExecutorID: "conformance", Engine: eng, Cache: cache, ModuleDir: t.TempDir(), History: history})
+			cfg := Config{ExecutorID: "conformance", Engine: eng, Cache: cache, ModuleDir: t.TempDir(), History: history}
+			if canListen(eng) {
+				cfg.Handed = handed.New(handed.Config{})
+			}
+			m, err := New(cfg)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -90,8 +90,20 @@ type Config struct {
 	CPULimitsEnforced bool
 	CPULimitsWords    string
 	Confinement       instances.Confinement
-	Logger            *slog.Logger
-	Now               func() time.Time
+	// Handed holds the listeners handed over for instances (package
+	// handed, the executor's --listener-socket); nil: this executor takes
+	// none, and a spec with HandedListeners is refused (ErrUnsupported).
+	Handed HandedListeners
+	Logger *slog.Logger
+	Now    func() time.Time
+}
+
+// HandedListeners gives the listening sockets handed over for an
+// instance before its Create (package handed implements it).
+type HandedListeners interface {
+	// Take removes and returns those handed over for id, by name; the
+	// caller closes them. ok is false when there are none.
+	Take(id string) (files map[string]*os.File, ok bool)
 }
 
 // Manager holds the instances. Safe for concurrent use.
@@ -117,6 +129,7 @@ type record struct {
 	run      engine.Instance
 	shipper  *logs.Shipper
 	dirs     []*os.File    // the preopens, open while the instance runs
+	handed   []*os.File    // the handed-over listeners, in spec order, from Create until the engine has its own (Start) or Delete
 	finished chan struct{} // closed once the final state is recorded
 	stopMsg  string        // why it was killed, when by Stop
 	// releaseModule ends the instance's use of its module file (the
@@ -191,6 +204,7 @@ func (m *Manager) Info(context.Context) (instances.Info, error) {
 		CPULimitsWords:    m.cfg.CPULimitsWords,
 		Confinement:       m.cfg.Confinement,
 		Listeners:         canListen(m.cfg.Engine),
+		ListenerHandoff:   m.cfg.Handed != nil && canListen(m.cfg.Engine),
 	}, nil
 }
 
@@ -206,13 +220,18 @@ func canListen(e engine.Engine) bool {
 // (not an error), whose reason and message say why. Errors:
 // ErrInvalidArgument, ErrPermissionDenied, ErrAlreadyExists,
 // ErrResourceExhausted, and ErrUnsupported for listeners on an engine that
-// cannot hand them over.
+// cannot hand them over or handed listeners on an executor that takes
+// none. With HandedListeners it takes the listeners handed over for id;
+// any missing fails the instance (ReasonListenFailed).
 func (m *Manager) Create(ctx context.Context, id string, spec instances.Spec, start bool) (instances.Instance, error) {
 	if err := validate(id, spec, m.cfg.MountRoots); err != nil {
 		return instances.Instance{}, err
 	}
 	if len(spec.Listeners) > 0 && !canListen(m.cfg.Engine) {
 		return instances.Instance{}, fmt.Errorf("%w: the %s engine cannot hand a module a listening socket (it has no socket preopen); run instances with listeners on an executor of the wazero engine", instances.ErrUnsupported, m.cfg.Engine.Name())
+	}
+	if spec.HandedListeners && m.cfg.Handed == nil {
+		return instances.Instance{}, fmt.Errorf("%w: this executor takes no handed-over listeners (it was started without --listener-socket); start it with one, or create the instance without HandedListeners for the executor to open them", instances.ErrUnsupported)
 	}
 	m.mu.Lock()
 	if _, ok := m.instances[id]; ok || m.reserved[id] {
@@ -231,7 +250,14 @@ func (m *Manager) Create(ctx context.Context, id string, spec instances.Spec, st
 		finished: make(chan struct{}),
 	}
 	release := m.modules.Use(spec.Module.Digest)
-	mod, reason, err := m.prepare(ctx, spec.Module)
+	var mod engine.Module
+	reason := instances.ReasonListenFailed
+	handed, err := m.takeHanded(id, spec)
+	if err == nil {
+		if mod, reason, err = m.prepare(ctx, spec.Module); err != nil {
+			closeAll(handed)
+		}
+	}
 
 	m.mu.Lock()
 	delete(m.reserved, id)
@@ -245,7 +271,7 @@ func (m *Manager) Create(ctx context.Context, id string, spec instances.Spec, st
 		m.log.Warn("instance failed", "instance", id, "reason", reason, "error", err)
 		return snap, nil
 	}
-	rec.mod, rec.releaseModule = mod, release
+	rec.mod, rec.releaseModule, rec.handed = mod, release, handed
 	m.transition(rec, instances.StateCreated, ReasonCreated, "")
 	snap := rec.snap
 	m.mu.Unlock()
@@ -254,6 +280,37 @@ func (m *Manager) Create(ctx context.Context, id string, spec instances.Spec, st
 		return m.Start(ctx, id)
 	}
 	return snap, nil
+}
+
+// takeHanded takes the listeners handed over for id, in the order of
+// spec's, when spec says they were; the caller closes them. Those handed
+// over that spec does not list are closed.
+func (m *Manager) takeHanded(id string, spec instances.Spec) ([]*os.File, error) {
+	if !spec.HandedListeners {
+		return nil, nil
+	}
+	got, ok := m.cfg.Handed.Take(id)
+	if !ok {
+		return nil, fmt.Errorf("no listeners were handed over to the executor for instance %s: hand them over (package handoff, to the executor's --listener-socket) shortly before Create, which takes them; handed-over listeners that wait too long expire", id)
+	}
+	var out []*os.File
+	var missing []string
+	for _, l := range spec.Listeners {
+		if f := got[l.FDName()]; f != nil {
+			out = append(out, f)
+			delete(got, l.FDName())
+		} else {
+			missing = append(missing, l.FDName())
+		}
+	}
+	for _, f := range got {
+		f.Close()
+	}
+	if len(missing) > 0 {
+		closeAll(out)
+		return nil, fmt.Errorf("listeners %q were not handed over to the executor for instance %s: hand over every listener of the spec, named by its LISTEN_FDNAMES name, in one hand-over", missing, id)
+	}
+	return out, nil
 }
 
 // prepare fetches the module into the module store and prepares it; on
@@ -299,6 +356,8 @@ func (m *Manager) Start(ctx context.Context, id string) (instances.Instance, err
 	spec := rec.snap.Spec
 	preopens, dirs, err := m.openPreopens(spec.Preopens)
 	if err != nil {
+		closeAll(rec.handed)
+		rec.handed = nil
 		m.transition(rec, instances.StateFailed, ReasonStartFailed, err.Error())
 		close(rec.finished)
 		snap := rec.snap
@@ -315,6 +374,15 @@ func (m *Manager) Start(ctx context.Context, id string) (instances.Instance, err
 		Listeners:        listeners(spec),
 		NetNS:            spec.NetworkNamespace,
 	}
+	if spec.HandedListeners {
+		// Opened where the node agent opened them; the engine makes its own copies.
+		espec.NetNS = ""
+		for i := range espec.Listeners {
+			espec.Listeners[i].File = rec.handed[i]
+		}
+	}
+	handed := rec.handed
+	rec.handed = nil
 	for _, e := range spec.Env {
 		espec.Env = append(espec.Env, engine.EnvVar{Name: e.Name, Value: e.Value})
 	}
@@ -332,6 +400,7 @@ func (m *Manager) Start(ctx context.Context, id string) (instances.Instance, err
 	t0 := time.Now()
 	run, err := m.cfg.Engine.Start(ctx, rec.mod, espec)
 	m.metrics.startLatency.Observe(time.Since(t0).Seconds())
+	closeAll(handed)
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -483,6 +552,10 @@ func (m *Manager) Delete(ctx context.Context, id string, force bool) error {
 	}
 	if m.instances[id] == rec && rec.releaseModule != nil {
 		rec.releaseModule()
+	}
+	if m.instances[id] == rec {
+		closeAll(rec.handed) // created, never started
+		rec.handed = nil
 	}
 	delete(m.instances, id)
 	m.log.Info("instance deleted", "instance", id)
