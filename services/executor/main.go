@@ -8,7 +8,8 @@
 //	    [--nats nats://127.0.0.1:4222] [--state-dir DIR] [--engine wasmtime|wazero] [--max-instances 1000] [--id ID] \
 //	    [--flavour NAME] [--node NODE] [--advertise-address ADDRESS] [--announce-period 5s] \
 //	    [--cpu-cgroup /sys/fs/cgroup/cpu/wasmlet] [--metrics-listen 127.0.0.1:PORT] [--log-spool-bytes 67108864] \
-//	    [--tls-cert F --tls-key F --tls-ca F] [--registry-tls-cert F --registry-tls-key F --registry-tls-ca F]
+//	    [--tls-cert F --tls-key F --tls-ca F] [--registry-tls-cert F --registry-tls-key F --registry-tls-ca F] \
+//	    [--listener-socket /var/lib/wasmlet/executor/listeners.sock]
 //
 // `executor --help` lists every flag; README says what each part does
 // (security defaults, the second wall, mutual TLS, logs, limits). Two
@@ -97,6 +98,7 @@ func parseFlags(args []string) (config, error) {
 	var cfg config
 	fs := flag.NewFlagSet("executor", flag.ContinueOnError)
 	fs.StringVar(&cfg.Listen, "listen", "", "gRPC address to serve: unix:///path (created 0600), or tcp://HOST:port with --tls-* (mutual TLS; plaintext TCP is refused, on loopback too) (required)")
+	fs.StringVar(&cfg.ListenerSocket, "listener-socket", "", "unix socket path (created 0600) on which the node agent hands over listening sockets it opened in pods' network namespaces, for instances created with handed listeners (default off)")
 	fs.StringVar(&cfg.Registry, "registry", "", "registry cache gRPC address; tcp:// beyond loopback needs --registry-tls-* (required)")
 	cfg.TLS.AddFlags(fs, "", "the executor's gRPC server (--listen)")
 	cfg.RegistryTLS.AddFlags(fs, "registry-", "the executor's client to the registry cache (--registry; may be the same files as --tls-*)")
@@ -147,6 +149,8 @@ func parseFlags(args []string) (config, error) {
 		return cfg, fmt.Errorf("--engine %q: want wasmtime or wazero", cfg.Engine)
 	case cfg.MaxInstances <= 0:
 		return cfg, errors.New("--max-instances must be positive")
+	case cfg.ListenerSocket != "" && !filepath.IsAbs(cfg.ListenerSocket):
+		return cfg, fmt.Errorf("--listener-socket %q: want an absolute path", cfg.ListenerSocket)
 	case cfg.ModuleCacheBytes < 0 || cfg.ModuleCacheBytes > 0 && cfg.ModuleCacheBytes < modules.DefaultMaxBytes:
 		return cfg, fmt.Errorf("--module-cache-bytes %d is below %d, the size of the largest module; give well above it, or 0 for 4 GiB", cfg.ModuleCacheBytes, modules.DefaultMaxBytes)
 	case cfg.MetricsListen != "" && !grpcutil.IsLoopback(cfg.MetricsListen):

@@ -46,8 +46,11 @@ func TestParseFlags(t *testing.T) {
 	if _, err := parseFlags([]string{"--listen", "unix:///e.sock", "--registry", "unix:///r.sock", "--metrics-listen", "0.0.0.0:9465"}); err == nil {
 		t.Error("--metrics-listen on all interfaces accepted")
 	}
+	if _, err := parseFlags([]string{"--listen", "unix:///e.sock", "--registry", "unix:///r.sock", "--listener-socket", "l.sock"}); err == nil {
+		t.Error("a relative --listener-socket accepted")
+	}
 	cfg, err := parseFlags([]string{"--listen", "unix:///e.sock", "--registry", "unix:///r.sock"})
-	if err != nil || cfg.MaxInstances != 1000 || cfg.Engine != "wasmtime" || cfg.ID == "" {
+	if err != nil || cfg.ListenerSocket != "" || cfg.MaxInstances != 1000 || cfg.Engine != "wasmtime" || cfg.ID == "" {
 		t.Fatalf("defaults: %+v %v", cfg, err)
 	}
 	for _, n := range []string{"-1", "1048576"} {

@@ -12,7 +12,8 @@ import (
 
 // ConfineConfig is the confinement the executor needs with this config
 // (see internal/confine): read-write the state directory, the mount
-// roots, the --landlock-rw directories, the socket's directory, the CPU
+// roots, the --landlock-rw directories, the sockets' directories (gRPC,
+// listener hand-over), the CPU
 // cgroup and the profile directory; read-only the TLS files' directories
 // and the artifact key (or read-write its directory when it is to be
 // created); connect to the registry cache's socket.
@@ -28,6 +29,9 @@ func (c Config) ConfineConfig() confine.Config {
 	}
 	if network, path, _ := grpcutil.Split(c.Listen); network == "unix" {
 		cc.ReadWrite = append(cc.ReadWrite, filepath.Dir(path))
+	}
+	if c.ListenerSocket != "" {
+		cc.ReadWrite = append(cc.ReadWrite, filepath.Dir(c.ListenerSocket))
 	}
 	if network, path, _ := grpcutil.Split(c.Registry); network == "unix" {
 		cc.Connect = append(cc.Connect, filepath.Dir(path))

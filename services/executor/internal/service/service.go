@@ -1,8 +1,9 @@
 // Package service runs the executor process: it builds the engine (with
 // its CPU limiter and the registry cache's signed store of precompiled
 // modules), the NATS link (streams, log spool, outbox), the instance
-// manager, the gRPC server with its health service, the announcer and the
-// optional Prometheus endpoint, each with a small constructor, and serves
+// manager, the gRPC server with its health service, the optional listener
+// socket (package handed), the announcer and the optional Prometheus
+// endpoint, each with a small constructor, and serves
 // until the context ends; then it kills every instance and gives the
 // engine's background artifact puts a few seconds to finish. It holds no
 // logic beyond that wiring.
@@ -27,6 +28,7 @@ import (
 
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/services/executor/internal/confine"
+	"github.com/wasmlet/wasmlet/services/executor/internal/handed"
 	"github.com/wasmlet/wasmlet/services/executor/internal/instance"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/proxy"
 )
@@ -50,6 +52,10 @@ type Config struct {
 	Registry string
 	// RegistryTLS is the client's mutual TLS to it (--registry-tls-*).
 	RegistryTLS grpcutil.TLS
+	// ListenerSocket is the path of the unix socket (created 0600) on
+	// which the node agent hands over listening sockets for instances
+	// (package handoff; Spec.HandedListeners); empty: none are taken.
+	ListenerSocket string
 
 	// NATS is the URL logs and events are published to, with NATSToken;
 	// empty: none (and no announcements).
@@ -121,6 +127,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("--metrics-listen %s is not a loopback address; metrics are served on loopback only (e.g. 127.0.0.1:9465)", c.MetricsListen)
 	case c.NATS != "" && c.AnnouncePeriod <= 0:
 		return errors.New("the announce period must be positive")
+	case c.ListenerSocket != "" && !filepath.IsAbs(c.ListenerSocket):
+		return fmt.Errorf("--listener-socket %q: want an absolute path", c.ListenerSocket)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -154,6 +162,23 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer link.close()
+	var store *handed.Store
+	if cfg.ListenerSocket != "" {
+		store = handed.New(handed.Config{Logger: log.With("component", "listener-handoff")})
+		l, err := grpcutil.Listen("unix://" + cfg.ListenerSocket)
+		if err != nil {
+			return fmt.Errorf("listener socket: %w", err)
+		}
+		hctx, stopHandoff := context.WithCancel(ctx)
+		handoffDone := make(chan struct{})
+		go func() {
+			defer close(handoffDone)
+			if err := store.Serve(hctx, l); err != nil {
+				log.Error("listener socket failed", "error", err)
+			}
+		}()
+		defer func() { stopHandoff(); <-handoffDone }()
+	}
 	mgr, err := instance.New(instance.Config{
 		ExecutorID:       cfg.ID,
 		Engine:           eng,
@@ -169,6 +194,7 @@ func Run(ctx context.Context, cfg Config) error {
 		CPULimitsEnforced: cpu.limiter != nil,
 		CPULimitsWords:    cpu.words,
 		Confinement:       confinement(cfg.Confinement),
+		Handed:            handedListeners(store),
 	})
 	if err != nil {
 		return err
@@ -182,7 +208,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	log.Info("executor serving", "listen", cfg.Listen, "mutual_tls", cfg.TLS.Enabled(), "id", cfg.ID, "engine", eng.Name(), "engine_version", eng.Version())
+	log.Info("executor serving", "listen", cfg.Listen, "listener_socket", cfg.ListenerSocket, "mutual_tls", cfg.TLS.Enabled(), "id", cfg.ID, "engine", eng.Name(), "engine_version", eng.Version())
 	stopAnnouncing, err := startAnnouncer(ctx, cfg, link.conn(), mgr.Count, eng, cpu.limiter != nil, log)
 	if err != nil {
 		l.Close()
@@ -199,4 +225,13 @@ func Run(ctx context.Context, cfg Config) error {
 	waitShared(sctx, eng, log)
 	log.Info("executor stopped")
 	return err
+}
+
+// handedListeners is store as the manager takes it: nil without one (a
+// nil *handed.Store in the interface would not be nil).
+func handedListeners(store *handed.Store) instance.HandedListeners {
+	if store == nil {
+		return nil
+	}
+	return store
 }

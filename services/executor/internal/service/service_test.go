@@ -173,11 +173,12 @@ func TestConfineConfig(t *testing.T) {
 		Listen: "unix:///run/wasmlet/exec/e.sock", Registry: "unix:///run/wasmlet/reg/r.sock",
 		StateDir: "/var/lib/ex", MountRoots: []string{"/var/lib/pods"}, LandlockRW: []string{"/data"},
 		CPUCgroup: "/sys/fs/cgroup/wasmlet", ArtifactKeyFile: key, Confine: true, RunAsUser: "nobody",
+		ListenerSocket: "/run/wasmlet/handoff/l.sock",
 	}
 	cfg.TLS.CertFile = "/etc/wasmlet/tls/e.crt"
 	cfg.RegistryTLS.CAFile = "/etc/wasmlet/ca/ca.crt"
 	cc := cfg.ConfineConfig()
-	for _, p := range []string{"/var/lib/ex", "/var/lib/pods", "/data", "/run/wasmlet/exec", "/sys/fs/cgroup/wasmlet", keyDir} {
+	for _, p := range []string{"/var/lib/ex", "/var/lib/pods", "/data", "/run/wasmlet/exec", "/run/wasmlet/handoff", "/sys/fs/cgroup/wasmlet", keyDir} {
 		if !slices.Contains(cc.ReadWrite, p) {
 			t.Errorf("ReadWrite %v lacks %s", cc.ReadWrite, p)
 		}
