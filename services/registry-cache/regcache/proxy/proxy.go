@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -34,7 +35,8 @@ import (
 
 // Client implements regcache.Cache over gRPC.
 type Client struct {
-	rpc registryv1.RegistryServiceClient
+	rpc  registryv1.RegistryServiceClient
+	name string // the cache's address, named when it cannot be reached
 	// noPrecompiled is set once the server answered that it stores no
 	// precompiled modules: later gets are misses, puts fail, without a call.
 	noPrecompiled atomic.Bool
@@ -67,7 +69,25 @@ var (
 
 // New returns a client that talks over conn.
 func New(conn grpc.ClientConnInterface) *Client {
-	return &Client{rpc: registryv1.NewRegistryServiceClient(conn)}
+	c := &Client{rpc: registryv1.NewRegistryServiceClient(conn), name: "the registry cache"}
+	if t, ok := conn.(interface{ Target() string }); ok {
+		c.name = "the registry cache at " + strings.TrimPrefix(t.Target(), "passthrough:///")
+	}
+	return c
+}
+
+// fromStatus maps a call's error back to the regcache sentinels, and says
+// which cache did not answer when the call never reached it (a connection
+// refused or cut, a keepalive ping unanswered: a paused or stopped cache),
+// which the bare transport error does not say. The cache's own
+// Unavailable (the origin registry could not be reached) says so in its
+// message and is left as it is.
+func fromStatus(err error, cache string) error {
+	e := wire.FromStatus(err)
+	if st, ok := status.FromError(err); ok && st.Code() == codes.Unavailable && !strings.Contains(st.Message(), regcache.ErrUnavailable.Error()) {
+		return fmt.Errorf("%s did not answer: %w", cache, e)
+	}
+	return e
 }
 
 // Resolve implements regcache.Cache.
@@ -90,7 +110,7 @@ func (c *Client) Resolve(ctx context.Context, req regcache.ResolveRequest) (regc
 	}
 	resp, err := c.rpc.Resolve(ctx, preq)
 	if err != nil {
-		return regcache.Resolved{}, wire.FromStatus(err)
+		return regcache.Resolved{}, fromStatus(err, c.name)
 	}
 	return regcache.Resolved{
 		Reference:      resp.GetReference(),
@@ -110,7 +130,7 @@ func (c *Client) Fetch(ctx context.Context, digest string) (io.ReadCloser, int64
 	stream, err := c.rpc.Fetch(ctx, &registryv1.FetchRequest{Digest: digest})
 	if err != nil {
 		cancel()
-		return nil, 0, wire.FromStatus(err)
+		return nil, 0, fromStatus(err, c.name)
 	}
 	first, err := stream.Recv()
 	if err != nil {
@@ -118,14 +138,14 @@ func (c *Client) Fetch(ctx context.Context, digest string) (io.ReadCloser, int64
 		if errors.Is(err, io.EOF) {
 			return nil, 0, fmt.Errorf("fetch %s: the server ended the stream without data", digest)
 		}
-		return nil, 0, wire.FromStatus(err)
+		return nil, 0, fromStatus(err, c.name)
 	}
 	size := first.GetSize()
 	recv := func() ([]byte, error) {
 		msg, err := stream.Recv()
 		return msg.GetChunk(), err
 	}
-	return &reader{recv: recv, cancel: cancel, buf: first.GetChunk(), want: size, digest: digest}, size, nil
+	return &reader{recv: recv, cancel: cancel, buf: first.GetChunk(), want: size, digest: digest, cache: c.name}, size, nil
 }
 
 // Pin implements regcache.Pinner. The TTL travels in whole seconds,
@@ -136,13 +156,13 @@ func (c *Client) Pin(ctx context.Context, req regcache.PinRequest) error {
 	}
 	ttl := int64((req.TTL + time.Second - 1) / time.Second)
 	_, err := c.rpc.Pin(ctx, &registryv1.PinRequest{Holder: req.Holder, Digest: req.Digest, TtlSeconds: ttl})
-	return wire.FromStatus(err)
+	return fromStatus(err, c.name)
 }
 
 // Unpin implements regcache.Pinner.
 func (c *Client) Unpin(ctx context.Context, req regcache.UnpinRequest) error {
 	_, err := c.rpc.Unpin(ctx, &registryv1.UnpinRequest{Holder: req.Holder, Digest: req.Digest})
-	return wire.FromStatus(err)
+	return fromStatus(err, c.name)
 }
 
 // PutPrecompiled implements regcache.PrecompiledStore: it streams r in
@@ -158,7 +178,7 @@ func (c *Client) PutPrecompiled(ctx context.Context, key regcache.PrecompiledKey
 		return fmt.Errorf("put precompiled %s: %w", key.EngineKey, errNoPrecompiled)
 	}
 	if err != nil {
-		return wire.FromStatus(err)
+		return fromStatus(err, c.name)
 	}
 	first := &registryv1.PutPrecompiledRequest{ModuleDigest: key.ModuleDigest, EngineKey: key.EngineKey, Digest: info.Digest, Size: info.Size}
 	buf := make([]byte, chunkSize)
@@ -187,7 +207,7 @@ func (c *Client) PutPrecompiled(ctx context.Context, key regcache.PrecompiledKey
 	if c.precompiledUnsupported(err) {
 		return fmt.Errorf("put precompiled %s: %w", key.EngineKey, errNoPrecompiled)
 	}
-	return wire.FromStatus(err)
+	return fromStatus(err, c.name)
 }
 
 // GetPrecompiled implements regcache.PrecompiledStore, like Fetch; the
@@ -212,7 +232,7 @@ func (c *Client) GetPrecompiled(ctx context.Context, key regcache.PrecompiledKey
 	case errors.Is(err, io.EOF):
 		return nil, regcache.Precompiled{}, fmt.Errorf("get precompiled %s: the server ended the stream without data", key.EngineKey)
 	}
-	return nil, regcache.Precompiled{}, wire.FromStatus(err)
+	return nil, regcache.Precompiled{}, fromStatus(err, c.name)
 }
 
 // precompiledReader reads the artifact whose first message is first, the
@@ -228,7 +248,7 @@ func (c *Client) precompiledReader(key regcache.PrecompiledKey, first *registryv
 		cancel()
 		return nil, regcache.Precompiled{}, fmt.Errorf("get precompiled %s: the server sent digest %q: %w", key.EngineKey, info.Digest, regcache.ErrDigestMismatch)
 	}
-	return &reader{recv: recv, cancel: cancel, buf: first.GetChunk(), want: info.Size, digest: info.Digest, verifier: d.Verifier()}, info, nil
+	return &reader{recv: recv, cancel: cancel, buf: first.GetChunk(), want: info.Size, digest: info.Digest, verifier: d.Verifier(), cache: c.name}, info, nil
 }
 
 // chunkSize matches the server's chunks.
@@ -243,6 +263,7 @@ type reader struct {
 	got      int64
 	want     int64
 	digest   string
+	cache    string // Client.name
 	err      error
 }
 
@@ -264,7 +285,7 @@ func (r *reader) Read(p []byte) (int, error) {
 			continue
 		}
 		if err != nil {
-			r.err = wire.FromStatus(err)
+			r.err = fromStatus(err, r.cache)
 			continue
 		}
 		r.buf = chunk

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -135,5 +137,42 @@ func TestFetchLargeModule(t *testing.T) {
 	}
 	if !strings.HasPrefix(res.Reference, reg.Host) {
 		t.Fatalf("reference %q", res.Reference)
+	}
+}
+
+// unavailableOrigin answers every resolve as a cache whose origin
+// registry cannot be reached.
+type unavailableOrigin struct{ regcache.Cache }
+
+func (unavailableOrigin) Resolve(_ context.Context, req regcache.ResolveRequest) (regcache.Resolved, error) {
+	return regcache.Resolved{}, fmt.Errorf("resolve %s: %w: dial tcp: connection refused", req.Reference, regcache.ErrUnavailable)
+}
+
+// A pull through a registry cache that does not answer says which cache
+// (the transport's own error names none); a cache that answers that its
+// origin is unreachable is not blamed.
+func TestUnreachableCacheIsNamed(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nothing listens there now
+	conn, err := grpcutil.Dial("tcp://" + addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = proxy.New(conn).Resolve(ctx, regcache.ResolveRequest{Reference: "r.example/m:v1"})
+	if !errors.Is(err, regcache.ErrUnavailable) || !strings.Contains(err.Error(), "the registry cache at "+addr+" did not answer") {
+		t.Errorf("resolve through a cache that is not there: %v; want ErrUnavailable naming the cache at %s", err, addr)
+	}
+
+	c := serveCache(t, unavailableOrigin{})
+	_, err = c.Resolve(ctx, regcache.ResolveRequest{Reference: "r.example/m:v1"})
+	if !errors.Is(err, regcache.ErrUnavailable) || strings.Contains(err.Error(), "did not answer") {
+		t.Errorf("resolve through a cache whose origin is down: %v; want ErrUnavailable, the cache not blamed", err)
 	}
 }
