@@ -1,6 +1,7 @@
 // Package supervisor starts the node agent's own executor as a child process
-// and restarts it, with back-off, when it dies. It owns the child process
-// and nothing else: what the child's death means for pods is for the
+// and restarts it, with back-off, when it dies, with a listener socket
+// (ListenerSocket) on which the node agent hands it pods' listeners. It
+// owns the child process and nothing else: what the child's death means for pods is for the
 // executor watcher to find out (the executor's id changes).
 package supervisor
 
@@ -14,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -29,7 +31,21 @@ type Config struct {
 	// The executor confines itself by default (no_new_privs, seccomp,
 	// Landlock); these say how, as its flags.
 	Confinement Confinement
+
+	// ListenerSocket is the executor's --listener-socket, on which the node
+	// agent hands it listening sockets opened in pods' network namespaces
+	// (package instances/handoff); empty: the --listener-socket of Args, or
+	// else listeners.sock in the --state-dir of Args, when they name one
+	// and the path fits a unix socket.
+	ListenerSocket string
 }
+
+// ListenerSocketName is the listener socket's name in the executor's state
+// dir, by default.
+const ListenerSocketName = "listeners.sock"
+
+// maxSocketPath is the longest path a unix socket may have on Linux.
+const maxSocketPath = 107
 
 // Confinement is how the child confines itself (see the executor's
 // internal/confine).
@@ -84,6 +100,21 @@ func New(cfg Config) (*Supervisor, error) {
 	if _, err := os.Stat(cfg.Binary); err != nil {
 		return nil, fmt.Errorf("executor binary: %w (build it with `make build`, or pass --executor-binary)", err)
 	}
+	if inArgs := flagValue(cfg.Args, "listener-socket"); inArgs != "" {
+		if cfg.ListenerSocket != "" && cfg.ListenerSocket != inArgs {
+			return nil, fmt.Errorf("supervisor: ListenerSocket %q and --listener-socket %q in Args differ", cfg.ListenerSocket, inArgs)
+		}
+		cfg.ListenerSocket = inArgs
+	}
+	if cfg.ListenerSocket == "" {
+		if dir := flagValue(cfg.Args, "state-dir"); dir != "" {
+			if p := filepath.Join(dir, ListenerSocketName); filepath.IsAbs(p) && len(p) <= maxSocketPath {
+				cfg.ListenerSocket = p
+			}
+		}
+	} else if !filepath.IsAbs(cfg.ListenerSocket) || len(cfg.ListenerSocket) > maxSocketPath {
+		return nil, fmt.Errorf("supervisor: ListenerSocket %q: want an absolute path of at most %d bytes", cfg.ListenerSocket, maxSocketPath)
+	}
 	if cfg.Output == nil {
 		cfg.Output = os.Stderr
 	}
@@ -91,6 +122,35 @@ func New(cfg Config) (*Supervisor, error) {
 		cfg.Log = slog.Default()
 	}
 	return &Supervisor{cfg: cfg}, nil
+}
+
+// ListenerSocket is the executor's --listener-socket ("" for none): where
+// the node agent hands it listeners (handoff.Send) for instances created
+// with Spec.HandedListeners.
+func (s *Supervisor) ListenerSocket() string { return s.cfg.ListenerSocket }
+
+// args are the child's flags.
+func (s *Supervisor) args() []string {
+	args := append(slices.Clone(s.cfg.Args), s.cfg.Confinement.flags()...)
+	if s.cfg.ListenerSocket != "" && flagValue(s.cfg.Args, "listener-socket") == "" {
+		args = append(args, "--listener-socket", s.cfg.ListenerSocket)
+	}
+	return args
+}
+
+// flagValue is the value of the last --name (or -name) in args, "" if
+// none.
+func flagValue(args []string, name string) string {
+	v := ""
+	for i, a := range args {
+		a = strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-")
+		if a == name && i+1 < len(args) {
+			v = args[i+1]
+		} else if val, ok := strings.CutPrefix(a, name+"="); ok {
+			v = val
+		}
+	}
+	return v
 }
 
 // Run starts the child and restarts it whenever it exits, until ctx ends;
@@ -117,7 +177,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 }
 
 func (s *Supervisor) runOnce(ctx context.Context) error {
-	cmd := exec.Command(s.cfg.Binary, append(slices.Clone(s.cfg.Args), s.cfg.Confinement.flags()...)...)
+	cmd := exec.Command(s.cfg.Binary, s.args()...)
 	cmd.Env = append(os.Environ(), s.cfg.Env...)
 	cmd.Stdout, cmd.Stderr = s.cfg.Output, s.cfg.Output
 	// Its own process group, so that a terminal's ^C reaches the node agent
