@@ -4,7 +4,8 @@
 // the instance lifecycle (Run: its thread and CPU limit, kill, usage, and
 // the one rule for how a run ended), WASI's poll_oneoff (Poller: clocks
 // and sockets, ended by a kill), listeners (opened in a network namespace
-// with InNetNS, named to the module by ListenEnv), the checks of modules
+// with InNetNS, or handed over already open, named to the module by
+// ListenEnv), the checks of modules
 // and specs, and compiled artifacts on disk (bounded by NewDiskCache) and
 // in a shared store (Artifacts). The implementations (engine/wasmtime, the default;
 // engine/wazero, pure Go) keep only what is their runtime's: compiling,
