@@ -345,6 +345,18 @@ func Handler(r Routes, lim Limits, log *slog.Logger) (http.Handler, error) {
 	return recoverPanics(mux, log), nil
 }
 
+// ErrUnavailable marks an error of a backend that cannot be reached for
+// now (wrap it with Unavailable): answered 503 with Retry-After, as a
+// request worth retrying, not a 500.
+var ErrUnavailable = errors.New("temporarily unavailable")
+
+// Unavailable marks err as ErrUnavailable, keeping its message.
+func Unavailable(err error) error { return unavailable{err} }
+
+type unavailable struct{ error }
+
+func (u unavailable) Unwrap() []error { return []error{u.error, ErrUnavailable} }
+
 var (
 	errNotImplemented = errors.New("not implemented by this node")
 	errTooManyFollows = errors.New("too many followed logs")
@@ -409,6 +421,9 @@ func writeError(w http.ResponseWriter, req *http.Request, err error, log *slog.L
 	case errors.Is(err, errTooManyFollows):
 		code, reason = http.StatusTooManyRequests, metav1.StatusReasonTooManyRequests
 		w.Header().Set("Retry-After", "10")
+	case errors.Is(err, ErrUnavailable):
+		code, reason = http.StatusServiceUnavailable, metav1.StatusReasonServiceUnavailable
+		w.Header().Set("Retry-After", "5")
 	case errors.Is(err, context.Canceled):
 		return
 	}

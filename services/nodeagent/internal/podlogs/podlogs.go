@@ -57,6 +57,11 @@ type Options struct {
 // DefaultTailBytes bounds the records a reader keeps to find a tail.
 const DefaultTailBytes = 4 << 20
 
+// ErrUnavailable: the node agent's NATS connection is down (NATS away, or
+// the node cut off from it). The executors keep their pods' lines and
+// publish them when they reach NATS again: nothing is lost, only late.
+var ErrUnavailable = errors.New("the node agent cannot reach NATS, which holds the pods' logs; the lines are kept and readable once it reconnects: retry shortly")
+
 // Reader reads one node's container logs.
 type Reader struct {
 	JS   jetstream.JetStream
@@ -79,6 +84,9 @@ func (r *Reader) Open(ctx context.Context, namespace, pod, container, instanceID
 	if !opts.Since.IsZero() {
 		cfg.DeliverPolicy = jetstream.DeliverByStartTimePolicy
 		cfg.OptStartTime = &opts.Since
+	}
+	if nc := r.JS.Conn(); nc != nil && !nc.IsConnected() {
+		return nil, fmt.Errorf("open log stream of %s/%s/%s: %w (%s)", namespace, pod, container, ErrUnavailable, nc.Status())
 	}
 	cons, err := r.JS.OrderedConsumer(ctx, subjects.LogsStream, cfg)
 	if err != nil {

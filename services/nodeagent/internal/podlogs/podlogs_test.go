@@ -3,6 +3,7 @@ package podlogs
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -197,5 +198,25 @@ func TestBatchesAndSingleRecords(t *testing.T) {
 	batch(rec("i", 10), rec("i", 12), rec("i", 13)) // 10 again: skipped
 	if got := next(3); got != "11 12 13" {
 		t.Fatalf("follow, new: %q", got)
+	}
+}
+
+// kubectl logs while the node agent has no NATS connection is answered at
+// once, saying why and that the lines are kept, rather than after the
+// request's timeout with "context deadline exceeded".
+func TestOpenWithoutNATSSaysSo(t *testing.T) {
+	srv, js := natstest.JetStream(t, "")
+	srv.Shutdown()
+	deadline := time.Now().Add(10 * time.Second)
+	for js.Conn().IsConnected() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	r := &Reader{JS: js, Node: "n"}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err := r.Open(ctx, "ns", "p", "c", "i", Options{})
+	if !errors.Is(err, ErrUnavailable) || time.Since(start) > time.Second {
+		t.Fatalf("open without NATS: %v after %s; want ErrUnavailable at once", err, time.Since(start))
 	}
 }

@@ -322,7 +322,11 @@ func (p *Provider) GetContainerLogs(ctx context.Context, ns, name, container str
 	if opts.SinceSeconds > 0 {
 		o.Since = time.Now().Add(-time.Duration(opts.SinceSeconds) * time.Second)
 	}
-	return p.cfg.Logs.Open(ctx, ns, name, container, id, o)
+	rc, err := p.cfg.Logs.Open(ctx, ns, name, container, id, o)
+	if errors.Is(err, podlogs.ErrUnavailable) {
+		err = kubeletapi.Unavailable(err)
+	}
+	return rc, err
 }
 
 // ended returns a channel closed once instance id of the container has
