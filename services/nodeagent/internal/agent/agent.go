@@ -529,7 +529,8 @@ func Run(ctx context.Context, cfg Config) error {
 
 // nodeRESTConfig is the node's API identity: Kubeconfig's, bootstrapped
 // first with BootstrapKubeconfig when it is missing or its certificate
-// unusable, and renewed in the background with RotateCertificates (the
+// unusable (without one, such a kubeconfig is an error saying what to
+// give), and renewed in the background with RotateCertificates (the
 // returned config then presents the current certificate).
 func nodeRESTConfig(ctx context.Context, cfg Config, goRun func(string, func(context.Context) error)) (*rest.Config, error) {
 	cc := clientcert.Config{
@@ -543,10 +544,8 @@ func nodeRESTConfig(ctx context.Context, cfg Config, goRun func(string, func(con
 			return cs, nil
 		},
 	}
-	if cfg.BootstrapKubeconfig != "" {
-		if err := clientcert.Bootstrap(ctx, cc); err != nil {
-			return nil, err
-		}
+	if err := clientcert.Bootstrap(ctx, cc); err != nil {
+		return nil, err
 	}
 	restCfg, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
 	if err != nil {

@@ -43,6 +43,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 	certutil "k8s.io/client-go/util/cert"
 	"k8s.io/client-go/util/certificate"
 	"k8s.io/client-go/util/certificate/csr"
@@ -130,12 +131,14 @@ func Usages(privateKey any) []certificatesv1.KeyUsage {
 }
 
 // Bootstrap makes sure that Kubeconfig holds a usable client certificate
-// for the node. When it already does it returns at once; otherwise, with
-// the BootstrapKubeconfig's credentials, it requests one and waits (as long
-// as ctx lasts, logging every PendingReport which CSR waits for approval)
+// for the node. When it already does (or, with no BootstrapKubeconfig,
+// holds other credentials, such as a token) it returns at once. Otherwise a
+// pair already in CertDir that is valid for this node is used without a
+// new request (Kubeconfig is rewritten to point at it); else, with the
+// BootstrapKubeconfig's credentials, it requests one and waits (as long as
+// ctx lasts, logging every PendingReport which CSR waits for approval)
 // until it is issued, stores the pair in CertDir and writes Kubeconfig
-// pointing at it. A pair already in CertDir that is valid for this node is
-// used without a new request.
+// pointing at it. With neither, it fails with ErrNoBootstrap.
 func Bootstrap(ctx context.Context, cfg Config) error {
 	if err := cfg.check(); err != nil {
 		return err
@@ -145,12 +148,16 @@ func Bootstrap(ctx context.Context, cfg Config) error {
 		cfg.Log.Info("node kubeconfig holds a usable client certificate", "kubeconfig", cfg.Kubeconfig)
 		return nil
 	}
-	if cfg.BootstrapKubeconfig == "" {
-		return fmt.Errorf("%w: kubeconfig %s: %v: give a kubeconfig with the node's client certificate, or --bootstrap-kubeconfig with a bootstrap token", ErrNoBootstrap, cfg.Kubeconfig, reason)
+	if cfg.BootstrapKubeconfig == "" && errors.Is(reason, ErrNoClientCertificate) {
+		cfg.Log.Info("node kubeconfig uses other credentials than a client certificate", "kubeconfig", cfg.Kubeconfig)
+		return nil
 	}
-	boot, err := LoadBootstrap(cfg.BootstrapKubeconfig)
-	if err != nil {
-		return err
+	var boot *rest.Config
+	if cfg.BootstrapKubeconfig != "" {
+		var err error
+		if boot, err = LoadBootstrap(cfg.BootstrapKubeconfig); err != nil {
+			return err
+		}
 	}
 	if err := os.MkdirAll(cfg.CertDir, 0o700); err != nil {
 		return fmt.Errorf("client certificate directory: %w", err)
@@ -160,9 +167,21 @@ func Bootstrap(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("node client certificate: %w", err)
 	}
 	if c, err := store.Current(); err == nil && c.Leaf != nil && fitsNode(c.Leaf, cfg.NodeName, time.Now()) {
-		cfg.Log.Info("node client certificate found in the certificate directory; writing the kubeconfig for it",
-			"kubeconfig", cfg.Kubeconfig, "why", reason.Error(), "pair", store.CurrentPath(), "not_after", c.Leaf.NotAfter)
-		return writeKubeconfig(cfg.Kubeconfig, boot, store.CurrentPath())
+		// A renewal the kubeconfig does not point at (it held its own
+		// pair), or a kubeconfig lost: the cluster is the bootstrap
+		// kubeconfig's, else the old kubeconfig's.
+		cluster := boot
+		if cluster == nil {
+			cluster, err = clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+		}
+		if err == nil {
+			cfg.Log.Info("node client certificate found in the certificate directory; writing the kubeconfig for it",
+				"kubeconfig", cfg.Kubeconfig, "why", reason.Error(), "pair", store.CurrentPath(), "not_after", c.Leaf.NotAfter)
+			return writeKubeconfig(cfg.Kubeconfig, cluster, store.CurrentPath())
+		}
+	}
+	if boot == nil {
+		return fmt.Errorf("%w: kubeconfig %s: %v: give a kubeconfig with the node's client certificate, or --bootstrap-kubeconfig with a bootstrap token", ErrNoBootstrap, cfg.Kubeconfig, reason)
 	}
 	ctx = csrcert.WithLogger(ctx, cfg.Log) // the csr package's own log lines
 	cfg.Log.Info("bootstrapping the node client certificate", "why", reason.Error(),

@@ -449,3 +449,37 @@ func TestBootstrapSendErrors(t *testing.T) {
 		})
 	}
 }
+
+// Without a bootstrap kubeconfig: a kubeconfig with a token is left as it
+// is; one whose certificate expired is pointed at a renewal kept in CertDir
+// (a rotation it did not follow), else refused with what to give.
+func TestBootstrapWithoutBootstrapKubeconfig(t *testing.T) {
+	ca := newTestCA(t)
+	dir := t.TempDir()
+	cfg := Config{CertDir: filepath.Join(dir, "pki"), NodeName: "n1", NewClient: noClient(t)}
+
+	cfg.Kubeconfig = filepath.Join(dir, "token.kubeconfig")
+	writeKubeconfigFile(t, cfg.Kubeconfig, "https://127.0.0.1:1", ca.pem, "some-token", nil, nil)
+	if err := Bootstrap(t.Context(), cfg); err != nil {
+		t.Errorf("token kubeconfig: %v", err)
+	}
+
+	cfg.Kubeconfig = filepath.Join(dir, "expired.kubeconfig")
+	expired, expiredKey := ca.pair(t, "n1", time.Now().Add(-time.Minute))
+	writeKubeconfigFile(t, cfg.Kubeconfig, "https://127.0.0.1:1", ca.pem, "", expired, expiredKey)
+	if err := Bootstrap(t.Context(), cfg); !errors.Is(err, ErrNoBootstrap) || !strings.Contains(err.Error(), "expired") || !strings.Contains(err.Error(), "--bootstrap-kubeconfig") {
+		t.Errorf("expired kubeconfig, nothing in CertDir: %v", err)
+	}
+
+	renewed, renewedKey := ca.pair(t, "n1", time.Now().Add(time.Hour))
+	if err := os.WriteFile(filepath.Join(cfg.CertDir, "kubelet-client-current.pem"), append(renewed, renewedKey...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := Bootstrap(t.Context(), cfg); err != nil {
+		t.Fatalf("expired kubeconfig, renewal in CertDir: %v", err)
+	}
+	rc := mustLoad(t, cfg.Kubeconfig)
+	if err := Unusable(cfg.Kubeconfig, time.Now()); err != nil || rc.Host != "https://127.0.0.1:1" {
+		t.Errorf("rewritten kubeconfig: %v, server %s", err, rc.Host)
+	}
+}

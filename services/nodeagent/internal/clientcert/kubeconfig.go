@@ -14,6 +14,10 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
 
+// ErrNoClientCertificate is Unusable's answer for a kubeconfig that
+// authenticates otherwise (a token) or not at all.
+var ErrNoClientCertificate = errors.New("holds no client certificate")
+
 // Unusable says why the kubeconfig at path cannot identify the node by a
 // client certificate (missing, unreadable, no certificate, a key that does
 // not match, expired); nil when it can.
@@ -54,7 +58,7 @@ func clientCertificate(rc *rest.Config) (*x509.Certificate, error) {
 		}
 	}
 	if len(certPEM) == 0 {
-		return nil, errors.New("holds no client certificate")
+		return nil, ErrNoClientCertificate
 	}
 	pair, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
