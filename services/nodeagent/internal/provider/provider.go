@@ -29,6 +29,7 @@ import (
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/executors"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/kubeletapi"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/podlogs"
+	"github.com/wasmlet/wasmlet/services/nodeagent/internal/podnet"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/podworker"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
 )
@@ -48,6 +49,11 @@ type Config struct {
 	VolumeRefresh time.Duration
 	// AllowedHostPaths are the roots hostPath volumes may use (optional).
 	AllowedHostPaths []string
+	// Network, optional, puts pods that declare ports on the pod network;
+	// ListenerSockets are the listener sockets (executor --listener-socket)
+	// of the replicas that have one, by replica ID.
+	Network         *podnet.Manager
+	ListenerSockets map[string]string
 	// ProcDir is where the node's CPU and memory figures are read (default /proc).
 	ProcDir string
 	Log     *slog.Logger
@@ -136,6 +142,10 @@ func (p *Provider) CreatePod(ctx context.Context, pod *v1.Pod) error {
 	}
 	binding := p.cfg.Pool.Bind(ctx, flavour, map[string]string{podworker.LabelPodUID: string(pod.UID)},
 		len(pod.Spec.InitContainers)+len(pod.Spec.Containers))
+	var network podworker.Network
+	if p.cfg.Network != nil {
+		network = &podNetwork{net: p.cfg.Network, binding: binding, sockets: p.cfg.ListenerSockets}
+	}
 	w := podworker.New(podworker.Deps{
 		Client:           p.cfg.Client,
 		Cache:            p.cfg.Cache,
@@ -147,6 +157,7 @@ func (p *Provider) CreatePod(ctx context.Context, pod *v1.Pod) error {
 		Backoff:          p.cfg.Backoff,
 		AllowedHostPaths: p.cfg.AllowedHostPaths,
 		VolumeRefresh:    p.cfg.VolumeRefresh,
+		Network:          network,
 		Notify:           p.notifyPod,
 		Log:              p.cfg.Log,
 	}, pod)
