@@ -105,6 +105,13 @@ type Config struct {
 	// precompiled modules it shares (--artifact-key-file); empty: one of
 	// its own, so that it shares with no other node's executor.
 	ExecutorArtifactKeyFile string
+	// PodNetwork is PodNetworkAuto (""), PodNetworkBridge or
+	// PodNetworkOff: whether and how pods that declare ports get a network
+	// namespace and an address of their own (CNI). CNIConfDir and
+	// CNIBinDir are where the network configs and plugins are (defaults
+	// /etc/cni/net.d, or <StateDir>/cni/net.d for the bridge, and
+	// /opt/cni/bin).
+	PodNetwork, CNIConfDir, CNIBinDir string
 	// MaxLogFollows is how many kubectl logs -f the kubelet API serves at
 	// once (0: kubeletapi.DefaultMaxFollows); one more is answered 429.
 	MaxLogFollows int
@@ -320,6 +327,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	// Executors.
 	execAddrs := cfg.Executors
+	listenerSockets := map[string]string{}
 	if supervised {
 		addr := "unix://" + filepath.Join(execPaths.socketDir, "executor.sock")
 		execAddrs = map[string]string{cfg.DefaultExecutor: addr}
@@ -365,6 +373,9 @@ func Run(ctx context.Context, cfg Config) error {
 		})
 		if err != nil {
 			return err
+		}
+		if ls := sup.ListenerSocket(); ls != "" {
+			listenerSockets[cfg.DefaultExecutor] = ls // the supervised replica's ID is its flavour
 		}
 		goRun("executor supervisor", sup.Run)
 	}
@@ -438,7 +449,12 @@ func Run(ctx context.Context, cfg Config) error {
 	// the pod worker reads what a pod references with GET instead.
 	unstarted, _ := newCoreInformers(client, 0, nil)
 
+	podNet, err := startPodNetwork(ctx, cfg, client, log)
+	if err != nil {
+		return err
+	}
 	prov, err := provider.New(ctx, provider.Config{
+		Network: podNet, ListenerSockets: listenerSockets,
 		Client: client, Cache: cache, Pool: pool, Recorder: recorder,
 		Logs:     &podlogs.Reader{JS: js, Node: cfg.NodeName, Log: log},
 		NodeName: cfg.NodeName, NodeIP: cfg.NodeIP, StateDir: cfg.StateDir,
