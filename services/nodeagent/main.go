@@ -105,7 +105,7 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 	cfg.GRPCTLS.AddFlags(fs, "grpc-", "the node agent's gRPC clients to tcp:// executors (--executor or announced) and --registry-cache (also given to a supervised executor for --registry-cache)")
 	supervise := true
 	fs.BoolVar(&supervise, "supervise-executor", true, "with no --executor, start and supervise one executor child; false: run pods only on executors that announce themselves on NATS for this node (executor --node NAME --flavour FLAVOUR --nats URL)")
-	fs.StringVar(&cfg.DefaultExecutor, "default-executor", "wasmtime", "flavour for pods that name no RuntimeClass")
+	fs.StringVar(&cfg.DefaultExecutor, "default-executor", "wasmtime", "flavour for pods that name no RuntimeClass; the supervised executor serves it, on the engine of that name when it is wasmtime or wazero (only wazero hands pods their listening sockets)")
 	fs.Var(kv(cfg.RuntimeHandlers), "runtime-handler", "HANDLER=FLAVOUR: RuntimeClass handler routed to an executor flavour (repeatable)")
 	fs.StringVar(&cfg.ExecutorUser, "executor-user", agent.DefaultExecutorUser, "UID[:GID] (numbers; no /etc/passwd entry needed) that a root node agent runs its supervised executor as; its state dir, socket, the registry cache's socket and the pods' volumes are made usable by it (emptyDir writable, other volumes readable), hostPath volumes are as the host's modes let that user; root or empty: the executor runs as root")
 	fs.StringVar(&cfg.ExecutorBinary, "executor-binary", "", "executor binary to supervise (default: 'executor' beside this binary)")

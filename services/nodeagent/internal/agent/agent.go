@@ -340,6 +340,11 @@ func Run(ctx context.Context, cfg Config) error {
 			// Preopens may lie only under the pods' directories and the
 			// hostPath roots, as the node agent resolves them.
 			"--mount-root", execPaths.podsDir}
+		// A default flavour named after an engine runs on that engine
+		// (the executor's own default is wasmtime).
+		if cfg.DefaultExecutor == "wazero" || cfg.DefaultExecutor == "wasmtime" {
+			args = append(args, "--engine", cfg.DefaultExecutor)
+		}
 		for _, p := range cfg.AllowedHostPaths {
 			if real, err := filepath.EvalSymlinks(p); err == nil {
 				p = real
