@@ -291,6 +291,11 @@ func (c *Cluster) apiserverArgs() []string {
 	return args
 }
 
+// ClusterCIDR is the pods' range: private, used by nothing else on the
+// machines the stack runs on (Docker's networks are 172.16.0.0/12), and
+// apart from the Services' 10.0.0.0/24.
+const ClusterCIDR = "10.244.0.0/16"
+
 // componentArgs are the flags kube-scheduler and kube-controller-manager share.
 func (c *Cluster) componentArgs(name string, port int) []string {
 	kc := filepath.Join(c.dir, name+".kubeconfig")
@@ -329,6 +334,9 @@ func (c *Cluster) controllerManagerArgs() []string {
 		"--cluster-signing-key-file="+p.key(caName),
 		"--cluster-name=wasmlet-local",
 		"--kube-api-qps=100", "--kube-api-burst=200",
+		// Each Node gets a spec.podCIDR, a /24 of ClusterCIDR, from which a
+		// node agent with --pod-network=bridge gives its pods addresses.
+		"--allocate-node-cidrs=true", "--cluster-cidr="+ClusterCIDR,
 	)
 }
 
