@@ -36,7 +36,8 @@ const executorUID = 65532
 // the example server inside one on a listener the test (root, as the node
 // agent) opened there and handed over on the executor's --listener-socket.
 // It answers from inside the namespace; Stop closes it. An instance whose
-// listeners were not handed over fails ListenFailed.
+// listeners were not handed over fails ListenFailed. The same with an
+// executor in a network namespace of its own (--isolate-network).
 func TestHandedListenersExecutorProcess(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the executor binary")
@@ -55,7 +56,7 @@ func TestHandedListenersExecutorProcess(t *testing.T) {
 	}
 	defer os.RemoveAll(base)
 	dirs := map[string]string{}
-	for _, d := range []string{"sock", "reg", "state"} {
+	for _, d := range []string{"sock", "reg"} {
 		dirs[d] = filepath.Join(base, d)
 		if err := os.Mkdir(dirs[d], 0o755); err != nil {
 			t.Fatal(err)
@@ -91,9 +92,28 @@ func TestHandedListenersExecutorProcess(t *testing.T) {
 	defer stopReg()
 	go grpcutil.Serve(sctx, rs, rl, time.Second)
 
-	listenerSock := filepath.Join(dirs["state"], "listeners.sock")
-	e := startExecutor(t, ctx, bin, dirs["sock"], 1, "unix://"+regSock, "--engine", "wazero",
-		"--state-dir", dirs["state"], "--run-as-user", fmt.Sprint(executorUID), "--listener-socket", listenerSock)
+	for n, v := range []struct {
+		name  string
+		extra []string
+	}{
+		{"Unprivileged", nil},
+		// No network of its own at all: the handed socket is its only one.
+		{"IsolatedNetwork", []string{"--isolate-network"}},
+	} {
+		t.Run(v.name, func(t *testing.T) {
+			state := filepath.Join(base, "state"+v.name)
+			if err := os.Mkdir(state, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			testHandedListeners(t, ctx, bin, dirs["sock"], "unix://"+regSock, state, n+1, server, v.extra...)
+		})
+	}
+}
+
+func testHandedListeners(t *testing.T, ctx context.Context, bin, sockDir, regAddr, state string, n int, server string, extra ...string) {
+	listenerSock := filepath.Join(state, "listeners.sock")
+	e := startExecutor(t, ctx, bin, sockDir, n, regAddr, append([]string{"--engine", "wazero",
+		"--state-dir", state, "--run-as-user", fmt.Sprint(executorUID), "--listener-socket", listenerSock}, extra...)...)
 	infoResp, err := e.c.GetInfo(ctx, &executorv1.GetInfoRequest{})
 	if err != nil {
 		t.Fatal(err)

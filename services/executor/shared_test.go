@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -256,8 +257,13 @@ func startExecutor(t *testing.T, ctx context.Context, bin, sockDir string, n int
 	metricsAddr := ml.Addr().String()
 	ml.Close()
 	addr := "unix://" + filepath.Join(sockDir, fmt.Sprintf("exec%d-%d.sock", n, time.Now().UnixNano()%1e6))
-	args := append([]string{"--listen", addr, "--registry", regAddr, "--state-dir", t.TempDir(),
-		"--id", fmt.Sprintf("exec-%d", n), "--metrics-listen", metricsAddr}, extra...)
+	args := []string{"--listen", addr, "--registry", regAddr, "--state-dir", t.TempDir(), "--id", fmt.Sprintf("exec-%d", n)}
+	if slices.Contains(extra, "--isolate-network") { // no network for metrics
+		metricsAddr = ""
+	} else {
+		args = append(args, "--metrics-listen", metricsAddr)
+	}
+	args = append(args, extra...)
 	e := &executor{n: n, cmd: exec.Command(bin, args...), metrics: metricsAddr, stderr: &enginetest.Buffer{}, exited: make(chan error, 1)}
 	e.cmd.Stderr = e.stderr
 	if err := e.cmd.Start(); err != nil {
