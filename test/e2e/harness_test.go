@@ -86,7 +86,10 @@ func binaries(t *testing.T) string {
 		if build.err = run([]string{"GOOS=wasip1", "GOARCH=wasm"}, "build", "-o", filepath.Join(dir, "hello.wasm"), "./examples/hello"); build.err != nil {
 			return
 		}
-		build.err = run([]string{"GOOS=wasip1", "GOARCH=wasm"}, "build", "-ldflags", "-X main.version=v2", "-o", filepath.Join(dir, "hello-v2.wasm"), "./examples/hello")
+		if build.err = run([]string{"GOOS=wasip1", "GOARCH=wasm"}, "build", "-ldflags", "-X main.version=v2", "-o", filepath.Join(dir, "hello-v2.wasm"), "./examples/hello"); build.err != nil {
+			return
+		}
+		build.err = run([]string{"GOOS=wasip1", "GOARCH=wasm"}, "build", "-o", filepath.Join(dir, "httpserver.wasm"), "./examples/httpserver")
 	})
 	if build.err != nil {
 		t.Fatal(build.err)
@@ -124,7 +127,8 @@ func push(t *testing.T, repoTag string) string {
 	return pushModule(t, "hello.wasm", repoTag)
 }
 
-// pushModule pushes one of the built modules (hello.wasm, hello-v2.wasm).
+// pushModule pushes one of the built modules (hello.wasm, hello-v2.wasm,
+// httpserver.wasm).
 func pushModule(t *testing.T, module, repoTag string) string {
 	t.Helper()
 	bin := binaries(t)
