@@ -313,7 +313,7 @@ func Run(ctx context.Context, cfg Config) error {
 				return err
 			}
 		}
-		gs := grpc.NewServer()
+		gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(grpcutil.KeepaliveEnforcement))
 		server.New(lc).Register(gs)
 		goRun("registry cache server", func(ctx context.Context) error { return grpcutil.Serve(ctx, gs, l, 5*time.Second) })
 	} else {
