@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -23,6 +22,7 @@ import (
 	"github.com/wasmlet/wasmlet/services/executor/instances/handoff"
 	"github.com/wasmlet/wasmlet/services/executor/instances/wire"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine/enginetest"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/cachetest"
 	regserver "github.com/wasmlet/wasmlet/services/registry-cache/regcache/server"
 )
@@ -127,15 +127,7 @@ func testHandedListeners(t *testing.T, ctx context.Context, bin, sockDir, regAdd
 		t.Errorf("listener socket: %v %v, want mode 0600", st, err)
 	}
 
-	name := fmt.Sprintf("wasmlet-handoff-test-%d-%d", os.Getpid(), rand.IntN(1e6))
-	if b, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Skipf("ip netns add: %v: %s", err, b)
-	}
-	t.Cleanup(func() { exec.Command("ip", "netns", "delete", name).Run() })
-	if b, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		t.Fatalf("ip link set lo up: %v: %s", err, b)
-	}
-	netns := "/var/run/netns/" + name
+	name, netns := enginetest.NetNS(t, "wasmlet-handoff-test")
 	const port = 8080 // free: the namespace is new
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 

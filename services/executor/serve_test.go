@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -130,20 +129,10 @@ func TestServeExecutorProcess(t *testing.T) {
 	})
 
 	t.Run("NetNS", func(t *testing.T) {
-		if os.Geteuid() != 0 {
-			t.Skip("making a network namespace needs root")
-		}
-		name := fmt.Sprintf("wasmlet-exec-test-%d-%d", os.Getpid(), rand.IntN(1e6))
-		if b, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-			t.Skipf("ip netns add: %v: %s", err, b)
-		}
-		t.Cleanup(func() { exec.Command("ip", "netns", "delete", name).Run() })
-		if b, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
-			t.Fatalf("ip link set lo up: %v: %s", err, b)
-		}
+		name, netns := enginetest.NetNS(t, "wasmlet-exec-test")
 		_, port := enginetest.LoopbackAddr(t)
 		s := spec(port)
-		s.NetworkNamespace = "/var/run/netns/" + name
+		s.NetworkNamespace = netns
 
 		confined := startExecutor(t, ctx, bin, sockDir, 2, regAddr, "--engine", "wazero")
 		in, err := create(confined, "srv", s)

@@ -45,21 +45,7 @@ func TestServeListeners(t *testing.T) {
 	if err != nil || in.State != instances.StateRunning {
 		t.Fatalf("create: %+v %v", in, err)
 	}
-	c := &http.Client{Timeout: 5 * time.Second}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := c.Get("http://" + addr + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no answer at %s: %v", addr, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitServes(t, addr)
 
 	// Taken, by the running instance: the second one fails, saying so.
 	failed, err := m.Create(ctx, "srv2", spec, true)
@@ -95,6 +81,26 @@ func TestServeListeners(t *testing.T) {
 	}
 	if info, _ := wt.Info(ctx); info.Listeners {
 		t.Error("the wasmtime executor says it hands over listeners")
+	}
+}
+
+// waitServes waits up to 30 s for the example server at addr to answer.
+func waitServes(t *testing.T, addr string) {
+	t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := c.Get("http://" + addr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no answer at %s: %v", addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -150,21 +156,7 @@ func TestServeHandedListeners(t *testing.T) {
 	if err != nil || in.State != instances.StateRunning {
 		t.Fatalf("create: %+v %v", in, err)
 	}
-	c := &http.Client{Timeout: 5 * time.Second}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := c.Get("http://" + addr + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no answer at the handed %s: %v", addr, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitServes(t, addr)
 	if out, err := m.Stop(ctx, "srv", time.Second); err != nil || out.State != instances.StateKilled {
 		t.Fatalf("stop: %+v %v", out, err)
 	}

@@ -321,16 +321,19 @@ func testPortInUse(t *testing.T, e engine.Engine, m engine.Module) {
 	t.Logf("port in use: %v", err)
 }
 
-// testServeNetNS opens the listener in a network namespace the test makes:
-// it answers there, and nothing listens on the host's loopback.
-func testServeNetNS(t *testing.T, e engine.Engine, m engine.Module) {
+// NetNS makes a network namespace named prefix-<pid>-<random> with its
+// loopback up, deleted when t ends, and returns its name and path
+// (/var/run/netns/<name>). It skips t where none can be made (not root, no
+// ip command).
+func NetNS(t testing.TB, prefix string) (name, path string) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("making a network namespace needs root")
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Skip("no ip command (iproute2)")
 	}
-	name := fmt.Sprintf("wasmlet-test-%d-%d", os.Getpid(), rand.IntN(1e6))
+	name = fmt.Sprintf("%s-%d-%d", prefix, os.Getpid(), rand.IntN(1e6))
 	if b, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		t.Skipf("ip netns add: %v: %s", err, b)
 	}
@@ -338,7 +341,13 @@ func testServeNetNS(t *testing.T, e engine.Engine, m engine.Module) {
 	if b, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
 		t.Fatalf("ip link set lo up: %v: %s", err, b)
 	}
-	ns := "/var/run/netns/" + name
+	return name, "/var/run/netns/" + name
+}
+
+// testServeNetNS opens the listener in a network namespace the test makes:
+// it answers there, and nothing listens on the host's loopback.
+func testServeNetNS(t *testing.T, e engine.Engine, m engine.Module) {
+	_, ns := NetNS(t, "wasmlet-test")
 	_, port := LoopbackAddr(t)
 	hostAddr := fmt.Sprintf("127.0.0.1:%d", port)
 	spec := ServeSpec(t, "", port, &Buffer{})
