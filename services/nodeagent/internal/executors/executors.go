@@ -266,6 +266,31 @@ func (p *Pool) Flavour(pod *v1.Pod, handler string) (string, error) {
 		deref(pod.Spec.RuntimeClassName), handler, ErrNoHandler, p.handlerNames())
 }
 
+// ServingFlavour is the flavour a pod that declares ports runs on instead
+// of flavour: flavour itself when a replica of it hands modules listening
+// sockets (instances.Info.Listeners) or none has reported yet, else the
+// first other flavour with a replica that does; ok is false when there is
+// none.
+func (p *Pool) ServingFlavour(flavour string) (string, bool) {
+	serving := map[string]bool{}
+	reported := map[string]bool{}
+	for _, e := range p.All() {
+		if info, _ := e.Info(); info != nil {
+			reported[e.Flavour] = true
+			serving[e.Flavour] = serving[e.Flavour] || info.Listeners
+		}
+	}
+	if serving[flavour] || !reported[flavour] {
+		return flavour, true
+	}
+	for _, f := range p.flavours() {
+		if serving[f] {
+			return f, true
+		}
+	}
+	return flavour, false
+}
+
 // flavours lists the flavours with a replica now, sorted.
 func (p *Pool) flavours() []string {
 	var out []string

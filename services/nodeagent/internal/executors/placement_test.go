@@ -1,6 +1,10 @@
 package executors
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/wasmlet/wasmlet/services/executor/instances"
+)
 
 func TestChoose(t *testing.T) {
 	ok := func(id string, used, capacity int) candidate {
@@ -46,5 +50,33 @@ func TestPlaceSpreads(t *testing.T) {
 	}
 	if e := p.place("none", 1); e != nil {
 		t.Errorf("placed a flavour with no replica on %s", e.ID)
+	}
+}
+
+// A pod with ports goes to a flavour whose executors can hand modules
+// listening sockets when its own cannot.
+func TestServingFlavour(t *testing.T) {
+	p := &Pool{execs: map[string]*Executor{}}
+	add := func(id, flavour string, info *instances.Info) {
+		p.execs[id] = &Executor{ID: id, Flavour: flavour, healthy: true, gone: make(chan struct{}), info: info}
+	}
+	add("a", "wasmtime", &instances.Info{Engine: "wasmtime"})
+	add("b", "wazero", &instances.Info{Engine: "wazero", Listeners: true})
+	add("c", "pending", nil)
+	for _, tc := range []struct {
+		flavour, want string
+		ok            bool
+	}{
+		{"wasmtime", "wazero", true},
+		{"wazero", "wazero", true},
+		{"pending", "pending", true}, // not reported yet: as asked
+	} {
+		if got, ok := p.ServingFlavour(tc.flavour); got != tc.want || ok != tc.ok {
+			t.Errorf("ServingFlavour(%s) = %s, %v; want %s, %v", tc.flavour, got, ok, tc.want, tc.ok)
+		}
+	}
+	delete(p.execs, "b")
+	if got, ok := p.ServingFlavour("wasmtime"); got != "wasmtime" || ok {
+		t.Errorf("no flavour serves: ServingFlavour = %s, %v; want wasmtime, false", got, ok)
 	}
 }

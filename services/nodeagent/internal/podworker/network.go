@@ -38,10 +38,10 @@ type Attachment struct {
 // ErrExecutorListens: see Network.Serve.
 var ErrExecutorListens = errors.New("the executor opens the listeners itself")
 
-// needsNetwork reports whether the pod declares a port, and so gets a
+// NeedsNetwork reports whether the pod declares a port, and so gets a
 // namespace and an address of its own (a hostNetwork pod keeps the
 // node's).
-func needsNetwork(pod *v1.Pod) bool {
+func NeedsNetwork(pod *v1.Pod) bool {
 	if pod.Spec.HostNetwork {
 		return false
 	}
@@ -72,7 +72,7 @@ func listenersOf(c *v1.Container) []instances.Listener {
 // waiting in ContainerCreating.
 func (w *Worker) setupNetwork(ctx context.Context) bool {
 	pod := w.current()
-	if w.net != nil || !needsNetwork(pod) {
+	if w.net != nil || !NeedsNetwork(pod) {
 		return true
 	}
 	if w.deps.Network == nil {
@@ -128,7 +128,7 @@ func (w *Worker) serve(ctx context.Context, c *ctr, id string, spec *instances.S
 // stopped, trying for a while: an address left behind is lost to the node
 // until the node agent's next start cleans it up.
 func (w *Worker) teardownNetwork(ctx context.Context) {
-	if w.deps.Network == nil || !needsNetwork(w.current()) {
+	if w.deps.Network == nil || !NeedsNetwork(w.current()) {
 		return
 	}
 	for attempt := 0; ; attempt++ {

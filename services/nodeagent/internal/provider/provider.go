@@ -198,7 +198,18 @@ func (p *Provider) route(ctx context.Context, pod *v1.Pod) (string, error) {
 		}
 		handler = obj.Handler
 	}
-	return p.cfg.Pool.Flavour(pod, handler)
+	flavour, err := p.cfg.Pool.Flavour(pod, handler)
+	if err != nil || handler != "" || p.cfg.Network == nil || !podworker.NeedsNetwork(pod) {
+		return flavour, err
+	}
+	// A pod that names no RuntimeClass and declares ports runs where its
+	// ports can be served.
+	if serving, ok := p.cfg.Pool.ServingFlavour(flavour); ok && serving != flavour {
+		p.cfg.Recorder.Eventf(pod, v1.EventTypeNormal, "ServingFlavour",
+			"the pod declares ports, which executors of flavour %q cannot hand to a module (their engine has no socket preopen): it runs on flavour %q", flavour, serving)
+		return serving, nil
+	}
+	return flavour, nil
 }
 
 // UpdatePod passes a newer version of the pod to its worker.
