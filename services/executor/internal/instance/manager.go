@@ -11,6 +11,8 @@
 // with the spec). It holds each instance's module file in use
 // (modules.Store.Use) from Create until the instance is deleted, so the
 // bound of the module files never removes one an engine may read again.
+// Listeners handed over for an instance (Config.Handed) are taken at its
+// Create and given to the engine at its Start.
 //
 // Stopping: WASI preview 1 has no signals, so there is no way to ask a
 // module to end. Stop waits up to the grace period for the module to end
