@@ -52,7 +52,7 @@ func newEngine(cfg Config, cpu engine.ThreadLimiter, pc regcache.PrecompiledStor
 	case "wazero":
 		return wazero.New(wazero.Config{CacheDir: dir, CPU: cpu, Shared: shared, Logger: log, MaxCacheBytes: cfg.CompiledCacheBytes})
 	default:
-		return wasmtime.New(wasmtime.Config{CacheDir: dir, CPU: cpu, Shared: shared, Logger: log, MaxCacheBytes: cfg.CompiledCacheBytes})
+		return wasmtime.New(wasmtime.Config{CacheDir: dir, CPU: cpu, Shared: shared, Logger: log, MaxCacheBytes: cfg.CompiledCacheBytes, QuickFirst: cfg.QuickFirstCompile})
 	}
 }
 

@@ -72,6 +72,9 @@ type Config struct {
 	// CompiledCacheBytes bounds the engine's compiled code on disk; 0: the
 	// engine's default.
 	CompiledCacheBytes int64
+	// QuickFirstCompile: wasmtime compiles a module new to it quickly
+	// first and optimised in the background (wasmtime.Config.QuickFirst).
+	QuickFirstCompile bool
 	// ModuleCacheBytes bounds the module files on disk (StateDir/modules);
 	// 0: the module store's default.
 	ModuleCacheBytes int64

@@ -27,6 +27,37 @@ type module struct {
 	verified bool
 	stamp    engine.FileStamp // of the artifact when verified
 	pending  *flight          // the ensure running for it, if any
+	// quick is the quick artifact (Config.QuickFirst) as written, run
+	// until the optimised one is verified; zero when there is none.
+	quick artifact
+}
+
+// artifact is the code an instance of a module is started from: the
+// verified artifact, or the quick one, as it was stamped when checked.
+type artifact struct {
+	path  string
+	stamp engine.FileStamp
+	quick bool
+}
+
+// current is the artifact to start m from, if there is one, as it is on
+// disk now; m.mu is held.
+func (m *module) current() (artifact, bool) {
+	if m.verified {
+		fi, err := os.Stat(m.artifact)
+		if err == nil && engine.StampOf(fi).Equal(m.stamp) {
+			return artifact{path: m.artifact, stamp: m.stamp}, true
+		}
+		m.verified = false
+	}
+	if m.quick.quick {
+		fi, err := os.Stat(m.quick.path)
+		if err == nil && engine.StampOf(fi).Equal(m.quick.stamp) {
+			return m.quick, true
+		}
+		m.quick = artifact{}
+	}
+	return artifact{}, false
 }
 
 // flight is one ensure of a module, which its callers wait for.
@@ -61,25 +92,21 @@ func (e *Engine) Prepare(ctx context.Context, digest, wasmPath string) (engine.M
 	return m, nil
 }
 
-// ready makes m's artifact present and verified, records a use of it,
-// and returns its stamp. The caller holds a use of m.key (Engine.disk):
-// an artifact evicted before ready is compiled again here. The work
-// (verifying, fetching, compiling: see ensure) runs for one caller of a
-// module at a time, on a goroutine of its own: a caller whose
+// ready makes m's artifact present and verified (or, with
+// Config.QuickFirst, the quick one while the optimised one compiles),
+// records a use of it, and returns it. The caller holds a use of m.key
+// (Engine.disk): an artifact evicted before ready is compiled again here.
+// The work (verifying, fetching, compiling: see ensure) runs for one
+// caller of a module at a time, on a goroutine of its own: a caller whose
 // context ends stops waiting and gets ctx's error, while the work goes on
 // and leaves its result for the next caller (wasmtime cannot cancel a
 // compile). Callers that come meanwhile wait for the same work.
-func (e *Engine) ready(ctx context.Context, m *module) (engine.FileStamp, error) {
+func (e *Engine) ready(ctx context.Context, m *module) (artifact, error) {
 	m.mu.Lock()
-	if m.verified {
-		fi, err := os.Stat(m.artifact)
-		if err == nil && engine.StampOf(fi).Equal(m.stamp) {
-			st := m.stamp
-			m.mu.Unlock()
-			e.disk.Touch(m.artifact + ".sha256")
-			return st, nil
-		}
-		m.verified = false
+	if a, ok := m.current(); ok {
+		m.mu.Unlock()
+		e.touch(m, a)
+		return a, nil
 	}
 	f := m.pending
 	if f == nil {
@@ -104,15 +131,26 @@ func (e *Engine) ready(ctx context.Context, m *module) (engine.FileStamp, error)
 	select {
 	case <-f.done:
 	case <-ctx.Done():
-		return engine.FileStamp{}, fmt.Errorf("prepare module %s: %w", m.digest, ctx.Err())
+		return artifact{}, fmt.Errorf("prepare module %s: %w", m.digest, ctx.Err())
 	}
 	if f.err != nil {
-		return engine.FileStamp{}, f.err
+		return artifact{}, f.err
 	}
-	e.disk.Touch(m.artifact + ".sha256")
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.stamp, nil
+	a, ok := m.current()
+	m.mu.Unlock()
+	if !ok {
+		return artifact{}, fmt.Errorf("prepare module %s: its artifact changed on disk as it was made; start it again", m.digest)
+	}
+	e.touch(m, a)
+	return a, nil
+}
+
+// touch records a use of a's artifact on disk (its sidecar's mtime).
+func (e *Engine) touch(m *module, a artifact) {
+	if !a.quick {
+		e.disk.Touch(m.artifact + ".sha256")
+	}
 }
 
 // ensure makes m's artifact, found unverified, present and verified, and
@@ -135,6 +173,9 @@ func (e *Engine) ensure(ctx context.Context, m *module, wasmPath string) (added 
 	}
 	if e.fetchShared(ctx, m) {
 		return true, m.markVerified()
+	}
+	if e.quick != nil {
+		return false, e.compileQuick(m, wasmPath)
 	}
 	if err := e.compile(m, wasmPath); err != nil {
 		return false, err
@@ -177,6 +218,65 @@ func (m *module) markVerified() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.verified, m.stamp = true, engine.StampOf(fi)
+	if m.quick.quick {
+		os.Remove(m.quick.path) // a runner keeps what it loaded
+		m.quick = artifact{}
+	}
+	return nil
+}
+
+// compileQuick compiles m with the quick settings (Config.QuickFirst),
+// keeps the artifact in the quick directory for m's instances until the
+// optimised one is there, and starts the optimised compile in the
+// background. Called by ensure.
+func (e *Engine) compileQuick(m *module, wasmPath string) error {
+	wasm, err := os.ReadFile(wasmPath)
+	if err != nil {
+		return fmt.Errorf("prepare module %s: read %s: %w", m.digest, wasmPath, err)
+	}
+	e.quickMu.Lock()
+	mod, err := wt.NewModule(e.quick, wasm)
+	e.quickMu.Unlock()
+	e.Artifacts().Compiled()
+	if err != nil {
+		return engine.CompileError(m.digest, err)
+	}
+	defer mod.Close()
+	if err := checkWASI(mod, m.digest); err != nil {
+		return err
+	}
+	b, err := mod.Serialize()
+	if err != nil {
+		return fmt.Errorf("prepare module %s: serialize: %w", m.digest, err)
+	}
+	// A file, not memory: wasmtime loads an artifact from memory through a
+	// memfd, which the executor's seccomp filter refuses.
+	path := filepath.Join(e.quickDir, m.key+".cwasm")
+	if err := engine.WriteAtomic(path, b); err != nil {
+		return fmt.Errorf("prepare module %s: %w", m.digest, err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("prepare module %s: %w", m.digest, err)
+	}
+	m.mu.Lock()
+	m.quick = artifact{path: path, stamp: engine.StampOf(fi), quick: true}
+	m.mu.Unlock()
+	release := e.disk.Use(m.key)
+	e.background.Add(1)
+	go func() {
+		defer e.background.Done()
+		defer release()
+		err := e.compile(m, wasmPath)
+		if err == nil {
+			err = m.markVerified()
+		}
+		if err != nil {
+			e.log.Warn("optimised compile failed; instances go on starting from the quick compile", "module", m.digest, "error", err)
+			return
+		}
+		e.disk.Trim()
+	}()
 	return nil
 }
 

@@ -28,6 +28,7 @@ const (
 type runner struct {
 	digest string
 	stamp  engine.FileStamp // of the artifact it was loaded from
+	quick  bool             // loaded from the quick artifact (Config.QuickFirst)
 	engine *wt.Engine
 	module *wt.Module
 	linker *wt.Linker
@@ -36,14 +37,14 @@ type runner struct {
 	current atomic.Pointer[instance]
 }
 
-func newRunner(m *module, st engine.FileStamp) (*runner, error) {
-	eng := newEngine()
-	mod, err := wt.NewModuleDeserializeFile(eng, m.artifact)
+func newRunner(m *module, a artifact) (*runner, error) {
+	eng := newEngine(a.quick)
+	mod, err := wt.NewModuleDeserializeFile(eng, a.path)
 	if err != nil {
 		eng.Close()
 		return nil, fmt.Errorf("%w: load precompiled module %s: %v", engine.ErrInstantiate, m.digest, err)
 	}
-	r := &runner{digest: m.digest, stamp: st, engine: eng, module: mod}
+	r := &runner{digest: m.digest, stamp: a.stamp, quick: a.quick, engine: eng, module: mod}
 	l := wt.NewLinker(eng)
 	l.AllowShadowing(true)
 	err = l.DefineWasi()
@@ -82,10 +83,11 @@ type runners struct {
 	disk *diskcache.Cache // keeps a spare's artifact until it is loaded
 }
 
-// get returns an idle runner of m loaded from the artifact st, or a new
+// get returns an idle runner of m loaded from the artifact a, or a new
 // one. Idle runners of an older artifact are closed: only an artifact
-// verified as it is now is run.
-func (p *runners) get(m *module, st engine.FileStamp) (*runner, error) {
+// verified as it is now is run, and the quick artifact's runners go once
+// the optimised one is there.
+func (p *runners) get(m *module, a artifact) (*runner, error) {
 	var stale []*runner
 	p.mu.Lock()
 	list := p.idle[m.digest]
@@ -94,7 +96,7 @@ func (p *runners) get(m *module, st engine.FileStamp) (*runner, error) {
 		last := list[len(list)-1]
 		list = list[:len(list)-1]
 		p.n--
-		if last.stamp.Equal(st) {
+		if last.quick == a.quick && last.stamp.Equal(a.stamp) {
 			r = last
 		} else {
 			stale = append(stale, last)
@@ -109,11 +111,11 @@ func (p *runners) get(m *module, st engine.FileStamp) (*runner, error) {
 	for _, s := range stale {
 		s.close()
 	}
-	p.spare(m, st)
+	p.spare(m, a)
 	if r != nil {
 		return r, nil
 	}
-	return newRunner(m, st)
+	return newRunner(m, a)
 }
 
 // spare makes, in the background, a runner of m for the next instance,
@@ -122,7 +124,7 @@ func (p *runners) get(m *module, st engine.FileStamp) (*runner, error) {
 // pod, the next pod of a burst), and that one then costs a Store and an
 // instantiation instead of an Engine and a deserialisation. At most one
 // spare per module is kept beyond those of ended instances.
-func (p *runners) spare(m *module, st engine.FileStamp) {
+func (p *runners) spare(m *module, a artifact) {
 	p.mu.Lock()
 	if p.warming[m.digest] || len(p.idle[m.digest]) > 0 || p.n >= idleTotal {
 		p.mu.Unlock()
@@ -135,7 +137,7 @@ func (p *runners) spare(m *module, st engine.FileStamp) {
 	p.mu.Unlock()
 	release := p.disk.Use(m.key)
 	go func() {
-		r, err := newRunner(m, st)
+		r, err := newRunner(m, a)
 		release()
 		p.mu.Lock()
 		delete(p.warming, m.digest)

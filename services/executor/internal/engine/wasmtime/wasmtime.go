@@ -17,6 +17,12 @@
 //   - Artifacts (prepare.go) are hashed against their sidecar before first
 //     use and whenever they change on disk: wasmtime checks an artifact's
 //     header (its wasmtime, Config, target and ISA flags), not its code.
+//   - Config.QuickFirst: a module with no artifact yet is compiled with
+//     Cranelift's quick settings first, run from that (in <key>.quick/,
+//     emptied at start: wasmtime loads an artifact of either settings into
+//     an Engine of the other, so a quick one must never be found where the
+//     optimised ones are kept or shared), and compiled optimised in the
+//     background (prepare.go: compileQuick).
 //   - Artifacts on disk are bounded by total bytes (Config.MaxCacheBytes,
 //     engine.NewDiskCache): a module's unit is its artifact and sidecar, the
 //     sidecar's mtime its last use; an artifact is in use from ready's
@@ -80,6 +86,14 @@ type Config struct {
 	// MaxCacheBytes bounds the artifacts kept in CacheDir, least recently
 	// used removed first (default engine.DefaultMaxCacheBytes).
 	MaxCacheBytes int64
+	// QuickFirst compiles a module that has no artifact yet (on disk or in
+	// the shared store) with Cranelift's quick settings first (opt level
+	// none, single-pass register allocation: about half the CPU of the
+	// optimised compile, slower code), runs its instances from that
+	// artifact, kept for this process only, and compiles the optimised
+	// artifact in the background: instances started once it is there run optimised
+	// code. Only optimised artifacts go to disk and to the shared store.
+	QuickFirst bool
 }
 
 // Engine is the wasmtime engine.Engine.
@@ -91,6 +105,15 @@ type Engine struct {
 
 	compileMu sync.Mutex // one compile at a time: each uses every core
 	compiler  *wt.Engine
+
+	// With Config.QuickFirst: the quick compiles' Engine and lock (a quick
+	// compile never waits for an optimised one in the background), and
+	// the background compiles.
+	quickMu    sync.Mutex
+	quick      *wt.Engine
+	quickDir   string // the quick artifacts, this process's only
+	background sync.WaitGroup
+	log        *slog.Logger
 
 	mu      sync.Mutex
 	modules map[string]*module // by digest
@@ -114,8 +137,24 @@ func New(cfg Config) (*Engine, error) {
 		Base:     b,
 		dir:      dir,
 		cpu:      cfg.CPU,
-		compiler: newEngine(),
+		compiler: newEngine(false),
 		modules:  map[string]*module{},
+		log:      cfg.Logger,
+	}
+	if e.log == nil {
+		e.log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.QuickFirst {
+		// Beside the engine key's directory, never inside it: nothing there
+		// is kept across a restart or shared.
+		e.quickDir = dir + ".quick"
+		if err := os.RemoveAll(e.quickDir); err != nil {
+			return nil, fmt.Errorf("wasmtime engine: clear the quick compiles: %w", err)
+		}
+		if err := os.MkdirAll(e.quickDir, 0o700); err != nil {
+			return nil, fmt.Errorf("wasmtime engine: create cache dir: %w", err)
+		}
+		e.quick = newEngine(true)
 	}
 	disk, err := engine.NewDiskCache(cfg.MaxCacheBytes, e.units, cfg.Logger)
 	if err != nil {
@@ -130,11 +169,22 @@ func New(cfg Config) (*Engine, error) {
 	return e, nil
 }
 
-func newEngine() *wt.Engine {
+// newEngine returns an Engine of the engine's Config (configKey), or of
+// its quick variant: an artifact loads only into an Engine of the settings
+// that compiled it, so quick artifacts are never kept under configKey.
+func newEngine(quick bool) *wt.Engine {
 	cfg := wt.NewConfig()
 	cfg.SetEpochInterruption(true)
+	if quick {
+		cfg.SetCraneliftOptLevel(wt.OptLevelNone)
+		cfg.SetCraneliftFlag("regalloc_algorithm", "single_pass")
+	}
 	return wt.NewEngineWithConfig(cfg)
 }
+
+// WaitBackground blocks until the optimised compiles started in the
+// background so far (Config.QuickFirst) have ended.
+func (e *Engine) WaitBackground() { e.background.Wait() }
 
 // Start implements engine.Engine.
 func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) (engine.Instance, error) {
@@ -147,12 +197,18 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 	}
 	// The artifact stays on disk from its check until a runner has it.
 	release := e.disk.Use(m.key)
-	st, err := e.ready(ctx, m)
+	a, err := e.ready(ctx, m)
 	if err != nil {
 		release()
 		return nil, err
 	}
-	r, err := e.runners.get(m, st)
+	r, err := e.runners.get(m, a)
+	if err != nil && a.quick {
+		// The optimised artifact came, and the quick one went, meanwhile.
+		if a, err = e.ready(ctx, m); err == nil {
+			r, err = e.runners.get(m, a)
+		}
+	}
 	release()
 	if err != nil {
 		return nil, err

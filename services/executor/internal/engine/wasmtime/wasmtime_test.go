@@ -146,7 +146,7 @@ func BenchmarkNativeSleep(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	eng := newEngine()
+	eng := newEngine(false)
 	defer eng.Close()
 	mod, err := wt.NewModule(eng, wasm)
 	if err != nil {
