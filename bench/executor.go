@@ -140,12 +140,17 @@ func (e *execEnv) close() {
 // interleave puts the engines' figures side by side: each engine measures
 // the same figures in the same order.
 func interleave(byEngine map[string][]Figure) []Figure {
+	return interleaveIn(execEngines, byEngine)
+}
+
+// interleaveIn puts the figures of each name in order side by side.
+func interleaveIn(order []string, byName map[string][]Figure) []Figure {
 	var out []Figure
 	for i := 0; ; i++ {
 		any := false
-		for _, eng := range execEngines {
-			if i < len(byEngine[eng]) {
-				out = append(out, byEngine[eng][i])
+		for _, name := range order {
+			if i < len(byName[name]) {
+				out = append(out, byName[name][i])
 				any = true
 			}
 		}

@@ -78,7 +78,7 @@ func TestColdStartSection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := 3 * 2 * len(execEngines); len(figs) != want {
+	if want := 3 * 2 * len(coldVariants); len(figs) != want {
 		t.Errorf("%d figures, want %d", len(figs), want)
 	}
 	for _, f := range figs {
