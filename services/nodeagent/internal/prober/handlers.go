@@ -38,7 +38,9 @@ type outcome struct {
 	output  string
 }
 
-// handler runs one probe once; ctx carries the probe's timeout.
+// handler runs one probe once, within timeout; ctx ends when probing stops.
+// Each handler applies the timeout its own way so that its failure reads as
+// the kubelet's does (the HTTP client's "Client.Timeout exceeded").
 type handler interface {
 	probe(ctx context.Context, timeout time.Duration) outcome
 	close()
@@ -253,6 +255,8 @@ type grpcHandler struct {
 // probe dials anew each time, as the kubelet does: a long-lived connection's
 // reconnect back-off would turn a server that came back into failed probes.
 func (h grpcHandler) probe(ctx context.Context, timeout time.Duration) outcome {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	conn, err := grpc.NewClient("passthrough:///"+h.addr,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithUserAgent(h.userAgent),

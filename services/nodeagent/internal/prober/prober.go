@@ -138,6 +138,9 @@ type Config struct {
 
 	// unit is how long the API's "seconds" are; tests shorten it.
 	unit time.Duration
+	// onChange, for tests, sees every change of Status on the probing
+	// goroutine, before Changed is signalled.
+	onChange func(Status)
 }
 
 // probe is one of a container's probes and its run of results.
@@ -157,6 +160,7 @@ type Worker struct {
 	container string
 	clock     Clock
 	record    func(Event)
+	onChange  func(Status)
 	startup   *probe
 	liveness  *probe
 	readiness *probe
@@ -194,6 +198,7 @@ func New(cfg Config) (*Worker, error) {
 		container: cfg.Container.Name,
 		clock:     cfg.Clock,
 		record:    cfg.Record,
+		onChange:  cfg.onChange,
 		changed:   make(chan struct{}, 1),
 		done:      make(chan struct{}),
 	}
@@ -358,9 +363,7 @@ func (w *Worker) loop(ctx context.Context) {
 // runOnce runs p once and applies its thresholds. It returns false when
 // probing was stopped meanwhile; that run's result is thrown away.
 func (w *Worker) runOnce(ctx context.Context, p *probe) bool {
-	pctx, cancel := context.WithTimeout(ctx, p.timeout)
-	o := p.h.probe(pctx, p.timeout)
-	cancel()
+	o := p.h.probe(ctx, p.timeout)
 	if ctx.Err() != nil {
 		return false
 	}
@@ -393,9 +396,12 @@ func (w *Worker) runOnce(ctx context.Context, p *probe) bool {
 		w.status.Message = fmt.Sprintf("%s probe failed: %s", p.kind, o.output)
 		w.status.TerminationGracePeriodSeconds = p.spec.TerminationGracePeriodSeconds
 	}
-	changed := w.status != old
+	now, changed := w.status, w.status != old
 	w.mu.Unlock()
 	if changed {
+		if w.onChange != nil {
+			w.onChange(now)
+		}
 		select {
 		case w.changed <- struct{}{}:
 		default: // a wake-up is pending already
