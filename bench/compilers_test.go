@@ -24,7 +24,8 @@ import (
 // live in the runtimes themselves, on the modules of the coldstart
 // section: the compile of examples/hello and testdata/wasm/large by
 // wasmtime's Cranelift as the engine configures it (the reference), by
-// Cranelift at opt level none, with the Winch strategy asked for, and by
+// Cranelift at opt level none, with single-pass register allocation, with
+// both (the engine's quick compile), with the Winch strategy asked for, and by
 // wazero's compiler and interpreter (each also run to its end: an
 // interpreter's code runs slower). Wall and CPU time (this process's
 // user+system: on a loaded machine the steadier of the two), medians of
@@ -66,6 +67,11 @@ func TestCompilerAlternatives(t *testing.T) {
 	alts := []alt{
 		{"wasmtime Cranelift (the engine's config)", tuned(nil)},
 		{"wasmtime Cranelift, opt level none", tuned(func(c *wt.Config) { c.SetCraneliftOptLevel(wt.OptLevelNone) })},
+		{"wasmtime Cranelift, single-pass register allocation", tuned(func(c *wt.Config) { c.SetCraneliftFlag("regalloc_algorithm", "single_pass") })},
+		{"wasmtime Cranelift quick: both (--quick-first-compile)", tuned(func(c *wt.Config) {
+			c.SetCraneliftOptLevel(wt.OptLevelNone)
+			c.SetCraneliftFlag("regalloc_algorithm", "single_pass")
+		})},
 		// wasmtime-go has no constant for Winch; 2 is WASMTIME_STRATEGY_WINCH
 		// in the C API headers that have it.
 		{"wasmtime, Winch asked for (strategy 2)", tuned(func(c *wt.Config) { c.SetStrategy(wt.Strategy(2)) })},
