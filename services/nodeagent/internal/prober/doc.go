@@ -18,8 +18,8 @@
 // more, and the next instance gets a new Worker, so a restarted container starts
 // unready with fresh counts, as the kubelet does for a new container ID. All
 // probes of a container run one after another on one goroutine driven by a
-// timer; a probe that is late because another one took its whole timeout runs
-// at once and keeps its period from then on.
+// timer; a probe made late by another one's timeout runs as soon as that one
+// is done, and runs it missed are dropped, not made up.
 //
 // Usage:
 //

@@ -353,9 +353,12 @@ func (w *Worker) loop(ctx context.Context) {
 		if !w.runOnce(ctx, p) {
 			return
 		}
+		// On period from when it was due; a run late by more than a period
+		// (another probe took its whole timeout) counts from now instead, so
+		// that missed runs are dropped rather than made up in a burst.
 		now := w.clock.Now()
 		if p.next = p.next.Add(p.period); p.next.Before(now) {
-			p.next = now // late: run at once, then on period from here
+			p.next = now.Add(p.period)
 		}
 	}
 }
