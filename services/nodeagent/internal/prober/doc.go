@@ -35,4 +35,5 @@
 //	for range w.Changed() {
 //		s := w.Status() // s.Ready → Ready condition; s.Restart → kill with s.Message
 //	}
+//	w.Terminating() // when the pod is deleted: liveness and startup stop, readiness goes on
 package prober

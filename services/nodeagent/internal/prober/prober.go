@@ -165,9 +165,11 @@ type Worker struct {
 	liveness  *probe
 	readiness *probe
 
-	mu      sync.Mutex
-	status  Status
-	changed chan struct{}
+	mu          sync.Mutex
+	status      Status
+	terminating bool
+	changed     chan struct{}
+	wake        chan struct{} // the schedule changed: look again
 
 	startOnce, stopOnce sync.Once
 	cancel              context.CancelFunc
@@ -200,6 +202,7 @@ func New(cfg Config) (*Worker, error) {
 		record:    cfg.Record,
 		onChange:  cfg.onChange,
 		changed:   make(chan struct{}, 1),
+		wake:      make(chan struct{}, 1),
 		done:      make(chan struct{}),
 	}
 	var err error
@@ -308,20 +311,38 @@ func (w *Worker) closeHandlers() {
 	}
 }
 
+// Terminating stops the liveness and startup probes of an instance that is
+// being deleted, as the kubelet does when a pod is deleted, so that no probe
+// calls for a restart during its grace period; readiness probing goes on. (The
+// kubelet also counts a container that had not started as started then; here
+// it stays unstarted and unready.) It may be called more than once.
+func (w *Worker) Terminating() {
+	w.mu.Lock()
+	w.terminating = true
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
 // due returns the probes that may run now: the startup probe alone until it
-// has succeeded, then the other two; none once a restart is called for.
+// has succeeded, then the other two; none once a restart is called for, and
+// readiness alone once the instance is terminating.
 func (w *Worker) due() []*probe {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.status.Restart {
+	switch {
+	case w.status.Restart:
 		return nil
-	}
-	if !w.status.Started {
+	case !w.status.Started && w.terminating:
+		return nil
+	case !w.status.Started:
 		return []*probe{w.startup}
 	}
 	var ps []*probe
 	for _, p := range []*probe{w.liveness, w.readiness} {
-		if p != nil {
+		if p != nil && !(w.terminating && p.kind == Liveness) {
 			ps = append(ps, p)
 		}
 	}
@@ -347,6 +368,9 @@ func (w *Worker) loop(ctx context.Context) {
 			case <-ctx.Done():
 				t.Stop()
 				return
+			case <-w.wake:
+				t.Stop()
+				continue
 			case <-t.C():
 			}
 		}
@@ -370,6 +394,12 @@ func (w *Worker) runOnce(ctx context.Context, p *probe) bool {
 	if ctx.Err() != nil {
 		return false
 	}
+	w.mu.Lock()
+	stale := w.terminating && p.kind != Readiness
+	w.mu.Unlock()
+	if stale {
+		return true // it ran as Terminating was called: its verdict no longer counts
+	}
 	if !o.ok {
 		w.emit(Event{Kind: p.kind, Type: v1.EventTypeWarning, Reason: ReasonUnhealthy, Message: fmt.Sprintf("%s probe failed: %s", p.kind, o.output)})
 	} else if o.warning {
@@ -386,6 +416,10 @@ func (w *Worker) runOnce(ctx context.Context, p *probe) bool {
 	}
 
 	w.mu.Lock()
+	if w.terminating && p.kind != Readiness {
+		w.mu.Unlock()
+		return true
+	}
 	old := w.status
 	switch {
 	case p.kind == Readiness:

@@ -559,3 +559,37 @@ func TestNoProbes(t *testing.T) {
 	w.Start() // after Stop: nothing
 	w.Stop()
 }
+
+// Once Terminating is called, liveness is probed no more and cannot call for a
+// restart; readiness goes on.
+func TestTerminating(t *testing.T) {
+	noLeaks(t)
+	live := &script{codes: []int{500}}
+	ready := &script{codes: []int{200}}
+	mux := http.NewServeMux()
+	mux.Handle("/live", live)
+	mux.Handle("/ready", ready)
+	host, port := serve(t, mux)
+	w, r := start(t, Config{
+		Container: &v1.Container{
+			Name:           "app",
+			LivenessProbe:  httpProbe("/live", port, 1, 20, 1),
+			ReadinessProbe: httpProbe("/ready", port, 1, 1, 1),
+		},
+		PodIP: host,
+	}, nil)
+	waitFor(t, w, "ready", func(st Status) bool { return st.Ready })
+	w.Terminating()
+	w.Terminating()
+	liveAt, readyAt := live.hits(), ready.hits()
+	waitHits(t, "readiness probes while terminating", ready.hits, readyAt+30) // past liveness's failureThreshold
+	if st := w.Status(); st.Restart || !st.Ready {
+		t.Errorf("status %+v: want ready and no restart while terminating", st)
+	}
+	if n := live.hits(); n > liveAt+1 { // one may have been under way
+		t.Errorf("%d liveness probes after Terminating, want at most 1", n-liveAt)
+	}
+	if n := len(r.messages(ReasonUnhealthy)); n > liveAt {
+		t.Errorf("%d Unhealthy events for %d liveness probes before Terminating", n, liveAt)
+	}
+}
