@@ -157,7 +157,6 @@ type probe struct {
 
 // Worker runs one container instance's probes.
 type Worker struct {
-	container string
 	clock     Clock
 	record    func(Event)
 	onChange  func(Status)
@@ -197,13 +196,12 @@ func New(cfg Config) (*Worker, error) {
 		cfg.StartedAt = cfg.Clock.Now()
 	}
 	w := &Worker{
-		container: cfg.Container.Name,
-		clock:     cfg.Clock,
-		record:    cfg.Record,
-		onChange:  cfg.onChange,
-		changed:   make(chan struct{}, 1),
-		wake:      make(chan struct{}, 1),
-		done:      make(chan struct{}),
+		clock:    cfg.Clock,
+		record:   cfg.Record,
+		onChange: cfg.onChange,
+		changed:  make(chan struct{}, 1),
+		wake:     make(chan struct{}, 1),
+		done:     make(chan struct{}),
 	}
 	var err error
 	c := cfg.Container
