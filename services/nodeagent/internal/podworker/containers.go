@@ -33,6 +33,8 @@ type ctr struct {
 	// adoptChecked: the executor was asked once for an instance left by an
 	// earlier life of the node agent.
 	adoptChecked bool
+	probes       *probing // the running instance's probes; nil: none
+	unready      bool     // its readiness probe has not passed
 }
 
 // all returns the init containers and the containers.

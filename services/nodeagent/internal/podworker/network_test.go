@@ -21,6 +21,7 @@ type fakeNetwork struct {
 	serveErr  error // what Serve answers
 	served    map[string][]instances.Listener
 	teardowns int
+	ips       []string // the pod's addresses; default 10.244.0.7 and fd00::7
 }
 
 func (n *fakeNetwork) Setup(_ context.Context, pod *v1.Pod) (Attachment, error) {
@@ -30,7 +31,11 @@ func (n *fakeNetwork) Setup(_ context.Context, pod *v1.Pod) (Attachment, error) 
 	if n.setups <= n.failFirst {
 		return Attachment{}, errors.New("plugin type=\"bridge\" failed (add): no IP addresses available")
 	}
-	return Attachment{NetNS: "/run/netns/" + string(pod.UID), IPs: []string{"10.244.0.7", "fd00::7"}}, nil
+	ips := n.ips
+	if ips == nil {
+		ips = []string{"10.244.0.7", "fd00::7"}
+	}
+	return Attachment{NetNS: "/run/netns/" + string(pod.UID), IPs: ips}, nil
 }
 
 func (n *fakeNetwork) Serve(_ context.Context, att Attachment, id string, ls []instances.Listener) error {

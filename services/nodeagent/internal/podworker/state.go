@@ -123,6 +123,7 @@ func (w *Worker) converge(ctx context.Context) State {
 	current := w.State()
 	w.drain()
 	w.startDue(ctx)
+	w.syncProbes(ctx)
 	if next := w.assess(); next != current {
 		return next
 	}
@@ -248,6 +249,10 @@ func (w *Worker) terminate(ctx context.Context) State {
 	}
 	w.mu.Unlock()
 	w.drain()
+	for _, c := range w.containers {
+		w.stopProbes(c)
+		c.unready = false
+	}
 	var wg sync.WaitGroup
 	all := w.all()
 	results := make([]instances.Instance, len(all))

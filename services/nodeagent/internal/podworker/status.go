@@ -112,7 +112,7 @@ func podStatus(in statusInput, now metav1.Time) v1.PodStatus {
 	st.InitContainerStatuses = containerStatuses(st.InitContainerStatuses[:0], in.inits)
 	st.ContainerStatuses = containerStatuses(st.ContainerStatuses[:0], in.containers)
 	for _, c := range in.containers {
-		ready = ready && c.state.Running != nil
+		ready = ready && c.state.Running != nil && !c.unready
 	}
 	terminal := st.Phase == v1.PodSucceeded || st.Phase == v1.PodFailed
 	st.Conditions = setCondition(st.Conditions, v1.PodScheduled, v1.ConditionTrue, "", now)
@@ -148,7 +148,7 @@ func containerStatuses(out []v1.ContainerStatus, cs []*ctr) []v1.ContainerStatus
 			ImageID:              imageID,
 			State:                c.state,
 			LastTerminationState: c.last,
-			Ready:                running || (c.init && c.finished && c.state.Terminated != nil && c.state.Terminated.ExitCode == 0),
+			Ready:                running && !c.unready || (c.init && c.finished && c.state.Terminated != nil && c.state.Terminated.ExitCode == 0),
 			RestartCount:         c.restarts,
 			Started:              &running,
 		}

@@ -278,6 +278,9 @@ func (w *Worker) Run(ctx context.Context) {
 		})
 		defer t.Stop()
 	}
+	if !w.admitProbes() {
+		w.Terminate(0)
+	}
 	w.refresh = time.NewTicker(w.deps.VolumeRefresh)
 	defer w.refresh.Stop()
 	for s := w.State(); s != StateTerminated; s = w.State() {
