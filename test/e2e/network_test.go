@@ -13,16 +13,18 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/wasmlet/wasmlet/internal/testharness/localcluster"
 )
 
 // TestWasmServerOnPodNetwork: a pod of the example Go net/http server,
-// with a containerPort, on a node with --pod-network=bridge: it gets an
+// with a containerPort and a readiness probe, on a node with
+// --pod-network=bridge: it gets an
 // address of its own from the Node's podCIDR through the CNI plugins, the
 // node agent opens its port inside the pod's namespace and hands it to the
-// unprivileged wazero executor, and the node reaches the server at the
-// pod's IP; a pod without ports keeps the node's address; deleting the
+// unprivileged wazero executor, the probe makes it Ready, and the node
+// reaches the server at the pod's IP; a pod without ports keeps the node's address; deleting the
 // server pod takes its namespace and address away.
 func TestWasmServerOnPodNetwork(t *testing.T) {
 	if os.Geteuid() != 0 {
@@ -58,8 +60,17 @@ func TestWasmServerOnPodNetwork(t *testing.T) {
 	server := wasmPod("web", name, image, v1.RestartPolicyAlways)
 	server.Spec.Containers[0].Args = nil
 	server.Spec.Containers[0].Ports = []v1.ContainerPort{{Name: "http", ContainerPort: 8080, Protocol: v1.ProtocolTCP}}
+	server.Spec.Containers[0].ReadinessProbe = &v1.Probe{
+		ProbeHandler:  v1.ProbeHandler{HTTPGet: &v1.HTTPGetAction{Path: "/healthz", Port: intstr.FromString("http")}},
+		PeriodSeconds: 1,
+	}
 	apply(t, ns, server)
 	waitPhase(t, ns, "web", v1.PodRunning, 2*time.Minute)
+	// Its readiness probe, on the named port at the pod's IP, makes it Ready.
+	waitFor(t, 30*time.Second, "pod web Ready", func() (bool, string) {
+		out := jsonpath(t, ns, "web", `{.status.conditions[?(@.type=="Ready")].status}`)
+		return out == "True", out
+	})
 	podIP := jsonpath(t, ns, "web", "{.status.podIP}")
 	ip, err := netip.ParseAddr(podIP)
 	if err != nil || !cidr.Contains(ip) {
