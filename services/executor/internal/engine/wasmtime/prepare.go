@@ -230,24 +230,9 @@ func (m *module) markVerified() error {
 // optimised one is there, and starts the optimised compile in the
 // background. Called by ensure.
 func (e *Engine) compileQuick(m *module, wasmPath string) error {
-	wasm, err := os.ReadFile(wasmPath)
+	b, err := e.compileWith(e.quick, &e.quickMu, m, wasmPath)
 	if err != nil {
-		return fmt.Errorf("prepare module %s: read %s: %w", m.digest, wasmPath, err)
-	}
-	e.quickMu.Lock()
-	mod, err := wt.NewModule(e.quick, wasm)
-	e.quickMu.Unlock()
-	e.Artifacts().Compiled()
-	if err != nil {
-		return engine.CompileError(m.digest, err)
-	}
-	defer mod.Close()
-	if err := checkWASI(mod, m.digest); err != nil {
 		return err
-	}
-	b, err := mod.Serialize()
-	if err != nil {
-		return fmt.Errorf("prepare module %s: serialize: %w", m.digest, err)
 	}
 	// A file, not memory: wasmtime loads an artifact from memory through a
 	// memfd, which the executor's seccomp filter refuses.
@@ -280,25 +265,35 @@ func (e *Engine) compileQuick(m *module, wasmPath string) error {
 	return nil
 }
 
-func (e *Engine) compile(m *module, wasmPath string) error {
+// compileWith compiles m's module with eng (one compile at a time per
+// engine, under mu), checks its WASI imports and returns the artifact.
+func (e *Engine) compileWith(eng *wt.Engine, mu *sync.Mutex, m *module, wasmPath string) ([]byte, error) {
 	wasm, err := os.ReadFile(wasmPath)
 	if err != nil {
-		return fmt.Errorf("prepare module %s: read %s: %w", m.digest, wasmPath, err)
+		return nil, fmt.Errorf("prepare module %s: read %s: %w", m.digest, wasmPath, err)
 	}
-	e.compileMu.Lock()
-	mod, err := wt.NewModule(e.compiler, wasm)
-	e.compileMu.Unlock()
+	mu.Lock()
+	mod, err := wt.NewModule(eng, wasm)
+	mu.Unlock()
 	e.Artifacts().Compiled()
 	if err != nil {
-		return engine.CompileError(m.digest, err)
+		return nil, engine.CompileError(m.digest, err)
 	}
 	defer mod.Close()
 	if err := checkWASI(mod, m.digest); err != nil {
-		return err
+		return nil, err
 	}
 	b, err := mod.Serialize()
 	if err != nil {
-		return fmt.Errorf("prepare module %s: serialize: %w", m.digest, err)
+		return nil, fmt.Errorf("prepare module %s: serialize: %w", m.digest, err)
+	}
+	return b, nil
+}
+
+func (e *Engine) compile(m *module, wasmPath string) error {
+	b, err := e.compileWith(e.compiler, &e.compileMu, m, wasmPath)
+	if err != nil {
+		return err
 	}
 	sum := sha256.Sum256(b)
 	if err := engine.WriteAtomic(m.artifact+".sha256", []byte(hex.EncodeToString(sum[:])+"\n")); err != nil {
