@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/testharness/wasmbuild"
@@ -24,7 +22,6 @@ import (
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/enginetest"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/cachetest"
-	regserver "github.com/wasmlet/wasmlet/services/registry-cache/regcache/server"
 )
 
 // executorUID is the unprivileged user the test's executor runs as (the
@@ -86,11 +83,7 @@ func TestHandedListenersExecutorProcess(t *testing.T) {
 	if err := os.Chown(regSock, executorUID, executorUID); err != nil {
 		t.Fatal(err)
 	}
-	rs := grpc.NewServer()
-	regserver.New(files).Register(rs)
-	sctx, stopReg := context.WithCancel(context.Background())
-	defer stopReg()
-	go grpcutil.Serve(sctx, rs, rl, time.Second)
+	serveRegistry(t, rl, files)
 
 	for n, v := range []struct {
 		name  string

@@ -29,6 +29,7 @@ import (
 	"github.com/wasmlet/wasmlet/internal/testharness/wasmbuild"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/enginetest"
 	"github.com/wasmlet/wasmlet/services/executor/internal/logs"
+	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/cachetest"
 	regserver "github.com/wasmlet/wasmlet/services/registry-cache/regcache/server"
 )
@@ -115,11 +116,7 @@ func testExecutorProcess(t *testing.T, ctx context.Context, bin, eng string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rs := grpc.NewServer()
-	regserver.New(cache).Register(rs)
-	sctx, stopReg := context.WithCancel(context.Background())
-	defer stopReg()
-	go grpcutil.Serve(sctx, rs, rl, time.Second)
+	serveRegistry(t, rl, cache)
 
 	// The state dir (modules, compiled artifacts) is kept between runs, as
 	// on a node: compiling the Go-built modules takes seconds per engine.
@@ -342,4 +339,14 @@ func TestParseAnnounceFlags(t *testing.T) {
 	if _, err := parseFlags([]string{"--listen", "unix:///e.sock", "--registry", "unix:///r.sock", "--announce-period", "0s"}); err == nil {
 		t.Error("--announce-period 0 accepted")
 	}
+}
+
+// serveRegistry serves c on l as the registry cache's gRPC server until the
+// test ends.
+func serveRegistry(t *testing.T, l net.Listener, c regcache.Cache) {
+	rs := grpc.NewServer()
+	regserver.New(c).Register(rs)
+	ctx, stop := context.WithCancel(context.Background())
+	t.Cleanup(stop)
+	go grpcutil.Serve(ctx, rs, l, time.Second)
 }

@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/testharness/wasmbuild"
@@ -24,7 +22,6 @@ import (
 	"github.com/wasmlet/wasmlet/services/executor/instances/wire"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/enginetest"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/cachetest"
-	regserver "github.com/wasmlet/wasmlet/services/registry-cache/regcache/server"
 )
 
 // TestServeExecutorProcess runs the example server (examples/httpserver)
@@ -61,11 +58,7 @@ func TestServeExecutorProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rs := grpc.NewServer()
-	regserver.New(files).Register(rs)
-	sctx, stopReg := context.WithCancel(context.Background())
-	defer stopReg()
-	go grpcutil.Serve(sctx, rs, rl, time.Second)
+	serveRegistry(t, rl, files)
 
 	create := func(e *executor, id string, spec instances.Spec) (instances.Instance, error) {
 		r, err := e.c.CreateInstance(ctx, &executorv1.CreateInstanceRequest{Id: id, Start: true, Spec: wire.SpecToProto(spec)})

@@ -20,8 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/testharness/wasmbuild"
@@ -31,7 +29,6 @@ import (
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/cachetest"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/local"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/proxy"
-	regserver "github.com/wasmlet/wasmlet/services/registry-cache/regcache/server"
 )
 
 // sharingCache is test scaffolding: modules from a file map, precompiled
@@ -93,12 +90,8 @@ func TestSharedPrecompiled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rs := grpc.NewServer()
 	files[hello] = wasm
-	regserver.New(sharingCache{files, lc}).Register(rs)
-	sctx, stopReg := context.WithCancel(context.Background())
-	defer stopReg()
-	go grpcutil.Serve(sctx, rs, rl, time.Second)
+	serveRegistry(t, rl, sharingCache{files, lc})
 	for _, eng := range []string{"wasmtime", "wazero"} {
 		t.Run(eng, func(t *testing.T) {
 			testSharedPrecompiled(t, ctx, bin, sockDir, regAddr, lc, cacheDir, hello, exit7, eng)
