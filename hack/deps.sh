@@ -3,10 +3,10 @@
 # is missing: docker-registry (the OCI registry), wabt (wat2wasm for test
 # modules), apache2-utils (htpasswd for the registry's basic auth), and
 # iptables and iproute2 (the CNI plugins' rules and the network namespace
-# tests).
+# tests), and conntrack (kube-proxy's iptables mode clears stale UDP flows with it).
 set -euo pipefail
 missing=()
-for pkg in docker-registry wabt apache2-utils iptables iproute2; do
+for pkg in docker-registry wabt apache2-utils iptables iproute2 conntrack; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
