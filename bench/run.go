@@ -45,6 +45,11 @@ type Options struct {
 	// lines as fast as they can, and one printing LogLatencyLines lines
 	// 20 ms apart, read with kubectl logs -f.
 	LogRuns, LogLines, LogLatencyLines int
+	// The serve section (serve.go): ServeRounds rounds of ServeDuration
+	// of load per server and number of connections, then ServeIdle idle
+	// servers whose CPU is read over ServeIdleWindow.
+	ServeRounds, ServeIdle         int
+	ServeDuration, ServeIdleWindow time.Duration
 }
 
 // FullOptions is `make bench`; ShortOptions runs in `make test`. Its 200
@@ -54,11 +59,13 @@ var (
 	FullOptions = Options{Singles: 30, Bursts: []int{100, 500}, BurstReps: 5, Density: []int{100, 500, 1000}, Uncached: 5,
 		ExecRounds: 5, ExecInstances: 2000, ExecConcurrency: 16, ExecStarts: 200, ExecKills: 100, ExecDensity: 1000,
 		ColdStarts: 3, ColdCached: 10,
-		LogRuns: 3, LogLines: 500000, LogLatencyLines: 500}
+		LogRuns: 3, LogLines: 500000, LogLatencyLines: 500,
+		ServeRounds: 3, ServeDuration: 5 * time.Second, ServeIdle: 100, ServeIdleWindow: 10 * time.Second}
 	ShortOptions = Options{Short: true, Singles: 3, Bursts: []int{10}, BurstReps: 1, Density: []int{10}, Uncached: 1,
 		ExecRounds: 1, ExecInstances: 200, ExecConcurrency: 4, ExecStarts: 5, ExecKills: 3, ExecDensity: 5,
 		ColdStarts: 1, ColdCached: 3,
-		LogRuns: 1, LogLines: 5000, LogLatencyLines: 25}
+		LogRuns: 1, LogLines: 5000, LogLatencyLines: 25,
+		ServeRounds: 1, ServeDuration: time.Second, ServeIdle: 5, ServeIdleWindow: 2 * time.Second}
 )
 
 // A section measures one part of wasmlet on the stack and returns its
@@ -78,7 +85,15 @@ var sections = []section{
 	{"executor", executorBench},
 	{"coldstart", coldStart},
 	{"logs", logsBench},
+	{"serve", serveBench},
 }
+
+// notShort are sections left out of a short run (TestShortSuite) unless
+// named in Options.Only. serve: even with one round of 1 s per server and
+// 5 idle servers it takes ~25 s on this machine (two Go builds, an
+// executor, the servers' warm-ups), over the ~20 s a section may add to
+// make test; TestServeSection runs it alone.
+var notShort = []string{"serve"}
 
 // SectionNames lists the suite's sections, in order.
 func SectionNames() []string {
@@ -114,6 +129,9 @@ func Run(ctx context.Context, s *Stack, opts Options) (Report, error) {
 	}
 	for _, sec := range sections {
 		if len(opts.Only) > 0 && !slices.Contains(opts.Only, sec.name) {
+			continue
+		}
+		if len(opts.Only) == 0 && opts.Short && slices.Contains(notShort, sec.name) {
 			continue
 		}
 		figs, err := sec.run(ctx, s, opts)
