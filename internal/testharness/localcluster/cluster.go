@@ -37,7 +37,8 @@ type Config struct {
 	// when absent; a Dir used before keeps its PKI and etcd data.
 	Dir string
 	// BinDir holds etcd, kube-apiserver, kube-scheduler and kube-controller-manager
-	// (what hack/controlplane/build.sh prints). Required.
+	// (what hack/controlplane/build.sh prints). Required. Its kube-proxy, which
+	// build.sh builds too, is needed by StartKubeProxy only.
 	BinDir string
 	// Logs receives this package's progress messages (not the components' output,
 	// which goes to Dir/logs). Optional: nil discards them.
@@ -531,30 +532,9 @@ func (c *Cluster) NodeKubeconfig(nodeName string) (string, error) {
 	if len(nodeName) > 253 || !nodeNameRE.MatchString(nodeName) {
 		return "", fmt.Errorf("node kubeconfig: %q is not a valid node name (lower-case RFC 1123 subdomain)", nodeName)
 	}
-	c.nodeMu.Lock()
-	defer c.nodeMu.Unlock()
-	p := c.pki()
-	ca, err := testpki.LoadPair(p.crt(caName), p.key(caName))
-	if err != nil {
-		return "", fmt.Errorf("node kubeconfig for %s: load cluster CA: %w", nodeName, err)
-	}
-	leaf, err := ca.Issue(testpki.Spec{
-		Subject:  pkix.Name{CommonName: "system:node:" + nodeName, Organization: []string{"system:nodes"}},
-		Usage:    []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		Validity: testpki.LeafValidity,
-	})
-	if err != nil {
-		return "", fmt.Errorf("node kubeconfig for %s: %w", nodeName, err)
-	}
-	keyPEM, err := leaf.KeyPEM()
-	if err != nil {
-		return "", fmt.Errorf("node kubeconfig for %s: %w", nodeName, err)
-	}
 	path := filepath.Join(c.dir, "nodes", nodeName+".kubeconfig")
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return "", fmt.Errorf("node kubeconfig for %s: %w", nodeName, err)
-	}
-	if err := c.writeKubeconfig(path, "system:node:"+nodeName, leaf.CertPEM(), keyPEM); err != nil {
+	subject := pkix.Name{CommonName: "system:node:" + nodeName, Organization: []string{"system:nodes"}}
+	if err := c.clientKubeconfig(path, subject); err != nil {
 		return "", fmt.Errorf("node kubeconfig for %s: %w", nodeName, err)
 	}
 	return path, nil

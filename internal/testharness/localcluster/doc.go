@@ -16,6 +16,10 @@
 // It does not build the binaries (hack/controlplane/build.sh does), does not run a
 // kubelet or any node, and never touches the caller's kubeconfig.
 //
+// For a node with a pod network, a test run as root may add the real kube-proxy
+// (Cluster.StartKubeProxy: iptables mode, for one node): it writes the host's
+// iptables, and its stop function removes every KUBE-* chain it added.
+//
 // Processes are detached (own session, output to files, PIDs in files), so a cluster
 // started by one command can be attached to or stopped by another:
 //

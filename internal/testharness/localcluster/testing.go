@@ -33,7 +33,8 @@ const testStartTimeout = 4 * time.Minute
 // FindBinDir returns the directory of the control plane binaries: $EnvBinDir when
 // set (it must be complete), else the newest complete build under
 // ${WASMLET_CACHE:-$HOME/.cache/wasmlet}/controlplane/. A build is complete when it
-// holds all four binaries (an unfinished build.sh leaves a *.tmp directory).
+// holds the four control plane binaries (an unfinished build.sh leaves a *.tmp
+// directory); kube-proxy is not required.
 func FindBinDir() (string, error) {
 	if d := os.Getenv(EnvBinDir); d != "" {
 		if err := checkBinDir(d); err != nil {

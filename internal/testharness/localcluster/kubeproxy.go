@@ -1,0 +1,281 @@
+package localcluster
+
+import (
+	"context"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/wasmlet/wasmlet/internal/testharness/testpki"
+)
+
+const kubeProxyProc = "kube-proxy"
+
+// StartKubeProxy runs the real kube-proxy (BinDir/kube-proxy, which
+// hack/controlplane/build.sh builds) for the node nodeName, as the host's
+// network does for a kubelet: iptables mode, --cluster-cidr ClusterCIDR,
+// --hostname-override nodeName, as user system:kube-proxy (a client
+// certificate of the cluster CA; the default RBAC binds it to the ClusterRole
+// system:node-proxier). Its metrics and health endpoints listen on free
+// loopback ports and it touches no sysctl: no conntrack table sizing or
+// timeouts (--conntrack-max-per-core=0 and the timeouts 0) and no localhost
+// NodePorts (route_localnet). Its output goes to Dir/logs/kube-proxy.log.
+//
+// It needs root (it writes the host's iptables). It first removes what an
+// earlier kube-proxy killed without cleaning up may have left (kube-proxy
+// --cleanup), returns once /healthz answers (the rules are in sync), and
+// dies with the calling process when the cluster was started by a test
+// helper. stop ends it (SIGTERM, then SIGKILL), runs kube-proxy --cleanup,
+// which removes its Service chains and rules, and removes the chains
+// --cleanup leaves on purpose (see kubeProxyCleanup); stop reports an error
+// when any KUBE-* chain that was not there before is left. Only one
+// kube-proxy may run on a host at a time.
+func (c *Cluster) StartKubeProxy(ctx context.Context, nodeName string) (stop func() error, err error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("start kube-proxy: needs root (it writes the host's iptables)")
+	}
+	bin := filepath.Join(c.st.BinDir, kubeProxyProc)
+	if st, err := os.Stat(bin); err != nil || st.Mode()&0o111 == 0 {
+		return nil, fmt.Errorf("start kube-proxy: %w: %s has no executable kube-proxy: rebuild the control plane with hack/controlplane/build.sh", ErrNoBinaries, c.st.BinDir)
+	}
+	if _, err := exec.LookPath("iptables"); err != nil {
+		return nil, fmt.Errorf("start kube-proxy: %w: install Debian's iptables (hack/deps.sh)", err)
+	}
+	kubeconfig := filepath.Join(c.dir, "kube-proxy.kubeconfig")
+	if err := c.clientKubeconfig(kubeconfig, pkix.Name{CommonName: "system:kube-proxy"}); err != nil {
+		return nil, fmt.Errorf("start kube-proxy: %w", err)
+	}
+	// What kube-proxy may leave after --cleanup is removed when stopped only
+	// if it was not there before: a kubelet's, say.
+	before, err := snapshotKubeChains()
+	if err != nil {
+		return nil, fmt.Errorf("start kube-proxy: %w", err)
+	}
+	// Leftovers of a kube-proxy killed before its cleanup ran.
+	if err := c.kubeProxyCleanup(before); err != nil {
+		return nil, fmt.Errorf("start kube-proxy: remove leftovers: %w", err)
+	}
+	ports := []*int{new(int), new(int)}
+	if err := pickPorts(ports, nil); err != nil {
+		return nil, fmt.Errorf("start kube-proxy: %w", err)
+	}
+	healthz := fmt.Sprintf("127.0.0.1:%d", *ports[0])
+	args := []string{
+		"--kubeconfig=" + kubeconfig,
+		"--proxy-mode=iptables",
+		"--cluster-cidr=" + ClusterCIDR,
+		"--hostname-override=" + nodeName,
+		"--healthz-bind-address=" + healthz,
+		"--metrics-bind-address=" + fmt.Sprintf("127.0.0.1:%d", *ports[1]),
+		// Leave the host's conntrack sysctls alone (zero: do not set).
+		"--conntrack-max-per-core=0",
+		"--conntrack-tcp-timeout-established=0",
+		"--conntrack-tcp-timeout-close-wait=0",
+		// NodePorts on 127.0.0.1 would set net.ipv4.conf.all.route_localnet.
+		"--iptables-localhost-nodeports=false",
+		"--profiling=false",
+		"--v=2",
+	}
+	p, err := startProcess(c.dir, kubeProxyProc, bin, args, nil, c.dieWithParent)
+	if err != nil {
+		return nil, fmt.Errorf("start kube-proxy: %w", err)
+	}
+	c.log.Info("started", "component", kubeProxyProc, "pid", p.pid, "log", p.logPath)
+	stop = func() error {
+		var errs []error
+		if err := stopOne(c.dir, kubeProxyProc); err != nil {
+			errs = append(errs, err)
+		}
+		select {
+		case <-p.exited:
+		case <-time.After(killWait):
+		}
+		if err := c.kubeProxyCleanup(before); err != nil {
+			errs = append(errs, err)
+		}
+		return errors.Join(errs...)
+	}
+	client := &http.Client{Timeout: 5 * time.Second}
+	if err := waitFor(ctx, p, componentsTimeout, httpOK(client, "http://"+healthz+"/healthz")); err != nil {
+		if serr := stop(); serr != nil {
+			err = errors.Join(err, fmt.Errorf("clean up: %w", serr))
+		}
+		return nil, fmt.Errorf("start kube-proxy: %w", err)
+	}
+	c.log.Info("kube-proxy ready", "node", nodeName, "healthz", healthz)
+	return stop, nil
+}
+
+// kubeProxyCleanup runs kube-proxy --cleanup (its output appended to its
+// log), then removes the KUBE-* chains it leaves on purpose and that were not
+// there before (the snapshot before): KUBE-FIREWALL with its jumps from
+// INPUT and OUTPUT and KUBE-MARK-MASQ, which it shares with the kubelet, and
+// its KUBE-PROXY-CANARY chains. It fails when any KUBE-* chain that was not in
+// before is left, in IPv4 or IPv6. --cleanup also tries the IPVS and nftables
+// modes' leftovers and may exit non-zero on a host without them, so its exit
+// status alone says little: what counts is what is left.
+func (c *Cluster) kubeProxyCleanup(before kubeChains) error {
+	logf, err := os.OpenFile(c.LogPath(kubeProxyProc), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("kube-proxy --cleanup: %w", err)
+	}
+	defer logf.Close()
+	fmt.Fprintf(logf, "=== %s: kube-proxy --cleanup\n", time.Now().UTC().Format(time.RFC3339))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(c.st.BinDir, kubeProxyProc), "--cleanup", "--proxy-mode=iptables", "--v=2")
+	cmd.Env = cleanEnv()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	runErr := cmd.Run()
+	fmt.Fprintf(logf, "=== kube-proxy --cleanup: %v\n", runErr)
+	var errs []error
+	for _, family := range iptablesFamilies() {
+		if err := removeNewKubeChains(family, before); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	after, err := snapshotKubeChains()
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	var left []string
+	for key := range after {
+		if !before[key] {
+			left = append(left, key)
+		}
+	}
+	if len(left) > 0 {
+		sort.Strings(left)
+		errs = append(errs, fmt.Errorf("kube-proxy --cleanup (%v) left chains %s (see %s)", runErr, strings.Join(left, ", "), c.LogPath(kubeProxyProc)))
+	}
+	return errors.Join(errs...)
+}
+
+// kubeChains is a set of "family/table/chain" of the host's KUBE-* chains.
+type kubeChains map[string]bool
+
+var iptablesTables = []string{"mangle", "filter", "nat"}
+
+// iptablesFamilies are iptables and, where the host has it, ip6tables
+// (kube-proxy programs both when the host has IPv6).
+func iptablesFamilies() []string {
+	fams := []string{"iptables"}
+	if _, err := exec.LookPath("ip6tables-save"); err == nil {
+		fams = append(fams, "ip6tables")
+	}
+	return fams
+}
+
+// saveTable is family-save -t table.
+func saveTable(family, table string) (string, error) {
+	out, err := exec.Command(family+"-save", "-t", table).Output()
+	if err != nil {
+		return "", fmt.Errorf("%s-save -t %s: %w", family, table, err)
+	}
+	return string(out), nil
+}
+
+func snapshotKubeChains() (kubeChains, error) {
+	set := kubeChains{}
+	for _, family := range iptablesFamilies() {
+		for _, table := range iptablesTables {
+			out, err := saveTable(family, table)
+			if err != nil {
+				return nil, err
+			}
+			for _, l := range strings.Split(out, "\n") {
+				if chain, ok := strings.CutPrefix(l, ":KUBE-"); ok {
+					set[family+"/"+table+"/KUBE-"+strings.Fields(chain)[0]] = true
+				}
+			}
+		}
+	}
+	return set, nil
+}
+
+// removeNewKubeChains deletes, in one iptables-restore --noflush per table,
+// the KUBE-* chains of family not in before and every rule of the other
+// chains that jumps to them.
+func removeNewKubeChains(family string, before kubeChains) error {
+	for _, table := range iptablesTables {
+		out, err := saveTable(family, table)
+		if err != nil {
+			return err
+		}
+		var chains []string
+		for _, l := range strings.Split(out, "\n") {
+			if rest, ok := strings.CutPrefix(l, ":KUBE-"); ok {
+				chain := "KUBE-" + strings.Fields(rest)[0]
+				if !before[family+"/"+table+"/"+chain] {
+					chains = append(chains, chain)
+				}
+			}
+		}
+		if len(chains) == 0 {
+			continue
+		}
+		script := []string{"*" + table}
+		for _, l := range strings.Split(out, "\n") {
+			f := strings.Fields(l)
+			if len(f) < 2 || f[0] != "-A" || slices.Contains(chains, f[1]) {
+				continue
+			}
+			if j := slices.Index(f, "-j"); j >= 0 && j+1 < len(f) && slices.Contains(chains, f[j+1]) {
+				script = append(script, "-D"+strings.TrimPrefix(l, "-A"))
+			}
+		}
+		for _, chain := range chains {
+			script = append(script, "-F "+chain)
+		}
+		for _, chain := range chains {
+			script = append(script, "-X "+chain)
+		}
+		script = append(script, "COMMIT", "")
+		cmd := exec.Command(family+"-restore", "--noflush")
+		cmd.Stdin = strings.NewReader(strings.Join(script, "\n"))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("%s-restore --noflush (remove %s %v): %w: %s", family, table, chains, err, strings.TrimSpace(string(out)))
+		}
+	}
+	return nil
+}
+
+// clientKubeconfig issues a client certificate for subject, signed by the
+// cluster CA, and writes a kubeconfig with it to path.
+func (c *Cluster) clientKubeconfig(path string, subject pkix.Name) error {
+	c.nodeMu.Lock()
+	defer c.nodeMu.Unlock()
+	p := c.pki()
+	ca, err := testpki.LoadPair(p.crt(caName), p.key(caName))
+	if err != nil {
+		return fmt.Errorf("kubeconfig for %s: load cluster CA: %w", subject.CommonName, err)
+	}
+	leaf, err := ca.Issue(testpki.Spec{
+		Subject:  subject,
+		Usage:    []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		Validity: testpki.LeafValidity,
+	})
+	if err != nil {
+		return fmt.Errorf("kubeconfig for %s: %w", subject.CommonName, err)
+	}
+	keyPEM, err := leaf.KeyPEM()
+	if err != nil {
+		return fmt.Errorf("kubeconfig for %s: %w", subject.CommonName, err)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("kubeconfig for %s: %w", subject.CommonName, err)
+	}
+	if err := c.writeKubeconfig(path, subject.CommonName, leaf.CertPEM(), keyPEM); err != nil {
+		return fmt.Errorf("kubeconfig for %s: %w", subject.CommonName, err)
+	}
+	return nil
+}
