@@ -24,6 +24,9 @@ type PodStarter struct {
 	Node      string // the pods are pinned to it by hostname
 	Image     string
 	Env       []v1.EnvVar
+	// Ports are the container's ports (none: the pod keeps the node's
+	// address).
+	Ports []v1.ContainerPort
 	// WatchClient, when set, is used for the watch: a connection of its own,
 	// so that a burst of creates does not hold up the events.
 	WatchClient kubernetes.Interface
@@ -42,7 +45,7 @@ func (s *PodStarter) pod(name string) *v1.Pod {
 			Tolerations:                   []v1.Toleration{tol(v1.TaintEffectNoSchedule), tol(v1.TaintEffectNoExecute)},
 			TerminationGracePeriodSeconds: &grace,
 			AutomountServiceAccountToken:  new(bool),
-			Containers:                    []v1.Container{{Name: "app", Image: s.Image, Env: s.Env}},
+			Containers:                    []v1.Container{{Name: "app", Image: s.Image, Env: s.Env, Ports: s.Ports}},
 		},
 	}
 }

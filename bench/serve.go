@@ -36,9 +36,15 @@ const (
 // serveConns are the concurrent keep-alive connections of the load.
 var serveConns = []int{1, 16}
 
-// serveBench is the serve section on the stack's binaries.
+// serveBench is the serve section on the stack's binaries, then pod start
+// with and without a network namespace on a node of its own (podnet.go).
 func serveBench(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
-	return ServeFigures(ctx, s.Bin, opts)
+	figs, err := ServeFigures(ctx, s.Bin, opts)
+	if err != nil {
+		return figs, err
+	}
+	more, err := podNetwork(ctx, s, opts)
+	return append(figs, more...), err
 }
 
 // ServeFigures measures examples/httpserver in the executor binary in bin

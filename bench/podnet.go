@@ -1,0 +1,144 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/wasmlet/wasmlet/internal/testharness/localcluster"
+)
+
+// NetNode is the wasmlet node of the serve section's pod-network part:
+// --pod-network=bridge, --default-executor wazero.
+const NetNode = "bench-wasmlet-net"
+
+// bridgeName is the bridge --pod-network=bridge writes into its network
+// config (services/nodeagent/internal/podnet).
+const bridgeName = "cni-wasmlet0"
+
+// podNetwork: pod start on a node that gives pods with containerPorts a
+// network namespace and an address of their own (CNI bridge), with a
+// containerPort and without, beside the no-op node; testdata/wasm/idle,
+// single pods one after another (opts.Singles), module cached. It needs
+// root (the CNI plugins); without, it returns one figure saying so.
+func podNetwork(ctx context.Context, s *Stack, opts Options) (_ []Figure, err error) {
+	if os.Geteuid() != 0 {
+		return []Figure{{Name: "pod start with a network namespace: skipped, not root", Method: "--pod-network=bridge needs root (CNI plugins, network namespaces)"}}, nil
+	}
+	gomod, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return nil, fmt.Errorf("go env GOMOD: %w", err)
+	}
+	root := filepath.Dir(strings.TrimSpace(string(gomod)))
+	out, err := exec.Command("bash", filepath.Join(root, "hack", "cni", "build.sh")).Output()
+	if err != nil {
+		return nil, fmt.Errorf("hack/cni/build.sh: %w", err)
+	}
+	plugins := strings.TrimSpace(string(out))
+	stop, err := s.startNetNode(ctx, plugins)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { err = errors.Join(err, stop()) }()
+
+	port := []v1.ContainerPort{{Name: "http", ContainerPort: 8080, Protocol: v1.ProtocolTCP}}
+	runs := []struct {
+		node, label string
+		ports       []v1.ContainerPort
+	}{
+		{NoopNode, "no-op node", nil},
+		{NetNode, "without a containerPort (the node's address)", nil},
+		{NetNode, "with a containerPort (a network namespace, an address, the port opened in it)", port},
+	}
+	var figs []Figure
+	medians := make([]float64, len(runs))
+	for i, r := range runs {
+		ps := &PodStarter{Client: s.Client, WatchClient: s.WatchClient, Node: r.node, Image: s.IdleImage, Ports: r.ports}
+		if ps.Namespace, err = s.namespace(ctx, fmt.Sprintf("bench-podnet-%d", i)); err != nil {
+			return figs, err
+		}
+		if _, err := ps.Singles(ctx, "warmup", 1); err != nil {
+			return figs, fmt.Errorf("%s %s warm-up: %w", r.node, r.label, err)
+		}
+		d, err := ps.Singles(ctx, "single", opts.Singles)
+		if err != nil {
+			return figs, fmt.Errorf("%s %s: %w (node agent log: %s)", r.node, r.label, err, localcluster.ServiceLog(s.dir, "nodeagent-net"))
+		}
+		f := Durations(fmt.Sprintf("pod start, single, %s, %s", r.node, r.label),
+			"create call → watch shows all containers running; testdata/wasm/idle, pods one after another (each left running), module cached; "+NetNode+" runs --pod-network=bridge --default-executor wazero with the CNI plugins of hack/cni", d)
+		medians[i] = f.Median
+		figs = append(figs, f)
+		if err := s.clear(ctx, ps); err != nil {
+			return figs, err
+		}
+	}
+	if medians[0] > 0 && medians[1] > 0 {
+		figs = append(figs,
+			Values("pod start, with a containerPort / without, "+NetNode, "median over median, same node, same run: the cost of the pod's network namespace (CNI ADD, the port opened inside and handed to the executor)", "x", []float64{medians[2] / medians[1]}),
+			Values("pod start, ms added by the network namespace, "+NetNode, "median with a containerPort − median without", "ms", []float64{medians[2] - medians[1]}),
+			Values("ratio "+NetNode+" with a containerPort / no-op node, single", "median over the no-op node's median, same run", "x", []float64{medians[2] / medians[0]}),
+			Values("ratio "+NetNode+" without a containerPort / no-op node, single", "median over the no-op node's median, same run", "x", []float64{medians[1] / medians[0]}))
+	}
+	return figs, nil
+}
+
+// startNetNode starts NetNode's node agent and returns what stops it (and
+// removes the Node, its mounts and the bridge).
+func (s *Stack) startNetNode(ctx context.Context, plugins string) (func() error, error) {
+	kubeconfig, err := s.Cluster.NodeKubeconfig(NetNode)
+	if err != nil {
+		return nil, err
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	state := filepath.Join(s.dir, "node-net")
+	// The bridge is the host's, and named by wasmlet: another node on this
+	// machine (an e2e test) may have it up already, and keeps it then.
+	hadBridge := exec.Command("ip", "link", "show", bridgeName).Run() == nil
+	stop := func() error {
+		errs := []error{localcluster.StopService(s.dir, "nodeagent-net"), localcluster.UnmountUnder(state)}
+		if !hadBridge {
+			exec.Command("ip", "link", "delete", bridgeName).Run()
+		}
+		if err := s.Client.CoreV1().Nodes().Delete(context.Background(), NetNode, metav1.DeleteOptions{}); err != nil {
+			errs = append(errs, err)
+		}
+		return errors.Join(errs...)
+	}
+	if _, err := localcluster.StartService(s.dir, "nodeagent-net", filepath.Join(s.Bin, "nodeagent"), []string{
+		"--kubeconfig", kubeconfig, "--node-name", NetNode, "--port", fmt.Sprint(port),
+		"--state-dir", state, "--client-ca-file", s.Cluster.KubeletClientCAPath(),
+		"--insecure-registry", s.Registry.Host, "--max-pods", "2000", "--log-level", "warn",
+		"--pod-sync-workers", fmt.Sprint(PodSyncWorkers),
+		"--pod-network", "bridge", "--default-executor", "wazero", "--cni-bin-dir", plugins,
+	}, profileEnv()); err != nil {
+		return nil, err
+	}
+	fail := func(err error) (func() error, error) {
+		log := localcluster.ServiceLog(s.dir, "nodeagent-net")
+		return nil, errors.Join(fmt.Errorf("%w (node agent log: %s)", err, log), stop())
+	}
+	if err := s.waitSchedulable(ctx, NetNode); err != nil {
+		return fail(err)
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		n, err := s.Client.CoreV1().Nodes().Get(ctx, NetNode, metav1.GetOptions{})
+		if err == nil && n.Spec.PodCIDR != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fail(fmt.Errorf("node %s: no spec.podCIDR after 1m (%v)", NetNode, err))
+		}
+	}
+	return stop, nil
+}
