@@ -115,7 +115,14 @@ func (s *Stack) startNetNode(ctx context.Context, plugins string) (func() error,
 		}
 		return errors.Join(errs...)
 	}
-	if _, err := localcluster.StartService(s.dir, "nodeagent-net", filepath.Join(s.Bin, "nodeagent"), []string{
+	// StopService finds the process by its binary's base name, which must
+	// be the service's: a link of its own, beside the executor binary that
+	// the node agent runs.
+	bin := filepath.Join(s.Bin, "nodeagent-net")
+	if err := os.Link(filepath.Join(s.Bin, "nodeagent"), bin); err != nil && !errors.Is(err, os.ErrExist) {
+		return nil, err
+	}
+	if _, err := localcluster.StartService(s.dir, "nodeagent-net", bin, []string{
 		"--kubeconfig", kubeconfig, "--node-name", NetNode, "--port", fmt.Sprint(port),
 		"--state-dir", state, "--client-ca-file", s.Cluster.KubeletClientCAPath(),
 		"--insecure-registry", s.Registry.Host, "--max-pods", "2000", "--log-level", "warn",

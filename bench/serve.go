@@ -188,22 +188,22 @@ func (b *execBench) serve(ctx context.Context, p *execProc, digest, native strin
 			}
 		}
 		method := fmt.Sprintf("GET / of examples/httpserver (\"Hello from WebAssembly, pod bench!\"), %d keep-alive connections from one Go net/http client in the benchmark process (each connection one request at a time), %d rounds of %v, the Wasm and native servers taking turns, after a 1 s warm-up each; client and server share this machine's cores", c, rounds, b.opts.ServeDuration)
-		wasmRate := Values(fmt.Sprintf("%srequests/s, hello handler, %d connections", b.label, c),
+		wasmRate := Values(fmt.Sprintf("%srequests/s, hello handler, %s", b.label, connections(c)),
 			method+"; the Wasm server: the module in a real executor process (wazero), the listener on 127.0.0.1 opened by the executor and handed over (LISTEN_FDS); one value per round", "req/s", rates["wasm"])
 		wasmRate.Anchor = serveAnchor
-		nativeRate := Values(fmt.Sprintf("serve native: requests/s, hello handler, %d connections", c),
+		nativeRate := Values(fmt.Sprintf("serve native: requests/s, hello handler, %s", connections(c)),
 			method+"; the native server: the same source built for linux/amd64 (go build), listening on $ADDR, GOMAXPROCS = cores; one value per round", "req/s", rates["native"])
-		wasmLat := Durations(fmt.Sprintf("%slatency, hello handler, %d connections", b.label, c), "each request's time, request written → body read, all rounds; "+method, lats["wasm"])
-		nativeLat := Durations(fmt.Sprintf("serve native: latency, hello handler, %d connections", c), "the same against the native server", lats["native"])
+		wasmLat := Durations(fmt.Sprintf("%slatency, hello handler, %s", b.label, connections(c)), "each request's time, request written → body read, all rounds; "+method, lats["wasm"])
+		nativeLat := Durations(fmt.Sprintf("serve native: latency, hello handler, %s", connections(c)), "the same against the native server", lats["native"])
 		var rr, pr []float64
 		for i := range rounds {
 			rr = append(rr, rates["wasm"][i]/rates["native"][i])
 			pr = append(pr, p99s["wasm"][i]/p99s["native"][i])
 		}
-		rateRatio := Values(fmt.Sprintf("%sWasm / native requests/s, %d connections", b.label, c), "the Wasm server's requests/s over the native server's, round by round (same client, same run)", "x", rr)
+		rateRatio := Values(fmt.Sprintf("%sWasm / native requests/s, %s", b.label, connections(c)), "the Wasm server's requests/s over the native server's, round by round (same client, same run)", "x", rr)
 		holdAtLeast(&rateRatio, "median", serveRateRatioTarget)
 		rateRatio.Anchor = "issue 17: a Wasm server ≥ 0.5× native requests/s; " + serveAnchor
-		p99Ratio := Values(fmt.Sprintf("%sWasm / native p99 latency, %d connections", b.label, c), "the Wasm server's p99 latency over the native server's, round by round", "x", pr)
+		p99Ratio := Values(fmt.Sprintf("%sWasm / native p99 latency, %s", b.label, connections(c)), "the Wasm server's p99 latency over the native server's, round by round", "x", pr)
 		p99Ratio.Hold("median", serveP99RatioTarget)
 		p99Ratio.Anchor = "issue 17: p99 ≤ 2× native"
 		b.figs = append(b.figs, wasmRate, nativeRate, rateRatio, wasmLat, nativeLat, p99Ratio)
@@ -267,6 +267,14 @@ func (b *execBench) idleServers(ctx context.Context, p *execProc, digest string)
 			fmt.Sprintf("(executor VmRSS with the servers − before them: %.1f → %.1f MiB) / %d", float64(before["VmRSS"])/(1<<20), float64(after["VmRSS"])/(1<<20), n),
 			"MiB", []float64{float64(after["VmRSS"]-before["VmRSS"]) / float64(n) / (1 << 20)}))
 	return nil
+}
+
+// connections is "1 connection", "16 connections".
+func connections(n int) string {
+	if n == 1 {
+		return "1 connection"
+	}
+	return fmt.Sprintf("%d connections", n)
 }
 
 // freePorts finds n distinct free TCP ports on 127.0.0.1, all held at
