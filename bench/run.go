@@ -90,9 +90,10 @@ var sections = []section{
 
 // notShort are sections left out of a short run (TestShortSuite) unless
 // named in Options.Only. serve: even with one round of 1 s per server and
-// 5 idle servers it takes ~25 s on this machine (two Go builds, an
-// executor, the servers' warm-ups), over the ~20 s a section may add to
-// make test; TestServeSection runs it alone.
+// 5 idle servers its executor part takes 15 s (Go builds cached) to 25 s
+// (the first compile of the server) on this machine, and its pod-network
+// part starts a node agent of its own besides, over the ~20 s a section
+// may add to make test; TestServeSection runs the executor part alone.
 var notShort = []string{"serve"}
 
 // SectionNames lists the suite's sections, in order.

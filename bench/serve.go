@@ -158,9 +158,12 @@ func (b *execBench) serve(ctx context.Context, p *execProc, digest, native strin
 		return err
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	targets := []struct{ name, url string }{
-		{"wasm", fmt.Sprintf("http://127.0.0.1:%d/", ports[0])},
-		{"native", fmt.Sprintf("http://127.0.0.1:%d/", ports[1])},
+	targets := []struct {
+		name, url string
+		pid       int // the server's process
+	}{
+		{"wasm", fmt.Sprintf("http://127.0.0.1:%d/", ports[0]), p.cmd.Process.Pid},
+		{"native", fmt.Sprintf("http://127.0.0.1:%d/", ports[1]), cmd.Process.Pid},
 	}
 	for _, t := range targets {
 		if err := waitHTTP(ctx, t.url, 2*time.Minute); err != nil {
@@ -174,11 +177,16 @@ func (b *execBench) serve(ctx context.Context, p *execProc, digest, native strin
 	rounds := max(b.opts.ServeRounds, 1)
 	for _, c := range serveConns {
 		rates := map[string][]float64{}
+		serverCPU, clientCPU := map[string][]float64{}, map[string][]float64{}
 		p99s := map[string][]float64{}
 		lats := map[string][]time.Duration{}
 		for range rounds {
 			for _, t := range targets {
+				sc, cc, t0 := cpuTree(t.pid), selfCPU(), time.Now()
 				n, lat, err := load(ctx, t.url, c, b.opts.ServeDuration)
+				secs := time.Since(t0).Seconds()
+				serverCPU[t.name] = append(serverCPU[t.name], (cpuTree(t.pid)-sc)/secs)
+				clientCPU[t.name] = append(clientCPU[t.name], (selfCPU()-cc)/secs)
 				if err != nil {
 					return fmt.Errorf("%s server, %d connections: %w (executor log: %s)", t.name, c, err, p.logTail())
 				}
@@ -207,6 +215,18 @@ func (b *execBench) serve(ctx context.Context, p *execProc, digest, native strin
 		p99Ratio.Hold("median", serveP99RatioTarget)
 		p99Ratio.Anchor = "issue 17: p99 ≤ 2× native"
 		b.figs = append(b.figs, wasmRate, nativeRate, rateRatio, wasmLat, nativeLat, p99Ratio)
+		// Where the cores went: the Wasm server's Go runtime has one
+		// thread (wasip1), the native one GOMAXPROCS; the client shares
+		// the same two cores.
+		for _, t := range targets {
+			server := "the executor process (the Wasm server)"
+			if t.name == "native" {
+				server = "the native server process"
+			}
+			b.figs = append(b.figs,
+				Values(fmt.Sprintf("serve %s: server CPU under load, %s", t.name, connections(c)), "user+system CPU seconds of "+server+" per second of load (cores busy), one value per round", "cores", serverCPU[t.name]),
+				Values(fmt.Sprintf("serve %s: client CPU under load, %s", t.name, connections(c)), "user+system CPU seconds of the benchmark process (the load client, and the idle NATS server and registry cache) per second of load against the "+t.name+" server, one value per round", "cores", clientCPU[t.name]))
+		}
 	}
 	return nil
 }

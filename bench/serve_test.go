@@ -35,7 +35,7 @@ func TestServeSection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := 6*len(serveConns) + 3; len(figs) != want {
+	if want := 10*len(serveConns) + 3; len(figs) != want {
 		t.Errorf("%d figures, want %d", len(figs), want)
 	}
 	for _, f := range figs {
