@@ -48,6 +48,13 @@ func TestServiceOverWasmPods(t *testing.T) {
 		t.Fatalf("hack/cni/build.sh: %v", err)
 	}
 	plugins := strings.TrimSpace(string(out))
+	// The bridge's name is the host's: another node agent with a pod
+	// network on this host (another test binary, a bench run) gives it an
+	// address of its own podCIDR, and this node's pods then fail to attach.
+	if pid, cmdline := podNetworkNodeAgent(); pid != 0 {
+		t.Fatalf("another node agent with --pod-network=bridge runs on this host (PID %d: %s): it owns the bridge cni-wasmlet0; run one at a time", pid, cmdline)
+	}
+	exec.Command("ip", "link", "delete", "cni-wasmlet0").Run() // a stale one, of nobody's
 	t.Cleanup(func() { exec.Command("ip", "link", "delete", "cni-wasmlet0").Run() })
 	name := "e2e-svc"
 	startNode(t, name, nil, "--state-dir", t.TempDir(), "--default-executor", "wazero",
@@ -293,4 +300,25 @@ func proxiedEndpoints(t *testing.T, servicePort string) []string {
 	}
 	sort.Strings(ips)
 	return ips
+}
+
+// podNetworkNodeAgent finds a running process with --pod-network=bridge (a
+// node agent that uses the host's bridge cni-wasmlet0).
+func podNetworkNodeAgent() (int, string) {
+	dirs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, f := range dirs {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		for i, a := range args {
+			if (a == "--pod-network" || a == "-pod-network") && i+1 < len(args) && args[i+1] == "bridge" || a == "--pod-network=bridge" || a == "-pod-network=bridge" {
+				var pid int
+				fmt.Sscanf(filepath.Base(filepath.Dir(f)), "%d", &pid)
+				return pid, strings.Join(args, " ")
+			}
+		}
+	}
+	return 0, ""
 }
