@@ -75,6 +75,24 @@ func TestComposeStack(t *testing.T) {
 	t.Logf("TIMING up: both Nodes Ready %.1fs after `up`", time.Since(begin).Seconds())
 	out := s.kubectl("get", "nodes", "-o", "wide")
 	t.Logf("kubectl get nodes -o wide:\n%s", out)
+	// Both nodes joined with the bootstrap token: a client CSR each,
+	// approved by the controller-manager and issued.
+	csrs := s.kubectl("get", "csr", "-o", `jsonpath={range .items[?(@.spec.signerName=="kubernetes.io/kube-apiserver-client-kubelet")]}{.spec.username} {.status.conditions[0].type} {.status.certificate}{"\n"}{end}`)
+	joined := 0
+	for _, l := range strings.Split(strings.TrimSpace(csrs), "\n") {
+		if f := strings.Fields(l); len(f) == 3 && strings.HasPrefix(f[0], "system:bootstrap:") && f[1] == "Approved" {
+			joined++
+		}
+	}
+	t.Logf("node client CSRs (requestor, condition): %d approved and issued", joined)
+	if joined < 2 {
+		t.Errorf("node client CSRs %q: want one approved and issued per node, sent with the bootstrap token", csrs)
+	}
+	for _, n := range []string{"wasmlet-1", "wasmlet-2"} {
+		if l := s.kubectl("get", "node", n, "-o", `jsonpath={.metadata.labels}`); !strings.Contains(l, "flavour.wasmlet.io/") {
+			t.Errorf("node %s labels %s: no flavour.wasmlet.io/ label for its executors", n, l)
+		}
+	}
 
 	// The example module pushed to the stack's registry.
 	s.step("push examples/hello")
