@@ -219,13 +219,13 @@ func (b *execBench) serve(ctx context.Context, p *execProc, digest, native strin
 		// thread (wasip1), the native one GOMAXPROCS; the client shares
 		// the same two cores.
 		for _, t := range targets {
-			server := "the executor process (the Wasm server)"
+			server, label := "the executor process (the Wasm server)", b.label
 			if t.name == "native" {
-				server = "the native server process"
+				server, label = "the native server process", "serve native: "
 			}
 			b.figs = append(b.figs,
-				Values(fmt.Sprintf("serve %s: server CPU under load, %s", t.name, connections(c)), "user+system CPU seconds of "+server+" per second of load (cores busy), one value per round", "cores", serverCPU[t.name]),
-				Values(fmt.Sprintf("serve %s: client CPU under load, %s", t.name, connections(c)), "user+system CPU seconds of the benchmark process (the load client, and the idle NATS server and registry cache) per second of load against the "+t.name+" server, one value per round", "cores", clientCPU[t.name]))
+				Values(fmt.Sprintf("%sserver CPU under load, %s", label, connections(c)), "user+system CPU seconds of "+server+" per second of load (cores busy), one value per round", "cores", serverCPU[t.name]),
+				Values(fmt.Sprintf("%sclient CPU under load, %s", label, connections(c)), "user+system CPU seconds of the benchmark process (the load client, and the idle NATS server and registry cache) per second of load against the "+t.name+" server, one value per round", "cores", clientCPU[t.name]))
 		}
 	}
 	return nil
