@@ -13,6 +13,8 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/wasmlet/wasmlet/internal/testharness/testpki"
@@ -38,7 +40,8 @@ const kubeProxyProc = "kube-proxy"
 // which removes its Service chains and rules, and removes the chains
 // --cleanup leaves on purpose (see kubeProxyCleanup); stop reports an error
 // when any KUBE-* chain that was not there before is left. Only one
-// kube-proxy may run on a host at a time.
+// kube-proxy runs on a host at a time: StartKubeProxy waits (until ctx ends)
+// for the host-wide lock /run/lock/wasmlet-kube-proxy.lock, which stop releases.
 func (c *Cluster) StartKubeProxy(ctx context.Context, nodeName string) (stop func() error, err error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("start kube-proxy: needs root (it writes the host's iptables)")
@@ -50,6 +53,18 @@ func (c *Cluster) StartKubeProxy(ctx context.Context, nodeName string) (stop fun
 	if _, err := exec.LookPath("iptables"); err != nil {
 		return nil, fmt.Errorf("start kube-proxy: %w: install Debian's iptables (hack/deps.sh)", err)
 	}
+	// Two kube-proxies on one host rewrite each other's chains: wait for
+	// the host's lock, held until stop.
+	unlock, err := lockHost(ctx, kubeProxyLock)
+	if err != nil {
+		return nil, fmt.Errorf("start kube-proxy: %w", err)
+	}
+	started := false
+	defer func() {
+		if !started {
+			unlock()
+		}
+	}()
 	kubeconfig := filepath.Join(c.dir, "kube-proxy.kubeconfig")
 	if err := c.clientKubeconfig(kubeconfig, pkix.Name{CommonName: "system:kube-proxy"}); err != nil {
 		return nil, fmt.Errorf("start kube-proxy: %w", err)
@@ -102,16 +117,19 @@ func (c *Cluster) StartKubeProxy(ctx context.Context, nodeName string) (stop fun
 		if err := c.kubeProxyCleanup(before); err != nil {
 			errs = append(errs, err)
 		}
+		unlock()
 		return errors.Join(errs...)
 	}
 	client := &http.Client{Timeout: 5 * time.Second}
 	if err := waitFor(ctx, p, componentsTimeout, httpOK(client, "http://"+healthz+"/healthz")); err != nil {
+		started = true // stop unlocks
 		if serr := stop(); serr != nil {
 			err = errors.Join(err, fmt.Errorf("clean up: %w", serr))
 		}
 		return nil, fmt.Errorf("start kube-proxy: %w", err)
 	}
 	c.log.Info("kube-proxy ready", "node", nodeName, "healthz", healthz)
+	started = true
 	return stop, nil
 }
 
@@ -278,4 +296,35 @@ func (c *Cluster) clientKubeconfig(path string, subject pkix.Name) error {
 		return fmt.Errorf("kubeconfig for %s: %w", subject.CommonName, err)
 	}
 	return nil
+}
+
+const kubeProxyLock = "/run/lock/wasmlet-kube-proxy.lock"
+
+// lockHost takes an exclusive flock on path, polling until ctx ends; the
+// kernel releases it if the process dies.
+func lockHost(ctx context.Context, path string) (unlock func(), err error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			var once sync.Once
+			return func() { once.Do(func() { f.Close() }) }, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("wait for %s (another kube-proxy of this harness runs on the host): %w", path, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
