@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -24,30 +23,16 @@ import (
 // address of its own from the Node's podCIDR through the CNI plugins, the
 // node agent opens its port inside the pod's namespace and hands it to the
 // unprivileged wazero executor, the probe makes it Ready, and the node
-// reaches the server at the pod's IP; a pod without ports keeps the node's address; deleting the
-// server pod takes its namespace and address away.
+// reaches the server at the pod's IP; a pod without ports keeps the node's
+// address; deleting the server pod takes its namespace and address away.
 func TestWasmServerOnPodNetwork(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("WASMLET_REQUIRE_CLUSTER") != "" {
-			t.Fatal("pod networking needs root")
-		}
-		t.Skip("pod networking needs root")
-	}
-	// The CNI plugins make cni built (at once when built already).
-	out, err := exec.Command("bash", filepath.Join(repoRoot(), "hack", "cni", "build.sh")).Output()
-	if err != nil {
-		t.Fatalf("hack/cni/build.sh: %v", err)
-	}
-	plugins := strings.TrimSpace(string(out))
-	// The bridge network's bridge is the host's: gone with the test.
-	t.Cleanup(func() { exec.Command("ip", "link", "delete", "cni-wasmlet0").Run() })
 	state := t.TempDir()
 	name := "e2e-net"
-	startNode(t, name, nil, "--state-dir", state, "--default-executor", "wazero",
-		"--pod-network", "bridge", "--cni-bin-dir", plugins)
+	startPodNetworkNode(t, name, state)
 	var cidr netip.Prefix
 	waitFor(t, 30*time.Second, "the Node's spec.podCIDR", func() (bool, string) {
 		out, _ := kubectl(t, "get", "node", name, "-o", "jsonpath={.spec.podCIDR}")
+		var err error
 		cidr, err = netip.ParsePrefix(out)
 		return err == nil, out
 	})

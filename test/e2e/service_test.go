@@ -36,29 +36,9 @@ import (
 // It shares the bridge cni-wasmlet0 with TestWasmServerOnPodNetwork, so
 // neither runs in parallel, and each deletes it when done.
 func TestServiceOverWasmPods(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("WASMLET_REQUIRE_CLUSTER") != "" {
-			t.Fatal("pod networking and kube-proxy need root")
-		}
-		t.Skip("pod networking and kube-proxy need root")
-	}
 	c := cluster.Get(t)
-	out, err := exec.Command("bash", filepath.Join(repoRoot(), "hack", "cni", "build.sh")).Output()
-	if err != nil {
-		t.Fatalf("hack/cni/build.sh: %v", err)
-	}
-	plugins := strings.TrimSpace(string(out))
-	// The bridge's name is the host's: another node agent with a pod
-	// network on this host (another test binary, a bench run) gives it an
-	// address of its own podCIDR, and this node's pods then fail to attach.
-	if pid, cmdline := podNetworkNodeAgent(); pid != 0 {
-		t.Fatalf("another node agent with --pod-network=bridge runs on this host (PID %d: %s): it owns the bridge cni-wasmlet0; run one at a time", pid, cmdline)
-	}
-	exec.Command("ip", "link", "delete", "cni-wasmlet0").Run() // a stale one, of nobody's
-	t.Cleanup(func() { exec.Command("ip", "link", "delete", "cni-wasmlet0").Run() })
 	name := "e2e-svc"
-	startNode(t, name, nil, "--state-dir", t.TempDir(), "--default-executor", "wazero",
-		"--pod-network", "bridge", "--cni-bin-dir", plugins)
+	startPodNetworkNode(t, name, t.TempDir())
 
 	begin := time.Now()
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
@@ -321,4 +301,33 @@ func podNetworkNodeAgent() (int, string) {
 		}
 	}
 	return 0, ""
+}
+
+// startPodNetworkNode starts a node agent with --pod-network=bridge and
+// the supervised executor on wazero (which serves pods' ports), with the
+// CNI plugins make cni builds; root only (skipped otherwise, failed under
+// WASMLET_REQUIRE_CLUSTER). The bridge cni-wasmlet0 is the host's: another
+// node agent with a pod network on this host (another test binary, a
+// bench run) would give it an address of its own podCIDR, and this node's
+// pods would fail to attach, so that fails the test at once; the bridge
+// goes with the test. Tests that call it must not run in parallel.
+func startPodNetworkNode(t *testing.T, name, state string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("WASMLET_REQUIRE_CLUSTER") != "" {
+			t.Fatal("pod networking needs root")
+		}
+		t.Skip("pod networking needs root")
+	}
+	out, err := exec.Command("bash", filepath.Join(repoRoot(), "hack", "cni", "build.sh")).Output()
+	if err != nil {
+		t.Fatalf("hack/cni/build.sh: %v", err)
+	}
+	if pid, cmdline := podNetworkNodeAgent(); pid != 0 {
+		t.Fatalf("another node agent with --pod-network=bridge runs on this host (PID %d: %s): it owns the bridge cni-wasmlet0; run one at a time", pid, cmdline)
+	}
+	exec.Command("ip", "link", "delete", "cni-wasmlet0").Run() // a stale one, of nobody's
+	t.Cleanup(func() { exec.Command("ip", "link", "delete", "cni-wasmlet0").Run() })
+	startNode(t, name, nil, "--state-dir", state, "--default-executor", "wazero",
+		"--pod-network", "bridge", "--cni-bin-dir", strings.TrimSpace(string(out)))
 }
