@@ -1,11 +1,13 @@
 package e2e
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -79,6 +81,36 @@ func TestWasmServerOnPodNetwork(t *testing.T) {
 	if want := "Hello from WebAssembly, pod web!"; !strings.Contains(body, want) {
 		t.Errorf("GET %s = %q, want %q", url, body, want)
 	}
+
+	// kubectl port-forward reaches it through the API server and the
+	// kubelet API (WebSocket, or SPDY for an older kubectl).
+	local := freePort(t)
+	pf := exec.Command("kubectl", "--kubeconfig", cluster.Get(t).KubeconfigPath(), "port-forward", "-n", ns, "pod/web", fmt.Sprintf("%d:http", local))
+	pfOut, err := pf.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pfErr strings.Builder
+	pf.Stderr = &pfErr
+	if err := pf.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pf.Process.Kill(); pf.Wait() })
+	line, _ := bufio.NewReader(pfOut).ReadString('\n')
+	if !strings.HasPrefix(line, "Forwarding from") {
+		t.Fatalf("kubectl port-forward: %q %s", line, pfErr.String())
+	}
+	fwd := fmt.Sprintf("http://127.0.0.1:%d/", local)
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(fwd)
+	if err != nil {
+		t.Fatalf("GET %s through kubectl port-forward: %v (%s)", fwd, err, pfErr.String())
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(b), "Hello from WebAssembly, pod web!") {
+		t.Errorf("GET %s through kubectl port-forward = %d %q", fwd, resp.StatusCode, b)
+	}
+	pf.Process.Kill()
 
 	// A pod without ports stays on the node's address.
 	hello := wasmPod("plain", name, push(t, "e2e/hello-net:v1"), v1.RestartPolicyNever)

@@ -528,6 +528,9 @@ func Run(ctx context.Context, cfg Config) error {
 		Refuse:          prov.Refuse,
 		Metrics:         promhttp.HandlerFor(cfg.Metrics, promhttp.HandlerOpts{}),
 	}
+	if podNet != nil {
+		routes.PortForward = prov
+	}
 	getCert, err := servingCertificate(cfg, client, recorder, goRun)
 	if err != nil {
 		return err

@@ -30,6 +30,7 @@
 package kubeletapi
 
 import (
+	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -59,8 +60,10 @@ import (
 	"github.com/virtual-kubelet/virtual-kubelet/errdefs"
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	statsv1alpha1 "k8s.io/kubelet/pkg/apis/stats/v1alpha1"
+	"k8s.io/kubelet/pkg/cri/streaming/portforward"
 
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/kubeletauth"
 )
@@ -152,6 +155,38 @@ type Routes struct {
 	Refuse func(ctx context.Context, action, namespace, pod, container string) error
 	// Metrics, when set, serves /metrics (the node agent's own).
 	Metrics http.Handler
+	// PortForward, when set, serves /portForward (kubectl port-forward),
+	// in SPDY and WebSocket as the kubelet speaks them; nil: Refuse
+	// answers.
+	PortForward PortForwarder
+}
+
+// PortForwarder forwards kubectl port-forward's streams to pods' ports.
+type PortForwarder interface {
+	// Forwardable says, before the connection is upgraded (so that its
+	// error is answered as a Status), whether the pod's ports can be
+	// reached, and gives its UID.
+	Forwardable(ctx context.Context, namespace, pod string) (types.UID, error)
+	// Forward copies data between stream and the pod's port until either
+	// side ends.
+	Forward(ctx context.Context, namespace, pod string, port int32, stream io.ReadWriteCloser) error
+}
+
+// The kubelet's defaults (--streaming-connection-idle-timeout, and the
+// time a client has to open a port's streams).
+const (
+	portForwardIdleTimeout    = 4 * time.Hour
+	portForwardStreamCreation = 30 * time.Second
+)
+
+// podForwarder is one pod's portforward.PortForwarder.
+type podForwarder struct {
+	f         PortForwarder
+	namespace string
+}
+
+func (p podForwarder) PortForward(ctx context.Context, name string, _ types.UID, port int32, stream io.ReadWriteCloser) error {
+	return p.f.Forward(ctx, p.namespace, name, port, stream)
 }
 
 // Serve listens and serves until ctx ends.
@@ -337,8 +372,22 @@ func Handler(r Routes, lim Limits, log *slog.Logger) (http.Handler, error) {
 		handle("GET /"+action+"/{namespace}/{pod}/{container}", f)
 		handle("POST /"+action+"/{namespace}/{pod}/{container}", f)
 	}
-	pf := func(_ http.ResponseWriter, req *http.Request) error {
-		return r.Refuse(req.Context(), "portforward", req.PathValue("namespace"), req.PathValue("pod"), "")
+	pf := func(w http.ResponseWriter, req *http.Request) error {
+		ns, pod := req.PathValue("namespace"), req.PathValue("pod")
+		if r.PortForward == nil {
+			return r.Refuse(req.Context(), "portforward", ns, pod, "")
+		}
+		uid, err := r.PortForward.Forwardable(req.Context(), ns, pod)
+		if err != nil {
+			return err
+		}
+		opts, err := portforward.NewV4Options(req)
+		if err != nil {
+			return errdefs.AsInvalidInput(err)
+		}
+		portforward.ServePortForward(w, req, podForwarder{r.PortForward, ns}, pod, uid, opts,
+			portForwardIdleTimeout, portForwardStreamCreation, portforward.SupportedProtocols)
+		return nil
 	}
 	handle("GET /portForward/{namespace}/{pod}", pf)
 	handle("POST /portForward/{namespace}/{pod}", pf)
@@ -405,6 +454,13 @@ func (w *wroteWriter) Write(p []byte) (int, error) {
 // Unwrap lets http.ResponseController reach the connection (flushes, the
 // read deadline).
 func (w *wroteWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Hijack hands the connection over (port-forward's upgrade asserts
+// http.Hijacker on the writer it is given).
+func (w *wroteWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	w.wrote = true
+	return http.NewResponseController(w.ResponseWriter).Hijack()
+}
 
 // writeError answers with a metav1.Status, as the kubelet does: the API
 // server and kubectl show its message (e.g. "unable to upgrade

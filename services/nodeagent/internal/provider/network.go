@@ -4,11 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"syscall"
+	"time"
 
+	"github.com/virtual-kubelet/virtual-kubelet/errdefs"
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/wasmlet/wasmlet/services/executor/instances"
 	"github.com/wasmlet/wasmlet/services/executor/instances/handoff"
@@ -91,4 +95,45 @@ func listenIn(netns string, listeners []instances.Listener) ([]handoff.Handed, e
 		return nil
 	})
 	return out, err
+}
+
+// Forwardable implements kubeletapi.PortForwarder: a pod's ports can be
+// reached once it has an address of its own (it declares ports and is on
+// the pod network).
+func (p *Provider) Forwardable(_ context.Context, ns, name string) (types.UID, error) {
+	e, err := p.get(ns, name)
+	if err != nil {
+		return "", err
+	}
+	pod := e.worker.Pod()
+	if ip := pod.Status.PodIP; ip == "" || ip == p.cfg.NodeIP {
+		return "", errdefs.InvalidInputf("pod %s/%s has no address of its own: only a pod that declares containerPorts, on a node with a pod network, serves its ports", ns, name)
+	}
+	return pod.UID, nil
+}
+
+// Forward implements kubeletapi.PortForwarder: it connects to the port at
+// the pod's address from the node and copies both ways until either side
+// ends.
+func (p *Provider) Forward(ctx context.Context, ns, name string, port int32, stream io.ReadWriteCloser) error {
+	defer stream.Close()
+	e, err := p.get(ns, name)
+	if err != nil {
+		return err
+	}
+	addr := net.JoinHostPort(e.worker.Pod().Status.PodIP, strconv.Itoa(int(port)))
+	d := net.Dialer{Timeout: 10 * time.Second}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("pod %s/%s port %d: %w", ns, name, port, err)
+	}
+	defer conn.Close()
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(conn, stream); conn.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(stream, conn); done <- struct{}{} }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	return nil
 }
