@@ -1,7 +1,10 @@
 package provider
 
 import (
+	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -9,8 +12,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/virtual-kubelet/virtual-kubelet/errdefs"
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/wasmlet/wasmlet/services/executor/instances"
 	"github.com/wasmlet/wasmlet/services/nodeagent/internal/podnet"
+	"github.com/wasmlet/wasmlet/services/nodeagent/internal/podworker"
 )
 
 // The listeners a pod's ports become are opened inside the pod's network
@@ -65,5 +73,61 @@ func TestListenInPodNamespace(t *testing.T) {
 	}
 	if _, err := listenIn(ns, []instances.Listener{{Port: 53, Protocol: instances.ProtocolUDP}}); err == nil || !strings.Contains(err.Error(), "only TCP") {
 		t.Errorf("a UDP port: %v", err)
+	}
+}
+
+// kubectl port-forward reaches a pod's port at the pod's own address; a
+// pod without one (it declares no ports, or the node has no pod network)
+// is refused with a 400 saying why.
+func TestPortForwardNeedsPodAddress(t *testing.T) {
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	port := echo.Addr().(*net.TCPAddr).Port
+	worker := func(podIP string) *podworker.Worker {
+		return podworker.New(podworker.Deps{Log: slog.New(slog.DiscardHandler)}, &v1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "p", UID: "u"},
+			Status:     v1.PodStatus{PodIP: podIP},
+		})
+	}
+	p := &Provider{cfg: Config{NodeIP: "10.0.0.1"}, pods: map[string]*entry{}}
+
+	p.pods["ns/p"] = &entry{uid: "u", worker: worker("10.0.0.1")}
+	if _, err := p.Forwardable(context.Background(), "ns", "p"); !errdefs.IsInvalidInput(err) || !strings.Contains(err.Error(), "has no address of its own") {
+		t.Errorf("a pod on the node's address: %v; want InvalidInput saying it has no address of its own", err)
+	}
+	if _, err := p.Forwardable(context.Background(), "ns", "other"); !errdefs.IsNotFound(err) {
+		t.Errorf("an unknown pod: %v; want NotFound", err)
+	}
+
+	p.pods["ns/p"] = &entry{uid: "u", worker: worker("127.0.0.1")}
+	if uid, err := p.Forwardable(context.Background(), "ns", "p"); err != nil || uid != "u" {
+		t.Fatalf("a pod with its own address: %q, %v", uid, err)
+	}
+	client, stream := net.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- p.Forward(context.Background(), "ns", "p", int32(port), stream) }()
+	client.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := client.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(client, got); err != nil || string(got) != "ping" {
+		t.Fatalf("through the forward: %q, %v", got, err)
+	}
+	client.Close()
+	if err := <-done; err != nil {
+		t.Errorf("Forward: %v", err)
 	}
 }
