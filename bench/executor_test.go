@@ -15,28 +15,7 @@ import (
 //
 //	WASMLET_BENCH_EXECUTOR=full go test -count=1 -run TestExecutorSection -v -timeout 30m ./bench/
 func TestExecutorSection(t *testing.T) {
-	mode := os.Getenv("WASMLET_BENCH_EXECUTOR")
-	if mode == "" {
-		t.Skip("set WASMLET_BENCH_EXECUTOR=short or full to run the executor section alone")
-	}
-	opts := ShortOptions
-	if mode == "full" {
-		opts = FullOptions
-	}
-	bin := filepath.Join(t.TempDir(), "bin")
-	if err := Build(filepath.Join("..", ""), bin); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
-	defer cancel()
-	t0 := time.Now()
-	figs, err := ExecutorFigures(ctx, bin, opts)
-	t.Logf("executor section: %v", time.Since(t0))
-	r := Report{Date: time.Now().UTC(), Mode: mode, Machine: ThisMachine(), Figures: figs}
-	t.Logf("\n%s", r.Markdown())
-	if err != nil {
-		t.Fatal(err)
-	}
+	figs := runSectionAlone(t, "executor", "WASMLET_BENCH_EXECUTOR", ExecutorFigures)
 	for _, eng := range execEngines {
 		n := 0
 		for _, f := range figs {
@@ -58,9 +37,25 @@ func TestExecutorSection(t *testing.T) {
 //
 //	WASMLET_BENCH_COLDSTART=full go test -count=1 -run TestColdStartSection -v -timeout 30m ./bench/
 func TestColdStartSection(t *testing.T) {
-	mode := os.Getenv("WASMLET_BENCH_COLDSTART")
+	figs := runSectionAlone(t, "coldstart", "WASMLET_BENCH_COLDSTART", ColdStartFigures)
+	if want := 3 * 2 * len(coldVariants); len(figs) != want {
+		t.Errorf("%d figures, want %d", len(figs), want)
+	}
+	for _, f := range figs {
+		if f.Samples == 0 || f.Max <= 0 {
+			t.Errorf("figure %q has no measurement: %+v", f.Name, f)
+		}
+	}
+}
+
+// runSectionAlone runs one section without the control plane when env is
+// "short" or "full" (skipping the test otherwise), logs its report and
+// fails the test on its error.
+func runSectionAlone(t *testing.T, name, env string, section func(context.Context, string, Options) ([]Figure, error)) []Figure {
+	t.Helper()
+	mode := os.Getenv(env)
 	if mode == "" {
-		t.Skip("set WASMLET_BENCH_COLDSTART=short or full to run the coldstart section alone")
+		t.Skipf("set %s=short or full to run the %s section alone", env, name)
 	}
 	opts := ShortOptions
 	if mode == "full" {
@@ -72,18 +67,13 @@ func TestColdStartSection(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
-	figs, err := ColdStartFigures(ctx, bin, opts)
+	t0 := time.Now()
+	figs, err := section(ctx, bin, opts)
+	t.Logf("%s section: %v", name, time.Since(t0))
 	r := Report{Date: time.Now().UTC(), Mode: mode, Machine: ThisMachine(), Figures: figs}
 	t.Logf("\n%s", r.Markdown())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := 3 * 2 * len(coldVariants); len(figs) != want {
-		t.Errorf("%d figures, want %d", len(figs), want)
-	}
-	for _, f := range figs {
-		if f.Samples == 0 || f.Max <= 0 {
-			t.Errorf("figure %q has no measurement: %+v", f.Name, f)
-		}
-	}
+	return figs
 }
