@@ -86,11 +86,18 @@ func Wat(t testing.TB, src string) string {
 // WatFile assembles testdata/wasm/<name>/<name>.wat (see Wat).
 func WatFile(t testing.TB, name string) string {
 	t.Helper()
+	return WatAt(t, filepath.Join("testdata", "wasm", name, name+".wat"))
+}
+
+// WatAt assembles the .wat file at rel, relative to the module's root
+// ("examples/wagi-hello/hello.wat"; see Wat).
+func WatAt(t testing.TB, rel string) string {
+	t.Helper()
 	root, err := moduleRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	src, err := os.ReadFile(filepath.Join(root, "testdata", "wasm", name, name+".wat"))
+	src, err := os.ReadFile(filepath.Join(root, filepath.FromSlash(rel)))
 	if err != nil {
 		t.Fatal(err)
 	}
