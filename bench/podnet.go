@@ -93,50 +93,23 @@ func podNetwork(ctx context.Context, s *Stack, opts Options) (_ []Figure, err er
 // startNetNode starts NetNode's node agent and returns what stops it (and
 // removes the Node, its mounts and the bridge).
 func (s *Stack) startNetNode(ctx context.Context, plugins string) (func() error, error) {
-	kubeconfig, err := s.Cluster.NodeKubeconfig(NetNode)
-	if err != nil {
-		return nil, err
-	}
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	state := filepath.Join(s.dir, "node-net")
 	// The bridge is the host's, and named by wasmlet: another node on this
 	// machine (an e2e test) may have it up already, and keeps it then.
 	hadBridge := exec.Command("ip", "link", "show", bridgeName).Run() == nil
+	_, stopNode, err := s.startNodeAgent(ctx, NetNode, "nodeagent-net", filepath.Join(s.dir, "node-net"),
+		"--pod-network", "bridge", "--default-executor", "wazero", "--cni-bin-dir", plugins)
 	stop := func() error {
-		errs := []error{localcluster.StopService(s.dir, "nodeagent-net"), localcluster.UnmountUnder(state)}
+		var err error
+		if stopNode != nil {
+			err = stopNode()
+		}
 		if !hadBridge {
 			exec.Command("ip", "link", "delete", bridgeName).Run()
 		}
-		if err := s.Client.CoreV1().Nodes().Delete(context.Background(), NetNode, metav1.DeleteOptions{}); err != nil {
-			errs = append(errs, err)
-		}
-		return errors.Join(errs...)
+		return err
 	}
-	// StopService finds the process by its binary's base name, which must
-	// be the service's: a link of its own, beside the executor binary that
-	// the node agent runs.
-	bin := filepath.Join(s.Bin, "nodeagent-net")
-	if err := os.Link(filepath.Join(s.Bin, "nodeagent"), bin); err != nil && !errors.Is(err, os.ErrExist) {
-		return nil, err
-	}
-	if _, err := localcluster.StartService(s.dir, "nodeagent-net", bin, []string{
-		"--kubeconfig", kubeconfig, "--node-name", NetNode, "--port", fmt.Sprint(port),
-		"--state-dir", state, "--client-ca-file", s.Cluster.KubeletClientCAPath(),
-		"--insecure-registry", s.Registry.Host, "--max-pods", "2000", "--log-level", "warn",
-		"--pod-sync-workers", fmt.Sprint(PodSyncWorkers),
-		"--pod-network", "bridge", "--default-executor", "wazero", "--cni-bin-dir", plugins,
-	}, profileEnv()); err != nil {
-		return nil, err
-	}
-	fail := func(err error) (func() error, error) {
-		log := localcluster.ServiceLog(s.dir, "nodeagent-net")
-		return nil, errors.Join(fmt.Errorf("%w (node agent log: %s)", err, log), stop())
-	}
-	if err := s.waitSchedulable(ctx, NetNode); err != nil {
-		return fail(err)
+	if err != nil {
+		return nil, errors.Join(err, stop())
 	}
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
 		n, err := s.Client.CoreV1().Nodes().Get(ctx, NetNode, metav1.GetOptions{})
@@ -144,7 +117,8 @@ func (s *Stack) startNetNode(ctx context.Context, plugins string) (func() error,
 			break
 		}
 		if time.Now().After(deadline) {
-			return fail(fmt.Errorf("node %s: no spec.podCIDR after 1m (%v)", NetNode, err))
+			log := localcluster.ServiceLog(s.dir, "nodeagent-net")
+			return nil, errors.Join(fmt.Errorf("node %s: no spec.podCIDR after 1m (%v) (node agent log: %s)", NetNode, err, log), stop())
 		}
 	}
 	return stop, nil

@@ -155,6 +155,46 @@ func StartStack(ctx context.Context, dir, bin string) (_ *Stack, err error) {
 	return s, nil
 }
 
+// startNodeAgent starts a node agent of its own for node, beside the
+// stack's: as service (a link to the nodeagent binary of that name, since
+// StopService finds the process by its binary's base name), its state
+// under state, with the stack's flags and more. It returns the node agent's
+// pid and what stops it and removes its Node and the mounts under state.
+func (s *Stack) startNodeAgent(ctx context.Context, node, service, state string, more ...string) (int, func() error, error) {
+	kubeconfig, err := s.Cluster.NodeKubeconfig(node)
+	if err != nil {
+		return 0, nil, err
+	}
+	port, err := freePort()
+	if err != nil {
+		return 0, nil, err
+	}
+	stop := func() error {
+		errs := []error{localcluster.StopService(s.dir, service), localcluster.UnmountUnder(state)}
+		if err := s.Client.CoreV1().Nodes().Delete(context.Background(), node, metav1.DeleteOptions{}); err != nil {
+			errs = append(errs, err)
+		}
+		return errors.Join(errs...)
+	}
+	bin := filepath.Join(s.Bin, service)
+	if err := os.Link(filepath.Join(s.Bin, "nodeagent"), bin); err != nil && !errors.Is(err, os.ErrExist) {
+		return 0, nil, err
+	}
+	pid, err := localcluster.StartService(s.dir, service, bin, append([]string{
+		"--kubeconfig", kubeconfig, "--node-name", node, "--port", fmt.Sprint(port),
+		"--state-dir", state, "--client-ca-file", s.Cluster.KubeletClientCAPath(),
+		"--insecure-registry", s.Registry.Host, "--max-pods", "2000", "--log-level", "warn",
+		"--pod-sync-workers", fmt.Sprint(PodSyncWorkers),
+	}, more...), profileEnv())
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := s.waitSchedulable(ctx, node); err != nil {
+		return 0, nil, errors.Join(fmt.Errorf("%w (node agent log: %s)", err, localcluster.ServiceLog(s.dir, service)), stop())
+	}
+	return pid, stop, nil
+}
+
 func (s *Stack) waitSchedulable(ctx context.Context, name string) error {
 	deadline := time.Now().Add(2 * time.Minute)
 	for {

@@ -34,16 +34,11 @@ func uncached(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 	env := []v1.EnvVar{{Name: "COUNT", Value: "1000000000"}, {Name: "SLEEP", Value: "10s"}}
 	var starts, pulls []time.Duration
 	for i := range opts.Uncached {
-		file := filepath.Join(s.dir, fmt.Sprintf("uncached-%d.wasm", i))
-		tag := fmt.Sprintf("%d-%d", time.Now().UnixNano(), i)
-		if err := os.WriteFile(file, withCustomSection(wasm, "wasmlet-bench", []byte(tag)), 0o644); err != nil {
+		image, err := s.pushVariant(ctx, wasm, "uncached", i)
+		if err != nil {
 			return nil, err
 		}
-		out, err := exec.CommandContext(ctx, filepath.Join(s.Bin, "registry-cache"), "push", "--plain-http", file, s.Registry.Host+"/bench/uncached:"+tag).CombinedOutput()
-		if err != nil {
-			return nil, fmt.Errorf("push: %v: %s", err, out)
-		}
-		ps := &PodStarter{Client: s.Client, WatchClient: s.WatchClient, Node: WasmNode, Image: strings.TrimSpace(string(out)), Env: env, Namespace: ns}
+		ps := &PodStarter{Client: s.Client, WatchClient: s.WatchClient, Node: WasmNode, Image: image, Env: env, Namespace: ns}
 		name := fmt.Sprintf("uncached-%d", i)
 		d, err := ps.Singles(ctx, name, 1)
 		if err != nil {
@@ -65,6 +60,23 @@ func uncached(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 		start,
 		Durations("pull, uncached module, "+WasmNode, "the pull's duration in the pod's Pulled event: the registry cache fetching a 2.8 MB module from the origin registry and verifying it", pulls),
 	}, nil
+}
+
+// pushVariant pushes wasm with a custom section of its own (a digest
+// that neither the node nor the registry cache has seen) to the stack's
+// registry as bench/<repo>:<tag> and returns its digest reference.
+func (s *Stack) pushVariant(ctx context.Context, wasm []byte, repo string, i int) (string, error) {
+	tag := fmt.Sprintf("%d-%d", time.Now().UnixNano(), i)
+	file := filepath.Join(s.dir, repo+"-"+tag+".wasm")
+	if err := os.WriteFile(file, withCustomSection(wasm, "wasmlet-bench", []byte(tag)), 0o644); err != nil {
+		return "", err
+	}
+	defer os.Remove(file)
+	out, err := exec.CommandContext(ctx, filepath.Join(s.Bin, "registry-cache"), "push", "--plain-http", file, s.Registry.Host+"/bench/"+repo+":"+tag).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("push: %v: %s", err, out)
+	}
+	return strings.TrimSpace(string(out)), nil
 }
 
 var pulledIn = regexp.MustCompile(`pulled image ".*" in ([0-9.]+[a-zµ]+)`)
