@@ -188,19 +188,36 @@ func (e *Engine) WaitBackground() { e.background.Wait() }
 
 // Start implements engine.Engine.
 func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) (engine.Instance, error) {
-	m, ok := em.(*module)
-	if !ok {
-		return nil, fmt.Errorf("%w: module was not prepared by the wasmtime engine", engine.ErrInstantiate)
-	}
 	if len(spec.Listeners) > 0 {
 		return nil, fmt.Errorf("%w: the wasmtime engine cannot hand a module a listening socket (wasmtime-go has no socket preopen); use a wazero flavour", engine.ErrUnsupported)
+	}
+	inst, m, err := e.newInstance(ctx, em)
+	if err != nil {
+		return nil, err
+	}
+	if err := inst.setup(m, spec); err != nil {
+		inst.release()
+		return nil, err
+	}
+	run, err := engine.Launch(inst, e.cpu, spec)
+	if err != nil {
+		return nil, err
+	}
+	return run, nil
+}
+
+// newInstance is an instance of em with a runner, not yet set up.
+func (e *Engine) newInstance(ctx context.Context, em engine.Module) (*instance, *module, error) {
+	m, ok := em.(*module)
+	if !ok {
+		return nil, nil, fmt.Errorf("%w: module was not prepared by the wasmtime engine", engine.ErrInstantiate)
 	}
 	// The artifact stays on disk from its check until a runner has it.
 	release := e.disk.Use(m.key)
 	a, err := e.ready(ctx, m)
 	if err != nil {
 		release()
-		return nil, err
+		return nil, nil, err
 	}
 	r, err := e.runners.get(m, a)
 	if err != nil && a.quick {
@@ -211,18 +228,9 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 	}
 	release()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	inst := &instance{runner: r, pool: &e.runners}
-	if err := inst.setup(m, spec); err != nil {
-		inst.release()
-		return nil, err
-	}
-	run, err := engine.Launch(inst, e.cpu, spec)
-	if err != nil {
-		return nil, err
-	}
-	return run, nil
+	return &instance{runner: r, pool: &e.runners}, m, nil
 }
 
 // instance is the engine.Guest of one run, with a wasmtime Engine of its
@@ -242,24 +250,28 @@ type instance struct {
 var _ engine.Guest = (*instance)(nil)
 
 func (i *instance) setup(m *module, spec engine.Spec) error {
-	i.store = wt.NewStore(i.runner.engine)
-	i.store.SetEpochDeadline(1)
-	if spec.MemoryLimitBytes > 0 {
-		i.store.Limiter(spec.MemoryLimitBytes, engine.TableElements(spec.MemoryLimitBytes), -1, -1, -1)
+	wasi, err := i.wasiConfig(spec, engine.Stdio{Env: spec.Env, Stdout: spec.Stdout, Stderr: spec.Stderr})
+	if err != nil {
+		return err
 	}
+	return i.instantiate(m, spec, wasi)
+}
+
+// wasiConfig is the WASI context of a run of spec with io.
+func (i *instance) wasiConfig(spec engine.Spec, io engine.Stdio) (*wt.WasiConfig, error) {
 	wasi := wt.NewWasiConfig()
 	if len(spec.Args) > 0 {
 		wasi.SetArgv(spec.Args)
 	}
 	var keys, values []string
-	for _, v := range engine.Environ(spec.Env) {
+	for _, v := range engine.Environ(io.Env) {
 		keys, values = append(keys, v.Name), append(values, v.Value)
 	}
 	wasi.SetEnv(keys, values)
 	for _, p := range spec.Preopens {
 		if err := engine.CheckPreopen(p); err != nil {
 			wasi.Close()
-			return err
+			return nil, err
 		}
 		dp, fp := wt.DIR_READ, wt.FILE_READ
 		if !p.ReadOnly {
@@ -267,16 +279,19 @@ func (i *instance) setup(m *module, spec engine.Spec) error {
 		}
 		if err := wasi.PreopenDir(p.HostPath, p.GuestPath, dp, fp); err != nil {
 			wasi.Close()
-			return fmt.Errorf("%w: preopen %s at %s: %v", engine.ErrInstantiate, p.HostPath, p.GuestPath, err)
+			return nil, fmt.Errorf("%w: preopen %s at %s: %v", engine.ErrInstantiate, p.HostPath, p.GuestPath, err)
 		}
 	}
-	if err := i.output(spec.Stdout, wasi.SetStdoutFile); err != nil {
-		wasi.Close()
-		return err
+	err := i.input(io.Stdin, wasi.SetStdinFile)
+	if err == nil {
+		err = i.output(io.Stdout, wasi.SetStdoutFile)
 	}
-	if err := i.output(spec.Stderr, wasi.SetStderrFile); err != nil {
+	if err == nil {
+		err = i.output(io.Stderr, wasi.SetStderrFile)
+	}
+	if err != nil {
 		wasi.Close()
-		return err
+		return nil, err
 	}
 	// The monotonic clock a module reads (clock_time_get) counts from the
 	// creation of its WASI context, within microseconds of now: absolute
@@ -284,11 +299,25 @@ func (i *instance) setup(m *module, spec engine.Spec) error {
 	p, err := engine.NewPoller(time.Now())
 	if err != nil {
 		wasi.Close()
-		return err
+		return nil, err
 	}
 	i.poller = p
+	return wasi, nil
+}
+
+// instantiate instantiates m in a new store; with wasi nil, the WASI
+// context is set later, before the run (handler.go: wasmtime's WASI
+// functions find it in the store when they are called).
+func (i *instance) instantiate(m *module, spec engine.Spec, wasi *wt.WasiConfig) error {
+	i.store = wt.NewStore(i.runner.engine)
+	i.store.SetEpochDeadline(1)
+	if spec.MemoryLimitBytes > 0 {
+		i.store.Limiter(spec.MemoryLimitBytes, engine.TableElements(spec.MemoryLimitBytes), -1, -1, -1)
+	}
 	i.runner.current.Store(i)
-	i.store.SetWasi(wasi)
+	if wasi != nil {
+		i.store.SetWasi(wasi)
+	}
 	inst, err := i.runner.linker.Instantiate(i.store, i.runner.module)
 	if err != nil {
 		return engine.InstantiateError(m.digest, err)
@@ -300,6 +329,30 @@ func (i *instance) setup(m *module, spec engine.Spec) error {
 	if i.start == nil {
 		return engine.CheckWASI(m.digest, nil, false)
 	}
+	return nil
+}
+
+// input connects WASI's stdin to src through a pipe (see output), which a
+// goroutine fills; it ends when src does or when the store closes WASI's
+// descriptor. nil: /dev/null.
+func (i *instance) input(src io.Reader, set func(string) error) error {
+	if src == nil {
+		return set(os.DevNull)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("%w: input pipe: %v", engine.ErrInstantiate, err)
+	}
+	err = set(fmt.Sprintf("/proc/self/fd/%d", r.Fd()))
+	r.Close()
+	if err != nil {
+		w.Close()
+		return fmt.Errorf("%w: connect input: %v", engine.ErrInstantiate, err)
+	}
+	go func() {
+		io.Copy(w, src)
+		w.Close()
+	}()
 	return nil
 }
 

@@ -35,6 +35,11 @@ func TestServe(t *testing.T) {
 	enginetest.RunServe(t, newTestEngine)
 }
 
+// TestHandler runs modules in handler mode (package wagi).
+func TestHandler(t *testing.T) {
+	enginetest.RunHandler(t, newTestEngine)
+}
+
 // TestCorruptArtifactInternals covers what the conformance suite cannot see
 // from outside: an artifact changed under a running process, and a missing
 // sidecar.

@@ -331,6 +331,7 @@ func defineWASI(ctx context.Context, rt wz.Runtime) error {
 		WithParameterNames("in", "out", "nsubscriptions", "result.nevents").Export("poll_oneoff")
 	b.NewFunctionBuilder().WithGoModuleFunction(api.GoModuleFunc(fdClose), []api.ValueType{i32}, []api.ValueType{i32}).
 		WithParameterNames("fd").Export("fd_close")
+	exportEnviron(b) // handler.go
 	_, err := b.Instantiate(ctx)
 	return err
 }

@@ -223,6 +223,17 @@ func (e *Engine) Prepare(ctx context.Context, digest, wasmPath string) (engine.M
 
 // Start implements engine.Engine.
 func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) (engine.Instance, error) {
+	i, err := e.instantiate(ctx, em, spec, nil)
+	if err != nil {
+		return nil, err
+	}
+	return i.launch(spec, e.cpu)
+}
+
+// instantiate instantiates em with spec: for Start, with its env, output
+// and listeners; for a Pending (pending set), with none of them: the env
+// and stdio are pending's, given at its Run.
+func (e *Engine) instantiate(ctx context.Context, em engine.Module, spec engine.Spec, pending *stdio) (*instance, error) {
 	m, ok := em.(*module)
 	if !ok {
 		return nil, fmt.Errorf("%w: module was not prepared by the wazero engine", engine.ErrInstantiate)
@@ -253,7 +264,8 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 		return nil, err
 	}
 	socks := &sockets{poller: poller}
-	ictx, cancel := context.WithCancel(context.WithValue(context.WithoutCancel(ctx), socketsKey{}, socks))
+	env := &environ{}
+	ictx, cancel := context.WithCancel(context.WithValue(context.WithValue(context.WithoutCancel(ctx), socketsKey{}, socks), environKey{}, env))
 	cancel = closing(cancel, poller)
 	fsc := wz.NewFSConfig()
 	open := new(atomic.Int32)
@@ -264,43 +276,48 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 		}
 		fsc = mountDir(fsc, p.HostPath, p.GuestPath, p.ReadOnly, open)
 	}
+	stdin, stdout, stderr := io.Reader(nil), sink(spec.Stdout), sink(spec.Stderr)
+	listeners := spec.Listeners
+	if pending != nil {
+		stdin, stdout, stderr = pending.stdin(), sink(pending.stdout()), sink(pending.stderr())
+		listeners = nil
+	} else {
+		// Listeners follow stdio and the preopened directories.
+		env.vars = engine.Environ(append(slices.Clone(spec.Env), engine.ListenEnv(listeners, 3+len(spec.Preopens))...))
+	}
 	mc := wz.NewModuleConfig().
 		WithName("").
 		WithStartFunctions().
 		WithArgs(spec.Args...).
 		WithFSConfig(fsc).
-		WithStdout(sink(spec.Stdout)).
-		WithStderr(sink(spec.Stderr)).
+		WithStdin(stdin).
+		WithStdout(stdout).
+		WithStderr(stderr).
 		WithSysWalltime().
 		WithNanotime(func() int64 { return int64(time.Since(monoZero)) }, sys.ClockResolution(time.Microsecond)).
 		WithNanosleep(sleeper(ictx)).
 		WithRandSource(rand.Reader)
-	// Listeners follow stdio and the preopened directories.
-	env := append(slices.Clone(spec.Env), engine.ListenEnv(spec.Listeners, 3+len(spec.Preopens))...)
-	for _, v := range engine.Environ(env) {
-		mc = mc.WithEnv(v.Name, v.Value)
-	}
 	var mod api.Module
 	err = engine.InNetNS(spec.NetNS, func() error {
 		// wazero opens the listeners here, on this thread, with net.Listen.
 		var err error
-		mod, err = r.rt.InstantiateModule(withListeners(withLinearMemory(ictx), spec.Listeners, e.placeholder), cm, mc)
+		mod, err = r.rt.InstantiateModule(withListeners(withLinearMemory(ictx), listeners, e.placeholder), cm, mc)
 		return err
 	})
 	if err != nil {
 		cancel()
 		var op *net.OpError
 		if errors.Is(err, engine.ErrListen) || errors.As(err, &op) && op.Op == "listen" {
-			return nil, engine.ListenError(spec.Listeners, spec.NetNS, err)
+			return nil, engine.ListenError(listeners, spec.NetNS, err)
 		}
 		return nil, engine.InstantiateError(m.digest, err)
 	}
-	if err := adoptHanded(socks, mod, 3+len(spec.Preopens), spec.Listeners); err != nil {
+	if err := adoptHanded(socks, mod, 3+len(spec.Preopens), listeners); err != nil {
 		mod.Close(ictx)
 		cancel()
 		return nil, err
 	}
-	if err := socks.holdListeners(mod, 3+len(spec.Preopens), len(spec.Listeners)); err != nil {
+	if err := socks.holdListeners(mod, 3+len(spec.Preopens), len(listeners)); err != nil {
 		mod.Close(ictx)
 		cancel()
 		return nil, fmt.Errorf("%w: %v", engine.ErrListen, err)
@@ -314,8 +331,13 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 	// From here the instance owns the runtime and compiled module: it
 	// releases them when it is closed.
 	released = true
-	run, err := engine.Launch(&instance{ctx: ictx, cancel: cancel, mod: mod, mem: mod.ExportedMemory("memory"), start: start,
-		socks: socks, closed: func() { e.release(r, c) }}, e.cpu, spec)
+	return &instance{ctx: ictx, cancel: cancel, mod: mod, mem: mod.ExportedMemory("memory"), start: start,
+		socks: socks, env: env, closed: func() { e.release(r, c) }}, nil
+}
+
+// launch runs i as an engine.Run.
+func (i *instance) launch(spec engine.Spec, cpu engine.ThreadLimiter) (engine.Instance, error) {
+	run, err := engine.Launch(i, cpu, spec)
 	if err != nil {
 		return nil, err
 	}
@@ -411,7 +433,8 @@ type instance struct {
 	mem    api.Memory // the exported memory, if any, taken at start: a module that exits drops its export
 	start  api.Function
 	socks  *sockets
-	closed func() // ends the instance's use of its runtime and compiled module
+	env    *environ // environ_get's (handler.go)
+	closed func()   // ends the instance's use of its runtime and compiled module
 }
 
 var _ engine.Guest = (*instance)(nil)

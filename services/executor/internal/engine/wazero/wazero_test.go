@@ -167,3 +167,8 @@ func TestDiskBound(t *testing.T) {
 		return e
 	})
 }
+
+// TestHandler runs modules in handler mode (package wagi).
+func TestHandler(t *testing.T) {
+	enginetest.RunHandler(t, newEngine)
+}
