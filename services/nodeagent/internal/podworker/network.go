@@ -14,15 +14,18 @@ import (
 // Network puts a pod on the pod network and serves its ports: the node's
 // CNI attachments (package podnet) and the hand-over of listening sockets
 // to the pod's executor, wired by the agent. A pod that declares no
-// containerPort needs none of it and keeps the node's address.
+// containerPort needs none of it and keeps the node's address; so does a
+// pod with ports on a node without a pod network, or with hostNetwork:
+// its ports are opened on the node's address, as hostPorts would be.
 type Network interface {
 	// Setup gives the pod its network namespace and addresses; called
-	// again, it returns the same.
+	// again, it returns the same. ErrNoPodNetwork: the node has none.
 	Setup(ctx context.Context, pod *v1.Pod) (Attachment, error)
-	// Serve opens the listeners in the pod's namespace and hands them to
-	// the executor for instance id, before its Create. ErrExecutorListens
+	// Serve opens the listeners in the pod's namespace (att.NetNS; empty:
+	// the node's own, on the address att.IPs[0]) and hands them to the
+	// executor for instance id, before its Create. ErrExecutorListens
 	// means this executor cannot be handed sockets and opens them itself
-	// in the namespace (Spec.NetworkNamespace).
+	// (Spec.NetworkNamespace, Spec.ListenAddress).
 	Serve(ctx context.Context, att Attachment, id string, listeners []instances.Listener) error
 	// Teardown removes the pod's namespace and addresses; a pod without
 	// them is no error.
@@ -35,16 +38,23 @@ type Attachment struct {
 	IPs   []string // status.podIPs, in order
 }
 
-// ErrExecutorListens: see Network.Serve.
-var ErrExecutorListens = errors.New("the executor opens the listeners itself")
+var (
+	// ErrExecutorListens: see Network.Serve.
+	ErrExecutorListens = errors.New("the executor opens the listeners itself")
+	// ErrNoPodNetwork: see Network.Setup.
+	ErrNoPodNetwork = errors.New("this node has no pod network")
+)
 
-// NeedsNetwork reports whether the pod declares a port, and so gets a
-// namespace and an address of its own (a hostNetwork pod keeps the
-// node's).
+// NeedsNetwork reports whether the pod gets a namespace and an address of
+// its own on a node with a pod network: it declares a port and is not
+// hostNetwork (which keeps the node's).
 func NeedsNetwork(pod *v1.Pod) bool {
-	if pod.Spec.HostNetwork {
-		return false
-	}
+	return !pod.Spec.HostNetwork && DeclaresPorts(pod)
+}
+
+// DeclaresPorts reports whether a container of the pod declares a port,
+// which the node serves (see Network).
+func DeclaresPorts(pod *v1.Pod) bool {
 	for _, cs := range [][]v1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
 		for _, c := range cs {
 			if len(c.Ports) > 0 {
@@ -88,6 +98,13 @@ func (w *Worker) setupNetwork(ctx context.Context) bool {
 		w.netAttempt = 0
 		return true
 	}
+	if errors.Is(err, ErrNoPodNetwork) {
+		if !w.noNetworkSaid {
+			w.noNetworkSaid = true
+			w.event(v1.EventTypeNormal, "PortsOnNodeAddress", "this node has no pod network: the pod keeps the node's address %s and its containerPorts are opened there, as hostPorts would be (another pod on this node with the same port cannot start until this one ends)", w.deps.NodeIP)
+		}
+		return true
+	}
 	if ctx.Err() != nil {
 		return false
 	}
@@ -103,23 +120,31 @@ func (w *Worker) setupNetwork(ctx context.Context) bool {
 	return false
 }
 
-// serve readies a container's listeners for the instance id: handed over
-// in the pod's namespace, or named for the executor to open there. A
-// container without ports, or a pod off the network, gets none.
+// serve readies a container's listeners for the instance id: opened in
+// the pod's namespace, or on the node's address when the pod has none
+// (no pod network, or hostNetwork), and handed over, or named for the
+// executor to open. A container without ports gets none.
 func (w *Worker) serve(ctx context.Context, c *ctr, id string, spec *instances.Spec) error {
 	listeners := listenersOf(&c.spec)
-	if len(listeners) == 0 || w.net == nil {
+	if len(listeners) == 0 || w.deps.Network == nil {
 		return nil
 	}
+	att := Attachment{IPs: []string{w.deps.NodeIP}} // the node's own namespace and address
+	if w.net != nil {
+		att = *w.net
+	}
 	spec.Listeners = listeners
-	err := w.deps.Network.Serve(ctx, *w.net, id, listeners)
+	err := w.deps.Network.Serve(ctx, att, id, listeners)
 	switch {
 	case err == nil:
 		spec.HandedListeners = true
 	case errors.Is(err, ErrExecutorListens):
-		spec.NetworkNamespace = w.net.NetNS
+		spec.NetworkNamespace = att.NetNS
+		if att.NetNS == "" {
+			spec.ListenAddress = w.deps.NodeIP
+		}
 	default:
-		return fmt.Errorf("open the container's ports in the pod's network: %w", err)
+		return fmt.Errorf("open the container's ports: %w", err)
 	}
 	return nil
 }

@@ -18,8 +18,10 @@ type fakeNetwork struct {
 	mu        sync.Mutex
 	setups    int
 	failFirst int   // Setup fails this many times first
+	none      bool  // the node has no pod network (ErrNoPodNetwork)
 	serveErr  error // what Serve answers
 	served    map[string][]instances.Listener
+	servedAt  map[string]Attachment
 	teardowns int
 	ips       []string // the pod's addresses; default 10.244.0.7 and fd00::7
 }
@@ -28,6 +30,9 @@ func (n *fakeNetwork) Setup(_ context.Context, pod *v1.Pod) (Attachment, error) 
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.setups++
+	if n.none {
+		return Attachment{}, ErrNoPodNetwork
+	}
 	if n.setups <= n.failFirst {
 		return Attachment{}, errors.New("plugin type=\"bridge\" failed (add): no IP addresses available")
 	}
@@ -42,9 +47,9 @@ func (n *fakeNetwork) Serve(_ context.Context, att Attachment, id string, ls []i
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.served == nil {
-		n.served = map[string][]instances.Listener{}
+		n.served, n.servedAt = map[string][]instances.Listener{}, map[string]Attachment{}
 	}
-	n.served[id] = ls
+	n.served[id], n.servedAt[id] = ls, att
 	return n.serveErr
 }
 
@@ -123,7 +128,8 @@ func TestExecutorListensInPodNamespace(t *testing.T) {
 }
 
 // A pod without ports stays on the node's address and costs no network
-// setup; a node without a pod network says that ports are not served.
+// setup; on a node without a pod network, a pod's ports are opened on the
+// node's address, and it says so.
 func TestNoPortsNoNetwork(t *testing.T) {
 	net := &fakeNetwork{}
 	h := runWith(t, &instancestest.Fake{}, testPod(v1.RestartPolicyAlways, nil, "c"), config{backoff: testBackoff, network: net})
@@ -133,7 +139,28 @@ func TestNoPortsNoNetwork(t *testing.T) {
 		t.Errorf("setups %d teardowns %d podIP %q: want none and the node's address", setups, teardowns, st.PodIP)
 	}
 
-	exec := &instancestest.Fake{}
+	// No pod network: the ports are opened on the node's address.
+	exec := &instancestest.Fake{Listeners: true, ListenerHandoff: true}
+	net = &fakeNetwork{none: true}
+	h = runWith(t, exec, serverPod(), config{backoff: testBackoff, network: net})
+	st = h.waitFor("Running", func(st v1.PodStatus) bool { return st.Phase == v1.PodRunning })
+	if !h.events.has("PortsOnNodeAddress: this node has no pod network: the pod keeps the node's address 10.0.0.1") {
+		t.Errorf("events %v: want PortsOnNodeAddress", h.events.all)
+	}
+	id := instanceID(h.w.Pod(), "web", 0)
+	net.mu.Lock()
+	att, ls := net.servedAt[id], net.served[id]
+	net.mu.Unlock()
+	if att.NetNS != "" || !slices.Equal(att.IPs, []string{"10.0.0.1"}) || len(ls) != 2 || st.PodIP != "10.0.0.1" {
+		t.Errorf("served %+v at %+v, podIP %q: want both ports on the node's address", ls, att, st.PodIP)
+	}
+	if inst, _ := exec.Get(context.Background(), id); !inst.Spec.HandedListeners {
+		t.Errorf("spec %+v: want the listeners handed over", inst.Spec)
+	}
+	h.terminate()
+
+	// A worker given no Network serves no ports.
+	exec = &instancestest.Fake{}
 	h = runWith(t, exec, serverPod(), config{backoff: testBackoff})
 	h.waitFor("Running", func(st v1.PodStatus) bool { return st.Phase == v1.PodRunning })
 	if !h.events.has("PortsNotServed: containerPorts are not served") {

@@ -83,7 +83,7 @@ type Worker struct {
 	volumeAttempt int               // volume set-ups failed in a row
 	net           *Attachment       // the pod's place on the pod network; nil: none (yet)
 	netAttempt    int               // network set-ups failed in a row
-	noNetworkSaid bool              // the event that ports are not served was sent
+	noNetworkSaid bool              // the event that ports are on the node's address (or not served) was sent
 	pull          struct {
 		attempt int // pulls failed in a row
 		failed  *ctr

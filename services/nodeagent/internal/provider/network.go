@@ -23,11 +23,12 @@ import (
 
 // podNetwork is one pod's podworker.Network: its CNI attachment (podnet)
 // and its listeners, opened by the node agent inside the pod's namespace
-// and handed to the replica holding the pod when that replica has a
-// listener socket (the supervised executor); another replica is told the
-// namespace and opens them itself, which needs the right to enter it.
+// (or on the node's address, for a pod without one) and handed to the
+// replica holding the pod when that replica has a listener socket (the
+// supervised executor); another replica is told the namespace and opens
+// them itself, which needs the right to enter it.
 type podNetwork struct {
-	net     *podnet.Manager
+	net     *podnet.Manager // nil: the node has no pod network
 	binding *executors.Binding
 	// sockets are the replicas' listener sockets, by replica ID.
 	sockets map[string]string
@@ -36,6 +37,9 @@ type podNetwork struct {
 var _ podworker.Network = (*podNetwork)(nil)
 
 func (n *podNetwork) Setup(ctx context.Context, pod *v1.Pod) (podworker.Attachment, error) {
+	if n.net == nil {
+		return podworker.Attachment{}, podworker.ErrNoPodNetwork
+	}
 	att, err := n.net.Setup(ctx, podnet.PodOf(pod), podnet.HostPorts(&pod.Spec))
 	if err != nil {
 		return podworker.Attachment{}, err
@@ -48,6 +52,9 @@ func (n *podNetwork) Setup(ctx context.Context, pod *v1.Pod) (podworker.Attachme
 }
 
 func (n *podNetwork) Teardown(ctx context.Context, pod *v1.Pod) error {
+	if n.net == nil {
+		return nil
+	}
 	return n.net.Teardown(ctx, podnet.PodOf(pod))
 }
 
@@ -56,7 +63,7 @@ func (n *podNetwork) Serve(ctx context.Context, att podworker.Attachment, id str
 	if socket == "" {
 		return podworker.ErrExecutorListens
 	}
-	files, err := listenIn(att.NetNS, listeners)
+	files, err := listenIn(att, listeners)
 	defer func() {
 		for _, h := range files {
 			h.File.Close()
@@ -69,19 +76,30 @@ func (n *podNetwork) Serve(ctx context.Context, att podworker.Attachment, id str
 }
 
 // listenIn opens a TCP listener for each of listeners on every address of
-// the namespace at netns, and returns them as files (the listeners
-// themselves are closed: the files hold the sockets).
-func listenIn(netns string, listeners []instances.Listener) ([]handoff.Handed, error) {
+// the pod's namespace, or, for a pod without one (att.NetNS empty), on the
+// node's address att.IPs[0] in the node agent's own; it returns them as
+// files (the listeners themselves are closed: the files hold the sockets).
+func listenIn(att podworker.Attachment, listeners []instances.Listener) ([]handoff.Handed, error) {
+	host, where := "", "in the pod"
+	open := func(f func() error) error { return podnet.InNamespace(att.NetNS, f) }
+	if att.NetNS == "" {
+		if len(att.IPs) == 0 || att.IPs[0] == "" {
+			return nil, errors.New("the pod has no network namespace and the node no address to open its ports on")
+		}
+		host = att.IPs[0]
+		where = "on the node's address " + host + " (the pod has no address of its own: the node has no pod network, or the pod uses hostNetwork), by another pod or process"
+		open = func(f func() error) error { return f() }
+	}
 	var out []handoff.Handed
-	err := podnet.InNamespace(netns, func() error {
+	err := open(func() error {
 		for _, l := range listeners {
 			if l.Protocol != "" && l.Protocol != instances.ProtocolTCP {
 				return fmt.Errorf("port %d/%s: only TCP ports are served (WASI preview 1 accepts stream connections only)", l.Port, l.Protocol)
 			}
-			tl, err := net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(int(l.Port))))
+			tl, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(int(l.Port))))
 			if err != nil {
 				if errors.Is(err, syscall.EADDRINUSE) {
-					return fmt.Errorf("port %d (%s) is already in use in the pod: %w", l.Port, l.FDName(), err)
+					return fmt.Errorf("port %d (%s) is already in use %s: %w", l.Port, l.FDName(), where, err)
 				}
 				return fmt.Errorf("port %d (%s): %w", l.Port, l.FDName(), err)
 			}
@@ -98,30 +116,35 @@ func listenIn(netns string, listeners []instances.Listener) ([]handoff.Handed, e
 }
 
 // Forwardable implements kubeletapi.PortForwarder: a pod's ports can be
-// reached once it has an address of its own (it declares ports and is on
-// the pod network).
+// reached once it has an address: its own (on the pod network), or the
+// node's for a pod that declares ports (see Forward).
 func (p *Provider) Forwardable(_ context.Context, ns, name string) (types.UID, error) {
 	e, err := p.get(ns, name)
 	if err != nil {
 		return "", err
 	}
 	pod := e.worker.Pod()
-	if ip := pod.Status.PodIP; ip == "" || ip == p.cfg.NodeIP {
-		return "", errdefs.InvalidInputf("pod %s/%s has no address of its own: only a pod that declares containerPorts, on a node with a pod network, serves its ports", ns, name)
+	if ip := pod.Status.PodIP; ip == "" || ip == p.cfg.NodeIP && !podworker.DeclaresPorts(pod) {
+		return "", errdefs.InvalidInputf("pod %s/%s has no address of its own and declares no containerPorts: it serves no port to forward to", ns, name)
 	}
 	return pod.UID, nil
 }
 
 // Forward implements kubeletapi.PortForwarder: it connects to the port at
 // the pod's address from the node and copies both ways until either side
-// ends.
+// ends. A pod on the node's address is reached only at the ports it
+// declares: the node's other ports are not the pod's.
 func (p *Provider) Forward(ctx context.Context, ns, name string, port int32, stream io.ReadWriteCloser) error {
 	defer stream.Close()
 	e, err := p.get(ns, name)
 	if err != nil {
 		return err
 	}
-	addr := net.JoinHostPort(e.worker.Pod().Status.PodIP, strconv.Itoa(int(port)))
+	pod := e.worker.Pod()
+	if pod.Status.PodIP == p.cfg.NodeIP && !declaresPort(pod, port) {
+		return fmt.Errorf("pod %s/%s shares the node's address and does not declare port %d: only its containerPorts are forwarded", ns, name, port)
+	}
+	addr := net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(int(port)))
 	d := net.Dialer{Timeout: 10 * time.Second}
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -136,4 +159,18 @@ func (p *Provider) Forward(ctx context.Context, ns, name string, port int32, str
 	case <-ctx.Done():
 	}
 	return nil
+}
+
+// declaresPort reports whether a container of pod declares port.
+func declaresPort(pod *v1.Pod, port int32) bool {
+	for _, cs := range [][]v1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+		for _, c := range cs {
+			for _, cp := range c.Ports {
+				if cp.ContainerPort == port {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }

@@ -41,7 +41,7 @@ func TestListenInPodNamespace(t *testing.T) {
 		t.Fatalf("lo up: %v: %s", err, out)
 	}
 	ls := []instances.Listener{{Name: "http", Port: 18080}, {Port: 18081}}
-	files, err := listenIn(ns, ls)
+	files, err := listenIn(podworker.Attachment{NetNS: ns}, ls)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,18 +67,51 @@ func TestListenInPodNamespace(t *testing.T) {
 	if err != nil {
 		t.Errorf("the pod's port does not answer inside its namespace: %v", err)
 	}
-	_, err = listenIn(ns, ls[:1])
+	_, err = listenIn(podworker.Attachment{NetNS: ns}, ls[:1])
 	if err == nil || !strings.Contains(err.Error(), "port 18080 (http) is already in use in the pod") {
 		t.Errorf("a port taken in the pod: %v", err)
 	}
-	if _, err := listenIn(ns, []instances.Listener{{Port: 53, Protocol: instances.ProtocolUDP}}); err == nil || !strings.Contains(err.Error(), "only TCP") {
+	if _, err := listenIn(podworker.Attachment{NetNS: ns}, []instances.Listener{{Port: 53, Protocol: instances.ProtocolUDP}}); err == nil || !strings.Contains(err.Error(), "only TCP") {
 		t.Errorf("a UDP port: %v", err)
 	}
 }
 
-// kubectl port-forward reaches a pod's port at the pod's own address; a
-// pod without one (it declares no ports, or the node has no pod network)
-// is refused with a 400 saying why.
+// A pod without an address of its own (no pod network, or hostNetwork)
+// has its ports opened on the node's address, and only there; a port
+// another pod or process holds is refused, saying where and why.
+func TestListenOnNodeAddress(t *testing.T) {
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := int32(free.Addr().(*net.TCPAddr).Port)
+	free.Close()
+	att := podworker.Attachment{IPs: []string{"127.0.0.1"}}
+	files, err := listenIn(att, []instances.Listener{{Name: "http", Port: port}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer files[0].File.Close()
+	l, err := net.FileListener(files[0].File)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if got := l.Addr().String(); got != fmt.Sprintf("127.0.0.1:%d", port) {
+		t.Errorf("listening on %s, want the node's address only", got)
+	}
+	_, err = listenIn(att, []instances.Listener{{Name: "web", Port: port}})
+	if want := fmt.Sprintf("port %d (web) is already in use on the node's address 127.0.0.1 (the pod has no address of its own", port); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("a port taken on the node's address: %v; want %q", err, want)
+	}
+	if _, err := listenIn(podworker.Attachment{}, []instances.Listener{{Port: port}}); err == nil {
+		t.Error("no namespace and no address: no error")
+	}
+}
+
+// kubectl port-forward reaches a pod's port at the pod's own address, or
+// at the node's for the ports a pod without one declares; a pod that has
+// neither is refused with a 400 saying why.
 func TestPortForwardNeedsPodAddress(t *testing.T) {
 	echo, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -95,26 +128,48 @@ func TestPortForwardNeedsPodAddress(t *testing.T) {
 		}
 	}()
 	port := echo.Addr().(*net.TCPAddr).Port
-	worker := func(podIP string) *podworker.Worker {
+	worker := func(podIP string, ports ...int32) *podworker.Worker {
+		c := v1.Container{Name: "c"}
+		for _, p := range ports {
+			c.Ports = append(c.Ports, v1.ContainerPort{ContainerPort: p})
+		}
 		return podworker.New(podworker.Deps{Log: slog.New(slog.DiscardHandler)}, &v1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "p", UID: "u"},
+			Spec:       v1.PodSpec{Containers: []v1.Container{c}},
 			Status:     v1.PodStatus{PodIP: podIP},
 		})
 	}
 	p := &Provider{cfg: Config{NodeIP: "10.0.0.1"}, pods: map[string]*entry{}}
 
 	p.pods["ns/p"] = &entry{uid: "u", worker: worker("10.0.0.1")}
-	if _, err := p.Forwardable(context.Background(), "ns", "p"); !errdefs.IsInvalidInput(err) || !strings.Contains(err.Error(), "has no address of its own") {
-		t.Errorf("a pod on the node's address: %v; want InvalidInput saying it has no address of its own", err)
+	if _, err := p.Forwardable(context.Background(), "ns", "p"); !errdefs.IsInvalidInput(err) || !strings.Contains(err.Error(), "has no address of its own and declares no containerPorts") {
+		t.Errorf("a pod on the node's address without ports: %v; want InvalidInput saying it serves no port", err)
 	}
 	if _, err := p.Forwardable(context.Background(), "ns", "other"); !errdefs.IsNotFound(err) {
 		t.Errorf("an unknown pod: %v; want NotFound", err)
 	}
 
+	// On the node's address (no pod network), only the declared ports.
+	onNode := &Provider{cfg: Config{NodeIP: "127.0.0.1"}, pods: map[string]*entry{"ns/p": {uid: "u", worker: worker("127.0.0.1", int32(port))}}}
+	if uid, err := onNode.Forwardable(context.Background(), "ns", "p"); err != nil || uid != "u" {
+		t.Fatalf("a pod serving a port on the node's address: %q, %v", uid, err)
+	}
+	_, undeclared := net.Pipe()
+	if err := onNode.Forward(context.Background(), "ns", "p", int32(port+1), undeclared); err == nil || !strings.Contains(err.Error(), "does not declare port") {
+		t.Errorf("forward to a port the pod does not declare, on the node's address: %v", err)
+	}
+	forwardEcho(t, onNode, port)
+
 	p.pods["ns/p"] = &entry{uid: "u", worker: worker("127.0.0.1")}
 	if uid, err := p.Forwardable(context.Background(), "ns", "p"); err != nil || uid != "u" {
 		t.Fatalf("a pod with its own address: %q, %v", uid, err)
 	}
+	forwardEcho(t, p, port)
+}
+
+// forwardEcho forwards to pod ns/p's port, where an echo server answers.
+func forwardEcho(t *testing.T, p *Provider, port int) {
+	t.Helper()
 	client, stream := net.Pipe()
 	done := make(chan error, 1)
 	go func() { done <- p.Forward(context.Background(), "ns", "p", int32(port), stream) }()

@@ -142,10 +142,7 @@ func (p *Provider) CreatePod(ctx context.Context, pod *v1.Pod) error {
 	}
 	binding := p.cfg.Pool.Bind(ctx, flavour, map[string]string{podworker.LabelPodUID: string(pod.UID)},
 		len(pod.Spec.InitContainers)+len(pod.Spec.Containers))
-	var network podworker.Network
-	if p.cfg.Network != nil {
-		network = &podNetwork{net: p.cfg.Network, binding: binding, sockets: p.cfg.ListenerSockets}
-	}
+	network := &podNetwork{net: p.cfg.Network, binding: binding, sockets: p.cfg.ListenerSockets}
 	w := podworker.New(podworker.Deps{
 		Client:           p.cfg.Client,
 		Cache:            p.cfg.Cache,
@@ -199,7 +196,7 @@ func (p *Provider) route(ctx context.Context, pod *v1.Pod) (string, error) {
 		handler = obj.Handler
 	}
 	flavour, err := p.cfg.Pool.Flavour(pod, handler)
-	if err != nil || handler != "" || p.cfg.Network == nil || !podworker.NeedsNetwork(pod) {
+	if err != nil || handler != "" || !podworker.DeclaresPorts(pod) {
 		return flavour, err
 	}
 	// A pod that names no RuntimeClass and declares ports runs where its
