@@ -11,8 +11,11 @@
 // first, so the sockets start at 3 only in a pod without volumes).
 //
 // It serves every socket it is given: GET / answers "Hello from
-// WebAssembly", /healthz "ok". Without sockets it says so and exits 2;
-// run natively (go run .), it listens on $ADDR instead.
+// WebAssembly", /healthz "ok", and /hang hangs the whole server, to show
+// what a liveness probe is for (a Go wasip1 module runs its goroutines on
+// one thread that only yields when it blocks, so one busy loop stops them
+// all). Without sockets it says so and exits 2; run natively (go run .),
+// it listens on $ADDR instead.
 package main
 
 import (
@@ -25,6 +28,9 @@ import (
 	"strings"
 	"syscall"
 )
+
+// spins counts /hang's turns (its loop has an effect, so it stays a loop).
+var spins uint64
 
 func main() {
 	ls, err := listeners()
@@ -42,6 +48,12 @@ func main() {
 	})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/hang", func(w http.ResponseWriter, r *http.Request) {
+		log.Printf("hanging, as %s asked: only a restart helps now", r.RemoteAddr)
+		for {
+			spins++
+		}
 	})
 	errs := make(chan error, len(ls))
 	for _, l := range ls {
