@@ -24,34 +24,13 @@ import (
 // from before, loaded from an entry the index names, or compiled (from
 // the verified cache, the shared store or afresh). r is in use.
 func (e *Engine) compile(ctx context.Context, r *runtime, m *module) (*compiled, error) {
-	e.disk.Touch(filepath.Join(e.index, strings.TrimPrefix(m.digest, "sha256:")))
+	e.disk.Touch(e.indexPath(m.digest))
 	if c := e.lookup(r, m.digest); c != nil {
 		return c, nil
 	}
-	wasm, err := os.ReadFile(m.wasmPath)
+	wasm, sum, capped, err := e.source(ctx, r, m)
 	if err != nil {
-		return nil, fmt.Errorf("prepare module %s: read %s: %w", m.digest, m.wasmPath, err)
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("prepare module %s: %w", m.digest, err)
-	}
-	// A table that starts larger than the runtime's limit allows does not
-	// start; every table may grow to at most tableBudget (tables.go), the
-	// same for every limit, so that a module is compiled once, not once per
-	// limit, and its compiled code is shared.
-	if _, _, err := capTables(wasm, uint32(min(engine.TableElements(int64(r.pages)*pageSize), 1<<32-1))); err != nil {
-		return nil, fmt.Errorf("%w: module %s: %v of %d bytes; raise the limit", engine.ErrInstantiate, m.digest, err, int64(r.pages)*pageSize)
-	}
-	wasm, capped, err := capTables(wasm, uint32(engine.TableElements(tableBudget)))
-	if err != nil {
-		return nil, fmt.Errorf("%w: module %s: %v", engine.ErrInstantiate, m.digest, err)
-	}
-	// The index names entries by the sha256 of the bytes compiled: the
-	// module's digest unless its tables were capped.
-	sum := strings.TrimPrefix(m.digest, "sha256:")
-	if capped {
-		h := sha256.Sum256(wasm)
-		sum = hex.EncodeToString(h[:])
+		return nil, err
 	}
 	unlock, err := e.flights.Lock(ctx, sum)
 	if err != nil {
@@ -71,8 +50,42 @@ func (e *Engine) compile(ctx context.Context, r *runtime, m *module) (*compiled,
 	return e.keep(r, m.digest, cm), nil
 }
 
-// load compiles wasm in r when the index names a verified entry for its
-// bytes: wazero then loads that entry (or finds the module compiled in
+// source reads m's bytes as they are compiled in r: a table that starts
+// larger than r's limit allows does not start; every table may grow to at
+// most tableBudget (tables.go), the same for every limit, so that a module
+// is compiled once, not once per limit, and its compiled code is shared.
+// sum names the bytes in the index: the module's digest unless its tables
+// were capped.
+func (e *Engine) source(ctx context.Context, r *runtime, m *module) (wasm []byte, sum string, capped bool, err error) {
+	wasm, err = os.ReadFile(m.wasmPath)
+	if err != nil {
+		return nil, "", false, fmt.Errorf("prepare module %s: read %s: %w", m.digest, m.wasmPath, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, "", false, fmt.Errorf("prepare module %s: %w", m.digest, err)
+	}
+	if _, _, err := capTables(wasm, uint32(min(engine.TableElements(int64(r.pages)*pageSize), 1<<32-1))); err != nil {
+		return nil, "", false, fmt.Errorf("%w: module %s: %v of %d bytes; raise the limit", engine.ErrInstantiate, m.digest, err, int64(r.pages)*pageSize)
+	}
+	wasm, capped, err = capTables(wasm, uint32(engine.TableElements(tableBudget)))
+	if err != nil {
+		return nil, "", false, fmt.Errorf("%w: module %s: %v", engine.ErrInstantiate, m.digest, err)
+	}
+	sum = strings.TrimPrefix(m.digest, "sha256:")
+	if capped {
+		h := sha256.Sum256(wasm)
+		sum = hex.EncodeToString(h[:])
+	}
+	return wasm, sum, capped, nil
+}
+
+// indexPath is the index file of the module with digest.
+func (e *Engine) indexPath(digest string) string {
+	return filepath.Join(e.index, strings.TrimPrefix(digest, "sha256:"))
+}
+
+// load compiles wasm in r when the index names an entry for its bytes
+// that matches its sum: wazero then loads that entry (or finds the module compiled in
 // memory) rather than compiling, and the caller need not wait for a
 // compile of another module. It reports false when there is no such
 // entry or wazero did not load it.
@@ -84,14 +97,24 @@ func (e *Engine) load(ctx context.Context, r *runtime, sum string, wasm []byte) 
 		return nil, false
 	}
 	entry := strings.TrimSpace(string(b))
-	st, ok := e.verified[entry]
 	_, dir, err := e.entries()
-	if !ok || err != nil || dir == "" || !validEntryName(entry) {
+	if err != nil || dir == "" || !validEntryName(entry) {
 		return nil, false
 	}
-	fi, err := os.Stat(filepath.Join(dir, entry))
-	if err != nil || !engine.StampOf(fi).Equal(st) {
-		return nil, false // changed on disk: the slow path verifies it again
+	path := filepath.Join(dir, entry)
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, false
+	}
+	if st, ok := e.verified[entry]; !ok || !engine.StampOf(fi).Equal(st) {
+		// Not verified in this process, or changed on disk since: this
+		// one entry is hashed now (wazero writes an entry whole, through
+		// a rename, and its sum is written under cacheMu); one that does
+		// not match is left to the slow path, which removes it.
+		if engine.VerifyFile(path, filepath.Join(e.sums, entry+".sha256")) != nil {
+			return nil, false
+		}
+		e.verified[entry] = engine.StampOf(fi)
 	}
 	cm, err := r.rt.CompileModule(ctx, wasm)
 	if err != nil {
@@ -176,13 +199,18 @@ func (e *Engine) compileMiss(ctx context.Context, r *runtime, m *module, wasm []
 		if cm != nil {
 			cm.Close(context.Background())
 		}
-		if r.pages != maxPages && strings.Contains(err.Error(), "memory") {
-			return nil, fmt.Errorf("%w: module %s does not fit the memory limit of %d pages (%d bytes): %s; raise the limit",
-				engine.ErrInstantiate, m.digest, r.pages, int64(r.pages)*pageSize, engine.FirstLine(err.Error()))
-		}
-		return nil, engine.CompileError(m.digest, err)
+		return nil, compileError(r, m, err)
 	}
 	return cm, nil
+}
+
+// compileError is the error of a module wazero did not compile in r.
+func compileError(r *runtime, m *module, err error) error {
+	if r.pages != maxPages && strings.Contains(err.Error(), "memory") {
+		return fmt.Errorf("%w: module %s does not fit the memory limit of %d pages (%d bytes): %s; raise the limit",
+			engine.ErrInstantiate, m.digest, r.pages, int64(r.pages)*pageSize, engine.FirstLine(err.Error()))
+	}
+	return engine.CompileError(m.digest, err)
 }
 
 // configKey names the RuntimeConfig settings that shape compiled code

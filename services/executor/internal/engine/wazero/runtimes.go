@@ -9,15 +9,23 @@ import (
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 )
 
-// runtime is a wazero Runtime for one memory limit, with WASI in it and
-// the modules compiled for it. Its fields are guarded by Engine.mu.
+// runtime is a wazero Runtime for one memory limit and kind (compiler or
+// interpreter), with WASI in it and the modules compiled for it. Its
+// fields are guarded by Engine.mu.
 type runtime struct {
-	pages uint32
-	rt    wz.Runtime
+	rtKey
+	rt wz.Runtime
 
 	refs     int                  // compiles and instances using it
 	used     uint64               // Engine.clock at its last use
 	compiled map[string]*compiled // by digest
+}
+
+// rtKey names a runtime: its memory limit, and whether it interprets
+// (interpret.go) rather than compiles.
+type rtKey struct {
+	pages  uint32
+	interp bool
 }
 
 // compiled is a module compiled in a runtime. Its fields are guarded by
@@ -26,31 +34,46 @@ type compiled struct {
 	cm   wz.CompiledModule
 	refs int // instances and callers using it
 	used uint64
+	// stale: interpreted, and the module is compiled now; closed once
+	// unused, whatever the bounds.
+	stale bool
 }
 
-// runtime returns the Runtime for a memory limit of pages, counted in use
-// until release.
+// runtime returns the compiling Runtime for a memory limit of pages,
+// counted in use until release.
 func (e *Engine) runtime(pages uint32) (*runtime, error) {
+	return e.runtimeOf(rtKey{pages: pages})
+}
+
+// runtimeOf returns the Runtime k names, counted in use until release.
+// Runtimes of both kinds share one CompilationCache, so one engine of
+// each kind: a module compiled (or interpreted) under one limit is so
+// under the others.
+func (e *Engine) runtimeOf(k rtKey) (*runtime, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.clock++
-	if r := e.runtimes[pages]; r != nil {
+	if r := e.runtimes[k]; r != nil {
 		r.refs++
 		r.used = e.clock
 		return r, nil
 	}
 	ctx := context.Background() // the Runtime outlives the caller
-	cfg := wz.NewRuntimeConfig().
+	cfg := wz.NewRuntimeConfig()
+	if k.interp {
+		cfg = wz.NewRuntimeConfigInterpreter()
+	}
+	cfg = cfg.
 		WithCompilationCache(e.cache).
-		WithMemoryLimitPages(pages).
+		WithMemoryLimitPages(k.pages).
 		WithCloseOnContextDone(true)
 	rt := wz.NewRuntimeWithConfig(ctx, cfg)
 	if err := defineWASI(ctx, rt); err != nil {
 		rt.Close(ctx)
 		return nil, fmt.Errorf("%w: instantiate WASI: %v", engine.ErrInstantiate, err)
 	}
-	r := &runtime{pages: pages, rt: rt, refs: 1, used: e.clock, compiled: map[string]*compiled{}}
-	e.runtimes[pages] = r
+	r := &runtime{rtKey: k, rt: rt, refs: 1, used: e.clock, compiled: map[string]*compiled{}}
+	e.runtimes[k] = r
 	e.evict()
 	return r, nil
 }
@@ -69,11 +92,20 @@ func (e *Engine) release(r *runtime, c *compiled) {
 	e.evict()
 }
 
-// evict closes idle compiled modules, then idle runtimes, least recently
-// used first, until the bounds hold or all that is left is in use. e.mu
-// is held.
+// evict closes stale compiled modules no longer in use, then idle
+// compiled modules, then idle runtimes, least recently used first, until
+// the bounds hold or all that is left is in use. e.mu is held.
 func (e *Engine) evict() {
 	ctx := context.Background()
+	for _, r := range e.runtimes {
+		for d, c := range r.compiled {
+			if c.stale && c.refs == 0 {
+				c.cm.Close(ctx)
+				delete(r.compiled, d)
+				e.ncompiled--
+			}
+		}
+	}
 	for e.ncompiled > e.maxCompiled {
 		var (
 			lr   *runtime
@@ -111,7 +143,7 @@ func (e *Engine) evict() {
 			e.ncompiled--
 		}
 		lr.rt.Close(ctx)
-		delete(e.runtimes, lr.pages)
+		delete(e.runtimes, lr.rtKey)
 	}
 }
 

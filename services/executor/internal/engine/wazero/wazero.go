@@ -107,6 +107,10 @@ type Config struct {
 	// MaxCacheBytes bounds the compiled modules kept in CacheDir, least
 	// recently used removed first (default engine.DefaultMaxCacheBytes).
 	MaxCacheBytes int64
+	// InterpretFirst starts a module that has no compiled code yet on
+	// wazero's interpreter and compiles it in the background for the
+	// instances started after (interpret.go).
+	InterpretFirst bool
 }
 
 const (
@@ -135,10 +139,12 @@ type Engine struct {
 
 	maxRuntimes, maxCompiled int
 
-	mu        sync.Mutex          // guards the fields below and those of runtimes and compiled
-	runtimes  map[uint32]*runtime // by memory limit in pages
-	ncompiled int                 // over all runtimes
-	clock     uint64              // the LRU's: ticks at each use
+	behind behind // background compiles (Config.InterpretFirst)
+
+	mu        sync.Mutex         // guards the fields below and those of runtimes and compiled
+	runtimes  map[rtKey]*runtime // by memory limit in pages and kind
+	ncompiled int                // over all runtimes
+	clock     uint64             // the LRU's: ticks at each use
 }
 
 var _ engine.Engine = (*Engine)(nil)
@@ -175,7 +181,8 @@ func New(cfg Config) (*Engine, error) {
 		placeholder: placeholder,
 		slot:        engine.NewSlots(1),
 		verified:    map[string]engine.FileStamp{},
-		runtimes:    map[uint32]*runtime{},
+		runtimes:    map[rtKey]*runtime{},
+		behind:      newBehind(cfg.InterpretFirst, cfg.Logger),
 		maxRuntimes: cmp.Or(max(cfg.MaxRuntimes, 0), defaultMaxRuntimes),
 		maxCompiled: cmp.Or(max(cfg.MaxCompiled, 0), defaultMaxCompiled),
 	}
@@ -205,16 +212,11 @@ func (e *Engine) Prepare(ctx context.Context, digest, wasmPath string) (engine.M
 		return nil, err
 	}
 	m := &module{digest: digest, wasmPath: wasmPath}
-	r, err := e.runtime(maxPages)
+	r, c, _, err := e.code(ctx, m, maxPages)
 	if err != nil {
 		return nil, err
 	}
-	defer e.release(r, nil)
-	c, err := e.compile(ctx, r, m)
-	if err != nil {
-		return nil, err
-	}
-	defer e.release(nil, c)
+	defer e.release(r, c)
 	if err := checkWASI(c.cm, digest); err != nil {
 		return nil, err
 	}
@@ -238,13 +240,8 @@ func (e *Engine) instantiate(ctx context.Context, em engine.Module, spec engine.
 	if !ok {
 		return nil, fmt.Errorf("%w: module was not prepared by the wazero engine", engine.ErrInstantiate)
 	}
-	r, err := e.runtime(pages(spec.MemoryLimitBytes))
+	r, c, interpreted, err := e.code(ctx, m, pages(spec.MemoryLimitBytes))
 	if err != nil {
-		return nil, err
-	}
-	c, err := e.compile(ctx, r, m)
-	if err != nil {
-		e.release(r, nil)
 		return nil, err
 	}
 	// The runtime and compiled module stay in use until the instance is
@@ -331,6 +328,9 @@ func (e *Engine) instantiate(ctx context.Context, em engine.Module, spec engine.
 	// From here the instance owns the runtime and compiled module: it
 	// releases them when it is closed.
 	released = true
+	if interpreted {
+		e.compileBehind(m)
+	}
 	return &instance{ctx: ictx, cancel: cancel, mod: mod, mem: mod.ExportedMemory("memory"), start: start,
 		socks: socks, env: env, closed: func() { e.release(r, c) }}, nil
 }

@@ -1,0 +1,179 @@
+package wazero
+
+// Interpret first (Config.InterpretFirst): a module with no compiled code
+// yet (in memory, or an entry the index names) starts on wazero's
+// interpreter, whose compile to its own code costs about a tenth of
+// wazero's compiler, and its code runs several times slower. Once its
+// first instance has started, the module is compiled in the background
+// into the cache, as a start without InterpretFirst would have (the shared
+// store included); the instances started after that run compiled code. An
+// instance started interpreted keeps running interpreted until it ends.
+//
+// Interpreted and compiled instances are the same instance to everything
+// around them: the same WASI, memory and table limits, kills
+// (WithCloseOnContextDone: the interpreter checks at function entries and
+// loops too), thread, CPU limit and usage (engine.Run).
+//
+// The background compile is bounded: one at a time for the whole engine
+// (the compile slot), at most one per module (behind.pending, and the
+// flight lock on its bytes that foreground compiles take too), a module
+// whose compile failed is not tried again in this process (its instances
+// go on starting interpreted, and the failure is logged), and Close
+// cancels what runs or waits.
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+)
+
+// behind is the engine's background compiles.
+type behind struct {
+	on     bool // Config.InterpretFirst
+	log    *slog.Logger
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	pending map[string]bool  // by digest: queued or compiling
+	failed  map[string]error // by digest: compiles that failed, not tried again
+}
+
+func newBehind(on bool, log *slog.Logger) behind {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return behind{on: on, log: log, ctx: ctx, cancel: cancel, pending: map[string]bool{}, failed: map[string]error{}}
+}
+
+// code returns what to start m with under a memory limit of pages, both
+// counted in use until release: its compiled code, or, with
+// InterpretFirst and none compiled yet, interpreted code (interpreted
+// reports which).
+func (e *Engine) code(ctx context.Context, m *module, pages uint32) (r *runtime, c *compiled, interpreted bool, err error) {
+	r, err = e.runtime(pages)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	if !e.behind.on {
+		c, err = e.compile(ctx, r, m)
+	} else {
+		c, err = e.interpretUnlessCompiled(ctx, &r, m)
+		interpreted = r.interp
+	}
+	if err != nil {
+		e.release(r, nil)
+		return nil, nil, false, err
+	}
+	return r, c, interpreted, nil
+}
+
+// interpretUnlessCompiled returns m's compiled code in *r when there is
+// some (kept in memory, or loaded from an entry the index names), or else
+// its interpreted code, *r then the interpreting runtime of its limit (in
+// use in place of the compiling one).
+func (e *Engine) interpretUnlessCompiled(ctx context.Context, r **runtime, m *module) (*compiled, error) {
+	e.disk.Touch(e.indexPath(m.digest))
+	if c := e.lookup(*r, m.digest); c != nil {
+		return c, nil
+	}
+	wasm, sum, _, err := e.source(ctx, *r, m)
+	if err != nil {
+		return nil, err
+	}
+	if cm, ok := e.load(ctx, *r, sum, wasm); ok {
+		return e.keep(*r, m.digest, cm), nil
+	}
+	ir, err := e.runtimeOf(rtKey{pages: (*r).pages, interp: true})
+	if err != nil {
+		return nil, err
+	}
+	e.release(*r, nil)
+	*r = ir
+	if c := e.lookup(ir, m.digest); c != nil {
+		return c, nil
+	}
+	// Two interpreted compiles of one module at once would both do the
+	// work: the engine keeps one per module.
+	unlock, err := e.flights.Lock(ctx, "interp-"+sum)
+	if err != nil {
+		return nil, fmt.Errorf("prepare module %s: wait for its compile: %w", m.digest, err)
+	}
+	defer unlock()
+	if c := e.lookup(ir, m.digest); c != nil {
+		return c, nil
+	}
+	cm, err := ir.rt.CompileModule(ctx, wasm)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("prepare module %s: compile: %w", m.digest, ctx.Err())
+		}
+		return nil, compileError(ir, m, err)
+	}
+	return e.keep(ir, m.digest, cm), nil
+}
+
+// compileBehind compiles m in the background, unless that is under way,
+// has failed, or the engine is closed; then the interpreted code of m
+// left unused is closed.
+func (e *Engine) compileBehind(m *module) {
+	b := &e.behind
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.pending[m.digest] || b.failed[m.digest] != nil || b.ctx.Err() != nil {
+		return
+	}
+	b.pending[m.digest] = true
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		err := e.compileNow(b.ctx, m)
+		b.mu.Lock()
+		delete(b.pending, m.digest)
+		if err != nil && b.ctx.Err() == nil {
+			b.failed[m.digest] = err
+		}
+		b.mu.Unlock()
+		switch {
+		case err == nil:
+			e.staleInterpreted(m.digest)
+		case b.ctx.Err() == nil:
+			b.log.Warn("background compile failed; the module's instances go on starting on the interpreter", "module", m.digest, "error", err)
+		}
+	}()
+}
+
+// compileNow compiles m as a start without InterpretFirst would.
+func (e *Engine) compileNow(ctx context.Context, m *module) error {
+	r, err := e.runtime(maxPages)
+	if err != nil {
+		return err
+	}
+	c, err := e.compile(ctx, r, m)
+	e.release(r, c)
+	return err
+}
+
+// staleInterpreted marks the interpreted code of digest stale: closed
+// once no instance uses it (evict).
+func (e *Engine) staleInterpreted(digest string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for k, r := range e.runtimes {
+		if c := r.compiled[digest]; k.interp && c != nil {
+			c.stale = true
+		}
+	}
+	e.evict()
+}
+
+// Close cancels the background compiles and waits for them to end. The
+// engine still starts instances after it; those of modules not compiled
+// yet start interpreted.
+func (e *Engine) Close() {
+	e.behind.cancel()
+	e.behind.wg.Wait()
+}
