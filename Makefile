@@ -57,8 +57,14 @@ fuzz: ## run every Fuzz target in the repo for FUZZTIME each (default 60s), one 
 	done
 
 .PHONY: build
-build: ## build the services into bin/ and the example module into bin/wasm/
-	go build $(GO_BUILD_FLAGS) -o bin/ ./services/nodeagent ./services/executor ./services/registry-cache
+# A node runs one engine: bin/executor has wasmtime (the default), and
+# bin/executor-wazero, pure Go, has wazero (a node agent with
+# --default-executor wazero supervises it); an executor built without tags
+# has both.
+build: ## build the services into bin/ (the executor once per engine) and the example module into bin/wasm/
+	go build $(GO_BUILD_FLAGS) -o bin/ ./services/nodeagent ./services/registry-cache
+	go build $(GO_BUILD_FLAGS) -tags nowazero -o bin/executor ./services/executor
+	CGO_ENABLED=0 go build $(GO_BUILD_FLAGS) -tags nowasmtime -o bin/executor-wazero ./services/executor
 	go build $(GO_BUILD_FLAGS) -o bin/nats-server github.com/nats-io/nats-server/v2
 	GOOS=wasip1 GOARCH=wasm go build -trimpath -o bin/wasm/hello.wasm ./examples/hello
 

@@ -104,7 +104,7 @@ func parseFlags(args []string) (config, error) {
 	cfg.RegistryTLS.AddFlags(fs, "registry-", "the executor's client to the registry cache (--registry; may be the same files as --tls-*)")
 	fs.StringVar(&cfg.NATS, "nats", "", "NATS URL for logs and events (optional; token from WASMLET_NATS_TOKEN)")
 	fs.StringVar(&cfg.StateDir, "state-dir", filepath.Join(os.TempDir(), "wasmlet-executor"), "directory for modules and precompiled artifacts")
-	fs.StringVar(&cfg.Engine, "engine", "wasmtime", "engine: wasmtime or wazero")
+	fs.StringVar(&cfg.Engine, "engine", service.DefaultEngine(), "engine: wasmtime or wazero (this build has "+strings.Join(service.Engines(), " and ")+")")
 	fs.StringVar(&cfg.CPUCgroup, "cpu-cgroup", "", "cgroup directory (cpu controller, writable) in which CPU limits are enforced; empty: not enforced")
 	fs.StringVar(&cfg.MetricsListen, "metrics-listen", "", "loopback host:port to serve Prometheus metrics on at /metrics (default off)")
 	fs.BoolVar(&cfg.SharePrecompiled, "share-precompiled", true, "get precompiled modules from the registry cache on a local miss, and put there what this executor compiles")
@@ -146,8 +146,8 @@ func parseFlags(args []string) (config, error) {
 		return cfg, errors.New("--listen is required")
 	case cfg.Registry == "":
 		return cfg, errors.New("--registry is required")
-	case cfg.Engine != "wasmtime" && cfg.Engine != "wazero":
-		return cfg, fmt.Errorf("--engine %q: want wasmtime or wazero", cfg.Engine)
+	case service.CheckEngine(cfg.Engine) != nil:
+		return cfg, fmt.Errorf("--%w", service.CheckEngine(cfg.Engine))
 	case cfg.MaxInstances <= 0:
 		return cfg, errors.New("--max-instances must be positive")
 	case cfg.ListenerSocket != "" && !filepath.IsAbs(cfg.ListenerSocket):

@@ -108,7 +108,7 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 	fs.StringVar(&cfg.DefaultExecutor, "default-executor", "wasmtime", "flavour for pods that name no RuntimeClass; the supervised executor serves it, on the engine of that name when it is wasmtime or wazero (only wazero hands pods their listening sockets)")
 	fs.Var(kv(cfg.RuntimeHandlers), "runtime-handler", "HANDLER=FLAVOUR: RuntimeClass handler routed to an executor flavour (repeatable)")
 	fs.StringVar(&cfg.ExecutorUser, "executor-user", agent.DefaultExecutorUser, "UID[:GID] (numbers; no /etc/passwd entry needed) that a root node agent runs its supervised executor as; its state dir, socket, the registry cache's socket and the pods' volumes are made usable by it (emptyDir writable, other volumes readable), hostPath volumes are as the host's modes let that user; root or empty: the executor runs as root")
-	fs.StringVar(&cfg.ExecutorBinary, "executor-binary", "", "executor binary to supervise (default: 'executor' beside this binary)")
+	fs.StringVar(&cfg.ExecutorBinary, "executor-binary", "", "executor binary to supervise (default: beside this binary, 'executor-wazero' when --default-executor is wazero and it is there, else 'executor')")
 	fs.Var(kv(cfg.Labels), "node-label", "KEY=VALUE label for the Node (repeatable)")
 	fs.Var(&hostPaths, "allowed-host-path", "host directory that hostPath volumes may name, with what is below it (repeatable; default none)")
 	fs.Int64Var(&cfg.RegistryMaxBytes, "registry-max-bytes", 0, "size budget of the in-process registry cache (least recently used modules not in use are evicted); 0: none")

@@ -9,8 +9,6 @@ import (
 	"github.com/wasmlet/wasmlet/services/executor/internal/artifactsign"
 	"github.com/wasmlet/wasmlet/services/executor/internal/cpulimit"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
-	"github.com/wasmlet/wasmlet/services/executor/internal/engine/wasmtime"
-	"github.com/wasmlet/wasmlet/services/executor/internal/engine/wazero"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
 )
 
@@ -47,13 +45,11 @@ func newEngine(cfg Config, cpu engine.ThreadLimiter, pc regcache.PrecompiledStor
 			return nil, err
 		}
 	}
-	dir := filepath.Join(cfg.StateDir, "compiled")
-	switch cfg.Engine {
-	case "wazero":
-		return wazero.New(wazero.Config{CacheDir: dir, CPU: cpu, Shared: shared, Logger: log, MaxCacheBytes: cfg.CompiledCacheBytes})
-	default:
-		return wasmtime.New(wasmtime.Config{CacheDir: dir, CPU: cpu, Shared: shared, Logger: log, MaxCacheBytes: cfg.CompiledCacheBytes, QuickFirst: cfg.QuickFirstCompile})
+	b := engineBase{dir: filepath.Join(cfg.StateDir, "compiled"), cpu: cpu, shared: shared, log: log}
+	if cfg.Engine == "wazero" {
+		return newWazero(cfg, b)
 	}
+	return newWasmtime(cfg, b)
 }
 
 // newArtifactStore is the registry cache's store of precompiled modules,

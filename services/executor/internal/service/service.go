@@ -67,7 +67,7 @@ type Config struct {
 	// StateDir holds modules, compiled artifacts, the log spool and, by
 	// default, the artifact key. Required.
 	StateDir string
-	// Engine is "wasmtime" or "wazero". Required.
+	// Engine is "wasmtime" or "wazero", one of Engines(). Required.
 	Engine string
 	// CompiledCacheBytes bounds the engine's compiled code on disk; 0: the
 	// engine's default.
@@ -122,8 +122,8 @@ func (c *Config) validate() error {
 	switch {
 	case c.Listen == "" || c.Registry == "" || c.StateDir == "" || c.ID == "":
 		return errors.New("the listen and registry addresses, the state directory and the executor id are required")
-	case c.Engine != "wasmtime" && c.Engine != "wazero":
-		return fmt.Errorf("engine %q: want wasmtime or wazero", c.Engine)
+	case CheckEngine(c.Engine) != nil:
+		return CheckEngine(c.Engine)
 	case c.MaxInstances <= 0:
 		return errors.New("max instances must be positive")
 	case c.MetricsListen != "" && !grpcutil.IsLoopback(c.MetricsListen):

@@ -271,7 +271,7 @@ func Run(ctx context.Context, cfg Config) error {
 	supervised := len(cfg.Executors) == 0 && !cfg.NoExecutorChild
 	execBin := cfg.ExecutorBinary
 	if execBin == "" {
-		execBin = siblingBinary("executor")
+		execBin = executorBinary(cfg.DefaultExecutor)
 	}
 	execUser, err := parseExecutorUser(cfg.ExecutorUser)
 	if err != nil {
@@ -616,6 +616,23 @@ func fastLimiter() workqueue.TypedRateLimiter[any] {
 		workqueue.NewTypedItemExponentialFailureRateLimiter[any](5*time.Millisecond, 30*time.Second),
 		&workqueue.TypedBucketRateLimiter[any]{Limiter: rate.NewLimiter(rate.Limit(1000), 1000)},
 	)
+}
+
+// executorBinary is the executor a node agent supervises unless told:
+// beside it, the one make build names for the default flavour's engine
+// (executor-wazero, pure Go, for wazero) when it is there, else executor.
+func executorBinary(flavour string) string {
+	if flavour == "wazero" {
+		if p := siblingBinary("executor-wazero"); regularFile(p) {
+			return p
+		}
+	}
+	return siblingBinary("executor")
+}
+
+func regularFile(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode().IsRegular()
 }
 
 func siblingBinary(name string) string {
