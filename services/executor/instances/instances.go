@@ -144,9 +144,35 @@ type Listener struct {
 	Protocol Protocol
 }
 
+// HandlerMode is how an executor runs a module per request (Spec.Handler).
+type HandlerMode string
+
+// HandlerWAGI: the executor serves HTTP on the spec's listeners and runs
+// the module's _start once per request, WAGI style: the request in its
+// environment (the CGI variables REQUEST_METHOD, PATH_INFO, QUERY_STRING,
+// CONTENT_TYPE, CONTENT_LENGTH, SERVER_NAME, SERVER_PORT, REMOTE_ADDR,
+// X_FULL_URL, HTTP_<HEADER>, ..., after the spec's Env) and its body on
+// stdin; stdout is the response in CGI form (headers, Status and Location
+// among them, a blank line, the body); stderr goes to the log. Runs come
+// from instances instantiated ahead of requests; each has the spec's
+// memory and CPU limits. A trap, a non-zero exit or a malformed response
+// answers 500 and logs why; requests beyond the runs in flight wait, then
+// get 503. The instance is Running while it serves; a kill stops it.
+const HandlerWAGI HandlerMode = "wagi"
+
 // ValidateListeners refuses, with ErrInvalidArgument, listeners that an
-// executor could not open or a module could not tell apart.
+// executor could not open or a module could not tell apart, and a handler
+// mode it does not know or without a listener to serve.
 func ValidateListeners(spec Spec) error {
+	switch spec.Handler {
+	case "":
+	case HandlerWAGI:
+		if len(spec.Listeners) == 0 {
+			return fmt.Errorf("%w: handler mode %s without listeners: list the port(s) to serve HTTP on", ErrInvalidArgument, spec.Handler)
+		}
+	default:
+		return fmt.Errorf("%w: handler mode %q: want %q or none", ErrInvalidArgument, spec.Handler, HandlerWAGI)
+	}
 	if spec.HandedListeners && len(spec.Listeners) == 0 {
 		return fmt.Errorf("%w: handed listeners without listeners: list the listeners handed over", ErrInvalidArgument)
 	}
@@ -230,6 +256,12 @@ type Spec struct {
 	// without a listener socket refuses it (ErrUnsupported; see
 	// Info.ListenerHandoff). Needs Listeners.
 	HandedListeners bool
+	// Handler, when set, runs the module per request (HandlerWAGI) on the
+	// listeners, which the executor then serves itself (the module is
+	// handed none, so an engine without socket preopens can run it); empty:
+	// the module serves them. An executor that cannot refuses it
+	// (ErrUnsupported; see Info.HandlerModes). Needs Listeners.
+	Handler HandlerMode
 }
 
 // Instance is a snapshot of one instance.
@@ -275,6 +307,9 @@ type Info struct {
 	// ListenerHandoff: the executor takes listeners handed over on its
 	// listener socket (Spec.HandedListeners, package handoff).
 	ListenerHandoff bool
+	// HandlerModes are the Spec.Handler modes the executor runs; it
+	// refuses the others with ErrUnsupported.
+	HandlerModes []HandlerMode
 }
 
 // Confinement is what walls the executor process stands behind.

@@ -90,6 +90,65 @@ func (InstanceState) EnumDescriptor() ([]byte, []int) {
 	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{0}
 }
 
+// HandlerMode is how an executor runs a module per request.
+type HandlerMode int32
+
+const (
+	// Not a handler: the module serves its listeners itself.
+	HandlerMode_HANDLER_MODE_UNSPECIFIED HandlerMode = 0
+	// WAGI (CGI for WebAssembly): each HTTP request runs the module's _start
+	// once, from instances instantiated ahead of requests, with the request
+	// in its environment (REQUEST_METHOD, PATH_INFO, QUERY_STRING,
+	// CONTENT_TYPE, CONTENT_LENGTH, SERVER_NAME, SERVER_PORT, REMOTE_ADDR,
+	// X_FULL_URL, HTTP_<HEADER>, ... after the spec's env) and its body on
+	// stdin; stdout is the response in CGI form (headers including Status
+	// and Location, a blank line, the body); stderr goes to the log. A trap,
+	// a non-zero exit or a malformed response is answered 500 with a log
+	// line saying why; requests beyond the runs in flight wait, then get
+	// 503. Memory and CPU limits apply to each run. The instance is RUNNING
+	// while it serves; a kill stops serving.
+	HandlerMode_HANDLER_MODE_WAGI HandlerMode = 1
+)
+
+// Enum value maps for HandlerMode.
+var (
+	HandlerMode_name = map[int32]string{
+		0: "HANDLER_MODE_UNSPECIFIED",
+		1: "HANDLER_MODE_WAGI",
+	}
+	HandlerMode_value = map[string]int32{
+		"HANDLER_MODE_UNSPECIFIED": 0,
+		"HANDLER_MODE_WAGI":        1,
+	}
+)
+
+func (x HandlerMode) Enum() *HandlerMode {
+	p := new(HandlerMode)
+	*p = x
+	return p
+}
+
+func (x HandlerMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (HandlerMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_wasmlet_executor_v1_executor_proto_enumTypes[1].Descriptor()
+}
+
+func (HandlerMode) Type() protoreflect.EnumType {
+	return &file_wasmlet_executor_v1_executor_proto_enumTypes[1]
+}
+
+func (x HandlerMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use HandlerMode.Descriptor instead.
+func (HandlerMode) EnumDescriptor() ([]byte, []int) {
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{1}
+}
+
 // Protocol of a listener.
 type Protocol int32
 
@@ -126,11 +185,11 @@ func (x Protocol) String() string {
 }
 
 func (Protocol) Descriptor() protoreflect.EnumDescriptor {
-	return file_wasmlet_executor_v1_executor_proto_enumTypes[1].Descriptor()
+	return file_wasmlet_executor_v1_executor_proto_enumTypes[2].Descriptor()
 }
 
 func (Protocol) Type() protoreflect.EnumType {
-	return &file_wasmlet_executor_v1_executor_proto_enumTypes[1]
+	return &file_wasmlet_executor_v1_executor_proto_enumTypes[2]
 }
 
 func (x Protocol) Number() protoreflect.EnumNumber {
@@ -139,7 +198,7 @@ func (x Protocol) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Protocol.Descriptor instead.
 func (Protocol) EnumDescriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{1}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{2}
 }
 
 // How an executor enforces CPU limits.
@@ -179,11 +238,11 @@ func (x CpuLimitEnforcement) String() string {
 }
 
 func (CpuLimitEnforcement) Descriptor() protoreflect.EnumDescriptor {
-	return file_wasmlet_executor_v1_executor_proto_enumTypes[2].Descriptor()
+	return file_wasmlet_executor_v1_executor_proto_enumTypes[3].Descriptor()
 }
 
 func (CpuLimitEnforcement) Type() protoreflect.EnumType {
-	return &file_wasmlet_executor_v1_executor_proto_enumTypes[2]
+	return &file_wasmlet_executor_v1_executor_proto_enumTypes[3]
 }
 
 func (x CpuLimitEnforcement) Number() protoreflect.EnumNumber {
@@ -192,7 +251,7 @@ func (x CpuLimitEnforcement) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CpuLimitEnforcement.Descriptor instead.
 func (CpuLimitEnforcement) EnumDescriptor() ([]byte, []int) {
-	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{2}
+	return file_wasmlet_executor_v1_executor_proto_rawDescGZIP(), []int{3}
 }
 
 // Preopen maps a host directory into the instance's WASI filesystem.
@@ -355,8 +414,16 @@ type InstanceSpec struct {
 	// over (or expired) fail the instance with reason ListenFailed. Needs
 	// listeners.
 	HandedListeners bool `protobuf:"varint,12,opt,name=handed_listeners,json=handedListeners,proto3" json:"handed_listeners,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// How the module serves its listeners. Unspecified: it serves them
+	// itself (server mode), on the sockets handed to it. HANDLER_MODE_WAGI:
+	// the executor serves HTTP on them and runs the module once per
+	// request (see HandlerMode); the module is handed no socket, so this
+	// also works on an engine without socket preopens. Needs listeners. An
+	// executor that cannot refuses it (UNIMPLEMENTED at create; see
+	// GetInfoResponse.handler_modes).
+	Handler       HandlerMode `protobuf:"varint,13,opt,name=handler,proto3,enum=wasmlet.executor.v1.HandlerMode" json:"handler,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *InstanceSpec) Reset() {
@@ -471,6 +538,13 @@ func (x *InstanceSpec) GetHandedListeners() bool {
 		return x.HandedListeners
 	}
 	return false
+}
+
+func (x *InstanceSpec) GetHandler() HandlerMode {
+	if x != nil {
+		return x.Handler
+	}
+	return HandlerMode_HANDLER_MODE_UNSPECIFIED
 }
 
 // Listener is one listening socket handed to the module.
@@ -774,8 +848,11 @@ type GetInfoResponse struct {
 	// (InstanceSpec.handed_listeners; its --listener-socket). One that does
 	// not refuses specs with handed_listeners (UNIMPLEMENTED).
 	ListenerHandoff bool `protobuf:"varint,12,opt,name=listener_handoff,json=listenerHandoff,proto3" json:"listener_handoff,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The handler modes the executor runs (InstanceSpec.handler); it
+	// refuses others.
+	HandlerModes  []HandlerMode `protobuf:"varint,13,rep,packed,name=handler_modes,json=handlerModes,proto3,enum=wasmlet.executor.v1.HandlerMode" json:"handler_modes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetInfoResponse) Reset() {
@@ -890,6 +967,13 @@ func (x *GetInfoResponse) GetListenerHandoff() bool {
 		return x.ListenerHandoff
 	}
 	return false
+}
+
+func (x *GetInfoResponse) GetHandlerModes() []HandlerMode {
+	if x != nil {
+		return x.HandlerModes
+	}
+	return nil
 }
 
 // Confinement says what limits the executor process, so that a module
@@ -1870,7 +1954,7 @@ const file_wasmlet_executor_v1_executor_proto_rawDesc = "" +
 	"\tread_only\x18\x03 \x01(\bR\breadOnly\">\n" +
 	"\x06Module\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x1c\n" +
-	"\treference\x18\x02 \x01(\tR\treference\"\xf7\x04\n" +
+	"\treference\x18\x02 \x01(\tR\treference\"\xb3\x05\n" +
 	"\fInstanceSpec\x123\n" +
 	"\x06module\x18\x01 \x01(\v2\x1b.wasmlet.executor.v1.ModuleR\x06module\x12\x12\n" +
 	"\x04args\x18\x02 \x03(\tR\x04args\x12-\n" +
@@ -1885,7 +1969,8 @@ const file_wasmlet_executor_v1_executor_proto_rawDesc = "" +
 	"\x11network_namespace\x18\n" +
 	" \x01(\tR\x10networkNamespace\x12%\n" +
 	"\x0elisten_address\x18\v \x01(\tR\rlistenAddress\x12)\n" +
-	"\x10handed_listeners\x18\f \x01(\bR\x0fhandedListeners\x1a9\n" +
+	"\x10handed_listeners\x18\f \x01(\bR\x0fhandedListeners\x12:\n" +
+	"\ahandler\x18\r \x01(\x0e2 .wasmlet.executor.v1.HandlerModeR\ahandler\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"m\n" +
@@ -1911,7 +1996,7 @@ const file_wasmlet_executor_v1_executor_proto_rawDesc = "" +
 	"finishedAt\x12\x1a\n" +
 	"\bsequence\x18\n" +
 	" \x01(\x04R\bsequence\"\x10\n" +
-	"\x0eGetInfoRequest\"\xe4\x03\n" +
+	"\x0eGetInfoRequest\"\xab\x04\n" +
 	"\x0fGetInfoResponse\x12\x16\n" +
 	"\x06engine\x18\x01 \x01(\tR\x06engine\x12%\n" +
 	"\x0eengine_version\x18\x02 \x01(\tR\rengineVersion\x12\x0e\n" +
@@ -1927,7 +2012,8 @@ const file_wasmlet_executor_v1_executor_proto_rawDesc = "" +
 	"\vconfinement\x18\n" +
 	" \x01(\v2 .wasmlet.executor.v1.ConfinementR\vconfinement\x12\x1c\n" +
 	"\tlisteners\x18\v \x01(\bR\tlisteners\x12)\n" +
-	"\x10listener_handoff\x18\f \x01(\bR\x0flistenerHandoff\"\x95\x02\n" +
+	"\x10listener_handoff\x18\f \x01(\bR\x0flistenerHandoff\x12E\n" +
+	"\rhandler_modes\x18\r \x03(\x0e2 .wasmlet.executor.v1.HandlerModeR\fhandlerModes\"\x95\x02\n" +
 	"\vConfinement\x12 \n" +
 	"\fno_new_privs\x18\x01 \x01(\bR\n" +
 	"noNewPrivs\x12\x18\n" +
@@ -1999,7 +2085,10 @@ const file_wasmlet_executor_v1_executor_proto_rawDesc = "" +
 	"\x16INSTANCE_STATE_RUNNING\x10\x02\x12\x19\n" +
 	"\x15INSTANCE_STATE_EXITED\x10\x03\x12\x19\n" +
 	"\x15INSTANCE_STATE_KILLED\x10\x04\x12\x19\n" +
-	"\x15INSTANCE_STATE_FAILED\x10\x05*H\n" +
+	"\x15INSTANCE_STATE_FAILED\x10\x05*B\n" +
+	"\vHandlerMode\x12\x1c\n" +
+	"\x18HANDLER_MODE_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11HANDLER_MODE_WAGI\x10\x01*H\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fPROTOCOL_TCP\x10\x01\x12\x10\n" +
@@ -2032,96 +2121,99 @@ func file_wasmlet_executor_v1_executor_proto_rawDescGZIP() []byte {
 	return file_wasmlet_executor_v1_executor_proto_rawDescData
 }
 
-var file_wasmlet_executor_v1_executor_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_wasmlet_executor_v1_executor_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
 var file_wasmlet_executor_v1_executor_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_wasmlet_executor_v1_executor_proto_goTypes = []any{
 	(InstanceState)(0),                // 0: wasmlet.executor.v1.InstanceState
-	(Protocol)(0),                     // 1: wasmlet.executor.v1.Protocol
-	(CpuLimitEnforcement)(0),          // 2: wasmlet.executor.v1.CpuLimitEnforcement
-	(*Preopen)(nil),                   // 3: wasmlet.executor.v1.Preopen
-	(*Module)(nil),                    // 4: wasmlet.executor.v1.Module
-	(*InstanceSpec)(nil),              // 5: wasmlet.executor.v1.InstanceSpec
-	(*Listener)(nil),                  // 6: wasmlet.executor.v1.Listener
-	(*EnvVar)(nil),                    // 7: wasmlet.executor.v1.EnvVar
-	(*Instance)(nil),                  // 8: wasmlet.executor.v1.Instance
-	(*GetInfoRequest)(nil),            // 9: wasmlet.executor.v1.GetInfoRequest
-	(*GetInfoResponse)(nil),           // 10: wasmlet.executor.v1.GetInfoResponse
-	(*Confinement)(nil),               // 11: wasmlet.executor.v1.Confinement
-	(*CreateInstanceRequest)(nil),     // 12: wasmlet.executor.v1.CreateInstanceRequest
-	(*CreateInstanceResponse)(nil),    // 13: wasmlet.executor.v1.CreateInstanceResponse
-	(*StartInstanceRequest)(nil),      // 14: wasmlet.executor.v1.StartInstanceRequest
-	(*StartInstanceResponse)(nil),     // 15: wasmlet.executor.v1.StartInstanceResponse
-	(*StopInstanceRequest)(nil),       // 16: wasmlet.executor.v1.StopInstanceRequest
-	(*StopInstanceResponse)(nil),      // 17: wasmlet.executor.v1.StopInstanceResponse
-	(*DeleteInstanceRequest)(nil),     // 18: wasmlet.executor.v1.DeleteInstanceRequest
-	(*DeleteInstanceResponse)(nil),    // 19: wasmlet.executor.v1.DeleteInstanceResponse
-	(*GetInstanceRequest)(nil),        // 20: wasmlet.executor.v1.GetInstanceRequest
-	(*GetInstanceResponse)(nil),       // 21: wasmlet.executor.v1.GetInstanceResponse
-	(*ListInstancesRequest)(nil),      // 22: wasmlet.executor.v1.ListInstancesRequest
-	(*ListInstancesResponse)(nil),     // 23: wasmlet.executor.v1.ListInstancesResponse
-	(*WatchInstancesRequest)(nil),     // 24: wasmlet.executor.v1.WatchInstancesRequest
-	(*WatchInstancesResponse)(nil),    // 25: wasmlet.executor.v1.WatchInstancesResponse
-	(*ListInstanceStatsRequest)(nil),  // 26: wasmlet.executor.v1.ListInstanceStatsRequest
-	(*ListInstanceStatsResponse)(nil), // 27: wasmlet.executor.v1.ListInstanceStatsResponse
-	(*InstanceStats)(nil),             // 28: wasmlet.executor.v1.InstanceStats
-	nil,                               // 29: wasmlet.executor.v1.InstanceSpec.LabelsEntry
-	nil,                               // 30: wasmlet.executor.v1.ListInstancesRequest.LabelSelectorEntry
-	nil,                               // 31: wasmlet.executor.v1.ListInstanceStatsRequest.LabelSelectorEntry
-	nil,                               // 32: wasmlet.executor.v1.InstanceStats.LabelsEntry
-	(*timestamppb.Timestamp)(nil),     // 33: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 34: google.protobuf.Duration
+	(HandlerMode)(0),                  // 1: wasmlet.executor.v1.HandlerMode
+	(Protocol)(0),                     // 2: wasmlet.executor.v1.Protocol
+	(CpuLimitEnforcement)(0),          // 3: wasmlet.executor.v1.CpuLimitEnforcement
+	(*Preopen)(nil),                   // 4: wasmlet.executor.v1.Preopen
+	(*Module)(nil),                    // 5: wasmlet.executor.v1.Module
+	(*InstanceSpec)(nil),              // 6: wasmlet.executor.v1.InstanceSpec
+	(*Listener)(nil),                  // 7: wasmlet.executor.v1.Listener
+	(*EnvVar)(nil),                    // 8: wasmlet.executor.v1.EnvVar
+	(*Instance)(nil),                  // 9: wasmlet.executor.v1.Instance
+	(*GetInfoRequest)(nil),            // 10: wasmlet.executor.v1.GetInfoRequest
+	(*GetInfoResponse)(nil),           // 11: wasmlet.executor.v1.GetInfoResponse
+	(*Confinement)(nil),               // 12: wasmlet.executor.v1.Confinement
+	(*CreateInstanceRequest)(nil),     // 13: wasmlet.executor.v1.CreateInstanceRequest
+	(*CreateInstanceResponse)(nil),    // 14: wasmlet.executor.v1.CreateInstanceResponse
+	(*StartInstanceRequest)(nil),      // 15: wasmlet.executor.v1.StartInstanceRequest
+	(*StartInstanceResponse)(nil),     // 16: wasmlet.executor.v1.StartInstanceResponse
+	(*StopInstanceRequest)(nil),       // 17: wasmlet.executor.v1.StopInstanceRequest
+	(*StopInstanceResponse)(nil),      // 18: wasmlet.executor.v1.StopInstanceResponse
+	(*DeleteInstanceRequest)(nil),     // 19: wasmlet.executor.v1.DeleteInstanceRequest
+	(*DeleteInstanceResponse)(nil),    // 20: wasmlet.executor.v1.DeleteInstanceResponse
+	(*GetInstanceRequest)(nil),        // 21: wasmlet.executor.v1.GetInstanceRequest
+	(*GetInstanceResponse)(nil),       // 22: wasmlet.executor.v1.GetInstanceResponse
+	(*ListInstancesRequest)(nil),      // 23: wasmlet.executor.v1.ListInstancesRequest
+	(*ListInstancesResponse)(nil),     // 24: wasmlet.executor.v1.ListInstancesResponse
+	(*WatchInstancesRequest)(nil),     // 25: wasmlet.executor.v1.WatchInstancesRequest
+	(*WatchInstancesResponse)(nil),    // 26: wasmlet.executor.v1.WatchInstancesResponse
+	(*ListInstanceStatsRequest)(nil),  // 27: wasmlet.executor.v1.ListInstanceStatsRequest
+	(*ListInstanceStatsResponse)(nil), // 28: wasmlet.executor.v1.ListInstanceStatsResponse
+	(*InstanceStats)(nil),             // 29: wasmlet.executor.v1.InstanceStats
+	nil,                               // 30: wasmlet.executor.v1.InstanceSpec.LabelsEntry
+	nil,                               // 31: wasmlet.executor.v1.ListInstancesRequest.LabelSelectorEntry
+	nil,                               // 32: wasmlet.executor.v1.ListInstanceStatsRequest.LabelSelectorEntry
+	nil,                               // 33: wasmlet.executor.v1.InstanceStats.LabelsEntry
+	(*timestamppb.Timestamp)(nil),     // 34: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 35: google.protobuf.Duration
 }
 var file_wasmlet_executor_v1_executor_proto_depIdxs = []int32{
-	4,  // 0: wasmlet.executor.v1.InstanceSpec.module:type_name -> wasmlet.executor.v1.Module
-	7,  // 1: wasmlet.executor.v1.InstanceSpec.env:type_name -> wasmlet.executor.v1.EnvVar
-	3,  // 2: wasmlet.executor.v1.InstanceSpec.preopens:type_name -> wasmlet.executor.v1.Preopen
-	29, // 3: wasmlet.executor.v1.InstanceSpec.labels:type_name -> wasmlet.executor.v1.InstanceSpec.LabelsEntry
-	6,  // 4: wasmlet.executor.v1.InstanceSpec.listeners:type_name -> wasmlet.executor.v1.Listener
-	1,  // 5: wasmlet.executor.v1.Listener.protocol:type_name -> wasmlet.executor.v1.Protocol
-	5,  // 6: wasmlet.executor.v1.Instance.spec:type_name -> wasmlet.executor.v1.InstanceSpec
-	0,  // 7: wasmlet.executor.v1.Instance.state:type_name -> wasmlet.executor.v1.InstanceState
-	33, // 8: wasmlet.executor.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
-	33, // 9: wasmlet.executor.v1.Instance.started_at:type_name -> google.protobuf.Timestamp
-	33, // 10: wasmlet.executor.v1.Instance.finished_at:type_name -> google.protobuf.Timestamp
-	2,  // 11: wasmlet.executor.v1.GetInfoResponse.cpu_limits:type_name -> wasmlet.executor.v1.CpuLimitEnforcement
-	11, // 12: wasmlet.executor.v1.GetInfoResponse.confinement:type_name -> wasmlet.executor.v1.Confinement
-	5,  // 13: wasmlet.executor.v1.CreateInstanceRequest.spec:type_name -> wasmlet.executor.v1.InstanceSpec
-	8,  // 14: wasmlet.executor.v1.CreateInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
-	8,  // 15: wasmlet.executor.v1.StartInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
-	34, // 16: wasmlet.executor.v1.StopInstanceRequest.grace_period:type_name -> google.protobuf.Duration
-	8,  // 17: wasmlet.executor.v1.StopInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
-	8,  // 18: wasmlet.executor.v1.GetInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
-	30, // 19: wasmlet.executor.v1.ListInstancesRequest.label_selector:type_name -> wasmlet.executor.v1.ListInstancesRequest.LabelSelectorEntry
-	8,  // 20: wasmlet.executor.v1.ListInstancesResponse.instances:type_name -> wasmlet.executor.v1.Instance
-	8,  // 21: wasmlet.executor.v1.WatchInstancesResponse.instance:type_name -> wasmlet.executor.v1.Instance
-	31, // 22: wasmlet.executor.v1.ListInstanceStatsRequest.label_selector:type_name -> wasmlet.executor.v1.ListInstanceStatsRequest.LabelSelectorEntry
-	28, // 23: wasmlet.executor.v1.ListInstanceStatsResponse.stats:type_name -> wasmlet.executor.v1.InstanceStats
-	0,  // 24: wasmlet.executor.v1.InstanceStats.state:type_name -> wasmlet.executor.v1.InstanceState
-	32, // 25: wasmlet.executor.v1.InstanceStats.labels:type_name -> wasmlet.executor.v1.InstanceStats.LabelsEntry
-	33, // 26: wasmlet.executor.v1.InstanceStats.time:type_name -> google.protobuf.Timestamp
-	9,  // 27: wasmlet.executor.v1.ExecutorService.GetInfo:input_type -> wasmlet.executor.v1.GetInfoRequest
-	12, // 28: wasmlet.executor.v1.ExecutorService.CreateInstance:input_type -> wasmlet.executor.v1.CreateInstanceRequest
-	14, // 29: wasmlet.executor.v1.ExecutorService.StartInstance:input_type -> wasmlet.executor.v1.StartInstanceRequest
-	16, // 30: wasmlet.executor.v1.ExecutorService.StopInstance:input_type -> wasmlet.executor.v1.StopInstanceRequest
-	18, // 31: wasmlet.executor.v1.ExecutorService.DeleteInstance:input_type -> wasmlet.executor.v1.DeleteInstanceRequest
-	20, // 32: wasmlet.executor.v1.ExecutorService.GetInstance:input_type -> wasmlet.executor.v1.GetInstanceRequest
-	22, // 33: wasmlet.executor.v1.ExecutorService.ListInstances:input_type -> wasmlet.executor.v1.ListInstancesRequest
-	24, // 34: wasmlet.executor.v1.ExecutorService.WatchInstances:input_type -> wasmlet.executor.v1.WatchInstancesRequest
-	26, // 35: wasmlet.executor.v1.ExecutorService.ListInstanceStats:input_type -> wasmlet.executor.v1.ListInstanceStatsRequest
-	10, // 36: wasmlet.executor.v1.ExecutorService.GetInfo:output_type -> wasmlet.executor.v1.GetInfoResponse
-	13, // 37: wasmlet.executor.v1.ExecutorService.CreateInstance:output_type -> wasmlet.executor.v1.CreateInstanceResponse
-	15, // 38: wasmlet.executor.v1.ExecutorService.StartInstance:output_type -> wasmlet.executor.v1.StartInstanceResponse
-	17, // 39: wasmlet.executor.v1.ExecutorService.StopInstance:output_type -> wasmlet.executor.v1.StopInstanceResponse
-	19, // 40: wasmlet.executor.v1.ExecutorService.DeleteInstance:output_type -> wasmlet.executor.v1.DeleteInstanceResponse
-	21, // 41: wasmlet.executor.v1.ExecutorService.GetInstance:output_type -> wasmlet.executor.v1.GetInstanceResponse
-	23, // 42: wasmlet.executor.v1.ExecutorService.ListInstances:output_type -> wasmlet.executor.v1.ListInstancesResponse
-	25, // 43: wasmlet.executor.v1.ExecutorService.WatchInstances:output_type -> wasmlet.executor.v1.WatchInstancesResponse
-	27, // 44: wasmlet.executor.v1.ExecutorService.ListInstanceStats:output_type -> wasmlet.executor.v1.ListInstanceStatsResponse
-	36, // [36:45] is the sub-list for method output_type
-	27, // [27:36] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	5,  // 0: wasmlet.executor.v1.InstanceSpec.module:type_name -> wasmlet.executor.v1.Module
+	8,  // 1: wasmlet.executor.v1.InstanceSpec.env:type_name -> wasmlet.executor.v1.EnvVar
+	4,  // 2: wasmlet.executor.v1.InstanceSpec.preopens:type_name -> wasmlet.executor.v1.Preopen
+	30, // 3: wasmlet.executor.v1.InstanceSpec.labels:type_name -> wasmlet.executor.v1.InstanceSpec.LabelsEntry
+	7,  // 4: wasmlet.executor.v1.InstanceSpec.listeners:type_name -> wasmlet.executor.v1.Listener
+	1,  // 5: wasmlet.executor.v1.InstanceSpec.handler:type_name -> wasmlet.executor.v1.HandlerMode
+	2,  // 6: wasmlet.executor.v1.Listener.protocol:type_name -> wasmlet.executor.v1.Protocol
+	6,  // 7: wasmlet.executor.v1.Instance.spec:type_name -> wasmlet.executor.v1.InstanceSpec
+	0,  // 8: wasmlet.executor.v1.Instance.state:type_name -> wasmlet.executor.v1.InstanceState
+	34, // 9: wasmlet.executor.v1.Instance.created_at:type_name -> google.protobuf.Timestamp
+	34, // 10: wasmlet.executor.v1.Instance.started_at:type_name -> google.protobuf.Timestamp
+	34, // 11: wasmlet.executor.v1.Instance.finished_at:type_name -> google.protobuf.Timestamp
+	3,  // 12: wasmlet.executor.v1.GetInfoResponse.cpu_limits:type_name -> wasmlet.executor.v1.CpuLimitEnforcement
+	12, // 13: wasmlet.executor.v1.GetInfoResponse.confinement:type_name -> wasmlet.executor.v1.Confinement
+	1,  // 14: wasmlet.executor.v1.GetInfoResponse.handler_modes:type_name -> wasmlet.executor.v1.HandlerMode
+	6,  // 15: wasmlet.executor.v1.CreateInstanceRequest.spec:type_name -> wasmlet.executor.v1.InstanceSpec
+	9,  // 16: wasmlet.executor.v1.CreateInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
+	9,  // 17: wasmlet.executor.v1.StartInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
+	35, // 18: wasmlet.executor.v1.StopInstanceRequest.grace_period:type_name -> google.protobuf.Duration
+	9,  // 19: wasmlet.executor.v1.StopInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
+	9,  // 20: wasmlet.executor.v1.GetInstanceResponse.instance:type_name -> wasmlet.executor.v1.Instance
+	31, // 21: wasmlet.executor.v1.ListInstancesRequest.label_selector:type_name -> wasmlet.executor.v1.ListInstancesRequest.LabelSelectorEntry
+	9,  // 22: wasmlet.executor.v1.ListInstancesResponse.instances:type_name -> wasmlet.executor.v1.Instance
+	9,  // 23: wasmlet.executor.v1.WatchInstancesResponse.instance:type_name -> wasmlet.executor.v1.Instance
+	32, // 24: wasmlet.executor.v1.ListInstanceStatsRequest.label_selector:type_name -> wasmlet.executor.v1.ListInstanceStatsRequest.LabelSelectorEntry
+	29, // 25: wasmlet.executor.v1.ListInstanceStatsResponse.stats:type_name -> wasmlet.executor.v1.InstanceStats
+	0,  // 26: wasmlet.executor.v1.InstanceStats.state:type_name -> wasmlet.executor.v1.InstanceState
+	33, // 27: wasmlet.executor.v1.InstanceStats.labels:type_name -> wasmlet.executor.v1.InstanceStats.LabelsEntry
+	34, // 28: wasmlet.executor.v1.InstanceStats.time:type_name -> google.protobuf.Timestamp
+	10, // 29: wasmlet.executor.v1.ExecutorService.GetInfo:input_type -> wasmlet.executor.v1.GetInfoRequest
+	13, // 30: wasmlet.executor.v1.ExecutorService.CreateInstance:input_type -> wasmlet.executor.v1.CreateInstanceRequest
+	15, // 31: wasmlet.executor.v1.ExecutorService.StartInstance:input_type -> wasmlet.executor.v1.StartInstanceRequest
+	17, // 32: wasmlet.executor.v1.ExecutorService.StopInstance:input_type -> wasmlet.executor.v1.StopInstanceRequest
+	19, // 33: wasmlet.executor.v1.ExecutorService.DeleteInstance:input_type -> wasmlet.executor.v1.DeleteInstanceRequest
+	21, // 34: wasmlet.executor.v1.ExecutorService.GetInstance:input_type -> wasmlet.executor.v1.GetInstanceRequest
+	23, // 35: wasmlet.executor.v1.ExecutorService.ListInstances:input_type -> wasmlet.executor.v1.ListInstancesRequest
+	25, // 36: wasmlet.executor.v1.ExecutorService.WatchInstances:input_type -> wasmlet.executor.v1.WatchInstancesRequest
+	27, // 37: wasmlet.executor.v1.ExecutorService.ListInstanceStats:input_type -> wasmlet.executor.v1.ListInstanceStatsRequest
+	11, // 38: wasmlet.executor.v1.ExecutorService.GetInfo:output_type -> wasmlet.executor.v1.GetInfoResponse
+	14, // 39: wasmlet.executor.v1.ExecutorService.CreateInstance:output_type -> wasmlet.executor.v1.CreateInstanceResponse
+	16, // 40: wasmlet.executor.v1.ExecutorService.StartInstance:output_type -> wasmlet.executor.v1.StartInstanceResponse
+	18, // 41: wasmlet.executor.v1.ExecutorService.StopInstance:output_type -> wasmlet.executor.v1.StopInstanceResponse
+	20, // 42: wasmlet.executor.v1.ExecutorService.DeleteInstance:output_type -> wasmlet.executor.v1.DeleteInstanceResponse
+	22, // 43: wasmlet.executor.v1.ExecutorService.GetInstance:output_type -> wasmlet.executor.v1.GetInstanceResponse
+	24, // 44: wasmlet.executor.v1.ExecutorService.ListInstances:output_type -> wasmlet.executor.v1.ListInstancesResponse
+	26, // 45: wasmlet.executor.v1.ExecutorService.WatchInstances:output_type -> wasmlet.executor.v1.WatchInstancesResponse
+	28, // 46: wasmlet.executor.v1.ExecutorService.ListInstanceStats:output_type -> wasmlet.executor.v1.ListInstanceStatsResponse
+	38, // [38:47] is the sub-list for method output_type
+	29, // [29:38] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_wasmlet_executor_v1_executor_proto_init() }
@@ -2134,7 +2226,7 @@ func file_wasmlet_executor_v1_executor_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wasmlet_executor_v1_executor_proto_rawDesc), len(file_wasmlet_executor_v1_executor_proto_rawDesc)),
-			NumEnums:      3,
+			NumEnums:      4,
 			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,

@@ -80,6 +80,7 @@ func SpecToProto(s instances.Spec) *executorv1.InstanceSpec {
 	p.NetworkNamespace = s.NetworkNamespace
 	p.ListenAddress = s.ListenAddress
 	p.HandedListeners = s.HandedListeners
+	p.Handler = handlerToProto(s.Handler)
 	return p
 }
 
@@ -105,6 +106,7 @@ func SpecFromProto(p *executorv1.InstanceSpec) instances.Spec {
 	s.NetworkNamespace = p.GetNetworkNamespace()
 	s.ListenAddress = p.GetListenAddress()
 	s.HandedListeners = p.GetHandedListeners()
+	s.Handler = handlerFromProto(p.GetHandler())
 	return s
 }
 
@@ -138,6 +140,32 @@ func protocolFromProto(p executorv1.Protocol) instances.Protocol {
 		return instances.ProtocolUDP
 	}
 	return instances.Protocol(p.String())
+}
+
+// unknownHandler stands on the wire for a handler mode the domain does
+// not name, so that the executor refuses it rather than take it as none.
+const unknownHandler executorv1.HandlerMode = 1000
+
+func handlerToProto(h instances.HandlerMode) executorv1.HandlerMode {
+	switch h {
+	case "":
+		return executorv1.HandlerMode_HANDLER_MODE_UNSPECIFIED
+	case instances.HandlerWAGI:
+		return executorv1.HandlerMode_HANDLER_MODE_WAGI
+	}
+	return unknownHandler
+}
+
+// handlerFromProto translates a handler mode; one it does not know keeps
+// its enum name, which the executor refuses.
+func handlerFromProto(h executorv1.HandlerMode) instances.HandlerMode {
+	switch h {
+	case executorv1.HandlerMode_HANDLER_MODE_UNSPECIFIED:
+		return ""
+	case executorv1.HandlerMode_HANDLER_MODE_WAGI:
+		return instances.HandlerWAGI
+	}
+	return instances.HandlerMode(h.String())
 }
 
 // StateToProto translates a state.
@@ -252,6 +280,9 @@ func InfoToProto(in instances.Info) *executorv1.GetInfoResponse {
 		Listeners:            in.Listeners,
 		ListenerHandoff:      in.ListenerHandoff,
 	}
+	for _, h := range in.HandlerModes {
+		p.HandlerModes = append(p.HandlerModes, handlerToProto(h))
+	}
 	if c := in.Confinement; c != (instances.Confinement{}) {
 		p.Confinement = &executorv1.Confinement{
 			NoNewPrivs:            c.NoNewPrivs,
@@ -271,7 +302,12 @@ func InfoToProto(in instances.Info) *executorv1.GetInfoResponse {
 // only when the executor says how (an older one says nothing).
 func InfoFromProto(p *executorv1.GetInfoResponse) instances.Info {
 	c := p.GetConfinement()
+	var handlers []instances.HandlerMode
+	for _, h := range p.GetHandlerModes() {
+		handlers = append(handlers, handlerFromProto(h))
+	}
 	return instances.Info{
+		HandlerModes:      handlers,
 		ExecutorID:        p.GetExecutorId(),
 		Engine:            p.GetEngine(),
 		Version:           p.GetEngineVersion(),

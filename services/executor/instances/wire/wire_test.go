@@ -62,6 +62,7 @@ func TestRoundTrip(t *testing.T) {
 			Listeners: []instances.Listener{{Name: "http", Port: 8080, Protocol: instances.ProtocolTCP}, {Port: 53, Protocol: instances.ProtocolUDP},
 				{Name: "default", Port: 9090}, {Name: "sctp", Port: 1, Protocol: "SCTP"}},
 			NetworkNamespace: "/var/run/netns/p", ListenAddress: "10.0.0.5", HandedListeners: true,
+			Handler: instances.HandlerWAGI,
 		},
 		State: instances.StateExited, ExitCode: 3, Reason: "Error", Message: "m",
 		CreatedAt: now, StartedAt: now.Add(time.Second), FinishedAt: now.Add(2 * time.Second), Sequence: 7,
@@ -72,6 +73,11 @@ func TestRoundTrip(t *testing.T) {
 	want.Spec.Listeners[3].Protocol = "1000"
 	if got := InstanceFromProto(InstanceToProto(in)); !reflect.DeepEqual(got, want) {
 		t.Errorf("instance:\n got %+v\nwant %+v", got, want)
+	}
+	// A handler mode the wire does not name arrives as one the executor refuses, never as none.
+	odd := instances.Spec{Handler: "fastcgi"}
+	if got := SpecFromProto(SpecToProto(odd)).Handler; got != "1000" {
+		t.Errorf("unknown handler mode arrives as %q, want one refused", got)
 	}
 	for s := instances.StateUnspecified; s <= instances.StateFailed; s++ {
 		if got := StateFromProto(StateToProto(s)); got != s {
@@ -84,7 +90,8 @@ func TestRoundTrip(t *testing.T) {
 	}
 	info := instances.Info{ExecutorID: "e", Engine: "wazero", Version: "1", OS: "linux", Arch: "amd64", MaxInstances: 9, Instances: 2,
 		CPULimitsEnforced: true, CPULimitsWords: "how", Listeners: true, ListenerHandoff: true,
-		Confinement: instances.Confinement{NoNewPrivs: true, Seccomp: true, LandlockABI: 3, UID: 1, GID: 2, NetworkIsolated: true, Description: "d"}}
+		HandlerModes: []instances.HandlerMode{instances.HandlerWAGI},
+		Confinement:  instances.Confinement{NoNewPrivs: true, Seccomp: true, LandlockABI: 3, UID: 1, GID: 2, NetworkIsolated: true, Description: "d"}}
 	if got := InfoFromProto(InfoToProto(info)); !reflect.DeepEqual(got, info) {
 		t.Errorf("info: %+v", got)
 	}

@@ -48,6 +48,7 @@ import (
 	"github.com/wasmlet/wasmlet/services/executor/internal/logs"
 	"github.com/wasmlet/wasmlet/services/executor/internal/modules"
 	"github.com/wasmlet/wasmlet/services/executor/internal/outbox"
+	"github.com/wasmlet/wasmlet/services/executor/internal/wagi"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
 )
 
@@ -96,8 +97,11 @@ type Config struct {
 	// handed, the executor's --listener-socket); nil: this executor takes
 	// none, and a spec with HandedListeners is refused (ErrUnsupported).
 	Handed HandedListeners
-	Logger *slog.Logger
-	Now    func() time.Time
+	// Handlers bounds each instance in handler mode (Spec.Handler; package
+	// wagi); zero values take wagi's defaults.
+	Handlers wagi.Config
+	Logger   *slog.Logger
+	Now      func() time.Time
 }
 
 // HandedListeners gives the listening sockets handed over for an
@@ -206,8 +210,23 @@ func (m *Manager) Info(context.Context) (instances.Info, error) {
 		CPULimitsWords:    m.cfg.CPULimitsWords,
 		Confinement:       m.cfg.Confinement,
 		Listeners:         canListen(m.cfg.Engine),
-		ListenerHandoff:   m.cfg.Handed != nil && canListen(m.cfg.Engine),
+		ListenerHandoff:   m.cfg.Handed != nil && (canListen(m.cfg.Engine) || canHandle(m.cfg.Engine)),
+		HandlerModes:      handlerModes(m.cfg.Engine),
 	}, nil
+}
+
+// canHandle reports whether e runs modules in handler mode (package wagi).
+func canHandle(e engine.Engine) bool {
+	_, ok := e.(engine.Instantiator)
+	return ok
+}
+
+// handlerModes are the Spec.Handler modes e runs.
+func handlerModes(e engine.Engine) []instances.HandlerMode {
+	if canHandle(e) {
+		return []instances.HandlerMode{instances.HandlerWAGI}
+	}
+	return nil
 }
 
 // canListen reports whether e hands listeners to modules.
@@ -229,7 +248,11 @@ func (m *Manager) Create(ctx context.Context, id string, spec instances.Spec, st
 	if err := validate(id, spec, m.cfg.MountRoots); err != nil {
 		return instances.Instance{}, err
 	}
-	if len(spec.Listeners) > 0 && !canListen(m.cfg.Engine) {
+	if spec.Handler != "" && !canHandle(m.cfg.Engine) {
+		return instances.Instance{}, fmt.Errorf("%w: the %s engine does not run modules in handler mode %s; run the instance on an executor whose info lists it", instances.ErrUnsupported, m.cfg.Engine.Name(), spec.Handler)
+	}
+	// In handler mode the executor serves the listeners: the module gets none.
+	if len(spec.Listeners) > 0 && spec.Handler == "" && !canListen(m.cfg.Engine) {
 		return instances.Instance{}, fmt.Errorf("%w: the %s engine cannot hand a module a listening socket (it has no socket preopen); run instances with listeners on an executor of the wazero engine", instances.ErrUnsupported, m.cfg.Engine.Name())
 	}
 	if spec.HandedListeners && m.cfg.Handed == nil {
@@ -400,7 +423,7 @@ func (m *Manager) Start(ctx context.Context, id string) (instances.Instance, err
 	m.mu.Unlock()
 
 	t0 := time.Now()
-	run, err := m.cfg.Engine.Start(ctx, rec.mod, espec)
+	run, err := m.start(ctx, rec.mod, espec, spec.Handler)
 	m.metrics.startLatency.Observe(time.Since(t0).Seconds())
 	closeAll(handed)
 
@@ -436,6 +459,19 @@ func (m *Manager) Start(ctx context.Context, id string) (instances.Instance, err
 	m.log.Info("instance started", "instance", id)
 	go m.wait(rec)
 	return rec.snap, nil
+}
+
+// start starts an instance of mod with spec, in handler mode when
+// handler is set (Create checked that the engine runs it).
+func (m *Manager) start(ctx context.Context, mod engine.Module, spec engine.Spec, handler instances.HandlerMode) (engine.Instance, error) {
+	if handler == "" {
+		return m.cfg.Engine.Start(ctx, mod, spec)
+	}
+	h, err := wagi.Serve(ctx, m.cfg.Engine.(engine.Instantiator), mod, spec, m.cfg.Handlers)
+	if err != nil {
+		return nil, err
+	}
+	return h, nil
 }
 
 // placeholder stands for an engine instance being started.
