@@ -67,6 +67,8 @@ build: ## build the services into bin/ (the executor once per engine) and the ex
 	CGO_ENABLED=0 go build $(GO_BUILD_FLAGS) -tags nowasmtime -o bin/executor-wazero ./services/executor
 	go build $(GO_BUILD_FLAGS) -o bin/nats-server github.com/nats-io/nats-server/v2
 	GOOS=wasip1 GOARCH=wasm go build -trimpath -o bin/wasm/hello.wasm ./examples/hello
+	wat2wasm -o bin/wasm/wagi-hello.wasm examples/wagi-hello/hello.wat
+	GOOS=wasip1 GOARCH=wasm go build -trimpath -o bin/wasm/wagi-hello-go.wasm ./examples/wagi-hello-go
 
 .PHONY: deps
 deps: ## install the Debian packages the stack and tests need (docker-registry, wabt, apache2-utils)
