@@ -19,7 +19,7 @@ import (
 // RunHandler checks handler mode (package wagi) on an engine that
 // instantiates ahead (engine.Instantiator), with real HTTP requests on a
 // loopback port: the example handler (examples/wagi-hello) answers with
-// the request's path; the echo handler (testdata/wasm/wagi-echo) gets the
+// the request's path (in WAT and in Go); the echo handler (testdata/wasm/wagi-echo) gets the
 // CGI environment and the body, and its CGI response (Status, Location,
 // headers) is the HTTP one; a trap, an exit code or a malformed response
 // answers 500, says why in the log, and the next request is served;
@@ -31,7 +31,8 @@ func RunHandler(t *testing.T, newEngine NewEngine) {
 		t.Fatal("the engine does not instantiate ahead (engine.Instantiator)")
 	}
 	echo := prepare(t, e, wasmbuild.WatFile(t, "wagi-echo"))
-	t.Run("Hello", func(t *testing.T) { testHandlerHello(t, e) })
+	t.Run("Hello", func(t *testing.T) { testHandlerHello(t, e, wasmbuild.WatAt(t, "examples/wagi-hello/hello.wat")) })
+	t.Run("HelloGo", func(t *testing.T) { testHandlerHello(t, e, wasmbuild.BuildDir(t, "examples/wagi-hello-go")) })
 	t.Run("CGI", func(t *testing.T) { testHandlerCGI(t, e, echo) })
 	t.Run("Failures", func(t *testing.T) { testHandlerFailures(t, e, echo) })
 	t.Run("Busy", func(t *testing.T) { testHandlerBusy(t, e, echo) })
@@ -78,8 +79,8 @@ func get(t testing.TB, c *http.Client, method, url, body string, header http.Hea
 	return res, string(b)
 }
 
-func testHandlerHello(t *testing.T, e engine.Instantiator) {
-	m := prepare(t, e, wasmbuild.WatAt(t, "examples/wagi-hello/hello.wat"))
+func testHandlerHello(t *testing.T, e engine.Instantiator, wasm string) {
+	m := prepare(t, e, wasm)
 	h, url := ServeHandler(t, e, m, engine.Spec{}, wagi.Config{Pool: 2})
 	for _, path := range []string{"/", "/hi/there", "/a%20b"} {
 		res, body := get(t, http.DefaultClient, "GET", url+path, "", nil)
