@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"os/exec"
@@ -29,7 +30,9 @@ import (
 // wazero's compiler and interpreter (each also run to its end: an
 // interpreter's code runs slower). Wall and CPU time (this process's
 // user+system: on a loaded machine the steadier of the two), medians of
-// rounds in which the alternatives take turns. Set
+// rounds in which the alternatives take turns; and, beside them, the other
+// work on a module's way to its first start (digest checks, the module
+// store's write). Set
 // WASMLET_BENCH_COMPILERS=1 (or a number of rounds):
 //
 //	WASMLET_BENCH_COMPILERS=3 go test -count=1 -run TestCompilerAlternatives -v -timeout 30m ./bench/
@@ -80,6 +83,24 @@ func TestCompilerAlternatives(t *testing.T) {
 		}},
 		{"wazero interpreter", func(t *testing.T, wasm []byte) time.Duration {
 			return wazeroCompileRun(t, wasm, wz.NewRuntimeConfigInterpreter())
+		}},
+		// The rest of a module's way to its first start, besides the
+		// compile: each digest check hashes the bytes (the registry cache
+		// on pull, the executor's module store on fetch), and the store
+		// writes them to a file it renames into place.
+		{"not a compile: sha256 of the bytes (one digest check)", func(t *testing.T, wasm []byte) time.Duration {
+			sha256.Sum256(wasm)
+			return 0
+		}},
+		{"not a compile: write to a file, rename (the module store)", func(t *testing.T, wasm []byte) time.Duration {
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, "m.tmp"), wasm, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(filepath.Join(dir, "m.tmp"), filepath.Join(dir, "m.wasm")); err != nil {
+				t.Fatal(err)
+			}
+			return 0
 		}},
 	}
 	var report strings.Builder

@@ -1,8 +1,9 @@
 package wazero
 
-// Interpret first (Config.InterpretFirst): a module with no compiled code
-// yet (in memory, or an entry the index names) starts on wazero's
-// interpreter, whose compile to its own code costs about a tenth of
+// Interpret first (Config.InterpretFirst): Prepare checks a module's
+// imports and exports from its sections (sections.go), and a module with
+// no compiled code yet (in memory, or an entry the index names) starts on
+// wazero's interpreter, whose compile to its own code costs about a tenth of
 // wazero's compiler, and its code runs several times slower. Once its
 // first instance has started, the module is compiled in the background
 // into the cache, as a start without InterpretFirst would have (the shared
@@ -25,7 +26,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
+
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 )
 
 // behind is the engine's background compiles.
@@ -114,6 +118,24 @@ func (e *Engine) interpretUnlessCompiled(ctx context.Context, r **runtime, m *mo
 		return nil, compileError(ir, m, err)
 	}
 	return e.keep(ir, m.digest, cm), nil
+}
+
+// checkSections checks, with InterpretFirst, that m can run under WASI
+// from its sections alone (wasiOf), and reports whether it could tell.
+// A module that does not validate is then refused at its first start.
+func (e *Engine) checkSections(m *module) (bool, error) {
+	if !e.behind.on {
+		return false, nil
+	}
+	wasm, err := os.ReadFile(m.wasmPath)
+	if err != nil {
+		return true, fmt.Errorf("prepare module %s: read %s: %w", m.digest, m.wasmPath, err)
+	}
+	imports, hasStart, ok := wasiOf(wasm)
+	if !ok {
+		return false, nil
+	}
+	return true, engine.CheckWASI(m.digest, imports, hasStart)
 }
 
 // compileBehind compiles m in the background, unless that is under way,

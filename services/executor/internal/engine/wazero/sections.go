@@ -1,0 +1,134 @@
+package wazero
+
+import (
+	"encoding/binary"
+
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
+)
+
+// wasiOf reads what checkWASI checks from wasm's import and export
+// sections alone: the function and memory imports, and whether a _start
+// function is exported. Prepare, with Config.InterpretFirst, checks a
+// module so rather than decode and validate it twice: once there under no
+// memory limit, and again for the instance's (about a third of
+// interpreting a Go-built module). ok is false when the sections do not
+// parse; the module is then left to wazero, which says why.
+func wasiOf(wasm []byte) (imports []engine.Import, hasStart, ok bool) {
+	if len(wasm) < 8 || string(wasm[:8]) != "\x00asm\x01\x00\x00\x00" {
+		return nil, false, false
+	}
+	var mems []engine.Import
+	p := wasm[8:]
+	for len(p) > 0 {
+		id := p[0]
+		size, n := binary.Uvarint(p[1:])
+		if n <= 0 || size > uint64(len(p)-1-n) {
+			return nil, false, false
+		}
+		r := reader(p[1+n : 1+n+int(size)])
+		p = p[1+n+int(size):]
+		switch id {
+		case 2: // imports
+			count, ok := r.uint()
+			for i := uint64(0); ok && i < count; i++ {
+				var imp engine.Import
+				var kind byte
+				imp.Module, ok = r.name()
+				if ok {
+					imp.Name, ok = r.name()
+				}
+				if ok {
+					kind, ok = r.byte()
+				}
+				switch {
+				case !ok:
+				case kind == 0: // func: type index
+					imports = append(imports, imp)
+					_, ok = r.uint()
+				case kind == 1: // table: reference type, limits
+					if _, ok = r.byte(); ok {
+						ok = r.limits()
+					}
+				case kind == 2: // memory: limits
+					mems = append(mems, imp)
+					ok = r.limits()
+				case kind == 3: // global: value type, mutability
+					_, ok = r.byte()
+					if ok {
+						_, ok = r.byte()
+					}
+				case kind == 4: // tag: attribute, type index
+					if _, ok = r.byte(); ok {
+						_, ok = r.uint()
+					}
+				default:
+					ok = false
+				}
+			}
+			if !ok {
+				return nil, false, false
+			}
+		case 7: // exports
+			count, ok := r.uint()
+			for i := uint64(0); ok && i < count; i++ {
+				var name string
+				var kind byte
+				if name, ok = r.name(); ok {
+					kind, ok = r.byte()
+				}
+				if ok {
+					_, ok = r.uint()
+				}
+				hasStart = hasStart || ok && kind == 0 && name == "_start"
+			}
+			if !ok {
+				return nil, false, false
+			}
+		}
+	}
+	return append(imports, mems...), hasStart, true
+}
+
+// reader reads a section's body.
+type reader []byte
+
+func (r *reader) byte() (byte, bool) {
+	if len(*r) == 0 {
+		return 0, false
+	}
+	b := (*r)[0]
+	*r = (*r)[1:]
+	return b, true
+}
+
+func (r *reader) uint() (uint64, bool) {
+	v, n := binary.Uvarint(*r)
+	if n <= 0 {
+		return 0, false
+	}
+	*r = (*r)[n:]
+	return v, true
+}
+
+func (r *reader) name() (string, bool) {
+	l, ok := r.uint()
+	if !ok || l > uint64(len(*r)) {
+		return "", false
+	}
+	s := string((*r)[:l])
+	*r = (*r)[l:]
+	return s, true
+}
+
+// limits reads a table's or memory's limits: flags, minimum, and the
+// maximum when flag bit 0 says there is one.
+func (r *reader) limits() bool {
+	flags, ok := r.byte()
+	if ok {
+		_, ok = r.uint()
+	}
+	if ok && flags&1 != 0 {
+		_, ok = r.uint()
+	}
+	return ok
+}
