@@ -10,5 +10,5 @@ import (
 const withWazero = true
 
 func newWazero(cfg Config, b engineBase) (engine.Engine, error) {
-	return wazero.New(wazero.Config{CacheDir: b.dir, CPU: b.cpu, Shared: b.shared, Logger: b.log, MaxCacheBytes: cfg.CompiledCacheBytes})
+	return wazero.New(wazero.Config{CacheDir: b.dir, CPU: b.cpu, Shared: b.shared, Logger: b.log, MaxCacheBytes: cfg.CompiledCacheBytes, InterpretFirst: cfg.InterpretFirst})
 }

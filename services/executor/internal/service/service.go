@@ -75,6 +75,10 @@ type Config struct {
 	// QuickFirstCompile: wasmtime compiles a module new to it quickly
 	// first and optimised in the background (wasmtime.Config.QuickFirst).
 	QuickFirstCompile bool
+	// InterpretFirst: wazero starts a module that has no compiled code yet
+	// on its interpreter and compiles it in the background
+	// (wazero.Config.InterpretFirst).
+	InterpretFirst bool
 	// ModuleCacheBytes bounds the module files on disk (StateDir/modules);
 	// 0: the module store's default.
 	ModuleCacheBytes int64
@@ -159,6 +163,9 @@ func Run(ctx context.Context, cfg Config) error {
 	eng, err := newEngine(cfg, cpu.limiter, registry, log)
 	if err != nil {
 		return err
+	}
+	if c, ok := eng.(interface{ Close() }); ok {
+		defer c.Close() // cancels the compiles left in the background
 	}
 	link, err := dialNATS(ctx, cfg, log)
 	if err != nil {
