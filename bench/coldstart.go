@@ -93,13 +93,15 @@ func ColdStartFigures(ctx context.Context, bin string, opts Options) ([]Figure, 
 }
 
 // coldVariants are the executors measured: each engine as the executor
-// runs it by default, and the alternatives that are flags.
+// runs it by default, and the alternatives that are flags (wazero's
+// default starts a module new to it interpreted).
 var coldVariants = []struct {
 	label, engine string
 	args          []string
 }{
 	{"wasmtime", "wasmtime", nil},
 	{"wasmtime --quick-first-compile", "wasmtime", []string{"--quick-first-compile"}},
+	{"wazero --interpret-first=false", "wazero", []string{"--interpret-first=false"}},
 	{"wazero", "wazero", nil},
 }
 
