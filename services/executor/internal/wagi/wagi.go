@@ -337,8 +337,12 @@ func (h *Handler) run(r *http.Request, body []byte) (engine.Result, *capped, err
 	h.mu.Unlock()
 	defer h.wg.Done()
 	out := &capped{max: h.cfg.MaxResponseBytes}
-	stderr := h.log.request()
-	defer stderr.flush()
+	var stderr io.Writer // none: the engine need not connect it (a pipe, on wasmtime)
+	if h.log.sink != nil {
+		s := h.log.request()
+		defer s.flush()
+		stderr = s
+	}
 	var local net.Addr
 	if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
 		local = a

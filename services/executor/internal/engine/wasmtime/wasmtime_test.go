@@ -193,3 +193,7 @@ func TestDiskBound(t *testing.T) {
 		return e
 	})
 }
+
+func BenchmarkServeHandler(b *testing.B) {
+	enginetest.BenchServeHandler(b, newTestEngine)
+}

@@ -172,3 +172,7 @@ func TestDiskBound(t *testing.T) {
 func TestHandler(t *testing.T) {
 	enginetest.RunHandler(t, newEngine)
 }
+
+func BenchmarkServeHandler(b *testing.B) {
+	enginetest.BenchServeHandler(b, newEngine)
+}

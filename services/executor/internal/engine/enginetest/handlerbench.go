@@ -1,0 +1,78 @@
+package enginetest
+
+import (
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/wasmlet/wasmlet/internal/testharness/wasmbuild"
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
+	"github.com/wasmlet/wasmlet/services/executor/internal/wagi"
+)
+
+// BenchServeHandler measures the WAT example handler (examples/wagi-hello)
+// in handler mode (package wagi, default pool and bounds) against the
+// native Go hello server (examples/httpserver built for this machine), in
+// the same run: b.N GET / requests over 1 and 16 keep-alive connections,
+// reported as req/s with p50 and p99, and the handler's CPU per request
+// (its runs' and instantiations' threads, Usage) in microseconds.
+//
+//	go test -run '^$' -bench ServeHandler -benchtime 20000x ./services/executor/internal/engine/wazero/
+func BenchServeHandler(b *testing.B, newEngine NewEngine) {
+	e, ok := newEngine(b, b.TempDir(), nil).(engine.Instantiator)
+	if !ok {
+		b.Skip("the engine does not instantiate ahead")
+	}
+	m := prepare(b, e, wasmbuild.WatAt(b, "examples/wagi-hello/hello.wat"))
+	h, wasmURL := ServeHandler(b, e, m, engine.Spec{}, wagi.Config{})
+	nativeURL := startNativeHello(b)
+	for _, c := range []int{1, 16} {
+		for _, target := range []struct{ name, url string }{{"handler", wasmURL + "/"}, {"native", nativeURL}} {
+			b.Run(target.name+"-c"+strconv.Itoa(c), func(b *testing.B) {
+				cpu0 := h.Usage().CPU
+				benchGet(b, target.url, c)
+				if target.name == "handler" {
+					b.ReportMetric(float64(h.Usage().CPU-cpu0)/float64(time.Microsecond)/float64(b.N), "server-µs/req")
+				}
+			})
+		}
+	}
+}
+
+// startNativeHello builds examples/httpserver for this machine, starts it
+// on a loopback port until the benchmark ends, and returns its URL once
+// it answers.
+func startNativeHello(b *testing.B) string {
+	b.Helper()
+	native := filepath.Join(b.TempDir(), "httpserver")
+	build := exec.Command("go", "build", "-o", native, "./examples/httpserver")
+	build.Dir = moduleRootOf(b)
+	if o, err := build.CombinedOutput(); err != nil {
+		b.Fatalf("go build examples/httpserver: %v: %s", err, o)
+	}
+	host, port := LoopbackAddr(b)
+	cmd := exec.Command(native)
+	cmd.Env = append(os.Environ(), "ADDR="+net.JoinHostPort(host, strconv.Itoa(port)))
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	url := "http://" + net.JoinHostPort(host, strconv.Itoa(port)) + "/"
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			return url
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("the native server at %s does not answer: %v", url, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
