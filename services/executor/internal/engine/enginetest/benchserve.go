@@ -1,6 +1,7 @@
 package enginetest
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -22,7 +24,10 @@ import (
 // engine that hands over listeners, against the same program built
 // natively (the limit), in the same run: b.N GET / requests over 1 and 16
 // keep-alive connections from a Go client in this process, reported as
-// req/s with p50 and p99 in milliseconds.
+// req/s with p50 and p99 in milliseconds, and the server's CPU per request
+// in microseconds (the instance's thread; the native process's user+system
+// time): a figure that holds on a machine others keep busy, where req/s
+// does not.
 //
 //	go test -run '^$' -bench Serve -benchtime 20000x ./services/executor/internal/engine/wazero/
 func BenchServe(b *testing.B, newEngine NewEngine) {
@@ -57,11 +62,42 @@ func BenchServe(b *testing.B, newEngine NewEngine) {
 	nativeURL := "http://" + net.JoinHostPort(nh, strconv.Itoa(np)) + "/"
 	WaitHTTP(b, &http.Client{}, nativeURL, inst, out)
 
+	wasmCPU := func() time.Duration { return inst.Usage().CPU }
+	nativeCPU := func() time.Duration { return processCPU(b, cmd.Process.Pid) }
 	for _, c := range []int{1, 16} {
-		for _, target := range []struct{ name, url string }{{"wasm", wasmURL}, {"native", nativeURL}} {
-			b.Run(target.name+"-c"+strconv.Itoa(c), func(b *testing.B) { benchGet(b, target.url, c) })
+		for _, target := range []struct {
+			name, url string
+			cpu       func() time.Duration
+		}{{"wasm", wasmURL, wasmCPU}, {"native", nativeURL, nativeCPU}} {
+			b.Run(target.name+"-c"+strconv.Itoa(c), func(b *testing.B) {
+				cpu0 := target.cpu()
+				benchGet(b, target.url, c)
+				b.ReportMetric(float64(target.cpu()-cpu0)/float64(time.Microsecond)/float64(b.N), "server-µs/req")
+			})
 		}
 	}
+}
+
+// processCPU is the user+system time of process pid, in clock ticks of
+// 10 ms (Linux's USER_HZ).
+func processCPU(t testing.TB, pid int) time.Duration {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The fields after the command, which is in parentheses: state is
+	// field 3, utime and stime fields 14 and 15.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	var ticks int64
+	for _, s := range f[11:13] {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			t.Fatalf("/proc/%d/stat: %v", pid, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond
 }
 
 func benchGet(b *testing.B, url string, conc int) {
