@@ -31,6 +31,11 @@
 //     first (Config.MaxRuntimes, MaxCompiled). Tables are capped in the
 //     module's bytes (tables.go); linear memory lives outside the Go heap
 //     (memory.go).
+//   - Interpret first (Config.InterpretFirst, interpret.go): a module
+//     with no compiled code yet starts on wazero's interpreter, in a
+//     Runtime of its own per limit over the same CompilationCache, while
+//     it compiles in the background; Prepare then checks its imports from
+//     its sections (sections.go) rather than decode it.
 //   - Preopens are confined (fs.go): no symlink leads out of one, and an
 //     instance holds at most engine.MaxOpenFiles files open.
 //   - A kill cancels the instance's context: wasm stops at its next
