@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -178,6 +179,7 @@ func (b *execBench) serve(ctx context.Context, p *execProc, digest, native strin
 	for _, c := range serveConns {
 		rates := map[string][]float64{}
 		serverCPU, clientCPU := map[string][]float64{}, map[string][]float64{}
+		perRequest := map[string][]float64{} // the server's CPU per request, µs
 		p99s := map[string][]float64{}
 		lats := map[string][]time.Duration{}
 		for range rounds {
@@ -187,10 +189,14 @@ func (b *execBench) serve(ctx context.Context, p *execProc, digest, native strin
 				secs := time.Since(t0).Seconds()
 				serverCPU[t.name] = append(serverCPU[t.name], (cpuTree(t.pid)-sc)/secs)
 				clientCPU[t.name] = append(clientCPU[t.name], (selfCPU()-cc)/secs)
+				if err == nil && n == 0 {
+					err = errors.New("no request answered")
+				}
 				if err != nil {
 					return fmt.Errorf("%s server, %d connections: %w (executor log: %s)", t.name, c, err, p.logTail())
 				}
 				rates[t.name] = append(rates[t.name], n)
+				perRequest[t.name] = append(perRequest[t.name], serverCPU[t.name][len(serverCPU[t.name])-1]/n*1e6)
 				p99s[t.name] = append(p99s[t.name], Durations("", "", lat).P99)
 				lats[t.name] = append(lats[t.name], lat...)
 			}
@@ -203,10 +209,11 @@ func (b *execBench) serve(ctx context.Context, p *execProc, digest, native strin
 			method+"; the native server: the same source built for linux/amd64 (go build), listening on $ADDR, GOMAXPROCS = cores; one value per round", "req/s", rates["native"])
 		wasmLat := Durations(fmt.Sprintf("%slatency, hello handler, %s", b.label, connections(c)), "each request's time, request written → body read, all rounds; "+method, lats["wasm"])
 		nativeLat := Durations(fmt.Sprintf("serve native: latency, hello handler, %s", connections(c)), "the same against the native server", lats["native"])
-		var rr, pr []float64
+		var rr, pr, cr []float64
 		for i := range rounds {
 			rr = append(rr, rates["wasm"][i]/rates["native"][i])
 			pr = append(pr, p99s["wasm"][i]/p99s["native"][i])
+			cr = append(cr, perRequest["wasm"][i]/perRequest["native"][i])
 		}
 		rateRatio := Values(fmt.Sprintf("%sWasm / native requests/s, %s", b.label, connections(c)), "the Wasm server's requests/s over the native server's, round by round (same client, same run)", "x", rr)
 		holdAtLeast(&rateRatio, "median", serveRateRatioTarget)
@@ -225,8 +232,11 @@ func (b *execBench) serve(ctx context.Context, p *execProc, digest, native strin
 			}
 			b.figs = append(b.figs,
 				Values(fmt.Sprintf("%sserver CPU under load, %s", label, connections(c)), "user+system CPU seconds of "+server+" per second of load (cores busy), one value per round", "cores", serverCPU[t.name]),
-				Values(fmt.Sprintf("%sclient CPU under load, %s", label, connections(c)), "user+system CPU seconds of the benchmark process (the load client, and the idle NATS server and registry cache) per second of load against the "+t.name+" server, one value per round", "cores", clientCPU[t.name]))
+				Values(fmt.Sprintf("%sclient CPU under load, %s", label, connections(c)), "user+system CPU seconds of the benchmark process (the load client, and the idle NATS server and registry cache) per second of load against the "+t.name+" server, one value per round", "cores", clientCPU[t.name]),
+				Values(fmt.Sprintf("%sserver CPU per request, %s", label, connections(c)), "user+system CPU of "+server+" over the requests it answered, one value per round: what a request costs, however busy the machine", "µs", perRequest[t.name]))
 		}
+		b.figs = append(b.figs, Values(fmt.Sprintf("%sWasm / native server CPU per request, %s", b.label, connections(c)),
+			"the Wasm server's CPU per request over the native server's, round by round", "x", cr))
 	}
 	return nil
 }
