@@ -494,7 +494,13 @@ func (e *Engine) recordSums() error {
 // checkWASI refuses a module that imports anything but WASI preview 1 or
 // has no _start.
 func checkWASI(cm wz.CompiledModule, digest string) error {
-	var imports []engine.Import
+	imports, hasStart := wasiOfCompiled(cm)
+	return engine.CheckWASI(digest, imports, hasStart)
+}
+
+// wasiOfCompiled is what checkWASI checks: the function and memory
+// imports, and whether a _start function is exported.
+func wasiOfCompiled(cm wz.CompiledModule) (imports []engine.Import, hasStart bool) {
 	for _, f := range cm.ImportedFunctions() {
 		mod, n, _ := f.Import()
 		imports = append(imports, engine.Import{Module: mod, Name: n})
@@ -503,6 +509,6 @@ func checkWASI(cm wz.CompiledModule, digest string) error {
 		mod, n, _ := m.Import()
 		imports = append(imports, engine.Import{Module: mod, Name: n})
 	}
-	_, hasStart := cm.ExportedFunctions()["_start"]
-	return engine.CheckWASI(digest, imports, hasStart)
+	_, hasStart = cm.ExportedFunctions()["_start"]
+	return imports, hasStart
 }

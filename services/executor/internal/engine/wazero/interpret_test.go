@@ -24,27 +24,30 @@ func newInterpretFirst(t testing.TB, dir string) *Engine {
 // TestConformanceInterpretFirst: the suite's instance cases on an engine
 // whose first start of each module is interpreted and later ones compiled.
 func TestConformanceInterpretFirst(t *testing.T) {
-	enginetest.RunInstances(t, func(t testing.TB, _ string, cpu engine.ThreadLimiter) engine.Engine {
-		e, err := New(Config{CacheDir: t.TempDir(), CPU: cpu, InterpretFirst: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return e
-	})
+	enginetest.RunInstances(t, interpretFirst(false))
 }
 
 // TestConformanceInterpreted: the same cases with every instance
 // interpreted (limits, kills, CPU limits and usage, output): an engine
 // closed at once compiles nothing behind.
 func TestConformanceInterpreted(t *testing.T) {
-	enginetest.RunInstances(t, func(t testing.TB, _ string, cpu engine.ThreadLimiter) engine.Engine {
+	enginetest.RunInstances(t, interpretFirst(true))
+}
+
+// interpretFirst makes InterpretFirst engines, closed at once if closed,
+// each with a cache of its own (the suite's is shared with
+// TestConformance, whose compiled entries would be loaded).
+func interpretFirst(closed bool) enginetest.NewEngine {
+	return func(t testing.TB, _ string, cpu engine.ThreadLimiter) engine.Engine {
 		e, err := New(Config{CacheDir: t.TempDir(), CPU: cpu, InterpretFirst: true})
 		if err != nil {
 			t.Fatal(err)
 		}
-		e.Close()
+		if closed {
+			e.Close()
+		}
 		return e
-	})
+	}
 }
 
 // inUse counts the instances (and callers) using digest's code,

@@ -9,7 +9,6 @@ import (
 	wz "github.com/tetratelabs/wazero"
 
 	"github.com/wasmlet/wasmlet/internal/testharness/wasmbuild"
-	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/enginetest"
 )
 
@@ -48,16 +47,7 @@ func TestWasiOf(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		var want []engine.Import
-		for _, f := range cm.ImportedFunctions() {
-			mod, n, _ := f.Import()
-			want = append(want, engine.Import{Module: mod, Name: n})
-		}
-		for _, m := range cm.ImportedMemories() {
-			mod, n, _ := m.Import()
-			want = append(want, engine.Import{Module: mod, Name: n})
-		}
-		_, wantStart := cm.ExportedFunctions()["_start"]
+		want, wantStart := wasiOfCompiled(cm)
 		if !slices.Equal(imports, want) || hasStart != wantStart {
 			t.Errorf("%s: wasiOf = %v, _start %v; wazero: %v, _start %v", name, imports, hasStart, want, wantStart)
 		}
