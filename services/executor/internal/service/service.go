@@ -26,6 +26,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/wasmlet/wasmlet/internal/binpages"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/services/executor/internal/confine"
 	"github.com/wasmlet/wasmlet/services/executor/internal/handed"
@@ -224,6 +225,9 @@ func Run(ctx context.Context, cfg Config) error {
 		l.Close()
 		return err
 	}
+	// Start-up is over: its pages of the binary are not the idle
+	// executor's (package binpages).
+	go binpages.DropAfter(ctx, binpages.Settle, log)
 	err = grpcutil.Serve(ctx, srv, l, stopGrace)
 	stopAnnouncing()
 

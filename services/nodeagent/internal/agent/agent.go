@@ -41,6 +41,7 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 
+	"github.com/wasmlet/wasmlet/internal/binpages"
 	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/natsutil"
 	"github.com/wasmlet/wasmlet/internal/natsutil/natsserver"
@@ -545,6 +546,9 @@ func Run(ctx context.Context, cfg Config) error {
 		})
 	})
 	log.Info("node agent running", "node", cfg.NodeName, "kubelet_api", fmt.Sprintf("%s:%d", cfg.NodeIP, cfg.KubeletPort))
+	// Start-up is over: its pages of the binary are not the idle node's
+	// (package binpages).
+	goRun("start-up pages", func(ctx context.Context) error { binpages.DropAfter(ctx, binpages.Settle, log); return nil })
 	<-ctx.Done()
 	cancel()
 	wg.Wait()
