@@ -15,6 +15,14 @@ package wazero
 // (WithCloseOnContextDone: the interpreter checks at function entries and
 // loops too), thread, CPU limit and usage (engine.Run).
 //
+// Not for wasmtime executors: a module's first instance there would run
+// on wazero's WASI and limits, its later ones on wasmtime's, and a pod
+// routed to wasmtime (by its RuntimeClass) is routed there for wasmtime's
+// behaviour (no listeners, its traps, its memory accounting); a wasmtime
+// executor would also carry wazero again (the one-engine builds). What
+// wasmtime has is --quick-first-compile (Cranelift's quick settings
+// first); a workload that wants fast first starts runs on wazero.
+//
 // The background compile is bounded: one at a time for the whole engine
 // (the compile slot), at most one per module (behind.pending, and the
 // flight lock on its bytes that foreground compiles take too), a module
