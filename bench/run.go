@@ -77,7 +77,7 @@ type section struct {
 
 // sections is the suite, in the order it runs.
 var sections = []section{
-	{"footprint", func(_ context.Context, s *Stack, _ Options) ([]Figure, error) { return s.footprint() }},
+	{"footprint", func(ctx context.Context, s *Stack, _ Options) ([]Figure, error) { return s.footprint(ctx) }},
 	{"podstart", podStart},
 	{"uncached", uncached},
 	{"density", density},
@@ -316,47 +316,6 @@ func ratioFigure(key, label string, ratios []float64) Figure {
 		f.Anchor = "the control plane's own limit on this machine (the no-op node)"
 	}
 	return f
-}
-
-// footprint reports the shipped binaries' sizes and the idle node's memory.
-func (s *Stack) footprint() ([]Figure, error) {
-	var figs []Figure
-	var total float64
-	for _, b := range []string{"nodeagent", "executor", "registry-cache"} {
-		st, err := os.Stat(filepath.Join(s.Bin, b))
-		if err != nil {
-			return nil, err
-		}
-		mb := float64(st.Size()) / 1e6
-		total += mb
-		figs = append(figs, Values("binary size, "+b, "stripped (-s -w, -trimpath) linux/amd64", "MB", []float64{mb}))
-	}
-	tf := Values("binary size, all wasmlet binaries", "sum of the three, compared with the kubelet v1.33.13 built here (82.7 MB) before a container runtime is added", "MB", []float64{total})
-	tf.Hold("max", kubeletMB)
-	tf.Anchor = "kubelet v1.33.13, 82.7 MB stripped, without a container runtime"
-	figs = append(figs, tf)
-	figs = append(figs, imageSizes()...)
-	pid, err := s.NodeAgentPID()
-	if err != nil {
-		return nil, err
-	}
-	rss := treeField(pid, "status", "VmRSS")
-	rf := Values("idle node memory", "VmRSS of the node agent (with embedded NATS and registry cache) and its executor child, no pods", "MiB", []float64{float64(rss) / (1 << 20)})
-	rf.Hold("max", idleRSSTarget)
-	figs = append(figs, rf)
-	// The same, process by process, to show where it goes: most of an idle
-	// process's RSS is the clean pages of its own binary (RssFile), which
-	// shrink only with the binary; RssAnon is what it allocated.
-	for _, p := range append([]int{pid}, children(pid)...) {
-		name := "node agent (with embedded NATS and registry cache)"
-		if p != pid {
-			name = "executor"
-		}
-		for _, field := range []string{"VmRSS", "RssAnon"} {
-			figs = append(figs, Values(fmt.Sprintf("idle node memory: %s, %s", name, field), field+" of the process, no pods", "MiB", []float64{float64(procFields(p, "status")[field]) / (1 << 20)}))
-		}
-	}
-	return figs, nil
 }
 
 // cpuProcs are the processes whose CPU a burst is charged to; the node

@@ -1,0 +1,120 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"github.com/wasmlet/wasmlet/internal/binpages"
+)
+
+// nodeFlavours are the nodes make build ships, each a node agent and the
+// executor built with that engine only (Makefile, target build).
+var nodeFlavours = []struct {
+	engine, executor, tags, cgo string
+}{
+	{"wasmtime", "executor-wasmtime", "nowazero", "1"},
+	{"wazero", "executor-wazero", "nowasmtime", "0"},
+}
+
+// idleSettle is how long a node is left idle after it is Ready before its
+// memory is read: the node agent and executor drop their start-up pages
+// binpages.Settle after readiness.
+const idleSettle = binpages.Settle + 20*time.Second
+
+// footprint reports the shipped binaries' sizes, what a node of each
+// flavour needs, and each flavour's idle node's memory: a node agent of its
+// own (embedded NATS and registry cache) with its supervised one-engine
+// executor, no pods.
+func (s *Stack) footprint(ctx context.Context) ([]Figure, error) {
+	if err := s.buildFlavours(); err != nil {
+		return nil, err
+	}
+	size := func(b string) (float64, error) {
+		st, err := os.Stat(filepath.Join(s.Bin, b))
+		if err != nil {
+			return 0, err
+		}
+		return float64(st.Size()) / 1e6, nil
+	}
+	var figs []Figure
+	for _, b := range []string{"nodeagent", "executor-wasmtime", "executor-wazero", "executor", "registry-cache"} {
+		mb, err := size(b)
+		if err != nil {
+			return nil, err
+		}
+		method := "stripped (-s -w, -trimpath) linux/amd64"
+		if b == "executor" {
+			method += "; both engines, as a build without tags (tests, the bench's other sections); no node needs it"
+		}
+		figs = append(figs, Values("binary size, "+b, method, "MB", []float64{mb}))
+	}
+	agent, _ := size("nodeagent")
+	for _, f := range nodeFlavours {
+		exe, _ := size(f.executor)
+		tf := Values("binary size, a "+f.engine+" node (nodeagent + "+f.executor+")", "the binaries a "+f.engine+" node runs (the registry cache and NATS are embedded in the node agent), compared with the kubelet v1.33.13 built here before a container runtime is added", "MB", []float64{agent + exe})
+		tf.Hold("max", kubeletMB)
+		tf.Anchor = "kubelet v1.33.13, 82.7 MB stripped, without a container runtime"
+		figs = append(figs, tf)
+	}
+	figs = append(figs, imageSizes()...)
+	for _, f := range nodeFlavours {
+		nf, err := s.idleNode(ctx, f.engine, f.executor)
+		if err != nil {
+			return nil, err
+		}
+		figs = append(figs, nf...)
+	}
+	return figs, nil
+}
+
+// buildFlavours builds each flavour's executor into s.Bin, from the
+// module in the working directory, as make build does.
+func (s *Stack) buildFlavours() error {
+	for _, f := range nodeFlavours {
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-tags", f.tags, "-o", filepath.Join(s.Bin, f.executor), "./services/executor")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED="+f.cgo)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build -tags %s ./services/executor: %v\n%s", f.tags, err, out)
+		}
+	}
+	return nil
+}
+
+// idleNode starts a node of the engine's flavour, leaves it idle for
+// idleSettle once Ready, and reports its memory, process by process.
+func (s *Stack) idleNode(ctx context.Context, engine, executor string) ([]Figure, error) {
+	node := "bench-idle-" + engine
+	pid, stop, err := s.startNodeAgent(ctx, node, "nodeagent-idle-"+engine, filepath.Join(s.dir, "node-idle-"+engine),
+		"--default-executor", engine, "--executor-binary", filepath.Join(s.Bin, executor))
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(idleSettle):
+	}
+	what := fmt.Sprintf("a %s node (node agent with embedded NATS and registry cache, and its %s), no pods, %s after Ready", engine, executor, idleSettle)
+	rf := Values("idle node memory, "+engine+" node", "VmRSS of "+what, "MiB", []float64{float64(treeField(pid, "status", "VmRSS")) / (1 << 20)})
+	rf.Hold("max", idleRSSTarget)
+	figs := []Figure{rf}
+	// Process by process: RssFile is the clean pages of the binary (and
+	// libraries) mapped, RssAnon what the process allocated.
+	for _, p := range append([]int{pid}, children(pid)...) {
+		name := "node agent"
+		if p != pid {
+			name = executor
+		}
+		st := procFields(p, "status")
+		for _, field := range []string{"VmRSS", "RssAnon", "RssFile"} {
+			figs = append(figs, Values(fmt.Sprintf("idle node memory, %s node: %s, %s", engine, name, field), field+" of the process; "+what, "MiB", []float64{float64(st[field]) / (1 << 20)}))
+		}
+		figs = append(figs, Values(fmt.Sprintf("idle node memory, %s node: %s, Pss", engine, name), "Pss (smaps_rollup) of the process; "+what, "MiB", []float64{float64(procFields(p, "smaps_rollup")["Pss"]) / (1 << 20)}))
+	}
+	return figs, nil
+}
