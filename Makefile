@@ -67,6 +67,7 @@ build: ## build the services into bin/ (the executor once per engine) and the ex
 	CGO_ENABLED=0 go build $(GO_BUILD_FLAGS) -tags nowasmtime -o bin/executor-wazero ./services/executor
 	go build $(GO_BUILD_FLAGS) -o bin/nats-server github.com/nats-io/nats-server/v2
 	GOOS=wasip1 GOARCH=wasm go build -trimpath -o bin/wasm/hello.wasm ./examples/hello
+	GOOS=wasip1 GOARCH=wasm go build -trimpath -o bin/wasm/httpserver.wasm ./examples/httpserver
 	wat2wasm -o bin/wasm/wagi-hello.wasm examples/wagi-hello/hello.wat
 	GOOS=wasip1 GOARCH=wasm go build -trimpath -o bin/wasm/wagi-hello-go.wasm ./examples/wagi-hello-go
 

@@ -15,7 +15,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -139,6 +141,16 @@ func (s *stack) up(ctx context.Context) error {
 		return err
 	}
 
+	// wazero's executor serves pods with ports: wasmtime-go cannot hand a
+	// module a socket, and the node agent sends such pods to it.
+	step("executor (wazero)")
+	wazeroAddr := "unix://" + filepath.Join(s.state, "sockets", "executor-wazero.sock")
+	if err := s.service("executor-wazero", tokenEnv, "--listen", wazeroAddr, "--registry", registryAddr,
+		"--nats", natsURL, "--state-dir", filepath.Join(s.state, "executor-wazero"), "--node", nodeName,
+		"--mount-root", filepath.Join(s.state, "node", "pods")); err != nil {
+		return err
+	}
+
 	step("node agent " + nodeName)
 	kubeconfig, err := s.cluster.NodeKubeconfig(nodeName)
 	if err != nil {
@@ -147,7 +159,7 @@ func (s *stack) up(ctx context.Context) error {
 	if err := s.service("nodeagent", tokenEnv, "--kubeconfig", kubeconfig, "--node-name", nodeName,
 		"--port", fmt.Sprint(freePort()), "--state-dir", filepath.Join(s.state, "node"),
 		"--client-ca-file", s.cluster.KubeletClientCAPath(), "--nats", natsURL,
-		"--registry-cache", registryAddr, "--executor", "wasmtime="+executorAddr); err != nil {
+		"--registry-cache", registryAddr, "--executor", "wasmtime="+executorAddr, "--executor", "wazero="+wazeroAddr); err != nil {
 		return err
 	}
 	if err := s.waitFor(ctx, 90*time.Second, "node "+nodeName+" Ready", func() bool {
@@ -189,6 +201,8 @@ func (s *stack) up(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
+	s.runServer(ctx, reg.Host)
+
 	fmt.Println()
 	pods, _ := s.kubectl(nil, "get", "pods", "-o", "wide")
 	fmt.Print(pods)
@@ -204,6 +218,49 @@ Logs of every process: %s/logs/ and %s/cluster/logs/
 Stop everything with: make down
 `, s.cluster.KubeconfigPath(), s.state, s.state)
 	return nil
+}
+
+// runServer runs the example server (examples/httpserver/pod.yaml) and
+// fetches its page: this node has no pod network, so its port 8080 is
+// opened on the node's address. A port already taken on this machine
+// is reported, not fatal: the node is up all the same.
+func (s *stack) runServer(ctx context.Context, registry string) {
+	step("run the example server (examples/httpserver/pod.yaml) on port 8080")
+	ref := registry + "/examples/httpserver:v1"
+	if out, err := exec.Command(filepath.Join(s.bin, "registry-cache"), "push", "--plain-http", filepath.Join(s.bin, "wasm", "httpserver.wasm"), ref).CombinedOutput(); err != nil {
+		fmt.Printf("   push %s: %v: %s\n", ref, err, out)
+		return
+	}
+	manifest, err := os.ReadFile(filepath.Join(s.root, "examples", "httpserver", "pod.yaml"))
+	if err != nil {
+		fmt.Printf("   %v\n", err)
+		return
+	}
+	manifest = bytes.ReplaceAll(manifest, []byte("${IMAGE}"), []byte(ref))
+	if _, err := s.kubectl(nil, "delete", "pod", "httpserver-wasm", "--ignore-not-found", "--wait=true"); err != nil {
+		fmt.Printf("   %v\n", err)
+		return
+	}
+	if out, err := s.kubectl(manifest, "apply", "-f", "-"); err != nil {
+		fmt.Printf("   %v: %s\n", err, out)
+		return
+	}
+	if err := s.waitFor(ctx, time.Minute, "pod httpserver-wasm Ready", func() bool {
+		out, _ := s.kubectl(nil, "get", "pod", "httpserver-wasm", "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
+		return out == "True"
+	}); err != nil {
+		why, _ := s.kubectl(nil, "get", "pod", "httpserver-wasm", "-o", "jsonpath={.status.containerStatuses[0].state}")
+		fmt.Printf("   the example server is not serving: %v: %s\n", err, why)
+		return
+	}
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://127.0.0.1:8080/")
+	if err != nil {
+		fmt.Printf("   GET http://127.0.0.1:8080/: %v\n", err)
+		return
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	fmt.Printf("\n$ curl http://127.0.0.1:8080/\n%s", body)
 }
 
 func (s *stack) startCluster(ctx context.Context) error {
