@@ -5,9 +5,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,7 +12,6 @@ import (
 	"time"
 
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
-	"github.com/wasmlet/wasmlet/internal/grpcutil"
 	"github.com/wasmlet/wasmlet/internal/testharness/wasmbuild"
 	"github.com/wasmlet/wasmlet/services/executor/instances"
 	"github.com/wasmlet/wasmlet/services/executor/instances/wire"
@@ -35,15 +31,6 @@ func TestHandlerExecutorProcess(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Second)
 	defer cancel()
-	bin := filepath.Join(t.TempDir(), "executor")
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	sockDir, err := os.MkdirTemp("", "exhandler")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(sockDir)
 	files := cachetest.Files{}
 	hello, err := files.Add(wasmbuild.WatAt(t, "examples/wagi-hello/hello.wat"))
 	if err != nil {
@@ -54,12 +41,7 @@ func TestHandlerExecutorProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	regAddr := "unix://" + filepath.Join(sockDir, "reg.sock")
-	rl, err := grpcutil.Listen(regAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serveRegistry(t, rl, files)
+	bin, sockDir, regAddr := executorHarness(t, ctx, "exhandler", files)
 	for n, eng := range []string{"wazero", "wasmtime"} {
 		t.Run(eng, func(t *testing.T) {
 			e := startExecutor(t, ctx, bin, sockDir, n+1, regAddr, "--engine", eng)

@@ -39,26 +39,12 @@ func TestServeExecutorProcess(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Second)
 	defer cancel()
-	bin := filepath.Join(t.TempDir(), "executor")
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	sockDir, err := os.MkdirTemp("", "exserve")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(sockDir)
 	files := cachetest.Files{}
 	server, err := files.Add(wasmbuild.BuildDir(t, "examples/httpserver"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	regAddr := "unix://" + filepath.Join(sockDir, "reg.sock")
-	rl, err := grpcutil.Listen(regAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serveRegistry(t, rl, files)
+	bin, sockDir, regAddr := executorHarness(t, ctx, "exserve", files)
 
 	create := func(e *executor, id string, spec instances.Spec) (instances.Instance, error) {
 		r, err := e.c.CreateInstance(ctx, &executorv1.CreateInstanceRequest{Id: id, Start: true, Spec: wire.SpecToProto(spec)})
@@ -194,6 +180,30 @@ func instanceCPU(t *testing.T, ctx context.Context, e *executor, id string) time
 	}
 	t.Fatalf("no CPU figure for %s", id)
 	return 0
+}
+
+// executorHarness builds the executor binary and serves files as the
+// registry cache, on a unix socket in a short temporary directory
+// (sockDir, removed at the test's end; socket paths are bounded), for
+// executor-process tests.
+func executorHarness(t *testing.T, ctx context.Context, prefix string, files cachetest.Files) (bin, sockDir, regAddr string) {
+	t.Helper()
+	bin = filepath.Join(t.TempDir(), "executor")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	sockDir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	regAddr = "unix://" + filepath.Join(sockDir, "reg.sock")
+	rl, err := grpcutil.Listen(regAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveRegistry(t, rl, files)
+	return bin, sockDir, regAddr
 }
 
 // processCPU is a process's user and system time, from /proc/<pid>/stat.
