@@ -46,36 +46,7 @@ func BenchServe(b *testing.B, newEngine NewEngine) {
 	wasmURL := "http://" + net.JoinHostPort(host, strconv.Itoa(port)) + "/"
 	WaitHTTP(b, &http.Client{}, wasmURL, inst, out)
 
-	native := filepath.Join(b.TempDir(), "httpserver")
-	build := exec.Command("go", "build", "-o", native, "./examples/httpserver")
-	build.Dir = moduleRootOf(b)
-	if o, err := build.CombinedOutput(); err != nil {
-		b.Fatalf("go build examples/httpserver: %v: %s", err, o)
-	}
-	nh, np := LoopbackAddr(b)
-	cmd := exec.Command(native)
-	cmd.Env = append(os.Environ(), "ADDR="+net.JoinHostPort(nh, strconv.Itoa(np)))
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	nativeURL := "http://" + net.JoinHostPort(nh, strconv.Itoa(np)) + "/"
-	WaitHTTP(b, &http.Client{}, nativeURL, inst, out)
-
-	wasmCPU := func() time.Duration { return inst.Usage().CPU }
-	nativeCPU := func() time.Duration { return processCPU(b, cmd.Process.Pid) }
-	for _, c := range []int{1, 16} {
-		for _, target := range []struct {
-			name, url string
-			cpu       func() time.Duration
-		}{{"wasm", wasmURL, wasmCPU}, {"native", nativeURL, nativeCPU}} {
-			b.Run(target.name+"-c"+strconv.Itoa(c), func(b *testing.B) {
-				cpu0 := target.cpu()
-				benchGet(b, target.url, c)
-				b.ReportMetric(float64(target.cpu()-cpu0)/float64(time.Microsecond)/float64(b.N), "server-µs/req")
-			})
-		}
-	}
+	BenchAgainstNative(b, wasmURL, func() time.Duration { return inst.Usage().CPU })
 }
 
 // processCPU is the user+system time of process pid, in clock ticks of

@@ -19,8 +19,9 @@ import (
 // in handler mode (package wagi, default pool and bounds) against the
 // native Go hello server (examples/httpserver built for this machine), in
 // the same run: b.N GET / requests over 1 and 16 keep-alive connections,
-// reported as req/s with p50 and p99, and the handler's CPU per request
-// (its runs' and instantiations' threads, Usage) in microseconds.
+// reported as req/s with p50 and p99, and the server's CPU per request in
+// microseconds (the handler's: its runs' and instantiations' threads,
+// Usage).
 //
 //	go test -run '^$' -bench ServeHandler -benchtime 20000x ./services/executor/internal/engine/wazero/
 func BenchServeHandler(b *testing.B, newEngine NewEngine) {
@@ -30,24 +31,35 @@ func BenchServeHandler(b *testing.B, newEngine NewEngine) {
 	}
 	m := prepare(b, e, wasmbuild.WatAt(b, "examples/wagi-hello/hello.wat"))
 	h, wasmURL := ServeHandler(b, e, m, engine.Spec{}, wagi.Config{})
-	nativeURL := startNativeHello(b)
+	BenchAgainstNative(b, wasmURL+"/", func() time.Duration { return h.Usage().CPU })
+}
+
+// BenchAgainstNative runs b.N GET requests over 1 and 16 keep-alive
+// connections against wasmURL ("wasm-c<n>") and against the native hello
+// server (examples/httpserver built for this machine, "native-c<n>"),
+// taking turns, each reported as req/s, p50 and p99, and the server's
+// CPU per request: wasmCPU, and the native process's user+system time.
+func BenchAgainstNative(b *testing.B, wasmURL string, wasmCPU func() time.Duration) {
+	nativeURL, pid := startNativeHello(b)
+	nativeCPU := func() time.Duration { return processCPU(b, pid) }
 	for _, c := range []int{1, 16} {
-		for _, target := range []struct{ name, url string }{{"handler", wasmURL + "/"}, {"native", nativeURL}} {
+		for _, target := range []struct {
+			name, url string
+			cpu       func() time.Duration
+		}{{"wasm", wasmURL, wasmCPU}, {"native", nativeURL, nativeCPU}} {
 			b.Run(target.name+"-c"+strconv.Itoa(c), func(b *testing.B) {
-				cpu0 := h.Usage().CPU
+				cpu0 := target.cpu()
 				benchGet(b, target.url, c)
-				if target.name == "handler" {
-					b.ReportMetric(float64(h.Usage().CPU-cpu0)/float64(time.Microsecond)/float64(b.N), "server-µs/req")
-				}
+				b.ReportMetric(float64(target.cpu()-cpu0)/float64(time.Microsecond)/float64(b.N), "server-µs/req")
 			})
 		}
 	}
 }
 
 // startNativeHello builds examples/httpserver for this machine, starts it
-// on a loopback port until the benchmark ends, and returns its URL once
-// it answers.
-func startNativeHello(b *testing.B) string {
+// on a loopback port until the benchmark ends, and returns its URL and
+// process id once it answers.
+func startNativeHello(b *testing.B) (string, int) {
 	b.Helper()
 	native := filepath.Join(b.TempDir(), "httpserver")
 	build := exec.Command("go", "build", "-o", native, "./examples/httpserver")
@@ -68,7 +80,7 @@ func startNativeHello(b *testing.B) string {
 		resp, err := http.Get(url)
 		if err == nil {
 			resp.Body.Close()
-			return url
+			return url, cmd.Process.Pid
 		}
 		if time.Now().After(deadline) {
 			b.Fatalf("the native server at %s does not answer: %v", url, err)
