@@ -72,6 +72,10 @@ func ServeFigures(ctx context.Context, bin string, opts Options) ([]Figure, erro
 	if err != nil {
 		return nil, err
 	}
+	handler, err := handlerModule(work, cache)
+	if err != nil {
+		return nil, err
+	}
 	env, err := serveExecEnv(work, cache)
 	if err != nil {
 		return nil, err
@@ -93,7 +97,12 @@ func ServeFigures(ctx context.Context, bin string, opts Options) ([]Figure, erro
 	if serr := p.stop(); err == nil {
 		err = serr
 	}
-	return b.figs, err
+	if err != nil {
+		return b.figs, err
+	}
+	// Handler mode (servehandler.go), on each engine.
+	more, err := handlerServe(ctx, env, bin, opts, handler, native)
+	return append(b.figs, more...), err
 }
 
 // goBuild builds pkg of this module into out, with env added.
@@ -153,19 +162,46 @@ func (b *execBench) serve(ctx context.Context, p *execProc, digest, native strin
 		return fmt.Errorf("%w (executor log: %s)", err, p.logTail())
 	}
 	defer p.stopAndDelete(context.Background(), id, end)
+	return b.compareNative(ctx, p, ports[0], ports[1], native, serveWords{
+		request: "GET / of examples/httpserver (\"Hello from WebAssembly, pod bench!\")",
+		wasm:    "the Wasm server: the module in a real executor process (" + b.engine + "), the listener on 127.0.0.1 opened by the executor and handed over (LISTEN_FDS)",
+		native:  "serve native: ",
+	})
+}
+
+// compareNative starts the native server (the binary native) on
+// 127.0.0.1:nativePort and compares the Wasm server on wasmPort with it
+// (compare).
+func (b *execBench) compareNative(ctx context.Context, p *execProc, wasmPort, nativePort int, native string, words serveWords) error {
 	cmd := exec.Command(native)
-	cmd.Env = append(os.Environ(), "ADDR=127.0.0.1:"+strconv.Itoa(ports[1]), "POD_NAME=bench")
+	cmd.Env = append(os.Environ(), "ADDR=127.0.0.1:"+strconv.Itoa(nativePort), "POD_NAME=bench")
 	if err := cmd.Start(); err != nil {
 		return err
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	targets := []struct {
-		name, url string
-		pid       int // the server's process
-	}{
-		{"wasm", fmt.Sprintf("http://127.0.0.1:%d/", ports[0]), p.cmd.Process.Pid},
-		{"native", fmt.Sprintf("http://127.0.0.1:%d/", ports[1]), cmd.Process.Pid},
-	}
+	return b.compare(ctx, p, []serveTarget{
+		{"wasm", fmt.Sprintf("http://127.0.0.1:%d/", wasmPort), p.cmd.Process.Pid},
+		{"native", fmt.Sprintf("http://127.0.0.1:%d/", nativePort), cmd.Process.Pid},
+	}, words)
+}
+
+// serveTarget is a server under load: its URL, and the process whose CPU
+// is its.
+type serveTarget struct {
+	name, url string // name: "wasm" or "native"
+	pid       int
+}
+
+// serveWords say what compare measures: the request, the Wasm server, and
+// the label of the native server's figures.
+type serveWords struct{ request, wasm, native string }
+
+// compare: requests/s and latency of GET / against the Wasm server and
+// the native one (targets, in that order), the two taking turns,
+// opts.ServeRounds rounds of opts.ServeDuration per target and number of
+// connections; the Wasm figures are labelled b.label, the native ones
+// words.native.
+func (b *execBench) compare(ctx context.Context, p *execProc, targets []serveTarget, words serveWords) error {
 	for _, t := range targets {
 		if err := waitHTTP(ctx, t.url, 2*time.Minute); err != nil {
 			return fmt.Errorf("%s server: %w (executor log: %s)", t.name, err, p.logTail())
@@ -201,14 +237,14 @@ func (b *execBench) serve(ctx context.Context, p *execProc, digest, native strin
 				lats[t.name] = append(lats[t.name], lat...)
 			}
 		}
-		method := fmt.Sprintf("GET / of examples/httpserver (\"Hello from WebAssembly, pod bench!\"), %d keep-alive connections from one Go net/http client in the benchmark process (each connection one request at a time), %d rounds of %v, the Wasm and native servers taking turns, after a 1 s warm-up each; client and server share this machine's cores", c, rounds, b.opts.ServeDuration)
+		method := fmt.Sprintf("%s, %d keep-alive connections from one Go net/http client in the benchmark process (each connection one request at a time), %d rounds of %v, the Wasm and native servers taking turns, after a 1 s warm-up each; client and server share this machine's cores", words.request, c, rounds, b.opts.ServeDuration)
 		wasmRate := Values(fmt.Sprintf("%srequests/s, hello handler, %s", b.label, connections(c)),
-			method+"; the Wasm server: the module in a real executor process (wazero), the listener on 127.0.0.1 opened by the executor and handed over (LISTEN_FDS); one value per round", "req/s", rates["wasm"])
+			method+"; "+words.wasm+"; one value per round", "req/s", rates["wasm"])
 		wasmRate.Anchor = serveAnchor
-		nativeRate := Values(fmt.Sprintf("serve native: requests/s, hello handler, %s", connections(c)),
-			method+"; the native server: the same source built for linux/amd64 (go build), listening on $ADDR, GOMAXPROCS = cores; one value per round", "req/s", rates["native"])
+		nativeRate := Values(fmt.Sprintf("%srequests/s, hello handler, %s", words.native, connections(c)),
+			method+"; the native server: examples/httpserver built for linux/amd64 (go build), listening on $ADDR, GOMAXPROCS = cores; one value per round", "req/s", rates["native"])
 		wasmLat := Durations(fmt.Sprintf("%slatency, hello handler, %s", b.label, connections(c)), "each request's time, request written → body read, all rounds; "+method, lats["wasm"])
-		nativeLat := Durations(fmt.Sprintf("serve native: latency, hello handler, %s", connections(c)), "the same against the native server", lats["native"])
+		nativeLat := Durations(fmt.Sprintf("%slatency, hello handler, %s", words.native, connections(c)), "the same against the native server", lats["native"])
 		var rr, pr, cr []float64
 		for i := range rounds {
 			rr = append(rr, rates["wasm"][i]/rates["native"][i])
@@ -228,7 +264,7 @@ func (b *execBench) serve(ctx context.Context, p *execProc, digest, native strin
 		for _, t := range targets {
 			server, label := "the executor process (the Wasm server)", b.label
 			if t.name == "native" {
-				server, label = "the native server process", "serve native: "
+				server, label = "the native server process", words.native
 			}
 			b.figs = append(b.figs,
 				Values(fmt.Sprintf("%sserver CPU under load, %s", label, connections(c)), "user+system CPU seconds of "+server+" per second of load (cores busy), one value per round", "cores", serverCPU[t.name]),

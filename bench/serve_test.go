@@ -8,7 +8,9 @@ import "testing"
 //	WASMLET_BENCH_SERVE=full go test -count=1 -run TestServeSection -v -timeout 30m ./bench/
 func TestServeSection(t *testing.T) {
 	figs := runSectionAlone(t, "serve", "WASMLET_BENCH_SERVE", ServeFigures)
-	if want := 10*len(serveConns) + 3; len(figs) != want {
+	// Server mode on wazero, then handler mode on each engine: the same
+	// figures per connection count; and the idle servers.
+	if want := 13*len(serveConns)*(1+len(execEngines)) + 3; len(figs) != want {
 		t.Errorf("%d figures, want %d", len(figs), want)
 	}
 	for _, f := range figs {
