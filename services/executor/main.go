@@ -112,6 +112,9 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&cfg.MaxInstances, "max-instances", 1000, "instances held at once")
 	fs.Int64Var(&cfg.CompiledCacheBytes, "compiled-cache-bytes", 0, "bound of the compiled modules the engine keeps on disk (under --state-dir/compiled), least recently used removed first; a module whose code was removed is compiled again at its next start (0: 2 GiB)")
 	fs.BoolVar(&cfg.InterpretFirst, "interpret-first", true, "wazero: start a module that has no compiled code yet (in memory or on disk) on wazero's interpreter (about a tenth of the compile; its code runs several times slower) and compile it in the background, one module at a time, for the instances started after it; an instance started interpreted stays interpreted until it ends. false: every start waits for the compile")
+	fs.IntVar(&cfg.Handlers.Pool, "handler-pool", 0, "handler mode (WAGI): instances of a handler's module kept instantiated ahead of requests, per handler instance (0: one per core)")
+	fs.IntVar(&cfg.Handlers.MaxInFlight, "handler-max-in-flight", 0, "handler mode (WAGI): requests a handler instance runs at once, each with the spec's memory and CPU limits; more wait (0: four per core)")
+	fs.DurationVar(&cfg.Handlers.QueueTimeout, "handler-queue-timeout", 0, "handler mode (WAGI): how long a request waits for a run before it is answered 503 (0: 10s)")
 	fs.BoolVar(&cfg.QuickFirstCompile, "quick-first-compile", false, "wasmtime: compile a module that has no precompiled artifact yet (on disk or in the registry cache) with Cranelift's quick settings first (about half the CPU; slower code), start its instances from that, and compile the optimised artifact in the background for the instances started after it (only that one is kept and shared)")
 	fs.Int64Var(&cfg.ModuleCacheBytes, "module-cache-bytes", 0, "bound of the modules fetched from the registry cache kept on disk (under --state-dir/modules), least recently used removed first; the module of an instance not yet deleted is kept, and one removed is fetched again when an instance is next created from it; at least the largest module, 256 MiB, and best well above what runs at once (0: 4 GiB)")
 	fs.Int64Var(&cfg.LogSpoolBytes, "log-spool-bytes", 64<<20, "bound of the on-disk spool (under --state-dir/logspool) of log lines not yet acknowledged by NATS; lines beyond it are published from memory only and a kill loses them")
@@ -151,6 +154,8 @@ func parseFlags(args []string) (config, error) {
 		return cfg, fmt.Errorf("--%w", service.CheckEngine(cfg.Engine))
 	case cfg.MaxInstances <= 0:
 		return cfg, errors.New("--max-instances must be positive")
+	case cfg.Handlers.Pool < 0 || cfg.Handlers.MaxInFlight < 0 || cfg.Handlers.QueueTimeout < 0:
+		return cfg, errors.New("--handler-pool, --handler-max-in-flight and --handler-queue-timeout must not be negative (0: the default)")
 	case cfg.ListenerSocket != "" && !filepath.IsAbs(cfg.ListenerSocket):
 		return cfg, fmt.Errorf("--listener-socket %q: want an absolute path", cfg.ListenerSocket)
 	case cfg.ModuleCacheBytes < 0 || cfg.ModuleCacheBytes > 0 && cfg.ModuleCacheBytes < modules.DefaultMaxBytes:

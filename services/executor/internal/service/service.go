@@ -31,6 +31,7 @@ import (
 	"github.com/wasmlet/wasmlet/services/executor/internal/confine"
 	"github.com/wasmlet/wasmlet/services/executor/internal/handed"
 	"github.com/wasmlet/wasmlet/services/executor/internal/instance"
+	"github.com/wasmlet/wasmlet/services/executor/internal/wagi"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/proxy"
 )
 
@@ -80,6 +81,9 @@ type Config struct {
 	// on its interpreter and compiles it in the background
 	// (wazero.Config.InterpretFirst).
 	InterpretFirst bool
+	// Handlers bounds each instance in handler mode (package wagi; zero
+	// values: its defaults).
+	Handlers wagi.Config
 	// ModuleCacheBytes bounds the module files on disk (StateDir/modules);
 	// 0: the module store's default.
 	ModuleCacheBytes int64
@@ -206,6 +210,7 @@ func Run(ctx context.Context, cfg Config) error {
 		CPULimitsWords:    cpu.words,
 		Confinement:       confinement(cfg.Confinement),
 		Handed:            handedListeners(store),
+		Handlers:          cfg.Handlers,
 	})
 	if err != nil {
 		return err
