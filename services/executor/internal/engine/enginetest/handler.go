@@ -37,6 +37,7 @@ func RunHandler(t *testing.T, newEngine NewEngine) {
 	t.Run("Failures", func(t *testing.T) { testHandlerFailures(t, e, echo) })
 	t.Run("Busy", func(t *testing.T) { testHandlerBusy(t, e, echo) })
 	t.Run("Kill", func(t *testing.T) { testHandlerKill(t, e, echo) })
+	t.Run("StartSection", func(t *testing.T) { testHandlerStartSection(t, e) })
 }
 
 // ServeHandler serves m in handler mode on a loopback port and returns
@@ -231,6 +232,30 @@ func testHandlerKill(t *testing.T, e engine.Instantiator, m engine.Module) {
 	}
 	if u := h.Usage(); u.MemoryBytes != 0 {
 		t.Errorf("memory %d after the kill, want 0 (nothing held)", u.MemoryBytes)
+	}
+}
+
+// testHandlerStartSection: a module whose start section writes to stdout
+// while it is instantiated ahead, before any request: it goes nowhere,
+// nothing breaks, and the request's response is _start's alone.
+func testHandlerStartSection(t *testing.T, e engine.Instantiator) {
+	m := prepare(t, e, wasmbuild.Wat(t, `(module
+		(import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+		(memory (export "memory") 1)
+		(data (i32.const 100) "Content-Type: text/plain\n\nstarted\n")
+		(func $write (param $len i32)
+			(i32.store (i32.const 0) (i32.const 100))
+			(i32.store (i32.const 4) (local.get $len))
+			(drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
+		(func $init (call $write (i32.const 12)))
+		(start $init)
+		(func (export "_start") (call $write (i32.const 34))))`))
+	_, url := ServeHandler(t, e, m, engine.Spec{}, wagi.Config{Pool: 2})
+	for range 3 {
+		res, body := get(t, http.DefaultClient, "GET", url+"/", "", nil)
+		if res.StatusCode != 200 || body != "started\n" {
+			t.Errorf("GET: %d %q, want 200 \"started\\n\"", res.StatusCode, body)
+		}
 	}
 }
 

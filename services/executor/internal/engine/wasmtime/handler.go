@@ -3,13 +3,16 @@ package wasmtime
 import (
 	"context"
 
+	wt "github.com/bytecodealliance/wasmtime-go/v39"
+
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 )
 
 // Handler mode (engine.Instantiator): an instance is instantiated in a
-// store without WASI, which its Run sets: the WASI functions the linker
-// defines look the context up in the store when called, so the request's
-// environment and stdio reach a module instantiated before it came.
+// store with an empty WASI context, which its Run replaces: the WASI
+// functions the linker defines look the context up in the store when
+// called, so the request's environment and stdio reach a module
+// instantiated before it came.
 
 var _ engine.Instantiator = (*Engine)(nil)
 
@@ -19,7 +22,10 @@ func (e *Engine) Instantiate(ctx context.Context, em engine.Module, spec engine.
 	if err != nil {
 		return nil, err
 	}
-	if err := inst.instantiate(m, spec, nil); err != nil {
+	// A WASI context of nothing until the run's: a module whose start
+	// section calls WASI must find one (wasmtime panics without), and no
+	// request has come yet.
+	if err := inst.instantiate(m, spec, wt.NewWasiConfig()); err != nil {
 		inst.release()
 		return nil, err
 	}

@@ -305,9 +305,9 @@ func (i *instance) wasiConfig(spec engine.Spec, io engine.Stdio) (*wt.WasiConfig
 	return wasi, nil
 }
 
-// instantiate instantiates m in a new store; with wasi nil, the WASI
-// context is set later, before the run (handler.go: wasmtime's WASI
-// functions find it in the store when they are called).
+// instantiate instantiates m in a new store with the WASI context wasi,
+// which a run may replace (handler.go: wasmtime's WASI functions find it
+// in the store when they are called).
 func (i *instance) instantiate(m *module, spec engine.Spec, wasi *wt.WasiConfig) error {
 	i.store = wt.NewStore(i.runner.engine)
 	i.store.SetEpochDeadline(1)
@@ -315,9 +315,7 @@ func (i *instance) instantiate(m *module, spec engine.Spec, wasi *wt.WasiConfig)
 		i.store.Limiter(spec.MemoryLimitBytes, engine.TableElements(spec.MemoryLimitBytes), -1, -1, -1)
 	}
 	i.runner.current.Store(i)
-	if wasi != nil {
-		i.store.SetWasi(wasi)
-	}
+	i.store.SetWasi(wasi)
 	inst, err := i.runner.linker.Instantiate(i.store, i.runner.module)
 	if err != nil {
 		return engine.InstantiateError(m.digest, err)
