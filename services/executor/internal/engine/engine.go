@@ -5,7 +5,8 @@
 // the one rule for how a run ended), WASI's poll_oneoff (Poller: clocks
 // and sockets, ended by a kill), listeners (opened in a network namespace
 // with InNetNS, or handed over already open, named to the module by
-// ListenEnv), the checks of modules
+// ListenEnv), instances instantiated ahead of their run for handler mode
+// (Instantiator, Pending; package wagi serves them), the checks of modules
 // and specs, and compiled artifacts on disk (bounded by NewDiskCache) and
 // in a shared store (Artifacts). The implementations (engine/wasmtime, the default;
 // engine/wazero, pure Go) keep only what is their runtime's: compiling,
