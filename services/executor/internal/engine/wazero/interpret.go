@@ -128,12 +128,23 @@ func (e *Engine) interpretUnlessCompiled(ctx context.Context, r **runtime, m *mo
 	return e.keep(ir, m.digest, cm), nil
 }
 
-// checkSections checks, with InterpretFirst, that m can run under WASI
-// from its sections alone (wasiOf), and reports whether it could tell.
-// A module that does not validate is then refused at its first start.
+// checkSections checks, with InterpretFirst, that m can run under WASI:
+// from its code compiled under no limit when that is in memory (as a
+// Prepare without InterpretFirst would, reading nothing), else from its
+// sections alone (wasiOf); it reports whether it could tell. A module
+// that does not validate is then refused at its first start.
 func (e *Engine) checkSections(m *module) (bool, error) {
 	if !e.behind.on {
 		return false, nil
+	}
+	r, err := e.runtime(maxPages)
+	if err != nil {
+		return true, err
+	}
+	c := e.lookup(r, m.digest)
+	defer e.release(r, c)
+	if c != nil {
+		return true, checkWASI(c.cm, m.digest)
 	}
 	wasm, err := os.ReadFile(m.wasmPath)
 	if err != nil {
