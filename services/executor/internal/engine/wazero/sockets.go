@@ -53,7 +53,17 @@ import (
 // files is a module's file table, as far as the engine reaches it.
 type files struct {
 	lookup, close reflect.Value // the FS context's LookupFile, CloseFile
+	file          int           // the index of FileEntry's File
+	// kinds keeps, by the type of the struct behind a File, the indices of
+	// its socket fields: poll_oneoff looks up every socket it waits on,
+	// and a field found by name is found by a search of the struct's
+	// fields, each time.
+	kinds *sync.Map // reflect.Type → socketFields
 }
+
+// socketFields are the indices of a file struct's *net.TCPListener field
+// (tl) and *net.TCPConn field (tc); -1: it has none.
+type socketFields struct{ tl, tc int }
 
 var (
 	listenerType = reflect.TypeFor[*net.TCPListener]()
@@ -80,27 +90,46 @@ func filesOf(mod api.Module) (files, error) {
 		lookup.Type().Out(1).Kind() != reflect.Bool || lookup.Type().Out(0).Kind() != reflect.Pointer {
 		return files{}, errors.New("wazero FS context has no LookupFile(int32) (*FileEntry, bool)")
 	}
-	if f, ok := lookup.Type().Out(0).Elem().FieldByName("File"); !ok || f.Type.Kind() != reflect.Interface {
+	file, ok := lookup.Type().Out(0).Elem().FieldByName("File")
+	if !ok || file.Type.Kind() != reflect.Interface || len(file.Index) != 1 {
 		return files{}, errors.New("wazero FileEntry has no File")
 	}
 	if !closeFile.IsValid() || closeFile.Type().NumIn() != 1 || closeFile.Type().In(0).Kind() != reflect.Int32 ||
 		closeFile.Type().NumOut() != 1 || closeFile.Type().Out(0).Kind() != reflect.Uint16 {
 		return files{}, errors.New("wazero FS context has no CloseFile(int32) Errno")
 	}
-	return files{lookup: lookup, close: closeFile}, nil
+	return files{lookup: lookup, close: closeFile, file: file.Index[0], kinds: new(sync.Map)}, nil
+}
+
+// socketFieldsOf are the socket fields of file structs of type t.
+func (f files) socketFieldsOf(t reflect.Type) socketFields {
+	if sf, ok := f.kinds.Load(t); ok {
+		return sf.(socketFields)
+	}
+	sf := socketFields{tl: -1, tc: -1}
+	if tl, ok := t.FieldByName("tl"); ok && tl.Type == listenerType && len(tl.Index) == 1 {
+		sf.tl = tl.Index[0]
+	}
+	if tc, ok := t.FieldByName("tc"); ok && tc.Type == connType && len(tc.Index) == 1 {
+		sf.tc = tc.Index[0]
+	}
+	f.kinds.Store(t, sf)
+	return sf
 }
 
 // socket is the host socket of fd: a listener or an accepted connection.
 func (f files) socket(fd uint32) (syscall.Conn, bool) {
-	if tl, ok := f.listenerField(fd); ok {
-		return (*net.TCPListener)(tl.UnsafePointer()), true
-	}
 	s, ok := f.fileStruct(fd)
 	if !ok {
 		return nil, false
 	}
-	if tc := s.FieldByName("tc"); tc.IsValid() && tc.Type() == connType && !tc.IsNil() {
-		return (*net.TCPConn)(tc.UnsafePointer()), true
+	if tl, ok := f.listenerIn(s); ok {
+		return (*net.TCPListener)(tl.UnsafePointer()), true
+	}
+	if sf := f.socketFieldsOf(s.Type()); sf.tc >= 0 {
+		if tc := s.Field(sf.tc); !tc.IsNil() {
+			return (*net.TCPConn)(tc.UnsafePointer()), true
+		}
 	}
 	return nil, false
 }
@@ -114,7 +143,7 @@ func (f files) fileStruct(fd uint32) (reflect.Value, bool) {
 	if !out[1].Bool() {
 		return reflect.Value{}, false
 	}
-	file := out[0].Elem().FieldByName("File")
+	file := out[0].Elem().Field(f.file)
 	if file.IsNil() {
 		return reflect.Value{}, false
 	}
@@ -132,8 +161,16 @@ func (f files) listenerField(fd uint32) (reflect.Value, bool) {
 	if !ok {
 		return reflect.Value{}, false
 	}
-	if tl := s.FieldByName("tl"); tl.IsValid() && tl.Type() == listenerType && !tl.IsNil() && tl.CanAddr() {
-		return tl, true
+	return f.listenerIn(s)
+}
+
+// listenerIn is the *net.TCPListener field of the file struct s, if it
+// is a listener.
+func (f files) listenerIn(s reflect.Value) (reflect.Value, bool) {
+	if sf := f.socketFieldsOf(s.Type()); sf.tl >= 0 {
+		if tl := s.Field(sf.tl); !tl.IsNil() && tl.CanAddr() {
+			return tl, true
+		}
 	}
 	return reflect.Value{}, false
 }

@@ -73,3 +73,30 @@ func dialable(addr string) bool {
 	c.Close()
 	return true
 }
+
+// BenchmarkSocketLookup: what poll_oneoff pays to reach the host socket
+// behind one of a module's fds.
+func BenchmarkSocketLookup(b *testing.B) {
+	ctx := context.Background()
+	rt := wz.NewRuntime(ctx)
+	defer rt.Close(ctx)
+	empty := []byte{0, 'a', 's', 'm', 1, 0, 0, 0}
+	mod, err := rt.InstantiateWithConfig(withListeners(ctx, []engine.Listener{{Name: "http", Host: "127.0.0.1"}}, placeholderHost()), empty, wz.NewModuleConfig().WithName(""))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer mod.Close(ctx)
+	files, err := (&sockets{}).filesOf(mod)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		c, ok := files.socket(3)
+		if !ok {
+			b.Fatal("no listener at fd 3")
+		}
+		if _, ok := hostFD(c); !ok {
+			b.Fatal("no descriptor")
+		}
+	}
+}
