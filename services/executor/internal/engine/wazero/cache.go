@@ -142,7 +142,7 @@ func (e *Engine) compileMiss(ctx context.Context, r *runtime, m *module, wasm []
 		before[n] = true
 	}
 	installed := ""
-	if e.Artifacts().Shared() && !e.haveEntry(m.digest) {
+	if e.Artifacts().Shared() && !e.haveEntry(m.digest) && !m.sharedTried.Load() {
 		installed = e.fetchShared(ctx, key)
 	}
 	e.cacheMu.Unlock()

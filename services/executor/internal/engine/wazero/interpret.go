@@ -35,7 +35,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
+
+	wz "github.com/tetratelabs/wazero"
 
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 )
@@ -99,6 +103,9 @@ func (e *Engine) interpretUnlessCompiled(ctx context.Context, r **runtime, m *mo
 	if cm, ok := e.load(ctx, *r, sum, wasm); ok {
 		return e.keep(*r, m.digest, cm), nil
 	}
+	if cm, ok := e.loadShared(ctx, *r, m, sum, wasm); ok {
+		return e.keep(*r, m.digest, cm), nil
+	}
 	ir, err := e.runtimeOf(rtKey{pages: (*r).pages, interp: true})
 	if err != nil {
 		return nil, err
@@ -156,6 +163,44 @@ func (e *Engine) checkSections(m *module) (bool, error) {
 	}
 	return true, engine.CheckWASI(m.digest, imports, hasStart)
 }
+
+// loadShared installs m's entry from the shared store, another
+// executor's compile, and loads it in r, when the compile slot is free:
+// under it no compile of ours writes entries, which tells them from the
+// one installed (compileMiss). With the slot taken it reports false at
+// once, and the compile behind asks the store. Once asked, the store is
+// not asked again for m.
+func (e *Engine) loadShared(ctx context.Context, r *runtime, m *module, sum string, wasm []byte) (wz.CompiledModule, bool) {
+	if !e.Artifacts().Shared() || m.sharedTried.Load() {
+		return nil, false
+	}
+	select {
+	case e.slot <- struct{}{}:
+		defer e.slot.Release()
+	default:
+		return nil, false
+	}
+	m.sharedTried.Store(true)
+	e.cacheMu.Lock()
+	installed := ""
+	if err := e.verifyCache(); err == nil && !e.haveEntry(m.digest) {
+		installed = e.fetchShared(ctx, e.ArtifactKey(m.digest))
+	}
+	if installed != "" && sum != digestHex(m.digest) { // tables capped: load finds it by the sum of the bytes compiled
+		engine.WriteAtomic(filepath.Join(e.index, sum), []byte(installed+"\n"))
+	}
+	e.cacheMu.Unlock()
+	if installed == "" {
+		return nil, false
+	}
+	cm, ok := e.load(ctx, r, sum, wasm)
+	if ok {
+		e.Artifacts().Hit()
+	}
+	return cm, ok
+}
+
+func digestHex(digest string) string { return strings.TrimPrefix(digest, "sha256:") }
 
 // compileBehind compiles m in the background, unless that is under way,
 // has failed, or the engine is closed; then the interpreted code of m

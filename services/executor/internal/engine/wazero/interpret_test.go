@@ -232,3 +232,45 @@ func TestInterpretFirstCloseCancels(t *testing.T) {
 		t.Fatalf("start after Close: %+v", res)
 	}
 }
+
+// TestInterpretFirstShared: a module another executor compiled and shared
+// starts compiled from the shared store, not interpreted; one the store
+// lacks starts interpreted, and the store is asked once for it, not again
+// by its compile behind.
+func TestInterpretFirstShared(t *testing.T) {
+	store := enginetest.NewMemoryStore()
+	wasm := wasmbuild.Wat(t, enginetest.ProcExit(3))
+	newShared := func() *Engine {
+		e, err := New(Config{CacheDir: t.TempDir(), Shared: store, InterpretFirst: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(e.Close)
+		return e
+	}
+	e1 := newShared()
+	m1 := enginetest.Prepare(t, e1, wasm)
+	first := start(t, e1, m1)
+	if interp, _ := inUse(e1, m1.Digest()); interp != 1 {
+		t.Fatalf("a module the store lacks: %d interpreted users, want 1", interp)
+	}
+	first.Wait()
+	waitBehind(t, e1)
+	e1.WaitShared()
+	if st := e1.ArtifactStats(); st.SharedMisses != 1 || st.Compiles != 1 || st.SharedPuts != 1 {
+		t.Fatalf("first executor: %+v, want 1 miss, 1 compile, 1 put", st)
+	}
+
+	e2 := newShared()
+	m2 := enginetest.Prepare(t, e2, wasm)
+	inst := start(t, e2, m2)
+	if interp, comp := inUse(e2, m2.Digest()); interp != 0 || comp != 1 {
+		t.Fatalf("a module the store has: %d interpreted, %d compiled users, want 0 and 1", interp, comp)
+	}
+	if res := inst.Wait(); !res.Exited || res.ExitCode != 3 {
+		t.Fatalf("from the shared entry: %+v, want exit code 3", res)
+	}
+	if st := e2.ArtifactStats(); st.SharedHits != 1 || st.Compiles != 0 {
+		t.Fatalf("second executor: %+v, want 1 hit, no compile", st)
+	}
+}

@@ -207,6 +207,9 @@ func New(cfg Config) (*Engine, error) {
 type module struct {
 	digest   string
 	wasmPath string
+	// sharedTried: a start asked the shared store for its entry already
+	// (interpret.go: loadShared); its compile behind does not again.
+	sharedTried atomic.Bool
 }
 
 func (m *module) Digest() string { return m.digest }
