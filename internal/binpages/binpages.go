@@ -10,9 +10,10 @@
 //
 // Drop zaps the process's mappings of the read-only segments of its
 // executable (MADV_DONTNEED) and marks them MADV_NOHUGEPAGE (no 2 MiB
-// mappings), so that only what the process touches again is mapped back
-// from the page cache (a minor fault, no disk read while the page cache
-// holds the binary). It only touches read-only mappings of the executable with
+// mappings) and MADV_RANDOM (no read-around), so that only what the
+// process touches again is mapped back from the page cache (a minor fault,
+// no disk read while the page cache holds the binary). DropAfter also
+// returns the heap's start-up garbage to the OS (debug.FreeOSMemory). It only touches read-only mappings of the executable with
 // no private (copied-on-write) pages, whose contents are the file's: what
 // it drops is lost to nobody. It owns nothing and keeps no state.
 //
@@ -30,6 +31,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -39,7 +41,7 @@ import (
 // Settle is how long after readiness a service drops its start-up pages.
 const Settle = 10 * time.Second
 
-// DropAfter calls Drop once d has passed, unless ctx ends first, and logs
+// DropAfter frees the heap's garbage and calls Drop once d has passed, unless ctx ends first, and logs
 // what it dropped (at debug) or why it could not (at warn).
 func DropAfter(ctx context.Context, d time.Duration, log *slog.Logger) {
 	t := time.NewTimer(d)
@@ -49,6 +51,7 @@ func DropAfter(ctx context.Context, d time.Duration, log *slog.Logger) {
 		return
 	case <-t.C:
 	}
+	debug.FreeOSMemory()
 	n, err := Drop()
 	if err != nil {
 		log.Warn("could not drop the binary's start-up pages", "err", err)
@@ -75,7 +78,7 @@ func Drop() (int, error) {
 		return 0, fmt.Errorf("/proc/self/smaps: %w", err)
 	}
 	for _, m := range ms {
-		for _, advice := range []uintptr{syscall.MADV_NOHUGEPAGE, syscall.MADV_DONTNEED} {
+		for _, advice := range []uintptr{syscall.MADV_NOHUGEPAGE, syscall.MADV_RANDOM, syscall.MADV_DONTNEED} {
 			if _, _, e := syscall.Syscall(syscall.SYS_MADVISE, m.start, m.end-m.start, advice); e != 0 {
 				return 0, fmt.Errorf("madvise %#x-%#x %d: %w", m.start, m.end, advice, e)
 			}
