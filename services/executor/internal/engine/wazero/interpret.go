@@ -8,7 +8,9 @@ package wazero
 // first instance has started, the module is compiled in the background
 // into the cache, as a start without InterpretFirst would have (the shared
 // store included); the instances started after that run compiled code. An
-// instance started interpreted keeps running interpreted until it ends.
+// instance started interpreted keeps running interpreted until it ends,
+// so a server (an instance with listeners) is not started so: it waits for
+// its compile, as without InterpretFirst.
 //
 // Interpreted and compiled instances are the same instance to everything
 // around them: the same WASI, memory and table limits, kills
@@ -67,14 +69,14 @@ func newBehind(on bool, log *slog.Logger) behind {
 
 // code returns what to start m with under a memory limit of pages, both
 // counted in use until release: its compiled code, or, with
-// InterpretFirst and none compiled yet, interpreted code (interpreted
-// reports which).
-func (e *Engine) code(ctx context.Context, m *module, pages uint32) (r *runtime, c *compiled, interpreted bool, err error) {
+// InterpretFirst, none compiled yet and interpret set, interpreted code
+// (interpreted reports which).
+func (e *Engine) code(ctx context.Context, m *module, pages uint32, interpret bool) (r *runtime, c *compiled, interpreted bool, err error) {
 	r, err = e.runtime(pages)
 	if err != nil {
 		return nil, nil, false, err
 	}
-	if !e.behind.on {
+	if !e.behind.on || !interpret {
 		c, err = e.compile(ctx, r, m)
 	} else {
 		c, err = e.interpretUnlessCompiled(ctx, &r, m)

@@ -274,3 +274,22 @@ func TestInterpretFirstShared(t *testing.T) {
 		t.Fatalf("second executor: %+v, want 1 hit, no compile", st)
 	}
 }
+
+// TestInterpretFirstServerCompiled: an instance with listeners, a server
+// that would serve interpreted all its life, starts compiled: the compile
+// is done when Start returns, and nothing was interpreted.
+func TestInterpretFirstServerCompiled(t *testing.T) {
+	e := newInterpretFirst(t, t.TempDir())
+	m := enginetest.Prepare(t, e, wasmbuild.Wat(t, enginetest.ProcExit(0)))
+	host, port := enginetest.LoopbackAddr(t)
+	inst, err := e.Start(context.Background(), m, enginetest.ServeSpec(t, host, port, &enginetest.Buffer{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := e.ArtifactStats().Compiles; n != 1 || keptInterpreted(e, m.Digest()) {
+		t.Fatalf("server start: %d compiles, interpreted code kept %v; want 1 compile, none interpreted", n, keptInterpreted(e, m.Digest()))
+	}
+	if res := inst.Wait(); !res.Exited || res.ExitCode != 0 {
+		t.Fatalf("server module: %+v", res)
+	}
+}

@@ -223,7 +223,7 @@ func (e *Engine) Prepare(ctx context.Context, digest, wasmPath string) (engine.M
 	if checked, err := e.checkSections(m); checked {
 		return m, err
 	}
-	r, c, _, err := e.code(ctx, m, maxPages)
+	r, c, _, err := e.code(ctx, m, maxPages, true)
 	if err != nil {
 		return nil, err
 	}
@@ -251,7 +251,9 @@ func (e *Engine) instantiate(ctx context.Context, em engine.Module, spec engine.
 	if !ok {
 		return nil, fmt.Errorf("%w: module was not prepared by the wazero engine", engine.ErrInstantiate)
 	}
-	r, c, interpreted, err := e.code(ctx, m, pages(spec.MemoryLimitBytes))
+	// A server (an instance with listeners) runs for long: it waits for
+	// its compile rather than serve interpreted all its life.
+	r, c, interpreted, err := e.code(ctx, m, pages(spec.MemoryLimitBytes), pending != nil || len(spec.Listeners) == 0)
 	if err != nil {
 		return nil, err
 	}
