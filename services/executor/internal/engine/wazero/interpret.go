@@ -183,11 +183,10 @@ func (e *Engine) loadShared(ctx context.Context, r *runtime, m *module, sum stri
 		return nil, false
 	}
 	m.sharedTried.Store(true)
+	// No entry for m loaded (load): the cache need not be verified
+	// whole, as before a compile, which hashes what this process has not.
 	e.cacheMu.Lock()
-	installed := ""
-	if err := e.verifyCache(); err == nil && !e.haveEntry(m.digest) {
-		installed = e.fetchShared(ctx, e.ArtifactKey(m.digest))
-	}
+	installed := e.fetchShared(ctx, e.ArtifactKey(m.digest))
 	if installed != "" && sum != digestHex(m.digest) { // tables capped: load finds it by the sum of the bytes compiled
 		engine.WriteAtomic(filepath.Join(e.index, sum), []byte(installed+"\n"))
 	}
