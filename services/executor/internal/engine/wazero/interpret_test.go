@@ -106,6 +106,20 @@ func start(t *testing.T, e engine.Engine, m engine.Module, env ...engine.EnvVar)
 	return inst
 }
 
+// runsCompiled prepares and starts wasm on e, which must start it
+// compiled (from), and waits for its exit code.
+func runsCompiled(t *testing.T, e *Engine, wasm string, code int32, from string) {
+	t.Helper()
+	m := enginetest.Prepare(t, e, wasm)
+	inst := start(t, e, m)
+	if interp, comp := inUse(e, m.Digest()); interp != 0 || comp != 1 {
+		t.Fatalf("start from %s: %d interpreted, %d compiled users, want 0 and 1", from, interp, comp)
+	}
+	if res := inst.Wait(); !res.Exited || res.ExitCode != code {
+		t.Fatalf("start from %s: %+v, want exit code %d", from, res, code)
+	}
+}
+
 // TestInterpretFirst: with a Go-built module, Prepare compiles nothing;
 // the first start is interpreted and starts the compile behind; a start
 // after it runs compiled code while the first instance goes on
@@ -151,14 +165,7 @@ func TestInterpretFirst(t *testing.T) {
 	second.Wait()
 
 	e2 := newInterpretFirst(t, dir)
-	m2 := enginetest.Prepare(t, e2, wasm)
-	inst := start(t, e2, m2)
-	if interp, comp := inUse(e2, m2.Digest()); interp != 0 || comp != 1 {
-		t.Fatalf("start on a warm cache: %d interpreted, %d compiled users, want 0 and 1", interp, comp)
-	}
-	if res := inst.Wait(); !res.Exited || res.ExitCode != 0 {
-		t.Fatalf("hello on a warm cache: %+v", res)
-	}
+	runsCompiled(t, e2, wasm, 0, "a warm cache")
 	if n := e2.ArtifactStats().Compiles; n != 0 {
 		t.Fatalf("the engine on a warm cache compiled %d times", n)
 	}
@@ -262,14 +269,7 @@ func TestInterpretFirstShared(t *testing.T) {
 	}
 
 	e2 := newShared()
-	m2 := enginetest.Prepare(t, e2, wasm)
-	inst := start(t, e2, m2)
-	if interp, comp := inUse(e2, m2.Digest()); interp != 0 || comp != 1 {
-		t.Fatalf("a module the store has: %d interpreted, %d compiled users, want 0 and 1", interp, comp)
-	}
-	if res := inst.Wait(); !res.Exited || res.ExitCode != 3 {
-		t.Fatalf("from the shared entry: %+v, want exit code 3", res)
-	}
+	runsCompiled(t, e2, wasm, 3, "the shared entry")
 	if st := e2.ArtifactStats(); st.SharedHits != 1 || st.Compiles != 0 {
 		t.Fatalf("second executor: %+v, want 1 hit, no compile", st)
 	}
