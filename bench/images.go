@@ -8,7 +8,7 @@ import (
 
 // composeImages are the compose stack's images of wasmlet's own services
 // (deploy/compose, built FROM scratch by make compose-images).
-var composeImages = []string{"nodeagent", "executor", "executor-arm64", "registry-cache"}
+var composeImages = []string{"nodeagent", "executor", "executor-wazero", "executor-arm64", "registry-cache"}
 
 // imageSizes reports the compose stack's images as the Docker engine has
 // them (tag WASMLET_COMPOSE_TAG's default, dev), or nothing when no engine

@@ -40,18 +40,22 @@ reg_dir=$("$root/hack/compose/registry/build.sh")
 cd "$src"
 start=$(date +%s)
 mkdir -p "$out/bin" "$out/wasm"
-CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$out/bin/" \
+# Tags and flags as make build's: gRPC without its tracing, and each
+# executor with one engine (wasmtime's with the C linker's --gc-sections).
+CGO_ENABLED=0 go build -trimpath -tags grpcnotrace -ldflags '-s -w' -o "$out/bin/" \
   ./hack/compose/wasmlet-compose ./services/nodeagent ./services/registry-cache
+mkdir -p "$out/bin/wazero"
+CGO_ENABLED=0 go build -trimpath -tags grpcnotrace,nowasmtime -ldflags '-s -w' -o "$out/bin/wazero/executor" ./services/executor
 CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$out/bin/nats-server" github.com/nats-io/nats-server/v2
 # wasmtime-go is cgo with a static libwasmtime: link everything in. The
 # linker's warnings about getpwuid_r, getaddrinfo and dlopen concern code
 # paths wasmlet does not take.
-CGO_ENABLED=1 go build -trimpath -tags netgo,osusergo \
-  -ldflags '-s -w -linkmode external -extldflags -static' \
+CGO_ENABLED=1 go build -trimpath -tags netgo,osusergo,grpcnotrace,nowazero \
+  -ldflags "-s -w -linkmode external '-extldflags=-static -Wl,--gc-sections'" \
   -o "$out/bin/executor" ./services/executor 2> >(grep -v 'statically linked applications\|in function\|^/usr/bin/ld\|^# ' >&2 || true)
 mkdir -p "$out/bin/arm64"
-CGO_ENABLED=1 GOARCH=arm64 CC=aarch64-linux-gnu-gcc go build -trimpath -tags netgo,osusergo \
-  -ldflags '-s -w -linkmode external -extldflags -static' \
+CGO_ENABLED=1 GOARCH=arm64 CC=aarch64-linux-gnu-gcc go build -trimpath -tags netgo,osusergo,grpcnotrace,nowazero \
+  -ldflags "-s -w -linkmode external '-extldflags=-static -Wl,--gc-sections'" \
   -o "$out/bin/arm64/executor" ./services/executor 2> >(grep -v 'statically linked applications\|in function\|^/usr/bin/ld\|^# ' >&2 || true)
 GOOS=wasip1 GOARCH=wasm go build -trimpath -o "$out/wasm/hello.wasm" ./examples/hello
 echo "built the binaries in $(( $(date +%s) - start ))s" >&2
@@ -76,6 +80,7 @@ images=(
   "registry-cache $out/bin/registry-cache"
   "nodeagent $out/bin/nodeagent"
   "executor $out/bin/executor"
+  "executor-wazero $out/bin/wazero/executor"
   "executor-arm64 $out/bin/arm64/executor /usr/bin/qemu-aarch64-static"
 )
 for entry in "${images[@]}"; do

@@ -53,7 +53,7 @@ func TestComposeStack(t *testing.T) {
 	}
 	s := newStack(t)
 	tag := envOr("WASMLET_COMPOSE_TAG", defaultImageTag)
-	for _, img := range []string{"init", "etcd", "kube-apiserver", "nats", "registry", "registry-cache", "nodeagent", "executor", "executor-arm64"} {
+	for _, img := range []string{"init", "etcd", "kube-apiserver", "nats", "registry", "registry-cache", "nodeagent", "executor", "executor-wazero", "executor-arm64"} {
 		if err := exec.Command("docker", "image", "inspect", "wasmlet-compose/"+img+":"+tag).Run(); err != nil {
 			t.Fatalf("image wasmlet-compose/%s:%s is missing: run make compose-images (or make compose-test, which builds them)", img, tag)
 		}

@@ -1,0 +1,7 @@
+# executor-wazero: the executor with wazero only (pure Go, no cgo), built
+# FROM scratch by hack/compose/build.sh, whose staging directory is the
+# build context (rootfs/ is the layer every image of the stack shares).
+FROM scratch
+COPY rootfs/ /
+COPY executor /bin/executor
+ENTRYPOINT ["/bin/executor"]
