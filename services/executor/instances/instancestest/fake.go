@@ -81,6 +81,10 @@ type Fake struct {
 	// instance does is Behave's (the conformance suite wants one whose
 	// listeners were not handed over to fail with ReasonListenFailed).
 	ListenerHandoff bool
+	// HandlerModes the fake runs (Info.HandlerModes); a spec with another
+	// is refused with ErrUnsupported. A handler instance's listeners need
+	// no Listeners (the executor serves them); what it does is Behave's.
+	HandlerModes []instances.HandlerMode
 
 	mu          sync.Mutex
 	insts       map[string]*fakeInstance
@@ -218,6 +222,7 @@ func (f *Fake) Info(context.Context) (instances.Info, error) {
 		MaxInstances: f.MaxInstances, Instances: len(f.insts),
 		Listeners:       f.Listeners,
 		ListenerHandoff: f.ListenerHandoff,
+		HandlerModes:    slices.Clone(f.HandlerModes),
 	}, nil
 }
 
@@ -249,7 +254,10 @@ func (f *Fake) validate(id string, spec instances.Spec) error {
 			return fmt.Errorf("%w: preopen %q is outside the mount roots %v", instances.ErrPermissionDenied, p.HostPath, f.MountRoots)
 		}
 	}
-	if len(spec.Listeners) > 0 && !f.Listeners {
+	if spec.Handler != "" && !slices.Contains(f.HandlerModes, spec.Handler) {
+		return fmt.Errorf("%w: the fake executor does not run handler mode %s", instances.ErrUnsupported, spec.Handler)
+	}
+	if len(spec.Listeners) > 0 && spec.Handler == "" && !f.Listeners {
 		return fmt.Errorf("%w: the fake executor hands no listeners to modules", instances.ErrUnsupported)
 	}
 	if spec.HandedListeners && !f.ListenerHandoff {

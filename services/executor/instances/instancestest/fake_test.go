@@ -21,9 +21,13 @@ func TestFakeConformance(t *testing.T) {
 }
 
 func fakeConformance(t *testing.T, spec func(string) instances.Spec, listeners bool) {
+	var modes []instances.HandlerMode // handler mode along with listeners
+	if listeners {
+		modes = []instances.HandlerMode{instances.HandlerWAGI}
+	}
 	Run(t, Harness{
 		New: func(t *testing.T, history int) instances.Runtime {
-			return &Fake{History: history, Listeners: listeners, ListenerHandoff: listeners, Behave: func(_ string, s instances.Spec) Outcome {
+			return &Fake{History: history, Listeners: listeners, ListenerHandoff: listeners, HandlerModes: modes, Behave: func(_ string, s instances.Spec) Outcome {
 				if s.HandedListeners { // none ever are
 					return FailsWith(instances.ReasonListenFailed, "no listeners were handed over")
 				}

@@ -62,6 +62,7 @@ func Run(t *testing.T, h Harness) {
 		{"Stats", testStats},
 		{"Info", testInfo},
 		{"Listeners", testListeners},
+		{"Handlers", testHandlers},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, h) })
 	}
@@ -588,5 +589,49 @@ func testListeners(t *testing.T, h Harness) {
 	in, err = rt.Create(ctx, "h", handed, true)
 	if err != nil || in.State != instances.StateFailed || in.Reason != instances.ReasonListenFailed || !in.Spec.HandedListeners {
 		t.Errorf("create with listeners never handed over: %+v %v, want FAILED %s", in, err, instances.ReasonListenFailed)
+	}
+}
+
+// testHandlers: a handler mode is checked at Create (one not known, or
+// one without listeners: ErrInvalidArgument); a Runtime that does not run
+// it (not in Info.HandlerModes) refuses it with ErrUnsupported and records
+// nothing; one that does keeps it in the spec, also with listeners it
+// would not hand to a module (the executor serves them).
+func testHandlers(t *testing.T, h Harness) {
+	rt, ctx := h.New(t, 0), ctxFor(t)
+	info, err := rt.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := func(mode instances.HandlerMode, ls ...instances.Listener) instances.Spec {
+		s := h.Exit0
+		s.Handler, s.Listeners = mode, ls
+		return s
+	}
+	http := instances.Listener{Name: "http", Port: 8080}
+	for name, s := range map[string]instances.Spec{
+		"unknown mode":         spec("fastcgi", http),
+		"wagi, no listeners":   spec(instances.HandlerWAGI),
+		"unknown, no listener": spec("x"),
+	} {
+		if _, err := rt.Create(ctx, "bad", s, false); !errors.Is(err, instances.ErrInvalidArgument) {
+			t.Errorf("%s: create: %v, want ErrInvalidArgument", name, err)
+		}
+	}
+	if !slices.Contains(info.HandlerModes, instances.HandlerWAGI) {
+		if _, err := rt.Create(ctx, "w", spec(instances.HandlerWAGI, http), false); !errors.Is(err, instances.ErrUnsupported) {
+			t.Fatalf("create in handler mode wagi where Info.HandlerModes does not list it: %v, want ErrUnsupported", err)
+		}
+		if _, err := rt.Get(ctx, "w"); !errors.Is(err, instances.ErrNotFound) {
+			t.Errorf("a refused instance was recorded: %v", err)
+		}
+		return
+	}
+	in := mustCreate(t, ctx, rt, "w", spec(instances.HandlerWAGI, http), false)
+	if in.State != instances.StateCreated || in.Spec.Handler != instances.HandlerWAGI || !slices.Equal(in.Spec.Listeners, []instances.Listener{http}) {
+		t.Errorf("created in handler mode: %+v, want CREATED with the mode and listener kept", in)
+	}
+	if got, err := rt.Get(ctx, "w"); err != nil || got.Spec.Handler != instances.HandlerWAGI {
+		t.Errorf("get: %+v %v", got.Spec, err)
 	}
 }
