@@ -52,8 +52,14 @@ import (
 
 // files is a module's file table, as far as the engine reaches it.
 type files struct {
-	lookup, close reflect.Value // the FS context's LookupFile, CloseFile
-	file          int           // the index of FileEntry's File
+	// lookup is the FS context's LookupFile, its *FileEntry as a pointer
+	// to an entry (of type entry): called directly, not through
+	// reflect.Value.Call, which lays out a frame and boxes the results on
+	// every call, for every socket poll_oneoff waits on.
+	lookup func(fd int32) (unsafe.Pointer, bool)
+	entry  reflect.Type  // FileEntry
+	close  reflect.Value // the FS context's CloseFile
+	file   int           // the index of FileEntry's File
 	// kinds keeps, by the type of the struct behind a File, the indices of
 	// its socket fields: poll_oneoff looks up every socket it waits on,
 	// and a field found by name is found by a search of the struct's
@@ -85,12 +91,17 @@ func filesOf(mod api.Module) (files, error) {
 		return files{}, errors.New("wazero Sys context has no FS()")
 	}
 	fs := fsm.Call(nil)[0]
-	lookup, closeFile := fs.MethodByName("LookupFile"), fs.MethodByName("CloseFile")
-	if !lookup.IsValid() || lookup.Type().NumIn() != 1 || lookup.Type().In(0).Kind() != reflect.Int32 || lookup.Type().NumOut() != 2 ||
-		lookup.Type().Out(1).Kind() != reflect.Bool || lookup.Type().Out(0).Kind() != reflect.Pointer {
+	lookup, hasLookup := fs.Type().MethodByName("LookupFile")
+	closeFile := fs.MethodByName("CloseFile")
+	if fs.Kind() != reflect.Pointer || fs.IsNil() || !hasLookup {
 		return files{}, errors.New("wazero FS context has no LookupFile(int32) (*FileEntry, bool)")
 	}
-	file, ok := lookup.Type().Out(0).Elem().FieldByName("File")
+	if lt := lookup.Type; lt.NumIn() != 2 || lt.In(1).Kind() != reflect.Int32 || lt.NumOut() != 2 ||
+		lt.Out(1).Kind() != reflect.Bool || lt.Out(0).Kind() != reflect.Pointer || lt.Out(0).Elem().Kind() != reflect.Struct {
+		return files{}, errors.New("wazero FS context has no LookupFile(int32) (*FileEntry, bool)")
+	}
+	entry := lookup.Type.Out(0).Elem()
+	file, ok := entry.FieldByName("File")
 	if !ok || file.Type.Kind() != reflect.Interface || len(file.Index) != 1 {
 		return files{}, errors.New("wazero FileEntry has no File")
 	}
@@ -98,7 +109,18 @@ func filesOf(mod api.Module) (files, error) {
 		closeFile.Type().NumOut() != 1 || closeFile.Type().Out(0).Kind() != reflect.Uint16 {
 		return files{}, errors.New("wazero FS context has no CloseFile(int32) Errno")
 	}
-	return files{lookup: lookup, close: closeFile, file: file.Index[0], kinds: new(sync.Map)}, nil
+	return files{lookup: bindLookup(fs.UnsafePointer(), lookup.Func), entry: entry, close: closeFile, file: file.Index[0], kinds: new(sync.Map)}, nil
+}
+
+// bindLookup is method, checked to be func(*FSContext, int32)
+// (*FileEntry, bool), bound to its receiver fs: a function of pointers
+// and an int32 is called the same whatever the pointers' types.
+func bindLookup(fs unsafe.Pointer, method reflect.Value) func(int32) (unsafe.Pointer, bool) {
+	fn := method.Interface()
+	var call func(fs unsafe.Pointer, fd int32) (unsafe.Pointer, bool)
+	// A func is one word in an interface: the func value itself.
+	*(*unsafe.Pointer)(unsafe.Pointer(&call)) = (*[2]unsafe.Pointer)(unsafe.Pointer(&fn))[1]
+	return func(fd int32) (unsafe.Pointer, bool) { return call(fs, fd) }
 }
 
 // socketFieldsOf are the socket fields of file structs of type t.
@@ -139,11 +161,11 @@ func (f files) fileStruct(fd uint32) (reflect.Value, bool) {
 	if fd > 1<<31-1 {
 		return reflect.Value{}, false
 	}
-	out := f.lookup.Call([]reflect.Value{reflect.ValueOf(int32(fd))})
-	if !out[1].Bool() {
+	e, ok := f.lookup(int32(fd))
+	if !ok || e == nil {
 		return reflect.Value{}, false
 	}
-	file := out[0].Elem().Field(f.file)
+	file := reflect.NewAt(f.entry, e).Elem().Field(f.file)
 	if file.IsNil() {
 		return reflect.Value{}, false
 	}
@@ -282,7 +304,7 @@ func (f files) closeConns() {
 	for fd, miss := uint32(0), 0; miss < gap; fd++ {
 		conn, ok := f.socket(fd)
 		if !ok {
-			if out := f.lookup.Call([]reflect.Value{reflect.ValueOf(int32(fd))}); !out[1].Bool() {
+			if _, ok := f.lookup(int32(fd)); !ok {
 				miss++
 			}
 			continue
