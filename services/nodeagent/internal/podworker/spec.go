@@ -74,6 +74,11 @@ func instanceSpec(pod *v1.Pod, c *v1.Container, in specInput) (instances.Spec, e
 		}
 		spec.Preopens = append(spec.Preopens, instances.Preopen{HostPath: host, GuestPath: m.MountPath, ReadOnly: m.ReadOnly || readOnlyVolume(pod, m.Name)})
 	}
+	handler, err := handlerOf(pod, c)
+	if err != nil {
+		return instances.Spec{}, err
+	}
+	spec.Handler = handler
 	if mem, ok := c.Resources.Limits[v1.ResourceMemory]; ok {
 		spec.MemoryLimitBytes = mem.Value()
 	}

@@ -196,11 +196,12 @@ func (p *Provider) route(ctx context.Context, pod *v1.Pod) (string, error) {
 		handler = obj.Handler
 	}
 	flavour, err := p.cfg.Pool.Flavour(pod, handler)
-	if err != nil || handler != "" || !podworker.DeclaresPorts(pod) {
+	if err != nil || handler != "" || !podworker.DeclaresPorts(pod) || podworker.HandlesRequests(pod) {
 		return flavour, err
 	}
 	// A pod that names no RuntimeClass and declares ports runs where its
-	// ports can be served.
+	// ports can be served (a pod in handler mode anywhere: the executor
+	// serves its ports itself).
 	if serving, ok := p.cfg.Pool.ServingFlavour(flavour); ok && serving != flavour {
 		p.cfg.Recorder.Eventf(pod, v1.EventTypeNormal, "ServingFlavour",
 			"the pod declares ports, which executors of flavour %q cannot hand to a module (their engine has no socket preopen): it runs on flavour %q", flavour, serving)
