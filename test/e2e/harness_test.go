@@ -89,7 +89,12 @@ func binaries(t *testing.T) string {
 		if build.err = run([]string{"GOOS=wasip1", "GOARCH=wasm"}, "build", "-ldflags", "-X main.version=v2", "-o", filepath.Join(dir, "hello-v2.wasm"), "./examples/hello"); build.err != nil {
 			return
 		}
-		build.err = run([]string{"GOOS=wasip1", "GOARCH=wasm"}, "build", "-o", filepath.Join(dir, "httpserver.wasm"), "./examples/httpserver")
+		if build.err = run([]string{"GOOS=wasip1", "GOARCH=wasm"}, "build", "-o", filepath.Join(dir, "httpserver.wasm"), "./examples/httpserver"); build.err != nil {
+			return
+		}
+		if out, err := exec.Command("wat2wasm", "-o", filepath.Join(dir, "wagi-hello.wasm"), filepath.Join(repoRoot(), "examples", "wagi-hello", "hello.wat")).CombinedOutput(); err != nil {
+			build.err = fmt.Errorf("wat2wasm examples/wagi-hello (make deps installs it): %v: %s", err, out)
+		}
 	})
 	if build.err != nil {
 		t.Fatal(build.err)
@@ -128,7 +133,7 @@ func push(t *testing.T, repoTag string) string {
 }
 
 // pushModule pushes one of the built modules (hello.wasm, hello-v2.wasm,
-// httpserver.wasm).
+// httpserver.wasm, wagi-hello.wasm).
 func pushModule(t *testing.T, module, repoTag string) string {
 	t.Helper()
 	bin := binaries(t)

@@ -111,3 +111,41 @@ func TestServingOnNodeAddress(t *testing.T) {
 	waitPhase(t, ns, "second", v1.PodRunning, time.Minute)
 	answers("second")
 }
+
+// TestHandlerModeOnWasmtime: a pod annotated wasmlet.io/handler: wagi runs
+// the WAT WAGI example once per request, on a node whose executor is
+// wasmtime (which cannot hand a module a socket: in handler mode the
+// executor serves the port itself), with a readiness probe on it.
+func TestHandlerModeOnWasmtime(t *testing.T) {
+	name := "e2e-wagi"
+	startNode(t, name, nil, "--default-executor", "wasmtime", "--pod-network", "off")
+	ns := namespace(t, "e2e-wagi")
+	port := freePort(t)
+	pod := wasmPod("greeter", name, pushModule(t, "wagi-hello.wasm", "e2e/wagi-hello:v1"), v1.RestartPolicyAlways)
+	pod.Annotations = map[string]string{"wasmlet.io/handler": "wagi"}
+	c := &pod.Spec.Containers[0]
+	c.Args = nil
+	c.Ports = []v1.ContainerPort{{Name: "http", ContainerPort: int32(port)}}
+	c.ReadinessProbe = &v1.Probe{ProbeHandler: v1.ProbeHandler{HTTPGet: &v1.HTTPGetAction{Path: "/ready", Port: intstr.FromString("http")}}, PeriodSeconds: 1}
+	apply(t, ns, pod)
+	waitPhase(t, ns, "greeter", v1.PodRunning, 2*time.Minute)
+	waitFor(t, 30*time.Second, "pod greeter Ready", func() (bool, string) {
+		out := jsonpath(t, ns, "greeter", `{.status.conditions[?(@.type=="Ready")].status}`)
+		return out == "True", out
+	})
+	for _, path := range []string{"/greet", "/again"} {
+		resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if want := "Hello from a WebAssembly handler at " + path; resp.StatusCode != http.StatusOK || !strings.Contains(string(b), want) {
+			t.Errorf("GET %s = %d %q, want 200 %q", path, resp.StatusCode, b, want)
+		}
+	}
+	events := mustKubectl(t, "get", "events", "-n", ns, "--field-selector", "involvedObject.name=greeter", "-o", "jsonpath={.items[*].reason}")
+	if strings.Contains(events, "ServingFlavour") {
+		t.Errorf("events %s: a handler pod was routed away from wasmtime", events)
+	}
+}
