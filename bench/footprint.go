@@ -23,10 +23,13 @@ var nodeFlavours = []struct {
 // shippedAgent is the node agent as make build ships it.
 const shippedAgent = "nodeagent-shipped"
 
-// idleSettle is how long a node is left idle after it is Ready before its
-// memory is read: the node agent and executor drop their start-up pages
-// binpages.Settle after readiness.
-const idleSettle = binpages.Settle + 20*time.Second
+// idleAfter are how long after Ready an idle node's memory is read: once
+// soon after the node agent and executor drop their start-up pages
+// (binpages.Settle after readiness), and once minutes later, when periodic
+// work (leases, status, announcements, collections) has mapped what it
+// touches and the heap has grown to its collection goal: the target holds
+// for the later.
+var idleAfter = []time.Duration{binpages.Settle + 20*time.Second, 3 * time.Minute}
 
 // footprint reports the shipped binaries' sizes, what a node of each
 // flavour needs, and each flavour's idle node's memory: a node agent of its
@@ -64,12 +67,24 @@ func (s *Stack) footprint(ctx context.Context) ([]Figure, error) {
 		figs = append(figs, tf)
 	}
 	figs = append(figs, imageSizes()...)
-	for _, f := range nodeFlavours {
-		nf, err := s.idleNode(ctx, f.engine, f.executor)
+	nodes := make([]idleNode, len(nodeFlavours))
+	for i, f := range nodeFlavours {
+		n, err := s.startIdleNode(ctx, f.engine, f.executor)
 		if err != nil {
 			return nil, err
 		}
-		figs = append(figs, nf...)
+		defer n.stop()
+		nodes[i] = n
+	}
+	for i, after := range idleAfter {
+		for _, n := range nodes {
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(time.Until(n.ready.Add(after))):
+			}
+			figs = append(figs, n.memory(after, i == len(idleAfter)-1)...)
+		}
 	}
 	return figs, nil
 }
@@ -92,42 +107,53 @@ func (s *Stack) buildFlavours() error {
 	return nil
 }
 
-// idleNode starts a node of the engine's flavour, leaves it idle for
-// idleSettle once Ready, and reports its memory, process by process.
-func (s *Stack) idleNode(ctx context.Context, engine, executor string) ([]Figure, error) {
+// idleNode is a node of one flavour, left idle, no pods.
+type idleNode struct {
+	engine, executor string
+	pid              int // the node agent's
+	ready            time.Time
+	stop             func() error
+}
+
+// startIdleNode starts a node of the engine's flavour: a node agent of its
+// own, as shipped, supervising the flavour's executor.
+func (s *Stack) startIdleNode(ctx context.Context, engine, executor string) (idleNode, error) {
 	node, service := "bench-idle-"+engine, "nodeagent-idle-"+engine
 	// startNodeAgent runs the binary named for the service when there is
 	// one: the shipped node agent.
 	if err := os.Link(filepath.Join(s.Bin, shippedAgent), filepath.Join(s.Bin, service)); err != nil {
-		return nil, err
+		return idleNode{}, err
 	}
 	pid, stop, err := s.startNodeAgent(ctx, node, service, filepath.Join(s.dir, "node-idle-"+engine),
 		"--default-executor", engine, "--executor-binary", filepath.Join(s.Bin, executor))
 	if err != nil {
-		return nil, err
+		return idleNode{}, err
 	}
-	defer stop()
-	select {
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-time.After(idleSettle):
+	return idleNode{engine: engine, executor: executor, pid: pid, ready: time.Now(), stop: stop}, nil
+}
+
+// memory reports the node's memory now, after Ready, process by process;
+// held: against the target.
+func (n idleNode) memory(after time.Duration, held bool) []Figure {
+	what := fmt.Sprintf("a %s node (node agent with embedded NATS and registry cache, and its %s), no pods, %s after Ready", n.engine, n.executor, after)
+	key := fmt.Sprintf("%s node, %s idle", n.engine, after)
+	rf := Values("idle node memory, "+key, "VmRSS of "+what, "MiB", []float64{float64(treeField(n.pid, "status", "VmRSS")) / (1 << 20)})
+	if held {
+		rf.Hold("max", idleRSSTarget)
 	}
-	what := fmt.Sprintf("a %s node (node agent with embedded NATS and registry cache, and its %s), no pods, %s after Ready", engine, executor, idleSettle)
-	rf := Values("idle node memory, "+engine+" node", "VmRSS of "+what, "MiB", []float64{float64(treeField(pid, "status", "VmRSS")) / (1 << 20)})
-	rf.Hold("max", idleRSSTarget)
 	figs := []Figure{rf}
 	// Process by process: RssFile is the clean pages of the binary (and
 	// libraries) mapped, RssAnon what the process allocated.
-	for _, p := range append([]int{pid}, children(pid)...) {
+	for _, p := range append([]int{n.pid}, children(n.pid)...) {
 		name := "node agent"
-		if p != pid {
-			name = executor
+		if p != n.pid {
+			name = n.executor
 		}
 		st := procFields(p, "status")
 		for _, field := range []string{"VmRSS", "RssAnon", "RssFile"} {
-			figs = append(figs, Values(fmt.Sprintf("idle node memory, %s node: %s, %s", engine, name, field), field+" of the process; "+what, "MiB", []float64{float64(st[field]) / (1 << 20)}))
+			figs = append(figs, Values(fmt.Sprintf("idle node memory, %s: %s, %s", key, name, field), field+" of the process; "+what, "MiB", []float64{float64(st[field]) / (1 << 20)}))
 		}
-		figs = append(figs, Values(fmt.Sprintf("idle node memory, %s node: %s, Pss", engine, name), "Pss (smaps_rollup) of the process; "+what, "MiB", []float64{float64(procFields(p, "smaps_rollup")["Pss"]) / (1 << 20)}))
+		figs = append(figs, Values(fmt.Sprintf("idle node memory, %s: %s, Pss", key, name), "Pss (smaps_rollup) of the process; "+what, "MiB", []float64{float64(procFields(p, "smaps_rollup")["Pss"]) / (1 << 20)}))
 	}
-	return figs, nil
+	return figs
 }
