@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/durationpb"
+
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/testharness/wasmbuild"
 	"github.com/wasmlet/wasmlet/services/executor/instances"
@@ -24,7 +26,9 @@ import (
 // engines, confined as by default, over gRPC as a node agent would: the
 // info lists the mode, the instance is RUNNING and answers each request
 // with its path, a trapping handler answers 500 and the executor goes on
-// serving, its stats count the runs' CPU, and a stop frees the port.
+// serving, its stats count the runs' CPU, a stop frees the port, and a
+// stop with a grace period ends a handler with nothing in flight at once
+// (EXITED Completed).
 func TestHandlerExecutorProcess(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the executor binary")
@@ -95,6 +99,13 @@ func TestHandlerExecutorProcess(t *testing.T) {
 			r, err := e.c.GetInstance(ctx, &executorv1.GetInstanceRequest{Id: "h"})
 			if in := wire.InstanceFromProto(r.GetInstance()); err != nil || in.State != instances.StateKilled {
 				t.Errorf("stopped handler: %+v %v, want KILLED", in, err)
+			}
+			// With a grace period, a handler with nothing in flight ends at
+			// once, as a server that exits when asked to.
+			t0 := time.Now()
+			sr, err := e.c.StopInstance(ctx, &executorv1.StopInstanceRequest{Id: "t", GracePeriod: durationpb.New(30 * time.Second)})
+			if in := wire.InstanceFromProto(sr.GetInstance()); err != nil || in.State != instances.StateExited || in.Reason != "Completed" || time.Since(t0) > 10*time.Second {
+				t.Errorf("stop with a grace period: %+v %v after %v, want EXITED Completed at once", in, err, time.Since(t0))
 			}
 		})
 	}

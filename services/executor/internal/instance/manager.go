@@ -531,6 +531,9 @@ func (m *Manager) Stop(ctx context.Context, id string, grace time.Duration) (ins
 		m.mu.Unlock()
 		return snap, nil
 	}
+	if d, ok := rec.run.(drainer); ok && grace > 0 {
+		d.Drain() // a handler stops taking requests and ends once it has answered those in flight
+	}
 	m.mu.Unlock()
 	if grace > 0 {
 		t := time.NewTimer(grace)
@@ -559,6 +562,11 @@ func (m *Manager) Stop(ctx context.Context, id string, grace time.Duration) (ins
 	defer m.mu.Unlock()
 	return rec.snap, nil
 }
+
+// drainer is an instance that can be asked to end (a handler, package
+// wagi): Stop asks it before the grace period; a module cannot be asked
+// (WASI has no signals).
+type drainer interface{ Drain() }
 
 // Delete implements instances.Runtime: it forgets an instance that is not
 // running; with force it kills a running one first. Errors: ErrNotFound,

@@ -8,8 +8,9 @@
 //
 // It owns a handler's listeners, its HTTP servers, its pool and the runs
 // of its requests, and is the engine.Instance the instance manager holds
-// for it: Kill stops serving and frees everything, Done is closed once
-// every run has ended, Usage adds up its instances. It must not know of
+// for it: Kill stops serving and frees everything (Drain, once the
+// requests in flight are answered), Done is closed once every run has
+// ended, Usage adds up its instances. It must not know of
 // instance ids, states, pods or gRPC, nor of any runtime: each run is an
 // engine.Run (its thread, CPU limit, kill, the one rule for how it ended).
 //
@@ -103,9 +104,10 @@ type Handler struct {
 	unmeasured bool          // a run's CPU could not be read
 	setupCPU   atomic.Int64  // ns spent instantiating
 
-	stopOnce sync.Once
-	done     chan struct{}
-	result   engine.Result
+	stopOnce  sync.Once
+	drainOnce sync.Once
+	done      chan struct{}
+	result    engine.Result
 }
 
 var _ engine.Instance = (*Handler)(nil)
@@ -401,6 +403,26 @@ func (h *Handler) Wait() engine.Result {
 // connections close), kills the runs in flight and frees the pool.
 func (h *Handler) Kill() {
 	h.end(engine.Result{ExitCode: engine.KilledExitCode, Reason: engine.ReasonKilled, Message: "the handler was killed"})
+}
+
+// Drain stops taking connections and ends the handler once the requests
+// in flight have been answered: Completed, as a server that exits when
+// asked to. A Kill meanwhile ends them at once (Killed). Idempotent.
+func (h *Handler) Drain() {
+	h.drainOnce.Do(func() {
+		go func() {
+			var wg sync.WaitGroup
+			for _, s := range h.servers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					s.Shutdown(context.Background()) // returns at once after a Kill's Close
+				}()
+			}
+			wg.Wait()
+			h.end(engine.Result{Exited: true, Reason: engine.ReasonCompleted, Message: "the handler was stopped and answered the requests in flight"})
+		}()
+	})
 }
 
 // end stops the handler, once, and ends it with res when everything of it

@@ -24,7 +24,9 @@ import (
 // headers) is the HTTP one; a trap, an exit code or a malformed response
 // answers 500, says why in the log, and the next request is served;
 // requests beyond the runs in flight wait and get 503; a client gone
-// kills its run; a kill stops serving and frees the port.
+// kills its run; a kill stops serving and frees the port; a drain stops
+// taking connections and ends the handler once those in flight are
+// answered.
 func RunHandler(t *testing.T, newEngine NewEngine) {
 	e, ok := newEngine(t, t.TempDir(), nil).(engine.Instantiator)
 	if !ok {
@@ -38,6 +40,7 @@ func RunHandler(t *testing.T, newEngine NewEngine) {
 	t.Run("Busy", func(t *testing.T) { testHandlerBusy(t, e, echo) })
 	t.Run("Kill", func(t *testing.T) { testHandlerKill(t, e, echo) })
 	t.Run("StartSection", func(t *testing.T) { testHandlerStartSection(t, e) })
+	t.Run("Drain", func(t *testing.T) { testHandlerDrain(t, e, echo) })
 }
 
 // ServeHandler serves m in handler mode on a loopback port and returns
@@ -90,9 +93,10 @@ func testHandlerHello(t *testing.T, e engine.Instantiator, wasm string) {
 			t.Errorf("GET %s: %d %q (%s), want 200 %q text/plain", path, res.StatusCode, body, res.Header.Get("Content-Type"), want)
 		}
 	}
-	u := h.Usage()
-	if u.MemoryBytes <= 0 || !u.CPUMeasured || u.CPU <= 0 {
-		t.Errorf("usage %+v: want the pool's memory and the runs' CPU", u)
+	// The pool refills in the background.
+	waitFor(t, func() bool { return h.Usage().MemoryBytes > 0 }, "the pool's memory in the handler's usage")
+	if u := h.Usage(); !u.CPUMeasured || u.CPU <= 0 {
+		t.Errorf("usage %+v: want the runs' CPU", u)
 	}
 }
 
@@ -256,6 +260,44 @@ func testHandlerStartSection(t *testing.T, e engine.Instantiator) {
 		if res.StatusCode != 200 || body != "started\n" {
 			t.Errorf("GET: %d %q, want 200 \"started\\n\"", res.StatusCode, body)
 		}
+	}
+}
+
+func testHandlerDrain(t *testing.T, e engine.Instantiator, m engine.Module) {
+	h, url := ServeHandler(t, e, m, engine.Spec{}, wagi.Config{})
+	addr := h.Addrs()[0].String()
+	if res, _ := get(t, http.DefaultClient, "POST", url+"/", "Content-Type: text/plain\n\nok", nil); res.StatusCode != 200 {
+		t.Fatalf("before the drain: %d", res.StatusCode)
+	}
+	go http.Post(url+"/", "text/plain", strings.NewReader("spin"))
+	waitFor(t, func() bool { return h.Usage().CPU > 20*time.Millisecond }, "the spinning run to start")
+	h.Drain()
+	waitFor(t, func() bool {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	}, "the draining handler to stop taking connections")
+	select {
+	case <-h.Done():
+		t.Fatal("a draining handler ended with a request in flight")
+	case <-time.After(300 * time.Millisecond):
+	}
+	h.Kill()
+	if res := h.Wait(); res.Reason != engine.ReasonKilled {
+		t.Errorf("killed while draining: %+v, want Killed", res)
+	}
+
+	idle, _ := ServeHandler(t, e, m, engine.Spec{}, wagi.Config{})
+	idle.Drain()
+	select {
+	case <-idle.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a drained handler with nothing in flight did not end in 5s")
+	}
+	if res := idle.Wait(); !res.Exited || res.ExitCode != 0 || res.Reason != engine.ReasonCompleted {
+		t.Errorf("drained: %+v, want Completed", res)
 	}
 }
 
