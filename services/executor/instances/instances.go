@@ -157,7 +157,9 @@ type HandlerMode string
 // from instances instantiated ahead of requests; each has the spec's
 // memory and CPU limits. A trap, a non-zero exit or a malformed response
 // answers 500 and logs why; requests beyond the runs in flight wait, then
-// get 503. The instance is Running while it serves; a kill stops it.
+// get 503. The instance is Running while it serves; a stop with a grace
+// period drains it (no new connections; Exited, Completed, once the
+// requests in flight are answered), a kill stops it at once.
 const HandlerWAGI HandlerMode = "wagi"
 
 // ValidateListeners refuses, with ErrInvalidArgument, listeners that an

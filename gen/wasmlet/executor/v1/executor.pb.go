@@ -106,7 +106,9 @@ const (
 	// a non-zero exit or a malformed response is answered 500 with a log
 	// line saying why; requests beyond the runs in flight wait, then get
 	// 503. Memory and CPU limits apply to each run. The instance is RUNNING
-	// while it serves; a kill stops serving.
+	// while it serves; a stop with a grace period drains it (no new
+	// connections; EXITED, Completed, once the requests in flight are
+	// answered), a kill stops it at once.
 	HandlerMode_HANDLER_MODE_WAGI HandlerMode = 1
 )
 
