@@ -93,13 +93,18 @@ func (s *Stack) footprint(ctx context.Context) ([]Figure, error) {
 // s.Bin, from the module in the working directory, as make build does
 // (tags and flags as in the Makefile).
 func (s *Stack) buildFlavours() error {
+	root, err := repoRoot()
+	if err != nil {
+		return err
+	}
 	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-tags", "grpcnotrace", "-o", filepath.Join(s.Bin, shippedAgent), "./services/nodeagent")
+	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go build ./services/nodeagent: %v\n%s", err, out)
 	}
 	for _, f := range nodeFlavours {
 		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", f.ldflags, "-tags", f.tags, "-o", filepath.Join(s.Bin, f.executor), "./services/executor")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED="+f.cgo)
+		cmd.Dir, cmd.Env = root, append(os.Environ(), "CGO_ENABLED="+f.cgo)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("go build -tags %s ./services/executor: %v\n%s", f.tags, err, out)
 		}

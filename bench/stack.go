@@ -54,6 +54,20 @@ func Build(repo, dir string) error {
 	return run([]string{"GOOS=wasip1", "GOARCH=wasm"}, "build", "-trimpath", "-o", filepath.Join(dir, "hello.wasm"), "./examples/hello")
 }
 
+// repoRoot is the root of the module the benchmarks are built from (the
+// go.mod the go command finds from the working directory).
+func repoRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", errors.New("go env GOMOD: not inside the wasmlet module")
+	}
+	return filepath.Dir(gomod), nil
+}
+
 // Stack is a control plane, a registry with the example module, a wasmlet
 // node (the real node agent with its embedded NATS, registry cache and
 // supervised executor) and a no-op node.
