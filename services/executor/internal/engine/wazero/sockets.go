@@ -46,9 +46,10 @@ import (
 // FS() and that one's LookupFile and CloseFile methods, and the
 // *net.TCPListener or *net.TCPConn of the file wazero made (fields tl,
 // tc). This is wazero v1.12's layout; New checks the methods and the
-// listener's field, which adoptHanded writes (checkFiles), and
-// TestSocketFilesReachable the fields, so that an upgrade that moves them
-// fails there rather than spin or leak.
+// listener's field, which adoptHanded writes (checkFiles), and TestServe
+// a connection's (a server idle with a connection open uses next to no
+// CPU: its poll_oneoff waits on the connection), so that an upgrade that
+// moves them fails there rather than spin or leak.
 
 // files is a module's file table, as far as the engine reaches it.
 type files struct {
