@@ -269,7 +269,7 @@ func (b *execBench) compare(ctx context.Context, p *execProc, targets []serveTar
 			b.figs = append(b.figs,
 				Values(fmt.Sprintf("%sserver CPU under load, %s", label, connections(c)), "user+system CPU seconds of "+server+" per second of load (cores busy), one value per round", "cores", serverCPU[t.name]),
 				Values(fmt.Sprintf("%sclient CPU under load, %s", label, connections(c)), "user+system CPU seconds of the benchmark process (the load client, and the idle NATS server and registry cache) per second of load against the "+t.name+" server, one value per round", "cores", clientCPU[t.name]),
-				Values(fmt.Sprintf("%sserver CPU per request, %s", label, connections(c)), "user+system CPU of "+server+" over the requests it answered, one value per round: what a request costs, however busy the machine", "µs", perRequest[t.name]))
+				Values(fmt.Sprintf("%sserver CPU per request, %s", label, connections(c)), "user+system CPU of "+server+" over the requests it answered, one value per round: what a request costs, which the load others put on the machine moves less than it moves req/s", "µs", perRequest[t.name]))
 		}
 		b.figs = append(b.figs, Values(fmt.Sprintf("%sWasm / native server CPU per request, %s", b.label, connections(c)),
 			"the Wasm server's CPU per request over the native server's, round by round", "x", cr))
