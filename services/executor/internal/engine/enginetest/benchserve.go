@@ -26,8 +26,7 @@ import (
 // keep-alive connections from a Go client in this process, reported as
 // req/s with p50 and p99 in milliseconds, and the server's CPU per request
 // in microseconds (the instance's thread; the native process's user+system
-// time): a figure that holds on a machine others keep busy, where req/s
-// does not.
+// time), which the load others put on the machine moves less than req/s.
 //
 //	go test -run '^$' -bench Serve -benchtime 20000x ./services/executor/internal/engine/wazero/
 func BenchServe(b *testing.B, newEngine NewEngine) {
