@@ -226,11 +226,10 @@ func (s *Stack) coldPodsOn(ctx context.Context, i int, engine string, args []str
 // testdata/wasm/large into work and writes n variants of it and of the
 // example module from bin, all mapped in cache.
 func coldModules(bin, work string, cache cachetest.Files, n int) (string, []*coldModule, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
+	root, err := repoRoot()
 	if err != nil {
-		return "", nil, fmt.Errorf("go env GOMOD: %w", err)
+		return "", nil, err
 	}
-	root := filepath.Dir(strings.TrimSpace(string(out)))
 	emptyPath := filepath.Join(work, "empty.wasm")
 	if b, err := exec.Command("wat2wasm", "-o", emptyPath, filepath.Join(root, "testdata", "wasm", "empty", "empty.wat")).CombinedOutput(); err != nil {
 		return "", nil, fmt.Errorf("wat2wasm: %v: %s (install Debian package wabt)", err, b)

@@ -206,11 +206,10 @@ func (s *Stack) followPod(ctx context.Context, ps *PodStarter, name string, env 
 // logfloodImage builds testdata/wasm/logflood and pushes it to the
 // stack's registry once; it returns its digest reference.
 func (s *Stack) logfloodImage() (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
+	root, err := repoRoot()
 	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %w", err)
+		return "", err
 	}
-	root := filepath.Dir(strings.TrimSpace(string(out)))
 	wasm := filepath.Join(s.dir, "logflood.wasm")
 	cmd := exec.Command("go", "build", "-trimpath", "-o", wasm, "./testdata/wasm/logflood")
 	cmd.Dir, cmd.Env = root, append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm", "CGO_ENABLED=0")

@@ -33,11 +33,10 @@ func podNetwork(ctx context.Context, s *Stack, opts Options) (_ []Figure, err er
 	if os.Geteuid() != 0 {
 		return []Figure{{Name: "pod start with a network namespace: skipped, not root", Method: "--pod-network=bridge needs root (CNI plugins, network namespaces)"}}, nil
 	}
-	gomod, err := exec.Command("go", "env", "GOMOD").Output()
+	root, err := repoRoot()
 	if err != nil {
-		return nil, fmt.Errorf("go env GOMOD: %w", err)
+		return nil, err
 	}
-	root := filepath.Dir(strings.TrimSpace(string(gomod)))
 	out, err := exec.Command("bash", filepath.Join(root, "hack", "cni", "build.sh")).Output()
 	if err != nil {
 		return nil, fmt.Errorf("hack/cni/build.sh: %w", err)

@@ -107,12 +107,12 @@ func ServeFigures(ctx context.Context, bin string, opts Options) ([]Figure, erro
 
 // goBuild builds pkg of this module into out, with env added.
 func goBuild(env []string, out, pkg string) error {
-	gomod, err := exec.Command("go", "env", "GOMOD").Output()
+	root, err := repoRoot()
 	if err != nil {
-		return fmt.Errorf("go env GOMOD: %w", err)
+		return err
 	}
 	cmd := exec.Command("go", "build", "-trimpath", "-o", out, pkg)
-	cmd.Dir, cmd.Env = filepath.Dir(strings.TrimSpace(string(gomod))), append(os.Environ(), env...)
+	cmd.Dir, cmd.Env = root, append(os.Environ(), env...)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("build %s %s: %v: %s", strings.Join(env, " "), pkg, err, b)
 	}
