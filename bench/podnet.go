@@ -20,10 +20,6 @@ import (
 // --pod-network=bridge, --default-executor wazero.
 const NetNode = "bench-wasmlet-net"
 
-// bridgeName is the bridge --pod-network=bridge writes into its network
-// config (services/nodeagent/internal/podnet).
-const bridgeName = "cni-wasmlet0"
-
 // podNetwork: pod start on a node that gives pods with containerPorts a
 // network namespace and an address of their own (CNI bridge), with a
 // containerPort and without, beside the no-op node; testdata/wasm/idle,
@@ -92,9 +88,10 @@ func podNetwork(ctx context.Context, s *Stack, opts Options) (_ []Figure, err er
 // startNetNode starts NetNode's node agent and returns what stops it (and
 // removes the Node, its mounts and the bridge).
 func (s *Stack) startNetNode(ctx context.Context, plugins string) (func() error, error) {
-	// The bridge is the host's, and named by wasmlet: another node on this
-	// machine (an e2e test) may have it up already, and keeps it then.
-	hadBridge := exec.Command("ip", "link", "show", bridgeName).Run() == nil
+	// The node's bridge is named after it (other nodes on this machine
+	// have their own): a stale one of an earlier run goes first.
+	bridge := localcluster.NodeBridge(NetNode)
+	exec.Command("ip", "link", "delete", bridge).Run()
 	_, stopNode, err := s.startNodeAgent(ctx, NetNode, "nodeagent-net", filepath.Join(s.dir, "node-net"),
 		"--pod-network", "bridge", "--default-executor", "wazero", "--cni-bin-dir", plugins)
 	stop := func() error {
@@ -102,9 +99,7 @@ func (s *Stack) startNetNode(ctx context.Context, plugins string) (func() error,
 		if stopNode != nil {
 			err = stopNode()
 		}
-		if !hadBridge {
-			exec.Command("ip", "link", "delete", bridgeName).Run()
-		}
+		exec.Command("ip", "link", "delete", bridge).Run()
 		return err
 	}
 	if err != nil {

@@ -33,8 +33,7 @@ import (
 // under a loop of GETs is counted, and scaled to zero the Service has no
 // endpoints and its ClusterIP refuses connections.
 //
-// It shares the bridge cni-wasmlet0 with TestWasmServerOnPodNetwork, so
-// neither runs in parallel, and each deletes it when done.
+// It has a node (and bridge) of its own beside TestWasmServerOnPodNetwork's.
 func TestServiceOverWasmPods(t *testing.T) {
 	c := cluster.Get(t)
 	name := "e2e-svc"
@@ -282,35 +281,12 @@ func proxiedEndpoints(t *testing.T, servicePort string) []string {
 	return ips
 }
 
-// podNetworkNodeAgent finds a running process with --pod-network=bridge (a
-// node agent that uses the host's bridge cni-wasmlet0).
-func podNetworkNodeAgent() (int, string) {
-	dirs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, f := range dirs {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-		for i, a := range args {
-			if (a == "--pod-network" || a == "-pod-network") && i+1 < len(args) && args[i+1] == "bridge" || a == "--pod-network=bridge" || a == "-pod-network=bridge" {
-				var pid int
-				fmt.Sscanf(filepath.Base(filepath.Dir(f)), "%d", &pid)
-				return pid, strings.Join(args, " ")
-			}
-		}
-	}
-	return 0, ""
-}
-
 // startPodNetworkNode starts a node agent with --pod-network=bridge and
 // the supervised executor on wazero (which serves pods' ports), with the
 // CNI plugins make cni builds; root only (skipped otherwise, failed under
-// WASMLET_REQUIRE_CLUSTER). The bridge cni-wasmlet0 is the host's: another
-// node agent with a pod network on this host (another test binary, a
-// bench run) would give it an address of its own podCIDR, and this node's
-// pods would fail to attach, so that fails the test at once; the bridge
-// goes with the test. Tests that call it must not run in parallel.
+// WASMLET_REQUIRE_CLUSTER). The node's bridge (named after the node, so
+// other nodes on this host keep theirs) goes with the test, and a stale
+// one of an earlier run, with another cluster's podCIDR on it, before.
 func startPodNetworkNode(t *testing.T, name, state string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -323,11 +299,9 @@ func startPodNetworkNode(t *testing.T, name, state string) {
 	if err != nil {
 		t.Fatalf("hack/cni/build.sh: %v", err)
 	}
-	if pid, cmdline := podNetworkNodeAgent(); pid != 0 {
-		t.Fatalf("another node agent with --pod-network=bridge runs on this host (PID %d: %s): it owns the bridge cni-wasmlet0; run one at a time", pid, cmdline)
-	}
-	exec.Command("ip", "link", "delete", "cni-wasmlet0").Run() // a stale one, of nobody's
-	t.Cleanup(func() { exec.Command("ip", "link", "delete", "cni-wasmlet0").Run() })
+	bridge := localcluster.NodeBridge(name)
+	exec.Command("ip", "link", "delete", bridge).Run()
+	t.Cleanup(func() { exec.Command("ip", "link", "delete", bridge).Run() })
 	startNode(t, name, nil, "--state-dir", state, "--default-executor", "wazero",
 		"--pod-network", "bridge", "--cni-bin-dir", strings.TrimSpace(string(out)))
 }

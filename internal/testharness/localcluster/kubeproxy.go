@@ -2,8 +2,10 @@ package localcluster
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -327,4 +329,13 @@ func lockHost(ctx context.Context, path string) (unlock func(), err error) {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// NodeBridge is the bridge a node agent named node makes with
+// --pod-network=bridge (podnet.BridgeFor, which its test keeps equal to
+// this): tests remove it when they are done with the node, and a stale one
+// (of an earlier cluster, with another podCIDR's gateway) before.
+func NodeBridge(node string) string {
+	sum := sha256.Sum256([]byte(node))
+	return "cni-wl-" + hex.EncodeToString(sum[:4])
 }

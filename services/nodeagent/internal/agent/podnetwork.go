@@ -56,11 +56,11 @@ func startPodNetwork(ctx context.Context, cfg Config, client kubernetes.Interfac
 			confDir = podnet.DefaultConfDir
 		}
 		if os.Geteuid() != 0 {
-			log.Info("no pod network: the node agent is not root; pods keep the node's address and their ports are not served")
+			log.Info("no pod network: the node agent is not root; pods keep the node's address and their ports are opened on it")
 			return nil, nil
 		}
 		if entries, _ := os.ReadDir(confDir); len(entries) == 0 {
-			log.Info("no pod network: no CNI config; pods keep the node's address and their ports are not served", "cni_conf_dir", confDir)
+			log.Info("no pod network: no CNI config; pods keep the node's address and their ports are opened on it", "cni_conf_dir", confDir)
 			return nil, nil
 		}
 	default:
@@ -117,12 +117,12 @@ func writeBridgeConfig(ctx context.Context, client kubernetes.Interface, cfg Con
 				log.Error("pod network: the Node's spec.podCIDR is not a CIDR", "pod_cidr", n.Spec.PodCIDR, "err", err)
 				return
 			}
-			path, err := podnet.WriteDefaultConfig(confDir, podnet.DefaultNetwork{PodCIDR: cidr, DataDir: filepath.Join(cfg.StateDir, "podnet", "ipam")})
+			path, err := podnet.WriteDefaultConfig(confDir, podnet.DefaultNetwork{PodCIDR: cidr, Bridge: podnet.BridgeFor(cfg.NodeName), DataDir: filepath.Join(cfg.StateDir, "podnet", "ipam")})
 			if err != nil {
 				log.Error("pod network: write the bridge network", "err", err)
 				return
 			}
-			log.Info("pod network: bridge network written", "pod_cidr", cidr, "config", path)
+			log.Info("pod network: bridge network written", "pod_cidr", cidr, "bridge", podnet.BridgeFor(cfg.NodeName), "config", path)
 			return
 		}
 		if !said && err == nil {

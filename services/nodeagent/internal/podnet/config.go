@@ -1,6 +1,8 @@
 package podnet
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -73,11 +75,21 @@ type DefaultNetwork struct {
 	// Default "wasmlet".
 	Name string
 	// Bridge is the bridge interface in the host namespace (at most 15
-	// bytes). Default "cni-wasmlet0".
+	// bytes). Default "cni-wasmlet0"; a node agent names its own
+	// (BridgeFor), so that two nodes on one host each have theirs.
 	Bridge string
 	// DataDir is where host-local keeps its leases, one file per address
 	// under DataDir/<Name>. Default host-local's (/var/lib/cni/networks).
 	DataDir string
+}
+
+// BridgeFor is the bridge of node's default network: "cni-wl-" and 8 hex
+// digits of a hash of the node's name (the name itself may be longer than
+// an interface name may be). Each node on a host has its own bridge, with
+// its own podCIDR's gateway address on it.
+func BridgeFor(node string) string {
+	sum := sha256.Sum256([]byte(node))
+	return "cni-wl-" + hex.EncodeToString(sum[:4])
 }
 
 // WriteDefaultConfig writes dir/10-<name>.conflist: a bridge with host-local

@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/wasmlet/wasmlet/internal/testharness/localcluster"
 )
 
 func TestWriteDefaultConfig(t *testing.T) {
@@ -213,5 +215,17 @@ func TestCachedPluginDir(t *testing.T) {
 	build("v1.10.0-cccc", "bridge")                  // incomplete
 	if got, err := CachedPluginDir(cache); err != nil || got != complete {
 		t.Errorf("CachedPluginDir: %s, %v; want %s", got, err, complete)
+	}
+}
+
+// Each node's bridge has a name of its own that fits an interface name,
+// and the test harness names it as the node agent does.
+func TestBridgeFor(t *testing.T) {
+	a, b := BridgeFor("wasmlet-1"), BridgeFor("a-node-name-longer-than-an-interface-name")
+	if a == b || len(a) > 15 || len(b) > 15 || !strings.HasPrefix(a, "cni-wl-") {
+		t.Errorf("BridgeFor: %q and %q", a, b)
+	}
+	if h := localcluster.NodeBridge("wasmlet-1"); h != a {
+		t.Errorf("localcluster.NodeBridge = %q, BridgeFor = %q", h, a)
 	}
 }
