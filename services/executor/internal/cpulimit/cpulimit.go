@@ -7,6 +7,9 @@
 // resume it (wasmtime-go exposes no epoch-deadline callback and no async
 // fuel; wazero's only interruption ends the instance), while an instance's
 // wasm does run on one locked thread, which a cgroup can hold to a quota.
+// An instance that moves between threads (wazero's, as they sleep) has
+// each thread held in turn: released before it leaves one, Limit again on
+// the next (package engine, Run).
 // Both cgroup v1 (a cpu hierarchy directory) and v2 (the executor's own
 // cgroup, threaded children) are handled; see New.
 //

@@ -14,6 +14,21 @@
 // files hold a module's compiled code. engine/enginetest is the behaviour
 // both must show, run from each one's tests.
 //
+// Threads. Each instance runs on a goroutine locked to an OS thread of its
+// own while it runs wasm or a host call: the thread's CPU clock is the
+// instance's CPU time (threadcpu), and a CPU limit holds the thread in a
+// cgroup (ThreadLimiter, cpulimit). A wazero instance (a Mobile guest: pure
+// Go, nothing of the runtime on the thread's stack) gives its thread back
+// while it waits in poll_oneoff on clocks only (a sleep; Poller): Run.leave
+// adds the thread's CPU so far to the instance's, takes the thread out of
+// the instance's cgroup, and unlocks it; the wait is a Go timer and a
+// channel, which hold no thread; then the goroutine locks a thread again,
+// whose clock from then on is the instance's and which joins the
+// instance's cgroup. So a sleeping wazero instance holds no OS thread. A
+// wasmtime instance keeps its thread for its whole run: a guest blocked in
+// a host call is on the C stack of its thread. Waits on sockets keep the
+// thread too (ppoll on the module's sockets).
+//
 // It must not know of instance ids, states, events, NATS, pods or gRPC: an
 // engine runs a module with what it is given and reports how the run
 // ended. An engine owns its cache directory and the threads its instances
@@ -53,7 +68,8 @@ type Engine interface {
 	Prepare(ctx context.Context, digest, wasmPath string) (Module, error)
 	// Start instantiates m with spec and runs its _start on a goroutine of
 	// its own, locked to an OS thread of its own (whose CPU time is the
-	// instance's, see Usage). Errors wrap ErrInstantiate (the instance did not start).
+	// instance's, see Usage) but while a wazero instance sleeps (see
+	// Threads above). Errors wrap ErrInstantiate (the instance did not start).
 	Start(ctx context.Context, m Module, spec Spec) (Instance, error)
 }
 
@@ -140,8 +156,9 @@ type Instance interface {
 // Usage is an instance's resource use. Memory is the size of its linear
 // memory (its working set as far as the guest can tell: the engine's own
 // structures and compiled code are not counted). CPU is the CPU time of
-// the thread its wasm runs on, wasm and WASI host calls together; engines
-// lock each instance to a thread of its own for this (see threadcpu).
+// the threads its wasm runs on, wasm and WASI host calls together; engines
+// lock each instance to a thread of its own for this (see threadcpu), one
+// at a time (a wazero instance may move between threads as it sleeps).
 type Usage struct {
 	MemoryBytes int64
 	CPU         time.Duration

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -27,10 +28,18 @@ import (
 // returns when one subscription is ready, with an event for each one that
 // is. Process and thread CPU-time clocks are waited for as the monotonic
 // clock.
+//
+// A clock wait of a Mobile guest's (no socket among its subscriptions)
+// gives the instance's thread back for its time (Run.leave): it waits on
+// a Go timer and the wake channel, which hold no thread, where a ppoll(2)
+// would block its thread in the kernel.
 type Poller struct {
 	wake     int // an eventfd Wake signals; the waits poll it
 	woken    atomic.Bool
+	wakeOnce sync.Once
+	wakec    chan struct{} // closed by Wake
 	monoZero time.Time
+	leave    func() (back func()) // set by Launch before the run; nil: stay
 }
 
 // NewPoller returns the Poller of an instance whose monotonic clock
@@ -41,13 +50,14 @@ func NewPoller(monoZero time.Time) (*Poller, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: eventfd: %v", ErrInstantiate, err)
 	}
-	return &Poller{wake: fd, monoZero: monoZero}, nil
+	return &Poller{wake: fd, wakec: make(chan struct{}), monoZero: monoZero}, nil
 }
 
 // Wake ends a wait, now or to come, at once: the instance is being
 // killed. Safe from any goroutine.
 func (p *Poller) Wake() {
 	p.woken.Store(true)
+	p.wakeOnce.Do(func() { close(p.wakec) })
 	unix.Write(p.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0}) // eventfd: add 1
 }
 
@@ -152,7 +162,7 @@ func (p *Poller) PollOneoff(mem []byte, in, out, nsubs, nevents uint32, host Hos
 		wait = max(time.Until(at), 0)
 	}
 	for {
-		if p.poll(pfds, wait) {
+		if p.wait(pfds, wait) {
 			return 0, true
 		}
 		n := uint32(0)
@@ -204,6 +214,27 @@ func (p *Poller) PollOneoff(mem []byte, in, out, nsubs, nevents uint32, host Hos
 // ended it.
 func (p *Poller) Sleep(d time.Duration) bool {
 	return p.poll([]unix.PollFd{{Fd: int32(p.wake), Events: unix.POLLIN}}, max(d, 0))
+}
+
+// wait is poll, or, for a clock wait of a guest that may leave its thread,
+// a wait that holds none.
+func (p *Poller) wait(fds []unix.PollFd, d time.Duration) bool {
+	if len(fds) > 1 || d <= 0 || p.leave == nil {
+		return p.poll(fds, d)
+	}
+	if p.woken.Load() {
+		return true
+	}
+	back := p.leave()
+	defer back()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return false
+	case <-p.wakec:
+		return true
+	}
 }
 
 // poll waits in ppoll(2) for fds[0], the eventfd, or another of fds to be

@@ -49,6 +49,16 @@ const (
 	killWait = 500 * time.Millisecond
 )
 
+// Mobile is a Guest that may leave its OS thread while it waits in its
+// Poller: nothing of its runtime is on the thread's stack (wazero, pure
+// Go; not wasmtime, whose host calls run on the C stack). Launch hands
+// the Poller the Run's leave, so that an instance asleep holds no thread.
+type Mobile interface {
+	Guest
+	// Poller is the guest's poll_oneoff.
+	Poller() *Poller
+}
+
 // Run is the Instance of every engine: it runs a Guest on a thread of its
 // own and owns its lifecycle.
 type Run struct {
@@ -56,11 +66,13 @@ type Run struct {
 	limit   int64  // Spec.MemoryLimitBytes
 	unlimit func() // lifts the CPU limit; set before Launch returns
 	cpu     atomic.Pointer[threadcpu.Thread]
+	held    *held // the CPU limit across threads (nil: none)
 
 	mu     sync.Mutex // orders Kill and Usage against the end of the run
 	killed bool
-	ended  bool  // the result is decided; the guest is being closed
-	mem    int64 // the largest memory size read
+	ended  bool   // the result is decided; the guest is being closed
+	mem    int64  // the largest memory size read
+	cut    string // why a kill came from the Run itself ("": it did not)
 
 	doneOnce sync.Once
 	done     chan struct{}
@@ -71,17 +83,114 @@ var _ Instance = (*Run)(nil)
 
 // Launch runs g's _start with spec's limits on a goroutine locked to an OS
 // thread of its own, held by l to spec.CPULimitMillis when both are set,
-// and returns it as an Instance. On an error (ErrInstantiate: the CPU
+// and returns it as an Instance. A Mobile g leaves its thread while it
+// sleeps (Run.leave) and the limit follows it to the next. On an error (ErrInstantiate: the CPU
 // limit could not be set) g has been closed and did not run.
 func Launch(g Guest, l ThreadLimiter, spec Spec) (*Run, error) {
 	r := &Run{guest: g, limit: spec.MemoryLimitBytes, mem: g.Memory(), done: make(chan struct{})}
-	unlimit, err := runOnThread(&r.cpu, l, spec.CPULimitMillis, r.run)
+	if m, ok := g.(Mobile); ok {
+		if spec.CPULimitMillis > 0 && l != nil {
+			r.held = &held{l: l, millis: spec.CPULimitMillis}
+		}
+		m.Poller().leave = r.leave
+	}
+	unlimit, err := runOnThread(&r.cpu, r.held.limiter(l), spec.CPULimitMillis, r.run)
 	if err != nil {
 		g.Close()
 		return nil, fmt.Errorf("%w: CPU limit %dm: %v", ErrInstantiate, spec.CPULimitMillis, err)
 	}
 	r.unlimit = unlimit
 	return r, nil
+}
+
+// leave gives the instance's thread back to the Go runtime while its
+// guest waits, from the guest's goroutine: the thread's CPU so far is
+// added to the instance's, and it leaves the instance's CPU cgroup (it
+// must not carry the limit to other goroutines). back, after the wait,
+// takes a thread again: its CPU clock from now on is the instance's, and
+// it joins the instance's CPU cgroup. If the limit cannot be set again the
+// instance is killed, rather than run unlimited.
+func (r *Run) leave() (back func()) {
+	cpu := r.cpu.Load()
+	cpu.Leave()
+	r.held.leave()
+	runtime.UnlockOSThread()
+	return func() {
+		runtime.LockOSThread()
+		cpu.Arrive()
+		if err := r.held.join(); err != nil {
+			r.mu.Lock()
+			r.cut = fmt.Sprintf("the instance was killed: its CPU limit of %dm could not be set again after a wait: %v", r.held.millis, err)
+			r.mu.Unlock()
+			r.Kill()
+		}
+	}
+}
+
+// held is the CPU limit of an instance that moves between threads: the
+// limiter's hold of the thread it is on, none while it is away, and none
+// once lifted (Kill, the end of the run). Safe from any goroutine.
+type held struct {
+	l      ThreadLimiter
+	millis int64
+
+	mu      sync.Mutex
+	release func() // the hold of the current thread; nil: none
+	lifted  bool
+}
+
+// limiter is h as the ThreadLimiter of the instance's first thread, or l
+// without h.
+func (h *held) limiter(l ThreadLimiter) ThreadLimiter {
+	if h == nil {
+		return l
+	}
+	return h
+}
+
+// Limit implements ThreadLimiter: the first thread's hold.
+func (h *held) Limit(int64) (func(), error) {
+	if err := h.join(); err != nil {
+		return nil, err
+	}
+	return h.lift, nil
+}
+
+// join holds the calling thread, locked, to the limit, unless lifted.
+func (h *held) join() error {
+	if h == nil {
+		return nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.lifted {
+		return nil
+	}
+	release, err := h.l.Limit(h.millis)
+	h.release = release
+	return err
+}
+
+// leave takes the calling thread out of the limit, back to where the
+// limiter found it.
+func (h *held) leave() {
+	if h == nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.release != nil {
+		h.release()
+		h.release = nil
+	}
+}
+
+// lift ends the limit for good.
+func (h *held) lift() {
+	h.mu.Lock()
+	h.lifted = true
+	h.mu.Unlock()
+	h.leave()
 }
 
 // run is the instance's thread.
@@ -92,6 +201,9 @@ func (r *Run) run(unlimit func()) {
 	}
 	r.mu.Lock()
 	res := classify(r.guest, err, r.killed, r.limit)
+	if r.killed && r.cut != "" {
+		res.Message = r.cut
+	}
 	r.observe()
 	r.ended = true
 	r.mu.Unlock()

@@ -69,3 +69,53 @@ func TestThreadCPU(t *testing.T) {
 		t.Fatal("a nil Thread reported a figure")
 	}
 }
+
+// TestThreadMoves: an instance that leaves its thread and arrives on
+// another keeps its total, counts nothing while away nor what another
+// goroutine runs on the thread it left.
+func TestThreadMoves(t *testing.T) {
+	got := make(chan *Thread)
+	step := make(chan bool)
+	go func() {
+		runtime.LockOSThread()
+		th := Current()
+		got <- th
+		ok := spinCPU(th, 100*time.Millisecond)
+		th.Leave()
+		runtime.UnlockOSThread()
+		step <- ok
+		<-step // away: others run
+		runtime.LockOSThread()
+		th.Arrive()
+		step <- spinCPU(th, 200*time.Millisecond)
+		th.Final()
+		runtime.UnlockOSThread()
+	}()
+	th := <-got
+	if !<-step {
+		t.Fatal("the thread did not reach 100 ms of CPU time within 20 s")
+	}
+	away, ok := th.Usage()
+	if !ok || away < 100*time.Millisecond {
+		t.Fatalf("CPU time away %v (readable %v): want the first thread's 100 ms", away, ok)
+	}
+	// Other goroutines run, perhaps on the thread left: not counted.
+	done := make(chan struct{})
+	for range 4 {
+		go func() { spin(100 * time.Millisecond); done <- struct{}{} }()
+	}
+	for range 4 {
+		<-done
+	}
+	if d, _ := th.Usage(); d != away {
+		t.Fatalf("CPU time moved from %v to %v while away", away, d)
+	}
+	step <- true
+	if !<-step {
+		t.Fatal("the total did not reach 200 ms of CPU time within 20 s")
+	}
+	final, _ := th.Usage()
+	if final < 200*time.Millisecond || final-away > 250*time.Millisecond {
+		t.Fatalf("CPU time %v after 100 ms more on the next thread (away %v)", final, away)
+	}
+}

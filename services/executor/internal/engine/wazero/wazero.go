@@ -495,6 +495,10 @@ func (i *instance) Memory() int64 {
 	return int64(i.mem.Size())
 }
 
+// Poller implements engine.Mobile: a wazero instance waiting in
+// poll_oneoff leaves its thread (nothing of wazero is on its stack).
+func (i *instance) Poller() *engine.Poller { return i.socks.poller }
+
 // Interrupt implements engine.Guest.
 func (i *instance) Interrupt() {
 	i.socks.poller.Wake()
