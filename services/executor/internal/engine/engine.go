@@ -19,15 +19,16 @@
 // instance's CPU time (threadcpu), and a CPU limit holds the thread in a
 // cgroup (ThreadLimiter, cpulimit). A wazero instance (a Mobile guest: pure
 // Go, nothing of the runtime on the thread's stack) gives its thread back
-// while it waits in poll_oneoff on clocks only (a sleep; Poller): Run.leave
-// adds the thread's CPU so far to the instance's, takes the thread out of
-// the instance's cgroup, and unlocks it; the wait is a Go timer and a
-// channel, which hold no thread; then the goroutine locks a thread again,
-// whose clock from then on is the instance's and which joins the
-// instance's cgroup. So a sleeping wazero instance holds no OS thread. A
-// wasmtime instance keeps its thread for its whole run: a guest blocked in
-// a host call is on the C stack of its thread. Waits on sockets keep the
-// thread too (ppoll on the module's sockets).
+// while it waits in poll_oneoff (a sleep, or an idle server's wait for its
+// sockets; Poller): Run.leave adds the thread's CPU so far to the
+// instance's, takes the thread out of the instance's cgroup, and unlocks
+// it; the wait is one of Go's (a timer, or the netpoller on an epoll set of
+// the module's sockets), which holds no thread; then the goroutine locks a
+// thread again, whose clock from then on is the instance's and which
+// joins the instance's cgroup. So a sleeping wazero instance holds no OS
+// thread. A wasmtime instance keeps its thread for its whole run: a guest
+// blocked in a host call is on the C stack of its thread. Other blocking
+// host calls (a write to a full pipe, a blocking accept) keep it too.
 //
 // It must not know of instance ids, states, events, NATS, pods or gRPC: an
 // engine runs a module with what it is given and reports how the run

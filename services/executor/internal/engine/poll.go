@@ -2,8 +2,10 @@ package engine
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,10 +31,12 @@ import (
 // is. Process and thread CPU-time clocks are waited for as the monotonic
 // clock.
 //
-// A clock wait of a Mobile guest's (no socket among its subscriptions)
-// gives the instance's thread back for its time (Run.leave): it waits on
-// a Go timer and the wake channel, which hold no thread, where a ppoll(2)
-// would block its thread in the kernel.
+// A wait of a Mobile guest's that blocks gives the instance's thread back
+// for its time (Run.leave), where a ppoll(2) would block its thread in the
+// kernel: on clocks only, it waits on a Go timer and the wake channel; with
+// sockets, on an epoll set of them and the wake eventfd, whose own fd Go's
+// netpoller waits on (a nested epoll), with the clocks as its deadline.
+// Neither holds a thread.
 type Poller struct {
 	wake     int // an eventfd Wake signals; the waits poll it
 	woken    atomic.Bool
@@ -40,6 +44,8 @@ type Poller struct {
 	wakec    chan struct{} // closed by Wake
 	monoZero time.Time
 	leave    func() (back func()) // set by Launch before the run; nil: stay
+	ep       *os.File             // the epoll set of socket waits; nil: not made yet
+	epErr    error                // why it could not be made
 }
 
 // NewPoller returns the Poller of an instance whose monotonic clock
@@ -65,7 +71,12 @@ func (p *Poller) Wake() {
 func (p *Poller) Woken() bool { return p.woken.Load() }
 
 // Close frees the eventfd; no wait may be under way or come.
-func (p *Poller) Close() { unix.Close(p.wake) }
+func (p *Poller) Close() {
+	if p.ep != nil {
+		p.ep.Close()
+	}
+	unix.Close(p.wake)
+}
 
 // HostFD names the host socket behind a module's fd, for an fd
 // subscription; ok false: not a socket the engine knows, ready at once.
@@ -216,13 +227,15 @@ func (p *Poller) Sleep(d time.Duration) bool {
 	return p.poll([]unix.PollFd{{Fd: int32(p.wake), Events: unix.POLLIN}}, max(d, 0))
 }
 
-// wait is poll, or, for a clock wait of a guest that may leave its thread,
-// a wait that holds none.
+// wait is poll, or, for a guest that may leave its thread, a wait that
+// holds none.
 func (p *Poller) wait(fds []unix.PollFd, d time.Duration) bool {
-	if len(fds) > 1 || d <= 0 || p.leave == nil {
+	switch {
+	case d == 0 || p.leave == nil:
 		return p.poll(fds, d)
-	}
-	if p.woken.Load() {
+	case len(fds) > 1:
+		return p.waitSockets(fds, d)
+	case p.woken.Load():
 		return true
 	}
 	back := p.leave()
@@ -235,6 +248,85 @@ func (p *Poller) wait(fds []unix.PollFd, d time.Duration) bool {
 	case <-p.wakec:
 		return true
 	}
+}
+
+// waitSockets is poll away from the thread (see Poller), or on it if the
+// epoll set cannot be had.
+func (p *Poller) waitSockets(fds []unix.PollFd, d time.Duration) bool {
+	if p.poll(fds, 0) {
+		return true
+	}
+	for _, f := range fds[1:] {
+		if f.Revents != 0 {
+			return false // ready now
+		}
+	}
+	ep, err := p.epoll()
+	if err != nil {
+		return p.poll(fds, d)
+	}
+	// POLLIN and POLLOUT are EPOLLIN and EPOLLOUT; hang-ups and errors
+	// are reported without asking. A module may wait on one socket twice.
+	events := map[int32]uint32{}
+	for _, f := range fds[1:] {
+		events[f.Fd] |= uint32(f.Events)
+	}
+	var added []int
+	defer func() {
+		for _, fd := range added {
+			unix.EpollCtl(int(ep.Fd()), unix.EPOLL_CTL_DEL, fd, nil)
+		}
+	}()
+	for fd, ev := range events {
+		if err := unix.EpollCtl(int(ep.Fd()), unix.EPOLL_CTL_ADD, int(fd), &unix.EpollEvent{Events: ev, Fd: fd}); err != nil {
+			return p.poll(fds, d) // a closed fd: ppoll reports it
+		}
+		added = append(added, int(fd))
+	}
+	var deadline time.Time
+	if d > 0 {
+		deadline = time.Now().Add(d)
+	}
+	rc, err := ep.SyscallConn()
+	if err == nil {
+		err = ep.SetReadDeadline(deadline) // fails if the netpoller does not have it
+	}
+	if err != nil {
+		p.epErr = err
+		return p.poll(fds, d)
+	}
+	back := p.leave()
+	var buf [1]unix.EpollEvent
+	err = rc.Read(func(fd uintptr) bool {
+		n, _ := unix.EpollWait(int(fd), buf[:], 0)
+		return n > 0
+	})
+	back()
+	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		p.epErr = err // the next waits are ppoll's
+	}
+	return p.poll(fds, 0)
+}
+
+// epoll is the epoll set of socket waits, with the wake eventfd in it,
+// registered with Go's netpoller; made at the first wait on a socket.
+func (p *Poller) epoll() (*os.File, error) {
+	if p.ep != nil || p.epErr != nil {
+		return p.ep, p.epErr
+	}
+	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		p.epErr = err
+		return nil, err
+	}
+	if err := unix.EpollCtl(fd, unix.EPOLL_CTL_ADD, p.wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(p.wake)}); err != nil {
+		unix.Close(fd)
+		p.epErr = err
+		return nil, err
+	}
+	unix.SetNonblock(fd, true) // so that os.NewFile hands it to the netpoller
+	p.ep = os.NewFile(uintptr(fd), "epoll")
+	return p.ep, nil
 }
 
 // poll waits in ppoll(2) for fds[0], the eventfd, or another of fds to be

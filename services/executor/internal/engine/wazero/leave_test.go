@@ -2,6 +2,7 @@ package wazero
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -144,5 +145,99 @@ func TestLimitAcrossSleeps(t *testing.T) {
 	children, _ := filepath.Glob(filepath.Join(dir, "wasmlet-*"))
 	if len(children) > 0 {
 		t.Errorf("cgroups left after the instance ended: %v", children)
+	}
+}
+
+// acceptWait waits in poll_oneoff for its listener (fd 3) to be readable,
+// then returns.
+const acceptWait = `(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i64.store (i32.const 0) (i64.const 7))
+    (i32.store8 (i32.const 8) (i32.const 1))
+    (i32.store (i32.const 16) (i32.const 3))
+    (drop (call $poll (i32.const 0) (i32.const 128) (i32.const 1) (i32.const 256)))))`
+
+// TestSocketWaitersHoldNoThread: instances waiting in poll_oneoff for a
+// connection give their threads back, wake when one comes, and a kill ends
+// the wait at once.
+func TestSocketWaitersHoldNoThread(t *testing.T) {
+	e := newEngine(t, t.TempDir(), nil)
+	m := enginetest.Prepare(t, e, wasmbuild.Wat(t, acceptWait))
+	const n = 32
+	before := threads(t)
+	insts := make([]engine.Instance, 0, n)
+	addrs := make([]string, 0, n)
+	defer func() {
+		for _, inst := range insts {
+			inst.Kill()
+		}
+	}()
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().(*net.TCPAddr)
+		ln.Close() // the engine opens it again
+		inst, err := e.Start(t.Context(), m, engine.Spec{Listeners: []engine.Listener{{Host: "127.0.0.1", Port: addr.Port}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		insts, addrs = append(insts, inst), append(addrs, addr.String())
+	}
+	time.Sleep(200 * time.Millisecond)
+	waiting := threads(t)
+	t.Logf("threads: %d idle, %d with %d instances waiting for a connection", before, waiting, n)
+	if waiting-before > n/4 {
+		t.Errorf("%d instances waiting for a connection added %d threads, want them to hold none", n, waiting-before)
+	}
+	// Another process on the machine may connect to one of these ports
+	// (one it had and closed, now ours): that instance ends, and the dial
+	// to it may fail; the next one still waiting is tried.
+	var c net.Conn
+	k := 0
+	for ; k < n; k++ {
+		if ended(insts[k]) {
+			continue
+		}
+		var err error
+		if c, err = net.Dial("tcp", addrs[k]); err == nil {
+			break
+		}
+		t.Logf("instance %d: %v (the instance ended: %v)", k, err, ended(insts[k]))
+	}
+	if c == nil {
+		t.Fatal("no instance could be connected to")
+	}
+	defer c.Close()
+	select {
+	case <-insts[k].Done():
+		if res := insts[k].Wait(); res.Reason != engine.ReasonCompleted {
+			t.Fatalf("the instance connected to ended %+v, want Completed", res)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a connection did not end the instance's wait within 5 s")
+	}
+	for i, inst := range insts[k+1:] {
+		if ended(inst) {
+			continue
+		}
+		inst.Kill()
+		select {
+		case <-inst.Done():
+		case <-time.After(100 * time.Millisecond):
+			t.Fatalf("instance %d: the kill did not end its wait within 100 ms", k+1+i)
+		}
+	}
+}
+
+func ended(inst engine.Instance) bool {
+	select {
+	case <-inst.Done():
+		return true
+	default:
+		return false
 	}
 }
