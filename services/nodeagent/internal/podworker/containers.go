@@ -34,6 +34,7 @@ type ctr struct {
 	// earlier life of the node agent.
 	adoptChecked bool
 	probes       *probing // the running instance's probes; nil: none
+	probeKilled  string   // the instance stopped for a failed liveness or startup probe
 	unready      bool     // its readiness probe has not passed
 }
 
@@ -209,6 +210,12 @@ func (w *Worker) scheduleRestart(c *ctr) {
 	t := c.state.Terminated
 	policy := w.current().Spec.RestartPolicy
 	restart := shouldRestart(policy, t.ExitCode)
+	// As the kubelet: a container stopped for a failed liveness or startup
+	// probe restarts under any policy but Never, however it ended (a
+	// handler drained in its grace period exits 0).
+	if c.probeKilled != "" && c.probeKilled == c.instanceID && policy != v1.RestartPolicyNever {
+		restart = true
+	}
 	if c.init {
 		// An init container runs to a zero exit; under Never, a failed one
 		// fails the pod and its containers never start.

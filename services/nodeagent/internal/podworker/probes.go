@@ -65,6 +65,7 @@ func (w *Worker) syncProbes(ctx context.Context) {
 		c.unready = !st.Ready
 		if st.Restart && !c.probes.killing {
 			c.probes.killing = true
+			c.probeKilled = c.instanceID
 			w.event(v1.EventTypeNormal, "Killing", "%s", prober.KillingMessage(c.spec.Name, st.RestartKind))
 			grace := w.gracePeriod()
 			if s := st.TerminationGracePeriodSeconds; s != nil {

@@ -110,3 +110,33 @@ func TestExecProbeRefused(t *testing.T) {
 		t.Errorf("%d instances created for a refused pod", n)
 	}
 }
+
+// A container stopped for a failed liveness probe restarts under
+// OnFailure even when it ends with exit 0 in its grace period (a handler
+// pod drains so), as the kubelet restarts it under any policy but Never.
+func TestLivenessRestartsUnderOnFailure(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusInternalServerError)
+	}))
+	defer srv.Close()
+	pod, network := probedPod(t, srv, false, true)
+	pod.Spec.RestartPolicy = v1.RestartPolicyOnFailure
+	grace := int64(30)
+	pod.Spec.TerminationGracePeriodSeconds = &grace
+	exec := &instancestest.Fake{Listeners: true, ListenerHandoff: true}
+	h := runWith(t, exec, pod, config{backoff: testBackoff, network: network})
+	// The module ends cleanly as soon as it is asked to stop.
+	go func() {
+		id := instanceID(pod, "web", 0)
+		for exec.Calls("Stop") == 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+		exec.Exit(id, 0)
+	}()
+	st := h.waitFor("a restart", func(st v1.PodStatus) bool {
+		return len(st.ContainerStatuses) == 1 && st.ContainerStatuses[0].RestartCount >= 1 || st.Phase == v1.PodSucceeded
+	})
+	if st.Phase == v1.PodSucceeded {
+		t.Fatalf("the pod Succeeded: a container stopped by its liveness probe was not restarted under OnFailure")
+	}
+}
