@@ -71,14 +71,20 @@ func TestReadinessProbeGatesReady(t *testing.T) {
 	}
 }
 
-// A failing liveness probe kills the instance (Killing), and the restart
-// policy starts it again.
-func TestLivenessProbeRestarts(t *testing.T) {
+// livenessFailing is serverPod with a liveness probe against a server
+// that answers 500 until the test ends.
+func livenessFailing(t *testing.T) (*v1.Pod, Network) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusInternalServerError)
 	}))
-	defer srv.Close()
-	pod, network := probedPod(t, srv, false, true)
+	t.Cleanup(srv.Close)
+	return probedPod(t, srv, false, true)
+}
+
+// A failing liveness probe kills the instance (Killing), and the restart
+// policy starts it again.
+func TestLivenessProbeRestarts(t *testing.T) {
+	pod, network := livenessFailing(t)
 	zero := int64(0)
 	pod.Spec.TerminationGracePeriodSeconds = &zero
 	h := runWith(t, &instancestest.Fake{Listeners: true, ListenerHandoff: true}, pod, config{backoff: testBackoff, network: network})
@@ -115,11 +121,7 @@ func TestExecProbeRefused(t *testing.T) {
 // OnFailure even when it ends with exit 0 in its grace period (a handler
 // pod drains so), as the kubelet restarts it under any policy but Never.
 func TestLivenessRestartsUnderOnFailure(t *testing.T) {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.WriteHeader(http.StatusInternalServerError)
-	}))
-	defer srv.Close()
-	pod, network := probedPod(t, srv, false, true)
+	pod, network := livenessFailing(t)
 	pod.Spec.RestartPolicy = v1.RestartPolicyOnFailure
 	grace := int64(30)
 	pod.Spec.TerminationGracePeriodSeconds = &grace
