@@ -86,8 +86,14 @@ func (e *Engine) Prepare(ctx context.Context, digest, wasmPath string) (engine.M
 	m.mu.Unlock()
 	release := e.disk.Use(m.key)
 	defer release()
-	if _, err := e.ready(ctx, m); err != nil {
+	a, err := e.ready(ctx, m)
+	if err != nil {
 		return nil, err
+	}
+	// Its code loaded now, the first start costs a Store and an
+	// instantiation too; a start that cannot load it says why.
+	if c, err := e.codes.get(m, a, e.runEngine(a)); err == nil {
+		e.codes.put(c)
 	}
 	return m, nil
 }
@@ -159,7 +165,7 @@ func (e *Engine) touch(m *module, a artifact) {
 func (e *Engine) ensure(ctx context.Context, m *module, wasmPath string) (added bool, err error) {
 	if err := engine.VerifyFile(m.artifact, m.artifact+".sha256"); err == nil {
 		// The header must also suit this engine (same wasmtime, same Config).
-		if mod, err := wt.NewModuleDeserializeFile(e.compiler, m.artifact); err == nil {
+		if mod, err := wt.NewModuleDeserializeFile(e.compiler.engine, m.artifact); err == nil {
 			mod.Close()
 			return false, m.markVerified()
 		}
@@ -192,7 +198,7 @@ func (e *Engine) fetchShared(ctx context.Context, m *module) bool {
 	if !ok {
 		return false
 	}
-	mod, err := wt.NewModuleDeserializeFile(e.compiler, tmp)
+	mod, err := wt.NewModuleDeserializeFile(e.compiler.engine, tmp)
 	if err == nil {
 		err = checkWASI(mod, m.digest)
 		mod.Close()
@@ -219,7 +225,7 @@ func (m *module) markVerified() error {
 	defer m.mu.Unlock()
 	m.verified, m.stamp = true, engine.StampOf(fi)
 	if m.quick.quick {
-		os.Remove(m.quick.path) // a runner keeps what it loaded
+		os.Remove(m.quick.path) // loaded code keeps its mapping
 		m.quick = artifact{}
 	}
 	return nil
@@ -230,7 +236,7 @@ func (m *module) markVerified() error {
 // optimised one is there, and starts the optimised compile in the
 // background. Called by ensure.
 func (e *Engine) compileQuick(m *module, wasmPath string) error {
-	b, err := e.compileWith(e.quick, &e.quickMu, m, wasmPath)
+	b, err := e.compileWith(e.quick.engine, &e.quickMu, m, wasmPath)
 	if err != nil {
 		return err
 	}
@@ -291,7 +297,7 @@ func (e *Engine) compileWith(eng *wt.Engine, mu *sync.Mutex, m *module, wasmPath
 }
 
 func (e *Engine) compile(m *module, wasmPath string) error {
-	b, err := e.compileWith(e.compiler, &e.compileMu, m, wasmPath)
+	b, err := e.compileWith(e.compiler.engine, &e.compileMu, m, wasmPath)
 	if err != nil {
 		return err
 	}

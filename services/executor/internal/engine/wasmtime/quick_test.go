@@ -61,13 +61,16 @@ func TestQuickFirst(t *testing.T) {
 	if res, out := runHello(t, e, m); res.Reason != engine.ReasonCompleted || out != quickOut {
 		t.Fatalf("instance from the optimised artifact: %+v, output %q, want %q", res, out, quickOut)
 	}
-	e.runners.mu.Lock()
-	for _, r := range e.runners.idle[m.Digest()] {
-		if r.quick {
-			t.Errorf("a runner of the quick artifact kept once the optimised one is there")
+	e.codes.mu.Lock()
+	if c := e.codes.byDigest[m.Digest()]; c == nil || c.quick {
+		t.Errorf("the module's code kept is %+v, want the optimised artifact's", c)
+	}
+	for el := e.codes.idle.Front(); el != nil; el = el.Next() {
+		if el.Value.(*code).quick {
+			t.Errorf("the quick artifact's code kept once the optimised one is there")
 		}
 	}
-	e.runners.mu.Unlock()
+	e.codes.mu.Unlock()
 	if st := e.ArtifactStats(); st.Compiles != 2 || st.SharedPuts != 1 {
 		t.Errorf("stats %+v, want 2 compiles (quick, optimised) and 1 put (the optimised artifact)", st)
 	}

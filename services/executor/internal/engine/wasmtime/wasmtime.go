@@ -1,19 +1,23 @@
 // Package wasmtime is the engine.Engine of wasmtime-go (cgo). It compiles
 // each module once into a precompiled artifact, kept on disk and shared
 // through the registry cache (engine.Artifacts), and runs each instance,
-// as an engine.Run, in a wasmtime Engine of its own.
+// as an engine.Run, in a Store of its own.
 //
 // It owns its cache directory (<dir>/<engine key>/<digest hex>.cwasm and a
 // .sha256 sidecar) and nothing else on disk; it must not know of instance
 // ids, states or NATS.
 //
 // What is wasmtime's here:
-//   - An Engine per running instance: the epoch that interrupts wasm is
-//     per Engine (a per-store epoch callback needs the store pointer that
-//     wasmtime-go keeps unexported). Its code comes from the artifact, and
-//     the Engine, module and Linker (a runner, runner.go) serve the next
-//     instance of the same module, so a start costs a Store and an
-//     instantiation.
+//   - One wasmtime Engine and Linker for every instance (two with
+//     Config.QuickFirst: the quick code's and the optimised code's), and a
+//     module's code loaded once (code.go), into which every instance of
+//     it is instantiated: its code is mapped once however many run, and a
+//     start costs a Store and an instantiation. The epoch that interrupts
+//     wasm is the Engine's, so each Store has a kill switch of its own
+//     (kill.go, the C API's epoch deadline callback, reached through a
+//     read of wasmtime-go's Store by its layout, checked when the engine
+//     is made): a kill sets it and advances the epoch; the other stores
+//     see the epoch pass and go on.
 //   - Artifacts (prepare.go) are hashed against their sidecar before first
 //     use and whenever they change on disk: wasmtime checks an artifact's
 //     header (its wasmtime, Config, target and ISA flags), not its code.
@@ -26,13 +30,15 @@
 //   - Artifacts on disk are bounded by total bytes (Config.MaxCacheBytes,
 //     engine.NewDiskCache): a module's unit is its artifact and sidecar, the
 //     sidecar's mtime its last use; an artifact is in use from ready's
-//     check until a runner has loaded it (a runner keeps what it loaded,
-//     also once the file is unlinked). A module whose artifact went is
-//     compiled again at its next Start.
+//     check until its code is loaded (loaded code keeps its mapping, also
+//     once the file is unlinked). A module whose artifact went is
+//     compiled again at its next Start; code loaded from an artifact that
+//     has changed since is not run again.
 //   - Memory limits through the store limiter: memory.grow and table.grow
 //     past the limit fail (-1) rather than trap.
-//   - A kill advances the epoch, which ends running wasm, and wakes the
-//     engine's own poll_oneoff (poll.go), which ends a sleep.
+//   - A kill sets the instance's kill switch and advances the epoch,
+//     which ends its running wasm, and wakes the engine's own poll_oneoff
+//     (poll.go), which ends a sleep.
 //   - Output reaches the sinks through pipes WASI writes to.
 //   - No listeners: wasmtime-go has no socket preopen (neither its Go API
 //     nor the C API's wasi_config_*), so Start refuses Spec.Listeners
@@ -103,14 +109,16 @@ type Engine struct {
 	cpu  engine.ThreadLimiter
 	disk *diskcache.Cache // bounds dir
 
-	compileMu sync.Mutex // one compile at a time: each uses every core
-	compiler  *wt.Engine
+	// The Engine of the optimised code, which compiles it (one compile at a
+	// time: each uses every core) and runs it.
+	compileMu sync.Mutex
+	compiler  *runEngine
 
-	// With Config.QuickFirst: the quick compiles' Engine and lock (a quick
+	// With Config.QuickFirst: the quick code's Engine and lock (a quick
 	// compile never waits for an optimised one in the background), and
 	// the background compiles.
 	quickMu    sync.Mutex
-	quick      *wt.Engine
+	quick      *runEngine
 	quickDir   string // the quick artifacts, this process's only
 	background sync.WaitGroup
 	log        *slog.Logger
@@ -118,7 +126,7 @@ type Engine struct {
 	mu      sync.Mutex
 	modules map[string]*module // by digest
 
-	runners runners // of ended instances, for the next ones
+	codes codes // the modules' code loaded into compiler or quick
 }
 
 var _ engine.Engine = (*Engine)(nil)
@@ -133,11 +141,15 @@ func New(cfg Config) (*Engine, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("wasmtime engine: create cache dir: %w", err)
 	}
+	compiler, err := newRunEngine(false)
+	if err != nil {
+		return nil, err
+	}
 	e := &Engine{
 		Base:     b,
 		dir:      dir,
 		cpu:      cfg.CPU,
-		compiler: newEngine(false),
+		compiler: compiler,
 		modules:  map[string]*module{},
 		log:      cfg.Logger,
 	}
@@ -154,14 +166,15 @@ func New(cfg Config) (*Engine, error) {
 		if err := os.MkdirAll(e.quickDir, 0o700); err != nil {
 			return nil, fmt.Errorf("wasmtime engine: create cache dir: %w", err)
 		}
-		e.quick = newEngine(true)
+		if e.quick, err = newRunEngine(true); err != nil {
+			return nil, err
+		}
 	}
 	disk, err := engine.NewDiskCache(cfg.MaxCacheBytes, e.units, cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("wasmtime engine: %w", err)
 	}
 	e.disk = disk
-	e.runners.disk = e.disk
 	// A bound lowered since the last run holds from the start.
 	if _, err := e.disk.Trim(); err != nil {
 		return nil, fmt.Errorf("wasmtime engine: bound the cache dir: %w", err)
@@ -206,39 +219,56 @@ func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) 
 	return run, nil
 }
 
-// newInstance is an instance of em with a runner, not yet set up.
+// newInstance is an instance of em with its module's code, not yet set up.
 func (e *Engine) newInstance(ctx context.Context, em engine.Module) (*instance, *module, error) {
 	m, ok := em.(*module)
 	if !ok {
 		return nil, nil, fmt.Errorf("%w: module was not prepared by the wasmtime engine", engine.ErrInstantiate)
 	}
-	// The artifact stays on disk from its check until a runner has it.
-	release := e.disk.Use(m.key)
-	a, err := e.ready(ctx, m)
+	c, err := e.load(ctx, m)
 	if err != nil {
-		release()
 		return nil, nil, err
 	}
-	r, err := e.runners.get(m, a)
+	return &instance{code: c, codes: &e.codes}, m, nil
+}
+
+// load returns m's code as its artifact is now, for one more user
+// (codes.put gives it back).
+func (e *Engine) load(ctx context.Context, m *module) (*code, error) {
+	// The artifact stays on disk from its check until it is loaded.
+	release := e.disk.Use(m.key)
+	defer release()
+	a, err := e.ready(ctx, m)
+	if err != nil {
+		return nil, err
+	}
+	c, err := e.codes.get(m, a, e.runEngine(a))
 	if err != nil && a.quick {
 		// The optimised artifact came, and the quick one went, meanwhile.
 		if a, err = e.ready(ctx, m); err == nil {
-			r, err = e.runners.get(m, a)
+			c, err = e.codes.get(m, a, e.runEngine(a))
 		}
 	}
-	release()
-	if err != nil {
-		return nil, nil, err
-	}
-	return &instance{runner: r, pool: &e.runners}, m, nil
+	return c, err
 }
 
-// instance is the engine.Guest of one run, with a wasmtime Engine of its
-// own while it runs (its runner, returned to pool when released).
+// runEngine is the Engine a's code runs in: an artifact loads only into
+// an Engine of the settings that compiled it.
+func (e *Engine) runEngine(a artifact) *runEngine {
+	if a.quick {
+		return e.quick
+	}
+	return e.compiler
+}
+
+// instance is the engine.Guest of one run: a Store of its own, in the
+// Engine its module's code was loaded into, which it shares with every
+// other instance of that Engine; it ends its own wasm only (kill).
 type instance struct {
-	runner *runner
-	pool   *runners
+	code   *code
+	codes  *codes // code goes back there when released
 	store  *wt.Store
+	kill   killSwitch
 	start  *wt.Func
 	memory *wt.Memory // the exported memory, if any
 
@@ -309,14 +339,20 @@ func (i *instance) wasiConfig(spec engine.Spec, io engine.Stdio) (*wt.WasiConfig
 // which a run may replace (handler.go: wasmtime's WASI functions find it
 // in the store when they are called).
 func (i *instance) instantiate(m *module, spec engine.Spec, wasi *wt.WasiConfig) error {
-	i.store = wt.NewStore(i.runner.engine)
-	i.store.SetEpochDeadline(1)
+	// The store's data is the instance, where the linker's poll_oneoff
+	// finds it.
+	i.store = wt.NewStoreWithData(i.code.rt.engine, i)
+	kill, err := watch(i.store)
+	if err != nil {
+		wasi.Close()
+		return fmt.Errorf("%w: %v", engine.ErrInstantiate, err)
+	}
+	i.kill = kill
 	if spec.MemoryLimitBytes > 0 {
 		i.store.Limiter(spec.MemoryLimitBytes, engine.TableElements(spec.MemoryLimitBytes), -1, -1, -1)
 	}
-	i.runner.current.Store(i)
 	i.store.SetWasi(wasi)
-	inst, err := i.runner.linker.Instantiate(i.store, i.runner.module)
+	inst, err := i.code.rt.linker.Instantiate(i.store, i.code.module)
 	if err != nil {
 		return engine.InstantiateError(m.digest, err)
 	}
@@ -479,10 +515,12 @@ func (i *instance) Memory() int64 {
 	return int64(i.memory.DataSize(i.store))
 }
 
-// Interrupt implements engine.Guest: the epoch ends running wasm, the
-// poller a wait in pollOneoff.
+// Interrupt implements engine.Guest: the kill switch, with the epoch
+// advanced, ends running wasm, the poller a wait in pollOneoff. The other
+// stores of the Engine see the epoch pass and go on.
 func (i *instance) Interrupt() {
-	i.runner.engine.IncrementEpoch()
+	i.kill.set()
+	i.code.rt.engine.IncrementEpoch()
 	i.poller.Wake()
 }
 
@@ -493,14 +531,13 @@ func (i *instance) Close() {
 }
 
 // release frees the wasmtime objects; the store's close closes WASI's
-// output descriptors, which ends the readers. No kill reaches the
-// runner's next instance: engine.Run interrupts only before Close.
+// output descriptors, which ends the readers, and frees the kill switch
+// (engine.Run interrupts only before Close).
 func (i *instance) release() {
 	if i.store != nil {
 		i.store.Close()
 	}
-	i.runner.current.CompareAndSwap(i, nil)
-	i.pool.put(i.runner)
+	i.codes.put(i.code)
 	if i.poller != nil {
 		i.poller.Close()
 	}
