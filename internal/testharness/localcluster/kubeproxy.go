@@ -12,9 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
-	"sort"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -45,15 +42,9 @@ const kubeProxyProc = "kube-proxy"
 // kube-proxy runs on a host at a time: StartKubeProxy waits (until ctx ends)
 // for the host-wide lock /run/lock/wasmlet-kube-proxy.lock, which stop releases.
 func (c *Cluster) StartKubeProxy(ctx context.Context, nodeName string) (stop func() error, err error) {
-	if os.Geteuid() != 0 {
-		return nil, errors.New("start kube-proxy: needs root (it writes the host's iptables)")
-	}
-	bin := filepath.Join(c.st.BinDir, kubeProxyProc)
-	if st, err := os.Stat(bin); err != nil || st.Mode()&0o111 == 0 {
-		return nil, fmt.Errorf("start kube-proxy: %w: %s has no executable kube-proxy: rebuild the control plane with hack/controlplane/build.sh", ErrNoBinaries, c.st.BinDir)
-	}
-	if _, err := exec.LookPath("iptables"); err != nil {
-		return nil, fmt.Errorf("start kube-proxy: %w: install Debian's iptables (hack/deps.sh)", err)
+	bin, err := c.kubeProxyBin()
+	if err != nil {
+		return nil, err
 	}
 	// Two kube-proxies on one host rewrite each other's chains: wait for
 	// the host's lock, held until stop.
@@ -73,7 +64,7 @@ func (c *Cluster) StartKubeProxy(ctx context.Context, nodeName string) (stop fun
 	}
 	// What kube-proxy may leave after --cleanup is removed when stopped only
 	// if it was not there before: a kubelet's, say.
-	before, err := snapshotKubeChains()
+	before, err := SnapshotChains("KUBE-")
 	if err != nil {
 		return nil, fmt.Errorf("start kube-proxy: %w", err)
 	}
@@ -86,22 +77,7 @@ func (c *Cluster) StartKubeProxy(ctx context.Context, nodeName string) (stop fun
 		return nil, fmt.Errorf("start kube-proxy: %w", err)
 	}
 	healthz := fmt.Sprintf("127.0.0.1:%d", *ports[0])
-	args := []string{
-		"--kubeconfig=" + kubeconfig,
-		"--proxy-mode=iptables",
-		"--cluster-cidr=" + ClusterCIDR,
-		"--hostname-override=" + nodeName,
-		"--healthz-bind-address=" + healthz,
-		"--metrics-bind-address=" + fmt.Sprintf("127.0.0.1:%d", *ports[1]),
-		// Leave the host's conntrack sysctls alone (zero: do not set).
-		"--conntrack-max-per-core=0",
-		"--conntrack-tcp-timeout-established=0",
-		"--conntrack-tcp-timeout-close-wait=0",
-		// NodePorts on 127.0.0.1 would set net.ipv4.conf.all.route_localnet.
-		"--iptables-localhost-nodeports=false",
-		"--profiling=false",
-		"--v=2",
-	}
+	args := c.kubeProxyArgs(kubeconfig, nodeName, healthz, fmt.Sprintf("127.0.0.1:%d", *ports[1]))
 	p, err := startProcess(c.dir, kubeProxyProc, bin, args, nil, c.dieWithParent)
 	if err != nil {
 		return nil, fmt.Errorf("start kube-proxy: %w", err)
@@ -135,6 +111,30 @@ func (c *Cluster) StartKubeProxy(ctx context.Context, nodeName string) (stop fun
 	return stop, nil
 }
 
+// CheckKubeProxy says why StartKubeProxy or StartKubeProxyDetached cannot
+// run here (not root, no kube-proxy in the control plane's build (wrapping
+// ErrNoBinaries), no iptables), or nil.
+func (c *Cluster) CheckKubeProxy() error {
+	_, err := c.kubeProxyBin()
+	return err
+}
+
+// kubeProxyBin is the kube-proxy binary, after checking that it can run
+// here: as root, with iptables installed.
+func (c *Cluster) kubeProxyBin() (string, error) {
+	if os.Geteuid() != 0 {
+		return "", errors.New("start kube-proxy: needs root (it writes the host's iptables)")
+	}
+	bin := filepath.Join(c.st.BinDir, kubeProxyProc)
+	if st, err := os.Stat(bin); err != nil || st.Mode()&0o111 == 0 {
+		return "", fmt.Errorf("start kube-proxy: %w: %s has no executable kube-proxy: rebuild the control plane with hack/controlplane/build.sh", ErrNoBinaries, c.st.BinDir)
+	}
+	if _, err := exec.LookPath("iptables"); err != nil {
+		return "", fmt.Errorf("start kube-proxy: %w: install Debian's iptables (hack/deps.sh)", err)
+	}
+	return bin, nil
+}
+
 // kubeProxyCleanup runs kube-proxy --cleanup (its output appended to its
 // log), then removes the KUBE-* chains it leaves on purpose and that were not
 // there before (the snapshot before): KUBE-FIREWALL with its jumps from
@@ -143,7 +143,7 @@ func (c *Cluster) StartKubeProxy(ctx context.Context, nodeName string) (stop fun
 // before is left, in IPv4 or IPv6. --cleanup also tries the IPVS and nftables
 // modes' leftovers and may exit non-zero on a host without them, so its exit
 // status alone says little: what counts is what is left.
-func (c *Cluster) kubeProxyCleanup(before kubeChains) error {
+func (c *Cluster) kubeProxyCleanup(before Chains) error {
 	logf, err := os.OpenFile(c.LogPath(kubeProxyProc), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("kube-proxy --cleanup: %w", err)
@@ -157,116 +157,31 @@ func (c *Cluster) kubeProxyCleanup(before kubeChains) error {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	runErr := cmd.Run()
 	fmt.Fprintf(logf, "=== kube-proxy --cleanup: %v\n", runErr)
-	var errs []error
-	for _, family := range iptablesFamilies() {
-		if err := removeNewKubeChains(family, before); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	after, err := snapshotKubeChains()
-	if err != nil {
-		return errors.Join(append(errs, err)...)
-	}
-	var left []string
-	for key := range after {
-		if !before[key] {
-			left = append(left, key)
-		}
-	}
-	if len(left) > 0 {
-		sort.Strings(left)
-		errs = append(errs, fmt.Errorf("kube-proxy --cleanup (%v) left chains %s (see %s)", runErr, strings.Join(left, ", "), c.LogPath(kubeProxyProc)))
-	}
-	return errors.Join(errs...)
-}
-
-// kubeChains is a set of "family/table/chain" of the host's KUBE-* chains.
-type kubeChains map[string]bool
-
-var iptablesTables = []string{"mangle", "filter", "nat"}
-
-// iptablesFamilies are iptables and, where the host has it, ip6tables
-// (kube-proxy programs both when the host has IPv6).
-func iptablesFamilies() []string {
-	fams := []string{"iptables"}
-	if _, err := exec.LookPath("ip6tables-save"); err == nil {
-		fams = append(fams, "ip6tables")
-	}
-	return fams
-}
-
-// saveTable is family-save -t table.
-func saveTable(family, table string) (string, error) {
-	out, err := exec.Command(family+"-save", "-t", table).Output()
-	if err != nil {
-		return "", fmt.Errorf("%s-save -t %s: %w", family, table, err)
-	}
-	return string(out), nil
-}
-
-func snapshotKubeChains() (kubeChains, error) {
-	set := kubeChains{}
-	for _, family := range iptablesFamilies() {
-		for _, table := range iptablesTables {
-			out, err := saveTable(family, table)
-			if err != nil {
-				return nil, err
-			}
-			for _, l := range strings.Split(out, "\n") {
-				if chain, ok := strings.CutPrefix(l, ":KUBE-"); ok {
-					set[family+"/"+table+"/KUBE-"+strings.Fields(chain)[0]] = true
-				}
-			}
-		}
-	}
-	return set, nil
-}
-
-// removeNewKubeChains deletes, in one iptables-restore --noflush per table,
-// the KUBE-* chains of family not in before and every rule of the other
-// chains that jumps to them.
-func removeNewKubeChains(family string, before kubeChains) error {
-	for _, table := range iptablesTables {
-		out, err := saveTable(family, table)
-		if err != nil {
-			return err
-		}
-		var chains []string
-		for _, l := range strings.Split(out, "\n") {
-			if rest, ok := strings.CutPrefix(l, ":KUBE-"); ok {
-				chain := "KUBE-" + strings.Fields(rest)[0]
-				if !before[family+"/"+table+"/"+chain] {
-					chains = append(chains, chain)
-				}
-			}
-		}
-		if len(chains) == 0 {
-			continue
-		}
-		script := []string{"*" + table}
-		for _, l := range strings.Split(out, "\n") {
-			f := strings.Fields(l)
-			if len(f) < 2 || f[0] != "-A" || slices.Contains(chains, f[1]) {
-				continue
-			}
-			if j := slices.Index(f, "-j"); j >= 0 && j+1 < len(f) && slices.Contains(chains, f[j+1]) {
-				script = append(script, "-D"+strings.TrimPrefix(l, "-A"))
-			}
-		}
-		for _, chain := range chains {
-			script = append(script, "-F "+chain)
-		}
-		for _, chain := range chains {
-			script = append(script, "-X "+chain)
-		}
-		script = append(script, "COMMIT", "")
-		cmd := exec.Command(family+"-restore", "--noflush")
-		cmd.Stdin = strings.NewReader(strings.Join(script, "\n"))
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("%s-restore --noflush (remove %s %v): %w: %s", family, table, chains, err, strings.TrimSpace(string(out)))
-		}
+	if err := RemoveNewChains(before, "KUBE-"); err != nil {
+		return fmt.Errorf("after kube-proxy --cleanup (%v): %w (see %s)", runErr, err, c.LogPath(kubeProxyProc))
 	}
 	return nil
+}
+
+// kubeProxyArgs are kube-proxy's flags for node, with its health and
+// metrics endpoints on the given loopback addresses.
+func (c *Cluster) kubeProxyArgs(kubeconfig, node, healthz, metrics string) []string {
+	return []string{
+		"--kubeconfig=" + kubeconfig,
+		"--proxy-mode=iptables",
+		"--cluster-cidr=" + ClusterCIDR,
+		"--hostname-override=" + node,
+		"--healthz-bind-address=" + healthz,
+		"--metrics-bind-address=" + metrics,
+		// Leave the host's conntrack sysctls alone (zero: do not set).
+		"--conntrack-max-per-core=0",
+		"--conntrack-tcp-timeout-established=0",
+		"--conntrack-tcp-timeout-close-wait=0",
+		// NodePorts on 127.0.0.1 would set net.ipv4.conf.all.route_localnet.
+		"--iptables-localhost-nodeports=false",
+		"--profiling=false",
+		"--v=2",
+	}
 }
 
 // clientKubeconfig issues a client certificate for subject, signed by the
@@ -305,6 +220,17 @@ const kubeProxyLock = "/run/lock/wasmlet-kube-proxy.lock"
 // lockHost takes an exclusive flock on path, polling until ctx ends; the
 // kernel releases it if the process dies.
 func lockHost(ctx context.Context, path string) (unlock func(), err error) {
+	f, err := lockHostFile(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	var once sync.Once
+	return func() { once.Do(func() { f.Close() }) }, nil
+}
+
+// lockHostFile is lockHost's locked file: the lock lasts while it, or a
+// copy of it a child inherited, is open.
+func lockHostFile(ctx context.Context, path string) (*os.File, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
 	}
@@ -315,8 +241,7 @@ func lockHost(ctx context.Context, path string) (unlock func(), err error) {
 	for {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		if err == nil {
-			var once sync.Once
-			return func() { once.Do(func() { f.Close() }) }, nil
+			return f, nil
 		}
 		if !errors.Is(err, syscall.EWOULDBLOCK) {
 			f.Close()

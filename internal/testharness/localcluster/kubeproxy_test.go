@@ -28,7 +28,7 @@ func TestKubeProxyRulesAndCleanup(t *testing.T) {
 	c := cluster.Get(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	before, err := snapshotKubeChains()
+	before, err := SnapshotChains("KUBE-")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +82,7 @@ func TestKubeProxyRulesAndCleanup(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	after, err := snapshotKubeChains()
+	after, err := SnapshotChains("KUBE-")
 	if err != nil {
 		t.Fatal(err)
 	}
