@@ -38,7 +38,12 @@ import (
 // netpoller waits on (a nested epoll), with the clocks as its deadline.
 // Neither holds a thread.
 type Poller struct {
-	wake     int // an eventfd Wake signals; the waits poll it
+	// wake is an eventfd Wake signals and the waits in the kernel poll;
+	// -1 until the first such wait makes it (wakeFD): a guest that leaves
+	// its thread to sleep needs none, and 5,000 sleeping instances would
+	// hold 5,000 descriptors more of the executor's limited few.
+	wake     int
+	wakeMu   sync.Mutex // wake's making and Wake's signal
 	woken    atomic.Bool
 	wakeOnce sync.Once
 	wakec    chan struct{} // closed by Wake
@@ -52,11 +57,30 @@ type Poller struct {
 // (clock_time_get) reads 0 at monoZero: absolute monotonic deadlines are
 // taken against it. Close it when the instance has ended.
 func NewPoller(monoZero time.Time) (*Poller, error) {
+	return &Poller{wake: -1, wakec: make(chan struct{}), monoZero: monoZero}, nil
+}
+
+// wakeFD is the wake eventfd, made at its first use, signalled already if
+// Wake came first.
+func (p *Poller) wakeFD() (int, error) {
+	p.wakeMu.Lock()
+	defer p.wakeMu.Unlock()
+	if p.wake >= 0 {
+		return p.wake, nil
+	}
 	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
-		return nil, fmt.Errorf("%w: eventfd: %v", ErrInstantiate, err)
+		return -1, fmt.Errorf("eventfd: %w", err)
 	}
-	return &Poller{wake: fd, wakec: make(chan struct{}), monoZero: monoZero}, nil
+	p.wake = fd
+	if p.woken.Load() {
+		signal(fd)
+	}
+	return fd, nil
+}
+
+func signal(eventfd int) {
+	unix.Write(eventfd, []byte{1, 0, 0, 0, 0, 0, 0, 0}) // eventfd: add 1
 }
 
 // Wake ends a wait, now or to come, at once: the instance is being
@@ -64,7 +88,11 @@ func NewPoller(monoZero time.Time) (*Poller, error) {
 func (p *Poller) Wake() {
 	p.woken.Store(true)
 	p.wakeOnce.Do(func() { close(p.wakec) })
-	unix.Write(p.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0}) // eventfd: add 1
+	p.wakeMu.Lock()
+	if p.wake >= 0 {
+		signal(p.wake)
+	}
+	p.wakeMu.Unlock()
 }
 
 // Woken reports whether Wake was called.
@@ -75,7 +103,9 @@ func (p *Poller) Close() {
 	if p.ep != nil {
 		p.ep.Close()
 	}
-	unix.Close(p.wake)
+	if p.wake >= 0 {
+		unix.Close(p.wake)
+	}
 }
 
 // HostFD names the host socket behind a module's fd, for an fd
@@ -119,7 +149,7 @@ func (p *Poller) PollOneoff(mem []byte, in, out, nsubs, nevents uint32, host Hos
 	var clocks []clock
 	var fds []fdsub
 	now := time.Now()
-	pfds := []unix.PollFd{{Fd: int32(p.wake), Events: unix.POLLIN}}
+	pfds := []unix.PollFd{{Fd: -1, Events: unix.POLLIN}} // the wake eventfd's, once wait needs it
 	at := now // ready at once, unless all are sockets or clocks to wait for
 	immediate := false
 	for k := range uint64(nsubs) {
@@ -224,7 +254,7 @@ func (p *Poller) PollOneoff(mem []byte, in, out, nsubs, nevents uint32, host Hos
 // Sleep blocks the thread for d, or until Wake, and reports whether Wake
 // ended it.
 func (p *Poller) Sleep(d time.Duration) bool {
-	return p.poll([]unix.PollFd{{Fd: int32(p.wake), Events: unix.POLLIN}}, max(d, 0))
+	return p.poll([]unix.PollFd{{Fd: -1, Events: unix.POLLIN}}, max(d, 0))
 }
 
 // wait is poll, or, for a guest that may leave its thread, a wait that
@@ -240,6 +270,16 @@ func (p *Poller) wait(fds []unix.PollFd, d time.Duration) bool {
 	}
 	back := p.leave()
 	defer back()
+	return p.await(d)
+}
+
+// await waits for d (d < 0: no bound) or Wake, on a Go timer and the wake
+// channel, and reports whether Wake ended it.
+func (p *Poller) await(d time.Duration) bool {
+	if d < 0 {
+		<-p.wakec
+		return true
+	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -314,12 +354,17 @@ func (p *Poller) epoll() (*os.File, error) {
 	if p.ep != nil || p.epErr != nil {
 		return p.ep, p.epErr
 	}
+	wake, err := p.wakeFD()
+	if err != nil {
+		p.epErr = err
+		return nil, err
+	}
 	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		p.epErr = err
 		return nil, err
 	}
-	if err := unix.EpollCtl(fd, unix.EPOLL_CTL_ADD, p.wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(p.wake)}); err != nil {
+	if err := unix.EpollCtl(fd, unix.EPOLL_CTL_ADD, wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}); err != nil {
 		unix.Close(fd)
 		p.epErr = err
 		return nil, err
@@ -332,8 +377,22 @@ func (p *Poller) epoll() (*os.File, error) {
 // poll waits in ppoll(2) for fds[0], the eventfd, or another of fds to be
 // ready, for at most d (d < 0: no bound), retrying on EINTR, and reports
 // whether Wake ended it. The thread waits in the kernel, as a runtime's
-// own sleep does: cheaper than a Go timer and channel.
+// own sleep does: cheaper than a Go timer and channel. fds[0] is set to
+// the eventfd, made now if this is the instance's first wait that blocks;
+// a look (d 0) needs none.
 func (p *Poller) poll(fds []unix.PollFd, d time.Duration) bool {
+	if p.woken.Load() {
+		return true
+	}
+	if d != 0 {
+		fd, err := p.wakeFD()
+		if err != nil {
+			// Out of descriptors: wait on, woken by the channel, with
+			// the thread blocked in the Go runtime instead.
+			return p.await(d)
+		}
+		fds[0].Fd = int32(fd)
+	}
 	deadline := time.Now().Add(d)
 	for {
 		for i := range fds {
@@ -347,7 +406,7 @@ func (p *Poller) poll(fds []unix.PollFd, d time.Duration) bool {
 		n, err := unix.Ppoll(fds, ts, nil)
 		switch {
 		case n > 0:
-			return fds[0].Revents != 0
+			return fds[0].Revents != 0 || p.woken.Load()
 		case err == nil:
 			return false // the time is up
 		case err != unix.EINTR:
