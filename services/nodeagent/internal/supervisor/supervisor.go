@@ -2,7 +2,8 @@
 // and restarts it, with back-off, when it dies, with a listener socket
 // (ListenerSocket) on which the node agent hands it pods' listeners. It
 // owns the child process and nothing else: what the child's death means for pods is for the
-// executor watcher to find out (the executor's id changes).
+// executor watcher to find out (the executor's id changes). It raises the
+// node agent's open-file limit, which the child inherits (FileLimit).
 package supervisor
 
 import (
@@ -156,6 +157,7 @@ func flagValue(args []string, name string) string {
 // Run starts the child and restarts it whenever it exits, until ctx ends;
 // then it sends SIGTERM, waits up to 10 s, and kills it.
 func (s *Supervisor) Run(ctx context.Context) error {
+	raiseFileLimit(s.cfg.Log)
 	backoff := 100 * time.Millisecond
 	for {
 		start := time.Now()
