@@ -31,7 +31,7 @@ func TestShortSuite(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	s, err := StartStack(ctx, work, bin)
+	s, err := StartStack(ctx, work, bin, "wasmtime")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -56,7 +56,7 @@ type Options struct {
 // trivial instances per engine keep the executor's CPU figure above the
 // 10 ms tick of /proc's CPU times (20 wazero instances took under one).
 var (
-	FullOptions = Options{Singles: 30, Bursts: []int{100, 500}, BurstReps: 5, Density: []int{100, 500, 1000}, Uncached: 5,
+	FullOptions = Options{Singles: 30, Bursts: []int{100, 500}, BurstReps: 5, Density: []int{1000, densityTargetPods}, Uncached: 5,
 		ExecRounds: 5, ExecInstances: 2000, ExecConcurrency: 16, ExecStarts: 200, ExecKills: 100, ExecDensity: 1000,
 		ColdStarts: 3, ColdCached: 10,
 		LogRuns: 3, LogLines: 500000, LogLatencyLines: 500,
@@ -123,7 +123,7 @@ var burstAnchors = map[int]string{
 
 // Run measures the stack and returns the report.
 func Run(ctx context.Context, s *Stack, opts Options) (Report, error) {
-	r := Report{Date: time.Now().UTC(), Mode: "full", Machine: ThisMachine()}
+	r := Report{Date: time.Now().UTC(), Mode: "full", Machine: ThisMachine(), Engine: s.Engine}
 	r.Machine.Engines = engineVersions(filepath.Join(s.Bin, "executor"))
 	if opts.Short {
 		r.Mode = "short"
@@ -353,7 +353,7 @@ func (s *Stack) cpu() map[string]float64 {
 	}
 	total := cpuTree(pid)
 	for _, c := range children(pid) {
-		if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", c)); filepath.Base(exe) == "executor" {
+		if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", c)); strings.HasPrefix(filepath.Base(exe), "executor") {
 			out["executor"] += cpuTree(c)
 		}
 	}
@@ -460,14 +460,14 @@ func (s *Stack) clear(ctx context.Context, ps *PodStarter) error {
 	if err := ps.DeleteAll(ctx); err != nil {
 		return err
 	}
-	deadline := time.Now().Add(5 * time.Minute)
+	deadline := time.Now().Add(10 * time.Minute)
 	for {
 		pods, err := s.Client.CoreV1().Pods(ps.Namespace).List(ctx, metav1.ListOptions{})
 		if err == nil && len(pods.Items) == 0 {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("pods of %s not gone after 5m", ps.Namespace)
+			return fmt.Errorf("pods of %s not gone after 10m", ps.Namespace)
 		}
 		time.Sleep(250 * time.Millisecond)
 	}

@@ -80,18 +80,22 @@ type Stack struct {
 	Image       string // digest reference of the example module (Go, 2.8 MB)
 	IdleImage   string // digest reference of testdata/wasm/idle
 	Bin         string
-	dir         string
-	stopNoop    context.CancelFunc
-	noopDone    chan error
+	// Engine is the wasmlet node's --default-executor: the engine its
+	// pods run on.
+	Engine   string
+	dir      string
+	stopNoop context.CancelFunc
+	noopDone chan error
 }
 
-// StartStack starts everything under dir, with binaries from bin (see Build).
-func StartStack(ctx context.Context, dir, bin string) (_ *Stack, err error) {
+// StartStack starts everything under dir, with binaries from bin (see
+// Build); the wasmlet node runs its pods on engine (wasmtime or wazero).
+func StartStack(ctx context.Context, dir, bin, engine string) (_ *Stack, err error) {
 	cpBin, err := localcluster.FindBinDir()
 	if err != nil {
 		return nil, err
 	}
-	s := &Stack{dir: dir, Bin: bin}
+	s := &Stack{dir: dir, Bin: bin, Engine: engine}
 	defer func() {
 		if err != nil {
 			s.Stop()
@@ -143,8 +147,8 @@ func StartStack(ctx context.Context, dir, bin string) (_ *Stack, err error) {
 	if _, err := localcluster.StartService(dir, "nodeagent", filepath.Join(bin, "nodeagent"), []string{
 		"--kubeconfig", kubeconfig, "--node-name", WasmNode, "--port", fmt.Sprint(port),
 		"--state-dir", filepath.Join(dir, "node"), "--client-ca-file", s.Cluster.KubeletClientCAPath(),
-		"--insecure-registry", s.Registry.Host, "--max-pods", "2000", "--log-level", "warn",
-		"--pod-sync-workers", fmt.Sprint(PodSyncWorkers),
+		"--insecure-registry", s.Registry.Host, "--max-pods", "6000", "--log-level", "warn",
+		"--pod-sync-workers", fmt.Sprint(PodSyncWorkers), "--default-executor", engine,
 	}, profileEnv()); err != nil {
 		return nil, err
 	}
@@ -197,7 +201,7 @@ func (s *Stack) startNodeAgent(ctx context.Context, node, service, state string,
 	pid, err := localcluster.StartService(s.dir, service, bin, append([]string{
 		"--kubeconfig", kubeconfig, "--node-name", node, "--port", fmt.Sprint(port),
 		"--state-dir", state, "--client-ca-file", s.Cluster.KubeletClientCAPath(),
-		"--insecure-registry", s.Registry.Host, "--max-pods", "2000", "--log-level", "warn",
+		"--insecure-registry", s.Registry.Host, "--max-pods", "6000", "--log-level", "warn",
 		"--pod-sync-workers", fmt.Sprint(PodSyncWorkers),
 	}, more...), profileEnv())
 	if err != nil {

@@ -54,7 +54,13 @@ type Report struct {
 	Date    time.Time `json:"date"`
 	Mode    string    `json:"mode"` // "full" or "short"
 	Machine Machine   `json:"machine"`
-	Figures []Figure  `json:"figures"`
+	// Engine runs the wasmlet node's pods: the node agent's
+	// --default-executor (wasmtime unless the run asked for wazero).
+	Engine  string   `json:"engine,omitempty"`
+	Figures []Figure `json:"figures"`
+	// Error is why the run stopped before its end; the figures are those
+	// measured until then.
+	Error string `json:"error,omitempty"`
 }
 
 // ThisMachine reads the machine's description.
@@ -120,6 +126,12 @@ func (r Report) Markdown() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# wasmlet benchmarks, %s (%s run)\n\n", r.Date.Format("2006-01-02 15:04 MST"), r.Mode)
 	fmt.Fprintf(&b, "Machine: %d cores, %.1f GiB, %s %s/%s; engines: %s.\n\n", r.Machine.Cores, float64(r.Machine.MemBytes)/(1<<30), r.Machine.GoVersion, r.Machine.OS, r.Machine.Arch, strings.Join(r.Machine.Engines, ", "))
+	if r.Engine != "" {
+		fmt.Fprintf(&b, "The wasmlet node runs its pods on %s.\n\n", r.Engine)
+	}
+	if r.Error != "" {
+		fmt.Fprintf(&b, "**The run stopped early**: %s. The figures are those measured until then.\n\n", r.Error)
+	}
 	b.WriteString("| figure | unit | n | min | median | p99 | max | target | met | anchor | method |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, f := range r.Figures {
 		met := ""

@@ -54,7 +54,7 @@ func Run(ctx context.Context, cfg *rest.Config, name string, workers int, ready 
 	capacity := v1.ResourceList{
 		v1.ResourceCPU:    resource.MustParse("64"),
 		v1.ResourceMemory: resource.MustParse("256Gi"),
-		v1.ResourcePods:   resource.MustParse("5000"),
+		v1.ResourcePods:   resource.MustParse("10000"),
 	}
 	now := metav1.Now()
 	n := &v1.Node{

@@ -23,6 +23,7 @@ func main() {
 	short := flag.Bool("short", false, "small counts (what make test runs)")
 	out := flag.String("out", "bench/results", "directory for the results")
 	only := flag.String("only", "", "comma-separated sections to run (default all: "+strings.Join(bench.SectionNames(), ",")+")")
+	engine := flag.String("engine", "wasmtime", "the engine the wasmlet node runs its pods on (its --default-executor): wasmtime or wazero")
 	cpuProfile := flag.String("cpu-profile", "", "write CPU profiles of the node agent and executor into this directory (see internal/profiling)")
 	flag.Parse()
 	if *cpuProfile != "" {
@@ -37,13 +38,13 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *short, *out, *only); err != nil {
+	if err := run(ctx, *short, *out, *only, *engine); err != nil {
 		fmt.Fprintln(os.Stderr, "wasmlet-bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, short bool, out, only string) error {
+func run(ctx context.Context, short bool, out, only, engine string) error {
 	root, err := os.Getwd()
 	if err != nil {
 		return err
@@ -60,7 +61,7 @@ func run(ctx context.Context, short bool, out, only string) error {
 	}
 	fmt.Println("starting the control plane, a registry, a wasmlet node and a no-op node")
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	s, err := bench.StartStack(sctx, work, bin)
+	s, err := bench.StartStack(sctx, work, bin, engine)
 	cancel()
 	if err != nil {
 		return err
@@ -74,9 +75,11 @@ func run(ctx context.Context, short bool, out, only string) error {
 		opts.Only = strings.Split(only, ",")
 	}
 	fmt.Println("measuring")
-	r, err := bench.Run(ctx, s, opts)
-	if err != nil {
-		return err
+	r, runErr := bench.Run(ctx, s, opts)
+	if runErr != nil {
+		// What was measured is kept: a failure an hour into a run
+		// should not take its figures with it.
+		r.Error = runErr.Error()
 	}
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return err
@@ -94,5 +97,5 @@ func run(ctx context.Context, short bool, out, only string) error {
 		return err
 	}
 	fmt.Print("\n", md, "\nwritten: ", base, ".json and .md\n")
-	return nil
+	return runErr
 }
