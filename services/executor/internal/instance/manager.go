@@ -432,6 +432,7 @@ func (m *Manager) Start(ctx context.Context, id string) (instances.Instance, err
 	if err != nil {
 		rec.run = nil
 		closeAll(rec.dirs)
+		err = explainOutOfFiles(err, len(m.instances))
 		reason := ReasonStartFailed
 		switch {
 		case errors.Is(err, engine.ErrModuleUnsupported):
