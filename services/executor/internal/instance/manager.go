@@ -122,6 +122,7 @@ type Manager struct {
 
 	mu        sync.Mutex
 	instances map[string]*record
+	byLabel   labelIndex      // instances, by each of their labels
 	reserved  map[string]bool // ids being created
 
 	metrics metrics
@@ -180,6 +181,7 @@ func New(cfg Config) (*Manager, error) {
 		modules:   store,
 		journal:   journal.New(cfg.History),
 		instances: map[string]*record{},
+		byLabel:   labelIndex{},
 		reserved:  map[string]bool{},
 		metrics:   newMetrics(),
 	}
@@ -287,6 +289,7 @@ func (m *Manager) Create(ctx context.Context, id string, spec instances.Spec, st
 	m.mu.Lock()
 	delete(m.reserved, id)
 	m.instances[id] = rec
+	m.byLabel.add(id, rec)
 	if err != nil {
 		release()
 		m.transition(rec, instances.StateFailed, reason, err.Error())
@@ -604,6 +607,9 @@ func (m *Manager) Delete(ctx context.Context, id string, force bool) error {
 		closeAll(rec.handed) // created, never started
 		rec.handed = nil
 	}
+	if cur, ok := m.instances[id]; ok {
+		m.byLabel.remove(id, cur)
+	}
 	delete(m.instances, id)
 	m.log.Info("instance deleted", "instance", id)
 	return nil
@@ -626,7 +632,7 @@ func (m *Manager) List(_ context.Context, selector map[string]string) ([]instanc
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []instances.Instance
-	for _, rec := range m.instances {
+	for _, rec := range m.byLabel.candidates(selector, m.instances) {
 		if matches(rec.snap.Spec.Labels, selector) {
 			out = append(out, rec.snap)
 		}
@@ -652,7 +658,7 @@ func (m *Manager) Stats(_ context.Context, selector map[string]string) ([]instan
 	}
 	var runs []started
 	m.mu.Lock()
-	for _, rec := range m.instances {
+	for _, rec := range m.byLabel.candidates(selector, m.instances) {
 		if _, starting := rec.run.(placeholder); rec.run == nil || starting || !matches(rec.snap.Spec.Labels, selector) {
 			continue
 		}

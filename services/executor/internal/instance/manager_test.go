@@ -352,12 +352,28 @@ func TestListAndHistory(t *testing.T) {
 	if none, _, _ := m.List(ctx, map[string]string{"app": "a", "n": "1"}); len(none) != 0 {
 		t.Fatalf("list none: %d", len(none))
 	}
+	if one, _, _ := m.List(ctx, map[string]string{"app": "a", "n": "2"}); len(one) != 1 || one[0].ID != "i2" {
+		t.Fatalf("list by two labels: %+v", one)
+	}
+	if none, _, _ := m.List(ctx, map[string]string{"app": "c"}); len(none) != 0 {
+		t.Fatalf("list an unknown label: %d", len(none))
+	}
 	for _, id := range []string{"i0", "i1", "i2"} {
 		m.Stop(ctx, id, 0)
 	}
 	evs, _, _ := m.journal.After(0)
 	if len(evs) != 4 || evs[0].Instance.Sequence != 3 || evs[3].Instance.Sequence != 6 {
 		t.Fatalf("history: %+v", evs)
+	}
+	// A deleted instance is listed no more, by any of its labels.
+	if err := m.Delete(ctx, "i0", false); err != nil {
+		t.Fatal(err)
+	}
+	if list, _, _ := m.List(ctx, map[string]string{"app": "a"}); len(list) != 1 || list[0].ID != "i2" {
+		t.Fatalf("list after a delete: %+v", list)
+	}
+	if none, _, _ := m.List(ctx, map[string]string{"n": "0"}); len(none) != 0 {
+		t.Fatalf("a deleted instance by its other label: %+v", none)
 	}
 }
 
