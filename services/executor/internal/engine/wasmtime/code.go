@@ -16,7 +16,7 @@ const idleCode = 64
 
 // runEngine is a wasmtime Engine that instances run in, with the Linker
 // every instance of it is instantiated by: WASI, and poll_oneoff over it
-// (pollOneoff), which finds its instance in the store's data.
+// (async.go).
 type runEngine struct {
 	engine *wt.Engine
 	linker *wt.Linker
@@ -31,13 +31,7 @@ func newRunEngine(quick bool) (*runEngine, error) {
 	l.AllowShadowing(true)
 	err := l.DefineWasi()
 	if err == nil {
-		err = l.FuncWrap(engine.WASIModule, "poll_oneoff", func(c *wt.Caller, in, out, nsubs, nevents int32) (int32, *wt.Trap) {
-			inst, ok := c.Data().(*instance)
-			if !ok {
-				return 0, wt.NewTrap("poll_oneoff called outside an instance")
-			}
-			return inst.pollOneoff(c, in, out, nsubs, nevents)
-		})
+		err = defineAsyncPollOneoff(l)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("wasmtime engine: define WASI: %w", err)

@@ -18,6 +18,10 @@
 //     read of wasmtime-go's Store by its layout, checked when the engine
 //     is made): a kill sets it and advances the epoch; the other stores
 //     see the epoch pass and go on.
+//   - Wasm runs on a fiber (async.go, the C API's async support): an
+//     instance asleep in poll_oneoff waits in Go, off its OS thread (an
+//     engine.Mobile, as wazero's are), and its wasm goes on, on whatever
+//     thread, when the wait is over.
 //   - Artifacts (prepare.go) are hashed against their sidecar before first
 //     use and whenever they change on disk: wasmtime checks an artifact's
 //     header (its wasmtime, Config, target and ISA flags), not its code.
@@ -38,7 +42,7 @@
 //     past the limit fail (-1) rather than trap.
 //   - A kill sets the instance's kill switch and advances the epoch,
 //     which ends its running wasm, and wakes the engine's own poll_oneoff
-//     (poll.go), which ends a sleep.
+//     (async.go), which ends a sleep.
 //   - Output reaches the sinks through pipes WASI writes to.
 //   - No listeners: wasmtime-go has no socket preopen (neither its Go API
 //     nor the C API's wasi_config_*), so Start refuses Spec.Listeners
@@ -188,6 +192,9 @@ func New(cfg Config) (*Engine, error) {
 func newEngine(quick bool) *wt.Engine {
 	cfg := wt.NewConfig()
 	cfg.SetEpochInterruption(true)
+	// Async support does not change the compiled code: artifacts load
+	// into Engines with it or without (and are the same bytes).
+	setAsync(cfg)
 	if quick {
 		cfg.SetCraneliftOptLevel(wt.OptLevelNone)
 		cfg.SetCraneliftFlag("regalloc_algorithm", "single_pass")
@@ -265,19 +272,18 @@ func (e *Engine) runEngine(a artifact) *runEngine {
 // Engine its module's code was loaded into, which it shares with every
 // other instance of that Engine; it ends its own wasm only (kill).
 type instance struct {
-	code   *code
-	codes  *codes // code goes back there when released
-	store  *wt.Store
-	kill   killSwitch
-	start  *wt.Func
-	memory *wt.Memory // the exported memory, if any
+	code  *code
+	codes *codes // code goes back there when released
+	store *wt.Store
+	kill  killSwitch
+	fiber *fiber // its wasm (async.go)
 
 	readers sync.WaitGroup // of the output pipes' readers
 
-	poller *engine.Poller // poll_oneoff's (pollOneoff); Interrupt wakes it
+	poller *engine.Poller // poll_oneoff's (async.go); Interrupt wakes it
 }
 
-var _ engine.Guest = (*instance)(nil)
+var _ engine.Mobile = (*instance)(nil)
 
 func (i *instance) setup(m *module, spec engine.Spec) error {
 	wasi, err := i.wasiConfig(spec, engine.Stdio{Env: spec.Env, Stdout: spec.Stdout, Stderr: spec.Stderr})
@@ -339,9 +345,7 @@ func (i *instance) wasiConfig(spec engine.Spec, io engine.Stdio) (*wt.WasiConfig
 // which a run may replace (handler.go: wasmtime's WASI functions find it
 // in the store when they are called).
 func (i *instance) instantiate(m *module, spec engine.Spec, wasi *wt.WasiConfig) error {
-	// The store's data is the instance, where the linker's poll_oneoff
-	// finds it.
-	i.store = wt.NewStoreWithData(i.code.rt.engine, i)
+	i.store = wt.NewStore(i.code.rt.engine)
 	kill, err := watch(i.store)
 	if err != nil {
 		wasi.Close()
@@ -352,15 +356,11 @@ func (i *instance) instantiate(m *module, spec engine.Spec, wasi *wt.WasiConfig)
 		i.store.Limiter(spec.MemoryLimitBytes, engine.TableElements(spec.MemoryLimitBytes), -1, -1, -1)
 	}
 	i.store.SetWasi(wasi)
-	inst, err := i.code.rt.linker.Instantiate(i.store, i.code.module)
-	if err != nil {
+	i.fiber = newFiber(i.store)
+	if err := i.fiber.instantiate(i.code.rt.linker, i.code.module, i.poller); err != nil {
 		return engine.InstantiateError(m.digest, err)
 	}
-	if ext := inst.GetExport(i.store, "memory"); ext != nil {
-		i.memory = ext.Memory()
-	}
-	i.start = inst.GetFunc(i.store, "_start")
-	if i.start == nil {
+	if !i.fiber.hasStart() {
 		return engine.CheckWASI(m.digest, nil, false)
 	}
 	return nil
@@ -447,25 +447,28 @@ func copyOutput(sink io.Writer, r io.Reader) error {
 
 // Call implements engine.Guest.
 func (i *instance) Call() error {
-	_, err := i.start.Call(i.store)
-	return err
+	return i.fiber.call(i.poller)
 }
+
+// Poller implements engine.Mobile: the instance's wasm is on a fiber of
+// its own, off the thread while poll_oneoff waits (async.go).
+func (i *instance) Poller() *engine.Poller { return i.poller }
 
 // Exit implements engine.Guest: wasmtime reports proc_exit, 0 included,
 // as an error with an exit status.
 func (i *instance) Exit(err error) (int32, bool) {
-	var werr *wt.Error
-	if errors.As(err, &werr) {
-		return werr.ExitStatus()
+	var re *runError
+	if errors.As(err, &re) && re.exited {
+		return re.status, true
 	}
 	return 0, false
 }
 
 // Failure implements engine.Guest.
 func (i *instance) Failure(err error) string {
-	var trap *wt.Trap
-	if errors.As(err, &trap) {
-		return "wasm trap: " + trapMessage(trap)
+	var re *runError
+	if errors.As(err, &re) && re.trap {
+		return "wasm trap: " + trapMessage(re)
 	}
 	return "the module failed: " + engine.FirstLine(err.Error())
 }
@@ -485,38 +488,29 @@ var trapNames = []string{
 }
 
 // trapMessage is the trap's kind and its innermost frame.
-func trapMessage(t *wt.Trap) string {
+func trapMessage(t *runError) string {
 	msg := "unknown trap"
-	if c := t.Code(); c != nil {
-		if int(*c) < len(trapNames) {
-			msg = trapNames[*c]
-		} else {
-			msg = fmt.Sprintf("trap code %d", *c)
-		}
+	switch {
+	case t.code >= 0 && t.code < len(trapNames):
+		msg = trapNames[t.code]
+	case t.code >= 0:
+		msg = fmt.Sprintf("trap code %d", t.code)
 	}
-	if frames := t.Frames(); len(frames) > 0 {
-		if fn := frames[0].FuncName(); fn != nil {
-			msg += " in " + *fn
-		} else {
-			msg += fmt.Sprintf(" in function #%d", frames[0].FuncIndex())
-		}
-		msg += fmt.Sprintf(" at offset 0x%x", frames[0].ModuleOffset())
-	}
-	return msg
+	return msg + t.frame
 }
 
 // Memory implements engine.Guest. wasmtime reserves linear memory up
 // front and grows it in place, so this reads its current length, at worst
 // a growth late.
 func (i *instance) Memory() int64 {
-	if i.memory == nil {
+	if i.fiber == nil {
 		return 0
 	}
-	return int64(i.memory.DataSize(i.store))
+	return i.fiber.memorySize()
 }
 
 // Interrupt implements engine.Guest: the kill switch, with the epoch
-// advanced, ends running wasm, the poller a wait in pollOneoff. The other
+// advanced, ends running wasm, the poller a wait in poll_oneoff. The other
 // stores of the Engine see the epoch pass and go on.
 func (i *instance) Interrupt() {
 	i.kill.set()
@@ -536,6 +530,9 @@ func (i *instance) Close() {
 func (i *instance) release() {
 	if i.store != nil {
 		i.store.Close()
+	}
+	if i.fiber != nil {
+		i.fiber.free()
 	}
 	i.codes.put(i.code)
 	if i.poller != nil {

@@ -115,7 +115,7 @@ const pollFdsWat = `(module
       (i32.mul (i32.load (i32.const 256)) (i32.const 10))
       (i32.load (i32.const 128))))))`
 
-// The engine's own poll_oneoff (pollOneoff): an fd subscription is ready at
+// The engine's own poll_oneoff (async.go): an fd subscription is ready at
 // once, and only the subscriptions that are ready get events, as in
 // wasmtime's.
 func TestPollOneoffFdReady(t *testing.T) {
@@ -142,8 +142,9 @@ func TestPollOneoffFdReady(t *testing.T) {
 }
 
 // BenchmarkNativeSleep is the Sleep benchmark of BenchmarkEngine without
-// the engine: wasmtime's own poll_oneoff, which the engine replaces so that
-// a kill ends a sleep (pollOneoff). Compare cpu-µs/sleep:
+// the engine: wasmtime's own poll_oneoff, called synchronously, which the
+// engine replaces so that a kill ends a sleep and a sleep holds no thread
+// (async.go). Compare cpu-µs/sleep:
 //
 //	go test -run '^$' -bench 'Engine/Sleep|NativeSleep' -benchtime 5x ./services/executor/internal/engine/wasmtime/
 func BenchmarkNativeSleep(b *testing.B) {
@@ -151,7 +152,9 @@ func BenchmarkNativeSleep(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	eng := newEngine(false)
+	cfg := wt.NewConfig()
+	cfg.SetEpochInterruption(true)
+	eng := wt.NewEngineWithConfig(cfg) // synchronous, as wasmtime-go calls wasm
 	defer eng.Close()
 	mod, err := wt.NewModule(eng, wasm)
 	if err != nil {
