@@ -24,12 +24,14 @@ WASMTIME_LDFLAGS := -s -w -extldflags=-Wl,--gc-sections
 help: ## list the targets
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
+# As root, `make up` gives the node a pod network (a CNI bridge) and runs
+# kube-proxy: it needs the CNI plugins too.
 .PHONY: up
-up: deps build controlplane ## start a local wasmlet node (control plane, NATS, registry, services) and run the example pod
+up: deps build controlplane $(if $(filter 0,$(shell id -u)),cni) ## start a local wasmlet node (control plane, NATS, registry, services) and run the example pods; as root with a pod network and kube-proxy
 	go run ./hack/localstack up
 
 .PHONY: down
-down: ## stop everything `make up` started
+down: ## stop everything `make up` started and, as root, remove its pod network and kube-proxy rules
 	go run ./hack/localstack down
 
 .PHONY: test

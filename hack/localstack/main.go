@@ -1,11 +1,17 @@
 // Command localstack is `make up` and `make down`: it runs a whole wasmlet
 // node on this machine's loopback — the control plane (internal/localcluster),
-// a NATS server, an OCI registry, the registry cache, an executor and a node
-// agent, each its own process — and runs the example pod on it.
+// a NATS server, an OCI registry, the registry cache, two executors (wasmtime
+// and wazero) and a node agent, each its own process — and runs the example
+// pods on it. Run as root with the CNI plugins built (`make cni`), the node
+// has a pod network (see podnet.go) and kube-proxy runs beside it, so that
+// the example server has an address of its own and Services answer;
+// otherwise the server's port is opened on 127.0.0.1.
 //
 // State, logs and PID files live in .state/ under the working directory;
-// `down` stops every process recorded there. The control plane's data and
-// PKI are kept for the next `up`.
+// `down` stops every process recorded there and undoes the pod network.
+// `up` first does what `down` does but for the control plane, so that a
+// second `up`, or one after an `up` killed half-way, starts clean. The
+// control plane's data and PKI are kept for the next `up`.
 package main
 
 import (
@@ -33,7 +39,7 @@ import (
 const nodeName = "wasmlet-local"
 
 // services in start order; down stops them in reverse, then the control plane.
-var services = []string{"docker-registry", "nats-server", "registry-cache", "executor", "nodeagent"}
+var services = []string{"docker-registry", "nats-server", "registry-cache", "executor", "executor-wazero", "nodeagent"}
 
 func main() {
 	if len(os.Args) != 2 || (os.Args[1] != "up" && os.Args[1] != "down") {
@@ -48,7 +54,7 @@ func main() {
 	defer stop()
 	s := stack{root: root, state: filepath.Join(root, ".state"), bin: filepath.Join(root, "bin")}
 	if os.Args[1] == "down" {
-		err = s.down()
+		err = s.down(ctx)
 	} else {
 		err = s.up(ctx)
 	}
@@ -67,13 +73,8 @@ type stack struct {
 	cluster          *localcluster.Cluster
 }
 
-func (s *stack) down() error {
-	var errs []error
-	for i := len(services) - 1; i >= 0; i-- {
-		if err := localcluster.StopService(s.state, services[i]); err != nil {
-			errs = append(errs, err)
-		}
-	}
+func (s *stack) down(ctx context.Context) error {
+	errs := []error{s.teardown(ctx)}
 	if err := localcluster.Stop(filepath.Join(s.state, "cluster")); err != nil {
 		errs = append(errs, err)
 	}
@@ -89,13 +90,33 @@ func (s *stack) down() error {
 	return nil
 }
 
-func (s *stack) up(ctx context.Context) error {
-	for _, name := range services { // a previous `up`'s services, if any
-		if err := localcluster.StopService(s.state, name); err != nil {
-			return err
+// teardown stops everything but the control plane: the services, in
+// reverse order, kube-proxy (with its clean-up) and the pod network.
+func (s *stack) teardown(ctx context.Context) error {
+	var errs []error
+	for i := len(services) - 1; i >= 0; i-- {
+		if err := localcluster.StopService(s.state, services[i]); err != nil {
+			errs = append(errs, err)
 		}
 	}
-	for _, b := range []string{"nodeagent", "executor", "registry-cache", "nats-server", "wasm/hello.wasm"} {
+	// Another harness's kube-proxy may hold the host's lock; its run ends
+	// in minutes.
+	kctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	if err := localcluster.StopKubeProxy(kctx, filepath.Join(s.state, "cluster")); err != nil {
+		errs = append(errs, err)
+	}
+	if err := s.downPodNetwork(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (s *stack) up(ctx context.Context) error {
+	if err := s.teardown(ctx); err != nil { // what a previous `up` left, if anything
+		return fmt.Errorf("stop what an earlier `make up` left: %w", err)
+	}
+	for _, b := range []string{"nodeagent", "executor", "executor-wazero", "registry-cache", "nats-server", "wasm/hello.wasm", "wasm/httpserver.wasm"} {
 		if _, err := os.Stat(filepath.Join(s.bin, b)); err != nil {
 			return fmt.Errorf("%w: run `make build` first", err)
 		}
@@ -103,6 +124,15 @@ func (s *stack) up(ctx context.Context) error {
 	if err := s.startCluster(ctx); err != nil {
 		return err
 	}
+	// The example pods of an earlier `up` are removed before the node agent
+	// starts, not deleted and made again under it: it did not start a pod
+	// made again under the same name at once (left Pending). Nothing of
+	// theirs runs any more (the executors were stopped), so no one need
+	// confirm their end.
+	if out, err := s.kubectl(nil, "delete", "pod", "hello-wasm", "httpserver-wasm", "--ignore-not-found", "--grace-period=0", "--force"); err != nil {
+		return fmt.Errorf("remove the example pods of an earlier `make up`: %v: %s", err, out)
+	}
+	pn := s.choosePodNetwork()
 	step("OCI registry (docker-registry)")
 	regDir := filepath.Join(s.state, "registry")
 	if err := os.MkdirAll(regDir, 0o755); err != nil {
@@ -143,23 +173,43 @@ func (s *stack) up(ctx context.Context) error {
 
 	// wazero's executor serves pods with ports: wasmtime-go cannot hand a
 	// module a socket, and the node agent sends such pods to it.
-	step("executor (wazero)")
 	wazeroAddr := "unix://" + filepath.Join(s.state, "sockets", "executor-wazero.sock")
-	if err := s.service("executor-wazero", tokenEnv, "--listen", wazeroAddr, "--registry", registryAddr,
+	wazeroArgs := []string{"--listen", wazeroAddr, "--registry", registryAddr,
 		"--nats", natsURL, "--state-dir", filepath.Join(s.state, "executor-wazero"), "--node", nodeName,
-		"--mount-root", filepath.Join(s.state, "node", "pods")); err != nil {
+		"--mount-root", filepath.Join(s.state, "node", "pods")}
+	if pn.on() {
+		// The node agent hands listeners it opened in a pod's namespace
+		// only to the executor it supervises; one it does not, like this,
+		// opens them itself and must enter the namespace: no seccomp
+		// allow-list or Landlock (--confine=false). It runs as root.
+		step("executor (wazero), unconfined: it opens pods' listeners in their network namespaces")
+		wazeroArgs = append(wazeroArgs, "--confine=false")
+	} else {
+		step("executor (wazero)")
+	}
+	if err := s.service("executor-wazero", tokenEnv, wazeroArgs...); err != nil {
 		return err
 	}
 
-	step("node agent " + nodeName)
 	kubeconfig, err := s.cluster.NodeKubeconfig(nodeName)
 	if err != nil {
 		return err
 	}
-	if err := s.service("nodeagent", tokenEnv, "--kubeconfig", kubeconfig, "--node-name", nodeName,
+	args := []string{"--kubeconfig", kubeconfig, "--node-name", nodeName,
 		"--port", fmt.Sprint(freePort()), "--state-dir", filepath.Join(s.state, "node"),
 		"--client-ca-file", s.cluster.KubeletClientCAPath(), "--nats", natsURL,
-		"--registry-cache", registryAddr, "--executor", "wasmtime="+executorAddr, "--executor", "wazero="+wazeroAddr); err != nil {
+		"--registry-cache", registryAddr, "--executor", "wasmtime=" + executorAddr, "--executor", "wazero=" + wazeroAddr}
+	if pn.on() {
+		step("node agent " + nodeName + " with a pod network (a bridge on the Node's podCIDR, " + localcluster.NodeBridge(nodeName) + ")")
+		if err := s.recordPodNetwork(pn); err != nil {
+			return err
+		}
+		args = append(args, "--pod-network", "bridge", "--cni-bin-dir", pn.cniBinDir)
+	} else {
+		step("node agent " + nodeName + " without a pod network: " + pn.why + "; pods' ports are opened on 127.0.0.1")
+		args = append(args, "--pod-network", "off")
+	}
+	if err := s.service("nodeagent", tokenEnv, args...); err != nil {
 		return err
 	}
 	if err := s.waitFor(ctx, 90*time.Second, "node "+nodeName+" Ready", func() bool {
@@ -167,6 +217,10 @@ func (s *stack) up(ctx context.Context) error {
 		return strings.HasPrefix(out, "True") && !strings.Contains(out, "not-ready")
 	}); err != nil {
 		return fmt.Errorf("%w (see %s)", err, localcluster.ServiceLog(s.state, "nodeagent"))
+	}
+
+	if pn.on() {
+		s.startKubeProxy(ctx, &pn)
 	}
 
 	step("push examples/hello with `registry-cache push`")
@@ -201,7 +255,7 @@ func (s *stack) up(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	s.runServer(ctx, reg.Host)
+	podIP := s.runServer(ctx, reg.Host, pn)
 
 	fmt.Println()
 	pods, _ := s.kubectl(nil, "get", "pods", "-o", "wide")
@@ -213,37 +267,99 @@ func (s *stack) up(ctx context.Context) error {
   export KUBECONFIG=%s
   kubectl get nodes -o wide
   kubectl get pods -o wide
-
+`, s.cluster.KubeconfigPath())
+	s.printServer(pn, podIP)
+	fmt.Printf(`
 Logs of every process: %s/logs/ and %s/cluster/logs/
 Stop everything with: make down
-`, s.cluster.KubeconfigPath(), s.state, s.state)
+`, s.state, s.state)
 	return nil
 }
 
+// startKubeProxy runs kube-proxy for the node, detached (`down` stops it
+// and removes its rules). Without it the node serves all the same, at pod
+// addresses; pn says why Services do not answer.
+func (s *stack) startKubeProxy(ctx context.Context, pn *podNetwork) {
+	if !pn.proxy {
+		return
+	}
+	step("kube-proxy for " + nodeName + " (iptables mode; waits while another kube-proxy of the test harness holds /run/lock/wasmlet-kube-proxy.lock)")
+	kctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	if err := s.cluster.StartKubeProxyDetached(kctx, nodeName); err != nil {
+		pn.proxy, pn.proxyWhy = false, err.Error()
+		fmt.Printf("   no kube-proxy: %v\n", err)
+	}
+}
+
+// printServer says how to reach the example server: at its pod IP and
+// through a Service with a pod network, at 127.0.0.1:8080 without.
+func (s *stack) printServer(pn podNetwork, podIP string) {
+	if !pn.on() {
+		fmt.Printf(`
+The example server listens on the node's address (no pod network: %s):
+
+  curl http://127.0.0.1:8080/
+`, pn.why)
+		return
+	}
+	if podIP == "" {
+		return
+	}
+	cidr, _ := s.kubectl(nil, "get", "node", nodeName, "-o", "jsonpath={.spec.podCIDR}")
+	fmt.Printf(`
+The example server has an address of its own on the pod network (node %s's podCIDR %s, bridge %s):
+
+  kubectl get pod httpserver-wasm -o wide   # IP %s
+  curl http://%s:8080/
+`, nodeName, cidr, localcluster.NodeBridge(nodeName), podIP, podIP)
+	if !pn.proxy {
+		fmt.Printf("\nServices do not answer on this node: no kube-proxy (%s)\n", pn.proxyWhy)
+		return
+	}
+	clusterIP, err := s.kubectl(nil, "get", "service", "httpserver-wasm", "-o", "jsonpath={.spec.clusterIP}")
+	if err != nil || clusterIP == "" {
+		fmt.Print(`
+and a Service in front of it answers through kube-proxy:
+
+  kubectl expose pod httpserver-wasm --port 80 --target-port 8080
+  curl http://$(kubectl get service httpserver-wasm -o jsonpath='{.spec.clusterIP}')/
+`)
+		return
+	}
+	// An earlier `make up`'s Service, kept with the control plane's data.
+	fmt.Printf(`
+and the Service httpserver-wasm (made by an earlier `+"`kubectl expose`"+`) answers through kube-proxy:
+
+  curl http://%s/
+`, clusterIP)
+}
+
 // runServer runs the example server (examples/httpserver/pod.yaml) and
-// fetches its page: this node has no pod network, so its port 8080 is
-// opened on the node's address. A port already taken on this machine
-// is reported, not fatal: the node is up all the same.
-func (s *stack) runServer(ctx context.Context, registry string) {
+// fetches its page, at its own address with a pod network (which it
+// returns), else on the node's address, 127.0.0.1:8080. Failures are
+// reported, not fatal (a port already taken on this machine, say): the
+// node is up all the same.
+func (s *stack) runServer(ctx context.Context, registry string, pn podNetwork) (podIP string) {
 	step("run the example server (examples/httpserver/pod.yaml) on port 8080")
 	ref := registry + "/examples/httpserver:v1"
 	if out, err := exec.Command(filepath.Join(s.bin, "registry-cache"), "push", "--plain-http", filepath.Join(s.bin, "wasm", "httpserver.wasm"), ref).CombinedOutput(); err != nil {
 		fmt.Printf("   push %s: %v: %s\n", ref, err, out)
-		return
+		return ""
 	}
 	manifest, err := os.ReadFile(filepath.Join(s.root, "examples", "httpserver", "pod.yaml"))
 	if err != nil {
 		fmt.Printf("   %v\n", err)
-		return
+		return ""
 	}
 	manifest = bytes.ReplaceAll(manifest, []byte("${IMAGE}"), []byte(ref))
 	if _, err := s.kubectl(nil, "delete", "pod", "httpserver-wasm", "--ignore-not-found", "--wait=true"); err != nil {
 		fmt.Printf("   %v\n", err)
-		return
+		return ""
 	}
 	if out, err := s.kubectl(manifest, "apply", "-f", "-"); err != nil {
 		fmt.Printf("   %v: %s\n", err, out)
-		return
+		return ""
 	}
 	if err := s.waitFor(ctx, time.Minute, "pod httpserver-wasm Ready", func() bool {
 		out, _ := s.kubectl(nil, "get", "pod", "httpserver-wasm", "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
@@ -251,16 +367,53 @@ func (s *stack) runServer(ctx context.Context, registry string) {
 	}); err != nil {
 		why, _ := s.kubectl(nil, "get", "pod", "httpserver-wasm", "-o", "jsonpath={.status.containerStatuses[0].state}")
 		fmt.Printf("   the example server is not serving: %v: %s\n", err, why)
-		return
+		return ""
 	}
-	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://127.0.0.1:8080/")
+	url := "http://127.0.0.1:8080/"
+	if pn.on() {
+		podIP, _ = s.kubectl(nil, "get", "pod", "httpserver-wasm", "-o", "jsonpath={.status.podIP}")
+		url = "http://" + net.JoinHostPort(podIP, "8080") + "/"
+	}
+	body, err := get(url)
 	if err != nil {
-		fmt.Printf("   GET http://127.0.0.1:8080/: %v\n", err)
-		return
+		fmt.Printf("   GET %s: %v\n", url, err)
+		return podIP
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	fmt.Printf("\n$ curl http://127.0.0.1:8080/\n%s", body)
+	fmt.Printf("\n$ curl %s\n%s", url, body)
+	if !pn.proxy {
+		return podIP
+	}
+	// A Service an earlier `kubectl expose` made: kube-proxy needs a moment
+	// for the new pod's endpoint.
+	clusterIP, err := s.kubectl(nil, "get", "service", "httpserver-wasm", "-o", "jsonpath={.spec.clusterIP}")
+	if err != nil || clusterIP == "" || clusterIP == "None" {
+		return podIP
+	}
+	url = "http://" + clusterIP + "/"
+	deadline := time.Now().Add(20 * time.Second)
+	for body, err = get(url); err != nil && time.Now().Before(deadline) && ctx.Err() == nil; body, err = get(url) {
+		time.Sleep(500 * time.Millisecond)
+	}
+	if err != nil {
+		fmt.Printf("   GET %s (Service httpserver-wasm): %v\n", url, err)
+		return podIP
+	}
+	fmt.Printf("\n$ curl %s   # Service httpserver-wasm, through kube-proxy\n%s", url, body)
+	return podIP
+}
+
+// get fetches url's body; a status other than 200 is an error.
+func get(url string) (string, error) {
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("%s: %s", resp.Status, body)
+	}
+	return string(body), nil
 }
 
 func (s *stack) startCluster(ctx context.Context) error {
