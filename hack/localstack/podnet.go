@@ -152,8 +152,10 @@ func (s *stack) downPodNetwork(ctx context.Context) error {
 	if rec.Bridge == "" {
 		rec.Bridge = localcluster.NodeBridge(nodeName)
 	}
+	confDir := filepath.Join(nodeDir, "cni")
 	_, podnetErr := os.Stat(podnetDir)
-	if podnetErr != nil && !linkExists(rec.Bridge) && !recorded {
+	_, confErr := os.Stat(confDir)
+	if podnetErr != nil && confErr != nil && !linkExists(rec.Bridge) && !recorded {
 		return nil
 	}
 	if os.Geteuid() != 0 {
@@ -170,10 +172,12 @@ func (s *stack) downPodNetwork(ctx context.Context) error {
 		if err := localcluster.UnmountUnder(filepath.Join(podnetDir, "netns")); err != nil {
 			errs = append(errs, err)
 		}
-		for _, d := range []string{podnetDir, filepath.Join(nodeDir, "cni")} {
-			if err := os.RemoveAll(d); err != nil {
-				errs = append(errs, err)
-			}
+	}
+	// The node agent writes the bridge network's config once the Node has a
+	// podCIDR, whether or not a pod used it.
+	for _, d := range []string{podnetDir, confDir} {
+		if err := os.RemoveAll(d); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if linkExists(rec.Bridge) {
@@ -181,20 +185,28 @@ func (s *stack) downPodNetwork(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("ip link delete %s: %v: %s", rec.Bridge, err, strings.TrimSpace(string(out))))
 		}
 	}
+	if recorded { // else which CNI-* chains are ours is unknown
+		if err := removeCNIChains(rec, recordPath); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if len(errs) > 0 {
 		return fmt.Errorf("pod network: %w", errors.Join(errs...))
 	}
-	if !recorded {
-		return nil // no snapshot: which CNI-* chains are ours is unknown
-	}
-	// Other node agents' bridge networks on this host (an end-to-end
-	// test's) share the firewall plugin's chains.
+	return nil
+}
+
+// removeCNIChains removes the CNI-* chains that were not there before the
+// first `up` (the firewall plugin's), and then the record, unless other
+// node agents' bridge networks on this host (an end-to-end test's) may
+// use them.
+func removeCNIChains(rec podNetworkState, recordPath string) error {
 	if others := otherBridges(rec.Bridge); len(others) > 0 {
 		fmt.Printf("   left the CNI-* iptables chains: the pod networks of other nodes on this host (bridges %s) use them; `make down` again removes them once those are gone\n", strings.Join(others, ", "))
 		return nil
 	}
 	if err := localcluster.RemoveNewChains(localcluster.ChainsOf(rec.CNIChainsBefore), "CNI-"); err != nil {
-		return fmt.Errorf("pod network: remove the CNI plugins' iptables chains: %w", err)
+		return fmt.Errorf("remove the CNI plugins' iptables chains: %w", err)
 	}
 	if err := os.Remove(recordPath); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
