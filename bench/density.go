@@ -110,9 +110,11 @@ func density(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 		if err != nil {
 			return figs, err
 		}
+		s.nextProfile() // with -cpu-profile, one profile is the idle window's
 		c0 := s.cpu()
 		time.Sleep(window)
 		c1 := s.cpu()
+		s.nextProfile()
 		idle := func(proc string) float64 {
 			return 100 * (c1[proc] - c0[proc]) / window.Seconds()
 		}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -23,6 +24,7 @@ func main() {
 	short := flag.Bool("short", false, "small counts (what make test runs)")
 	out := flag.String("out", "bench/results", "directory for the results")
 	only := flag.String("only", "", "comma-separated sections to run (default all: "+strings.Join(bench.SectionNames(), ",")+")")
+	density := flag.String("density", "", "comma-separated numbers of pods for the density section (default: the suite's)")
 	engine := flag.String("engine", "wasmtime", "the engine the wasmlet node runs its pods on (its --default-executor): wasmtime or wazero")
 	cpuProfile := flag.String("cpu-profile", "", "write CPU profiles of the node agent and executor into this directory (see internal/profiling)")
 	flag.Parse()
@@ -38,13 +40,13 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *short, *out, *only, *engine); err != nil {
+	if err := run(ctx, *short, *out, *only, *engine, *density); err != nil {
 		fmt.Fprintln(os.Stderr, "wasmlet-bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, short bool, out, only, engine string) error {
+func run(ctx context.Context, short bool, out, only, engine, density string) error {
 	root, err := os.Getwd()
 	if err != nil {
 		return err
@@ -73,6 +75,16 @@ func run(ctx context.Context, short bool, out, only, engine string) error {
 	}
 	if only != "" {
 		opts.Only = strings.Split(only, ",")
+	}
+	if density != "" {
+		opts.Density = nil
+		for _, f := range strings.Split(density, ",") {
+			n, err := strconv.Atoi(f)
+			if err != nil || n <= 0 {
+				return fmt.Errorf("-density %s: want positive numbers of pods", density)
+			}
+			opts.Density = append(opts.Density, n)
+		}
 	}
 	fmt.Println("measuring")
 	r, runErr := bench.Run(ctx, s, opts)
