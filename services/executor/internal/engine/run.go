@@ -115,8 +115,10 @@ func (r *Run) leave() (back func()) {
 	cpu.Leave()
 	r.held.leave()
 	runtime.UnlockOSThread()
+	depart()
 	return func() {
 		runtime.LockOSThread()
+		arrive()
 		cpu.Arrive()
 		if err := r.held.join(); err != nil {
 			r.mu.Lock()
@@ -318,9 +320,11 @@ func runOnThread(cpu *atomic.Pointer[threadcpu.Thread], l ThreadLimiter, millis 
 	if millis <= 0 || l == nil {
 		go func() {
 			runtime.LockOSThread()
+			arrive()
 			cpu.Store(threadcpu.Current())
 			body(nil)
 			runtime.UnlockOSThread()
+			depart()
 		}()
 		return nil, nil
 	}
@@ -331,6 +335,8 @@ func runOnThread(cpu *atomic.Pointer[threadcpu.Thread], l ThreadLimiter, millis 
 	ready := make(chan limited, 1)
 	go func() {
 		runtime.LockOSThread()
+		arrive()
+		defer onThread.Add(-1) // the thread ends with body
 		cpu.Store(threadcpu.Current())
 		release, err := l.Limit(millis)
 		ready <- limited{release, err}
