@@ -17,7 +17,7 @@ package wasmtime
 // v39.0.1's headers, which stay in the module cache), with its struct
 // layouts; TestAsyncLayout runs a module through every one of them. The
 // raw pointers of wasmtime-go's Config, Linker and Module are read, like
-// its Store's (kill.go), as their first field.
+// its Store's (kill.go), as their first field (checkLayout, TestLayout).
 
 /*
 #include <stdbool.h>

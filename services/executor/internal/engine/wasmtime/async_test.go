@@ -71,30 +71,57 @@ func TestAsyncLayout(t *testing.T) {
 	}
 }
 
+// sayAndSleepWat writes "asleep\n" to stdout and sleeps an hour.
+const sayAndSleepWat = `(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 512) "asleep\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 512))
+    (i32.store (i32.const 4) (i32.const 7))
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i32.store8 (i32.const 1008) (i32.const 0))
+    (i32.store (i32.const 1016) (i32.const 1))
+    (i64.store (i32.const 1024) (i64.const 3600000000000))
+    (drop (call $poll (i32.const 1000) (i32.const 2000) (i32.const 1) (i32.const 3000)))))`
+
 // TestSleepersHoldNoThread: instances asleep in poll_oneoff are on
-// fibers, off the OS threads; a kill still ends each at once. Go keeps
-// the threads a burst of starts made, so a first batch makes them and
-// a second, as many, must need none more.
+// fibers, off the OS threads (each started once the one before is
+// asleep: Go keeps the threads that a burst of starts made); a kill still
+// ends each at once.
 func TestSleepersHoldNoThread(t *testing.T) {
 	e := newTestEngine(t, t.TempDir(), nil)
-	m := enginetest.Prepare(t, e, wasmbuild.Wat(t, enginetest.SleepLoop(1, time.Hour)))
+	m := enginetest.Prepare(t, e, wasmbuild.Wat(t, sayAndSleepWat))
 	const n = 64
 	var insts []engine.Instance
-	batch := func() int {
-		for range n {
-			inst, err := e.Start(context.Background(), m, engine.Spec{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			insts = append(insts, inst)
+	defer func() {
+		for _, inst := range insts {
+			inst.Kill()
 		}
-		time.Sleep(200 * time.Millisecond) // all asleep
-		return threads(t)
+	}()
+	start := func() {
+		out := &lineWaiter{line: "asleep", seen: make(chan struct{})}
+		inst, err := e.Start(context.Background(), m, engine.Spec{Stdout: out})
+		if err != nil {
+			t.Fatal(err)
+		}
+		insts = append(insts, inst)
+		select {
+		case <-out.seen:
+		case <-time.After(10 * time.Second):
+			t.Fatal("an instance wrote nothing in 10s")
+		}
 	}
+	start() // the first start's threads (compiles, readers) are not the instances'
+	time.Sleep(100 * time.Millisecond)
 	before := threads(t)
-	first := batch()
-	second := batch()
-	t.Logf("threads: %d idle, %d with %d instances asleep, %d with %d", before, first, n, second, 2*n)
+	for range n {
+		start()
+	}
+	time.Sleep(100 * time.Millisecond) // all in poll_oneoff
+	asleep := threads(t)
+	t.Logf("threads: %d, %d with %d more instances asleep", before, asleep, n)
 	var wg sync.WaitGroup
 	t0 := time.Now()
 	for _, inst := range insts {
@@ -109,10 +136,10 @@ func TestSleepersHoldNoThread(t *testing.T) {
 	}
 	wg.Wait()
 	if d := time.Since(t0); d > 2*time.Second {
-		t.Errorf("%d sleeping instances took %v to kill", 2*n, d)
+		t.Errorf("%d sleeping instances took %v to kill", len(insts), d)
 	}
-	if second-first > n/4 {
-		t.Fatalf("%d more instances asleep added %d OS threads, want them to hold none", n, second-first)
+	if asleep-before > n/4 { // each held its own before: n
+		t.Fatalf("%d instances asleep added %d OS threads, want them to hold none", n, asleep-before)
 	}
 }
 

@@ -24,7 +24,7 @@ type runEngine struct {
 
 func newRunEngine(quick bool) (*runEngine, error) {
 	eng := newEngine(quick)
-	if err := checkStoreLayout(eng); err != nil {
+	if err := checkLayout(eng); err != nil {
 		return nil, fmt.Errorf("wasmtime engine: %w", err)
 	}
 	l := wt.NewLinker(eng)

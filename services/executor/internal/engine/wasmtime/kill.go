@@ -8,7 +8,7 @@ package wasmtime
 // repository); the symbols are wasmtime-go's static libwasmtime's, linked
 // into the binary by wasmtime-go's own cgo flags. The cgo link of this
 // package alone, which has no libwasmtime, would refuse them as undefined:
-// hence --unresolved-symbols. checkStoreLayout calls both functions when
+// hence --unresolved-symbols. checkLayout calls both functions when
 // the engine is made, so a missing one fails there, not later.
 
 /*
@@ -83,27 +83,49 @@ func (k killSwitch) set() { C.wl_kill(k.on) }
 
 // storePointer is s's *wasmtime_store_t, which wasmtime-go keeps in an
 // unexported field, the first of Store's two (its Engine the other). It
-// is read by that layout, as of wasmtime-go v39.0.1: checkStoreLayout
-// refuses to make an engine, and TestStoreLayout fails, if it changes.
+// is read by that layout, as of wasmtime-go v39.0.1: checkLayout
+// refuses to make an engine, and TestLayout fails, if it changes.
 func storePointer(s *wt.Store) unsafe.Pointer {
 	return *(*unsafe.Pointer)(unsafe.Pointer(s))
 }
 
-// checkStoreLayout makes sure storePointer reads the store's pointer: the
-// context the C API derives from it is the one wasmtime-go gives.
-func checkStoreLayout(eng *wt.Engine) error {
+// checkLayout makes sure the wasmtime-go objects whose C pointers this
+// package reads as their first field (storePointer, async.go's first)
+// are laid out as in v39.0.1, and that storePointer reads the store's
+// pointer: the context the C API derives from it is the one wasmtime-go
+// gives.
+func checkLayout(eng *wt.Engine) error {
+	if err := checkSizes(); err != nil {
+		return err
+	}
 	s := wt.NewStore(eng)
 	defer s.Close()
-	const want = 2 * unsafe.Sizeof(uintptr(0))
-	if size := unsafe.Sizeof(*s); size != want {
-		return fmt.Errorf("wasmtime-go's Store is %d bytes, not the %d of v39.0.1 whose layout the kill switch relies on", size, want)
-	}
 	p := storePointer(s)
 	if p == nil || C.wl_context(p) != unsafe.Pointer(s.Context()) {
 		return errors.New("wasmtime-go's Store does not begin with its *wasmtime_store_t as in v39.0.1, on which the kill switch relies")
 	}
 	if _, err := watch(s); err != nil {
 		return err
+	}
+	return nil
+}
+
+// checkSizes is checkLayout's part that needs no Engine: New calls it
+// before it makes one (newEngine writes to its Config).
+func checkSizes() error {
+	const ptr = unsafe.Sizeof(uintptr(0))
+	for _, o := range []struct {
+		name       string
+		size, want uintptr
+	}{
+		{"Store", unsafe.Sizeof(wt.Store{}), 2 * ptr},
+		{"Config", unsafe.Sizeof(wt.Config{}), ptr},
+		{"Linker", unsafe.Sizeof(wt.Linker{}), 2 * ptr},
+		{"Module", unsafe.Sizeof(wt.Module{}), ptr},
+	} {
+		if o.size != o.want {
+			return fmt.Errorf("wasmtime-go's %s is %d bytes, not the %d of v39.0.1, whose layout the engine relies on", o.name, o.size, o.want)
+		}
 	}
 	return nil
 }

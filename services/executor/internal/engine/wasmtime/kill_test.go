@@ -13,12 +13,13 @@ import (
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/enginetest"
 )
 
-// TestStoreLayout: the kill switch reaches wasmtime-go's store pointer by
-// the layout of its Store in v39.0.1 (storePointer). An upgrade that
-// changes it must fail here, and New must refuse to make an engine.
-func TestStoreLayout(t *testing.T) {
-	if err := checkStoreLayout(newEngine(false)); err != nil {
-		t.Fatalf("%v: storePointer no longer reads the store's pointer; fix it for this wasmtime-go", err)
+// TestLayout: the engine reaches the C pointers of wasmtime-go's Store,
+// Config, Linker and Module by their layout in v39.0.1 (storePointer,
+// first). An upgrade that changes one must fail here, and New must refuse
+// to make an engine.
+func TestLayout(t *testing.T) {
+	if err := checkLayout(newEngine(false)); err != nil {
+		t.Fatalf("%v: fix storePointer and first for this wasmtime-go", err)
 	}
 }
 

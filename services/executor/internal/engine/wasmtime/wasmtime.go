@@ -145,6 +145,9 @@ func New(cfg Config) (*Engine, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("wasmtime engine: create cache dir: %w", err)
 	}
+	if err := checkSizes(); err != nil {
+		return nil, fmt.Errorf("wasmtime engine: %w", err)
+	}
 	compiler, err := newRunEngine(false)
 	if err != nil {
 		return nil, err
