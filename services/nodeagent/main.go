@@ -118,6 +118,7 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 	fs.IntVar(&cfg.EventQPS, "event-qps", 50, "events written per second at most, as the kubelet's flag (status writes go first); events wait in a queue of 10,000; 0: unlimited")
 	fs.IntVar(&cfg.EventBurst, "event-burst", 100, "events written at once before --event-qps applies, as the kubelet's flag")
 	fs.DurationVar(&cfg.VolumeRefresh, "volume-refresh", time.Minute, "how often configMap, secret, downwardAPI and projected volumes are rewritten from their sources")
+	fs.DurationVar(&cfg.InstanceResync, "instance-resync", podworker.DefaultResync, "how often each pod's instances are listed again from its executor, beside the watch that reports each change (a safety net: an instance deleted behind the node agent's back is noticed within it)")
 	fs.Int64Var(&cfg.MaxPods, "max-pods", 110, "pods this node accepts")
 	fs.StringVar(&cfg.PodNetwork, "pod-network", agent.PodNetworkAuto, "how pods that declare containerPorts get an address of their own and their ports served: auto (the CNI network in --cni-conf-dir, when run as root and a config is there), bridge (write a bridge network on the Node's spec.podCIDR, allocated by kube-controller-manager --allocate-node-cidrs; root), off (pods keep the node's address, and their ports are opened on it); pods without ports always keep the node's address")
 	fs.StringVar(&cfg.CNIConfDir, "cni-conf-dir", "", "CNI network configs, as a container runtime's (default /etc/cni/net.d; with --pod-network=bridge, <state-dir>/cni/net.d)")

@@ -99,9 +99,10 @@ type Config struct {
 	Backoff                 podworker.Backoff
 	AllowedHostPaths        []string // roots that hostPath volumes may use
 	VolumeRefresh           time.Duration
-	RegistryMaxBytes        int64  // in-process cache's size budget; 0: none
-	PodSyncWorkers          int    // virtual-kubelet's pod sync workers (status writes run on them)
-	CPUCgroup               string // passed to the supervised executor: where CPU limits are enforced
+	InstanceResync          time.Duration // 0: podworker.DefaultResync
+	RegistryMaxBytes        int64         // in-process cache's size budget; 0: none
+	PodSyncWorkers          int           // virtual-kubelet's pod sync workers (status writes run on them)
+	CPUCgroup               string        // passed to the supervised executor: where CPU limits are enforced
 	// ExecutorArtifactKeyFile is the supervised executor's key for the
 	// precompiled modules it shares (--artifact-key-file); empty: one of
 	// its own, so that it shares with no other node's executor.
@@ -464,7 +465,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Client: client, Cache: cache, Pool: pool, Recorder: recorder,
 		Logs:     &podlogs.Reader{JS: js, Node: cfg.NodeName, Log: log},
 		NodeName: cfg.NodeName, NodeIP: cfg.NodeIP, StateDir: cfg.StateDir,
-		Backoff: cfg.Backoff, AllowedHostPaths: cfg.AllowedHostPaths, VolumeRefresh: cfg.VolumeRefresh, Log: log,
+		Backoff: cfg.Backoff, AllowedHostPaths: cfg.AllowedHostPaths, VolumeRefresh: cfg.VolumeRefresh, InstanceResync: cfg.InstanceResync, Log: log,
 	})
 	if err != nil {
 		return err

@@ -121,7 +121,7 @@ type config struct {
 	cache   regcache.Cache   // default moduleCache
 	objects []runtime.Object // in the API
 	before  func(w *Worker)  // called before Run
-	sync    time.Duration    // Deps.VolumeRefresh
+	sync    time.Duration    // Deps.VolumeRefresh and Deps.Resync
 	noWatch bool             // no watch feeds the Worker: only its resync
 	// executor, when set, is what the Worker calls instead of the Fake
 	// (a wrapper of it); the watch still follows the Fake.
@@ -154,9 +154,9 @@ func runWith(t *testing.T, exec *instancestest.Fake, pod *v1.Pod, cfg config) *h
 		LogSubject:    func(ns, pod, c string) string { return "logs." + ns + "." + pod + "." + c },
 		VolumeDir:     t.TempDir(),
 		Backoff:       cfg.backoff,
-		VolumeRefresh: cfg.sync,
-		Network:       cfg.network,
-		Log:           slog.New(stateLog{h}),
+		VolumeRefresh: cfg.sync, Resync: cfg.sync,
+		Network: cfg.network,
+		Log:     slog.New(stateLog{h}),
 		Notify: func(p *v1.Pod) {
 			h.mu.Lock()
 			h.statuses = append(h.statuses, p.Status)

@@ -51,6 +51,18 @@ func (w *Worker) preparingVolumes(ctx context.Context) State {
 	return StatePreparingVolumes
 }
 
+// refreshes reports whether pod has volumes the volume sync refreshes or
+// checks: those of API objects, and emptyDirs with a size limit.
+func refreshes(pod *v1.Pod) bool {
+	for _, v := range pod.Spec.Volumes {
+		if v.ConfigMap != nil || v.Secret != nil || v.DownwardAPI != nil || v.Projected != nil ||
+			(v.EmptyDir != nil && v.EmptyDir.SizeLimit != nil && !v.EmptyDir.SizeLimit.IsZero()) {
+			return true
+		}
+	}
+	return false
+}
+
 // refreshVolumes writes the files of volumes that come from API objects
 // again, so that a running module sees updated config maps and secrets and
 // a renewed token. A source that cannot be read leaves the files as they

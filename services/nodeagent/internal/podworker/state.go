@@ -145,9 +145,10 @@ func (w *Worker) converge(ctx context.Context) State {
 	case <-ctx.Done():
 	case <-w.wake:
 	case <-timer.C:
-	case <-w.refresh.C:
+	case <-w.refresh:
 		w.refreshVolumes(ctx)
 		w.checkEmptyDirLimits()
+	case <-w.resyncs:
 		w.resync(ctx)
 	}
 	return current

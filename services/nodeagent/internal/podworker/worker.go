@@ -20,6 +20,13 @@ import (
 // DefaultVolumeRefresh is the kubelet's sync period.
 const DefaultVolumeRefresh = time.Minute
 
+// DefaultResync is how often a pod's instances are listed again by
+// default: a safety net, since the executor's watch reports every change,
+// and the pool notices a restart and a gap in it (package executors). At
+// the volume refresh's minute, 5,000 pods made 83 lists a second, most of
+// an idle node agent's CPU.
+const DefaultResync = 5 * time.Minute
+
 // Deps is what a Worker needs. All fields are required unless noted.
 type Deps struct {
 	Client kubernetes.Interface
@@ -34,12 +41,15 @@ type Deps struct {
 	// VolumeDir is this pod's directory for its emptyDir volumes.
 	VolumeDir string
 	Backoff   Backoff // zero: DefaultBackoff
-	// VolumeRefresh is the period of the pod's sync, the kubelet's:
+	// VolumeRefresh is the period of the pod's volume sync, the kubelet's:
 	// configMap, secret, downwardAPI and projected volumes are written
-	// again from their sources (and service-account tokens renewed),
-	// emptyDir limits checked, and the pod's instances listed again; 0
-	// means DefaultVolumeRefresh.
+	// again from their sources (and service-account tokens renewed), and
+	// emptyDir limits checked; a pod with none of those has no such sync.
+	// 0 means DefaultVolumeRefresh.
 	VolumeRefresh time.Duration
+	// Resync is how often the pod's instances are listed again from the
+	// executor; 0 means DefaultResync.
+	Resync time.Duration
 	// AllowedHostPaths are the host directories (and what is below them)
 	// that hostPath volumes may name; empty: none.
 	AllowedHostPaths []string
@@ -90,10 +100,12 @@ type Worker struct {
 		msg     string
 		delay   time.Duration
 	}
-	refresh *time.Ticker // the periodic sync: volumes, emptyDir limits, instances
-	creates uint64       // instances created or adopted so far (ctr.created)
-	listing bool         // a resync's list is under way
-	lists   sync.WaitGroup
+	// The periodic syncs: volumes and emptyDir limits (nil: the pod has
+	// nothing to refresh), and the instances' resync.
+	refresh, resyncs <-chan time.Time
+	creates          uint64 // instances created or adopted so far (ctr.created)
+	listing          bool   // a resync's list is under way
+	lists            sync.WaitGroup
 
 	// Guarded by mu: a pod-level failure (DeadlineExceeded, Evicted).
 	failReason, failMsg string
@@ -106,6 +118,9 @@ func New(deps Deps, pod *v1.Pod) *Worker {
 	}
 	if deps.VolumeRefresh <= 0 {
 		deps.VolumeRefresh = DefaultVolumeRefresh
+	}
+	if deps.Resync <= 0 {
+		deps.Resync = DefaultResync
 	}
 	log := deps.Log
 	if log == nil {
@@ -281,8 +296,14 @@ func (w *Worker) Run(ctx context.Context) {
 	if !w.admitProbes() {
 		w.Terminate(0)
 	}
-	w.refresh = time.NewTicker(w.deps.VolumeRefresh)
-	defer w.refresh.Stop()
+	if refreshes(w.current()) {
+		t := time.NewTicker(w.deps.VolumeRefresh)
+		defer t.Stop()
+		w.refresh = t.C
+	}
+	resyncs := time.NewTicker(w.deps.Resync)
+	defer resyncs.Stop()
+	w.resyncs = resyncs.C
 	for s := w.State(); s != StateTerminated; s = w.State() {
 		if ctx.Err() != nil {
 			return

@@ -47,6 +47,9 @@ type Config struct {
 	Backoff  podworker.Backoff
 	// VolumeRefresh is how often API-backed volumes are rewritten (optional).
 	VolumeRefresh time.Duration
+	// InstanceResync is how often each pod's instances are listed again
+	// (optional: podworker.DefaultResync).
+	InstanceResync time.Duration
 	// AllowedHostPaths are the roots hostPath volumes may use (optional).
 	AllowedHostPaths []string
 	// Network, optional, puts pods that declare ports on the pod network;
@@ -154,6 +157,7 @@ func (p *Provider) CreatePod(ctx context.Context, pod *v1.Pod) error {
 		Backoff:          p.cfg.Backoff,
 		AllowedHostPaths: p.cfg.AllowedHostPaths,
 		VolumeRefresh:    p.cfg.VolumeRefresh,
+		Resync:           p.cfg.InstanceResync,
 		Network:          network,
 		Notify:           p.notifyPod,
 		Log:              p.cfg.Log,
