@@ -491,12 +491,10 @@ func (b *execBench) density(ctx context.Context, p *execProc) error {
 		fmt.Sprintf("the same, with the executor's Pss (smaps_rollup) instead of VmRSS: a page mapped by many instances (e.g. the one precompiled artifact, mapped once per wasmtime Engine) counts once, not once per mapping; per instance anonymous %.2f, file %.2f, shmem %.2f MiB", pssPer("Pss_Anon"), pssPer("Pss_File"), pssPer("Pss_Shmem")),
 		"MiB", []float64{pssPer("Pss")})
 	pss.Hold("max", execDensityTarget)
-	// Issue 18 §2: a wazero instance asleep in WASI gives its thread back;
-	// a wasmtime one keeps it (its host call is on the thread's C stack).
+	// Issue 18 §2: an instance asleep in WASI gives its thread back, on
+	// either engine (wasmtime's wasm runs on a fiber).
 	threads := Values(fmt.Sprintf("%sOS threads per sleeping Go instance", b.label), fmt.Sprintf("(executor threads with the instances − idle: %d → %d) / %d", before["Threads"], after["Threads"], n), "threads", []float64{float64(after["Threads"]-before["Threads"]) / float64(n)})
-	if b.engine == "wazero" {
-		threads.Hold("max", execThreadsTarget)
-	}
+	threads.Hold("max", execThreadsTarget)
 	b.figs = append(b.figs, held, f, pss, threads,
 		Durations(fmt.Sprintf("%s%d sleeping Go instances, all asleep", b.label, n), fmt.Sprintf("first CreateInstance → every instance's first log line on NATS; %d callers", b.opts.ExecConcurrency), []time.Duration{all}))
 	return nil

@@ -51,8 +51,9 @@ const (
 
 // Mobile is a Guest that may leave its OS thread while it waits in its
 // Poller: nothing of its runtime is on the thread's stack (wazero, pure
-// Go; not wasmtime, whose host calls run on the C stack). Launch hands
-// the Poller the Run's leave, so that an instance asleep holds no thread.
+// Go; wasmtime, whose wasm runs on a fiber that a wait returns from).
+// Launch hands the Poller the Run's leave, so that an instance asleep
+// holds no thread.
 type Mobile interface {
 	Guest
 	// Poller is the guest's poll_oneoff.
