@@ -31,6 +31,14 @@ func main() {
 	if *cpuProfile != "" {
 		dir, err := filepath.Abs(*cpuProfile)
 		if err == nil {
+			err = os.MkdirAll(dir, 0o755)
+		}
+		if err == nil {
+			// The node agent's executor runs as an unprivileged user
+			// (--executor-user) and writes its profiles here too.
+			err = os.Chmod(dir, 0o1777)
+		}
+		if err == nil {
 			err = os.Setenv(profiling.EnvDir, dir)
 		}
 		if err != nil {
