@@ -251,6 +251,20 @@ func TestDeleteRunningPod(t *testing.T) {
 	pod.Spec.TerminationGracePeriodSeconds = &grace
 	apply(t, ns, pod)
 	waitPhase(t, ns, "long", v1.PodRunning, 2*time.Minute)
+
+	// Made again under the same name while it runs, as kubectl replace
+	// --force or a StatefulSet's controller does: the new pod runs. It
+	// stayed Pending, the node agent answering for the old one.
+	old := jsonpath(t, ns, "long", "{.metadata.uid}")
+	manifest := mustKubectl(t, "get", "pod", "-n", ns, "long", "-o", "yaml")
+	if out, err := kubectlIn(t, []byte(manifest), "replace", "--force", "-f", "-"); err != nil {
+		t.Fatalf("kubectl replace --force: %v %s", err, out)
+	}
+	waitFor(t, time.Minute, "the pod made again under its name running", func() (bool, string) {
+		uid, phase := jsonpath(t, ns, "long", "{.metadata.uid}"), jsonpath(t, ns, "long", "{.status.phase}")
+		return uid != old && phase == string(v1.PodRunning), uid + " " + phase
+	})
+
 	waitFor(t, 30*time.Second, "logs of the running pod", func() (bool, string) {
 		out, _ := kubectl(t, "logs", "-n", ns, "long", "--tail=1")
 		return strings.HasPrefix(out, "count "), out

@@ -72,6 +72,10 @@ type entry struct {
 	// then cleared): followers of its logs wait on it. Guarded by
 	// Provider.mu.
 	changed chan struct{}
+	// deleted: DeletePod was called; the pod is stopping or stopped, and
+	// a pod made again under its name is another (GetPod). Guarded by
+	// Provider.mu.
+	deleted bool
 }
 
 // Provider runs pods with pod workers.
@@ -116,7 +120,14 @@ func (p *Provider) NotifyPods(_ context.Context, cb func(*v1.Pod)) {
 func (p *Provider) notifyPod(pod *v1.Pod) {
 	p.mu.Lock()
 	cb := p.notify
-	if e := p.pods[key(pod.Namespace, pod.Name)]; e != nil && e.uid == string(pod.UID) && e.changed != nil {
+	e := p.pods[key(pod.Namespace, pod.Name)]
+	if e != nil && e.uid != string(pod.UID) {
+		// A pod made again under the name replaced this one, whose worker
+		// is still stopping: its status is not the new pod's.
+		p.mu.Unlock()
+		return
+	}
+	if e != nil && e.changed != nil {
 		close(e.changed)
 		e.changed = nil
 	}
@@ -214,11 +225,15 @@ func (p *Provider) route(ctx context.Context, pod *v1.Pod) (string, error) {
 	return flavour, nil
 }
 
-// UpdatePod passes a newer version of the pod to its worker.
-func (p *Provider) UpdatePod(_ context.Context, pod *v1.Pod) error {
+// UpdatePod passes a newer version of the pod to its worker; a pod made
+// again under the name of one deleted here is created.
+func (p *Provider) UpdatePod(ctx context.Context, pod *v1.Pod) error {
 	e, err := p.get(pod.Namespace, pod.Name)
 	if err != nil {
 		return err
+	}
+	if e.uid != string(pod.UID) {
+		return p.CreatePod(ctx, pod)
 	}
 	e.worker.Update(pod)
 	return nil
@@ -231,6 +246,13 @@ func (p *Provider) DeletePod(_ context.Context, pod *v1.Pod) error {
 	if err != nil {
 		return err
 	}
+	if pod.UID != "" && e.uid != string(pod.UID) {
+		// An older pod of the name, already replaced here.
+		return errdefs.NotFoundf("pod %s/%s (uid %s) is not known to this node", pod.Namespace, pod.Name, pod.UID)
+	}
+	p.mu.Lock()
+	e.deleted = true
+	p.mu.Unlock()
 	grace := 30 * time.Second
 	if s := pod.Spec.TerminationGracePeriodSeconds; s != nil {
 		grace = time.Duration(*s) * time.Second
@@ -253,11 +275,20 @@ func (p *Provider) get(ns, name string) (*entry, error) {
 	return e, nil
 }
 
-// GetPod returns the pod with its latest status.
+// GetPod returns the pod with its latest status. A pod deleted here is not
+// found: virtual-kubelet asks by name, and a pod made again under the name
+// (kubectl replace --force, a StatefulSet's) is created only when none is
+// (with the same spec, it was taken for the old one and stayed Pending).
 func (p *Provider) GetPod(_ context.Context, ns, name string) (*v1.Pod, error) {
 	e, err := p.get(ns, name)
 	if err != nil {
 		return nil, err
+	}
+	p.mu.Lock()
+	deleted := e.deleted
+	p.mu.Unlock()
+	if deleted {
+		return nil, errdefs.NotFoundf("pod %s/%s was deleted on this node", ns, name)
 	}
 	return e.worker.Pod(), nil
 }
