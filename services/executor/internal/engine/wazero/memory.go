@@ -1,8 +1,11 @@
 package wazero
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"sync"
+	"unsafe"
 
 	"github.com/tetratelabs/wazero/experimental"
 	"golang.org/x/sys/unix"
@@ -25,6 +28,19 @@ import (
 // (MADV_POPULATE_WRITE) is not done: it made the whole initial memory
 // resident and a burst of fresh instances no faster.
 //
+// A module's data segments are the same in every instance, and most of
+// their pages are only read (a Go module's span over a MiB). The first
+// instance of a compiled module, its data applied and nothing run yet,
+// leaves its memory up to its last non-zero page as the module's image,
+// a sealed memfd. When an instance first waits in poll_oneoff (no wasm
+// runs on its memory then), the image is mapped privately over the start
+// of its memory and the pages it had changed are written back
+// (linearMemory.share): the pages it has only read are the image's,
+// resident once for all instances, and a later write copies the one page.
+// This is done at the first wait, not at the start: a page shared at the
+// start is a fault at its first write, and the Go runtime's start writes
+// many (their faults cost more than the start itself on some VMs).
+//
 // wazero releases a memory when it closes the module, on the goroutine
 // that runs its wasm (a cancelled context only marks the module), so no
 // wasm runs on a memory after it was released. Afterwards only its length
@@ -39,12 +55,14 @@ var memories = struct {
 	n    int
 }{idle: map[uint64][]*mappedMemory{}}
 
-// withLinearMemory returns ctx with the allocator that instantiations
-// under it use.
-func withLinearMemory(ctx context.Context) context.Context {
+// withLinearMemory returns ctx with the allocator that an instantiation
+// under it uses, and the memory it made once it made one.
+func withLinearMemory(ctx context.Context) (context.Context, *linearMemory) {
+	l := &linearMemory{}
 	return experimental.WithMemoryAllocator(ctx, experimental.MemoryAllocatorFunc(func(_, max uint64) experimental.LinearMemory {
-		return &linearMemory{max: max}
-	}))
+		l.max = max
+		return l
+	})), l
 }
 
 // linearMemory is one instance's linear memory, on a mapping of its own
@@ -52,14 +70,17 @@ func withLinearMemory(ctx context.Context) context.Context {
 type linearMemory struct {
 	max uint64
 	m   *mappedMemory
+	// img is the module's image, mapped at the first wait (share).
+	img *image
 }
 
 // mappedMemory is a reservation of len(mem) bytes whose first open bytes
 // are readable and writable.
 type mappedMemory struct {
-	mem  []byte // as unix.Mmap returned it
-	open uint64
-	used uint64 // the most an instance had; zeroed before reuse
+	mem    []byte // as unix.Mmap returned it
+	open   uint64
+	used   uint64 // the most an instance had; zeroed before reuse
+	shared bool   // an image is mapped over its start: not reused
 }
 
 // Reallocate implements experimental.LinearMemory. Sizes are whole wasm
@@ -94,6 +115,10 @@ func (l *linearMemory) Free() {
 	}
 	l.m = nil
 	n := uint64(len(m.mem))
+	if m.shared {
+		unix.Munmap(m.mem)
+		return
+	}
 	memories.Lock()
 	if memories.n < idleMemories {
 		memories.idle[n] = append(memories.idle[n], m)
@@ -132,4 +157,103 @@ func takeMapping(n, initial uint64) *mappedMemory {
 		m.open = initial
 	}
 	return m
+}
+
+// image is the initial memory of a compiled module's instances, up to its
+// last non-zero page, in a memfd.
+type image struct {
+	fd   int
+	data []byte // the memfd mapped shared, read-only
+}
+
+// newImage returns the image of mem, a memory as instantiated, or nil if
+// it is all zero or the image cannot be made.
+func newImage(mem []byte) *image {
+	page := unix.Getpagesize()
+	end := len(bytes.TrimRight(mem, "\x00"))
+	end = (end + page - 1) / page * page
+	if end == 0 || end > len(mem) {
+		return nil
+	}
+	fd, err := unix.MemfdCreate("wasmlet-wazero-image", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return nil
+	}
+	img := &image{fd: fd}
+	if err := unix.Ftruncate(fd, int64(end)); err != nil {
+		img.close()
+		return nil
+	}
+	for off := 0; off < end; {
+		n, err := unix.Pwrite(fd, mem[off:end], int64(off))
+		if err != nil || n == 0 {
+			img.close()
+			return nil
+		}
+		off += n
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_WRITE|unix.F_SEAL_SEAL); err != nil {
+		img.close()
+		return nil
+	}
+	img.data, err = unix.Mmap(fd, 0, end, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		img.close()
+		return nil
+	}
+	return img
+}
+
+// close releases the image; memories it is mapped into keep it.
+func (img *image) close() {
+	if img == nil {
+		return
+	}
+	if img.data != nil {
+		unix.Munmap(img.data)
+		img.data = nil
+	}
+	unix.Close(img.fd)
+}
+
+// share maps l's image over the start of its memory, once, keeping the
+// pages the module changed since: a no-op for the module, which runs no
+// wasm meanwhile (it is called from poll_oneoff), but the pages it has
+// only read become the image's. Not done when most pages changed.
+func (l *linearMemory) share() {
+	img, m := l.img, l.m
+	l.img = nil
+	if img == nil || m == nil || m.shared || uint64(len(img.data)) > m.open {
+		return
+	}
+	page := unix.Getpagesize()
+	var changed []int
+	for off := 0; off < len(img.data); off += page {
+		if !bytes.Equal(m.mem[off:off+page], img.data[off:off+page]) {
+			changed = append(changed, off)
+		}
+	}
+	if len(changed)*page*2 > len(img.data) {
+		return
+	}
+	kept := make([]byte, len(changed)*page)
+	for i, off := range changed {
+		copy(kept[i*page:], m.mem[off:off+page])
+	}
+	// Not populated: a page is mapped when the module next reads it (and
+	// copied when it writes it), so a sleeping instance maps few of them.
+	if _, err := unix.MmapPtr(img.fd, 0, unsafe.Pointer(&m.mem[0]), uintptr(len(img.data)), unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_FIXED); err != nil {
+		// The range may be unmapped now (out of mappings, vm.max_map_count):
+		// it is anonymous again, with what it held.
+		if _, err := unix.MmapPtr(-1, 0, unsafe.Pointer(&m.mem[0]), uintptr(len(img.data)), unix.PROT_READ|unix.PROT_WRITE,
+			unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE|unix.MAP_FIXED); err != nil {
+			panic(fmt.Sprintf("wazero engine: restore a module's memory: %v", err))
+		}
+		copy(m.mem, img.data)
+	}
+	m.shared = true
+	for i, off := range changed {
+		copy(m.mem[off:off+page], kept[i*page:(i+1)*page])
+	}
 }

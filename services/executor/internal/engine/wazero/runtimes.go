@@ -3,6 +3,7 @@ package wazero
 import (
 	"context"
 	"fmt"
+	"sync"
 
 	wz "github.com/tetratelabs/wazero"
 
@@ -37,6 +38,23 @@ type compiled struct {
 	// stale: interpreted, and the module is compiled now; closed once
 	// unused, whatever the bounds.
 	stale bool
+
+	imgOnce sync.Once
+	img     *image // its instances' initial memory (memory.go), made by the first
+}
+
+// image returns c's image, made from mem, the memory of an instance as
+// instantiated, if it is the first.
+func (c *compiled) image(mem []byte) *image {
+	c.imgOnce.Do(func() { c.img = newImage(mem) })
+	return c.img
+}
+
+// close closes c's compiled module and image. It is unused.
+func (c *compiled) close(ctx context.Context) {
+	c.cm.Close(ctx)
+	c.imgOnce.Do(func() {})
+	c.img.close()
 }
 
 // runtime returns the compiling Runtime for a memory limit of pages,
@@ -100,7 +118,7 @@ func (e *Engine) evict() {
 	for _, r := range e.runtimes {
 		for d, c := range r.compiled {
 			if c.stale && c.refs == 0 {
-				c.cm.Close(ctx)
+				c.close(ctx)
 				delete(r.compiled, d)
 				e.ncompiled--
 			}
@@ -123,7 +141,7 @@ func (e *Engine) evict() {
 		if !seen {
 			break
 		}
-		lc.cm.Close(ctx)
+		lc.close(ctx)
 		delete(lr.compiled, ld)
 		e.ncompiled--
 	}
@@ -138,7 +156,7 @@ func (e *Engine) evict() {
 			break
 		}
 		for d, c := range lr.compiled {
-			c.cm.Close(ctx)
+			c.close(ctx)
 			delete(lr.compiled, d)
 			e.ncompiled--
 		}

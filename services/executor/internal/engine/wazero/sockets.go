@@ -335,6 +335,7 @@ func hostFD(c syscall.Conn) (int, bool) {
 // the calls' context.
 type sockets struct {
 	poller    *engine.Poller
+	memory    *linearMemory      // shared at the first wait (memory.go)
 	listeners []*net.TCPListener // set before the run, read by a kill
 
 	once  sync.Once
@@ -398,6 +399,9 @@ func defineWASI(ctx context.Context, rt wz.Runtime) error {
 
 func pollOneoff(ctx context.Context, mod api.Module, stack []uint64) {
 	s, _ := ctx.Value(socketsKey{}).(*sockets)
+	if s != nil && s.memory != nil {
+		s.memory.share()
+	}
 	var mem []byte
 	ok := false
 	if m := mod.Memory(); m != nil {

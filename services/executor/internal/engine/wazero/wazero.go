@@ -308,10 +308,12 @@ func (e *Engine) instantiate(ctx context.Context, em engine.Module, spec engine.
 		WithNanosleep(sleeper(ictx)).
 		WithRandSource(rand.Reader)
 	var mod api.Module
+	mctx, lm := withLinearMemory(ictx)
+	socks.memory = lm
 	err = engine.InNetNS(spec.NetNS, func() error {
 		// wazero opens the listeners here, on this thread, with net.Listen.
 		var err error
-		mod, err = r.rt.InstantiateModule(withListeners(withLinearMemory(ictx), listeners, e.placeholder), cm, mc)
+		mod, err = r.rt.InstantiateModule(withListeners(mctx, listeners, e.placeholder), cm, mc)
 		return err
 	})
 	if err != nil {
@@ -331,6 +333,10 @@ func (e *Engine) instantiate(ctx context.Context, em engine.Module, spec engine.
 		mod.Close(ictx)
 		cancel()
 		return nil, fmt.Errorf("%w: %v", engine.ErrListen, err)
+	}
+	if lm.m != nil {
+		// Its memory as instantiated: the image, if it is the first.
+		lm.img = c.image(lm.m.mem[:lm.m.open])
 	}
 	start := mod.ExportedFunction("_start")
 	if start == nil {

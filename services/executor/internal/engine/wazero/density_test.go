@@ -1,0 +1,210 @@
+package wazero
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	goruntime "runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/wasmlet/wasmlet/internal/testharness/wasmbuild"
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine/enginetest"
+)
+
+// TestDensity holds WASMLET_DENSITY instances of examples/hello asleep in
+// this process and reports what each adds to its VmRSS, Pss and OS
+// threads, and how much of it their linear memories hold, with the start
+// latency (Start's return) of a cached module besides. Opt-in: it takes
+// what a node would. As wasmtime's TestDensity.
+//
+//	WASMLET_DENSITY=500 flock -o /tmp/wasmlet-measure.lock go test -count=1 -run TestDensity -v ./services/executor/internal/engine/wazero/
+func TestDensity(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("WASMLET_DENSITY"))
+	if n <= 0 {
+		t.Skip("set WASMLET_DENSITY to the number of sleeping instances")
+	}
+	e, err := New(Config{CacheDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := enginetest.Prepare(t, e, wasmbuild.BuildDir(t, "examples/hello"))
+	ctx := context.Background()
+
+	// Starts one after another, the module compiled, before the
+	// instances are held.
+	var starts []time.Duration
+	for i := range 60 {
+		t0 := time.Now()
+		inst, err := e.Start(ctx, m, engine.Spec{Args: []string{"hello"}, Env: env("COUNT", "1"), Stdout: io.Discard})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i >= 10 {
+			starts = append(starts, time.Since(t0))
+		}
+		inst.Wait()
+	}
+
+	goruntime.GC()
+	time.Sleep(500 * time.Millisecond)
+	before, pssBefore, memBefore := procFields(t, "status"), procFields(t, "smaps_rollup"), linearResident(t)
+	insts := make([]engine.Instance, n)
+	asleep := make([]*lineWaiter, n)
+	t0 := time.Now()
+	for i := range n {
+		asleep[i] = &lineWaiter{line: "count 1", seen: make(chan struct{})}
+		insts[i], err = e.Start(ctx, m, engine.Spec{Args: []string{"hello"}, Env: env("COUNT", "2", "SLEEP", "1h"), Stdout: asleep[i]})
+		if err != nil {
+			t.Fatalf("instance %d: %v", i, err)
+		}
+	}
+	for _, w := range asleep {
+		<-w.seen
+	}
+	all := time.Since(t0)
+	goruntime.GC()
+	time.Sleep(time.Second)
+	after, pssAfter, memAfter := procFields(t, "status"), procFields(t, "smaps_rollup"), linearResident(t)
+	per := func(a, b map[string]int64, k string) float64 { return float64(a[k]-b[k]) / float64(n) / (1 << 20) }
+	t.Logf("%d sleeping instances, all asleep after %v", n, all.Round(time.Millisecond))
+	t.Logf("per instance: VmRSS %.2f MiB (anon %.2f, file %.2f, shmem %.2f), Pss %.2f MiB (anon %.2f, file %.2f, shmem %.2f), linear memory resident %.2f MiB, threads %.3f (%d → %d)",
+		per(after, before, "VmRSS"), per(after, before, "RssAnon"), per(after, before, "RssFile"), per(after, before, "RssShmem"),
+		per(pssAfter, pssBefore, "Pss"), per(pssAfter, pssBefore, "Pss_Anon"), per(pssAfter, pssBefore, "Pss_File"), per(pssAfter, pssBefore, "Pss_Shmem"),
+		float64(memAfter-memBefore)/float64(n)/(1<<20),
+		float64(after["Threads"]-before["Threads"])/float64(n), before["Threads"], after["Threads"])
+	t.Logf("start of a cached module (one after another): %s", quantiles(starts))
+
+	// Every held instance is still asleep, and a kill ends it at once.
+	t1 := time.Now()
+	for _, inst := range insts {
+		inst.Kill()
+	}
+	for i, inst := range insts {
+		if res := inst.Wait(); res.Reason != engine.ReasonKilled {
+			t.Fatalf("instance %d: %+v", i, res)
+		}
+	}
+	t.Logf("%d sleeping instances killed in %v", n, time.Since(t1).Round(time.Millisecond))
+}
+
+func env(kv ...string) []engine.EnvVar {
+	var out []engine.EnvVar
+	for i := 0; i+1 < len(kv); i += 2 {
+		out = append(out, engine.EnvVar{Name: kv[i], Value: kv[i+1]})
+	}
+	return out
+}
+
+// lineWaiter closes seen when a line starting with line is written.
+type lineWaiter struct {
+	line string
+	mu   sync.Mutex
+	buf  []byte
+	once sync.Once
+	seen chan struct{}
+}
+
+func (w *lineWaiter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = append(w.buf, p...)
+	for _, l := range strings.Split(string(w.buf), "\n") {
+		if strings.HasPrefix(l, w.line) {
+			w.once.Do(func() { close(w.seen) })
+		}
+	}
+	if len(w.buf) > 4096 {
+		w.buf = w.buf[len(w.buf)-1024:]
+	}
+	return len(p), nil
+}
+
+func quantiles(ds []time.Duration) string {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	q := func(p float64) time.Duration { return s[int(p*float64(len(s)-1))].Round(10 * time.Microsecond) }
+	return fmt.Sprintf("min %v, median %v, p90 %v, max %v (%d)", s[0], q(0.5), q(0.9), s[len(s)-1], len(s))
+}
+
+// procFields reads the "Name: N [kB]" lines of /proc/self/<file>, sizes in
+// bytes.
+func procFields(t *testing.T, file string) map[string]int64 {
+	f, err := os.Open("/proc/self/" + file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	out := map[string]int64{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		fs := strings.Fields(v)
+		if !ok || len(fs) == 0 {
+			continue
+		}
+		n, err := strconv.ParseInt(fs[0], 10, 64)
+		if err != nil {
+			continue
+		}
+		if len(fs) > 1 && fs[1] == "kB" {
+			n *= 1024
+		}
+		out[k] = n
+	}
+	return out
+}
+
+// linearResident is the resident bytes of the mappings that back linear
+// memories. A memory reserves its maximum (4 GiB with no limit) without
+// access and opens what it grows to, splitting the mapping in two: its
+// open part is an anonymous mapping directly below an inaccessible one of
+// at least a GiB, which nothing else here maps.
+func linearResident(t *testing.T) int64 {
+	f, err := os.Open("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	type vma struct {
+		start, end uint64
+		perms      string
+		anon       bool
+		rss        int64
+	}
+	var vmas []vma
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) == 0 {
+			continue
+		}
+		if lo, hi, ok := strings.Cut(fs[0], "-"); ok && len(fs) >= 5 {
+			a, err1 := strconv.ParseUint(lo, 16, 64)
+			b, err2 := strconv.ParseUint(hi, 16, 64)
+			if err1 == nil && err2 == nil {
+				vmas = append(vmas, vma{start: a, end: b, perms: fs[1], anon: len(fs) == 5})
+				continue
+			}
+		}
+		if fs[0] == "Rss:" && len(vmas) > 0 && len(fs) > 1 {
+			kb, _ := strconv.ParseInt(fs[1], 10, 64)
+			vmas[len(vmas)-1].rss = kb << 10
+		}
+	}
+	var total int64
+	for i := 0; i+1 < len(vmas); i++ {
+		v, next := vmas[i], vmas[i+1]
+		if v.anon && v.perms == "rw-p" && next.start == v.end && next.perms == "---p" && next.end-next.start >= 1<<30 {
+			total += v.rss
+		}
+	}
+	return total
+}

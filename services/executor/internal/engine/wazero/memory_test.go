@@ -1,0 +1,86 @@
+package wazero
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wasmlet/wasmlet/internal/testharness/wasmbuild"
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine/enginetest"
+)
+
+// TestImageShared: instances of a Go module waiting in poll_oneoff have
+// the module's image mapped over their memory, and go on as before it,
+// reading and writing their data after each wait; their mappings go when
+// they end.
+func TestImageShared(t *testing.T) {
+	e := newEngine(t, t.TempDir(), nil)
+	m := enginetest.Prepare(t, e, wasmbuild.BuildDir(t, "examples/hello"))
+	ctx := context.Background()
+	before := imageMappings(t)
+
+	const n = 3
+	var insts []engine.Instance
+	for range n {
+		w := &lineWaiter{line: "count 1", seen: make(chan struct{})}
+		inst, err := e.Start(ctx, m, engine.Spec{Args: []string{"hello"}, Env: env("COUNT", "2", "SLEEP", "1h"), Stdout: w})
+		if err != nil {
+			t.Fatal(err)
+		}
+		insts = append(insts, inst)
+		<-w.seen
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for imageMappings(t) < before+n && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := imageMappings(t); got != before+n {
+		t.Fatalf("%d sleeping instances map the image %d times, want %d", n, got-before, n)
+	}
+
+	var out bytes.Buffer
+	inst, err := e.Start(ctx, m, engine.Spec{Args: []string{"hello", "again"}, Env: env("COUNT", "5", "SLEEP", "20ms"), Stdout: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := inst.Wait(); !res.Exited || res.ExitCode != 0 {
+		t.Fatalf("counting instance: %+v", res)
+	}
+	for _, want := range []string{`argv: ["hello" "again"]`, "count 1\n", "count 5\n"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("counting instance wrote %q, want %q in it", out.String(), want)
+		}
+	}
+
+	for _, inst := range insts {
+		inst.Kill()
+		inst.Wait()
+	}
+	if got := imageMappings(t); got != before {
+		t.Errorf("after the instances ended the image is mapped %d times, want %d", got, before)
+	}
+}
+
+// imageMappings counts the private, writable mappings of module images in
+// this process: one per instance that shares one.
+func imageMappings(t *testing.T) int {
+	f, err := os.Open("/proc/self/maps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	n := 0
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) >= 6 && fs[1] == "rw-p" && strings.Contains(fs[5], "wasmlet-wazero-image") {
+			n++
+		}
+	}
+	return n
+}
