@@ -200,10 +200,10 @@ func (c *Config) defaults() error {
 	return nil
 }
 
-// Run runs the node agent until ctx ends.
 // podInformerResync is the pod informer's resync period (see Run).
 const podInformerResync = 10 * time.Minute
 
+// Run runs the node agent until ctx ends.
 func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.defaults(); err != nil {
 		return err
