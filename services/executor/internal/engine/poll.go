@@ -149,7 +149,8 @@ func (p *Poller) PollOneoff(mem []byte, in, out, nsubs, nevents uint32, host Hos
 	var clocks []clock
 	var fds []fdsub
 	now := time.Now()
-	pfds := []unix.PollFd{{Fd: -1, Events: unix.POLLIN}} // the wake eventfd's, once wait needs it
+	// pfds[0] is the wake eventfd's, set once a wait needs it.
+	pfds := []unix.PollFd{{Fd: -1, Events: unix.POLLIN}}
 	at := now // ready at once, unless all are sockets or clocks to wait for
 	immediate := false
 	for k := range uint64(nsubs) {
