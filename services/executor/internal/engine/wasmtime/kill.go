@@ -90,10 +90,10 @@ func storePointer(s *wt.Store) unsafe.Pointer {
 }
 
 // checkLayout makes sure the wasmtime-go objects whose C pointers this
-// package reads as their first field (storePointer, async.go's first)
-// are laid out as in v39.0.1, and that storePointer reads the store's
-// pointer: the context the C API derives from it is the one wasmtime-go
-// gives.
+// package reads as their first field (storePointer, async.go's first,
+// used by output.go too) are laid out as in v39.0.1, and that
+// storePointer reads the store's pointer: the context the C API derives
+// from it is the one wasmtime-go gives.
 func checkLayout(eng *wt.Engine) error {
 	if err := checkSizes(); err != nil {
 		return err
@@ -122,6 +122,7 @@ func checkSizes() error {
 		{"Config", unsafe.Sizeof(wt.Config{}), ptr},
 		{"Linker", unsafe.Sizeof(wt.Linker{}), 2 * ptr},
 		{"Module", unsafe.Sizeof(wt.Module{}), ptr},
+		{"WasiConfig", unsafe.Sizeof(wt.WasiConfig{}), ptr},
 	} {
 		if o.size != o.want {
 			return fmt.Errorf("wasmtime-go's %s is %d bytes, not the %d of v39.0.1, whose layout the engine relies on", o.name, o.size, o.want)

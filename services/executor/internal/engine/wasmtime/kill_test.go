@@ -14,8 +14,8 @@ import (
 )
 
 // TestLayout: the engine reaches the C pointers of wasmtime-go's Store,
-// Config, Linker and Module by their layout in v39.0.1 (storePointer,
-// first). An upgrade that changes one must fail here, and New must refuse
+// Config, Linker, Module and WasiConfig by their layout in v39.0.1
+// (storePointer, first). An upgrade that changes one must fail here, and New must refuse
 // to make an engine.
 func TestLayout(t *testing.T) {
 	if err := checkLayout(newEngine(false)); err != nil {

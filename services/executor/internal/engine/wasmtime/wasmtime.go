@@ -43,7 +43,9 @@
 //   - A kill sets the instance's kill switch and advances the epoch,
 //     which ends its running wasm, and wakes the engine's own poll_oneoff
 //     (async.go), which ends a sleep.
-//   - Output reaches the sinks through pipes WASI writes to.
+//   - Output goes straight to the sinks, from the instance's fiber, at
+//     each write (output.go): an instance holds no descriptor for its
+//     stdio (a handler's request body still comes through a pipe).
 //   - No listeners: wasmtime-go has no socket preopen (neither its Go API
 //     nor the C API's wasi_config_*), so Start refuses Spec.Listeners
 //     with engine.ErrUnsupported.
@@ -281,8 +283,6 @@ type instance struct {
 	kill  killSwitch
 	fiber *fiber // its wasm (async.go)
 
-	readers sync.WaitGroup // of the output pipes' readers
-
 	poller *engine.Poller // poll_oneoff's (async.go); Interrupt wakes it
 }
 
@@ -321,17 +321,12 @@ func (i *instance) wasiConfig(spec engine.Spec, io engine.Stdio) (*wt.WasiConfig
 			return nil, fmt.Errorf("%w: preopen %s at %s: %v", engine.ErrInstantiate, p.HostPath, p.GuestPath, err)
 		}
 	}
-	err := i.input(io.Stdin, wasi.SetStdinFile)
-	if err == nil {
-		err = i.output(io.Stdout, wasi.SetStdoutFile)
-	}
-	if err == nil {
-		err = i.output(io.Stderr, wasi.SetStderrFile)
-	}
-	if err != nil {
+	if err := i.input(io.Stdin, wasi.SetStdinFile); err != nil {
 		wasi.Close()
 		return nil, err
 	}
+	setOutput(wasi, false, io.Stdout)
+	setOutput(wasi, true, io.Stderr)
 	// The monotonic clock a module reads (clock_time_get) counts from the
 	// creation of its WASI context, within microseconds of now: absolute
 	// monotonic deadlines are taken against it.
@@ -369,12 +364,14 @@ func (i *instance) instantiate(m *module, spec engine.Spec, wasi *wt.WasiConfig)
 	return nil
 }
 
-// input connects WASI's stdin to src through a pipe (see output), which a
-// goroutine fills; it ends when src does or when the store closes WASI's
-// descriptor. nil: /dev/null.
+// input connects WASI's stdin to src through a pipe, which a goroutine
+// fills: WASI takes only a path, so the pipe's read end is named through
+// /proc/self/fd (WASI opens its own descriptor; ours is closed at once).
+// It ends when src does or when the store closes WASI's descriptor. nil:
+// no stdin, which a module reads as at its end, and holds no descriptor.
 func (i *instance) input(src io.Reader, set func(string) error) error {
 	if src == nil {
-		return set(os.DevNull)
+		return nil
 	}
 	r, w, err := os.Pipe()
 	if err != nil {
@@ -391,61 +388,6 @@ func (i *instance) input(src io.Reader, set func(string) error) error {
 		w.Close()
 	}()
 	return nil
-}
-
-// output connects one WASI output stream to sink through a pipe. WASI takes
-// only a path, so the pipe's write end is named through /proc/self/fd;
-// WASI opens its own descriptor, ours is closed at once, and the reader sees
-// EOF when the store (and with it WASI's descriptor) is closed.
-func (i *instance) output(sink io.Writer, set func(string) error) error {
-	if sink == nil {
-		return set(os.DevNull)
-	}
-	r, w, err := os.Pipe()
-	if err != nil {
-		return fmt.Errorf("%w: output pipe: %v", engine.ErrInstantiate, err)
-	}
-	err = set(fmt.Sprintf("/proc/self/fd/%d", w.Fd()))
-	w.Close()
-	if err != nil {
-		r.Close()
-		return fmt.Errorf("%w: connect output: %v", engine.ErrInstantiate, err)
-	}
-	i.readers.Add(1)
-	go func() {
-		defer i.readers.Done()
-		defer r.Close()
-		if err := copyOutput(sink, r); err != nil {
-			io.Copy(io.Discard, r) // keep draining: a module must never block on us
-		}
-	}()
-	return nil
-}
-
-// copyOutput copies r to sink through a buffer that starts small and grows
-// once a read fills it. Most instances write a few lines: io.Copy's 32 KiB
-// buffer for each of their two streams was allocated and cleared at every
-// start and kept for the instance's life; a module that writes more gets
-// the large buffer at its first full read.
-func copyOutput(sink io.Writer, r io.Reader) error {
-	buf := make([]byte, 512)
-	for {
-		n, err := r.Read(buf)
-		if n > 0 {
-			if _, werr := sink.Write(buf[:n]); werr != nil {
-				return werr
-			}
-			if n == len(buf) && n < 32<<10 {
-				buf = make([]byte, 32<<10)
-			}
-		}
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-	}
 }
 
 // Call implements engine.Guest.
@@ -522,13 +464,10 @@ func (i *instance) Interrupt() {
 }
 
 // Close implements engine.Guest.
-func (i *instance) Close() {
-	i.release()
-	i.readers.Wait()
-}
+func (i *instance) Close() { i.release() }
 
-// release frees the wasmtime objects; the store's close closes WASI's
-// output descriptors, which ends the readers, and frees the kill switch
+// release frees the wasmtime objects; the store's close frees the output
+// sinks' handles (output.go) and the kill switch
 // (engine.Run interrupts only before Close).
 func (i *instance) release() {
 	if i.store != nil {
