@@ -32,7 +32,7 @@ import (
 // their pages are only read (a Go module's span over a MiB). The first
 // instance of a compiled module, its data applied and nothing run yet,
 // leaves its memory up to its last non-zero page as the module's image,
-// a sealed memfd. When an instance first waits in poll_oneoff (no wasm
+// a sealed memfd (or an unnamed file in the cache). When an instance first waits in poll_oneoff (no wasm
 // runs on its memory then), the image is mapped privately over the start
 // of its memory and the pages it had changed are written back
 // (linearMemory.share): the pages it has only read are the image's,
@@ -167,17 +167,30 @@ type image struct {
 }
 
 // newImage returns the image of mem, a memory as instantiated, or nil if
-// it is all zero or the image cannot be made.
-func newImage(mem []byte) *image {
+// it is all zero or the image cannot be made. It is a sealed memfd, or
+// where memfd_create is refused (the executor's seccomp allow-list) a
+// file without a name in dir.
+func newImage(mem []byte, dir string) *image { return newImageIn(mem, dir, true) }
+
+// newImageIn is newImage, trying memfd_create if memfd.
+func newImageIn(mem []byte, dir string, memfd bool) *image {
 	page := unix.Getpagesize()
 	end := len(bytes.TrimRight(mem, "\x00"))
 	end = (end + page - 1) / page * page
 	if end == 0 || end > len(mem) {
 		return nil
 	}
-	fd, err := unix.MemfdCreate("wasmlet-wazero-image", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	sealed := memfd
+	fd, err := -1, error(unix.EPERM)
+	if memfd {
+		fd, err = unix.MemfdCreate("wasmlet-wazero-image", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	}
 	if err != nil {
-		return nil
+		sealed = false
+		fd, err = unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
+		if err != nil {
+			return nil
+		}
 	}
 	img := &image{fd: fd}
 	if err := unix.Ftruncate(fd, int64(end)); err != nil {
@@ -192,7 +205,7 @@ func newImage(mem []byte) *image {
 		}
 		off += n
 	}
-	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_WRITE|unix.F_SEAL_SEAL); err != nil {
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_WRITE|unix.F_SEAL_SEAL); sealed && err != nil {
 		img.close()
 		return nil
 	}

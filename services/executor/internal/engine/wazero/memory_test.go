@@ -84,3 +84,22 @@ func imageMappings(t *testing.T) int {
 	}
 	return n
 }
+
+// TestImageFile: where memfd_create is refused, the image is a file with
+// no name in the cache, and is the memory it was made from.
+func TestImageFile(t *testing.T) {
+	dir := t.TempDir()
+	mem := make([]byte, 256<<10)
+	copy(mem[70<<10:], "data")
+	img := newImageIn(mem, dir, false)
+	if img == nil {
+		t.Fatal("no image")
+	}
+	defer img.close()
+	if len(img.data) != 72<<10 || !bytes.Equal(img.data, mem[:72<<10]) {
+		t.Fatalf("image of %d bytes, want the memory's first %d", len(img.data), 72<<10)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("the image left %d files in the cache", len(ents))
+	}
+}

@@ -44,9 +44,9 @@ type compiled struct {
 }
 
 // image returns c's image, made from mem, the memory of an instance as
-// instantiated, if it is the first.
-func (c *compiled) image(mem []byte) *image {
-	c.imgOnce.Do(func() { c.img = newImage(mem) })
+// instantiated, if it is the first (in dir if it must be a file).
+func (c *compiled) image(mem []byte, dir string) *image {
+	c.imgOnce.Do(func() { c.img = newImage(mem, dir) })
 	return c.img
 }
 

@@ -336,7 +336,7 @@ func (e *Engine) instantiate(ctx context.Context, em engine.Module, spec engine.
 	}
 	if lm.m != nil {
 		// Its memory as instantiated: the image, if it is the first.
-		lm.img = c.image(lm.m.mem[:lm.m.open])
+		lm.img = c.image(lm.m.mem[:lm.m.open], e.root)
 	}
 	start := mod.ExportedFunction("_start")
 	if start == nil {
