@@ -43,9 +43,10 @@
 //   - A kill sets the instance's kill switch and advances the epoch,
 //     which ends its running wasm, and wakes the engine's own poll_oneoff
 //     (async.go), which ends a sleep.
-//   - Output goes straight to the sinks, from the instance's fiber, at
-//     each write (output.go): an instance holds no descriptor for its
-//     stdio (a handler's request body still comes through a pipe).
+//   - Output goes straight to the sinks at each write, called on
+//     wasmtime's own runtime threads while fd_write waits (output.go): an
+//     instance holds no descriptor for its stdio (a handler's request
+//     body still comes through a pipe).
 //   - No listeners: wasmtime-go has no socket preopen (neither its Go API
 //     nor the C API's wasi_config_*), so Start refuses Spec.Listeners
 //     with engine.ErrUnsupported.
