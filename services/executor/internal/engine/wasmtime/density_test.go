@@ -1,23 +1,20 @@
 package wasmtime
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"fmt"
 	"io"
 	"os"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/wasmlet/wasmlet/internal/testharness/wasmbuild"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine/enginetest"
 )
 
 // TestDensity holds WASMLET_DENSITY instances of examples/hello asleep in
@@ -52,13 +49,13 @@ func TestDensity(t *testing.T) {
 		inst.Wait()
 	}
 	for range 20 {
-		out := &lineWaiter{line: "spinning", seen: make(chan struct{})}
+		out := enginetest.NewLineWaiter("spinning")
 		inst, err := e.Start(ctx, spin, engine.Spec{Args: []string{"spin"}, Stdout: out, Stderr: out})
 		if err != nil {
 			t.Fatal(err)
 		}
 		select {
-		case <-out.seen:
+		case <-out.Seen:
 		case <-time.After(30 * time.Second):
 			t.Fatal("spin printed nothing in 30s")
 		}
@@ -76,17 +73,17 @@ func TestDensity(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	before, pssBefore := procFields(t, "status"), procFields(t, "smaps_rollup")
 	insts := make([]engine.Instance, n)
-	asleep := make([]*lineWaiter, n)
+	asleep := make([]*enginetest.LineWaiter, n)
 	t0 := time.Now()
 	for i := range n {
-		asleep[i] = &lineWaiter{line: "count 1", seen: make(chan struct{})}
+		asleep[i] = enginetest.NewLineWaiter("count 1")
 		insts[i], err = e.Start(ctx, m, engine.Spec{Args: []string{"hello"}, Env: env("COUNT", "2", "SLEEP", "1h"), Stdout: asleep[i]})
 		if err != nil {
 			t.Fatalf("instance %d: %v", i, err)
 		}
 	}
 	for _, w := range asleep {
-		<-w.seen
+		<-w.Seen
 	}
 	all := time.Since(t0)
 	time.Sleep(time.Second)
@@ -127,69 +124,9 @@ func prepareFile(t *testing.T, e *Engine, path string) engine.Module {
 	return m
 }
 
-func env(kv ...string) []engine.EnvVar {
-	var out []engine.EnvVar
-	for i := 0; i+1 < len(kv); i += 2 {
-		out = append(out, engine.EnvVar{Name: kv[i], Value: kv[i+1]})
-	}
-	return out
-}
-
-// lineWaiter closes seen when a line starting with line is written.
-type lineWaiter struct {
-	line string
-	mu   sync.Mutex
-	buf  []byte
-	once sync.Once
-	seen chan struct{}
-}
-
-func (w *lineWaiter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.buf = append(w.buf, p...)
-	for _, l := range strings.Split(string(w.buf), "\n") {
-		if strings.HasPrefix(l, w.line) {
-			w.once.Do(func() { close(w.seen) })
-		}
-	}
-	if len(w.buf) > 4096 {
-		w.buf = w.buf[len(w.buf)-1024:]
-	}
-	return len(p), nil
-}
-
-func quantiles(ds []time.Duration) string {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	q := func(p float64) time.Duration { return s[int(p*float64(len(s)-1))].Round(10 * time.Microsecond) }
-	return fmt.Sprintf("min %v, median %v, p90 %v, max %v (%d)", s[0], q(0.5), q(0.9), s[len(s)-1], len(s))
-}
-
-// procFields reads the "Name: N [kB]" lines of /proc/self/<file>, sizes in
-// bytes.
-func procFields(t *testing.T, file string) map[string]int64 {
-	f, err := os.Open("/proc/self/" + file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	out := map[string]int64{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		fs := strings.Fields(v)
-		if !ok || len(fs) == 0 {
-			continue
-		}
-		n, err := strconv.ParseInt(fs[0], 10, 64)
-		if err != nil {
-			continue
-		}
-		if len(fs) > 1 && fs[1] == "kB" {
-			n *= 1024
-		}
-		out[k] = n
-	}
-	return out
-}
+// Helpers shared with the other engine's tests.
+var (
+	env        = enginetest.Env
+	quantiles  = enginetest.Quantiles
+	procFields = enginetest.ProcFields
+)

@@ -131,14 +131,14 @@ func TestSleepersHoldNoDescriptor(t *testing.T) {
 		}
 	}()
 	start := func() {
-		out := &lineWaiter{line: "asleep", seen: make(chan struct{})}
+		out := enginetest.NewLineWaiter("asleep")
 		inst, err := e.Start(context.Background(), m, engine.Spec{Stdout: out, Stderr: out})
 		if err != nil {
 			t.Fatal(err)
 		}
 		insts = append(insts, inst)
 		select {
-		case <-out.seen:
+		case <-out.Seen:
 		case <-time.After(10 * time.Second):
 			t.Fatal("an instance wrote nothing in 10s")
 		}

@@ -3,14 +3,11 @@ package wazero
 import (
 	"bufio"
 	"context"
-	"fmt"
 	"io"
 	"os"
 	goruntime "runtime"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -57,17 +54,17 @@ func TestDensity(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	before, pssBefore, memBefore := procFields(t, "status"), procFields(t, "smaps_rollup"), linearResident(t)
 	insts := make([]engine.Instance, n)
-	asleep := make([]*lineWaiter, n)
+	asleep := make([]*enginetest.LineWaiter, n)
 	t0 := time.Now()
 	for i := range n {
-		asleep[i] = &lineWaiter{line: "count 1", seen: make(chan struct{})}
+		asleep[i] = enginetest.NewLineWaiter("count 1")
 		insts[i], err = e.Start(ctx, m, engine.Spec{Args: []string{"hello"}, Env: env("COUNT", "2", "SLEEP", "1h"), Stdout: asleep[i]})
 		if err != nil {
 			t.Fatalf("instance %d: %v", i, err)
 		}
 	}
 	for _, w := range asleep {
-		<-w.seen
+		<-w.Seen
 	}
 	all := time.Since(t0)
 	goruntime.GC()
@@ -95,72 +92,12 @@ func TestDensity(t *testing.T) {
 	t.Logf("%d sleeping instances killed in %v", n, time.Since(t1).Round(time.Millisecond))
 }
 
-func env(kv ...string) []engine.EnvVar {
-	var out []engine.EnvVar
-	for i := 0; i+1 < len(kv); i += 2 {
-		out = append(out, engine.EnvVar{Name: kv[i], Value: kv[i+1]})
-	}
-	return out
-}
-
-// lineWaiter closes seen when a line starting with line is written.
-type lineWaiter struct {
-	line string
-	mu   sync.Mutex
-	buf  []byte
-	once sync.Once
-	seen chan struct{}
-}
-
-func (w *lineWaiter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.buf = append(w.buf, p...)
-	for _, l := range strings.Split(string(w.buf), "\n") {
-		if strings.HasPrefix(l, w.line) {
-			w.once.Do(func() { close(w.seen) })
-		}
-	}
-	if len(w.buf) > 4096 {
-		w.buf = w.buf[len(w.buf)-1024:]
-	}
-	return len(p), nil
-}
-
-func quantiles(ds []time.Duration) string {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	q := func(p float64) time.Duration { return s[int(p*float64(len(s)-1))].Round(10 * time.Microsecond) }
-	return fmt.Sprintf("min %v, median %v, p90 %v, max %v (%d)", s[0], q(0.5), q(0.9), s[len(s)-1], len(s))
-}
-
-// procFields reads the "Name: N [kB]" lines of /proc/self/<file>, sizes in
-// bytes.
-func procFields(t *testing.T, file string) map[string]int64 {
-	f, err := os.Open("/proc/self/" + file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	out := map[string]int64{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		fs := strings.Fields(v)
-		if !ok || len(fs) == 0 {
-			continue
-		}
-		n, err := strconv.ParseInt(fs[0], 10, 64)
-		if err != nil {
-			continue
-		}
-		if len(fs) > 1 && fs[1] == "kB" {
-			n *= 1024
-		}
-		out[k] = n
-	}
-	return out
-}
+// Helpers shared with the other engine's tests.
+var (
+	env        = enginetest.Env
+	quantiles  = enginetest.Quantiles
+	procFields = enginetest.ProcFields
+)
 
 // linearResident is the resident bytes of the mappings that back linear
 // memories. A memory reserves its maximum (4 GiB with no limit) without

@@ -27,13 +27,13 @@ func TestImageShared(t *testing.T) {
 	const n = 3
 	var insts []engine.Instance
 	for range n {
-		w := &lineWaiter{line: "count 1", seen: make(chan struct{})}
+		w := enginetest.NewLineWaiter("count 1")
 		inst, err := e.Start(ctx, m, engine.Spec{Args: []string{"hello"}, Env: env("COUNT", "2", "SLEEP", "1h"), Stdout: w})
 		if err != nil {
 			t.Fatal(err)
 		}
 		insts = append(insts, inst)
-		<-w.seen
+		<-w.Seen
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for imageMappings(t) < before+n && time.Now().Before(deadline) {
