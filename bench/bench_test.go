@@ -52,7 +52,7 @@ func TestShortSuite(t *testing.T) {
 		// pods add (none: the idle threads are ended).
 		zeroOK := strings.HasPrefix(f.Name, "CPU in") || strings.HasPrefix(f.Target, "max ≤ 0 ") ||
 			strings.HasPrefix(f.Name, "pod watches closed") || strings.Contains(f.Name, "CPU, all pods asleep") ||
-			strings.Contains(f.Name, "(409 Conflict)") || strings.Contains(f.Name, "OS threads per sleeping pod")
+			strings.Contains(f.Name, "(409 Conflict)") || strings.Contains(f.Name, "OS threads per sleeping")
 		if f.Samples == 0 || (f.Max <= 0 && !zeroOK) {
 			t.Errorf("figure %q has no measurement: %+v", f.Name, f)
 		}
