@@ -36,6 +36,9 @@ type ctr struct {
 	probes       *probing // the running instance's probes; nil: none
 	probeKilled  string   // the instance stopped for a failed liveness or startup probe
 	unready      bool     // its readiness probe has not passed
+	// selfListen: the executor opens this attempt's listeners itself
+	// (ErrExecutorListens), and why, with what to do should it fail.
+	selfListen string
 }
 
 // all returns the init containers and the containers.
@@ -195,7 +198,11 @@ func (w *Worker) apply(c *ctr, in instances.Instance) {
 		// The failed instance keeps this attempt's ID; delete it so that the
 		// retry creates the instance anew rather than finding this one.
 		w.forget(in.ID)
-		w.failStart(c, state.Waiting.Reason, state.Waiting.Message)
+		msg := state.Waiting.Message
+		if in.Reason == instances.ReasonListenFailed && c.selfListen != "" {
+			msg += "; " + c.selfListen
+		}
+		w.failStart(c, state.Waiting.Reason, msg)
 	case instances.StateExited, instances.StateKilled:
 		if t := c.state.Terminated; t != nil && t.ContainerID == state.Terminated.ContainerID {
 			return // already applied

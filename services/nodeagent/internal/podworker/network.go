@@ -25,7 +25,9 @@ type Network interface {
 	// the node's own, on the address att.IPs[0]) and hands them to the
 	// executor for instance id, before its Create. ErrExecutorListens
 	// means this executor cannot be handed sockets and opens them itself
-	// (Spec.NetworkNamespace, Spec.ListenAddress).
+	// (Spec.NetworkNamespace, Spec.ListenAddress); the error's text says
+	// what to do should that fail, and is added to the container's
+	// status and event when the instance fails ListenFailed.
 	Serve(ctx context.Context, att Attachment, id string, listeners []instances.Listener) error
 	// Teardown removes the pod's namespace and addresses; a pod without
 	// them is no error.
@@ -135,10 +137,12 @@ func (w *Worker) serve(ctx context.Context, c *ctr, id string, spec *instances.S
 	}
 	spec.Listeners = listeners
 	err := w.deps.Network.Serve(ctx, att, id, listeners)
+	c.selfListen = ""
 	switch {
 	case err == nil:
 		spec.HandedListeners = true
 	case errors.Is(err, ErrExecutorListens):
+		c.selfListen = err.Error()
 		spec.NetworkNamespace = att.NetNS
 		if att.NetNS == "" {
 			spec.ListenAddress = w.deps.NodeIP

@@ -3,7 +3,9 @@ package podworker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -124,6 +126,40 @@ func TestExecutorListensInPodNamespace(t *testing.T) {
 	}
 	if inst.Spec.HandedListeners || inst.Spec.NetworkNamespace != "/run/netns/uid-1" || len(inst.Spec.Listeners) != 2 {
 		t.Errorf("spec handed %v netns %q listeners %v: want the namespace named", inst.Spec.HandedListeners, inst.Spec.NetworkNamespace, inst.Spec.Listeners)
+	}
+}
+
+// An executor that opens the pod's listeners itself and cannot (a confined
+// one may not enter the namespace): the container's status and event say
+// what the executor said and what to do about it, as the Network told.
+func TestExecutorListensAndCannot(t *testing.T) {
+	exec := &instancestest.Fake{Listeners: true, Behave: func(_ string, s instances.Spec) instancestest.Outcome {
+		if s.NetworkNamespace != "" {
+			return instancestest.FailsWith(instances.ReasonListenFailed, "enter network namespace "+s.NetworkNamespace+": operation not permitted")
+		}
+		return instancestest.Outcome{}
+	}}
+	hint := "give the node agent the executor's listener socket"
+	net := &fakeNetwork{serveErr: fmt.Errorf("%w: %s", ErrExecutorListens, hint)}
+	h := runWith(t, exec, serverPod(), config{backoff: testBackoff, network: net})
+	st := h.waitFor("CreateContainerError", func(st v1.PodStatus) bool {
+		if len(st.ContainerStatuses) == 0 {
+			return false
+		}
+		w := st.ContainerStatuses[0].State.Waiting
+		return w != nil && w.Reason == "CreateContainerError"
+	})
+	msg := st.ContainerStatuses[0].State.Waiting.Message
+	if !strings.Contains(msg, "operation not permitted") || !strings.Contains(msg, hint) {
+		t.Errorf("waiting message %q: want the executor's error and what to do", msg)
+	}
+	h.events.mu.Lock()
+	said := slices.ContainsFunc(h.events.all, func(e string) bool {
+		return strings.HasPrefix(e, "Failed: Error: enter network namespace") && strings.Contains(e, hint)
+	})
+	h.events.mu.Unlock()
+	if !said {
+		t.Errorf("events %v: want one saying what to do", h.events.all)
 	}
 }
 
