@@ -28,10 +28,16 @@ func (e *Engine) compile(ctx context.Context, r *runtime, m *module) (*compiled,
 	if c := e.lookup(r, m.digest); c != nil {
 		return c, nil
 	}
-	wasm, sum, capped, err := e.source(ctx, r, m)
+	wasm, sum, rewritten, data, err := e.source(ctx, r, m)
 	if err != nil {
 		return nil, err
 	}
+	kept := false
+	defer func() {
+		if !kept {
+			data.close()
+		}
+	}()
 	unlock, err := e.flights.Lock(ctx, sum)
 	if err != nil {
 		return nil, fmt.Errorf("prepare module %s: wait for its compile: %w", m.digest, err)
@@ -42,41 +48,50 @@ func (e *Engine) compile(ctx context.Context, r *runtime, m *module) (*compiled,
 	}
 	cm, ok := e.load(ctx, r, sum, wasm)
 	if !ok {
-		cm, err = e.compileMiss(ctx, r, m, wasm, sum, capped)
+		cm, err = e.compileMiss(ctx, r, m, wasm, sum, rewritten)
 		if err != nil {
 			return nil, err
 		}
 	}
-	return e.keep(r, m.digest, cm), nil
+	kept = true
+	return e.keep(r, m.digest, cm, data), nil
 }
 
 // source reads m's bytes as they are compiled in r: a table that starts
 // larger than r's limit allows does not start; every table may grow to at
 // most tableBudget (tables.go), the same for every limit, so that a module
 // is compiled once, not once per limit, and its compiled code is shared.
-// sum names the bytes in the index: the module's digest unless its tables
-// were capped.
-func (e *Engine) source(ctx context.Context, r *runtime, m *module) (wasm []byte, sum string, capped bool, err error) {
+// A module whose data segments qualify is compiled without them (data.go):
+// data is then the image they make, the caller's to keep or close.
+// sum names the bytes in the index: the module's digest unless they were
+// rewritten so (tables capped, data segments left out).
+func (e *Engine) source(ctx context.Context, r *runtime, m *module) (wasm []byte, sum string, rewritten bool, data *image, err error) {
 	wasm, err = os.ReadFile(m.wasmPath)
 	if err != nil {
-		return nil, "", false, fmt.Errorf("prepare module %s: read %s: %w", m.digest, m.wasmPath, err)
+		return nil, "", false, nil, fmt.Errorf("prepare module %s: read %s: %w", m.digest, m.wasmPath, err)
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, "", false, fmt.Errorf("prepare module %s: %w", m.digest, err)
+		return nil, "", false, nil, fmt.Errorf("prepare module %s: %w", m.digest, err)
 	}
 	if _, _, err := capTables(wasm, uint32(min(engine.TableElements(int64(r.pages)*pageSize), 1<<32-1))); err != nil {
-		return nil, "", false, fmt.Errorf("%w: module %s: %v of %d bytes; raise the limit", engine.ErrInstantiate, m.digest, err, int64(r.pages)*pageSize)
+		return nil, "", false, nil, fmt.Errorf("%w: module %s: %v of %d bytes; raise the limit", engine.ErrInstantiate, m.digest, err, int64(r.pages)*pageSize)
 	}
-	wasm, capped, err = capTables(wasm, uint32(engine.TableElements(tableBudget)))
+	wasm, rewritten, err = capTables(wasm, uint32(engine.TableElements(tableBudget)))
 	if err != nil {
-		return nil, "", false, fmt.Errorf("%w: module %s: %v", engine.ErrInstantiate, m.digest, err)
+		return nil, "", false, nil, fmt.Errorf("%w: module %s: %v", engine.ErrInstantiate, m.digest, err)
+	}
+	if stripped, mem, ok := stripData(wasm); ok {
+		// Without an image the segments stay: its instances need them.
+		if data = newImage(mem, e.root); data != nil {
+			wasm, rewritten = stripped, true
+		}
 	}
 	sum = strings.TrimPrefix(m.digest, "sha256:")
-	if capped {
+	if rewritten {
 		h := sha256.Sum256(wasm)
 		sum = hex.EncodeToString(h[:])
 	}
-	return wasm, sum, capped, nil
+	return wasm, sum, rewritten, data, nil
 }
 
 // indexPath is the index file of the module with digest.
@@ -126,7 +141,7 @@ func (e *Engine) load(ctx context.Context, r *runtime, sum string, wasm []byte) 
 // compileMiss compiles wasm in r holding the compile slot: from the
 // verified cache, the shared store, or afresh, recording the sum of the
 // entry wazero writes and the index entry for sum.
-func (e *Engine) compileMiss(ctx context.Context, r *runtime, m *module, wasm []byte, sum string, capped bool) (wz.CompiledModule, error) {
+func (e *Engine) compileMiss(ctx context.Context, r *runtime, m *module, wasm []byte, sum string, rewritten bool) (wz.CompiledModule, error) {
 	if err := e.slot.Acquire(ctx); err != nil {
 		return nil, fmt.Errorf("prepare module %s: wait for other compiles: %w", m.digest, err)
 	}
@@ -175,7 +190,7 @@ func (e *Engine) compileMiss(ctx context.Context, r *runtime, m *module, wasm []
 	switch {
 	case installed != "" && len(fresh) == 0:
 		e.Artifacts().Hit()
-		if capped {
+		if rewritten {
 			engine.WriteAtomic(filepath.Join(e.index, sum), []byte(installed+"\n"))
 		}
 	case installed != "":
@@ -187,7 +202,7 @@ func (e *Engine) compileMiss(ctx context.Context, r *runtime, m *module, wasm []
 		e.Artifacts().Compiled()
 	}
 	if err == nil && len(fresh) == 1 {
-		if capped { // load finds it by the sum of the bytes compiled
+		if rewritten { // load finds it by the sum of the bytes compiled
 			engine.WriteAtomic(filepath.Join(e.index, sum), []byte(fresh[0]+"\n"))
 		}
 		e.shareEntry(key, fresh[0])
@@ -215,7 +230,9 @@ func compileError(r *runtime, m *module, err error) error {
 
 // configKey names the RuntimeConfig settings that shape compiled code
 // (WithCloseOnContextDone is part of wazero's module id).
-const configKey = "ctxdone1"
+// nodata1: modules are compiled without their data segments where they
+// qualify (data.go), which changes the bytes wazero compiles.
+const configKey = "ctxdone1nodata1"
 
 // bundleMagic starts a shared bundle: this line, the entry's name and a
 // newline, then the entry's bytes.

@@ -6,10 +6,13 @@ import (
 	"io"
 	"os"
 	goruntime "runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/wasmlet/wasmlet/internal/testharness/wasmbuild"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
@@ -38,7 +41,11 @@ func TestDensity(t *testing.T) {
 	// Starts one after another, the module compiled, before the
 	// instances are held.
 	var starts []time.Duration
+	var seqCPU time.Duration
 	for i := range 60 {
+		if i == 10 {
+			seqCPU = -processCPU(t)
+		}
 		t0 := time.Now()
 		inst, err := e.Start(ctx, m, engine.Spec{Args: []string{"hello"}, Env: env("COUNT", "1"), Stdout: io.Discard})
 		if err != nil {
@@ -49,6 +56,7 @@ func TestDensity(t *testing.T) {
 		}
 		inst.Wait()
 	}
+	seqCPU += processCPU(t)
 
 	goruntime.GC()
 	time.Sleep(500 * time.Millisecond)
@@ -56,6 +64,7 @@ func TestDensity(t *testing.T) {
 	insts := make([]engine.Instance, n)
 	asleep := make([]*enginetest.LineWaiter, n)
 	t0 := time.Now()
+	cpu0 := processCPU(t)
 	for i := range n {
 		asleep[i] = enginetest.NewLineWaiter("count 1")
 		insts[i], err = e.Start(ctx, m, engine.Spec{Args: []string{"hello"}, Env: env("COUNT", "2", "SLEEP", "1h"), Stdout: asleep[i]})
@@ -67,9 +76,13 @@ func TestDensity(t *testing.T) {
 		<-w.Seen
 	}
 	all := time.Since(t0)
+	burstCPU := processCPU(t) - cpu0
 	goruntime.GC()
 	time.Sleep(time.Second)
 	after, pssAfter, memAfter := procFields(t, "status"), procFields(t, "smaps_rollup"), linearResident(t)
+	if path := os.Getenv("WASMLET_DENSITY_HEAP"); path != "" {
+		writeHeapProfile(t, path)
+	}
 	per := func(a, b map[string]int64, k string) float64 { return float64(a[k]-b[k]) / float64(n) / (1 << 20) }
 	t.Logf("%d sleeping instances, all asleep after %v", n, all.Round(time.Millisecond))
 	t.Logf("per instance: VmRSS %.2f MiB (anon %.2f, file %.2f, shmem %.2f), Pss %.2f MiB (anon %.2f, file %.2f, shmem %.2f), linear memory resident %.2f MiB, threads %.3f (%d → %d)",
@@ -78,6 +91,8 @@ func TestDensity(t *testing.T) {
 		float64(memAfter-memBefore)/float64(n)/(1<<20),
 		float64(after["Threads"]-before["Threads"])/float64(n), before["Threads"], after["Threads"])
 	t.Logf("start of a cached module (one after another): %s", quantiles(starts))
+	t.Logf("process CPU per instance (user+sys): %v started one after another and run to its exit, %v started in the burst and run until asleep",
+		(seqCPU / time.Duration(len(starts))).Round(time.Microsecond), (burstCPU / time.Duration(n)).Round(time.Microsecond))
 
 	// Every held instance is still asleep, and a kill ends it at once.
 	t1 := time.Now()
@@ -90,6 +105,28 @@ func TestDensity(t *testing.T) {
 		}
 	}
 	t.Logf("%d sleeping instances killed in %v", n, time.Since(t1).Round(time.Millisecond))
+}
+
+// writeHeapProfile writes the heap profile (inuse_space after a GC) to
+// path: what the sleeping instances hold on the Go heap.
+func writeHeapProfile(t *testing.T, path string) {
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// processCPU is the CPU time (user and system) this process has used.
+func processCPU(t *testing.T) time.Duration {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // Helpers shared with the other engine's tests.

@@ -98,15 +98,23 @@ func (e *Engine) interpretUnlessCompiled(ctx context.Context, r **runtime, m *mo
 	if c := e.lookup(*r, m.digest); c != nil {
 		return c, nil
 	}
-	wasm, sum, _, err := e.source(ctx, *r, m)
+	wasm, sum, _, data, err := e.source(ctx, *r, m)
 	if err != nil {
 		return nil, err
 	}
+	kept := false
+	defer func() {
+		if !kept {
+			data.close()
+		}
+	}()
 	if cm, ok := e.load(ctx, *r, sum, wasm); ok {
-		return e.keep(*r, m.digest, cm), nil
+		kept = true
+		return e.keep(*r, m.digest, cm, data), nil
 	}
 	if cm, ok := e.loadShared(ctx, *r, m, sum, wasm); ok {
-		return e.keep(*r, m.digest, cm), nil
+		kept = true
+		return e.keep(*r, m.digest, cm, data), nil
 	}
 	ir, err := e.runtimeOf(rtKey{pages: (*r).pages, interp: true})
 	if err != nil {
@@ -134,7 +142,8 @@ func (e *Engine) interpretUnlessCompiled(ctx context.Context, r **runtime, m *mo
 		}
 		return nil, compileError(ir, m, err)
 	}
-	return e.keep(ir, m.digest, cm), nil
+	kept = true
+	return e.keep(ir, m.digest, cm, data), nil
 }
 
 // checkSections checks, with InterpretFirst, that m can run under WASI:
@@ -187,7 +196,7 @@ func (e *Engine) loadShared(ctx context.Context, r *runtime, m *module, sum stri
 	// whole, as before a compile, which hashes what this process has not.
 	e.cacheMu.Lock()
 	installed := e.fetchShared(ctx, e.ArtifactKey(m.digest))
-	if installed != "" && sum != digestHex(m.digest) { // tables capped: load finds it by the sum of the bytes compiled
+	if installed != "" && sum != digestHex(m.digest) { // bytes rewritten: load finds it by the sum of the bytes compiled
 		engine.WriteAtomic(filepath.Join(e.index, sum), []byte(installed+"\n"))
 	}
 	e.cacheMu.Unlock()

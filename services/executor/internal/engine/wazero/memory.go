@@ -29,17 +29,19 @@ import (
 // resident and a burst of fresh instances no faster.
 //
 // A module's data segments are the same in every instance, and most of
-// their pages are only read (a Go module's span over a MiB). The first
-// instance of a compiled module, its data applied and nothing run yet,
-// leaves its memory up to its last non-zero page as the module's image,
-// a sealed memfd (or an unnamed file in the cache). When an instance first waits in poll_oneoff (no wasm
-// runs on its memory then), the image is mapped privately over the start
-// of its memory and the pages it had changed are written back
-// (linearMemory.share): the pages it has only read are the image's,
-// resident once for all instances, and a later write copies the one page.
-// This is done at the first wait, not at the start: a page shared at the
-// start is a fault at its first write, and the Go runtime's start writes
-// many (their faults cost more than the start itself on some VMs).
+// their pages are only read (a Go module's span over a MiB). They are the
+// module's image, a sealed memfd (or an unnamed file in the cache), mapped
+// privately over the start of an instance's memory: the pages it only
+// reads are the image's, resident once for all instances, and a write
+// copies the one page. A module compiled without its data section
+// (data.go) has the image its segments make, mapped as its memory is
+// allocated, before wazero instantiates anything in it (withLinearMemory).
+// Other modules' first instance, its data applied and nothing run yet,
+// leaves its memory up to its last non-zero page as the image, and an
+// instance maps it when it first waits in poll_oneoff (no wasm runs on
+// its memory then), writing back the pages it had changed
+// (linearMemory.share); mapped at their start, wazero's copy of the data
+// segments would copy every page of it at once.
 //
 // wazero releases a memory when it closes the module, on the goroutine
 // that runs its wasm (a cancelled context only marks the module), so no
@@ -56,9 +58,11 @@ var memories = struct {
 }{idle: map[uint64][]*mappedMemory{}}
 
 // withLinearMemory returns ctx with the allocator that an instantiation
-// under it uses, and the memory it made once it made one.
-func withLinearMemory(ctx context.Context) (context.Context, *linearMemory) {
-	l := &linearMemory{}
+// under it uses, and the memory it made once it made one. start, if not
+// nil, is the image the memory starts as (a module compiled without its
+// data section).
+func withLinearMemory(ctx context.Context, start *image) (context.Context, *linearMemory) {
+	l := &linearMemory{start: start}
 	return experimental.WithMemoryAllocator(ctx, experimental.MemoryAllocatorFunc(func(_, max uint64) experimental.LinearMemory {
 		l.max = max
 		return l
@@ -70,6 +74,8 @@ func withLinearMemory(ctx context.Context) (context.Context, *linearMemory) {
 type linearMemory struct {
 	max uint64
 	m   *mappedMemory
+	// start is the image mapped as the memory is allocated.
+	start *image
 	// img is the module's image, mapped at the first wait (share).
 	img *image
 }
@@ -79,8 +85,9 @@ type linearMemory struct {
 type mappedMemory struct {
 	mem    []byte // as unix.Mmap returned it
 	open   uint64
-	used   uint64 // the most an instance had; zeroed before reuse
-	shared bool   // an image is mapped over its start: not reused
+	used   uint64 // the most an instance had; zeroed before reuse past clean
+	clean  uint64 // its first bytes are zero and not resident (an image's, made anonymous again)
+	imaged uint64 // its first bytes are an image's, mapped privately
 }
 
 // Reallocate implements experimental.LinearMemory. Sizes are whole wasm
@@ -102,8 +109,42 @@ func (l *linearMemory) Reallocate(size uint64) []byte {
 		}
 		m.open = size
 	}
+	if img := l.start; img != nil {
+		// Once, at the first size (the initial memory, which holds the
+		// image: stripData).
+		l.start = nil
+		if uint64(len(img.data)) > m.open {
+			return nil
+		}
+		m.mapImage(img)
+	}
 	m.used = max(m.used, size)
 	return m.mem[:size:size]
+}
+
+// mapImage maps img privately over the start of m, which it is open over.
+// Where it cannot be mapped (out of mappings, vm.max_map_count), the
+// range is anonymous, with img's bytes.
+func (m *mappedMemory) mapImage(img *image) {
+	n := uintptr(len(img.data))
+	if _, err := unix.MmapPtr(img.fd, 0, unsafe.Pointer(&m.mem[0]), n, unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_FIXED); err != nil {
+		m.anonymous(n)
+		copy(m.mem, img.data)
+		return
+	}
+	m.imaged = uint64(n)
+}
+
+// anonymous makes m's first n bytes, open, a fresh anonymous mapping:
+// zero, and nothing resident.
+func (m *mappedMemory) anonymous(n uintptr) {
+	if _, err := unix.MmapPtr(-1, 0, unsafe.Pointer(&m.mem[0]), n, unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE|unix.MAP_FIXED); err != nil {
+		// The range may be unmapped now: no memory to give back.
+		panic(fmt.Sprintf("wazero engine: restore a module's memory: %v", err))
+	}
+	m.imaged = 0
 }
 
 // Free implements experimental.LinearMemory: the mapping is kept for a
@@ -114,13 +155,16 @@ func (l *linearMemory) Free() {
 		return
 	}
 	l.m = nil
+	l.start = nil
 	n := uint64(len(m.mem))
-	if m.shared {
-		unix.Munmap(m.mem)
-		return
-	}
 	memories.Lock()
 	if memories.n < idleMemories {
+		if m.imaged > 0 {
+			// Its copies of the image's pages go, and the image: that
+			// range is zero again without being written.
+			m.clean = m.imaged
+			m.anonymous(uintptr(m.imaged))
+		}
 		memories.idle[n] = append(memories.idle[n], m)
 		memories.n++
 		memories.Unlock()
@@ -139,8 +183,10 @@ func takeMapping(n, initial uint64) *mappedMemory {
 		memories.idle[n] = list[:len(list)-1]
 		memories.n--
 		memories.Unlock()
-		clear(m.mem[:m.used])
-		m.used = 0
+		if m.used > m.clean {
+			clear(m.mem[m.clean:m.used])
+		}
+		m.used, m.clean = 0, 0
 		return m
 	}
 	memories.Unlock()
@@ -236,7 +282,7 @@ func (img *image) close() {
 func (l *linearMemory) share() {
 	img, m := l.img, l.m
 	l.img = nil
-	if img == nil || m == nil || m.shared || uint64(len(img.data)) > m.open {
+	if img == nil || m == nil || m.imaged > 0 || uint64(len(img.data)) > m.open {
 		return
 	}
 	page := unix.Getpagesize()
@@ -255,17 +301,7 @@ func (l *linearMemory) share() {
 	}
 	// Not populated: a page is mapped when the module next reads it (and
 	// copied when it writes it), so a sleeping instance maps few of them.
-	if _, err := unix.MmapPtr(img.fd, 0, unsafe.Pointer(&m.mem[0]), uintptr(len(img.data)), unix.PROT_READ|unix.PROT_WRITE,
-		unix.MAP_PRIVATE|unix.MAP_FIXED); err != nil {
-		// The range may be unmapped now (out of mappings, vm.max_map_count):
-		// it is anonymous again, with what it held.
-		if _, err := unix.MmapPtr(-1, 0, unsafe.Pointer(&m.mem[0]), uintptr(len(img.data)), unix.PROT_READ|unix.PROT_WRITE,
-			unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE|unix.MAP_FIXED); err != nil {
-			panic(fmt.Sprintf("wazero engine: restore a module's memory: %v", err))
-		}
-		copy(m.mem, img.data)
-	}
-	m.shared = true
+	m.mapImage(img)
 	for i, off := range changed {
 		copy(m.mem[off:off+page], kept[i*page:(i+1)*page])
 	}

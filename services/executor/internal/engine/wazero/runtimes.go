@@ -39,8 +39,12 @@ type compiled struct {
 	// unused, whatever the bounds.
 	stale bool
 
+	// data is the image of its data segments, when it was compiled
+	// without them (data.go): its instances' memory starts as it.
+	data *image
+
 	imgOnce sync.Once
-	img     *image // its instances' initial memory (memory.go), made by the first
+	img     *image // otherwise its instances' initial memory (memory.go), made by the first
 }
 
 // image returns c's image, made from mem, the memory of an instance as
@@ -55,6 +59,7 @@ func (c *compiled) close(ctx context.Context) {
 	c.cm.Close(ctx)
 	c.imgOnce.Do(func() {})
 	c.img.close()
+	c.data.close()
 }
 
 // runtime returns the compiling Runtime for a memory limit of pages,
@@ -188,17 +193,20 @@ func (e *Engine) lookup(r *runtime, digest string) *compiled {
 	return c
 }
 
-// keep records cm as m's compiled module in r (or, if another caller did
-// first, closes cm and takes that one), counted in use.
-func (e *Engine) keep(r *runtime, digest string, cm wz.CompiledModule) *compiled {
+// keep records cm as m's compiled module in r, with data, the image of
+// the data segments it was compiled without (nil: it has them), or, if
+// another caller did first, closes cm and data and takes that one;
+// counted in use.
+func (e *Engine) keep(r *runtime, digest string, cm wz.CompiledModule, data *image) *compiled {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.clock++
 	c := r.compiled[digest]
 	if c != nil {
 		cm.Close(context.Background())
+		data.close()
 	} else {
-		c = &compiled{cm: cm}
+		c = &compiled{cm: cm, data: data}
 		r.compiled[digest] = c
 		e.ncompiled++
 	}

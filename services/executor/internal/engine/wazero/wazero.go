@@ -30,7 +30,8 @@
 //     limit over one CompilationCache, idle ones closed least recently used
 //     first (Config.MaxRuntimes, MaxCompiled). Tables are capped in the
 //     module's bytes (tables.go); linear memory lives outside the Go heap
-//     (memory.go).
+//     (memory.go), and starts as the image of a module's data segments,
+//     mapped rather than copied by wazero (data.go).
 //   - Interpret first (Config.InterpretFirst, interpret.go): a module
 //     with no compiled code yet starts on wazero's interpreter, in a
 //     Runtime of its own per limit over the same CompilationCache, while
@@ -308,7 +309,7 @@ func (e *Engine) instantiate(ctx context.Context, em engine.Module, spec engine.
 		WithNanosleep(sleeper(ictx)).
 		WithRandSource(rand.Reader)
 	var mod api.Module
-	mctx, lm := withLinearMemory(ictx)
+	mctx, lm := withLinearMemory(ictx, c.data)
 	socks.memory = lm
 	err = engine.InNetNS(spec.NetNS, func() error {
 		// wazero opens the listeners here, on this thread, with net.Listen.
@@ -334,7 +335,7 @@ func (e *Engine) instantiate(ctx context.Context, em engine.Module, spec engine.
 		cancel()
 		return nil, fmt.Errorf("%w: %v", engine.ErrListen, err)
 	}
-	if lm.m != nil {
+	if lm.m != nil && c.data == nil {
 		// Its memory as instantiated: the image, if it is the first.
 		lm.img = c.image(lm.m.mem[:lm.m.open], e.root)
 	}
