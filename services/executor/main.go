@@ -98,7 +98,7 @@ func parseFlags(args []string) (config, error) {
 	var cfg config
 	fs := flag.NewFlagSet("executor", flag.ContinueOnError)
 	fs.StringVar(&cfg.Listen, "listen", "", "gRPC address to serve: unix:///path (created 0600), or tcp://HOST:port with --tls-* (mutual TLS; plaintext TCP is refused, on loopback too) (required)")
-	fs.StringVar(&cfg.ListenerSocket, "listener-socket", "", "unix socket path (created 0600) on which the node agent hands over listening sockets it opened in pods' network namespaces, for instances created with handed listeners (default off)")
+	fs.StringVar(&cfg.ListenerSocket, "listener-socket", "", "unix socket path (created 0600) on which the node agent hands over listening sockets it opened in pods' network namespaces, for instances created with handed listeners (default off); announced with --nats and --node, else give it to the node agent: --executor FLAVOUR=ADDRESS,listener-socket=PATH. The node agent must see the socket at this path (same host, or a directory both containers mount at the same path)")
 	fs.StringVar(&cfg.Registry, "registry", "", "registry cache gRPC address; tcp:// beyond loopback needs --registry-tls-* (required)")
 	cfg.TLS.AddFlags(fs, "", "the executor's gRPC server (--listen)")
 	cfg.RegistryTLS.AddFlags(fs, "registry-", "the executor's client to the registry cache (--registry; may be the same files as --tls-*)")

@@ -374,9 +374,16 @@ type ExecutorAnnouncement struct {
 	Period *durationpb.Duration `protobuf:"bytes,16,opt,name=period,proto3" json:"period,omitempty"`
 	// True in the last announcement of a cleanly stopping executor: its
 	// instances are gone.
-	Leaving       bool `protobuf:"varint,17,opt,name=leaving,proto3" json:"leaving,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Leaving bool `protobuf:"varint,17,opt,name=leaving,proto3" json:"leaving,omitempty"`
+	// The path of the executor's listener socket (its --listener-socket),
+	// where the node agent hands over the listening sockets it opens for a
+	// pod's ports (in the pod's network namespace); empty: none, and the
+	// executor opens them itself. A path is valid only where the node agent
+	// and the executor share a filesystem: one host, or a volume mounted at
+	// the same path in both containers.
+	ListenerSocket string `protobuf:"bytes,18,opt,name=listener_socket,json=listenerSocket,proto3" json:"listener_socket,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ExecutorAnnouncement) Reset() {
@@ -528,6 +535,13 @@ func (x *ExecutorAnnouncement) GetLeaving() bool {
 	return false
 }
 
+func (x *ExecutorAnnouncement) GetListenerSocket() string {
+	if x != nil {
+		return x.ListenerSocket
+	}
+	return ""
+}
+
 // ExecutorDiscovery asks every executor serving a node to announce itself
 // now (a node agent sends it when it starts). Published on
 //
@@ -605,7 +619,7 @@ const file_wasmlet_events_v1_events_proto_rawDesc = "" +
 	"\x06labels\x18\t \x03(\v2,.wasmlet.events.v1.InstanceEvent.LabelsEntryR\x06labels\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb3\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xdc\x04\n" +
 	"\x14ExecutorAnnouncement\x12\x1f\n" +
 	"\vexecutor_id\x18\x01 \x01(\tR\n" +
 	"executorId\x12\x18\n" +
@@ -625,7 +639,8 @@ const file_wasmlet_events_v1_events_proto_rawDesc = "" +
 	"\bsequence\x18\x0e \x01(\x04R\bsequence\x12.\n" +
 	"\x04time\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x121\n" +
 	"\x06period\x18\x10 \x01(\v2\x19.google.protobuf.DurationR\x06period\x12\x18\n" +
-	"\aleaving\x18\x11 \x01(\bR\aleaving\"'\n" +
+	"\aleaving\x18\x11 \x01(\bR\aleaving\x12'\n" +
+	"\x0flistener_socket\x18\x12 \x01(\tR\x0elistenerSocket\"'\n" +
 	"\x11ExecutorDiscovery\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node*F\n" +
 	"\x06Stream\x12\x16\n" +

@@ -1,6 +1,6 @@
 // Package announce makes an executor findable: it publishes an
 // events.v1.ExecutorAnnouncement (identity, flavour, node, gRPC address,
-// engine, os/arch, capacity, running instances, health) on
+// listener socket, engine, os/arch, capacity, running instances, health) on
 // wasmlet.executors.<node>.<flavour>.<executor> when it starts, every
 // Period, whenever a node agent asks on wasmlet.discover.<node>, and once
 // with Leaving set when its context ends, so that the node agent it serves
@@ -40,14 +40,18 @@ const DefaultPeriod = 5 * time.Second
 
 // Config is what an announcement says; fields are required unless noted.
 type Config struct {
-	Conn          *nats.Conn
-	ExecutorID    string
-	Flavour       string
-	Node          string
-	Address       string // the gRPC address the node agent dials
-	Engine        string
-	EngineVersion string
-	MaxInstances  int
+	Conn       *nats.Conn
+	ExecutorID string
+	Flavour    string
+	Node       string
+	Address    string // the gRPC address the node agent dials
+	// ListenerSocket is the executor's --listener-socket (optional), where
+	// the node agent hands over pods' listeners: a path, valid only where
+	// the node agent shares the executor's filesystem.
+	ListenerSocket string
+	Engine         string
+	EngineVersion  string
+	MaxInstances   int
 	// CPULimits: limits.cpu is enforced (the executor has a CPU cgroup).
 	CPULimits bool
 	// Running reports the instances held now.
@@ -143,6 +147,7 @@ func (a *Announcer) Announcement(leaving bool) *eventsv1.ExecutorAnnouncement {
 		Flavour:           a.cfg.Flavour,
 		Node:              a.cfg.Node,
 		Address:           a.cfg.Address,
+		ListenerSocket:    a.cfg.ListenerSocket,
 		Engine:            a.cfg.Engine,
 		EngineVersion:     a.cfg.EngineVersion,
 		Os:                runtime.GOOS,

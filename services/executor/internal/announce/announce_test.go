@@ -15,7 +15,8 @@ import (
 )
 
 // TestAnnounceLifecycle runs an announcer against a real NATS server: it
-// announces at start, again when a node agent asks, and leaves on stop.
+// announces at start (with its listener socket), again when a node agent
+// asks, and leaves on stop.
 func TestAnnounceLifecycle(t *testing.T) {
 	_, nc := natstest.Conn(t)
 	got := make(chan *nats.Msg, 16)
@@ -32,7 +33,7 @@ func TestAnnounceLifecycle(t *testing.T) {
 	running.Store(3)
 	a, err := New(Config{
 		Conn: nc, ExecutorID: "exec-1", Flavour: "wazero", Node: "node.1", Address: "unix:///e.sock",
-		Engine: "wazero", EngineVersion: "v1", MaxInstances: 10, Running: func() int { return int(running.Load()) },
+		ListenerSocket: "/run/wasmlet/sockets/exec-1.listeners.sock", Engine: "wazero", EngineVersion: "v1", MaxInstances: 10, Running: func() int { return int(running.Load()) },
 		Period: time.Hour,
 	})
 	if err != nil {
@@ -61,7 +62,8 @@ func TestAnnounceLifecycle(t *testing.T) {
 		t.Errorf("subject %q", subject)
 	}
 	if first.GetSequence() != 1 || first.GetRunningInstances() != 3 || first.GetMaxInstances() != 10 ||
-		!first.GetHealthy() || first.GetLeaving() || first.GetAddress() != "unix:///e.sock" || first.GetPeriod().AsDuration() != time.Hour {
+		!first.GetHealthy() || first.GetLeaving() || first.GetAddress() != "unix:///e.sock" ||
+		first.GetListenerSocket() != "/run/wasmlet/sockets/exec-1.listeners.sock" || first.GetPeriod().AsDuration() != time.Hour {
 		t.Errorf("first announcement: %v", first)
 	}
 

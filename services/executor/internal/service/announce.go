@@ -19,7 +19,8 @@ func startAnnouncer(ctx context.Context, cfg Config, nc *nats.Conn, running func
 	}
 	a, err := announce.New(announce.Config{
 		Conn: nc, ExecutorID: cfg.ID, Flavour: cfg.Flavour, Node: cfg.Node, Address: cfg.Advertise,
-		Engine: eng.Name(), EngineVersion: eng.Version(), MaxInstances: cfg.MaxInstances, CPULimits: cpuLimits,
+		ListenerSocket: cfg.ListenerSocket,
+		Engine:         eng.Name(), EngineVersion: eng.Version(), MaxInstances: cfg.MaxInstances, CPULimits: cpuLimits,
 		Running: running, Period: cfg.AnnouncePeriod, Log: log,
 	})
 	if err != nil {
@@ -33,6 +34,6 @@ func startAnnouncer(ctx context.Context, cfg Config, nc *nats.Conn, running func
 			log.Warn("executor not announced; the node agent finds it only through --executor", "err", err)
 		}
 	}()
-	log.Info("announcing executor", "node", cfg.Node, "flavour", cfg.Flavour, "address", cfg.Advertise, "period", cfg.AnnouncePeriod)
+	log.Info("announcing executor", "node", cfg.Node, "flavour", cfg.Flavour, "address", cfg.Advertise, "listener_socket", cfg.ListenerSocket, "period", cfg.AnnouncePeriod)
 	return func() { cancel(); <-done }, nil
 }
