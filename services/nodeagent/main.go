@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -73,6 +74,47 @@ func (m kv) Set(s string) error {
 	return nil
 }
 
+// executorFlag is the repeatable --executor
+// FLAVOUR=ADDRESS[,listener-socket=PATH]: a separately run executor's gRPC
+// address and, optionally, its --listener-socket, over which the node agent
+// hands it the listening sockets it opens for pods' containerPorts (in the
+// pod's network namespace, or on the node's address). PATH must name the
+// executor's socket from where the node agent runs: one host, or a
+// directory both containers mount at the same path. Without it the
+// executor opens pods' listeners itself, which a confined executor cannot
+// do in a pod's network namespace.
+type executorFlag struct{ addrs, sockets map[string]string }
+
+func (f executorFlag) String() string { return fmt.Sprint(f.addrs) }
+func (f executorFlag) Set(s string) error {
+	const want = "want FLAVOUR=ADDRESS or FLAVOUR=ADDRESS,listener-socket=PATH"
+	flavour, rest, ok := strings.Cut(s, "=")
+	opts := strings.Split(rest, ",")
+	if !ok || flavour == "" || opts[0] == "" {
+		return fmt.Errorf("%q: %s", s, want)
+	}
+	socket := ""
+	for _, o := range opts[1:] {
+		k, v, _ := strings.Cut(o, "=")
+		switch {
+		case k != "listener-socket":
+			return fmt.Errorf("%q: unknown option %q; %s", s, o, want)
+		case !filepath.IsAbs(v) || len(v) > maxSocketPath:
+			return fmt.Errorf("%q: listener-socket %q: want an absolute path of at most %d bytes", s, v, maxSocketPath)
+		}
+		socket = v
+	}
+	f.addrs[flavour] = opts[0]
+	delete(f.sockets, flavour)
+	if socket != "" {
+		f.sockets[flavour] = socket
+	}
+	return nil
+}
+
+// maxSocketPath is the longest path a unix socket address holds on Linux.
+const maxSocketPath = 107
+
 // list is a repeatable string flag.
 type list []string
 
@@ -81,7 +123,7 @@ func (l *list) Set(s string) error { *l = append(*l, s); return nil }
 
 func parseFlags(args []string) (agent.Config, slog.Level, error) {
 	host, _ := os.Hostname()
-	cfg := agent.Config{Labels: kv{}, Executors: kv{}, RuntimeHandlers: kv{}}
+	cfg := agent.Config{Labels: kv{}, Executors: kv{}, ExecutorListenerSockets: map[string]string{}, RuntimeHandlers: kv{}}
 	var insecure, hostPaths list
 	var level slog.Level
 	fs := flag.NewFlagSet("nodeagent", flag.ContinueOnError)
@@ -101,7 +143,7 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 	fs.StringVar(&cfg.RegistryCache, "registry-cache", "", "registry cache gRPC address; empty: in-process cache")
 	fs.Var(&insecure, "insecure-registry", "registry host:port reached over plain HTTP (repeatable; in-process cache only)")
 	fs.StringVar(&cfg.RegistryCAFile, "registry-ca-file", "", "extra CA bundle for registries (in-process cache only)")
-	fs.Var(kv(cfg.Executors), "executor", "FLAVOUR=ADDRESS of a separately run executor (repeatable); none: supervise one child")
+	fs.Var(executorFlag{cfg.Executors, cfg.ExecutorListenerSockets}, "executor", "FLAVOUR=ADDRESS of a separately run executor (repeatable); none: supervise one child. FLAVOUR=ADDRESS,listener-socket=PATH also names its --listener-socket (as the node agent sees it), where pods' listening sockets are handed over to it")
 	cfg.GRPCTLS.AddFlags(fs, "grpc-", "the node agent's gRPC clients to tcp:// executors (--executor or announced) and --registry-cache (also given to a supervised executor for --registry-cache)")
 	supervise := true
 	fs.BoolVar(&supervise, "supervise-executor", true, "with no --executor, start and supervise one executor child; false: run pods only on executors that announce themselves on NATS for this node (executor --node NAME --flavour FLAVOUR --nats URL)")

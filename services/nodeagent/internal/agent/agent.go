@@ -93,6 +93,10 @@ type Config struct {
 	InsecureRegistries      []string
 	RegistryCAFile          string
 	Executors               map[string]string // flavour -> address; empty: one child (unless NoExecutorChild)
+	// ExecutorListenerSockets: flavour -> the --listener-socket of that
+	// flavour's executor in Executors, where pods' listeners are handed
+	// over to it (optional; see executors.Executor.ListenerSocket).
+	ExecutorListenerSockets map[string]string
 	DefaultExecutor         string
 	RuntimeHandlers         map[string]string // RuntimeClass handler -> flavour
 	ExecutorBinary          string
@@ -332,7 +336,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	// Executors.
 	execAddrs := cfg.Executors
-	listenerSockets := map[string]string{}
+	listenerSockets := cfg.ExecutorListenerSockets
 	if supervised {
 		addr := "unix://" + filepath.Join(execPaths.socketDir, "executor.sock")
 		execAddrs = map[string]string{cfg.DefaultExecutor: addr}
@@ -385,7 +389,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 		if ls := sup.ListenerSocket(); ls != "" {
-			listenerSockets[cfg.DefaultExecutor] = ls // the supervised replica's ID is its flavour
+			listenerSockets = map[string]string{cfg.DefaultExecutor: ls}
 		}
 		goRun("executor supervisor", sup.Run)
 	}
@@ -393,7 +397,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// NATS beside the static ones (an announcement from a static one's
 	// address is recognised as that one).
 	pool, err := executors.New(executors.Config{
-		Executors: execAddrs, NATS: nc, Node: cfg.NodeName,
+		Executors: execAddrs, ListenerSockets: listenerSockets, NATS: nc, Node: cfg.NodeName,
 		Default: cfg.DefaultExecutor, Handlers: cfg.RuntimeHandlers, TLS: cfg.GRPCTLS, DialOptions: m.ExecutorDialOptions, Log: log,
 	})
 	if err != nil {
@@ -469,8 +473,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	prov, err := provider.New(ctx, provider.Config{
-		Network: podNet, ListenerSockets: listenerSockets,
-		Client: client, Cache: cache, Pool: pool, Recorder: recorder,
+		Network: podNet, Client: client, Cache: cache, Pool: pool, Recorder: recorder,
 		Logs:     &podlogs.Reader{JS: js, Node: cfg.NodeName, Log: log},
 		NodeName: cfg.NodeName, NodeIP: cfg.NodeIP, StateDir: cfg.StateDir,
 		Backoff: cfg.Backoff, AllowedHostPaths: cfg.AllowedHostPaths, VolumeRefresh: cfg.VolumeRefresh, InstanceResync: cfg.InstanceResync, Log: log,

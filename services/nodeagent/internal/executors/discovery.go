@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -108,6 +109,7 @@ func (p *Pool) announced(ann *eventsv1.ExecutorAnnouncement, now time.Time) {
 			p.warnUndialled(id, ann.GetAddress(), err)
 			return
 		}
+		ne.ListenerSocket = p.listenerSocketOf(ann)
 	}
 	if restarted {
 		drops = append(drops, dropped{e, fmt.Sprintf("executor %s restarted; its instances were lost", e)})
@@ -136,12 +138,25 @@ func (p *Pool) announced(ann *eventsv1.ExecutorAnnouncement, now time.Time) {
 		close(p.changed)
 		p.changed = make(chan struct{})
 		p.cfg.Log.Info("executor replica discovered", "executor", id, "flavour", e.Flavour, "address", e.Address,
-			"engine", ann.GetEngine(), "max_instances", ann.GetMaxInstances())
+			"listener_socket", e.ListenerSocket, "engine", ann.GetEngine(), "max_instances", ann.GetMaxInstances())
 		p.startWatchLocked(e)
 	}
 	e.mu.Lock()
 	e.ann, e.seen = ann, now
 	e.mu.Unlock()
+}
+
+// listenerSocketOf is the listener socket an announcement names, when it
+// is an absolute path; another is logged and not used (the executor then
+// opens its pods' listeners itself). Whether this node agent sees the same
+// socket at that path (a shared filesystem) shows at the first hand-over.
+func (p *Pool) listenerSocketOf(ann *eventsv1.ExecutorAnnouncement) string {
+	path := ann.GetListenerSocket()
+	if path != "" && !filepath.IsAbs(path) {
+		p.cfg.Log.Warn("announced listener socket is not an absolute path; the executor opens its pods' listeners itself", "executor", ann.GetExecutorId(), "listener_socket", path)
+		return ""
+	}
+	return path
 }
 
 // warnUndialled says, once per executor and address (it announces itself

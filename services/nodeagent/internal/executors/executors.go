@@ -1,7 +1,10 @@
 // Package executors is the node agent's view of its executors: a pool of
 // replicas, several per flavour, static (--executor FLAVOUR=ADDRESS) or
 // announced on NATS (events.v1.ExecutorAnnouncement on
-// wasmlet.executors.<node>.<flavour>.<id>). It owns routing (a pod's
+// wasmlet.executors.<node>.<flavour>.<id>), each with the listener socket
+// the node agent hands pods' listening sockets over on, when it has one
+// (Executor.ListenerSocket: a static one's from Config.ListenerSockets, an
+// announced one's from its announcement). It owns routing (a pod's
 // RuntimeClass handler to a flavour, Flavour), placement (a pod bound to
 // one replica, Bind), the replicas' liveness (Run), the client transport
 // (mutual TLS for tcp://; an announced address beyond loopback is never
@@ -27,6 +30,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -63,6 +67,14 @@ type Executor struct {
 	Flavour string
 	Address string
 	Static  bool
+	// ListenerSocket is the path of the replica's --listener-socket, where
+	// the node agent hands it the listening sockets it opened for a pod
+	// (package instances/handoff); "" when none is known, and then the
+	// executor opens them itself. A path names a socket only where the node
+	// agent and the executor share a filesystem (one host, or a volume
+	// mounted at the same path in both containers); the descriptors sent
+	// over it keep the network namespace they were opened in.
+	ListenerSocket string
 	// Runtime is the replica's instances, over its connection.
 	Runtime instances.Runtime
 	conn    *grpc.ClientConn
@@ -105,6 +117,9 @@ func (e *Executor) String() string {
 type Config struct {
 	// Executors by flavour name, each a gRPC address (static replicas).
 	Executors map[string]string
+	// ListenerSockets are the static replicas' listener sockets, by
+	// flavour (optional; see Executor.ListenerSocket): absolute paths.
+	ListenerSockets map[string]string
 	// NATS, when set, is where executors announce themselves for Node.
 	NATS *nats.Conn
 	Node string
@@ -169,6 +184,14 @@ func New(cfg Config) (*Pool, error) {
 			}
 		}
 	}
+	for f, path := range cfg.ListenerSockets {
+		if _, ok := cfg.Executors[f]; !ok {
+			return nil, fmt.Errorf("executors: listener socket %q given for flavour %q, which has no static executor", path, f)
+		}
+		if !filepath.IsAbs(path) {
+			return nil, fmt.Errorf("executors: listener socket %q of flavour %q: want an absolute path", path, f)
+		}
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
@@ -179,6 +202,7 @@ func New(cfg Config) (*Pool, error) {
 			p.Close()
 			return nil, err
 		}
+		e.ListenerSocket = cfg.ListenerSockets[name]
 		p.execs[name] = e
 	}
 	if cfg.NATS != nil {

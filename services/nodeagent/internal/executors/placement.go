@@ -170,6 +170,17 @@ func (b *Binding) WasOn(replica string) bool {
 	return (b.e != nil && b.e.ID == replica) || slices.Contains(b.left, replica)
 }
 
+// ListenerSocket is the listener socket of the replica the pod is bound
+// to (Executor.ListenerSocket); "" when it has none, or the pod is on none.
+func (b *Binding) ListenerSocket() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.e == nil {
+		return ""
+	}
+	return b.e.ListenerSocket
+}
+
 // Flavour is the flavour the pod runs on.
 func (b *Binding) Flavour() string { return b.flavour }
 

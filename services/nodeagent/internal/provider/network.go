@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"strconv"
 	"syscall"
@@ -24,14 +25,14 @@ import (
 // podNetwork is one pod's podworker.Network: its CNI attachment (podnet)
 // and its listeners, opened by the node agent inside the pod's namespace
 // (or on the node's address, for a pod without one) and handed to the
-// replica holding the pod when that replica has a listener socket (the
-// supervised executor); another replica is told the namespace and opens
-// them itself, which needs the right to enter it.
+// replica holding the pod over that replica's listener socket
+// (executors.Executor.ListenerSocket: the supervised executor's, one given
+// with --executor FLAVOUR=ADDRESS,listener-socket=PATH, or one announced).
+// A replica without one is told the namespace and opens them itself, which
+// needs the right to enter it.
 type podNetwork struct {
 	net     *podnet.Manager // nil: the node has no pod network
 	binding *executors.Binding
-	// sockets are the replicas' listener sockets, by replica ID.
-	sockets map[string]string
 }
 
 var _ podworker.Network = (*podNetwork)(nil)
@@ -59,9 +60,11 @@ func (n *podNetwork) Teardown(ctx context.Context, pod *v1.Pod) error {
 }
 
 func (n *podNetwork) Serve(ctx context.Context, att podworker.Attachment, id string, listeners []instances.Listener) error {
-	socket := n.sockets[n.binding.Replica()]
+	socket := n.binding.ListenerSocket()
 	if socket == "" {
-		return podworker.ErrExecutorListens
+		return fmt.Errorf("%w: executor %s has no listener socket known to the node agent, so it must open the pod's ports itself, which only an executor allowed to enter network namespaces can (root, --confine=false); "+
+			"rather, start the executor with --listener-socket PATH on a filesystem it shares with the node agent and tell the node agent that path: --executor FLAVOUR=ADDRESS,listener-socket=PATH, or, for an executor that announces itself, the same --listener-socket is announced",
+			podworker.ErrExecutorListens, n.binding)
 	}
 	files, err := listenIn(att, listeners)
 	defer func() {
@@ -72,7 +75,13 @@ func (n *podNetwork) Serve(ctx context.Context, att podworker.Attachment, id str
 	if err != nil {
 		return err
 	}
-	return handoff.Send(ctx, socket, id, files)
+	if err := handoff.Send(ctx, socket, id, files); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%w: the node agent sees no socket at %s, the listener socket of executor %s: the executor must be started with --listener-socket %s and share that directory with the node agent (one host, or a volume mounted at the same path in both containers)", err, socket, n.binding, socket)
+		}
+		return err
+	}
+	return nil
 }
 
 // listenIn opens a TCP listener for each of listeners on every address of

@@ -53,10 +53,9 @@ type Config struct {
 	// AllowedHostPaths are the roots hostPath volumes may use (optional).
 	AllowedHostPaths []string
 	// Network, optional, puts pods that declare ports on the pod network;
-	// ListenerSockets are the listener sockets (executor --listener-socket)
-	// of the replicas that have one, by replica ID.
-	Network         *podnet.Manager
-	ListenerSockets map[string]string
+	// their listeners are handed to the replicas that have a listener
+	// socket (executors.Executor.ListenerSocket).
+	Network *podnet.Manager
 	// ProcDir is where the node's CPU and memory figures are read (default /proc).
 	ProcDir string
 	Log     *slog.Logger
@@ -156,7 +155,7 @@ func (p *Provider) CreatePod(ctx context.Context, pod *v1.Pod) error {
 	}
 	binding := p.cfg.Pool.Bind(ctx, flavour, map[string]string{podworker.LabelPodUID: string(pod.UID)},
 		len(pod.Spec.InitContainers)+len(pod.Spec.Containers))
-	network := &podNetwork{net: p.cfg.Network, binding: binding, sockets: p.cfg.ListenerSockets}
+	network := &podNetwork{net: p.cfg.Network, binding: binding}
 	w := podworker.New(podworker.Deps{
 		Client:           p.cfg.Client,
 		Cache:            p.cfg.Cache,
