@@ -3,6 +3,7 @@ package wazero
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"sync"
 	"unsafe"
@@ -36,6 +37,9 @@ import (
 // copies the one page. A module compiled without its data section
 // (data.go) has the image its segments make, mapped as its memory is
 // allocated, before wazero instantiates anything in it (withLinearMemory).
+// Starting, the module maps most of the image's pages; at its first wait
+// those it has not changed are unmapped again (linearMemory.share): a
+// sleeping instance's VmRSS counts every page it maps, shared or not.
 // Other modules' first instance, its data applied and nothing run yet,
 // leaves its memory up to its last non-zero page as the image, and an
 // instance maps it when it first waits in poll_oneoff (no wasm runs on
@@ -74,8 +78,9 @@ func withLinearMemory(ctx context.Context, start *image) (context.Context, *line
 type linearMemory struct {
 	max uint64
 	m   *mappedMemory
-	// start is the image mapped as the memory is allocated.
-	start *image
+	// start is the image mapped as the memory is allocated; mapped, once
+	// it is, until the first wait.
+	start, mapped *image
 	// img is the module's image, mapped at the first wait (share).
 	img *image
 }
@@ -116,7 +121,9 @@ func (l *linearMemory) Reallocate(size uint64) []byte {
 		if uint64(len(img.data)) > m.open {
 			return nil
 		}
-		m.mapImage(img)
+		if m.mapImage(img) {
+			l.mapped = img
+		}
 	}
 	m.used = max(m.used, size)
 	return m.mem[:size:size]
@@ -124,16 +131,69 @@ func (l *linearMemory) Reallocate(size uint64) []byte {
 
 // mapImage maps img privately over the start of m, which it is open over.
 // Where it cannot be mapped (out of mappings, vm.max_map_count), the
-// range is anonymous, with img's bytes.
-func (m *mappedMemory) mapImage(img *image) {
+// range is anonymous, with img's bytes, and it reports false.
+func (m *mappedMemory) mapImage(img *image) bool {
 	n := uintptr(len(img.data))
 	if _, err := unix.MmapPtr(img.fd, 0, unsafe.Pointer(&m.mem[0]), n, unix.PROT_READ|unix.PROT_WRITE,
 		unix.MAP_PRIVATE|unix.MAP_FIXED); err != nil {
 		m.anonymous(n)
 		copy(m.mem, img.data)
-		return
+		return false
 	}
 	m.imaged = uint64(n)
+	return true
+}
+
+// pagemap is /proc/self/pagemap, open for unmapUnchanged, or -1.
+var pagemap = sync.OnceValue(func() int {
+	fd, err := unix.Open("/proc/self/pagemap", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1
+	}
+	return fd
+})
+
+// Page flags in /proc/self/pagemap.
+const (
+	pagePresent = 1 << 63
+	pageFile    = 1 << 61 // a file's page (here the image's), not a copy
+)
+
+// unmapUnchanged unmaps, of m's range mapped from img, the pages that
+// hold what img holds: those mapped from it and never written, and
+// copies written with the same bytes. The module's next touch of one
+// maps it again, from img. Nothing is done when pagemap cannot be read.
+func (m *mappedMemory) unmapUnchanged(img *image) {
+	fd := pagemap()
+	page := unix.Getpagesize()
+	n := int(m.imaged) / page
+	if fd < 0 || n == 0 || n > len(img.data)/page {
+		return
+	}
+	flags := make([]byte, 8*n)
+	at := int64(uintptr(unsafe.Pointer(&m.mem[0]))/uintptr(page)) * 8
+	if k, err := unix.Pread(fd, flags, at); err != nil || k != len(flags) {
+		return
+	}
+	from := -1 // the start of a run of pages to unmap
+	unmap := func(to int) {
+		if from >= 0 {
+			unix.Madvise(m.mem[from*page:to*page], unix.MADV_DONTNEED)
+			from = -1
+		}
+	}
+	for i := range n {
+		f := binary.LittleEndian.Uint64(flags[8*i:])
+		off := i * page
+		same := f&pagePresent != 0 && (f&pageFile != 0 || bytes.Equal(m.mem[off:off+page], img.data[off:off+page]))
+		switch {
+		case same && from < 0:
+			from = i
+		case !same:
+			unmap(i)
+		}
+	}
+	unmap(n)
 }
 
 // anonymous makes m's first n bytes, open, a fresh anonymous mapping:
@@ -155,7 +215,7 @@ func (l *linearMemory) Free() {
 		return
 	}
 	l.m = nil
-	l.start = nil
+	l.start, l.mapped = nil, nil
 	n := uint64(len(m.mem))
 	memories.Lock()
 	if memories.n < idleMemories {
@@ -275,11 +335,21 @@ func (img *image) close() {
 	unix.Close(img.fd)
 }
 
-// share maps l's image over the start of its memory, once, keeping the
-// pages the module changed since: a no-op for the module, which runs no
-// wasm meanwhile (it is called from poll_oneoff), but the pages it has
-// only read become the image's. Not done when most pages changed.
+// share is called at each wait in poll_oneoff, where no wasm runs on the
+// memory: a no-op for the module. The first time, a memory that started
+// as its image unmaps the pages it has not changed (unmapUnchanged);
+// another maps l's image over the start of its memory, keeping the
+// pages the module changed since, so that the pages it has only read
+// become the image's (not done when most pages changed).
 func (l *linearMemory) share() {
+	if img := l.mapped; img != nil {
+		// Mapped at the start: what the module has not changed goes.
+		l.mapped = nil
+		if l.m != nil && l.m.imaged > 0 {
+			l.m.unmapUnchanged(img)
+		}
+		return
+	}
 	img, m := l.img, l.m
 	l.img = nil
 	if img == nil || m == nil || m.imaged > 0 || uint64(len(img.data)) > m.open {

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -41,6 +42,13 @@ func TestImageShared(t *testing.T) {
 	}
 	if got := imageMappings(t); got != before+n {
 		t.Fatalf("%d sleeping instances map the image %d times, want %d", n, got-before, n)
+	}
+	// Asleep, an instance has unmapped the pages of the image it did not
+	// change, though its start read most of them.
+	if size, rss := imageResident(t); rss*4 > size {
+		t.Errorf("sleeping instances have %d of their images' %d bytes mapped", rss, size)
+	} else {
+		t.Logf("sleeping instances have %d of their images' %d bytes mapped", rss, size)
 	}
 
 	var out bytes.Buffer
@@ -83,6 +91,31 @@ func imageMappings(t *testing.T) int {
 		}
 	}
 	return n
+}
+
+// imageResident sums the size and Rss of the private, writable mappings
+// of module images in this process.
+func imageResident(t *testing.T) (size, rss int64) {
+	b, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := false
+	for _, l := range strings.Split(string(b), "\n") {
+		fs := strings.Fields(l)
+		switch {
+		case len(fs) >= 5 && strings.Contains(fs[0], "-") && !strings.HasSuffix(fs[0], ":"):
+			in = len(fs) >= 6 && fs[1] == "rw-p" && strings.Contains(fs[5], "wasmlet-wazero-image")
+		case in && len(fs) >= 2 && (fs[0] == "Size:" || fs[0] == "Rss:"):
+			kb, _ := strconv.ParseInt(fs[1], 10, 64)
+			if fs[0] == "Size:" {
+				size += kb << 10
+			} else {
+				rss += kb << 10
+			}
+		}
+	}
+	return size, rss
 }
 
 // TestImageFile: where memfd_create is refused, the image is a file with
