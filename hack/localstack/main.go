@@ -172,22 +172,17 @@ func (s *stack) up(ctx context.Context) error {
 	}
 
 	// wazero's executor serves pods with ports: wasmtime-go cannot hand a
-	// module a socket, and the node agent sends such pods to it.
+	// module a socket, and the node agent sends such pods to it. The node
+	// agent opens a pod's listeners (in its network namespace, or on
+	// 127.0.0.1 without a pod network) and hands them over on the
+	// executor's listener socket, so that the executor keeps its
+	// confinement: it never enters a namespace.
+	step("executor (wazero), taking pods' listeners on its listener socket")
 	wazeroAddr := "unix://" + filepath.Join(s.state, "sockets", "executor-wazero.sock")
-	wazeroArgs := []string{"--listen", wazeroAddr, "--registry", registryAddr,
+	wazeroListeners := filepath.Join(s.state, "executor-wazero", "listeners.sock")
+	if err := s.service("executor-wazero", tokenEnv, "--listen", wazeroAddr, "--registry", registryAddr,
 		"--nats", natsURL, "--state-dir", filepath.Join(s.state, "executor-wazero"), "--node", nodeName,
-		"--mount-root", filepath.Join(s.state, "node", "pods")}
-	if pn.on() {
-		// The node agent hands listeners it opened in a pod's namespace
-		// only to the executor it supervises; one it does not, like this,
-		// opens them itself and must enter the namespace: no seccomp
-		// allow-list or Landlock (--confine=false). It runs as root.
-		step("executor (wazero), unconfined: it opens pods' listeners in their network namespaces")
-		wazeroArgs = append(wazeroArgs, "--confine=false")
-	} else {
-		step("executor (wazero)")
-	}
-	if err := s.service("executor-wazero", tokenEnv, wazeroArgs...); err != nil {
+		"--mount-root", filepath.Join(s.state, "node", "pods"), "--listener-socket", wazeroListeners); err != nil {
 		return err
 	}
 
@@ -198,7 +193,7 @@ func (s *stack) up(ctx context.Context) error {
 	args := []string{"--kubeconfig", kubeconfig, "--node-name", nodeName,
 		"--port", fmt.Sprint(freePort()), "--state-dir", filepath.Join(s.state, "node"),
 		"--client-ca-file", s.cluster.KubeletClientCAPath(), "--nats", natsURL,
-		"--registry-cache", registryAddr, "--executor", "wasmtime=" + executorAddr, "--executor", "wazero=" + wazeroAddr}
+		"--registry-cache", registryAddr, "--executor", "wasmtime=" + executorAddr, "--executor", "wazero=" + wazeroAddr + ",listener-socket=" + wazeroListeners}
 	if pn.on() {
 		step("node agent " + nodeName + " with a pod network (a bridge on the Node's podCIDR, " + localcluster.NodeBridge(nodeName) + ")")
 		if err := s.recordPodNetwork(pn); err != nil {
