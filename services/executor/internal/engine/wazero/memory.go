@@ -82,7 +82,8 @@ type linearMemory struct {
 	// it is, until the first wait.
 	start, mapped *image
 	// img is the module's image, mapped at the first wait (share).
-	img *image
+	img    *image
+	waited bool // share has run
 }
 
 // mappedMemory is a reservation of len(mem) bytes whose first open bytes
@@ -159,18 +160,30 @@ const (
 	pageFile    = 1 << 61 // a file's page (here the image's), not a copy
 )
 
-// unmapUnchanged unmaps, of m's range mapped from img, the pages that
-// hold what img holds: those mapped from it and never written, and
-// copies written with the same bytes. The module's next touch of one
-// maps it again, from img. Nothing is done when pagemap cannot be read.
+// maxZeroScan bounds the pages past the image that unmapUnchanged reads.
+const maxZeroScan = 4096
+
+// zeroPage is a page of zeros, for pages up to 64 KiB.
+var zeroPage [64 << 10]byte
+
+// unmapUnchanged unmaps the pages of m that hold what they would if the
+// module had not written them: of its range mapped from img (nil: none),
+// those mapped from it and never written, and copies written with the
+// same bytes; past it (up to maxZeroScan pages), those written with
+// zeros. The module's next touch of one maps it again, from img or
+// zeroed. Nothing is done when pagemap cannot be read.
 func (m *mappedMemory) unmapUnchanged(img *image) {
 	fd := pagemap()
 	page := unix.Getpagesize()
 	n := int(m.imaged) / page
-	if fd < 0 || n == 0 || n > len(img.data)/page {
+	if fd < 0 || page > len(zeroPage) || n > 0 && (img == nil || n > len(img.data)/page) {
 		return
 	}
-	flags := make([]byte, 8*n)
+	total := min(int(m.open)/page, n+maxZeroScan)
+	if total == 0 {
+		return
+	}
+	flags := make([]byte, 8*total)
 	at := int64(uintptr(unsafe.Pointer(&m.mem[0]))/uintptr(page)) * 8
 	if k, err := unix.Pread(fd, flags, at); err != nil || k != len(flags) {
 		return
@@ -182,10 +195,17 @@ func (m *mappedMemory) unmapUnchanged(img *image) {
 			from = -1
 		}
 	}
-	for i := range n {
+	for i := range total {
 		f := binary.LittleEndian.Uint64(flags[8*i:])
-		off := i * page
-		same := f&pagePresent != 0 && (f&pageFile != 0 || bytes.Equal(m.mem[off:off+page], img.data[off:off+page]))
+		p := m.mem[i*page : (i+1)*page]
+		var same bool
+		switch {
+		case f&pagePresent == 0:
+		case i < n:
+			same = f&pageFile != 0 || bytes.Equal(p, img.data[i*page:(i+1)*page])
+		default:
+			same = bytes.Equal(p, zeroPage[:page])
+		}
 		switch {
 		case same && from < 0:
 			from = i
@@ -193,7 +213,7 @@ func (m *mappedMemory) unmapUnchanged(img *image) {
 			unmap(i)
 		}
 	}
-	unmap(n)
+	unmap(total)
 }
 
 // anonymous makes m's first n bytes, open, a fresh anonymous mapping:
@@ -215,7 +235,7 @@ func (l *linearMemory) Free() {
 		return
 	}
 	l.m = nil
-	l.start, l.mapped = nil, nil
+	l.start, l.mapped, l.img = nil, nil, nil
 	n := uint64(len(m.mem))
 	memories.Lock()
 	if memories.n < idleMemories {
@@ -336,23 +356,32 @@ func (img *image) close() {
 }
 
 // share is called at each wait in poll_oneoff, where no wasm runs on the
-// memory: a no-op for the module. The first time, a memory that started
-// as its image unmaps the pages it has not changed (unmapUnchanged);
-// another maps l's image over the start of its memory, keeping the
-// pages the module changed since, so that the pages it has only read
-// become the image's (not done when most pages changed).
+// memory: a no-op for the module. The first time, a memory that did not
+// start as its image maps l's image over its start, keeping the pages
+// the module changed since, so that the pages it has only read become
+// the image's (not done when most pages changed); then every memory
+// unmaps the pages that hold what they would unwritten
+// (unmapUnchanged): a sleeping instance's VmRSS counts every page it
+// maps, shared or not, and its start wrote zeros over many.
 func (l *linearMemory) share() {
-	if img := l.mapped; img != nil {
-		// Mapped at the start: what the module has not changed goes.
-		l.mapped = nil
-		if l.m != nil && l.m.imaged > 0 {
-			l.m.unmapUnchanged(img)
-		}
+	m := l.m
+	if l.waited || m == nil {
 		return
 	}
+	l.waited = true
+	img := l.mapped
+	if img == nil {
+		img = l.img
+		l.shareImage()
+	}
+	l.img, l.mapped = nil, nil
+	m.unmapUnchanged(img)
+}
+
+// shareImage maps l.img over the start of l's memory (share).
+func (l *linearMemory) shareImage() {
 	img, m := l.img, l.m
-	l.img = nil
-	if img == nil || m == nil || m.imaged > 0 || uint64(len(img.data)) > m.open {
+	if img == nil || m.imaged > 0 || uint64(len(img.data)) > m.open {
 		return
 	}
 	page := unix.Getpagesize()

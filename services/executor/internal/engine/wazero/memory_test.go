@@ -4,11 +4,15 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"os"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/wasmlet/wasmlet/internal/testharness/wasmbuild"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
@@ -135,4 +139,64 @@ func TestImageFile(t *testing.T) {
 	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
 		t.Errorf("the image left %d files in the cache", len(ents))
 	}
+}
+
+// TestUnmapUnchanged: at the first wait, the pages that hold what they
+// would unwritten go (of the image's range: read, or written with its
+// bytes; past it: written with zeros), the others stay, and the memory
+// reads as before.
+func TestUnmapUnchanged(t *testing.T) {
+	if pagemap() < 0 {
+		t.Skip("no /proc/self/pagemap")
+	}
+	page := os.Getpagesize()
+	init := make([]byte, 4*page)
+	for i := range init {
+		init[i] = byte(i%251 + 1)
+	}
+	img := newImage(init, t.TempDir())
+	if img == nil {
+		t.Fatal("no image")
+	}
+	defer img.close()
+	l := &linearMemory{max: 1 << 30, start: img}
+	mem := l.Reallocate(uint64(16 * page))
+	if mem == nil {
+		t.Fatal("no memory")
+	}
+	defer l.Free()
+	sum := 0
+	sum += int(mem[0])                  // image page 0: read
+	copy(mem[page:2*page], init[page:]) // image page 1: written with its bytes
+	mem[2*page] ^= 0xff                 // image page 2: changed
+	mem[5*page] = 1                     // past it, page 5: written with zeros
+	mem[5*page] = 0                     //
+	mem[6*page] = 7                     // page 6: not zero
+	want := append([]byte(nil), mem...)
+
+	l.share()
+	present := presentPages(t, mem, page)
+	for i, wantPresent := range map[int]bool{0: false, 1: false, 2: true, 3: false, 4: false, 5: false, 6: true, 7: false} {
+		if present[i] != wantPresent {
+			t.Errorf("page %d: present %v, want %v", i, present[i], wantPresent)
+		}
+	}
+	if !bytes.Equal(mem, want) || sum != int(init[0]) {
+		t.Fatal("the memory changed")
+	}
+}
+
+// presentPages reports, per page of mem, whether it is mapped.
+func presentPages(t *testing.T, mem []byte, page int) []bool {
+	n := len(mem) / page
+	flags := make([]byte, 8*n)
+	at := int64(uintptr(unsafe.Pointer(&mem[0]))/uintptr(page)) * 8
+	if k, err := unix.Pread(pagemap(), flags, at); err != nil || k != len(flags) {
+		t.Fatalf("pagemap: %v", err)
+	}
+	present := make([]bool, n)
+	for i := range present {
+		present[i] = binary.LittleEndian.Uint64(flags[8*i:])&pagePresent != 0
+	}
+	return present
 }
