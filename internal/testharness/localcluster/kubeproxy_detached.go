@@ -6,15 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/wasmlet/wasmlet/internal/testharness/testpki"
@@ -79,7 +74,7 @@ func (c *Cluster) StartKubeProxyDetached(ctx context.Context, nodeName string) e
 	}
 	healthz := fmt.Sprintf("127.0.0.1:%d", *ports[0])
 	args := c.kubeProxyArgs(kubeconfig, nodeName, healthz, fmt.Sprintf("127.0.0.1:%d", *ports[1]))
-	p, err := startHolding(c.dir, kubeProxyProc, bin, args, lock, c.dieWithParent)
+	p, err := startProcess(c.dir, kubeProxyProc, bin, args, nil, c.dieWithParent, lock)
 	if err != nil {
 		return fmt.Errorf("start kube-proxy: %w", err)
 	}
@@ -182,50 +177,4 @@ func writeKubeProxyState(dir string, st kubeProxyState) error {
 		return err
 	}
 	return testpki.WriteFile(filepath.Join(dir, kubeProxyStateFile), append(b, '\n'), 0o644)
-}
-
-// startHolding is startProcess for a process that keeps held (a locked
-// file) open for its lifetime: it inherits it as fd 3, and the caller may
-// close its own copy once it has started.
-func startHolding(dir, name, bin string, args []string, held *os.File, dieWithParent bool) (*process, error) {
-	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o755); err != nil {
-		return nil, err
-	}
-	logPath := filepath.Join(dir, "logs", name+".log")
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("open %s log: %w", name, err)
-	}
-	defer logf.Close()
-	fmt.Fprintf(logf, "=== %s: starting %s %s\n", time.Now().UTC().Format(time.RFC3339), bin, strings.Join(args, " "))
-	offset, err := logf.Seek(0, io.SeekEnd)
-	if err != nil {
-		return nil, fmt.Errorf("open %s log: %w", name, err)
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Dir = dir
-	cmd.Env = cleanEnv()
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.ExtraFiles = []*os.File{held}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if dieWithParent {
-		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s (%s): %w", name, bin, err)
-	}
-	p := &process{name: name, pid: cmd.Process.Pid, logPath: logPath, logOffset: offset, exited: make(chan struct{})}
-	go func() {
-		p.waitErr = cmd.Wait()
-		close(p.exited)
-	}()
-	if err := os.MkdirAll(filepath.Join(dir, "pids"), 0o755); err != nil {
-		_ = syscall.Kill(-p.pid, syscall.SIGKILL)
-		return nil, err
-	}
-	if err := testpki.WriteFile(pidPath(dir, name), []byte(strconv.Itoa(p.pid)+"\n"), 0o644); err != nil {
-		_ = syscall.Kill(-p.pid, syscall.SIGKILL)
-		return nil, err
-	}
-	return p, nil
 }

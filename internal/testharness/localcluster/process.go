@@ -56,7 +56,14 @@ type process struct {
 // etcd reads every ETCD_* variable and the Kubernetes components read KUBECONFIG.
 // With dieWithParent the kernel kills it when the calling thread's process dies
 // (tests: a test binary killed on timeout must not leave a control plane behind).
-func startProcess(dir, name, bin string, args, env []string, dieWithParent bool) (*process, error) {
+// It inherits extra as fds 3, 4, … (a locked file it holds for its lifetime,
+// say); the caller may close its own copies once it has started.
+func startProcess(dir, name, bin string, args, env []string, dieWithParent bool, extra ...*os.File) (*process, error) {
+	for _, sub := range []string{"logs", "pids"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
+			return nil, err
+		}
+	}
 	logPath := filepath.Join(dir, "logs", name+".log")
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -73,6 +80,7 @@ func startProcess(dir, name, bin string, args, env []string, dieWithParent bool)
 	cmd.Env = append(cleanEnv(), env...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
+	cmd.ExtraFiles = extra
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if dieWithParent {
 		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
