@@ -27,7 +27,9 @@ func writerWat(size, count int) string {
 }
 
 // BenchmarkOutput: a module's output to a sink that discards it, in
-// writes of a line (100 bytes) and of 64 KiB; MB/s of output.
+// writes of a line (100 bytes) and of 64 KiB; MB/s of output. wasmtime's
+// hand-over of each write (at most 4 KiB at a time) to its runtime's
+// thread bounds it (output.go).
 //
 //	flock -o /tmp/wasmlet-measure.lock go test -count=1 -run XXX -bench BenchmarkOutput ./services/executor/internal/engine/wasmtime/
 func BenchmarkOutput(b *testing.B) {
