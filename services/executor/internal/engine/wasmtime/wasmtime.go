@@ -106,6 +106,14 @@ type Config struct {
 	// artifact, kept for this process only, and compiles the optimised
 	// artifact in the background: instances started once it is there run optimised
 	// code. Only optimised artifacts go to disk and to the shared store.
+	//
+	// Not Winch, wasmtime's baseline compiler, which compiled
+	// examples/hello 3.5x faster than these settings in a probe: its C API
+	// has no way to choose it up to wasmtime-go v44 (the newest the module
+	// proxy serves; wasmtime_config_strategy_set stores Cranelift whatever
+	// it is given, though the library has Winch built in). wasmtime adds
+	// WASMTIME_STRATEGY_WINCH after v44 (its PR 13155); its artifacts do
+	// not load into a Cranelift Engine, so quick ones stay apart as now.
 	QuickFirst bool
 }
 
