@@ -94,6 +94,7 @@ func density(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 		}
 		s.quietNode(time.Minute)
 		threadsBefore := treeField(pid, "status", "Threads")
+		cBefore := s.cpu()
 		all, _, err := ps.Burst(ctx, "density", n, 15*time.Minute)
 		if err != nil {
 			return figs, fmt.Errorf("%d pods: %w", n, err)
@@ -138,6 +139,7 @@ func density(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 			perPod(Values(fmt.Sprintf("density %d: node agent CPU, all pods asleep", n), fmt.Sprintf("user+system CPU of the node agent (with NATS) over %s once its events are written, as %% of one core", window), "%", []float64{idle("nodeagent (with NATS)")}), "max", densityIdleCPU),
 			Values(fmt.Sprintf("density %d: executor CPU, all pods asleep", n), fmt.Sprintf("user+system CPU of the executor over the same %s, as %% of one core", window), "%", []float64{idle("executor")}),
 		)
+		figs = append(figs, cpuPerPodFigures(fmt.Sprintf("density %d", n), "all pods created at once, the 5 s of settling after the last runs included", [][2]map[string]float64{{cBefore, c0}}, n)...)
 		for _, k := range apiCosts {
 			f := Values(fmt.Sprintf("density %d: %s per pod", n, k.name), k.method, "requests", []float64{float64(reqAfter[k.name]-reqBefore[k.name]) / float64(n)})
 			if k.name == "pod status writes" {
