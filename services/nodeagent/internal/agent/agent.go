@@ -35,7 +35,6 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
@@ -436,7 +435,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	nodeProvider := nodestatus.NewProvider(nodeObj, pool, cfg.StateDir)
 
-	sink := newQueuedSink(&corev1client.EventSinkImpl{Interface: client.CoreV1().Events(v1.NamespaceAll)}, eventQueueLimit, cfg.Log, cfg.Metrics)
+	sink := newQueuedSink(restEventSink{client.CoreV1().RESTClient()}, eventQueueLimit, cfg.Log, cfg.Metrics)
 	if cfg.EventQPS >= 0 {
 		sink.pace = rate.NewLimiter(rate.Limit(cfg.EventQPS), cfg.EventBurst)
 	}

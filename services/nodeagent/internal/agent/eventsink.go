@@ -10,6 +10,8 @@ import (
 	"golang.org/x/time/rate"
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/record"
 )
 
@@ -196,4 +198,27 @@ func (q *queuedSink) try(w eventWrite) error {
 		_, err = q.sink.Update(w.event)
 	}
 	return err
+}
+
+// restEventSink writes events as client-go's EventSinkImpl does (POST,
+// PUT, strategic-merge PATCH in the event's namespace), without decoding
+// the API server's answer: queuedSink hands the broadcaster the event it
+// sent, never the stored one, so the decoded answer was thrown away, three
+// times per pod start. Refusals still come back as the API server's status
+// errors (apierrors.IsNotFound, IsAlreadyExists, APIStatus).
+type restEventSink struct{ client rest.Interface }
+
+func (s restEventSink) Create(e *v1.Event) (*v1.Event, error) {
+	return e, s.client.Post().NamespaceIfScoped(e.Namespace, e.Namespace != "").Resource("events").
+		Body(e).Do(context.Background()).Error()
+}
+
+func (s restEventSink) Update(e *v1.Event) (*v1.Event, error) {
+	return e, s.client.Put().NamespaceIfScoped(e.Namespace, e.Namespace != "").Resource("events").Name(e.Name).
+		Body(e).Do(context.Background()).Error()
+}
+
+func (s restEventSink) Patch(e *v1.Event, data []byte) (*v1.Event, error) {
+	return e, s.client.Patch(types.StrategicMergePatchType).NamespaceIfScoped(e.Namespace, e.Namespace != "").Resource("events").Name(e.Name).
+		Body(data).Do(context.Background()).Error()
 }
