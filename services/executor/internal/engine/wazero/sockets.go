@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"reflect"
+	goruntime "runtime"
 	"sync"
 	"syscall"
 	"unsafe"
@@ -397,6 +398,10 @@ func defineWASI(ctx context.Context, rt wz.Runtime) error {
 	return err
 }
 
+// maxKilledYields bounds the yields of a killed module's poll_oneoff to
+// the goroutine that closes it.
+const maxKilledYields = 1000
+
 func pollOneoff(ctx context.Context, mod api.Module, stack []uint64) {
 	s, _ := ctx.Value(socketsKey{}).(*sockets)
 	if s != nil && s.memory != nil {
@@ -423,8 +428,14 @@ func pollOneoff(ctx context.Context, mod api.Module, stack []uint64) {
 	}
 	errno, killed := s.poller.PollOneoff(mem, uint32(stack[0]), uint32(stack[1]), uint32(stack[2]), uint32(stack[3]), host)
 	if killed {
-		// The module stops at its next function call or loop (its
-		// context is cancelled); until then it sees an interrupted wait.
+		// The module stops at its next function call or loop once
+		// wazero's watcher of its context has marked it closed; until
+		// then it sees an interrupted wait, and a Go module polls again
+		// at once: it would spin for the rest of its time slice (10 ms)
+		// before that goroutine ran, per instance of a burst of kills.
+		for i := 0; i < maxKilledYields && !mod.IsClosed(); i++ {
+			goruntime.Gosched()
+		}
 		errno = engine.ErrnoIntr
 	}
 	stack[0] = uint64(errno)
