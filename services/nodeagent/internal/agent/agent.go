@@ -539,9 +539,9 @@ func Run(ctx context.Context, cfg Config) error {
 		MetricsResource: prov.GetMetricsResource,
 		Refuse:          prov.Refuse,
 		Metrics:         promhttp.HandlerFor(cfg.Metrics, promhttp.HandlerOpts{}),
-	}
-	if podNet != nil {
-		routes.PortForward = prov
+		// With or without a pod network: a pod without an address of
+		// its own is reached at the node's, on the ports it declares.
+		PortForward: prov,
 	}
 	getCert, err := servingCertificate(cfg, client, recorder, goRun)
 	if err != nil {

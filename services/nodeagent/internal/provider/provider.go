@@ -458,8 +458,8 @@ const containerIDPrefix = "wasmlet://"
 // unsupportedFormat is the refusal of a request a module cannot serve.
 const unsupportedFormat = "%s is not supported for Wasm pods: a WebAssembly module has no shell or process to %s"
 
-// Refuse answers exec, attach and port-forward: none is supported for Wasm
-// pods.
+// Refuse answers exec and attach, which no Wasm pod supports, and
+// port-forward where the kubelet API is given no PortForwarder.
 func (p *Provider) Refuse(_ context.Context, action, _, _, _ string) error {
 	switch action {
 	case "exec":
@@ -467,7 +467,7 @@ func (p *Provider) Refuse(_ context.Context, action, _, _, _ string) error {
 	case "attach":
 		return errdefs.InvalidInputf(unsupportedFormat, "attach", "attach to")
 	default:
-		return errdefs.InvalidInput("port-forward is not supported for Wasm pods: wasmlet has no pod networking yet")
+		return errdefs.InvalidInput("port-forward is not served by this node agent")
 	}
 }
 
