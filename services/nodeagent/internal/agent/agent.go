@@ -484,7 +484,7 @@ func Run(ctx context.Context, cfg Config) error {
 	podInformer := podInformers.Pods()
 	pc, err := node.NewPodController(node.PodControllerConfig{
 		PodClient:                            client.CoreV1(),
-		PodInformer:                          podInformer,
+		PodInformer:                          statusOnlyFiltered{podInformer},
 		EventRecorder:                        quietRecorder{recorder},
 		Provider:                             measured{prov, m},
 		ConfigMapInformer:                    unstarted.ConfigMaps(),
