@@ -58,6 +58,7 @@ CGO_ENABLED=1 GOARCH=arm64 CC=aarch64-linux-gnu-gcc go build -trimpath -tags net
   -ldflags "-s -w -linkmode external '-extldflags=-static -Wl,--gc-sections'" \
   -o "$out/bin/arm64/executor" ./services/executor 2> >(grep -v 'statically linked applications\|in function\|^/usr/bin/ld\|^# ' >&2 || true)
 GOOS=wasip1 GOARCH=wasm go build -trimpath -o "$out/wasm/hello.wasm" ./examples/hello
+GOOS=wasip1 GOARCH=wasm go build -trimpath -o "$out/wasm/httpserver.wasm" ./examples/httpserver
 echo "built the binaries in $(( $(date +%s) - start ))s" >&2
 
 # rootfs/ is the first layer of every image: the glue and an empty /tmp. Its

@@ -139,6 +139,9 @@ func TestComposeStack(t *testing.T) {
 		t.Errorf("executor-arm64 = %q: want a linux/arm64 executor that ran default/hello-wasmtime-arm64", armOut)
 	}
 
+	// A pod with a containerPort, on an executor run in a container of its own.
+	s.servePort()
+
 	// Scale the wasmtime flavour to 3 replicas and spread a Deployment.
 	s.step(fmt.Sprintf("scale executor-wasmtime to %d", wasmtimeReplicas))
 	scaleStart := time.Now()
