@@ -108,7 +108,8 @@ type Config struct {
 	// code. Only optimised artifacts go to disk and to the shared store.
 	//
 	// Not Winch, wasmtime's baseline compiler, which compiled
-	// examples/hello 3.5x faster than these settings in a probe: its C API
+	// examples/hello 3.2-3.6x and testdata/wasm/large 3x faster than these
+	// settings in a probe (v42 and v44, its strategy set by hand): the C API
 	// has no way to choose it up to wasmtime-go v44 (the newest the module
 	// proxy serves; wasmtime_config_strategy_set stores Cranelift whatever
 	// it is given, though the library has Winch built in). wasmtime adds
