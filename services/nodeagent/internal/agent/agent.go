@@ -454,11 +454,12 @@ func Run(ctx context.Context, cfg Config) error {
 	defer eb.Shutdown()
 	recorder := eb.NewRecorder(scheme.Scheme, v1.EventSource{Component: "kubelet", Host: cfg.NodeName})
 
-	// The pod informer's resync hands virtual-kubelet every pod again,
-	// which it compares with itself by reflection (go-cmp) to find nothing
-	// to do, bar resending a status it skipped that someone else changed
-	// since: every minute, at 5,000 idle pods that was 60% of the node
-	// agent's CPU. Every 10 minutes it still catches that case.
+	// The pod informer's resync handed virtual-kubelet every pod again,
+	// which it compared with itself by reflection (go-cmp) to find nothing
+	// to do: every minute, at 5,000 idle pods that was 60% of the node
+	// agent's CPU. virtual-kubelet no longer sees resyncs (nor status-only
+	// updates: statusOnlyFiltered), so each is now a pointer comparison;
+	// the period stays long anyway.
 	podInformers, podFactory := newCoreInformers(client, podInformerResync, func(o *metav1.ListOptions) {
 		o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", cfg.NodeName).String()
 	})
