@@ -70,6 +70,9 @@ func (p *Pool) announced(ann *eventsv1.ExecutorAnnouncement, now time.Time) {
 		// supervised child) is known already.
 		e.mu.Lock()
 		same := e.Address == ann.GetAddress() || (e.info != nil && e.info.ExecutorID == id)
+		if same && (e.socket == "" || e.announced) && !ann.GetLeaving() {
+			e.socket, e.announced = p.listenerSocketOf(ann), true
+		}
 		e.mu.Unlock()
 		if same {
 			return
@@ -109,7 +112,7 @@ func (p *Pool) announced(ann *eventsv1.ExecutorAnnouncement, now time.Time) {
 			p.warnUndialled(id, ann.GetAddress(), err)
 			return
 		}
-		ne.ListenerSocket = p.listenerSocketOf(ann)
+		ne.socket, ne.announced = p.listenerSocketOf(ann), true
 	}
 	if restarted {
 		drops = append(drops, dropped{e, fmt.Sprintf("executor %s restarted; its instances were lost", e)})
@@ -138,7 +141,7 @@ func (p *Pool) announced(ann *eventsv1.ExecutorAnnouncement, now time.Time) {
 		close(p.changed)
 		p.changed = make(chan struct{})
 		p.cfg.Log.Info("executor replica discovered", "executor", id, "flavour", e.Flavour, "address", e.Address,
-			"listener_socket", e.ListenerSocket, "engine", ann.GetEngine(), "max_instances", ann.GetMaxInstances())
+			"listener_socket", ne.socket, "engine", ann.GetEngine(), "max_instances", ann.GetMaxInstances())
 		p.startWatchLocked(e)
 	}
 	e.mu.Lock()

@@ -3,12 +3,13 @@
 // announced on NATS (events.v1.ExecutorAnnouncement on
 // wasmlet.executors.<node>.<flavour>.<id>), each with the listener socket
 // the node agent hands pods' listening sockets over on, when it has one
-// (Executor.ListenerSocket: a static one's from Config.ListenerSockets, an
-// announced one's from its announcement). It owns routing (a pod's
-// RuntimeClass handler to a flavour, Flavour), placement (a pod bound to
-// one replica, Bind), the replicas' liveness (Run), the client transport
-// (mutual TLS for tcp://; an announced address beyond loopback is never
-// dialled in plaintext) and one watch per replica (watch).
+// (Executor.ListenerSocket: a static one's from Config.ListenerSockets or
+// its announcement, an announced one's from its announcement). It owns
+// routing (a pod's RuntimeClass handler to a flavour, Flavour), placement
+// (a pod bound to one replica, Bind), the replicas' liveness (Run), the
+// client transport (mutual TLS for tcp://; an announced address beyond
+// loopback is never dialled in plaintext) and one watch per replica
+// (watch).
 //
 // It never interprets instance states: it hands them, and the loss of a
 // replica's instances, to a Sink.
@@ -67,14 +68,6 @@ type Executor struct {
 	Flavour string
 	Address string
 	Static  bool
-	// ListenerSocket is the path of the replica's --listener-socket, where
-	// the node agent hands it the listening sockets it opened for a pod
-	// (package instances/handoff); "" when none is known, and then the
-	// executor opens them itself. A path names a socket only where the node
-	// agent and the executor share a filesystem (one host, or a volume
-	// mounted at the same path in both containers); the descriptors sent
-	// over it keep the network namespace they were opened in.
-	ListenerSocket string
 	// Runtime is the replica's instances, over its connection.
 	Runtime instances.Runtime
 	conn    *grpc.ClientConn
@@ -86,8 +79,12 @@ type Executor struct {
 	info    *instances.Info
 	healthy bool
 	ann     *eventsv1.ExecutorAnnouncement // latest announcement (discovered only)
-	seen    time.Time                      // when it was last announced
-	bound   int                            // instances of the pods bound here
+	// socket: see ListenerSocket; announced: it came from an announcement
+	// (a static replica given none takes the one it announces).
+	socket    string
+	announced bool
+	seen      time.Time // when it was last announced
+	bound     int       // instances of the pods bound here
 }
 
 // Info returns what the executor last reported, and whether it answered
@@ -96,6 +93,21 @@ func (e *Executor) Info() (*instances.Info, bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.info, e.healthy
+}
+
+// ListenerSocket is the path of the replica's --listener-socket, where
+// the node agent hands it the listening sockets it opened for a pod
+// (package instances/handoff); "" when none is known, and then the
+// executor opens them itself. A static replica's is the one configured
+// for it, else the one it announces; an announced replica's, the one it
+// announces. A path names a socket only where the node agent and the
+// executor share a filesystem (one host, or a volume mounted at the same
+// path in both containers); the descriptors sent over it keep the network
+// namespace they were opened in.
+func (e *Executor) ListenerSocket() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.socket
 }
 
 // Gone reports whether the pool gave the replica up.
@@ -118,7 +130,8 @@ type Config struct {
 	// Executors by flavour name, each a gRPC address (static replicas).
 	Executors map[string]string
 	// ListenerSockets are the static replicas' listener sockets, by
-	// flavour (optional; see Executor.ListenerSocket): absolute paths.
+	// flavour (optional; see Executor.ListenerSocket): absolute paths. A
+	// static replica given none takes the one it announces, if it does.
 	ListenerSockets map[string]string
 	// NATS, when set, is where executors announce themselves for Node.
 	NATS *nats.Conn
@@ -202,7 +215,7 @@ func New(cfg Config) (*Pool, error) {
 			p.Close()
 			return nil, err
 		}
-		e.ListenerSocket = cfg.ListenerSockets[name]
+		e.socket = cfg.ListenerSockets[name]
 		p.execs[name] = e
 	}
 	if cfg.NATS != nil {

@@ -12,14 +12,16 @@ import (
 )
 
 // TestListenerSockets: a static replica has the listener socket given for
-// its flavour, an announced one the one it announces (a relative path is
+// its flavour, whatever it announces, or, given none, the one it
+// announces; an announced one has the one it announces (a relative path is
 // not used), and a pod's Binding reports its replica's; a socket for a
 // flavour with no static executor, or a relative one, is refused.
 func TestListenerSockets(t *testing.T) {
 	_, nc := natstest.Conn(t)
-	static, withSocket, relative := startFake(t, "static"), startFake(t, "exec-sock"), startFake(t, "exec-rel")
+	static, staticAnnouncing := startFake(t, "static"), startFake(t, "static-ann")
+	withSocket, relative := startFake(t, "exec-sock"), startFake(t, "exec-rel")
 	pool, err := New(Config{
-		Executors:       map[string]string{"wazero": static.addr},
+		Executors:       map[string]string{"wazero": static.addr, "wazero-2": staticAnnouncing.addr},
 		ListenerSockets: map[string]string{"wazero": "/run/wasmlet/wazero/listeners.sock"},
 		NATS:            nc, Node: "node-1", Default: "wazero",
 	})
@@ -30,7 +32,12 @@ func TestListenerSockets(t *testing.T) {
 	for _, a := range []struct {
 		f    *fakeExecutor
 		path string
-	}{{withSocket, "/run/wasmlet/sockets/exec-sock.listeners.sock"}, {relative, "sockets/l.sock"}} {
+	}{
+		{static, "/elsewhere.sock"},
+		{staticAnnouncing, "/run/wasmlet/wazero-2/listeners.sock"},
+		{withSocket, "/run/wasmlet/sockets/exec-sock.listeners.sock"},
+		{relative, "sockets/l.sock"},
+	} {
 		b, err := proto.Marshal(&eventsv1.ExecutorAnnouncement{
 			ExecutorId: a.f.id, Flavour: "wasmtime", Node: "node-1", Address: a.f.addr, Healthy: true, Sequence: 1,
 			ListenerSocket: a.path,
@@ -45,12 +52,13 @@ func TestListenerSockets(t *testing.T) {
 	waitUntil(t, "both announced replicas", func() bool { return len(pool.replicas("wasmtime")) == 2 })
 	want := map[string]string{
 		"wazero":    "/run/wasmlet/wazero/listeners.sock",
+		"wazero-2":  "/run/wasmlet/wazero-2/listeners.sock",
 		"exec-sock": "/run/wasmlet/sockets/exec-sock.listeners.sock",
 		"exec-rel":  "",
 	}
 	for _, e := range pool.All() {
-		if e.ListenerSocket != want[e.ID] {
-			t.Errorf("replica %s: ListenerSocket %q, want %q", e.ID, e.ListenerSocket, want[e.ID])
+		if got := e.ListenerSocket(); got != want[e.ID] {
+			t.Errorf("replica %s: ListenerSocket %q, want %q", e.ID, got, want[e.ID])
 		}
 	}
 	if b := pool.Bind(context.Background(), "wazero", nil, 1); b.ListenerSocket() != want["wazero"] {

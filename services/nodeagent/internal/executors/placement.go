@@ -178,7 +178,7 @@ func (b *Binding) ListenerSocket() string {
 	if b.e == nil {
 		return ""
 	}
-	return b.e.ListenerSocket
+	return b.e.ListenerSocket()
 }
 
 // Flavour is the flavour the pod runs on.
