@@ -143,7 +143,7 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 	fs.StringVar(&cfg.RegistryCache, "registry-cache", "", "registry cache gRPC address; empty: in-process cache")
 	fs.Var(&insecure, "insecure-registry", "registry host:port reached over plain HTTP (repeatable; in-process cache only)")
 	fs.StringVar(&cfg.RegistryCAFile, "registry-ca-file", "", "extra CA bundle for registries (in-process cache only)")
-	fs.Var(executorFlag{cfg.Executors, cfg.ExecutorListenerSockets}, "executor", "FLAVOUR=ADDRESS of a separately run executor (repeatable); none: supervise one child. FLAVOUR=ADDRESS,listener-socket=PATH also names its --listener-socket (as the node agent sees it), where pods' listening sockets are handed over to it")
+	fs.Var(executorFlag{cfg.Executors, cfg.ExecutorListenerSockets}, "executor", "FLAVOUR=ADDRESS of a separately run executor (repeatable); none: supervise one child. FLAVOUR=ADDRESS,listener-socket=PATH also names its --listener-socket (as the node agent sees it), where pods' listening sockets are handed over to it (an executor that announces itself on NATS names its own)")
 	cfg.GRPCTLS.AddFlags(fs, "grpc-", "the node agent's gRPC clients to tcp:// executors (--executor or announced) and --registry-cache (also given to a supervised executor for --registry-cache)")
 	supervise := true
 	fs.BoolVar(&supervise, "supervise-executor", true, "with no --executor, start and supervise one executor child; false: run pods only on executors that announce themselves on NATS for this node (executor --node NAME --flavour FLAVOUR --nats URL)")
