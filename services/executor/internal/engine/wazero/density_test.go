@@ -22,8 +22,10 @@ import (
 // TestDensity holds WASMLET_DENSITY instances of examples/hello asleep in
 // this process and reports what each adds to its VmRSS, Pss and OS
 // threads, and how much of it their linear memories hold, with the start
-// latency (Start's return) of a cached module besides. Opt-in: it takes
-// what a node would. As wasmtime's TestDensity.
+// latency (Start's return) of a cached module and the process's CPU per
+// start besides. Opt-in: it takes what a node would. As wasmtime's
+// TestDensity. WASMLET_DENSITY_HEAP=<file> writes the heap profile
+// (pprof) taken while they sleep.
 //
 //	WASMLET_DENSITY=500 flock -o /tmp/wasmlet-measure.lock go test -count=1 -run TestDensity -v ./services/executor/internal/engine/wazero/
 func TestDensity(t *testing.T) {
