@@ -57,13 +57,16 @@ func stripData(wasm []byte) (out, mem []byte, ok bool) {
 			flags, ok2 := r.byte()
 			min, ok3 := r.uint()
 			// One memory, 32-bit and not shared (flags 0 or 1: a maximum).
-			if !ok1 || !ok2 || !ok3 || count != 1 || flags > 1 || min > maxPages {
+			if haveMem || !ok1 || !ok2 || !ok3 || count != 1 || flags > 1 || min > maxPages {
 				return wasm, nil, false
 			}
 			minBytes, haveMem = min*pageSize, true
 		case sectionDataCount:
 			return wasm, nil, false
 		case sectionData:
+			if dataStart >= 0 {
+				return wasm, nil, false // not a valid module: wazero's to refuse
+			}
 			dataStart, dataEnd, data = start, len(wasm)-len(p), body
 		}
 	}

@@ -72,6 +72,12 @@ func TestStripData(t *testing.T) {
 		t.Fatal("segments not laid out in order")
 	}
 
+	// Two data sections: not a module, left for wazero to refuse.
+	two := append(append([]byte(nil), wasm...), wasm[len(wasm)-dataSectionLen(t, wasm):]...)
+	if _, _, ok := stripData(two); ok {
+		t.Error("a module with two data sections stripped")
+	}
+
 	for name, src := range map[string]string{
 		"passive":    `(module (memory 1) (data "x"))`,
 		"data count": `(module (memory 1) (data (i32.const 0) "x") (func data.drop 0))`,
@@ -150,6 +156,24 @@ func readWat(t *testing.T, src string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// dataSectionLen is the length of wasm's data section, its last.
+func dataSectionLen(t *testing.T, wasm []byte) int {
+	t.Helper()
+	p := wasm[8:]
+	for len(p) > 0 {
+		size, n := binary.Uvarint(p[1:])
+		if p[0] == sectionData {
+			if len(p) != 1+n+int(size) {
+				t.Fatal("the data section is not the last")
+			}
+			return len(p)
+		}
+		p = p[1+n+int(size):]
+	}
+	t.Fatal("no data section")
+	return 0
 }
 
 // sectionIDs are the ids of wasm's sections.
