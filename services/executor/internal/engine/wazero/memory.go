@@ -38,8 +38,11 @@ import (
 // (data.go) has the image its segments make, mapped as its memory is
 // allocated, before wazero instantiates anything in it (withLinearMemory).
 // Starting, the module maps most of the image's pages; at its first wait
-// those it has not changed are unmapped again (linearMemory.share): a
-// sleeping instance's VmRSS counts every page it maps, shared or not.
+// those it has not changed, and the pages past the image it wrote only
+// zeros to, are unmapped again (linearMemory.share, told from
+// /proc/self/pagemap): a sleeping instance's VmRSS counts every page it
+// maps, shared or not. A mapping kept for reuse has its image range made
+// anonymous again (nothing resident, nothing to zero).
 // Other modules' first instance, its data applied and nothing run yet,
 // leaves its memory up to its last non-zero page as the image, and an
 // instance maps it when it first waits in poll_oneoff (no wasm runs on
