@@ -80,7 +80,7 @@ func (w *Worker) start(ctx context.Context, c *ctr) {
 		}
 		return
 	}
-	inst, err := w.deps.Executor.Create(ctx, id, spec, true)
+	inst, err := w.createPublishing(ctx, id, spec)
 	switch {
 	case errors.Is(err, instances.ErrAlreadyExists):
 		// Created by an earlier life of this node agent: adopt it.

@@ -6,12 +6,14 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 
+	"github.com/wasmlet/wasmlet/services/executor/instances"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache"
 )
 
 // statusDelay is how long a pod may go without its first status from the
-// node: a module that is cached starts sooner, and then the pod's first
-// status write is already Running (one write instead of two).
+// node, while its module is pulled or its instance created (compiled): a
+// module that is cached starts sooner, and then the pod's first status
+// write is already Running (one write instead of two).
 const statusDelay = 100 * time.Millisecond
 
 // resolveAllPublishing resolves in the background and, if that takes
@@ -41,6 +43,32 @@ func (w *Worker) resolveAllPublishing(ctx context.Context, pod *v1.Pod, first bo
 		c.image = res
 	}
 	return r.failed, r.err
+}
+
+// createPublishing creates and starts instance id and, if the executor
+// takes longer than statusDelay to answer (it compiles a module new to it
+// before it replies, seconds for a large one), publishes the pod's status
+// meanwhile: a pod whose module was pulled at once is then shown
+// ContainerCreating during the compile rather than no container status at
+// all. publish writes nothing when the status is unchanged (a restart).
+func (w *Worker) createPublishing(ctx context.Context, id string, spec instances.Spec) (instances.Instance, error) {
+	type result struct {
+		inst instances.Instance
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		inst, err := w.deps.Executor.Create(ctx, id, spec, true)
+		done <- result{inst, err}
+	}()
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(statusDelay):
+		w.publish()
+		r = <-done
+	}
+	return r.inst, r.err
 }
 
 // resolveAll resolves every container's module that is not yet resolved.
