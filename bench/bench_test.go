@@ -50,10 +50,13 @@ func TestShortSuite(t *testing.T) {
 		// is 0, the API server's closes of watches (none, in a burst it
 		// keeps up with), refused status writes and the threads sleeping
 		// pods add (none: the idle threads are ended), and the executor's
-		// CPU per start of a few idle pods (under one 10 ms tick).
+		// CPU per start of a few idle pods (under one 10 ms tick), and the CPU
+		// of processes outside the benchmark during cold starts (none on a
+		// quiet machine).
 		zeroOK := strings.HasPrefix(f.Name, "CPU in") || strings.HasPrefix(f.Name, "executor CPU per pod start") || strings.HasPrefix(f.Target, "max ≤ 0 ") ||
 			strings.HasPrefix(f.Name, "pod watches closed") || strings.Contains(f.Name, "CPU, all pods asleep") ||
-			strings.Contains(f.Name, "(409 Conflict)") || strings.Contains(f.Name, "OS threads per sleeping")
+			strings.Contains(f.Name, "(409 Conflict)") || strings.Contains(f.Name, "OS threads per sleeping") ||
+			strings.Contains(f.Name, "CPU outside the benchmark")
 		if f.Samples == 0 || (f.Max <= 0 && !zeroOK) {
 			t.Errorf("figure %q has no measurement: %+v", f.Name, f)
 		}
