@@ -12,7 +12,9 @@ import (
 // store with an empty WASI context, which its Run replaces: the WASI
 // functions the linker defines look the context up in the store when
 // called, so the request's environment and stdio reach a module
-// instantiated before it came.
+// instantiated before it came. A run's stdout (the response) goes
+// through a pipe (pipeout.go), which the instance's Close waits to be
+// drained.
 
 var _ engine.Instantiator = (*Engine)(nil)
 
@@ -41,10 +43,20 @@ type pending struct {
 
 // Run implements engine.Pending.
 func (p *pending) Run(io engine.Stdio) (engine.Instance, error) {
+	// stdout through a pipe (pipeout.go), the rest as Start's.
+	stdout := io.Stdout
+	io.Stdout = nil
 	wasi, err := p.i.wasiConfig(p.spec, io)
 	if err != nil {
 		p.i.Close()
 		return nil, err
+	}
+	if stdout != nil {
+		if p.i.stdout, err = pipeStdout(wasi, stdout); err != nil {
+			wasi.Close()
+			p.i.Close()
+			return nil, err
+		}
 	}
 	p.i.store.SetWasi(wasi)
 	run, err := engine.Launch(p.i, p.cpu, p.spec)

@@ -45,8 +45,10 @@
 //     (async.go), which ends a sleep.
 //   - Output goes straight to the sinks at each write, called on
 //     wasmtime's own runtime threads while fd_write waits (output.go): an
-//     instance holds no descriptor for its stdio (a handler's request
-//     body still comes through a pipe).
+//     instance holds no descriptor for its stdio. A handler's run is the
+//     exception: its stdout (the response) goes through a pipe for the
+//     run's while (pipeout.go), which wasmtime writes in place, and its
+//     request body comes through a pipe.
 //   - No listeners: wasmtime-go has no socket preopen (neither its Go API
 //     nor the C API's wasi_config_*), so Start refuses Spec.Listeners
 //     with engine.ErrUnsupported.
@@ -294,6 +296,7 @@ type instance struct {
 	fiber *fiber // its wasm (async.go)
 
 	poller *engine.Poller // poll_oneoff's (async.go); Interrupt wakes it
+	stdout *pipeOutput    // a handler run's stdout (pipeout.go); nil: none
 }
 
 var _ engine.Mobile = (*instance)(nil)
@@ -478,13 +481,17 @@ func (i *instance) Close() { i.release() }
 
 // release frees the wasmtime objects; the store's close frees the output
 // sinks' handles (output.go) and the kill switch
-// (engine.Run interrupts only before Close).
+// (engine.Run interrupts only before Close), and ends a handler run's
+// stdout pipe, whose drain it waits for.
 func (i *instance) release() {
 	if i.store != nil {
 		i.store.Close()
 	}
 	if i.fiber != nil {
 		i.fiber.free()
+	}
+	if i.stdout != nil {
+		i.stdout.wait() // the store's close closed the pipe's write end
 	}
 	i.codes.put(i.code)
 	if i.poller != nil {

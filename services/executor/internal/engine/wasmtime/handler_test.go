@@ -1,0 +1,64 @@
+package wasmtime
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/wasmlet/wasmlet/internal/testharness/wasmbuild"
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine/enginetest"
+)
+
+// failAfter takes n bytes, then fails every write.
+type failAfter struct {
+	n   int
+	got int
+}
+
+func (f *failAfter) Write(p []byte) (int, error) {
+	if f.got+len(p) > f.n {
+		return 0, errors.New("full")
+	}
+	f.got += len(p)
+	return len(p), nil
+}
+
+// TestHandlerRunOutput: a handler run's stdout (a pipe, pipeout.go) has
+// reached its sink whole once the run has ended, more than a pipe holds
+// included; a sink that fails neither blocks nor ends the module.
+func TestHandlerRunOutput(t *testing.T) {
+	e := newTestEngine(t, t.TempDir(), nil).(*Engine)
+	const size, count = 10000, 100 // 1 MB in writes of 10 kB: many pipe buffers
+	m := enginetest.Prepare(t, e, wasmbuild.Wat(t, writerWat(size, count)))
+	run := func(stdout interface{ Write([]byte) (int, error) }) engine.Result {
+		t.Helper()
+		p, err := e.Instantiate(context.Background(), m, engine.Spec{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		inst, err := p.Run(engine.Stdio{Stdout: stdout})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return inst.Wait()
+	}
+	var out bytes.Buffer
+	if res := run(&out); res.Reason != engine.ReasonCompleted {
+		t.Fatalf("run: %+v", res)
+	}
+	if out.Len() != size*count {
+		t.Fatalf("stdout has %d bytes once the run ended, want %d", out.Len(), size*count)
+	}
+	if n := bytes.Count(out.Bytes(), []byte{0}); n != size*count {
+		t.Fatalf("stdout has %d zero bytes, want all %d", n, size*count)
+	}
+	f := &failAfter{n: 3 * size}
+	if res := run(f); res.Reason != engine.ReasonCompleted {
+		t.Fatalf("run with a failing sink: %+v", res)
+	}
+	if f.got == 0 || f.got > 3*size {
+		t.Fatalf("the failing sink got %d bytes, want some, at most %d", f.got, 3*size)
+	}
+}
