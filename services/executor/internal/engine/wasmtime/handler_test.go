@@ -11,14 +11,20 @@ import (
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/enginetest"
 )
 
-// failAfter takes n bytes, then fails every write.
+// failAfter takes n bytes, then fails every write; it counts the writes
+// it is given after its first failure.
 type failAfter struct {
-	n   int
-	got int
+	n, got int
+	failed bool
+	after  int
 }
 
 func (f *failAfter) Write(p []byte) (int, error) {
+	if f.failed {
+		f.after++
+	}
 	if f.got+len(p) > f.n {
+		f.failed = true
 		return 0, errors.New("full")
 	}
 	f.got += len(p)
@@ -58,7 +64,7 @@ func TestHandlerRunOutput(t *testing.T) {
 	if res := run(f); res.Reason != engine.ReasonCompleted {
 		t.Fatalf("run with a failing sink: %+v", res)
 	}
-	if f.got == 0 || f.got > 3*size {
-		t.Fatalf("the failing sink got %d bytes, want some, at most %d", f.got, 3*size)
+	if !f.failed || f.after != 0 || f.got > 3*size {
+		t.Fatalf("the failing sink: failed %v, got %d bytes (at most %d), %d writes after it failed (want 0)", f.failed, f.got, 3*size, f.after)
 	}
 }
