@@ -1,7 +1,6 @@
 package wazero
 
 import (
-	"encoding/binary"
 	"os"
 )
 
@@ -33,26 +32,18 @@ const (
 // memory its segments make, up to their end (rounded up to the host's
 // page), or ok false (wasm and nil) when the module does not qualify.
 func stripData(wasm []byte) (out, mem []byte, ok bool) {
-	if len(wasm) < 8 {
+	secs, ok := sectionsOf(wasm)
+	if !ok {
 		return wasm, nil, false
 	}
 	var minBytes uint64
 	haveMem := false
 	dataStart, dataEnd := -1, -1
 	var data []byte
-	p := wasm[8:]
-	for len(p) > 0 {
-		start := len(wasm) - len(p)
-		id := p[0]
-		size, n := binary.Uvarint(p[1:])
-		if n <= 0 || size > uint64(len(p)-1-n) {
-			return wasm, nil, false
-		}
-		body := p[1+n : 1+n+int(size)]
-		p = p[1+n+int(size):]
-		switch id {
+	for _, sec := range secs {
+		switch sec.id {
 		case sectionMemory:
-			r := reader(body)
+			r := reader(sec.body)
 			count, ok1 := r.uint()
 			flags, ok2 := r.byte()
 			min, ok3 := r.uint()
@@ -67,7 +58,7 @@ func stripData(wasm []byte) (out, mem []byte, ok bool) {
 			if dataStart >= 0 {
 				return wasm, nil, false // not a valid module: wazero's to refuse
 			}
-			dataStart, dataEnd, data = start, len(wasm)-len(p), body
+			dataStart, dataEnd, data = sec.start, sec.end, sec.body
 		}
 	}
 	if !haveMem || dataStart < 0 {

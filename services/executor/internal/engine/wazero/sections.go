@@ -18,16 +18,13 @@ func wasiOf(wasm []byte) (imports []engine.Import, hasStart, ok bool) {
 		return nil, false, false
 	}
 	var mems []engine.Import
-	p := wasm[8:]
-	for len(p) > 0 {
-		id := p[0]
-		size, n := binary.Uvarint(p[1:])
-		if n <= 0 || size > uint64(len(p)-1-n) {
-			return nil, false, false
-		}
-		r := reader(p[1+n : 1+n+int(size)])
-		p = p[1+n+int(size):]
-		switch id {
+	secs, ok := sectionsOf(wasm)
+	if !ok {
+		return nil, false, false
+	}
+	for _, sec := range secs {
+		r := reader(sec.body)
+		switch sec.id {
 		case 2: // imports
 			count, ok := r.uint()
 			for i := uint64(0); ok && i < count; i++ {
@@ -87,6 +84,34 @@ func wasiOf(wasm []byte) (imports []engine.Import, hasStart, ok bool) {
 		}
 	}
 	return append(imports, mems...), hasStart, true
+}
+
+// section is one of a module's sections: its id, its body, and where it
+// starts (its id) and ends (its body's end) in the module.
+type section struct {
+	id         byte
+	body       []byte
+	start, end int
+}
+
+// sectionsOf splits a module, past its 8-byte preamble, into its
+// sections; ok is false when they do not parse.
+func sectionsOf(wasm []byte) (secs []section, ok bool) {
+	if len(wasm) < 8 {
+		return nil, false
+	}
+	p := wasm[8:]
+	for len(p) > 0 {
+		start := len(wasm) - len(p)
+		size, n := binary.Uvarint(p[1:])
+		if n <= 0 || size > uint64(len(p)-1-n) {
+			return nil, false
+		}
+		end := start + 1 + n + int(size)
+		secs = append(secs, section{id: p[0], body: p[1+n : 1+n+int(size)], start: start, end: end})
+		p = wasm[end:]
+	}
+	return secs, true
 }
 
 // reader reads a section's body.

@@ -21,31 +21,23 @@ const tableBudget = 256 << 20
 // table section are copied as they are; a module that does not parse is
 // returned unchanged, for wazero to refuse with its own message.
 func capTables(wasm []byte, maxElems uint32) ([]byte, bool, error) {
-	if len(wasm) < 8 {
+	secs, ok := sectionsOf(wasm)
+	if !ok {
 		return wasm, false, nil
 	}
-	p := wasm[8:]
-	for len(p) > 0 {
-		start := len(wasm) - len(p)
-		id := p[0]
-		size, n := binary.Uvarint(p[1:])
-		if n <= 0 || size > uint64(len(p)-1-n) {
-			return wasm, false, nil
-		}
-		body := p[1+n : 1+n+int(size)]
-		p = p[1+n+int(size):]
-		if id != 4 { // table section
+	for _, sec := range secs {
+		if sec.id != 4 { // table section
 			continue
 		}
-		nb, changed, err := capTableSection(body, maxElems)
+		nb, changed, err := capTableSection(sec.body, maxElems)
 		if err != nil || !changed {
 			return wasm, false, err
 		}
-		out := append([]byte(nil), wasm[:start]...)
+		out := append([]byte(nil), wasm[:sec.start]...)
 		out = append(out, 4)
 		out = binary.AppendUvarint(out, uint64(len(nb)))
 		out = append(out, nb...)
-		out = append(out, p...)
+		out = append(out, wasm[sec.end:]...)
 		return out, true, nil
 	}
 	return wasm, false, nil
