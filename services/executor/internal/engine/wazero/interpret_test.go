@@ -34,8 +34,8 @@ func TestConformanceInterpreted(t *testing.T) {
 	enginetest.RunInstances(t, interpretFirst(true))
 }
 
-// interpretFirst makes InterpretFirst engines, closed at once if closed,
-// each with a cache of its own (the suite's is shared with
+// interpretFirst makes InterpretFirst engines, closed at once if closed
+// (else when the test ends), each with a cache of its own (the suite's is shared with
 // TestConformance, whose compiled entries would be loaded).
 func interpretFirst(closed bool) enginetest.NewEngine {
 	return func(t testing.TB, _ string, cpu engine.ThreadLimiter) engine.Engine {
@@ -45,6 +45,10 @@ func interpretFirst(closed bool) enginetest.NewEngine {
 		}
 		if closed {
 			e.Close()
+		} else {
+			// Before the cache directory goes (cleanups run last first):
+			// Close cancels and waits for the compiles behind.
+			t.Cleanup(func() { e.Close() })
 		}
 		return e
 	}
