@@ -2,6 +2,7 @@ package enginetest
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"os"
 	"slices"
@@ -36,6 +37,29 @@ type LineWaiter struct {
 // NewLineWaiter waits for a line starting with line.
 func NewLineWaiter(line string) *LineWaiter {
 	return &LineWaiter{line: line, Seen: make(chan struct{})}
+}
+
+// StartUntilLine starts an instance of m whose stdout (and, with
+// stderr, its stderr) goes to a LineWaiter for line, and waits at most
+// 10 s until the instance has written it.
+func StartUntilLine(t testing.TB, e engine.Engine, m engine.Module, line string, stderr bool) engine.Instance {
+	t.Helper()
+	out := NewLineWaiter(line)
+	spec := engine.Spec{Stdout: out}
+	if stderr {
+		spec.Stderr = out
+	}
+	inst, err := e.Start(context.Background(), m, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-out.Seen:
+	case <-time.After(10 * time.Second):
+		inst.Kill()
+		t.Fatalf("an instance wrote no line %q in 10s", line)
+	}
+	return inst
 }
 
 func (w *LineWaiter) Write(p []byte) (int, error) {

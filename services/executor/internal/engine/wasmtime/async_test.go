@@ -101,17 +101,7 @@ func TestSleepersHoldNoThread(t *testing.T) {
 		}
 	}()
 	start := func() {
-		out := enginetest.NewLineWaiter("asleep")
-		inst, err := e.Start(context.Background(), m, engine.Spec{Stdout: out})
-		if err != nil {
-			t.Fatal(err)
-		}
-		insts = append(insts, inst)
-		select {
-		case <-out.Seen:
-		case <-time.After(10 * time.Second):
-			t.Fatal("an instance wrote nothing in 10s")
-		}
+		insts = append(insts, enginetest.StartUntilLine(t, e, m, "asleep", false))
 	}
 	start() // the first start's threads (compiles, readers) are not the instances'
 	time.Sleep(100 * time.Millisecond)

@@ -131,17 +131,7 @@ func TestSleepersHoldNoDescriptor(t *testing.T) {
 		}
 	}()
 	start := func() {
-		out := enginetest.NewLineWaiter("asleep")
-		inst, err := e.Start(context.Background(), m, engine.Spec{Stdout: out, Stderr: out})
-		if err != nil {
-			t.Fatal(err)
-		}
-		insts = append(insts, inst)
-		select {
-		case <-out.Seen:
-		case <-time.After(10 * time.Second):
-			t.Fatal("an instance wrote nothing in 10s")
-		}
+		insts = append(insts, enginetest.StartUntilLine(t, e, m, "asleep", true))
 	}
 	start() // the first start's descriptors (its code's) are not the instances'
 	before := openFiles(t)
