@@ -16,6 +16,24 @@ import (
 // write is already Running (one write instead of two).
 const statusDelay = 100 * time.Millisecond
 
+// publishingAfter runs fn in the background and, if it takes longer than
+// statusDelay, calls publish meanwhile (when publish is not nil): the pod
+// is shown ContainerCreating while its module is pulled or compiled rather
+// than with no container status at all.
+func publishingAfter[T any](publish func(), fn func() T) T {
+	done := make(chan T, 1)
+	go func() { done <- fn() }()
+	select {
+	case r := <-done:
+		return r
+	case <-time.After(statusDelay):
+		if publish != nil {
+			publish()
+		}
+		return <-done
+	}
+}
+
 // resolveAllPublishing resolves in the background and, if that takes
 // longer than statusDelay (a pull from the origin), publishes the pod's
 // ContainerCreating status meanwhile.
@@ -25,20 +43,14 @@ func (w *Worker) resolveAllPublishing(ctx context.Context, pod *v1.Pod, first bo
 		failed *ctr
 		err    error
 	}
-	done := make(chan result, 1)
-	go func() {
-		res, failed, err := w.resolveAll(ctx, pod)
-		done <- result{res, failed, err}
-	}()
-	var r result
-	select {
-	case r = <-done:
-	case <-time.After(statusDelay):
-		if first {
-			w.publish()
-		}
-		r = <-done
+	var publish func()
+	if first {
+		publish = w.publish
 	}
+	r := publishingAfter(publish, func() result {
+		res, failed, err := w.resolveAll(ctx, pod)
+		return result{res, failed, err}
+	})
 	for c, res := range r.res {
 		c.image = res
 	}
@@ -48,26 +60,17 @@ func (w *Worker) resolveAllPublishing(ctx context.Context, pod *v1.Pod, first bo
 // createPublishing creates and starts instance id and, if the executor
 // takes longer than statusDelay to answer (it compiles a module new to it
 // before it replies, seconds for a large one), publishes the pod's status
-// meanwhile: a pod whose module was pulled at once is then shown
-// ContainerCreating during the compile rather than no container status at
-// all. publish writes nothing when the status is unchanged (a restart).
+// meanwhile. publish writes nothing when the status is unchanged (a
+// restart).
 func (w *Worker) createPublishing(ctx context.Context, id string, spec instances.Spec) (instances.Instance, error) {
 	type result struct {
 		inst instances.Instance
 		err  error
 	}
-	done := make(chan result, 1)
-	go func() {
+	r := publishingAfter(w.publish, func() result {
 		inst, err := w.deps.Executor.Create(ctx, id, spec, true)
-		done <- result{inst, err}
-	}()
-	var r result
-	select {
-	case r = <-done:
-	case <-time.After(statusDelay):
-		w.publish()
-		r = <-done
-	}
+		return result{inst, err}
+	})
 	return r.inst, r.err
 }
 
