@@ -149,15 +149,19 @@ func TestLimitAcrossSleeps(t *testing.T) {
 }
 
 // acceptWait waits in poll_oneoff for its listener (fd 3) to be readable,
-// then returns.
+// accepts the connection and returns: were the connection left in the
+// listener's queue when the instance ends and closes it, the kernel would
+// reset it, and a client still completing its connect would see that.
 const acceptWait = `(module
   (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sock_accept" (func $accept (param i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
   (func (export "_start")
     (i64.store (i32.const 0) (i64.const 7))
     (i32.store8 (i32.const 8) (i32.const 1))
     (i32.store (i32.const 16) (i32.const 3))
-    (drop (call $poll (i32.const 0) (i32.const 128) (i32.const 1) (i32.const 256)))))`
+    (drop (call $poll (i32.const 0) (i32.const 128) (i32.const 1) (i32.const 256)))
+    (drop (call $accept (i32.const 3) (i32.const 0) (i32.const 512)))))`
 
 // TestSocketWaitersHoldNoThread: instances waiting in poll_oneoff for a
 // connection give their threads back, wake when one comes, and a kill ends
