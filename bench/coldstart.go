@@ -77,6 +77,12 @@ func ColdStartFigures(ctx context.Context, bin string, opts Options) ([]Figure, 
 	byVariant := map[string][]Figure{}
 	var order []string
 	for i, v := range coldVariants {
+		if on, err := coldVariantOn(v.label); !on {
+			if err != nil {
+				return nil, err
+			}
+			continue
+		}
 		b := env.bench(bin, v.engine, opts)
 		b.label = "coldstart " + v.label + ": "
 		b.dir = filepath.Join(work, fmt.Sprint(i))
@@ -105,6 +111,34 @@ var coldVariants = []struct {
 	{"wazero", "wazero", nil},
 }
 
+// EnvColdVariants, when set, names the coldVariants to measure
+// (comma-separated labels, "wazero" or "wazero,wasmtime --quick-first-compile"):
+// a run for one engine's figures then takes a fraction of the section's
+// minutes.
+const EnvColdVariants = "WASMLET_BENCH_COLD_VARIANTS"
+
+// coldVariantOn reports whether the variant labelled label is measured
+// (EnvColdVariants); it fails for a name that is no variant's.
+func coldVariantOn(label string) (bool, error) {
+	v := os.Getenv(EnvColdVariants)
+	if v == "" {
+		return true, nil
+	}
+	on := false
+	for _, l := range strings.Split(v, ",") {
+		l = strings.TrimSpace(l)
+		known := false
+		for _, cv := range coldVariants {
+			known = known || cv.label == l
+		}
+		if !known {
+			return false, fmt.Errorf("%s: no variant %q (the variants: wasmtime, wasmtime --quick-first-compile, wazero --interpret-first=false, wazero)", EnvColdVariants, l)
+		}
+		on = on || l == label
+	}
+	return on, nil
+}
+
 // ColdNode is the wasmlet node of the section's pod rows: a node agent of
 // its own for each of coldVariants, with a fresh state dir, so that its
 // registry cache and executor have seen no module.
@@ -129,6 +163,12 @@ func coldPods(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 	for i, v := range coldVariants {
 		if opts.Short && v.label != "wazero" {
 			continue // make test: the flavour the target is for; each costs a node agent and seconds of compiles
+		}
+		if on, err := coldVariantOn(v.label); !on {
+			if err != nil {
+				return nil, err
+			}
+			continue
 		}
 		figs, err := s.coldPodsOn(ctx, i, v.engine, v.args, mods, opts)
 		for j := range figs {
