@@ -40,6 +40,7 @@ func RunHandler(t *testing.T, newEngine NewEngine) {
 	t.Run("Busy", func(t *testing.T) { testHandlerBusy(t, e, echo) })
 	t.Run("Kill", func(t *testing.T) { testHandlerKill(t, e, echo) })
 	t.Run("StartSection", func(t *testing.T) { testHandlerStartSection(t, e) })
+	t.Run("FreshState", func(t *testing.T) { testHandlerFreshState(t, e) })
 	t.Run("Drain", func(t *testing.T) { testHandlerDrain(t, e, echo) })
 }
 
@@ -261,6 +262,53 @@ func testHandlerStartSection(t *testing.T, e engine.Instantiator) {
 			t.Errorf("GET: %d %q, want 200 \"started\\n\"", res.StatusCode, body)
 		}
 	}
+}
+
+// testHandlerFreshState: every request's run starts from the module's
+// initial state, whatever the runs before it changed: a module that
+// counts its runs in a global, in its memory (beside its data) and in a
+// memory page it grows answers 1 each time, over many requests, one at a
+// time and at once (instances of the pool, and made in a burst).
+func testHandlerFreshState(t *testing.T, e engine.Instantiator) {
+	m := prepare(t, e, wasmbuild.Wat(t, `(module
+		(import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+		(memory (export "memory") 1)
+		(global $runs (mut i32) (i32.const 0))
+		(data (i32.const 100) "Content-Type: text/plain\n\nglobal 0 data 0 grown 0\n")
+		(func (export "_start") (local $page i32)
+			(global.set $runs (i32.add (global.get $runs) (i32.const 1)))
+			;; the digit after "data " counts up from '0', in place
+			(i32.store8 (i32.const 140) (i32.add (i32.load8_u (i32.const 140)) (i32.const 1)))
+			;; a page grown past the initial memory, zero when grown
+			(local.set $page (memory.grow (i32.const 1)))
+			(i32.store8 (i32.const 70000) (i32.add (i32.load8_u (i32.const 70000)) (i32.const 1)))
+			(i32.store8 (i32.const 133) (i32.add (i32.const 48) (global.get $runs)))
+			(i32.store8 (i32.const 148) (i32.add (i32.const 48) (i32.load8_u (i32.const 70000))))
+			(i32.store (i32.const 0) (i32.const 100))
+			(i32.store (i32.const 4) (i32.const 50))
+			(drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))`))
+	_, url := ServeHandler(t, e, m, engine.Spec{}, wagi.Config{Pool: 2, MaxInFlight: 4})
+	want := "global 1 data 1 grown 1\n"
+	check := func() {
+		res, body := get(t, http.DefaultClient, "GET", url+"/", "", nil)
+		if res.StatusCode != 200 || body != want {
+			t.Errorf("GET: %d %q, want 200 %q: a run saw what a run before it left", res.StatusCode, body, want)
+		}
+	}
+	for range 20 {
+		check()
+	}
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 5 {
+				check()
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 func testHandlerDrain(t *testing.T, e engine.Instantiator, m engine.Module) {

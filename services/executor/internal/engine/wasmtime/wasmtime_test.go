@@ -200,3 +200,7 @@ func TestDiskBound(t *testing.T) {
 func BenchmarkServeHandler(b *testing.B) {
 	enginetest.BenchServeHandler(b, newTestEngine)
 }
+
+func BenchmarkHandlerRequest(b *testing.B) {
+	enginetest.BenchHandlerRequest(b, newTestEngine)
+}

@@ -176,3 +176,7 @@ func TestHandler(t *testing.T) {
 func BenchmarkServeHandler(b *testing.B) {
 	enginetest.BenchServeHandler(b, newEngine)
 }
+
+func BenchmarkHandlerRequest(b *testing.B) {
+	enginetest.BenchHandlerRequest(b, newEngine)
+}
