@@ -22,8 +22,13 @@ type runEngine struct {
 	linker *wt.Linker
 }
 
-func newRunEngine(quick bool) (*runEngine, error) {
-	eng := newEngine(quick)
+func newRunEngine(quick bool) (*runEngine, error) { return newRunEngineWith(quick, nil) }
+
+// newRunEngineWith is newRunEngine with more settings (nil: none) made
+// to its Config: ones that do not change compiled code (an artifact must
+// load into it).
+func newRunEngineWith(quick bool, more func(*wt.Config)) (*runEngine, error) {
+	eng := newEngine(quick, more)
 	if err := checkLayout(eng); err != nil {
 		return nil, fmt.Errorf("wasmtime engine: %w", err)
 	}

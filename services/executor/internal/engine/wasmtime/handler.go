@@ -20,6 +20,9 @@ var _ engine.Instantiator = (*Engine)(nil)
 
 // Instantiate implements engine.Instantiator.
 func (e *Engine) Instantiate(ctx context.Context, em engine.Module, spec engine.Spec) (engine.Pending, error) {
+	if inst, err := e.instantiatePooled(ctx, em, spec); err == nil {
+		return &pending{i: inst, spec: spec, cpu: e.cpu}, nil
+	}
 	inst, m, err := e.newInstance(ctx, em)
 	if err != nil {
 		return nil, err

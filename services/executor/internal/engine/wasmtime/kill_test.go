@@ -18,7 +18,7 @@ import (
 // (storePointer, first). An upgrade that changes one must fail here, and New must refuse
 // to make an engine.
 func TestLayout(t *testing.T) {
-	if err := checkLayout(newEngine(false)); err != nil {
+	if err := checkLayout(newEngine(false, nil)); err != nil {
 		t.Fatalf("%v: fix storePointer and first for this wasmtime-go", err)
 	}
 }
@@ -90,7 +90,7 @@ func TestKillOneOfMany(t *testing.T) {
 // TestNoStoreLayout: a Store whose layout is not v39.0.1's is refused
 // rather than read (here, a closed store: its pointer is nil).
 func TestNoStoreLayout(t *testing.T) {
-	s := wt.NewStore(newEngine(false))
+	s := wt.NewStore(newEngine(false, nil))
 	s.Close()
 	if p := storePointer(s); p != nil {
 		t.Fatalf("a closed store's pointer reads %p, want nil: storePointer does not read Store's first field", p)

@@ -176,7 +176,7 @@ func quickArtifact(t *testing.T, wasmPath string) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eng := newEngine(true)
+	eng := newEngine(true, nil)
 	defer eng.Close()
 	mod, err := wt.NewModule(eng, wasm)
 	if err != nil {

@@ -43,6 +43,11 @@
 //   - A kill sets the instance's kill switch and advances the epoch,
 //     which ends its running wasm, and wakes the engine's own poll_oneoff
 //     (async.go), which ends a sleep.
+//   - A handler's instances (handler mode, one per request) are
+//     instantiated in an Engine of their own with wasmtime's pooling
+//     allocator (pooling.go): memories, tables and fiber stacks reserved
+//     once and reused, reset, rather than mapped and unmapped per
+//     instance; one the pool cannot take is allocated on demand.
 //   - Output goes straight to the sinks at each write, called on
 //     wasmtime's own runtime threads while fd_write waits (output.go): an
 //     instance holds no descriptor for its stdio. A handler's run is the
@@ -145,6 +150,13 @@ type Engine struct {
 	modules map[string]*module // by digest
 
 	codes codes // the modules' code loaded into compiler or quick
+
+	// Handler instances' Engine, with the pooling allocator (pooling.go),
+	// made at the first; nil if it cannot be. Its modules' code is loaded
+	// into it apart.
+	poolOnce    sync.Once
+	pool        *runEngine
+	pooledCodes codes
 }
 
 var _ engine.Engine = (*Engine)(nil)
@@ -206,7 +218,7 @@ func New(cfg Config) (*Engine, error) {
 // newEngine returns an Engine of the engine's Config (configKey), or of
 // its quick variant: an artifact loads only into an Engine of the settings
 // that compiled it, so quick artifacts are never kept under configKey.
-func newEngine(quick bool) *wt.Engine {
+func newEngine(quick bool, more func(*wt.Config)) *wt.Engine {
 	cfg := wt.NewConfig()
 	cfg.SetEpochInterruption(true)
 	// Async support does not change the compiled code: artifacts load
@@ -215,6 +227,9 @@ func newEngine(quick bool) *wt.Engine {
 	if quick {
 		cfg.SetCraneliftOptLevel(wt.OptLevelNone)
 		cfg.SetCraneliftFlag("regalloc_algorithm", "single_pass")
+	}
+	if more != nil {
+		more(cfg)
 	}
 	return wt.NewEngineWithConfig(cfg)
 }
