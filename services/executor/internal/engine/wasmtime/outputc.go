@@ -18,6 +18,17 @@ extern void wasi_config_set_stdout_custom(wasi_config_t *config,
 extern void wasi_config_set_stderr_custom(wasi_config_t *config,
 	ptrdiff_t (*callback)(void *, const unsigned char *, size_t), void *data, void (*finalizer)(void *));
 
+typedef struct { size_t size; char *data; } wl_byte_vec;
+extern void wasm_byte_vec_new(wl_byte_vec *out, size_t size, const char *data);
+extern void wasi_config_set_stdin_bytes(wasi_config_t *config, wl_byte_vec *binary);
+
+// wl_set_stdin gives config a stdin of a copy of data.
+static void wl_set_stdin(void *config, const char *data, size_t n) {
+	wl_byte_vec v;
+	wasm_byte_vec_new(&v, n, data);
+	wasi_config_set_stdin_bytes(config, &v);
+}
+
 extern ptrdiff_t wlOutputWrite(void *data, unsigned char *buf, size_t n);
 extern void wlOutputFree(void *data);
 
@@ -55,6 +66,15 @@ func setCustomOutput(config unsafe.Pointer, stderr bool, handle uintptr) {
 		e = 1
 	}
 	C.wl_set_output(config, e, C.uintptr_t(handle))
+}
+
+// setStdinBytes gives the wasi_config_t config a stdin of a copy of b.
+func setStdinBytes(config unsafe.Pointer, b []byte) {
+	var p *C.char
+	if len(b) > 0 {
+		p = (*C.char)(unsafe.Pointer(&b[0]))
+	}
+	C.wl_set_stdin(config, p, C.size_t(len(b)))
 }
 
 // onThreadStack reports whether the C code that called into Go (a sink's

@@ -53,7 +53,7 @@
 //     instance holds no descriptor for its stdio. A handler's run is the
 //     exception: its stdout (the response) goes through a pipe for the
 //     run's while (pipeout.go), which wasmtime writes in place, and its
-//     request body comes through a pipe.
+//     request body is given to WASI whole (wasi_config_set_stdin_bytes).
 //   - No listeners: wasmtime-go has no socket preopen (neither its Go API
 //     nor the C API's wasi_config_*), so Start refuses Spec.Listeners
 //     with engine.ErrUnsupported.
@@ -349,7 +349,9 @@ func (i *instance) wasiConfig(spec engine.Spec, io engine.Stdio) (*wt.WasiConfig
 			return nil, fmt.Errorf("%w: preopen %s at %s: %v", engine.ErrInstantiate, p.HostPath, p.GuestPath, err)
 		}
 	}
-	if err := i.input(io.Stdin, wasi.SetStdinFile); err != nil {
+	if b, ok := inMemory(io.Stdin); ok {
+		setStdinBytes(first(wasi), b)
+	} else if err := i.input(io.Stdin, wasi.SetStdinFile); err != nil {
 		wasi.Close()
 		return nil, err
 	}
@@ -390,6 +392,22 @@ func (i *instance) instantiate(m *module, spec engine.Spec, wasi *wt.WasiConfig)
 		return engine.CheckWASI(m.digest, nil, false)
 	}
 	return nil
+}
+
+// inMemory is what src, a reader of bytes in memory (a handler's request
+// body: a bytes.Reader), has left to read, which WASI's stdin can be
+// given whole (no pipe, no goroutine).
+func inMemory(src io.Reader) ([]byte, bool) {
+	r, ok := src.(interface {
+		io.Reader
+		Len() int
+	})
+	if !ok || r.Len() < 0 {
+		return nil, false
+	}
+	b := make([]byte, r.Len())
+	n, _ := io.ReadFull(r, b)
+	return b[:n], true
 }
 
 // input connects WASI's stdin to src through a pipe, which a goroutine
