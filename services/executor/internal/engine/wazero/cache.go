@@ -73,19 +73,23 @@ func (e *Engine) source(ctx context.Context, r *runtime, m *module) (wasm []byte
 	if err := ctx.Err(); err != nil {
 		return nil, "", false, nil, fmt.Errorf("prepare module %s: %w", m.digest, err)
 	}
-	if _, _, err := capTables(wasm, uint32(min(engine.TableElements(int64(r.pages)*pageSize), 1<<32-1))); err != nil {
+	if err := tablesFit(wasm, uint32(min(engine.TableElements(int64(r.pages)*pageSize), 1<<32-1))); err != nil {
 		return nil, "", false, nil, fmt.Errorf("%w: module %s: %v of %d bytes; raise the limit", engine.ErrInstantiate, m.digest, err, int64(r.pages)*pageSize)
 	}
-	wasm, rewritten, err = capTables(wasm, uint32(engine.TableElements(tableBudget)))
-	if err != nil {
-		return nil, "", false, nil, fmt.Errorf("%w: module %s: %v", engine.ErrInstantiate, m.digest, err)
-	}
+	// The data section goes first: the tables are then capped in a copy
+	// the size of the module without it (the same bytes either way).
 	if stripped, mem, ok := stripData(wasm); ok {
 		// Without an image the segments stay: its instances need them.
 		if data = newImage(mem, e.root); data != nil {
 			wasm, rewritten = stripped, true
 		}
 	}
+	wasm, capped, err := capTables(wasm, uint32(engine.TableElements(tableBudget)))
+	if err != nil {
+		data.close()
+		return nil, "", false, nil, fmt.Errorf("%w: module %s: %v", engine.ErrInstantiate, m.digest, err)
+	}
+	rewritten = rewritten || capped
 	sum = strings.TrimPrefix(m.digest, "sha256:")
 	if rewritten {
 		h := sha256.Sum256(wasm)

@@ -123,7 +123,7 @@ func writeHeapProfile(t *testing.T, path string) {
 }
 
 // processCPU is the CPU time (user and system) this process has used.
-func processCPU(t *testing.T) time.Duration {
+func processCPU(t testing.TB) time.Duration {
 	var ru unix.Rusage
 	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
 		t.Fatal(err)

@@ -149,7 +149,8 @@ func (e *Engine) interpretUnlessCompiled(ctx context.Context, r **runtime, m *mo
 // checkSections checks, with InterpretFirst, that m can run under WASI:
 // from its code compiled under no limit when that is in memory (as a
 // Prepare without InterpretFirst would, reading nothing), else from its
-// sections alone (wasiOf); it reports whether it could tell. A module
+// import and export sections alone, read without the rest of its file
+// (wasiSections, wasiOf); it reports whether it could tell. A module
 // that does not validate is then refused at its first start.
 func (e *Engine) checkSections(m *module) (bool, error) {
 	if !e.behind.on {
@@ -164,9 +165,17 @@ func (e *Engine) checkSections(m *module) (bool, error) {
 	if c != nil {
 		return true, checkWASI(c.cm, m.digest)
 	}
-	wasm, err := os.ReadFile(m.wasmPath)
+	f, err := os.Open(m.wasmPath)
 	if err != nil {
 		return true, fmt.Errorf("prepare module %s: read %s: %w", m.digest, m.wasmPath, err)
+	}
+	defer f.Close()
+	wasm, ok, err := wasiSections(f)
+	if err != nil {
+		return true, fmt.Errorf("prepare module %s: read %s: %w", m.digest, m.wasmPath, err)
+	}
+	if !ok {
+		return false, nil
 	}
 	imports, hasStart, ok := wasiOf(wasm)
 	if !ok {

@@ -84,7 +84,7 @@ func keptInterpreted(e *Engine, digest string) bool {
 }
 
 // waitBehind waits until no background compile runs or waits.
-func waitBehind(t *testing.T, e *Engine) {
+func waitBehind(t testing.TB, e *Engine) {
 	t.Helper()
 	deadline := time.Now().Add(2 * time.Minute)
 	for {

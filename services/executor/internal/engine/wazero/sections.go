@@ -1,7 +1,10 @@
 package wazero
 
 import (
+	"bufio"
 	"encoding/binary"
+	"io"
+	"os"
 
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 )
@@ -156,4 +159,66 @@ func (r *reader) limits() bool {
 		_, ok = r.uint()
 	}
 	return ok
+}
+
+// wasiSections reads from the module file f what wasiOf reads: its
+// preamble and its import and export sections, passing over the rest (the
+// code and data, nearly all of a Go-built module) without reading it. ok
+// is false when its sections do not parse (as sectionsOf's).
+func wasiSections(f *os.File) (wasm []byte, ok bool, err error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, false, err
+	}
+	size := fi.Size()
+	br := bufio.NewReader(f)
+	wasm = make([]byte, 8)
+	if _, err := io.ReadFull(br, wasm); err != nil {
+		return nil, false, nil
+	}
+	for pos := int64(8); pos < size; {
+		// A size may be padded (Go's linker pads them): its length is
+		// what was read.
+		hr := &countingReader{r: br}
+		id, err1 := hr.ReadByte()
+		n, err2 := binary.ReadUvarint(hr)
+		if err1 != nil || err2 != nil {
+			return nil, false, nil
+		}
+		head := int64(hr.n)
+		if n > uint64(size-pos-head) {
+			return nil, false, nil
+		}
+		pos += head + int64(n)
+		switch {
+		case id == 2 || id == 7: // imports, exports
+			wasm = binary.AppendUvarint(append(wasm, id), n)
+			wasm = append(wasm, make([]byte, n)...)
+			if _, err := io.ReadFull(br, wasm[len(wasm)-int(n):]); err != nil {
+				return nil, false, err
+			}
+		case n <= uint64(br.Buffered()):
+			br.Discard(int(n))
+		default:
+			if _, err := f.Seek(pos, io.SeekStart); err != nil {
+				return nil, false, err
+			}
+			br.Reset(f)
+		}
+	}
+	return wasm, true, nil
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r *bufio.Reader
+	n int
+}
+
+func (c *countingReader) ReadByte() (byte, error) {
+	b, err := c.r.ReadByte()
+	if err == nil {
+		c.n++
+	}
+	return b, err
 }

@@ -3,6 +3,7 @@ package wazero
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 
@@ -51,10 +52,44 @@ func TestWasiOf(t *testing.T) {
 		if !slices.Equal(imports, want) || hasStart != wantStart {
 			t.Errorf("%s: wasiOf = %v, _start %v; wazero: %v, _start %v", name, imports, hasStart, want, wantStart)
 		}
-	}
-	for _, bad := range [][]byte{nil, []byte("\x00asm"), []byte("\x00asm\x01\x00\x00\x00\x02\x05\x01\x03env"), []byte("not wasm at all")} {
-		if _, _, ok := wasiOf(bad); ok {
-			t.Errorf("wasiOf(%q) parsed", bad)
+		imports, hasStart, ok = wasiOf(readWASISections(t, path))
+		if !ok || !slices.Equal(imports, want) || hasStart != wantStart {
+			t.Errorf("%s: wasiOf of wasiSections = %v, _start %v, parsed %v; wazero: %v, _start %v", name, imports, hasStart, ok, want, wantStart)
 		}
 	}
+	large, err := os.ReadFile(mods["large"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range [][]byte{nil, []byte("\x00asm"), []byte("\x00asm\x01\x00\x00\x00\x02\x05\x01\x03env"), []byte("not wasm at all"), large[:len(large)/2]} {
+		if _, _, ok := wasiOf(bad); ok {
+			t.Errorf("wasiOf(%.20q) parsed", bad)
+		}
+		path := filepath.Join(t.TempDir(), "bad.wasm")
+		if err := os.WriteFile(path, bad, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, ok := wasiOf(readWASISections(t, path)); ok {
+			t.Errorf("wasiOf of wasiSections(%.20q) parsed", bad)
+		}
+	}
+}
+
+// readWASISections is wasiSections of the file at path, nil if its
+// sections do not parse.
+func readWASISections(t *testing.T, path string) []byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	wasm, ok, err := wasiSections(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ok {
+		return nil
+	}
+	return wasm
 }

@@ -43,6 +43,19 @@ func capTables(wasm []byte, maxElems uint32) ([]byte, bool, error) {
 	return wasm, false, nil
 }
 
+// tablesFit is capTables' error alone: whether every table of wasm
+// starts within maxElems elements, without a copy of wasm.
+func tablesFit(wasm []byte, maxElems uint32) error {
+	secs, _ := sectionsOf(wasm)
+	for _, sec := range secs {
+		if sec.id == 4 {
+			_, _, err := capTableSection(sec.body, maxElems)
+			return err
+		}
+	}
+	return nil
+}
+
 func capTableSection(body []byte, maxElems uint32) ([]byte, bool, error) {
 	count, n := binary.Uvarint(body)
 	if n <= 0 {
