@@ -41,3 +41,12 @@ type Pending interface {
 	// Close frees it without running it.
 	Close()
 }
+
+// Inline is a Pending that can run on the calling goroutine (LaunchInline).
+type Inline interface {
+	Pending
+	// RunInline is Run on the calling goroutine: it returns once the run
+	// has ended (Done is closed), having given the Instance to started,
+	// which may Kill it from another goroutine, before _start.
+	RunInline(io Stdio, started func(Instance)) (Instance, error)
+}

@@ -104,6 +104,37 @@ func Launch(g Guest, l ThreadLimiter, spec Spec) (*Run, error) {
 	return r, nil
 }
 
+// LaunchInline is Launch on the calling goroutine, locked to its thread
+// for the while, when spec has no CPU limit (or l is nil): it returns once
+// the run has ended and its guest is closed, having given the Run to
+// started (which may Kill it from elsewhere) before _start. With a CPU
+// limit it is Launch, started, then a Wait: a limited thread ends with
+// its run, which the caller's must not. A handler's run (package wagi)
+// saves the hand-over to a goroutine and back per request.
+func LaunchInline(g Guest, l ThreadLimiter, spec Spec, started func(*Run)) (*Run, error) {
+	if spec.CPULimitMillis > 0 && l != nil {
+		r, err := Launch(g, l, spec)
+		if err != nil {
+			return nil, err
+		}
+		started(r)
+		<-r.done
+		return r, nil
+	}
+	r := &Run{guest: g, limit: spec.MemoryLimitBytes, mem: g.Memory(), done: make(chan struct{})}
+	if m, ok := g.(Mobile); ok {
+		m.Poller().leave = r.leave
+	}
+	runtime.LockOSThread()
+	arrive()
+	r.cpu.Store(threadcpu.Current())
+	started(r)
+	r.run(nil)
+	runtime.UnlockOSThread()
+	depart()
+	return r, nil
+}
+
 // leave gives the instance's thread back to the Go runtime while its
 // guest waits, from the guest's goroutine: the thread's CPU so far is
 // added to the instance's, and it leaves the instance's CPU cgroup (it

@@ -353,21 +353,31 @@ func (h *Handler) run(r *http.Request, body []byte) (engine.Result, *capped, err
 	if len(body) > 0 {
 		stdin = bytes.NewReader(body)
 	}
-	inst, err := p.Run(engine.Stdio{Env: Env(h.spec.Env, r, local), Stdin: stdin, Stdout: out, Stderr: stderr})
+	stdio := engine.Stdio{Env: Env(h.spec.Env, r, local), Stdin: stdin, Stdout: out, Stderr: stderr}
+	// started makes inst one of the runs Kill ends, and has the client's
+	// going away kill it.
+	release := func() bool { return false }
+	started := func(inst engine.Instance) {
+		h.mu.Lock()
+		h.runs[inst] = struct{}{}
+		stopped := h.stopped
+		h.mu.Unlock()
+		if stopped {
+			inst.Kill()
+		}
+		release = context.AfterFunc(r.Context(), inst.Kill)
+	}
+	var inst engine.Instance
+	if in, ok := p.(engine.Inline); ok {
+		// On this goroutine: no hand-over to another and back.
+		inst, err = in.RunInline(stdio, started)
+	} else if inst, err = p.Run(stdio); err == nil {
+		started(inst)
+		<-inst.Done()
+	}
+	release()
 	if err != nil {
 		return engine.Result{}, nil, err
-	}
-	h.mu.Lock()
-	h.runs[inst] = struct{}{}
-	stopped := h.stopped
-	h.mu.Unlock()
-	if stopped {
-		inst.Kill()
-	}
-	select {
-	case <-inst.Done():
-	case <-r.Context().Done():
-		inst.Kill() // the client went away
 	}
 	res := inst.Wait()
 	u := inst.Usage()

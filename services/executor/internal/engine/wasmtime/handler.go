@@ -16,7 +16,10 @@ import (
 // through a pipe (pipeout.go), which the instance's Close waits to be
 // drained.
 
-var _ engine.Instantiator = (*Engine)(nil)
+var (
+	_ engine.Instantiator = (*Engine)(nil)
+	_ engine.Inline       = (*pending)(nil)
+)
 
 // Instantiate implements engine.Instantiator.
 func (e *Engine) Instantiate(ctx context.Context, em engine.Module, spec engine.Spec) (engine.Pending, error) {
@@ -46,27 +49,47 @@ type pending struct {
 
 // Run implements engine.Pending.
 func (p *pending) Run(io engine.Stdio) (engine.Instance, error) {
-	// stdout through a pipe (pipeout.go), the rest as Start's.
-	stdout := io.Stdout
-	io.Stdout = nil
-	wasi, err := p.i.wasiConfig(p.spec, io)
-	if err != nil {
-		p.i.Close()
+	if err := p.connect(io); err != nil {
 		return nil, err
 	}
-	if stdout != nil {
-		if p.i.stdout, err = pipeStdout(wasi, stdout); err != nil {
-			wasi.Close()
-			p.i.Close()
-			return nil, err
-		}
-	}
-	p.i.store.SetWasi(wasi)
 	run, err := engine.Launch(p.i, p.cpu, p.spec)
 	if err != nil {
 		return nil, err
 	}
 	return run, nil
+}
+
+// RunInline implements engine.Inline.
+func (p *pending) RunInline(io engine.Stdio, started func(engine.Instance)) (engine.Instance, error) {
+	if err := p.connect(io); err != nil {
+		return nil, err
+	}
+	run, err := engine.LaunchInline(p.i, p.cpu, p.spec, func(r *engine.Run) { started(r) })
+	if err != nil {
+		return nil, err
+	}
+	return run, nil
+}
+
+// connect gives the instance the run's WASI context: stdout through a
+// pipe (pipeout.go), the rest as Start's. On an error it is freed.
+func (p *pending) connect(io engine.Stdio) error {
+	stdout := io.Stdout
+	io.Stdout = nil
+	wasi, err := p.i.wasiConfig(p.spec, io)
+	if err != nil {
+		p.i.Close()
+		return err
+	}
+	if stdout != nil {
+		if p.i.stdout, err = pipeStdout(wasi, stdout); err != nil {
+			wasi.Close()
+			p.i.Close()
+			return err
+		}
+	}
+	p.i.store.SetWasi(wasi)
+	return nil
 }
 
 // Memory implements engine.Pending.

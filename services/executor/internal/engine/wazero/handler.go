@@ -18,7 +18,10 @@ import (
 // and environ_sizes_get are the engine's (for every instance: wazero's own
 // cannot be called from ours), reading the instance's environ.
 
-var _ engine.Instantiator = (*Engine)(nil)
+var (
+	_ engine.Instantiator = (*Engine)(nil)
+	_ engine.Inline       = (*pending)(nil)
+)
 
 // Instantiate implements engine.Instantiator.
 func (e *Engine) Instantiate(ctx context.Context, m engine.Module, spec engine.Spec) (engine.Pending, error) {
@@ -44,6 +47,17 @@ func (p *pending) Run(s engine.Stdio) (engine.Instance, error) {
 	p.io.set(s)
 	p.i.env.vars = engine.Environ(s.Env)
 	return p.i.launch(p.spec, p.cpu)
+}
+
+// RunInline implements engine.Inline.
+func (p *pending) RunInline(s engine.Stdio, started func(engine.Instance)) (engine.Instance, error) {
+	p.io.set(s)
+	p.i.env.vars = engine.Environ(s.Env)
+	run, err := engine.LaunchInline(p.i, p.cpu, p.spec, func(r *engine.Run) { started(r) })
+	if err != nil {
+		return nil, err
+	}
+	return run, nil
 }
 
 // Memory implements engine.Pending.
