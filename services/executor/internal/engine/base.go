@@ -131,8 +131,22 @@ func CheckPreopen(p Preopen) error {
 // Environ is spec.Env in order, a later entry for a name replacing the
 // value of the first.
 func Environ(vars []EnvVar) []EnvVar {
-	idx := map[string]int{}
-	var out []EnvVar
+	out := make([]EnvVar, 0, len(vars))
+	if len(vars) <= smallEnviron {
+		// No map: a handler's request has some thirty variables.
+	next:
+		for _, v := range vars {
+			for j := range out {
+				if out[j].Name == v.Name {
+					out[j].Value = v.Value
+					continue next
+				}
+			}
+			out = append(out, v)
+		}
+		return out
+	}
+	idx := make(map[string]int, len(vars))
 	for _, v := range vars {
 		if j, ok := idx[v.Name]; ok {
 			out[j].Value = v.Value
@@ -143,3 +157,6 @@ func Environ(vars []EnvVar) []EnvVar {
 	}
 	return out
 }
+
+// smallEnviron is the most variables Environ dedupes without a map.
+const smallEnviron = 64

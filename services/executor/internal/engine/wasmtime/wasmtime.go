@@ -330,11 +330,7 @@ func (i *instance) wasiConfig(spec engine.Spec, io engine.Stdio) (*wt.WasiConfig
 	if len(spec.Args) > 0 {
 		wasi.SetArgv(spec.Args)
 	}
-	var keys, values []string
-	for _, v := range engine.Environ(io.Env) {
-		keys, values = append(keys, v.Name), append(values, v.Value)
-	}
-	wasi.SetEnv(keys, values)
+	setEnv(wasi, engine.Environ(io.Env))
 	for _, p := range spec.Preopens {
 		if err := engine.CheckPreopen(p); err != nil {
 			wasi.Close()
