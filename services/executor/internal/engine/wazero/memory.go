@@ -24,8 +24,8 @@ import (
 // Page faults cost a lot on virtual machines (a fresh mapping for every
 // instance made a Go module's start several times slower), so an ended
 // instance's mapping is kept for the next instance with the same maximum
-// (up to idleMemories), zeroed over what was used, as the Go heap recycles
-// its memory. Faulting a fresh mapping's initial size in with one madvise
+// (up to idleMemories), zeroed over the pages it touched (zeroTouched), as
+// the Go heap recycles its memory. Faulting a fresh mapping's initial size in with one madvise
 // (MADV_POPULATE_WRITE) is not done: it made the whole initial memory
 // resident and a burst of fresh instances no faster.
 //
@@ -68,8 +68,8 @@ var memories = struct {
 // under it uses, and the memory it made once it made one. start, if not
 // nil, is the image the memory starts as (a module compiled without its
 // data section).
-func withLinearMemory(ctx context.Context, start *image) (context.Context, *linearMemory) {
-	l := &linearMemory{start: start}
+func withLinearMemory(ctx context.Context, start *image, copySmall bool) (context.Context, *linearMemory) {
+	l := &linearMemory{start: start, copySmall: copySmall}
 	return experimental.WithMemoryAllocator(ctx, experimental.MemoryAllocatorFunc(func(_, max uint64) experimental.LinearMemory {
 		l.max = max
 		return l
@@ -87,6 +87,9 @@ type linearMemory struct {
 	// img is the module's image, mapped at the first wait (share).
 	img    *image
 	waited bool // share has run
+	// copySmall copies a start image of at most copyImage bytes rather
+	// than map it: for a handler's instance, which lives for a request.
+	copySmall bool
 }
 
 // mappedMemory is a reservation of len(mem) bytes whose first open bytes
@@ -125,7 +128,10 @@ func (l *linearMemory) Reallocate(size uint64) []byte {
 		if uint64(len(img.data)) > m.open {
 			return nil
 		}
-		if m.mapImage(img) {
+		if l.copySmall && len(img.data) <= copyImage {
+			// Its bytes, copied: cheaper than a mapping and its undoing.
+			copy(m.mem, img.data)
+		} else if m.mapImage(img) {
 			l.mapped = img
 		}
 	}
@@ -160,8 +166,46 @@ var pagemap = sync.OnceValue(func() int {
 // Page flags in /proc/self/pagemap.
 const (
 	pagePresent = 1 << 63
+	pageSwapped = 1 << 62
 	pageFile    = 1 << 61 // a file's page (here the image's), not a copy
 )
+
+// copyImage is the largest image copied into a handler instance's memory
+// rather than mapped over its start (linearMemory.copySmall): one is made
+// at every request, and a small image is copied in less time than mapping
+// it and, at its Free, mapping anonymous memory back take; what mapping
+// saves, pages shared by instances asleep, a handler's do not need.
+const copyImage = 64 << 10
+
+// zeroTouched zeroes b, page-aligned in an anonymous private mapping,
+// writing only to the pages an instance touched (present or swapped
+// out, as /proc/self/pagemap tells): the others read as zero already,
+// and writing zeros to them would fault them in. A memory that grew to
+// more than its instance wrote (a handler's few pages of several) is
+// zeroed in a fraction of the time. Without pagemap all of b is written.
+func zeroTouched(b []byte) {
+	fd := pagemap()
+	page := unix.Getpagesize()
+	if fd < 0 || len(b)%page != 0 || uintptr(unsafe.Pointer(unsafe.SliceData(b)))%uintptr(page) != 0 {
+		clear(b)
+		return
+	}
+	var flags [512 * 8]byte
+	for len(b) > 0 {
+		n := min(len(b)/page, len(flags)/8)
+		at := int64(uintptr(unsafe.Pointer(unsafe.SliceData(b)))/uintptr(page)) * 8
+		if k, err := unix.Pread(fd, flags[:8*n], at); err != nil || k != 8*n {
+			clear(b)
+			return
+		}
+		for i := range n {
+			if binary.LittleEndian.Uint64(flags[8*i:])&(pagePresent|pageSwapped) != 0 {
+				clear(b[i*page : (i+1)*page])
+			}
+		}
+		b = b[n*page:]
+	}
+}
 
 // maxZeroScan bounds the pages past the image that unmapUnchanged reads.
 const maxZeroScan = 4096
@@ -267,7 +311,7 @@ func takeMapping(n, initial uint64) *mappedMemory {
 		memories.n--
 		memories.Unlock()
 		if m.used > m.clean {
-			clear(m.mem[m.clean:m.used])
+			zeroTouched(m.mem[m.clean:m.used])
 		}
 		m.used, m.clean = 0, 0
 		return m

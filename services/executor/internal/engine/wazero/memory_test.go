@@ -200,3 +200,30 @@ func presentPages(t *testing.T, mem []byte, page int) []bool {
 	}
 	return present
 }
+
+// TestZeroTouched: a reused memory is all zero again, and the pages its
+// instance never touched are not faulted in to be zeroed.
+func TestZeroTouched(t *testing.T) {
+	if pagemap() < 0 {
+		t.Skip("no /proc/self/pagemap")
+	}
+	page := os.Getpagesize()
+	mem, err := unix.Mmap(-1, 0, 8*page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(mem)
+	mem[page+3] = 1
+	mem[5*page] = 2
+	mem[8*page-1] = 3
+	zeroTouched(mem)
+	present := presentPages(t, mem, page)
+	for i, want := range []bool{false, true, false, false, false, true, false, true} {
+		if present[i] != want {
+			t.Errorf("page %d: present %v, want %v", i, present[i], want)
+		}
+	}
+	if !bytes.Equal(mem, make([]byte, len(mem))) {
+		t.Fatal("the memory is not all zero")
+	}
+}

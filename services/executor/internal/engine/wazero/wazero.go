@@ -309,7 +309,7 @@ func (e *Engine) instantiate(ctx context.Context, em engine.Module, spec engine.
 		WithNanosleep(sleeper(ictx)).
 		WithRandSource(rand.Reader)
 	var mod api.Module
-	mctx, lm := withLinearMemory(ictx, c.data)
+	mctx, lm := withLinearMemory(ictx, c.data, pending != nil)
 	socks.memory = lm
 	err = engine.InNetNS(spec.NetNS, func() error {
 		// wazero opens the listeners here, on this thread, with net.Listen.
