@@ -95,7 +95,9 @@ func ParseResponse(out []byte) (Response, error) {
 	if len(out) == 0 {
 		return Response{}, fmt.Errorf("%w: the handler wrote nothing to stdout; write headers (at least Content-Type), a blank line, then the body", errMalformed)
 	}
-	tp := textproto.NewReader(bufio.NewReader(bytes.NewReader(out)))
+	// A reader no larger than the output: a small response's headers
+	// need no buffer of 4 KiB.
+	tp := textproto.NewReader(bufio.NewReaderSize(bytes.NewReader(out), min(len(out), 4096)))
 	h, err := tp.ReadMIMEHeader()
 	if err != nil {
 		return Response{}, fmt.Errorf("%w: %v; the handler must write header lines (Name: value), a blank line, then the body", errMalformed, err)

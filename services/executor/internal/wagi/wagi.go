@@ -273,29 +273,21 @@ func (h *Handler) take(ctx context.Context) (engine.Pending, error) {
 
 // ServeHTTP runs the module for one request.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	wait := time.NewTimer(h.cfg.QueueTimeout)
-	select {
-	case h.slots <- struct{}{}:
-		wait.Stop()
-	case <-wait.C:
-		http.Error(w, "the handler is busy: every run is taken and none ended in time; try again", http.StatusServiceUnavailable)
-		return
-	case <-r.Context().Done():
-		wait.Stop()
-		return
-	case <-h.stop:
-		wait.Stop()
-		http.Error(w, "the handler is stopping", http.StatusServiceUnavailable)
+	if !h.slot(w, r) {
 		return
 	}
 	defer func() { <-h.slots }()
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.cfg.MaxRequestBytes))
-	if err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			http.Error(w, fmt.Sprintf("request body larger than %d bytes", h.cfg.MaxRequestBytes), http.StatusRequestEntityTooLarge)
+	var body []byte
+	if r.ContentLength != 0 { // a GET's has none: nothing to read or keep
+		var err error
+		body, err = io.ReadAll(http.MaxBytesReader(w, r.Body, h.cfg.MaxRequestBytes))
+		if err != nil {
+			var tooLarge *http.MaxBytesError
+			if errors.As(err, &tooLarge) {
+				http.Error(w, fmt.Sprintf("request body larger than %d bytes", h.cfg.MaxRequestBytes), http.StatusRequestEntityTooLarge)
+			}
+			return
 		}
-		return
 	}
 	res, out, err := h.run(r, body)
 	if err != nil {
@@ -320,6 +312,28 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	w.WriteHeader(resp.Status)
 	w.Write(resp.Body)
+}
+
+// slot takes a slot for r's run, waiting up to Config.QueueTimeout for
+// one, or answers why not and reports false.
+func (h *Handler) slot(w http.ResponseWriter, r *http.Request) bool {
+	select {
+	case h.slots <- struct{}{}:
+		return true // no timer for a request that need not wait
+	default:
+	}
+	wait := time.NewTimer(h.cfg.QueueTimeout)
+	defer wait.Stop()
+	select {
+	case h.slots <- struct{}{}:
+		return true
+	case <-wait.C:
+		http.Error(w, "the handler is busy: every run is taken and none ended in time; try again", http.StatusServiceUnavailable)
+	case <-r.Context().Done():
+	case <-h.stop:
+		http.Error(w, "the handler is stopping", http.StatusServiceUnavailable)
+	}
+	return false
 }
 
 // run runs an instance for r with body on stdin, and returns how it ended

@@ -13,9 +13,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"sync"
 
 	wt "github.com/bytecodealliance/wasmtime-go/v39"
+	"golang.org/x/sys/unix"
 
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 )
@@ -33,17 +35,22 @@ type pipeOutput struct {
 // wasmtime drops it). A sink that fails is given nothing more, and the
 // module's writes still succeed (outputSink).
 func pipeStdout(wasi *wt.WasiConfig, sink io.Writer) (*pipeOutput, error) {
-	r, w, err := os.Pipe()
-	if err != nil {
+	// A pipe of plain descriptors: the write end, which wasmtime opens a
+	// descriptor of its own of and ours is closed at once, never goes to
+	// Go's poller; the read end does as it becomes a File.
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
 		return nil, fmt.Errorf("%w: output pipe: %v", engine.ErrInstantiate, err)
 	}
-	// wasmtime opens a descriptor of its own; ours is closed at once.
-	err = wasi.SetStdoutFile(fmt.Sprintf("/proc/self/fd/%d", w.Fd()))
-	w.Close()
+	// wasmtime's descriptor must block: its own open, without O_NONBLOCK,
+	// gets a description of its own.
+	err := wasi.SetStdoutFile("/proc/self/fd/" + strconv.Itoa(fds[1]))
+	unix.Close(fds[1])
 	if err != nil {
-		r.Close()
+		unix.Close(fds[0])
 		return nil, fmt.Errorf("%w: connect output: %v", engine.ErrInstantiate, err)
 	}
+	r := os.NewFile(uintptr(fds[0]), "stdout")
 	p := &pipeOutput{done: make(chan struct{})}
 	s := &outputSink{w: sink}
 	go func() {
