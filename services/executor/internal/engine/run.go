@@ -69,6 +69,8 @@ type Run struct {
 	cpu     atomic.Pointer[threadcpu.Thread]
 	held    *held // the CPU limit across threads (nil: none)
 
+	offThread func() // LaunchInline's: unlocks the thread before the guest's Close
+
 	mu     sync.Mutex // orders Kill and Usage against the end of the run
 	killed bool
 	ended  bool   // the result is decided; the guest is being closed
@@ -128,10 +130,15 @@ func LaunchInline(g Guest, l ThreadLimiter, spec Spec, started func(*Run)) (*Run
 	runtime.LockOSThread()
 	arrive()
 	r.cpu.Store(threadcpu.Current())
+	// Its CPU taken, the run leaves the thread before its guest is
+	// closed: a close that waits (for the last output to reach its sink)
+	// then parks an ordinary goroutine, not a locked thread.
+	r.offThread = func() {
+		runtime.UnlockOSThread()
+		depart()
+	}
 	started(r)
 	r.run(nil)
-	runtime.UnlockOSThread()
-	depart()
 	return r, nil
 }
 
@@ -242,6 +249,9 @@ func (r *Run) run(unlimit func()) {
 	r.ended = true
 	r.mu.Unlock()
 	r.cpu.Load().Final()
+	if r.offThread != nil {
+		r.offThread()
+	}
 	r.guest.Close()
 	r.finish(res)
 }
