@@ -163,11 +163,25 @@ func (s *stack) up(ctx context.Context) error {
 		return err
 	}
 
+	unprivileged, why := s.executorUser()
+	if unprivileged {
+		if err := shareRegistrySocket(filepath.Join(s.state, "sockets", "registry.sock")); err != nil {
+			return err
+		}
+		step(fmt.Sprintf("executors run unprivileged, as %d:%d (the node agent's --executor-user)", executorUID, executorGID))
+	} else {
+		step("executors run as this user: " + why)
+	}
+
 	step("executor (wasmtime)")
-	executorAddr := "unix://" + filepath.Join(s.state, "sockets", "executor.sock")
-	if err := s.service("executor", tokenEnv, "--listen", executorAddr, "--registry", registryAddr,
+	dir, err := s.executorSocketDir("executor", unprivileged)
+	if err != nil {
+		return err
+	}
+	executorAddr := "unix://" + filepath.Join(dir, "executor.sock")
+	if err := s.service("executor", tokenEnv, append([]string{"--listen", executorAddr, "--registry", registryAddr,
 		"--nats", natsURL, "--state-dir", filepath.Join(s.state, "executor"), "--node", nodeName,
-		"--mount-root", filepath.Join(s.state, "node", "pods")); err != nil {
+		"--mount-root", filepath.Join(s.state, "node", "pods")}, executorUserArgs(unprivileged)...)...); err != nil {
 		return err
 	}
 
@@ -178,11 +192,14 @@ func (s *stack) up(ctx context.Context) error {
 	// executor's listener socket, so that the executor keeps its
 	// confinement: it never enters a namespace.
 	step("executor (wazero), taking pods' listeners on its listener socket")
-	wazeroAddr := "unix://" + filepath.Join(s.state, "sockets", "executor-wazero.sock")
+	if dir, err = s.executorSocketDir("executor-wazero", unprivileged); err != nil {
+		return err
+	}
+	wazeroAddr := "unix://" + filepath.Join(dir, "executor.sock")
 	wazeroListeners := filepath.Join(s.state, "executor-wazero", "listeners.sock")
-	if err := s.service("executor-wazero", tokenEnv, "--listen", wazeroAddr, "--registry", registryAddr,
+	if err := s.service("executor-wazero", tokenEnv, append([]string{"--listen", wazeroAddr, "--registry", registryAddr,
 		"--nats", natsURL, "--state-dir", filepath.Join(s.state, "executor-wazero"), "--node", nodeName,
-		"--mount-root", filepath.Join(s.state, "node", "pods"), "--listener-socket", wazeroListeners); err != nil {
+		"--mount-root", filepath.Join(s.state, "node", "pods"), "--listener-socket", wazeroListeners}, executorUserArgs(unprivileged)...)...); err != nil {
 		return err
 	}
 

@@ -133,7 +133,11 @@ type Config struct {
 	// (--run-as-user, --run-as-group); "" or "root": root, as before.
 	// Its state dir, socket directory, the registry cache's socket and the
 	// pods' directories are made usable by that user (executorPaths).
-	// Ignored when the node agent is not root or supervises no executor.
+	// With separately run executors (Executors), a root node agent shares
+	// the pods' directories and its registry cache's socket with that
+	// user's group, for executors started as that user (their
+	// --run-as-user, --run-as-group). Ignored when the node agent is not
+	// root.
 	ExecutorUser string
 	// NoExecutorChild: with no Executors, supervise no child; pods run on
 	// the executors that announce themselves on NATS for this node.
@@ -285,7 +289,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	if execUser != nil && (!supervised || os.Geteuid() != 0) {
+	if execUser != nil && os.Geteuid() != 0 {
 		if supervised {
 			log.Info("executor runs as the node agent's user: only root can start it as another", "executor_user", execUser.String())
 		}
@@ -294,6 +298,13 @@ func Run(ctx context.Context, cfg Config) error {
 	execPaths := newExecutorPaths(cfg.StateDir)
 	if supervised {
 		if err := execPaths.prepare(execUser, execBin); err != nil {
+			return err
+		}
+	} else if execUser != nil {
+		// Separately run executors started as that user (--run-as-user,
+		// --run-as-group) reach the pods' volumes and the registry
+		// cache's socket through its group.
+		if err := execPaths.share(execUser); err != nil {
 			return err
 		}
 	}
@@ -315,11 +326,9 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return err
 		}
-		if supervised {
-			if err := shareSocket(filepath.Join(cfg.StateDir, "sockets", "registry.sock"), execUser); err != nil {
-				l.Close()
-				return err
-			}
+		if err := shareSocket(filepath.Join(cfg.StateDir, "sockets", "registry.sock"), execUser); err != nil {
+			l.Close()
+			return err
 		}
 		gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(grpcutil.KeepaliveEnforcement))
 		server.New(lc).Register(gs)

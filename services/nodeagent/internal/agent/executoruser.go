@@ -109,6 +109,25 @@ func (p executorPaths) prepare(u *executorUser, bin string) error {
 	if err := executable(bin, u); err != nil {
 		return fmt.Errorf("executor binary %s: %w; or give --executor-user=root", bin, err)
 	}
+	if err := p.share(u); err != nil {
+		return err
+	}
+	// Its socket's directory, afresh: a socket an earlier executor left
+	// (perhaps as root) would stop it from listening.
+	if err := os.RemoveAll(p.socketDir); err != nil {
+		return err
+	}
+	if err := os.Mkdir(p.socketDir, 0o700); err != nil {
+		return err
+	}
+	return os.Lchown(p.socketDir, u.uid, u.gid)
+}
+
+// share gives u's group what every executor of that user needs of the
+// node agent's state dir: passage through it and sockets/, and the pods'
+// directory (see prepare). A separately run executor started as u
+// (--executor) needs no more; its socket and state dir are its own.
+func (p executorPaths) share(u *executorUser) error {
 	for _, d := range []struct {
 		path string
 		mode os.FileMode
@@ -127,15 +146,7 @@ func (p executorPaths) prepare(u *executorUser, bin string) error {
 			return err
 		}
 	}
-	// Its socket's directory, afresh: a socket an earlier executor left
-	// (perhaps as root) would stop it from listening.
-	if err := os.RemoveAll(p.socketDir); err != nil {
-		return err
-	}
-	if err := os.Mkdir(p.socketDir, 0o700); err != nil {
-		return err
-	}
-	return os.Lchown(p.socketDir, u.uid, u.gid)
+	return nil
 }
 
 // shareSocket lets u connect to the unix socket at path (the in-process
