@@ -32,11 +32,11 @@ import (
 // clock.
 //
 // A wait of a Mobile guest's that blocks gives the instance's thread back
-// for its time (Run.leave), where a ppoll(2) would block its thread in the
-// kernel: on clocks only, it waits on a Go timer and the wake channel; with
-// sockets, on an epoll set of them and the wake eventfd, whose own fd Go's
-// netpoller waits on (a nested epoll), with the clocks as its deadline.
-// Neither holds a thread.
+// for its time (Run.leave) once it has lasted stayFor, where a ppoll(2)
+// would block its thread in the kernel: on clocks only, it waits on a Go
+// timer and the wake channel; with sockets, on an epoll set of them and
+// the wake eventfd, whose own fd Go's netpoller waits on (a nested epoll),
+// with the clocks as its deadline. Neither holds a thread.
 type Poller struct {
 	// wake is an eventfd Wake signals and the waits in the kernel poll;
 	// -1 until the first such wait makes it (wakeFD): a guest that leaves
@@ -51,13 +51,17 @@ type Poller struct {
 	leave    func() (back func()) // set by Launch before the run; nil: stay
 	ep       *os.File             // the epoll set of socket waits; nil: not made yet
 	epErr    error                // why it could not be made
+	stay     time.Duration        // stayFor; longer in tests, on a loaded machine
+	// quick: the last wait on sockets ended within stay; the next waits
+	// on the thread first (waitSockets).
+	quick bool
 }
 
 // NewPoller returns the Poller of an instance whose monotonic clock
 // (clock_time_get) reads 0 at monoZero: absolute monotonic deadlines are
 // taken against it. Close it when the instance has ended.
 func NewPoller(monoZero time.Time) (*Poller, error) {
-	return &Poller{wake: -1, wakec: make(chan struct{}), monoZero: monoZero}, nil
+	return &Poller{wake: -1, wakec: make(chan struct{}), monoZero: monoZero, stay: stayFor}, nil
 }
 
 // wakeFD is the wake eventfd, made at its first use, signalled already if
@@ -258,8 +262,19 @@ func (p *Poller) Sleep(d time.Duration) bool {
 	return p.poll([]unix.PollFd{{Fd: -1, Events: unix.POLLIN}}, max(d, 0))
 }
 
+// stayFor is how long a guest that may leave its thread waits on it
+// first: a wait that ends sooner does not leave. Leaving costs a hand-over
+// of the instance between threads each way and, under a CPU limit, the
+// thread's move out of its cgroup and another's into a new one, whose
+// quota starts afresh: a module that computed and slept a millisecond in
+// turn escaped its limit (TestLimitAcrossSleeps); a socket ready within
+// it wakes the thread directly rather than through Go's netpoller. Below
+// the CPU limit's period (cpulimit, 10 ms); an idle server leaves its
+// thread this long after its last request.
+const stayFor = 2 * time.Millisecond
+
 // wait is poll, or, for a guest that may leave its thread, a wait that
-// holds none.
+// holds none once it has lasted stayFor.
 func (p *Poller) wait(fds []unix.PollFd, d time.Duration) bool {
 	switch {
 	case d == 0 || p.leave == nil:
@@ -268,6 +283,10 @@ func (p *Poller) wait(fds []unix.PollFd, d time.Duration) bool {
 		return p.waitSockets(fds, d)
 	case p.woken.Load():
 		return true
+	case d <= p.stay && d > 0:
+		// On a Go timer rather than in the kernel: no eventfd, which a
+		// sleeping instance need not hold (Poller.wake).
+		return p.await(d)
 	}
 	back := p.leave()
 	defer back()
@@ -291,17 +310,36 @@ func (p *Poller) await(d time.Duration) bool {
 	}
 }
 
-// waitSockets is poll away from the thread (see Poller), or on it if the
-// epoll set cannot be had.
+// waitSockets is poll away from the thread (see Poller), after up to
+// p.stay on it for a server that has just served, or on it if the epoll
+// set cannot be had.
 func (p *Poller) waitSockets(fds []unix.PollFd, d time.Duration) bool {
-	if p.poll(fds, 0) {
+	// A server that has just served waits on its thread first (stayFor);
+	// one that has not (its first wait, or after an idle spell) gives its
+	// thread back at once.
+	stay := time.Duration(0)
+	if p.quick {
+		stay = p.stay
+		if d >= 0 {
+			stay = min(d, p.stay)
+		}
+	}
+	t0 := time.Now()
+	if p.poll(fds, stay) {
 		return true
 	}
 	for _, f := range fds[1:] {
 		if f.Revents != 0 {
-			return false // ready now
+			p.quick = true
+			return false // ready
 		}
 	}
+	if d >= 0 {
+		if d -= time.Since(t0); d <= 0 {
+			return false // the time is up
+		}
+	}
+	defer func() { p.quick = time.Since(t0) < p.stay }()
 	ep, err := p.epoll()
 	if err != nil {
 		return p.poll(fds, d)

@@ -212,3 +212,60 @@ func TestPollSleepHoldsNoDescriptor(t *testing.T) {
 		t.Error("a wait in the kernel after a wake did not end at once")
 	}
 }
+
+// TestPollShortWaitStays: a guest that may leave its thread keeps it for a
+// wait that ends within stayFor (a sleep that short; a socket ready that
+// soon after a wait that ended as soon), and leaves it for a longer one
+// (a longer sleep; a server's first wait, or one after an idle spell).
+func TestPollShortWaitStays(t *testing.T) {
+	p := newPoller(t, time.Now())
+	p.stay = 100 * time.Millisecond // stayFor, with room for a loaded machine
+	leaves := 0
+	p.leave = func() func() { leaves++; return func() {} }
+	for _, tc := range []struct {
+		sleep time.Duration
+		leave bool
+	}{{p.stay / 2, false}, {p.stay * 3, true}} {
+		leaves = 0
+		poll(t, p, layout(sub{timeout: tc.sleep}), 1, nil)
+		if got := leaves > 0; got != tc.leave {
+			t.Errorf("sleep %v: left the thread %v, want %v", tc.sleep, got, tc.leave)
+		}
+	}
+
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	host := func(fd uint32) (int, bool) { return fds[0], fd == 7 }
+	// Written to after d, and read by the guest.
+	wait := func(d time.Duration) bool {
+		t.Helper()
+		leaves = 0
+		go func() {
+			time.Sleep(d)
+			unix.Write(fds[1], []byte("x"))
+		}()
+		if evs, _ := poll(t, p, layout(sub{tag: 1, fd: 7}), 1, host); len(evs) != 1 {
+			t.Fatalf("socket written to: %+v", evs)
+		}
+		unix.Read(fds[0], make([]byte, 1))
+		return leaves > 0
+	}
+	for i, tc := range []struct {
+		after time.Duration
+		leave bool
+	}{
+		{p.stay / 4, true},  // the first wait: no server to serve yet
+		{p.stay / 4, false}, // serving: the last wait was short
+		{p.stay * 5, true},  // idle: past its stay on the thread, then off it
+		{p.stay / 4, true},  // after the idle spell: at once
+		{p.stay / 4, false},
+	} {
+		if got := wait(tc.after); got != tc.leave {
+			t.Errorf("socket wait %d, ready after %v: left the thread %v, want %v", i, tc.after, got, tc.leave)
+		}
+	}
+}
