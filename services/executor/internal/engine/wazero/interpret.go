@@ -40,6 +40,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	wz "github.com/tetratelabs/wazero"
 
@@ -221,6 +222,9 @@ func (e *Engine) loadShared(ctx context.Context, r *runtime, m *module, sum stri
 
 func digestHex(digest string) string { return strings.TrimPrefix(digest, "sha256:") }
 
+// behindDelay is how long a compile behind waits before it starts.
+const behindDelay = 250 * time.Millisecond
+
 // compileBehind compiles m in the background, unless that is under way,
 // has failed, or the engine is closed; then the interpreted code of m
 // left unused is closed.
@@ -235,6 +239,15 @@ func (e *Engine) compileBehind(m *module) {
 	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()
+		// The instance that asked is reported started (Start's return,
+		// the executor's reply and events, the pod's status) while this
+		// waits: the compile takes every core.
+		t := time.NewTimer(behindDelay)
+		select {
+		case <-t.C:
+		case <-b.ctx.Done():
+			t.Stop()
+		}
 		err := e.compileNow(b.ctx, m)
 		b.mu.Lock()
 		delete(b.pending, m.digest)
