@@ -4,13 +4,14 @@ package wazero
 // imports and exports from its sections (sections.go), and a module with
 // no compiled code yet (in memory, or an entry the index names) starts on
 // wazero's interpreter, whose compile to its own code costs about a tenth of
-// wazero's compiler, and its code runs several times slower. Once its
-// first instance has started, the module is compiled in the background
-// into the cache, as a start without InterpretFirst would have (the shared
-// store included); the instances started after that run compiled code. An
-// instance started interpreted keeps running interpreted until it ends,
-// so a server (an instance with listeners) is not started so: it waits for
-// its compile, as without InterpretFirst.
+// wazero's compiler, and its code runs several times slower. Shortly
+// after its first instance has started (behindDelay: once that start is
+// reported), the module is compiled in the background into the cache, as
+// a start without InterpretFirst would have (the shared store included);
+// the instances started after that run compiled code. An instance
+// started interpreted keeps running interpreted until it ends, so a
+// server (an instance with listeners) is not started so: it waits for its
+// compile, as without InterpretFirst.
 //
 // Interpreted and compiled instances are the same instance to everything
 // around them: the same WASI, memory and table limits, kills
