@@ -83,8 +83,10 @@ const (
 	poolTableElements = 65536
 	// poolKeepResident is what a slot keeps of a memory and a table it
 	// gives back, zeroed rather than decommitted: a handler's next
-	// instance faults none of it in again.
-	poolKeepResident = 1 << 20
+	// instance faults none of it in again. More is zeroed whether it was
+	// touched or not: examples/wagi-hello's 512 KiB memory cost more
+	// zeroed whole than decommitted past its first 64 KiB.
+	poolKeepResident = 64 << 10
 	// poolWarmSlots bounds the slots kept warm (resident) while unused.
 	poolWarmSlots = 16
 )
