@@ -149,6 +149,14 @@ func TestInterpretFirst(t *testing.T) {
 	if _, err := os.Stat(e.indexPath(m.Digest())); err != nil {
 		t.Fatalf("no cache entry after the compile behind: %v", err)
 	}
+	// Compiled under the first instance's limit: the next instance of that
+	// limit finds the code in memory, not on disk to decode again.
+	e.mu.Lock()
+	r := e.runtimes[rtKey{pages: pages(256 << 20)}]
+	e.mu.Unlock()
+	if r == nil || r.compiled[m.Digest()] == nil {
+		t.Fatal("the compile behind left no code in the runtime of the first instance's memory limit")
+	}
 	second := start(t, e, m, forever...)
 	if interp, comp := inUse(e, m.Digest()); interp != 1 || comp != 1 {
 		t.Fatalf("second start: %d interpreted, %d compiled users, want 1 and 1", interp, comp)

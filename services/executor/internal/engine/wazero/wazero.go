@@ -349,7 +349,7 @@ func (e *Engine) instantiate(ctx context.Context, em engine.Module, spec engine.
 	// releases them when it is closed.
 	released = true
 	if interpreted {
-		e.compileBehind(m)
+		e.compileBehind(m, r.pages)
 	}
 	return &instance{ctx: ictx, cancel: cancel, mod: mod, mem: mod.ExportedMemory("memory"), start: start,
 		socks: socks, env: env, closed: func() { e.release(r, c) }}, nil
