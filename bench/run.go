@@ -109,13 +109,16 @@ func SectionNames() []string {
 const (
 	singleP50Target = 40  // ms, node agent issue
 	singleP99Target = 100 // ms
-	// wasmlet / no-op node, same run (issue 18 §4): single pods by
-	// median, bursts pair by pair.
+	// wasmlet / no-op node, same run (issue 18 §4): single pods round by
+	// round (singleRounds), bursts pair by pair.
 	singleRatioTarget = 1.15
 	burstRatioTarget  = 1.25
 	idleRSSTarget     = 50 // MiB, node agent + executor + embedded NATS
 	kubeletMB         = 82.7
 )
+
+// singleRounds is how many rounds the single pods are taken in.
+const singleRounds = 5
 
 var burstTargets = map[int]float64{100: 750, 500: 4500} // ms, all Running
 
@@ -177,7 +180,17 @@ func podStart(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 	starter := func(r run) *PodStarter {
 		return &PodStarter{Client: s.Client, WatchClient: s.WatchClient, Node: r.node, Image: r.image, Env: r.env}
 	}
-	singles := map[string]Figure{}
+	// Single pods: every run's warm-up first, then the series in rounds,
+	// every run in turn, so that the machine's drift over the minutes
+	// falls on the nodes alike; the ratio is taken round by round, as the
+	// bursts' pair by pair.
+	type singleRun struct {
+		ps      *PodStarter
+		all     []time.Duration
+		medians []float64 // ms, one per round
+		spans   [][2]map[string]float64
+	}
+	sr := make([]*singleRun, len(runs))
 	for i, r := range runs {
 		ps := starter(r)
 		ns, err := s.namespace(ctx, fmt.Sprintf("bench-%s-single-%d", r.node, i))
@@ -190,40 +203,53 @@ func podStart(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 		if _, err := ps.Singles(ctx, "warmup", 1); err != nil {
 			return figs, fmt.Errorf("%s%s warm-up: %w", r.node, r.label, err)
 		}
-		// The series begins on a quiet node: the warm-up's events are
-		// written, and a compile it left in the background is done (on
-		// wazero, interpret-first runs a module's first instance on the
-		// interpreter and compiles it behind: seconds of both cores for
-		// the Go example module, which the series would otherwise share
-		// the machine with and be charged for).
-		if _, err := s.quietRequests(ctx, time.Second, 2*time.Minute); err != nil {
-			return figs, err
+		sr[i] = &singleRun{ps: ps}
+	}
+	rounds := min(singleRounds, opts.Singles)
+	for round := range rounds {
+		per := opts.Singles / rounds
+		if round < opts.Singles%rounds {
+			per++
 		}
-		if !s.quietNode(3 * time.Minute) {
-			return figs, fmt.Errorf("%s%s: the node still busy 3 minutes after the warm-up pod", r.node, r.label)
+		for i, r := range runs {
+			// Each series begins on a quiet node: the events before it are
+			// written, and a compile left in the background is done (on
+			// wazero, interpret-first runs a module's first instance on
+			// the interpreter and compiles it behind: seconds of both
+			// cores for the Go example module, which the series would
+			// otherwise share the machine with and be charged for).
+			if _, err := s.quietRequests(ctx, time.Second, 2*time.Minute); err != nil {
+				return figs, err
+			}
+			if !s.quietNode(3 * time.Minute) {
+				return figs, fmt.Errorf("%s%s: the node still busy 3 minutes after the pods before", r.node, r.label)
+			}
+			s.nextProfile()
+			c0 := s.cpu()
+			single, err := sr[i].ps.Singles(ctx, fmt.Sprintf("single-%d", round), per)
+			if err != nil {
+				return figs, fmt.Errorf("%s%s singles: %w", r.node, r.label, err)
+			}
+			// The node's CPU per pod start counts the paced events written
+			// after the last pod runs.
+			if _, err := s.quietRequests(ctx, time.Second, 2*time.Minute); err != nil {
+				return figs, err
+			}
+			sr[i].spans = append(sr[i].spans, [2]map[string]float64{c0, s.cpu()})
+			s.nextProfile()
+			sr[i].all = append(sr[i].all, single...)
+			sr[i].medians = append(sr[i].medians, Durations("", "", single).Median)
 		}
-		s.nextProfile()
-		c0 := s.cpu()
-		single, err := ps.Singles(ctx, "single", opts.Singles)
-		if err != nil {
-			return figs, fmt.Errorf("%s%s singles: %w", r.node, r.label, err)
-		}
-		// The node's CPU per pod start counts the paced events written
-		// after the last pod runs.
-		if _, err := s.quietRequests(ctx, time.Second, 2*time.Minute); err != nil {
-			return figs, err
-		}
-		c1 := s.cpu()
-		s.nextProfile()
-		f := Durations("pod start, single, "+r.node+r.label, singleMethod, single)
+	}
+	for i, r := range runs {
+		f := Durations("pod start, single, "+r.node+r.label, singleMethod, sr[i].all)
 		if r.targets {
 			f.Hold("median", singleP50Target)
 			f.Anchor = "no-op node (virtual-kubelet, tuned): 30 ms p50 in the issue, and this run's row; SLO p99 ≤ 5 s"
 		}
-		singles[r.node+r.label] = f
 		figs = append(figs, f)
 		if r.node == WasmNode {
-			figs = append(figs, cpuPerPodFigures("single, "+r.node+r.label, "pods one after another", [][2]map[string]float64{{c0, c1}}, opts.Singles)...)
+			figs = append(figs, cpuPerPodFigures("single, "+r.node+r.label, "pods one after another", sr[i].spans, opts.Singles)...)
 		}
 		if r.targets {
 			p99 := f
@@ -231,15 +257,21 @@ func podStart(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 			p99.Hold("p99", singleP99Target)
 			figs = append(figs, p99)
 		}
-		if err := s.clear(ctx, ps); err != nil {
+		if err := s.clear(ctx, sr[i].ps); err != nil {
 			return figs, err
 		}
 	}
-	for _, label := range []string{"", ", Go example module"} {
-		w, n := singles[WasmNode+label], singles[NoopNode]
-		if n.Median > 0 {
-			figs = append(figs, ratioFigure("single", label, []float64{w.Median / n.Median}))
+	for i, r := range runs {
+		if r.node != WasmNode {
+			continue
 		}
+		var ratios []float64
+		for round, m := range sr[i].medians {
+			if n := sr[0].medians[round]; n > 0 {
+				ratios = append(ratios, m/n)
+			}
+		}
+		figs = append(figs, ratioFigure("single", r.label, ratios))
 	}
 
 	// Bursts: for each size, BurstReps rounds of every run in turn.
@@ -365,7 +397,7 @@ func cpuPerPodFigures(what, how string, spans [][2]map[string]float64, pods int)
 // for the idle module's (label "").
 func ratioFigure(key, label string, ratios []float64) Figure {
 	f := Values(fmt.Sprintf("ratio wasmlet%s / no-op node, %s", label, key),
-		"wasmlet's over the no-op node's, same run: single pods by median, bursts pair by pair (all running)", "x", ratios)
+		"wasmlet's over the no-op node's, same run: single pods round by round (median over median), bursts pair by pair (all running)", "x", ratios)
 	if label == "" {
 		target := burstRatioTarget
 		if key == "single" {
@@ -384,7 +416,7 @@ func ratioFigure(key, label string, ratios []float64) Figure {
 var cpuProcs = []string{"kube-apiserver", "etcd", "nodeagent (with NATS)", "executor", "machine"}
 
 // singleMethod is the method of the single pod starts.
-const singleMethod = "create call → watch shows all containers running; pods one after another; module cached: the series begins after a warm-up pod, once the API server has had no event or pod status write for 1 s and the wasmlet node has used at most 10 ms of CPU in 0.5 s (no compile left in the background)"
+const singleMethod = "create call → watch shows all containers running; pods one after another, in rounds (5 in the full suite), each node's series in turn, so that the machine's drift falls on all alike; module cached: after a warm-up pod, each series begins once the API server has had no event or pod status write for 1 s and the wasmlet node has used at most 10 ms of CPU in 0.5 s (no compile left in the background)"
 
 // quietNode waits (at most max) until the wasmlet node agent and its
 // executor have used at most one clock tick (10 ms) of CPU in half a
