@@ -16,6 +16,7 @@ import (
 
 	executorv1 "github.com/wasmlet/wasmlet/gen/wasmlet/executor/v1"
 	"github.com/wasmlet/wasmlet/internal/testharness/localcluster"
+	"github.com/wasmlet/wasmlet/internal/testharness/wasmbuild"
 	"github.com/wasmlet/wasmlet/services/registry-cache/regcache/cachetest"
 )
 
@@ -324,7 +325,7 @@ func coldModules(bin, work string, cache cachetest.Files, n int) (string, []*col
 		m := mods[i]
 		m.src, m.bytes = src, int64(len(wasm))
 		for j := range n {
-			v := withCustomSection(wasm, "wasmlet-coldstart", fmt.Appendf(nil, "%d-%d", stamp, j))
+			v := wasmbuild.WithCustomSection(wasm, "wasmlet-coldstart", fmt.Appendf(nil, "%d-%d", stamp, j))
 			sum := sha256.Sum256(v)
 			d := "sha256:" + hex.EncodeToString(sum[:])
 			path := filepath.Join(work, fmt.Sprintf("cold-%d-%d.wasm", i, j))

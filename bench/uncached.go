@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,6 +13,8 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+
+	"github.com/wasmlet/wasmlet/internal/testharness/wasmbuild"
 )
 
 // uncached starts pods whose module neither the node nor the registry
@@ -68,7 +69,7 @@ func uncached(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 func (s *Stack) pushVariant(ctx context.Context, wasm []byte, repo string, i int) (string, error) {
 	tag := fmt.Sprintf("%d-%d", time.Now().UnixNano(), i)
 	file := filepath.Join(s.dir, repo+"-"+tag+".wasm")
-	if err := os.WriteFile(file, withCustomSection(wasm, "wasmlet-bench", []byte(tag)), 0o644); err != nil {
+	if err := os.WriteFile(file, wasmbuild.WithCustomSection(wasm, "wasmlet-bench", []byte(tag)), 0o644); err != nil {
 		return "", err
 	}
 	defer os.Remove(file)
@@ -104,14 +105,4 @@ func (s *Stack) pullTime(ctx context.Context, ns, pod string) (time.Duration, er
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-}
-
-// withCustomSection appends a custom section (id 0) to a wasm module: the
-// module runs as before, and its bytes, so its digest, differ.
-func withCustomSection(wasm []byte, name string, payload []byte) []byte {
-	body := binary.AppendUvarint(nil, uint64(len(name)))
-	body = append(append(body, name...), payload...)
-	out := append(append([]byte(nil), wasm...), 0)
-	out = binary.AppendUvarint(out, uint64(len(body)))
-	return append(out, body...)
 }

@@ -1,6 +1,7 @@
 // Package wasmbuild builds the test modules of testdata/wasm (Go sources,
 // GOOS=wasip1 GOARCH=wasm) for tests. It owns nothing but a per-process
-// cache of built modules; it must not be imported by non-test code.
+// cache of built modules; it must not be imported by the services' code
+// (tests and the benchmark suite only).
 //
 // The cache is package state on purpose: a test binary builds each module
 // once, whichever tests ask for it (a Go-built module takes seconds to link
@@ -18,6 +19,7 @@ package wasmbuild
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -187,4 +189,15 @@ func moduleRoot() (string, error) {
 		}
 		d = parent
 	}
+}
+
+// WithCustomSection appends a custom section (id 0) named name to a wasm
+// module: the module runs as before, and its bytes, so its digest,
+// differ (a module new to a node and its caches).
+func WithCustomSection(wasm []byte, name string, payload []byte) []byte {
+	body := binary.AppendUvarint(nil, uint64(len(name)))
+	body = append(append(body, name...), payload...)
+	out := append(append([]byte(nil), wasm...), 0)
+	out = binary.AppendUvarint(out, uint64(len(body)))
+	return append(out, body...)
 }

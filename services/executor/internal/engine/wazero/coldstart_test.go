@@ -3,7 +3,6 @@ package wazero
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"os"
@@ -41,7 +40,7 @@ func BenchmarkFirstStart(b *testing.B) {
 			for i := range b.N {
 				b.StopTimer()
 				path := filepath.Join(dir, fmt.Sprintf("v%d.wasm", i))
-				v := withCustomSection(wasm, "wasmlet-bench", fmt.Appendf(nil, "%d-%d", time.Now().UnixNano(), i))
+				v := wasmbuild.WithCustomSection(wasm, "wasmlet-bench", fmt.Appendf(nil, "%d-%d", time.Now().UnixNano(), i))
 				if err := os.WriteFile(path, v, 0o644); err != nil {
 					b.Fatal(err)
 				}
@@ -73,14 +72,4 @@ func BenchmarkFirstStart(b *testing.B) {
 			b.ReportMetric(float64(cpu.Microseconds())/1e3/float64(b.N), "cpu-ms/op")
 		})
 	}
-}
-
-// withCustomSection appends a custom section to wasm: the module runs as
-// before, under another digest.
-func withCustomSection(wasm []byte, name string, payload []byte) []byte {
-	body := binary.AppendUvarint(nil, uint64(len(name)))
-	body = append(append(body, name...), payload...)
-	out := append(append([]byte(nil), wasm...), 0)
-	out = binary.AppendUvarint(out, uint64(len(body)))
-	return append(out, body...)
 }
