@@ -187,8 +187,8 @@ func podStart(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 	type singleRun struct {
 		ps      *PodStarter
 		all     []time.Duration
-		medians []float64 // ms, one per round
-		spans   [][2]map[string]float64
+		medians []float64          // ms, one per round
+		cpu     map[string]float64 // CPU seconds by process, over every round's series
 	}
 	sr := make([]*singleRun, len(runs))
 	for i, r := range runs {
@@ -203,7 +203,7 @@ func podStart(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 		if _, err := ps.Singles(ctx, "warmup", 1); err != nil {
 			return figs, fmt.Errorf("%s%s warm-up: %w", r.node, r.label, err)
 		}
-		sr[i] = &singleRun{ps: ps}
+		sr[i] = &singleRun{ps: ps, cpu: map[string]float64{}}
 	}
 	rounds := min(singleRounds, opts.Singles)
 	for round := range rounds {
@@ -235,7 +235,9 @@ func podStart(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 			if _, err := s.quietRequests(ctx, time.Second, 2*time.Minute); err != nil {
 				return figs, err
 			}
-			sr[i].spans = append(sr[i].spans, [2]map[string]float64{c0, s.cpu()})
+			for proc, v := range s.cpu() {
+				sr[i].cpu[proc] += v - c0[proc]
+			}
 			s.nextProfile()
 			sr[i].all = append(sr[i].all, single...)
 			sr[i].medians = append(sr[i].medians, Durations("", "", single).Median)
@@ -249,7 +251,7 @@ func podStart(ctx context.Context, s *Stack, opts Options) ([]Figure, error) {
 		}
 		figs = append(figs, f)
 		if r.node == WasmNode {
-			figs = append(figs, cpuPerPodFigures("single, "+r.node+r.label, "pods one after another", sr[i].spans, opts.Singles)...)
+			figs = append(figs, cpuPerPodFigures("single, "+r.node+r.label, "pods one after another, every round's series", [][2]map[string]float64{{{}, sr[i].cpu}}, opts.Singles)...)
 		}
 		if r.targets {
 			p99 := f
