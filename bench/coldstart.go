@@ -398,8 +398,10 @@ func (b *execBench) coldMeasure(ctx context.Context, p *execProc, empty string, 
 			fmt.Sprintf("the same call, the same variants again after their uncached start (%d each), once the executor is quiet (no compile left in the background): compiled code on disk and loaded", max(b.opts.ColdCached, 1)), cached)
 		r := Values(b.label+"uncached / cached start, "+m.label,
 			"each variant's uncached start over the median of its cached starts, same process", "×", ratios)
-		r.Hold("median", coldRatioTarget)
-		r.Anchor = "issue 18: ≤ 10× (pod start: ~1.4 s uncached vs ~33 ms cached for examples/hello before it)"
+		// Context, not the target: issue 18's ≤ 10× is the pod start's
+		// (create call → watch), whose cached start includes the API
+		// server's path; an executor's cached start is a few ms.
+		r.Anchor = "context for the pod-level row above (issue 18's target, ≤ 10×, is the pod start's)"
 		o := othersFigure("uncached starts, "+m.label, others)
 		o.Name = b.label + o.Name
 		b.figs = append(b.figs, u, c, r, o)
