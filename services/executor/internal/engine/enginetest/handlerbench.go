@@ -25,12 +25,7 @@ import (
 //
 //	go test -run '^$' -bench ServeHandler -benchtime 20000x ./services/executor/internal/engine/wazero/
 func BenchServeHandler(b *testing.B, newEngine NewEngine) {
-	e, ok := newEngine(b, b.TempDir(), nil).(engine.Instantiator)
-	if !ok {
-		b.Skip("the engine does not instantiate ahead")
-	}
-	m := prepare(b, e, wasmbuild.WatAt(b, "examples/wagi-hello/hello.wat"))
-	h, wasmURL := ServeHandler(b, e, m, engine.Spec{}, wagi.Config{})
+	h, wasmURL := serveExampleHandler(b, newEngine)
 	BenchAgainstNative(b, wasmURL+"/", func() time.Duration { return h.Usage().CPU })
 }
 
@@ -87,4 +82,17 @@ func startNativeHello(b *testing.B) (string, int) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// serveExampleHandler serves the WAT example handler (examples/wagi-hello)
+// on newEngine's engine, default pool and bounds, for the benchmarks; b is
+// skipped when the engine does not instantiate ahead.
+func serveExampleHandler(b *testing.B, newEngine NewEngine) (*wagi.Handler, string) {
+	b.Helper()
+	e, ok := newEngine(b, b.TempDir(), nil).(engine.Instantiator)
+	if !ok {
+		b.Skip("the engine does not instantiate ahead")
+	}
+	m := prepare(b, e, wasmbuild.WatAt(b, "examples/wagi-hello/hello.wat"))
+	return ServeHandler(b, e, m, engine.Spec{}, wagi.Config{})
 }

@@ -11,10 +11,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/wasmlet/wasmlet/internal/testharness/wasmbuild"
-	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
-	"github.com/wasmlet/wasmlet/services/executor/internal/wagi"
 )
 
 // BenchHandlerRequest measures what handler mode costs per request with
@@ -27,12 +23,7 @@ import (
 //
 //	go test -run '^$' -bench HandlerRequest -benchtime 20000x ./services/executor/internal/engine/wazero/
 func BenchHandlerRequest(b *testing.B, newEngine NewEngine) {
-	e, ok := newEngine(b, b.TempDir(), nil).(engine.Instantiator)
-	if !ok {
-		b.Skip("the engine does not instantiate ahead")
-	}
-	m := prepare(b, e, wasmbuild.WatAt(b, "examples/wagi-hello/hello.wat"))
-	h, url := ServeHandler(b, e, m, engine.Spec{}, wagi.Config{})
+	h, url := serveExampleHandler(b, newEngine)
 	local, err := net.ResolveTCPAddr("tcp", strings.TrimPrefix(url, "http://"))
 	if err != nil {
 		b.Fatal(err)
