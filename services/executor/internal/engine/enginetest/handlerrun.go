@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -45,7 +44,7 @@ func BenchHandlerRequest(b *testing.B, newEngine NewEngine) {
 	}
 	for _, c := range []int{1, 16} {
 		b.Run("c"+strconv.Itoa(c), func(b *testing.B) {
-			cpu0 := selfCPU(b)
+			cpu0 := ProcessCPU()
 			t0 := time.Now()
 			var wg sync.WaitGroup
 			next := make(chan struct{}, b.N)
@@ -64,17 +63,8 @@ func BenchHandlerRequest(b *testing.B, newEngine NewEngine) {
 			}
 			wg.Wait()
 			elapsed := time.Since(t0)
-			b.ReportMetric(float64(selfCPU(b)-cpu0)/float64(time.Microsecond)/float64(b.N), "cpu-µs/req")
+			b.ReportMetric(float64(ProcessCPU()-cpu0)/float64(time.Microsecond)/float64(b.N), "cpu-µs/req")
 			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "req/s")
 		})
 	}
-}
-
-// selfCPU is the process's user+system time.
-func selfCPU(t testing.TB) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		t.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -46,7 +46,7 @@ func BenchmarkFirstStart(b *testing.B) {
 				}
 				sum := sha256.Sum256(v)
 				b.StartTimer()
-				c0 := processCPU(b)
+				c0 := enginetest.ProcessCPU()
 				t0 := time.Now()
 				m, err := e.Prepare(context.Background(), "sha256:"+hex.EncodeToString(sum[:]), path)
 				if err != nil {
@@ -59,7 +59,7 @@ func BenchmarkFirstStart(b *testing.B) {
 				}
 				t2 := time.Now()
 				b.StopTimer()
-				prepare, start, cpu = prepare+t1.Sub(t0), start+t2.Sub(t1), cpu+processCPU(b)-c0
+				prepare, start, cpu = prepare+t1.Sub(t0), start+t2.Sub(t1), cpu+enginetest.ProcessCPU()-c0
 				inst.Kill()
 				<-inst.Done()
 				waitBehind(b, e)

@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/wasmlet/wasmlet/internal/testharness/wasmbuild"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine/enginetest"
@@ -46,7 +44,7 @@ func TestDensity(t *testing.T) {
 	var seqCPU time.Duration
 	for i := range 60 {
 		if i == 10 {
-			seqCPU = -processCPU(t)
+			seqCPU = -enginetest.ProcessCPU()
 		}
 		t0 := time.Now()
 		inst, err := e.Start(ctx, m, engine.Spec{Args: []string{"hello"}, Env: env("COUNT", "1"), Stdout: io.Discard})
@@ -58,7 +56,7 @@ func TestDensity(t *testing.T) {
 		}
 		inst.Wait()
 	}
-	seqCPU += processCPU(t)
+	seqCPU += enginetest.ProcessCPU()
 
 	goruntime.GC()
 	time.Sleep(500 * time.Millisecond)
@@ -66,7 +64,7 @@ func TestDensity(t *testing.T) {
 	insts := make([]engine.Instance, n)
 	asleep := make([]*enginetest.LineWaiter, n)
 	t0 := time.Now()
-	cpu0 := processCPU(t)
+	cpu0 := enginetest.ProcessCPU()
 	for i := range n {
 		asleep[i] = enginetest.NewLineWaiter("count 1")
 		insts[i], err = e.Start(ctx, m, engine.Spec{Args: []string{"hello"}, Env: env("COUNT", "2", "SLEEP", "1h"), Stdout: asleep[i]})
@@ -78,7 +76,7 @@ func TestDensity(t *testing.T) {
 		<-w.Seen
 	}
 	all := time.Since(t0)
-	burstCPU := processCPU(t) - cpu0
+	burstCPU := enginetest.ProcessCPU() - cpu0
 	goruntime.GC()
 	time.Sleep(time.Second)
 	after, pssAfter, memAfter := procFields(t, "status"), procFields(t, "smaps_rollup"), linearResident(t)
@@ -120,15 +118,6 @@ func writeHeapProfile(t *testing.T, path string) {
 	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// processCPU is the CPU time (user and system) this process has used.
-func processCPU(t testing.TB) time.Duration {
-	var ru unix.Rusage
-	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
-		t.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // Helpers shared with the other engine's tests.

@@ -28,7 +28,7 @@ func TestKillBurst(t *testing.T) {
 		<-w.Seen
 	}
 	time.Sleep(100 * time.Millisecond) // all in their sleep
-	cpu := processCPU(t)
+	cpu := enginetest.ProcessCPU()
 	for _, inst := range insts {
 		inst.Kill()
 	}
@@ -37,7 +37,7 @@ func TestKillBurst(t *testing.T) {
 			t.Fatalf("instance %d: %+v", i, res)
 		}
 	}
-	per := (processCPU(t) - cpu) / n
+	per := (enginetest.ProcessCPU() - cpu) / n
 	if per > 2*time.Millisecond {
 		t.Errorf("a kill took %v of CPU", per)
 	}
