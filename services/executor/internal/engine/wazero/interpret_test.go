@@ -2,6 +2,7 @@ package wazero
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"testing"
 	"time"
@@ -198,7 +199,7 @@ func TestInterpretFirstCompileFails(t *testing.T) {
 	if err := os.WriteFile(dir, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	m := enginetest.Prepare(t, e, wasmbuild.Wat(t, enginetest.ProcExit(3)))
+	m := enginetest.Prepare(t, e, wasmbuild.Wat(t, sleepThenExit(100*time.Millisecond, 3)))
 	for i := range 3 {
 		inst := start(t, e, m)
 		if interp, comp := inUse(e, m.Digest()); interp != 1 || comp != 0 {
@@ -252,13 +253,30 @@ func TestInterpretFirstCloseCancels(t *testing.T) {
 	}
 }
 
+// sleepThenExit is a WASI command that sleeps d in poll_oneoff and exits
+// with code: it is still running when a test looks at its users.
+func sleepThenExit(d time.Duration, code int) string {
+	return fmt.Sprintf(`(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i64.store (i32.const 0) (i64.const 7))
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.const %d))
+    (drop (call $poll (i32.const 0) (i32.const 128) (i32.const 1) (i32.const 256)))
+    (call $exit (i32.const %d))))`, d.Nanoseconds(), code)
+}
+
 // TestInterpretFirstShared: a module another executor compiled and shared
 // starts compiled from the shared store, not interpreted; one the store
 // lacks starts interpreted, and the store is asked once for it, not again
 // by its compile behind.
 func TestInterpretFirstShared(t *testing.T) {
 	store := enginetest.NewMemoryStore()
-	wasm := wasmbuild.Wat(t, enginetest.ProcExit(3))
+	// A module that exits at once could be gone before its users are
+	// counted (a flake seen in CI: 0 users).
+	wasm := wasmbuild.Wat(t, sleepThenExit(300*time.Millisecond, 3))
 	newShared := func() *Engine {
 		e, err := New(Config{CacheDir: t.TempDir(), Shared: store, InterpretFirst: true})
 		if err != nil {
