@@ -101,9 +101,11 @@ func (c *Cache) Use(key string) (release func()) {
 	}
 }
 
-// touchEvery is how stale a last use may be before Touch writes it again:
-// an order kept to the minute needs no write of an inode at every use.
-const touchEvery = time.Minute
+// TouchEvery is how stale a last use may be before Touch writes it again:
+// an order kept to the minute needs no write of an inode at every use. A
+// user that holds a unit in memory may skip Touch as often (the engines
+// do, for code they keep loaded).
+const TouchEvery = time.Minute
 
 // Touch records a use of the unit that path belongs to by setting path's
 // modification time to now. The user names a file whose modification
@@ -117,7 +119,7 @@ func (c *Cache) Touch(path string) {
 		return
 	}
 	now := time.Now()
-	if now.Sub(fi.ModTime()) < touchEvery {
+	if now.Sub(fi.ModTime()) < TouchEvery {
 		return
 	}
 	os.Chtimes(path, now, now)

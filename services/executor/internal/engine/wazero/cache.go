@@ -24,10 +24,11 @@ import (
 // from before, loaded from an entry the index names, or compiled (from
 // the verified cache, the shared store or afresh). r is in use.
 func (e *Engine) compile(ctx context.Context, r *runtime, m *module) (*compiled, error) {
-	e.disk.Touch(e.indexPath(m.digest))
 	if c := e.lookup(r, m.digest); c != nil {
+		e.touch(c, m.digest)
 		return c, nil
 	}
+	e.disk.Touch(e.indexPath(m.digest))
 	wasm, sum, rewritten, data, err := e.source(ctx, r, m)
 	if err != nil {
 		return nil, err

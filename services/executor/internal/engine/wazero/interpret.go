@@ -96,10 +96,11 @@ func (e *Engine) code(ctx context.Context, m *module, pages uint32, interpret bo
 // its interpreted code, *r then the interpreting runtime of its limit (in
 // use in place of the compiling one).
 func (e *Engine) interpretUnlessCompiled(ctx context.Context, r **runtime, m *module) (*compiled, error) {
-	e.disk.Touch(e.indexPath(m.digest))
 	if c := e.lookup(*r, m.digest); c != nil {
+		e.touch(c, m.digest)
 		return c, nil
 	}
+	e.disk.Touch(e.indexPath(m.digest))
 	wasm, sum, _, data, err := e.source(ctx, *r, m)
 	if err != nil {
 		return nil, err
