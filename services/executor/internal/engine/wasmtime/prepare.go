@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	wt "github.com/bytecodealliance/wasmtime-go/v39"
 
@@ -30,6 +32,8 @@ type module struct {
 	// quick is the quick artifact (Config.QuickFirst) as written, run
 	// until the optimised one is verified; zero when there is none.
 	quick artifact
+
+	touched atomic.Int64 // when touch last recorded a use (unix ns)
 }
 
 // artifact is the code an instance of a module is started from: the
@@ -58,6 +62,27 @@ func (m *module) current() (artifact, bool) {
 		m.quick = artifact{}
 	}
 	return artifact{}, false
+}
+
+// fresh is the artifact current would return when it is the one m
+// last had and is still as stamped on disk, or false. Its stat is made
+// without m.mu held: each of a handler's instances passes here (ready),
+// many at once, and a stat under the lock had them queue for it.
+func (m *module) fresh() (artifact, bool) {
+	m.mu.Lock()
+	var a artifact
+	switch {
+	case m.verified:
+		a = artifact{path: m.artifact, stamp: m.stamp}
+	case m.quick.quick:
+		a = m.quick
+	default:
+		m.mu.Unlock()
+		return artifact{}, false
+	}
+	m.mu.Unlock()
+	fi, err := os.Stat(a.path)
+	return a, err == nil && engine.StampOf(fi).Equal(a.stamp)
 }
 
 // flight is one ensure of a module, which its callers wait for.
@@ -108,6 +133,10 @@ func (e *Engine) Prepare(ctx context.Context, digest, wasmPath string) (engine.M
 // and leaves its result for the next caller (wasmtime cannot cancel a
 // compile). Callers that come meanwhile wait for the same work.
 func (e *Engine) ready(ctx context.Context, m *module) (artifact, error) {
+	if a, ok := m.fresh(); ok {
+		e.touchSoon(m, a)
+		return a, nil
+	}
 	m.mu.Lock()
 	if a, ok := m.current(); ok {
 		m.mu.Unlock()
@@ -155,7 +184,21 @@ func (e *Engine) ready(ctx context.Context, m *module) (artifact, error) {
 // touch records a use of a's artifact on disk (its sidecar's mtime).
 func (e *Engine) touch(m *module, a artifact) {
 	if !a.quick {
+		m.touched.Store(time.Now().UnixNano())
 		e.disk.Touch(m.artifact + ".sha256")
+	}
+}
+
+// touchEvery is how often at most touchSoon passes a use on: the disk
+// cache's Touch stats the sidecar each time (and writes its mtime once a
+// minute), and a handler instantiates its module for every request.
+const touchEvery = 5 * time.Second
+
+// touchSoon is touch for an artifact found as it was (fresh), unless a
+// use of it was recorded within touchEvery.
+func (e *Engine) touchSoon(m *module, a artifact) {
+	if last := m.touched.Load(); time.Now().UnixNano()-last >= int64(touchEvery) {
+		e.touch(m, a)
 	}
 }
 
