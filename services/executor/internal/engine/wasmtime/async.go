@@ -73,6 +73,12 @@ extern wasmtime_error_t *wasmtime_linker_define_async_func(wasmtime_linker_t *li
 extern wasmtime_call_future_t *wasmtime_linker_instantiate_async(const wasmtime_linker_t *linker,
 	wasmtime_context_t *store, const wasmtime_module_t *module, wasmtime_instance_t *instance,
 	wasm_trap_t **trap_ret, wasmtime_error_t **error_ret);
+typedef struct wasmtime_instance_pre wasmtime_instance_pre_t;
+extern wasmtime_error_t *wasmtime_linker_instantiate_pre(const wasmtime_linker_t *linker,
+	const wasmtime_module_t *module, wasmtime_instance_pre_t **instance_pre);
+extern void wasmtime_instance_pre_delete(wasmtime_instance_pre_t *instance_pre);
+extern wasmtime_call_future_t *wasmtime_instance_pre_instantiate_async(const wasmtime_instance_pre_t *instance_pre,
+	wasmtime_context_t *store, wasmtime_instance_t *instance, wasm_trap_t **trap_ret, wasmtime_error_t **error_ret);
 extern wasmtime_call_future_t *wasmtime_func_call_async(wasmtime_context_t *context,
 	const wasmtime_func_t *func, const wasmtime_val_t *args, size_t nargs,
 	wasmtime_val_t *results, size_t nresults, wasm_trap_t **trap_ret, wasmtime_error_t **error_ret);
@@ -245,6 +251,22 @@ static void wl_instantiate(wl_run *r, void *linker, void *cx, void *module) {
 	r->future = wasmtime_linker_instantiate_async(linker, cx, module, &r->instance, &r->trap, &r->error);
 }
 
+// wl_pre resolves module's imports in linker once; NULL: they do not
+// resolve (its instantiation by the linker says why).
+static wasmtime_instance_pre_t *wl_pre(void *linker, void *module) {
+	wasmtime_instance_pre_t *pre = NULL;
+	wasmtime_error_t *err = wasmtime_linker_instantiate_pre(linker, module, &pre);
+	if (err != NULL) {
+		wasmtime_error_delete(err);
+		return NULL;
+	}
+	return pre;
+}
+
+static void wl_instantiate_pre(wl_run *r, wasmtime_instance_pre_t *pre, void *cx) {
+	r->future = wasmtime_instance_pre_instantiate_async(pre, cx, &r->instance, &r->trap, &r->error);
+}
+
 // wl_exports finds _start and the exported memory once instantiated.
 static void wl_exports(wl_run *r, void *cx) {
 	wasmtime_extern_t item;
@@ -375,10 +397,33 @@ func newFiber(store *wt.Store) *fiber {
 // context is the store's context; wasmtime-go's Store keeps it alive.
 func (f *fiber) context() unsafe.Pointer { return unsafe.Pointer(f.store.Context()) }
 
-// instantiate instantiates mod with l in the store and finds its exports;
-// p (nil: none yet) answers poll_oneoff in its start function.
-func (f *fiber) instantiate(l *wt.Linker, mod *wt.Module, p *engine.Poller) error {
-	C.wl_instantiate(f.run, first(l), f.context(), first(mod))
+// instancePre is a module's imports resolved in a Linker once, for each
+// of its instantiations (the linker's own instantiate resolves them
+// every time).
+type instancePre struct{ p *C.wasmtime_instance_pre_t }
+
+// newInstancePre resolves mod's imports in l; nil when they do not
+// resolve.
+func newInstancePre(l *wt.Linker, mod *wt.Module) *instancePre {
+	p := C.wl_pre(first(l), first(mod))
+	if p == nil {
+		return nil
+	}
+	return &instancePre{p}
+}
+
+// delete frees it; no instantiation from it may be under way.
+func (p *instancePre) delete() { C.wasmtime_instance_pre_delete(p.p) }
+
+// instantiate instantiates mod in the store and finds its exports: from
+// pre if there is one, with l otherwise; p (nil: none yet) answers
+// poll_oneoff in its start function.
+func (f *fiber) instantiate(l *wt.Linker, mod *wt.Module, pre *instancePre, p *engine.Poller) error {
+	if pre != nil {
+		C.wl_instantiate_pre(f.run, pre.p, f.context())
+	} else {
+		C.wl_instantiate(f.run, first(l), f.context(), first(mod))
+	}
 	if err := f.drive(p); err != nil {
 		return err
 	}

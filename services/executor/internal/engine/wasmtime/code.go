@@ -56,6 +56,9 @@ type code struct {
 	module *wt.Module
 	err    error
 
+	preOnce sync.Once
+	pre     *instancePre // nil: not made (yet), or the imports do not resolve
+
 	// Under codes.mu.
 	users int           // instances started from it and not released
 	stale bool          // no longer its module's code: closed once unused
@@ -165,9 +168,21 @@ func (p *codes) put(c *code) {
 	}
 }
 
-// close frees the module. Instances still running it keep its code: a
-// store holds what it instantiated.
+// instancePre is the module's imports resolved in its runtime's linker,
+// made at its first instantiation; nil if they do not resolve. The
+// caller is one of c's users.
+func (c *code) instancePre() *instancePre {
+	c.preOnce.Do(func() { c.pre = newInstancePre(c.rt.linker, c.module) })
+	return c.pre
+}
+
+// close frees the module, once it has no user. Instances still running
+// it keep its code: a store holds what it instantiated.
 func (c *code) close() {
+	c.preOnce.Do(func() {}) // none made from now on
+	if c.pre != nil {
+		c.pre.delete()
+	}
 	if c.module != nil {
 		c.module.Close()
 	}

@@ -381,7 +381,7 @@ func (i *instance) instantiate(m *module, spec engine.Spec, wasi *wt.WasiConfig)
 	}
 	i.store.SetWasi(wasi)
 	i.fiber = newFiber(i.store)
-	if err := i.fiber.instantiate(i.code.rt.linker, i.code.module, i.poller); err != nil {
+	if err := i.fiber.instantiate(i.code.rt.linker, i.code.module, i.code.instancePre(), i.poller); err != nil {
 		return engine.InstantiateError(m.digest, err)
 	}
 	if !i.fiber.hasStart() {
