@@ -1,6 +1,7 @@
 package enginetest
 
 import (
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -94,5 +95,6 @@ func serveExampleHandler(b *testing.B, newEngine NewEngine) (*wagi.Handler, stri
 		b.Skip("the engine does not instantiate ahead")
 	}
 	m := prepare(b, e, wasmbuild.WatAt(b, "examples/wagi-hello/hello.wat"))
-	return ServeHandler(b, e, m, engine.Spec{}, wagi.Config{})
+	// A stderr, as the executor gives every instance (its log shipper's).
+	return ServeHandler(b, e, m, engine.Spec{Stderr: io.Discard}, wagi.Config{})
 }
