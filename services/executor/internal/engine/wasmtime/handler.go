@@ -12,9 +12,11 @@ import (
 // store with an empty WASI context, which its Run replaces: the WASI
 // functions the linker defines look the context up in the store when
 // called, so the request's environment and stdio reach a module
-// instantiated before it came. A run's stdout (the response) goes
-// through a pipe (pipeout.go), which the instance's Close waits to be
-// drained.
+// instantiated before it came. A run's stdout (the response) and stderr
+// go through pipes of the engine's (pipeout.go), which the instance's
+// Close waits to be drained: not the custom output of a long-running
+// instance (output.go), whose handle costs a callback from C into Go at
+// the store's close, and whose writes are each handed to another thread.
 
 var (
 	_ engine.Instantiator = (*Engine)(nil)
@@ -24,7 +26,7 @@ var (
 // Instantiate implements engine.Instantiator.
 func (e *Engine) Instantiate(ctx context.Context, em engine.Module, spec engine.Spec) (engine.Pending, error) {
 	if inst, err := e.instantiatePooled(ctx, em, spec); err == nil {
-		return &pending{i: inst, spec: spec, cpu: e.cpu}, nil
+		return &pending{i: inst, spec: spec, cpu: e.cpu, pipes: &e.pipes}, nil
 	}
 	inst, m, err := e.newInstance(ctx, em)
 	if err != nil {
@@ -37,14 +39,15 @@ func (e *Engine) Instantiate(ctx context.Context, em engine.Module, spec engine.
 		inst.release()
 		return nil, err
 	}
-	return &pending{i: inst, spec: spec, cpu: e.cpu}, nil
+	return &pending{i: inst, spec: spec, cpu: e.cpu, pipes: &e.pipes}, nil
 }
 
 // pending is an engine.Pending.
 type pending struct {
-	i    *instance
-	spec engine.Spec
-	cpu  engine.ThreadLimiter
+	i     *instance
+	spec  engine.Spec
+	cpu   engine.ThreadLimiter
+	pipes *pipePool // for its stdout
 }
 
 // Run implements engine.Pending.
@@ -71,22 +74,27 @@ func (p *pending) RunInline(io engine.Stdio, started func(engine.Instance)) (eng
 	return run, nil
 }
 
-// connect gives the instance the run's WASI context: stdout through a
-// pipe (pipeout.go), the rest as Start's. On an error it is freed.
+// connect gives the instance the run's WASI context: stdout and stderr
+// through pipes (pipeout.go), the rest as Start's. On an error it is
+// freed.
 func (p *pending) connect(io engine.Stdio) error {
-	stdout := io.Stdout
-	io.Stdout = nil
+	stdout, stderr := io.Stdout, io.Stderr
+	io.Stdout, io.Stderr = nil, nil
 	wasi, err := p.i.wasiConfig(p.spec, io)
 	if err != nil {
 		p.i.Close()
 		return err
 	}
 	if stdout != nil {
-		if p.i.stdout, err = pipeStdout(wasi, stdout); err != nil {
-			wasi.Close()
-			p.i.Close()
-			return err
-		}
+		p.i.stdout, err = pipeStdout(p.pipes, wasi, stdout)
+	}
+	if err == nil && stderr != nil {
+		p.i.stderr, err = pipeStderr(p.pipes, wasi, stderr)
+	}
+	if err != nil {
+		wasi.Close()
+		p.i.Close()
+		return err
 	}
 	p.i.store.SetWasi(wasi)
 	return nil

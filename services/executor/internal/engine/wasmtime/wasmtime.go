@@ -51,9 +51,11 @@
 //   - Output goes straight to the sinks at each write, called on
 //     wasmtime's own runtime threads while fd_write waits (output.go): an
 //     instance holds no descriptor for its stdio. A handler's run is the
-//     exception: its stdout (the response) goes through a pipe for the
-//     run's while (pipeout.go), which wasmtime writes in place, and its
-//     request body is given to WASI whole (wasi_config_set_stdin_bytes).
+//     exception: its stdout (the response) and stderr go through pipes of
+//     the engine's (pipeout.go: a write end opened for the run's while,
+//     the pipe reused once read to its end), which wasmtime writes in
+//     place, and its request body is given to WASI whole
+//     (wasi_config_set_stdin_bytes).
 //   - No listeners: wasmtime-go has no socket preopen (neither its Go API
 //     nor the C API's wasi_config_*), so Start refuses Spec.Listeners
 //     with engine.ErrUnsupported.
@@ -157,6 +159,8 @@ type Engine struct {
 	poolOnce    sync.Once
 	pool        *runEngine
 	pooledCodes codes
+
+	pipes pipePool // handler runs' stdout (pipeout.go)
 }
 
 var _ engine.Engine = (*Engine)(nil)
@@ -312,6 +316,7 @@ type instance struct {
 
 	poller *engine.Poller // poll_oneoff's (async.go); Interrupt wakes it
 	stdout *pipeOutput    // a handler run's stdout (pipeout.go); nil: none
+	stderr *pipeOutput    // and its stderr
 }
 
 var _ engine.Mobile = (*instance)(nil)
@@ -511,7 +516,7 @@ func (i *instance) Close() { i.release() }
 // release frees the wasmtime objects; the store's close frees the output
 // sinks' handles (output.go) and the kill switch
 // (engine.Run interrupts only before Close), and ends a handler run's
-// stdout pipe, whose drain it waits for.
+// stdout (its write end of the pipe), whose drain it waits for.
 func (i *instance) release() {
 	if i.store != nil {
 		i.store.Close()
@@ -520,7 +525,10 @@ func (i *instance) release() {
 		i.fiber.free()
 	}
 	if i.stdout != nil {
-		i.stdout.wait() // the store's close closed the pipe's write end
+		i.stdout.wait() // the store's close closed the run's write end
+	}
+	if i.stderr != nil {
+		i.stderr.wait()
 	}
 	i.codes.put(i.code)
 	if i.poller != nil {
