@@ -68,3 +68,48 @@ func TestHandlerRunOutput(t *testing.T) {
 		t.Fatalf("the failing sink: failed %v, got %d bytes (at most %d), %d writes after it failed (want 0)", f.failed, f.got, 3*size, f.after)
 	}
 }
+
+// TestPendingPipes: an instance instantiated ahead holds its run's stdout
+// and stderr pipes (prepared with its WASI context); closed without a
+// run, it gives both back to the engine's pool, read to their end, and
+// the next runs, from those pipes, read only their own output.
+func TestPendingPipes(t *testing.T) {
+	e := newTestEngine(t, t.TempDir(), nil).(*Engine)
+	m := enginetest.Prepare(t, e, wasmbuild.Wat(t, writerWat(10, 3)))
+	kept := func() int {
+		e.pipes.mu.Lock()
+		defer e.pipes.mu.Unlock()
+		return len(e.pipes.free)
+	}
+	p, err := e.Instantiate(context.Background(), m, engine.Spec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := kept(); n != 0 {
+		t.Fatalf("%d pipes in the pool with an instance pending, want 0 (it holds them)", n)
+	}
+	p.Close()
+	if n := kept(); n != 2 {
+		t.Fatalf("%d pipes in the pool after a pending instance was closed, want its 2", n)
+	}
+	for i := range 3 {
+		p, err := e.Instantiate(context.Background(), m, engine.Spec{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out, errb bytes.Buffer
+		inst, err := p.Run(engine.Stdio{Stdout: &out, Stderr: &errb})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res := inst.Wait(); res.Reason != engine.ReasonCompleted {
+			t.Fatalf("run %d: %+v", i, res)
+		}
+		if out.Len() != 30 || errb.Len() != 0 {
+			t.Fatalf("run %d: %d bytes on stdout (want its 30), %d on stderr (want 0)", i, out.Len(), errb.Len())
+		}
+		if n := kept(); n != 2 {
+			t.Fatalf("run %d: %d pipes in the pool after it, want 2", i, n)
+		}
+	}
+}

@@ -119,21 +119,21 @@ type pipeOutput struct {
 }
 
 // pipeStdout makes wasi's stdout a write end of a pipe of pool's, which is
-// read into sink until every write end is closed (wasi's, when wasmtime
-// drops it). A sink that fails is given nothing more, and the module's
-// writes still succeed (outputSink).
-func pipeStdout(pool *pipePool, wasi *wt.WasiConfig, sink io.Writer) (*pipeOutput, error) {
-	return pipeOutputTo(pool, wasi.SetStdoutFile, sink)
+// read into the sink given to start until every write end is closed
+// (wasi's, when wasmtime drops it). A sink that fails is given nothing
+// more, and the module's writes still succeed (outputSink).
+func pipeStdout(pool *pipePool, wasi *wt.WasiConfig) (*pipeOutput, error) {
+	return pipeOutputTo(pool, wasi.SetStdoutFile)
 }
 
 // pipeStderr is pipeStdout for wasi's stderr.
-func pipeStderr(pool *pipePool, wasi *wt.WasiConfig, sink io.Writer) (*pipeOutput, error) {
-	return pipeOutputTo(pool, wasi.SetStderrFile, sink)
+func pipeStderr(pool *pipePool, wasi *wt.WasiConfig) (*pipeOutput, error) {
+	return pipeOutputTo(pool, wasi.SetStderrFile)
 }
 
 // pipeOutputTo gives a pipe of pool's to set, which opens the file of
-// the path it is given as a WASI stream, and reads it into sink.
-func pipeOutputTo(pool *pipePool, set func(path string) error, sink io.Writer) (*pipeOutput, error) {
+// the path it is given as a WASI stream.
+func pipeOutputTo(pool *pipePool, set func(path string) error) (*pipeOutput, error) {
 	end, err := pool.get()
 	if err != nil {
 		return nil, fmt.Errorf("%w: output pipe: %v", engine.ErrInstantiate, err)
@@ -144,14 +144,29 @@ func pipeOutputTo(pool *pipePool, set func(path string) error, sink io.Writer) (
 		unix.Close(end.fd)
 		return nil, fmt.Errorf("%w: connect output: %v", engine.ErrInstantiate, err)
 	}
-	return newPipeOutput(pool, end, sink), nil
+	return &pipeOutput{pool: pool, end: end, done: make(chan struct{})}, nil
 }
 
-// newPipeOutput reads end, of pool, into sink.
+// newPipeOutput reads end, of pool, into sink from now on.
 func newPipeOutput(pool *pipePool, end *pipeEnd, sink io.Writer) *pipeOutput {
-	p := &pipeOutput{pool: pool, end: end, sink: &outputSink{w: sink}, done: make(chan struct{})}
-	p.timer = time.AfterFunc(drainAfter, p.drain)
+	p := &pipeOutput{pool: pool, end: end, done: make(chan struct{})}
+	p.start(sink)
 	return p
+}
+
+// start reads the pipe into sink (nil: discards it) from the run's start
+// on: at its end (wait), or by a drainer if it runs on past drainAfter.
+// Called once, before wait; a pipe never started is read at wait into
+// nothing.
+func (p *pipeOutput) start(sink io.Writer) {
+	if p == nil {
+		return
+	}
+	if sink == nil {
+		sink = io.Discard
+	}
+	p.sink = &outputSink{w: sink}
+	p.timer = time.AfterFunc(drainAfter, p.drain)
 }
 
 // drain reads the pipe to its end through Go's poller, on a goroutine of
@@ -185,7 +200,11 @@ func (p *pipeOutput) wait() {
 		<-p.done
 		return
 	}
-	p.timer.Stop()
+	if p.timer != nil {
+		p.timer.Stop()
+	} else {
+		p.sink = &outputSink{w: io.Discard} // never started: no run wrote it
+	}
 	buf := pipeBufs.Get().(*[]byte)
 	defer pipeBufs.Put(buf)
 	for {

@@ -331,11 +331,24 @@ func (i *instance) setup(m *module, spec engine.Spec) error {
 
 // wasiConfig is the WASI context of a run of spec with io.
 func (i *instance) wasiConfig(spec engine.Spec, io engine.Stdio) (*wt.WasiConfig, error) {
+	wasi, err := i.wasiBase(spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := i.wasiStdio(wasi, io); err != nil {
+		wasi.Close()
+		return nil, err
+	}
+	return wasi, nil
+}
+
+// wasiBase is the WASI context of a run of spec without its environment
+// and stdio (wasiStdio), and the instance's poller.
+func (i *instance) wasiBase(spec engine.Spec) (*wt.WasiConfig, error) {
 	wasi := wt.NewWasiConfig()
 	if len(spec.Args) > 0 {
 		wasi.SetArgv(spec.Args)
 	}
-	setEnv(wasi, engine.Environ(io.Env))
 	for _, p := range spec.Preopens {
 		if err := engine.CheckPreopen(p); err != nil {
 			wasi.Close()
@@ -350,14 +363,6 @@ func (i *instance) wasiConfig(spec engine.Spec, io engine.Stdio) (*wt.WasiConfig
 			return nil, fmt.Errorf("%w: preopen %s at %s: %v", engine.ErrInstantiate, p.HostPath, p.GuestPath, err)
 		}
 	}
-	if b, ok := inMemory(io.Stdin); ok {
-		setStdinBytes(first(wasi), b)
-	} else if err := i.input(io.Stdin, wasi.SetStdinFile); err != nil {
-		wasi.Close()
-		return nil, err
-	}
-	setOutput(wasi, false, io.Stdout)
-	setOutput(wasi, true, io.Stderr)
 	// The monotonic clock a module reads (clock_time_get) counts from the
 	// creation of its WASI context, within microseconds of now: absolute
 	// monotonic deadlines are taken against it.
@@ -368,6 +373,19 @@ func (i *instance) wasiConfig(spec engine.Spec, io engine.Stdio) (*wt.WasiConfig
 	}
 	i.poller = p
 	return wasi, nil
+}
+
+// wasiStdio gives wasi io's environment and streams (nil ones: none).
+func (i *instance) wasiStdio(wasi *wt.WasiConfig, io engine.Stdio) error {
+	setEnv(wasi, engine.Environ(io.Env))
+	if b, ok := inMemory(io.Stdin); ok {
+		setStdinBytes(first(wasi), b)
+	} else if err := i.input(io.Stdin, wasi.SetStdinFile); err != nil {
+		return err
+	}
+	setOutput(wasi, false, io.Stdout)
+	setOutput(wasi, true, io.Stderr)
+	return nil
 }
 
 // instantiate instantiates m in a new store with the WASI context wasi,
