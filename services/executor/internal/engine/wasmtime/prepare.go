@@ -189,15 +189,12 @@ func (e *Engine) touch(m *module, a artifact) {
 	}
 }
 
-// touchEvery is how often at most touchSoon passes a use on: the disk
-// cache's Touch stats the sidecar each time (and writes its mtime once a
-// minute), and a handler instantiates its module for every request.
-const touchEvery = 5 * time.Second
-
 // touchSoon is touch for an artifact found as it was (fresh), unless a
-// use of it was recorded within touchEvery.
+// use of it was recorded within diskcache.TouchEvery: the disk cache's
+// Touch stats the sidecar each time (and writes its mtime no more often),
+// and a handler instantiates its module for every request.
 func (e *Engine) touchSoon(m *module, a artifact) {
-	if last := m.touched.Load(); time.Now().UnixNano()-last >= int64(touchEvery) {
+	if last := m.touched.Load(); time.Now().UnixNano()-last >= int64(diskcache.TouchEvery) {
 		e.touch(m, a)
 	}
 }
