@@ -3,30 +3,13 @@ package wasmtime
 import (
 	"bytes"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/wasmlet/wasmlet/services/executor/internal/engine/enginetest"
 )
-
-// syncBuffer is a bytes.Buffer safe for a drainer and the test at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // openWriter opens a write end of end's pipe by its name, as wasmtime
 // does for a run's stdout.
@@ -52,7 +35,7 @@ func TestPipeReuse(t *testing.T) {
 	w := openWriter(t, end)
 	unix.Write(w, []byte("first run"))
 	unix.Close(w)
-	var out1 syncBuffer
+	var out1 enginetest.Buffer
 	newPipeOutput(&pool, end, &out1).wait()
 	if out1.String() != "first run" || len(pool.free) != 1 || pool.free[0] != end {
 		t.Fatalf("first run: read %q, %d pipes kept (want its own, 1)", out1.String(), len(pool.free))
@@ -66,7 +49,7 @@ func TestPipeReuse(t *testing.T) {
 	unix.Write(w, []byte("second run"))
 	// The writer stays open past the run's end: wait reads on until it
 	// goes, and the pipe is not kept.
-	var out2 syncBuffer
+	var out2 enginetest.Buffer
 	p := newPipeOutput(&pool, again, &out2)
 	waited := make(chan struct{})
 	go func() { p.wait(); close(waited) }()
