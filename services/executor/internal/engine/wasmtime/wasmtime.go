@@ -160,7 +160,7 @@ type Engine struct {
 	pool        *runEngine
 	pooledCodes codes
 
-	pipes pipePool // handler runs' stdout (pipeout.go)
+	pipes pipePool // handler runs' stdout and stderr (pipeout.go)
 }
 
 var _ engine.Engine = (*Engine)(nil)
