@@ -25,6 +25,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -104,7 +105,7 @@ func (c *Cache) Use(key string) (release func()) {
 // TouchEvery is how stale a last use may be before Touch writes it again:
 // an order kept to the minute needs no write of an inode at every use. A
 // user that holds a unit in memory may skip Touch as often (the engines
-// do, for code they keep loaded).
+// do, with TouchSoon, for code they keep loaded).
 const TouchEvery = time.Minute
 
 // Touch records a use of the unit that path belongs to by setting path's
@@ -123,6 +124,23 @@ func (c *Cache) Touch(path string) {
 		return
 	}
 	os.Chtimes(path, now, now)
+}
+
+// Touched is when a user last passed a unit's use on with TouchSoon; a
+// user that holds a unit in memory keeps one beside it. The zero value
+// has passed none.
+type Touched struct{ ns atomic.Int64 }
+
+// TouchSoon is Touch unless t passed a use on within TouchEvery: a unit
+// used many times a second (an engine's code, instantiated for every
+// request in handler mode) costs no stat at each use.
+func (c *Cache) TouchSoon(t *Touched, path string) {
+	now := time.Now().UnixNano()
+	if last := t.ns.Load(); last != 0 && now-last < int64(TouchEvery) {
+		return
+	}
+	t.ns.Store(now)
+	c.Touch(path)
 }
 
 // unitStat is a unit as Trim found it.

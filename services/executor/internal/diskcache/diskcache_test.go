@@ -174,3 +174,25 @@ func TestTouchIsCheap(t *testing.T) {
 		t.Error("Touch made a file")
 	}
 }
+
+// TestTouchSoon: the first TouchSoon of a Touched passes the use on; one
+// within TouchEvery after it does not, even of a file aged meanwhile.
+func TestTouchSoon(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "x.sum")
+	if err := os.WriteFile(p, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := newCache(t, 1<<30, func() ([]Unit, error) { return nil, nil })
+	old := time.Now().Add(-time.Hour).Truncate(time.Second)
+	os.Chtimes(p, old, old)
+	var touched Touched
+	c.TouchSoon(&touched, p)
+	if fi, _ := os.Stat(p); time.Since(fi.ModTime()) > time.Minute {
+		t.Fatalf("the first use was not passed on: mtime %v", fi.ModTime())
+	}
+	os.Chtimes(p, old, old)
+	c.TouchSoon(&touched, p)
+	if fi, _ := os.Stat(p); !fi.ModTime().Equal(old) {
+		t.Errorf("a use within TouchEvery of the last was passed on: mtime %v, want %v", fi.ModTime(), old)
+	}
+}

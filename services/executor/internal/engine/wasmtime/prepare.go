@@ -9,8 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
-	"time"
 
 	wt "github.com/bytecodealliance/wasmtime-go/v39"
 
@@ -33,7 +31,7 @@ type module struct {
 	// until the optimised one is verified; zero when there is none.
 	quick artifact
 
-	touched atomic.Int64 // when touch last recorded a use (unix ns)
+	touched diskcache.Touched // its artifact's last use passed on by touchSoon
 }
 
 // artifact is the code an instance of a module is started from: the
@@ -184,18 +182,16 @@ func (e *Engine) ready(ctx context.Context, m *module) (artifact, error) {
 // touch records a use of a's artifact on disk (its sidecar's mtime).
 func (e *Engine) touch(m *module, a artifact) {
 	if !a.quick {
-		m.touched.Store(time.Now().UnixNano())
 		e.disk.Touch(m.artifact + ".sha256")
 	}
 }
 
-// touchSoon is touch for an artifact found as it was (fresh), unless a
-// use of it was recorded within diskcache.TouchEvery: the disk cache's
-// Touch stats the sidecar each time (and writes its mtime no more often),
-// and a handler instantiates its module for every request.
+// touchSoon is touch for an artifact found as it was (fresh), at most
+// once a diskcache.TouchEvery: a handler instantiates its module for
+// every request.
 func (e *Engine) touchSoon(m *module, a artifact) {
-	if last := m.touched.Load(); time.Now().UnixNano()-last >= int64(diskcache.TouchEvery) {
-		e.touch(m, a)
+	if !a.quick {
+		e.disk.TouchSoon(&m.touched, m.artifact+".sha256")
 	}
 }
 

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sync"
-	"sync/atomic"
-	"time"
 
 	wz "github.com/tetratelabs/wazero"
 
@@ -49,19 +47,14 @@ type compiled struct {
 	imgOnce sync.Once
 	img     *image // otherwise its instances' initial memory (memory.go), made by the first
 
-	touched atomic.Int64 // when touch last recorded a use of its cache entry (Unix ns)
+	touched diskcache.Touched // its cache entry's last use passed on (touch)
 }
 
-// touch records a use of c's cache entry on disk (diskcache.Touch) at
-// most once a diskcache.TouchEvery: handler mode instantiates c once per
-// request, and a stat per request was a tenth of its CPU.
+// touch records a use of c's cache entry on disk at most once a
+// diskcache.TouchEvery: handler mode instantiates c once per request, and
+// a stat per request was a tenth of its CPU.
 func (e *Engine) touch(c *compiled, digest string) {
-	now := time.Now().UnixNano()
-	if last := c.touched.Load(); last != 0 && now-last < int64(diskcache.TouchEvery) {
-		return
-	}
-	c.touched.Store(now)
-	e.disk.Touch(e.indexPath(digest))
+	e.disk.TouchSoon(&c.touched, e.indexPath(digest))
 }
 
 // image returns c's image, made from mem, the memory of an instance as
