@@ -3,7 +3,10 @@ package wasmtime
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/wasmlet/wasmlet/internal/testharness/wasmbuild"
@@ -110,6 +113,104 @@ func TestPendingPipes(t *testing.T) {
 		}
 		if n := kept(); n != 2 {
 			t.Fatalf("run %d: %d pipes in the pool after it, want 2", i, n)
+		}
+	}
+}
+
+// countWat writes count chunks of size bytes to stdout, each starting
+// with its number (a little-endian uint32), the rest zeros; then, if
+// lines is not 0, that many lines "e\n" to stderr.
+func countWat(size, count, lines int) string {
+	return fmt.Sprintf(`(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 4)
+  (data (i32.const 64) "e\n")
+  (func (export "_start") (local $i i32)
+    (i32.store (i32.const 0) (i32.const 65536))
+    (i32.store (i32.const 4) (i32.const %d))
+    (i32.store (i32.const 16) (i32.const 64))
+    (i32.store (i32.const 20) (i32.const 2))
+    (block $done
+      (loop $more
+        (br_if $done (i32.ge_u (local.get $i) (i32.const %d)))
+        (i32.store (i32.const 65536) (local.get $i))
+        (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $more)))
+    (local.set $i (i32.const 0))
+    (block $done
+      (loop $more
+        (br_if $done (i32.ge_u (local.get $i) (i32.const %d)))
+        (drop (call $write (i32.const 2) (i32.const 16) (i32.const 1) (i32.const 8)))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $more)))))`, size, count, lines)
+}
+
+// runHandler runs m once in handler mode with stdout and stderr.
+func runHandler(t *testing.T, e *Engine, m engine.Module, stdout, stderr interface{ Write([]byte) (int, error) }) engine.Result {
+	t.Helper()
+	p, err := e.Instantiate(context.Background(), m, engine.Spec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst, err := p.Run(engine.Stdio{Stdout: stdout, Stderr: stderr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return inst.Wait()
+}
+
+// TestHandlerLargeOutput: a handler's response many times what its
+// stdout pipe holds (pipeout.go) reaches its sink whole and in order.
+func TestHandlerLargeOutput(t *testing.T) {
+	e := newTestEngine(t, t.TempDir(), nil).(*Engine)
+	const size, count = 10007, 60 // ~9 pipes' worth, in writes that do not divide one
+	m := enginetest.Prepare(t, e, wasmbuild.Wat(t, countWat(size, count, 0)))
+	for run := range 3 {
+		var out, errs enginetest.Buffer
+		if res := runHandler(t, e, m, &out, &errs); res.Reason != engine.ReasonCompleted {
+			t.Fatalf("run %d: %+v", run, res)
+		}
+		b := []byte(out.String())
+		if len(b) != size*count {
+			t.Fatalf("run %d: %d bytes on stdout, want %d", run, len(b), size*count)
+		}
+		for k := range count {
+			chunk := b[k*size : (k+1)*size]
+			if n := binary.LittleEndian.Uint32(chunk); n != uint32(k) {
+				t.Fatalf("run %d: chunk %d is chunk %d", run, k, n)
+			}
+			if z := bytes.Count(chunk[4:], []byte{0}); z != size-4 {
+				t.Fatalf("run %d: chunk %d has %d bytes not zero", run, k, size-4-z)
+			}
+		}
+		if errs.String() != "" {
+			t.Fatalf("run %d: %d bytes on stderr, want 0", run, len(errs.String()))
+		}
+	}
+}
+
+// TestHandlerStderr: a handler run's stderr reaches its sink (the pod's
+// log), apart from its stdout; a run with neither sink, and an instance
+// closed without a run, leave nothing behind for the next.
+func TestHandlerStderr(t *testing.T) {
+	e := newTestEngine(t, t.TempDir(), nil).(*Engine)
+	m := enginetest.Prepare(t, e, wasmbuild.Wat(t, countWat(10, 3, 5)))
+	p, err := e.Instantiate(context.Background(), m, engine.Spec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	if res := runHandler(t, e, m, nil, nil); res.Reason != engine.ReasonCompleted {
+		t.Fatalf("run with no sinks: %+v", res)
+	}
+	for run := range 3 {
+		var out, errs enginetest.Buffer
+		if res := runHandler(t, e, m, &out, &errs); res.Reason != engine.ReasonCompleted {
+			t.Fatalf("run %d: %+v", run, res)
+		}
+		if len(out.String()) != 30 || errs.String() != strings.Repeat("e\n", 5) {
+			t.Fatalf("run %d: %d bytes on stdout (want 30), stderr %q (want 5 lines)", run, len(out.String()), errs.String())
 		}
 	}
 }
