@@ -25,7 +25,7 @@ import (
 // the verified cache, the shared store or afresh). r is in use.
 func (e *Engine) compile(ctx context.Context, r *runtime, m *module) (*compiled, error) {
 	if c := e.lookup(r, m.digest); c != nil {
-		e.touch(c, m.digest)
+		e.touch(c)
 		return c, nil
 	}
 	e.disk.Touch(e.indexPath(m.digest))

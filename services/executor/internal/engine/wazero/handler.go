@@ -2,11 +2,16 @@ package wazero
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/binary"
 	"io"
+	"slices"
+	"sync"
+	"time"
 
 	wz "github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/sys"
 
 	"github.com/wasmlet/wasmlet/services/executor/internal/engine"
 )
@@ -25,18 +30,16 @@ var (
 
 // Instantiate implements engine.Instantiator.
 func (e *Engine) Instantiate(ctx context.Context, m engine.Module, spec engine.Spec) (engine.Pending, error) {
-	s := &stdio{}
-	i, err := e.instantiate(ctx, m, spec, s)
-	if err != nil {
+	p := &pending{spec: spec, cpu: e.cpu}
+	if err := e.instantiate(ctx, m, spec, &p.instance, true); err != nil {
 		return nil, err
 	}
-	return &pending{i: i, io: s, spec: spec, cpu: e.cpu}, nil
+	return p, nil
 }
 
-// pending is an engine.Pending.
+// pending is an engine.Pending: its instance, and what its run needs.
 type pending struct {
-	i    *instance
-	io   *stdio
+	instance
 	spec engine.Spec
 	cpu  engine.ThreadLimiter
 }
@@ -44,70 +47,118 @@ type pending struct {
 // Run implements engine.Pending. The stdio and environment are set
 // before Launch starts the module's thread, which reads them.
 func (p *pending) Run(s engine.Stdio) (engine.Instance, error) {
-	p.io.set(s)
-	p.i.env.vars = engine.Environ(s.Env)
-	return p.i.launch(p.spec, p.cpu)
+	p.sys.io.s = s
+	p.env.vars = engine.Environ(s.Env)
+	return p.launch(p.spec, p.cpu)
 }
 
 // RunInline implements engine.Inline.
 func (p *pending) RunInline(s engine.Stdio, started func(engine.Instance)) (engine.Instance, error) {
-	p.io.set(s)
-	p.i.env.vars = engine.Environ(s.Env)
-	run, err := engine.LaunchInline(p.i, p.cpu, p.spec, func(r *engine.Run) { started(r) })
+	p.sys.io.s = s
+	p.env.vars = engine.Environ(s.Env)
+	run, err := engine.LaunchInline(&p.instance, p.cpu, p.spec, func(r *engine.Run) { started(r) })
 	if err != nil {
 		return nil, err
 	}
 	return run, nil
 }
 
-// Memory implements engine.Pending.
-func (p *pending) Memory() int64 { return p.i.Memory() }
+// Memory and Close (engine.Pending) are the instance's.
 
-// Close implements engine.Pending.
-func (p *pending) Close() { p.i.Close() }
+// guestSys is what a handler instance's ModuleConfig reads of the
+// instance: its stdio, set at its run, and the zero of its monotonic
+// clock. wazero's configs are immutable values, each With* a copy of the
+// config and its map: a guestSys and its config are made once and kept
+// for the next instance of the module (guestSys.put), rather than a
+// dozen copies made per request.
+type guestSys struct {
+	io       stdio
+	monoZero time.Time
+	mc       wz.ModuleConfig // reads io and monoZero
+	pool     *sysPool        // where it is kept after its instance; nil: nowhere
+}
+
+// sysPool keeps a compiled module's guestSys for instances started with
+// args and no preopens.
+type sysPool struct {
+	args []string
+	sync.Pool
+}
+
+// newGuestSys returns a guestSys for instances with args and fsc (nil:
+// no preopens), kept in pool after each.
+func newGuestSys(args []string, fsc wz.FSConfig, pool *sysPool) *guestSys {
+	g := &guestSys{pool: pool}
+	mc := wz.NewModuleConfig().
+		WithName("").
+		WithStartFunctions().
+		WithArgs(args...).
+		WithStdin(&g.io).
+		WithStdout((*stdout)(&g.io)).
+		WithStderr((*stderr)(&g.io)).
+		WithSysWalltime().
+		WithNanotime(g.nanotime, sys.ClockResolution(time.Microsecond)).
+		WithRandSource(rand.Reader)
+	if fsc != nil {
+		mc = mc.WithFSConfig(fsc)
+	}
+	g.mc = mc
+	return g
+}
+
+// nanotime is the instance's monotonic clock: 0 at its instantiation.
+func (g *guestSys) nanotime() int64 { return int64(time.Since(g.monoZero)) }
+
+// guestSys returns a guestSys for an instance of c with args and no
+// preopens: one kept, or a new one.
+func (c *compiled) guestSys(args []string) *guestSys {
+	p := c.sys.Load()
+	if p == nil || !slices.Equal(p.args, args) {
+		p = &sysPool{args: slices.Clone(args)}
+		c.sys.Store(p)
+	}
+	if g, ok := p.Get().(*guestSys); ok {
+		return g
+	}
+	return newGuestSys(p.args, nil, p)
+}
+
+// put keeps g for a next instance, its instance closed: nothing of that
+// instance's stays in it, and wazero no longer reads it.
+func (g *guestSys) put() {
+	if g == nil || g.pool == nil {
+		return
+	}
+	g.io.s = engine.Stdio{}
+	g.monoZero = time.Time{}
+	g.pool.Put(g)
+}
 
 // stdio is the standard streams of an instance instantiated before they
-// are known: set once, before its run.
+// are known: set once, before its run. It is fd 0's reader; stdout and
+// stderr, conversions of it, are fd 1's and fd 2's writers (in at most
+// maxSinkWrite bytes a write), so that none is allocated per instance.
 type stdio struct{ s engine.Stdio }
 
-func (s *stdio) set(io engine.Stdio) { s.s = io }
-
-func (s *stdio) stdin() io.Reader {
-	return readerFunc(func(b []byte) (int, error) { return read(s.s.Stdin, b) })
-}
-func (s *stdio) stdout() io.Writer {
-	return writerFunc(func(b []byte) (int, error) { return write(s.s.Stdout, b) })
-}
-func (s *stdio) stderr() io.Writer {
-	return writerFunc(func(b []byte) (int, error) { return write(s.s.Stderr, b) })
-}
-func read(r io.Reader, b []byte) (int, error) {
-	if r == nil {
+// Read implements io.Reader: stdin, empty if nil.
+func (s *stdio) Read(b []byte) (int, error) {
+	if s.s.Stdin == nil {
 		return 0, io.EOF
 	}
-	return r.Read(b)
+	return s.s.Stdin.Read(b)
 }
 
-func write(w io.Writer, b []byte) (int, error) {
-	if w == nil {
-		return len(b), nil
-	}
-	return w.Write(b)
-}
+type (
+	stdout stdio
+	stderr stdio
+)
 
-type readerFunc func([]byte) (int, error)
-
-func (f readerFunc) Read(b []byte) (int, error) { return f(b) }
-
-type writerFunc func([]byte) (int, error)
-
-func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
+func (s *stdout) Write(b []byte) (int, error) { return writeChunked(s.s.Stdout, b) }
+func (s *stderr) Write(b []byte) (int, error) { return writeChunked(s.s.Stderr, b) }
 
 // environ is an instance's environment as environ_get reads it; set
 // before its run.
 type environ struct{ vars []engine.EnvVar }
-
-type environKey struct{}
 
 // exportEnviron defines environ_get and environ_sizes_get in b over those
 // wazero's exporter defined.
@@ -120,8 +171,8 @@ func exportEnviron(b wz.HostModuleBuilder) {
 }
 
 func envOf(ctx context.Context) []engine.EnvVar {
-	if e, ok := ctx.Value(environKey{}).(*environ); ok {
-		return e.vars
+	if i := instanceOf(ctx); i != nil {
+		return i.env.vars
 	}
 	return nil
 }

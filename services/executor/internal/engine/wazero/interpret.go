@@ -97,7 +97,7 @@ func (e *Engine) code(ctx context.Context, m *module, pages uint32, interpret bo
 // use in place of the compiling one).
 func (e *Engine) interpretUnlessCompiled(ctx context.Context, r **runtime, m *module) (*compiled, error) {
 	if c := e.lookup(*r, m.digest); c != nil {
-		e.touch(c, m.digest)
+		e.touch(c)
 		return c, nil
 	}
 	e.disk.Touch(e.indexPath(m.digest))

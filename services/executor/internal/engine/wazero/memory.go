@@ -2,7 +2,6 @@ package wazero
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"fmt"
 	"sync"
@@ -36,7 +35,7 @@ import (
 // reads are the image's, resident once for all instances, and a write
 // copies the one page. A module compiled without its data section
 // (data.go) has the image its segments make, mapped as its memory is
-// allocated, before wazero instantiates anything in it (withLinearMemory).
+// allocated, before wazero instantiates anything in it (Reallocate).
 // Starting, the module maps most of the image's pages; at its first wait
 // those it has not changed, and the pages past the image it wrote only
 // zeros to, are unmapped again (linearMemory.share, told from
@@ -64,16 +63,11 @@ var memories = struct {
 	n    int
 }{idle: map[uint64][]*mappedMemory{}}
 
-// withLinearMemory returns ctx with the allocator that an instantiation
-// under it uses, and the memory it made once it made one. start, if not
-// nil, is the image the memory starts as (a module compiled without its
-// data section).
-func withLinearMemory(ctx context.Context, start *image, copySmall bool) (context.Context, *linearMemory) {
-	l := &linearMemory{start: start, copySmall: copySmall}
-	return experimental.WithMemoryAllocator(ctx, experimental.MemoryAllocatorFunc(func(_, max uint64) experimental.LinearMemory {
-		l.max = max
-		return l
-	})), l
+// Allocate implements experimental.MemoryAllocator: an instantiation
+// under experimental.WithMemoryAllocator(ctx, l) makes its memory l.
+func (l *linearMemory) Allocate(_, max uint64) experimental.LinearMemory {
+	l.max = max
+	return l
 }
 
 // linearMemory is one instance's linear memory, on a mapping of its own

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	wz "github.com/tetratelabs/wazero"
 
@@ -48,13 +49,17 @@ type compiled struct {
 	img     *image // otherwise its instances' initial memory (memory.go), made by the first
 
 	touched diskcache.Touched // its cache entry's last use passed on (touch)
+
+	index string // its module's index file (touch)
+
+	sys atomic.Pointer[sysPool] // guest's, for the args last asked for
 }
 
 // touch records a use of c's cache entry on disk at most once a
 // diskcache.TouchEvery: handler mode instantiates c once per request, and
 // a stat per request was a tenth of its CPU.
-func (e *Engine) touch(c *compiled, digest string) {
-	e.disk.TouchSoon(&c.touched, e.indexPath(digest))
+func (e *Engine) touch(c *compiled) {
+	e.disk.TouchSoon(&c.touched, c.index)
 }
 
 // image returns c's image, made from mem, the memory of an instance as
@@ -216,7 +221,7 @@ func (e *Engine) keep(r *runtime, digest string, cm wz.CompiledModule, data *ima
 		cm.Close(context.Background())
 		data.close()
 	} else {
-		c = &compiled{cm: cm, data: data}
+		c = &compiled{cm: cm, data: data, index: e.indexPath(digest)}
 		r.compiled[digest] = c
 		e.ncompiled++
 	}

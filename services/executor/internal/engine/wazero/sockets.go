@@ -344,8 +344,6 @@ type sockets struct {
 	err   error
 }
 
-type socketsKey struct{}
-
 // holdListeners keeps the n listeners from fd first on, so that a kill
 // closes them (closeListeners): a module blocked in sock_accept on a
 // listener it did not make non-blocking is blocked in Go's accept, which
@@ -403,7 +401,7 @@ func defineWASI(ctx context.Context, rt wz.Runtime) error {
 const maxKilledYields = 1000
 
 func pollOneoff(ctx context.Context, mod api.Module, stack []uint64) {
-	s, _ := ctx.Value(socketsKey{}).(*sockets)
+	s := socketsOf(ctx)
 	if s != nil && s.memory != nil {
 		s.memory.share()
 	}
@@ -441,8 +439,16 @@ func pollOneoff(ctx context.Context, mod api.Module, stack []uint64) {
 	stack[0] = uint64(errno)
 }
 
+// socketsOf is the sockets of the instance whose call ctx is, or nil.
+func socketsOf(ctx context.Context) *sockets {
+	if i := instanceOf(ctx); i != nil {
+		return &i.socks
+	}
+	return nil
+}
+
 func fdClose(ctx context.Context, mod api.Module, stack []uint64) {
-	s, _ := ctx.Value(socketsKey{}).(*sockets)
+	s := socketsOf(ctx)
 	if s == nil {
 		stack[0] = engine.ErrnoBadf
 		return

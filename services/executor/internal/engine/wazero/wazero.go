@@ -40,7 +40,8 @@
 //   - Preopens are confined (fs.go): no symlink leads out of one, and an
 //     instance holds at most engine.MaxOpenFiles files open.
 //   - A kill cancels the instance's context: wasm stops at its next
-//     function entry or loop, and a WASI sleep ends (sleeper).
+//     function entry or loop, and a WASI sleep ends (poll_oneoff is the
+//     engine's Poller, which the kill wakes).
 //   - Output goes straight from the module's thread to the sinks, in
 //     writes of at most maxSinkWrite.
 //   - Listeners (sockets.go) are wazero's experimental/sock, opened by
@@ -77,6 +78,7 @@ import (
 
 	wz "github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/experimental"
 	"github.com/tetratelabs/wazero/experimental/sock"
 	"github.com/tetratelabs/wazero/sys"
 
@@ -237,26 +239,26 @@ func (e *Engine) Prepare(ctx context.Context, digest, wasmPath string) (engine.M
 
 // Start implements engine.Engine.
 func (e *Engine) Start(ctx context.Context, em engine.Module, spec engine.Spec) (engine.Instance, error) {
-	i, err := e.instantiate(ctx, em, spec, nil)
-	if err != nil {
+	i := &instance{}
+	if err := e.instantiate(ctx, em, spec, i, false); err != nil {
 		return nil, err
 	}
 	return i.launch(spec, e.cpu)
 }
 
-// instantiate instantiates em with spec: for Start, with its env, output
-// and listeners; for a Pending (pending set), with none of them: the env
-// and stdio are pending's, given at its Run.
-func (e *Engine) instantiate(ctx context.Context, em engine.Module, spec engine.Spec, pending *stdio) (*instance, error) {
+// instantiate instantiates em with spec into i: for Start, with its env,
+// output and listeners; for a Pending (pending set), with none of them:
+// the env and stdio are i.env and i.sys, given at its Run.
+func (e *Engine) instantiate(ctx context.Context, em engine.Module, spec engine.Spec, i *instance, pending bool) error {
 	m, ok := em.(*module)
 	if !ok {
-		return nil, fmt.Errorf("%w: module was not prepared by the wazero engine", engine.ErrInstantiate)
+		return fmt.Errorf("%w: module was not prepared by the wazero engine", engine.ErrInstantiate)
 	}
 	// A server (an instance with listeners) runs for long: it waits for
 	// its compile rather than serve interpreted all its life.
-	r, c, interpreted, err := e.code(ctx, m, pages(spec.MemoryLimitBytes), pending != nil || len(spec.Listeners) == 0)
+	r, c, interpreted, err := e.code(ctx, m, pages(spec.MemoryLimitBytes), pending || len(spec.Listeners) == 0)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	// The runtime and compiled module stay in use until the instance is
 	// closed (at the end of its run), or Start fails.
@@ -266,74 +268,89 @@ func (e *Engine) instantiate(ctx context.Context, em engine.Module, spec engine.
 			e.release(r, c)
 		}
 	}()
-	cm := c.cm
 	// The module's monotonic clock reads 0 now (WithNanotime below), so
 	// that the poller takes absolute deadlines against the same zero.
 	monoZero := time.Now()
 	poller, err := engine.NewPoller(monoZero)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	socks := &sockets{poller: poller}
-	env := &environ{}
-	ictx, cancel := context.WithCancel(context.WithValue(context.WithValue(context.WithoutCancel(ctx), socketsKey{}, socks), environKey{}, env))
-	cancel = closing(cancel, poller)
-	fsc := wz.NewFSConfig()
-	open := new(atomic.Int32)
-	for _, p := range spec.Preopens {
-		if err := engine.CheckPreopen(p); err != nil {
-			cancel()
-			return nil, err
-		}
-		fsc = mountDir(fsc, p.HostPath, p.GuestPath, p.ReadOnly, open)
+	i.socks.poller = poller
+	parent := context.WithoutCancel(ctx)
+	if pending {
+		// Nothing of the caller's (a request's context, or none): what
+		// wazero finds in the context, a sock config, it would write into
+		// the config that instances share (guestSys).
+		parent = context.Background()
 	}
-	stdin, stdout, stderr := io.Reader(nil), sink(spec.Stdout), sink(spec.Stderr)
+	i.values = instanceValues{Context: parent, i: i}
+	i.ctx, i.cancel = context.WithCancel(&i.values)
+	var mc wz.ModuleConfig
 	listeners := spec.Listeners
-	if pending != nil {
-		stdin, stdout, stderr = pending.stdin(), sink(pending.stdout()), sink(pending.stderr())
+	switch {
+	case pending && len(spec.Preopens) == 0:
+		// Handler mode: a config of c's, kept for the next instance.
+		i.sys = c.guestSys(spec.Args)
+		i.sys.monoZero = monoZero
+		mc = i.sys.mc
 		listeners = nil
-	} else {
+	case pending:
+		fsc, err := preopens(spec.Preopens)
+		if err != nil {
+			i.end()
+			return err
+		}
+		i.sys = newGuestSys(spec.Args, fsc, nil)
+		i.sys.monoZero = monoZero
+		mc = i.sys.mc
+		listeners = nil
+	default:
+		fsc, err := preopens(spec.Preopens)
+		if err != nil {
+			i.end()
+			return err
+		}
 		// Listeners follow stdio and the preopened directories.
-		env.vars = engine.Environ(append(slices.Clone(spec.Env), engine.ListenEnv(listeners, 3+len(spec.Preopens))...))
+		i.env.vars = engine.Environ(append(slices.Clone(spec.Env), engine.ListenEnv(listeners, 3+len(spec.Preopens))...))
+		mc = wz.NewModuleConfig().
+			WithName("").
+			WithStartFunctions().
+			WithArgs(spec.Args...).
+			WithFSConfig(fsc).
+			WithStdout(sink(spec.Stdout)).
+			WithStderr(sink(spec.Stderr)).
+			WithSysWalltime().
+			WithNanotime(func() int64 { return int64(time.Since(monoZero)) }, sys.ClockResolution(time.Microsecond)).
+			WithRandSource(rand.Reader)
 	}
-	mc := wz.NewModuleConfig().
-		WithName("").
-		WithStartFunctions().
-		WithArgs(spec.Args...).
-		WithFSConfig(fsc).
-		WithStdin(stdin).
-		WithStdout(stdout).
-		WithStderr(stderr).
-		WithSysWalltime().
-		WithNanotime(func() int64 { return int64(time.Since(monoZero)) }, sys.ClockResolution(time.Microsecond)).
-		WithNanosleep(sleeper(ictx)).
-		WithRandSource(rand.Reader)
+	lm := &i.memory
+	lm.start, lm.copySmall = c.data, pending
+	i.socks.memory = lm
+	mctx := experimental.WithMemoryAllocator(i.ctx, lm)
 	var mod api.Module
-	mctx, lm := withLinearMemory(ictx, c.data, pending != nil)
-	socks.memory = lm
 	err = engine.InNetNS(spec.NetNS, func() error {
 		// wazero opens the listeners here, on this thread, with net.Listen.
 		var err error
-		mod, err = r.rt.InstantiateModule(withListeners(mctx, listeners, e.placeholder), cm, mc)
+		mod, err = r.rt.InstantiateModule(withListeners(mctx, listeners, e.placeholder), c.cm, mc)
 		return err
 	})
 	if err != nil {
-		cancel()
+		i.end()
 		var op *net.OpError
 		if errors.Is(err, engine.ErrListen) || errors.As(err, &op) && op.Op == "listen" {
-			return nil, engine.ListenError(listeners, spec.NetNS, err)
+			return engine.ListenError(listeners, spec.NetNS, err)
 		}
-		return nil, engine.InstantiateError(m.digest, err)
+		return engine.InstantiateError(m.digest, err)
 	}
-	if err := adoptHanded(socks, mod, 3+len(spec.Preopens), listeners); err != nil {
-		mod.Close(ictx)
-		cancel()
-		return nil, err
+	if err := adoptHanded(&i.socks, mod, 3+len(spec.Preopens), listeners); err != nil {
+		mod.Close(i.ctx)
+		i.end()
+		return err
 	}
-	if err := socks.holdListeners(mod, 3+len(spec.Preopens), len(listeners)); err != nil {
-		mod.Close(ictx)
-		cancel()
-		return nil, fmt.Errorf("%w: %v", engine.ErrListen, err)
+	if err := i.socks.holdListeners(mod, 3+len(spec.Preopens), len(listeners)); err != nil {
+		mod.Close(i.ctx)
+		i.end()
+		return fmt.Errorf("%w: %v", engine.ErrListen, err)
 	}
 	if lm.m != nil && c.data == nil {
 		// Its memory as instantiated: the image, if it is the first.
@@ -341,9 +358,9 @@ func (e *Engine) instantiate(ctx context.Context, em engine.Module, spec engine.
 	}
 	start := mod.ExportedFunction("_start")
 	if start == nil {
-		mod.Close(ictx)
-		cancel()
-		return nil, engine.CheckWASI(m.digest, nil, false)
+		mod.Close(i.ctx)
+		i.end()
+		return engine.CheckWASI(m.digest, nil, false)
 	}
 	// From here the instance owns the runtime and compiled module: it
 	// releases them when it is closed.
@@ -351,8 +368,23 @@ func (e *Engine) instantiate(ctx context.Context, em engine.Module, spec engine.
 	if interpreted {
 		e.compileBehind(m, r.pages)
 	}
-	return &instance{ctx: ictx, cancel: cancel, mod: mod, mem: mod.ExportedMemory("memory"), start: start,
-		socks: socks, env: env, closed: func() { e.release(r, c) }}, nil
+	i.mod, i.mem, i.start = mod, mod.ExportedMemory("memory"), start
+	i.e, i.r, i.c = e, r, c
+	return nil
+}
+
+// preopens is the FSConfig of ps, confined (fs.go), their open files
+// counted together.
+func preopens(ps []engine.Preopen) (wz.FSConfig, error) {
+	fsc := wz.NewFSConfig()
+	open := new(atomic.Int32)
+	for _, p := range ps {
+		if err := engine.CheckPreopen(p); err != nil {
+			return nil, err
+		}
+		fsc = mountDir(fsc, p.HostPath, p.GuestPath, p.ReadOnly, open)
+	}
+	return fsc, nil
 }
 
 // launch runs i as an engine.Run.
@@ -390,30 +422,6 @@ func withListeners(ctx context.Context, ls []engine.Listener, placeholder string
 	return sock.WithConfig(ctx, cfg)
 }
 
-// closing is cancel, then the poller's close: an instance's context ends
-// once, after its last poll (the run has ended, or it never started).
-func closing(cancel context.CancelFunc, p *engine.Poller) context.CancelFunc {
-	var once sync.Once
-	return func() {
-		cancel()
-		once.Do(p.Close)
-	}
-}
-
-// sleeper is WASI's sleep (poll_oneoff on a clock) for an instance: it
-// returns early when ctx ends, so that a kill reaches a sleeping module at
-// once (wazero then stops it at its next function entry or loop).
-func sleeper(ctx context.Context) func(ns int64) {
-	return func(ns int64) {
-		t := time.NewTimer(time.Duration(ns))
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-		}
-	}
-}
-
 // maxSinkWrite bounds what a sink is given in one Write. wazero hands
 // fd_write's iovecs over as views of linear memory, up to 4 GiB each; a
 // sink given them in pieces handles output a bounded piece at a time, as
@@ -430,10 +438,17 @@ func sink(w io.Writer) io.Writer {
 // chunked writes to w at most maxSinkWrite bytes at a time.
 type chunked struct{ w io.Writer }
 
-func (c chunked) Write(p []byte) (int, error) {
+func (c chunked) Write(p []byte) (int, error) { return writeChunked(c.w, p) }
+
+// writeChunked writes p to w at most maxSinkWrite bytes at a time; to
+// nothing if w is nil.
+func writeChunked(w io.Writer, p []byte) (int, error) {
+	if w == nil {
+		return len(p), nil
+	}
 	n := 0
 	for len(p) > 0 {
-		k, err := c.w.Write(p[:min(len(p), maxSinkWrite)])
+		k, err := w.Write(p[:min(len(p), maxSinkWrite)])
 		n += k
 		if err != nil {
 			return n, err
@@ -445,16 +460,57 @@ func (c chunked) Write(p []byte) (int, error) {
 
 // instance is the engine.Guest of one run. Output goes straight from
 // the module's thread to the sinks, so all of it has been delivered when
-// _start returns.
+// _start returns. What its run needs of the engine's own WASI functions
+// (poll_oneoff, fd_close, environ_get) is in it, by value: one
+// allocation per instance, where handler mode makes one per request.
 type instance struct {
-	ctx    context.Context
-	cancel context.CancelFunc // Interrupt: stops wasm at its next function entry or loop, and ends a sleep (sleeper)
+	ctx    context.Context    // its calls': values, and cancelled by Interrupt
+	cancel context.CancelFunc // Interrupt: stops wasm at its next function entry or loop
+	values instanceValues     // ctx's parent
+	ended  sync.Once          // end's
 	mod    api.Module
 	mem    api.Memory // the exported memory, if any, taken at start: a module that exits drops its export
 	start  api.Function
-	socks  *sockets
-	env    *environ // environ_get's (handler.go)
-	closed func()   // ends the instance's use of its runtime and compiled module
+	socks  sockets
+	env    environ      // environ_get's (handler.go)
+	sys    *guestSys    // handler mode's stdio and clock (handler.go)
+	memory linearMemory // its linear memory (memory.go)
+
+	// e, r and c: its use of the runtime and compiled module, ended at
+	// Close.
+	e *Engine
+	r *runtime
+	c *compiled
+}
+
+// instanceValues is the parent of an instance's context: the engine's
+// WASI functions find the instance in it (instanceOf).
+type instanceValues struct {
+	context.Context
+	i *instance
+}
+
+type instanceKey struct{}
+
+func (v *instanceValues) Value(key any) any {
+	if _, ok := key.(instanceKey); ok {
+		return v.i
+	}
+	return v.Context.Value(key)
+}
+
+// instanceOf is the instance whose call ctx is, or nil.
+func instanceOf(ctx context.Context) *instance {
+	i, _ := ctx.Value(instanceKey{}).(*instance)
+	return i
+}
+
+// end cancels the instance's context, then closes its poller: the
+// context ends once, after its last poll (the run has ended, or it never
+// started).
+func (i *instance) end() {
+	i.cancel()
+	i.ended.Do(i.socks.poller.Close)
 }
 
 var _ engine.Guest = (*instance)(nil)
@@ -509,7 +565,7 @@ func (i *instance) Poller() *engine.Poller { return i.socks.poller }
 // Interrupt implements engine.Guest.
 func (i *instance) Interrupt() {
 	i.socks.poller.Wake()
-	i.cancel()
+	i.end()
 	i.socks.closeListeners()
 }
 
@@ -524,6 +580,7 @@ func (i *instance) Close() {
 		}
 	}
 	i.mod.Close(context.Background())
-	i.closed()
-	i.cancel()
+	i.e.release(i.r, i.c)
+	i.end()
+	i.sys.put()
 }
