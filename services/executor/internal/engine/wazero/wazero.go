@@ -276,12 +276,12 @@ func (e *Engine) instantiate(ctx context.Context, em engine.Module, spec engine.
 		return err
 	}
 	i.socks.poller = poller
-	parent := context.WithoutCancel(ctx)
-	if pending {
-		// Nothing of the caller's (a request's context, or none): what
-		// wazero finds in the context, a sock config, it would write into
-		// the config that instances share (guestSys).
-		parent = context.Background()
+	// A handler's instance takes nothing of the caller's context (a
+	// request's, or none): what wazero finds in it, a sock config, it
+	// would write into the config that instances share (guestSys).
+	parent := context.Background()
+	if !pending {
+		parent = context.WithoutCancel(ctx)
 	}
 	i.values = instanceValues{Context: parent, i: i}
 	i.ctx, i.cancel = context.WithCancel(&i.values)
@@ -328,12 +328,17 @@ func (e *Engine) instantiate(ctx context.Context, em engine.Module, spec engine.
 	i.socks.memory = lm
 	mctx := experimental.WithMemoryAllocator(i.ctx, lm)
 	var mod api.Module
-	err = engine.InNetNS(spec.NetNS, func() error {
-		// wazero opens the listeners here, on this thread, with net.Listen.
-		var err error
+	if spec.NetNS == "" {
+		// No closure to enter a namespace with: a handler's instance.
 		mod, err = r.rt.InstantiateModule(withListeners(mctx, listeners, e.placeholder), c.cm, mc)
-		return err
-	})
+	} else {
+		err = engine.InNetNS(spec.NetNS, func() error {
+			// wazero opens the listeners here, on this thread, with net.Listen.
+			var err error
+			mod, err = r.rt.InstantiateModule(withListeners(mctx, listeners, e.placeholder), c.cm, mc)
+			return err
+		})
+	}
 	if err != nil {
 		i.end()
 		var op *net.OpError
