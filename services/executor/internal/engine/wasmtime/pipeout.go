@@ -10,7 +10,6 @@ package wasmtime
 // (BenchmarkHandlerRequest, a stderr given as the executor gives one:
 // 87-103 -> 73-87 µs of CPU per request at 1 at once, 68-72 -> 55-77 at
 // 16).
-//
 // The hand-over is most of that cost, not Go: a custom output whose
 // callback and finalizer are C only (each write appended to a buffer the
 // instance's Close reads) cost a handler's request some 2.5 times the CPU
@@ -18,20 +17,14 @@ package wasmtime
 //
 // The pipes are the engine's, reused from run to run (pipePool): the
 // engine keeps only a pipe's read end, and a run's WASI context opens a
-// write end of its own by the pipe's name, which the store's close drops.
-// A read that returns the pipe's end (no writer left, everything read)
-// proves that nothing more of that run can come, and only then does the
-// pipe go back to the pool for another run. A new pipe per run cost a
-// pipe2, three closes and a fresh procfs entry to open (BenchmarkPipeReuse:
-// 13.1-13.4 µs against 8.3-9.4 µs a run, its drain timer included).
-//
-// The pipes are named (FIFOs, in the engine's directory for them: 0700,
-// emptied when the engine is made): an open by such a name walks a short
-// path of the engine's file system, where an anonymous pipe's name,
-// /proc/self/fd/<read end>, walks procfs, some 1.5-1.9 µs more for each
-// of a run's two opens (BenchmarkPipeReuse's pooled against proc). A
-// process of the executor's user could open one, as it could trace the
-// executor.
+// write end of its own through /proc/self/fd/<read end> (a pipe opened by
+// that name for writing is a new writer of the same pipe), which the
+// store's close drops. A read that returns the pipe's end (no writer
+// left, everything read) proves that nothing more of that run can come,
+// and only then does the pipe go back to the pool for another run. A new
+// pipe per run cost a pipe2, three closes and a fresh procfs entry to
+// open (BenchmarkPipeReuse: 13.1-13.4 µs against 8.3-9.4 µs a run,
+// its drain timer included).
 //
 // A run that ends within drainAfter, having written no more than the pipe
 // holds (64 KiB), as a small handler does, is read at its end, on the
@@ -45,7 +38,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -68,31 +60,15 @@ const idlePipes = 64
 // pipePool is the pipes no run has, each held by its read end only.
 // Safe for concurrent use.
 type pipePool struct {
-	dir string // where the pipes are named; "": nowhere (anonymous pipes)
-
 	mu   sync.Mutex
 	free []*pipeEnd
-	made int // pipes named so far
 }
 
 // pipeEnd is a pipe's read end, non-blocking, and the name a write end of
 // it is opened by.
 type pipeEnd struct {
-	fd    int
-	path  string // in pipePool.dir; or /proc/self/fd/<fd>
-	named bool   // path is a FIFO of pipePool.dir
-}
-
-// close closes the read end and removes the pipe's name.
-func (p *pipeEnd) close() {
-	unix.Close(p.fd)
-	p.unlink()
-}
-
-func (p *pipeEnd) unlink() {
-	if p.named {
-		unix.Unlink(p.path)
-	}
+	fd   int
+	path string // /proc/self/fd/<fd>
 }
 
 // get is a pipe with no writer and nothing in it.
@@ -104,20 +80,8 @@ func (pp *pipePool) get() (*pipeEnd, error) {
 		pp.mu.Unlock()
 		return p, nil
 	}
-	pp.made++
-	path := filepath.Join(pp.dir, strconv.Itoa(pp.made))
 	pp.mu.Unlock()
 	// Plain descriptors, never Go's poller's (but a drainer's).
-	if pp.dir != "" && unix.Mkfifo(path, 0o600) == nil {
-		// Opened with no writer, as a non-blocking open for reading may be.
-		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
-		if err == nil {
-			return &pipeEnd{fd: fd, path: path, named: true}, nil
-		}
-		unix.Unlink(path)
-	}
-	// No named pipe there (a file system or a system call filter that
-	// refuses one): an anonymous pipe, named through /proc.
 	var fds [2]int
 	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
 		return nil, err
@@ -136,7 +100,7 @@ func (pp *pipePool) put(p *pipeEnd) {
 		return
 	}
 	pp.mu.Unlock()
-	p.close()
+	unix.Close(p.fd)
 }
 
 // pipeBufs are the read buffers.
@@ -182,7 +146,7 @@ func pipeOutputTo(pool *pipePool, set func(path string) error) (*pipeOutput, err
 	// wasmtime opens a descriptor of its own (a description of its own,
 	// blocking, a writer of the pipe while the WASI context lives).
 	if err := set(end.path); err != nil {
-		end.close()
+		unix.Close(end.fd)
 		return nil, fmt.Errorf("%w: connect output: %v", engine.ErrInstantiate, err)
 	}
 	return &pipeOutput{pool: pool, end: end, done: make(chan struct{})}, nil
@@ -220,10 +184,8 @@ func (p *pipeOutput) drain() {
 	p.copy(os.NewFile(uintptr(p.end.fd), "stdout"))
 }
 
-// copy reads f, the pipe's read end, to its end into the sink, and
-// closes the pipe.
+// copy reads f to its end into the sink, and closes it.
 func (p *pipeOutput) copy(f *os.File) {
-	defer p.end.unlink()
 	defer f.Close()
 	buf := pipeBufs.Get().(*[]byte)
 	defer pipeBufs.Put(buf)

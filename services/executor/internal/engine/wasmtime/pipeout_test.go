@@ -2,12 +2,7 @@ package wasmtime
 
 import (
 	"bytes"
-	"errors"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -30,16 +25,12 @@ func openWriter(t testing.TB, end *pipeEnd) int {
 // TestPipeReuse: a run's stdout pipe goes back to the pool only once it
 // was read to its end with no writer left, and the next run's output is
 // its own; a pipe whose writer outlives the run is drained to its end
-// and closed, not reused, its name removed.
+// and closed, not reused.
 func TestPipeReuse(t *testing.T) {
 	var pool pipePool
-	pool.dir = t.TempDir()
 	end, err := pool.get()
 	if err != nil {
 		t.Fatal(err)
-	}
-	if !end.named {
-		t.Fatalf("the pool's pipe is not named in its directory: %s", end.path)
 	}
 	w := openWriter(t, end)
 	unix.Write(w, []byte("first run"))
@@ -83,46 +74,16 @@ func TestPipeReuse(t *testing.T) {
 	if _, err := unix.FcntlInt(uintptr(again.fd), unix.F_GETFD, 0); err == nil {
 		t.Fatalf("the pipe's read end %d is still open", again.fd)
 	}
-	if _, err := os.Lstat(again.path); !errors.Is(err, fs.ErrNotExist) {
-		t.Fatalf("the closed pipe's name %s is still there (%v)", again.path, err)
-	}
-}
-
-// TestPipeUnnamed: where no named pipe can be made, a pipe of the pool
-// is an anonymous one, opened by its /proc/self/fd name, and reused the
-// same way.
-func TestPipeUnnamed(t *testing.T) {
-	var pool pipePool
-	pool.dir = filepath.Join(t.TempDir(), "absent")
-	for run := range 2 {
-		end, err := pool.get()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if end.named || !strings.HasPrefix(end.path, "/proc/self/fd/") {
-			t.Fatalf("run %d: a pipe named %s (named %v), want an anonymous one", run, end.path, end.named)
-		}
-		w := openWriter(t, end)
-		unix.Write(w, []byte("unnamed"))
-		unix.Close(w)
-		var out enginetest.Buffer
-		newPipeOutput(&pool, end, &out).wait()
-		if out.String() != "unnamed" || len(pool.free) != 1 {
-			t.Fatalf("run %d: read %q, %d pipes kept (want 1)", run, out.String(), len(pool.free))
-		}
-	}
 }
 
 // BenchmarkPipeReuse is a run's stdout plumbing (a writer opened by name,
-// a small write, the read to the end): a named pipe of the pool, an
-// anonymous pipe reused by its /proc/self/fd name, a new anonymous pipe
-// per run.
-//
-//	flock -o /tmp/wasmlet-measure.lock go test -run '^$' -bench PipeReuse ./services/executor/internal/engine/wasmtime/
+// a small write, the read to the end): a pipe of the pool against a new
+// pipe per run.
 func BenchmarkPipeReuse(b *testing.B) {
 	msg := []byte("Content-Type: text/plain\n\nHello\n")
 	buf := make([]byte, 64<<10)
-	pooled := func(b *testing.B, pool *pipePool) {
+	b.Run("pooled", func(b *testing.B) {
+		var pool pipePool
 		for range b.N {
 			end, err := pool.get()
 			if err != nil {
@@ -131,24 +92,8 @@ func BenchmarkPipeReuse(b *testing.B) {
 			w := openWriter(b, end)
 			unix.Write(w, msg)
 			unix.Close(w)
-			newPipeOutput(pool, end, &bytes.Buffer{}).wait()
+			newPipeOutput(&pool, end, &bytes.Buffer{}).wait()
 		}
-	}
-	b.Run("pooled", func(b *testing.B) {
-		var pool pipePool
-		pool.dir = b.TempDir()
-		pooled(b, &pool)
-	})
-	b.Run("proc", func(b *testing.B) {
-		var fds [2]int
-		if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
-			b.Fatal(err)
-		}
-		unix.Close(fds[1])
-		defer unix.Close(fds[0])
-		var pool pipePool // its one pipe anonymous, named through /proc
-		pool.put(&pipeEnd{fd: fds[0], path: "/proc/self/fd/" + strconv.Itoa(fds[0])})
-		pooled(b, &pool)
 	})
 	b.Run("new", func(b *testing.B) {
 		for range b.N {

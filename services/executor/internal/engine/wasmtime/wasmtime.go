@@ -4,10 +4,8 @@
 // as an engine.Run, in a Store of its own.
 //
 // It owns its cache directory (<dir>/<engine key>/<digest hex>.cwasm and a
-// .sha256 sidecar), and beside it <engine key>.pipes (handler runs'
-// named pipes, pipeout.go) and <engine key>.quick (Config.QuickFirst),
-// both emptied when it is made, and nothing else on disk; it must not
-// know of instance ids, states or NATS.
+// .sha256 sidecar) and nothing else on disk; it must not know of instance
+// ids, states or NATS.
 //
 // What is wasmtime's here:
 //   - One wasmtime Engine and Linker for every instance (two with
@@ -53,11 +51,11 @@
 //   - Output goes straight to the sinks at each write, called on
 //     wasmtime's own runtime threads while fd_write waits (output.go): an
 //     instance holds no descriptor for its stdio. A handler's run is the
-//     exception: its stdout (the response) and stderr go through named
-//     pipes of the engine's (pipeout.go: a write end opened by name for
-//     the run's while, the pipe reused once read to its end), which
-//     wasmtime writes in place, and its request body is given to WASI
-//     whole (wasi_config_set_stdin_bytes).
+//     exception: its stdout (the response) and stderr go through pipes of
+//     the engine's (pipeout.go: a write end opened for the run's while,
+//     the pipe reused once read to its end), which wasmtime writes in
+//     place, and its request body is given to WASI whole
+//     (wasi_config_set_stdin_bytes).
 //   - No listeners: wasmtime-go has no socket preopen (neither its Go API
 //     nor the C API's wasi_config_*), so Start refuses Spec.Listeners
 //     with engine.ErrUnsupported.
@@ -194,15 +192,6 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
-	}
-	// Beside the engine key's directory, as the quick one: the pipes of a
-	// run before a restart are nobody's.
-	e.pipes.dir = dir + ".pipes"
-	if err := os.RemoveAll(e.pipes.dir); err != nil {
-		return nil, fmt.Errorf("wasmtime engine: clear the handlers' pipes: %w", err)
-	}
-	if err := os.MkdirAll(e.pipes.dir, 0o700); err != nil {
-		return nil, fmt.Errorf("wasmtime engine: create the handlers' pipe dir: %w", err)
 	}
 	if cfg.QuickFirst {
 		// Beside the engine key's directory, never inside it: nothing there
