@@ -14,9 +14,8 @@ import (
 )
 
 // Check tries, from the calling (confined) process, what the confinement
-// should refuse an escaped module (a device node made among them), and
-// what it must allow (a file written and a named pipe made in writable, a
-// directory of Config.ReadWrite). It writes one
+// should refuse an escaped module, and one thing it must allow (a file
+// written in writable, a directory of Config.ReadWrite). It writes one
 // line per attempt, "name: ok" or "name: ERRNO", e.g. "mount: EPERM",
 // and returns the results by name. With WASMLET_CONFINE_CHECK_DIAL set
 // to host:port it also dials that address over TCP ("dial").
@@ -72,16 +71,6 @@ func Check(w io.Writer, writable string) map[string]string {
 		err = os.Remove(p)
 	}
 	try("write-state-dir", unwrapPath(err))
-	p = filepath.Join(writable, ".confine-check-fifo")
-	if err = unix.Mkfifo(p, 0o600); err == nil {
-		err = os.Remove(p)
-	}
-	try("mkfifo-state-dir", unwrapPath(err))
-	p = filepath.Join(writable, ".confine-check-null")
-	if err = unix.Mknod(p, unix.S_IFCHR|0o600, int(unix.Mkdev(1, 3))); err == nil {
-		os.Remove(p)
-	}
-	try("mknod-device", err)
 	return out
 }
 

@@ -108,12 +108,6 @@ func policy() (seccomp.Policy, error) {
 			{Argument: 0, Operation: seccomp.Equal, Value: option},
 		}})
 	}
-	// Named pipes (FIFOs) only, no device nodes: the wasmtime engine's
-	// pipes for handler runs' output (its pipeout.go).
-	fifo := seccomp.NameWithConditions{Name: "mknodat", Conditions: seccomp.ArgumentConditions{
-		{Argument: 2, Operation: seccomp.BitsSet, Value: unix.S_IFIFO},
-		{Argument: 2, Operation: seccomp.BitsNotSet, Value: unix.S_IFMT &^ unix.S_IFIFO},
-	}}
 	deny := seccomp.ActionErrno
 	if os.Getenv(EnvAudit) != "" {
 		deny = seccomp.ActionLog
@@ -126,7 +120,7 @@ func policy() (seccomp.Policy, error) {
 		DefaultAction: deny,
 		Syscalls: []seccomp.SyscallGroup{
 			{Action: seccomp.ActionAllow, Names: names},
-			{Action: seccomp.ActionAllow, NamesWithCondtions: append(conditional, ownThreads, fifo, seccomp.NameWithConditions{
+			{Action: seccomp.ActionAllow, NamesWithCondtions: append(conditional, ownThreads, seccomp.NameWithConditions{
 				Name: "clone", Conditions: seccomp.ArgumentConditions{
 					{Argument: 0, Operation: seccomp.BitsNotSet, Value: namespaceFlags},
 				},
