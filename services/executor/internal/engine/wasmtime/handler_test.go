@@ -77,6 +77,7 @@ func TestHandlerRunOutput(t *testing.T) {
 // run, it gives both back to the engine's pool, read to their end, and
 // the next runs, from those pipes, read only their own output.
 func TestPendingPipes(t *testing.T) {
+	readAtEnd(t)
 	e := newTestEngine(t, t.TempDir(), nil).(*Engine)
 	m := enginetest.Prepare(t, e, wasmbuild.Wat(t, writerWat(10, 3)))
 	kept := func() int {

@@ -50,8 +50,9 @@ import (
 )
 
 // drainAfter is how long a run's stdout is left in its pipe before a
-// goroutine drains it.
-const drainAfter = time.Millisecond
+// goroutine drains it (a variable for tests of reuse, which must not
+// depend on a run's ending within it on a busy machine).
+var drainAfter = time.Millisecond
 
 // idlePipes bounds the pipes an engine keeps for the next runs (a
 // descriptor each, and a page of buffer once used).
