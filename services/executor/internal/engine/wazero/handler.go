@@ -65,10 +65,10 @@ func (p *pending) RunInline(s engine.Stdio, started func(engine.Instance)) (engi
 
 // Memory and Close (engine.Pending) are the instance's.
 
-// guestSys is what a handler instance's ModuleConfig reads of the
-// instance: its stdio, set at its run, and the zero of its monotonic
-// clock. wazero's configs are immutable values, each With* a copy of the
-// config and its map: a guestSys and its config are made once and kept
+// guestSys is what an instance's ModuleConfig reads of the instance: its
+// stdio (a handler's set at its run) and the zero of its monotonic clock.
+// wazero's configs are immutable values, each With* a copy of the config
+// and its map: a handler's guestSys and its config are made once and kept
 // for the next instance of the module (guestSys.put), rather than a
 // dozen copies made per request.
 type guestSys struct {

@@ -62,7 +62,6 @@ package wazero
 import (
 	"cmp"
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -285,44 +284,27 @@ func (e *Engine) instantiate(ctx context.Context, em engine.Module, spec engine.
 	}
 	i.values = instanceValues{Context: parent, i: i}
 	i.ctx, i.cancel = context.WithCancel(&i.values)
-	var mc wz.ModuleConfig
 	listeners := spec.Listeners
-	switch {
-	case pending && len(spec.Preopens) == 0:
+	if pending && len(spec.Preopens) == 0 {
 		// Handler mode: a config of c's, kept for the next instance.
 		i.sys = c.guestSys(spec.Args)
-		i.sys.monoZero = monoZero
-		mc = i.sys.mc
-		listeners = nil
-	case pending:
+	} else {
 		fsc, err := preopens(spec.Preopens)
 		if err != nil {
 			i.end()
 			return err
 		}
 		i.sys = newGuestSys(spec.Args, fsc, nil)
-		i.sys.monoZero = monoZero
-		mc = i.sys.mc
-		listeners = nil
-	default:
-		fsc, err := preopens(spec.Preopens)
-		if err != nil {
-			i.end()
-			return err
-		}
+	}
+	i.sys.monoZero = monoZero
+	if pending {
+		listeners = nil // the handler's: its env and stdio come at its run
+	} else {
+		i.sys.io.s = engine.Stdio{Stdout: spec.Stdout, Stderr: spec.Stderr}
 		// Listeners follow stdio and the preopened directories.
 		i.env.vars = engine.Environ(append(slices.Clone(spec.Env), engine.ListenEnv(listeners, 3+len(spec.Preopens))...))
-		mc = wz.NewModuleConfig().
-			WithName("").
-			WithStartFunctions().
-			WithArgs(spec.Args...).
-			WithFSConfig(fsc).
-			WithStdout(sink(spec.Stdout)).
-			WithStderr(sink(spec.Stderr)).
-			WithSysWalltime().
-			WithNanotime(func() int64 { return int64(time.Since(monoZero)) }, sys.ClockResolution(time.Microsecond)).
-			WithRandSource(rand.Reader)
 	}
+	mc := i.sys.mc
 	lm := &i.memory
 	lm.start, lm.copySmall = c.data, pending
 	i.socks.memory = lm
@@ -432,18 +414,6 @@ func withListeners(ctx context.Context, ls []engine.Listener, placeholder string
 // sink given them in pieces handles output a bounded piece at a time, as
 // with wasmtime, whose pipe is read 32 KiB at a time.
 const maxSinkWrite = 64 << 10
-
-func sink(w io.Writer) io.Writer {
-	if w == nil {
-		return io.Discard
-	}
-	return chunked{w}
-}
-
-// chunked writes to w at most maxSinkWrite bytes at a time.
-type chunked struct{ w io.Writer }
-
-func (c chunked) Write(p []byte) (int, error) { return writeChunked(c.w, p) }
 
 // writeChunked writes p to w at most maxSinkWrite bytes at a time; to
 // nothing if w is nil.
